@@ -1,0 +1,1 @@
+//! Firecracker-compatible REST API over a Unix socket.

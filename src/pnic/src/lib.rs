@@ -1,0 +1,1 @@
+//! Physical NICs owned through VFIO and driven from user space.

@@ -1,0 +1,116 @@
+//! The interface between the virtio-net device and what moves frames.
+//!
+//! The device pops and validates descriptor chains (every segment inside guest
+//! RAM, right direction, non-zero length, bounded chain) and hands them to the
+//! backend as [`RxBuffer`]s / [`TxFrame`]s. The backend either fills them at
+//! once (tap: readv/writev on the guest memory itself) or gives them to hardware
+//! (shim: the pNIC DMAs straight into them) and reports completions later.
+//! Backends write the virtio-net header of received frames themselves.
+
+use std::os::unix::io::RawFd;
+
+use vm_memory::GuestAddress;
+
+use crate::GuestMemory;
+
+/// Size of `struct virtio_net_hdr_v1` (VERSION_1, no hash report).
+pub const VNET_HDR_LEN: usize = 12;
+
+/// One guest-writable buffer (a whole RX descriptor chain), validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RxBuffer {
+    /// Head descriptor index: what goes into the used ring.
+    pub head: u16,
+    /// (guest-physical address, length) of each writable segment, in order.
+    pub segs: Vec<(GuestAddress, u32)>,
+    /// Sum of the segment lengths.
+    pub len: u32,
+}
+
+/// One guest frame to send (a whole TX descriptor chain), validated. The first
+/// `VNET_HDR_LEN` bytes across `segs` are the virtio-net header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TxFrame {
+    pub head: u16,
+    pub segs: Vec<(GuestAddress, u32)>,
+    pub len: u32,
+}
+
+/// A used-ring entry to publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Used {
+    pub head: u16,
+    /// Bytes written into the buffer (RX: header + frame); 0 for TX.
+    pub len: u32,
+}
+
+/// Why a frame or buffer was dropped (keys of the metrics' drop counters).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DropReason {
+    /// A descriptor address/length outside guest RAM.
+    BadAddress,
+    /// A readable descriptor in an RX chain or writable one in a TX chain.
+    WrongDirection,
+    ZeroLength,
+    /// Too many descriptors, or a loop.
+    ChainTooLong,
+    /// Shorter than the virtio-net header.
+    ShortHeader,
+    /// RX: the frame does not fit the buffers the guest posted.
+    BufferTooSmall,
+    /// RX: no guest buffer was available.
+    NoBuffer,
+    /// The backend (tap or NIC) failed or is gone.
+    BackendError,
+    /// TX: frame larger than the backend accepts.
+    FrameTooLong,
+}
+
+impl DropReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::BadAddress => "bad_address",
+            DropReason::WrongDirection => "wrong_direction",
+            DropReason::ZeroLength => "zero_length",
+            DropReason::ChainTooLong => "chain_too_long",
+            DropReason::ShortHeader => "short_header",
+            DropReason::BufferTooSmall => "buffer_too_small",
+            DropReason::NoBuffer => "no_buffer",
+            DropReason::BackendError => "backend_error",
+            DropReason::FrameTooLong => "frame_too_long",
+        }
+    }
+}
+
+/// What moves frames for a virtio-net device. All methods run on the event-loop
+/// thread. `mem` is the guest memory; every address handed over was validated.
+pub trait NetBackend: Send {
+    /// Offload/feature bits (VIRTIO_NET_F_*) this backend can honour.
+    fn features(&self) -> u64;
+    /// The driver's final feature set (e.g. to program tap offloads).
+    fn set_features(&mut self, acked: u64) -> std::io::Result<()>;
+    /// File descriptors to watch for readability; when one fires the device
+    /// calls [`NetBackend::process_event`] with its index in this list.
+    fn event_fds(&self) -> Vec<RawFd>;
+    /// Handle a readable fd (tap data, pNIC MSI-X eventfd). Completions are
+    /// then collected with `reap_rx`/`reap_tx`.
+    fn process_event(&mut self, mem: &GuestMemory, index: usize);
+    /// How many more RX buffers the backend takes now.
+    fn rx_room(&self) -> usize;
+    /// Take a guest RX buffer. `Err` gives it back with a reason (the device
+    /// completes it with length 0 and counts the drop).
+    fn post_rx(&mut self, mem: &GuestMemory, buf: RxBuffer) -> Result<(), (RxBuffer, DropReason)>;
+    /// Completed RX buffers, in order, header already written.
+    fn reap_rx(&mut self, mem: &GuestMemory, out: &mut Vec<Used>);
+    /// Send a frame. `Ok(true)`: done, the device completes it now;
+    /// `Ok(false)`: in flight, it comes back through `reap_tx`.
+    fn send(&mut self, mem: &GuestMemory, frame: TxFrame) -> Result<bool, DropReason>;
+    /// TX frames whose transmission finished.
+    fn reap_tx(&mut self, out: &mut Vec<Used>);
+    /// Stop all I/O into guest memory and forget every posted buffer. Returns
+    /// only when nothing can write guest memory any more.
+    fn quiesce(&mut self);
+    fn link_up(&self) -> bool;
+    /// Backend-specific counters, merged into the device's metrics.
+    fn metrics(&self) -> serde_json::Value;
+}

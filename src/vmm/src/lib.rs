@@ -1,0 +1,1 @@
+//! The VMM: KVM VM and vCPUs, guest memory, direct Linux boot, legacy devices, event loop.

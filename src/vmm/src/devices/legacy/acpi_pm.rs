@@ -1,0 +1,1 @@
+//! ACPI PM device (being written).

@@ -1,0 +1,3 @@
+//! Devices the VMM emulates itself (virtio devices live in the virtio-devices crate).
+
+pub mod legacy;

@@ -1,1 +1,30 @@
-//! Shared helpers for the integration tests.
+//! Shared helpers for the integration tests (crate `shimvmm_tests`).
+//!
+//! - [`artifacts`], [`test_image`]: the Alpine guest and private scripted
+//!   copies of its rootfs (via `tools/guest-artifacts`).
+//! - [`GuestProcess`]: a VMM process with its console captured and
+//!   timestamped; every wait has a timeout and errors carry the console tail.
+//! - [`require_guest_env`]: skip (loudly) or fail where guests cannot run.
+//! - [`qemu_reference_boot`]: the QEMU microvm boot shimvmm is compared with.
+//!
+//! Guest test scripts are POSIX sh run by openrc at boot; they call
+//! `marker NAME VALUE` to report values, which arrive as [`Marker`]s.
+
+mod artifacts;
+mod env;
+mod error;
+mod markers;
+mod process;
+mod reference;
+
+pub use artifacts::{
+    alpine_cmdline, artifacts, guest_artifacts_tool, repo_root, test_image, Artifacts, PowerAction, TempImage,
+};
+pub use env::{require_guest_env, shimvmm_bin, REQUIRE_GUEST_ENV, TESTBED_ENV};
+pub use error::{HarnessError, Result};
+pub use markers::{parse_exit, parse_marker, Marker, EXIT_TOKEN, MARKER_TOKEN, SCRIPT_START_MARKER};
+pub use process::{GuestProcess, Line, Stream, TAIL_LINES};
+pub use reference::{
+    qemu_bin, qemu_microvm_command, qemu_reference_boot, Accel, BootTimings, QemuBootOptions, BOOT_PROBE_MARKER,
+    BOOT_PROBE_SCRIPT, FIRST_INIT_MARKER,
+};

@@ -1,0 +1,60 @@
+//! The harness's error type: every failure that involves a guest carries the
+//! tail of its console, so a failed test shows what the guest was doing.
+
+use std::fmt;
+use std::process::ExitStatus;
+use std::time::Duration;
+
+/// Result alias for harness operations.
+pub type Result<T> = std::result::Result<T, HarnessError>;
+
+/// Why a harness operation failed.
+#[derive(Debug)]
+pub enum HarnessError {
+    /// Preparing the test failed (artifacts, tools, spawning a process).
+    Setup(String),
+    /// The awaited output or exit did not come in time; the process was killed
+    /// if it was an exit we waited for.
+    Timeout {
+        /// What we waited for.
+        what: String,
+        /// How long we waited.
+        after: Duration,
+        /// The last console lines.
+        tail: String,
+    },
+    /// The process ended (or closed its output) before the awaited output.
+    Exited {
+        /// What we waited for.
+        what: String,
+        /// The exit status, if it was already collected.
+        status: Option<ExitStatus>,
+        /// The last console lines.
+        tail: String,
+    },
+}
+
+impl fmt::Display for HarnessError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HarnessError::Setup(msg) => write!(f, "test setup failed: {msg}"),
+            HarnessError::Timeout { what, after, tail } => write!(
+                f,
+                "timed out after {:.1} s waiting for {what}; last console lines:\n{tail}",
+                after.as_secs_f64()
+            ),
+            HarnessError::Exited { what, status, tail } => {
+                let status = status.map_or_else(|| "closed its output".to_string(), |s| format!("exited ({s})"));
+                write!(f, "process {status} before {what}; last console lines:\n{tail}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for HarnessError {}
+
+impl From<std::io::Error> for HarnessError {
+    fn from(e: std::io::Error) -> Self {
+        HarnessError::Setup(e.to_string())
+    }
+}

@@ -1,0 +1,383 @@
+//! A guest's VMM process (shimvmm or QEMU) with its console captured.
+//!
+//! Reader threads collect stdout and stderr line by line and stamp each line
+//! with its arrival time relative to spawn, so tests can both wait for output
+//! and measure boot phases. Every wait has a timeout; a process still running
+//! when its `GuestProcess` is dropped is killed, so no test leaves a VM behind.
+
+use std::io::{Read, Write};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::error::{HarnessError, Result};
+use crate::markers::{parse_exit, parse_marker, Marker};
+
+/// How many console lines error messages carry.
+pub const TAIL_LINES: usize = 40;
+/// How often `exit_status` polls the child.
+const POLL: Duration = Duration::from_millis(20);
+/// How long to wait for the output pipes to drain after the child exited
+/// (a grandchild may keep them open).
+const DRAIN: Duration = Duration::from_secs(2);
+
+/// Which output stream a line came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stream {
+    /// The child's stdout (the serial console for `-serial stdio`).
+    Stdout,
+    /// The child's stderr (VMM logs, QEMU errors).
+    Stderr,
+}
+
+/// One captured line.
+#[derive(Clone, Debug)]
+pub struct Line {
+    /// Stream it came from.
+    pub stream: Stream,
+    /// Arrival time of its end, relative to spawn.
+    pub at: Duration,
+    /// Text without the line ending (and without a trailing `\r`).
+    pub text: String,
+}
+
+#[derive(Default)]
+struct State {
+    lines: Vec<Line>,
+    /// Unterminated text per stream (e.g. a `login: ` prompt).
+    partial: [String; 2],
+    /// Streams not yet at end of file.
+    open: usize,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    cond: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A reader thread that panicked leaves valid data behind; keep going.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A spawned VMM process with captured, timestamped output.
+pub struct GuestProcess {
+    name: String,
+    child: Child,
+    stdin: Option<ChildStdin>,
+    started: Instant,
+    shared: Arc<Shared>,
+    readers: Vec<JoinHandle<()>>,
+    status: Option<ExitStatus>,
+}
+
+impl GuestProcess {
+    /// Spawns `cmd` with stdin, stdout and stderr piped. `name` prefixes the
+    /// echoed console lines (echo goes to the test's stderr, which libtest
+    /// captures and shows on failure; set SHIMVMM_TEST_ECHO=0 to silence it).
+    pub fn spawn(name: &str, mut cmd: Command) -> Result<GuestProcess> {
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let started = Instant::now();
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| HarnessError::Setup(format!("cannot spawn {:?}: {e}", cmd.get_program())))?;
+        let shared = Arc::new(Shared { state: Mutex::new(State { open: 2, ..State::default() }), cond: Condvar::new() });
+        let echo = std::env::var("SHIMVMM_TEST_ECHO").map_or(true, |v| v != "0");
+        let mut readers = Vec::new();
+        let stdout = child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>);
+        let stderr = child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>);
+        for (stream, pipe) in [(Stream::Stdout, stdout), (Stream::Stderr, stderr)] {
+            let Some(pipe) = pipe else {
+                shared.lock().open -= 1;
+                continue;
+            };
+            let shared = Arc::clone(&shared);
+            let prefix = if echo { Some(name.to_string()) } else { None };
+            readers.push(std::thread::spawn(move || read_lines(pipe, stream, started, &shared, prefix)));
+        }
+        let stdin = child.stdin.take();
+        Ok(GuestProcess { name: name.to_string(), child, stdin, started, shared, readers, status: None })
+    }
+
+    /// The child's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Time since spawn.
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Writes to the child's stdin (the guest's serial input with `-serial stdio`).
+    pub fn send(&mut self, bytes: &[u8]) -> Result<()> {
+        let stdin = self.stdin.as_mut().ok_or_else(|| HarnessError::Setup("stdin already closed".into()))?;
+        stdin.write_all(bytes)?;
+        stdin.flush()?;
+        Ok(())
+    }
+
+    /// A snapshot of all complete lines so far.
+    pub fn lines(&self) -> Vec<Line> {
+        self.shared.lock().lines.clone()
+    }
+
+    /// The last `n` lines (complete, then any unterminated text), one per line.
+    pub fn tail(&self, n: usize) -> String {
+        tail_of(&self.shared.lock(), n)
+    }
+
+    /// Waits until a line (or the unterminated text) contains `pattern`,
+    /// searching all output since spawn; returns when it arrived.
+    pub fn wait_for_line(&self, pattern: &str, timeout: Duration) -> Result<Duration> {
+        self.wait_for(&format!("{pattern:?}"), timeout, |line| line.contains(pattern))
+    }
+
+    /// Waits until a line satisfies `pred`; `what` names it in errors.
+    pub fn wait_for(&self, what: &str, timeout: Duration, pred: impl Fn(&str) -> bool) -> Result<Duration> {
+        self.wait_map(what, timeout, true, |line| pred(&line.text).then_some(line.at))
+    }
+
+    /// Waits until `marker <name> ...` arrives; returns the first such marker.
+    pub fn wait_for_marker(&self, name: &str, timeout: Duration) -> Result<Marker> {
+        self.wait_map(&format!("marker {name:?}"), timeout, false, |line| {
+            let (n, value) = parse_marker(&line.text)?;
+            (n == name).then(|| Marker { name: n, value, at: line.at })
+        })
+    }
+
+    /// Waits for the guest runner's `SHIMVMM-EXIT <status>` line; returns the
+    /// test script's exit status.
+    pub fn wait_for_guest_exit(&self, timeout: Duration) -> Result<i32> {
+        self.wait_map("the guest test script's SHIMVMM-EXIT line", timeout, false, |line| parse_exit(&line.text))
+    }
+
+    /// All markers so far, in arrival order.
+    pub fn markers(&self) -> Vec<Marker> {
+        let state = self.shared.lock();
+        state
+            .lines
+            .iter()
+            .filter_map(|l| parse_marker(&l.text).map(|(name, value)| Marker { name, value, at: l.at }))
+            .collect()
+    }
+
+    /// The first marker named `name` so far.
+    pub fn marker(&self, name: &str) -> Option<Marker> {
+        self.markers().into_iter().find(|m| m.name == name)
+    }
+
+    /// The test script's exit status if its `SHIMVMM-EXIT` line has arrived.
+    pub fn guest_exit(&self) -> Option<i32> {
+        self.shared.lock().lines.iter().find_map(|l| parse_exit(&l.text))
+    }
+
+    /// Waits for the process to exit. On timeout it is killed and an error
+    /// with the console tail is returned; this never hangs.
+    pub fn exit_status(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        if let Some(status) = self.status {
+            return Ok(status);
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                self.status = Some(status);
+                self.drain();
+                return Ok(status);
+            }
+            if Instant::now() >= deadline {
+                self.kill();
+                return Err(HarnessError::Timeout {
+                    what: format!("{} to exit (killed it)", self.name),
+                    after: timeout,
+                    tail: self.tail(TAIL_LINES),
+                });
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
+    /// Kills the process (if still running) and reaps it.
+    pub fn kill(&mut self) {
+        if self.status.is_none() {
+            // Errors mean it already exited; wait() below reaps either way.
+            let _ = self.child.kill();
+            if let Ok(status) = self.child.wait() {
+                self.status = Some(status);
+            }
+            self.drain();
+        }
+    }
+
+    /// Waits (bounded) for the readers to reach end of file.
+    fn drain(&mut self) {
+        self.stdin = None;
+        let deadline = Instant::now() + DRAIN;
+        let mut state = self.shared.lock();
+        while state.open > 0 {
+            let now = Instant::now();
+            if now >= deadline {
+                return;
+            }
+            state = self.shared.cond.wait_timeout(state, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
+        }
+        drop(state);
+        for reader in self.readers.drain(..) {
+            let _ = reader.join();
+        }
+    }
+
+    /// Scans all lines (old and new, plus unterminated text if `partial`) with
+    /// `f` until it yields a value, the timeout passes, or the output closes.
+    /// Markers are matched on complete lines only: a half-received line
+    /// would yield a truncated value.
+    fn wait_map<T>(&self, what: &str, timeout: Duration, partial: bool, f: impl Fn(&Line) -> Option<T>) -> Result<T> {
+        let deadline = Instant::now() + timeout;
+        let mut scanned = 0;
+        let mut state = self.shared.lock();
+        loop {
+            while scanned < state.lines.len() {
+                if let Some(v) = f(&state.lines[scanned]) {
+                    return Ok(v);
+                }
+                scanned += 1;
+            }
+            for (i, stream) in [Stream::Stdout, Stream::Stderr].into_iter().enumerate() {
+                if !partial || state.partial[i].is_empty() {
+                    continue;
+                }
+                let line = Line { stream, at: self.started.elapsed(), text: state.partial[i].clone() };
+                if let Some(v) = f(&line) {
+                    return Ok(v);
+                }
+            }
+            if state.open == 0 {
+                drop(state);
+                return Err(HarnessError::Exited { what: what.to_string(), status: self.status, tail: self.tail(TAIL_LINES) });
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                drop(state);
+                return Err(HarnessError::Timeout { what: what.to_string(), after: timeout, tail: self.tail(TAIL_LINES) });
+            }
+            state = self.shared.cond.wait_timeout(state, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
+        }
+    }
+}
+
+impl Drop for GuestProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn tail_of(state: &State, n: usize) -> String {
+    let mut out: Vec<String> = state.lines.iter().rev().take(n).rev().map(|l| l.text.clone()).collect();
+    out.extend(state.partial.iter().filter(|p| !p.is_empty()).cloned());
+    out.join("\n")
+}
+
+/// Reader thread body: splits `pipe` into lines and publishes them.
+fn read_lines(mut pipe: Box<dyn Read + Send>, stream: Stream, started: Instant, shared: &Shared, echo: Option<String>) {
+    let idx = stream as usize;
+    let mut buf = [0u8; 4096];
+    let mut pending: Vec<u8> = Vec::new();
+    loop {
+        let n = match pipe.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        };
+        let at = started.elapsed();
+        pending.extend_from_slice(&buf[..n]);
+        let mut state = shared.lock();
+        while let Some(pos) = pending.iter().position(|&b| b == b'\n') {
+            let raw: Vec<u8> = pending.drain(..=pos).collect();
+            let text = clean(&raw[..raw.len() - 1]);
+            if let Some(prefix) = &echo {
+                eprintln!("[{prefix} {:>8.3}] {text}", at.as_secs_f64());
+            }
+            state.lines.push(Line { stream, at, text });
+        }
+        state.partial[idx] = clean(&pending);
+        shared.cond.notify_all();
+    }
+    let mut state = shared.lock();
+    if !pending.is_empty() {
+        let text = clean(&pending);
+        state.lines.push(Line { stream, at: started.elapsed(), text });
+    }
+    state.partial[idx].clear();
+    state.open -= 1;
+    shared.cond.notify_all();
+}
+
+/// Bytes to text: lossy UTF-8, without trailing `\r`.
+fn clean(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).trim_end_matches('\r').to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sh(script: &str) -> GuestProcess {
+        let mut cmd = Command::new("/bin/sh");
+        cmd.arg("-c").arg(script);
+        GuestProcess::spawn("sh", cmd).expect("spawn /bin/sh")
+    }
+
+    #[test]
+    fn waits_for_lines_and_timestamps_them() {
+        let mut p = sh("echo first; sleep 0.3; printf 'SHIMVMM-MARKER ready 1\\r\\n'; echo oops >&2; echo 'SHIMVMM-EXIT 5'");
+        let first = p.wait_for_line("first", Duration::from_secs(10)).unwrap();
+        let ready = p.wait_for_marker("ready", Duration::from_secs(10)).unwrap();
+        assert_eq!(ready.value, "1");
+        assert!(ready.at >= first + Duration::from_millis(250), "{first:?} {:?}", ready.at);
+        assert_eq!(p.wait_for_guest_exit(Duration::from_secs(10)).unwrap(), 5);
+        assert!(p.exit_status(Duration::from_secs(10)).unwrap().success());
+        assert!(p.lines().iter().any(|l| l.stream == Stream::Stderr && l.text == "oops"));
+        assert_eq!(p.markers().len(), 1);
+        assert_eq!(p.guest_exit(), Some(5));
+    }
+
+    #[test]
+    fn exit_status_times_out_kills_and_reports_tail() {
+        let mut p = sh("for i in $(seq 1 50); do echo line$i; done; exec sleep 30");
+        p.wait_for_line("line50", Duration::from_secs(10)).unwrap();
+        let start = Instant::now();
+        let err = p.exit_status(Duration::from_millis(300)).unwrap_err();
+        assert!(start.elapsed() < Duration::from_secs(5));
+        let msg = err.to_string();
+        assert!(msg.contains("timed out"), "{msg}");
+        assert!(msg.contains("line50") && msg.contains("line11") && !msg.contains("line10\n"), "{msg}");
+        assert!(p.exit_status(Duration::from_secs(1)).is_ok(), "killed process must be reaped");
+    }
+
+    #[test]
+    fn wait_fails_fast_when_output_closes() {
+        let p = sh("echo only");
+        let start = Instant::now();
+        let err = p.wait_for_line("never", Duration::from_secs(30)).unwrap_err();
+        assert!(matches!(err, HarnessError::Exited { .. }), "{err}");
+        assert!(start.elapsed() < Duration::from_secs(10));
+        assert!(err.to_string().contains("only"));
+    }
+
+    #[test]
+    fn matches_unterminated_prompt() {
+        let p = sh("printf 'localhost login: '; sleep 5");
+        p.wait_for_line("login:", Duration::from_secs(4)).unwrap();
+    }
+
+    #[test]
+    fn wait_for_line_times_out() {
+        let p = sh("sleep 5");
+        let err = p.wait_for_line("x", Duration::from_millis(200)).unwrap_err();
+        assert!(matches!(err, HarnessError::Timeout { .. }), "{err}");
+    }
+}

@@ -1,0 +1,140 @@
+//! The QEMU microvm reference boot: the yardstick shimvmm's boot time is
+//! compared against. Same kernel, initrd, rootfs, command line, memory and
+//! vCPUs; the timings are taken the same way (host wall clock from spawn).
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::artifacts::{alpine_cmdline, artifacts, test_image, Artifacts, PowerAction};
+use crate::error::{HarnessError, Result};
+use crate::process::GuestProcess;
+
+/// The kernel line that says init is about to run: the first moment the
+/// guest's own userspace executes. The Alpine kernel prints it (no `quiet`).
+pub const FIRST_INIT_MARKER: &str = "Run /init as init process";
+/// Marker name the boot probe script prints.
+pub const BOOT_PROBE_MARKER: &str = "boot-probe";
+/// Test script for boot measurements: reports as soon as openrc runs it
+/// (value: guest uptime in seconds).
+pub const BOOT_PROBE_SCRIPT: &str = "marker boot-probe \"$(guest_uptime)\"\n";
+
+/// Timings of one boot, host wall clock from process spawn.
+#[derive(Clone, Copy, Debug)]
+pub struct BootTimings {
+    /// Until [`FIRST_INIT_MARKER`].
+    pub first_init: Duration,
+    /// Until the boot probe script's marker.
+    pub test_script: Duration,
+    /// Until the VMM process exited after the guest powered off.
+    pub exited: Duration,
+    /// Guest uptime (s) when the probe ran, as the guest saw it.
+    pub guest_uptime_at_script: Option<f64>,
+}
+
+/// QEMU accelerator for the reference boot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Accel {
+    /// `-accel kvm -cpu host` (inside the testbed).
+    Kvm,
+    /// `-accel tcg -cpu max`: runs anywhere, several times slower; for
+    /// developing images on a host whose KVM cannot run guests.
+    Tcg,
+}
+
+impl Accel {
+    /// From SHIMVMM_QEMU_ACCEL (`kvm` or `tcg`), default `kvm`.
+    pub fn from_env() -> Accel {
+        match std::env::var("SHIMVMM_QEMU_ACCEL").as_deref() {
+            Ok("tcg") => Accel::Tcg,
+            Ok("kvm") | Err(_) => Accel::Kvm,
+            Ok(other) => panic!("SHIMVMM_QEMU_ACCEL must be kvm or tcg, not {other:?}"),
+        }
+    }
+}
+
+/// Settings of the reference boot.
+#[derive(Clone, Debug)]
+pub struct QemuBootOptions {
+    /// Accelerator.
+    pub accel: Accel,
+    /// Guest RAM in MiB.
+    pub memory_mib: u32,
+    /// vCPUs.
+    pub vcpus: u32,
+    /// Limit for reaching [`FIRST_INIT_MARKER`].
+    pub first_init_timeout: Duration,
+    /// Limit for reaching the probe marker (from spawn).
+    pub script_timeout: Duration,
+    /// Limit for QEMU to exit after the probe (from spawn).
+    pub exit_timeout: Duration,
+}
+
+impl Default for QemuBootOptions {
+    fn default() -> Self {
+        QemuBootOptions {
+            accel: Accel::from_env(),
+            memory_mib: 512,
+            vcpus: 2,
+            first_init_timeout: Duration::from_secs(120),
+            script_timeout: Duration::from_secs(300),
+            exit_timeout: Duration::from_secs(360),
+        }
+    }
+}
+
+/// The QEMU binary: $SHIMVMM_QEMU or `qemu-system-x86_64` (10.x from
+/// bookworm-backports on the testbed).
+pub fn qemu_bin() -> String {
+    std::env::var("SHIMVMM_QEMU").unwrap_or_else(|_| "qemu-system-x86_64".to_string())
+}
+
+/// The QEMU microvm command booting `art`'s kernel and initrd with `rootfs`
+/// as a virtio-mmio block device; the serial console is on stdout.
+pub fn qemu_microvm_command(art: &Artifacts, rootfs: &Path, opts: &QemuBootOptions) -> Command {
+    let mut cmd = Command::new(qemu_bin());
+    let (accel, cpu) = match opts.accel {
+        Accel::Kvm => ("kvm", "host"),
+        Accel::Tcg => ("tcg", "max"),
+    };
+    cmd.args(["-accel", accel, "-M", "microvm,rtc=on", "-cpu", cpu])
+        .args(["-m", &opts.memory_mib.to_string(), "-smp", &opts.vcpus.to_string()])
+        .args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot", "-serial", "stdio"])
+        .arg("-kernel")
+        .arg(&art.kernel)
+        .arg("-initrd")
+        .arg(&art.initrd)
+        .args(["-append", alpine_cmdline()])
+        .arg("-drive")
+        .arg(format!("id=root,file={},format=raw,if=none", rootfs.display()))
+        .args(["-device", "virtio-blk-device,drive=root"]);
+    cmd
+}
+
+/// Boots the Alpine guest under QEMU microvm with the boot probe script and
+/// returns the timings. The guest powers off; QEMU must exit cleanly.
+pub fn qemu_reference_boot(opts: &QemuBootOptions) -> Result<BootTimings> {
+    let art = artifacts();
+    let image = test_image(BOOT_PROBE_SCRIPT, PowerAction::Poweroff);
+    let cmd = qemu_microvm_command(art, image.path(), opts);
+    let mut qemu = GuestProcess::spawn("qemu", cmd)?;
+    let first_init = qemu.wait_for_line(FIRST_INIT_MARKER, opts.first_init_timeout)?;
+    let probe = qemu.wait_for_marker(BOOT_PROBE_MARKER, opts.script_timeout.saturating_sub(qemu.elapsed()))?;
+    let status = qemu.wait_for_guest_exit(opts.exit_timeout.saturating_sub(qemu.elapsed()))?;
+    if status != 0 {
+        return Err(HarnessError::Setup(format!(
+            "boot probe script exited with {status}; console:\n{}",
+            qemu.tail(crate::process::TAIL_LINES)
+        )));
+    }
+    let exit = qemu.exit_status(opts.exit_timeout.saturating_sub(qemu.elapsed()))?;
+    let exited = qemu.elapsed();
+    if !exit.success() {
+        return Err(HarnessError::Exited {
+            what: "a clean exit after the guest powered off".into(),
+            status: Some(exit),
+            tail: qemu.tail(crate::process::TAIL_LINES),
+        });
+    }
+    Ok(BootTimings { first_init, test_script: probe.at, exited, guest_uptime_at_script: probe.value.parse().ok() })
+}

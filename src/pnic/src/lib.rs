@@ -1,1 +1,19 @@
-//! Physical NICs owned through VFIO and driven from user space.
+//! Physical NICs owned through VFIO and driven from user space, and the
+//! zero-copy shim that turns one into a virtio-net backend.
+//!
+//! - [`vfio`]: open a PCI function through VFIO, map guest RAM (IOVA = GPA).
+//! - [`driver`]: the NIC-independent driver interface the shim uses.
+//! - [`igb`]: Intel 82576 driver.
+//! - [`model`]: a software NIC for unit tests and benchmarks.
+//! - [`shim`]: `ShimBackend`, the `NetBackend` over any driver.
+
+pub mod bdf;
+pub mod dma;
+pub mod driver;
+pub mod igb;
+pub mod model;
+pub mod shim;
+pub mod vfio;
+
+pub use bdf::Bdf;
+pub use driver::PnicDriver;

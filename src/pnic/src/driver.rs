@@ -1,0 +1,116 @@
+//! The pNIC driver interface, independent of virtio.
+//!
+//! A driver owns one RX and one TX hardware queue. Buffers are described by
+//! IOVAs (the addresses the NIC uses through the IOMMU) plus a caller cookie
+//! that comes back on completion, so the shim never has to trust anything the
+//! NIC writes to find out *which* guest buffer a completion belongs to.
+
+use std::os::unix::io::RawFd;
+
+use crate::dma::DmaArea;
+
+/// Register access for a NIC: volatile MMIO on a BAR mapping, or a model in
+/// unit tests. Offsets are byte offsets into BAR0.
+pub trait RegisterAccess: Send {
+    fn read32(&self, offset: u32) -> u32;
+    fn write32(&self, offset: u32, value: u32);
+}
+
+/// One received frame (or frame fragment) handed back by the NIC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RxCompletion {
+    /// The cookie given to [`PnicDriver::post_rx`].
+    pub cookie: u64,
+    /// Bytes the NIC wrote at the posted IOVA.
+    pub len: u32,
+    /// End of packet: the frame is complete in this buffer.
+    pub eop: bool,
+    /// The NIC flagged a receive error (CRC, symbol, sequence, RX data error).
+    pub error: bool,
+}
+
+/// One finished transmission.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TxCompletion {
+    /// The cookie given to [`PnicDriver::post_tx`].
+    pub cookie: u64,
+}
+
+/// Why a driver call failed.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum DriverError {
+    #[error("the NIC is gone (register reads return all ones): surprise removal or a PCI error")]
+    Removed,
+    #[error("timed out waiting for {0}; the NIC did not respond, check the device and its link")]
+    Timeout(&'static str),
+    #[error("the {0} ring is full; reap completions first")]
+    RingFull(&'static str),
+    #[error("a TX frame needs {got} segments but the ring takes at most {max} per frame")]
+    TooManySegments { got: usize, max: usize },
+    #[error("DMA buffer rejected: {0}")]
+    BadBuffer(String),
+    #[error("the queues are stopped; call start() first")]
+    Stopped,
+    #[error("DMA mapping failed: {0}")]
+    DmaMap(String),
+}
+
+/// Static limits of a driver, known after construction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DriverLimits {
+    /// RX buffers the ring holds at once.
+    pub rx_capacity: usize,
+    /// TX descriptors the ring holds at once (a frame uses one per segment).
+    pub tx_capacity: usize,
+    /// Upper bound of bytes the NIC ever writes into one posted RX buffer,
+    /// whatever arrives on the wire (the frame-length cap it was programmed with).
+    pub rx_max_write: u32,
+    /// Required alignment of an RX buffer IOVA (a power of two).
+    pub rx_align: u64,
+    /// Largest frame the NIC transmits.
+    pub tx_max_frame: u32,
+    /// Most segments one TX frame may use.
+    pub tx_max_segs: usize,
+}
+
+/// A physical NIC queue pair as the shim drives it.
+pub trait PnicDriver: Send {
+    /// Short name for logs and metrics ("igb", "model").
+    fn name(&self) -> &'static str;
+    fn limits(&self) -> DriverLimits;
+    /// Bring the queues up (empty rings). Idempotent.
+    fn start(&mut self) -> Result<(), DriverError>;
+    /// Free RX ring slots.
+    fn rx_free(&self) -> usize;
+    /// Give the NIC a receive buffer: it may write up to
+    /// `limits().rx_max_write` bytes at `iova`. `len` is what the caller
+    /// guarantees is writable there; it must be at least `rx_max_write`.
+    fn post_rx(&mut self, iova: u64, len: u32, cookie: u64) -> Result<(), DriverError>;
+    /// Make posted RX buffers visible to the NIC (tail write). Called once per
+    /// batch of `post_rx`.
+    fn flush_rx(&mut self) -> Result<(), DriverError>;
+    /// Append finished RX buffers in ring order.
+    fn reap_rx(&mut self, out: &mut Vec<RxCompletion>) -> Result<(), DriverError>;
+    /// Free TX ring slots (descriptors).
+    fn tx_free(&self) -> usize;
+    /// Queue one frame made of `segs` (IOVA, length) and start sending it.
+    fn post_tx(&mut self, segs: &[(u64, u32)], cookie: u64) -> Result<(), DriverError>;
+    fn reap_tx(&mut self, out: &mut Vec<TxCompletion>) -> Result<(), DriverError>;
+    fn link_up(&mut self) -> Result<bool, DriverError>;
+    /// Accept unicast to `mac`, broadcast and all multicast; drop the rest in
+    /// the NIC (whatever the NIC DMAs is visible to the guest).
+    fn set_mac_filter(&mut self, mac: [u8; 6]) -> Result<(), DriverError>;
+    /// Stop both queues and wait until the NIC no longer accesses any posted
+    /// buffer. Every posted buffer is forgotten (no completion for it).
+    fn quiesce(&mut self) -> Result<(), DriverError>;
+    /// Full NIC reset and re-initialisation; queues end up stopped.
+    fn reset(&mut self) -> Result<(), DriverError>;
+    /// Interrupt eventfds (readable when the NIC signalled).
+    fn irq_fds(&self) -> Vec<RawFd>;
+    /// Acknowledge interrupt `index` (drain its eventfd, read the cause).
+    fn handle_irq(&mut self, index: usize) -> Result<(), DriverError>;
+    /// Memory the NIC may DMA to that is not guest RAM (rings, bounce
+    /// buffers): allocated and mapped in the NIC's IOMMU domain at an IOVA
+    /// outside guest RAM.
+    fn alloc_dma(&mut self, len: usize) -> Result<DmaArea, DriverError>;
+}

@@ -1,0 +1,218 @@
+//! igb driver against a register-file fake: checks the programming sequence
+//! and the descriptor formats, not a NIC's data path (that is the testbed's job).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use vm_memory::{GuestAddress, GuestMemoryMmap};
+
+use super::*;
+
+#[derive(Default)]
+struct RegState {
+    regs: HashMap<u32, u32>,
+    writes: Vec<(u32, u32)>,
+    removed: bool,
+    /// RXDCTL enable never reads back clear (a hung queue).
+    stuck_rx: bool,
+}
+
+#[derive(Clone, Default)]
+struct FakeRegs(Arc<Mutex<RegState>>);
+
+impl FakeRegs {
+    fn get(&self, off: u32) -> u32 {
+        *self.0.lock().unwrap().regs.get(&off).unwrap_or(&0)
+    }
+    fn writes_to(&self, off: u32) -> Vec<u32> {
+        self.0.lock().unwrap().writes.iter().filter(|w| w.0 == off).map(|w| w.1).collect()
+    }
+}
+
+impl RegisterAccess for FakeRegs {
+    fn read32(&self, off: u32) -> u32 {
+        let s = self.0.lock().unwrap();
+        if s.removed {
+            return u32::MAX;
+        }
+        *s.regs.get(&off).unwrap_or(&0)
+    }
+    fn write32(&self, off: u32, v: u32) {
+        let mut s = self.0.lock().unwrap();
+        s.writes.push((off, v));
+        let stored = match off {
+            CTRL => v & !CTRL_RST,
+            MDIC => {
+                if (v >> MDIC_REG_SHIFT) & 0x1f == PHY_CTRL && v & MDIC_DATA_MASK == PHY_CTRL_AUTONEG_RESTART {
+                    let st = s.regs.get(&STATUS).copied().unwrap_or(0);
+                    s.regs.insert(STATUS, st | STATUS_LU);
+                }
+                v | MDIC_READY
+            }
+            RXDCTL0 if s.stuck_rx && v & RXDCTL_ENABLE == 0 => v | RXDCTL_ENABLE,
+            _ => v,
+        };
+        s.regs.insert(off, stored);
+    }
+}
+
+struct NoIommu;
+impl DmaMapper for NoIommu {
+    fn map(&self, _: &GuestMemoryMmap) -> Result<(), String> {
+        Ok(())
+    }
+    fn unmap(&self, _: &GuestMemoryMmap) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+const MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
+
+fn igb() -> (Igb<FakeRegs>, FakeRegs) {
+    let regs = FakeRegs::default();
+    let guest = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+    let mut cfg = IgbConfig::new(MAC);
+    cfg.link_timeout = Duration::from_millis(10);
+    let d = Igb::new(regs.clone(), Arc::new(NoIommu), IovaAllocator::above(&guest), cfg, 2).unwrap();
+    (d, regs)
+}
+
+#[test]
+fn bring_up_programs_frame_cap_and_filters() {
+    let (mut d, r) = igb();
+    assert!(!r.writes_to(CTRL).is_empty() && r.writes_to(CTRL)[0] & CTRL_RST != 0);
+    assert_eq!(r.writes_to(EIMC)[0], u32::MAX, "interrupts masked first");
+    assert!(r
+        .writes_to(MDIC)
+        .iter()
+        .any(|v| v & MDIC_DATA_MASK == 0x1340 && v & MDIC_OP_WRITE != 0 && (v >> MDIC_PHY_SHIFT) & 0x1f == PHY_ADDR));
+    assert_eq!(r.get(RLPML), RX_MAX_FRAME);
+    assert_eq!(r.get(SRRCTL0), 2 | SRRCTL_DESCTYPE_ADV_ONEBUF | SRRCTL_DROP_EN);
+    assert_eq!(r.get(RDLEN0), 4096);
+    let rx_iova = u64::from(r.get(RDBAL0)) | (u64::from(r.get(RDBAH0)) << 32);
+    assert!(rx_iova >= 0x10_0000, "ring IOVA must lie above guest RAM");
+    assert_eq!(r.get(RAL0), 0x1200_5452);
+    assert_eq!(r.get(RAH0), 0x5634 | RAH_AV);
+    assert_eq!(r.get(RCTL) & RCTL_EN, 0, "RX stays off until start");
+    assert_eq!(d.rx_free(), 0);
+    d.start().unwrap();
+    let rctl = r.get(RCTL);
+    for bit in [RCTL_EN, RCTL_BAM, RCTL_SECRC, RCTL_LPE, RCTL_MPE] {
+        assert_ne!(rctl & bit, 0, "RCTL bit {bit:#x}");
+    }
+    assert_eq!(rctl & RCTL_UPE, 0, "no unicast promiscuous");
+    assert_ne!(r.get(RXDCTL0) & RXDCTL_ENABLE, 0);
+    assert_ne!(r.get(TCTL) & (TCTL_EN | TCTL_PSP), 0);
+    assert!(d.link_up().unwrap());
+    assert_eq!(d.rx_free(), RX_RING_SIZE - 1);
+}
+
+#[test]
+fn rx_descriptors_carry_the_posted_iova_and_complete_on_dd() {
+    let (mut d, r) = igb();
+    d.start().unwrap();
+    d.post_rx(0x1000 + 12, 1524, 7).unwrap();
+    d.post_rx(0x2000 + 12, 1524, 8).unwrap();
+    assert_eq!(d.rx_ring.load::<u64>(0, Ordering::Relaxed).unwrap(), 0x100c);
+    assert_eq!(d.rx_ring.load::<u64>(16, Ordering::Relaxed).unwrap(), 0x200c);
+    d.flush_rx().unwrap();
+    assert_eq!(r.get(RDT0), 2);
+    let mut out = Vec::new();
+    d.reap_rx(&mut out).unwrap();
+    assert!(out.is_empty(), "nothing done before DD");
+    // NIC write-back of slot 0: length 60, DD|EOP.
+    d.rx_ring.store(RXD_STATUS_OFF, RXD_STAT_DD | RXD_STAT_EOP, Ordering::Relaxed).unwrap();
+    d.rx_ring.store(RXD_LEN_OFF, 60u16, Ordering::Relaxed).unwrap();
+    d.reap_rx(&mut out).unwrap();
+    assert_eq!(out, vec![RxCompletion { cookie: 7, len: 60, eop: true, error: false }]);
+    // An error bit and a bogus oversized length are both flagged.
+    d.rx_ring.store(16 + RXD_STATUS_OFF, RXD_STAT_DD | RXD_STAT_EOP | (1 << 29), Ordering::Relaxed).unwrap();
+    d.rx_ring.store(16 + RXD_LEN_OFF, 9000u16, Ordering::Relaxed).unwrap();
+    out.clear();
+    d.reap_rx(&mut out).unwrap();
+    assert_eq!(out[0].cookie, 8);
+    assert!(out[0].error);
+    assert_eq!(out[0].len, RX_MAX_FRAME);
+}
+
+#[test]
+fn rx_rejects_short_or_odd_buffers_and_full_ring() {
+    let (mut d, _r) = igb();
+    assert_eq!(d.post_rx(0x1000, 2048, 1), Err(DriverError::Stopped));
+    d.start().unwrap();
+    assert!(matches!(d.post_rx(0x1000, RX_MAX_FRAME - 1, 1), Err(DriverError::BadBuffer(_))));
+    assert!(matches!(d.post_rx(0x1001, 2048, 1), Err(DriverError::BadBuffer(_))));
+    for i in 0..RX_RING_SIZE - 1 {
+        d.post_rx(0x1000, 2048, i as u64).unwrap();
+    }
+    assert_eq!(d.post_rx(0x1000, 2048, 999), Err(DriverError::RingFull("RX")));
+}
+
+#[test]
+fn tx_descriptor_format() {
+    let (mut d, r) = igb();
+    d.start().unwrap();
+    d.post_tx(&[(0x1000, 14), (0x3000, 50)], 42).unwrap();
+    assert_eq!(r.get(TDT0), 2);
+    let c0: u32 = d.tx_ring.load(8, Ordering::Relaxed).unwrap();
+    let c1: u32 = d.tx_ring.load(24, Ordering::Relaxed).unwrap();
+    assert_eq!(c0 & 0xffff, 14);
+    assert_eq!(c0 & (TXD_CMD_EOP | TXD_CMD_RS), 0, "EOP/RS only on the last");
+    assert_eq!(c1 & 0xffff, 50);
+    for b in [TXD_CMD_EOP, TXD_CMD_RS, TXD_CMD_IFCS, TXD_CMD_DEXT, TXD_DTYP_DATA] {
+        assert_eq!(c1 & b, b);
+    }
+    let ol: u32 = d.tx_ring.load(12, Ordering::Relaxed).unwrap();
+    assert_eq!(ol >> TXD_PAYLEN_SHIFT, 64);
+    assert_eq!(d.tx_ring.load::<u64>(16, Ordering::Relaxed).unwrap(), 0x3000);
+    let mut out = Vec::new();
+    d.reap_tx(&mut out).unwrap();
+    assert!(out.is_empty());
+    d.tx_ring.store(16 + TXD_STATUS_OFF, TXD_STAT_DD, Ordering::Relaxed).unwrap();
+    d.reap_tx(&mut out).unwrap();
+    assert_eq!(out, vec![TxCompletion { cookie: 42 }]);
+    assert_eq!(d.tx_free(), TX_RING_SIZE - 1);
+    assert!(matches!(d.post_tx(&[(0, 1); 9], 1), Err(DriverError::TooManySegments { .. })));
+    assert!(matches!(d.post_tx(&[(0, 1600)], 1), Err(DriverError::BadBuffer(_))));
+}
+
+#[test]
+fn quiesce_stops_queues_and_forgets_buffers() {
+    let (mut d, r) = igb();
+    d.start().unwrap();
+    d.post_rx(0x1000, 2048, 1).unwrap();
+    d.flush_rx().unwrap();
+    d.quiesce().unwrap();
+    assert_eq!(r.get(RXDCTL0) & RXDCTL_ENABLE, 0);
+    assert_eq!(r.get(TXDCTL0) & TXDCTL_ENABLE, 0);
+    assert_eq!(r.get(RCTL) & RCTL_EN, 0);
+    // A late write-back is not reported: the buffer was forgotten.
+    d.rx_ring.store(RXD_STATUS_OFF, RXD_STAT_DD | RXD_STAT_EOP, Ordering::Relaxed).unwrap();
+    let mut out = Vec::new();
+    d.reap_rx(&mut out).unwrap();
+    assert!(out.is_empty());
+    d.start().unwrap();
+    assert_eq!(r.get(RDT0), 0);
+}
+
+#[test]
+fn quiesce_that_does_not_stop_resets_the_nic() {
+    let (mut d, r) = igb();
+    d.start().unwrap();
+    r.0.lock().unwrap().stuck_rx = true;
+    let n = r.writes_to(CTRL).iter().filter(|v| *v & CTRL_RST != 0).count();
+    assert!(matches!(d.quiesce(), Err(DriverError::Timeout(_))));
+    let m = r.writes_to(CTRL).iter().filter(|v| *v & CTRL_RST != 0).count();
+    assert_eq!(m, n + 1, "a full reset followed");
+}
+
+#[test]
+fn surprise_removal_is_an_error_not_a_panic() {
+    let (mut d, r) = igb();
+    d.start().unwrap();
+    r.0.lock().unwrap().removed = true;
+    assert_eq!(d.link_up(), Err(DriverError::Removed));
+    assert_eq!(d.post_rx(0x1000, 2048, 1), Err(DriverError::Removed));
+    assert_eq!(d.handle_irq(0), Err(DriverError::Removed));
+}

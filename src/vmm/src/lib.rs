@@ -1,4 +1,18 @@
-//! The VMM: KVM VM and vCPUs, guest memory, direct Linux boot, legacy devices, event loop.
+//! The VMM: KVM VM and vCPUs (`vstate`), guest memory, direct Linux boot
+//! (`boot`), legacy devices, and the event loop that runs it all (`builder`).
 
 pub mod boot;
+// pub mod builder; (re-enabled once block/net/acpi land)
+pub mod config;
 pub mod devices;
+pub mod exit;
+pub mod layout;
+pub mod memory;
+pub mod pnic_backend;
+pub mod signals;
+pub mod stdin;
+pub mod vstate;
+
+// pub use builder::{build, BuildError, Vmm, VmmHandle};
+pub use config::VmConfig;
+pub use exit::ExitReason;

@@ -1,0 +1,313 @@
+//! Builds a VM from a [`VmConfig`] and runs its event loop until it stops.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+use virtio_devices::transport::{MmioTransport, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET};
+use virtio_devices::{Interrupt, VirtioDevice};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::boot::{acpi, loader, params};
+use crate::config::{NetBackendConfig, VmConfig};
+use crate::devices::bus::{Bus, BusDevice};
+use crate::devices::legacy::acpi_pm::AcpiPmDevice;
+use crate::devices::legacy::i8042::I8042;
+use crate::devices::legacy::serial::{ConsoleOut, SerialDevice};
+use crate::devices::legacy::EventFdTrigger;
+use crate::exit::{ExitHandle, ExitReason};
+use crate::layout::*;
+use crate::memory::{self, GuestMemory};
+use crate::signals::SignalHandler;
+use crate::stdin::StdinInput;
+use crate::vstate::regs;
+use crate::vstate::vcpu::{Vcpu, VcpuError};
+use crate::vstate::vm::{Vm, VmError};
+
+type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    #[error(transparent)]
+    Memory(#[from] memory::MemoryError),
+    #[error(transparent)]
+    Load(#[from] loader::LoadError),
+    #[error(transparent)]
+    Params(#[from] params::ParamsError),
+    #[error(transparent)]
+    Regs(#[from] regs::RegsError),
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    #[error("ACPI tables: {0}")]
+    Acpi(String),
+    #[error("disk {id}: {err}")]
+    Disk { id: String, err: String },
+    #[error("network interface {id}: {err}")]
+    Net { id: String, err: String },
+    #[error("cannot set up the event loop: {0}")]
+    EventLoop(String),
+    #[error("cannot create an eventfd: {0}")]
+    EventFd(std::io::Error),
+    #[error("device address conflict: {0}")]
+    Bus(#[from] crate::devices::bus::BusOverlap),
+}
+
+/// Adapts the virtio-mmio transport to the MMIO bus.
+struct MmioBusDevice(MmioTransport);
+
+impl BusDevice for MmioBusDevice {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        self.0.read(offset, data)
+    }
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        self.0.write(offset, data)
+    }
+}
+
+/// A virtio device as the running VMM keeps it: for metrics and shutdown.
+struct AttachedDevice {
+    id: String,
+    kind: &'static str,
+    dev: Arc<Mutex<dyn VirtioDevice>>,
+}
+
+/// What other threads (the API) may do to a running VM.
+#[derive(Clone)]
+pub struct VmmHandle {
+    i8042: Arc<Mutex<I8042>>,
+    devices: Arc<Vec<AttachedDevice>>,
+    exit: Arc<ExitHandle>,
+    metrics_path: Arc<Mutex<Option<PathBuf>>>,
+}
+
+impl VmmHandle {
+    pub fn send_ctrl_alt_del(&self) {
+        self.i8042.lock().unwrap_or_else(|p| p.into_inner()).send_ctrl_alt_del();
+    }
+
+    /// Every device's counters: `{"net": {id: {...}}, "block": {id: {...}}}`.
+    pub fn metrics(&self) -> serde_json::Value {
+        let mut out = serde_json::Map::new();
+        for d in self.devices.iter() {
+            let m = d.dev.lock().unwrap_or_else(|p| p.into_inner()).metrics().unwrap_or(serde_json::Value::Null);
+            out.entry(d.kind)
+                .or_insert_with(|| serde_json::Value::Object(Default::default()))
+                .as_object_mut()
+                .map(|o| o.insert(d.id.clone(), m));
+        }
+        serde_json::Value::Object(out)
+    }
+
+    pub fn set_metrics_path(&self, path: Option<PathBuf>) {
+        *self.metrics_path.lock().unwrap_or_else(|p| p.into_inner()) = path;
+    }
+
+    /// Writes the metrics JSON to the configured path (atomically: temp + rename).
+    pub fn flush_metrics(&self) -> std::io::Result<()> {
+        let path = self.metrics_path.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        match path {
+            Some(p) => write_json_atomic(&p, &self.metrics()),
+            None => Ok(()),
+        }
+    }
+
+    pub fn request_exit(&self, reason: ExitReason) {
+        self.exit.request(reason)
+    }
+}
+
+fn write_json_atomic(path: &Path, value: &serde_json::Value) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(value).unwrap_or_default())?;
+    std::fs::rename(&tmp, path)
+}
+
+pub struct Vmm {
+    _vm: Vm,
+    _mem: GuestMemory,
+    event_manager: EventManager<Subscriber>,
+    handle: VmmHandle,
+    _vcpus: Vec<JoinHandle<()>>,
+}
+
+/// Guest-visible name of the n-th virtio disk: vda, vdb, ...
+fn disk_name(index: usize) -> String {
+    format!("vd{}", (b'a' + index as u8) as char)
+}
+
+struct DeviceSlots {
+    next: u64,
+    next_irq: u32,
+}
+
+impl Vmm {
+    pub fn handle(&self) -> VmmHandle {
+        self.handle.clone()
+    }
+
+    /// Runs the event loop until the VM stops; then stops every device (so no
+    /// hardware writes guest memory any more) and flushes metrics.
+    pub fn run(mut self) -> ExitReason {
+        let reason = loop {
+            if let Err(e) = self.event_manager.run_with_timeout(100) {
+                break ExitReason::VmmError(format!("event loop failed: {e}"));
+            }
+            if let Some(r) = self.handle.exit.reason() {
+                break r;
+            }
+        };
+        for d in self.handle.devices.iter() {
+            d.dev.lock().unwrap_or_else(|p| p.into_inner()).reset();
+        }
+        if let Err(e) = self.handle.flush_metrics() {
+            log::error!("cannot write metrics: {e}");
+        }
+        reason
+    }
+}
+
+fn attach_virtio<T>(
+    vm: &Vm,
+    mem: &GuestMemory,
+    mmio: &mut Bus,
+    em: &mut EventManager<Subscriber>,
+    slots: &mut DeviceSlots,
+    cmdline: &mut String,
+    dev: T,
+) -> Result<Arc<Mutex<dyn VirtioDevice>>, BuildError>
+where
+    T: VirtioDevice + MutEventSubscriber + Send + 'static,
+{
+    let base = slots.next;
+    let irq = slots.next_irq;
+    let dev = Arc::new(Mutex::new(dev));
+    for (i, evt) in dev.lock().unwrap().queue_events().iter().enumerate() {
+        vm.register_mmio_ioevent(evt, base + QUEUE_NOTIFY_OFFSET, i as u32)?;
+    }
+    let irqfd = EventFd::new(EFD_NONBLOCK).map_err(BuildError::EventFd)?;
+    vm.register_irqfd(&irqfd, irq)?;
+    let as_virtio: Arc<Mutex<dyn VirtioDevice>> = dev.clone();
+    let transport = MmioTransport::new(as_virtio.clone(), mem.clone(), Arc::new(Interrupt::new(irqfd)));
+    mmio.insert(Arc::new(Mutex::new(MmioBusDevice(transport))), base, MMIO_WINDOW_SIZE)?;
+    em.add_subscriber(dev as Subscriber);
+    cmdline.push_str(&format!(" virtio_mmio.device={}K@{:#x}:{}", MMIO_WINDOW_SIZE >> 10, base, irq));
+    slots.next += MMIO_DEVICE_STRIDE;
+    slots.next_irq += 1;
+    Ok(as_virtio)
+}
+
+pub fn build(config: &VmConfig) -> Result<Vmm, BuildError> {
+    config.validate()?;
+    let vm = Vm::new()?;
+    vm.check_vcpu_count(config.vcpus)?;
+    let mem = memory::create_guest_memory(config.mem_mib)?;
+    vm.set_memory(&mem)?;
+    let kernel = loader::load_kernel(&mem, &config.kernel)?;
+    let initrd = config.initrd.as_deref().map(|p| loader::load_initrd(&mem, p, &kernel)).transpose()?;
+
+    let exit = Arc::new(ExitHandle::new().map_err(BuildError::EventFd)?);
+    let mut em: EventManager<Subscriber> = EventManager::new().map_err(|e| BuildError::EventLoop(e.to_string()))?;
+    let mut pio = Bus::default();
+    let mut mmio = Bus::default();
+
+    // Legacy devices.
+    let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(BuildError::EventFd)?;
+    vm.register_irqfd(&serial_irq, SERIAL_IRQ)?;
+    let serial = Arc::new(Mutex::new(SerialDevice::new(EventFdTrigger(serial_irq), ConsoleOut)));
+    pio.insert(serial.clone(), u64::from(COM1_PORT), u64::from(COM_PORT_LEN))?;
+    let kbd_irq = EventFd::new(EFD_NONBLOCK).map_err(BuildError::EventFd)?;
+    vm.register_irqfd(&kbd_irq, I8042_KBD_IRQ)?;
+    let i8042 = Arc::new(Mutex::new(I8042::new(EventFdTrigger(kbd_irq), exit.clone())));
+    pio.insert(i8042.clone(), u64::from(I8042_PORT), u64::from(I8042_PORT_LEN))?;
+    let poweroff_evt = EventFd::new(EFD_NONBLOCK).map_err(BuildError::EventFd)?;
+    let pm = Arc::new(Mutex::new(AcpiPmDevice::new(poweroff_evt.try_clone().map_err(BuildError::EventFd)?)));
+    pio.insert(pm, u64::from(ACPI_PM_PORT), u64::from(ACPI_PM_PORT_LEN))?;
+
+    // virtio devices: the root disk first so it is /dev/vda.
+    let mut cmdline = config.cmdline.clone();
+    let mut slots = DeviceSlots { next: VIRTIO_MMIO_START, next_irq: VIRTIO_IRQ_BASE };
+    let mut devices = Vec::new();
+    let mut disks: Vec<_> = config.disks.iter().collect();
+    disks.sort_by_key(|d| !d.root);
+    for (i, d) in disks.iter().enumerate() {
+        if d.root && !cmdline.split_whitespace().any(|w| w.starts_with("root=")) {
+            cmdline.push_str(&format!(" root=/dev/{} {}", disk_name(i), if d.read_only { "ro" } else { "rw" }));
+        }
+        let blk = virtio_devices::block::Block::new(virtio_devices::block::BlockConfig {
+            path: d.path.clone(),
+            read_only: d.read_only,
+            id: d.id.clone(),
+        })
+        .map_err(|e| BuildError::Disk { id: d.id.clone(), err: e.to_string() })?;
+        let dev = attach_virtio(&vm, &mem, &mut mmio, &mut em, &mut slots, &mut cmdline, blk)?;
+        devices.push(AttachedDevice { id: d.id.clone(), kind: "block", dev });
+    }
+    for n in &config.nets {
+        let net_err = |err: String| BuildError::Net { id: n.id.clone(), err };
+        let backend: Box<dyn virtio_devices::net::backend::NetBackend> = match &n.backend {
+            NetBackendConfig::Tap { name } => Box::new(
+                virtio_devices::net::tap::TapBackend::open(name).map_err(|e| net_err(e.to_string()))?,
+            ),
+            NetBackendConfig::Vfio { bdf } => {
+                crate::pnic_backend::open(bdf, n.mac, &mem).map_err(net_err)?
+            }
+        };
+        let net = virtio_devices::net::Net::new(backend, n.mac, n.id.clone());
+        let dev = attach_virtio(&vm, &mem, &mut mmio, &mut em, &mut slots, &mut cmdline, net)?;
+        devices.push(AttachedDevice { id: n.id.clone(), kind: "net", dev });
+    }
+
+    // Boot tables, ACPI and the zero page.
+    regs::write_boot_tables(&mem)?;
+    let layout = acpi::AcpiLayout { num_cpus: config.vcpus, pm_port: ACPI_PM_PORT, mmio_devices: vec![], serial: true };
+    let rsdp = acpi::create_acpi_tables(&mem, &layout).map_err(|e| BuildError::Acpi(e.to_string()))?;
+    params::write_boot_params(&mem, &kernel, initrd.as_ref(), &cmdline, Some(rsdp))?;
+    log::info!("kernel command line: {cmdline}");
+
+    // Event sources owned by the VMM itself.
+    em.add_subscriber(Arc::new(Mutex::new(StdinInput::new(serial.clone()))) as Subscriber);
+    em.add_subscriber(Arc::new(Mutex::new(SignalHandler::new(exit.clone()).map_err(BuildError::EventFd)?)) as Subscriber);
+    em.add_subscriber(Arc::new(Mutex::new(crate::exit::ExitEvents::new(exit.clone(), poweroff_evt))) as Subscriber);
+
+    let pio = Arc::new(pio);
+    let mmio = Arc::new(mmio);
+    let mut vcpus = Vec::new();
+    for id in 0..config.vcpus {
+        let vcpu = Vcpu::new(&vm, id)?;
+        vcpu.configure(&vm, config.vcpus, kernel.entry.0)?;
+        vcpus.push(vcpu);
+    }
+    let threads = vcpus
+        .into_iter()
+        .map(|v| v.spawn(pio.clone(), mmio.clone(), exit.clone()))
+        .collect::<Result<Vec<_>, _>>()?;
+
+    Ok(Vmm {
+        _vm: vm,
+        _mem: mem,
+        event_manager: em,
+        handle: VmmHandle {
+            i8042,
+            devices: Arc::new(devices),
+            exit,
+            metrics_path: Arc::new(Mutex::new(config.metrics_path.clone())),
+        },
+        _vcpus: threads,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disk_names() {
+        assert_eq!(disk_name(0), "vda");
+        assert_eq!(disk_name(2), "vdc");
+    }
+}

@@ -1,0 +1,120 @@
+//! The KVM VM: in-kernel irqchip and PIT, guest memory slots, irqfds/ioeventfds.
+
+use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{IoEventAddress, Kvm, VmFd};
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::layout::{KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS};
+use crate::memory::GuestMemory;
+
+/// KVM API version every kvm-ioctls user expects.
+const KVM_API_VERSION: i32 = 12;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("/dev/kvm does not exist: load the kvm module (kvm_intel or kvm_amd) or run inside the testbed (tools/testbed run)")]
+    KvmMissing,
+    #[error("permission denied opening /dev/kvm: run as root or add your user to the kvm group")]
+    KvmPermission,
+    #[error("cannot open /dev/kvm: {0}")]
+    KvmOpen(kvm_ioctls::Error),
+    #[error("unsupported KVM API version {0} (need {KVM_API_VERSION})")]
+    ApiVersion(i32),
+    #[error("KVM lacks a required capability: {0}")]
+    Capability(&'static str),
+    #[error("KVM_CREATE_VM failed: {0}")]
+    CreateVm(kvm_ioctls::Error),
+    #[error("cannot set up the VM ({what}): {err}")]
+    Setup { what: &'static str, err: kvm_ioctls::Error },
+    #[error("too many vCPUs: {want} requested, KVM supports at most {max}")]
+    TooManyVcpus { want: u8, max: usize },
+}
+
+pub struct Vm {
+    kvm: Kvm,
+    fd: VmFd,
+}
+
+impl Vm {
+    /// Opens /dev/kvm and creates a VM with an in-kernel irqchip and PIT.
+    pub fn new() -> Result<Vm, VmError> {
+        let kvm = Kvm::new().map_err(|e| match e.errno() {
+            libc::ENOENT => VmError::KvmMissing,
+            libc::EACCES | libc::EPERM => VmError::KvmPermission,
+            _ => VmError::KvmOpen(e),
+        })?;
+        let version = kvm.get_api_version();
+        if version != KVM_API_VERSION {
+            return Err(VmError::ApiVersion(version));
+        }
+        for (cap, name) in [
+            (kvm_ioctls::Cap::Irqchip, "KVM_CAP_IRQCHIP"),
+            (kvm_ioctls::Cap::Ioeventfd, "KVM_CAP_IOEVENTFD"),
+            (kvm_ioctls::Cap::Irqfd, "KVM_CAP_IRQFD"),
+            (kvm_ioctls::Cap::UserMemory, "KVM_CAP_USER_MEMORY"),
+        ] {
+            if !kvm.check_extension(cap) {
+                return Err(VmError::Capability(name));
+            }
+        }
+        let fd = kvm.create_vm().map_err(VmError::CreateVm)?;
+        let setup = |what| move |err| VmError::Setup { what, err };
+        fd.set_tss_address(KVM_TSS_ADDRESS as usize).map_err(setup("KVM_SET_TSS_ADDR"))?;
+        fd.set_identity_map_address(KVM_IDENTITY_MAP_ADDRESS)
+            .map_err(setup("KVM_SET_IDENTITY_MAP_ADDR"))?;
+        fd.create_irq_chip().map_err(setup("KVM_CREATE_IRQCHIP"))?;
+        let pit = kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
+        fd.create_pit2(pit).map_err(setup("KVM_CREATE_PIT2"))?;
+        Ok(Vm { kvm, fd })
+    }
+
+    pub fn kvm(&self) -> &Kvm {
+        &self.kvm
+    }
+
+    pub fn fd(&self) -> &VmFd {
+        &self.fd
+    }
+
+    pub fn check_vcpu_count(&self, n: u8) -> Result<(), VmError> {
+        let max = self.kvm.get_max_vcpus();
+        if usize::from(n) > max {
+            return Err(VmError::TooManyVcpus { want: n, max });
+        }
+        Ok(())
+    }
+
+    /// Registers every guest RAM region as a KVM memory slot.
+    pub fn set_memory(&self, mem: &GuestMemory) -> Result<(), VmError> {
+        for (slot, region) in mem.iter().enumerate() {
+            let host = region.get_host_address(vm_memory::MemoryRegionAddress(0)).map_err(|_| {
+                VmError::Setup { what: "guest memory host address", err: kvm_ioctls::Error::new(libc::EFAULT) }
+            })?;
+            let desc = kvm_userspace_memory_region {
+                slot: slot as u32,
+                flags: 0,
+                guest_phys_addr: region.start_addr().0,
+                memory_size: region.len(),
+                userspace_addr: host as u64,
+            };
+            // SAFETY: the region is a live mapping of `memory_size` bytes owned by
+            // `mem`, which the VMM keeps alive for as long as the VM exists.
+            unsafe { self.fd.set_user_memory_region(desc) }
+                .map_err(|err| VmError::Setup { what: "KVM_SET_USER_MEMORY_REGION", err })?;
+        }
+        Ok(())
+    }
+
+    pub fn register_irqfd(&self, evt: &EventFd, gsi: u32) -> Result<(), VmError> {
+        self.fd.register_irqfd(evt, gsi).map_err(|err| VmError::Setup { what: "KVM_IRQFD", err })
+    }
+
+    /// A guest write of `datamatch` to MMIO address `addr` signals `evt` in the
+    /// kernel, without a VM exit to user space.
+    pub fn register_mmio_ioevent(&self, evt: &EventFd, addr: u64, datamatch: u32) -> Result<(), VmError> {
+        self.fd
+            .register_ioevent(evt, &IoEventAddress::Mmio(addr), datamatch)
+            .map_err(|err| VmError::Setup { what: "KVM_IOEVENTFD", err })
+    }
+}

@@ -1,0 +1,428 @@
+//! The virtio-blk device: one request queue served on the event-loop thread,
+//! synchronously, straight between the image file and guest memory.
+
+use std::sync::Arc;
+
+use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use log::{debug, error, warn};
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use vm_memory::{Bytes, GuestAddress};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::disk::{BlockConfig, BlockError, Disk, ID_BYTES, SECTOR_SIZE};
+use super::metrics::BlockMetrics;
+use super::request::{
+    Request, RequestType, Segment, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP,
+};
+use crate::interrupt::Interrupt;
+use crate::{ActivateContext, ActivateError, GuestMemory, VirtioDevice, TYPE_BLOCK};
+
+/// Size of the single request queue.
+pub const QUEUE_SIZE: u16 = 256;
+
+/// Feature bits (VIRTIO 1.2, 5.2.3 and 6).
+pub const VIRTIO_BLK_F_SEG_MAX: u64 = 1 << 2;
+pub const VIRTIO_BLK_F_RO: u64 = 1 << 5;
+pub const VIRTIO_BLK_F_BLK_SIZE: u64 = 1 << 6;
+pub const VIRTIO_BLK_F_FLUSH: u64 = 1 << 9;
+pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
+pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+
+/// `struct virtio_blk_config` fields we fill (VIRTIO 1.2, 5.2.4).
+const CONFIG_CAPACITY: usize = 0;
+const CONFIG_SEG_MAX: usize = 12;
+const CONFIG_BLK_SIZE: usize = 20;
+/// Up to and including blk_size; later fields belong to features not offered.
+pub const CONFIG_LEN: usize = 24;
+/// Data segments per request the driver may use: the queue size minus the
+/// header and status descriptors.
+const SEG_MAX: u32 = QUEUE_SIZE as u32 - 2;
+
+/// What the device holds once the driver set DRIVER_OK.
+struct Active {
+    mem: GuestMemory,
+    queue: Queue,
+    interrupt: Arc<Interrupt>,
+    /// The guest broke the queue; nothing is processed until reset.
+    broken: bool,
+}
+
+/// A virtio-blk device on a raw image.
+pub struct Block {
+    disk: Disk,
+    id: [u8; ID_BYTES],
+    avail_features: u64,
+    acked_features: u64,
+    config: [u8; CONFIG_LEN],
+    queue_max_sizes: [u16; 1],
+    queue_events: [EventFd; 1],
+    active: Option<Active>,
+    metrics: BlockMetrics,
+}
+
+impl Block {
+    pub fn new(cfg: BlockConfig) -> Result<Block, BlockError> {
+        if cfg.id.len() > ID_BYTES {
+            return Err(BlockError::IdTooLong { len: cfg.id.len(), id: cfg.id });
+        }
+        let disk = Disk::open(&cfg.path, cfg.read_only)?;
+        let mut id = [0u8; ID_BYTES];
+        id[..cfg.id.len()].copy_from_slice(cfg.id.as_bytes());
+
+        let mut avail_features = VIRTIO_F_VERSION_1
+            | VIRTIO_RING_F_EVENT_IDX
+            | VIRTIO_BLK_F_FLUSH
+            | VIRTIO_BLK_F_SEG_MAX
+            | VIRTIO_BLK_F_BLK_SIZE;
+        if cfg.read_only {
+            avail_features |= VIRTIO_BLK_F_RO;
+        }
+        let mut config = [0u8; CONFIG_LEN];
+        config[CONFIG_CAPACITY..CONFIG_CAPACITY + 8].copy_from_slice(&disk.sectors().to_le_bytes());
+        config[CONFIG_SEG_MAX..CONFIG_SEG_MAX + 4].copy_from_slice(&SEG_MAX.to_le_bytes());
+        config[CONFIG_BLK_SIZE..CONFIG_BLK_SIZE + 4]
+            .copy_from_slice(&(SECTOR_SIZE as u32).to_le_bytes());
+        let queue_event = EventFd::new(EFD_NONBLOCK).map_err(BlockError::EventFd)?;
+        Ok(Block {
+            disk,
+            id,
+            avail_features,
+            acked_features: 0,
+            config,
+            queue_max_sizes: [QUEUE_SIZE],
+            queue_events: [queue_event],
+            active: None,
+            metrics: BlockMetrics::default(),
+        })
+    }
+
+    /// Capacity in 512-byte sectors.
+    pub fn capacity(&self) -> u64 {
+        self.disk.sectors()
+    }
+
+    pub fn read_only(&self) -> bool {
+        self.disk.read_only()
+    }
+
+    pub fn acked_features(&self) -> u64 {
+        self.acked_features
+    }
+
+    /// A copy of the counters.
+    pub fn block_metrics(&self) -> BlockMetrics {
+        self.metrics.clone()
+    }
+
+    /// Serves every available request, then interrupts the guest if the
+    /// notification suppression rules (EVENT_IDX) say so. Normally called from
+    /// `process()` on a queue kick.
+    pub fn process_queue(&mut self) {
+        let Block { disk, id, active, metrics, .. } = self;
+        let Some(active) = active.as_mut() else {
+            return;
+        };
+        if active.broken {
+            return;
+        }
+        let Active { mem, queue, interrupt, broken } = active;
+        let mut completed = 0u32;
+        'outer: loop {
+            if let Err(e) = queue.disable_notification(mem) {
+                queue_broken(broken, metrics, "cannot disable notifications", &e);
+                break;
+            }
+            loop {
+                let chain = match next_chain(queue, mem) {
+                    Ok(Some(c)) => c,
+                    Ok(None) => break,
+                    Err(e) => {
+                        queue_broken(broken, metrics, "bad available ring", &e);
+                        break 'outer;
+                    }
+                };
+                let head = chain.head_index();
+                let used_len = handle_chain(disk, id, mem, chain, metrics);
+                match queue.add_used(mem, head, used_len) {
+                    Ok(()) => completed += 1,
+                    Err(virtio_queue::Error::InvalidDescriptorIndex) => {
+                        // The avail ring named a head beyond the queue: there is no
+                        // chain to give back (already counted as skipped).
+                        debug!("virtio-blk: head index {head} out of range; dropped");
+                    }
+                    Err(e) => {
+                        queue_broken(broken, metrics, "cannot write used ring", &e);
+                        break 'outer;
+                    }
+                }
+            }
+            match queue.enable_notification(mem) {
+                Ok(true) => continue,
+                Ok(false) => break,
+                Err(e) => {
+                    queue_broken(broken, metrics, "cannot enable notifications", &e);
+                    break;
+                }
+            }
+        }
+        if completed > 0 {
+            // On error, interrupt anyway: a spurious interrupt is harmless, a lost one hangs I/O.
+            if queue.needs_notification(mem).unwrap_or(true) {
+                if let Err(e) = interrupt.signal_used_queue() {
+                    error!("virtio-blk: cannot interrupt the guest: {e}");
+                }
+            }
+        }
+    }
+}
+
+/// The next available chain, or the reason the available ring is unusable.
+fn next_chain<'m>(
+    queue: &mut Queue,
+    mem: &'m GuestMemory,
+) -> Result<Option<DescriptorChain<&'m GuestMemory>>, virtio_queue::Error> {
+    let mut iter = queue.iter(mem)?;
+    Ok(iter.next())
+}
+
+fn queue_broken(broken: &mut bool, metrics: &mut BlockMetrics, what: &str, e: &virtio_queue::Error) {
+    warn!("virtio-blk: {what}: {e}; queue stopped until the driver resets the device");
+    *broken = true;
+    metrics.queue_errors += 1;
+}
+
+/// Parses, executes and completes one chain. Returns the used-ring length:
+/// bytes written into the chain, status byte included (0 if even that was impossible).
+fn handle_chain(
+    disk: &Disk,
+    id: &[u8; ID_BYTES],
+    mem: &GuestMemory,
+    chain: DescriptorChain<&GuestMemory>,
+    metrics: &mut BlockMetrics,
+) -> u32 {
+    let req = match Request::parse(chain, mem) {
+        Ok(r) => r,
+        Err(e) => {
+            debug!("virtio-blk: malformed request ({})", e.reason.as_str());
+            metrics.count_malformed(e.reason);
+            return match e.status {
+                Some(addr) => {
+                    metrics.io_errors += 1;
+                    write_status(mem, addr, VIRTIO_BLK_S_IOERR);
+                    1
+                }
+                None => {
+                    metrics.skipped += 1;
+                    0
+                }
+            };
+        }
+    };
+    let (status, written) = execute(disk, id, mem, &req, metrics);
+    write_status(mem, req.status, status);
+    u32::try_from(written + 1).unwrap_or(u32::MAX)
+}
+
+/// Runs a checked request; returns its status and the bytes written to the guest.
+fn execute(
+    disk: &Disk,
+    id: &[u8; ID_BYTES],
+    mem: &GuestMemory,
+    req: &Request,
+    metrics: &mut BlockMetrics,
+) -> (u8, u64) {
+    let ioerr = |metrics: &mut BlockMetrics| {
+        metrics.io_errors += 1;
+        (VIRTIO_BLK_S_IOERR, 0)
+    };
+    match req.kind {
+        RequestType::In | RequestType::Out => {
+            let Some(pos) = checked_range(disk, req.sector, req.data_len) else {
+                debug!(
+                    "virtio-blk: {:?} of {} bytes at sector {} outside the disk ({} sectors) or not sector-sized",
+                    req.kind,
+                    req.data_len,
+                    req.sector,
+                    disk.sectors()
+                );
+                return ioerr(metrics);
+            };
+            if req.kind == RequestType::Out && disk.read_only() {
+                metrics.read_only_refusals += 1;
+                return ioerr(metrics);
+            }
+            let res = transfer(disk, mem, &req.data, pos, req.kind == RequestType::In);
+            if let Err(e) = res {
+                warn!("virtio-blk: {:?} at sector {} of {}: {e}", req.kind, req.sector, disk.path().display());
+                return ioerr(metrics);
+            }
+            if req.kind == RequestType::In {
+                metrics.reads += 1;
+                metrics.read_bytes += req.data_len;
+                (VIRTIO_BLK_S_OK, req.data_len)
+            } else {
+                metrics.writes += 1;
+                metrics.write_bytes += req.data_len;
+                (VIRTIO_BLK_S_OK, 0)
+            }
+        }
+        RequestType::Flush => match disk.flush() {
+            Ok(()) => {
+                metrics.flushes += 1;
+                (VIRTIO_BLK_S_OK, 0)
+            }
+            Err(e) => {
+                warn!("virtio-blk: flush of {}: {e}", disk.path().display());
+                ioerr(metrics)
+            }
+        },
+        RequestType::GetId => {
+            let mut left: &[u8] = &id[..ID_BYTES.min(req.data_len as usize)];
+            let written = left.len() as u64;
+            for s in &req.data {
+                if left.is_empty() {
+                    break;
+                }
+                let n = left.len().min(s.len as usize);
+                if mem.write_slice(&left[..n], s.addr).is_err() {
+                    return ioerr(metrics);
+                }
+                left = &left[n..];
+            }
+            metrics.get_ids += 1;
+            (VIRTIO_BLK_S_OK, written)
+        }
+        RequestType::Unsupported(t) => {
+            debug!("virtio-blk: unsupported request type {t}");
+            metrics.unsupported += 1;
+            (VIRTIO_BLK_S_UNSUPP, 0)
+        }
+    }
+}
+
+/// The disk byte offset of a data transfer, if it is whole sectors and fits on the disk.
+fn checked_range(disk: &Disk, sector: u64, len: u64) -> Option<u64> {
+    if len % SECTOR_SIZE != 0 {
+        return None;
+    }
+    let end_sector = sector.checked_add(len / SECTOR_SIZE)?;
+    (end_sector <= disk.sectors()).then(|| sector * SECTOR_SIZE)
+}
+
+fn transfer(disk: &Disk, mem: &GuestMemory, segs: &[Segment], mut pos: u64, read: bool) -> std::io::Result<()> {
+    for s in segs {
+        if read {
+            disk.read_to_guest(mem, s.addr, s.len as usize, pos)?;
+        } else {
+            disk.write_from_guest(mem, s.addr, s.len as usize, pos)?;
+        }
+        pos += u64::from(s.len);
+    }
+    Ok(())
+}
+
+fn write_status(mem: &GuestMemory, addr: GuestAddress, status: u8) {
+    // The address was checked at parse time; a failure here is not the guest's
+    // to see, so it is only logged.
+    if let Err(e) = mem.write_obj(status, addr) {
+        warn!("virtio-blk: cannot write status at {:#x}: {e}", addr.0);
+    }
+}
+
+impl VirtioDevice for Block {
+    fn device_type(&self) -> u32 {
+        TYPE_BLOCK
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &self.queue_max_sizes
+    }
+
+    fn avail_features(&self) -> u64 {
+        self.avail_features
+    }
+
+    fn set_acked_features(&mut self, features: u64) {
+        self.acked_features = features & self.avail_features;
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        data.fill(0);
+        let Ok(start) = usize::try_from(offset) else {
+            return;
+        };
+        if start >= CONFIG_LEN {
+            debug!("virtio-blk: config read at {offset:#x} beyond the fields offered");
+            return;
+        }
+        let end = (start + data.len()).min(CONFIG_LEN);
+        data[..end - start].copy_from_slice(&self.config[start..end]);
+    }
+
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        // Only `writeback` is writable, and only with CONFIG_WCE, not offered.
+        warn!("virtio-blk: config write of {} bytes at {offset:#x} ignored (read-only)", data.len());
+    }
+
+    fn queue_events(&self) -> &[EventFd] {
+        &self.queue_events
+    }
+
+    fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
+        let ActivateContext { mem, queues, interrupt } = ctx;
+        if queues.len() != 1 {
+            return Err(ActivateError::QueueCount { got: queues.len(), want: 1 });
+        }
+        let queue = queues.into_iter().next().ok_or(ActivateError::InvalidQueue(0))?;
+        if !queue.is_valid(&mem) {
+            return Err(ActivateError::InvalidQueue(0));
+        }
+        self.active = Some(Active { mem, queue, interrupt, broken: false });
+        // Requests the driver queued before DRIVER_OK would otherwise wait
+        // for the next kick.
+        if let Err(e) = self.queue_events[0].write(1) {
+            warn!("virtio-blk: cannot self-kick the queue after activation: {e}");
+        }
+        Ok(())
+    }
+
+    fn is_activated(&self) -> bool {
+        self.active.is_some()
+    }
+
+    fn reset(&mut self) {
+        // I/O is synchronous under the device lock, so once the state is
+        // dropped nothing writes guest memory any more.
+        self.active = None;
+        self.acked_features = 0;
+    }
+
+    fn metrics(&self) -> Option<serde_json::Value> {
+        Some(self.metrics.to_json())
+    }
+}
+
+impl MutEventSubscriber for Block {
+    fn init(&mut self, ops: &mut EventOps) {
+        for (i, evt) in self.queue_events.iter().enumerate() {
+            if let Err(e) = ops.add(Events::with_data(evt, i as u32, EventSet::IN)) {
+                error!("virtio-blk: cannot register queue {i} eventfd: {e}");
+            }
+        }
+    }
+
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        let index = events.data() as usize;
+        let Some(evt) = self.queue_events.get(index) else {
+            warn!("virtio-blk: event for unknown source {index}");
+            return;
+        };
+        // Drain the kick; EAGAIN just means it was already consumed.
+        let _ = evt.read();
+        if self.active.is_none() {
+            self.metrics.kicks_before_activation += 1;
+            return;
+        }
+        self.process_queue();
+    }
+}

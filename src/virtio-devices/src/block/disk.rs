@@ -1,0 +1,302 @@
+//! The raw disk image behind a virtio-blk device, and the zero-copy transfers
+//! between it and guest memory (pread/pwrite straight into/out of the guest's
+//! mapped RAM; no bounce buffer).
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Seek, SeekFrom};
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use vm_memory::bitmap::Bitmap;
+use vm_memory::{GuestAddress, GuestMemoryBackend};
+
+use crate::GuestMemory;
+
+/// virtio-blk addresses the disk in 512-byte sectors, whatever blk_size says.
+pub const SECTOR_SIZE: u64 = 512;
+/// Length of the id string returned by VIRTIO_BLK_T_GET_ID.
+pub const ID_BYTES: usize = 20;
+
+/// What the VMM asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockConfig {
+    /// Raw image file or host block device.
+    pub path: PathBuf,
+    /// Offer VIRTIO_BLK_F_RO and refuse writes.
+    pub read_only: bool,
+    /// Serial returned by VIRTIO_BLK_T_GET_ID (at most 20 bytes; Linux shows it
+    /// in /sys/block/vdX/serial).
+    pub id: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BlockError {
+    #[error("disk image {path} does not exist")]
+    NotFound { path: PathBuf },
+    #[error("cannot stat disk image {path}: {source}")]
+    Stat { path: PathBuf, source: io::Error },
+    #[error("disk image {path} is a {kind}, not a regular file or block device")]
+    NotAFileOrBlockDevice { path: PathBuf, kind: &'static str },
+    #[error("cannot open disk image {path} {mode}: {source}{hint}")]
+    Open {
+        path: PathBuf,
+        mode: &'static str,
+        source: io::Error,
+        hint: &'static str,
+    },
+    #[error("cannot get the size of disk image {path}: {source}")]
+    Size { path: PathBuf, source: io::Error },
+    #[error("disk image {path} is {size} bytes, smaller than one 512-byte sector")]
+    TooSmall { path: PathBuf, size: u64 },
+    #[error("block device id {id:?} is {len} bytes; at most 20 are allowed")]
+    IdTooLong { id: String, len: usize },
+    #[error("cannot create the block queue eventfd: {0}")]
+    EventFd(io::Error),
+}
+
+/// An opened, size-checked disk image.
+#[derive(Debug)]
+pub struct Disk {
+    file: File,
+    path: PathBuf,
+    /// Capacity in sectors; a partial last sector is not exposed.
+    sectors: u64,
+    read_only: bool,
+}
+
+impl Disk {
+    pub fn open(path: &Path, read_only: bool) -> Result<Disk, BlockError> {
+        let meta = std::fs::metadata(path).map_err(|source| match source.kind() {
+            io::ErrorKind::NotFound => BlockError::NotFound { path: path.to_owned() },
+            _ => BlockError::Stat { path: path.to_owned(), source },
+        })?;
+        let ft = meta.file_type();
+        if !(ft.is_file() || ft.is_block_device()) {
+            let kind = if ft.is_dir() {
+                "directory"
+            } else if ft.is_char_device() {
+                "character device"
+            } else if ft.is_fifo() {
+                "FIFO"
+            } else if ft.is_socket() {
+                "socket"
+            } else {
+                "special file"
+            };
+            return Err(BlockError::NotAFileOrBlockDevice { path: path.to_owned(), kind });
+        }
+        let (mode, hint) = if read_only {
+            ("read-only", "")
+        } else {
+            ("read-write", " (attach it read-only, or fix its permissions)")
+        };
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(!read_only)
+            .open(path)
+            .map_err(|source| BlockError::Open {
+                path: path.to_owned(),
+                mode,
+                hint: if source.kind() == io::ErrorKind::PermissionDenied
+                    || source.raw_os_error() == Some(libc::EROFS)
+                {
+                    hint
+                } else {
+                    ""
+                },
+                source,
+            })?;
+        // Works for regular files and block devices alike.
+        let size = file
+            .seek(SeekFrom::End(0))
+            .map_err(|source| BlockError::Size { path: path.to_owned(), source })?;
+        if size < SECTOR_SIZE {
+            return Err(BlockError::TooSmall { path: path.to_owned(), size });
+        }
+        Ok(Disk { file, path: path.to_owned(), sectors: size / SECTOR_SIZE, read_only })
+    }
+
+    pub fn sectors(&self) -> u64 {
+        self.sectors
+    }
+
+    pub fn read_only(&self) -> bool {
+        self.read_only
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Reads `len` bytes at byte offset `pos` of the disk into guest memory at `addr`.
+    pub fn read_to_guest(
+        &self,
+        mem: &GuestMemory,
+        addr: GuestAddress,
+        len: usize,
+        pos: u64,
+    ) -> io::Result<()> {
+        let mut pos = pos;
+        for slice in GuestMemoryBackend::get_slices(mem, addr, len) {
+            let slice = slice.map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+            let guard = slice.ptr_guard_mut();
+            let (ptr, n) = (guard.as_ptr(), slice.len());
+            let mut done = 0usize;
+            while done < n {
+                // SAFETY: `ptr..ptr+n` is a mapped guest RAM region that stays
+                // mapped while `guard` lives (the memory object is borrowed); the
+                // kernel writes at most `n - done` bytes from `ptr + done`. No Rust
+                // reference to that memory exists, so concurrent guest access is
+                // no aliasing violation.
+                let r = unsafe {
+                    libc::pread(
+                        self.file.as_raw_fd(),
+                        ptr.add(done).cast(),
+                        n - done,
+                        (pos + done as u64) as libc::off_t,
+                    )
+                };
+                match r {
+                    0 => return Err(io::Error::from(io::ErrorKind::UnexpectedEof)),
+                    r if r < 0 => {
+                        let e = io::Error::last_os_error();
+                        if e.kind() != io::ErrorKind::Interrupted {
+                            return Err(e);
+                        }
+                    }
+                    r => done += r as usize,
+                }
+            }
+            // Dirty-page tracking, for when guest memory carries a bitmap.
+            slice.bitmap().mark_dirty(0, n);
+            pos += n as u64;
+        }
+        Ok(())
+    }
+
+    /// Writes `len` bytes of guest memory at `addr` to byte offset `pos` of the disk.
+    pub fn write_from_guest(
+        &self,
+        mem: &GuestMemory,
+        addr: GuestAddress,
+        len: usize,
+        pos: u64,
+    ) -> io::Result<()> {
+        if self.read_only {
+            return Err(io::Error::from_raw_os_error(libc::EROFS));
+        }
+        let mut pos = pos;
+        for slice in GuestMemoryBackend::get_slices(mem, addr, len) {
+            let slice = slice.map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+            let guard = slice.ptr_guard();
+            let (ptr, n) = (guard.as_ptr(), slice.len());
+            let mut done = 0usize;
+            while done < n {
+                // SAFETY: `ptr..ptr+n` is mapped guest RAM kept alive by `guard`;
+                // the kernel only reads `n - done` bytes from `ptr + done`.
+                let r = unsafe {
+                    libc::pwrite(
+                        self.file.as_raw_fd(),
+                        ptr.add(done).cast(),
+                        n - done,
+                        (pos + done as u64) as libc::off_t,
+                    )
+                };
+                match r {
+                    0 => return Err(io::Error::from(io::ErrorKind::WriteZero)),
+                    r if r < 0 => {
+                        let e = io::Error::last_os_error();
+                        if e.kind() != io::ErrorKind::Interrupted {
+                            return Err(e);
+                        }
+                    }
+                    r => done += r as usize,
+                }
+            }
+            pos += n as u64;
+        }
+        Ok(())
+    }
+
+    /// Makes completed writes durable (VIRTIO_BLK_T_FLUSH).
+    pub fn flush(&self) -> io::Result<()> {
+        if self.read_only {
+            return Ok(());
+        }
+        self.file.sync_data()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::block::test_util::{image, TempDir};
+    use vm_memory::{Bytes, GuestMemoryMmap};
+
+
+    #[test]
+    fn open_errors_name_path_and_problem() {
+        let dir = TempDir::new();
+        let missing = dir.path().join("nope.img");
+        let e = Disk::open(&missing, false).unwrap_err().to_string();
+        assert!(e.contains("nope.img") && e.contains("does not exist"), "{e}");
+
+        let e = Disk::open(dir.path(), true).unwrap_err().to_string();
+        assert!(e.contains("is a directory"), "{e}");
+
+        let e = Disk::open(Path::new("/dev/null"), true).unwrap_err().to_string();
+        assert!(e.contains("/dev/null") && e.contains("character device"), "{e}");
+
+        let (_d, small) = image(&[0u8; 100]);
+        let e = Disk::open(&small, true).unwrap_err().to_string();
+        assert!(e.contains("100 bytes"), "{e}");
+    }
+
+    #[test]
+    fn capacity_rounds_down_to_whole_sectors() {
+        let (_d, p) = image(&[0u8; 512 * 3 + 100]);
+        let disk = Disk::open(&p, false).unwrap();
+        assert_eq!(disk.sectors(), 3);
+        assert!(!disk.read_only());
+    }
+
+    #[test]
+    fn transfers_cross_guest_region_boundaries() {
+        let data: Vec<u8> = (0..2048u32).map(|i| (i % 251) as u8).collect();
+        let (_d, p) = image(&data);
+        let disk = Disk::open(&p, false).unwrap();
+        // Two adjacent regions: a 1 KiB transfer at 0xfe00 spans both.
+        let mem: GuestMemory = GuestMemoryMmap::from_ranges(&[
+            (GuestAddress(0), 0x1_0000),
+            (GuestAddress(0x1_0000), 0x1_0000),
+        ])
+        .unwrap();
+        disk.read_to_guest(&mem, GuestAddress(0xfe00), 1024, 512).unwrap();
+        let mut got = vec![0u8; 1024];
+        mem.read_slice(&mut got, GuestAddress(0xfe00)).unwrap();
+        assert_eq!(got, data[512..1536]);
+
+        mem.write_slice(&[0xab; 1024], GuestAddress(0xfe00)).unwrap();
+        disk.write_from_guest(&mem, GuestAddress(0xfe00), 1024, 1024).unwrap();
+        let on_disk = std::fs::read(&p).unwrap();
+        assert_eq!(&on_disk[1024..2048], &[0xab; 1024][..]);
+        assert_eq!(&on_disk[..1024], &data[..1024]);
+
+        // Outside guest memory: an error, no panic.
+        assert!(disk.read_to_guest(&mem, GuestAddress(0x1_ff00), 512, 0).is_err());
+        // Past the end of the file.
+        assert!(disk.read_to_guest(&mem, GuestAddress(0), 512, 4096).is_err());
+    }
+
+    #[test]
+    fn read_only_disk_refuses_writes() {
+        let (_d, p) = image(&[7u8; 1024]);
+        let disk = Disk::open(&p, true).unwrap();
+        let mem: GuestMemory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x1000)]).unwrap();
+        let e = disk.write_from_guest(&mem, GuestAddress(0), 512, 0).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EROFS));
+        assert_eq!(std::fs::read(&p).unwrap(), vec![7u8; 1024]);
+        disk.flush().unwrap();
+    }
+}

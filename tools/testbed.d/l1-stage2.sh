@@ -1,0 +1,174 @@
+#!/bin/sh
+# Stage 2 of the testbed's L1: PID 1 after switch_root into the host root.
+#
+# Prepares what shimvmm's tests need (KVM, VFIO, the NICs, the peer namespace),
+# then runs the job written by tools/testbed with its stdout/stderr on the
+# virtio-serial ports shimvmm.stdout/shimvmm.stderr, reports progress and the
+# exit status as lines on shimvmm.ctl, and powers L1 off.
+#
+# ctl protocol (one line each): "BOOTED <uptime>", "READY <uptime>",
+# "SETUPFAIL <message>", "EXIT <status>".
+set -u
+JOB=${1:?usage: l1-stage2.sh JOBDIR}
+PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+export PATH
+
+# PCI IDs of the emulated NICs (QEMU igb = 82576, e1000e = 82574L).
+IGB_ID="0x8086:0x10c9"
+E1000E_ID="0x8086:0x10d3"
+PEER_NS=peer
+PEER_IP=192.0.2.1
+LOCAL_IP=192.0.2.2
+NET_PREFIX=24
+
+uptime_s() { read -r up _ </proc/uptime; echo "$up"; }
+
+log() { echo "[$(uptime_s)] testbed-stage2: $*" >/dev/console; }
+
+# reboot(2) from the static busybox is synchronous: nothing runs from the 9p
+# root after the shares go away (exiting PID 1 would panic L1).
+poweroff_now() {
+    sync
+    exec /bin/busybox poweroff -f
+}
+
+# Virtio-serial ports have no udev symlinks here: find /dev/vportNpM by name.
+port_dev() {
+    for d in /sys/class/virtio-ports/vport*; do
+        [ -r "$d/name" ] || continue
+        if [ "$(cat "$d/name")" = "$1" ]; then
+            echo "/dev/${d##*/}"
+            return 0
+        fi
+    done
+    return 1
+}
+
+# The ports appear when virtio_console probes; give it a moment.
+i=0
+while ! CTL=$(port_dev shimvmm.ctl); do
+    i=$((i + 1))
+    if [ $i -gt 100 ]; then
+        log "virtio-serial port shimvmm.ctl not found"
+        poweroff_now
+    fi
+    sleep 0.1
+done
+OUT=$(port_dev shimvmm.stdout) || { log "port shimvmm.stdout not found"; poweroff_now; }
+ERR=$(port_dev shimvmm.stderr) || { log "port shimvmm.stderr not found"; poweroff_now; }
+exec 3>"$CTL"
+ctl() { echo "$*" >&3; }
+die() {
+    log "setup failed: $*"
+    ctl "SETUPFAIL $*"
+    poweroff_now
+}
+ctl "BOOTED $(uptime_s)"
+
+echo shimvmm-l1 >/proc/sys/kernel/hostname
+ulimit -l unlimited 2>/dev/null
+log "stage 2 started"
+
+# Process start-up is slow under TCG (every exec reads libraries over 9p), so
+# this uses shell builtins where it can and batches ip/modprobe calls.
+
+# --- find the NICs --------------------------------------------------------------
+IGBS=
+E1000E=
+for d in /sys/bus/pci/devices/*; do
+    read -r vendor <"$d/vendor"
+    read -r device <"$d/device"
+    case "$vendor:$device" in
+        "$IGB_ID") IGBS="$IGBS ${d##*/}" ;;
+        "$E1000E_ID") E1000E=${d##*/} ;;
+    esac
+done
+set -- $IGBS
+[ $# -eq 2 ] || die "expected 2 igb NICs ($IGB_ID), found $#:$IGBS"
+[ -n "$E1000E" ] || die "no e1000e NIC ($E1000E_ID) found"
+PNIC=$1
+PEER_PCI=$2
+
+# The first igb (lowest address, behind root port rp1) is claimed for vfio-pci
+# before any driver loads, so igb.ko never touches it.
+echo vfio-pci >"/sys/bus/pci/devices/$PNIC/driver_override" || die "driver_override on $PNIC"
+
+# --- kernel NIC drivers first: their PHYs autonegotiate while the rest runs ------
+modprobe -a igb e1000e || die "modprobe igb/e1000e failed"
+
+# Wait for a PCI device's network interface and print its name.
+netdev_of() {
+    i=0
+    while [ $i -lt 100 ]; do
+        for n in "/sys/bus/pci/devices/$1/net/"*; do
+            if [ -e "$n" ]; then
+                echo "${n##*/}"
+                return 0
+            fi
+        done
+        i=$((i + 1))
+        sleep 0.1
+    done
+    return 1
+}
+PEER_IF=$(netdev_of "$PEER_PCI") || die "no interface for the peer igb $PEER_PCI"
+E1000E_IF=$(netdev_of "$E1000E") || die "no interface for the e1000e $E1000E"
+log "NIC drivers loaded: $PEER_IF ($PEER_PCI), $E1000E_IF ($E1000E)"
+
+ip netns add "$PEER_NS" || die "ip netns add $PEER_NS failed"
+ip link set "$PEER_IF" netns "$PEER_NS" || die "moving $PEER_IF into namespace $PEER_NS failed"
+printf 'link set lo up\naddr add %s dev %s\nlink set %s up\n' \
+    "$PEER_IP/$NET_PREFIX" "$PEER_IF" "$PEER_IF" | ip -n "$PEER_NS" -batch - \
+    || die "configuring $PEER_IF in namespace $PEER_NS failed"
+printf 'link set lo up\naddr add %s dev %s\nlink set %s up\n' \
+    "$LOCAL_IP/$NET_PREFIX" "$E1000E_IF" "$E1000E_IF" | ip -batch - \
+    || die "configuring $E1000E_IF failed"
+log "links configured"
+
+# --- KVM (nested SVM under TCG), VFIO and what tests may need ----------------------
+modprobe -a kvm kvm_amd tun vhost_net veth bridge vfio vfio_iommu_type1 vfio-pci \
+    || die "modprobe kvm/kvm_amd/tun/vfio failed"
+[ -c /dev/kvm ] || die "/dev/kvm missing after modprobe kvm_amd (no nested SVM?)"
+[ -c /dev/vfio/vfio ] || die "/dev/vfio/vfio missing after modprobe vfio"
+if [ ! -e "/sys/bus/pci/drivers/vfio-pci/$PNIC" ]; then
+    echo "$PNIC" >/sys/bus/pci/drivers_probe 2>/dev/null
+fi
+[ -e "/sys/bus/pci/drivers/vfio-pci/$PNIC" ] || die "$PNIC did not bind to vfio-pci"
+group=
+for g in /sys/kernel/iommu_groups/*/devices/"$PNIC"; do
+    g=${g%/devices/*}
+    group=${g##*/}
+done
+[ -n "$group" ] && [ -c "/dev/vfio/$group" ] || die "/dev/vfio/$group (IOMMU group of $PNIC) missing"
+log "kvm + vfio ready, $PNIC in IOMMU group $group"
+
+# --- links: autonegotiation of the emulated PHYs takes a few seconds ---------------
+i=0
+while [ $i -lt 150 ]; do
+    read -r carrier <"/sys/class/net/$E1000E_IF/carrier" 2>/dev/null || carrier=0
+    if [ "$carrier" = 1 ]; then
+        case "$(ip -n "$PEER_NS" -o link show dev "$PEER_IF")" in
+            *LOWER_UP*) break ;;
+        esac
+    fi
+    i=$((i + 1))
+    sleep 0.1
+done
+[ $i -lt 150 ] || log "warning: links not up after 15 s ($PEER_IF in $PEER_NS, $E1000E_IF)"
+
+export SHIMVMM_TESTBED=1
+export SHIMVMM_PNIC="$PNIC"
+export SHIMVMM_PEER_NS="$PEER_NS"
+export SHIMVMM_PEER_IP="$PEER_IP"
+export SHIMVMM_PEER_IF="$PEER_IF"
+export SHIMVMM_E1000E_IF="$E1000E_IF"
+export SHIMVMM_LOCAL_IP="$LOCAL_IP"
+log "ready: pnic=$PNIC peer=$PEER_IF@$PEER_NS e1000e=$E1000E_IF"
+ctl "READY $(uptime_s)"
+
+# --- the job --------------------------------------------------------------------
+sh "$JOB/job.sh" </dev/null >"$OUT" 2>"$ERR" 3>&-
+status=$?
+ctl "EXIT $status"
+exec 3>&-
+poweroff_now

@@ -6,6 +6,22 @@
 //! once (tap: readv/writev on the guest memory itself) or gives them to hardware
 //! (shim: the pNIC DMAs straight into them) and reports completions later.
 //! Backends write the virtio-net header of received frames themselves.
+//!
+//! Changes since the lead's sketch (all additive, with defaults, so a backend
+//! written against the sketch still compiles):
+//! - [`NetBackend::rx_stalled`] (default `false`): the backend has data it
+//!   cannot take for lack of posted RX space; the device stops watching its fds
+//!   (no busy loop on a level-triggered fd) until it posts more buffers, then
+//!   calls `process_event` itself.
+//! - [`NetBackend::discard_pending`] (default: nothing): an fd fired while the
+//!   device is not activated (no guest memory); consume and drop what is there.
+//!   The device also stops watching that fd until activation.
+//! - Contract spelled out: with VIRTIO_NET_F_MRG_RXBUF, `reap_rx` returns the
+//!   buffers of one frame consecutively, the first one's header carrying
+//!   num_buffers; the device reads it to count frames.
+//! - `DropReason::ALL` lists every reason (for metrics).
+//! - [`DropReason::BadAddress`] also covers a chain whose descriptors or
+//!   indirect table cannot be read at all.
 
 use std::os::unix::io::RawFd;
 
@@ -47,7 +63,8 @@ pub struct Used {
 /// Why a frame or buffer was dropped (keys of the metrics' drop counters).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DropReason {
-    /// A descriptor address/length outside guest RAM.
+    /// A descriptor address/length outside guest RAM (or a chain/indirect
+    /// table that cannot be read at all).
     BadAddress,
     /// A readable descriptor in an RX chain or writable one in a TX chain.
     WrongDirection,
@@ -67,6 +84,19 @@ pub enum DropReason {
 }
 
 impl DropReason {
+    /// Every reason, in a fixed order (metrics list them all).
+    pub const ALL: [DropReason; 9] = [
+        DropReason::BadAddress,
+        DropReason::WrongDirection,
+        DropReason::ZeroLength,
+        DropReason::ChainTooLong,
+        DropReason::ShortHeader,
+        DropReason::BufferTooSmall,
+        DropReason::NoBuffer,
+        DropReason::BackendError,
+        DropReason::FrameTooLong,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             DropReason::BadAddress => "bad_address",
@@ -111,6 +141,18 @@ pub trait NetBackend: Send {
     /// only when nothing can write guest memory any more.
     fn quiesce(&mut self);
     fn link_up(&self) -> bool;
+    /// True when the backend stopped taking frames because the posted RX
+    /// buffers may not hold the next one (the tap with MRG_RXBUF needs room for
+    /// a maximum-size frame before it reads). The device then stops watching
+    /// `event_fds()` and calls `process_event` for each of them after posting
+    /// more buffers, re-watching once this turns false.
+    fn rx_stalled(&self) -> bool {
+        false
+    }
+    /// An fd of `event_fds()` fired while the device is not activated: consume
+    /// and drop whatever is pending (no guest memory to put it in). The device
+    /// stops watching the fd until activation anyway.
+    fn discard_pending(&mut self, _index: usize) {}
     /// Backend-specific counters, merged into the device's metrics.
     fn metrics(&self) -> serde_json::Value;
 }

@@ -3,3 +3,11 @@
 //! → `NetBackend::reap_rx` → used ring → guest interrupt.
 
 pub mod backend;
+pub mod chain;
+pub mod config;
+pub mod device;
+pub mod iov;
+pub mod metrics;
+
+pub use backend::{DropReason, NetBackend, RxBuffer, TxFrame, Used, VNET_HDR_LEN};
+pub use device::Net;

@@ -1,0 +1,628 @@
+//! The virtio-net device: one RX/TX queue pair, VERSION_1 only.
+//!
+//! The device owns the virtqueues. It pops chains, validates them
+//! ([`super::chain`]) and hands them to a [`NetBackend`] as [`RxBuffer`]s /
+//! [`TxFrame`]s; completions go back to the used rings. All queue and backend
+//! work happens on the event-loop thread (`MutEventSubscriber::process`); the
+//! transport's vCPU-thread calls (`activate`, `reset`, config access) only
+//! store state and wake the loop through `activate_evt`.
+
+use std::os::unix::io::RawFd;
+use std::sync::Arc;
+
+use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use log::{debug, error, warn};
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestAddress;
+use vmm_sys_util::eventfd::EventFd;
+
+use super::backend::{DropReason, NetBackend, RxBuffer, TxFrame, Used, VNET_HDR_LEN};
+use super::chain::{addr_at, parse_chain, Direction};
+use super::config::{
+    config_bytes, random_mac, read_window, BACKEND_OFFLOAD_MASK, DEVICE_FEATURES, F_MRG_RXBUF,
+    F_STATUS,
+};
+use super::iov::read_u16_at;
+use super::metrics::NetMetrics;
+use crate::{ActivateContext, ActivateError, GuestMemory, Interrupt, VirtioDevice, TYPE_NET};
+
+/// Queue indices.
+pub const RX_QUEUE: usize = 0;
+pub const TX_QUEUE: usize = 1;
+/// Maximum (and default) queue size: 256 buffers of >= 1536 B hold a few
+/// 64 KiB GSO frames with MRG_RXBUF.
+pub const QUEUE_SIZE: u16 = 256;
+const QUEUE_SIZES: [u16; 2] = [QUEUE_SIZE, QUEUE_SIZE];
+
+/// Offset of `num_buffers` in `struct virtio_net_hdr_v1`.
+pub const HDR_NUM_BUFFERS_OFFSET: usize = 10;
+
+/// Event tokens (`Events::data`) this device registers.
+const EV_RX_QUEUE: u32 = 0;
+const EV_TX_QUEUE: u32 = 1;
+const EV_ACTIVATE: u32 = 2;
+/// Backend fd `i` of `NetBackend::event_fds()` uses token `EV_BACKEND_BASE + i`.
+const EV_BACKEND_BASE: u32 = 16;
+
+/// Most TX chains handled per kick before yielding to other events (the rest
+/// is picked up by re-signalling our own TX eventfd).
+const TX_BUDGET: usize = 512;
+/// Most refill/process rounds for one backend event while it is stalled.
+const STALL_ROUNDS: usize = 8;
+
+/// What the device keeps about an RX buffer the backend holds.
+#[derive(Debug, Clone, Copy)]
+struct RxSlot {
+    len: u32,
+    /// Where num_buffers lives in this buffer (frame counting with MRG_RXBUF).
+    num_buffers_at: GuestAddress,
+}
+
+struct Active {
+    mem: GuestMemory,
+    rx: Queue,
+    tx: Queue,
+    interrupt: Arc<Interrupt>,
+    /// Indexed by head: buffers/frames currently with the backend.
+    rx_slots: Vec<Option<RxSlot>>,
+    tx_slots: Vec<Option<u32>>,
+    /// Used entries added since the last notification decision.
+    rx_added: bool,
+    tx_added: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Watch {
+    /// Registered for EPOLLIN.
+    On,
+    /// Registered with an empty event set (not activated, or backend stalled).
+    Paused,
+    /// Removed from epoll after it reported an error/hang-up.
+    Removed,
+}
+
+/// A virtio-net device (device type 1) over a [`NetBackend`].
+pub struct Net {
+    id: String,
+    mac: [u8; 6],
+    backend: Box<dyn NetBackend>,
+    avail_features: u64,
+    acked_features: u64,
+    queue_evts: Vec<EventFd>,
+    activate_evt: EventFd,
+    active: Option<Active>,
+    link_up: bool,
+    backend_fds: Vec<RawFd>,
+    watch: Vec<Watch>,
+    stalled: bool,
+    metrics: NetMetrics,
+    used_buf: Vec<Used>,
+}
+
+impl Net {
+    /// A device over `backend`. `mac`: the guest's MAC, a random locally
+    /// administered one when `None`. `id` names the device in logs/metrics.
+    ///
+    /// Panics only if eventfds cannot be created (fd exhaustion at VMM setup).
+    pub fn new(backend: Box<dyn NetBackend>, mac: Option<[u8; 6]>, id: String) -> Net {
+        let mk = || EventFd::new(libc::EFD_NONBLOCK).expect("virtio-net: cannot create an eventfd");
+        let backend_fds = backend.event_fds();
+        let avail_features = DEVICE_FEATURES | (backend.features() & BACKEND_OFFLOAD_MASK);
+        let link_up = backend.link_up();
+        Net {
+            id,
+            mac: mac.unwrap_or_else(random_mac),
+            avail_features,
+            acked_features: 0,
+            queue_evts: vec![mk(), mk()],
+            activate_evt: mk(),
+            active: None,
+            link_up,
+            watch: vec![Watch::On; backend_fds.len()],
+            backend_fds,
+            stalled: false,
+            backend,
+            metrics: NetMetrics::default(),
+            used_buf: Vec::with_capacity(QUEUE_SIZE as usize),
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn mac(&self) -> [u8; 6] {
+        self.mac
+    }
+
+    /// The link state the guest sees in the config space.
+    pub fn link_up(&self) -> bool {
+        self.link_up
+    }
+
+    pub fn acked_features(&self) -> u64 {
+        self.acked_features
+    }
+
+    /// The device's own counters (tests, API).
+    pub fn net_metrics(&self) -> &NetMetrics {
+        &self.metrics
+    }
+
+    // ---------------------------------------------------------------- RX ---
+
+    /// Posts guest RX buffers to the backend while it has room. Returns how
+    /// many were posted. Leaves RX notifications on when it ran out of guest
+    /// buffers (so the guest kicks when it adds some), off when the backend is
+    /// full.
+    fn refill_rx(&mut self) -> usize {
+        let Some(a) = self.active.as_mut() else { return 0 };
+        let mut posted = 0;
+        loop {
+            while self.backend.rx_room() > 0 {
+                let Some(chain) = a.rx.pop_descriptor_chain(&a.mem) else { break };
+                let head = chain.head_index();
+                if head as usize >= a.rx_slots.len() {
+                    // Cannot even be completed (the used ring would reject it).
+                    self.metrics.rx_drops.add(DropReason::BadAddress);
+                    continue;
+                }
+                if a.rx_slots[head as usize].is_some() {
+                    self.metrics.duplicate_heads += 1;
+                    continue;
+                }
+                match parse_chain(chain, &a.mem, Direction::DeviceWrites) {
+                    Err((head, reason)) => {
+                        self.metrics.rx_drops.add(reason);
+                        add_used(&mut a.rx, &a.mem, head, 0);
+                        a.rx_added = true;
+                    }
+                    Ok(p) => {
+                        // len >= VNET_HDR_LEN was checked, so the field exists.
+                        let num_buffers_at = addr_at(&p.segs, HDR_NUM_BUFFERS_OFFSET).unwrap_or(p.segs[0].0);
+                        a.rx_slots[head as usize] = Some(RxSlot { len: p.len, num_buffers_at });
+                        let buf = RxBuffer { head: p.head, segs: p.segs, len: p.len };
+                        match self.backend.post_rx(&a.mem, buf) {
+                            Ok(()) => posted += 1,
+                            Err((buf, reason)) => {
+                                a.rx_slots[head as usize] = None;
+                                self.metrics.rx_drops.add(reason);
+                                add_used(&mut a.rx, &a.mem, buf.head, 0);
+                                a.rx_added = true;
+                            }
+                        }
+                    }
+                }
+            }
+            if self.backend.rx_room() == 0 {
+                if let Err(e) = a.rx.disable_notification(&a.mem) {
+                    warn!("virtio-net {}: rx disable_notification: {e}", self.id);
+                }
+                break;
+            }
+            // Out of guest buffers: ask for a kick, then re-check for buffers
+            // added before the request became visible.
+            match a.rx.enable_notification(&a.mem) {
+                Ok(true) => continue,
+                Ok(false) => break,
+                Err(e) => {
+                    warn!("virtio-net {}: rx enable_notification: {e}", self.id);
+                    break;
+                }
+            }
+        }
+        posted
+    }
+
+    /// Moves the backend's RX completions to the used ring.
+    fn complete_rx(&mut self) {
+        let Some(a) = self.active.as_mut() else { return };
+        self.used_buf.clear();
+        self.backend.reap_rx(&a.mem, &mut self.used_buf);
+        let mrg = self.acked_features & F_MRG_RXBUF != 0;
+        // Buffers still expected for the current frame (MRG_RXBUF).
+        let mut rest: u32 = 0;
+        for u in self.used_buf.drain(..) {
+            let slot = a.rx_slots.get_mut(u.head as usize).and_then(Option::take);
+            let Some(slot) = slot else {
+                self.metrics.backend_bogus_completions += 1;
+                error!("virtio-net {}: backend completed RX head {} it does not hold", self.id, u.head);
+                continue;
+            };
+            let mut len = u.len;
+            if len > slot.len {
+                self.metrics.backend_bogus_completions += 1;
+                error!("virtio-net {}: backend reported {} bytes in a {}-byte buffer", self.id, len, slot.len);
+                len = slot.len;
+            }
+            if rest == 0 {
+                if len as usize >= VNET_HDR_LEN {
+                    let nb = if mrg {
+                        read_u16_at(&a.mem, &[(slot.num_buffers_at, 2)], 0).unwrap_or(1).max(1)
+                    } else {
+                        1
+                    };
+                    rest = u32::from(nb) - 1;
+                    self.metrics.rx_packets += 1;
+                    self.metrics.rx_bytes += u64::from(len) - VNET_HDR_LEN as u64;
+                }
+            } else {
+                rest -= 1;
+                self.metrics.rx_bytes += u64::from(len);
+            }
+            self.metrics.rx_buffers_used += 1;
+            add_used(&mut a.rx, &a.mem, u.head, len);
+            a.rx_added = true;
+        }
+    }
+
+    // ---------------------------------------------------------------- TX ---
+
+    fn process_tx(&mut self) {
+        let Some(a) = self.active.as_mut() else { return };
+        let mut done = 0usize;
+        'outer: loop {
+            if let Err(e) = a.tx.disable_notification(&a.mem) {
+                warn!("virtio-net {}: tx disable_notification: {e}", self.id);
+            }
+            while let Some(chain) = a.tx.pop_descriptor_chain(&a.mem) {
+                let head = chain.head_index();
+                done += 1;
+                if head as usize >= a.tx_slots.len() {
+                    self.metrics.tx_drops.add(DropReason::BadAddress);
+                    continue;
+                }
+                if a.tx_slots[head as usize].is_some() {
+                    // Still in flight with an asynchronous backend: ignore the
+                    // duplicate rather than complete the head twice.
+                    self.metrics.duplicate_heads += 1;
+                    continue;
+                }
+                match parse_chain(chain, &a.mem, Direction::DeviceReads) {
+                    Err((head, reason)) => {
+                        self.metrics.tx_drops.add(reason);
+                        add_used(&mut a.tx, &a.mem, head, 0);
+                        a.tx_added = true;
+                    }
+                    Ok(p) => {
+                        let len = p.len;
+                        let frame = TxFrame { head: p.head, segs: p.segs, len };
+                        match self.backend.send(&a.mem, frame) {
+                            Ok(true) => {
+                                self.metrics.tx_packets += 1;
+                                self.metrics.tx_bytes += u64::from(len) - VNET_HDR_LEN as u64;
+                                add_used(&mut a.tx, &a.mem, head, 0);
+                                a.tx_added = true;
+                            }
+                            Ok(false) => a.tx_slots[head as usize] = Some(len),
+                            Err(reason) => {
+                                self.metrics.tx_drops.add(reason);
+                                add_used(&mut a.tx, &a.mem, head, 0);
+                                a.tx_added = true;
+                            }
+                        }
+                    }
+                }
+                if done >= TX_BUDGET {
+                    // Come back after other events had their turn.
+                    if let Err(e) = self.queue_evts[TX_QUEUE].write(1) {
+                        error!("virtio-net {}: cannot re-arm TX: {e}", self.id);
+                    }
+                    break 'outer;
+                }
+            }
+            match a.tx.enable_notification(&a.mem) {
+                Ok(true) => continue,
+                Ok(false) => break,
+                Err(e) => {
+                    warn!("virtio-net {}: tx enable_notification: {e}", self.id);
+                    break;
+                }
+            }
+        }
+        self.complete_tx();
+    }
+
+    fn complete_tx(&mut self) {
+        let Some(a) = self.active.as_mut() else { return };
+        self.used_buf.clear();
+        self.backend.reap_tx(&mut self.used_buf);
+        for u in self.used_buf.drain(..) {
+            let Some(len) = a.tx_slots.get_mut(u.head as usize).and_then(Option::take) else {
+                self.metrics.backend_bogus_completions += 1;
+                error!("virtio-net {}: backend completed TX head {} it does not hold", self.id, u.head);
+                continue;
+            };
+            self.metrics.tx_packets += 1;
+            self.metrics.tx_bytes += u64::from(len).saturating_sub(VNET_HDR_LEN as u64);
+            add_used(&mut a.tx, &a.mem, u.head, 0);
+            a.tx_added = true;
+        }
+    }
+
+    // ----------------------------------------------------------- backend ---
+
+    /// Runs the backend for fd `index`, collects completions and refills; if
+    /// the backend stalled for lack of buffers and more were posted, runs it
+    /// again (bounded).
+    fn service_backend(&mut self, indices: &[usize]) {
+        for round in 0..STALL_ROUNDS {
+            if let Some(a) = self.active.as_ref() {
+                for &i in indices {
+                    self.backend.process_event(&a.mem, i);
+                }
+            }
+            self.complete_rx();
+            self.complete_tx();
+            let posted = self.refill_rx();
+            if !(self.backend.rx_stalled() && posted > 0) {
+                break;
+            }
+            debug!("virtio-net {}: backend stalled, round {round}, posted {posted}", self.id);
+        }
+    }
+
+    fn backend_indices(&self) -> Vec<usize> {
+        (0..self.backend_fds.len()).filter(|&i| self.watch[i] != Watch::Removed).collect()
+    }
+
+    fn set_watch(&mut self, ops: &mut EventOps, i: usize, want: Watch) {
+        if self.watch[i] == want || self.watch[i] == Watch::Removed {
+            return;
+        }
+        let fd = self.backend_fds[i];
+        let data = EV_BACKEND_BASE + i as u32;
+        let r = match want {
+            Watch::On => ops.modify(Events::with_data_raw(fd, data, EventSet::IN)),
+            Watch::Paused => ops.modify(Events::with_data_raw(fd, data, EventSet::empty())),
+            Watch::Removed => ops.remove(Events::with_data_raw(fd, data, EventSet::empty())),
+        };
+        match r {
+            Ok(()) => self.watch[i] = want,
+            Err(e) => error!("virtio-net {}: cannot change watch of backend fd {fd}: {e}", self.id),
+        }
+    }
+
+    /// Watch backend fds unless the backend is stalled or the device is not
+    /// running.
+    fn update_watch(&mut self, ops: &mut EventOps) {
+        let stalled = self.active.is_some() && self.backend.rx_stalled();
+        if stalled && !self.stalled {
+            self.metrics.rx_stalls += 1;
+        }
+        self.stalled = stalled;
+        let want = if self.active.is_some() && !stalled { Watch::On } else { Watch::Paused };
+        for i in 0..self.backend_fds.len() {
+            self.set_watch(ops, i, want);
+        }
+    }
+
+    // ------------------------------------------------------------ common ---
+
+    /// Raises the used-buffer interrupt if either queue got entries and the
+    /// driver wants to hear about them (EVENT_IDX suppression).
+    fn signal_used(&mut self) {
+        let Some(a) = self.active.as_mut() else { return };
+        if !a.rx_added && !a.tx_added {
+            return;
+        }
+        let mut need = false;
+        for (added, q) in [(&mut a.rx_added, &mut a.rx), (&mut a.tx_added, &mut a.tx)] {
+            if *added {
+                *added = false;
+                // On error, notify: a spurious interrupt is harmless.
+                need |= q.needs_notification(&a.mem).unwrap_or(true);
+            }
+        }
+        if need {
+            self.metrics.used_irqs += 1;
+            if let Err(e) = a.interrupt.signal_used_queue() {
+                error!("virtio-net {}: cannot signal used queue: {e}", self.id);
+            }
+        } else {
+            self.metrics.used_irqs_suppressed += 1;
+        }
+    }
+
+    /// Reflects the backend's link state in the config space; a change raises
+    /// the config interrupt when the driver negotiated STATUS.
+    fn check_link(&mut self) {
+        let up = self.backend.link_up();
+        if up == self.link_up {
+            return;
+        }
+        self.link_up = up;
+        if up {
+            warn!("virtio-net {}: link up", self.id);
+        } else {
+            warn!("virtio-net {}: link down (backend failed); the VM keeps running", self.id);
+            self.metrics.link_down_events += 1;
+        }
+        if let Some(a) = self.active.as_ref() {
+            if self.acked_features & F_STATUS != 0 {
+                self.metrics.config_irqs += 1;
+                if let Err(e) = a.interrupt.signal_config_change() {
+                    error!("virtio-net {}: cannot signal config change: {e}", self.id);
+                }
+            }
+        }
+    }
+
+    fn after_work(&mut self, ops: &mut EventOps) {
+        self.signal_used();
+        self.check_link();
+        self.update_watch(ops);
+    }
+}
+
+/// Adds a used element; a failure (guest broke its used ring) is logged.
+fn add_used(q: &mut Queue, mem: &GuestMemory, head: u16, len: u32) {
+    if let Err(e) = q.add_used(mem, head, len) {
+        warn!("virtio-net: cannot add used element {head}: {e}");
+    }
+}
+
+impl VirtioDevice for Net {
+    fn device_type(&self) -> u32 {
+        TYPE_NET
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &QUEUE_SIZES
+    }
+
+    fn avail_features(&self) -> u64 {
+        self.avail_features
+    }
+
+    fn set_acked_features(&mut self, features: u64) {
+        let unknown = features & !self.avail_features;
+        if unknown != 0 {
+            warn!("virtio-net {}: driver acked unoffered features {unknown:#x}; ignored", self.id);
+        }
+        self.acked_features = features & self.avail_features;
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_window(&config_bytes(self.mac, self.link_up), offset, data);
+    }
+
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        // VERSION_1 drivers may not write the MAC (no CTRL_MAC_ADDR offered).
+        warn!("virtio-net {}: ignored config write of {} bytes at {offset:#x}", self.id, data.len());
+    }
+
+    fn queue_events(&self) -> &[EventFd] {
+        &self.queue_evts
+    }
+
+    fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
+        if ctx.queues.len() != QUEUE_SIZES.len() {
+            return Err(ActivateError::QueueCount { got: ctx.queues.len(), want: QUEUE_SIZES.len() });
+        }
+        for (i, q) in ctx.queues.iter().enumerate() {
+            if !q.is_valid(&ctx.mem) {
+                return Err(ActivateError::InvalidQueue(i));
+            }
+        }
+        self.backend
+            .set_features(self.acked_features)
+            .map_err(|e| ActivateError::Backend(format!("setting offloads {:#x}: {e}", self.acked_features)))?;
+        let event_idx = self.acked_features & super::config::F_EVENT_IDX != 0;
+        let mut queues = ctx.queues.into_iter();
+        let (Some(mut rx), Some(mut tx)) = (queues.next(), queues.next()) else {
+            return Err(ActivateError::QueueCount { got: 0, want: 2 });
+        };
+        rx.set_event_idx(event_idx);
+        tx.set_event_idx(event_idx);
+        let (rxn, txn) = (rx.size() as usize, tx.size() as usize);
+        self.active = Some(Active {
+            mem: ctx.mem,
+            rx,
+            tx,
+            interrupt: ctx.interrupt,
+            rx_slots: vec![None; rxn],
+            tx_slots: vec![None; txn],
+            rx_added: false,
+            tx_added: false,
+        });
+        self.activate_evt
+            .write(1)
+            .map_err(|e| ActivateError::Backend(format!("waking the event loop: {e}")))?;
+        Ok(())
+    }
+
+    fn is_activated(&self) -> bool {
+        self.active.is_some()
+    }
+
+    fn reset(&mut self) {
+        // The backend stops all I/O into guest memory before we forget it.
+        self.backend.quiesce();
+        self.active = None;
+        self.acked_features = 0;
+        self.stalled = false;
+    }
+
+    fn metrics(&self) -> Option<serde_json::Value> {
+        Some(self.metrics.to_json(&self.id, self.link_up, self.backend.metrics()))
+    }
+}
+
+impl MutEventSubscriber for Net {
+    fn init(&mut self, ops: &mut EventOps) {
+        let mut add = |fd: RawFd, data: u32| {
+            if let Err(e) = ops.add(Events::with_data_raw(fd, data, EventSet::IN)) {
+                error!("virtio-net {}: cannot watch fd {fd}: {e}", self.id);
+            }
+        };
+        use std::os::unix::io::AsRawFd;
+        add(self.queue_evts[RX_QUEUE].as_raw_fd(), EV_RX_QUEUE);
+        add(self.queue_evts[TX_QUEUE].as_raw_fd(), EV_TX_QUEUE);
+        add(self.activate_evt.as_raw_fd(), EV_ACTIVATE);
+        for (i, &fd) in self.backend_fds.iter().enumerate() {
+            add(fd, EV_BACKEND_BASE + i as u32);
+        }
+    }
+
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        let data = events.data();
+        let set = events.event_set();
+        match data {
+            EV_RX_QUEUE | EV_TX_QUEUE | EV_ACTIVATE => {
+                let evt = match data {
+                    EV_RX_QUEUE => &self.queue_evts[RX_QUEUE],
+                    EV_TX_QUEUE => &self.queue_evts[TX_QUEUE],
+                    _ => &self.activate_evt,
+                };
+                // Draining: EAGAIN just means another wakeup consumed it.
+                let _ = evt.read();
+                if self.active.is_none() {
+                    return;
+                }
+                match data {
+                    EV_RX_QUEUE => {
+                        self.metrics.rx_queue_kicks += 1;
+                        let posted = self.refill_rx();
+                        if self.stalled && posted > 0 {
+                            let idx = self.backend_indices();
+                            self.service_backend(&idx);
+                        }
+                    }
+                    EV_TX_QUEUE => {
+                        self.metrics.tx_queue_kicks += 1;
+                        self.process_tx();
+                    }
+                    _ => {
+                        // Just activated: post buffers, take pending frames
+                        // from both sides.
+                        let idx = self.backend_indices();
+                        self.refill_rx();
+                        self.service_backend(&idx);
+                        self.process_tx();
+                    }
+                }
+            }
+            d if d >= EV_BACKEND_BASE && ((d - EV_BACKEND_BASE) as usize) < self.backend_fds.len() => {
+                let i = (d - EV_BACKEND_BASE) as usize;
+                self.metrics.backend_events += 1;
+                let broken = set.intersects(EventSet::ERROR | EventSet::HANG_UP);
+                if self.active.is_some() {
+                    self.service_backend(&[i]);
+                } else {
+                    self.backend.discard_pending(i);
+                    self.set_watch(ops, i, Watch::Paused);
+                }
+                if broken {
+                    // A tap whose interface was deleted polls as EPOLLERR
+                    // forever: stop watching it (the backend marked the link
+                    // down when its read failed).
+                    warn!("virtio-net {}: backend fd {} reported {:?}; no longer watched", self.id, self.backend_fds[i], set);
+                    self.set_watch(ops, i, Watch::Removed);
+                }
+            }
+            _ => warn!("virtio-net {}: unexpected event token {data}", self.id),
+        }
+        self.after_work(ops);
+    }
+}

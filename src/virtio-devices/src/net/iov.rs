@@ -1,0 +1,121 @@
+//! Host iovecs over guest memory, so readv/writev move frames straight between
+//! a file descriptor and guest buffers (no copy through a VMM buffer).
+
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
+
+use super::chain::addr_at;
+use crate::GuestMemory;
+
+/// `IOV_MAX` on Linux: the most iovecs one readv/writev takes.
+pub const IOV_MAX: usize = 1024;
+
+/// A reusable iovec list. It only ever holds pointers between `clear()` and
+/// the end of the syscall that uses them.
+#[derive(Default)]
+pub struct IovecBuf(Vec<libc::iovec>);
+
+// SAFETY: the raw pointers in the vector point into guest memory, which is
+// shared by all threads of the VMM anyway; the owner clears the list after each
+// use, so no pointer outlives the borrow of the guest memory it was built from.
+unsafe impl Send for IovecBuf {}
+
+impl IovecBuf {
+    pub fn clear(&mut self) {
+        self.0.clear();
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn as_slice(&self) -> &[libc::iovec] {
+        &self.0
+    }
+
+    /// Appends iovecs covering `segs` (a region boundary inside a segment
+    /// splits it). Returns the bytes added, or `None` if a segment is no longer
+    /// in guest memory or the list would exceed [`IOV_MAX`]; then nothing is
+    /// added.
+    pub fn push_segs(&mut self, mem: &GuestMemory, segs: &[(GuestAddress, u32)]) -> Option<usize> {
+        let start = self.0.len();
+        let mut total = 0usize;
+        for &(addr, len) in segs {
+            for slice in GuestMemoryBackend::get_slices(mem, addr, len as usize) {
+                let Ok(slice) = slice else {
+                    self.0.truncate(start);
+                    return None;
+                };
+                if self.0.len() >= IOV_MAX {
+                    self.0.truncate(start);
+                    return None;
+                }
+                self.0.push(libc::iovec {
+                    iov_base: slice.ptr_guard_mut().as_ptr().cast(),
+                    iov_len: slice.len(),
+                });
+                total += slice.len();
+            }
+        }
+        Some(total)
+    }
+}
+
+/// Writes `bytes` at byte `offset` of the buffer made of `segs` (header fields
+/// may straddle descriptors). Returns false if the buffer is too short.
+pub fn write_at(mem: &GuestMemory, segs: &[(GuestAddress, u32)], offset: usize, bytes: &[u8]) -> bool {
+    for (i, b) in bytes.iter().enumerate() {
+        let Some(addr) = addr_at(segs, offset + i) else {
+            return false;
+        };
+        if mem.write_obj(*b, addr).is_err() {
+            return false;
+        }
+    }
+    true
+}
+
+/// Reads a little-endian u16 at byte `offset` of the buffer made of `segs`.
+pub fn read_u16_at(mem: &GuestMemory, segs: &[(GuestAddress, u32)], offset: usize) -> Option<u16> {
+    let lo: u8 = mem.read_obj(addr_at(segs, offset)?).ok()?;
+    let hi: u8 = mem.read_obj(addr_at(segs, offset + 1)?).ok()?;
+    Some(u16::from_le_bytes([lo, hi]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_memory::GuestMemoryMmap;
+
+    #[test]
+    fn iovecs_follow_regions_and_reject_holes() {
+        // Two regions with a hole between them.
+        let mem: GuestMemory =
+            GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x1000), (GuestAddress(0x1000), 0x1000), (GuestAddress(0x4000), 0x1000)])
+                .unwrap();
+        let mut iov = IovecBuf::default();
+        // Crosses the 0x1000 region boundary: two iovecs.
+        assert_eq!(iov.push_segs(&mem, &[(GuestAddress(0xff0), 0x20)]), Some(0x20));
+        assert_eq!(iov.len(), 2);
+        assert_eq!(iov.as_slice()[0].iov_len, 0x10);
+        // Into the hole: rejected, list unchanged.
+        assert_eq!(iov.push_segs(&mem, &[(GuestAddress(0x100), 8), (GuestAddress(0x1ff0), 0x20)]), None);
+        assert_eq!(iov.len(), 2);
+        iov.clear();
+        assert!(iov.is_empty());
+    }
+
+    #[test]
+    fn header_fields_across_segments() {
+        let mem: GuestMemory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+        let segs = [(GuestAddress(0x100), 11), (GuestAddress(0x800), 100)];
+        assert!(write_at(&mem, &segs, 10, &7u16.to_le_bytes()));
+        assert_eq!(mem.read_obj::<u8>(GuestAddress(0x10a)).unwrap(), 7);
+        assert_eq!(mem.read_obj::<u8>(GuestAddress(0x800)).unwrap(), 0);
+        assert_eq!(read_u16_at(&mem, &segs, 10), Some(7));
+        assert!(!write_at(&mem, &segs, 110, &[1, 2]));
+    }
+}

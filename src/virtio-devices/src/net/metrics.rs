@@ -1,0 +1,122 @@
+//! Per-device virtio-net counters. Plain integers: the device lives behind a
+//! Mutex and only the event-loop thread (or a reader holding the lock) touches
+//! them.
+
+use serde_json::{json, Map, Value};
+
+use super::backend::DropReason;
+
+/// Drops counted per [`DropReason`].
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct DropCounters([u64; DropReason::ALL.len()]);
+
+impl DropCounters {
+    pub fn add(&mut self, reason: DropReason) {
+        self.0[Self::slot(reason)] += 1;
+    }
+
+    pub fn get(&self, reason: DropReason) -> u64 {
+        self.0[Self::slot(reason)]
+    }
+
+    pub fn total(&self) -> u64 {
+        self.0.iter().sum()
+    }
+
+    fn slot(reason: DropReason) -> usize {
+        // ALL holds every variant, so the position always exists.
+        DropReason::ALL.iter().position(|r| *r == reason).unwrap_or(0)
+    }
+
+    /// `{ "bad_address": n, ... }` with every reason present.
+    pub fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        for r in DropReason::ALL {
+            m.insert(r.as_str().to_string(), json!(self.get(r)));
+        }
+        Value::Object(m)
+    }
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct NetMetrics {
+    /// Frames and bytes (without the 12-byte header) handed to the guest.
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    /// Used-ring entries on the RX queue (> rx_packets with MRG_RXBUF).
+    pub rx_buffers_used: u64,
+    /// Frames and bytes (without header) the guest sent that the backend took.
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    /// Chains rejected by the device (validation, backend refusals).
+    pub rx_drops: DropCounters,
+    pub tx_drops: DropCounters,
+    /// Payload bytes the device itself copied (always 0: it never copies).
+    pub vmm_copied_bytes: u64,
+    pub link_down_events: u64,
+    pub rx_queue_kicks: u64,
+    pub tx_queue_kicks: u64,
+    pub backend_events: u64,
+    /// Used-buffer interrupts raised / skipped thanks to EVENT_IDX.
+    pub used_irqs: u64,
+    pub used_irqs_suppressed: u64,
+    pub config_irqs: u64,
+    /// Times the backend stalled for lack of RX buffers.
+    pub rx_stalls: u64,
+    /// The guest made available a head the backend still holds (ignored).
+    pub duplicate_heads: u64,
+    /// The backend reported a head or length it was not given (ignored).
+    pub backend_bogus_completions: u64,
+}
+
+impl NetMetrics {
+    /// The JSON document for `VirtioDevice::metrics()`. The backend's counters
+    /// go under "backend"; `vmm_copied_bytes` at the top is device + backend.
+    pub fn to_json(&self, id: &str, link_up: bool, backend: Value) -> Value {
+        let backend_copied = backend.get("vmm_copied_bytes").and_then(Value::as_u64).unwrap_or(0);
+        json!({
+            "id": id,
+            "link_up": link_up,
+            "rx_packets": self.rx_packets,
+            "rx_bytes": self.rx_bytes,
+            "rx_buffers_used": self.rx_buffers_used,
+            "tx_packets": self.tx_packets,
+            "tx_bytes": self.tx_bytes,
+            "rx_drops": self.rx_drops.to_json(),
+            "tx_drops": self.tx_drops.to_json(),
+            "vmm_copied_bytes": self.vmm_copied_bytes + backend_copied,
+            "link_down_events": self.link_down_events,
+            "rx_queue_kicks": self.rx_queue_kicks,
+            "tx_queue_kicks": self.tx_queue_kicks,
+            "backend_events": self.backend_events,
+            "used_irqs": self.used_irqs,
+            "used_irqs_suppressed": self.used_irqs_suppressed,
+            "config_irqs": self.config_irqs,
+            "rx_stalls": self.rx_stalls,
+            "duplicate_heads": self.duplicate_heads,
+            "backend_bogus_completions": self.backend_bogus_completions,
+            "backend": backend,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drops_by_reason_and_merge() {
+        let mut m = NetMetrics::default();
+        m.rx_drops.add(DropReason::BadAddress);
+        m.rx_drops.add(DropReason::BadAddress);
+        m.tx_drops.add(DropReason::ShortHeader);
+        assert_eq!(m.rx_drops.total(), 2);
+        let v = m.to_json("net0", true, json!({"vmm_copied_bytes": 5, "kind": "x"}));
+        assert_eq!(v["rx_drops"]["bad_address"], 2);
+        assert_eq!(v["rx_drops"]["frame_too_long"], 0);
+        assert_eq!(v["tx_drops"]["short_header"], 1);
+        assert_eq!(v["vmm_copied_bytes"], 5);
+        assert_eq!(v["backend"]["kind"], "x");
+        assert_eq!(v["id"], "net0");
+    }
+}

@@ -1,1 +1,44 @@
-//! Firecracker-compatible REST API over a Unix socket.
+//! Firecracker-compatible REST API over a Unix socket, and the config-file
+//! format that carries the same objects.
+//!
+//! The crate knows nothing of KVM: it collects and validates the pre-boot
+//! configuration, and calls a [`VmmController`] (implemented by the binary)
+//! for InstanceStart and the other actions.
+//!
+//! ```no_run
+//! # use std::sync::Arc;
+//! # fn demo(controller: Arc<dyn api::VmmController>) -> Result<(), api::ApiError> {
+//! let server = api::serve(std::path::Path::new("/run/shimvmm.sock"), controller, "vm0".into())?;
+//! // ... the VMM runs; dropping `server` stops the API and removes the socket.
+//! # drop(server); Ok(()) }
+//! ```
+
+mod controller;
+mod error;
+mod ids;
+mod router;
+mod server;
+mod socket;
+mod spec;
+mod types;
+mod validate;
+
+pub use controller::VmmController;
+pub use error::ApiError;
+pub use ids::{MacAddr, PciBdf};
+pub use router::{routes, status, Api, ApiResponse, Route};
+pub use server::{
+    serve, serve_with, ApiServerHandle, ServeOptions, DEFAULT_BODY_READ_TIMEOUT, DEFAULT_HEADER_READ_TIMEOUT,
+    DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CONNECTIONS, DEFAULT_WRITE_TIMEOUT,
+};
+pub use socket::{MAX_SOCKET_PATH_LEN, SOCKET_MODE};
+pub use spec::{ConfigError, VmConfig, VmSpec, MAX_CONFIG_FILE_BYTES};
+pub use types::{
+    ActionType, BootSource, Drive, Fault, InstanceActionInfo, InstanceInfo, MachineConfig, MachineConfigUpdate,
+    Metrics, NetBackendSpec, NetworkInterface, VmState, VmmVersion, APP_NAME, DEFAULT_MEM_SIZE_MIB,
+    DEFAULT_VCPU_COUNT, VMM_VERSION,
+};
+pub use validate::{
+    ValidationError, MAX_BOOT_ARGS_LEN, MAX_DRIVES, MAX_ID_LEN, MAX_IFNAME_LEN, MAX_MEM_SIZE_MIB,
+    MAX_NETWORK_INTERFACES, MAX_PATH_LEN, MAX_VCPUS, MIN_MEM_SIZE_MIB,
+};

@@ -9,14 +9,14 @@ use crate::GuestMemory;
 /// `IOV_MAX` on Linux: the most iovecs one readv/writev takes.
 pub const IOV_MAX: usize = 1024;
 
-/// A reusable iovec list. It only ever holds pointers between `clear()` and
-/// the end of the syscall that uses them.
+/// A reusable iovec list over guest memory. Whoever fills it keeps that
+/// memory mapped (a borrow or a `GuestMemory` clone) while entries exist.
 #[derive(Default)]
 pub struct IovecBuf(Vec<libc::iovec>);
 
-// SAFETY: the raw pointers in the vector point into guest memory, which is
-// shared by all threads of the VMM anyway; the owner clears the list after each
-// use, so no pointer outlives the borrow of the guest memory it was built from.
+// SAFETY: the raw pointers only point into guest memory mappings, which all
+// VMM threads share anyway and which the owner keeps alive while the entries
+// exist; moving the list between threads creates no new aliasing.
 unsafe impl Send for IovecBuf {}
 
 impl IovecBuf {
@@ -36,11 +36,16 @@ impl IovecBuf {
         &self.0
     }
 
+    /// Drops the first `n` entries (a consumed prefix).
+    pub fn drain_front(&mut self, n: usize) {
+        self.0.drain(..n.min(self.0.len()));
+    }
+
     /// Appends iovecs covering `segs` (a region boundary inside a segment
     /// splits it). Returns the bytes added, or `None` if a segment is no longer
-    /// in guest memory or the list would exceed [`IOV_MAX`]; then nothing is
-    /// added.
-    pub fn push_segs(&mut self, mem: &GuestMemory, segs: &[(GuestAddress, u32)]) -> Option<usize> {
+    /// in guest memory or the list would exceed `limit` entries; then nothing
+    /// is added.
+    pub fn push_segs(&mut self, mem: &GuestMemory, segs: &[(GuestAddress, u32)], limit: usize) -> Option<usize> {
         let start = self.0.len();
         let mut total = 0usize;
         for &(addr, len) in segs {
@@ -49,7 +54,7 @@ impl IovecBuf {
                     self.0.truncate(start);
                     return None;
                 };
-                if self.0.len() >= IOV_MAX {
+                if self.0.len() >= limit {
                     self.0.truncate(start);
                     return None;
                 }
@@ -98,12 +103,16 @@ mod tests {
                 .unwrap();
         let mut iov = IovecBuf::default();
         // Crosses the 0x1000 region boundary: two iovecs.
-        assert_eq!(iov.push_segs(&mem, &[(GuestAddress(0xff0), 0x20)]), Some(0x20));
+        assert_eq!(iov.push_segs(&mem, &[(GuestAddress(0xff0), 0x20)], IOV_MAX), Some(0x20));
         assert_eq!(iov.len(), 2);
         assert_eq!(iov.as_slice()[0].iov_len, 0x10);
         // Into the hole: rejected, list unchanged.
-        assert_eq!(iov.push_segs(&mem, &[(GuestAddress(0x100), 8), (GuestAddress(0x1ff0), 0x20)]), None);
+        assert_eq!(iov.push_segs(&mem, &[(GuestAddress(0x100), 8), (GuestAddress(0x1ff0), 0x20)], IOV_MAX), None);
         assert_eq!(iov.len(), 2);
+        // Over the entry limit: rejected too.
+        assert_eq!(iov.push_segs(&mem, &[(GuestAddress(0xff0), 0x20)], 3), None);
+        iov.drain_front(1);
+        assert_eq!(iov.len(), 1);
         iov.clear();
         assert!(iov.is_empty());
     }

@@ -8,6 +8,10 @@ pub mod config;
 pub mod device;
 pub mod iov;
 pub mod metrics;
+pub mod tap;
+pub mod tap_dev;
 
 pub use backend::{DropReason, NetBackend, RxBuffer, TxFrame, Used, VNET_HDR_LEN};
 pub use device::Net;
+pub use tap::TapBackend;
+pub use tap_dev::TapError;

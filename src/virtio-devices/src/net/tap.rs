@@ -1,0 +1,512 @@
+//! The tap backend: frames move between a Linux tap and guest buffers with
+//! readv/writev on guest memory itself. The kernel makes the only copy; the
+//! VMM copies no payload byte (`vmm_copied_bytes` stays 0).
+//!
+//! RX: posted guest buffers are kept in order with their iovecs prepared once.
+//! On a readable tap, each frame is read straight into them: without
+//! MRG_RXBUF into the first buffer alone; with it across as many buffers as
+//! the frame needs, num_buffers written into the first one's header. Reading
+//! waits (the backend reports `rx_stalled`) until the posted buffers hold a
+//! maximum-size frame, since a frame's size is only known once it is read and
+//! a truncated frame is lost.
+//!
+//! Errors: a tap whose interface was deleted fails with EBADFD (also ENODEV,
+//! ENXIO, EPIPE): the link goes down for good and frames are dropped. A tap
+//! that is administratively down fails writes with EIO: the link goes down
+//! until a later read or write succeeds.
+
+use std::collections::VecDeque;
+use std::io;
+
+use serde_json::json;
+
+use super::backend::{DropReason, NetBackend, RxBuffer, TxFrame, Used, VNET_HDR_LEN};
+use super::config::{
+    F_CSUM, F_GUEST_CSUM, F_GUEST_ECN, F_GUEST_TSO4, F_GUEST_TSO6, F_GUEST_UFO, F_HOST_ECN,
+    F_HOST_TSO4, F_HOST_TSO6, F_HOST_UFO, F_MRG_RXBUF, GUEST_GSO_MASK,
+};
+use super::device::HDR_NUM_BUFFERS_OFFSET;
+use super::iov::{write_at, IovecBuf, IOV_MAX};
+use super::metrics::DropCounters;
+pub use super::tap_dev::TapError;
+use super::tap_dev::TapDev;
+use crate::GuestMemory;
+
+/// Offset of `flags` in the virtio-net header.
+const HDR_FLAGS_OFFSET: usize = 0;
+const ETH_HLEN: usize = 14;
+const VLAN_HLEN: usize = 4;
+/// Largest GSO frame a tap hands over: 64 KiB of IP plus link headers.
+pub const MAX_GSO_FRAME: usize = 65536 + ETH_HLEN + VLAN_HLEN;
+/// Largest frame (header included) accepted for TX.
+pub const MAX_TX_LEN: usize = VNET_HDR_LEN + MAX_GSO_FRAME;
+/// Most RX buffers held at once (more than any queue we offer).
+pub const MAX_POSTED_RX: usize = 1024;
+/// Most frames read per event before other events get a turn (the tap fd is
+/// level-triggered, so the rest fires again at once).
+pub const RX_BATCH: usize = 256;
+/// Most frames dropped per `discard_pending` call.
+const DISCARD_BATCH: usize = 1024;
+/// Used when the MTU cannot be read.
+const DEFAULT_MTU: u32 = 1500;
+
+/// Offloads offered when the kernel accepts TUN_F_UFO (checked at open).
+const UFO_FEATURES: u64 = F_GUEST_UFO | F_HOST_UFO;
+const BASE_FEATURES: u64 = F_CSUM
+    | F_GUEST_CSUM
+    | F_GUEST_TSO4
+    | F_GUEST_TSO6
+    | F_GUEST_ECN
+    | F_HOST_TSO4
+    | F_HOST_TSO6
+    | F_HOST_ECN;
+
+/// Maps the guest's receive offloads to TUNSETOFFLOAD flags (what the kernel
+/// may hand us unchecksummed / unsegmented). The kernel ignores TSO/UFO
+/// without CSUM, as virtio requires GUEST_CSUM for them too.
+pub fn tun_offload_flags(acked: u64) -> u32 {
+    let mut f = 0;
+    if acked & F_GUEST_CSUM != 0 {
+        f |= libc::TUN_F_CSUM;
+        if acked & F_GUEST_TSO4 != 0 {
+            f |= libc::TUN_F_TSO4;
+        }
+        if acked & F_GUEST_TSO6 != 0 {
+            f |= libc::TUN_F_TSO6;
+        }
+        if acked & F_GUEST_ECN != 0 && acked & (F_GUEST_TSO4 | F_GUEST_TSO6) != 0 {
+            f |= libc::TUN_F_TSO_ECN;
+        }
+        if acked & F_GUEST_UFO != 0 {
+            f |= libc::TUN_F_UFO;
+        }
+    }
+    f
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Link {
+    Up,
+    /// Writes fail with EIO (interface down) or an unexpected error; comes
+    /// back on the next successful read/write.
+    Down,
+    /// The interface is gone (EBADFD...): permanent.
+    Gone,
+}
+
+/// What kind of failure an errno is.
+fn classify(e: &io::Error) -> Link {
+    match e.raw_os_error() {
+        Some(libc::EBADFD) | Some(libc::ENODEV) | Some(libc::ENXIO) | Some(libc::EPIPE) | Some(libc::EBADF) => {
+            Link::Gone
+        }
+        _ => Link::Down,
+    }
+}
+
+#[derive(Debug, Default)]
+struct TapMetrics {
+    rx_frames: u64,
+    rx_bytes: u64,
+    tx_frames: u64,
+    tx_bytes: u64,
+    rx_drops: DropCounters,
+    tx_drops: DropCounters,
+    /// Frames dropped because they came while the device was not running.
+    rx_discarded_inactive: u64,
+    read_errors: u64,
+    write_errors: u64,
+    /// Writes the kernel refused as malformed (EINVAL: bad GSO header...).
+    tx_invalid: u64,
+    readv_calls: u64,
+    writev_calls: u64,
+}
+
+struct Posted {
+    buf: RxBuffer,
+    /// How many entries of `rx_iov` belong to this buffer.
+    iovs: usize,
+}
+
+/// The tap backend. See the module docs.
+pub struct TapBackend {
+    tap: TapDev,
+    features: u64,
+    /// Posted buffers in guest order and their iovecs, back to back.
+    rx: VecDeque<Posted>,
+    rx_iov: IovecBuf,
+    rx_posted_bytes: usize,
+    /// Keeps the guest memory behind `rx_iov` mapped while buffers are held.
+    rx_mem: Option<GuestMemory>,
+    rx_done: Vec<Used>,
+    tx_iov: IovecBuf,
+    mrg_rxbuf: bool,
+    guest_csum: bool,
+    mtu: u32,
+    /// Bytes of posted buffers needed before reading (MRG_RXBUF only).
+    rx_need: usize,
+    stalled: bool,
+    link: Link,
+    last_error: Option<String>,
+    m: TapMetrics,
+}
+
+impl TapBackend {
+    /// Opens (creating if needed) the tap `name` with a 12-byte virtio-net
+    /// header, non-blocking, offloads off until the guest acks some.
+    pub fn open(name: &str) -> Result<TapBackend, TapError> {
+        let tap = TapDev::open(name)?;
+        // Probe UFO support: older kernels refuse TUN_F_UFO.
+        let mut features = BASE_FEATURES;
+        if tap.set_offload(libc::TUN_F_CSUM | libc::TUN_F_UFO).is_ok() {
+            features |= UFO_FEATURES;
+        }
+        tap.set_offload(0)?;
+        let mtu = tap.mtu().unwrap_or(DEFAULT_MTU);
+        let mut b = TapBackend {
+            tap,
+            features,
+            rx: VecDeque::new(),
+            rx_iov: IovecBuf::default(),
+            rx_posted_bytes: 0,
+            rx_mem: None,
+            rx_done: Vec::new(),
+            tx_iov: IovecBuf::default(),
+            mrg_rxbuf: false,
+            guest_csum: false,
+            mtu,
+            rx_need: 0,
+            stalled: false,
+            link: Link::Up,
+            last_error: None,
+            m: TapMetrics::default(),
+        };
+        b.rx_need = b.compute_rx_need(0);
+        Ok(b)
+    }
+
+    /// The interface name.
+    pub fn name(&self) -> &str {
+        self.tap.name()
+    }
+
+    fn compute_rx_need(&self, acked: u64) -> usize {
+        if acked & F_MRG_RXBUF == 0 {
+            return 0;
+        }
+        let frame = if acked & GUEST_GSO_MASK != 0 {
+            MAX_GSO_FRAME
+        } else {
+            self.mtu as usize + ETH_HLEN + VLAN_HLEN
+        };
+        VNET_HDR_LEN + frame
+    }
+
+    fn note_error(&mut self, what: &str, e: &io::Error) {
+        let kind = classify(e);
+        if kind == Link::Gone || self.link == Link::Up {
+            log::warn!("tap {}: {what} failed: {e}; link {}", self.tap.name(), if kind == Link::Gone { "gone" } else { "down" });
+        }
+        if self.link != Link::Gone {
+            self.link = kind;
+        }
+        self.last_error = Some(format!("{what}: {e}"));
+    }
+
+    fn note_success(&mut self) {
+        if self.link == Link::Down {
+            log::info!("tap {}: I/O works again; link up", self.tap.name());
+            self.link = Link::Up;
+        }
+    }
+
+    /// Reads frames into posted buffers until EAGAIN, the batch limit, or too
+    /// little buffer space.
+    fn rx_frames(&mut self, mem: &GuestMemory) {
+        self.stalled = false;
+        for _ in 0..RX_BATCH {
+            if self.rx.is_empty() || (self.mrg_rxbuf && self.rx_posted_bytes < self.rx_need) {
+                self.stalled = true;
+                return;
+            }
+            // Which buffers (and iovecs) this read may fill.
+            let (mut nbufs, mut niov, mut cap) = (0usize, 0usize, 0usize);
+            for p in &self.rx {
+                if niov + p.iovs > IOV_MAX {
+                    break;
+                }
+                nbufs += 1;
+                niov += p.iovs;
+                cap += p.buf.len as usize;
+                if !self.mrg_rxbuf || cap >= self.rx_need {
+                    break;
+                }
+            }
+            if nbufs == 0 {
+                // A single buffer with more than IOV_MAX pieces cannot be
+                // read into; give it back empty.
+                self.complete_front(0);
+                self.m.rx_drops.add(DropReason::BufferTooSmall);
+                continue;
+            }
+            self.m.readv_calls += 1;
+            // SAFETY: rx_iov only describes validated guest RAM of posted
+            // buffers, and rx_mem keeps that mapping alive; niov <= IOV_MAX.
+            let r = unsafe { self.tap.readv(&self.rx_iov.as_slice()[..niov]) };
+            match r {
+                Ok(n) => {
+                    self.note_success();
+                    if n > cap {
+                        // Truncated: the frame is lost; the buffers stay
+                        // posted and the next frame overwrites them.
+                        self.m.rx_drops.add(DropReason::BufferTooSmall);
+                        continue;
+                    }
+                    if n < VNET_HDR_LEN {
+                        self.m.rx_drops.add(DropReason::BackendError);
+                        continue;
+                    }
+                    self.deliver(mem, n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    self.m.read_errors += 1;
+                    self.note_error("read", &e);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// A frame of `n` bytes (header included) sits at the front buffers:
+    /// fix up its header and complete the buffers it used.
+    fn deliver(&mut self, mem: &GuestMemory, n: usize) {
+        let mut k = 0usize;
+        let mut left = n;
+        for p in &self.rx {
+            k += 1;
+            left = left.saturating_sub(p.buf.len as usize);
+            if left == 0 {
+                break;
+            }
+        }
+        let first = &self.rx[0].buf.segs;
+        // The tap writes a 10-byte header and skips num_buffers.
+        write_at(mem, first, HDR_NUM_BUFFERS_OFFSET, &(k as u16).to_le_bytes());
+        if !self.guest_csum {
+            // DATA_VALID may only be set when GUEST_CSUM was negotiated.
+            write_at(mem, first, HDR_FLAGS_OFFSET, &[0]);
+        }
+        let mut left = n;
+        for _ in 0..k {
+            let len = left.min(self.rx[0].buf.len as usize);
+            left -= len;
+            self.complete_front(len as u32);
+        }
+        self.m.rx_frames += 1;
+        self.m.rx_bytes += (n - VNET_HDR_LEN) as u64;
+    }
+
+    fn complete_front(&mut self, len: u32) {
+        if let Some(p) = self.rx.pop_front() {
+            self.rx_iov.drain_front(p.iovs);
+            self.rx_posted_bytes -= p.buf.len as usize;
+            self.rx_done.push(Used { head: p.buf.head, len });
+        }
+        if self.rx.is_empty() {
+            self.rx_mem = None;
+        }
+    }
+}
+
+impl NetBackend for TapBackend {
+    fn features(&self) -> u64 {
+        self.features
+    }
+
+    fn set_features(&mut self, acked: u64) -> io::Result<()> {
+        let flags = tun_offload_flags(acked & self.features);
+        self.tap.set_offload(flags).map_err(io::Error::other)?;
+        self.mrg_rxbuf = acked & F_MRG_RXBUF != 0;
+        self.guest_csum = acked & F_GUEST_CSUM != 0;
+        self.mtu = self.tap.mtu().unwrap_or(self.mtu);
+        self.rx_need = self.compute_rx_need(acked);
+        Ok(())
+    }
+
+    fn event_fds(&self) -> Vec<std::os::unix::io::RawFd> {
+        vec![self.tap.fd()]
+    }
+
+    fn process_event(&mut self, mem: &GuestMemory, index: usize) {
+        if index != 0 || self.link == Link::Gone {
+            return;
+        }
+        self.rx_frames(mem);
+    }
+
+    fn rx_room(&self) -> usize {
+        MAX_POSTED_RX.saturating_sub(self.rx.len())
+    }
+
+    fn post_rx(&mut self, mem: &GuestMemory, buf: RxBuffer) -> Result<(), (RxBuffer, DropReason)> {
+        if self.rx.len() >= MAX_POSTED_RX {
+            return Err((buf, DropReason::NoBuffer));
+        }
+        let before = self.rx_iov.len();
+        // Generous limit: a buffer is at most MAX_CHAIN_DESCS segments, each
+        // split only at memory-region boundaries.
+        if self.rx_iov.push_segs(mem, &buf.segs, usize::MAX).is_none() {
+            return Err((buf, DropReason::BadAddress));
+        }
+        let iovs = self.rx_iov.len() - before;
+        if self.rx_mem.is_none() {
+            self.rx_mem = Some(mem.clone());
+        }
+        self.rx_posted_bytes += buf.len as usize;
+        self.rx.push_back(Posted { buf, iovs });
+        Ok(())
+    }
+
+    fn reap_rx(&mut self, _mem: &GuestMemory, out: &mut Vec<Used>) {
+        out.append(&mut self.rx_done);
+    }
+
+    fn send(&mut self, mem: &GuestMemory, frame: TxFrame) -> Result<bool, DropReason> {
+        let fail = |m: &mut TapMetrics, r| {
+            m.tx_drops.add(r);
+            Err(r)
+        };
+        if self.link == Link::Gone {
+            return fail(&mut self.m, DropReason::BackendError);
+        }
+        if frame.len as usize > MAX_TX_LEN {
+            return fail(&mut self.m, DropReason::FrameTooLong);
+        }
+        self.tx_iov.clear();
+        if self.tx_iov.push_segs(mem, &frame.segs, IOV_MAX).is_none() {
+            self.tx_iov.clear();
+            return fail(&mut self.m, DropReason::BadAddress);
+        }
+        self.m.writev_calls += 1;
+        // SAFETY: tx_iov describes the frame's validated guest RAM, borrowed
+        // through `mem` for the duration of the call.
+        let r = unsafe { self.tap.writev(self.tx_iov.as_slice()) };
+        self.tx_iov.clear();
+        match r {
+            Ok(_) => {
+                self.note_success();
+                self.m.tx_frames += 1;
+                self.m.tx_bytes += u64::from(frame.len) - VNET_HDR_LEN as u64;
+                Ok(true)
+            }
+            Err(e) => {
+                self.m.write_errors += 1;
+                match e.raw_os_error() {
+                    // Malformed frame (bad GSO fields, runt): the guest's
+                    // problem, the link is fine.
+                    Some(libc::EINVAL) => self.m.tx_invalid += 1,
+                    Some(libc::EAGAIN) | Some(libc::ENOBUFS) | Some(libc::ENOMEM) => {}
+                    _ => self.note_error("write", &e),
+                }
+                fail(&mut self.m, DropReason::BackendError)
+            }
+        }
+    }
+
+    fn reap_tx(&mut self, _out: &mut Vec<Used>) {}
+
+    fn quiesce(&mut self) {
+        // readv/writev are synchronous: once the lists are dropped nothing
+        // can write guest memory.
+        self.rx.clear();
+        self.rx_iov.clear();
+        self.rx_posted_bytes = 0;
+        self.rx_done.clear();
+        self.rx_mem = None;
+        self.tx_iov.clear();
+        self.stalled = false;
+    }
+
+    fn link_up(&self) -> bool {
+        self.link == Link::Up
+    }
+
+    fn rx_stalled(&self) -> bool {
+        self.stalled && self.link != Link::Gone
+    }
+
+    fn discard_pending(&mut self, index: usize) {
+        if index != 0 || self.link == Link::Gone {
+            return;
+        }
+        for _ in 0..DISCARD_BATCH {
+            match self.tap.read_discard() {
+                Ok(_) => {
+                    self.note_success();
+                    self.m.rx_discarded_inactive += 1;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    self.m.read_errors += 1;
+                    self.note_error("read", &e);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn metrics(&self) -> serde_json::Value {
+        json!({
+            "kind": "tap",
+            "tap": self.tap.name(),
+            "link": match self.link { Link::Up => "up", Link::Down => "down", Link::Gone => "gone" },
+            "rx_frames": self.m.rx_frames,
+            "rx_bytes": self.m.rx_bytes,
+            "tx_frames": self.m.tx_frames,
+            "tx_bytes": self.m.tx_bytes,
+            "rx_drops": self.m.rx_drops.to_json(),
+            "tx_drops": self.m.tx_drops.to_json(),
+            "rx_discarded_inactive": self.m.rx_discarded_inactive,
+            "read_errors": self.m.read_errors,
+            "write_errors": self.m.write_errors,
+            "tx_invalid": self.m.tx_invalid,
+            "readv_calls": self.m.readv_calls,
+            "writev_calls": self.m.writev_calls,
+            "rx_posted": self.rx.len(),
+            "rx_posted_bytes": self.rx_posted_bytes,
+            "rx_need": self.rx_need,
+            "mtu": self.mtu,
+            "last_error": self.last_error,
+            // readv/writev on guest memory: the VMM never copies payload.
+            "vmm_copied_bytes": 0,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offload_mapping() {
+        assert_eq!(tun_offload_flags(0), 0);
+        // TSO without GUEST_CSUM is meaningless: nothing.
+        assert_eq!(tun_offload_flags(F_GUEST_TSO4), 0);
+        assert_eq!(tun_offload_flags(F_GUEST_CSUM), libc::TUN_F_CSUM);
+        assert_eq!(
+            tun_offload_flags(F_GUEST_CSUM | F_GUEST_TSO4 | F_GUEST_TSO6 | F_GUEST_ECN | F_GUEST_UFO),
+            libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6 | libc::TUN_F_TSO_ECN | libc::TUN_F_UFO
+        );
+        // Host-side offloads never change what the tap may give us.
+        assert_eq!(tun_offload_flags(F_CSUM | F_HOST_TSO4 | F_HOST_TSO6 | F_HOST_UFO), 0);
+    }
+
+    #[test]
+    fn errno_classes() {
+        assert_eq!(classify(&io::Error::from_raw_os_error(libc::EBADFD)), Link::Gone);
+        assert_eq!(classify(&io::Error::from_raw_os_error(libc::EIO)), Link::Down);
+    }
+}

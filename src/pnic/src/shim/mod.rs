@@ -1,1 +1,637 @@
+//! The zero-copy shim: a virtio-net [`NetBackend`] over any [`PnicDriver`].
+//!
+//! RX: a guest buffer that is one segment of at least [`MIN_ZERO_COPY_BUF`]
+//! bytes (what a Linux guest posts with MRG_RXBUF) is handed to the NIC as
+//! IOVA = GPA + 12; the NIC writes the frame there and the shim only writes the
+//! 12-byte virtio-net header in front. Anything else (chained, short,
+//! misaligned) takes the counted copy fallback through a bounce buffer.
+//! TX: the chain's segments after the 12-byte header become NIC descriptors.
+//!
+//! Every address given to the NIC is re-checked against guest RAM with the
+//! full length the NIC may touch, although the device validated it already.
 
+pub mod bounce;
+pub mod metrics;
+
+use std::collections::{HashMap, VecDeque};
+use std::os::unix::io::RawFd;
+
+use virtio_devices::net::backend::{DropReason, NetBackend, RxBuffer, TxFrame, Used, VNET_HDR_LEN};
+use virtio_devices::GuestMemory;
+use vm_memory::{Bytes, GuestAddress};
+
+use crate::bdf::{Bdf, BdfError};
+use crate::dma::in_guest_ram;
+use crate::driver::{DriverError, DriverLimits, PnicDriver, RxCompletion, TxCompletion};
+use crate::igb::{self, Igb, IgbConfig, IgbOpenError};
+use crate::vfio::MmioRegs;
+use bounce::{BouncePool, BOUNCE_BUF_SIZE};
+pub use metrics::ShimMetrics;
+
+/// VIRTIO_NET_F_MRG_RXBUF: makes a Linux guest post single-segment buffers
+/// of >= 1536 bytes, the shape the NIC can fill directly.
+pub const VIRTIO_NET_F_MRG_RXBUF: u64 = 1 << 15;
+/// Smallest guest RX buffer (header included) used zero-copy.
+pub const MIN_ZERO_COPY_BUF: u32 = 1536;
+/// NIC buffer size the shim describes to the NIC at most.
+pub const NIC_BUF_MAX: u32 = 2048;
+/// TX frames queued while the NIC ring is full.
+pub const TX_BACKLOG: usize = 256;
+/// TX bounce buffers (frames with more segments than the NIC takes).
+pub const TX_BOUNCE_BUFS: usize = 64;
+
+const HDR: u64 = VNET_HDR_LEN as u64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ShimError {
+    #[error(transparent)]
+    Bdf(#[from] BdfError),
+    #[error(transparent)]
+    Open(#[from] IgbOpenError),
+    #[error("pNIC setup failed: {0}")]
+    Driver(#[from] DriverError),
+    #[error("NIC accepts RX buffers of {0} bytes, more than the shim can offer ({NIC_BUF_MAX})")]
+    Limits(u32),
+}
+
+/// How a posted guest RX buffer reaches the NIC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RxKind {
+    ZeroCopy,
+    Bounce(u32),
+}
+
+#[derive(Debug)]
+struct RxSlot {
+    buf: RxBuffer,
+    kind: RxKind,
+}
+
+#[derive(Debug)]
+struct TxSlot {
+    head: u16,
+    bytes: u32,
+    bounce: Option<u32>,
+}
+
+/// The virtio-net header of a received frame: no offloads, one buffer.
+fn rx_header() -> [u8; VNET_HDR_LEN] {
+    let mut h = [0u8; VNET_HDR_LEN];
+    // num_buffers (le16) is the last field of virtio_net_hdr_v1.
+    h[10..12].copy_from_slice(&1u16.to_le_bytes());
+    h
+}
+
+/// Write `data` at byte offset `off` of the buffer described by `segs`.
+fn write_scatter(mem: &GuestMemory, segs: &[(GuestAddress, u32)], mut off: u64, mut data: &[u8]) -> bool {
+    for (addr, len) in segs {
+        let len = u64::from(*len);
+        if off >= len {
+            off -= len;
+            continue;
+        }
+        let n = (len - off).min(data.len() as u64) as usize;
+        if !in_guest_ram(mem, addr.0 + off, n as u64) || mem.write_slice(&data[..n], GuestAddress(addr.0 + off)).is_err() {
+            return false;
+        }
+        data = &data[n..];
+        off = 0;
+        if data.is_empty() {
+            return true;
+        }
+    }
+    data.is_empty()
+}
+
+/// The NIC-visible segments of a TX chain: everything after the header.
+fn tx_payload_segments(mem: &GuestMemory, frame: &TxFrame) -> Result<Vec<(u64, u32)>, DropReason> {
+    let mut skip = HDR;
+    let mut out = Vec::with_capacity(frame.segs.len());
+    for (addr, len) in &frame.segs {
+        let len = u64::from(*len);
+        if len == 0 {
+            return Err(DropReason::ZeroLength);
+        }
+        if skip >= len {
+            skip -= len;
+            continue;
+        }
+        let start = addr.0.checked_add(skip).ok_or(DropReason::BadAddress)?;
+        let l = len - skip;
+        skip = 0;
+        if !in_guest_ram(mem, start, l) {
+            return Err(DropReason::BadAddress);
+        }
+        out.push((start, l as u32));
+    }
+    if skip > 0 {
+        return Err(DropReason::ShortHeader);
+    }
+    Ok(out)
+}
+
+/// The shim backend. See the module documentation.
+pub struct ShimBackend<D: PnicDriver> {
+    driver: D,
+    mem: GuestMemory,
+    limits: DriverLimits,
+    mac: [u8; 6],
+    next_cookie: u64,
+    rx: HashMap<u64, RxSlot>,
+    rx_bounce: BouncePool,
+    tx: HashMap<u64, TxSlot>,
+    tx_bounce: BouncePool,
+    backlog: VecDeque<TxFrame>,
+    /// RX buffers to hand back empty (NIC failed) on the next `reap_rx`.
+    rx_returned: Vec<Used>,
+    /// TX frames finished without the NIC (dropped) for the next `reap_tx`.
+    tx_returned: Vec<Used>,
+    metrics: ShimMetrics,
+    started: bool,
+    failed: bool,
+    link: bool,
+    acked: u64,
+}
+
+/// Open the NIC at `bdf` through VFIO, map all of `mem` for DMA (IOVA = GPA),
+/// bring it up with `mac` as its unicast filter, and wrap it in a shim.
+pub fn open_vfio(bdf: &str, mem: &GuestMemory, mac: [u8; 6]) -> Result<ShimBackend<Igb<MmioRegs>>, ShimError> {
+    let bdf: Bdf = bdf.parse()?;
+    let nic = igb::open_vfio(bdf, mem, IgbConfig::new(mac))?;
+    ShimBackend::new(nic, mem, mac)
+}
+
+impl<D: PnicDriver> ShimBackend<D> {
+    /// Wrap `driver` (already mapped to `mem` with IOVA = GPA). Allocates the
+    /// bounce pools in the driver's DMA space and programs the MAC filter.
+    pub fn new(mut driver: D, mem: &GuestMemory, mac: [u8; 6]) -> Result<Self, ShimError> {
+        let limits = driver.limits();
+        if limits.rx_max_write + HDR as u32 > BOUNCE_BUF_SIZE as u32 {
+            return Err(ShimError::Limits(limits.rx_max_write));
+        }
+        let rx_area = driver.alloc_dma(limits.rx_capacity * BOUNCE_BUF_SIZE as usize)?;
+        let tx_area = driver.alloc_dma(TX_BOUNCE_BUFS * BOUNCE_BUF_SIZE as usize)?;
+        driver.set_mac_filter(mac)?;
+        let link = driver.link_up().unwrap_or(false);
+        Ok(ShimBackend {
+            driver,
+            mem: mem.clone(),
+            limits,
+            mac,
+            next_cookie: 1,
+            rx: HashMap::new(),
+            rx_bounce: BouncePool::new(rx_area),
+            tx: HashMap::new(),
+            tx_bounce: BouncePool::new(tx_area),
+            backlog: VecDeque::new(),
+            rx_returned: Vec::new(),
+            tx_returned: Vec::new(),
+            metrics: ShimMetrics::default(),
+            started: false,
+            failed: false,
+            link,
+            acked: 0,
+        })
+    }
+
+    pub fn driver(&self) -> &D {
+        &self.driver
+    }
+
+    pub fn driver_mut(&mut self) -> &mut D {
+        &mut self.driver
+    }
+
+    pub fn shim_metrics(&self) -> &ShimMetrics {
+        &self.metrics
+    }
+
+    pub fn mac(&self) -> [u8; 6] {
+        self.mac
+    }
+
+    /// Guest buffers currently owned by the NIC.
+    pub fn rx_posted(&self) -> usize {
+        self.rx.len()
+    }
+
+    fn cookie(&mut self) -> u64 {
+        let c = self.next_cookie;
+        self.next_cookie = self.next_cookie.wrapping_add(1).max(1);
+        c
+    }
+
+    /// The NIC failed (surprise removal, error): link down, everything it
+    /// held goes back to the guest empty, and the VM keeps running.
+    fn fail(&mut self, e: &DriverError) {
+        self.metrics.nic_errors += 1;
+        if self.failed {
+            return;
+        }
+        log::error!("pNIC {} failed: {e}; link down, the VM keeps running", self.driver.name());
+        self.failed = true;
+        self.link = false;
+        let _ = self.driver.quiesce();
+        self.started = false;
+        for (_, s) in self.rx.drain() {
+            self.rx_returned.push(Used { head: s.buf.head, len: 0 });
+            self.metrics.drop(DropReason::BackendError);
+        }
+        for (_, t) in self.tx.drain() {
+            self.tx_returned.push(Used { head: t.head, len: 0 });
+            self.metrics.drop(DropReason::BackendError);
+        }
+        for f in self.backlog.drain(..) {
+            self.tx_returned.push(Used { head: f.head, len: 0 });
+            self.metrics.drop(DropReason::BackendError);
+        }
+        self.rx_bounce.reset();
+        self.tx_bounce.reset();
+    }
+
+    fn driver_err(&mut self, e: DriverError) {
+        match e {
+            DriverError::Removed => self.fail(&e),
+            _ => {
+                self.metrics.nic_errors += 1;
+                log::warn!("pNIC {}: {e}", self.driver.name());
+            }
+        }
+    }
+
+    fn ensure_started(&mut self) -> bool {
+        if self.failed {
+            return false;
+        }
+        if !self.started {
+            match self.driver.start() {
+                Ok(()) => self.started = true,
+                Err(e) => {
+                    self.driver_err(e);
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    /// Hand `buf` to the NIC, zero-copy if its shape allows.
+    fn post_slot(&mut self, buf: RxBuffer) -> Result<(), (RxBuffer, DropReason)> {
+        let max_write = u64::from(self.limits.rx_max_write);
+        let zero_copy = match buf.segs.as_slice() {
+            [(gpa, len)] => {
+                let nic_iova = gpa.0.checked_add(HDR);
+                *len >= MIN_ZERO_COPY_BUF
+                    && u64::from(*len) >= HDR + max_write
+                    && nic_iova.is_some_and(|a| a % self.limits.rx_align == 0)
+                    // The NIC may write max_write bytes at GPA+12: all of it in RAM.
+                    && in_guest_ram(&self.mem, gpa.0, HDR + max_write)
+                    && in_guest_ram(&self.mem, gpa.0, u64::from(*len))
+            }
+            _ => false,
+        };
+        let cookie = self.cookie();
+        let (iova, len, kind) = if zero_copy {
+            let (gpa, len) = buf.segs[0];
+            let nic_len = (len - HDR as u32).min(NIC_BUF_MAX);
+            (gpa.0 + HDR, nic_len, RxKind::ZeroCopy)
+        } else {
+            let Some(idx) = self.rx_bounce.alloc() else {
+                return Err((buf, DropReason::NoBuffer));
+            };
+            let (iova, len) = self.rx_bounce.rx_target(idx);
+            (iova, len, RxKind::Bounce(idx))
+        };
+        let res = self.driver.post_rx(iova, len, cookie).and_then(|_| self.driver.flush_rx());
+        match res {
+            Ok(()) => {
+                self.rx.insert(cookie, RxSlot { buf, kind });
+                Ok(())
+            }
+            Err(e) => {
+                if let RxKind::Bounce(i) = kind {
+                    self.rx_bounce.release(i);
+                }
+                let reason = match e {
+                    DriverError::RingFull(_) => DropReason::NoBuffer,
+                    _ => DropReason::BackendError,
+                };
+                self.driver_err(e);
+                Err((buf, reason))
+            }
+        }
+    }
+
+    /// Turn one NIC completion into a used entry (or recycle the buffer).
+    fn complete_rx(&mut self, c: RxCompletion, out: &mut Vec<Used>) {
+        let Some(slot) = self.rx.remove(&c.cookie) else {
+            // Not a buffer we posted: ignore, never trust it.
+            self.metrics.nic_errors += 1;
+            return;
+        };
+        let release = |s: &mut Self, kind: RxKind| {
+            if let RxKind::Bounce(i) = kind {
+                s.rx_bounce.release(i);
+            }
+        };
+        let frame_len = u64::from(c.len);
+        if c.error || !c.eop || frame_len == 0 || frame_len > u64::from(self.limits.rx_max_write) {
+            // Bad frame: the guest never sees it; give the buffer back to the NIC.
+            self.metrics.rx_nic_errors += 1;
+            self.metrics.drop(DropReason::BackendError);
+            release(self, slot.kind);
+            self.recycle(slot.buf, out);
+            return;
+        }
+        if HDR + frame_len > u64::from(slot.buf.len) {
+            self.metrics.drop(DropReason::BufferTooSmall);
+            release(self, slot.kind);
+            self.recycle(slot.buf, out);
+            return;
+        }
+        let ok = match slot.kind {
+            RxKind::ZeroCopy => write_scatter(&self.mem, &slot.buf.segs, 0, &rx_header()),
+            RxKind::Bounce(i) => {
+                // Header + frame in one copy with equal alignment on both sides.
+                let total = (HDR + frame_len) as usize;
+                let mut tmp = vec![0u8; total];
+                tmp[..VNET_HDR_LEN].copy_from_slice(&rx_header());
+                let read = self.rx_bounce.read(i, HDR, &mut tmp[VNET_HDR_LEN..]).is_ok();
+                self.rx_bounce.release(i);
+                let ok = read && write_scatter(&self.mem, &slot.buf.segs, 0, &tmp);
+                if ok {
+                    self.metrics.rx_copy_fallback_frames += 1;
+                    self.metrics.rx_copy_fallback_bytes += frame_len;
+                }
+                ok
+            }
+        };
+        if !ok {
+            self.metrics.drop(DropReason::BadAddress);
+            out.push(Used { head: slot.buf.head, len: 0 });
+            return;
+        }
+        if slot.kind == RxKind::ZeroCopy {
+            self.metrics.rx_zero_copy += 1;
+        }
+        self.metrics.rx_packets += 1;
+        self.metrics.rx_bytes += frame_len;
+        out.push(Used {
+            head: slot.buf.head,
+            len: (HDR + frame_len) as u32,
+        });
+    }
+
+    /// Give a guest buffer whose frame was dropped straight back to the NIC.
+    fn recycle(&mut self, buf: RxBuffer, out: &mut Vec<Used>) {
+        if let Err((buf, _)) = self.post_slot(buf) {
+            out.push(Used { head: buf.head, len: 0 });
+        }
+    }
+
+    fn submit_tx(&mut self, frame: TxFrame, segs: Vec<(u64, u32)>) -> Result<(), DropReason> {
+        let bytes: u32 = segs.iter().map(|s| s.1).sum();
+        let cookie = self.cookie();
+        let (segs, bounce) = if segs.len() > self.limits.tx_max_segs {
+            // Too fragmented for the NIC: copy into one bounce buffer.
+            let Some(i) = self.tx_bounce.alloc() else {
+                return Err(DropReason::NoBuffer);
+            };
+            let mut tmp = vec![0u8; bytes as usize];
+            let mut off = 0usize;
+            for (a, l) in &segs {
+                if self.mem.read_slice(&mut tmp[off..off + *l as usize], GuestAddress(*a)).is_err() {
+                    self.tx_bounce.release(i);
+                    return Err(DropReason::BadAddress);
+                }
+                off += *l as usize;
+            }
+            if self.tx_bounce.write(i, 0, &tmp).is_err() {
+                self.tx_bounce.release(i);
+                return Err(DropReason::FrameTooLong);
+            }
+            self.metrics.tx_copy_fallback_frames += 1;
+            self.metrics.tx_copy_fallback_bytes += u64::from(bytes);
+            (vec![(self.tx_bounce.iova(i), bytes)], Some(i))
+        } else {
+            (segs, None)
+        };
+        match self.driver.post_tx(&segs, cookie) {
+            Ok(()) => {
+                if bounce.is_none() {
+                    self.metrics.tx_zero_copy += 1;
+                }
+                self.tx.insert(cookie, TxSlot { head: frame.head, bytes, bounce });
+                Ok(())
+            }
+            Err(e) => {
+                if let Some(i) = bounce {
+                    self.tx_bounce.release(i);
+                }
+                self.driver_err(e);
+                Err(DropReason::BackendError)
+            }
+        }
+    }
+
+    fn validate_tx(&self, frame: &TxFrame) -> Result<Vec<(u64, u32)>, DropReason> {
+        if (frame.len as usize) <= VNET_HDR_LEN {
+            return Err(DropReason::ShortHeader);
+        }
+        if u64::from(frame.len) - HDR > u64::from(self.limits.tx_max_frame) {
+            return Err(DropReason::FrameTooLong);
+        }
+        tx_payload_segments(&self.mem, frame)
+    }
+
+    /// Send queued frames while the NIC ring has room; dropped ones are
+    /// completed through `tx_returned`.
+    fn drain_backlog(&mut self) {
+        while let Some(f) = self.backlog.front() {
+            let segs = match self.validate_tx(f) {
+                Ok(s) => s,
+                Err(r) => {
+                    let f = self.backlog.pop_front().expect("front exists");
+                    self.metrics.drop(r);
+                    self.tx_returned.push(Used { head: f.head, len: 0 });
+                    continue;
+                }
+            };
+            let need = segs.len().min(self.limits.tx_max_segs);
+            if self.driver.tx_free() < need {
+                break;
+            }
+            let f = self.backlog.pop_front().expect("front exists");
+            let head = f.head;
+            if let Err(r) = self.submit_tx(f, segs) {
+                self.metrics.drop(r);
+                self.tx_returned.push(Used { head, len: 0 });
+            }
+        }
+    }
+
+    fn refresh_link(&mut self) {
+        match self.driver.link_up() {
+            Ok(up) => self.link = up && !self.failed,
+            Err(e) => self.driver_err(e),
+        }
+    }
+}
+
+impl<D: PnicDriver> NetBackend for ShimBackend<D> {
+    fn features(&self) -> u64 {
+        VIRTIO_NET_F_MRG_RXBUF
+    }
+
+    fn set_features(&mut self, acked: u64) -> std::io::Result<()> {
+        self.acked = acked;
+        Ok(())
+    }
+
+    fn event_fds(&self) -> Vec<RawFd> {
+        self.driver.irq_fds()
+    }
+
+    fn process_event(&mut self, _mem: &GuestMemory, index: usize) {
+        if let Err(e) = self.driver.handle_irq(index) {
+            self.driver_err(e);
+        }
+        if !self.failed {
+            self.refresh_link();
+            self.drain_backlog();
+        }
+    }
+
+    fn rx_room(&self) -> usize {
+        if self.failed {
+            return 0;
+        }
+        if self.started {
+            self.driver.rx_free()
+        } else {
+            self.limits.rx_capacity.saturating_sub(self.rx.len())
+        }
+    }
+
+    fn post_rx(&mut self, mem: &GuestMemory, buf: RxBuffer) -> Result<(), (RxBuffer, DropReason)> {
+        let _ = mem; // the memory given at construction is the one the IOMMU maps
+        if buf.segs.iter().any(|s| s.1 == 0) {
+            self.metrics.drop(DropReason::ZeroLength);
+            return Err((buf, DropReason::ZeroLength));
+        }
+        if buf.segs.iter().any(|(a, l)| !in_guest_ram(&self.mem, a.0, u64::from(*l))) {
+            self.metrics.drop(DropReason::BadAddress);
+            return Err((buf, DropReason::BadAddress));
+        }
+        if (buf.len as usize) <= VNET_HDR_LEN {
+            self.metrics.drop(DropReason::BufferTooSmall);
+            return Err((buf, DropReason::BufferTooSmall));
+        }
+        if !self.ensure_started() {
+            self.metrics.drop(DropReason::BackendError);
+            return Err((buf, DropReason::BackendError));
+        }
+        self.post_slot(buf).inspect_err(|(_, r)| self.metrics.drop(*r))
+    }
+
+    fn reap_rx(&mut self, _mem: &GuestMemory, out: &mut Vec<Used>) {
+        out.append(&mut self.rx_returned);
+        if self.failed || !self.started {
+            return;
+        }
+        let mut done = Vec::new();
+        if let Err(e) = self.driver.reap_rx(&mut done) {
+            self.driver_err(e);
+        }
+        for c in done {
+            self.complete_rx(c, out);
+        }
+        out.append(&mut self.rx_returned);
+    }
+
+    fn send(&mut self, _mem: &GuestMemory, frame: TxFrame) -> Result<bool, DropReason> {
+        if !self.ensure_started() {
+            self.metrics.drop(DropReason::BackendError);
+            return Err(DropReason::BackendError);
+        }
+        let segs = self.validate_tx(&frame).inspect_err(|r| self.metrics.drop(*r))?;
+        let need = segs.len().min(self.limits.tx_max_segs);
+        if !self.backlog.is_empty() || self.driver.tx_free() < need {
+            let mut c = Vec::new();
+            if self.driver.reap_tx(&mut c).is_ok() {
+                self.finish_tx(c);
+            }
+            self.drain_backlog();
+        }
+        if self.backlog.is_empty() && self.driver.tx_free() >= need {
+            self.submit_tx(frame, segs).inspect_err(|r| self.metrics.drop(*r))?;
+            return Ok(false);
+        }
+        if self.backlog.len() >= TX_BACKLOG {
+            self.metrics.drop(DropReason::NoBuffer);
+            return Err(DropReason::NoBuffer);
+        }
+        self.backlog.push_back(frame);
+        Ok(false)
+    }
+
+    fn reap_tx(&mut self, out: &mut Vec<Used>) {
+        if !self.failed && self.started {
+            let mut done = Vec::new();
+            if let Err(e) = self.driver.reap_tx(&mut done) {
+                self.driver_err(e);
+            }
+            self.finish_tx(done);
+            self.drain_backlog();
+        }
+        out.append(&mut self.tx_returned);
+    }
+
+    fn quiesce(&mut self) {
+        if let Err(e) = self.driver.quiesce() {
+            // The igb driver already fell back to a full reset.
+            self.metrics.nic_errors += 1;
+            log::error!("pNIC quiesce: {e}");
+        }
+        self.started = false;
+        self.rx.clear();
+        self.tx.clear();
+        self.backlog.clear();
+        self.rx_returned.clear();
+        self.tx_returned.clear();
+        self.rx_bounce.reset();
+        self.tx_bounce.reset();
+    }
+
+    fn link_up(&self) -> bool {
+        self.link && !self.failed
+    }
+
+    fn metrics(&self) -> serde_json::Value {
+        let mut v = self.metrics.to_json();
+        v["pnic"] = serde_json::json!(self.driver.name());
+        v["link_up"] = serde_json::json!(self.link_up());
+        v
+    }
+}
+
+impl<D: PnicDriver> ShimBackend<D> {
+    fn finish_tx(&mut self, done: Vec<TxCompletion>) {
+        for c in done {
+            match self.tx.remove(&c.cookie) {
+                Some(t) => {
+                    if let Some(i) = t.bounce {
+                        self.tx_bounce.release(i);
+                    }
+                    self.metrics.tx_packets += 1;
+                    self.metrics.tx_bytes += u64::from(t.bytes);
+                    self.tx_returned.push(Used { head: t.head, len: 0 });
+                }
+                None => self.metrics.nic_errors += 1,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

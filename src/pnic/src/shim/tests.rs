@@ -1,0 +1,357 @@
+//! The shim against the NIC model: addresses given to the NIC, headers, used
+//! lengths, TX segmentation, copy fallback, quiesce and NIC failure.
+
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use super::*;
+use crate::model::{DmaAccess, InjectOutcome, ModelConfig, ModelHandle, NicModel};
+
+const MAC: [u8; 6] = [0x52, 0x54, 0x00, 0xaa, 0xbb, 0x01];
+const RAM: u64 = 0x10_0000;
+
+fn setup() -> (ShimBackend<NicModel>, ModelHandle, GuestMemoryMmap) {
+    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), RAM as usize)]).unwrap();
+    let (model, h) = NicModel::new(&mem, ModelConfig::default()).unwrap();
+    let shim = ShimBackend::new(model, &mem, MAC).unwrap();
+    (shim, h, mem)
+}
+
+fn rxbuf(head: u16, segs: &[(u64, u32)]) -> RxBuffer {
+    RxBuffer {
+        head,
+        segs: segs.iter().map(|(a, l)| (GuestAddress(*a), *l)).collect(),
+        len: segs.iter().map(|s| s.1).sum(),
+    }
+}
+
+fn txframe(head: u16, segs: &[(u64, u32)]) -> TxFrame {
+    TxFrame {
+        head,
+        segs: segs.iter().map(|(a, l)| (GuestAddress(*a), *l)).collect(),
+        len: segs.iter().map(|s| s.1).sum(),
+    }
+}
+
+fn eth(len: usize, seed: u8) -> Vec<u8> {
+    let mut f: Vec<u8> = (0..len).map(|i| (i as u8).wrapping_mul(7).wrapping_add(seed)).collect();
+    f[..6].copy_from_slice(&MAC);
+    f
+}
+
+#[test]
+fn zero_copy_rx_posts_gpa_plus_12_and_writes_header() {
+    let (mut s, h, mem) = setup();
+    let bufs = [(0x1000u64, 1536u32), (0x2000, 2048), (0x3000, 4096), (0x8040, 1600)];
+    for (i, (a, l)) in bufs.iter().enumerate() {
+        s.post_rx(&mem, rxbuf(i as u16, &[(*a, *l)])).unwrap();
+    }
+    let posted = h.posted_rx();
+    assert_eq!(posted.len(), 4);
+    for ((a, l), p) in bufs.iter().zip(&posted) {
+        assert_eq!(p.iova, a + 12, "descriptor address is GPA + 12");
+        assert_eq!(p.len, u64::from((l - 12).min(2048)));
+    }
+    // Poison the header area to see the shim write it.
+    mem.write_slice(&[0xee; 12], GuestAddress(0x2000)).unwrap();
+    let f1 = eth(60, 1);
+    let f2 = eth(1514, 2);
+    assert!(matches!(h.inject_rx(&f1), InjectOutcome::Delivered { iova: 0x100c, .. }));
+    assert!(matches!(h.inject_rx(&f2), InjectOutcome::Delivered { iova: 0x200c, .. }));
+    let mut used = Vec::new();
+    s.reap_rx(&mem, &mut used);
+    assert_eq!(used, vec![Used { head: 0, len: 72 }, Used { head: 1, len: 12 + 1514 }]);
+    let mut hdr = [0u8; 12];
+    mem.read_slice(&mut hdr, GuestAddress(0x2000)).unwrap();
+    assert_eq!(hdr, [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0], "flags 0, gso none, num_buffers 1");
+    let mut got = vec![0u8; 1514];
+    mem.read_slice(&mut got, GuestAddress(0x200c)).unwrap();
+    assert_eq!(got, f2);
+    // The model never wrote anywhere but GPA + 12 of posted buffers.
+    assert_eq!(h.writes(), vec![DmaAccess { iova: 0x100c, len: 60 }, DmaAccess { iova: 0x200c, len: 1514 }]);
+    let m = s.shim_metrics();
+    assert_eq!((m.rx_zero_copy, m.rx_copy_fallback_frames, m.rx_packets, m.rx_bytes), (2, 0, 2, 1574));
+    assert!(h.faults().is_empty());
+}
+
+#[test]
+fn out_of_ram_guest_addresses_are_never_posted() {
+    let (mut s, h, mem) = setup();
+    for (i, seg) in [
+        (RAM, 2048u32),             // just past the end
+        (RAM - 1000, 2048),         // straddles the end
+        (u64::MAX - 100, 2048),     // wraps
+        (0x5_0000_0000, 2048),      // far away
+    ]
+    .iter()
+    .enumerate()
+    {
+        let r = s.post_rx(&mem, rxbuf(i as u16, &[*seg]));
+        assert_eq!(r.unwrap_err().1, DropReason::BadAddress, "{seg:x?}");
+    }
+    // A chain whose second segment is outside RAM.
+    let r = s.post_rx(&mem, rxbuf(9, &[(0x1000, 100), (RAM + 0x1000, 2000)]));
+    assert_eq!(r.unwrap_err().1, DropReason::BadAddress);
+    assert!(h.posted_rx().is_empty());
+    // TX too.
+    let r = s.send(&mem, txframe(1, &[(0x1000, 12), (RAM - 10, 100)]));
+    assert_eq!(r, Err(DropReason::BadAddress));
+    assert!(h.posted_tx().is_empty());
+    assert_eq!(s.shim_metrics().drops_of(DropReason::BadAddress), 6);
+}
+
+#[test]
+fn random_buffers_only_ever_expose_guest_ram_or_bounce_memory() {
+    let (mut s, h, mem) = setup();
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for i in 0..2000u32 {
+        let nseg = (next() % 3 + 1) as usize;
+        let segs: Vec<(u64, u32)> = (0..nseg)
+            .map(|_| {
+                let a = match next() % 4 {
+                    0 => next(),
+                    1 => RAM - (next() % 4096),
+                    _ => next() % RAM,
+                };
+                (a, (next() % 5000) as u32)
+            })
+            .collect();
+        if i % 2 == 0 {
+            let _ = s.post_rx(&mem, rxbuf(i as u16, &segs));
+            if s.rx_room() == 0 {
+                let _ = h.inject_rx(&eth(1514, 0));
+                let mut u = Vec::new();
+                s.reap_rx(&mem, &mut u);
+                s.quiesce();
+            }
+        } else {
+            let _ = s.send(&mem, txframe(i as u16, &segs));
+            let mut u = Vec::new();
+            s.reap_tx(&mut u);
+        }
+    }
+    let bounce = RAM..u64::MAX;
+    for p in h.posted_rx() {
+        let in_ram = p.iova >= 12 && crate::dma::in_guest_ram(&mem, p.iova - 12, 12 + 1522);
+        assert!(in_ram || bounce.contains(&p.iova), "{p:x?}");
+        if in_ram {
+            assert!(p.iova + p.len <= RAM);
+        }
+    }
+    for p in h.posted_tx() {
+        assert!(crate::dma::in_guest_ram(&mem, p.iova, p.len) || p.iova >= RAM, "{p:x?}");
+    }
+    assert!(h.faults().is_empty(), "the NIC never hit unmapped memory");
+}
+
+#[test]
+fn copy_fallback_is_counted_and_correct() {
+    let (mut s, h, mem) = setup();
+    // Chained (header segment + data), small single (1530 = no MRG_RXBUF),
+    // misaligned for the NIC (odd GPA).
+    s.post_rx(&mem, rxbuf(0, &[(0x1000, 12), (0x2000, 1518)])).unwrap();
+    s.post_rx(&mem, rxbuf(1, &[(0x3000, 1530)])).unwrap();
+    s.post_rx(&mem, rxbuf(2, &[(0x4001, 2048)])).unwrap();
+    for p in h.posted_rx() {
+        assert!(p.iova >= RAM, "fallback buffers are bounce memory, not guest RAM: {p:x?}");
+    }
+    let frames = [eth(1000, 3), eth(1514, 4), eth(64, 5)];
+    for f in &frames {
+        assert!(matches!(h.inject_rx(f), InjectOutcome::Delivered { .. }));
+    }
+    let mut used = Vec::new();
+    s.reap_rx(&mem, &mut used);
+    assert_eq!(
+        used,
+        vec![Used { head: 0, len: 1012 }, Used { head: 1, len: 1526 }, Used { head: 2, len: 76 }]
+    );
+    let mut b = vec![0u8; 1000];
+    mem.read_slice(&mut b, GuestAddress(0x2000)).unwrap();
+    assert_eq!(b, frames[0], "frame follows the header segment");
+    let mut hdr = [0u8; 12];
+    mem.read_slice(&mut hdr, GuestAddress(0x1000)).unwrap();
+    assert_eq!(hdr[10], 1);
+    let mut b = vec![0u8; 64];
+    mem.read_slice(&mut b, GuestAddress(0x400d)).unwrap();
+    assert_eq!(b, frames[2]);
+    let m = s.shim_metrics();
+    assert_eq!(m.rx_copy_fallback_frames, 3);
+    assert_eq!(m.rx_copy_fallback_bytes, 1000 + 1514 + 64);
+    assert_eq!(m.rx_zero_copy, 0);
+}
+
+#[test]
+fn frame_larger_than_a_fallback_buffer_is_dropped_and_buffer_recycled() {
+    let (mut s, h, mem) = setup();
+    s.post_rx(&mem, rxbuf(7, &[(0x1000, 200)])).unwrap();
+    assert!(matches!(h.inject_rx(&eth(300, 1)), InjectOutcome::Delivered { .. }));
+    let mut used = Vec::new();
+    s.reap_rx(&mem, &mut used);
+    assert!(used.is_empty(), "guest sees nothing");
+    assert_eq!(s.shim_metrics().drops_of(DropReason::BufferTooSmall), 1);
+    assert_eq!(s.rx_posted(), 1, "buffer went back to the NIC");
+    let f = eth(100, 2);
+    h.inject_rx(&f);
+    s.reap_rx(&mem, &mut used);
+    assert_eq!(used, vec![Used { head: 7, len: 112 }]);
+}
+
+#[test]
+fn tx_segments_exclude_the_header() {
+    let (mut s, h, mem) = setup();
+    let payload = eth(100, 9);
+    // Header in its own segment.
+    mem.write_slice(&payload, GuestAddress(0x2000)).unwrap();
+    assert_eq!(s.send(&mem, txframe(1, &[(0x1000, 12), (0x2000, 100)])), Ok(false));
+    // Header and payload in one segment.
+    mem.write_slice(&payload, GuestAddress(0x300c)).unwrap();
+    assert_eq!(s.send(&mem, txframe(2, &[(0x3000, 112)])), Ok(false));
+    // A segment spanning the header boundary is split.
+    mem.write_slice(&payload[..2], GuestAddress(0x400c)).unwrap();
+    mem.write_slice(&payload[2..], GuestAddress(0x5000)).unwrap();
+    assert_eq!(s.send(&mem, txframe(3, &[(0x4000, 12), (0x5000, 98)])), Ok(false));
+    assert_eq!(s.send(&mem, txframe(4, &[(0x4000, 14), (0x5000, 98)])), Ok(false));
+    assert_eq!(
+        h.posted_tx(),
+        vec![
+            DmaAccess { iova: 0x2000, len: 100 },
+            DmaAccess { iova: 0x300c, len: 100 },
+            DmaAccess { iova: 0x5000, len: 98 },
+            DmaAccess { iova: 0x400c, len: 2 },
+            DmaAccess { iova: 0x5000, len: 98 },
+        ]
+    );
+    let sent = h.sent();
+    assert_eq!(sent[0], payload);
+    assert_eq!(sent[1], payload);
+    assert_eq!(sent[2], payload[2..].to_vec());
+    assert_eq!(sent[3], payload);
+    let mut used = Vec::new();
+    s.reap_tx(&mut used);
+    let heads: Vec<u16> = used.iter().map(|u| u.head).collect();
+    assert_eq!(heads, vec![1, 2, 3, 4]);
+    assert!(used.iter().all(|u| u.len == 0));
+    let m = s.shim_metrics();
+    assert_eq!((m.tx_zero_copy, m.tx_packets), (4, 4));
+    // Bad frames.
+    assert_eq!(s.send(&mem, txframe(5, &[(0x1000, 12)])), Err(DropReason::ShortHeader));
+    assert_eq!(s.send(&mem, txframe(6, &[(0x1000, 12 + 1600)])), Err(DropReason::FrameTooLong));
+}
+
+#[test]
+fn fragmented_tx_takes_the_counted_copy_fallback() {
+    let (mut s, h, mem) = setup();
+    let payload = eth(120, 4);
+    let mut segs = vec![(0x1000u64, 12u32)];
+    for i in 0..12u64 {
+        let a = 0x2000 + i * 0x100;
+        mem.write_slice(&payload[(i * 10) as usize..(i * 10 + 10) as usize], GuestAddress(a)).unwrap();
+        segs.push((a, 10));
+    }
+    assert_eq!(s.send(&mem, txframe(1, &segs)), Ok(false));
+    assert_eq!(h.sent(), vec![payload]);
+    let p = h.posted_tx();
+    assert_eq!(p.len(), 1);
+    assert!(p[0].iova >= RAM);
+    assert_eq!(s.shim_metrics().tx_copy_fallback_frames, 1);
+    assert_eq!(s.shim_metrics().tx_zero_copy, 0);
+}
+
+#[test]
+fn after_quiesce_no_write_lands_in_a_previously_posted_buffer() {
+    let (mut s, h, mem) = setup();
+    let bufs: Vec<(u64, u32)> = (0..16).map(|i| (0x1_0000 + i * 0x1000, 2048)).collect();
+    for (i, b) in bufs.iter().enumerate() {
+        s.post_rx(&mem, rxbuf(i as u16, &[*b])).unwrap();
+    }
+    h.inject_rx(&eth(60, 1));
+    s.quiesce();
+    for (a, l) in &bufs {
+        mem.write_slice(&vec![0x5a; *l as usize], GuestAddress(*a)).unwrap();
+    }
+    let before = h.writes().len();
+    for _ in 0..32 {
+        assert_eq!(h.inject_rx(&eth(60, 2)), InjectOutcome::NoBuffer);
+    }
+    assert_eq!(h.writes().len(), before, "no DMA after quiesce");
+    for (a, l) in &bufs {
+        let mut b = vec![0u8; *l as usize];
+        mem.read_slice(&mut b, GuestAddress(*a)).unwrap();
+        assert!(b.iter().all(|x| *x == 0x5a));
+    }
+    let mut used = Vec::new();
+    s.reap_rx(&mem, &mut used);
+    assert!(used.is_empty(), "forgotten buffers are not completed");
+    // The device works again after the reset.
+    s.post_rx(&mem, rxbuf(0, &[(0x2_0000, 2048)])).unwrap();
+    assert!(matches!(h.inject_rx(&eth(60, 3)), InjectOutcome::Delivered { iova: 0x2_000c, .. }));
+    s.reap_rx(&mem, &mut used);
+    assert_eq!(used, vec![Used { head: 0, len: 72 }]);
+}
+
+#[test]
+fn surprise_removal_downs_the_link_and_returns_buffers() {
+    let (mut s, h, mem) = setup();
+    assert!(s.link_up());
+    s.post_rx(&mem, rxbuf(3, &[(0x1000, 2048)])).unwrap();
+    h.remove();
+    s.process_event(&mem, 0);
+    assert!(!s.link_up());
+    assert!(s.shim_metrics().nic_errors >= 1);
+    let mut used = Vec::new();
+    s.reap_rx(&mem, &mut used);
+    assert_eq!(used, vec![Used { head: 3, len: 0 }]);
+    assert_eq!(s.post_rx(&mem, rxbuf(4, &[(0x1000, 2048)])).unwrap_err().1, DropReason::BackendError);
+    assert_eq!(s.send(&mem, txframe(1, &[(0x1000, 112)])), Err(DropReason::BackendError));
+    assert_eq!(s.rx_room(), 0);
+    let m = s.metrics();
+    assert_eq!(m["link_up"], false);
+    assert!(m["nic_errors"].as_u64().unwrap() >= 1);
+}
+
+#[test]
+fn link_state_and_mac_filter() {
+    let (mut s, h, mem) = setup();
+    assert_eq!(h.mac(), Some(MAC));
+    h.set_link(false);
+    s.process_event(&mem, 0);
+    assert!(!s.link_up());
+    h.set_link(true);
+    s.process_event(&mem, 0);
+    assert!(s.link_up());
+    assert_eq!(s.features() & VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_MRG_RXBUF);
+    assert_eq!(s.event_fds().len(), 1);
+    let m = s.metrics();
+    for k in ["rx_packets", "tx_packets", "rx_zero_copy", "rx_copy_fallback", "tx_zero_copy", "drops", "nic_errors"] {
+        assert!(m.get(k).is_some(), "{k}");
+    }
+}
+
+#[test]
+fn tx_backlog_when_the_ring_is_full() {
+    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), RAM as usize)]).unwrap();
+    let cfg = ModelConfig { auto_tx: false, ..Default::default() };
+    let (model, h) = NicModel::new(&mem, cfg).unwrap();
+    let mut s = ShimBackend::new(model, &mem, MAC).unwrap();
+    for i in 0..300u16 {
+        assert_eq!(s.send(&mem, txframe(i, &[(0x1000, 112)])), Ok(false));
+    }
+    assert_eq!(h.posted_tx().len(), 255);
+    h.complete_tx();
+    let mut used = Vec::new();
+    s.reap_tx(&mut used);
+    assert_eq!(used.len(), 255);
+    assert_eq!(h.posted_tx().len(), 300, "backlog went out once there was room");
+    h.complete_tx();
+    s.reap_tx(&mut used);
+    assert_eq!(used.len(), 300);
+    let mut heads: Vec<u16> = used.iter().map(|u| u.head).collect();
+    heads.sort();
+    heads.dedup();
+    assert_eq!(heads.len(), 300, "every frame completed exactly once");
+}

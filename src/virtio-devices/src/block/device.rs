@@ -63,7 +63,10 @@ pub struct Block {
 impl Block {
     pub fn new(cfg: BlockConfig) -> Result<Block, BlockError> {
         if cfg.id.len() > ID_BYTES {
-            return Err(BlockError::IdTooLong { len: cfg.id.len(), id: cfg.id });
+            return Err(BlockError::IdTooLong {
+                len: cfg.id.len(),
+                id: cfg.id,
+            });
         }
         let disk = Disk::open(&cfg.path, cfg.read_only)?;
         let mut id = [0u8; ID_BYTES];
@@ -118,14 +121,25 @@ impl Block {
     /// notification suppression rules (EVENT_IDX) say so. Normally called from
     /// `process()` on a queue kick.
     pub fn process_queue(&mut self) {
-        let Block { disk, id, active, metrics, .. } = self;
+        let Block {
+            disk,
+            id,
+            active,
+            metrics,
+            ..
+        } = self;
         let Some(active) = active.as_mut() else {
             return;
         };
         if active.broken {
             return;
         }
-        let Active { mem, queue, interrupt, broken } = active;
+        let Active {
+            mem,
+            queue,
+            interrupt,
+            broken,
+        } = active;
         let mut completed = 0u32;
         'outer: loop {
             if let Err(e) = queue.disable_notification(mem) {
@@ -185,7 +199,12 @@ fn next_chain<'m>(
     Ok(iter.next())
 }
 
-fn queue_broken(broken: &mut bool, metrics: &mut BlockMetrics, what: &str, e: &virtio_queue::Error) {
+fn queue_broken(
+    broken: &mut bool,
+    metrics: &mut BlockMetrics,
+    what: &str,
+    e: &virtio_queue::Error,
+) {
     warn!("virtio-blk: {what}: {e}; queue stopped until the driver resets the device");
     *broken = true;
     metrics.queue_errors += 1;
@@ -253,7 +272,12 @@ fn execute(
             }
             let res = transfer(disk, mem, &req.data, pos, req.kind == RequestType::In);
             if let Err(e) = res {
-                warn!("virtio-blk: {:?} at sector {} of {}: {e}", req.kind, req.sector, disk.path().display());
+                warn!(
+                    "virtio-blk: {:?} at sector {} of {}: {e}",
+                    req.kind,
+                    req.sector,
+                    disk.path().display()
+                );
                 return ioerr(metrics);
             }
             if req.kind == RequestType::In {
@@ -302,14 +326,20 @@ fn execute(
 
 /// The disk byte offset of a data transfer, if it is whole sectors and fits on the disk.
 fn checked_range(disk: &Disk, sector: u64, len: u64) -> Option<u64> {
-    if len % SECTOR_SIZE != 0 {
+    if !len.is_multiple_of(SECTOR_SIZE) {
         return None;
     }
     let end_sector = sector.checked_add(len / SECTOR_SIZE)?;
     (end_sector <= disk.sectors()).then(|| sector * SECTOR_SIZE)
 }
 
-fn transfer(disk: &Disk, mem: &GuestMemory, segs: &[Segment], mut pos: u64, read: bool) -> std::io::Result<()> {
+fn transfer(
+    disk: &Disk,
+    mem: &GuestMemory,
+    segs: &[Segment],
+    mut pos: u64,
+    read: bool,
+) -> std::io::Result<()> {
     for s in segs {
         if read {
             disk.read_to_guest(mem, s.addr, s.len as usize, pos)?;
@@ -361,7 +391,10 @@ impl VirtioDevice for Block {
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
         // Only `writeback` is writable, and only with CONFIG_WCE, not offered.
-        warn!("virtio-blk: config write of {} bytes at {offset:#x} ignored (read-only)", data.len());
+        warn!(
+            "virtio-blk: config write of {} bytes at {offset:#x} ignored (read-only)",
+            data.len()
+        );
     }
 
     fn queue_events(&self) -> &[EventFd] {
@@ -369,15 +402,30 @@ impl VirtioDevice for Block {
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
-        let ActivateContext { mem, queues, interrupt } = ctx;
+        let ActivateContext {
+            mem,
+            queues,
+            interrupt,
+        } = ctx;
         if queues.len() != 1 {
-            return Err(ActivateError::QueueCount { got: queues.len(), want: 1 });
+            return Err(ActivateError::QueueCount {
+                got: queues.len(),
+                want: 1,
+            });
         }
-        let queue = queues.into_iter().next().ok_or(ActivateError::InvalidQueue(0))?;
+        let queue = queues
+            .into_iter()
+            .next()
+            .ok_or(ActivateError::InvalidQueue(0))?;
         if !queue.is_valid(&mem) {
             return Err(ActivateError::InvalidQueue(0));
         }
-        self.active = Some(Active { mem, queue, interrupt, broken: false });
+        self.active = Some(Active {
+            mem,
+            queue,
+            interrupt,
+            broken: false,
+        });
         // Requests the driver queued before DRIVER_OK would otherwise wait
         // for the next kick.
         if let Err(e) = self.queue_events[0].write(1) {

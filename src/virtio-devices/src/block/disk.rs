@@ -68,8 +68,13 @@ pub struct Disk {
 impl Disk {
     pub fn open(path: &Path, read_only: bool) -> Result<Disk, BlockError> {
         let meta = std::fs::metadata(path).map_err(|source| match source.kind() {
-            io::ErrorKind::NotFound => BlockError::NotFound { path: path.to_owned() },
-            _ => BlockError::Stat { path: path.to_owned(), source },
+            io::ErrorKind::NotFound => BlockError::NotFound {
+                path: path.to_owned(),
+            },
+            _ => BlockError::Stat {
+                path: path.to_owned(),
+                source,
+            },
         })?;
         let ft = meta.file_type();
         if !(ft.is_file() || ft.is_block_device()) {
@@ -84,12 +89,18 @@ impl Disk {
             } else {
                 "special file"
             };
-            return Err(BlockError::NotAFileOrBlockDevice { path: path.to_owned(), kind });
+            return Err(BlockError::NotAFileOrBlockDevice {
+                path: path.to_owned(),
+                kind,
+            });
         }
         let (mode, hint) = if read_only {
             ("read-only", "")
         } else {
-            ("read-write", " (attach it read-only, or fix its permissions)")
+            (
+                "read-write",
+                " (attach it read-only, or fix its permissions)",
+            )
         };
         let mut file = OpenOptions::new()
             .read(true)
@@ -110,11 +121,22 @@ impl Disk {
         // Works for regular files and block devices alike.
         let size = file
             .seek(SeekFrom::End(0))
-            .map_err(|source| BlockError::Size { path: path.to_owned(), source })?;
+            .map_err(|source| BlockError::Size {
+                path: path.to_owned(),
+                source,
+            })?;
         if size < SECTOR_SIZE {
-            return Err(BlockError::TooSmall { path: path.to_owned(), size });
+            return Err(BlockError::TooSmall {
+                path: path.to_owned(),
+                size,
+            });
         }
-        Ok(Disk { file, path: path.to_owned(), sectors: size / SECTOR_SIZE, read_only })
+        Ok(Disk {
+            file,
+            path: path.to_owned(),
+            sectors: size / SECTOR_SIZE,
+            read_only,
+        })
     }
 
     pub fn sectors(&self) -> u64 {
@@ -234,19 +256,26 @@ mod tests {
     use crate::block::test_util::{image, TempDir};
     use vm_memory::{Bytes, GuestMemoryMmap};
 
-
     #[test]
     fn open_errors_name_path_and_problem() {
         let dir = TempDir::new();
         let missing = dir.path().join("nope.img");
         let e = Disk::open(&missing, false).unwrap_err().to_string();
-        assert!(e.contains("nope.img") && e.contains("does not exist"), "{e}");
+        assert!(
+            e.contains("nope.img") && e.contains("does not exist"),
+            "{e}"
+        );
 
         let e = Disk::open(dir.path(), true).unwrap_err().to_string();
         assert!(e.contains("is a directory"), "{e}");
 
-        let e = Disk::open(Path::new("/dev/null"), true).unwrap_err().to_string();
-        assert!(e.contains("/dev/null") && e.contains("character device"), "{e}");
+        let e = Disk::open(Path::new("/dev/null"), true)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("/dev/null") && e.contains("character device"),
+            "{e}"
+        );
 
         let (_d, small) = image(&[0u8; 100]);
         let e = Disk::open(&small, true).unwrap_err().to_string();
@@ -272,21 +301,28 @@ mod tests {
             (GuestAddress(0x1_0000), 0x1_0000),
         ])
         .unwrap();
-        disk.read_to_guest(&mem, GuestAddress(0xfe00), 1024, 512).unwrap();
+        disk.read_to_guest(&mem, GuestAddress(0xfe00), 1024, 512)
+            .unwrap();
         let mut got = vec![0u8; 1024];
         mem.read_slice(&mut got, GuestAddress(0xfe00)).unwrap();
         assert_eq!(got, data[512..1536]);
 
-        mem.write_slice(&[0xab; 1024], GuestAddress(0xfe00)).unwrap();
-        disk.write_from_guest(&mem, GuestAddress(0xfe00), 1024, 1024).unwrap();
+        mem.write_slice(&[0xab; 1024], GuestAddress(0xfe00))
+            .unwrap();
+        disk.write_from_guest(&mem, GuestAddress(0xfe00), 1024, 1024)
+            .unwrap();
         let on_disk = std::fs::read(&p).unwrap();
         assert_eq!(&on_disk[1024..2048], &[0xab; 1024][..]);
         assert_eq!(&on_disk[..1024], &data[..1024]);
 
         // Outside guest memory: an error, no panic.
-        assert!(disk.read_to_guest(&mem, GuestAddress(0x1_ff00), 512, 0).is_err());
+        assert!(disk
+            .read_to_guest(&mem, GuestAddress(0x1_ff00), 512, 0)
+            .is_err());
         // Past the end of the file.
-        assert!(disk.read_to_guest(&mem, GuestAddress(0), 512, 4096).is_err());
+        assert!(disk
+            .read_to_guest(&mem, GuestAddress(0), 512, 4096)
+            .is_err());
     }
 
     #[test]
@@ -294,7 +330,9 @@ mod tests {
         let (_d, p) = image(&[7u8; 1024]);
         let disk = Disk::open(&p, true).unwrap();
         let mem: GuestMemory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x1000)]).unwrap();
-        let e = disk.write_from_guest(&mem, GuestAddress(0), 512, 0).unwrap_err();
+        let e = disk
+            .write_from_guest(&mem, GuestAddress(0), 512, 0)
+            .unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::EROFS));
         assert_eq!(std::fs::read(&p).unwrap(), vec![7u8; 1024]);
         disk.flush().unwrap();

@@ -63,7 +63,11 @@ impl MmioTransport {
     ) -> Self {
         let (device_type, device_features, max_sizes) = {
             let dev = lock(&device);
-            (dev.device_type(), dev.avail_features(), dev.queue_max_sizes().to_vec())
+            (
+                dev.device_type(),
+                dev.avail_features(),
+                dev.queue_max_sizes().to_vec(),
+            )
         };
         if device_features & VIRTIO_F_VERSION_1 == 0 {
             warn!(
@@ -71,7 +75,11 @@ impl MmioTransport {
                  the transport adds it (modern interface only)"
             );
         }
-        let queues = max_sizes.iter().enumerate().map(|(i, &max)| new_queue(i, max)).collect();
+        let queues = max_sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &max)| new_queue(i, max))
+            .collect();
         MmioTransport {
             device,
             mem,
@@ -233,12 +241,11 @@ impl MmioTransport {
         }
         match self.driver_features_sel {
             0 => self.driver_features = (self.driver_features & !0xffff_ffff) | u64::from(v),
-            1 => {
-                self.driver_features =
-                    (self.driver_features & 0xffff_ffff) | (u64::from(v) << 32)
-            }
+            1 => self.driver_features = (self.driver_features & 0xffff_ffff) | (u64::from(v) << 32),
             sel if v != 0 => {
-                warn!("virtio-mmio: driver accepts features {v:#x} in page {sel}, which offers none")
+                warn!(
+                    "virtio-mmio: driver accepts features {v:#x} in page {sel}, which offers none"
+                )
             }
             _ => {}
         }
@@ -357,11 +364,19 @@ impl MmioTransport {
         }
         let new_bits = v & !old;
         if new_bits & STATUS_FAILED != 0 {
-            warn!("virtio-mmio: driver set FAILED on device type {}", self.device_type);
+            warn!(
+                "virtio-mmio: driver set FAILED on device type {}",
+                self.device_type
+            );
             self.device_status |= STATUS_FAILED;
         }
         // Take the remaining new bits in the order the spec's init sequence sets them.
-        for bit in [STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_FEATURES_OK, STATUS_DRIVER_OK] {
+        for bit in [
+            STATUS_ACKNOWLEDGE,
+            STATUS_DRIVER,
+            STATUS_FEATURES_OK,
+            STATUS_DRIVER_OK,
+        ] {
             if new_bits & bit == 0 {
                 continue;
             }
@@ -387,7 +402,10 @@ impl MmioTransport {
             STATUS_ACKNOWLEDGE => (0, "ACKNOWLEDGE"),
             STATUS_DRIVER => (STATUS_ACKNOWLEDGE, "DRIVER"),
             STATUS_FEATURES_OK => (STATUS_ACKNOWLEDGE | STATUS_DRIVER, "FEATURES_OK"),
-            _ => (STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK, "DRIVER_OK"),
+            _ => (
+                STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK,
+                "DRIVER_OK",
+            ),
         };
         if s & needed != needed || s & (STATUS_FAILED | STATUS_DEVICE_NEEDS_RESET) != 0 {
             warn!("virtio-mmio: {name} set in status {s:#x} ignored (out of sequence)");
@@ -482,7 +500,9 @@ impl MmioTransport {
 /// Locks the device. A poisoned lock (a panic on another thread) must not take
 /// the vCPU thread down as well, so the guard is recovered.
 fn lock(device: &Arc<Mutex<dyn VirtioDevice>>) -> MutexGuard<'_, dyn VirtioDevice + 'static> {
-    device.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    device
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn new_queue(index: usize, max_size: u16) -> Queue {
@@ -495,12 +515,14 @@ fn new_queue(index: usize, max_size: u16) -> Queue {
 
 /// Control registers: aligned 32-bit accesses only (4.2.2.2).
 fn register_access_ok(offset: u64, len: usize) -> bool {
-    len == 4 && offset % 4 == 0
+    len == 4 && offset.is_multiple_of(4)
 }
 
 /// Config space: naturally aligned 1, 2, 4 or 8 byte accesses inside the window.
 fn config_access_ok(offset: u64, len: usize) -> bool {
     matches!(len, 1 | 2 | 4 | 8)
-        && (offset - CONFIG) % len as u64 == 0
-        && offset.checked_add(len as u64).is_some_and(|end| end <= MMIO_WINDOW_SIZE)
+        && (offset - CONFIG).is_multiple_of(len as u64)
+        && offset
+            .checked_add(len as u64)
+            .is_some_and(|end| end <= MMIO_WINDOW_SIZE)
 }

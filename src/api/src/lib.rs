@@ -42,3 +42,6 @@ pub use validate::{
     ValidationError, MAX_BOOT_ARGS_LEN, MAX_DRIVES, MAX_ID_LEN, MAX_IFNAME_LEN, MAX_MEM_SIZE_MIB,
     MAX_NETWORK_INTERFACES, MAX_PATH_LEN, MAX_VCPUS, MIN_MEM_SIZE_MIB,
 };
+
+#[cfg(feature = "testing")]
+pub mod testing;

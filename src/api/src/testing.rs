@@ -1,0 +1,107 @@
+//! A [`VmmController`] that records what the API asked of it, for tests of
+//! the API itself (feature `testing`). It boots nothing.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::controller::VmmController;
+use crate::spec::VmSpec;
+use crate::types::VmState;
+
+/// One call the API made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Call {
+    Start(Box<VmSpec>),
+    SendCtrlAltDel,
+    FlushMetrics(Option<PathBuf>),
+}
+
+/// Records calls; can be told to fail, panic or be slow in `start`.
+#[derive(Debug, Default)]
+pub struct RecordingController {
+    calls: Mutex<Vec<Call>>,
+    state: Mutex<Option<VmState>>,
+    start_error: Mutex<Option<String>>,
+    start_delay: Mutex<Option<Duration>>,
+    panic_on_start: Mutex<bool>,
+    metrics_reads: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl RecordingController {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Every call so far, in order.
+    pub fn calls(&self) -> Vec<Call> {
+        lock(&self.calls).clone()
+    }
+
+    /// The specs `start` was called with.
+    pub fn started_specs(&self) -> Vec<VmSpec> {
+        lock(&self.calls)
+            .iter()
+            .filter_map(|c| match c {
+                Call::Start(spec) => Some((**spec).clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Make the next starts fail with `message` (`None`: succeed again).
+    pub fn fail_start_with(&self, message: Option<&str>) {
+        *lock(&self.start_error) = message.map(str::to_owned);
+    }
+
+    /// Make `start` take this long, as loading a kernel would.
+    pub fn set_start_delay(&self, delay: Option<Duration>) {
+        *lock(&self.start_delay) = delay;
+    }
+
+    /// Make `start` panic, as a VMM bug would.
+    pub fn panic_on_start(&self, on: bool) {
+        *lock(&self.panic_on_start) = on;
+    }
+}
+
+impl VmmController for RecordingController {
+    fn start(&self, spec: &VmSpec) -> Result<(), String> {
+        if let Some(delay) = *lock(&self.start_delay) {
+            std::thread::sleep(delay);
+        }
+        if *lock(&self.panic_on_start) {
+            panic!("RecordingController: start panics as asked");
+        }
+        if let Some(message) = lock(&self.start_error).clone() {
+            return Err(message);
+        }
+        lock(&self.calls).push(Call::Start(Box::new(spec.clone())));
+        *lock(&self.state) = Some(VmState::Running);
+        Ok(())
+    }
+
+    fn send_ctrl_alt_del(&self) -> Result<(), String> {
+        lock(&self.calls).push(Call::SendCtrlAltDel);
+        Ok(())
+    }
+
+    fn flush_metrics(&self, path: Option<&Path>) -> Result<(), String> {
+        lock(&self.calls).push(Call::FlushMetrics(path.map(Path::to_owned)));
+        Ok(())
+    }
+
+    fn metrics(&self) -> serde_json::Value {
+        let reads = self.metrics_reads.fetch_add(1, Ordering::Relaxed) + 1;
+        serde_json::json!({ "api": { "metrics_reads": reads, "calls": lock(&self.calls).len() } })
+    }
+
+    fn state(&self) -> VmState {
+        lock(&self.state).unwrap_or(VmState::NotStarted)
+    }
+}

@@ -36,7 +36,8 @@ poweroff_now() {
 port_dev() {
     for d in /sys/class/virtio-ports/vport*; do
         [ -r "$d/name" ] || continue
-        if [ "$(cat "$d/name")" = "$1" ]; then
+        read -r name <"$d/name" || continue
+        if [ "$name" = "$1" ]; then
             echo "/dev/${d##*/}"
             return 0
         fi

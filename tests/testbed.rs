@@ -8,6 +8,7 @@
 //! `tools/testbed run -- target/debug/deps/testbed-<hash>`.
 
 use std::fs;
+use std::io::Write;
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -45,9 +46,12 @@ fn in_testbed(test: &str) -> bool {
     if std::env::var(REQUIRE_TESTBED_ENV).as_deref() == Ok("1") {
         panic!("{test}: {REQUIRE_TESTBED_ENV}=1 but {TESTBED_ENV} is not 1: run it with tools/testbed run -- <test binary>");
     }
-    eprintln!(
+    // Straight to fd 2: libtest captures eprintln! of passing tests, and a skip
+    // must be visible.
+    let line = format!(
         "\n*** SKIPPED (not in testbed): {test}: {TESTBED_ENV} is not 1; run it with tools/testbed run -- <test binary> ***\n"
     );
+    let _ = std::io::stderr().write_all(line.as_bytes());
     false
 }
 

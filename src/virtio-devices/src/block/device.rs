@@ -12,7 +12,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use super::disk::{BlockConfig, BlockError, Disk, ID_BYTES, SECTOR_SIZE};
 use super::metrics::BlockMetrics;
 use super::request::{
-    Request, RequestType, Segment, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP,
+    Request, RequestType, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP,
 };
 use crate::interrupt::Interrupt;
 use crate::{ActivateContext, ActivateError, GuestMemory, VirtioDevice, TYPE_BLOCK};
@@ -270,7 +270,11 @@ fn execute(
                 metrics.read_only_refusals += 1;
                 return ioerr(metrics);
             }
-            let res = transfer(disk, mem, &req.data, pos, req.kind == RequestType::In);
+            let res = if req.kind == RequestType::In {
+                disk.read_to_guest(mem, &req.data, pos)
+            } else {
+                disk.write_from_guest(mem, &req.data, pos)
+            };
             if let Err(e) = res {
                 warn!(
                     "virtio-blk: {:?} at sector {} of {}: {e}",
@@ -331,24 +335,6 @@ fn checked_range(disk: &Disk, sector: u64, len: u64) -> Option<u64> {
     }
     let end_sector = sector.checked_add(len / SECTOR_SIZE)?;
     (end_sector <= disk.sectors()).then(|| sector * SECTOR_SIZE)
-}
-
-fn transfer(
-    disk: &Disk,
-    mem: &GuestMemory,
-    segs: &[Segment],
-    mut pos: u64,
-    read: bool,
-) -> std::io::Result<()> {
-    for s in segs {
-        if read {
-            disk.read_to_guest(mem, s.addr, s.len as usize, pos)?;
-        } else {
-            disk.write_from_guest(mem, s.addr, s.len as usize, pos)?;
-        }
-        pos += u64::from(s.len);
-    }
-    Ok(())
 }
 
 fn write_status(mem: &GuestMemory, addr: GuestAddress, status: u8) {

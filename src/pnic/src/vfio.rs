@@ -247,7 +247,7 @@ pub struct MmioRegs {
 
 impl MmioRegs {
     fn in_bounds(&self, offset: u32) -> bool {
-        offset % 4 == 0 && (offset as usize).checked_add(4).is_some_and(|e| e <= self.bar.len)
+        offset & 3 == 0 && (offset as usize).checked_add(4).is_some_and(|e| e <= self.bar.len)
     }
 }
 

@@ -386,7 +386,7 @@ impl<R: RegisterAccess> PnicDriver for Igb<R> {
         if self.removed {
             return Err(DriverError::Removed);
         }
-        if len < RX_MAX_FRAME || iova % 2 != 0 {
+        if len < RX_MAX_FRAME || iova & 1 != 0 {
             return Err(DriverError::BadBuffer(format!(
                 "RX buffer {iova:#x}+{len} must be 2-byte aligned and at least {RX_MAX_FRAME} bytes"
             )));

@@ -344,7 +344,7 @@ impl PnicDriver for NicModel {
         if !s.started {
             return Err(DriverError::Stopped);
         }
-        if len < self.cfg.limits.rx_max_write || iova % self.cfg.limits.rx_align != 0 {
+        if len < self.cfg.limits.rx_max_write || iova & (self.cfg.limits.rx_align - 1) != 0 {
             return Err(DriverError::BadBuffer(format!("RX buffer {iova:#x}+{len}")));
         }
         if free == 0 {

@@ -11,7 +11,7 @@ mod disk;
 mod metrics;
 pub mod request;
 #[cfg(test)]
-mod test_util;
+pub(crate) mod test_util;
 #[cfg(test)]
 mod tests;
 

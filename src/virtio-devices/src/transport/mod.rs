@@ -16,4 +16,6 @@ pub use regs::MMIO_WINDOW_SIZE;
 pub const QUEUE_NOTIFY_OFFSET: u64 = regs::QUEUE_NOTIFY;
 
 #[cfg(test)]
+mod block_e2e_tests;
+#[cfg(test)]
 mod tests;

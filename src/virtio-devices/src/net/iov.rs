@@ -36,6 +36,19 @@ impl IovecBuf {
         &self.0
     }
 
+    /// Replaces the contents with `iovs` (entries of another list, which must
+    /// stay valid as long as these are).
+    pub fn set_from(&mut self, iovs: &[libc::iovec]) {
+        self.0.clear();
+        self.0.extend_from_slice(iovs);
+    }
+
+    /// Appends one entry for `len` bytes at `ptr` (VMM memory the caller keeps
+    /// alive while the entry exists).
+    pub fn push_raw(&mut self, ptr: *mut u8, len: usize) {
+        self.0.push(libc::iovec { iov_base: ptr.cast(), iov_len: len });
+    }
+
     /// Drops the first `n` entries (a consumed prefix).
     pub fn drain_front(&mut self, n: usize) {
         self.0.drain(..n.min(self.0.len()));

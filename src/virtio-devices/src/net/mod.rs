@@ -11,6 +11,11 @@ pub mod metrics;
 pub mod tap;
 pub mod tap_dev;
 
+#[cfg(test)]
+mod device_tests;
+#[cfg(test)]
+mod tap_tests;
+
 pub use backend::{DropReason, NetBackend, RxBuffer, TxFrame, Used, VNET_HDR_LEN};
 pub use device::Net;
 pub use tap::TapBackend;

@@ -135,6 +135,8 @@ pub struct TapBackend {
     /// Posted buffers in guest order and their iovecs, back to back.
     rx: VecDeque<Posted>,
     rx_iov: IovecBuf,
+    /// Scratch list for one readv (a prefix of rx_iov plus the probe byte).
+    rd_iov: IovecBuf,
     rx_posted_bytes: usize,
     /// Keeps the guest memory behind `rx_iov` mapped while buffers are held.
     rx_mem: Option<GuestMemory>,
@@ -168,6 +170,7 @@ impl TapBackend {
             features,
             rx: VecDeque::new(),
             rx_iov: IovecBuf::default(),
+            rd_iov: IovecBuf::default(),
             rx_posted_bytes: 0,
             rx_mem: None,
             rx_done: Vec::new(),
@@ -232,7 +235,8 @@ impl TapBackend {
             // Which buffers (and iovecs) this read may fill.
             let (mut nbufs, mut niov, mut cap) = (0usize, 0usize, 0usize);
             for p in &self.rx {
-                if niov + p.iovs > IOV_MAX {
+                // One iovec slot stays free for the truncation probe.
+                if niov + p.iovs > IOV_MAX - 1 {
                     break;
                 }
                 nbufs += 1;
@@ -249,10 +253,19 @@ impl TapBackend {
                 self.m.rx_drops.add(DropReason::BufferTooSmall);
                 continue;
             }
+            // The tap truncates a frame that does not fit and returns only
+            // the bytes copied; a spare byte after the buffers tells a
+            // truncated frame (n > cap) from one that fits exactly.
+            let mut probe = [0u8; 1];
+            self.rd_iov.set_from(&self.rx_iov.as_slice()[..niov]);
+            self.rd_iov.push_raw(probe.as_mut_ptr(), probe.len());
             self.m.readv_calls += 1;
-            // SAFETY: rx_iov only describes validated guest RAM of posted
-            // buffers, and rx_mem keeps that mapping alive; niov <= IOV_MAX.
-            let r = unsafe { self.tap.readv(&self.rx_iov.as_slice()[..niov]) };
+            // SAFETY: rd_iov describes validated guest RAM of posted buffers
+            // (rx_mem keeps that mapping alive) plus `probe`, which lives on
+            // this stack frame until after the call. niov <= IOV_MAX - 1, so
+            // the list has at most IOV_MAX entries.
+            let r = unsafe { self.tap.readv(self.rd_iov.as_slice()) };
+            self.rd_iov.clear();
             match r {
                 Ok(n) => {
                     self.note_success();
@@ -422,6 +435,7 @@ impl NetBackend for TapBackend {
         // can write guest memory.
         self.rx.clear();
         self.rx_iov.clear();
+        self.rd_iov.clear();
         self.rx_posted_bytes = 0;
         self.rx_done.clear();
         self.rx_mem = None;

@@ -148,8 +148,9 @@ impl TapDev {
         Ok(mtu.max(0) as u32)
     }
 
-    /// readv(2) into `iov`. Returns the frame's full length (header included),
-    /// which exceeds the iovecs' total if the frame was truncated.
+    /// readv(2) of one frame (header included) into `iov`. A frame longer
+    /// than the iovecs is silently truncated and the copied length returned,
+    /// so callers that must notice add a spare trailing iovec.
     ///
     /// # Safety
     /// Every iovec must describe memory that is valid for writes for the whole
@@ -180,7 +181,7 @@ impl TapDev {
     }
 
     /// Takes one frame off the tap and drops it. A small buffer is enough: the
-    /// tap dequeues the whole frame and returns its full length.
+    /// tap dequeues the whole frame whatever the buffer size.
     pub fn read_discard(&self) -> io::Result<usize> {
         let mut scratch = [0u8; 64];
         // SAFETY: read(2) writes at most scratch.len() bytes into our buffer.

@@ -1,0 +1,767 @@
+//! Tests of the virtio-net device with a simulated guest driver (virtio-queue's
+//! MockSplitQueue on real guest memory), the real event manager, and an
+//! in-test backend that copies frames (fine for a fake; the real backends
+//! never copy).
+
+use std::collections::VecDeque;
+use std::os::unix::io::AsRawFd;
+use std::sync::{Arc, Mutex};
+
+use event_manager::{EventManager, SubscriberOps};
+use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
+use virtio_queue::mock::MockSplitQueue;
+use virtio_queue::Queue;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::backend::{DropReason, NetBackend, RxBuffer, TxFrame, Used, VNET_HDR_LEN};
+use super::chain::MAX_CHAIN_DESCS;
+use super::config::*;
+use super::device::{Net, QUEUE_SIZE, RX_QUEUE, TX_QUEUE};
+use crate::interrupt::{INT_CONFIG, INT_VRING};
+use crate::{ActivateContext, GuestMemory, Interrupt, VirtioDevice, TYPE_NET};
+
+const W: u16 = VRING_DESC_F_WRITE as u16;
+const N: u16 = VRING_DESC_F_NEXT as u16;
+const MEM_SIZE: u64 = 0x100_0000;
+const RXQ_AT: u64 = 0x0;
+const TXQ_AT: u64 = 0x1_0000;
+const BUF_AT: u64 = 0x10_0000;
+
+#[derive(Default)]
+struct FakeState {
+    posted: VecDeque<RxBuffer>,
+    /// Frames (without header) waiting to reach the guest.
+    inbox: VecDeque<Vec<u8>>,
+    done: Vec<Used>,
+    /// Frames the guest sent, header included.
+    sent: Vec<Vec<u8>>,
+    acked: u64,
+    link_up: bool,
+    room: usize,
+    /// Stall instead of dropping when the posted buffers are too small.
+    stall_mode: bool,
+    stalled: bool,
+    send_error: Option<DropReason>,
+    discards: usize,
+    quiesces: usize,
+    process_calls: usize,
+    /// Report a completion for a head never posted.
+    bogus_head: Option<u16>,
+}
+
+struct FakeBackend {
+    st: Arc<Mutex<FakeState>>,
+    evt: EventFd,
+}
+
+impl FakeBackend {
+    fn deliver(st: &mut FakeState, mem: &GuestMemory) {
+        let mrg = st.acked & F_MRG_RXBUF != 0;
+        while let Some(frame) = st.inbox.front() {
+            let total = VNET_HDR_LEN + frame.len();
+            let mut bytes = vec![0u8; VNET_HDR_LEN];
+            bytes.extend_from_slice(frame);
+            // Buffers needed.
+            let mut k = 0;
+            let mut cap = 0usize;
+            for b in &st.posted {
+                k += 1;
+                cap += b.len as usize;
+                if cap >= total || !mrg {
+                    break;
+                }
+            }
+            if cap < total {
+                if st.stall_mode && mrg {
+                    st.stalled = true;
+                    return;
+                }
+                if st.posted.is_empty() {
+                    st.stalled = true;
+                    return;
+                }
+                st.inbox.pop_front();
+                continue;
+            }
+            bytes[10..12].copy_from_slice(&(k as u16).to_le_bytes());
+            let mut off = 0;
+            for _ in 0..k {
+                let b = st.posted.pop_front().unwrap();
+                let start = off;
+                for (addr, len) in &b.segs {
+                    let n = (*len as usize).min(total - off);
+                    mem.write_slice(&bytes[off..off + n], *addr).unwrap();
+                    off += n;
+                }
+                st.done.push(Used { head: b.head, len: (off - start) as u32 });
+            }
+            st.inbox.pop_front();
+        }
+        st.stalled = false;
+    }
+}
+
+impl NetBackend for FakeBackend {
+    fn features(&self) -> u64 {
+        F_CSUM | F_GUEST_CSUM | (1 << 40) // an unknown bit the device must not offer
+    }
+    fn set_features(&mut self, acked: u64) -> std::io::Result<()> {
+        self.st.lock().unwrap().acked = acked;
+        Ok(())
+    }
+    fn event_fds(&self) -> Vec<std::os::unix::io::RawFd> {
+        vec![self.evt.as_raw_fd()]
+    }
+    fn process_event(&mut self, mem: &GuestMemory, _index: usize) {
+        let _ = self.evt.read();
+        let mut st = self.st.lock().unwrap();
+        st.process_calls += 1;
+        Self::deliver(&mut st, mem);
+        if let Some(h) = st.bogus_head.take() {
+            st.done.push(Used { head: h, len: 20 });
+        }
+    }
+    fn rx_room(&self) -> usize {
+        let st = self.st.lock().unwrap();
+        st.room.saturating_sub(st.posted.len())
+    }
+    fn post_rx(&mut self, _mem: &GuestMemory, buf: RxBuffer) -> Result<(), (RxBuffer, DropReason)> {
+        self.st.lock().unwrap().posted.push_back(buf);
+        Ok(())
+    }
+    fn reap_rx(&mut self, _mem: &GuestMemory, out: &mut Vec<Used>) {
+        out.append(&mut self.st.lock().unwrap().done);
+    }
+    fn send(&mut self, mem: &GuestMemory, frame: TxFrame) -> Result<bool, DropReason> {
+        let mut st = self.st.lock().unwrap();
+        if let Some(r) = st.send_error {
+            return Err(r);
+        }
+        let mut v = Vec::new();
+        for (addr, len) in &frame.segs {
+            let mut b = vec![0u8; *len as usize];
+            mem.read_slice(&mut b, *addr).unwrap();
+            v.extend(b);
+        }
+        assert_eq!(v.len(), frame.len as usize);
+        st.sent.push(v);
+        Ok(true)
+    }
+    fn reap_tx(&mut self, _out: &mut Vec<Used>) {}
+    fn quiesce(&mut self) {
+        let mut st = self.st.lock().unwrap();
+        st.posted.clear();
+        st.done.clear();
+        st.quiesces += 1;
+    }
+    fn link_up(&self) -> bool {
+        self.st.lock().unwrap().link_up
+    }
+    fn rx_stalled(&self) -> bool {
+        self.st.lock().unwrap().stalled
+    }
+    fn discard_pending(&mut self, _index: usize) {
+        let _ = self.evt.read();
+        let mut st = self.st.lock().unwrap();
+        st.inbox.clear();
+        st.discards += 1;
+    }
+    fn metrics(&self) -> serde_json::Value {
+        serde_json::json!({"kind": "fake", "vmm_copied_bytes": 0})
+    }
+}
+
+struct Harness {
+    mem: &'static GuestMemory,
+    rxq: MockSplitQueue<'static, GuestMemory>,
+    txq: MockSplitQueue<'static, GuestMemory>,
+    net: Arc<Mutex<Net>>,
+    em: EventManager<Arc<Mutex<Net>>>,
+    st: Arc<Mutex<FakeState>>,
+    backend_evt: EventFd,
+    irq: Arc<Interrupt>,
+    next_desc: [u16; 2],
+    used_seen: [u16; 2],
+    next_buf: u64,
+}
+
+impl Harness {
+    /// A device, registered with an event manager, not yet activated.
+    fn new() -> Harness {
+        let mem: &'static GuestMemory =
+            Box::leak(Box::new(GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)]).unwrap()));
+        let st = Arc::new(Mutex::new(FakeState { link_up: true, room: 1024, ..Default::default() }));
+        let evt = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let backend = FakeBackend { st: st.clone(), evt: evt.try_clone().unwrap() };
+        let net = Arc::new(Mutex::new(Net::new(Box::new(backend), Some([2, 0, 0, 0, 0, 1]), "net0".into())));
+        let mut em = EventManager::<Arc<Mutex<Net>>>::new().unwrap();
+        em.add_subscriber(net.clone());
+        Harness {
+            mem,
+            rxq: MockSplitQueue::create(mem, GuestAddress(RXQ_AT), QUEUE_SIZE),
+            txq: MockSplitQueue::create(mem, GuestAddress(TXQ_AT), QUEUE_SIZE),
+            net,
+            em,
+            st,
+            backend_evt: evt,
+            irq: Arc::new(Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap())),
+            next_desc: [0, 0],
+            used_seen: [0, 0],
+            next_buf: BUF_AT,
+        }
+    }
+
+    /// Negotiates `extra` features on top of VERSION_1 and activates.
+    fn activated(extra: u64) -> Harness {
+        let mut h = Harness::new();
+        h.activate(extra);
+        h
+    }
+
+    fn activate(&mut self, extra: u64) {
+        let queues: Vec<Queue> = vec![self.rxq.create_queue().unwrap(), self.txq.create_queue().unwrap()];
+        {
+            let mut n = self.net.lock().unwrap();
+            n.set_acked_features(F_VERSION_1 | extra);
+            n.activate(ActivateContext { mem: self.mem.clone(), queues, interrupt: self.irq.clone() }).unwrap();
+        }
+        self.run();
+    }
+
+    fn run(&mut self) {
+        for _ in 0..100 {
+            if self.em.run_with_timeout(0).unwrap() == 0 {
+                return;
+            }
+        }
+        panic!("event loop did not settle");
+    }
+
+    fn q(&self, qi: usize) -> &MockSplitQueue<'static, GuestMemory> {
+        if qi == RX_QUEUE {
+            &self.rxq
+        } else {
+            &self.txq
+        }
+    }
+
+    fn alloc(&mut self, len: u32) -> u64 {
+        let a = self.next_buf;
+        self.next_buf += u64::from(len).next_multiple_of(64);
+        a
+    }
+
+    /// Makes a chain of (addr, len, flags) available; NEXT links are added.
+    fn add_chain(&mut self, qi: usize, segs: &[(u64, u32, u16)]) -> u16 {
+        let head = self.next_desc[qi];
+        let descs: Vec<RawDescriptor> = segs
+            .iter()
+            .enumerate()
+            .map(|(i, &(a, l, f))| {
+                let last = i == segs.len() - 1;
+                let next = (head + i as u16 + 1) % QUEUE_SIZE;
+                RawDescriptor::from(SplitDescriptor::new(a, l, if last { f } else { f | N }, if last { 0 } else { next }))
+            })
+            .collect();
+        self.add_raw(qi, &descs)
+    }
+
+    /// Makes `descs` (stored as given, at the next free table slots) available.
+    fn add_raw(&mut self, qi: usize, descs: &[RawDescriptor]) -> u16 {
+        let head = self.next_desc[qi];
+        self.q(qi).add_desc_chains(descs, head).unwrap();
+        self.next_desc[qi] = (head + descs.len() as u16) % QUEUE_SIZE;
+        head
+    }
+
+    /// A fresh writable RX buffer of `len` bytes as one descriptor.
+    fn add_rx_buf(&mut self, len: u32) -> (u16, u64) {
+        let a = self.alloc(len);
+        (self.add_chain(RX_QUEUE, &[(a, len, W)]), a)
+    }
+
+    /// A TX frame: header then payload in a second descriptor.
+    fn add_tx_frame(&mut self, payload: &[u8]) -> u16 {
+        let h = self.alloc(VNET_HDR_LEN as u32);
+        let p = self.alloc(payload.len() as u32);
+        self.mem.write_slice(&[0u8; VNET_HDR_LEN], GuestAddress(h)).unwrap();
+        self.mem.write_slice(payload, GuestAddress(p)).unwrap();
+        self.add_chain(TX_QUEUE, &[(h, VNET_HDR_LEN as u32, 0), (p, payload.len() as u32, 0)])
+    }
+
+    fn kick(&mut self, qi: usize) {
+        self.net.lock().unwrap().queue_events()[qi].write(1).unwrap();
+        self.run();
+    }
+
+    fn backend_event(&mut self) {
+        self.backend_evt.write(1).unwrap();
+        self.run();
+    }
+
+    fn push_frame(&mut self, frame: Vec<u8>) {
+        self.st.lock().unwrap().inbox.push_back(frame);
+        self.backend_event();
+    }
+
+    /// Used entries added since the last call: (head, len).
+    fn new_used(&mut self, qi: usize) -> Vec<(u32, u32)> {
+        let q = self.q(qi);
+        let idx = q.used().idx().load();
+        let mut out = Vec::new();
+        let mut i = self.used_seen[qi];
+        while i != idx {
+            let e = q.used().ring().ref_at((i % QUEUE_SIZE) as usize).unwrap().load();
+            out.push((e.id(), e.len()));
+            i = i.wrapping_add(1);
+        }
+        self.used_seen[qi] = idx;
+        out
+    }
+
+    /// Interrupts raised since the last call.
+    fn irqs(&self) -> u64 {
+        self.irq.irqfd().read().unwrap_or(0)
+    }
+
+    fn metrics(&self) -> serde_json::Value {
+        self.net.lock().unwrap().metrics().unwrap()
+    }
+
+    /// Sets the driver's used_event (avail ring tail) for queue `qi`.
+    fn set_used_event(&self, qi: usize, v: u16) {
+        let at = self.q(qi).avail_addr().0 + 4 + 2 * u64::from(QUEUE_SIZE);
+        self.mem.write_obj(v, GuestAddress(at)).unwrap();
+    }
+
+    /// The device's avail_event (used ring tail) for queue `qi`.
+    fn avail_event(&self, qi: usize) -> u16 {
+        let at = self.q(qi).used_addr().0 + 4 + 8 * u64::from(QUEUE_SIZE);
+        self.mem.read_obj(GuestAddress(at)).unwrap()
+    }
+
+    fn read(&self, addr: u64, len: usize) -> Vec<u8> {
+        let mut v = vec![0u8; len];
+        self.mem.read_slice(&mut v, GuestAddress(addr)).unwrap();
+        v
+    }
+}
+
+fn frame(len: usize, seed: u8) -> Vec<u8> {
+    (0..len).map(|i| (i as u8).wrapping_mul(7).wrapping_add(seed)).collect()
+}
+
+#[test]
+fn identity_features_and_config() {
+    let h = Harness::new();
+    let n = h.net.lock().unwrap();
+    assert_eq!(n.device_type(), TYPE_NET);
+    assert_eq!(n.queue_max_sizes(), &[QUEUE_SIZE, QUEUE_SIZE]);
+    let f = n.avail_features();
+    for bit in [F_VERSION_1, F_MAC, F_STATUS, F_MRG_RXBUF, F_EVENT_IDX, F_CSUM, F_GUEST_CSUM] {
+        assert_ne!(f & bit, 0, "missing {bit:#x}");
+    }
+    assert_eq!(f & (1 << 40), 0, "unknown backend bit leaked");
+    let mut cfg = [0u8; 8];
+    n.read_config(0, &mut cfg);
+    assert_eq!(cfg, [2, 0, 0, 0, 0, 1, 1, 0]);
+    assert!(!n.is_activated());
+}
+
+#[test]
+fn random_mac_when_none_given() {
+    let st = Arc::new(Mutex::new(FakeState { link_up: true, ..Default::default() }));
+    let evt = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+    let n = Net::new(Box::new(FakeBackend { st, evt }), None, "n".into());
+    assert_eq!(n.mac()[0] & 0x03, 0x02);
+}
+
+#[test]
+fn rx_delivers_frame_with_used_length() {
+    let mut h = Harness::activated(0);
+    let (head, addr) = h.add_rx_buf(1530);
+    h.kick(RX_QUEUE);
+    assert_eq!(h.st.lock().unwrap().posted.len(), 1);
+    assert_eq!(h.irqs(), 0);
+    let f = frame(100, 1);
+    h.push_frame(f.clone());
+    assert_eq!(h.new_used(RX_QUEUE), vec![(u32::from(head), 112)]);
+    let hdr = h.read(addr, VNET_HDR_LEN);
+    assert_eq!(u16::from_le_bytes([hdr[10], hdr[11]]), 1);
+    assert_eq!(h.read(addr + 12, 100), f);
+    assert_eq!(h.irqs(), 1);
+    assert_ne!(h.irq.status() & INT_VRING, 0);
+    let m = h.metrics();
+    assert_eq!(m["rx_packets"], 1);
+    assert_eq!(m["rx_bytes"], 100);
+    assert_eq!(m["vmm_copied_bytes"], 0);
+    assert_eq!(m["backend"]["kind"], "fake");
+}
+
+#[test]
+fn tx_sends_frame_and_completes() {
+    let mut h = Harness::activated(0);
+    let p = frame(60, 9);
+    let head = h.add_tx_frame(&p);
+    h.kick(TX_QUEUE);
+    let sent = h.st.lock().unwrap().sent.clone();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(&sent[0][..VNET_HDR_LEN], &[0u8; VNET_HDR_LEN]);
+    assert_eq!(&sent[0][VNET_HDR_LEN..], &p[..]);
+    assert_eq!(h.new_used(TX_QUEUE), vec![(u32::from(head), 0)]);
+    assert_eq!(h.irqs(), 1);
+    let m = h.metrics();
+    assert_eq!(m["tx_packets"], 1);
+    assert_eq!(m["tx_bytes"], 60);
+}
+
+#[test]
+fn tx_backend_refusal_is_counted_and_completed() {
+    let mut h = Harness::activated(0);
+    h.st.lock().unwrap().send_error = Some(DropReason::BackendError);
+    let head = h.add_tx_frame(&frame(60, 0));
+    h.kick(TX_QUEUE);
+    assert_eq!(h.new_used(TX_QUEUE), vec![(u32::from(head), 0)]);
+    assert_eq!(h.metrics()["tx_drops"]["backend_error"], 1);
+    h.st.lock().unwrap().send_error = None;
+    h.add_tx_frame(&frame(60, 0));
+    h.kick(TX_QUEUE);
+    assert_eq!(h.metrics()["tx_packets"], 1);
+}
+
+#[test]
+fn mrg_rxbuf_spreads_frame_and_sets_num_buffers() {
+    let mut h = Harness::activated(F_MRG_RXBUF);
+    let bufs: Vec<_> = (0..4).map(|_| h.add_rx_buf(256)).collect();
+    h.kick(RX_QUEUE);
+    let f = frame(600, 3);
+    h.push_frame(f.clone());
+    let used = h.new_used(RX_QUEUE);
+    assert_eq!(
+        used,
+        vec![(u32::from(bufs[0].0), 256), (u32::from(bufs[1].0), 256), (u32::from(bufs[2].0), 100)]
+    );
+    let hdr = h.read(bufs[0].1, VNET_HDR_LEN);
+    assert_eq!(u16::from_le_bytes([hdr[10], hdr[11]]), 3);
+    let mut got = h.read(bufs[0].1 + 12, 244);
+    got.extend(h.read(bufs[1].1, 256));
+    got.extend(h.read(bufs[2].1, 100));
+    assert_eq!(got, f);
+    // A second, small frame takes the last buffer alone.
+    h.push_frame(frame(50, 4));
+    assert_eq!(h.new_used(RX_QUEUE), vec![(u32::from(bufs[3].0), 62)]);
+    let m = h.metrics();
+    assert_eq!(m["rx_packets"], 2);
+    assert_eq!(m["rx_buffers_used"], 4);
+    assert_eq!(m["rx_bytes"], 650);
+}
+
+#[test]
+fn event_idx_suppresses_interrupts_and_kicks() {
+    let mut h = Harness::activated(F_EVENT_IDX);
+    // used_event = 0: the first completion interrupts.
+    h.set_used_event(TX_QUEUE, 0);
+    h.add_tx_frame(&frame(60, 0));
+    h.kick(TX_QUEUE);
+    assert_eq!(h.irqs(), 1);
+    // The device asked to be kicked at the next new chain (avail_event).
+    assert_eq!(h.avail_event(TX_QUEUE), 1);
+    // Driver only wants to hear after the 10th used entry: a batch of three
+    // is completed without an interrupt.
+    h.set_used_event(TX_QUEUE, 10);
+    for _ in 0..3 {
+        h.add_tx_frame(&frame(60, 1));
+    }
+    h.kick(TX_QUEUE);
+    assert_eq!(h.new_used(TX_QUEUE).len(), 4);
+    assert_eq!(h.irqs(), 0);
+    assert_eq!(h.avail_event(TX_QUEUE), 4);
+    let m = h.metrics();
+    assert_eq!(m["used_irqs"], 1);
+    assert_eq!(m["used_irqs_suppressed"], 1);
+    // Crossing used_event interrupts again: 7 more frames take used idx
+    // from 4 to 11, past 10.
+    for _ in 0..7 {
+        h.add_tx_frame(&frame(60, 2));
+    }
+    h.kick(TX_QUEUE);
+    assert_eq!(h.irqs(), 1);
+    // RX with EVENT_IDX: several frames in one backend event, one interrupt
+    // at most, none if used_event is far ahead.
+    h.set_used_event(RX_QUEUE, 100);
+    for _ in 0..3 {
+        h.add_rx_buf(1530);
+    }
+    h.kick(RX_QUEUE);
+    {
+        let mut st = h.st.lock().unwrap();
+        st.inbox.push_back(frame(64, 0));
+        st.inbox.push_back(frame(64, 1));
+    }
+    h.backend_event();
+    assert_eq!(h.new_used(RX_QUEUE).len(), 2);
+    assert_eq!(h.irqs(), 0);
+}
+
+#[test]
+fn without_event_idx_every_batch_interrupts_once() {
+    let mut h = Harness::activated(0);
+    for _ in 0..5 {
+        h.add_tx_frame(&frame(60, 0));
+    }
+    h.kick(TX_QUEUE);
+    assert_eq!(h.new_used(TX_QUEUE).len(), 5);
+    // One batch, one interrupt.
+    assert_eq!(h.irqs(), 1);
+}
+
+/// Each malformed RX chain is completed with length 0, counted, and a good
+/// buffer afterwards still receives a frame.
+#[test]
+fn malformed_rx_chains_are_dropped_and_counted() {
+    let cases: Vec<(&str, DropReason, Box<dyn Fn(&mut Harness) -> u16>)> = vec![
+        ("outside RAM", DropReason::BadAddress, Box::new(|h| h.add_chain(RX_QUEUE, &[(MEM_SIZE + 0x1000, 1530, W)]))),
+        ("straddles RAM end", DropReason::BadAddress, Box::new(|h| h.add_chain(RX_QUEUE, &[(MEM_SIZE - 100, 1530, W)]))),
+        ("readable in RX", DropReason::WrongDirection, Box::new(|h| {
+            let a = h.alloc(1530);
+            h.add_chain(RX_QUEUE, &[(a, 12, W), (a + 12, 1518, 0)])
+        })),
+        ("zero length", DropReason::ZeroLength, Box::new(|h| {
+            let a = h.alloc(1530);
+            h.add_chain(RX_QUEUE, &[(a, 1530, W), (a, 0, W)])
+        })),
+        ("short header", DropReason::ShortHeader, Box::new(|h| {
+            let a = h.alloc(64);
+            h.add_chain(RX_QUEUE, &[(a, 10, W)])
+        })),
+        ("loop", DropReason::ChainTooLong, Box::new(|h| {
+            let a = h.alloc(64);
+            let s = h.next_desc[RX_QUEUE];
+            let d = [
+                RawDescriptor::from(SplitDescriptor::new(a, 32, W | N, s + 1)),
+                RawDescriptor::from(SplitDescriptor::new(a + 32, 32, W | N, s)),
+            ];
+            h.add_raw(RX_QUEUE, &d)
+        })),
+        ("too long", DropReason::ChainTooLong, Box::new(|h| {
+            let a = h.alloc(64 * 200);
+            let segs: Vec<_> = (0..=MAX_CHAIN_DESCS as u64).map(|i| (a + 64 * i, 64, W)).collect();
+            h.add_chain(RX_QUEUE, &segs)
+        })),
+    ];
+    for (name, reason, add) in cases {
+        let mut h = Harness::activated(0);
+        let bad = add(&mut h);
+        h.kick(RX_QUEUE);
+        assert_eq!(h.new_used(RX_QUEUE), vec![(u32::from(bad), 0)], "{name}");
+        assert_eq!(h.metrics()["rx_drops"][reason.as_str()], 1, "{name}");
+        assert!(h.st.lock().unwrap().posted.is_empty(), "{name}: bad buffer reached the backend");
+        // Still works.
+        let (good, addr) = h.add_rx_buf(1530);
+        h.kick(RX_QUEUE);
+        let f = frame(80, 5);
+        h.push_frame(f.clone());
+        assert_eq!(h.new_used(RX_QUEUE), vec![(u32::from(good), 92)], "{name}");
+        assert_eq!(h.read(addr + 12, 80), f, "{name}");
+    }
+}
+
+#[test]
+fn malformed_tx_chains_are_dropped_and_counted() {
+    let cases: Vec<(&str, DropReason, Box<dyn Fn(&mut Harness) -> u16>)> = vec![
+        ("outside RAM", DropReason::BadAddress, Box::new(|h| h.add_chain(TX_QUEUE, &[(u64::MAX - 8, 64, 0)]))),
+        ("writable in TX", DropReason::WrongDirection, Box::new(|h| {
+            let a = h.alloc(64);
+            h.add_chain(TX_QUEUE, &[(a, 12, 0), (a + 12, 52, W)])
+        })),
+        ("zero length", DropReason::ZeroLength, Box::new(|h| {
+            let a = h.alloc(64);
+            h.add_chain(TX_QUEUE, &[(a, 0, 0)])
+        })),
+        ("short header", DropReason::ShortHeader, Box::new(|h| {
+            let a = h.alloc(64);
+            h.add_chain(TX_QUEUE, &[(a, 6, 0), (a + 6, 5, 0)])
+        })),
+        ("self loop", DropReason::ChainTooLong, Box::new(|h| {
+            let a = h.alloc(64);
+            let s = h.next_desc[TX_QUEUE];
+            h.add_raw(TX_QUEUE, &[RawDescriptor::from(SplitDescriptor::new(a, 64, N, s))])
+        })),
+    ];
+    for (name, reason, add) in cases {
+        let mut h = Harness::activated(0);
+        let bad = add(&mut h);
+        let good = h.add_tx_frame(&frame(60, 1));
+        h.kick(TX_QUEUE);
+        assert_eq!(h.new_used(TX_QUEUE), vec![(u32::from(bad), 0), (u32::from(good), 0)], "{name}");
+        assert_eq!(h.metrics()["tx_drops"][reason.as_str()], 1, "{name}");
+        assert_eq!(h.st.lock().unwrap().sent.len(), 1, "{name}");
+    }
+}
+
+#[test]
+fn head_index_out_of_range_does_not_panic() {
+    let mut h = Harness::activated(0);
+    // The avail ring names descriptor 300 in a 256-entry queue.
+    let avail = h.rxq.avail_addr().0;
+    let idx: u16 = h.mem.read_obj(GuestAddress(avail + 2)).unwrap();
+    h.mem.write_obj(300u16, GuestAddress(avail + 4 + 2 * u64::from(idx))).unwrap();
+    h.mem.write_obj(idx + 1, GuestAddress(avail + 2)).unwrap();
+    h.kick(RX_QUEUE);
+    assert_eq!(h.metrics()["rx_drops"]["bad_address"], 1);
+    assert!(h.new_used(RX_QUEUE).is_empty());
+}
+
+#[test]
+fn events_before_activation_are_drained_and_ignored() {
+    let mut h = Harness::new();
+    h.add_rx_buf(1530);
+    h.kick(RX_QUEUE);
+    h.kick(TX_QUEUE);
+    h.push_frame(frame(64, 0));
+    // The fd is no longer watched: more data does not spin the loop.
+    h.push_frame(frame(64, 1));
+    {
+        let st = h.st.lock().unwrap();
+        assert!(st.posted.is_empty());
+        assert_eq!(st.discards, 1);
+        assert_eq!(st.process_calls, 0);
+    }
+    assert_eq!(h.irqs(), 0);
+    // Activation posts the buffer made available before and takes the frame
+    // that arrived while the fd was not watched.
+    h.activate(0);
+    assert_eq!(h.new_used(RX_QUEUE).len(), 1);
+    h.add_rx_buf(1530);
+    h.kick(RX_QUEUE);
+    h.push_frame(frame(64, 2));
+    assert_eq!(h.new_used(RX_QUEUE).len(), 1);
+}
+
+#[test]
+fn link_down_updates_status_and_raises_config_interrupt() {
+    let mut h = Harness::activated(F_STATUS);
+    let mut s = [0u8; 2];
+    h.net.lock().unwrap().read_config(CFG_STATUS as u64, &mut s);
+    assert_eq!(s, [1, 0]);
+    h.st.lock().unwrap().link_up = false;
+    h.backend_event();
+    h.net.lock().unwrap().read_config(CFG_STATUS as u64, &mut s);
+    assert_eq!(s, [0, 0]);
+    assert_ne!(h.irq.status() & INT_CONFIG, 0);
+    assert_eq!(h.metrics()["link_down_events"], 1);
+    assert_eq!(h.metrics()["link_up"], false);
+    // The device keeps running: TX still completes (the backend decides).
+    h.add_tx_frame(&frame(60, 0));
+    h.kick(TX_QUEUE);
+    assert_eq!(h.new_used(TX_QUEUE).len(), 1);
+}
+
+#[test]
+fn stalled_backend_resumes_after_guest_adds_buffers() {
+    let mut h = Harness::activated(F_MRG_RXBUF);
+    h.st.lock().unwrap().stall_mode = true;
+    h.add_rx_buf(256);
+    h.kick(RX_QUEUE);
+    // 1000-byte frame needs 4 buffers of 256; only one is posted.
+    h.push_frame(frame(1000, 7));
+    assert!(h.new_used(RX_QUEUE).is_empty());
+    assert_eq!(h.metrics()["rx_stalls"], 1);
+    let calls = h.st.lock().unwrap().process_calls;
+    // While stalled the backend fd is not watched: an event is not processed.
+    h.backend_event();
+    assert_eq!(h.st.lock().unwrap().process_calls, calls);
+    // The guest adds buffers and kicks: the device retries the backend.
+    for _ in 0..4 {
+        h.add_rx_buf(256);
+    }
+    h.kick(RX_QUEUE);
+    let used = h.new_used(RX_QUEUE);
+    assert_eq!(used.iter().map(|u| u.1).collect::<Vec<_>>(), vec![256, 256, 256, 244]);
+    assert_eq!(h.metrics()["rx_packets"], 1);
+    // Watching again: a new frame is delivered on the backend event.
+    h.push_frame(frame(100, 8));
+    assert_eq!(h.new_used(RX_QUEUE), vec![(4, 112)]);
+}
+
+#[test]
+fn backend_full_stops_posting_and_refills_later() {
+    let mut h = Harness::activated(0);
+    h.st.lock().unwrap().room = 2;
+    for _ in 0..5 {
+        h.add_rx_buf(1530);
+    }
+    h.kick(RX_QUEUE);
+    assert_eq!(h.st.lock().unwrap().posted.len(), 2);
+    // Two frames consume both buffers; the device refills from the ring.
+    {
+        let mut st = h.st.lock().unwrap();
+        st.inbox.push_back(frame(64, 0));
+        st.inbox.push_back(frame(64, 1));
+    }
+    h.backend_event();
+    assert_eq!(h.new_used(RX_QUEUE).len(), 2);
+    assert_eq!(h.st.lock().unwrap().posted.len(), 2);
+}
+
+#[test]
+fn bogus_backend_completion_is_ignored() {
+    let mut h = Harness::activated(0);
+    h.st.lock().unwrap().bogus_head = Some(7);
+    h.backend_event();
+    assert!(h.new_used(RX_QUEUE).is_empty());
+    assert_eq!(h.metrics()["backend_bogus_completions"], 1);
+}
+
+#[test]
+fn duplicate_head_while_posted_is_ignored() {
+    let mut h = Harness::activated(0);
+    let (head, _) = h.add_rx_buf(1530);
+    h.kick(RX_QUEUE);
+    // The guest makes the same head available again while the backend has it.
+    let avail = h.rxq.avail_addr().0;
+    let idx: u16 = h.mem.read_obj(GuestAddress(avail + 2)).unwrap();
+    h.mem.write_obj(head, GuestAddress(avail + 4 + 2 * u64::from(idx))).unwrap();
+    h.mem.write_obj(idx + 1, GuestAddress(avail + 2)).unwrap();
+    h.kick(RX_QUEUE);
+    assert_eq!(h.st.lock().unwrap().posted.len(), 1);
+    assert_eq!(h.metrics()["duplicate_heads"], 1);
+}
+
+#[test]
+fn reset_quiesces_backend_and_reactivation_works() {
+    let mut h = Harness::activated(0);
+    h.add_rx_buf(1530);
+    h.kick(RX_QUEUE);
+    h.net.lock().unwrap().reset();
+    assert!(!h.net.lock().unwrap().is_activated());
+    {
+        let st = h.st.lock().unwrap();
+        assert_eq!(st.quiesces, 1);
+        assert!(st.posted.is_empty());
+    }
+    // Fresh driver queues after reset.
+    h.rxq = MockSplitQueue::create(h.mem, GuestAddress(RXQ_AT), QUEUE_SIZE);
+    h.txq = MockSplitQueue::create(h.mem, GuestAddress(TXQ_AT), QUEUE_SIZE);
+    h.next_desc = [0, 0];
+    h.used_seen = [0, 0];
+    h.activate(F_MRG_RXBUF);
+    h.add_rx_buf(1530);
+    h.kick(RX_QUEUE);
+    h.push_frame(frame(64, 0));
+    assert_eq!(h.new_used(RX_QUEUE), vec![(0, 76)]);
+}
+
+#[test]
+fn activation_rejects_wrong_queue_count() {
+    let h = Harness::new();
+    let q: Queue = h.rxq.create_queue().unwrap();
+    let mut n = h.net.lock().unwrap();
+    let e = n
+        .activate(ActivateContext { mem: h.mem.clone(), queues: vec![q], interrupt: h.irq.clone() })
+        .unwrap_err();
+    assert!(e.to_string().contains("needs 2"), "{e}");
+    assert!(!n.is_activated());
+}

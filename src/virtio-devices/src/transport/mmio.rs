@@ -191,6 +191,20 @@ impl MmioTransport {
             },
             QUEUE_NUM_MAX => self.selected_queue().map_or(0, |q| u32::from(q.max_size())),
             QUEUE_READY => self.selected_queue().map_or(0, |q| u32::from(q.ready())),
+            // Write-only in the spec; reading back what was written helps debugging.
+            QUEUE_NUM => self.selected_queue().map_or(0, |q| u32::from(q.size())),
+            QUEUE_DESC_LOW => self.selected_queue().map_or(0, |q| q.desc_table() as u32),
+            QUEUE_DESC_HIGH => self
+                .selected_queue()
+                .map_or(0, |q| (q.desc_table() >> 32) as u32),
+            QUEUE_DRIVER_LOW => self.selected_queue().map_or(0, |q| q.avail_ring() as u32),
+            QUEUE_DRIVER_HIGH => self
+                .selected_queue()
+                .map_or(0, |q| (q.avail_ring() >> 32) as u32),
+            QUEUE_DEVICE_LOW => self.selected_queue().map_or(0, |q| q.used_ring() as u32),
+            QUEUE_DEVICE_HIGH => self
+                .selected_queue()
+                .map_or(0, |q| (q.used_ring() >> 32) as u32),
             INTERRUPT_STATUS => self.interrupt.status(),
             STATUS => self.device_status,
             // No shared memory regions: all ones means "does not exist" (4.2.2).

@@ -161,6 +161,11 @@ fn setup_queue(t: &mut MmioTransport, idx: u32, size: u32, base: u64) {
     wr(t, QUEUE_DEVICE_HIGH, (used >> 32) as u32);
     wr(t, QUEUE_READY, 1);
     assert_eq!(rd(t, QUEUE_READY), 1);
+    assert_eq!(rd(t, QUEUE_NUM), size);
+    assert_eq!(rd(t, QUEUE_DESC_LOW), desc as u32);
+    assert_eq!(rd(t, QUEUE_DRIVER_LOW), avail as u32);
+    assert_eq!(rd(t, QUEUE_DEVICE_LOW), used as u32);
+    assert_eq!(rd(t, QUEUE_DEVICE_HIGH), (used >> 32) as u32);
 }
 
 const FEATURES_OK_STATUS: u32 = STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK;

@@ -2,7 +2,7 @@
 //! (`boot`), legacy devices, and the event loop that runs it all (`builder`).
 
 pub mod boot;
-// pub mod builder; (re-enabled once block/net/acpi land)
+pub mod builder;
 pub mod config;
 pub mod devices;
 pub mod exit;
@@ -13,6 +13,6 @@ pub mod signals;
 pub mod stdin;
 pub mod vstate;
 
-// pub use builder::{build, BuildError, Vmm, VmmHandle};
+pub use builder::{build, BuildError, Vmm, VmmHandle};
 pub use config::VmConfig;
 pub use exit::ExitReason;

@@ -607,6 +607,14 @@ impl<D: PnicDriver> NetBackend for ShimBackend<D> {
         self.link && !self.failed
     }
 
+    fn discard_pending(&mut self, index: usize) {
+        // Drain the eventfd and acknowledge the cause; nothing is posted
+        // while the device is not activated, so nothing else is pending.
+        if let Err(e) = self.driver.handle_irq(index) {
+            self.driver_err(e);
+        }
+    }
+
     fn metrics(&self) -> serde_json::Value {
         let mut v = self.metrics.to_json();
         v["pnic"] = serde_json::json!(self.driver.name());

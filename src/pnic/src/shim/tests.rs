@@ -355,3 +355,19 @@ fn tx_backlog_when_the_ring_is_full() {
     heads.dedup();
     assert_eq!(heads.len(), 300, "every frame completed exactly once");
 }
+
+#[test]
+fn discard_pending_drains_the_interrupt_fd() {
+    let (mut s, h, mem) = setup();
+    s.post_rx(&mem, rxbuf(0, &[(0x1000, 2048)])).unwrap();
+    h.inject_rx(&eth(60, 1));
+    let fd = s.event_fds()[0];
+    let readable = |fd| {
+        let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd, zero timeout.
+        unsafe { libc::poll(&mut p, 1, 0) == 1 }
+    };
+    assert!(readable(fd));
+    s.discard_pending(0);
+    assert!(!readable(fd));
+}

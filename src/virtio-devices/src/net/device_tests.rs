@@ -349,6 +349,9 @@ impl Harness {
     }
 }
 
+/// Makes one (malformed) chain available, returning its head.
+type AddChain = Box<dyn Fn(&mut Harness) -> u16>;
+
 fn frame(len: usize, seed: u8) -> Vec<u8> {
     (0..len).map(|i| (i as u8).wrapping_mul(7).wrapping_add(seed)).collect()
 }
@@ -521,7 +524,7 @@ fn without_event_idx_every_batch_interrupts_once() {
 /// buffer afterwards still receives a frame.
 #[test]
 fn malformed_rx_chains_are_dropped_and_counted() {
-    let cases: Vec<(&str, DropReason, Box<dyn Fn(&mut Harness) -> u16>)> = vec![
+    let cases: Vec<(&str, DropReason, AddChain)> = vec![
         ("outside RAM", DropReason::BadAddress, Box::new(|h| h.add_chain(RX_QUEUE, &[(MEM_SIZE + 0x1000, 1530, W)]))),
         ("straddles RAM end", DropReason::BadAddress, Box::new(|h| h.add_chain(RX_QUEUE, &[(MEM_SIZE - 100, 1530, W)]))),
         ("readable in RX", DropReason::WrongDirection, Box::new(|h| {
@@ -570,7 +573,7 @@ fn malformed_rx_chains_are_dropped_and_counted() {
 
 #[test]
 fn malformed_tx_chains_are_dropped_and_counted() {
-    let cases: Vec<(&str, DropReason, Box<dyn Fn(&mut Harness) -> u16>)> = vec![
+    let cases: Vec<(&str, DropReason, AddChain)> = vec![
         ("outside RAM", DropReason::BadAddress, Box::new(|h| h.add_chain(TX_QUEUE, &[(u64::MAX - 8, 64, 0)]))),
         ("writable in TX", DropReason::WrongDirection, Box::new(|h| {
             let a = h.alloc(64);

@@ -29,6 +29,12 @@ use crate::{ActivateContext, GuestMemory, Interrupt, VirtioDevice};
 /// IEEE 802 "local experimental" ethertype: no host stack reacts to it.
 const TEST_ETHERTYPE: u16 = 0x88b5;
 const PACKET_OUTGOING: u8 = 4;
+/// SOL_PACKET option: a virtio_net_hdr precedes each frame.
+const PACKET_VNET_HDR: libc::c_int = 15;
+/// virtio_net_hdr values for a TCP/IPv4 GSO frame.
+const GSO_TCPV4: u8 = 1;
+const HDR_F_NEEDS_CSUM: u8 = 1;
+const MSS: u16 = 1448;
 
 fn skip(test: &str, why: &str) {
     eprintln!("\n*** SKIPPED {test}: {why} ***\n");
@@ -121,6 +127,29 @@ impl HostEnd {
 
     /// The next incoming (not our own outgoing) test frame, within 2 s.
     fn recv_test_frame(&self) -> Option<Vec<u8>> {
+        self.recv_frame(|f| u16::from_be_bytes([f[12], f[13]]) == TEST_ETHERTYPE)
+    }
+
+    /// Turns on PACKET_VNET_HDR: every send then starts with a 10-byte
+    /// `struct virtio_net_hdr` (lets the host inject GSO frames).
+    fn with_vnet_hdr(self) -> HostEnd {
+        let on: libc::c_int = 1;
+        // SAFETY: setsockopt reads one c_int from a live local.
+        let r = unsafe {
+            libc::setsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_PACKET,
+                PACKET_VNET_HDR,
+                &on as *const libc::c_int as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as u32,
+            )
+        };
+        assert_eq!(r, 0, "PACKET_VNET_HDR: {}", std::io::Error::last_os_error());
+        self
+    }
+
+    /// The next incoming frame for which `want` holds, within 2 s.
+    fn recv_frame(&self, want: impl Fn(&[u8]) -> bool) -> Option<Vec<u8>> {
         let deadline = Instant::now() + Duration::from_secs(2);
         let mut buf = vec![0u8; 70000];
         while Instant::now() < deadline {
@@ -146,7 +175,7 @@ impl HostEnd {
                 continue;
             }
             let n = n as usize;
-            if u16::from_be_bytes([buf[12], buf[13]]) == TEST_ETHERTYPE {
+            if want(&buf[..n]) {
                 return Some(buf[..n].to_vec());
             }
         }
@@ -177,6 +206,45 @@ fn test_frame(len: usize, seed: u8) -> Vec<u8> {
         *b = (i as u8).wrapping_mul(13).wrapping_add(seed);
     }
     f
+}
+
+/// A TCP/IPv4 frame with `payload` bytes (a GSO "super frame" when larger
+/// than the MTU) and a recognisable pattern.
+fn tcp_frame(payload: usize, seed: u8) -> Vec<u8> {
+    let mut f = vec![0u8; 54 + payload];
+    f[0..6].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x01]);
+    f[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x02]);
+    f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    let ip = &mut f[14..34];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&((40 + payload) as u16).to_be_bytes());
+    ip[6] = 0x40; // DF
+    ip[8] = 64;
+    ip[9] = 6; // TCP
+    ip[12..16].copy_from_slice(&[198, 51, 100, 1]);
+    ip[16..20].copy_from_slice(&[198, 51, 100, 2]);
+    let tcp = &mut f[34..54];
+    tcp[0..2].copy_from_slice(&40000u16.to_be_bytes());
+    tcp[2..4].copy_from_slice(&5001u16.to_be_bytes());
+    tcp[12] = 0x50;
+    tcp[13] = 0x18; // ACK | PSH
+    tcp[14..16].copy_from_slice(&65535u16.to_be_bytes());
+    for (i, b) in f[54..].iter_mut().enumerate() {
+        *b = (i as u8).wrapping_mul(31).wrapping_add(seed);
+    }
+    f
+}
+
+/// The 10 bytes of `struct virtio_net_hdr` for a TCP/IPv4 GSO frame.
+fn gso_hdr() -> [u8; 10] {
+    let mut h = [0u8; 10];
+    h[0] = HDR_F_NEEDS_CSUM;
+    h[1] = GSO_TCPV4;
+    h[2..4].copy_from_slice(&54u16.to_le_bytes()); // hdr_len
+    h[4..6].copy_from_slice(&MSS.to_le_bytes()); // gso_size
+    h[6..8].copy_from_slice(&34u16.to_le_bytes()); // csum_start
+    h[8..10].copy_from_slice(&16u16.to_le_bytes()); // csum_offset
+    h
 }
 
 fn guest_mem() -> GuestMemory {
@@ -487,4 +555,61 @@ fn net_device_over_real_tap_end_to_end() {
     } else {
         skip("net_device_over_real_tap_end_to_end (link-down part)", "`ip link del` unavailable");
     }
+}
+
+/// 20 KB TCP GSO frames both ways: host -> guest lands unsegmented in many
+/// mergeable buffers with its GSO header; guest -> host is accepted as one
+/// GSO frame (HOST_TSO4).
+#[test]
+fn tap_gso_frames_both_ways() {
+    if !taps_available("tap_gso_frames_both_ways") {
+        return;
+    }
+    let name = unique_name();
+    let mut tap = TapBackend::open(&name).unwrap();
+    set_up(&name);
+    let mem = guest_mem();
+    tap.set_features(F_VERSION_1 | F_MRG_RXBUF | F_GUEST_CSUM | F_GUEST_TSO4 | F_HOST_TSO4 | F_CSUM).unwrap();
+    // 50 x 1536 B >= a 64 KiB frame: the backend reads.
+    for i in 0..50u16 {
+        tap.post_rx(&mem, rx_buf(i, 0x10_0000 + 0x800 * u64::from(i), 1536)).unwrap();
+    }
+    let injector = HostEnd::new(&name).with_vnet_hdr();
+    let f = tcp_frame(20_000, 1);
+    let mut msg = gso_hdr().to_vec();
+    msg.extend_from_slice(&f);
+    injector.send(&msg);
+    let total = VNET_HDR_LEN + f.len();
+    let nbufs = total.div_ceil(1536);
+    let used = pump_rx(&mut tap, &mem, nbufs);
+    assert_eq!(used.len(), nbufs, "{}", tap.metrics());
+    assert!(used[..nbufs - 1].iter().all(|u| u.len == 1536));
+    assert_eq!(used[nbufs - 1].len as usize, total - 1536 * (nbufs - 1));
+    let hdr = read(&mem, 0x10_0000, 12);
+    assert_eq!(hdr[1], GSO_TCPV4, "gso_type");
+    assert_eq!(u16::from_le_bytes([hdr[4], hdr[5]]), MSS, "gso_size");
+    assert_eq!(hdr[0] & HDR_F_NEEDS_CSUM, HDR_F_NEEDS_CSUM);
+    assert_eq!(u16::from_le_bytes([hdr[10], hdr[11]]) as usize, nbufs, "num_buffers");
+    let mut got = Vec::new();
+    for (i, u) in used.iter().enumerate() {
+        let start = if i == 0 { 12 } else { 0 };
+        got.extend(read(&mem, 0x10_0000 + 0x800 * u64::from(u.head) + start, u.len as usize - start as usize));
+    }
+    assert_eq!(got, f);
+
+    // Guest -> host: one 20 KB GSO frame, header + data in two segments.
+    let host = HostEnd::new(&name);
+    let g = tcp_frame(20_000, 2);
+    let mut hdr12 = gso_hdr().to_vec();
+    hdr12.extend_from_slice(&[0, 0]);
+    mem.write_slice(&hdr12, GuestAddress(0x30_0000)).unwrap();
+    mem.write_slice(&g, GuestAddress(0x31_0000)).unwrap();
+    let frame = TxFrame {
+        head: 0,
+        segs: vec![(GuestAddress(0x30_0000), 12), (GuestAddress(0x31_0000), g.len() as u32)],
+        len: (12 + g.len()) as u32,
+    };
+    assert_eq!(tap.send(&mem, frame), Ok(true), "{}", tap.metrics());
+    let seen = host.recv_frame(|b| b.len() > 40 && b[12..14] == [0x08, 0x00] && b[23] == 6 && b[54] == g[54]);
+    assert_eq!(seen.expect("GSO frame did not reach the host").len(), g.len());
 }

@@ -8,7 +8,7 @@ use std::os::unix::io::AsRawFd;
 use std::sync::{Arc, Mutex};
 
 use event_manager::{EventManager, SubscriberOps};
-use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+use virtio_bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
 use virtio_queue::Queue;
@@ -767,4 +767,63 @@ fn activation_rejects_wrong_queue_count() {
         .unwrap_err();
     assert!(e.to_string().contains("needs 2"), "{e}");
     assert!(!n.is_activated());
+}
+
+/// Writes an indirect descriptor table at `at` and returns the head
+/// descriptor pointing to it.
+fn indirect(h: &Harness, at: u64, table: &[(u64, u32, u16)]) -> RawDescriptor {
+    for (i, &(a, l, f)) in table.iter().enumerate() {
+        let last = i == table.len() - 1;
+        let d = SplitDescriptor::new(a, l, if last { f } else { f | N }, if last { 0 } else { i as u16 + 1 });
+        h.mem.write_obj(RawDescriptor::from(d), GuestAddress(at + 16 * i as u64)).unwrap();
+    }
+    RawDescriptor::from(SplitDescriptor::new(at, 16 * table.len() as u32, VRING_DESC_F_INDIRECT as u16, 0))
+}
+
+#[test]
+fn indirect_descriptor_tables_work_both_ways() {
+    let mut h = Harness::activated(F_INDIRECT_DESC);
+    assert_ne!(h.net.lock().unwrap().avail_features() & F_INDIRECT_DESC, 0);
+    // TX: header and payload through an indirect table.
+    let p = frame(300, 2);
+    let (ha, pa, table) = (h.alloc(12), h.alloc(300), h.alloc(64));
+    h.mem.write_slice(&[0u8; 12], GuestAddress(ha)).unwrap();
+    h.mem.write_slice(&p, GuestAddress(pa)).unwrap();
+    let d = indirect(&h, table, &[(ha, 12, 0), (pa, 300, 0)]);
+    let head = h.add_raw(TX_QUEUE, &[d]);
+    h.kick(TX_QUEUE);
+    assert_eq!(h.new_used(TX_QUEUE), vec![(u32::from(head), 0)]);
+    assert_eq!(&h.st.lock().unwrap().sent[0][12..], &p[..]);
+    // RX: a header segment then a data segment, indirect.
+    let (ra, rb, table) = (h.alloc(12), h.alloc(1518), h.alloc(64));
+    let d = indirect(&h, table, &[(ra, 12, W), (rb, 1518, W)]);
+    let head = h.add_raw(RX_QUEUE, &[d]);
+    h.kick(RX_QUEUE);
+    let f = frame(500, 3);
+    h.push_frame(f.clone());
+    assert_eq!(h.new_used(RX_QUEUE), vec![(u32::from(head), 512)]);
+    assert_eq!(h.read(rb, 500), f);
+    assert_eq!(h.metrics()["rx_packets"], 1);
+}
+
+#[test]
+fn broken_indirect_tables_are_dropped() {
+    let mut h = Harness::activated(F_INDIRECT_DESC);
+    // Table outside guest RAM.
+    let d = RawDescriptor::from(SplitDescriptor::new(MEM_SIZE + 0x1000, 32, VRING_DESC_F_INDIRECT as u16, 0));
+    let bad1 = h.add_raw(TX_QUEUE, &[d]);
+    // An indirect descriptor inside an indirect table.
+    let (inner, table) = (h.alloc(64), h.alloc(64));
+    let d = indirect(&h, table, &[(inner, 32, VRING_DESC_F_INDIRECT as u16)]);
+    let bad2 = h.add_raw(TX_QUEUE, &[d]);
+    // A table entry outside guest RAM.
+    let table = h.alloc(64);
+    let d = indirect(&h, table, &[(MEM_SIZE, 64, 0)]);
+    let bad3 = h.add_raw(TX_QUEUE, &[d]);
+    let good = h.add_tx_frame(&frame(60, 0));
+    h.kick(TX_QUEUE);
+    let used = h.new_used(TX_QUEUE);
+    assert_eq!(used, vec![(u32::from(bad1), 0), (u32::from(bad2), 0), (u32::from(bad3), 0), (u32::from(good), 0)]);
+    assert_eq!(h.metrics()["tx_drops"]["bad_address"], 3);
+    assert_eq!(h.st.lock().unwrap().sent.len(), 1);
 }

@@ -94,7 +94,10 @@ PEER_PCI=$2
 # before any driver loads, so igb.ko never touches it.
 echo vfio-pci >"/sys/bus/pci/devices/$PNIC/driver_override" || die "driver_override on $PNIC"
 
-# --- kernel NIC drivers first: their PHYs autonegotiate while the rest runs ------
+# --- modules: KVM & co. load in the background (kvm_amd alone takes seconds under
+# TCG) while the NIC drivers come up; their PHYs autonegotiate meanwhile ----------
+modprobe -a kvm kvm_amd tun vhost_net veth bridge vfio vfio_iommu_type1 vfio-pci &
+kvm_modprobe=$!
 modprobe -a igb e1000e || die "modprobe igb/e1000e failed"
 
 # Wait for a PCI device's network interface and print its name.
@@ -127,8 +130,7 @@ printf 'link set lo up\naddr add %s dev %s\nlink set %s up\n' \
 log "links configured"
 
 # --- KVM (nested SVM under TCG), VFIO and what tests may need ----------------------
-modprobe -a kvm kvm_amd tun vhost_net veth bridge vfio vfio_iommu_type1 vfio-pci \
-    || die "modprobe kvm/kvm_amd/tun/vfio failed"
+wait "$kvm_modprobe" || die "modprobe kvm kvm_amd tun vhost_net veth bridge vfio vfio_iommu_type1 vfio-pci failed"
 [ -c /dev/kvm ] || die "/dev/kvm missing after modprobe kvm_amd (no nested SVM?)"
 [ -c /dev/vfio/vfio ] || die "/dev/vfio/vfio missing after modprobe vfio"
 if [ ! -e "/sys/bus/pci/drivers/vfio-pci/$PNIC" ]; then

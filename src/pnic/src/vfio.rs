@@ -66,7 +66,7 @@ pub enum VfioError {
         #[source]
         source: vfio_ioctls::VfioError,
     },
-    #[error("mapping guest RAM for DMA failed: {0}")]
+    #[error("mapping guest RAM for DMA failed: {0}; VFIO pins all guest RAM: run as root or raise the locked-memory limit (ulimit -l) above the guest RAM size")]
     DmaMap(String),
     #[error("PCI config space access failed for {bdf}: {source}")]
     Config {

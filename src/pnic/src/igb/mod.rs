@@ -87,6 +87,10 @@ pub struct Igb<R: RegisterAccess> {
     mac: [u8; 6],
     started: bool,
     removed: bool,
+    /// The last RX completion lacked EOP: the next ones up to and including
+    /// the EOP belong to the same (impossible under RLPML) multi-buffer frame
+    /// and are reported as errors so no fragment reaches the guest as a frame.
+    rx_in_fragment: bool,
     msix_vectors: usize,
     mapper: Arc<dyn DmaMapper>,
     iova: IovaAllocator,
@@ -164,6 +168,7 @@ impl<R: RegisterAccess> Igb<R> {
             mac: cfg.mac,
             started: false,
             removed: false,
+            rx_in_fragment: false,
             msix_vectors,
             mapper,
             iova,
@@ -293,6 +298,7 @@ impl<R: RegisterAccess> Igb<R> {
 
     fn reset_ring_state(&mut self) {
         self.rx_cookies.iter_mut().for_each(|c| *c = None);
+        self.rx_in_fragment = false;
         self.rx_head = 0;
         self.rx_tail = 0;
         self.rx_count = 0;
@@ -436,13 +442,16 @@ impl<R: RegisterAccess> PnicDriver for Igb<R> {
             let cookie = self.rx_cookies[slot].take();
             self.rx_head = (slot + 1) % RX_RING_SIZE;
             self.rx_count -= 1;
+            let eop = staterr & RXD_STAT_EOP != 0;
+            let fragment = self.rx_in_fragment;
+            self.rx_in_fragment = !eop;
             if let Some(cookie) = cookie {
                 out.push(RxCompletion {
                     cookie,
                     // Never report more than the NIC may write (defence in depth).
                     len: u32::from(len).min(RX_MAX_FRAME),
-                    eop: staterr & RXD_STAT_EOP != 0,
-                    error: staterr & RXD_ERR_FRAME != 0 || u32::from(len) > RX_MAX_FRAME,
+                    eop,
+                    error: fragment || staterr & RXD_ERR_FRAME != 0 || u32::from(len) > RX_MAX_FRAME,
                 });
             }
         }

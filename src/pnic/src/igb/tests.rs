@@ -216,3 +216,25 @@ fn surprise_removal_is_an_error_not_a_panic() {
     assert_eq!(d.post_rx(0x1000, 2048, 1), Err(DriverError::Removed));
     assert_eq!(d.handle_irq(0), Err(DriverError::Removed));
 }
+
+#[test]
+fn continuation_of_a_multi_buffer_frame_is_an_error() {
+    let (mut d, _r) = igb();
+    d.start().unwrap();
+    for i in 0..3u64 {
+        d.post_rx(0x1000 * (i + 1), 2048, i).unwrap();
+    }
+    d.flush_rx().unwrap();
+    // Slot 0 without EOP, slot 1 its EOP tail, slot 2 a normal frame.
+    d.rx_ring.store(RXD_STATUS_OFF, RXD_STAT_DD, Ordering::Relaxed).unwrap();
+    d.rx_ring.store(16 + RXD_STATUS_OFF, RXD_STAT_DD | RXD_STAT_EOP, Ordering::Relaxed).unwrap();
+    d.rx_ring.store(32 + RXD_STATUS_OFF, RXD_STAT_DD | RXD_STAT_EOP, Ordering::Relaxed).unwrap();
+    for i in 0..3 {
+        d.rx_ring.store(i * 16 + RXD_LEN_OFF, 100u16, Ordering::Relaxed).unwrap();
+    }
+    let mut out = Vec::new();
+    d.reap_rx(&mut out).unwrap();
+    assert!(!out[0].eop);
+    assert!(out[1].eop && out[1].error, "the tail must not look like a frame");
+    assert!(out[2].eop && !out[2].error);
+}

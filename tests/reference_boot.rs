@@ -7,16 +7,25 @@
 //! `tools/testbed run -- <binary> --nocapture`. On a host without usable KVM,
 //! SHIMVMM_QEMU_ACCEL=tcg runs it under TCG (slow, but it exercises the image).
 
-use shimvmm_tests::{qemu_reference_boot, require_guest_env, Accel, QemuBootOptions};
+use shimvmm_tests::{
+    artifacts, one_vm_at_a_time, plain_image, qemu_microvm_command, qemu_reference_boot,
+    require_guest_env, Accel, GuestProcess, QemuBootOptions, SCRIPT_START_MARKER,
+};
 
 #[test]
 fn qemu_microvm_boots_alpine_and_runs_test_script() {
     let opts = QemuBootOptions::default();
-    if opts.accel == Accel::Kvm && !require_guest_env("qemu_microvm_boots_alpine_and_runs_test_script") {
+    if opts.accel == Accel::Kvm
+        && !require_guest_env("qemu_microvm_boots_alpine_and_runs_test_script")
+    {
         return;
     }
+    let _vm = one_vm_at_a_time(); // the timing must not share the CPUs with another guest
     let t = qemu_reference_boot(&opts).unwrap_or_else(|e| panic!("reference boot failed: {e}"));
-    assert!(t.first_init < t.test_script, "init must run before the test script: {t:?}");
+    assert!(
+        t.first_init < t.test_script,
+        "init must run before the test script: {t:?}"
+    );
     assert!(t.test_script <= t.exited, "{t:?}");
     let accel = match opts.accel {
         Accel::Kvm => "",
@@ -29,4 +38,32 @@ fn qemu_microvm_boots_alpine_and_runs_test_script() {
         t.guest_uptime_at_script.map_or_else(|| "?".to_string(), |u| format!("{u:.2} s")),
         t.exited.as_secs_f64()
     );
+}
+
+/// The plain rootfs (no test script) must boot to a getty on ttyS0, so a
+/// developer can watch a guest come up interactively.
+#[test]
+fn qemu_microvm_plain_image_reaches_serial_login_prompt() {
+    let opts = QemuBootOptions::default();
+    if opts.accel == Accel::Kvm
+        && !require_guest_env("qemu_microvm_plain_image_reaches_serial_login_prompt")
+    {
+        return;
+    }
+    let _vm = one_vm_at_a_time();
+    let image = plain_image();
+    let cmd = qemu_microvm_command(artifacts(), image.path(), &opts);
+    let mut qemu = GuestProcess::spawn("qemu-plain", cmd).expect("spawn qemu");
+    let login = qemu
+        .wait_for_line("login:", opts.script_timeout)
+        .unwrap_or_else(|e| panic!("no login prompt on ttyS0: {e}"));
+    assert!(
+        qemu.marker(SCRIPT_START_MARKER).is_none(),
+        "the plain image must not run a test script"
+    );
+    println!(
+        "plain image: login prompt on ttyS0 after {:.2} s",
+        login.as_secs_f64()
+    );
+    qemu.kill();
 }

@@ -55,7 +55,11 @@ fn target_dirs() -> Vec<PathBuf> {
     let mut dirs = Vec::new();
     if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
         let dir = PathBuf::from(dir);
-        dirs.push(if dir.is_absolute() { dir } else { crate::repo_root().join(dir) });
+        dirs.push(if dir.is_absolute() {
+            dir
+        } else {
+            crate::repo_root().join(dir)
+        });
     }
     // A test binary lives in <target>/<profile>/deps/.
     if let Ok(exe) = std::env::current_exe() {

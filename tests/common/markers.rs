@@ -85,13 +85,18 @@ mod tests {
 
     #[test]
     fn marker_without_value() {
-        assert_eq!(parse_marker("SHIMVMM-MARKER ready"), Some(("ready".into(), String::new())));
+        assert_eq!(
+            parse_marker("SHIMVMM-MARKER ready"),
+            Some(("ready".into(), String::new()))
+        );
     }
 
     #[test]
     fn marker_after_unterminated_openrc_line() {
         assert_eq!(
-            parse_marker("local                | * Starting local ...SHIMVMM-MARKER script-start 29.64"),
+            parse_marker(
+                "local                | * Starting local ...SHIMVMM-MARKER script-start 29.64"
+            ),
             Some(("script-start".into(), "29.64".into()))
         );
     }

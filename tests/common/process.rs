@@ -22,6 +22,15 @@ const POLL: Duration = Duration::from_millis(20);
 /// (a grandchild may keep them open).
 const DRAIN: Duration = Duration::from_secs(2);
 
+/// Serialises guest boots within one test binary (libtest runs tests on
+/// parallel threads): hold the guard while a VM runs whose timing matters, or
+/// just to keep to one VM at a time on a small machine. Not reentrant.
+pub fn one_vm_at_a_time() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    // A test that panicked while holding it poisoned it; the lock itself is fine.
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Which output stream a line came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stream {
@@ -79,16 +88,30 @@ impl GuestProcess {
     /// echoed console lines (echo goes to the test's stderr, which libtest
     /// captures and shows on failure; set SHIMVMM_TEST_ECHO=0 to silence it).
     pub fn spawn(name: &str, mut cmd: Command) -> Result<GuestProcess> {
-        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         let started = Instant::now();
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| HarnessError::Setup(format!("cannot spawn {:?}: {e}", cmd.get_program())))?;
-        let shared = Arc::new(Shared { state: Mutex::new(State { open: 2, ..State::default() }), cond: Condvar::new() });
+        let mut child = cmd.spawn().map_err(|e| {
+            HarnessError::Setup(format!("cannot spawn {:?}: {e}", cmd.get_program()))
+        })?;
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                open: 2,
+                ..State::default()
+            }),
+            cond: Condvar::new(),
+        });
         let echo = std::env::var("SHIMVMM_TEST_ECHO").map_or(true, |v| v != "0");
         let mut readers = Vec::new();
-        let stdout = child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>);
-        let stderr = child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>);
+        let stdout = child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>);
+        let stderr = child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>);
         for (stream, pipe) in [(Stream::Stdout, stdout), (Stream::Stderr, stderr)] {
             let Some(pipe) = pipe else {
                 shared.lock().open -= 1;
@@ -96,10 +119,20 @@ impl GuestProcess {
             };
             let shared = Arc::clone(&shared);
             let prefix = if echo { Some(name.to_string()) } else { None };
-            readers.push(std::thread::spawn(move || read_lines(pipe, stream, started, &shared, prefix)));
+            readers.push(std::thread::spawn(move || {
+                read_lines(pipe, stream, started, &shared, prefix)
+            }));
         }
         let stdin = child.stdin.take();
-        Ok(GuestProcess { name: name.to_string(), child, stdin, started, shared, readers, status: None })
+        Ok(GuestProcess {
+            name: name.to_string(),
+            child,
+            stdin,
+            started,
+            shared,
+            readers,
+            status: None,
+        })
     }
 
     /// The child's process id.
@@ -114,7 +147,10 @@ impl GuestProcess {
 
     /// Writes to the child's stdin (the guest's serial input with `-serial stdio`).
     pub fn send(&mut self, bytes: &[u8]) -> Result<()> {
-        let stdin = self.stdin.as_mut().ok_or_else(|| HarnessError::Setup("stdin already closed".into()))?;
+        let stdin = self
+            .stdin
+            .as_mut()
+            .ok_or_else(|| HarnessError::Setup("stdin already closed".into()))?;
         stdin.write_all(bytes)?;
         stdin.flush()?;
         Ok(())
@@ -133,26 +169,44 @@ impl GuestProcess {
     /// Waits until a line (or the unterminated text) contains `pattern`,
     /// searching all output since spawn; returns when it arrived.
     pub fn wait_for_line(&self, pattern: &str, timeout: Duration) -> Result<Duration> {
-        self.wait_for(&format!("{pattern:?}"), timeout, |line| line.contains(pattern))
+        self.wait_for(&format!("{pattern:?}"), timeout, |line| {
+            line.contains(pattern)
+        })
     }
 
     /// Waits until a line satisfies `pred`; `what` names it in errors.
-    pub fn wait_for(&self, what: &str, timeout: Duration, pred: impl Fn(&str) -> bool) -> Result<Duration> {
-        self.wait_map(what, timeout, true, |line| pred(&line.text).then_some(line.at))
+    pub fn wait_for(
+        &self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&str) -> bool,
+    ) -> Result<Duration> {
+        self.wait_map(what, timeout, true, |line| {
+            pred(&line.text).then_some(line.at)
+        })
     }
 
     /// Waits until `marker <name> ...` arrives; returns the first such marker.
     pub fn wait_for_marker(&self, name: &str, timeout: Duration) -> Result<Marker> {
         self.wait_map(&format!("marker {name:?}"), timeout, false, |line| {
             let (n, value) = parse_marker(&line.text)?;
-            (n == name).then(|| Marker { name: n, value, at: line.at })
+            (n == name).then_some(Marker {
+                name: n,
+                value,
+                at: line.at,
+            })
         })
     }
 
     /// Waits for the guest runner's `SHIMVMM-EXIT <status>` line; returns the
     /// test script's exit status.
     pub fn wait_for_guest_exit(&self, timeout: Duration) -> Result<i32> {
-        self.wait_map("the guest test script's SHIMVMM-EXIT line", timeout, false, |line| parse_exit(&line.text))
+        self.wait_map(
+            "the guest test script's SHIMVMM-EXIT line",
+            timeout,
+            false,
+            |line| parse_exit(&line.text),
+        )
     }
 
     /// All markers so far, in arrival order.
@@ -161,7 +215,13 @@ impl GuestProcess {
         state
             .lines
             .iter()
-            .filter_map(|l| parse_marker(&l.text).map(|(name, value)| Marker { name, value, at: l.at }))
+            .filter_map(|l| {
+                parse_marker(&l.text).map(|(name, value)| Marker {
+                    name,
+                    value,
+                    at: l.at,
+                })
+            })
             .collect()
     }
 
@@ -172,7 +232,11 @@ impl GuestProcess {
 
     /// The test script's exit status if its `SHIMVMM-EXIT` line has arrived.
     pub fn guest_exit(&self) -> Option<i32> {
-        self.shared.lock().lines.iter().find_map(|l| parse_exit(&l.text))
+        self.shared
+            .lock()
+            .lines
+            .iter()
+            .find_map(|l| parse_exit(&l.text))
     }
 
     /// Waits for the process to exit. On timeout it is killed and an error
@@ -222,7 +286,12 @@ impl GuestProcess {
             if now >= deadline {
                 return;
             }
-            state = self.shared.cond.wait_timeout(state, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
+            state = self
+                .shared
+                .cond
+                .wait_timeout(state, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
         drop(state);
         for reader in self.readers.drain(..) {
@@ -234,7 +303,13 @@ impl GuestProcess {
     /// `f` until it yields a value, the timeout passes, or the output closes.
     /// Markers are matched on complete lines only: a half-received line
     /// would yield a truncated value.
-    fn wait_map<T>(&self, what: &str, timeout: Duration, partial: bool, f: impl Fn(&Line) -> Option<T>) -> Result<T> {
+    fn wait_map<T>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        partial: bool,
+        f: impl Fn(&Line) -> Option<T>,
+    ) -> Result<T> {
         let deadline = Instant::now() + timeout;
         let mut scanned = 0;
         let mut state = self.shared.lock();
@@ -249,21 +324,38 @@ impl GuestProcess {
                 if !partial || state.partial[i].is_empty() {
                     continue;
                 }
-                let line = Line { stream, at: self.started.elapsed(), text: state.partial[i].clone() };
+                let line = Line {
+                    stream,
+                    at: self.started.elapsed(),
+                    text: state.partial[i].clone(),
+                };
                 if let Some(v) = f(&line) {
                     return Ok(v);
                 }
             }
             if state.open == 0 {
                 drop(state);
-                return Err(HarnessError::Exited { what: what.to_string(), status: self.status, tail: self.tail(TAIL_LINES) });
+                return Err(HarnessError::Exited {
+                    what: what.to_string(),
+                    status: self.status,
+                    tail: self.tail(TAIL_LINES),
+                });
             }
             let now = Instant::now();
             if now >= deadline {
                 drop(state);
-                return Err(HarnessError::Timeout { what: what.to_string(), after: timeout, tail: self.tail(TAIL_LINES) });
+                return Err(HarnessError::Timeout {
+                    what: what.to_string(),
+                    after: timeout,
+                    tail: self.tail(TAIL_LINES),
+                });
             }
-            state = self.shared.cond.wait_timeout(state, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
+            state = self
+                .shared
+                .cond
+                .wait_timeout(state, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
     }
 }
@@ -275,13 +367,26 @@ impl Drop for GuestProcess {
 }
 
 fn tail_of(state: &State, n: usize) -> String {
-    let mut out: Vec<String> = state.lines.iter().rev().take(n).rev().map(|l| l.text.clone()).collect();
+    let mut out: Vec<String> = state
+        .lines
+        .iter()
+        .rev()
+        .take(n)
+        .rev()
+        .map(|l| l.text.clone())
+        .collect();
     out.extend(state.partial.iter().filter(|p| !p.is_empty()).cloned());
     out.join("\n")
 }
 
 /// Reader thread body: splits `pipe` into lines and publishes them.
-fn read_lines(mut pipe: Box<dyn Read + Send>, stream: Stream, started: Instant, shared: &Shared, echo: Option<String>) {
+fn read_lines(
+    mut pipe: Box<dyn Read + Send>,
+    stream: Stream,
+    started: Instant,
+    shared: &Shared,
+    echo: Option<String>,
+) {
     let idx = stream as usize;
     let mut buf = [0u8; 4096];
     let mut pending: Vec<u8> = Vec::new();
@@ -309,7 +414,11 @@ fn read_lines(mut pipe: Box<dyn Read + Send>, stream: Stream, started: Instant, 
     let mut state = shared.lock();
     if !pending.is_empty() {
         let text = clean(&pending);
-        state.lines.push(Line { stream, at: started.elapsed(), text });
+        state.lines.push(Line {
+            stream,
+            at: started.elapsed(),
+            text,
+        });
     }
     state.partial[idx].clear();
     state.open -= 1;
@@ -318,7 +427,9 @@ fn read_lines(mut pipe: Box<dyn Read + Send>, stream: Stream, started: Instant, 
 
 /// Bytes to text: lossy UTF-8, without trailing `\r`.
 fn clean(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).trim_end_matches('\r').to_string()
+    String::from_utf8_lossy(bytes)
+        .trim_end_matches('\r')
+        .to_string()
 }
 
 #[cfg(test)]
@@ -337,10 +448,17 @@ mod tests {
         let first = p.wait_for_line("first", Duration::from_secs(10)).unwrap();
         let ready = p.wait_for_marker("ready", Duration::from_secs(10)).unwrap();
         assert_eq!(ready.value, "1");
-        assert!(ready.at >= first + Duration::from_millis(250), "{first:?} {:?}", ready.at);
+        assert!(
+            ready.at >= first + Duration::from_millis(250),
+            "{first:?} {:?}",
+            ready.at
+        );
         assert_eq!(p.wait_for_guest_exit(Duration::from_secs(10)).unwrap(), 5);
         assert!(p.exit_status(Duration::from_secs(10)).unwrap().success());
-        assert!(p.lines().iter().any(|l| l.stream == Stream::Stderr && l.text == "oops"));
+        assert!(p
+            .lines()
+            .iter()
+            .any(|l| l.stream == Stream::Stderr && l.text == "oops"));
         assert_eq!(p.markers().len(), 1);
         assert_eq!(p.guest_exit(), Some(5));
     }
@@ -354,15 +472,23 @@ mod tests {
         assert!(start.elapsed() < Duration::from_secs(5));
         let msg = err.to_string();
         assert!(msg.contains("timed out"), "{msg}");
-        assert!(msg.contains("line50") && msg.contains("line11") && !msg.contains("line10\n"), "{msg}");
-        assert!(p.exit_status(Duration::from_secs(1)).is_ok(), "killed process must be reaped");
+        assert!(
+            msg.contains("line50") && msg.contains("line11") && !msg.contains("line10\n"),
+            "{msg}"
+        );
+        assert!(
+            p.exit_status(Duration::from_secs(1)).is_ok(),
+            "killed process must be reaped"
+        );
     }
 
     #[test]
     fn wait_fails_fast_when_output_closes() {
         let p = sh("echo only");
         let start = Instant::now();
-        let err = p.wait_for_line("never", Duration::from_secs(30)).unwrap_err();
+        let err = p
+            .wait_for_line("never", Duration::from_secs(30))
+            .unwrap_err();
         assert!(matches!(err, HarnessError::Exited { .. }), "{err}");
         assert!(start.elapsed() < Duration::from_secs(10));
         assert!(err.to_string().contains("only"));
@@ -377,7 +503,9 @@ mod tests {
     #[test]
     fn wait_for_line_times_out() {
         let p = sh("sleep 5");
-        let err = p.wait_for_line("x", Duration::from_millis(200)).unwrap_err();
+        let err = p
+            .wait_for_line("x", Duration::from_millis(200))
+            .unwrap_err();
         assert!(matches!(err, HarnessError::Timeout { .. }), "{err}");
     }
 }

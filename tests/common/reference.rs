@@ -98,15 +98,36 @@ pub fn qemu_microvm_command(art: &Artifacts, rootfs: &Path, opts: &QemuBootOptio
         Accel::Tcg => ("tcg", "max"),
     };
     cmd.args(["-accel", accel, "-M", "microvm,rtc=on", "-cpu", cpu])
-        .args(["-m", &opts.memory_mib.to_string(), "-smp", &opts.vcpus.to_string()])
-        .args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot", "-serial", "stdio"])
+        .args([
+            "-m",
+            &opts.memory_mib.to_string(),
+            "-smp",
+            &opts.vcpus.to_string(),
+        ])
+        .args([
+            "-nodefaults",
+            "-no-user-config",
+            "-nographic",
+            "-no-reboot",
+            "-serial",
+            "stdio",
+        ])
         .arg("-kernel")
         .arg(&art.kernel)
         .arg("-initrd")
         .arg(&art.initrd)
-        .args(["-append", alpine_cmdline()])
+        .arg("-append")
+        .arg(match opts.accel {
+            Accel::Kvm => alpine_cmdline().to_string(),
+            // Under TCG on a loaded host the kernel's PIT-based TSC
+            // calibration fails and boot stalls; give it a frequency.
+            Accel::Tcg => format!("{} tsc_early_khz=2000000", alpine_cmdline()),
+        })
         .arg("-drive")
-        .arg(format!("id=root,file={},format=raw,if=none", rootfs.display()))
+        .arg(format!(
+            "id=root,file={},format=raw,if=none",
+            rootfs.display()
+        ))
         .args(["-device", "virtio-blk-device,drive=root"]);
     cmd
 }
@@ -119,7 +140,10 @@ pub fn qemu_reference_boot(opts: &QemuBootOptions) -> Result<BootTimings> {
     let cmd = qemu_microvm_command(art, image.path(), opts);
     let mut qemu = GuestProcess::spawn("qemu", cmd)?;
     let first_init = qemu.wait_for_line(FIRST_INIT_MARKER, opts.first_init_timeout)?;
-    let probe = qemu.wait_for_marker(BOOT_PROBE_MARKER, opts.script_timeout.saturating_sub(qemu.elapsed()))?;
+    let probe = qemu.wait_for_marker(
+        BOOT_PROBE_MARKER,
+        opts.script_timeout.saturating_sub(qemu.elapsed()),
+    )?;
     let status = qemu.wait_for_guest_exit(opts.exit_timeout.saturating_sub(qemu.elapsed()))?;
     if status != 0 {
         return Err(HarnessError::Setup(format!(
@@ -136,5 +160,10 @@ pub fn qemu_reference_boot(opts: &QemuBootOptions) -> Result<BootTimings> {
             tail: qemu.tail(crate::process::TAIL_LINES),
         });
     }
-    Ok(BootTimings { first_init, test_script: probe.at, exited, guest_uptime_at_script: probe.value.parse().ok() })
+    Ok(BootTimings {
+        first_init,
+        test_script: probe.at,
+        exited,
+        guest_uptime_at_script: probe.value.parse().ok(),
+    })
 }

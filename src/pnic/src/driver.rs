@@ -114,3 +114,58 @@ pub trait PnicDriver: Send {
     /// outside guest RAM.
     fn alloc_dma(&mut self, len: usize) -> Result<DmaArea, DriverError>;
 }
+
+/// Lets the shim hold whichever NIC family the PCI id selected.
+impl PnicDriver for Box<dyn PnicDriver> {
+    fn name(&self) -> &'static str {
+        (**self).name()
+    }
+    fn limits(&self) -> DriverLimits {
+        (**self).limits()
+    }
+    fn start(&mut self) -> Result<(), DriverError> {
+        (**self).start()
+    }
+    fn rx_free(&self) -> usize {
+        (**self).rx_free()
+    }
+    fn post_rx(&mut self, iova: u64, len: u32, cookie: u64) -> Result<(), DriverError> {
+        (**self).post_rx(iova, len, cookie)
+    }
+    fn flush_rx(&mut self) -> Result<(), DriverError> {
+        (**self).flush_rx()
+    }
+    fn reap_rx(&mut self, out: &mut Vec<RxCompletion>) -> Result<(), DriverError> {
+        (**self).reap_rx(out)
+    }
+    fn tx_free(&self) -> usize {
+        (**self).tx_free()
+    }
+    fn post_tx(&mut self, segs: &[(u64, u32)], cookie: u64) -> Result<(), DriverError> {
+        (**self).post_tx(segs, cookie)
+    }
+    fn reap_tx(&mut self, out: &mut Vec<TxCompletion>) -> Result<(), DriverError> {
+        (**self).reap_tx(out)
+    }
+    fn link_up(&mut self) -> Result<bool, DriverError> {
+        (**self).link_up()
+    }
+    fn set_mac_filter(&mut self, mac: [u8; 6]) -> Result<(), DriverError> {
+        (**self).set_mac_filter(mac)
+    }
+    fn quiesce(&mut self) -> Result<(), DriverError> {
+        (**self).quiesce()
+    }
+    fn reset(&mut self) -> Result<(), DriverError> {
+        (**self).reset()
+    }
+    fn irq_fds(&self) -> Vec<RawFd> {
+        (**self).irq_fds()
+    }
+    fn handle_irq(&mut self, index: usize) -> Result<(), DriverError> {
+        (**self).handle_irq(index)
+    }
+    fn alloc_dma(&mut self, len: usize) -> Result<DmaArea, DriverError> {
+        (**self).alloc_dma(len)
+    }
+}

@@ -3,13 +3,14 @@
 //!
 //! - [`vfio`]: open a PCI function through VFIO, map guest RAM (IOVA = GPA).
 //! - [`driver`]: the NIC-independent driver interface the shim uses.
-//! - [`igb`]: Intel 82576 driver.
+//! - [`igb`]: Intel 82576 driver; [`e1000e`]: Intel 82574L driver.
 //! - [`model`]: a software NIC for unit tests and benchmarks.
 //! - [`shim`]: `ShimBackend`, the `NetBackend` over any driver.
 
 pub mod bdf;
 pub mod dma;
 pub mod driver;
+pub mod e1000e;
 pub mod igb;
 pub mod model;
 pub mod shim;

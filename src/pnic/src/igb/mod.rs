@@ -121,7 +121,7 @@ pub fn open_vfio(bdf: Bdf, guest: &GuestMemoryMmap, cfg: IgbConfig) -> Result<Ig
     Ok(igb)
 }
 
-fn poll_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+pub(crate) fn poll_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + timeout;
     loop {
         if f() {

@@ -23,8 +23,9 @@ use vm_memory::{Bytes, GuestAddress};
 use crate::bdf::{Bdf, BdfError};
 use crate::dma::in_guest_ram;
 use crate::driver::{DriverError, DriverLimits, PnicDriver, RxCompletion, TxCompletion};
-use crate::igb::{self, Igb, IgbConfig, IgbOpenError};
-use crate::vfio::MmioRegs;
+use crate::e1000e;
+use crate::igb::{self, IgbConfig, IgbOpenError};
+use crate::vfio::{precheck, HostPaths, DEVICE_82574L};
 use bounce::{BouncePool, BOUNCE_BUF_SIZE};
 pub use metrics::ShimMetrics;
 
@@ -153,11 +154,21 @@ pub struct ShimBackend<D: PnicDriver> {
     acked: u64,
 }
 
-/// Open the NIC at `bdf` through VFIO, map all of `mem` for DMA (IOVA = GPA),
-/// bring it up with `mac` as its unicast filter, and wrap it in a shim.
-pub fn open_vfio(bdf: &str, mem: &GuestMemory, mac: [u8; 6]) -> Result<ShimBackend<Igb<MmioRegs>>, ShimError> {
+/// The shim over whichever NIC family `open_vfio` found.
+pub type VfioShim = ShimBackend<Box<dyn PnicDriver>>;
+
+/// Open the NIC at `bdf` (`0000:01:00.0` or `01:00.0`) through VFIO, map all of
+/// `mem` for DMA (IOVA = GPA), bring it up with `mac` as its unicast filter,
+/// and wrap it in a shim. The driver is chosen by PCI id (82576 or 82574L).
+/// Every host-setup problem is reported before the NIC is touched.
+pub fn open_vfio(bdf: &str, mem: &GuestMemory, mac: [u8; 6]) -> Result<VfioShim, ShimError> {
     let bdf: Bdf = bdf.parse()?;
-    let nic = igb::open_vfio(bdf, mem, IgbConfig::new(mac))?;
+    let info = precheck(&HostPaths::default(), bdf).map_err(IgbOpenError::from)?;
+    let cfg = IgbConfig::new(mac);
+    let nic: Box<dyn PnicDriver> = match info.device {
+        DEVICE_82574L => Box::new(e1000e::open_vfio(bdf, mem, cfg)?),
+        _ => Box::new(igb::open_vfio(bdf, mem, cfg)?),
+    };
     ShimBackend::new(nic, mem, mac)
 }
 

@@ -61,7 +61,11 @@ impl AcpiPmDevice {
     /// `exit_evt` is written when the guest powers off (and, unless
     /// `with_reset_evt` is used, when it resets).
     pub fn new(exit_evt: EventFd) -> Self {
-        Self { exit_evt, reset_evt: None, request: None }
+        Self {
+            exit_evt,
+            reset_evt: None,
+            request: None,
+        }
     }
 
     /// Deliver reset requests to a separate eventfd (for a VMM that reboots).

@@ -416,7 +416,8 @@ fn build_fadt(pm_port: u16, dsdt_addr: u64) -> Vec<u8> {
         // No fixed-feature power/sleep buttons.
         .flag(Flags::PwrButton)
         .flag(Flags::SlpButton)
-        // Linux's default reboot path (without reboot=k) tries the reset register first.
+        // The reset register: Linux writes RESET_VALUE there with `reboot=a` (and
+        // ACPI comes first in its default reboot order).
         .flag(Flags::ResetRegSup)
         .preferred_pm_profile(PmProfile::Unspecified);
     fadt.iapc_boot_arch = IAPC_BOOT_ARCH.into();

@@ -586,6 +586,19 @@ fn huge_bodies_are_413() {
         Some(&serde_json::from_str(&big).unwrap()),
     );
     assert_eq!(code, 413, "{body}");
+    // A body just under the cap is read whole and accepted.
+    let padded = format!(
+        r#"{{"kernel_image_path":"/just-under"{}}}"#,
+        " ".repeat(api::DEFAULT_MAX_BODY_BYTES - 40)
+    );
+    assert!(padded.len() <= api::DEFAULT_MAX_BODY_BYTES);
+    let r = put_raw(&srv.sock, "/boot-source", &padded);
+    assert_eq!(r.status, 204, "{}", r.body);
+    let (_, cfg) = curl(&srv.sock, "GET", "/vm/config", None);
+    assert_eq!(
+        serde_json::from_str::<Value>(&cfg).unwrap()["boot-source"]["kernel_image_path"],
+        "/just-under"
+    );
     // And the server still works.
     assert_eq!(
         curl(
@@ -1020,7 +1033,10 @@ const API_ANON_RSS_BUDGET_KIB: u64 = 1024;
 #[test]
 #[ignore = "the measuring process of api_rss_overhead_is_small, which runs it"]
 fn rss_child() {
-    assert!(std::env::var_os(RSS_CHILD_ENV).is_some(), "run through api_rss_overhead_is_small");
+    assert!(
+        std::env::var_os(RSS_CHILD_ENV).is_some(),
+        "run through api_rss_overhead_is_small"
+    );
     let before = rss_kib();
     let (anon0, file0) = (status_kib("RssAnon:"), status_kib("RssFile:"));
     let srv = TestServer::default("rss");
@@ -1060,7 +1076,13 @@ fn rss_child() {
 fn api_rss_overhead_is_small() {
     // A fresh process, so other tests' threads and allocations don't count.
     let out = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "rss_child", "--ignored", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "rss_child",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(RSS_CHILD_ENV, "1")
         .output()
         .unwrap();

@@ -155,3 +155,38 @@ fn peer_namespace_answers_ping_from_e1000e() {
     );
     assert!(stdout.contains(&format!("from {peer_ip}")), "no reply from {peer_ip}:\n{stdout}");
 }
+
+/// The runner itself, next to this package's manifest (the repository root).
+fn testbed_tool() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/testbed")
+}
+
+/// `native-ok` must agree with /proc/cpuinfo: 0 with vmx/svm, 1 without.
+#[test]
+fn native_ok_matches_cpu_flags() {
+    let cpuinfo = fs::read_to_string("/proc/cpuinfo").expect("read /proc/cpuinfo");
+    let has_virt = cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("flags"))
+        .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"));
+    let status = Command::new(testbed_tool()).arg("native-ok").status().expect("run tools/testbed native-ok");
+    assert_eq!(status.code(), Some(if has_virt { 0 } else { 1 }), "tools/testbed native-ok (vmx/svm: {has_virt})");
+}
+
+/// Bad invocations fail fast with status 2 and a one-line reason, before any
+/// package install or VM start.
+#[test]
+fn bad_usage_is_rejected_with_status_2() {
+    for (args, expect) in [
+        (&["run", "true"][..], "unknown option 'true' (COMMAND goes after --)"),
+        (&["run", "--"][..], "missing '-- COMMAND...'"),
+        (&["run", "--timeout", "soon", "--", "true"][..], "--timeout needs a positive number"),
+        (&["run", "--timeout", "0", "--", "true"][..], "--timeout needs a positive number"),
+        (&["bogus"][..], "unknown subcommand 'bogus'"),
+    ] {
+        let out = Command::new(testbed_tool()).args(args).output().expect("run tools/testbed");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "tools/testbed {args:?}: {stderr}");
+        assert!(stderr.lines().next().unwrap_or("").contains(expect), "tools/testbed {args:?}: {stderr}");
+    }
+}

@@ -423,12 +423,37 @@ impl Drop for VfioBinding {
         let _ = std::fs::write(format!("/sys/bus/pci/devices/{b}/driver_override"), "\n");
         let _ = std::fs::write(format!("/sys/bus/pci/devices/{b}/driver/unbind"), b);
         let _ = std::fs::write("/sys/bus/pci/drivers_probe", b);
+        // The kernel may give the new netdev another ethN name: find it and
+        // rename it back, then restore the address and wait for carrier.
         let end = Instant::now() + Duration::from_secs(10);
-        while !std::path::Path::new(&format!("/sys/class/net/{}", self.ifname)).exists() && Instant::now() < end {
+        let mut name = None;
+        while name.is_none() && Instant::now() < end {
+            name = std::fs::read_dir(format!("/sys/bus/pci/devices/{b}/net"))
+                .ok()
+                .and_then(|mut d| d.next())
+                .and_then(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned());
+            if name.is_none() {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        let Some(name) = name else {
+            eprintln!("pnic_igb: {b} did not come back as a netdev");
+            return;
+        };
+        let ip = |args: &[&str]| {
+            let _ = Command::new("ip").args(args).status();
+        };
+        if name != self.ifname {
+            ip(&["link", "set", &name, "name", &self.ifname]);
+        }
+        ip(&["addr", "replace", &format!("{}/24", self.ip), "dev", &self.ifname]);
+        ip(&["link", "set", &self.ifname, "up"]);
+        let carrier = format!("/sys/class/net/{}/carrier", self.ifname);
+        let end = Instant::now() + Duration::from_secs(15);
+        while std::fs::read_to_string(&carrier).map(|c| c.trim() != "1").unwrap_or(true) && Instant::now() < end {
             std::thread::sleep(Duration::from_millis(100));
         }
-        let _ = Command::new("ip").args(["addr", "replace", &format!("{}/24", self.ip), "dev", &self.ifname]).status();
-        let _ = Command::new("ip").args(["link", "set", &self.ifname, "up"]).status();
     }
 }
 

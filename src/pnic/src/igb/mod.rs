@@ -602,9 +602,11 @@ impl<R: RegisterAccess> PnicDriver for Igb<R> {
         if let Some(fd) = self.nic.as_ref().and_then(|n| n.irq_fds().get(index)) {
             let _ = fd.read();
         }
+        // Vector 0 (queues): EIAC already cleared the cause; one read tells a
+        // live NIC from a vanished one. Vector 1: read ICR for the link cause.
         let eicr = self.regs.read32(EICR);
-        let icr = self.regs.read32(ICR);
-        if eicr == u32::MAX && icr == u32::MAX {
+        let icr = if index > 0 || self.msix_vectors < 2 { self.regs.read32(ICR) } else { 0 };
+        if eicr == u32::MAX {
             self.check_alive()?;
         }
         if icr & ICR_LSC != 0 {

@@ -508,7 +508,11 @@ impl<D: PnicDriver> NetBackend for ShimBackend<D> {
             self.driver_err(e);
         }
         if !self.failed {
-            self.refresh_link();
+            // With two vectors, link changes arrive on vector 1 only: spare the
+            // MMIO read of STATUS on every RX/TX interrupt.
+            if index > 0 || self.driver.irq_fds().len() < 2 {
+                self.refresh_link();
+            }
             self.drain_backlog();
         }
     }
@@ -534,6 +538,11 @@ impl<D: PnicDriver> NetBackend for ShimBackend<D> {
             self.metrics.drop(DropReason::BadAddress);
             return Err((buf, DropReason::BadAddress));
         }
+        // Trust the segments, not the summary: the length the completion
+        // check uses is recomputed here.
+        let mut buf = buf;
+        let total: u64 = buf.segs.iter().map(|s| u64::from(s.1)).sum();
+        buf.len = u32::try_from(total).unwrap_or(u32::MAX);
         if (buf.len as usize) <= VNET_HDR_LEN {
             self.metrics.drop(DropReason::BufferTooSmall);
             return Err((buf, DropReason::BufferTooSmall));

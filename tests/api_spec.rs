@@ -6,7 +6,7 @@
 //! first use into `target/tools/openapi-venv`:
 //!   python3 -m venv target/tools/openapi-venv
 //!   target/tools/openapi-venv/bin/pip install openapi-spec-validator==0.9.0
-//! (or point OPENAPI_SPEC_VALIDATOR at an installed `openapi-spec-validator`).
+//! (or point SHIMVMM_OPENAPI_VALIDATOR at an installed `openapi-spec-validator`).
 //! Needs python3 with the venv module (Debian: `apt-get install -y python3-venv`).
 
 use std::collections::BTreeSet;
@@ -345,7 +345,7 @@ fn with_lock<T>(path: &Path, f: impl FnOnce() -> T) -> T {
 
 /// The `openapi-spec-validator` executable, installing it on first use.
 fn validator() -> PathBuf {
-    if let Some(path) = std::env::var_os("OPENAPI_SPEC_VALIDATOR") {
+    if let Some(path) = std::env::var_os("SHIMVMM_OPENAPI_VALIDATOR") {
         return PathBuf::from(path);
     }
     let tools = root().join("target/tools");
@@ -368,7 +368,7 @@ fn validator() -> PathBuf {
             Ok(s) if s.success() && exe.exists() => {}
             other => panic!(
                 "cannot install the OpenAPI validator ({other:?}). Install it with:\n  {how}\n\
-                 (needs python3 with venv: apt-get install -y python3-venv) or set OPENAPI_SPEC_VALIDATOR"
+                 (needs python3 with venv: apt-get install -y python3-venv) or set SHIMVMM_OPENAPI_VALIDATOR"
             ),
         }
     });

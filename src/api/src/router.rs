@@ -152,6 +152,9 @@ fn match_path<'p>(template: &str, path: &'p str) -> Option<&'p str> {
 struct ApiState {
     config: VmConfig,
     started: bool,
+    /// A controller `start` is running: configuration is frozen, but reads
+    /// are answered (the state lock is not held across the call).
+    starting: bool,
 }
 
 /// The API's state and handlers; shared by the server's connections.
@@ -159,6 +162,17 @@ pub struct Api {
     id: String,
     controller: Arc<dyn VmmController>,
     state: Mutex<ApiState>,
+    /// Serialises the controller's actions (start, Ctrl+Alt+Del, flush).
+    actions: Mutex<()>,
+}
+
+/// Clears `starting` however `start` ends, a panic included.
+struct StartingGuard<'a>(&'a Api);
+
+impl Drop for StartingGuard<'_> {
+    fn drop(&mut self) {
+        self.0.lock().starting = false;
+    }
 }
 
 fn bad_request(message: impl Into<String>) -> ApiResponse {
@@ -190,7 +204,9 @@ impl Api {
             state: Mutex::new(ApiState {
                 config: initial,
                 started,
+                starting: false,
             }),
+            actions: Mutex::new(()),
         }
     }
 
@@ -237,6 +253,11 @@ impl Api {
         if state.started {
             return Err(bad_request(format!(
                 "{what} cannot be changed after InstanceStart"
+            )));
+        }
+        if state.starting {
+            return Err(bad_request(format!(
+                "{what} cannot be changed while InstanceStart is in progress"
             )));
         }
         Ok(state)
@@ -374,41 +395,33 @@ impl Api {
 
     fn put_action(&self, _: &str, body: &[u8]) -> Reply {
         let action: InstanceActionInfo = body_json(body, "PUT /actions")?;
-        // Held across the controller call: actions run one at a time, and
-        // configuration requests wait until a start has finished.
-        let mut state = self.lock();
         let result = match action.action_type {
-            ActionType::InstanceStart => {
-                if state.started {
-                    return Err(bad_request("InstanceStart: the VM was already started"));
-                }
-                let spec = VmSpec::try_from(state.config.clone()).map_err(|e| {
-                    bad_request(format!(
-                        "InstanceStart: the configuration is incomplete: {e}"
-                    ))
-                })?;
-                let result = self.controller.start(&spec);
-                if result.is_ok() {
-                    state.started = true;
-                    // Show what was booted (the root drive first).
-                    state.config = spec.into();
-                }
-                result
-            }
+            ActionType::InstanceStart => self.start_vm()?,
             ActionType::SendCtrlAltDel => {
-                if !state.started {
-                    return Err(bad_request(
-                        "SendCtrlAltDel: the VM is not started; send InstanceStart first",
-                    ));
+                {
+                    let state = self.lock();
+                    if state.starting {
+                        return Err(bad_request(
+                            "SendCtrlAltDel: InstanceStart is still in progress",
+                        ));
+                    }
+                    if !state.started {
+                        return Err(bad_request(
+                            "SendCtrlAltDel: the VM is not started; send InstanceStart first",
+                        ));
+                    }
                 }
+                let _serial = lock_unpoisoned(&self.actions);
                 self.controller.send_ctrl_alt_del()
             }
             ActionType::FlushMetrics => {
-                let path = state
+                let path = self
+                    .lock()
                     .config
                     .metrics
                     .as_ref()
                     .map(|m| m.metrics_path.clone());
+                let _serial = lock_unpoisoned(&self.actions);
                 self.controller.flush_metrics(path.as_deref())
             }
         };
@@ -416,6 +429,43 @@ impl Api {
             .map(|()| ApiResponse::no_content())
             .map_err(|message| bad_request(format!("{:?} failed: {}", action.action_type, message)))
     }
+
+    /// InstanceStart: freeze the configuration, call the controller without
+    /// holding the state lock, then record the outcome.
+    fn start_vm(&self) -> Result<Result<(), String>, ApiResponse> {
+        let spec = {
+            let mut state = self.lock();
+            if state.started {
+                return Err(bad_request("InstanceStart: the VM was already started"));
+            }
+            if state.starting {
+                return Err(bad_request("InstanceStart: already in progress"));
+            }
+            let spec = VmSpec::try_from(state.config.clone()).map_err(|e| {
+                bad_request(format!(
+                    "InstanceStart: the configuration is incomplete: {e}"
+                ))
+            })?;
+            state.starting = true;
+            spec
+        };
+        let _starting = StartingGuard(self);
+        let _serial = lock_unpoisoned(&self.actions);
+        let result = self.controller.start(&spec);
+        if result.is_ok() {
+            let mut state = self.lock();
+            state.started = true;
+            // Show what was booted (the root drive first).
+            state.config = spec.into();
+        }
+        Ok(result)
+    }
+}
+
+/// A panicking controller must not take the API down with it: state is only
+/// written after every check passed, so it is consistent even then.
+fn lock_unpoisoned<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Replace the item `matches` selects, or append; the item's index.

@@ -685,8 +685,15 @@ fn idle_keep_alive_connection_is_closed() {
 
 #[test]
 fn stalled_clients_do_not_block_another_client_configuring() {
-    // Default (5 s) timeouts: the stalled clients stay connected throughout.
-    let srv = TestServer::default("stallcfg");
+    // Long timeouts: the stalled clients stay connected throughout.
+    let srv = TestServer::start(
+        "stallcfg",
+        ServeOptions {
+            header_read_timeout: Duration::from_secs(8),
+            body_read_timeout: Duration::from_secs(8),
+            ..ServeOptions::default()
+        },
+    );
     let mut stalled = Vec::new();
     for i in 0..8 {
         let mut s = connect(&srv.sock);
@@ -745,9 +752,16 @@ fn too_many_connections_are_refused_and_the_api_recovers() {
             ..ServeOptions::default()
         },
     );
-    let idle: Vec<UnixStream> = (0..8).map(|_| connect(&srv.sock)).collect();
-    // Make sure the server has accepted all eight.
-    std::thread::sleep(Duration::from_millis(200));
+    // Eight kept-alive connections, each proven accepted by an answer.
+    let idle: Vec<UnixStream> = (0..8)
+        .map(|_| {
+            let mut s = connect(&srv.sock);
+            s.write_all(b"GET /version HTTP/1.1\r\nHost: x\r\n\r\n")
+                .unwrap();
+            assert_eq!(read_response(&mut s).unwrap().status, 200);
+            s
+        })
+        .collect();
     let mut extra = connect(&srv.sock);
     let _ = extra.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
     let r = read_response(&mut extra).expect("a 429 before the close");
@@ -891,7 +905,9 @@ fn reads_are_answered_while_a_start_is_slow() {
         .0,
         204
     );
-    srv.ctl.set_start_delay(Some(Duration::from_millis(1500)));
+    // Long enough that the checks below all land inside the start, even on
+    // a loaded machine; the test only waits for it at the end.
+    srv.ctl.set_start_delay(Some(Duration::from_millis(4000)));
     let sock = srv.sock.clone();
     let starter = std::thread::spawn(move || {
         curl(
@@ -902,7 +918,21 @@ fn reads_are_answered_while_a_start_is_slow() {
         )
         .0
     });
-    std::thread::sleep(Duration::from_millis(200));
+    // Wait until the start is under way (raw requests: cheaper than curl).
+    let t = Instant::now();
+    loop {
+        let r = put_raw(&srv.sock, "/metrics", r#"{"metrics_path":"/m"}"#);
+        if r.status == 400 && fault(&r.body).contains("in progress") {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(3),
+            "InstanceStart never began: {} {}",
+            r.status,
+            r.body
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     // Reads do not wait for the start, and configuration is frozen.
     let t = Instant::now();
     for path in ["/", "/vm/config", "/machine-config", "/metrics"] {
@@ -943,7 +973,7 @@ fn reads_are_answered_while_a_start_is_slow() {
     );
     let took = t.elapsed();
     assert!(
-        took < Duration::from_millis(1200),
+        took < Duration::from_millis(2500),
         "requests waited for the start: {took:?}"
     );
     assert_eq!(srv.ctl.state(), VmState::NotStarted);
@@ -1004,9 +1034,11 @@ fn socket_is_owner_only_live_one_refused_stale_one_replaced() {
 
 #[test]
 fn api_is_ready_quickly() {
-    // Budget: start to API-ready within 10 ms. Best of 5, as the machine is shared.
+    // Budget: start to API-ready within 10 ms. A typical try takes about
+    // 1 ms; the best of 20 spaced tries discounts a busy, shared machine.
     let mut best = Duration::MAX;
-    for i in 0..5 {
+    for i in 0..20 {
+        std::thread::sleep(Duration::from_millis(20));
         let dir = std::env::temp_dir().join(format!("apihttp-{}-ready{i}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let sock = dir.join("api.sock");

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use log::{debug, error, warn};
 use virtio_queue::{Queue, QueueT};
-use vm_memory::GuestAddress;
+use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::backend::{DropReason, NetBackend, RxBuffer, TxFrame, Used, VNET_HDR_LEN};
@@ -22,7 +22,6 @@ use super::config::{
     config_bytes, random_mac, read_window, BACKEND_OFFLOAD_MASK, DEVICE_FEATURES, F_MRG_RXBUF,
     F_STATUS,
 };
-use super::iov::read_u16_at;
 use super::metrics::NetMetrics;
 use crate::{ActivateContext, ActivateError, GuestMemory, Interrupt, VirtioDevice, TYPE_NET};
 
@@ -54,8 +53,9 @@ const STALL_ROUNDS: usize = 8;
 #[derive(Debug, Clone, Copy)]
 struct RxSlot {
     len: u32,
-    /// Where num_buffers lives in this buffer (frame counting with MRG_RXBUF).
-    num_buffers_at: GuestAddress,
+    /// Where the two bytes of num_buffers live in this buffer (frame
+    /// counting with MRG_RXBUF); a driver may split the header anywhere.
+    num_buffers_at: [GuestAddress; 2],
 }
 
 struct Active {
@@ -179,7 +179,8 @@ impl Net {
                     }
                     Ok(p) => {
                         // len >= VNET_HDR_LEN was checked, so the field exists.
-                        let num_buffers_at = addr_at(&p.segs, HDR_NUM_BUFFERS_OFFSET).unwrap_or(p.segs[0].0);
+                        let byte = |i| addr_at(&p.segs, HDR_NUM_BUFFERS_OFFSET + i).unwrap_or(p.segs[0].0);
+                        let num_buffers_at = [byte(0), byte(1)];
                         a.rx_slots[head as usize] = Some(RxSlot { len: p.len, num_buffers_at });
                         let buf = RxBuffer { head: p.head, segs: p.segs, len: p.len };
                         match self.backend.post_rx(&a.mem, buf) {
@@ -238,7 +239,7 @@ impl Net {
             if rest == 0 {
                 if len as usize >= VNET_HDR_LEN {
                     let nb = if mrg {
-                        read_u16_at(&a.mem, &[(slot.num_buffers_at, 2)], 0).unwrap_or(1).max(1)
+                        read_num_buffers(&a.mem, slot.num_buffers_at)
                     } else {
                         1
                     };
@@ -455,6 +456,20 @@ impl Net {
     }
 }
 
+/// num_buffers of a filled buffer (at least 1). The guest may scribble on it;
+/// it only feeds the frame counters.
+fn read_num_buffers(mem: &GuestMemory, at: [GuestAddress; 2]) -> u16 {
+    let v = if at[0].0.checked_add(1) == Some(at[1].0) {
+        mem.read_obj::<u16>(at[0]).ok().map(u16::from_le)
+    } else {
+        match (mem.read_obj::<u8>(at[0]), mem.read_obj::<u8>(at[1])) {
+            (Ok(lo), Ok(hi)) => Some(u16::from_le_bytes([lo, hi])),
+            _ => None,
+        }
+    };
+    v.unwrap_or(1).max(1)
+}
+
 /// Adds a used element; a failure (guest broke its used ring) is logged.
 fn add_used(q: &mut Queue, mem: &GuestMemory, head: u16, len: u32) {
     if let Err(e) = q.add_used(mem, head, len) {
@@ -497,6 +512,13 @@ impl VirtioDevice for Net {
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
+        if self.active.is_some() {
+            // Not expected from the transport; never leave stale buffers with
+            // the backend.
+            warn!("virtio-net {}: activated twice without reset", self.id);
+            self.backend.quiesce();
+            self.active = None;
+        }
         if ctx.queues.len() != QUEUE_SIZES.len() {
             return Err(ActivateError::QueueCount { got: ctx.queues.len(), want: QUEUE_SIZES.len() });
         }

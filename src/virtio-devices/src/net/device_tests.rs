@@ -462,6 +462,25 @@ fn mrg_rxbuf_spreads_frame_and_sets_num_buffers() {
 }
 
 #[test]
+fn mrg_frames_counted_when_header_is_split_across_descriptors() {
+    let mut h = Harness::activated(F_MRG_RXBUF);
+    // num_buffers straddles the first two descriptors of each buffer.
+    // The segments are apart, and the byte after the first one is junk.
+    for _ in 0..3 {
+        let a = h.alloc(320);
+        h.mem.write_obj(0xffu8, GuestAddress(a + 11)).unwrap();
+        h.add_chain(RX_QUEUE, &[(a, 11, W), (a + 64, 245, W)]);
+    }
+    h.kick(RX_QUEUE);
+    h.push_frame(frame(400, 1));
+    h.push_frame(frame(100, 2));
+    assert_eq!(h.new_used(RX_QUEUE).iter().map(|u| u.1).collect::<Vec<_>>(), vec![256, 156, 112]);
+    let m = h.metrics();
+    assert_eq!(m["rx_packets"], 2);
+    assert_eq!(m["rx_bytes"], 500);
+}
+
+#[test]
 fn event_idx_suppresses_interrupts_and_kicks() {
     let mut h = Harness::activated(F_EVENT_IDX);
     // used_event = 0: the first completion interrupts.

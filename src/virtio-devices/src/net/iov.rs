@@ -85,6 +85,18 @@ impl IovecBuf {
 /// Writes `bytes` at byte `offset` of the buffer made of `segs` (header fields
 /// may straddle descriptors). Returns false if the buffer is too short.
 pub fn write_at(mem: &GuestMemory, segs: &[(GuestAddress, u32)], offset: usize, bytes: &[u8]) -> bool {
+    // Fast path: the field lies inside one segment (always, for Linux).
+    let mut off = offset;
+    for &(addr, len) in segs {
+        let len = len as usize;
+        if off < len {
+            if off + bytes.len() <= len {
+                return mem.write_slice(bytes, GuestAddress(addr.0 + off as u64)).is_ok();
+            }
+            break;
+        }
+        off -= len;
+    }
     for (i, b) in bytes.iter().enumerate() {
         let Some(addr) = addr_at(segs, offset + i) else {
             return false;
@@ -94,13 +106,6 @@ pub fn write_at(mem: &GuestMemory, segs: &[(GuestAddress, u32)], offset: usize, 
         }
     }
     true
-}
-
-/// Reads a little-endian u16 at byte `offset` of the buffer made of `segs`.
-pub fn read_u16_at(mem: &GuestMemory, segs: &[(GuestAddress, u32)], offset: usize) -> Option<u16> {
-    let lo: u8 = mem.read_obj(addr_at(segs, offset)?).ok()?;
-    let hi: u8 = mem.read_obj(addr_at(segs, offset + 1)?).ok()?;
-    Some(u16::from_le_bytes([lo, hi]))
 }
 
 #[cfg(test)]
@@ -137,7 +142,13 @@ mod tests {
         assert!(write_at(&mem, &segs, 10, &7u16.to_le_bytes()));
         assert_eq!(mem.read_obj::<u8>(GuestAddress(0x10a)).unwrap(), 7);
         assert_eq!(mem.read_obj::<u8>(GuestAddress(0x800)).unwrap(), 0);
-        assert_eq!(read_u16_at(&mem, &segs, 10), Some(7));
+        // Straddling the two segments: byte-wise path.
+        assert!(write_at(&mem, &segs, 10, &0x0304u16.to_le_bytes()));
+        assert_eq!(mem.read_obj::<u8>(GuestAddress(0x10a)).unwrap(), 4);
+        assert_eq!(mem.read_obj::<u8>(GuestAddress(0x800)).unwrap(), 3);
+        // Inside the second segment: fast path.
+        assert!(write_at(&mem, &segs, 20, &[9, 8]));
+        assert_eq!(mem.read_obj::<u16>(GuestAddress(0x809)).unwrap(), 0x0809);
         assert!(!write_at(&mem, &segs, 110, &[1, 2]));
     }
 }

@@ -135,6 +135,9 @@ pub struct TapBackend {
     /// Posted buffers in guest order and their iovecs, back to back.
     rx: VecDeque<Posted>,
     rx_iov: IovecBuf,
+    /// Entries of rx_iov before this index belong to completed buffers
+    /// (dropped in bulk, so completing a buffer is O(1)).
+    rx_iov_start: usize,
     /// Scratch list for one readv (a prefix of rx_iov plus the probe byte).
     rd_iov: IovecBuf,
     rx_posted_bytes: usize,
@@ -170,6 +173,7 @@ impl TapBackend {
             features,
             rx: VecDeque::new(),
             rx_iov: IovecBuf::default(),
+            rx_iov_start: 0,
             rd_iov: IovecBuf::default(),
             rx_posted_bytes: 0,
             rx_mem: None,
@@ -257,7 +261,8 @@ impl TapBackend {
             // the bytes copied; a spare byte after the buffers tells a
             // truncated frame (n > cap) from one that fits exactly.
             let mut probe = [0u8; 1];
-            self.rd_iov.set_from(&self.rx_iov.as_slice()[..niov]);
+            let start = self.rx_iov_start;
+            self.rd_iov.set_from(&self.rx_iov.as_slice()[start..start + niov]);
             self.rd_iov.push_raw(probe.as_mut_ptr(), probe.len());
             self.m.readv_calls += 1;
             // SAFETY: rd_iov describes validated guest RAM of posted buffers
@@ -323,12 +328,17 @@ impl TapBackend {
 
     fn complete_front(&mut self, len: u32) {
         if let Some(p) = self.rx.pop_front() {
-            self.rx_iov.drain_front(p.iovs);
+            self.rx_iov_start += p.iovs;
             self.rx_posted_bytes -= p.buf.len as usize;
             self.rx_done.push(Used { head: p.buf.head, len });
         }
         if self.rx.is_empty() {
+            self.rx_iov.clear();
+            self.rx_iov_start = 0;
             self.rx_mem = None;
+        } else if self.rx_iov_start >= 256 && self.rx_iov_start * 2 >= self.rx_iov.len() {
+            self.rx_iov.drain_front(self.rx_iov_start);
+            self.rx_iov_start = 0;
         }
     }
 }
@@ -435,6 +445,7 @@ impl NetBackend for TapBackend {
         // can write guest memory.
         self.rx.clear();
         self.rx_iov.clear();
+        self.rx_iov_start = 0;
         self.rd_iov.clear();
         self.rx_posted_bytes = 0;
         self.rx_done.clear();

@@ -36,12 +36,12 @@ const GSO_TCPV4: u8 = 1;
 const HDR_F_NEEDS_CSUM: u8 = 1;
 const MSS: u16 = 1448;
 
-fn skip(test: &str, why: &str) {
+pub(super) fn skip(test: &str, why: &str) {
     eprintln!("\n*** SKIPPED {test}: {why} ***\n");
 }
 
 /// Whether real taps can be made here; prints SKIPPED otherwise.
-fn taps_available(test: &str) -> bool {
+pub(super) fn taps_available(test: &str) -> bool {
     match TapBackend::open("svtprobe%d") {
         Ok(_) => true,
         Err(e) => {
@@ -51,7 +51,7 @@ fn taps_available(test: &str) -> bool {
     }
 }
 
-fn unique_name() -> String {
+pub(super) fn unique_name() -> String {
     static N: AtomicU32 = AtomicU32::new(0);
     format!("svt{}x{}", std::process::id() % 100_000, N.fetch_add(1, Ordering::Relaxed))
 }
@@ -75,7 +75,7 @@ fn ioctl_ifreq(name: &str, req: libc::c_ulong, ifr: &mut libc::ifreq) -> std::io
 }
 
 /// Brings the interface up (IPv6 off first, so no ND/MLD chatter).
-fn set_up(name: &str) {
+pub(super) fn set_up(name: &str) {
     let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6"), "1");
     // SAFETY: ifreq is plain old data; all-zero is valid.
     let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
@@ -86,12 +86,12 @@ fn set_up(name: &str) {
 }
 
 /// An AF_PACKET socket bound to `name`: the host end of the tap.
-struct HostEnd {
+pub(super) struct HostEnd {
     fd: OwnedFd,
 }
 
 impl HostEnd {
-    fn new(name: &str) -> HostEnd {
+    pub(super) fn new(name: &str) -> HostEnd {
         let proto = (libc::ETH_P_ALL as u16).to_be() as libc::c_int;
         // SAFETY: plain socket(2).
         let s = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, proto) };
@@ -119,7 +119,7 @@ impl HostEnd {
         HostEnd { fd }
     }
 
-    fn send(&self, frame: &[u8]) {
+    pub(super) fn send(&self, frame: &[u8]) {
         // SAFETY: send(2) reads frame.len() bytes from our slice.
         let n = unsafe { libc::send(self.fd.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
         assert_eq!(n, frame.len() as isize, "send: {}", std::io::Error::last_os_error());
@@ -132,7 +132,7 @@ impl HostEnd {
 
     /// Turns on PACKET_VNET_HDR: every send then starts with a 10-byte
     /// `struct virtio_net_hdr` (lets the host inject GSO frames).
-    fn with_vnet_hdr(self) -> HostEnd {
+    pub(super) fn with_vnet_hdr(self) -> HostEnd {
         let on: libc::c_int = 1;
         // SAFETY: setsockopt reads one c_int from a live local.
         let r = unsafe {
@@ -183,7 +183,7 @@ impl HostEnd {
     }
 }
 
-fn poll_in(fd: i32, ms: i32) -> bool {
+pub(super) fn poll_in(fd: i32, ms: i32) -> bool {
     let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
     // SAFETY: one pollfd we own.
     unsafe { libc::poll(&mut p, 1, ms) > 0 }
@@ -197,7 +197,7 @@ fn poll_revents(fd: i32) -> libc::c_short {
 }
 
 /// An Ethernet frame of `len` bytes with the test ethertype and a pattern.
-fn test_frame(len: usize, seed: u8) -> Vec<u8> {
+pub(super) fn test_frame(len: usize, seed: u8) -> Vec<u8> {
     let mut f = vec![0u8; len];
     f[0..6].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x01]);
     f[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x02]);
@@ -210,7 +210,7 @@ fn test_frame(len: usize, seed: u8) -> Vec<u8> {
 
 /// A TCP/IPv4 frame with `payload` bytes (a GSO "super frame" when larger
 /// than the MTU) and a recognisable pattern.
-fn tcp_frame(payload: usize, seed: u8) -> Vec<u8> {
+pub(super) fn tcp_frame(payload: usize, seed: u8) -> Vec<u8> {
     let mut f = vec![0u8; 54 + payload];
     f[0..6].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x01]);
     f[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x02]);
@@ -236,7 +236,7 @@ fn tcp_frame(payload: usize, seed: u8) -> Vec<u8> {
 }
 
 /// The 10 bytes of `struct virtio_net_hdr` for a TCP/IPv4 GSO frame.
-fn gso_hdr() -> [u8; 10] {
+pub(super) fn gso_hdr() -> [u8; 10] {
     let mut h = [0u8; 10];
     h[0] = HDR_F_NEEDS_CSUM;
     h[1] = GSO_TCPV4;

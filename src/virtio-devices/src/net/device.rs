@@ -456,6 +456,16 @@ impl Net {
     }
 }
 
+/// Whether `fd` still reports an error or hang-up (after its owner handled
+/// the event).
+fn still_broken(fd: RawFd) -> bool {
+    let mut p = libc::pollfd { fd, events: 0, revents: 0 };
+    // SAFETY: poll reads and writes one pollfd that we own; a zero timeout
+    // never blocks.
+    let r = unsafe { libc::poll(&mut p, 1, 0) };
+    r > 0 && p.revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0
+}
+
 /// num_buffers of a filled buffer (at least 1). The guest may scribble on it;
 /// it only feeds the frame counters.
 fn read_num_buffers(mem: &GuestMemory, at: [GuestAddress; 2]) -> u16 {
@@ -567,7 +577,18 @@ impl VirtioDevice for Net {
     }
 
     fn metrics(&self) -> Option<serde_json::Value> {
-        Some(self.metrics.to_json(&self.id, self.link_up, self.backend.metrics()))
+        let mut v = self.metrics.to_json(&self.id, self.link_up, self.backend.metrics());
+        let watch: Vec<&str> = self
+            .watch
+            .iter()
+            .map(|w| match w {
+                Watch::On => "watched",
+                Watch::Paused => "paused",
+                Watch::Removed => "removed",
+            })
+            .collect();
+        v["backend_fds"] = serde_json::json!(watch);
+        Some(v)
     }
 }
 
@@ -635,10 +656,11 @@ impl MutEventSubscriber for Net {
                     self.backend.discard_pending(i);
                     self.set_watch(ops, i, Watch::Paused);
                 }
-                if broken {
+                if broken && still_broken(self.backend_fds[i]) {
                     // A tap whose interface was deleted polls as EPOLLERR
                     // forever: stop watching it (the backend marked the link
-                    // down when its read failed).
+                    // down when its read failed). A transient error that the
+                    // backend consumed (e.g. a netlink overrun) keeps it.
                     warn!("virtio-net {}: backend fd {} reported {:?}; no longer watched", self.id, self.backend_fds[i], set);
                     self.set_watch(ops, i, Watch::Removed);
                 }

@@ -7,6 +7,7 @@ pub mod chain;
 pub mod config;
 pub mod device;
 pub mod iov;
+pub mod link_monitor;
 pub mod metrics;
 pub mod tap;
 pub mod tap_dev;

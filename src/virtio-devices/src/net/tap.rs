@@ -10,10 +10,12 @@
 //! maximum-size frame, since a frame's size is only known once it is read and
 //! a truncated frame is lost.
 //!
-//! Errors: a tap whose interface was deleted fails with EBADFD (also ENODEV,
-//! ENXIO, EPIPE): the link goes down for good and frames are dropped. A tap
-//! that is administratively down fails writes with EIO: the link goes down
-//! until a later read or write succeeds.
+//! Link state: the link is up while the tap interface is administratively up
+//! (IFF_UP, re-read on every rtnetlink link notification, so `ip link set
+//! down/up` reaches the guest at once). A tap whose interface was deleted
+//! fails with EBADFD (also ENODEV, ENXIO, EPIPE): the link goes down for good
+//! and frames are dropped. A write failing with EIO (interface down) also
+//! takes the link down until the interface is up again or I/O succeeds.
 
 use std::collections::VecDeque;
 use std::io;
@@ -27,6 +29,7 @@ use super::config::{
 };
 use super::device::HDR_NUM_BUFFERS_OFFSET;
 use super::iov::{write_at, IovecBuf, IOV_MAX};
+use super::link_monitor::LinkMonitor;
 use super::metrics::DropCounters;
 pub use super::tap_dev::TapError;
 use super::tap_dev::TapDev;
@@ -120,6 +123,8 @@ struct TapMetrics {
     tx_invalid: u64,
     readv_calls: u64,
     writev_calls: u64,
+    /// IFF_UP re-reads (link notifications).
+    link_checks: u64,
 }
 
 struct Posted {
@@ -131,6 +136,9 @@ struct Posted {
 /// The tap backend. See the module docs.
 pub struct TapBackend {
     tap: TapDev,
+    /// Link notifications (event fd index 1); None if netlink is unavailable
+    /// (then only I/O errors and successes move the link state).
+    monitor: Option<LinkMonitor>,
     features: u64,
     /// Posted buffers in guest order and their iovecs, back to back.
     rx: VecDeque<Posted>,
@@ -168,8 +176,12 @@ impl TapBackend {
         }
         tap.set_offload(0)?;
         let mtu = tap.mtu().unwrap_or(DEFAULT_MTU);
+        let monitor = LinkMonitor::new()
+            .map_err(|e| log::warn!("tap {}: no link notifications ({e}); link state follows I/O errors only", tap.name()))
+            .ok();
         let mut b = TapBackend {
             tap,
+            monitor,
             features,
             rx: VecDeque::new(),
             rx_iov: IovecBuf::default(),
@@ -189,6 +201,7 @@ impl TapBackend {
             m: TapMetrics::default(),
         };
         b.rx_need = b.compute_rx_need(0);
+        b.refresh_link();
         Ok(b)
     }
 
@@ -218,6 +231,26 @@ impl TapBackend {
             self.link = kind;
         }
         self.last_error = Some(format!("{what}: {e}"));
+    }
+
+    /// Re-reads IFF_UP after a link notification (or at open/activation).
+    fn refresh_link(&mut self) {
+        if let Some(m) = &self.monitor {
+            m.drain();
+        }
+        self.m.link_checks += 1;
+        match self.tap.admin_up() {
+            Ok(true) if self.link == Link::Down => {
+                log::info!("tap {}: interface up; link up", self.tap.name());
+                self.link = Link::Up;
+            }
+            Ok(false) if self.link == Link::Up => {
+                log::warn!("tap {}: interface is down; link down", self.tap.name());
+                self.link = Link::Down;
+            }
+            // Deleted (ENODEV) shows as EBADFD on the next read or write.
+            _ => {}
+        }
     }
 
     fn note_success(&mut self) {
@@ -323,7 +356,7 @@ impl TapBackend {
             self.complete_front(len as u32);
         }
         self.m.rx_frames += 1;
-        self.m.rx_bytes += (n - VNET_HDR_LEN) as u64;
+        self.m.rx_bytes += n.saturating_sub(VNET_HDR_LEN) as u64;
     }
 
     fn complete_front(&mut self, len: u32) {
@@ -355,18 +388,23 @@ impl NetBackend for TapBackend {
         self.guest_csum = acked & F_GUEST_CSUM != 0;
         self.mtu = self.tap.mtu().unwrap_or(self.mtu);
         self.rx_need = self.compute_rx_need(acked);
+        self.refresh_link();
         Ok(())
     }
 
+    /// [tap fd, rtnetlink link-notification socket (if available)].
     fn event_fds(&self) -> Vec<std::os::unix::io::RawFd> {
-        vec![self.tap.fd()]
+        let mut v = vec![self.tap.fd()];
+        v.extend(self.monitor.as_ref().map(LinkMonitor::fd));
+        v
     }
 
     fn process_event(&mut self, mem: &GuestMemory, index: usize) {
-        if index != 0 || self.link == Link::Gone {
-            return;
+        match index {
+            0 if self.link != Link::Gone => self.rx_frames(mem),
+            1 => self.refresh_link(),
+            _ => {}
         }
-        self.rx_frames(mem);
     }
 
     fn rx_room(&self) -> usize {
@@ -421,7 +459,7 @@ impl NetBackend for TapBackend {
             Ok(_) => {
                 self.note_success();
                 self.m.tx_frames += 1;
-                self.m.tx_bytes += u64::from(frame.len) - VNET_HDR_LEN as u64;
+                self.m.tx_bytes += u64::from(frame.len).saturating_sub(VNET_HDR_LEN as u64);
                 Ok(true)
             }
             Err(e) => {
@@ -463,6 +501,10 @@ impl NetBackend for TapBackend {
     }
 
     fn discard_pending(&mut self, index: usize) {
+        if index == 1 {
+            self.refresh_link();
+            return;
+        }
         if index != 0 || self.link == Link::Gone {
             return;
         }
@@ -500,6 +542,7 @@ impl NetBackend for TapBackend {
             "tx_invalid": self.m.tx_invalid,
             "readv_calls": self.m.readv_calls,
             "writev_calls": self.m.writev_calls,
+            "link_checks": self.m.link_checks,
             "rx_posted": self.rx.len(),
             "rx_posted_bytes": self.rx_posted_bytes,
             "rx_need": self.rx_need,

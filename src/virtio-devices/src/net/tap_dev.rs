@@ -133,19 +133,35 @@ impl TapDev {
             .map_err(|source| TapError::Offload { name: self.name.clone(), flags, source })
     }
 
-    /// The interface MTU (SIOCGIFMTU on a throwaway socket).
-    pub fn mtu(&self) -> io::Result<u32> {
+    /// Runs an interface ioctl (SIOCGIF*) on a throwaway socket.
+    fn if_ioctl(&self, req: libc::c_ulong) -> io::Result<libc::ifreq> {
         // SAFETY: plain socket(2) call; the fd is owned right after.
         let s = errno_result(unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) })?;
         // SAFETY: `s` was just returned by socket(2) and nothing else owns it.
         let sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(s) };
         let mut ifr = ifreq_for(&self.name);
-        // SAFETY: SIOCGIFMTU reads and writes one ifreq that we own.
-        let r = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFMTU, &mut ifr as *mut libc::ifreq) };
+        // SAFETY: the SIOCGIF* requests used here read and write one ifreq
+        // that we own.
+        let r = unsafe { libc::ioctl(sock.as_raw_fd(), req, &mut ifr as *mut libc::ifreq) };
         errno_result(r)?;
+        Ok(ifr)
+    }
+
+    /// The interface MTU (SIOCGIFMTU).
+    pub fn mtu(&self) -> io::Result<u32> {
+        let ifr = self.if_ioctl(libc::SIOCGIFMTU)?;
         // SAFETY: SIOCGIFMTU filled the ifru_mtu member of the union.
         let mtu = unsafe { ifr.ifr_ifru.ifru_mtu };
         Ok(mtu.max(0) as u32)
+    }
+
+    /// Whether the interface is administratively up (IFF_UP). A tap that is
+    /// down refuses writes (EIO) and never receives.
+    pub fn admin_up(&self) -> io::Result<bool> {
+        let ifr = self.if_ioctl(libc::SIOCGIFFLAGS)?;
+        // SAFETY: SIOCGIFFLAGS filled the ifru_flags member of the union.
+        let flags = unsafe { ifr.ifr_ifru.ifru_flags };
+        Ok(flags & libc::IFF_UP as libc::c_short != 0)
     }
 
     /// readv(2) of one frame (header included) into `iov`. A frame longer

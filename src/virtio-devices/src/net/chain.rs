@@ -126,7 +126,11 @@ mod tests {
 
     /// Puts `descs` at the start of the table as one chain (heads derived from
     /// the NEXT flags) and parses the first chain.
-    fn parse(m: &GuestMemory, descs: &[RawDescriptor], dir: Direction) -> Result<ParsedChain, (u16, DropReason)> {
+    fn parse(
+        m: &GuestMemory,
+        descs: &[RawDescriptor],
+        dir: Direction,
+    ) -> Result<ParsedChain, (u16, DropReason)> {
         let vq = MockSplitQueue::new(m, 16);
         vq.add_desc_chains(descs, 0).unwrap();
         let mut q: Queue = vq.create_queue().unwrap();
@@ -137,9 +141,20 @@ mod tests {
     #[test]
     fn accepts_good_rx_and_tx_chains() {
         let m = mem();
-        let p = parse(&m, &[desc(0x1_0000, 12, W | VRING_DESC_F_NEXT as u16, 1), desc(0x2_0000, 1500, W, 0)], Direction::DeviceWrites).unwrap();
+        let p = parse(
+            &m,
+            &[
+                desc(0x1_0000, 12, W | VRING_DESC_F_NEXT as u16, 1),
+                desc(0x2_0000, 1500, W, 0),
+            ],
+            Direction::DeviceWrites,
+        )
+        .unwrap();
         assert_eq!(p.head, 0);
-        assert_eq!(p.segs, vec![(GuestAddress(0x1_0000), 12), (GuestAddress(0x2_0000), 1500)]);
+        assert_eq!(
+            p.segs,
+            vec![(GuestAddress(0x1_0000), 12), (GuestAddress(0x2_0000), 1500)]
+        );
         assert_eq!(p.len, 1512);
         let p = parse(&m, &[desc(0x1_0000, 100, 0, 0)], Direction::DeviceReads).unwrap();
         assert_eq!(p.len, 100);
@@ -150,17 +165,73 @@ mod tests {
         let m = mem();
         let n = VRING_DESC_F_NEXT as u16;
         // Outside guest RAM, and straddling its end.
-        assert_eq!(parse(&m, &[desc(0x4000_0000, 64, W, 0)], Direction::DeviceWrites).unwrap_err().1, DropReason::BadAddress);
-        assert_eq!(parse(&m, &[desc(0x20_0000 - 8, 64, W, 0)], Direction::DeviceWrites).unwrap_err().1, DropReason::BadAddress);
-        assert_eq!(parse(&m, &[desc(u64::MAX - 4, 64, W, 0)], Direction::DeviceWrites).unwrap_err().1, DropReason::BadAddress);
+        assert_eq!(
+            parse(&m, &[desc(0x4000_0000, 64, W, 0)], Direction::DeviceWrites)
+                .unwrap_err()
+                .1,
+            DropReason::BadAddress
+        );
+        assert_eq!(
+            parse(
+                &m,
+                &[desc(0x20_0000 - 8, 64, W, 0)],
+                Direction::DeviceWrites
+            )
+            .unwrap_err()
+            .1,
+            DropReason::BadAddress
+        );
+        assert_eq!(
+            parse(&m, &[desc(u64::MAX - 4, 64, W, 0)], Direction::DeviceWrites)
+                .unwrap_err()
+                .1,
+            DropReason::BadAddress
+        );
         // Wrong direction both ways, also in a later descriptor.
-        assert_eq!(parse(&m, &[desc(0x1_0000, 64, 0, 0)], Direction::DeviceWrites).unwrap_err().1, DropReason::WrongDirection);
-        assert_eq!(parse(&m, &[desc(0x1_0000, 64, n, 1), desc(0x2_0000, 64, W, 0)], Direction::DeviceReads).unwrap_err().1, DropReason::WrongDirection);
+        assert_eq!(
+            parse(&m, &[desc(0x1_0000, 64, 0, 0)], Direction::DeviceWrites)
+                .unwrap_err()
+                .1,
+            DropReason::WrongDirection
+        );
+        assert_eq!(
+            parse(
+                &m,
+                &[desc(0x1_0000, 64, n, 1), desc(0x2_0000, 64, W, 0)],
+                Direction::DeviceReads
+            )
+            .unwrap_err()
+            .1,
+            DropReason::WrongDirection
+        );
         // Zero length.
-        assert_eq!(parse(&m, &[desc(0x1_0000, 64, W | n, 1), desc(0x2_0000, 0, W, 0)], Direction::DeviceWrites).unwrap_err().1, DropReason::ZeroLength);
+        assert_eq!(
+            parse(
+                &m,
+                &[desc(0x1_0000, 64, W | n, 1), desc(0x2_0000, 0, W, 0)],
+                Direction::DeviceWrites
+            )
+            .unwrap_err()
+            .1,
+            DropReason::ZeroLength
+        );
         // Shorter than the header in total.
-        assert_eq!(parse(&m, &[desc(0x1_0000, 11, 0, 0)], Direction::DeviceReads).unwrap_err().1, DropReason::ShortHeader);
-        assert_eq!(parse(&m, &[desc(0x1_0000, 4, n, 1), desc(0x2_0000, 7, 0, 0)], Direction::DeviceReads).unwrap_err().1, DropReason::ShortHeader);
+        assert_eq!(
+            parse(&m, &[desc(0x1_0000, 11, 0, 0)], Direction::DeviceReads)
+                .unwrap_err()
+                .1,
+            DropReason::ShortHeader
+        );
+        assert_eq!(
+            parse(
+                &m,
+                &[desc(0x1_0000, 4, n, 1), desc(0x2_0000, 7, 0, 0)],
+                Direction::DeviceReads
+            )
+            .unwrap_err()
+            .1,
+            DropReason::ShortHeader
+        );
     }
 
     #[test]
@@ -169,11 +240,28 @@ mod tests {
         let n = VRING_DESC_F_NEXT as u16;
         // 0 -> 1 -> 0 -> ...: add_desc_chains keeps our next fields.
         let looped = [desc(0x1_0000, 64, W | n, 1), desc(0x2_0000, 64, W | n, 0)];
-        assert_eq!(parse(&m, &looped, Direction::DeviceWrites).unwrap_err().1, DropReason::ChainTooLong);
+        assert_eq!(
+            parse(&m, &looped, Direction::DeviceWrites).unwrap_err().1,
+            DropReason::ChainTooLong
+        );
         // Self loop.
-        assert_eq!(parse(&m, &[desc(0x1_0000, 64, W | n, 0)], Direction::DeviceWrites).unwrap_err().1, DropReason::ChainTooLong);
+        assert_eq!(
+            parse(&m, &[desc(0x1_0000, 64, W | n, 0)], Direction::DeviceWrites)
+                .unwrap_err()
+                .1,
+            DropReason::ChainTooLong
+        );
         // Next index beyond the queue.
-        assert_eq!(parse(&m, &[desc(0x1_0000, 64, W | n, 200)], Direction::DeviceWrites).unwrap_err().1, DropReason::ChainTooLong);
+        assert_eq!(
+            parse(
+                &m,
+                &[desc(0x1_0000, 64, W | n, 200)],
+                Direction::DeviceWrites
+            )
+            .unwrap_err()
+            .1,
+            DropReason::ChainTooLong
+        );
     }
 
     #[test]
@@ -185,7 +273,12 @@ mod tests {
             (0..k as u16)
                 .map(|i| {
                     let last = i as usize == k - 1;
-                    desc(0x10_0000 + u64::from(i) * 64, 64, if last { 0 } else { n }, i + 1)
+                    desc(
+                        0x10_0000 + u64::from(i) * 64,
+                        64,
+                        if last { 0 } else { n },
+                        i + 1,
+                    )
                 })
                 .collect()
         };

@@ -156,11 +156,15 @@ impl Net {
     /// buffers (so the guest kicks when it adds some), off when the backend is
     /// full.
     fn refill_rx(&mut self) -> usize {
-        let Some(a) = self.active.as_mut() else { return 0 };
+        let Some(a) = self.active.as_mut() else {
+            return 0;
+        };
         let mut posted = 0;
         loop {
             while self.backend.rx_room() > 0 {
-                let Some(chain) = a.rx.pop_descriptor_chain(&a.mem) else { break };
+                let Some(chain) = a.rx.pop_descriptor_chain(&a.mem) else {
+                    break;
+                };
                 let head = chain.head_index();
                 if head as usize >= a.rx_slots.len() {
                     // Cannot even be completed (the used ring would reject it).
@@ -179,10 +183,18 @@ impl Net {
                     }
                     Ok(p) => {
                         // len >= VNET_HDR_LEN was checked, so the field exists.
-                        let byte = |i| addr_at(&p.segs, HDR_NUM_BUFFERS_OFFSET + i).unwrap_or(p.segs[0].0);
+                        let byte =
+                            |i| addr_at(&p.segs, HDR_NUM_BUFFERS_OFFSET + i).unwrap_or(p.segs[0].0);
                         let num_buffers_at = [byte(0), byte(1)];
-                        a.rx_slots[head as usize] = Some(RxSlot { len: p.len, num_buffers_at });
-                        let buf = RxBuffer { head: p.head, segs: p.segs, len: p.len };
+                        a.rx_slots[head as usize] = Some(RxSlot {
+                            len: p.len,
+                            num_buffers_at,
+                        });
+                        let buf = RxBuffer {
+                            head: p.head,
+                            segs: p.segs,
+                            len: p.len,
+                        };
                         match self.backend.post_rx(&a.mem, buf) {
                             Ok(()) => posted += 1,
                             Err((buf, reason)) => {
@@ -217,7 +229,9 @@ impl Net {
 
     /// Moves the backend's RX completions to the used ring.
     fn complete_rx(&mut self) {
-        let Some(a) = self.active.as_mut() else { return };
+        let Some(a) = self.active.as_mut() else {
+            return;
+        };
         self.used_buf.clear();
         self.backend.reap_rx(&a.mem, &mut self.used_buf);
         let mrg = self.acked_features & F_MRG_RXBUF != 0;
@@ -227,13 +241,19 @@ impl Net {
             let slot = a.rx_slots.get_mut(u.head as usize).and_then(Option::take);
             let Some(slot) = slot else {
                 self.metrics.backend_bogus_completions += 1;
-                error!("virtio-net {}: backend completed RX head {} it does not hold", self.id, u.head);
+                error!(
+                    "virtio-net {}: backend completed RX head {} it does not hold",
+                    self.id, u.head
+                );
                 continue;
             };
             let mut len = u.len;
             if len > slot.len {
                 self.metrics.backend_bogus_completions += 1;
-                error!("virtio-net {}: backend reported {} bytes in a {}-byte buffer", self.id, len, slot.len);
+                error!(
+                    "virtio-net {}: backend reported {} bytes in a {}-byte buffer",
+                    self.id, len, slot.len
+                );
                 len = slot.len;
             }
             if rest == 0 {
@@ -260,7 +280,9 @@ impl Net {
     // ---------------------------------------------------------------- TX ---
 
     fn process_tx(&mut self) {
-        let Some(a) = self.active.as_mut() else { return };
+        let Some(a) = self.active.as_mut() else {
+            return;
+        };
         let mut done = 0usize;
         'outer: loop {
             if let Err(e) = a.tx.disable_notification(&a.mem) {
@@ -287,7 +309,11 @@ impl Net {
                     }
                     Ok(p) => {
                         let len = p.len;
-                        let frame = TxFrame { head: p.head, segs: p.segs, len };
+                        let frame = TxFrame {
+                            head: p.head,
+                            segs: p.segs,
+                            len,
+                        };
                         match self.backend.send(&a.mem, frame) {
                             Ok(true) => {
                                 self.metrics.tx_packets += 1;
@@ -325,13 +351,18 @@ impl Net {
     }
 
     fn complete_tx(&mut self) {
-        let Some(a) = self.active.as_mut() else { return };
+        let Some(a) = self.active.as_mut() else {
+            return;
+        };
         self.used_buf.clear();
         self.backend.reap_tx(&mut self.used_buf);
         for u in self.used_buf.drain(..) {
             let Some(len) = a.tx_slots.get_mut(u.head as usize).and_then(Option::take) else {
                 self.metrics.backend_bogus_completions += 1;
-                error!("virtio-net {}: backend completed TX head {} it does not hold", self.id, u.head);
+                error!(
+                    "virtio-net {}: backend completed TX head {} it does not hold",
+                    self.id, u.head
+                );
                 continue;
             };
             self.metrics.tx_packets += 1;
@@ -359,12 +390,17 @@ impl Net {
             if !(self.backend.rx_stalled() && posted > 0) {
                 break;
             }
-            debug!("virtio-net {}: backend stalled, round {round}, posted {posted}", self.id);
+            debug!(
+                "virtio-net {}: backend stalled, round {round}, posted {posted}",
+                self.id
+            );
         }
     }
 
     fn backend_indices(&self) -> Vec<usize> {
-        (0..self.backend_fds.len()).filter(|&i| self.watch[i] != Watch::Removed).collect()
+        (0..self.backend_fds.len())
+            .filter(|&i| self.watch[i] != Watch::Removed)
+            .collect()
     }
 
     fn set_watch(&mut self, ops: &mut EventOps, i: usize, want: Watch) {
@@ -380,7 +416,10 @@ impl Net {
         };
         match r {
             Ok(()) => self.watch[i] = want,
-            Err(e) => error!("virtio-net {}: cannot change watch of backend fd {fd}: {e}", self.id),
+            Err(e) => error!(
+                "virtio-net {}: cannot change watch of backend fd {fd}: {e}",
+                self.id
+            ),
         }
     }
 
@@ -392,7 +431,11 @@ impl Net {
             self.metrics.rx_stalls += 1;
         }
         self.stalled = stalled;
-        let want = if self.active.is_some() && !stalled { Watch::On } else { Watch::Paused };
+        let want = if self.active.is_some() && !stalled {
+            Watch::On
+        } else {
+            Watch::Paused
+        };
         for i in 0..self.backend_fds.len() {
             self.set_watch(ops, i, want);
         }
@@ -403,7 +446,9 @@ impl Net {
     /// Raises the used-buffer interrupt if either queue got entries and the
     /// driver wants to hear about them (EVENT_IDX suppression).
     fn signal_used(&mut self) {
-        let Some(a) = self.active.as_mut() else { return };
+        let Some(a) = self.active.as_mut() else {
+            return;
+        };
         if !a.rx_added && !a.tx_added {
             return;
         }
@@ -436,7 +481,10 @@ impl Net {
         if up {
             warn!("virtio-net {}: link up", self.id);
         } else {
-            warn!("virtio-net {}: link down (backend failed); the VM keeps running", self.id);
+            warn!(
+                "virtio-net {}: link down (backend failed); the VM keeps running",
+                self.id
+            );
             self.metrics.link_down_events += 1;
         }
         if let Some(a) = self.active.as_ref() {
@@ -459,7 +507,11 @@ impl Net {
 /// Whether `fd` still reports an error or hang-up (after its owner handled
 /// the event).
 fn still_broken(fd: RawFd) -> bool {
-    let mut p = libc::pollfd { fd, events: 0, revents: 0 };
+    let mut p = libc::pollfd {
+        fd,
+        events: 0,
+        revents: 0,
+    };
     // SAFETY: poll reads and writes one pollfd that we own; a zero timeout
     // never blocks.
     let r = unsafe { libc::poll(&mut p, 1, 0) };
@@ -503,7 +555,10 @@ impl VirtioDevice for Net {
     fn set_acked_features(&mut self, features: u64) {
         let unknown = features & !self.avail_features;
         if unknown != 0 {
-            warn!("virtio-net {}: driver acked unoffered features {unknown:#x}; ignored", self.id);
+            warn!(
+                "virtio-net {}: driver acked unoffered features {unknown:#x}; ignored",
+                self.id
+            );
         }
         self.acked_features = features & self.avail_features;
     }
@@ -514,7 +569,11 @@ impl VirtioDevice for Net {
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
         // VERSION_1 drivers may not write the MAC (no CTRL_MAC_ADDR offered).
-        warn!("virtio-net {}: ignored config write of {} bytes at {offset:#x}", self.id, data.len());
+        warn!(
+            "virtio-net {}: ignored config write of {} bytes at {offset:#x}",
+            self.id,
+            data.len()
+        );
     }
 
     fn queue_events(&self) -> &[EventFd] {
@@ -530,7 +589,10 @@ impl VirtioDevice for Net {
             self.active = None;
         }
         if ctx.queues.len() != QUEUE_SIZES.len() {
-            return Err(ActivateError::QueueCount { got: ctx.queues.len(), want: QUEUE_SIZES.len() });
+            return Err(ActivateError::QueueCount {
+                got: ctx.queues.len(),
+                want: QUEUE_SIZES.len(),
+            });
         }
         for (i, q) in ctx.queues.iter().enumerate() {
             if !q.is_valid(&ctx.mem) {
@@ -539,7 +601,9 @@ impl VirtioDevice for Net {
         }
         self.backend
             .set_features(self.acked_features)
-            .map_err(|e| ActivateError::Backend(format!("setting offloads {:#x}: {e}", self.acked_features)))?;
+            .map_err(|e| {
+                ActivateError::Backend(format!("setting offloads {:#x}: {e}", self.acked_features))
+            })?;
         let event_idx = self.acked_features & super::config::F_EVENT_IDX != 0;
         let mut queues = ctx.queues.into_iter();
         let (Some(mut rx), Some(mut tx)) = (queues.next(), queues.next()) else {
@@ -577,7 +641,9 @@ impl VirtioDevice for Net {
     }
 
     fn metrics(&self) -> Option<serde_json::Value> {
-        let mut v = self.metrics.to_json(&self.id, self.link_up, self.backend.metrics());
+        let mut v = self
+            .metrics
+            .to_json(&self.id, self.link_up, self.backend.metrics());
         let watch: Vec<&str> = self
             .watch
             .iter()
@@ -646,7 +712,9 @@ impl MutEventSubscriber for Net {
                     }
                 }
             }
-            d if d >= EV_BACKEND_BASE && ((d - EV_BACKEND_BASE) as usize) < self.backend_fds.len() => {
+            d if d >= EV_BACKEND_BASE
+                && ((d - EV_BACKEND_BASE) as usize) < self.backend_fds.len() =>
+            {
                 let i = (d - EV_BACKEND_BASE) as usize;
                 self.metrics.backend_events += 1;
                 let broken = set.intersects(EventSet::ERROR | EventSet::HANG_UP);
@@ -661,7 +729,10 @@ impl MutEventSubscriber for Net {
                     // forever: stop watching it (the backend marked the link
                     // down when its read failed). A transient error that the
                     // backend consumed (e.g. a netlink overrun) keeps it.
-                    warn!("virtio-net {}: backend fd {} reported {:?}; no longer watched", self.id, self.backend_fds[i], set);
+                    warn!(
+                        "virtio-net {}: backend fd {} reported {:?}; no longer watched",
+                        self.id, self.backend_fds[i], set
+                    );
                     self.set_watch(ops, i, Watch::Removed);
                 }
             }

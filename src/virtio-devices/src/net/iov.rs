@@ -46,7 +46,10 @@ impl IovecBuf {
     /// Appends one entry for `len` bytes at `ptr` (VMM memory the caller keeps
     /// alive while the entry exists).
     pub fn push_raw(&mut self, ptr: *mut u8, len: usize) {
-        self.0.push(libc::iovec { iov_base: ptr.cast(), iov_len: len });
+        self.0.push(libc::iovec {
+            iov_base: ptr.cast(),
+            iov_len: len,
+        });
     }
 
     /// Drops the first `n` entries (a consumed prefix).
@@ -58,7 +61,12 @@ impl IovecBuf {
     /// splits it). Returns the bytes added, or `None` if a segment is no longer
     /// in guest memory or the list would exceed `limit` entries; then nothing
     /// is added.
-    pub fn push_segs(&mut self, mem: &GuestMemory, segs: &[(GuestAddress, u32)], limit: usize) -> Option<usize> {
+    pub fn push_segs(
+        &mut self,
+        mem: &GuestMemory,
+        segs: &[(GuestAddress, u32)],
+        limit: usize,
+    ) -> Option<usize> {
         let start = self.0.len();
         let mut total = 0usize;
         for &(addr, len) in segs {
@@ -84,14 +92,21 @@ impl IovecBuf {
 
 /// Writes `bytes` at byte `offset` of the buffer made of `segs` (header fields
 /// may straddle descriptors). Returns false if the buffer is too short.
-pub fn write_at(mem: &GuestMemory, segs: &[(GuestAddress, u32)], offset: usize, bytes: &[u8]) -> bool {
+pub fn write_at(
+    mem: &GuestMemory,
+    segs: &[(GuestAddress, u32)],
+    offset: usize,
+    bytes: &[u8],
+) -> bool {
     // Fast path: the field lies inside one segment (always, for Linux).
     let mut off = offset;
     for &(addr, len) in segs {
         let len = len as usize;
         if off < len {
             if off + bytes.len() <= len {
-                return mem.write_slice(bytes, GuestAddress(addr.0 + off as u64)).is_ok();
+                return mem
+                    .write_slice(bytes, GuestAddress(addr.0 + off as u64))
+                    .is_ok();
             }
             break;
         }
@@ -116,16 +131,29 @@ mod tests {
     #[test]
     fn iovecs_follow_regions_and_reject_holes() {
         // Two regions with a hole between them.
-        let mem: GuestMemory =
-            GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x1000), (GuestAddress(0x1000), 0x1000), (GuestAddress(0x4000), 0x1000)])
-                .unwrap();
+        let mem: GuestMemory = GuestMemoryMmap::from_ranges(&[
+            (GuestAddress(0), 0x1000),
+            (GuestAddress(0x1000), 0x1000),
+            (GuestAddress(0x4000), 0x1000),
+        ])
+        .unwrap();
         let mut iov = IovecBuf::default();
         // Crosses the 0x1000 region boundary: two iovecs.
-        assert_eq!(iov.push_segs(&mem, &[(GuestAddress(0xff0), 0x20)], IOV_MAX), Some(0x20));
+        assert_eq!(
+            iov.push_segs(&mem, &[(GuestAddress(0xff0), 0x20)], IOV_MAX),
+            Some(0x20)
+        );
         assert_eq!(iov.len(), 2);
         assert_eq!(iov.as_slice()[0].iov_len, 0x10);
         // Into the hole: rejected, list unchanged.
-        assert_eq!(iov.push_segs(&mem, &[(GuestAddress(0x100), 8), (GuestAddress(0x1ff0), 0x20)], IOV_MAX), None);
+        assert_eq!(
+            iov.push_segs(
+                &mem,
+                &[(GuestAddress(0x100), 8), (GuestAddress(0x1ff0), 0x20)],
+                IOV_MAX
+            ),
+            None
+        );
         assert_eq!(iov.len(), 2);
         // Over the entry limit: rejected too.
         assert_eq!(iov.push_segs(&mem, &[(GuestAddress(0xff0), 0x20)], 3), None);

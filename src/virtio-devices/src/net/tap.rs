@@ -31,8 +31,8 @@ use super::device::HDR_NUM_BUFFERS_OFFSET;
 use super::iov::{write_at, IovecBuf, IOV_MAX};
 use super::link_monitor::LinkMonitor;
 use super::metrics::DropCounters;
-pub use super::tap_dev::TapError;
 use super::tap_dev::TapDev;
+pub use super::tap_dev::TapError;
 use crate::GuestMemory;
 
 /// Offset of `flags` in the virtio-net header.
@@ -100,9 +100,8 @@ enum Link {
 /// What kind of failure an errno is.
 fn classify(e: &io::Error) -> Link {
     match e.raw_os_error() {
-        Some(libc::EBADFD) | Some(libc::ENODEV) | Some(libc::ENXIO) | Some(libc::EPIPE) | Some(libc::EBADF) => {
-            Link::Gone
-        }
+        Some(libc::EBADFD) | Some(libc::ENODEV) | Some(libc::ENXIO) | Some(libc::EPIPE)
+        | Some(libc::EBADF) => Link::Gone,
         _ => Link::Down,
     }
 }
@@ -177,7 +176,12 @@ impl TapBackend {
         tap.set_offload(0)?;
         let mtu = tap.mtu().unwrap_or(DEFAULT_MTU);
         let monitor = LinkMonitor::new()
-            .map_err(|e| log::warn!("tap {}: no link notifications ({e}); link state follows I/O errors only", tap.name()))
+            .map_err(|e| {
+                log::warn!(
+                    "tap {}: no link notifications ({e}); link state follows I/O errors only",
+                    tap.name()
+                )
+            })
             .ok();
         let mut b = TapBackend {
             tap,
@@ -225,7 +229,11 @@ impl TapBackend {
     fn note_error(&mut self, what: &str, e: &io::Error) {
         let kind = classify(e);
         if kind == Link::Gone || self.link == Link::Up {
-            log::warn!("tap {}: {what} failed: {e}; link {}", self.tap.name(), if kind == Link::Gone { "gone" } else { "down" });
+            log::warn!(
+                "tap {}: {what} failed: {e}; link {}",
+                self.tap.name(),
+                if kind == Link::Gone { "gone" } else { "down" }
+            );
         }
         if self.link != Link::Gone {
             self.link = kind;
@@ -295,7 +303,8 @@ impl TapBackend {
             // truncated frame (n > cap) from one that fits exactly.
             let mut probe = [0u8; 1];
             let start = self.rx_iov_start;
-            self.rd_iov.set_from(&self.rx_iov.as_slice()[start..start + niov]);
+            self.rd_iov
+                .set_from(&self.rx_iov.as_slice()[start..start + niov]);
             self.rd_iov.push_raw(probe.as_mut_ptr(), probe.len());
             self.m.readv_calls += 1;
             // SAFETY: rd_iov describes validated guest RAM of posted buffers
@@ -344,7 +353,12 @@ impl TapBackend {
         }
         let first = &self.rx[0].buf.segs;
         // The tap writes a 10-byte header and skips num_buffers.
-        write_at(mem, first, HDR_NUM_BUFFERS_OFFSET, &(k as u16).to_le_bytes());
+        write_at(
+            mem,
+            first,
+            HDR_NUM_BUFFERS_OFFSET,
+            &(k as u16).to_le_bytes(),
+        );
         if !self.guest_csum {
             // DATA_VALID may only be set when GUEST_CSUM was negotiated.
             write_at(mem, first, HDR_FLAGS_OFFSET, &[0]);
@@ -363,7 +377,10 @@ impl TapBackend {
         if let Some(p) = self.rx.pop_front() {
             self.rx_iov_start += p.iovs;
             self.rx_posted_bytes -= p.buf.len as usize;
-            self.rx_done.push(Used { head: p.buf.head, len });
+            self.rx_done.push(Used {
+                head: p.buf.head,
+                len,
+            });
         }
         if self.rx.is_empty() {
             self.rx_iov.clear();
@@ -565,16 +582,31 @@ mod tests {
         assert_eq!(tun_offload_flags(F_GUEST_TSO4), 0);
         assert_eq!(tun_offload_flags(F_GUEST_CSUM), libc::TUN_F_CSUM);
         assert_eq!(
-            tun_offload_flags(F_GUEST_CSUM | F_GUEST_TSO4 | F_GUEST_TSO6 | F_GUEST_ECN | F_GUEST_UFO),
-            libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6 | libc::TUN_F_TSO_ECN | libc::TUN_F_UFO
+            tun_offload_flags(
+                F_GUEST_CSUM | F_GUEST_TSO4 | F_GUEST_TSO6 | F_GUEST_ECN | F_GUEST_UFO
+            ),
+            libc::TUN_F_CSUM
+                | libc::TUN_F_TSO4
+                | libc::TUN_F_TSO6
+                | libc::TUN_F_TSO_ECN
+                | libc::TUN_F_UFO
         );
         // Host-side offloads never change what the tap may give us.
-        assert_eq!(tun_offload_flags(F_CSUM | F_HOST_TSO4 | F_HOST_TSO6 | F_HOST_UFO), 0);
+        assert_eq!(
+            tun_offload_flags(F_CSUM | F_HOST_TSO4 | F_HOST_TSO6 | F_HOST_UFO),
+            0
+        );
     }
 
     #[test]
     fn errno_classes() {
-        assert_eq!(classify(&io::Error::from_raw_os_error(libc::EBADFD)), Link::Gone);
-        assert_eq!(classify(&io::Error::from_raw_os_error(libc::EIO)), Link::Down);
+        assert_eq!(
+            classify(&io::Error::from_raw_os_error(libc::EBADFD)),
+            Link::Gone
+        );
+        assert_eq!(
+            classify(&io::Error::from_raw_os_error(libc::EIO)),
+            Link::Down
+        );
     }
 }

@@ -22,13 +22,18 @@ use vmm_sys_util::eventfd::EventFd;
 use super::config::*;
 use super::device::{Net, RX_QUEUE, TX_QUEUE};
 use super::tap::TapBackend;
-use super::tap_tests::{gso_hdr, set_up, taps_available, tcp_frame, test_frame, unique_name, HostEnd};
+use super::tap_tests::{
+    gso_hdr, set_up, taps_available, tcp_frame, test_frame, unique_name, HostEnd,
+};
 use crate::{ActivateContext, GuestMemory, Interrupt, VirtioDevice};
 
 const QSIZE: u16 = 256;
 
 fn thread_cpu_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: clock_gettime writes one timespec we own.
     unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -55,13 +60,25 @@ impl Driver {
         q.set_avail_ring_address(Some(avail as u32), Some((avail >> 32) as u32));
         q.set_used_ring_address(Some(used as u32), Some((used >> 32) as u32));
         q.set_ready(true);
-        (Driver { mem: mem.clone(), desc, avail, used, avail_idx: 0, used_seen: 0 }, q)
+        (
+            Driver {
+                mem: mem.clone(),
+                desc,
+                avail,
+                used,
+                avail_idx: 0,
+                used_seen: 0,
+            },
+            q,
+        )
     }
 
     /// Makes a one-descriptor chain available (not yet published).
     fn push(&mut self, head: u16, addr: u64, len: u32, flags: u16) {
         let d = RawDescriptor::from(SplitDescriptor::new(addr, len, flags, 0));
-        self.mem.write_obj(d, GuestAddress(self.desc + 16 * u64::from(head))).unwrap();
+        self.mem
+            .write_obj(d, GuestAddress(self.desc + 16 * u64::from(head)))
+            .unwrap();
         let slot = self.avail + 4 + 2 * u64::from(self.avail_idx % QSIZE);
         self.mem.write_obj(head, GuestAddress(slot)).unwrap();
         self.avail_idx = self.avail_idx.wrapping_add(1);
@@ -71,9 +88,14 @@ impl Driver {
     /// (EVENT_IDX: avail_event crossed).
     fn publish(&mut self, old: u16) -> bool {
         std::sync::atomic::fence(AtomicOrdering::SeqCst);
-        self.mem.write_obj(self.avail_idx, GuestAddress(self.avail + 2)).unwrap();
+        self.mem
+            .write_obj(self.avail_idx, GuestAddress(self.avail + 2))
+            .unwrap();
         std::sync::atomic::fence(AtomicOrdering::SeqCst);
-        let event: u16 = self.mem.read_obj(GuestAddress(self.used + 4 + 8 * u64::from(QSIZE))).unwrap();
+        let event: u16 = self
+            .mem
+            .read_obj(GuestAddress(self.used + 4 + 8 * u64::from(QSIZE)))
+            .unwrap();
         self.avail_idx.wrapping_sub(event).wrapping_sub(1) < self.avail_idx.wrapping_sub(old)
     }
 
@@ -104,7 +126,8 @@ impl Bench {
         let name = unique_name();
         let tap = TapBackend::open(&name).unwrap();
         set_up(&name);
-        let mem: GuestMemory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 64 << 20)]).unwrap();
+        let mem: GuestMemory =
+            GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 64 << 20)]).unwrap();
         let (rx, rxq) = Driver::new(&mem, 0);
         let (tx, txq) = Driver::new(&mem, 0x1_0000);
         let net = Arc::new(Mutex::new(Net::new(Box::new(tap), None, "bench".into())));
@@ -114,9 +137,22 @@ impl Bench {
             let mut n = net.lock().unwrap();
             n.set_acked_features(F_VERSION_1 | F_EVENT_IDX | features);
             let irq = Arc::new(Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()));
-            n.activate(ActivateContext { mem: mem.clone(), queues: vec![rxq, txq], interrupt: irq }).unwrap();
+            n.activate(ActivateContext {
+                mem: mem.clone(),
+                queues: vec![rxq, txq],
+                interrupt: irq,
+            })
+            .unwrap();
         }
-        let mut b = Bench { net, em, rx, tx, mem, cpu_ns: 0, name };
+        let mut b = Bench {
+            net,
+            em,
+            rx,
+            tx,
+            mem,
+            cpu_ns: 0,
+            name,
+        };
         b.run();
         b
     }
@@ -174,7 +210,11 @@ fn bench_rx(frames: u64, gso: bool) {
     let mut delivered = 0u64;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
     while delivered < frames {
-        assert!(std::time::Instant::now() < deadline, "RX bench stuck: {}", b.metrics());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "RX bench stuck: {}",
+            b.metrics()
+        );
         for _ in 0..burst {
             host.send(&msg);
         }
@@ -192,7 +232,11 @@ fn bench_rx(frames: u64, gso: bool) {
         delivered = b.net.lock().unwrap().net_metrics().rx_packets;
     }
     let m = b.metrics();
-    b.report(if gso { "RX 64K GSO" } else { "RX 1514B" }, m["rx_packets"].as_u64().unwrap(), m["rx_bytes"].as_u64().unwrap());
+    b.report(
+        if gso { "RX 64K GSO" } else { "RX 1514B" },
+        m["rx_packets"].as_u64().unwrap(),
+        m["rx_bytes"].as_u64().unwrap(),
+    );
 }
 
 /// Guest -> host: frames prepared once in guest memory, resubmitted as soon
@@ -211,14 +255,20 @@ fn bench_tx(frames: u64, gso: bool) {
     };
     let slot_addr = |h: u16| 0x20_0000 + u64::from(h) * stride;
     for h in 0..slots {
-        b.mem.write_slice(&frame, GuestAddress(slot_addr(h))).unwrap();
+        b.mem
+            .write_slice(&frame, GuestAddress(slot_addr(h)))
+            .unwrap();
     }
     let mut free: Vec<u16> = (0..slots).collect();
     let mut used = Vec::new();
     let mut sent = 0u64;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
     while sent < frames {
-        assert!(std::time::Instant::now() < deadline, "TX bench stuck: {}", b.metrics());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "TX bench stuck: {}",
+            b.metrics()
+        );
         let old = b.tx.avail_idx;
         for h in free.drain(..) {
             b.tx.push(h, slot_addr(h), frame.len() as u32, 0);
@@ -234,7 +284,11 @@ fn bench_tx(frames: u64, gso: bool) {
     }
     let m = b.metrics();
     assert_eq!(m["tx_drops"]["backend_error"], 0, "{m}");
-    b.report(if gso { "TX 64K GSO" } else { "TX 1514B" }, m["tx_packets"].as_u64().unwrap(), m["tx_bytes"].as_u64().unwrap());
+    b.report(
+        if gso { "TX 64K GSO" } else { "TX 1514B" },
+        m["tx_packets"].as_u64().unwrap(),
+        m["tx_bytes"].as_u64().unwrap(),
+    );
 }
 
 #[test]
@@ -248,4 +302,3 @@ fn tap_bench() {
     bench_tx(100_000, false);
     bench_tx(5_000, true);
 }
-

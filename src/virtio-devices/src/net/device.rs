@@ -569,11 +569,15 @@ impl VirtioDevice for Net {
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
         // VERSION_1 drivers may not write the MAC (no CTRL_MAC_ADDR offered).
-        warn!(
-            "virtio-net {}: ignored config write of {} bytes at {offset:#x}",
-            self.id,
-            data.len()
-        );
+        // Guest-triggered: log the first one only.
+        self.metrics.config_writes_ignored += 1;
+        if self.metrics.config_writes_ignored == 1 {
+            warn!(
+                "virtio-net {}: ignored config write of {} bytes at {offset:#x} (further ones are only counted)",
+                self.id,
+                data.len()
+            );
+        }
     }
 
     fn queue_events(&self) -> &[EventFd] {

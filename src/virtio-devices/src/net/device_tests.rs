@@ -421,6 +421,14 @@ fn identity_features_and_config() {
     n.read_config(0, &mut cfg);
     assert_eq!(cfg, [2, 0, 0, 0, 0, 1, 1, 0]);
     assert!(!n.is_activated());
+    drop(n);
+    // Config writes are ignored (the MAC stays), counted, never a panic.
+    let mut n = h.net.lock().unwrap();
+    n.write_config(0, &[9; 6]);
+    n.write_config(u64::MAX, &[1]);
+    n.read_config(0, &mut cfg);
+    assert_eq!(&cfg[..6], &[2, 0, 0, 0, 0, 1]);
+    assert_eq!(n.metrics().unwrap()["config_writes_ignored"], 2);
 }
 
 #[test]

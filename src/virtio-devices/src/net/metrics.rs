@@ -70,6 +70,8 @@ pub struct NetMetrics {
     pub duplicate_heads: u64,
     /// The backend reported a head or length it was not given (ignored).
     pub backend_bogus_completions: u64,
+    /// Driver writes to the (read-only) config space.
+    pub config_writes_ignored: u64,
 }
 
 impl NetMetrics {
@@ -101,6 +103,7 @@ impl NetMetrics {
             "rx_stalls": self.rx_stalls,
             "duplicate_heads": self.duplicate_heads,
             "backend_bogus_completions": self.backend_bogus_completions,
+            "config_writes_ignored": self.config_writes_ignored,
             "backend": backend,
         })
     }

@@ -157,7 +157,11 @@ while [ $i -lt 150 ]; do
     i=$((i + 1))
     sleep 0.1
 done
-[ $i -lt 150 ] || log "warning: links not up after 15 s ($PEER_IF in $PEER_NS, $E1000E_IF)"
+if [ $i -ge 150 ]; then
+    msg="warning: links not up after 15 s ($PEER_IF in $PEER_NS, $E1000E_IF): pings to the peer will fail"
+    log "$msg"
+    echo "testbed: $msg" >"$ERR"
+fi
 
 export SHIMVMM_TESTBED=1
 export SHIMVMM_PNIC="$PNIC"

@@ -782,3 +782,159 @@ fn event_loop_serves_kicks_only_after_activation() {
         2
     );
 }
+
+/// A deterministic xorshift generator for the hostile-driver test.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// A hostile driver: random descriptor tables (addresses in and around guest
+/// memory, odd lengths, random flags including INDIRECT, random `next`),
+/// random heads and avail-index jumps, random headers. The device must not
+/// panic, must never grow or scribble outside the image, must answer every
+/// chain it could parse, and must keep serving good requests afterwards.
+#[test]
+fn hostile_driver_cannot_break_the_device() {
+    let mem = guest_mem();
+    let vq = MockSplitQueue::create(&mem, GuestAddress(0), QLEN);
+    let mut s = setup(&mem, &vq, false, true);
+    let image_len = std::fs::metadata(&s.path).unwrap().len();
+    let mut rng = Rng(0x5eed_1234_abcd_0001);
+    let mut avail_idx: u16 = 0;
+    let pick_addr = |rng: &mut Rng| match rng.below(6) {
+        0 => MEM_SIZE as u64 - rng.below(600),
+        1 => BAD + rng.below(0x1000),
+        2 => u64::MAX - rng.below(0x100),
+        _ => HDR + rng.below(0x3_0000),
+    };
+    let pick_len = |rng: &mut Rng| match rng.below(7) {
+        0 => 0,
+        1 => 1,
+        2 => 16,
+        3 => 512,
+        4 => 4096,
+        5 => u32::MAX - rng.below(4) as u32,
+        _ => rng.below(3000) as u32,
+    };
+    for round in 0..3000u32 {
+        for i in 0..QLEN {
+            let flags = (rng.below(8) as u16) & (F_NEXT | F_WRITE | 4);
+            let next = rng.below(u64::from(QLEN) + 4) as u16;
+            let d = RawDescriptor::from(SplitDescriptor::new(
+                pick_addr(&mut rng),
+                pick_len(&mut rng),
+                flags,
+                next,
+            ));
+            vq.desc_table().store(i, d).unwrap();
+        }
+        // Plausible headers at a few places the descriptors may point to.
+        for k in 0..4u64 {
+            let kind = [
+                VIRTIO_BLK_T_IN,
+                VIRTIO_BLK_T_OUT,
+                VIRTIO_BLK_T_FLUSH,
+                VIRTIO_BLK_T_GET_ID,
+                77,
+            ][rng.below(5) as usize];
+            header(&mem, HDR + k * 0x1000, kind, rng.below(SECTORS as u64 + 3));
+        }
+        // Half the rounds also carry one well-formed request among the junk.
+        let good_head = (rng.below(2) == 0).then(|| {
+            let first = rng.below(u64::from(QLEN) - 2) as u16;
+            let k = rng.below(4);
+            let data_dir = rng.below(2) == 0;
+            let parts = [
+                (HDR + k * 0x1000, 16, false),
+                (DATA + rng.below(0x8000), 512, data_dir),
+                (STATUS + k, 1, true),
+            ];
+            for (i, d) in chain(first, &parts).into_iter().enumerate() {
+                vq.desc_table().store(first + i as u16, d).unwrap();
+            }
+            first
+        });
+        let n = 1 + rng.below(4) as u16;
+        for j in 0..n {
+            let head = match good_head {
+                Some(h) if j == 0 => h,
+                _ => rng.below(u64::from(QLEN) + 2) as u16,
+            };
+            mem.write_obj(
+                head,
+                vq.avail_addr()
+                    .unchecked_add(4 + 2 * u64::from(avail_idx % QLEN)),
+            )
+            .unwrap();
+            avail_idx = avail_idx.wrapping_add(1);
+        }
+        // Now and then an avail index that runs away from the device.
+        let published = if rng.below(50) == 0 {
+            avail_idx.wrapping_add(QLEN * 3)
+        } else {
+            avail_idx
+        };
+        mem.write_obj(published, vq.avail_addr().unchecked_add(2))
+            .unwrap();
+        s.blk.process_queue();
+        let m = s.blk.block_metrics();
+        if m.queue_errors > 0 || published != avail_idx {
+            // The driver's way out: reset and set the queue up again.
+            s.blk.reset();
+            for a in [vq.avail_addr().0, USED_RING] {
+                mem.write_slice(&[0u8; 4], GuestAddress(a)).unwrap();
+            }
+            avail_idx = 0;
+            s.irq = activate(&mut s.blk, &mem, &vq, round % 2 == 0);
+        }
+        assert_eq!(
+            std::fs::metadata(&s.path).unwrap().len(),
+            image_len,
+            "round {round}: image size changed"
+        );
+    }
+    let m = s.blk.block_metrics();
+    assert!(
+        m.malformed_total() > 100,
+        "the generator should hit malformed chains: {m:?}"
+    );
+    assert!(
+        m.reads + m.writes + m.flushes + m.get_ids > 300,
+        "and some valid ones: {m:?}"
+    );
+    // Still a working device.
+    s.blk.reset();
+    mem.write_slice(&[0u8; 4], GuestAddress(vq.avail_addr().0))
+        .unwrap();
+    mem.write_slice(&[0u8; 4], GuestAddress(USED_RING)).unwrap();
+    let vq = MockSplitQueue::create(&mem, GuestAddress(0), QLEN);
+    s.irq = activate(&mut s.blk, &mem, &vq, false);
+    let before = std::fs::read(&s.path).unwrap();
+    header(&mem, HDR + 0x100, VIRTIO_BLK_T_IN, 3);
+    submit(
+        &vq,
+        0,
+        &[
+            (HDR + 0x100, 16, false),
+            (DATA + 0x1000, 512, true),
+            (STATUS + 0x100, 1, true),
+        ],
+    );
+    s.blk.process_queue();
+    assert_eq!(status(&mem, STATUS + 0x100), VIRTIO_BLK_S_OK);
+    let mut got = vec![0u8; 512];
+    mem.read_slice(&mut got, GuestAddress(DATA + 0x1000))
+        .unwrap();
+    assert_eq!(got, before[3 * 512..4 * 512]);
+}

@@ -32,11 +32,12 @@ fn qemu_microvm_boots_alpine_and_runs_test_script() {
         Accel::Tcg => " (TCG)",
     };
     println!(
-        "reference boot: qemu microvm{accel} first-init {:.2} s, test-script {:.2} s (guest uptime {}), exit {:.2} s",
+        "reference boot: qemu microvm{accel} first-init {:.2} s, test-script {:.2} s (guest uptime {}), exit {:.2} s; {:?} kernel",
         t.first_init.as_secs_f64(),
         t.test_script.as_secs_f64(),
         t.guest_uptime_at_script.map_or_else(|| "?".to_string(), |u| format!("{u:.2} s")),
-        t.exited.as_secs_f64()
+        t.exited.as_secs_f64(),
+        t.kernel
     );
 }
 

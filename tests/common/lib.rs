@@ -13,6 +13,7 @@
 mod artifacts;
 mod env;
 mod error;
+mod kernel;
 mod markers;
 mod process;
 mod reference;
@@ -23,11 +24,15 @@ pub use artifacts::{
 };
 pub use env::{require_guest_env, shimvmm_bin, REQUIRE_GUEST_ENV, TESTBED_ENV};
 pub use error::{HarnessError, Result};
+pub use kernel::{
+    alpine_boot, build_kernel_script, guest_boot, guest_kernel_from_env, microvm_boot,
+    microvm_cmdline, GuestBoot, GuestKernel,
+};
 pub use markers::{
     parse_exit, parse_marker, Marker, EXIT_TOKEN, MARKER_TOKEN, SCRIPT_START_MARKER,
 };
 pub use process::{one_vm_at_a_time, GuestProcess, Line, Stream, TAIL_LINES};
 pub use reference::{
-    qemu_bin, qemu_microvm_command, qemu_reference_boot, Accel, BootTimings, QemuBootOptions,
-    BOOT_PROBE_MARKER, BOOT_PROBE_SCRIPT, FIRST_INIT_MARKER,
+    qemu_bin, qemu_microvm_command, qemu_reference_boot, scaled, Accel, BootTimings,
+    QemuBootOptions, BOOT_PROBE_MARKER, BOOT_PROBE_SCRIPT, FIRST_INIT_MARKER,
 };

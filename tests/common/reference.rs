@@ -8,11 +8,13 @@ use std::time::Duration;
 
 use crate::artifacts::{alpine_cmdline, artifacts, test_image, Artifacts, PowerAction};
 use crate::error::{HarnessError, Result};
+use crate::kernel::{guest_boot, guest_kernel_from_env, GuestBoot, GuestKernel};
 use crate::process::GuestProcess;
 
-/// The kernel line that says init is about to run: the first moment the
-/// guest's own userspace executes. The Alpine kernel prints it (no `quiet`).
-pub const FIRST_INIT_MARKER: &str = "Run /init as init process";
+/// Part of the kernel's `Run <init> as init process` line, printed (without
+/// `quiet`) just before the guest's first userspace program runs: `/init` of
+/// the Alpine initrd, or `/sbin/init` with the microVM kernel (no initrd).
+pub const FIRST_INIT_MARKER: &str = " as init process";
 /// Marker name the boot probe script prints.
 pub const BOOT_PROBE_MARKER: &str = "boot-probe";
 /// Test script for boot measurements: reports as soon as openrc runs it
@@ -30,6 +32,8 @@ pub struct BootTimings {
     pub exited: Duration,
     /// Guest uptime (s) when the probe ran, as the guest saw it.
     pub guest_uptime_at_script: Option<f64>,
+    /// The guest kernel flavour that was booted.
+    pub kernel: GuestKernel,
 }
 
 /// QEMU accelerator for the reference boot.
@@ -68,6 +72,10 @@ pub struct QemuBootOptions {
     pub script_timeout: Duration,
     /// Limit for QEMU to exit after the probe (from spawn).
     pub exit_timeout: Duration,
+    /// Kernel, initrd and command line; `None` boots the Alpine kernel +
+    /// initrd of the `Artifacts` given to [`qemu_microvm_command`].
+    /// Default: the microVM kernel if SHIMVMM_GUEST_KERNEL=microvm.
+    pub boot: Option<GuestBoot>,
 }
 
 impl Default for QemuBootOptions {
@@ -76,11 +84,26 @@ impl Default for QemuBootOptions {
             accel: Accel::from_env(),
             memory_mib: 512,
             vcpus: 2,
-            first_init_timeout: Duration::from_secs(120),
-            script_timeout: Duration::from_secs(300),
-            exit_timeout: Duration::from_secs(360),
+            first_init_timeout: scaled(Duration::from_secs(300)),
+            script_timeout: scaled(Duration::from_secs(600)),
+            exit_timeout: scaled(Duration::from_secs(660)),
+            boot: (guest_kernel_from_env() == GuestKernel::Microvm).then(guest_boot),
         }
     }
+}
+
+/// `d` times SHIMVMM_TIMEOUT_SCALE (a positive number, default 1): guest
+/// boots inside the nested testbed slow down by an order of magnitude when
+/// the host is busy, so CI can stretch every guest timeout at once.
+pub fn scaled(d: Duration) -> Duration {
+    let scale = match std::env::var("SHIMVMM_TIMEOUT_SCALE") {
+        Err(_) => 1.0,
+        Ok(v) => match v.parse::<f64>() {
+            Ok(f) if f > 0.0 && f.is_finite() => f,
+            _ => panic!("SHIMVMM_TIMEOUT_SCALE must be a positive number, not {v:?}"),
+        },
+    };
+    d.mul_f64(scale)
 }
 
 /// The QEMU binary: $SHIMVMM_QEMU or `qemu-system-x86_64` (10.x from
@@ -89,9 +112,17 @@ pub fn qemu_bin() -> String {
     std::env::var("SHIMVMM_QEMU").unwrap_or_else(|_| "qemu-system-x86_64".to_string())
 }
 
-/// The QEMU microvm command booting `art`'s kernel and initrd with `rootfs`
-/// as a virtio-mmio block device; the serial console is on stdout.
+/// The QEMU microvm command booting `opts.boot` (default: `art`'s kernel and
+/// initrd) with `rootfs` as a virtio-mmio block device; the serial console is
+/// on stdout.
 pub fn qemu_microvm_command(art: &Artifacts, rootfs: &Path, opts: &QemuBootOptions) -> Command {
+    let boot = opts.boot.clone().unwrap_or_else(|| GuestBoot {
+        flavour: GuestKernel::Alpine,
+        kernel: art.kernel.clone(),
+        vmlinux: None,
+        initrd: Some(art.initrd.clone()),
+        cmdline: alpine_cmdline().to_string(),
+    });
     let mut cmd = Command::new(qemu_bin());
     let (accel, cpu) = match opts.accel {
         Accel::Kvm => ("kvm", "host"),
@@ -113,15 +144,16 @@ pub fn qemu_microvm_command(art: &Artifacts, rootfs: &Path, opts: &QemuBootOptio
             "stdio",
         ])
         .arg("-kernel")
-        .arg(&art.kernel)
-        .arg("-initrd")
-        .arg(&art.initrd)
-        .arg("-append")
+        .arg(&boot.kernel);
+    if let Some(initrd) = &boot.initrd {
+        cmd.arg("-initrd").arg(initrd);
+    }
+    cmd.arg("-append")
         .arg(match opts.accel {
-            Accel::Kvm => alpine_cmdline().to_string(),
+            Accel::Kvm => boot.cmdline.clone(),
             // Under TCG on a loaded host the kernel's PIT-based TSC
             // calibration fails and boot stalls; give it a frequency.
-            Accel::Tcg => format!("{} tsc_early_khz=2000000", alpine_cmdline()),
+            Accel::Tcg => format!("{} tsc_early_khz=2000000", boot.cmdline),
         })
         .arg("-drive")
         .arg(format!(
@@ -138,6 +170,10 @@ pub fn qemu_reference_boot(opts: &QemuBootOptions) -> Result<BootTimings> {
     let art = artifacts();
     let image = test_image(BOOT_PROBE_SCRIPT, PowerAction::Poweroff);
     let cmd = qemu_microvm_command(art, image.path(), opts);
+    let kernel = opts
+        .boot
+        .as_ref()
+        .map_or(GuestKernel::Alpine, |b| b.flavour);
     let mut qemu = GuestProcess::spawn("qemu", cmd)?;
     let first_init = qemu.wait_for_line(FIRST_INIT_MARKER, opts.first_init_timeout)?;
     let probe = qemu.wait_for_marker(
@@ -165,5 +201,6 @@ pub fn qemu_reference_boot(opts: &QemuBootOptions) -> Result<BootTimings> {
         test_script: probe.at,
         exited,
         guest_uptime_at_script: probe.value.parse().ok(),
+        kernel,
     })
 }

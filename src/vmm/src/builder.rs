@@ -147,6 +147,20 @@ pub struct Vmm {
     _vcpus: Vec<JoinHandle<()>>,
 }
 
+/// A random locally administered unicast MAC (02:xx:...).
+fn random_mac() -> [u8; 6] {
+    let mut mac = [0u8; 6];
+    // SAFETY: getrandom writes at most mac.len() bytes into our buffer.
+    let n = unsafe { libc::getrandom(mac.as_mut_ptr().cast(), mac.len(), 0) };
+    if n != mac.len() as isize {
+        // Fall back to the clock and pid: uniqueness, not secrecy, is what matters.
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        mac.copy_from_slice(&((t as u64) ^ u64::from(std::process::id()) << 32).to_le_bytes()[..6]);
+    }
+    mac[0] = (mac[0] & !0x01) | 0x02;
+    mac
+}
+
 /// Guest-visible name of the n-th virtio disk: vda, vdb, ...
 fn disk_name(index: usize) -> String {
     format!("vd{}", (b'a' + index as u8) as char)
@@ -155,6 +169,11 @@ fn disk_name(index: usize) -> String {
 struct DeviceSlots {
     next: u64,
     next_irq: u32,
+    /// `(base, len, gsi)` of each virtio-mmio window, for the DSDT. The guest
+    /// must learn them from ACPI: with a hardware-reduced FADT Linux has no
+    /// legacy IRQs, so `virtio_mmio.device=...:5` on the command line names a
+    /// Linux IRQ 5 that does not exist and request_irq fails (-EINVAL).
+    acpi: Vec<(u64, u64, u32)>,
 }
 
 impl Vmm {
@@ -189,7 +208,6 @@ fn attach_virtio<T>(
     mmio: &mut Bus,
     em: &mut EventManager<Subscriber>,
     slots: &mut DeviceSlots,
-    cmdline: &mut String,
     dev: T,
 ) -> Result<Arc<Mutex<dyn VirtioDevice>>, BuildError>
 where
@@ -207,7 +225,7 @@ where
     let transport = MmioTransport::new(as_virtio.clone(), mem.clone(), Arc::new(Interrupt::new(irqfd)));
     mmio.insert(Arc::new(Mutex::new(MmioBusDevice(transport))), base, MMIO_WINDOW_SIZE)?;
     em.add_subscriber(dev as Subscriber);
-    cmdline.push_str(&format!(" virtio_mmio.device={}K@{:#x}:{}", MMIO_WINDOW_SIZE >> 10, base, irq));
+    slots.acpi.push((base, MMIO_WINDOW_SIZE, irq));
     slots.next += MMIO_DEVICE_STRIDE;
     slots.next_irq += 1;
     Ok(as_virtio)
@@ -242,7 +260,7 @@ pub fn build(config: &VmConfig) -> Result<Vmm, BuildError> {
 
     // virtio devices: the root disk first so it is /dev/vda.
     let mut cmdline = config.cmdline.clone();
-    let mut slots = DeviceSlots { next: VIRTIO_MMIO_START, next_irq: VIRTIO_IRQ_BASE };
+    let mut slots = DeviceSlots { next: VIRTIO_MMIO_START, next_irq: VIRTIO_IRQ_BASE, acpi: Vec::new() };
     let mut devices = Vec::new();
     let mut disks: Vec<_> = config.disks.iter().collect();
     disks.sort_by_key(|d| !d.root);
@@ -256,18 +274,29 @@ pub fn build(config: &VmConfig) -> Result<Vmm, BuildError> {
             id: d.id.clone(),
         })
         .map_err(|e| BuildError::Disk { id: d.id.clone(), err: e.to_string() })?;
-        let dev = attach_virtio(&vm, &mem, &mut mmio, &mut em, &mut slots, &mut cmdline, blk)?;
+        let dev = attach_virtio(&vm, &mem, &mut mmio, &mut em, &mut slots, blk)?;
         devices.push(AttachedDevice { id: d.id.clone(), kind: "block", dev });
     }
     for n in &config.nets {
         let net_err = |err: String| BuildError::Net { id: n.id.clone(), err };
-        let _ = (&n.backend, net_err, NetBackendConfig::Tap { name: String::new() });
-        return Err(net_err("network devices are not wired yet".into()));
+        // One MAC for both the guest's virtio config and the pNIC's filter.
+        let mac = n.mac.unwrap_or_else(random_mac);
+        let backend: Box<dyn virtio_devices::net::backend::NetBackend> = match &n.backend {
+            NetBackendConfig::Tap { name } => {
+                Box::new(virtio_devices::net::TapBackend::open(name).map_err(|e| net_err(e.to_string()))?)
+            }
+            NetBackendConfig::Vfio { bdf } => {
+                Box::new(pnic::shim::open_vfio(bdf, &mem, mac).map_err(|e| net_err(e.to_string()))?)
+            }
+        };
+        let net = virtio_devices::net::Net::new(backend, Some(mac), n.id.clone());
+        let dev = attach_virtio(&vm, &mem, &mut mmio, &mut em, &mut slots, net)?;
+        devices.push(AttachedDevice { id: n.id.clone(), kind: "net", dev });
     }
 
     // Boot tables, ACPI and the zero page.
     regs::write_boot_tables(&mem)?;
-    let layout = acpi::AcpiLayout { num_cpus: config.vcpus, pm_port: ACPI_PM_PORT, mmio_devices: vec![], serial: true };
+    let layout = acpi::AcpiLayout { num_cpus: config.vcpus, pm_port: ACPI_PM_PORT, mmio_devices: slots.acpi.clone(), serial: true };
     let rsdp = acpi::create_acpi_tables(&mem, &layout).map_err(|e| BuildError::Acpi(e.to_string()))?;
     params::write_boot_params(&mem, &kernel, initrd.as_ref(), &cmdline, Some(rsdp))?;
     log::info!("kernel command line: {cmdline}");
@@ -312,5 +341,12 @@ mod tests {
     fn disk_names() {
         assert_eq!(disk_name(0), "vda");
         assert_eq!(disk_name(2), "vdc");
+    }
+
+    #[test]
+    fn random_macs_are_local_unicast() {
+        let a = random_mac();
+        assert_eq!(a[0] & 0x03, 0x02);
+        assert_ne!(a, random_mac());
     }
 }

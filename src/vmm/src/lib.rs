@@ -8,7 +8,6 @@ pub mod devices;
 pub mod exit;
 pub mod layout;
 pub mod memory;
-pub mod pnic_backend;
 pub mod signals;
 pub mod stdin;
 pub mod vstate;

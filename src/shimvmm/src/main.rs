@@ -1,12 +1,18 @@
-//! shimvmm: boots a Linux guest with KVM from the command line, a config file
-//! or the REST API.
+//! shimvmm: boots a Linux guest with KVM from the command line (`--kernel`), a
+//! config file (`--config-file`) or the REST API (`--api-sock`).
 
 mod cli;
+mod controller;
+mod spec;
 mod terminal;
 
 use std::process::ExitCode;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Parser;
+use controller::{Controller, StartRequest};
 
 /// Exit status for bad input or a VM that could not be built.
 const EXIT_CONFIG_ERROR: u8 = 1;
@@ -24,28 +30,111 @@ fn main() -> ExitCode {
     }
     env_logger::Builder::new().filter_level(args.log_level).format_target(false).init();
 
-    let Some(kernel) = args.kernel.clone() else {
-        return fail("nothing to boot: give --kernel PATH (or --config-file FILE / --api-sock PATH)");
+    if args.no_api && args.api_sock.is_some() {
+        return fail("--no-api and --api-sock contradict each other: give one");
+    }
+    if args.kernel.is_some() && args.config_file.is_some() {
+        return fail("--kernel and --config-file both describe the VM: give one");
+    }
+    let boot_config = if let Some(kernel) = args.kernel.clone() {
+        match args.vm_config(kernel) {
+            Ok(c) => Some(c),
+            Err(e) => return fail(e),
+        }
+    } else if let Some(file) = &args.config_file {
+        let spec = match api::VmSpec::from_config_file(file) {
+            Ok(s) => s,
+            Err(e) => return fail(e),
+        };
+        match spec::spec_to_config(&spec) {
+            Ok(mut c) => {
+                c.metrics_path = c.metrics_path.or_else(|| args.metrics_path.clone());
+                Some(c)
+            }
+            Err(e) => return fail(format!("{}: {e}", file.display())),
+        }
+    } else {
+        None
     };
-    let config = match args.vm_config(kernel) {
-        Ok(c) => c,
-        Err(e) => return fail(e),
-    };
-    run(&config)
-}
 
-fn run(config: &vmm::VmConfig) -> ExitCode {
-    let vm = match vmm::build(config) {
-        Ok(v) => v,
-        Err(e) => return fail(e),
+    let (ctl, start_rx) = Controller::new();
+    let ctl = Arc::new(ctl);
+    let api_server = match &args.api_sock {
+        Some(sock) => {
+            let opts = api::ServeOptions {
+                initial_config: boot_config.as_ref().map(spec::config_to_spec).unwrap_or_default(),
+                already_started: boot_config.is_some(),
+                ..Default::default()
+            };
+            match api::serve_with(sock, ctl.clone(), "shimvmm".to_string(), opts) {
+                Ok(h) => Some(h),
+                Err(e) => return fail(e),
+            }
+        }
+        None => None,
     };
+
+    let vm = match boot_config {
+        Some(c) => match vmm::build(&c) {
+            Ok(vm) => vm,
+            Err(e) => return fail(e),
+        },
+        None if api_server.is_some() => match wait_for_start(&start_rx, &args) {
+            Some(vm) => vm,
+            None => return ExitCode::SUCCESS,
+        },
+        None => return fail("nothing to boot: give --kernel PATH, --config-file FILE or --api-sock PATH"),
+    };
+    ctl.set_running(vm.handle());
     terminal::enter_raw_mode();
     let reason = vm.run();
     terminal::restore();
+    ctl.set_halted();
+    if let Some(h) = api_server {
+        h.shutdown();
+    }
     match &reason {
         vmm::ExitReason::VcpuError(m) => eprintln!("shimvmm: guest stopped: {m}"),
         vmm::ExitReason::VmmError(m) => eprintln!("shimvmm: error: {m}"),
-        r => log::info!("shimvmm: exiting: {r:?}"),
+        r => log::info!("exiting: {r:?}"),
     }
     ExitCode::from(reason.exit_code() as u8)
+}
+
+/// True when SIGINT or SIGTERM is pending (they are blocked in every thread).
+fn stop_signal_pending() -> bool {
+    // SAFETY: sigpending fills the set we own; sigismember only reads it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigpending(&mut set);
+        libc::sigismember(&set, libc::SIGINT) == 1 || libc::sigismember(&set, libc::SIGTERM) == 1
+    }
+}
+
+/// Serves InstanceStart requests until one builds a VM; `None` on SIGINT/SIGTERM.
+fn wait_for_start(rx: &Receiver<StartRequest>, args: &cli::Args) -> Option<vmm::Vmm> {
+    loop {
+        if stop_signal_pending() {
+            return None;
+        }
+        let (spec, reply) = match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(r) => r,
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => return None,
+        };
+        let built = spec::spec_to_config(&spec).and_then(|mut c| {
+            c.metrics_path = c.metrics_path.or_else(|| args.metrics_path.clone());
+            vmm::build(&c).map_err(|e| e.to_string())
+        });
+        match built {
+            Ok(vm) => {
+                let _ = reply.send(Ok(()));
+                return Some(vm);
+            }
+            Err(e) => {
+                log::warn!("InstanceStart failed: {e}");
+                let _ = reply.send(Err(e));
+            }
+        }
+    }
 }

@@ -57,56 +57,16 @@ fn alpine_reaches_login_prompt_and_sigterm_stops_cleanly() {
     assert_eq!(st.code(), Some(0), "SIGTERM must be a clean stop; console:\n{}", vm.tail(20));
 }
 
-#[test]
-fn guest_sees_two_vcpus_and_512_mib_and_poweroff_exits_zero() {
-    if !require_guest_env("guest_sees_two_vcpus_and_512_mib_and_poweroff_exits_zero") {
-        return;
-    }
-    let script = "marker nproc \"$(nproc)\"\nmarker memtotal_kib \"$(awk '/MemTotal/ {print $2}' /proc/meminfo)\"\n";
-    let image = test_image(script, PowerAction::Poweroff);
-    let mut vm = boot("shimvmm-topology", &artifacts().kernel, image.path(), &[]);
-    let code = finish(&mut vm);
-    assert_eq!(marker(&vm, "nproc"), "2");
-    let kib: f64 = marker(&vm, "memtotal_kib").parse().expect("MemTotal is a number");
-    let ratio = kib / (512.0 * 1024.0);
-    // MemTotal excludes the kernel's own reservations; within a few percent of 512 MiB.
-    assert!((0.90..=1.0).contains(&ratio), "MemTotal {kib} KiB is {:.1}% of 512 MiB", ratio * 100.0);
-    assert_eq!(code, 0, "poweroff -f must end shimvmm with status 0");
-}
-
-#[test]
-fn init_poweroff_exits_zero() {
-    if !require_guest_env("init_poweroff_exits_zero") {
-        return;
-    }
-    // A full `poweroff` through busybox init and openrc, not the forced syscall.
-    let image = test_image("marker bye 1\n(sleep 1; poweroff) &\n", PowerAction::None);
-    let mut vm = boot("shimvmm-poweroff", &artifacts().kernel, image.path(), &[]);
-    assert_eq!(finish(&mut vm), 0);
-}
-
 fn debugfs_cat(image: &Path, file: &str) -> String {
     let out = Command::new("debugfs").args(["-R", &format!("cat {file}")]).arg(image).output().expect("run debugfs");
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// One boot checks the topology, a read-only second disk, and that a file
+/// written to the root disk survives a guest `reboot` (which ends shimvmm with 0).
 #[test]
-fn written_file_survives_reboot_and_reboot_exits_zero() {
-    if !require_guest_env("written_file_survives_reboot_and_reboot_exits_zero") {
-        return;
-    }
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-    let token = format!("durable-{}-{nanos}", std::process::id());
-    let script = format!("echo {token} > /root/durable.txt\nsync\nmarker written 1\n");
-    let image = test_image(&script, PowerAction::Reboot);
-    let mut vm = boot("shimvmm-durable", &artifacts().kernel, image.path(), &[]);
-    assert_eq!(finish(&mut vm), 0, "reboot -f must end shimvmm with status 0");
-    assert_eq!(debugfs_cat(image.path(), "/root/durable.txt").trim(), token, "file not in the image after the VM stopped");
-}
-
-#[test]
-fn read_only_disk_refuses_writes() {
-    if !require_guest_env("read_only_disk_refuses_writes") {
+fn topology_readonly_disk_and_durable_write_across_reboot() {
+    if !require_guest_env("topology_readonly_disk_and_durable_write_across_reboot") {
         return;
     }
     let dir = std::env::temp_dir().join(format!("shimvmm-ro-{}", std::process::id()));
@@ -116,19 +76,34 @@ fn read_only_disk_refuses_writes() {
     let st = Command::new("mkfs.ext4").args(["-q", "-F", "-d"]).arg(dir.join("content")).arg(&ro).arg("8M").status().unwrap();
     assert!(st.success(), "mkfs.ext4 failed");
     let before = std::fs::read(&ro).unwrap();
-    let script = "marker getro \"$(blockdev --getro /dev/vdb)\"\n\
-                  if dd if=/dev/zero of=/dev/vdb bs=4096 count=1 oflag=direct conv=notrunc 2>/dev/null; then marker ddwrite ok; else marker ddwrite refused; fi\n\
-                  mkdir -p /mnt/ro && mount -t ext4 /dev/vdb /mnt/ro 2>/dev/null; marker content \"$(cat /mnt/ro/hello)\"\n\
-                  if touch /mnt/ro/new 2>/dev/null; then marker fswrite ok; else marker fswrite refused; fi\n";
-    let image = test_image(script, PowerAction::Poweroff);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let token = format!("durable-{}-{nanos}", std::process::id());
+    let script = format!(
+        "marker nproc \"$(nproc)\"\n\
+         marker memtotal_kib \"$(awk '/MemTotal/ {{print $2}}' /proc/meminfo)\"\n\
+         marker getro \"$(blockdev --getro /dev/vdb)\"\n\
+         if dd if=/dev/zero of=/dev/vdb bs=4096 count=1 oflag=direct conv=notrunc 2>/dev/null; then marker ddwrite ok; else marker ddwrite refused; fi\n\
+         mkdir -p /mnt/ro && mount -t ext4 /dev/vdb /mnt/ro 2>/dev/null; marker content \"$(cat /mnt/ro/hello)\"\n\
+         if touch /mnt/ro/new 2>/dev/null; then marker fswrite ok; else marker fswrite refused; fi\n\
+         umount /mnt/ro\n\
+         echo {token} > /root/durable.txt\nsync\nmarker written 1\n"
+    );
+    let image = test_image(&script, PowerAction::Reboot);
     let extra = vec!["--disk".to_string(), format!("path={},readonly=on", ro.display())];
-    let mut vm = boot("shimvmm-ro", &artifacts().kernel, image.path(), &extra);
-    assert_eq!(finish(&mut vm), 0);
+    let mut vm = boot("shimvmm-boot", &artifacts().kernel, image.path(), &extra);
+    let code = finish(&mut vm);
+    assert_eq!(marker(&vm, "nproc"), "2");
+    let kib: f64 = marker(&vm, "memtotal_kib").parse().expect("MemTotal is a number");
+    let ratio = kib / (512.0 * 1024.0);
+    // MemTotal excludes the kernel's own reservations; within a few percent of 512 MiB.
+    assert!((0.90..=1.0).contains(&ratio), "MemTotal {kib} KiB is {:.1}% of 512 MiB", ratio * 100.0);
     assert_eq!(marker(&vm, "getro"), "1", "the guest must see /dev/vdb as read-only");
     assert_eq!(marker(&vm, "ddwrite"), "refused");
     assert_eq!(marker(&vm, "content"), "read-only data");
     assert_eq!(marker(&vm, "fswrite"), "refused");
+    assert_eq!(code, 0, "a guest reboot must end shimvmm with status 0");
     assert!(std::fs::read(&ro).unwrap() == before, "the read-only image changed");
+    assert_eq!(debugfs_cat(image.path(), "/root/durable.txt").trim(), token, "file not in the image after the VM stopped");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -152,17 +127,18 @@ while True:\n\
 }
 
 #[test]
-fn elf_vmlinux_boots() {
-    if !require_guest_env("elf_vmlinux_boots") {
+fn elf_vmlinux_boots_and_init_poweroff_exits_zero() {
+    if !require_guest_env("elf_vmlinux_boots_and_init_poweroff_exits_zero") {
         return;
     }
     let vmlinux: PathBuf = std::env::temp_dir().join(format!("shimvmm-vmlinux-{}", std::process::id()));
     extract_vmlinux(&artifacts().kernel, &vmlinux);
-    let image = test_image("marker elf-booted \"$(uname -r)\"\n", PowerAction::Poweroff);
+    // A full `poweroff` through busybox init and openrc (not the forced syscall).
+    let image = test_image("marker elf-booted \"$(uname -r)\"\n(sleep 1; poweroff) &\n", PowerAction::None);
     let mut vm = boot("shimvmm-elf", &vmlinux, image.path(), &[]);
     let code = finish(&mut vm);
     assert!(!marker(&vm, "elf-booted").is_empty());
-    assert_eq!(code, 0);
+    assert_eq!(code, 0, "guest poweroff must end shimvmm with status 0");
     let _ = std::fs::remove_file(&vmlinux);
 }
 

@@ -3,8 +3,9 @@
 #
 # Prepares what shimvmm's tests need (KVM, VFIO, the NICs, the peer namespace),
 # then runs the job written by tools/testbed with its stdout/stderr on the
-# virtio-serial ports shimvmm.stdout/shimvmm.stderr, reports progress and the
-# exit status as lines on shimvmm.ctl, and powers L1 off.
+# virtio-serial ports shimvmm.stdout/shimvmm.stderr and its stdin on the port
+# shimvmm.stdin (present only with `run --interactive`, else /dev/null),
+# reports progress and the exit status as lines on shimvmm.ctl, and powers L1 off.
 #
 # ctl protocol (one line each): "BOOTED <uptime>", "READY <uptime>",
 # "SETUPFAIL <message>", "EXIT <status>".
@@ -65,6 +66,21 @@ die() {
     poweroff_now
 }
 ctl "BOOTED $(uptime_s)"
+
+# COMMAND's stdin. The host sends nothing before READY, and QEMU holds bytes
+# until a port is opened, so nothing typed is lost; when the caller's stdin
+# ends the host disconnects the port and reads here return EOF.
+IN=/dev/null
+if [ -e "$JOB/interactive" ]; then
+    i=0
+    while ! IN=$(port_dev shimvmm.stdin); do
+        i=$((i + 1))
+        [ $i -le 50 ] || die "virtio-serial port shimvmm.stdin not found (run --interactive)"
+        sleep 0.1
+    done
+fi
+# `command`: a failed redirection must not end PID 1 (that panics L1).
+command exec 4<"$IN" 2>/dev/null || die "cannot open $IN for COMMAND's stdin"
 
 echo shimvmm-l1 >/proc/sys/kernel/hostname
 ulimit -l unlimited 2>/dev/null
@@ -177,7 +193,7 @@ log "ready: pnic=$PNIC peer=$PEER_IF@$PEER_NS e1000e=$E1000E_IF"
 ctl "READY $(uptime_s)"
 
 # --- the job --------------------------------------------------------------------
-sh "$JOB/job.sh" </dev/null >"$OUT" 2>"$ERR" 3>&-
+sh "$JOB/job.sh" <&4 >"$OUT" 2>"$ERR" 3>&- 4<&-
 status=$?
 ctl "EXIT $status"
 exec 3>&-

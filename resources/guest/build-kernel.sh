@@ -117,6 +117,7 @@ nice -n 19 make -s -j"$jobs" bzImage >&2 || die "kernel build failed"
 note "built in $(( $(date +%s) - start )) s"
 
 tmp_out="$(mktemp -d "$CACHE_ROOT/.kout.XXXXXX")"
+chmod 755 "$tmp_out"
 cp arch/x86/boot/bzImage "$tmp_out/bzImage"
 cp vmlinux "$tmp_out/vmlinux"
 cp .config "$tmp_out/config"

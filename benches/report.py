@@ -1,0 +1,192 @@
+#!/usr/bin/env python3
+"""Aggregates tools/bench results (JSON lines in DIR) into docs/benchmarks.md and
+docs/benchmarks.json: medians and min-max of repeated runs, ratios from the same run.
+
+Usage: report.py DIR MD JSON
+"""
+import datetime, json, os, platform, statistics, subprocess, sys
+
+def load(path):
+    out = []
+    if os.path.exists(path):
+        for line in open(path):
+            line = line.strip()
+            if line.startswith("{"):
+                try:
+                    out.append(json.loads(line))
+                except ValueError:
+                    pass
+    return out
+
+def stats(xs):
+    xs = [x for x in xs if x is not None]
+    if not xs:
+        return None
+    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "n": len(xs)}
+
+def fmt(s, nd=0, unit=""):
+    if not s:
+        return "n/a"
+    f = f"{{:.{nd}f}}"
+    return f"{f.format(s['median'])}{unit} ({f.format(s['min'])}-{f.format(s['max'])})"
+
+def meta(d, name):
+    p = os.path.join(d, name + ".meta")
+    return open(p).read().strip() if os.path.exists(p) else ""
+
+def net_section(d, md, js):
+    runs = load(os.path.join(d, "net.jsonl"))
+    cg = {r["scenario"]: r for r in load(os.path.join(d, "net_callgrind.jsonl"))}
+    if not runs:
+        return
+    md.append("## 1. Net datapath, natively (no KVM)\n")
+    md.append(meta(d, "net") + "\n")
+    md.append("Real `virtio_devices::net::Net` device driven by a simulated guest driver (256-entry split "
+              "queues, EVENT_IDX, MRG_RXBUF, one 2048-byte descriptor per RX buffer). **tap**: `TapBackend` on "
+              "a real tap, frames injected/consumed by an AF_PACKET socket on the host side. **shim**: "
+              "`ShimBackend` over the software NIC model (`pnic::model`), whose \"DMA\" writes frames at GPA+12 "
+              "of the posted guest buffers. *VMM* = the event loop only (device + backend, including the tap's "
+              "readv/writev syscalls); *NIC* = the wire side (tap: the host's AF_PACKET send/recv syscalls; "
+              "shim: the model's DMA copy / TX read), timed and counted apart. ns are thread CPU time "
+              "(CLOCK_THREAD_CPUTIME_ID), median (min-max) of the repeated runs; instructions are user-space "
+              "instructions counted by callgrind (deterministic, one run), per packet.\n")
+    md.append("| scenario | VMM ns/pkt | VMM Mpps (CPU-bound) | NIC ns/pkt | VMM instr/pkt | of which NIC-model register/ring calls | NIC instr/pkt | VMM-copied B/pkt |")
+    md.append("|---|---|---|---|---|---|---|---|")
+    table = {}
+    order = []
+    for r in runs:
+        if r["scenario"] not in order:
+            order.append(r["scenario"])
+    for sc in order:
+        rs = [r for r in runs if r["scenario"] == sc]
+        if "skipped" in rs[0]:
+            md.append(f"| {sc} | skipped: {rs[0]['skipped']} | | | | | | |")
+            table[sc] = {"skipped": rs[0]["skipped"]}
+            continue
+        vmm = stats([r["vmm_ns_per_pkt"] for r in rs])
+        nic = stats([r["nic_ns_per_pkt"] for r in rs])
+        mpps = stats([r["vmm_pps"] / 1e6 for r in rs])
+        cp = stats([r["vmm_copied_bytes_per_pkt"] for r in rs])
+        c = cg.get(sc, {})
+        table[sc] = {"vmm_ns_per_pkt": vmm, "nic_ns_per_pkt": nic, "vmm_mpps": mpps, "vmm_copied_bytes_per_pkt": cp,
+                     "vmm_instr_per_pkt": c.get("vmm_instr_per_pkt"), "model_driver_instr_per_pkt": c.get("model_driver_instr_per_pkt"),
+                     "nic_instr_per_pkt": c.get("nic_instr_per_pkt")}
+        g = lambda k: f"{c[k]:.0f}" if k in c else "n/a"
+        md.append(f"| {sc} | {fmt(vmm)} | {fmt(mpps, 2)} | {fmt(nic)} | {g('vmm_instr_per_pkt')} | {g('model_driver_instr_per_pkt')} | {g('nic_instr_per_pkt')} | {fmt(cp)} |")
+    md.append("")
+    # Targets, from the same run.
+    checks = []
+    def ci(sc, k="vmm_instr_per_pkt"):
+        return cg.get(sc, {}).get(k)
+    t15, s15 = ci("tap-rx-1500"), ci("shim-rx-1500")
+    if t15 and s15:
+        ratio = s15 / t15
+        checks.append(("shim VMM instr/pkt at 1500 B RX ≤ 0.3 × tap", f"{s15:.0f} / {t15:.0f} = {ratio:.2f}", ratio <= 0.3))
+        ex = [ci(f"shim-rx-{n}") - (ci(f"shim-rx-{n}", "model_driver_instr_per_pkt") or 0) for n in (1500,) if ci(f"shim-rx-{n}")]
+        if ex:
+            checks.append(("(same, shim without the NIC model's register/ring emulation)", f"{ex[0]:.0f} / {t15:.0f} = {ex[0]/t15:.2f}", ex[0] / t15 <= 0.3))
+        js["targets_ratio_shim_tap_rx1500_instr"] = ratio
+    vals = [ci(f"shim-rx-{n}") for n in (64, 512, 1500)]
+    if all(vals):
+        spread = (max(vals) - min(vals)) / min(vals)
+        checks.append(("shim VMM instr/pkt flat (±10 %) 64→1500 B RX", " / ".join(f"{v:.0f}" for v in vals) + f" (spread {spread*100:.1f} %)", spread <= 0.2))
+    copied = [r["vmm_copied_bytes_per_pkt"] for r in runs if r.get("path") == "shim" and "skipped" not in r]
+    if copied:
+        checks.append(("shim VMM-copied payload bytes = 0", f"max {max(copied):.0f} B/pkt", max(copied) == 0))
+    if checks:
+        md.append("| target | measured | met |\n|---|---|---|")
+        for name, val, ok in checks:
+            md.append(f"| {name} | {val} | {'yes' if ok else '**no**'} |")
+        md.append("")
+    js["net"] = table
+
+def boot_section(d, md, js):
+    rs = [r for r in load(os.path.join(d, "guest.jsonl")) if r.get("bench") == "boot"]
+    if not rs:
+        return
+    md.append("## 2. Boot time in the testbed (shimvmm vs QEMU microvm)\n")
+    md.append(meta(d, "guest") + "\n")
+    md.append("Same Alpine kernel, initrd, command line, 2 vCPUs, 512 MiB, a private copy of the rootfs with the "
+              "harness's boot-probe script; host wall clock from spawn to the console line. Runs alternate "
+              "shimvmm/QEMU in one L1 boot. L1 is QEMU TCG (nested SVM), so absolute times are those of an emulated machine.\n")
+    errs = [r for r in rs if "error" in r]
+    out = {}
+    md.append("| VMM | first init (s) | boot-probe marker (s) | runs ok |\n|---|---|---|---|")
+    for vmm in ("shimvmm", "qemu"):
+        ok = [r for r in rs if r["vmm"] == vmm and "error" not in r]
+        fi = stats([r["first_init_s"] for r in ok])
+        bp = stats([r["boot_probe_s"] for r in ok])
+        out[vmm] = {"first_init_s": fi, "boot_probe_s": bp, "failed": len([r for r in errs if r["vmm"] == vmm])}
+        md.append(f"| {vmm} | {fmt(fi, 2)} | {fmt(bp, 2)} | {len(ok)} |")
+    if out["shimvmm"]["first_init_s"] and out["qemu"]["first_init_s"]:
+        r1 = out["shimvmm"]["first_init_s"]["median"] / out["qemu"]["first_init_s"]["median"]
+        r2 = out["shimvmm"]["boot_probe_s"]["median"] / out["qemu"]["boot_probe_s"]["median"]
+        out["ratio_first_init"] = r1
+        out["ratio_boot_probe"] = r2
+        md.append(f"\nRatio shimvmm/QEMU (medians): first init **{r1:.2f}**, boot probe **{r2:.2f}**; target ≤ 0.8: "
+                  f"{'met' if max(r1, r2) <= 0.8 else '**missed**'}.")
+    for e in errs:
+        md.append(f"\nFailed run: {e['vmm']} #{e['run']}: {e['error'][:300]}")
+    md.append("")
+    js["boot"] = out
+
+def mem_section(d, md, js):
+    rs = [r for r in load(os.path.join(d, "guest.jsonl")) if r.get("bench") == "mem"]
+    if not rs:
+        return
+    md.append("## 3. Memory overhead (RSS minus guest RAM), 512 MiB Alpine idle at its login prompt\n")
+    md.append("From /proc/PID/smaps in the testbed, 5 s after `login:` appeared: total Rss minus the Rss of the "
+              "guest-RAM mapping (shimvmm: `memfd:shimvmm-guest-ram`; QEMU: its largest anonymous mapping of ≥ 512 MiB).\n")
+    md.append("| VMM | RSS (MiB) | guest RAM resident (MiB) | overhead (MiB) |\n|---|---|---|---|")
+    out = {}
+    for r in rs:
+        if "error" in r:
+            md.append(f"| {r['vmm']} | failed: {r['error'][:200]} | | |")
+            continue
+        out[r["vmm"]] = r
+        md.append(f"| {r['vmm']} | {r['rss_kib']/1024:.1f} | {r['guest_ram_rss_kib']/1024:.1f} | {r['overhead_kib']/1024:.1f} |")
+    if "shimvmm" in out:
+        o = out["shimvmm"]["overhead_kib"] / 1024
+        md.append(f"\nTarget ≤ 5 MiB: {'met' if o <= 5 else '**missed**'} ({o:.1f} MiB).")
+    md.append("")
+    js["mem"] = out
+
+def startup_section(d, md, js):
+    rs = load(os.path.join(d, "startup.jsonl"))
+    if not rs:
+        return
+    md.append("## 4. Start-up: spawn to API socket accepting (natively, this host)\n")
+    md.append(meta(d, "startup") + "\n")
+    w = stats([r["wall_ms"] for r in rs])
+    c = stats([r["cpu_ms"] for r in rs])
+    md.append(f"`shimvmm --api-sock S`, connect polled every 0.1 ms, {w['n']} runs: wall **{fmt(w, 2, ' ms')}**, "
+              f"child CPU (user+sys, getrusage) {fmt(c, 2, ' ms')}. Target ≤ 10 ms wall: "
+              f"{'met' if w['median'] <= 10 else '**missed**'}.\n")
+    js["startup"] = {"wall_ms": w, "cpu_ms": c}
+
+def guestnet_section(d, md, js):
+    p = os.path.join(d, "guestnet.txt")
+    if not os.path.exists(p):
+        return
+    md.append("## 5. Guest network in the testbed (tap vs shim)\n")
+    md.append("The testbed's NICs are QEMU's emulated igb/e1000e under TCG: these figures compare the two "
+              "paths on the same emulated machine, they say nothing about real hardware.\n")
+    md.append("```\n" + open(p).read().strip() + "\n```\n")
+    js["guestnet"] = open(p).read()
+
+def main():
+    d, mdp, jsp = sys.argv[1:4]
+    js = {"generated": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    md = ["# shimvmm benchmarks\n",
+          f"Generated by `tools/devtool bench` (= `tools/bench`) on {js['generated']}.\n",
+          "Machine: " + meta(d, "machine") + "\n",
+          "Timings on this shared 2-core machine are noisy; medians and min-max of repeated runs are given, "
+          "ratios come from the same run. Sections not run this time are left out (run `tools/bench net|boot|mem|startup|guestnet`).\n"]
+    for f in (net_section, boot_section, mem_section, startup_section, guestnet_section):
+        f(d, md, js)
+    notes = os.path.join(d, "..", "..", "benches", "notes.md")
+    open(mdp, "w").write("\n".join(md) + "\n")
+    json.dump(js, open(jsp, "w"), indent=1)
+
+if __name__ == "__main__":
+    main()

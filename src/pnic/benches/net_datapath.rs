@@ -1,0 +1,454 @@
+//! The virtio-net datapath natively (no KVM): a simulated guest driver posts
+//! split-virtqueue RX/TX buffers in a guest memory region and the real
+//! `virtio_devices::net::Net` device moves frames through either
+//! - `tap`: `TapBackend` on a real tap device, frames injected/consumed on the
+//!   host side through an AF_PACKET socket bound to the tap, or
+//! - `shim`: `ShimBackend` over the software NIC model, whose "DMA" writes
+//!   frames straight into the posted guest buffers (GPA + 12).
+//!
+//! What is timed as "VMM" is only `bench_vmm_work` (the event loop: device +
+//! backend, including the tap's readv/writev syscalls); the simulated guest
+//! and the NIC side (`bench_nic_work`: AF_PACKET send/recv, or the model's
+//! DMA) are timed apart. Under `valgrind --tool=callgrind` the two functions'
+//! inclusive instruction counts give instructions per packet (tools/bench).
+//!
+//!   cargo bench -p pnic --bench net_datapath -- [--frames N] [SCENARIO...]
+//!   SCENARIO = {tap,shim}-{rx,tx}-{64,512,1500,9000}; default: all.
+//! Prints one JSON object per scenario on stdout.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{fence, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use event_manager::{EventManager, SubscriberOps};
+use pnic::model::{ModelConfig, ModelHandle, NicModel};
+use pnic::shim::ShimBackend;
+use virtio_devices::net::config::{F_EVENT_IDX, F_MRG_RXBUF, F_VERSION_1};
+use virtio_devices::net::device::{RX_QUEUE, TX_QUEUE};
+use virtio_devices::net::{Net, NetBackend, TapBackend};
+use virtio_devices::{ActivateContext, GuestMemory, Interrupt, VirtioDevice};
+use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{Bytes, GuestAddress};
+use vmm_sys_util::eventfd::EventFd;
+
+const QSIZE: u16 = 256;
+/// VIRTQ_DESC_F_WRITE: the device writes this buffer (RX).
+const DESC_F_WRITE: u16 = 2;
+/// Guest RX buffer size: one 2 KiB descriptor per buffer (what a Linux guest
+/// with MRG_RXBUF posts, rounded to the NIC's 1 KiB granularity).
+const RX_BUF: u32 = 2048;
+const VNET_HDR: usize = 12;
+const MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
+const RX_BASE: u64 = 0x10_0000;
+const TX_BASE: u64 = 0x80_0000;
+/// TX slot stride: a 12-byte header plus a 9000-byte frame fits.
+const TX_STRIDE: u64 = 0x4000;
+/// Frames the host side sends per event-loop pass.
+const BURST: usize = 64;
+
+fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// (user, system) CPU time of this thread so far.
+fn thread_rusage() -> (Duration, Duration) {
+    // SAFETY: rusage is plain old data; getrusage fills the one we own.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; RUSAGE_THREAD is valid on Linux.
+    unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    (tv(ru.ru_utime), tv(ru.ru_stime))
+}
+
+/// The driver side of one split virtqueue, enough to recycle buffers.
+struct Driver {
+    mem: GuestMemory,
+    desc: u64,
+    avail: u64,
+    used: u64,
+    avail_idx: u16,
+    used_seen: u16,
+}
+
+impl Driver {
+    fn new(mem: &GuestMemory, base: u64) -> (Driver, Queue) {
+        let desc = base;
+        let avail = desc + 16 * u64::from(QSIZE);
+        let used = (avail + 6 + 2 * u64::from(QSIZE)).next_multiple_of(4);
+        let mut q = Queue::new(QSIZE).unwrap();
+        q.set_size(QSIZE);
+        q.set_desc_table_address(Some(desc as u32), Some((desc >> 32) as u32));
+        q.set_avail_ring_address(Some(avail as u32), Some((avail >> 32) as u32));
+        q.set_used_ring_address(Some(used as u32), Some((used >> 32) as u32));
+        q.set_ready(true);
+        (Driver { mem: mem.clone(), desc, avail, used, avail_idx: 0, used_seen: 0 }, q)
+    }
+
+    fn push(&mut self, head: u16, addr: u64, len: u32, flags: u16) {
+        let d = RawDescriptor::from(SplitDescriptor::new(addr, len, flags, 0));
+        self.mem.write_obj(d, GuestAddress(self.desc + 16 * u64::from(head))).unwrap();
+        let slot = self.avail + 4 + 2 * u64::from(self.avail_idx % QSIZE);
+        self.mem.write_obj(head, GuestAddress(slot)).unwrap();
+        self.avail_idx = self.avail_idx.wrapping_add(1);
+    }
+
+    /// Publishes pushed chains; true when the device asked for a kick (EVENT_IDX).
+    fn publish(&mut self, old: u16) -> bool {
+        fence(Ordering::SeqCst);
+        self.mem.write_obj(self.avail_idx, GuestAddress(self.avail + 2)).unwrap();
+        fence(Ordering::SeqCst);
+        let event: u16 = self.mem.read_obj(GuestAddress(self.used + 4 + 8 * u64::from(QSIZE))).unwrap();
+        self.avail_idx.wrapping_sub(event).wrapping_sub(1) < self.avail_idx.wrapping_sub(old)
+    }
+
+    fn reap(&mut self, out: &mut Vec<(u16, u32)>) {
+        let idx: u16 = self.mem.read_obj(GuestAddress(self.used + 2)).unwrap();
+        while self.used_seen != idx {
+            let e = self.used + 4 + 8 * u64::from(self.used_seen % QSIZE);
+            let id: u32 = self.mem.read_obj(GuestAddress(e)).unwrap();
+            let len: u32 = self.mem.read_obj(GuestAddress(e + 4)).unwrap();
+            out.push((id as u16, len));
+            self.used_seen = self.used_seen.wrapping_add(1);
+        }
+    }
+}
+
+/// The host side of the tap: an AF_PACKET socket bound to it.
+struct HostEnd {
+    fd: OwnedFd,
+}
+
+impl HostEnd {
+    fn new(ifname: &str) -> HostEnd {
+        let proto = (libc::ETH_P_ALL as u16).to_be() as i32;
+        // SAFETY: plain socket(2); the fd is owned right away.
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, proto) };
+        assert!(fd >= 0, "AF_PACKET socket: {}", std::io::Error::last_os_error());
+        // SAFETY: fd is a fresh socket nobody else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let cname = std::ffi::CString::new(ifname).unwrap();
+        // SAFETY: NUL-terminated name.
+        let ifindex = unsafe { libc::if_nametoindex(cname.as_ptr()) };
+        assert!(ifindex != 0, "no interface {ifname}");
+        // SAFETY: sockaddr_ll is plain old data.
+        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_protocol = proto as u16;
+        sll.sll_ifindex = ifindex as i32;
+        // SAFETY: binds our socket to a sockaddr_ll of the right size.
+        let r = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                &sll as *const libc::sockaddr_ll as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        assert_eq!(r, 0, "bind: {}", std::io::Error::last_os_error());
+        let big: libc::c_int = 8 << 20;
+        for opt in [libc::SO_SNDBUF, libc::SO_RCVBUF] {
+            // SAFETY: setsockopt reads one c_int we own.
+            unsafe {
+                libc::setsockopt(
+                    fd.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    opt,
+                    &big as *const libc::c_int as *const libc::c_void,
+                    std::mem::size_of::<libc::c_int>() as u32,
+                )
+            };
+        }
+        HostEnd { fd }
+    }
+
+    fn send(&self, frame: &[u8]) -> bool {
+        // SAFETY: send(2) reads frame.len() bytes of a live slice.
+        let n = unsafe { libc::send(self.fd.as_raw_fd(), frame.as_ptr().cast(), frame.len(), libc::MSG_DONTWAIT) };
+        n == frame.len() as isize
+    }
+
+    /// Drains what the tap sent out; returns the number of frames of `len`.
+    fn drain(&self, buf: &mut [u8], len: usize) -> u64 {
+        let mut n = 0;
+        loop {
+            // SAFETY: recv(2) writes at most buf.len() bytes into buf.
+            let r = unsafe {
+                libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT)
+            };
+            if r < 0 {
+                return n;
+            }
+            if r as usize == len {
+                n += 1;
+            }
+        }
+    }
+}
+
+enum Nic {
+    Tap { host: HostEnd, name: String },
+    Model(ModelHandle),
+}
+
+struct Bench {
+    net: Arc<Mutex<Net>>,
+    em: EventManager<Arc<Mutex<Net>>>,
+    rx: Driver,
+    tx: Driver,
+    mem: GuestMemory,
+    nic: Nic,
+    vmm_ns: u64,
+    nic_ns: u64,
+    ru0: (Duration, Duration),
+}
+
+/// The VMM's work: run the event loop (device + backend) until idle.
+#[inline(never)]
+fn bench_vmm_work(em: &mut EventManager<Arc<Mutex<Net>>>) {
+    while em.run_with_timeout(0).unwrap() > 0 {}
+}
+
+/// The NIC's work: the wire delivers `n` frames (tap: AF_PACKET sends; shim:
+/// the model's DMA into posted buffers), or completes TX (tap: the host reads
+/// what the tap sent; shim: the model reads the posted TX buffers).
+#[inline(never)]
+fn bench_nic_work(nic: &Nic, frame: &[u8], n: usize, rx: bool, scratch: &mut [u8]) -> u64 {
+    match (nic, rx) {
+        (Nic::Tap { host, .. }, true) => (0..n).filter(|_| host.send(frame)).count() as u64,
+        (Nic::Tap { host, .. }, false) => host.drain(scratch, frame.len()),
+        (Nic::Model(h), true) => (0..n)
+            .filter(|_| matches!(h.inject_rx(frame), pnic::model::InjectOutcome::Delivered { .. }))
+            .count() as u64,
+        (Nic::Model(h), false) => h.complete_tx() as u64,
+    }
+}
+
+fn test_frame(len: usize) -> Vec<u8> {
+    let mut f: Vec<u8> = (0..len).map(|i| (i * 7 + 3) as u8).collect();
+    f[..6].copy_from_slice(&MAC);
+    f[6..12].copy_from_slice(&[0x52, 0x54, 0x00, 0xaa, 0xbb, 0xcc]);
+    // A local experimental ethertype: nothing in the host stack answers it.
+    f[12..14].copy_from_slice(&0x88b5u16.to_be_bytes());
+    f
+}
+
+impl Bench {
+    fn new(path: &str, frame_len: usize) -> Bench {
+        let mem: GuestMemory = GuestMemory::from_ranges(&[(GuestAddress(0), 64 << 20)]).unwrap();
+        let (backend, nic): (Box<dyn NetBackend>, Nic) = if path == "tap" {
+            let tap = TapBackend::open("shbench%d").expect("cannot create a tap (needs root and /dev/net/tun)");
+            let name = tap.name().to_string();
+            let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6"), "1");
+            let mtu = (frame_len.max(1514) - 14).to_string();
+            let st = std::process::Command::new("ip")
+                .args(["link", "set", "dev", &name, "mtu", &mtu, "up"])
+                .status()
+                .expect("run ip");
+            assert!(st.success(), "ip link set {name} mtu {mtu} up failed");
+            let host = HostEnd::new(&name);
+            (Box::new(tap), Nic::Tap { host, name })
+        } else {
+            let cfg = ModelConfig { auto_tx: false, ..ModelConfig::default() };
+            let (m, h) = NicModel::new(&mem, cfg).unwrap();
+            (Box::new(ShimBackend::new(m, &mem, MAC).unwrap()), Nic::Model(h))
+        };
+        let (rx, rxq) = Driver::new(&mem, 0);
+        let (tx, txq) = Driver::new(&mem, 0x1_0000);
+        let net = Arc::new(Mutex::new(Net::new(backend, Some(MAC), "bench".into())));
+        let mut em = EventManager::<Arc<Mutex<Net>>>::new().unwrap();
+        em.add_subscriber(net.clone());
+        {
+            let mut n = net.lock().unwrap();
+            let feats = n.avail_features() & (F_VERSION_1 | F_EVENT_IDX | F_MRG_RXBUF);
+            n.set_acked_features(feats);
+            let irq = Arc::new(Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()));
+            n.activate(ActivateContext { mem: mem.clone(), queues: vec![rxq, txq], interrupt: irq }).unwrap();
+        }
+        bench_vmm_work(&mut em);
+        Bench { net, em, rx, tx, mem, nic, vmm_ns: 0, nic_ns: 0, ru0: thread_rusage() }
+    }
+
+    fn vmm(&mut self) {
+        let t = thread_cpu_ns();
+        bench_vmm_work(&mut self.em);
+        self.vmm_ns += thread_cpu_ns() - t;
+    }
+
+    fn nic(&mut self, frame: &[u8], n: usize, rx: bool, scratch: &mut [u8]) -> u64 {
+        let t = thread_cpu_ns();
+        let r = bench_nic_work(&self.nic, frame, n, rx, scratch);
+        self.nic_ns += thread_cpu_ns() - t;
+        r
+    }
+
+    fn kick(&mut self, q: usize) {
+        self.net.lock().unwrap().queue_events()[q].write(1).unwrap();
+    }
+
+    fn metrics(&self) -> serde_json::Value {
+        self.net.lock().unwrap().metrics().unwrap()
+    }
+}
+
+struct Outcome {
+    frames: u64,
+    wall: Duration,
+}
+
+fn run_rx(b: &mut Bench, frame_len: usize, frames: u64) -> Outcome {
+    let buf_addr = |h: u16| RX_BASE + u64::from(h) * u64::from(RX_BUF);
+    let old = b.rx.avail_idx;
+    for h in 0..QSIZE {
+        b.rx.push(h, buf_addr(h), RX_BUF, DESC_F_WRITE);
+    }
+    if b.rx.publish(old) {
+        b.kick(RX_QUEUE);
+    }
+    b.vmm();
+    let frame = test_frame(frame_len);
+    let mut used = Vec::new();
+    let mut delivered = 0u64;
+    let mut scratch = [0u8; 0];
+    let t0 = Instant::now();
+    let deadline = t0 + Duration::from_secs(300);
+    let mut checked = false;
+    while delivered < frames {
+        assert!(Instant::now() < deadline, "RX bench stuck: {}", b.metrics());
+        b.nic(&frame, BURST, true, &mut scratch);
+        b.vmm();
+        used.clear();
+        b.rx.reap(&mut used);
+        for &(h, len) in &used {
+            if len == 0 {
+                continue;
+            }
+            // Whole frames only (mergeable buffers count as one frame at the
+            // chain's first buffer: num_buffers in the header).
+            let nb: u16 = b.mem.read_obj(GuestAddress(buf_addr(h) + 10)).unwrap();
+            if nb >= 1 {
+                delivered += 1;
+                if !checked && nb == 1 {
+                    // The payload really landed in the guest buffer.
+                    let mut got = vec![0u8; frame_len.min(RX_BUF as usize - VNET_HDR)];
+                    b.mem.read_slice(&mut got, GuestAddress(buf_addr(h) + VNET_HDR as u64)).unwrap();
+                    assert_eq!(got, frame[..got.len()], "RX payload differs in guest memory");
+                    checked = true;
+                }
+            }
+        }
+        let old = b.rx.avail_idx;
+        for &(h, _) in &used {
+            b.rx.push(h, buf_addr(h), RX_BUF, DESC_F_WRITE);
+        }
+        if !used.is_empty() && b.rx.publish(old) {
+            b.kick(RX_QUEUE);
+            b.vmm();
+        }
+    }
+    Outcome { frames: delivered, wall: t0.elapsed() }
+}
+
+fn run_tx(b: &mut Bench, frame_len: usize, frames: u64) -> Outcome {
+    let mut msg = vec![0u8; VNET_HDR];
+    msg.extend(test_frame(frame_len));
+    let slot = |h: u16| TX_BASE + u64::from(h) * TX_STRIDE;
+    for h in 0..QSIZE {
+        b.mem.write_slice(&msg, GuestAddress(slot(h))).unwrap();
+    }
+    let mut free: Vec<u16> = (0..QSIZE).collect();
+    let mut used = Vec::new();
+    let mut sent = 0u64;
+    let mut on_wire = 0u64;
+    let mut scratch = vec![0u8; 16384];
+    let t0 = Instant::now();
+    let deadline = t0 + Duration::from_secs(300);
+    while sent < frames {
+        assert!(Instant::now() < deadline, "TX bench stuck: {}", b.metrics());
+        let old = b.tx.avail_idx;
+        for h in free.drain(..) {
+            b.tx.push(h, slot(h), msg.len() as u32, 0);
+        }
+        if b.tx.publish(old) {
+            b.kick(TX_QUEUE);
+        }
+        b.vmm();
+        on_wire += b.nic(&msg[VNET_HDR..], 0, false, &mut scratch);
+        b.vmm();
+        used.clear();
+        b.tx.reap(&mut used);
+        sent += used.len() as u64;
+        free.extend(used.iter().map(|u| u.0));
+    }
+    let m = b.metrics();
+    assert_eq!(m["tx_drops"]["backend_error"], 0, "{m}");
+    // The tap's kernel queue may drop under load; the model never does.
+    assert!(on_wire > 0, "no frame reached the wire: {m}");
+    Outcome { frames: sent, wall: t0.elapsed() }
+}
+
+fn scenario(name: &str, frames: u64) -> Option<serde_json::Value> {
+    let parts: Vec<&str> = name.split('-').collect();
+    let [path, dir, size] = parts[..] else {
+        panic!("bad scenario {name}: want PATH-DIR-SIZE, e.g. shim-rx-1500");
+    };
+    let size: usize = size.parse().unwrap_or_else(|_| panic!("bad frame size in {name}"));
+    assert!(matches!(path, "tap" | "shim") && matches!(dir, "rx" | "tx"), "bad scenario {name}");
+    if path == "shim" && size > pnic::igb::RX_MAX_FRAME as usize {
+        return Some(serde_json::json!({"scenario": name, "path": path, "dir": dir, "size": size,
+            "skipped": format!("the shim path caps frames at {} B", pnic::igb::RX_MAX_FRAME)}));
+    }
+    let mut b = Bench::new(path, size);
+    let out = if dir == "rx" { run_rx(&mut b, size, frames) } else { run_tx(&mut b, size, frames) };
+    let ru = thread_rusage();
+    let m = b.metrics();
+    let f = out.frames.max(1) as f64;
+    let copied = m["vmm_copied_bytes"].as_u64().unwrap_or(0);
+    let v = serde_json::json!({
+        "scenario": name, "path": path, "dir": dir, "size": size,
+        "frames": out.frames,
+        "vmm_ns_per_pkt": b.vmm_ns as f64 / f,
+        "nic_ns_per_pkt": b.nic_ns as f64 / f,
+        "vmm_pps": f / (b.vmm_ns as f64 / 1e9),
+        "wall_pps": f / out.wall.as_secs_f64(),
+        "thread_user_ns_per_pkt": (ru.0 - b.ru0.0).as_nanos() as f64 / f,
+        "thread_sys_ns_per_pkt": (ru.1 - b.ru0.1).as_nanos() as f64 / f,
+        "vmm_copied_bytes_per_pkt": copied as f64 / f,
+        "metrics": m,
+    });
+    if let Nic::Tap { name, .. } = &b.nic {
+        let _ = name;
+    }
+    Some(v)
+}
+
+fn main() {
+    let mut frames: u64 = 100_000;
+    let mut names = Vec::new();
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--frames" => frames = args.next().and_then(|v| v.parse().ok()).expect("--frames N"),
+            "--bench" => {}
+            s if s.starts_with("--") => {}
+            s => names.push(s.to_string()),
+        }
+    }
+    if names.is_empty() {
+        for path in ["tap", "shim"] {
+            for dir in ["rx", "tx"] {
+                for size in [64, 512, 1500, 9000] {
+                    names.push(format!("{path}-{dir}-{size}"));
+                }
+            }
+        }
+    }
+    for n in &names {
+        if let Some(v) = scenario(n, frames) {
+            println!("{v}");
+        }
+    }
+}

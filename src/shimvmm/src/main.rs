@@ -76,16 +76,18 @@ fn main() -> ExitCode {
 
     let vm = match boot_config {
         Some(c) => match vmm::build(&c) {
-            Ok(vm) => vm,
+            Ok(vm) => {
+                ctl.set_running(vm.handle());
+                vm
+            }
             Err(e) => return fail(e),
         },
-        None if api_server.is_some() => match wait_for_start(&start_rx, &args) {
+        None if api_server.is_some() => match wait_for_start(&start_rx, &args, &ctl) {
             Some(vm) => vm,
             None => return ExitCode::SUCCESS,
         },
         None => return fail("nothing to boot: give --kernel PATH, --config-file FILE or --api-sock PATH"),
     };
-    ctl.set_running(vm.handle());
     terminal::enter_raw_mode();
     let reason = vm.run();
     terminal::restore();
@@ -112,7 +114,10 @@ fn stop_signal_pending() -> bool {
 }
 
 /// Serves InstanceStart requests until one builds a VM; `None` on SIGINT/SIGTERM.
-fn wait_for_start(rx: &Receiver<StartRequest>, args: &cli::Args) -> Option<vmm::Vmm> {
+///
+/// The controller learns of the VM before the client gets its 204, so a
+/// `GET /` or `SendCtrlAltDel` sent right after InstanceStart sees it running.
+fn wait_for_start(rx: &Receiver<StartRequest>, args: &cli::Args, ctl: &Controller) -> Option<vmm::Vmm> {
     loop {
         if stop_signal_pending() {
             return None;
@@ -128,6 +133,7 @@ fn wait_for_start(rx: &Receiver<StartRequest>, args: &cli::Args) -> Option<vmm::
         });
         match built {
             Ok(vm) => {
+                ctl.set_running(vm.handle());
                 let _ = reply.send(Ok(()));
                 return Some(vm);
             }

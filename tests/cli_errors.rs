@@ -39,6 +39,26 @@ fn missing_kernel() {
     assert_clear_error(&run(&["--kernel", "/nonexistent/bzImage"]), "/nonexistent/bzImage");
 }
 
+/// A kernel file the user may not read (root-only, shimvmm run as nobody).
+#[test]
+fn unreadable_kernel() {
+    use std::os::unix::fs::PermissionsExt;
+    let p = tmp("root-only-kernel");
+    std::fs::write(&p, b"secret").unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    // The directory must be traversable for the permission error to be about the file.
+    std::fs::set_permissions(p.parent().unwrap(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(shimvmm_bin())
+        .arg("--kernel")
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert_clear_error(&out, "Permission denied");
+    assert_clear_error(&out, p.to_str().unwrap());
+}
+
 #[test]
 fn kernel_is_a_directory() {
     assert_clear_error(&run(&["--kernel", "/tmp"]), "not a regular file");
@@ -138,11 +158,16 @@ fn dev_kvm_not_permitted() {
             return;
         }
     }
+    // A kernel copy nobody may read, so the first error is about /dev/kvm.
+    let kernel = tmp("world-readable-kernel");
+    std::fs::copy(&art.kernel, &kernel).unwrap();
+    std::fs::set_permissions(&kernel, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::set_permissions(kernel.parent().unwrap(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let out = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
         .arg(shimvmm_bin())
         .arg("--kernel")
-        .arg(&art.kernel)
+        .arg(&kernel)
         .output()
         .unwrap();
     assert_clear_error(&out, "permission denied opening /dev/kvm");

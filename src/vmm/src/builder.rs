@@ -231,8 +231,25 @@ where
     Ok(as_virtio)
 }
 
+/// Checks every input file the user named before any KVM or device state is
+/// created, so the first error reported is about the user's own input.
+fn preflight(config: &VmConfig) -> Result<(), BuildError> {
+    let open = |p: &Path| std::fs::File::open(p).map(|_| ());
+    open(&config.kernel)
+        .map_err(|err| loader::LoadError::KernelOpen { path: config.kernel.display().to_string(), err })?;
+    if let Some(i) = &config.initrd {
+        open(i).map_err(|err| loader::LoadError::InitrdOpen { path: i.display().to_string(), err })?;
+    }
+    for d in &config.disks {
+        open(&d.path).map_err(|e| BuildError::Disk { id: d.id.clone(), err: format!("cannot open {}: {e}", d.path.display()) })?;
+    }
+    memory::ram_ranges(config.mem_mib)?;
+    Ok(())
+}
+
 pub fn build(config: &VmConfig) -> Result<Vmm, BuildError> {
     config.validate()?;
+    preflight(config)?;
     let vm = Vm::new()?;
     vm.check_vcpu_count(config.vcpus)?;
     let mem = memory::create_guest_memory(config.mem_mib)?;

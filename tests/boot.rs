@@ -12,7 +12,8 @@ use shimvmm_tests::{
     GuestProcess, PowerAction, QemuBootOptions, BOOT_PROBE_MARKER, BOOT_PROBE_SCRIPT, FIRST_INIT_MARKER,
 };
 
-const BOOT_TIMEOUT: Duration = Duration::from_secs(240);
+// Generous: a nested-TCG guest on a loaded 2-core host takes minutes; a hang still fails.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(900);
 const EXIT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// shimvmm with the Alpine kernel + initrd, 2 vCPUs, 512 MiB and `root` as /dev/vda.

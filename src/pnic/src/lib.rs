@@ -10,6 +10,7 @@
 pub mod bdf;
 pub mod dma;
 pub mod driver;
+pub mod e1000_common;
 pub mod e1000e;
 pub mod igb;
 pub mod model;

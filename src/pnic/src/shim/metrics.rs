@@ -24,6 +24,11 @@ pub struct ShimMetrics {
     pub rx_nic_errors: u64,
     /// NIC failures (surprise removal, timeouts, unknown completions).
     pub nic_errors: u64,
+    /// Device resets that stopped the NIC's queues before the guest's
+    /// buffers were forgotten (each one is logged at info level).
+    pub quiesces: u64,
+    /// Guest RX/TX buffers the NIC still held at those resets.
+    pub quiesce_forgotten_buffers: u64,
     pub drops: BTreeMap<&'static str, u64>,
 }
 
@@ -54,6 +59,8 @@ impl ShimMetrics {
             },
             "rx_nic_errors": self.rx_nic_errors,
             "nic_errors": self.nic_errors,
+            "quiesces": self.quiesces,
+            "quiesce_forgotten_buffers": self.quiesce_forgotten_buffers,
             "drops": self.drops,
         })
     }

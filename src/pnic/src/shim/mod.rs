@@ -608,11 +608,22 @@ impl<D: PnicDriver> NetBackend for ShimBackend<D> {
     }
 
     fn quiesce(&mut self) {
+        let held = (self.rx.len() + self.tx.len() + self.backlog.len()) as u64;
         if let Err(e) = self.driver.quiesce() {
             // The igb driver already fell back to a full reset.
             self.metrics.nic_errors += 1;
             log::error!("pNIC quiesce: {e}");
         }
+        self.metrics.quiesces += 1;
+        self.metrics.quiesce_forgotten_buffers += held;
+        // Only now, with the NIC's queues stopped, are the buffers dropped.
+        log::info!(
+            "pNIC {}: queues stopped on device reset; forgetting {} RX, {} TX and {} queued TX buffers",
+            self.driver.name(),
+            self.rx.len(),
+            self.tx.len(),
+            self.backlog.len()
+        );
         self.started = false;
         self.rx.clear();
         self.tx.clear();

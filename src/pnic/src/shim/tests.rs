@@ -271,6 +271,9 @@ fn after_quiesce_no_write_lands_in_a_previously_posted_buffer() {
     }
     h.inject_rx(&eth(60, 1));
     s.quiesce();
+    assert_eq!(s.shim_metrics().quiesces, 1);
+    assert_eq!(s.shim_metrics().quiesce_forgotten_buffers, 16, "the NIC held all 16 buffers");
+    assert_eq!(s.metrics()["quiesces"], 1);
     for (a, l) in &bufs {
         mem.write_slice(&vec![0x5a; *l as usize], GuestAddress(*a)).unwrap();
     }

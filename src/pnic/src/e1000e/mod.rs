@@ -10,7 +10,6 @@
 
 pub mod regs;
 
-use std::collections::VecDeque;
 use std::os::unix::io::RawFd;
 use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
@@ -23,7 +22,9 @@ use crate::dma::{DmaArea, DmaMapper, IovaAllocator};
 use crate::driver::{
     DriverError, DriverLimits, PnicDriver, RegisterAccess, RxCompletion, TxCompletion,
 };
-use crate::igb::{poll_until, IgbConfig as NicConfig, IgbOpenError as OpenError};
+use crate::e1000_common::ring::{DescLayout, RxRing, TxRing};
+use crate::e1000_common::{self as common, poll_until};
+use crate::igb::{IgbConfig as NicConfig, IgbOpenError as OpenError};
 use crate::vfio::{MmioRegs, VfioNic};
 use regs::*;
 
@@ -34,30 +35,31 @@ pub const RX_MAX_FRAME: u32 = 1522;
 pub const TX_MAX_FRAME: u32 = 1522;
 pub const TX_MAX_SEGS: usize = 8;
 
-const RESET_TIMEOUT: Duration = Duration::from_millis(200);
 const MASTER_TIMEOUT: Duration = Duration::from_millis(200);
-const MDIC_TIMEOUT: Duration = Duration::from_millis(100);
 
-#[derive(Debug, Clone, Copy)]
-struct TxInFlight {
-    last: usize,
-    ndesc: usize,
-    cookie: u64,
+/// The 82574L's legacy descriptors: RX length at byte 8, status at 12 with
+/// the errors byte above it; TX command byte in the word at 8, no PAYLEN.
+pub struct LegacyDesc;
+
+impl DescLayout for LegacyDesc {
+    const RXD_STATUS_OFF: u64 = RXD_STATUS_OFF;
+    const RXD_LEN_OFF: u64 = RXD_LEN_OFF;
+    const RXD_ERR_FRAME: u32 = RXD_ERR_FRAME;
+    fn tx_words(len: u32, last: bool, _frame_len: u32) -> [u32; 2] {
+        let mut cmd = len | TXD_CMD_IFCS;
+        if last {
+            cmd |= TXD_CMD_EOP | TXD_CMD_RS;
+        }
+        // The word at TXD_CMD_OFF, then status (cleared) and special.
+        [cmd, 0]
+    }
 }
 
 /// The 82574L driver over any register access.
 pub struct E1000e<R: RegisterAccess> {
     regs: R,
-    rx_ring: DmaArea,
-    tx_ring: DmaArea,
-    rx_cookies: Vec<Option<u64>>,
-    rx_head: usize,
-    rx_tail: usize,
-    rx_count: usize,
-    rx_in_fragment: bool,
-    tx_tail: usize,
-    tx_used: usize,
-    tx_inflight: VecDeque<TxInFlight>,
+    rx_ring: RxRing<LegacyDesc>,
+    tx_ring: TxRing<LegacyDesc>,
     mac: [u8; 6],
     started: bool,
     removed: bool,
@@ -85,27 +87,13 @@ impl<R: RegisterAccess> E1000e<R> {
         cfg: NicConfig,
         msix_vectors: usize,
     ) -> Result<Self, DriverError> {
-        let ring = |iova: &mut IovaAllocator, n: usize| -> Result<DmaArea, DriverError> {
-            let len = n * DESC_SIZE as usize;
-            let at = iova.alloc(len).map_err(|e| DriverError::DmaMap(e.to_string()))?;
-            let area = DmaArea::new(at, len).map_err(|e| DriverError::DmaMap(e.to_string()))?;
-            mapper.map(area.mem()).map_err(DriverError::DmaMap)?;
-            Ok(area)
-        };
-        let rx_ring = ring(&mut iova, RX_RING_SIZE)?;
-        let tx_ring = ring(&mut iova, TX_RING_SIZE)?;
+        let desc = DESC_SIZE as usize;
+        let rx = common::alloc_dma(mapper.as_ref(), &mut iova, RX_RING_SIZE * desc)?;
+        let tx = common::alloc_dma(mapper.as_ref(), &mut iova, TX_RING_SIZE * desc)?;
         let mut d = E1000e {
             regs,
-            rx_ring,
-            tx_ring,
-            rx_cookies: vec![None; RX_RING_SIZE],
-            rx_head: 0,
-            rx_tail: 0,
-            rx_count: 0,
-            rx_in_fragment: false,
-            tx_tail: 0,
-            tx_used: 0,
-            tx_inflight: VecDeque::new(),
+            rx_ring: RxRing::new(rx, RX_RING_SIZE, RX_MAX_FRAME),
+            tx_ring: TxRing::new(tx, TX_RING_SIZE, TX_MAX_FRAME, TX_MAX_SEGS),
             mac: cfg.mac,
             started: false,
             removed: false,
@@ -122,50 +110,20 @@ impl<R: RegisterAccess> E1000e<R> {
     }
 
     fn read(&mut self, off: u32) -> Result<u32, DriverError> {
-        let v = self.regs.read32(off);
-        if v == u32::MAX && (off == STATUS || off == CTRL) {
-            self.removed = true;
-            return Err(DriverError::Removed);
-        }
-        Ok(v)
+        common::read_checked(&self.regs, &mut self.removed, off)
     }
 
     fn check_alive(&mut self) -> Result<(), DriverError> {
-        if self.removed {
-            return Err(DriverError::Removed);
-        }
-        self.read(STATUS).map(|_| ())
+        common::check_alive(&self.regs, &mut self.removed)
     }
 
     fn mask_irqs(&self) {
         self.regs.write32(IMC, u32::MAX);
     }
 
-    fn mdic_write(&mut self, reg: u32, value: u32) -> Result<(), DriverError> {
-        let cmd = (value & MDIC_DATA_MASK) | (reg << MDIC_REG_SHIFT) | (PHY_ADDR << MDIC_PHY_SHIFT) | MDIC_OP_WRITE;
-        self.regs.write32(MDIC, cmd);
-        let mut last = 0;
-        if !poll_until(MDIC_TIMEOUT, || {
-            last = self.regs.read32(MDIC);
-            last & MDIC_READY != 0
-        }) {
-            return Err(DriverError::Timeout("MDIC ready (PHY write)"));
-        }
-        if last & MDIC_ERROR != 0 {
-            return Err(DriverError::Timeout("MDIC without error (PHY did not answer)"));
-        }
-        Ok(())
-    }
-
     fn init_hw(&mut self) -> Result<(), DriverError> {
         self.mask_irqs();
-        let ctrl = self.read(CTRL)?;
-        self.regs.write32(CTRL, ctrl | CTRL_RST);
-        std::thread::sleep(Duration::from_millis(2));
-        if !poll_until(RESET_TIMEOUT, || self.regs.read32(CTRL) & CTRL_RST == 0) {
-            return Err(DriverError::Timeout("CTRL.RST to clear after reset"));
-        }
-        self.check_alive()?;
+        common::global_reset(&self.regs, &mut self.removed)?;
         self.mask_irqs();
         let _ = self.regs.read32(ICR);
         let ext = self.regs.read32(CTRL_EXT);
@@ -173,25 +131,14 @@ impl<R: RegisterAccess> E1000e<R> {
         let ctrl = self.read(CTRL)?;
         self.regs
             .write32(CTRL, (ctrl | CTRL_SLU | CTRL_FD) & !CTRL_GIO_MASTER_DISABLE);
-        self.mdic_write(PHY_CTRL, PHY_CTRL_AUTONEG_RESTART)?;
+        common::mdic_write(&self.regs, PHY_CTRL, PHY_CTRL_AUTONEG_RESTART)?;
 
         self.regs.write32(RCTL, 0);
         self.regs.write32(TCTL, 0);
         // Legacy RX descriptors.
         let rfctl = self.regs.read32(RFCTL);
         self.regs.write32(RFCTL, rfctl & !RFCTL_EXTEN);
-        let rx = self.rx_ring.iova();
-        self.regs.write32(RDBAL0, rx as u32);
-        self.regs.write32(RDBAH0, (rx >> 32) as u32);
-        self.regs.write32(RDLEN0, (RX_RING_SIZE as u64 * DESC_SIZE) as u32);
-        self.regs.write32(RDH0, 0);
-        self.regs.write32(RDT0, 0);
-        let tx = self.tx_ring.iova();
-        self.regs.write32(TDBAL0, tx as u32);
-        self.regs.write32(TDBAH0, (tx >> 32) as u32);
-        self.regs.write32(TDLEN0, (TX_RING_SIZE as u64 * DESC_SIZE) as u32);
-        self.regs.write32(TDH0, 0);
-        self.regs.write32(TDT0, 0);
+        common::program_rings(&self.regs, &self.rx_ring, &self.tx_ring);
         self.regs.write32(TIPG, TIPG_DEFAULT);
         let mac = self.mac;
         self.set_mac_filter(mac)?;
@@ -213,18 +160,19 @@ impl<R: RegisterAccess> E1000e<R> {
     }
 
     fn reset_ring_state(&mut self) {
-        self.rx_cookies.iter_mut().for_each(|c| *c = None);
-        self.rx_head = 0;
-        self.rx_tail = 0;
-        self.rx_count = 0;
-        self.rx_in_fragment = false;
-        self.tx_tail = 0;
-        self.tx_used = 0;
-        self.tx_inflight.clear();
-        let zero = vec![0u8; self.rx_ring.len()];
-        let _ = self.rx_ring.write(0, &zero);
-        let zero = vec![0u8; self.tx_ring.len()];
-        let _ = self.tx_ring.write(0, &zero);
+        self.rx_ring.reset();
+        self.tx_ring.reset();
+    }
+
+    /// Posting needs running queues and a NIC that is still there.
+    fn check_postable(&self) -> Result<(), DriverError> {
+        if !self.started {
+            return Err(DriverError::Stopped);
+        }
+        if self.removed {
+            return Err(DriverError::Removed);
+        }
+        Ok(())
     }
 
     pub fn regs(&self) -> &R {
@@ -255,50 +203,21 @@ impl<R: RegisterAccess> PnicDriver for E1000e<R> {
         self.check_alive()?;
         let ctrl = self.regs.read32(CTRL);
         self.regs.write32(CTRL, ctrl & !CTRL_GIO_MASTER_DISABLE);
-        self.regs.write32(RDH0, 0);
-        self.regs.write32(RDT0, 0);
-        self.regs.write32(TDH0, 0);
-        self.regs.write32(TDT0, 0);
+        common::zero_heads_and_tails(&self.regs);
         let rctl = self.regs.read32(RCTL) & !(RCTL_BSIZE_MASK | RCTL_BSEX | RCTL_LPE | RCTL_UPE);
         self.regs.write32(RCTL, rctl | RCTL_EN | RCTL_BAM | RCTL_SECRC | RCTL_MPE);
-        self.regs
-            .write32(TCTL, TCTL_EN | TCTL_PSP | (0x0f << TCTL_CT_SHIFT) | (0x3f << TCTL_COLD_SHIFT));
+        self.regs.write32(TCTL, common::TCTL_START);
         self.started = true;
         Ok(())
     }
 
     fn rx_free(&self) -> usize {
-        if !self.started {
-            return 0;
-        }
-        RX_RING_SIZE - 1 - self.rx_count
+        if self.started { self.rx_ring.free() } else { 0 }
     }
 
     fn post_rx(&mut self, iova: u64, len: u32, cookie: u64) -> Result<(), DriverError> {
-        if !self.started {
-            return Err(DriverError::Stopped);
-        }
-        if self.removed {
-            return Err(DriverError::Removed);
-        }
-        if len < RX_MAX_FRAME || iova & 1 != 0 {
-            return Err(DriverError::BadBuffer(format!(
-                "RX buffer {iova:#x}+{len} must be 2-byte aligned and at least {RX_MAX_FRAME} bytes"
-            )));
-        }
-        if self.rx_count >= RX_RING_SIZE - 1 {
-            return Err(DriverError::RingFull("RX"));
-        }
-        let slot = self.rx_tail;
-        let off = slot as u64 * DESC_SIZE;
-        self.rx_ring
-            .store(off, iova, Ordering::Relaxed)
-            .and_then(|_| self.rx_ring.store(off + 8, 0u64, Ordering::Relaxed))
-            .map_err(|e| DriverError::BadBuffer(e.to_string()))?;
-        self.rx_cookies[slot] = Some(cookie);
-        self.rx_tail = (slot + 1) % RX_RING_SIZE;
-        self.rx_count += 1;
-        Ok(())
+        self.check_postable()?;
+        self.rx_ring.post(iova, len, cookie)
     }
 
     fn flush_rx(&mut self) -> Result<(), DriverError> {
@@ -306,105 +225,28 @@ impl<R: RegisterAccess> PnicDriver for E1000e<R> {
             return Ok(());
         }
         fence(Ordering::Release);
-        self.regs.write32(RDT0, self.rx_tail as u32);
+        self.regs.write32(RDT0, self.rx_ring.tail());
         Ok(())
     }
 
     fn reap_rx(&mut self, out: &mut Vec<RxCompletion>) -> Result<(), DriverError> {
-        while self.rx_count > 0 {
-            let slot = self.rx_head;
-            let off = slot as u64 * DESC_SIZE;
-            let st: u32 = self
-                .rx_ring
-                .load(off + RXD_STATUS_OFF, Ordering::Acquire)
-                .map_err(|e| DriverError::BadBuffer(e.to_string()))?;
-            if st & RXD_STAT_DD == 0 {
-                break;
-            }
-            let len: u16 = self
-                .rx_ring
-                .load(off + RXD_LEN_OFF, Ordering::Acquire)
-                .map_err(|e| DriverError::BadBuffer(e.to_string()))?;
-            let cookie = self.rx_cookies[slot].take();
-            self.rx_head = (slot + 1) % RX_RING_SIZE;
-            self.rx_count -= 1;
-            let eop = st & RXD_STAT_EOP != 0;
-            let fragment = self.rx_in_fragment;
-            self.rx_in_fragment = !eop;
-            if let Some(cookie) = cookie {
-                out.push(RxCompletion {
-                    cookie,
-                    len: u32::from(len).min(RX_MAX_FRAME),
-                    eop,
-                    error: fragment || st & RXD_ERR_FRAME != 0 || u32::from(len) > RX_MAX_FRAME,
-                });
-            }
-        }
-        Ok(())
+        self.rx_ring.reap(out)
     }
 
     fn tx_free(&self) -> usize {
-        if !self.started {
-            return 0;
-        }
-        TX_RING_SIZE - 1 - self.tx_used
+        if self.started { self.tx_ring.free() } else { 0 }
     }
 
     fn post_tx(&mut self, segs: &[(u64, u32)], cookie: u64) -> Result<(), DriverError> {
-        if !self.started {
-            return Err(DriverError::Stopped);
-        }
-        if self.removed {
-            return Err(DriverError::Removed);
-        }
-        if segs.is_empty() || segs.len() > TX_MAX_SEGS {
-            return Err(DriverError::TooManySegments { got: segs.len(), max: TX_MAX_SEGS });
-        }
-        let total: u64 = segs.iter().map(|s| u64::from(s.1)).sum();
-        if total > u64::from(TX_MAX_FRAME) || segs.iter().any(|s| s.1 == 0 || s.1 > 0xffff) {
-            return Err(DriverError::BadBuffer(format!("TX frame of {total} bytes (max {TX_MAX_FRAME})")));
-        }
-        if self.tx_free() < segs.len() {
-            return Err(DriverError::RingFull("TX"));
-        }
-        let mut slot = self.tx_tail;
-        let mut last = slot;
-        for (i, (iova, len)) in segs.iter().enumerate() {
-            let off = slot as u64 * DESC_SIZE;
-            let mut cmd = *len | TXD_CMD_IFCS;
-            if i + 1 == segs.len() {
-                cmd |= TXD_CMD_EOP | TXD_CMD_RS;
-            }
-            self.tx_ring
-                .store(off, *iova, Ordering::Relaxed)
-                .and_then(|_| self.tx_ring.store(off + TXD_CMD_OFF, cmd, Ordering::Relaxed))
-                .and_then(|_| self.tx_ring.store(off + TXD_STATUS_OFF, 0u32, Ordering::Relaxed))
-                .map_err(|e| DriverError::BadBuffer(e.to_string()))?;
-            last = slot;
-            slot = (slot + 1) % TX_RING_SIZE;
-        }
-        self.tx_tail = slot;
-        self.tx_used += segs.len();
-        self.tx_inflight.push_back(TxInFlight { last, ndesc: segs.len(), cookie });
+        self.check_postable()?;
+        self.tx_ring.post(segs, cookie)?;
         fence(Ordering::Release);
-        self.regs.write32(TDT0, self.tx_tail as u32);
+        self.regs.write32(TDT0, self.tx_ring.tail());
         Ok(())
     }
 
     fn reap_tx(&mut self, out: &mut Vec<TxCompletion>) -> Result<(), DriverError> {
-        while let Some(f) = self.tx_inflight.front().copied() {
-            let st: u32 = self
-                .tx_ring
-                .load(f.last as u64 * DESC_SIZE + TXD_STATUS_OFF, Ordering::Acquire)
-                .map_err(|e| DriverError::BadBuffer(e.to_string()))?;
-            if st & TXD_STAT_DD == 0 {
-                break;
-            }
-            self.tx_inflight.pop_front();
-            self.tx_used -= f.ndesc;
-            out.push(TxCompletion { cookie: f.cookie });
-        }
-        Ok(())
+        self.tx_ring.reap(out)
     }
 
     fn link_up(&mut self) -> Result<bool, DriverError> {
@@ -416,17 +258,7 @@ impl<R: RegisterAccess> PnicDriver for E1000e<R> {
 
     fn set_mac_filter(&mut self, mac: [u8; 6]) -> Result<(), DriverError> {
         self.mac = mac;
-        self.regs.write32(RAL0, u32::from_le_bytes([mac[0], mac[1], mac[2], mac[3]]));
-        self.regs.write32(RAH0, u32::from(u16::from_le_bytes([mac[4], mac[5]])) | RAH_AV);
-        for i in 1..RA_ENTRIES {
-            self.regs.write32(RAL0 + 8 * i, 0);
-            self.regs.write32(RAH0 + 8 * i, 0);
-        }
-        for i in 0..MTA_ENTRIES {
-            self.regs.write32(MTA + 4 * i, 0);
-        }
-        let rctl = self.regs.read32(RCTL);
-        self.regs.write32(RCTL, (rctl & !RCTL_UPE) | RCTL_BAM | RCTL_MPE);
+        common::write_mac_filter(&self.regs, mac);
         Ok(())
     }
 
@@ -450,13 +282,9 @@ impl<R: RegisterAccess> PnicDriver for E1000e<R> {
 
     fn reset(&mut self) -> Result<(), DriverError> {
         self.started = false;
-        if let Some(nic) = &self.nic {
-            let _ = nic.set_bus_master(false);
-        }
-        let r = self.init_hw();
-        if let Some(nic) = &self.nic {
-            let _ = nic.set_bus_master(true);
-        }
+        let nic = self.nic.take();
+        let r = common::with_bus_master_off(nic.as_ref(), || self.init_hw());
+        self.nic = nic;
         r
     }
 
@@ -465,9 +293,7 @@ impl<R: RegisterAccess> PnicDriver for E1000e<R> {
     }
 
     fn handle_irq(&mut self, index: usize) -> Result<(), DriverError> {
-        if let Some(fd) = self.nic.as_ref().and_then(|n| n.irq_fds().get(index)) {
-            let _ = fd.read();
-        }
+        common::drain_irq_fd(self.nic.as_ref(), index);
         let icr = self.regs.read32(ICR);
         if icr == u32::MAX {
             self.check_alive()?;
@@ -476,10 +302,7 @@ impl<R: RegisterAccess> PnicDriver for E1000e<R> {
     }
 
     fn alloc_dma(&mut self, len: usize) -> Result<DmaArea, DriverError> {
-        let at = self.iova.alloc(len).map_err(|e| DriverError::DmaMap(e.to_string()))?;
-        let area = DmaArea::new(at, len).map_err(|e| DriverError::DmaMap(e.to_string()))?;
-        self.mapper.map(area.mem()).map_err(DriverError::DmaMap)?;
-        Ok(area)
+        common::alloc_dma(self.mapper.as_ref(), &mut self.iova, len)
     }
 }
 
@@ -488,11 +311,7 @@ impl<R: RegisterAccess> Drop for E1000e<R> {
         if !self.removed {
             let _ = self.quiesce();
             self.mask_irqs();
-            let ctrl = self.regs.read32(CTRL);
-            if ctrl != u32::MAX {
-                self.regs.write32(CTRL, ctrl | CTRL_RST);
-                std::thread::sleep(Duration::from_millis(2));
-            }
+            common::reset_on_drop(&self.regs);
         }
     }
 }

@@ -9,11 +9,10 @@
 
 pub mod regs;
 
-use std::collections::VecDeque;
 use std::os::unix::io::RawFd;
 use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use vm_memory::GuestMemoryMmap;
 
@@ -22,6 +21,8 @@ use crate::dma::{DmaArea, DmaMapper, IovaAllocator};
 use crate::driver::{
     DriverError, DriverLimits, PnicDriver, RegisterAccess, RxCompletion, TxCompletion,
 };
+use crate::e1000_common::ring::{DescLayout, RxRing, TxRing};
+use crate::e1000_common::{self as common, poll_until};
 use crate::vfio::{MmioRegs, VfioError, VfioNic};
 use regs::*;
 
@@ -38,12 +39,9 @@ pub const RX_BUF_SIZE: u32 = 2048;
 pub const TX_MAX_FRAME: u32 = 1522;
 pub const TX_MAX_SEGS: usize = 8;
 /// Per-descriptor buffer length limit (DTALEN is 16 bits).
-pub const TX_MAX_SEG_LEN: u32 = 0xffff;
+pub use crate::e1000_common::ring::TX_MAX_SEG_LEN;
 
-const RESET_TIMEOUT: Duration = Duration::from_millis(200);
 const QUEUE_TIMEOUT: Duration = Duration::from_millis(200);
-const MDIC_TIMEOUT: Duration = Duration::from_millis(100);
-const POLL_STEP: Duration = Duration::from_micros(100);
 
 /// Bring-up options.
 #[derive(Debug, Clone)]
@@ -63,34 +61,31 @@ impl IgbConfig {
     }
 }
 
-/// An in-flight TX frame: its last descriptor slot, descriptor count, cookie.
-#[derive(Debug, Clone, Copy)]
-struct TxInFlight {
-    last: usize,
-    ndesc: usize,
-    cookie: u64,
+/// The 82576's advanced descriptors: RX write-back status/errors at byte 8,
+/// length at 12; TX data descriptors carry DTYP/DEXT and the frame's PAYLEN.
+pub struct AdvancedDesc;
+
+impl DescLayout for AdvancedDesc {
+    const RXD_STATUS_OFF: u64 = RXD_STATUS_OFF;
+    const RXD_LEN_OFF: u64 = RXD_LEN_OFF;
+    const RXD_ERR_FRAME: u32 = RXD_ERR_FRAME;
+    fn tx_words(len: u32, last: bool, frame_len: u32) -> [u32; 2] {
+        let mut cmd = len | TXD_DTYP_DATA | TXD_CMD_DEXT | TXD_CMD_IFCS;
+        if last {
+            cmd |= TXD_CMD_EOP | TXD_CMD_RS;
+        }
+        [cmd, frame_len << TXD_PAYLEN_SHIFT]
+    }
 }
 
 /// The 82576 driver over any register access.
 pub struct Igb<R: RegisterAccess> {
     regs: R,
-    rx_ring: DmaArea,
-    tx_ring: DmaArea,
-    rx_cookies: Vec<Option<u64>>,
-    rx_head: usize,
-    rx_tail: usize,
-    rx_count: usize,
-    tx_head: usize,
-    tx_tail: usize,
-    tx_used: usize,
-    tx_inflight: VecDeque<TxInFlight>,
+    rx_ring: RxRing<AdvancedDesc>,
+    tx_ring: TxRing<AdvancedDesc>,
     mac: [u8; 6],
     started: bool,
     removed: bool,
-    /// The last RX completion lacked EOP: the next ones up to and including
-    /// the EOP belong to the same (impossible under RLPML) multi-buffer frame
-    /// and are reported as errors so no fragment reaches the guest as a frame.
-    rx_in_fragment: bool,
     msix_vectors: usize,
     mapper: Arc<dyn DmaMapper>,
     iova: IovaAllocator,
@@ -121,19 +116,6 @@ pub fn open_vfio(bdf: Bdf, guest: &GuestMemoryMmap, cfg: IgbConfig) -> Result<Ig
     Ok(igb)
 }
 
-pub(crate) fn poll_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + timeout;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() >= end {
-            return f();
-        }
-        std::thread::sleep(POLL_STEP);
-    }
-}
-
 impl<R: RegisterAccess> Igb<R> {
     /// Reset and initialise the NIC; queues stay stopped until `start`.
     /// `msix_vectors` is how many MSI-X vectors are wired to eventfds.
@@ -144,31 +126,16 @@ impl<R: RegisterAccess> Igb<R> {
         cfg: IgbConfig,
         msix_vectors: usize,
     ) -> Result<Self, DriverError> {
-        let ring = |iova: &mut IovaAllocator, n: usize| -> Result<DmaArea, DriverError> {
-            let len = n * DESC_SIZE as usize;
-            let at = iova.alloc(len).map_err(|e| DriverError::DmaMap(e.to_string()))?;
-            let area = DmaArea::new(at, len).map_err(|e| DriverError::DmaMap(e.to_string()))?;
-            mapper.map(area.mem()).map_err(DriverError::DmaMap)?;
-            Ok(area)
-        };
-        let rx_ring = ring(&mut iova, RX_RING_SIZE)?;
-        let tx_ring = ring(&mut iova, TX_RING_SIZE)?;
+        let desc = DESC_SIZE as usize;
+        let rx = common::alloc_dma(mapper.as_ref(), &mut iova, RX_RING_SIZE * desc)?;
+        let tx = common::alloc_dma(mapper.as_ref(), &mut iova, TX_RING_SIZE * desc)?;
         let mut igb = Igb {
             regs,
-            rx_ring,
-            tx_ring,
-            rx_cookies: vec![None; RX_RING_SIZE],
-            rx_head: 0,
-            rx_tail: 0,
-            rx_count: 0,
-            tx_head: 0,
-            tx_tail: 0,
-            tx_used: 0,
-            tx_inflight: VecDeque::new(),
+            rx_ring: RxRing::new(rx, RX_RING_SIZE, RX_MAX_FRAME),
+            tx_ring: TxRing::new(tx, TX_RING_SIZE, TX_MAX_FRAME, TX_MAX_SEGS),
             mac: cfg.mac,
             started: false,
             removed: false,
-            rx_in_fragment: false,
             msix_vectors,
             mapper,
             iova,
@@ -182,20 +149,11 @@ impl<R: RegisterAccess> Igb<R> {
     }
 
     fn read(&mut self, off: u32) -> Result<u32, DriverError> {
-        let v = self.regs.read32(off);
-        // STATUS/CTRL never read as all ones on a live 82576.
-        if v == u32::MAX && (off == STATUS || off == CTRL) {
-            self.removed = true;
-            return Err(DriverError::Removed);
-        }
-        Ok(v)
+        common::read_checked(&self.regs, &mut self.removed, off)
     }
 
     fn check_alive(&mut self) -> Result<(), DriverError> {
-        if self.removed {
-            return Err(DriverError::Removed);
-        }
-        self.read(STATUS).map(|_| ())
+        common::check_alive(&self.regs, &mut self.removed)
     }
 
     fn mask_irqs(&self) {
@@ -203,35 +161,10 @@ impl<R: RegisterAccess> Igb<R> {
         self.regs.write32(IMC, u32::MAX);
     }
 
-    fn mdic_write(&mut self, reg: u32, value: u32) -> Result<(), DriverError> {
-        let cmd = (value & MDIC_DATA_MASK)
-            | (reg << MDIC_REG_SHIFT)
-            | (PHY_ADDR << MDIC_PHY_SHIFT)
-            | MDIC_OP_WRITE;
-        self.regs.write32(MDIC, cmd);
-        let mut last = 0;
-        if !poll_until(MDIC_TIMEOUT, || {
-            last = self.regs.read32(MDIC);
-            last & MDIC_READY != 0
-        }) {
-            return Err(DriverError::Timeout("MDIC ready (PHY write)"));
-        }
-        if last & MDIC_ERROR != 0 {
-            return Err(DriverError::Timeout("MDIC without error (PHY did not answer)"));
-        }
-        Ok(())
-    }
-
     /// Global reset and the static configuration (everything but queue enable).
     fn init_hw(&mut self) -> Result<(), DriverError> {
         self.mask_irqs();
-        let ctrl = self.read(CTRL)?;
-        self.regs.write32(CTRL, ctrl | CTRL_RST);
-        std::thread::sleep(Duration::from_millis(2));
-        if !poll_until(RESET_TIMEOUT, || self.regs.read32(CTRL) & CTRL_RST == 0) {
-            return Err(DriverError::Timeout("CTRL.RST to clear after reset"));
-        }
-        self.check_alive()?;
+        common::global_reset(&self.regs, &mut self.removed)?;
         self.mask_irqs();
         let ext = self.regs.read32(CTRL_EXT);
         self.regs.write32(CTRL_EXT, ext | CTRL_EXT_DRV_LOAD);
@@ -239,15 +172,14 @@ impl<R: RegisterAccess> Igb<R> {
         self.regs.write32(CTRL, ctrl | CTRL_SLU | CTRL_FD);
         // QEMU's igb (and a PHY after FLR) keeps the link down until
         // autonegotiation is restarted.
-        self.mdic_write(PHY_CTRL, PHY_CTRL_AUTONEG_RESTART)?;
+        common::mdic_write(&self.regs, PHY_CTRL, PHY_CTRL_AUTONEG_RESTART)?;
 
-        // Receive: stopped; descriptor ring, buffer size, frame cap.
+        // Both queues stopped; descriptor rings, buffer size, frame cap.
         self.regs.write32(RCTL, 0);
         self.regs.write32(RXDCTL0, 0);
-        let rx = self.rx_ring.iova();
-        self.regs.write32(RDBAL0, rx as u32);
-        self.regs.write32(RDBAH0, (rx >> 32) as u32);
-        self.regs.write32(RDLEN0, (RX_RING_SIZE as u64 * DESC_SIZE) as u32);
+        self.regs.write32(TCTL, 0);
+        self.regs.write32(TXDCTL0, 0);
+        common::program_rings(&self.regs, &self.rx_ring, &self.tx_ring);
         self.regs.write32(
             SRRCTL0,
             ((RX_BUF_SIZE / SRRCTL_BSIZEPKT_UNIT) << SRRCTL_BSIZEPKT_SHIFT)
@@ -255,18 +187,6 @@ impl<R: RegisterAccess> Igb<R> {
                 | SRRCTL_DROP_EN,
         );
         self.regs.write32(RLPML, RX_MAX_FRAME);
-        self.regs.write32(RDH0, 0);
-        self.regs.write32(RDT0, 0);
-
-        // Transmit: stopped.
-        self.regs.write32(TCTL, 0);
-        self.regs.write32(TXDCTL0, 0);
-        let tx = self.tx_ring.iova();
-        self.regs.write32(TDBAL0, tx as u32);
-        self.regs.write32(TDBAH0, (tx >> 32) as u32);
-        self.regs.write32(TDLEN0, (TX_RING_SIZE as u64 * DESC_SIZE) as u32);
-        self.regs.write32(TDH0, 0);
-        self.regs.write32(TDT0, 0);
 
         let mac = self.mac;
         self.set_mac_filter(mac)?;
@@ -297,19 +217,8 @@ impl<R: RegisterAccess> Igb<R> {
     }
 
     fn reset_ring_state(&mut self) {
-        self.rx_cookies.iter_mut().for_each(|c| *c = None);
-        self.rx_in_fragment = false;
-        self.rx_head = 0;
-        self.rx_tail = 0;
-        self.rx_count = 0;
-        self.tx_head = 0;
-        self.tx_tail = 0;
-        self.tx_used = 0;
-        self.tx_inflight.clear();
-        let zero = vec![0u8; self.rx_ring.len()];
-        let _ = self.rx_ring.write(0, &zero);
-        let zero = vec![0u8; self.tx_ring.len()];
-        let _ = self.tx_ring.write(0, &zero);
+        self.rx_ring.reset();
+        self.tx_ring.reset();
     }
 
     fn enable_queue(&mut self, reg: u32, bit: u32, what: &'static str) -> Result<(), DriverError> {
@@ -326,6 +235,17 @@ impl<R: RegisterAccess> Igb<R> {
         self.regs.write32(reg, v & !bit);
         if !poll_until(QUEUE_TIMEOUT, || self.regs.read32(reg) & bit == 0) {
             return Err(DriverError::Timeout(what));
+        }
+        Ok(())
+    }
+
+    /// Posting needs running queues and a NIC that is still there.
+    fn check_postable(&self) -> Result<(), DriverError> {
+        if !self.started {
+            return Err(DriverError::Stopped);
+        }
+        if self.removed {
+            return Err(DriverError::Removed);
         }
         Ok(())
     }
@@ -361,57 +281,24 @@ impl<R: RegisterAccess> PnicDriver for Igb<R> {
             return Ok(());
         }
         self.check_alive()?;
-        self.regs.write32(RDH0, 0);
-        self.regs.write32(RDT0, 0);
-        self.regs.write32(TDH0, 0);
-        self.regs.write32(TDT0, 0);
+        common::zero_heads_and_tails(&self.regs);
         self.enable_queue(RXDCTL0, RXDCTL_ENABLE, "RXDCTL.ENABLE to read back set")?;
         self.enable_queue(TXDCTL0, TXDCTL_ENABLE, "TXDCTL.ENABLE to read back set")?;
         let rctl = self.regs.read32(RCTL);
         self.regs
             .write32(RCTL, rctl | RCTL_EN | RCTL_BAM | RCTL_SECRC | RCTL_LPE | RCTL_MPE);
-        self.regs.write32(
-            TCTL,
-            TCTL_EN | TCTL_PSP | (0x0f << TCTL_CT_SHIFT) | (0x3f << TCTL_COLD_SHIFT),
-        );
+        self.regs.write32(TCTL, common::TCTL_START);
         self.started = true;
         Ok(())
     }
 
     fn rx_free(&self) -> usize {
-        if !self.started {
-            return 0;
-        }
-        RX_RING_SIZE - 1 - self.rx_count
+        if self.started { self.rx_ring.free() } else { 0 }
     }
 
     fn post_rx(&mut self, iova: u64, len: u32, cookie: u64) -> Result<(), DriverError> {
-        if !self.started {
-            return Err(DriverError::Stopped);
-        }
-        if self.removed {
-            return Err(DriverError::Removed);
-        }
-        if len < RX_MAX_FRAME || iova & 1 != 0 {
-            return Err(DriverError::BadBuffer(format!(
-                "RX buffer {iova:#x}+{len} must be 2-byte aligned and at least {RX_MAX_FRAME} bytes"
-            )));
-        }
-        if self.rx_count >= RX_RING_SIZE - 1 {
-            return Err(DriverError::RingFull("RX"));
-        }
-        let slot = self.rx_tail;
-        let off = slot as u64 * DESC_SIZE;
-        // Read format: packet address, header address 0 (which also clears DD).
-        let r = self
-            .rx_ring
-            .store(off, iova, Ordering::Relaxed)
-            .and_then(|_| self.rx_ring.store(off + 8, 0u64, Ordering::Relaxed));
-        r.map_err(|e| DriverError::BadBuffer(e.to_string()))?;
-        self.rx_cookies[slot] = Some(cookie);
-        self.rx_tail = (slot + 1) % RX_RING_SIZE;
-        self.rx_count += 1;
-        Ok(())
+        self.check_postable()?;
+        self.rx_ring.post(iova, len, cookie)
     }
 
     fn flush_rx(&mut self) -> Result<(), DriverError> {
@@ -420,117 +307,28 @@ impl<R: RegisterAccess> PnicDriver for Igb<R> {
         }
         // Descriptors must be in memory before the NIC sees the new tail.
         fence(Ordering::Release);
-        self.regs.write32(RDT0, self.rx_tail as u32);
+        self.regs.write32(RDT0, self.rx_ring.tail());
         Ok(())
     }
 
     fn reap_rx(&mut self, out: &mut Vec<RxCompletion>) -> Result<(), DriverError> {
-        while self.rx_count > 0 {
-            let slot = self.rx_head;
-            let off = slot as u64 * DESC_SIZE;
-            let staterr: u32 = self
-                .rx_ring
-                .load(off + RXD_STATUS_OFF, Ordering::Acquire)
-                .map_err(|e| DriverError::BadBuffer(e.to_string()))?;
-            if staterr & RXD_STAT_DD == 0 {
-                break;
-            }
-            let len: u16 = self
-                .rx_ring
-                .load(off + RXD_LEN_OFF, Ordering::Acquire)
-                .map_err(|e| DriverError::BadBuffer(e.to_string()))?;
-            let cookie = self.rx_cookies[slot].take();
-            self.rx_head = (slot + 1) % RX_RING_SIZE;
-            self.rx_count -= 1;
-            let eop = staterr & RXD_STAT_EOP != 0;
-            let fragment = self.rx_in_fragment;
-            self.rx_in_fragment = !eop;
-            if let Some(cookie) = cookie {
-                out.push(RxCompletion {
-                    cookie,
-                    // Never report more than the NIC may write (defence in depth).
-                    len: u32::from(len).min(RX_MAX_FRAME),
-                    eop,
-                    error: fragment || staterr & RXD_ERR_FRAME != 0 || u32::from(len) > RX_MAX_FRAME,
-                });
-            }
-        }
-        Ok(())
+        self.rx_ring.reap(out)
     }
 
     fn tx_free(&self) -> usize {
-        if !self.started {
-            return 0;
-        }
-        TX_RING_SIZE - 1 - self.tx_used
+        if self.started { self.tx_ring.free() } else { 0 }
     }
 
     fn post_tx(&mut self, segs: &[(u64, u32)], cookie: u64) -> Result<(), DriverError> {
-        if !self.started {
-            return Err(DriverError::Stopped);
-        }
-        if self.removed {
-            return Err(DriverError::Removed);
-        }
-        if segs.is_empty() || segs.len() > TX_MAX_SEGS {
-            return Err(DriverError::TooManySegments {
-                got: segs.len(),
-                max: TX_MAX_SEGS,
-            });
-        }
-        let total: u64 = segs.iter().map(|s| u64::from(s.1)).sum();
-        if total > u64::from(TX_MAX_FRAME) || segs.iter().any(|s| s.1 == 0 || s.1 > TX_MAX_SEG_LEN) {
-            return Err(DriverError::BadBuffer(format!(
-                "TX frame of {total} bytes (max {TX_MAX_FRAME}, no empty segment)"
-            )));
-        }
-        if self.tx_free() < segs.len() {
-            return Err(DriverError::RingFull("TX"));
-        }
-        let mut slot = self.tx_tail;
-        let mut last = slot;
-        for (i, (iova, len)) in segs.iter().enumerate() {
-            let off = slot as u64 * DESC_SIZE;
-            let mut cmd = len | TXD_DTYP_DATA | TXD_CMD_DEXT | TXD_CMD_IFCS;
-            if i + 1 == segs.len() {
-                cmd |= TXD_CMD_EOP | TXD_CMD_RS;
-            }
-            let olinfo = (total as u32) << TXD_PAYLEN_SHIFT;
-            self.tx_ring
-                .store(off, *iova, Ordering::Relaxed)
-                .and_then(|_| self.tx_ring.store(off + 8, cmd, Ordering::Relaxed))
-                .and_then(|_| self.tx_ring.store(off + 12, olinfo, Ordering::Relaxed))
-                .map_err(|e| DriverError::BadBuffer(e.to_string()))?;
-            last = slot;
-            slot = (slot + 1) % TX_RING_SIZE;
-        }
-        self.tx_tail = slot;
-        self.tx_used += segs.len();
-        self.tx_inflight.push_back(TxInFlight {
-            last,
-            ndesc: segs.len(),
-            cookie,
-        });
+        self.check_postable()?;
+        self.tx_ring.post(segs, cookie)?;
         fence(Ordering::Release);
-        self.regs.write32(TDT0, self.tx_tail as u32);
+        self.regs.write32(TDT0, self.tx_ring.tail());
         Ok(())
     }
 
     fn reap_tx(&mut self, out: &mut Vec<TxCompletion>) -> Result<(), DriverError> {
-        while let Some(f) = self.tx_inflight.front().copied() {
-            let st: u32 = self
-                .tx_ring
-                .load(f.last as u64 * DESC_SIZE + TXD_STATUS_OFF, Ordering::Acquire)
-                .map_err(|e| DriverError::BadBuffer(e.to_string()))?;
-            if st & TXD_STAT_DD == 0 {
-                break;
-            }
-            self.tx_inflight.pop_front();
-            self.tx_head = (f.last + 1) % TX_RING_SIZE;
-            self.tx_used -= f.ndesc;
-            out.push(TxCompletion { cookie: f.cookie });
-        }
-        Ok(())
+        self.tx_ring.reap(out)
     }
 
     fn link_up(&mut self) -> Result<bool, DriverError> {
@@ -542,21 +340,7 @@ impl<R: RegisterAccess> PnicDriver for Igb<R> {
 
     fn set_mac_filter(&mut self, mac: [u8; 6]) -> Result<(), DriverError> {
         self.mac = mac;
-        let lo = u32::from_le_bytes([mac[0], mac[1], mac[2], mac[3]]);
-        let hi = u32::from(u16::from_le_bytes([mac[4], mac[5]])) | RAH_AV;
-        self.regs.write32(RAL0, lo);
-        self.regs.write32(RAH0, hi);
-        for i in 1..RA_ENTRIES {
-            self.regs.write32(RAL0 + 8 * i, 0);
-            self.regs.write32(RAH0 + 8 * i, 0);
-        }
-        for i in 0..MTA_ENTRIES {
-            self.regs.write32(MTA + 4 * i, 0);
-        }
-        // Unicast to `mac` only; broadcast and all multicast accepted.
-        let rctl = self.regs.read32(RCTL);
-        self.regs
-            .write32(RCTL, (rctl & !RCTL_UPE) | RCTL_BAM | RCTL_MPE);
+        common::write_mac_filter(&self.regs, mac);
         Ok(())
     }
 
@@ -583,14 +367,10 @@ impl<R: RegisterAccess> PnicDriver for Igb<R> {
 
     fn reset(&mut self) -> Result<(), DriverError> {
         self.started = false;
-        if let Some(nic) = &self.nic {
-            // Belt and braces: no DMA while the function resets.
-            let _ = nic.set_bus_master(false);
-        }
-        let r = self.init_hw();
-        if let Some(nic) = &self.nic {
-            let _ = nic.set_bus_master(true);
-        }
+        // Belt and braces: no DMA while the function resets.
+        let nic = self.nic.take();
+        let r = common::with_bus_master_off(nic.as_ref(), || self.init_hw());
+        self.nic = nic;
         r
     }
 
@@ -599,9 +379,7 @@ impl<R: RegisterAccess> PnicDriver for Igb<R> {
     }
 
     fn handle_irq(&mut self, index: usize) -> Result<(), DriverError> {
-        if let Some(fd) = self.nic.as_ref().and_then(|n| n.irq_fds().get(index)) {
-            let _ = fd.read();
-        }
+        common::drain_irq_fd(self.nic.as_ref(), index);
         // Vector 0 (queues): EIAC already cleared the cause; one read tells a
         // live NIC from a vanished one. Vector 1: read ICR for the link cause.
         let eicr = self.regs.read32(EICR);
@@ -616,10 +394,7 @@ impl<R: RegisterAccess> PnicDriver for Igb<R> {
     }
 
     fn alloc_dma(&mut self, len: usize) -> Result<DmaArea, DriverError> {
-        let at = self.iova.alloc(len).map_err(|e| DriverError::DmaMap(e.to_string()))?;
-        let area = DmaArea::new(at, len).map_err(|e| DriverError::DmaMap(e.to_string()))?;
-        self.mapper.map(area.mem()).map_err(DriverError::DmaMap)?;
-        Ok(area)
+        common::alloc_dma(self.mapper.as_ref(), &mut self.iova, len)
     }
 }
 
@@ -630,11 +405,7 @@ impl<R: RegisterAccess> Drop for Igb<R> {
         if !self.removed {
             let _ = self.quiesce();
             self.mask_irqs();
-            let ctrl = self.regs.read32(CTRL);
-            if ctrl != u32::MAX {
-                self.regs.write32(CTRL, ctrl | CTRL_RST);
-                std::thread::sleep(Duration::from_millis(2));
-            }
+            common::reset_on_drop(&self.regs);
         }
     }
 }

@@ -1,81 +1,17 @@
 //! igb driver against a register-file fake: checks the programming sequence
 //! and the descriptor formats, not a NIC's data path (that is the testbed's job).
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
-
-use vm_memory::{GuestAddress, GuestMemoryMmap};
-
 use super::*;
+use crate::e1000_common::testutil::{bring_up, FakeRegs, RegState};
 
-#[derive(Default)]
-struct RegState {
-    regs: HashMap<u32, u32>,
-    writes: Vec<(u32, u32)>,
-    removed: bool,
-    /// RXDCTL enable never reads back clear (a hung queue).
-    stuck_rx: bool,
+/// The 82576's own register behaviour: a stuck RX queue never reads back
+/// RXDCTL.ENABLE clear.
+fn quirk(s: &mut RegState, off: u32, v: u32) -> Option<u32> {
+    (off == RXDCTL0 && s.stuck && v & RXDCTL_ENABLE == 0).then_some(v | RXDCTL_ENABLE)
 }
-
-#[derive(Clone, Default)]
-struct FakeRegs(Arc<Mutex<RegState>>);
-
-impl FakeRegs {
-    fn get(&self, off: u32) -> u32 {
-        *self.0.lock().unwrap().regs.get(&off).unwrap_or(&0)
-    }
-    fn writes_to(&self, off: u32) -> Vec<u32> {
-        self.0.lock().unwrap().writes.iter().filter(|w| w.0 == off).map(|w| w.1).collect()
-    }
-}
-
-impl RegisterAccess for FakeRegs {
-    fn read32(&self, off: u32) -> u32 {
-        let s = self.0.lock().unwrap();
-        if s.removed {
-            return u32::MAX;
-        }
-        *s.regs.get(&off).unwrap_or(&0)
-    }
-    fn write32(&self, off: u32, v: u32) {
-        let mut s = self.0.lock().unwrap();
-        s.writes.push((off, v));
-        let stored = match off {
-            CTRL => v & !CTRL_RST,
-            MDIC => {
-                if (v >> MDIC_REG_SHIFT) & 0x1f == PHY_CTRL && v & MDIC_DATA_MASK == PHY_CTRL_AUTONEG_RESTART {
-                    let st = s.regs.get(&STATUS).copied().unwrap_or(0);
-                    s.regs.insert(STATUS, st | STATUS_LU);
-                }
-                v | MDIC_READY
-            }
-            RXDCTL0 if s.stuck_rx && v & RXDCTL_ENABLE == 0 => v | RXDCTL_ENABLE,
-            _ => v,
-        };
-        s.regs.insert(off, stored);
-    }
-}
-
-struct NoIommu;
-impl DmaMapper for NoIommu {
-    fn map(&self, _: &GuestMemoryMmap) -> Result<(), String> {
-        Ok(())
-    }
-    fn unmap(&self, _: &GuestMemoryMmap) -> Result<(), String> {
-        Ok(())
-    }
-}
-
-const MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
 
 fn igb() -> (Igb<FakeRegs>, FakeRegs) {
-    let regs = FakeRegs::default();
-    let guest = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
-    let mut cfg = IgbConfig::new(MAC);
-    cfg.link_timeout = Duration::from_millis(10);
-    let d = Igb::new(regs.clone(), Arc::new(NoIommu), IovaAllocator::above(&guest), cfg, 2).unwrap();
-    (d, regs)
+    bring_up(quirk, Igb::new)
 }
 
 #[test]
@@ -114,21 +50,21 @@ fn rx_descriptors_carry_the_posted_iova_and_complete_on_dd() {
     d.start().unwrap();
     d.post_rx(0x1000 + 12, 1524, 7).unwrap();
     d.post_rx(0x2000 + 12, 1524, 8).unwrap();
-    assert_eq!(d.rx_ring.load::<u64>(0, Ordering::Relaxed).unwrap(), 0x100c);
-    assert_eq!(d.rx_ring.load::<u64>(16, Ordering::Relaxed).unwrap(), 0x200c);
+    assert_eq!(d.rx_ring.area().load::<u64>(0, Ordering::Relaxed).unwrap(), 0x100c);
+    assert_eq!(d.rx_ring.area().load::<u64>(16, Ordering::Relaxed).unwrap(), 0x200c);
     d.flush_rx().unwrap();
     assert_eq!(r.get(RDT0), 2);
     let mut out = Vec::new();
     d.reap_rx(&mut out).unwrap();
     assert!(out.is_empty(), "nothing done before DD");
     // NIC write-back of slot 0: length 60, DD|EOP.
-    d.rx_ring.store(RXD_STATUS_OFF, RXD_STAT_DD | RXD_STAT_EOP, Ordering::Relaxed).unwrap();
-    d.rx_ring.store(RXD_LEN_OFF, 60u16, Ordering::Relaxed).unwrap();
+    d.rx_ring.area().store(RXD_STATUS_OFF, RXD_STAT_DD | RXD_STAT_EOP, Ordering::Relaxed).unwrap();
+    d.rx_ring.area().store(RXD_LEN_OFF, 60u16, Ordering::Relaxed).unwrap();
     d.reap_rx(&mut out).unwrap();
     assert_eq!(out, vec![RxCompletion { cookie: 7, len: 60, eop: true, error: false }]);
     // An error bit and a bogus oversized length are both flagged.
-    d.rx_ring.store(16 + RXD_STATUS_OFF, RXD_STAT_DD | RXD_STAT_EOP | (1 << 29), Ordering::Relaxed).unwrap();
-    d.rx_ring.store(16 + RXD_LEN_OFF, 9000u16, Ordering::Relaxed).unwrap();
+    d.rx_ring.area().store(16 + RXD_STATUS_OFF, RXD_STAT_DD | RXD_STAT_EOP | (1 << 29), Ordering::Relaxed).unwrap();
+    d.rx_ring.area().store(16 + RXD_LEN_OFF, 9000u16, Ordering::Relaxed).unwrap();
     out.clear();
     d.reap_rx(&mut out).unwrap();
     assert_eq!(out[0].cookie, 8);
@@ -155,21 +91,21 @@ fn tx_descriptor_format() {
     d.start().unwrap();
     d.post_tx(&[(0x1000, 14), (0x3000, 50)], 42).unwrap();
     assert_eq!(r.get(TDT0), 2);
-    let c0: u32 = d.tx_ring.load(8, Ordering::Relaxed).unwrap();
-    let c1: u32 = d.tx_ring.load(24, Ordering::Relaxed).unwrap();
+    let c0: u32 = d.tx_ring.area().load(8, Ordering::Relaxed).unwrap();
+    let c1: u32 = d.tx_ring.area().load(24, Ordering::Relaxed).unwrap();
     assert_eq!(c0 & 0xffff, 14);
     assert_eq!(c0 & (TXD_CMD_EOP | TXD_CMD_RS), 0, "EOP/RS only on the last");
     assert_eq!(c1 & 0xffff, 50);
     for b in [TXD_CMD_EOP, TXD_CMD_RS, TXD_CMD_IFCS, TXD_CMD_DEXT, TXD_DTYP_DATA] {
         assert_eq!(c1 & b, b);
     }
-    let ol: u32 = d.tx_ring.load(12, Ordering::Relaxed).unwrap();
+    let ol: u32 = d.tx_ring.area().load(12, Ordering::Relaxed).unwrap();
     assert_eq!(ol >> TXD_PAYLEN_SHIFT, 64);
-    assert_eq!(d.tx_ring.load::<u64>(16, Ordering::Relaxed).unwrap(), 0x3000);
+    assert_eq!(d.tx_ring.area().load::<u64>(16, Ordering::Relaxed).unwrap(), 0x3000);
     let mut out = Vec::new();
     d.reap_tx(&mut out).unwrap();
     assert!(out.is_empty());
-    d.tx_ring.store(16 + TXD_STATUS_OFF, TXD_STAT_DD, Ordering::Relaxed).unwrap();
+    d.tx_ring.area().store(16 + TXD_STATUS_OFF, TXD_STAT_DD, Ordering::Relaxed).unwrap();
     d.reap_tx(&mut out).unwrap();
     assert_eq!(out, vec![TxCompletion { cookie: 42 }]);
     assert_eq!(d.tx_free(), TX_RING_SIZE - 1);
@@ -188,7 +124,7 @@ fn quiesce_stops_queues_and_forgets_buffers() {
     assert_eq!(r.get(TXDCTL0) & TXDCTL_ENABLE, 0);
     assert_eq!(r.get(RCTL) & RCTL_EN, 0);
     // A late write-back is not reported: the buffer was forgotten.
-    d.rx_ring.store(RXD_STATUS_OFF, RXD_STAT_DD | RXD_STAT_EOP, Ordering::Relaxed).unwrap();
+    d.rx_ring.area().store(RXD_STATUS_OFF, RXD_STAT_DD | RXD_STAT_EOP, Ordering::Relaxed).unwrap();
     let mut out = Vec::new();
     d.reap_rx(&mut out).unwrap();
     assert!(out.is_empty());
@@ -200,7 +136,7 @@ fn quiesce_stops_queues_and_forgets_buffers() {
 fn quiesce_that_does_not_stop_resets_the_nic() {
     let (mut d, r) = igb();
     d.start().unwrap();
-    r.0.lock().unwrap().stuck_rx = true;
+    r.0.lock().unwrap().stuck = true;
     let n = r.writes_to(CTRL).iter().filter(|v| *v & CTRL_RST != 0).count();
     assert!(matches!(d.quiesce(), Err(DriverError::Timeout(_))));
     let m = r.writes_to(CTRL).iter().filter(|v| *v & CTRL_RST != 0).count();
@@ -226,11 +162,11 @@ fn continuation_of_a_multi_buffer_frame_is_an_error() {
     }
     d.flush_rx().unwrap();
     // Slot 0 without EOP, slot 1 its EOP tail, slot 2 a normal frame.
-    d.rx_ring.store(RXD_STATUS_OFF, RXD_STAT_DD, Ordering::Relaxed).unwrap();
-    d.rx_ring.store(16 + RXD_STATUS_OFF, RXD_STAT_DD | RXD_STAT_EOP, Ordering::Relaxed).unwrap();
-    d.rx_ring.store(32 + RXD_STATUS_OFF, RXD_STAT_DD | RXD_STAT_EOP, Ordering::Relaxed).unwrap();
+    d.rx_ring.area().store(RXD_STATUS_OFF, RXD_STAT_DD, Ordering::Relaxed).unwrap();
+    d.rx_ring.area().store(16 + RXD_STATUS_OFF, RXD_STAT_DD | RXD_STAT_EOP, Ordering::Relaxed).unwrap();
+    d.rx_ring.area().store(32 + RXD_STATUS_OFF, RXD_STAT_DD | RXD_STAT_EOP, Ordering::Relaxed).unwrap();
     for i in 0..3 {
-        d.rx_ring.store(i * 16 + RXD_LEN_OFF, 100u16, Ordering::Relaxed).unwrap();
+        d.rx_ring.area().store(i * 16 + RXD_LEN_OFF, 100u16, Ordering::Relaxed).unwrap();
     }
     let mut out = Vec::new();
     d.reap_rx(&mut out).unwrap();

@@ -1,0 +1,390 @@
+//! RX and TX descriptor rings of the e1000 family, generic over the
+//! descriptor layout (legacy on the 82574L, advanced on the 82576).
+//!
+//! The rings do the bookkeeping both families share: which caller cookie sits
+//! in which slot, head/tail/count, validation of what is posted, and reaping
+//! by the DD bit. They never trust the NIC to say which buffer completed: a
+//! completion's cookie comes from the slot, not from the descriptor. The
+//! driver still owns the registers: it writes `tail()` to RDT/TDT.
+
+use std::collections::VecDeque;
+use std::marker::PhantomData;
+use std::sync::atomic::Ordering;
+
+use super::regs::{DESC_SIZE, RXD_STAT_DD, RXD_STAT_EOP, TXD_STATUS_OFF, TXD_STAT_DD};
+use crate::dma::{DmaArea, DmaError};
+use crate::driver::{DriverError, RxCompletion, TxCompletion};
+
+/// Per-descriptor buffer length limit (the length field is 16 bits).
+pub const TX_MAX_SEG_LEN: u32 = 0xffff;
+
+/// Where a family's descriptors keep their fields. Both layouts take the
+/// buffer address in bytes 0..8 and clear bytes 8..16 when an RX buffer is
+/// posted; the rest differs.
+pub trait DescLayout {
+    /// Byte offset of the RX write-back status word (DD bit 0, EOP bit 1).
+    const RXD_STATUS_OFF: u64;
+    /// Byte offset of the RX write-back length (u16).
+    const RXD_LEN_OFF: u64;
+    /// Status-word bits that flag a damaged frame.
+    const RXD_ERR_FRAME: u32;
+    /// The TX descriptor words at bytes 8 and 12 for one segment of `len`
+    /// bytes of a `frame_len`-byte frame; `last` marks its final segment.
+    fn tx_words(len: u32, last: bool, frame_len: u32) -> [u32; 2];
+}
+
+/// Ring sizes are driver constants, not input: a wrong one is a bug.
+fn check_size(area: &DmaArea, size: usize) {
+    assert!(
+        size >= 2 && size as u64 * DESC_SIZE <= area.len() as u64,
+        "a ring of {size} descriptors does not fit its {}-byte DMA area",
+        area.len()
+    );
+}
+
+fn bad(e: DmaError) -> DriverError {
+    DriverError::BadBuffer(e.to_string())
+}
+
+/// The RX ring: posted buffers wait here until the NIC writes DD.
+pub struct RxRing<L> {
+    area: DmaArea,
+    cookies: Vec<Option<u64>>,
+    head: usize,
+    tail: usize,
+    count: usize,
+    /// The last completion lacked EOP: the next ones up to and including the
+    /// EOP belong to a multi-buffer frame (impossible under the frame cap)
+    /// and are reported as errors so no fragment reaches the guest as a frame.
+    in_fragment: bool,
+    /// Smallest buffer accepted and largest length ever reported.
+    max_frame: u32,
+    layout: PhantomData<fn() -> L>,
+}
+
+impl<L: DescLayout> RxRing<L> {
+    /// A ring of `size` descriptors at the start of `area` for a NIC that
+    /// never writes more than `max_frame` bytes into one buffer.
+    pub fn new(area: DmaArea, size: usize, max_frame: u32) -> Self {
+        check_size(&area, size);
+        RxRing {
+            area,
+            cookies: vec![None; size],
+            head: 0,
+            tail: 0,
+            count: 0,
+            in_fragment: false,
+            max_frame,
+            layout: PhantomData,
+        }
+    }
+
+    /// The descriptor memory (the NIC's RDBA; tests poke write-backs here).
+    pub fn area(&self) -> &DmaArea {
+        &self.area
+    }
+
+    /// Ring length in bytes (RDLEN).
+    pub fn bytes(&self) -> u32 {
+        (self.cookies.len() as u64 * DESC_SIZE) as u32
+    }
+
+    /// The slot after the last posted buffer (RDT).
+    pub fn tail(&self) -> u32 {
+        self.tail as u32
+    }
+
+    /// Buffers that can still be posted (one slot stays empty: head == tail
+    /// means empty to the NIC).
+    pub fn free(&self) -> usize {
+        self.cookies.len() - 1 - self.count
+    }
+
+    /// Forget every posted buffer and zero the descriptors (after the NIC
+    /// stopped DMA or was reset).
+    pub fn reset(&mut self) {
+        self.cookies.iter_mut().for_each(|c| *c = None);
+        self.head = 0;
+        self.tail = 0;
+        self.count = 0;
+        self.in_fragment = false;
+        let _ = self.area.write(0, &vec![0u8; self.area.len()]);
+    }
+
+    /// Put a buffer at the tail; the NIC sees it after the driver writes RDT.
+    pub fn post(&mut self, iova: u64, len: u32, cookie: u64) -> Result<(), DriverError> {
+        let max = self.max_frame;
+        if len < max || iova & 1 != 0 {
+            return Err(DriverError::BadBuffer(format!(
+                "RX buffer {iova:#x}+{len} must be 2-byte aligned and at least {max} bytes"
+            )));
+        }
+        if self.free() == 0 {
+            return Err(DriverError::RingFull("RX"));
+        }
+        let slot = self.tail;
+        let off = slot as u64 * DESC_SIZE;
+        // Buffer address; the second quadword zeroed (which also clears DD).
+        self.area
+            .store(off, iova, Ordering::Relaxed)
+            .and_then(|_| self.area.store(off + 8, 0u64, Ordering::Relaxed))
+            .map_err(bad)?;
+        self.cookies[slot] = Some(cookie);
+        self.tail = (slot + 1) % self.cookies.len();
+        self.count += 1;
+        Ok(())
+    }
+
+    /// Hand back every buffer the NIC finished, in ring order.
+    pub fn reap(&mut self, out: &mut Vec<RxCompletion>) -> Result<(), DriverError> {
+        while self.count > 0 {
+            let slot = self.head;
+            let off = slot as u64 * DESC_SIZE;
+            let status: u32 = self.area.load(off + L::RXD_STATUS_OFF, Ordering::Acquire).map_err(bad)?;
+            if status & RXD_STAT_DD == 0 {
+                break;
+            }
+            let len: u16 = self.area.load(off + L::RXD_LEN_OFF, Ordering::Acquire).map_err(bad)?;
+            let len = u32::from(len);
+            let cookie = self.cookies[slot].take();
+            self.head = (slot + 1) % self.cookies.len();
+            self.count -= 1;
+            let eop = status & RXD_STAT_EOP != 0;
+            let fragment = self.in_fragment;
+            self.in_fragment = !eop;
+            if let Some(cookie) = cookie {
+                out.push(RxCompletion {
+                    cookie,
+                    // Never report more than the NIC may write (defence in depth).
+                    len: len.min(self.max_frame),
+                    eop,
+                    error: fragment || status & L::RXD_ERR_FRAME != 0 || len > self.max_frame,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An in-flight TX frame: its last descriptor slot, descriptor count, cookie.
+#[derive(Debug, Clone, Copy)]
+struct TxInFlight {
+    last: usize,
+    ndesc: usize,
+    cookie: u64,
+}
+
+/// The TX ring: one descriptor per segment, one cookie per frame.
+pub struct TxRing<L> {
+    area: DmaArea,
+    size: usize,
+    tail: usize,
+    used: usize,
+    inflight: VecDeque<TxInFlight>,
+    max_frame: u32,
+    max_segs: usize,
+    layout: PhantomData<fn() -> L>,
+}
+
+impl<L: DescLayout> TxRing<L> {
+    /// A ring of `size` descriptors at the start of `area` for frames of at
+    /// most `max_frame` bytes in at most `max_segs` segments.
+    pub fn new(area: DmaArea, size: usize, max_frame: u32, max_segs: usize) -> Self {
+        check_size(&area, size);
+        TxRing {
+            area,
+            size,
+            tail: 0,
+            used: 0,
+            inflight: VecDeque::new(),
+            max_frame,
+            max_segs,
+            layout: PhantomData,
+        }
+    }
+
+    /// The descriptor memory (the NIC's TDBA; tests poke write-backs here).
+    pub fn area(&self) -> &DmaArea {
+        &self.area
+    }
+
+    /// Ring length in bytes (TDLEN).
+    pub fn bytes(&self) -> u32 {
+        (self.size as u64 * DESC_SIZE) as u32
+    }
+
+    /// The slot after the last queued descriptor (TDT).
+    pub fn tail(&self) -> u32 {
+        self.tail as u32
+    }
+
+    /// Descriptors still free (one slot stays empty).
+    pub fn free(&self) -> usize {
+        self.size - 1 - self.used
+    }
+
+    /// Forget every queued frame and zero the descriptors.
+    pub fn reset(&mut self) {
+        self.tail = 0;
+        self.used = 0;
+        self.inflight.clear();
+        let _ = self.area.write(0, &vec![0u8; self.area.len()]);
+    }
+
+    /// Queue one frame of `segs` (IOVA, length); the NIC sees it after the
+    /// driver writes TDT. Report-status is asked on the last segment only.
+    pub fn post(&mut self, segs: &[(u64, u32)], cookie: u64) -> Result<(), DriverError> {
+        let max_segs = self.max_segs;
+        if segs.is_empty() || segs.len() > max_segs {
+            return Err(DriverError::TooManySegments { got: segs.len(), max: max_segs });
+        }
+        let total: u64 = segs.iter().map(|s| u64::from(s.1)).sum();
+        let max = self.max_frame;
+        if total > u64::from(max) || segs.iter().any(|s| s.1 == 0 || s.1 > TX_MAX_SEG_LEN) {
+            return Err(DriverError::BadBuffer(format!(
+                "TX frame of {total} bytes (max {max}, no empty segment)"
+            )));
+        }
+        if self.free() < segs.len() {
+            return Err(DriverError::RingFull("TX"));
+        }
+        let mut slot = self.tail;
+        let mut last = slot;
+        for (i, &(iova, len)) in segs.iter().enumerate() {
+            let off = slot as u64 * DESC_SIZE;
+            let [w8, w12] = L::tx_words(len, i + 1 == segs.len(), total as u32);
+            self.area
+                .store(off, iova, Ordering::Relaxed)
+                .and_then(|_| self.area.store(off + 8, w8, Ordering::Relaxed))
+                .and_then(|_| self.area.store(off + 12, w12, Ordering::Relaxed))
+                .map_err(bad)?;
+            last = slot;
+            slot = (slot + 1) % self.size;
+        }
+        self.tail = slot;
+        self.used += segs.len();
+        self.inflight.push_back(TxInFlight { last, ndesc: segs.len(), cookie });
+        Ok(())
+    }
+
+    /// Hand back every frame whose last descriptor has DD, in order.
+    pub fn reap(&mut self, out: &mut Vec<TxCompletion>) -> Result<(), DriverError> {
+        while let Some(f) = self.inflight.front().copied() {
+            let off = f.last as u64 * DESC_SIZE + TXD_STATUS_OFF;
+            let status: u32 = self.area.load(off, Ordering::Acquire).map_err(bad)?;
+            if status & TXD_STAT_DD == 0 {
+                break;
+            }
+            self.inflight.pop_front();
+            self.used -= f.ndesc;
+            out.push(TxCompletion { cookie: f.cookie });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A layout with the fields where no family has them, so the ring cannot
+    /// be relying on one family's offsets.
+    struct Odd;
+    impl DescLayout for Odd {
+        const RXD_STATUS_OFF: u64 = 8;
+        const RXD_LEN_OFF: u64 = 14;
+        const RXD_ERR_FRAME: u32 = 1 << 7;
+        fn tx_words(len: u32, last: bool, frame_len: u32) -> [u32; 2] {
+            [len | if last { 1 << 31 } else { 0 }, frame_len]
+        }
+    }
+
+    fn area(n: usize) -> DmaArea {
+        DmaArea::new(0x4000_0000, n * DESC_SIZE as usize).unwrap()
+    }
+
+    #[test]
+    fn ring_length_is_its_descriptors_not_the_page_rounded_area() {
+        let r = RxRing::<Odd>::new(area(4), 4, 1522);
+        let t = TxRing::<Odd>::new(area(8), 8, 1522, 2);
+        assert!(r.area().len() >= 4096, "DMA areas are whole pages");
+        assert_eq!((r.bytes(), r.free()), (64, 3));
+        assert_eq!((t.bytes(), t.free()), (128, 7));
+    }
+
+    #[test]
+    fn rx_ring_wraps_and_keeps_one_slot_empty() {
+        let mut r = RxRing::<Odd>::new(area(4), 4, 1522);
+        assert_eq!(r.free(), 3);
+        let mut out = Vec::new();
+        for round in 0..3u64 {
+            for i in 0..3 {
+                r.post(0x1000 * (i + 1), 2048, round * 10 + i).unwrap();
+            }
+            assert_eq!(r.post(0x1000, 2048, 99), Err(DriverError::RingFull("RX")));
+            for k in 0..3u64 {
+                let slot = (round * 3 + k) % 4;
+                r.area().store(slot * 16 + 8, RXD_STAT_DD | RXD_STAT_EOP, Ordering::Relaxed).unwrap();
+                r.area().store(slot * 16 + 14, 64u16, Ordering::Relaxed).unwrap();
+            }
+            out.clear();
+            r.reap(&mut out).unwrap();
+            let cookies: Vec<u64> = out.iter().map(|c| c.cookie).collect();
+            assert_eq!(cookies, vec![round * 10, round * 10 + 1, round * 10 + 2]);
+            assert!(out.iter().all(|c| c.len == 64 && c.eop && !c.error));
+            assert_eq!(r.tail() as u64, (round * 3 + 3) % 4);
+        }
+    }
+
+    #[test]
+    fn rx_error_bits_come_from_the_layout() {
+        let mut r = RxRing::<Odd>::new(area(4), 4, 1522);
+        r.post(0x1000, 2048, 1).unwrap();
+        r.area().store(8, RXD_STAT_DD | RXD_STAT_EOP | (1 << 7), Ordering::Relaxed).unwrap();
+        let mut out = Vec::new();
+        r.reap(&mut out).unwrap();
+        assert!(out[0].error);
+    }
+
+    #[test]
+    fn rx_reset_forgets_posted_buffers() {
+        let mut r = RxRing::<Odd>::new(area(4), 4, 1522);
+        r.post(0x1000, 2048, 1).unwrap();
+        r.reset();
+        assert_eq!(r.free(), 3);
+        assert_eq!(r.area().load::<u64>(0, Ordering::Relaxed).unwrap(), 0);
+        r.area().store(8, RXD_STAT_DD | RXD_STAT_EOP, Ordering::Relaxed).unwrap();
+        let mut out = Vec::new();
+        r.reap(&mut out).unwrap();
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn tx_ring_writes_layout_words_and_frees_on_last_dd() {
+        let mut t = TxRing::<Odd>::new(area(4), 4, 1522, 2);
+        t.post(&[(0x1000, 14), (0x2000, 50)], 7).unwrap();
+        assert_eq!(t.free(), 1);
+        assert_eq!(t.area().load::<u32>(8, Ordering::Relaxed).unwrap(), 14);
+        assert_eq!(t.area().load::<u32>(24, Ordering::Relaxed).unwrap(), 50 | 1 << 31);
+        assert_eq!(t.area().load::<u32>(28, Ordering::Relaxed).unwrap(), 64);
+        assert_eq!(t.post(&[(0x1000, 14), (0x2000, 50)], 8), Err(DriverError::RingFull("TX")));
+        let mut out = Vec::new();
+        t.area().store(12, TXD_STAT_DD, Ordering::Relaxed).unwrap();
+        t.reap(&mut out).unwrap();
+        assert!(out.is_empty(), "DD on a middle segment does not finish the frame");
+        t.area().store(16 + 12, TXD_STAT_DD, Ordering::Relaxed).unwrap();
+        t.reap(&mut out).unwrap();
+        assert_eq!(out, vec![TxCompletion { cookie: 7 }]);
+        assert_eq!(t.free(), 3);
+    }
+
+    #[test]
+    fn tx_rejects_bad_frames() {
+        let mut t = TxRing::<Odd>::new(area(4), 4, 1522, 2);
+        assert!(matches!(t.post(&[], 1), Err(DriverError::TooManySegments { got: 0, max: 2 })));
+        assert!(matches!(t.post(&[(0, 1); 3], 1), Err(DriverError::TooManySegments { .. })));
+        assert!(matches!(t.post(&[(0, 0)], 1), Err(DriverError::BadBuffer(_))));
+        assert!(matches!(t.post(&[(0, 1000), (0, 600)], 1), Err(DriverError::BadBuffer(_))));
+        assert_eq!(t.free(), 3);
+    }
+}

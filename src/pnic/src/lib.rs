@@ -3,7 +3,8 @@
 //!
 //! - [`vfio`]: open a PCI function through VFIO, map guest RAM (IOVA = GPA).
 //! - [`driver`]: the NIC-independent driver interface the shim uses.
-//! - [`igb`]: Intel 82576 driver; [`e1000e`]: Intel 82574L driver.
+//! - [`igb`]: Intel 82576 driver; [`e1000e`]: Intel 82574L driver; both are
+//!   [`e1000_common`] (rings, registers, driver logic) plus their own parts.
 //! - [`model`]: a software NIC for unit tests and benchmarks.
 //! - [`shim`]: `ShimBackend`, the `NetBackend` over any driver.
 

@@ -1,9 +1,11 @@
 //! What the Intel e1000-family drivers ([`crate::igb`], [`crate::e1000e`])
-//! share: the common registers, the descriptor rings and the small register
-//! sequences that are the same on every family member. A new family is one
-//! new module with its own `regs` (re-exporting [`regs`]) and a
-//! [`ring::DescLayout`]; it does not copy the ring bookkeeping.
+//! share: the common registers ([`regs`]), the descriptor rings ([`ring`]),
+//! the one `PnicDriver` implementation ([`driver::E1000`]) and the small
+//! register sequences every family member has. A new family is one new
+//! module: its own `regs` (re-exporting [`regs`]), a [`ring::DescLayout`] and
+//! a [`driver::Family`]; it does not copy the ring or driver logic.
 
+pub mod driver;
 pub mod regs;
 pub mod ring;
 #[cfg(test)]
@@ -13,7 +15,6 @@ use std::time::{Duration, Instant};
 
 use crate::dma::{DmaArea, DmaMapper, IovaAllocator};
 use crate::driver::{DriverError, RegisterAccess};
-use crate::vfio::VfioNic;
 use regs::*;
 use ring::{DescLayout, RxRing, TxRing};
 
@@ -147,23 +148,3 @@ pub(crate) fn zero_heads_and_tails(regs: &impl RegisterAccess) {
     }
 }
 
-/// Run `f` (a reset and re-initialisation) with PCI bus mastering off, so
-/// the function cannot DMA while it resets; on hardware only.
-pub(crate) fn with_bus_master_off<T>(nic: Option<&VfioNic>, f: impl FnOnce() -> T) -> T {
-    if let Some(nic) = nic {
-        let _ = nic.set_bus_master(false);
-    }
-    let r = f();
-    if let Some(nic) = nic {
-        let _ = nic.set_bus_master(true);
-    }
-    r
-}
-
-/// Consume the eventfd of MSI-X vector `index` (level of a wakeup, not a
-/// count), on hardware only.
-pub(crate) fn drain_irq_fd(nic: Option<&VfioNic>, index: usize) {
-    if let Some(fd) = nic.and_then(|n| n.irq_fds().get(index)) {
-        let _ = fd.read();
-    }
-}

@@ -1,7 +1,10 @@
 //! 82574L driver against a register-file fake: programming sequence,
 //! descriptor formats, quiesce through the GIO master.
 
+use std::sync::atomic::Ordering;
+
 use super::*;
+use crate::driver::{DriverError, PnicDriver, RxCompletion, TxCompletion};
 use crate::e1000_common::testutil::{bring_up, FakeRegs, RegState};
 
 /// The 82574L's own register behaviour: CTRL.GIO_MASTER_DISABLE clears

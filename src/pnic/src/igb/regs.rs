@@ -15,7 +15,7 @@ pub const GPIE_NSICR: u32 = 1 << 0;
 pub const GPIE_MULTIPLE_MSIX: u32 = 1 << 4;
 pub const GPIE_EIAME: u32 = 1 << 30;
 pub const GPIE_PBA: u32 = 1 << 31;
-/// Interrupt vector allocation: IVAR[n] maps RX queue n (bits 7:0) and
+/// Interrupt vector allocation: `IVAR[n]` maps RX queue n (bits 7:0) and
 /// TX queue n (bits 15:8) for n < 8.
 pub const IVAR0: u32 = 0x1700;
 pub const IVAR_MISC: u32 = 0x1740;

@@ -1,7 +1,10 @@
 //! igb driver against a register-file fake: checks the programming sequence
 //! and the descriptor formats, not a NIC's data path (that is the testbed's job).
 
+use std::sync::atomic::Ordering;
+
 use super::*;
+use crate::driver::{DriverError, PnicDriver, RxCompletion, TxCompletion};
 use crate::e1000_common::testutil::{bring_up, FakeRegs, RegState};
 
 /// The 82576's own register behaviour: a stuck RX queue never reads back

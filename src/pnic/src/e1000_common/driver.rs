@@ -1,0 +1,288 @@
+//! The one [`PnicDriver`] implementation of the e1000 family: ring posting and
+//! reaping, start/quiesce/reset sequencing, removal detection and DMA
+//! allocation, over a [`Family`] that supplies what differs between NICs
+//! (interrupt setup, queue enable/disable handshake, receive configuration).
+
+use std::marker::PhantomData;
+use std::os::unix::io::RawFd;
+use std::sync::atomic::{fence, Ordering};
+use std::sync::Arc;
+
+use vm_memory::GuestMemoryMmap;
+
+use super::regs::*;
+use super::ring::{DescLayout, RxRing, TxRing};
+use super::{alloc_dma, check_alive, global_reset, poll_until, read_checked, reset_on_drop, write_mac_filter};
+use crate::bdf::Bdf;
+use crate::dma::{DmaArea, DmaMapper, IovaAllocator};
+use crate::driver::{
+    DriverError, DriverLimits, PnicDriver, RegisterAccess, RxCompletion, TxCompletion,
+};
+use crate::igb::{IgbConfig, IgbOpenError};
+use crate::vfio::{MmioRegs, VfioNic};
+
+/// What one e1000-family NIC does its own way. The hooks run with the
+/// driver's state at hand; everything else is [`E1000`]'s.
+pub trait Family: Sized + 'static {
+    type Desc: DescLayout;
+    /// Short name for logs and metrics.
+    const NAME: &'static str;
+    const RX_RING_SIZE: usize;
+    const TX_RING_SIZE: usize;
+    /// The most the NIC writes into one RX buffer (its programmed frame cap).
+    const RX_MAX_FRAME: u32;
+    const TX_MAX_FRAME: u32;
+    const TX_MAX_SEGS: usize;
+    /// Mask every interrupt cause.
+    fn mask_irqs(regs: &impl RegisterAccess);
+    /// After the global reset: link, PHY, stopped queues, rings
+    /// (`program_rings`), receive filter, MSI-X routing.
+    fn configure<R: RegisterAccess>(d: &mut E1000<Self, R>) -> Result<(), DriverError>;
+    /// Enable both queues and the receiver/transmitter (the NIC is alive).
+    fn start<R: RegisterAccess>(d: &mut E1000<Self, R>) -> Result<(), DriverError>;
+    /// Stop both queues; an error means the NIC did not confirm that DMA
+    /// stopped, and the driver then resets it.
+    fn stop<R: RegisterAccess>(d: &mut E1000<Self, R>) -> Result<(), DriverError>;
+    /// React to MSI-X vector `index` (its eventfd already drained).
+    fn handle_irq<R: RegisterAccess>(d: &mut E1000<Self, R>, index: usize) -> Result<(), DriverError>;
+}
+
+/// An e1000-family NIC with one RX and one TX queue, over any register access.
+pub struct E1000<F: Family, R: RegisterAccess> {
+    pub(crate) regs: R,
+    pub(crate) rx_ring: RxRing<F::Desc>,
+    pub(crate) tx_ring: TxRing<F::Desc>,
+    pub(crate) mac: [u8; 6],
+    pub(crate) started: bool,
+    pub(crate) removed: bool,
+    /// MSI-X vectors wired to eventfds (0 when polling only).
+    pub(crate) msix_vectors: usize,
+    mapper: Arc<dyn DmaMapper>,
+    iova: IovaAllocator,
+    /// The VFIO handle when running on hardware; dropped last.
+    nic: Option<VfioNic>,
+    family: PhantomData<fn() -> F>,
+}
+
+/// Open `bdf` through VFIO, map `guest` for DMA and bring the NIC up with
+/// `cfg.mac` as its only unicast address.
+pub fn open_vfio<F: Family>(bdf: Bdf, guest: &GuestMemoryMmap, cfg: IgbConfig) -> Result<E1000<F, MmioRegs>, IgbOpenError> {
+    let mut nic = VfioNic::open(bdf, guest)?;
+    nic.device_reset()?;
+    let vectors = nic.enable_msix(2)?;
+    let mut d = E1000::new(nic.regs(), nic.dma_mapper(), IovaAllocator::above(guest), cfg, vectors)?;
+    d.nic = Some(nic);
+    Ok(d)
+}
+
+impl<F: Family, R: RegisterAccess> E1000<F, R> {
+    /// Reset and initialise the NIC; queues stay stopped until `start`.
+    /// `msix_vectors` is how many MSI-X vectors are wired to eventfds.
+    pub fn new(
+        regs: R,
+        mapper: Arc<dyn DmaMapper>,
+        mut iova: IovaAllocator,
+        cfg: IgbConfig,
+        msix_vectors: usize,
+    ) -> Result<Self, DriverError> {
+        let desc = DESC_SIZE as usize;
+        let rx = alloc_dma(mapper.as_ref(), &mut iova, F::RX_RING_SIZE * desc)?;
+        let tx = alloc_dma(mapper.as_ref(), &mut iova, F::TX_RING_SIZE * desc)?;
+        let mut d = E1000 {
+            regs,
+            rx_ring: RxRing::new(rx, F::RX_RING_SIZE, F::RX_MAX_FRAME),
+            tx_ring: TxRing::new(tx, F::TX_RING_SIZE, F::TX_MAX_FRAME, F::TX_MAX_SEGS),
+            mac: cfg.mac,
+            started: false,
+            removed: false,
+            msix_vectors,
+            mapper,
+            iova,
+            nic: None,
+            family: PhantomData,
+        };
+        d.init_hw()?;
+        if !poll_until(cfg.link_timeout, || d.regs.read32(STATUS) & STATUS_LU != 0) {
+            log::warn!("{}: link still down after {:?}; frames flow once it comes up", F::NAME, cfg.link_timeout);
+        }
+        Ok(d)
+    }
+
+    /// Read a register, noticing a vanished NIC (see [`read_checked`]).
+    pub(crate) fn read(&mut self, off: u32) -> Result<u32, DriverError> {
+        read_checked(&self.regs, &mut self.removed, off)
+    }
+
+    pub(crate) fn check_alive(&mut self) -> Result<(), DriverError> {
+        check_alive(&self.regs, &mut self.removed)
+    }
+
+    /// Global reset and the static configuration (everything but queue enable).
+    fn init_hw(&mut self) -> Result<(), DriverError> {
+        F::mask_irqs(&self.regs);
+        global_reset(&self.regs, &mut self.removed)?;
+        F::mask_irqs(&self.regs);
+        F::configure(self)?;
+        self.reset_ring_state();
+        self.started = false;
+        Ok(())
+    }
+
+    fn reset_ring_state(&mut self) {
+        self.rx_ring.reset();
+        self.tx_ring.reset();
+    }
+
+    /// Posting needs running queues and a NIC that is still there.
+    fn check_postable(&self) -> Result<(), DriverError> {
+        if !self.started {
+            return Err(DriverError::Stopped);
+        }
+        if self.removed {
+            return Err(DriverError::Removed);
+        }
+        Ok(())
+    }
+
+    /// The register accessor (tests and diagnostics).
+    pub fn regs(&self) -> &R {
+        &self.regs
+    }
+
+    pub fn mac(&self) -> [u8; 6] {
+        self.mac
+    }
+}
+
+impl<F: Family, R: RegisterAccess> PnicDriver for E1000<F, R> {
+    fn name(&self) -> &'static str {
+        F::NAME
+    }
+
+    fn limits(&self) -> DriverLimits {
+        DriverLimits {
+            rx_capacity: F::RX_RING_SIZE - 1,
+            tx_capacity: F::TX_RING_SIZE - 1,
+            rx_max_write: F::RX_MAX_FRAME,
+            rx_align: 2,
+            tx_max_frame: F::TX_MAX_FRAME,
+            tx_max_segs: F::TX_MAX_SEGS,
+        }
+    }
+
+    fn start(&mut self) -> Result<(), DriverError> {
+        if self.started {
+            return Ok(());
+        }
+        self.check_alive()?;
+        F::start(self)?;
+        self.started = true;
+        Ok(())
+    }
+
+    fn rx_free(&self) -> usize {
+        if self.started { self.rx_ring.free() } else { 0 }
+    }
+
+    fn post_rx(&mut self, iova: u64, len: u32, cookie: u64) -> Result<(), DriverError> {
+        self.check_postable()?;
+        self.rx_ring.post(iova, len, cookie)
+    }
+
+    fn flush_rx(&mut self) -> Result<(), DriverError> {
+        if !self.started {
+            return Ok(());
+        }
+        // Descriptors must be in memory before the NIC sees the new tail.
+        fence(Ordering::Release);
+        self.regs.write32(RDT0, self.rx_ring.tail());
+        Ok(())
+    }
+
+    fn reap_rx(&mut self, out: &mut Vec<RxCompletion>) -> Result<(), DriverError> {
+        self.rx_ring.reap(out)
+    }
+
+    fn tx_free(&self) -> usize {
+        if self.started { self.tx_ring.free() } else { 0 }
+    }
+
+    fn post_tx(&mut self, segs: &[(u64, u32)], cookie: u64) -> Result<(), DriverError> {
+        self.check_postable()?;
+        self.tx_ring.post(segs, cookie)?;
+        fence(Ordering::Release);
+        self.regs.write32(TDT0, self.tx_ring.tail());
+        Ok(())
+    }
+
+    fn reap_tx(&mut self, out: &mut Vec<TxCompletion>) -> Result<(), DriverError> {
+        self.tx_ring.reap(out)
+    }
+
+    fn link_up(&mut self) -> Result<bool, DriverError> {
+        if self.removed {
+            return Err(DriverError::Removed);
+        }
+        Ok(self.read(STATUS)? & STATUS_LU != 0)
+    }
+
+    fn set_mac_filter(&mut self, mac: [u8; 6]) -> Result<(), DriverError> {
+        self.mac = mac;
+        write_mac_filter(&self.regs, mac);
+        Ok(())
+    }
+
+    fn quiesce(&mut self) -> Result<(), DriverError> {
+        let stopped = F::stop(self);
+        self.started = false;
+        self.reset_ring_state();
+        if let Err(e) = stopped {
+            // The NIC did not confirm it stopped: a full reset stops all DMA
+            // (and bus mastering goes off if that fails too).
+            log::error!("{} quiesce: {e}; resetting the NIC", F::NAME);
+            self.reset()?;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    fn reset(&mut self) -> Result<(), DriverError> {
+        self.started = false;
+        // Belt and braces: no DMA while the function resets (hardware only).
+        if let Some(nic) = &self.nic {
+            let _ = nic.set_bus_master(false);
+        }
+        let r = self.init_hw();
+        if let Some(nic) = &self.nic {
+            let _ = nic.set_bus_master(true);
+        }
+        r
+    }
+
+    fn irq_fds(&self) -> Vec<RawFd> {
+        self.nic.as_ref().map(|n| n.raw_irq_fds()).unwrap_or_default()
+    }
+
+    fn handle_irq(&mut self, index: usize) -> Result<(), DriverError> {
+        if let Some(fd) = self.nic.as_ref().and_then(|n| n.irq_fds().get(index)) {
+            let _ = fd.read();
+        }
+        F::handle_irq(self, index)
+    }
+
+    fn alloc_dma(&mut self, len: usize) -> Result<DmaArea, DriverError> {
+        alloc_dma(self.mapper.as_ref(), &mut self.iova, len)
+    }
+}
+
+impl<F: Family, R: RegisterAccess> Drop for E1000<F, R> {
+    fn drop(&mut self) {
+        // Stop DMA into buffers we are about to forget; then reset so the NIC
+        // is idle before the IOMMU mappings go away (VfioNic's drop).
+        if !self.removed {
+            let _ = self.quiesce();
+            F::mask_irqs(&self.regs);
+            reset_on_drop(&self.regs);
+        }
+    }
+}

@@ -1,0 +1,551 @@
+//! Host side of the guest network tests (`tests/net_tap.rs`, `tests/net_shim.rs`):
+//! payloads and their sha256, a byte sink for guest TX, a tiny HTTP server for
+//! guest RX and for "gates" (the host tells the guest script to go on), sockets
+//! bound inside a network namespace, ping parsing and the guest script.
+//!
+//! The guest script is shared so both backends are exercised by the very same
+//! guest-side steps; only addresses, ports and the reset step differ.
+
+#![allow(dead_code)]
+
+use std::collections::HashSet;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+/// Bytes moved in each direction.
+pub const PAYLOAD_LEN: usize = 64 << 20;
+/// Where the guest finds its TX payload (written with debugfs before boot).
+pub const GUEST_PAYLOAD: &str = "/payload";
+/// Port of the host's byte sink (guest `nc HOST PORT < /payload`).
+pub const SINK_PORT: u16 = 5001;
+/// Port of the host's HTTP server (payload and gates).
+pub const HTTP_PORT: u16 = 5002;
+
+/// A deterministic incompressible-looking payload (xorshift64*), so a
+/// misplaced or repeated segment changes the hash.
+pub fn payload(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        out.extend_from_slice(&x.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Lower-case hex sha256.
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex(&Sha256::digest(data))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Megabits per second.
+pub fn mbit_per_s(bytes: u64, secs: f64) -> f64 {
+    bytes as f64 * 8.0 / secs.max(1e-6) / 1e6
+}
+
+/// Puts `data` into the ext4 image at `dst` (debugfs, no mount needed).
+pub fn put_file_in_image(image: &Path, data: &[u8], dst: &str) {
+    let src = image.with_extension(format!("payload-{}", std::process::id()));
+    std::fs::write(&src, data).unwrap_or_else(|e| panic!("cannot write {}: {e}", src.display()));
+    let out = Command::new("debugfs")
+        .arg("-w")
+        .arg("-R")
+        .arg(format!("write {} {dst}", src.display()))
+        .arg(image)
+        .output()
+        .expect("run debugfs (e2fsprogs)");
+    let _ = std::fs::remove_file(&src);
+    assert!(out.status.success(), "debugfs write {dst} failed: {}", String::from_utf8_lossy(&out.stderr));
+    // debugfs exits 0 even when a command fails; check the file landed whole.
+    let stat = Command::new("debugfs")
+        .arg("-R")
+        .arg(format!("stat {dst}"))
+        .arg(image)
+        .output()
+        .expect("run debugfs");
+    let text = String::from_utf8_lossy(&stat.stdout);
+    assert!(
+        text.contains(&format!("Size: {}", data.len())),
+        "{dst} did not land in {} with {} bytes: {text}\n{}",
+        image.display(),
+        data.len(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Runs `f` on a fresh thread that first joins network namespace `ns`
+/// (`/run/netns/NS`, as made by `ip netns add`), so sockets it creates live
+/// there. `None` runs it in the current namespace. Other threads are untouched.
+pub fn in_netns<T: Send + 'static>(ns: Option<&str>, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let ns = ns.map(|n| format!("/run/netns/{n}"));
+    std::thread::spawn(move || {
+        if let Some(path) = ns {
+            let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("cannot open {path}: {e}"));
+            use std::os::fd::AsRawFd;
+            // SAFETY: setns only changes this thread's network namespace; the
+            // fd is a valid open namespace file for the duration of the call.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns({path}): {}", std::io::Error::last_os_error());
+        }
+        f()
+    })
+    .join()
+    .expect("netns thread panicked")
+}
+
+/// A TCP listener on `ip:port` inside `ns`.
+pub fn listen(ns: Option<&str>, ip: &str, port: u16) -> TcpListener {
+    let addr: SocketAddr = format!("{ip}:{port}").parse().expect("socket address");
+    in_netns(ns, move || TcpListener::bind(addr).unwrap_or_else(|e| panic!("cannot listen on {addr}: {e}")))
+}
+
+/// What the sink received.
+#[derive(Debug)]
+pub struct Received {
+    pub bytes: u64,
+    pub sha256: String,
+    /// From accept to the last byte.
+    pub secs: f64,
+}
+
+/// Accepts one connection and reads exactly `expect` bytes (then closes, which
+/// ends the guest's nc), hashing as it goes. Gives up after `timeout`.
+pub fn spawn_sink(listener: TcpListener, expect: usize, timeout: Duration) -> JoinHandle<std::io::Result<Received>> {
+    std::thread::spawn(move || {
+        listener.set_nonblocking(true)?;
+        let deadline = Instant::now() + timeout;
+        let mut conn = loop {
+            match listener.accept() {
+                Ok((c, _)) => break c,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if Instant::now() >= deadline {
+                        return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "no connection to the sink"));
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        conn.set_nonblocking(false)?;
+        conn.set_read_timeout(Some(Duration::from_secs(60)))?;
+        let start = Instant::now();
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; 1 << 16];
+        let mut got = 0usize;
+        while got < expect {
+            let want = buf.len().min(expect - got);
+            let n = conn.read(&mut buf[..want])?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            got += n;
+        }
+        let secs = start.elapsed().as_secs_f64();
+        Ok(Received { bytes: got as u64, sha256: hex(&hasher.finalize()), secs })
+    })
+}
+
+/// A minimal HTTP/1.0 server: `GET /payload` returns the payload, `GET /gate/NAME`
+/// returns 200 "go" once the host opened gate NAME and 503 before. Each request
+/// path is recorded so the test can see the guest reached a gate.
+pub struct HttpServer {
+    opened: Arc<Mutex<HashSet<String>>>,
+    asked: Arc<Mutex<HashSet<String>>>,
+    stop: Arc<AtomicBool>,
+    /// Payload bytes fully written.
+    pub served: Arc<AtomicU64>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl HttpServer {
+    pub fn start(listener: TcpListener, body: Arc<Vec<u8>>) -> HttpServer {
+        let opened = Arc::new(Mutex::new(HashSet::new()));
+        let asked = Arc::new(Mutex::new(HashSet::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let served = Arc::new(AtomicU64::new(0));
+        listener.set_nonblocking(true).expect("nonblocking listener");
+        let (o, a, s, sv) = (opened.clone(), asked.clone(), stop.clone(), served.clone());
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((c, _)) => {
+                        let (o, a, body, sv) = (o.clone(), a.clone(), body.clone(), sv.clone());
+                        std::thread::spawn(move || {
+                            let _ = serve(c, &o, &a, &body, &sv);
+                        });
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        });
+        HttpServer { opened, asked, stop, served, thread: Some(thread) }
+    }
+
+    /// Lets the guest pass gate `name`.
+    pub fn open_gate(&self, name: &str) {
+        self.opened.lock().unwrap().insert(name.to_string());
+    }
+
+    /// Waits until the guest asked for gate `name` (it is waiting there).
+    pub fn wait_asked(&self, name: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.asked.lock().unwrap().contains(name) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn serve(
+    mut c: TcpStream,
+    opened: &Mutex<HashSet<String>>,
+    asked: &Mutex<HashSet<String>>,
+    body: &[u8],
+    served: &AtomicU64,
+) -> std::io::Result<()> {
+    c.set_nonblocking(false)?;
+    c.set_read_timeout(Some(Duration::from_secs(30)))?;
+    c.set_write_timeout(Some(Duration::from_secs(120)))?;
+    let mut req = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !req.windows(4).any(|w| w == b"\r\n\r\n") && req.len() < 8192 {
+        let n = c.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        req.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&req);
+    let path = text.split_whitespace().nth(1).unwrap_or("").to_string();
+    if path == "/payload" {
+        c.write_all(format!("HTTP/1.0 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n", body.len()).as_bytes())?;
+        c.write_all(body)?;
+        served.fetch_add(body.len() as u64, Ordering::Relaxed);
+    } else if let Some(name) = path.strip_prefix("/gate/") {
+        asked.lock().unwrap().insert(name.to_string());
+        if opened.lock().unwrap().contains(name) {
+            c.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\ngo\n")?;
+        } else {
+            c.write_all(b"HTTP/1.0 503 Wait\r\nContent-Length: 0\r\n\r\n")?;
+        }
+    } else {
+        c.write_all(b"HTTP/1.0 404 Not Found\r\nContent-Length: 0\r\n\r\n")?;
+    }
+    c.flush()?;
+    let _ = c.shutdown(std::net::Shutdown::Write);
+    // Let the client read everything before the socket goes (no RST).
+    let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
+    let _ = c.read(&mut buf);
+    Ok(())
+}
+
+/// Sends UDP datagrams of `size` bytes to `dst` from inside `ns` as fast as it
+/// can until `stop` is set or `max` passes; returns the datagrams sent.
+pub fn spawn_udp_flood(
+    ns: Option<&str>,
+    dst: SocketAddr,
+    size: usize,
+    max: Duration,
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicU64>,
+) -> JoinHandle<()> {
+    let sock = in_netns(ns, || UdpSocket::bind("0.0.0.0:0").expect("bind UDP"));
+    std::thread::spawn(move || {
+        let data = vec![0x5au8; size];
+        let end = Instant::now() + max;
+        while !stop.load(Ordering::Relaxed) && Instant::now() < end {
+            // Errors (no neighbour while the guest is unbound) are expected; keep going.
+            if sock.send_to(&data, dst).is_ok() {
+                sent.fetch_add(1, Ordering::Relaxed);
+            } else {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    })
+}
+
+/// A ping run's summary.
+#[derive(Debug, Clone)]
+pub struct PingStats {
+    pub transmitted: u32,
+    pub received: u32,
+    /// min/avg/max in ms.
+    pub rtt: Option<(f64, f64, f64)>,
+}
+
+/// Parses iputils or busybox ping output.
+pub fn parse_ping(out: &str) -> Option<PingStats> {
+    let line = out.lines().find(|l| l.contains("packets transmitted"))?;
+    let nums: Vec<u32> = line
+        .split(',')
+        .filter_map(|p| p.split_whitespace().next().and_then(|n| n.parse().ok()))
+        .collect();
+    let rtt = out
+        .lines()
+        .find(|l| l.contains("min/avg/max"))
+        .and_then(|l| l.split('=').nth(1))
+        .and_then(|v| {
+            let v: Vec<f64> = v.trim().split(|c| c == '/' || c == ' ').filter_map(|x| x.parse().ok()).collect();
+            (v.len() >= 3).then(|| (v[0], v[1], v[2]))
+        });
+    Some(PingStats { transmitted: *nums.first()?, received: *nums.get(1)?, rtt })
+}
+
+/// Pings `ip` `count` times from the host (inside `ns` if given).
+pub fn host_ping(ns: Option<&str>, ip: &str, count: u32) -> (PingStats, String) {
+    let mut cmd = match ns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, "ping"]);
+            c
+        }
+        None => Command::new("ping"),
+    };
+    let out = cmd
+        .args(["-c", &count.to_string(), "-i", "0.2", "-W", "3", ip])
+        .output()
+        .expect("run ping");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let stats = parse_ping(&text).unwrap_or_else(|| panic!("cannot parse ping output:\n{text}"));
+    (stats, text)
+}
+
+/// Runs a command, panicking with its stderr if it fails.
+pub fn run(args: &[&str]) {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"));
+    assert!(out.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+}
+
+/// Parameters of the guest script.
+pub struct GuestNet<'a> {
+    /// The host or peer the guest talks to.
+    pub peer_ip: &'a str,
+    /// The guest's address with prefix, e.g. 192.0.2.130/25.
+    pub guest_cidr: &'a str,
+    /// Unbind/rebind the virtio_net driver under a flood (shim test).
+    pub reset_step: bool,
+}
+
+/// The guest side, sourced by the test-image runner (helpers: `marker`,
+/// `guest_uptime`). Gates: the script waits for `GET /gate/NAME` to answer 200.
+pub fn guest_script(p: &GuestNet) -> String {
+    let mut s = GUEST_COMMON
+        .replace("@PEER@", p.peer_ip)
+        .replace("@CIDR@", p.guest_cidr)
+        .replace("@SINK@", &SINK_PORT.to_string())
+        .replace("@HTTP@", &HTTP_PORT.to_string())
+        .replace("@PAYLOAD@", GUEST_PAYLOAD);
+    if p.reset_step {
+        s.push_str(GUEST_RESET);
+    }
+    s.push_str("marker done 1\n");
+    s
+}
+
+const GUEST_COMMON: &str = r#"
+PEER=@PEER@
+CIDR=@CIDR@
+elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
+wait_for() { # wait_for SECONDS COMMAND...: poll until COMMAND succeeds
+    n=$1; shift
+    while [ "$n" -gt 0 ]; do "$@" && return 0; sleep 1; n=$((n - 1)); done
+    return 1
+}
+gate() { wait_for 600 sh -c "timeout 10 wget -q -O - http://$PEER:@HTTP@/gate/$1 2>/dev/null | grep -q go"; }
+has_eth0() { [ -e /sys/class/net/eth0 ]; }
+has_carrier() { [ "$(cat /sys/class/net/eth0/carrier 2>/dev/null)" = 1 ]; }
+eth0_up() {
+    wait_for 30 has_eth0 || return 1
+    ip addr flush dev eth0
+    ip addr add "$CIDR" dev eth0 || return 1
+    ip link set eth0 up || return 1
+    wait_for 30 has_carrier
+}
+ping_marks() { # ping_marks PREFIX COUNT
+    out=$(ping -c "$2" -W 3 "$PEER" 2>&1)
+    marker "$1-rc" $?
+    marker "$1-summary" "$(echo "$out" | grep 'packets transmitted')"
+    marker "$1-rtt" "$(echo "$out" | grep 'min/avg/max')"
+}
+
+modprobe virtio_net 2>/dev/null
+eth0_up
+marker eth0-up $?
+marker mac "$(cat /sys/class/net/eth0/address)"
+marker mtu "$(cat /sys/class/net/eth0/mtu)"
+marker net-up 1
+ping_marks ping 10
+gate pinged || { marker gate pinged-timeout; exit 1; }
+
+marker payload-sha "$(sha256sum @PAYLOAD@ | cut -d' ' -f1)"
+t0=$(guest_uptime)
+timeout 900 nc "$PEER" @SINK@ < @PAYLOAD@
+marker tx-rc $?
+t1=$(guest_uptime)
+marker tx-secs "$(elapsed "$t0" "$t1")"
+
+t0=$(guest_uptime)
+sha=$(timeout 900 wget -q -O - "http://$PEER:@HTTP@/payload" | sha256sum | cut -d' ' -f1)
+t1=$(guest_uptime)
+marker rx-sha "$sha"
+marker rx-secs "$(elapsed "$t0" "$t1")"
+marker eth0-stats "$(cat /sys/class/net/eth0/statistics/rx_packets) $(cat /sys/class/net/eth0/statistics/tx_packets) $(cat /sys/class/net/eth0/statistics/rx_errors) $(cat /sys/class/net/eth0/statistics/tx_errors)"
+"#;
+
+const GUEST_RESET: &str = r#"
+dev=$(basename "$(readlink /sys/class/net/eth0/device)")
+marker virtio-dev "$dev"
+gate flood || { marker gate flood-timeout; exit 1; }
+sleep 2
+marker unbinding 1
+echo "$dev" > /sys/bus/virtio/drivers/virtio_net/unbind
+marker unbind-rc $?
+sleep 2
+echo "$dev" > /sys/bus/virtio/drivers/virtio_net/bind
+marker bind-rc $?
+eth0_up
+marker reset-eth0-up $?
+ping_ok() { ping -c 1 -W 2 "$PEER" >/dev/null 2>&1; }
+wait_for 60 ping_ok
+marker reset-first-ping $?
+ping_marks reset-ping 5
+marker kernel-complaints "$(dmesg | grep -ciE 'call trace|tx timeout|virtio_net.*(error|bug)|unexpected')"
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_busybox_and_iputils_ping() {
+        let bb = "5 packets transmitted, 4 packets received, 20% packet loss\nround-trip min/avg/max = 0.512/1.024/2.048 ms\n";
+        let s = parse_ping(bb).unwrap();
+        assert_eq!((s.transmitted, s.received), (5, 4));
+        assert_eq!(s.rtt, Some((0.512, 1.024, 2.048)));
+        let ip = "5 packets transmitted, 5 received, 0% packet loss, time 803ms\nrtt min/avg/max/mdev = 1.1/2.2/3.3/0.4 ms\n";
+        let s = parse_ping(ip).unwrap();
+        assert_eq!((s.transmitted, s.received), (5, 5));
+        assert_eq!(s.rtt, Some((1.1, 2.2, 3.3)));
+    }
+
+    #[test]
+    fn payload_is_deterministic_and_seeded() {
+        assert_eq!(payload(1000, 7), payload(1000, 7));
+        assert_ne!(payload(1000, 7), payload(1000, 8));
+        assert_eq!(payload(1001, 7).len(), 1001);
+    }
+}
+
+/// What one boot measured (printed by the tests).
+#[derive(Debug)]
+pub struct Report {
+    pub guest_ping: Option<PingStats>,
+    pub host_ping: PingStats,
+    pub tx_secs: f64,
+    pub rx_secs: f64,
+}
+
+/// Drives the common part of the guest script from the host side and checks it:
+/// the guest's ping, the host's ping back, 64 MiB guest->host (sink, sha256 on
+/// both ends) and 64 MiB host->guest (HTTP, sha256 on both ends). `label`
+/// prefixes the throughput lines. Host-side sockets live in `ns`.
+pub fn exercise(
+    vm: &shimvmm_tests::GuestProcess,
+    label: &str,
+    ns: Option<&str>,
+    guest_ip: &str,
+    server: &HttpServer,
+    sink: JoinHandle<std::io::Result<Received>>,
+    tx_payload_sha: &str,
+    rx_payload_sha: &str,
+    timeout: Duration,
+) -> Report {
+    let tail = || vm.tail(60);
+    let m = |name: &str| {
+        vm.wait_for_marker(name, timeout)
+            .unwrap_or_else(|e| panic!("{label}: no marker {name}: {e}"))
+            .value
+    };
+    assert_eq!(m("eth0-up"), "0", "{label}: eth0 did not come up with carrier\n{}", tail());
+    m("net-up");
+    assert_eq!(m("ping-rc"), "0", "{label}: guest ping of the host failed: {}\n{}", m("ping-summary"), tail());
+    let guest_ping = parse_ping(&format!("{}\n{}", m("ping-summary"), m("ping-rtt")));
+    // The guest waits at gate "pinged" while the host pings it back.
+    assert!(server.wait_asked("pinged", timeout), "{label}: guest never reached gate pinged\n{}", tail());
+    let (host_ping, text) = host_ping(ns, guest_ip, 10);
+    assert!(host_ping.received > 0, "{label}: host ping of the guest failed:\n{text}");
+    server.open_gate("pinged");
+
+    assert_eq!(m("payload-sha"), tx_payload_sha, "{label}: /payload in the guest is not what the host wrote");
+    assert_eq!(m("tx-rc"), "0", "{label}: guest nc failed\n{}", tail());
+    let got = sink
+        .join()
+        .expect("sink thread")
+        .unwrap_or_else(|e| panic!("{label}: sink: {e}\n{}", tail()));
+    assert_eq!(got.bytes, PAYLOAD_LEN as u64, "{label}: host received {} of {PAYLOAD_LEN} bytes", got.bytes);
+    assert_eq!(got.sha256, tx_payload_sha, "{label}: guest->host payload corrupted");
+    let tx_secs: f64 = m("tx-secs").parse().expect("tx-secs");
+    let rx_sha = m("rx-sha");
+    let rx_secs: f64 = m("rx-secs").parse().expect("rx-secs");
+    assert_eq!(rx_sha, rx_payload_sha, "{label}: host->guest payload corrupted (guest sha256)\n{}", tail());
+    assert_eq!(server.served.load(Ordering::Relaxed), PAYLOAD_LEN as u64, "{label}: HTTP server did not send the payload once");
+
+    let mib = PAYLOAD_LEN >> 20;
+    eprintln!(
+        "{label}: guest->host {mib} MiB in {tx_secs:.2} s = {:.1} Mbit/s (host sink: {:.2} s from accept to last byte)",
+        mbit_per_s(PAYLOAD_LEN as u64, tx_secs),
+        got.secs
+    );
+    eprintln!(
+        "{label}: host->guest {mib} MiB in {rx_secs:.2} s = {:.1} Mbit/s",
+        mbit_per_s(PAYLOAD_LEN as u64, rx_secs)
+    );
+    if let Some(g) = &guest_ping {
+        eprintln!("{label}: guest->host ping {}/{} replies, rtt min/avg/max {:?} ms", g.received, g.transmitted, g.rtt);
+    }
+    eprintln!(
+        "{label}: host->guest ping {}/{} replies, rtt min/avg/max {:?} ms",
+        host_ping.received, host_ping.transmitted, host_ping.rtt
+    );
+    Report { guest_ping, host_ping, tx_secs, rx_secs }
+}
+
+/// The metrics document shimvmm wrote at exit, and the net device's part.
+pub fn net_metrics(path: &Path, id: &str) -> serde_json::Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("no metrics file {}: {e}", path.display()));
+    let v: serde_json::Value = serde_json::from_str(&text).expect("metrics file is JSON");
+    v.pointer(&format!("/net/{id}")).cloned().unwrap_or_else(|| panic!("metrics have no net/{id}: {text}"))
+}
+
+/// A u64 at a JSON pointer, panicking with the document if absent.
+pub fn u64_at(v: &serde_json::Value, ptr: &str) -> u64 {
+    v.pointer(ptr).and_then(serde_json::Value::as_u64).unwrap_or_else(|| panic!("no number at {ptr} in {v:#}"))
+}

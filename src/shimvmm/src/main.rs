@@ -59,6 +59,18 @@ fn main() -> ExitCode {
 
     let (ctl, start_rx) = Controller::new();
     let ctl = Arc::new(ctl);
+    // A VM described up front is built before the API serves: the API is told
+    // it already started, so `GET /` must never see it "Not started".
+    let prebuilt = match &boot_config {
+        Some(c) => match vmm::build(c) {
+            Ok(vm) => {
+                ctl.set_running(vm.handle());
+                Some(vm)
+            }
+            Err(e) => return fail(e),
+        },
+        None => None,
+    };
     let api_server = match &args.api_sock {
         Some(sock) => {
             let opts = api::ServeOptions {
@@ -74,14 +86,8 @@ fn main() -> ExitCode {
         None => None,
     };
 
-    let vm = match boot_config {
-        Some(c) => match vmm::build(&c) {
-            Ok(vm) => {
-                ctl.set_running(vm.handle());
-                vm
-            }
-            Err(e) => return fail(e),
-        },
+    let vm = match prebuilt {
+        Some(vm) => vm,
         None if api_server.is_some() => match wait_for_start(&start_rx, &args, &ctl) {
             Some(vm) => vm,
             None => return ExitCode::SUCCESS,

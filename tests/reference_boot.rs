@@ -8,8 +8,8 @@
 //! SHIMVMM_QEMU_ACCEL=tcg runs it under TCG (slow, but it exercises the image).
 
 use shimvmm_tests::{
-    artifacts, one_vm_at_a_time, plain_image, qemu_microvm_command, qemu_reference_boot,
-    require_guest_env, Accel, GuestProcess, QemuBootOptions, SCRIPT_START_MARKER,
+    one_vm_at_a_time, qemu_reference_boot,
+    require_guest_env, Accel, QemuBootOptions,
 };
 
 #[test]
@@ -39,32 +39,4 @@ fn qemu_microvm_boots_alpine_and_runs_test_script() {
         t.exited.as_secs_f64(),
         t.kernel
     );
-}
-
-/// The plain rootfs (no test script) must boot to a getty on ttyS0, so a
-/// developer can watch a guest come up interactively.
-#[test]
-fn qemu_microvm_plain_image_reaches_serial_login_prompt() {
-    let opts = QemuBootOptions::default();
-    if opts.accel == Accel::Kvm
-        && !require_guest_env("qemu_microvm_plain_image_reaches_serial_login_prompt")
-    {
-        return;
-    }
-    let _vm = one_vm_at_a_time();
-    let image = plain_image();
-    let cmd = qemu_microvm_command(artifacts(), image.path(), &opts);
-    let mut qemu = GuestProcess::spawn("qemu-plain", cmd).expect("spawn qemu");
-    let login = qemu
-        .wait_for_line("login:", opts.script_timeout)
-        .unwrap_or_else(|e| panic!("no login prompt on ttyS0: {e}"));
-    assert!(
-        qemu.marker(SCRIPT_START_MARKER).is_none(),
-        "the plain image must not run a test script"
-    );
-    println!(
-        "plain image: login prompt on ttyS0 after {:.2} s",
-        login.as_secs_f64()
-    );
-    qemu.kill();
 }

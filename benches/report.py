@@ -132,6 +132,10 @@ def boot_section(d, md, js):
         out["ratio_boot_probe"] = r2
         md.append(f"\nRatio shimvmm/QEMU (medians): first init **{r1:.2f}**, boot probe **{r2:.2f}**; target ≤ 0.8: "
                   f"{'met' if max(r1, r2) <= 0.8 else '**missed**'}.")
+    n = min(len([r for r in rs if r["vmm"] == v and "error" not in r]) for v in ("shimvmm", "qemu"))
+    if n < 5:
+        md.append(f"\n**Only {n} successful run(s) per VMM** (the brief asks for ≥ 5; `BOOT_RUNS=5 tools/bench boot`): "
+                  "a single run on a loaded machine is an indication, not a median.")
     for e in errs:
         md.append(f"\nFailed run: {e['vmm']} #{e['run']}: {e['error'][:300]}")
     md.append("")

@@ -56,7 +56,7 @@ i=0
 while [ ! -e /sys/class/net/eth0 ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
 marker eth0-mac "$(cat /sys/class/net/eth0/address 2>/dev/null)"
 ip link set eth0 up
-ip addr add @GUEST_IP@/24 dev eth0
+ip addr add @GUEST_IP@/28 dev eth0
 if ping -c 3 -W 10 @HOST_IP@ >/dev/null 2>&1; then marker ping ok; else marker ping failed; fi
 marker ready 1
 "#;
@@ -74,7 +74,7 @@ impl Tap {
         let tap = Tap { name: name.to_string() };
         for args in [
             vec!["tuntap", "add", "dev", name, "mode", "tap"],
-            vec!["addr", "add", &format!("{host_ip}/24"), "dev", name],
+            vec!["addr", "add", &format!("{host_ip}/28"), "dev", name],
             vec!["link", "set", name, "up"],
         ] {
             let out = Command::new("ip")
@@ -300,13 +300,29 @@ fn exit_code(vm: &mut GuestProcess, timeout: Duration, what: &str) -> i32 {
     st.code().unwrap_or_else(|| panic!("{what}: shimvmm killed by a signal: {st:?}\n{}", vm.tail(40)))
 }
 
+/// Each test's tap gets its own /28 inside 192.0.2.0/24 (the testbed's only
+/// address range): 192.0.2.160/28, .176/28, .192/28. More specific than the
+/// testbed's own 192.0.2.0/24 routes, so the tap route wins.
+fn subnet_base(subnet: u8) -> u8 {
+    144 + 16 * subnet
+}
+
+fn host_addr(subnet: u8) -> String {
+    format!("192.0.2.{}", subnet_base(subnet) + 1)
+}
+
+fn guest_addr(subnet: u8) -> String {
+    format!("192.0.2.{}", subnet_base(subnet) + 2)
+}
+
 #[test]
 fn api_configures_boots_and_ctrl_alt_del_ends_the_guest() {
     if !require_guest_env("api_configures_boots_and_ctrl_alt_del_ends_the_guest") {
         return;
     }
     let _one = one_vm_at_a_time();
-    let (host_ip, guest_ip) = ("10.200.1.1", "10.200.1.2");
+    let (host_ip, guest_ip) = (host_addr(1), guest_addr(1));
+    let (host_ip, guest_ip) = (host_ip.as_str(), guest_ip.as_str());
     let tap = Tap::create(&format!("apitap{}", std::process::id() % 100_000), host_ip);
     let scratch = Scratch::new("api");
     let sock = scratch.path("api.sock");
@@ -414,7 +430,7 @@ fn api_configures_boots_and_ctrl_alt_del_ends_the_guest() {
 /// Boots the test guest from a config file; `api_sock` adds the API beside it.
 fn boot_from_config_file(tag: &str, subnet: u8, api_sock: bool) {
     let _one = one_vm_at_a_time();
-    let (host_ip, guest_ip) = (format!("10.200.{subnet}.1"), format!("10.200.{subnet}.2"));
+    let (host_ip, guest_ip) = (host_addr(subnet), guest_addr(subnet));
     let tap = Tap::create(&format!("{tag}{}", std::process::id() % 100_000), &host_ip);
     let scratch = Scratch::new(tag);
     let sock = scratch.path("api.sock");

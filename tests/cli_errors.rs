@@ -172,3 +172,12 @@ fn dev_kvm_not_permitted() {
         .unwrap();
     assert_clear_error(&out, "permission denied opening /dev/kvm");
 }
+
+/// `--net vfio=` with a device that isn't there, or an address that isn't one.
+#[test]
+fn bad_vfio_bdf() {
+    let art = shimvmm_tests::artifacts();
+    let k = art.kernel.to_str().unwrap();
+    assert_clear_error(&run(&["--kernel", k, "--net", "vfio=0000:99:1f.7"]), "not found in /sys/bus/pci/devices");
+    assert_clear_error(&run(&["--kernel", k, "--net", "vfio=zz:zz"]), "invalid PCI address");
+}

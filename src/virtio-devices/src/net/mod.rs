@@ -15,8 +15,6 @@ pub mod tap_dev;
 #[cfg(test)]
 mod device_tests;
 #[cfg(test)]
-mod tap_bench;
-#[cfg(test)]
 mod tap_tests;
 
 pub use backend::{DropReason, NetBackend, RxBuffer, TxFrame, Used, VNET_HDR_LEN};

@@ -119,10 +119,17 @@ impl Vcpu {
         }
         self.fd.set_fpu(&regs::boot_fpu()).map_err(cfg("KVM_SET_FPU"))?;
 
-        let mut lapic = self.fd.get_lapic().map_err(cfg("KVM_GET_LAPIC"))?;
-        set_apic_lvt(&mut lapic.regs, APIC_LVT0, APIC_MODE_EXTINT);
-        set_apic_lvt(&mut lapic.regs, APIC_LVT1, APIC_MODE_NMI);
-        self.fd.set_lapic(&lapic).map_err(cfg("KVM_SET_LAPIC"))?;
+        // Only the boot CPU takes the legacy PIC (LINT0 ExtINT) and NMI
+        // (LINT1), as on a PC; the APs keep KVM's masked reset values until the
+        // guest brings them up. An AP with an unmasked ExtINT line could be
+        // woken by a PIC interrupt while still in its reset state (seen in the
+        // nested testbed as an AP triple fault at 0xf000:0xfff0).
+        if id == 0 {
+            let mut lapic = self.fd.get_lapic().map_err(cfg("KVM_GET_LAPIC"))?;
+            set_apic_lvt(&mut lapic.regs, APIC_LVT0, APIC_MODE_EXTINT);
+            set_apic_lvt(&mut lapic.regs, APIC_LVT1, APIC_MODE_NMI);
+            self.fd.set_lapic(&lapic).map_err(cfg("KVM_SET_LAPIC"))?;
+        }
         Ok(())
     }
 

@@ -16,14 +16,13 @@
 
 mod net_util;
 
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use net_util::*;
 use shimvmm_tests::{
-    alpine_cmdline, artifacts, one_vm_at_a_time, require_guest_env, shimvmm_bin, test_image, GuestProcess,
+    one_vm_at_a_time, require_guest_env, test_image, GuestProcess,
     PowerAction,
 };
 
@@ -50,7 +49,6 @@ fn shim_guest_pings_moves_64mib_each_way_and_survives_reset_under_flood() {
     let ns = env("SHIMVMM_PEER_NS");
     let peer_ip = env("SHIMVMM_PEER_IP");
     let _vm = one_vm_at_a_time();
-    let art = artifacts();
     let script = guest_script(&GuestNet { peer_ip: &peer_ip, guest_cidr: GUEST_CIDR, reset_step: true });
     let image = test_image(&script, PowerAction::Reboot);
     let tx_payload = payload(PAYLOAD_LEN, 0x5e1_0001);
@@ -64,20 +62,7 @@ fn shim_guest_pings_moves_64mib_each_way_and_survives_reset_under_flood() {
     let server = HttpServer::start(listen(Some(&ns), &peer_ip, HTTP_PORT), rx_payload);
     let metrics = image.path().with_extension("metrics.json");
 
-    let mut cmd = Command::new(shimvmm_bin());
-    cmd.arg("--kernel")
-        .arg(&art.kernel)
-        .arg("--initrd")
-        .arg(&art.initrd)
-        .arg("--cmdline")
-        .arg(alpine_cmdline())
-        .args(["--mem", "512", "--vcpus", "2", "--no-api", "--log-level", "info"])
-        .arg("--metrics-path")
-        .arg(&metrics)
-        .arg("--disk")
-        .arg(format!("path={},root=on", image.path().display()))
-        .arg("--net")
-        .arg(format!("vfio={pnic},id={NET_ID}"));
+    let cmd = shimvmm_guest_command(image.path(), &metrics, &format!("vfio={pnic},id={NET_ID}"));
     let mut vm = GuestProcess::spawn("shimvmm", cmd).expect("spawn shimvmm");
 
     let report = exercise(&vm, "shim", Some(&ns), GUEST_IP, &server, sink, &tx_sha, &rx_sha, GUEST_TIMEOUT);

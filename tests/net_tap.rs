@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use net_util::*;
 use shimvmm_tests::{
-    alpine_cmdline, artifacts, one_vm_at_a_time, require_guest_env, shimvmm_bin, test_image, GuestProcess,
+    one_vm_at_a_time, require_guest_env, test_image, GuestProcess,
     PowerAction,
 };
 
@@ -58,7 +58,6 @@ fn guest_pings_and_moves_64mib_each_way_over_tap() {
         return;
     }
     let _vm = one_vm_at_a_time();
-    let art = artifacts();
     let script = guest_script(&GuestNet { peer_ip: HOST_IP, guest_cidr: GUEST_CIDR, reset_step: false });
     let image = test_image(&script, PowerAction::Poweroff);
     let tx_payload = payload(PAYLOAD_LEN, 0x7a9_0001);
@@ -73,20 +72,7 @@ fn guest_pings_and_moves_64mib_each_way_over_tap() {
     let server = HttpServer::start(listen(None, HOST_IP, HTTP_PORT), rx_payload);
     let metrics = image.path().with_extension("metrics.json");
 
-    let mut cmd = Command::new(shimvmm_bin());
-    cmd.arg("--kernel")
-        .arg(&art.kernel)
-        .arg("--initrd")
-        .arg(&art.initrd)
-        .arg("--cmdline")
-        .arg(alpine_cmdline())
-        .args(["--mem", "512", "--vcpus", "2", "--no-api", "--log-level", "info"])
-        .arg("--metrics-path")
-        .arg(&metrics)
-        .arg("--disk")
-        .arg(format!("path={},root=on", image.path().display()))
-        .arg("--net")
-        .arg(format!("tap={},id={NET_ID}", tap.0));
+    let cmd = shimvmm_guest_command(image.path(), &metrics, &format!("tap={},id={NET_ID}", tap.0));
     let mut vm = GuestProcess::spawn("shimvmm", cmd).expect("spawn shimvmm");
 
     let report = exercise(&vm, "tap", None, GUEST_IP, &server, sink, &tx_sha, &rx_sha, GUEST_TIMEOUT);

@@ -31,6 +31,27 @@ pub const HTTP_PORT: u16 = 5002;
 
 /// A deterministic incompressible-looking payload (xorshift64*), so a
 /// misplaced or repeated segment changes the hash.
+/// shimvmm booting the Alpine guest (2 vCPUs, 512 MiB, no API) with `image` as
+/// root, metrics written to `metrics`, and one NIC given by `net` (a `--net` spec).
+pub fn shimvmm_guest_command(image: &Path, metrics: &Path, net: &str) -> Command {
+    let art = shimvmm_tests::artifacts();
+    let mut cmd = Command::new(shimvmm_tests::shimvmm_bin());
+    cmd.arg("--kernel")
+        .arg(&art.kernel)
+        .arg("--initrd")
+        .arg(&art.initrd)
+        .arg("--cmdline")
+        .arg(shimvmm_tests::alpine_cmdline())
+        .args(["--mem", "512", "--vcpus", "2", "--no-api", "--log-level", "info"])
+        .arg("--metrics-path")
+        .arg(metrics)
+        .arg("--disk")
+        .arg(format!("path={},root=on", image.display()))
+        .arg("--net")
+        .arg(net);
+    cmd
+}
+
 pub fn payload(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed | 1;
     let mut out = Vec::with_capacity(len + 8);

@@ -97,6 +97,8 @@ struct State {
     dma_time: Duration,
     dma_bytes: u64,
     quiesces: u64,
+    /// `flush_rx` calls (RX tail writes on a real NIC).
+    rx_flushes: u64,
 }
 
 /// The NIC model as a driver (give it to the shim).
@@ -258,6 +260,14 @@ impl ModelHandle {
     pub fn quiesce_count(&self) -> u64 {
         lock(&self.state).quiesces
     }
+    /// How often the driver made posted RX buffers visible (`flush_rx`).
+    pub fn rx_flush_count(&self) -> u64 {
+        lock(&self.state).rx_flushes
+    }
+    /// RX buffers posted but not yet made visible by `flush_rx`.
+    pub fn rx_unflushed(&self) -> usize {
+        lock(&self.state).rx_pending.len()
+    }
     /// Time and bytes of the model's own "DMA" (kept apart from VMM work).
     pub fn dma_stats(&self) -> (Duration, u64) {
         let s = lock(&self.state);
@@ -360,6 +370,7 @@ impl PnicDriver for NicModel {
 
     fn flush_rx(&mut self) -> Result<(), DriverError> {
         let mut s = lock(&self.state);
+        s.rx_flushes += 1;
         let p: Vec<_> = s.rx_pending.drain(..).collect();
         s.rx_visible.extend(p);
         Ok(())

@@ -16,7 +16,7 @@ pub mod metrics;
 use std::collections::{HashMap, VecDeque};
 use std::os::unix::io::RawFd;
 
-use virtio_devices::net::backend::{DropReason, NetBackend, RxBuffer, TxFrame, Used, VNET_HDR_LEN};
+use virtio_devices::net::backend::{ChainRef, DropReason, NetBackend, RxBuffer, TxFrame, Used, VNET_HDR_LEN};
 use virtio_devices::GuestMemory;
 use vm_memory::{Bytes, GuestAddress};
 
@@ -147,6 +147,9 @@ pub struct ShimBackend<D: PnicDriver> {
     rx_returned: Vec<Used>,
     /// TX frames finished without the NIC (dropped) for the next `reap_tx`.
     tx_returned: Vec<Used>,
+    /// RX buffers were posted to the driver since the last `flush_rx` (the
+    /// tail write that makes them visible to the NIC).
+    rx_unflushed: bool,
     metrics: ShimMetrics,
     started: bool,
     failed: bool,
@@ -197,6 +200,7 @@ impl<D: PnicDriver> ShimBackend<D> {
             backlog: VecDeque::new(),
             rx_returned: Vec::new(),
             tx_returned: Vec::new(),
+            rx_unflushed: false,
             metrics: ShimMetrics::default(),
             started: false,
             failed: false,
@@ -244,6 +248,7 @@ impl<D: PnicDriver> ShimBackend<D> {
         self.link = false;
         let _ = self.driver.quiesce();
         self.started = false;
+        self.rx_unflushed = false;
         for (_, s) in self.rx.drain() {
             self.rx_returned.push(Used { head: s.buf.head, len: 0 });
             self.metrics.drop(DropReason::BackendError);
@@ -286,7 +291,20 @@ impl<D: PnicDriver> ShimBackend<D> {
         true
     }
 
-    /// Hand `buf` to the NIC, zero-copy if its shape allows.
+    /// Make the RX buffers posted since the last flush visible to the NIC:
+    /// one tail-register write for the whole batch.
+    fn flush_rx_posted(&mut self) {
+        if !self.rx_unflushed {
+            return;
+        }
+        self.rx_unflushed = false;
+        if let Err(e) = self.driver.flush_rx() {
+            self.driver_err(e);
+        }
+    }
+
+    /// Hand `buf` to the NIC, zero-copy if its shape allows. The NIC sees it
+    /// only after the next [`Self::flush_rx_posted`].
     fn post_slot(&mut self, buf: RxBuffer) -> Result<(), (RxBuffer, DropReason)> {
         let max_write = u64::from(self.limits.rx_max_write);
         let zero_copy = match buf.segs.as_slice() {
@@ -313,9 +331,9 @@ impl<D: PnicDriver> ShimBackend<D> {
             let (iova, len) = self.rx_bounce.rx_target(idx);
             (iova, len, RxKind::Bounce(idx))
         };
-        let res = self.driver.post_rx(iova, len, cookie).and_then(|_| self.driver.flush_rx());
-        match res {
+        match self.driver.post_rx(iova, len, cookie) {
             Ok(()) => {
+                self.rx_unflushed = true;
                 self.rx.insert(cookie, RxSlot { buf, kind });
                 Ok(())
             }
@@ -481,6 +499,32 @@ impl<D: PnicDriver> ShimBackend<D> {
         }
     }
 
+    /// Validate a guest RX buffer and post it (without the tail write).
+    fn post_checked(&mut self, buf: RxBuffer) -> Result<(), (RxBuffer, DropReason)> {
+        if buf.segs.iter().any(|s| s.1 == 0) {
+            self.metrics.drop(DropReason::ZeroLength);
+            return Err((buf, DropReason::ZeroLength));
+        }
+        if buf.segs.iter().any(|(a, l)| !in_guest_ram(&self.mem, a.0, u64::from(*l))) {
+            self.metrics.drop(DropReason::BadAddress);
+            return Err((buf, DropReason::BadAddress));
+        }
+        // Trust the segments, not the summary: the length the completion
+        // check uses is recomputed here.
+        let mut buf = buf;
+        let total: u64 = buf.segs.iter().map(|s| u64::from(s.1)).sum();
+        buf.len = u32::try_from(total).unwrap_or(u32::MAX);
+        if (buf.len as usize) <= VNET_HDR_LEN {
+            self.metrics.drop(DropReason::BufferTooSmall);
+            return Err((buf, DropReason::BufferTooSmall));
+        }
+        if !self.ensure_started() {
+            self.metrics.drop(DropReason::BackendError);
+            return Err((buf, DropReason::BackendError));
+        }
+        self.post_slot(buf).inspect_err(|(_, r)| self.metrics.drop(*r))
+    }
+
     fn refresh_link(&mut self) {
         match self.driver.link_up() {
             Ok(up) => self.link = up && !self.failed,
@@ -528,30 +572,22 @@ impl<D: PnicDriver> NetBackend for ShimBackend<D> {
         }
     }
 
+    /// Posts and flushes at once (a batch of one), see the trait.
     fn post_rx(&mut self, mem: &GuestMemory, buf: RxBuffer) -> Result<(), (RxBuffer, DropReason)> {
         let _ = mem; // the memory given at construction is the one the IOMMU maps
-        if buf.segs.iter().any(|s| s.1 == 0) {
-            self.metrics.drop(DropReason::ZeroLength);
-            return Err((buf, DropReason::ZeroLength));
-        }
-        if buf.segs.iter().any(|(a, l)| !in_guest_ram(&self.mem, a.0, u64::from(*l))) {
-            self.metrics.drop(DropReason::BadAddress);
-            return Err((buf, DropReason::BadAddress));
-        }
-        // Trust the segments, not the summary: the length the completion
-        // check uses is recomputed here.
-        let mut buf = buf;
-        let total: u64 = buf.segs.iter().map(|s| u64::from(s.1)).sum();
-        buf.len = u32::try_from(total).unwrap_or(u32::MAX);
-        if (buf.len as usize) <= VNET_HDR_LEN {
-            self.metrics.drop(DropReason::BufferTooSmall);
-            return Err((buf, DropReason::BufferTooSmall));
-        }
-        if !self.ensure_started() {
-            self.metrics.drop(DropReason::BackendError);
-            return Err((buf, DropReason::BackendError));
-        }
-        self.post_slot(buf).inspect_err(|(_, r)| self.metrics.drop(*r))
+        let r = self.post_checked(buf);
+        self.flush_rx_posted();
+        r
+    }
+
+    /// Posts without the tail write; `rx_posted_batch_done` flushes.
+    fn post_rx_chain(&mut self, mem: &GuestMemory, chain: ChainRef<'_>) -> Result<(), DropReason> {
+        let _ = mem;
+        self.post_checked(chain.to_rx_buffer()).map_err(|(_, r)| r)
+    }
+
+    fn rx_posted_batch_done(&mut self) {
+        self.flush_rx_posted();
     }
 
     fn reap_rx(&mut self, _mem: &GuestMemory, out: &mut Vec<Used>) {
@@ -566,6 +602,8 @@ impl<D: PnicDriver> NetBackend for ShimBackend<D> {
         for c in done {
             self.complete_rx(c, out);
         }
+        // Buffers recycled above (dropped frames) go back to the NIC now.
+        self.flush_rx_posted();
         out.append(&mut self.rx_returned);
     }
 
@@ -625,6 +663,7 @@ impl<D: PnicDriver> NetBackend for ShimBackend<D> {
             self.backlog.len()
         );
         self.started = false;
+        self.rx_unflushed = false;
         self.rx.clear();
         self.tx.clear();
         self.backlog.clear();

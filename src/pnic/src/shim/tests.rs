@@ -374,3 +374,46 @@ fn discard_pending_drains_the_interrupt_fd() {
     s.discard_pending(0);
     assert!(!readable(fd));
 }
+
+#[test]
+fn chain_posts_reach_the_nic_with_one_tail_write_per_batch() {
+    let (mut s, h, mem) = setup();
+    let segs: Vec<[(GuestAddress, u32); 1]> =
+        (0..8u64).map(|i| [(GuestAddress(0x1_0000 + i * 0x1000), 2048)]).collect();
+    for (i, seg) in segs.iter().enumerate() {
+        s.post_rx_chain(&mem, ChainRef { head: i as u16, segs: seg, len: 2048 }).unwrap();
+    }
+    assert_eq!(h.rx_flush_count(), 0, "no tail write per buffer");
+    assert_eq!(h.rx_unflushed(), 8);
+    assert_eq!(h.inject_rx(&eth(60, 1)), InjectOutcome::NoBuffer, "not visible before the batch ends");
+    s.rx_posted_batch_done();
+    assert_eq!((h.rx_flush_count(), h.rx_unflushed()), (1, 0), "one tail write for the batch");
+    s.rx_posted_batch_done();
+    assert_eq!(h.rx_flush_count(), 1, "nothing new posted: no tail write");
+    assert!(matches!(h.inject_rx(&eth(60, 1)), InjectOutcome::Delivered { .. }));
+    let mut used = Vec::new();
+    s.reap_rx(&mem, &mut used);
+    assert_eq!(used, vec![Used { head: 0, len: 72 }]);
+    // A frame the shim drops (NIC error) recycles its buffer: reap_rx itself
+    // makes it visible again.
+    let flushes = h.rx_flush_count();
+    assert!(matches!(h.inject_rx(&eth(1600, 1)), InjectOutcome::Oversized));
+    s.post_rx_chain(&mem, ChainRef { head: 100, segs: &[(GuestAddress(0x9_0000), 200)], len: 200 }).unwrap();
+    s.rx_posted_batch_done();
+    // The bounce buffer for head 100 is last in the NIC's queue; fill the 7
+    // zero-copy ones first, then a frame too big for head 100's 200 bytes.
+    for i in 0..7u8 {
+        assert!(matches!(h.inject_rx(&eth(60, i)), InjectOutcome::Delivered { .. }));
+    }
+    assert!(matches!(h.inject_rx(&eth(500, 9)), InjectOutcome::Delivered { .. }));
+    used.clear();
+    s.reap_rx(&mem, &mut used);
+    assert_eq!(used.len(), 7, "the oversized-for-its-buffer frame is dropped");
+    assert_eq!(s.shim_metrics().drops_of(DropReason::BufferTooSmall), 1);
+    assert_eq!(h.rx_unflushed(), 0, "the recycled buffer was flushed by reap_rx");
+    assert_eq!(h.rx_flush_count(), flushes + 2);
+    assert!(matches!(h.inject_rx(&eth(100, 3)), InjectOutcome::Delivered { .. }));
+    used.clear();
+    s.reap_rx(&mem, &mut used);
+    assert_eq!(used, vec![Used { head: 100, len: 112 }]);
+}

@@ -22,6 +22,12 @@
 //! - `DropReason::ALL` lists every reason (for metrics).
 //! - [`DropReason::BadAddress`] also covers a chain whose descriptors or
 //!   indirect table cannot be read at all.
+//! - Batched RX posting: the device posts through
+//!   [`NetBackend::post_rx_chain`] (segments lent as a [`ChainRef`], no
+//!   allocation) and calls [`NetBackend::rx_posted_batch_done`] once after
+//!   each batch, so hardware backends write their tail register once per
+//!   refill instead of once per buffer. TX goes through
+//!   [`NetBackend::send_chain`]. The defaults forward to `post_rx`/`send`.
 
 use std::os::unix::io::RawFd;
 
@@ -50,6 +56,40 @@ pub struct TxFrame {
     pub head: u16,
     pub segs: Vec<(GuestAddress, u32)>,
     pub len: u32,
+}
+
+/// A validated descriptor chain lent to the backend for the duration of one
+/// call ([`NetBackend::post_rx_chain`], [`NetBackend::send_chain`]): the
+/// device reuses the segment storage for the next chain, so a backend that
+/// keeps the buffer copies what it needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChainRef<'a> {
+    /// Head descriptor index: what goes into the used ring.
+    pub head: u16,
+    /// (guest-physical address, length) of each segment, in order.
+    pub segs: &'a [(GuestAddress, u32)],
+    /// Sum of the segment lengths.
+    pub len: u32,
+}
+
+impl ChainRef<'_> {
+    /// An owned RX buffer with the same contents (allocates).
+    pub fn to_rx_buffer(&self) -> RxBuffer {
+        RxBuffer {
+            head: self.head,
+            segs: self.segs.to_vec(),
+            len: self.len,
+        }
+    }
+
+    /// An owned TX frame with the same contents (allocates).
+    pub fn to_tx_frame(&self) -> TxFrame {
+        TxFrame {
+            head: self.head,
+            segs: self.segs.to_vec(),
+            len: self.len,
+        }
+    }
 }
 
 /// A used-ring entry to publish.
@@ -128,13 +168,43 @@ pub trait NetBackend: Send {
     /// How many more RX buffers the backend takes now.
     fn rx_room(&self) -> usize;
     /// Take a guest RX buffer. `Err` gives it back with a reason (the device
-    /// completes it with length 0 and counts the drop).
+    /// completes it with length 0 and counts the drop). A buffer posted this
+    /// way is a batch of its own: it is visible to the hardware on return
+    /// (callers outside the device, e.g. tests, rely on that).
     fn post_rx(&mut self, mem: &GuestMemory, buf: RxBuffer) -> Result<(), (RxBuffer, DropReason)>;
+    /// Take a guest RX buffer whose segments are only lent for this call (the
+    /// device's path: no allocation per buffer). `Err`: the device completes
+    /// `chain.head` with length 0 and counts the drop.
+    ///
+    /// Batch contract: a backend may leave buffers posted this way invisible
+    /// to its hardware (e.g. not write the NIC's RX tail register) until
+    /// [`NetBackend::rx_posted_batch_done`]. The device calls that once after
+    /// every batch in which at least one `post_rx_chain` succeeded, before it
+    /// returns to the event loop, so no posted buffer stays unseen.
+    ///
+    /// The default copies the segments and calls `post_rx`.
+    fn post_rx_chain(&mut self, mem: &GuestMemory, chain: ChainRef<'_>) -> Result<(), DropReason> {
+        self.post_rx(mem, chain.to_rx_buffer()).map_err(|(_, r)| r)
+    }
+    /// End of a batch of [`NetBackend::post_rx_chain`] calls: make every
+    /// buffer posted since the last call visible to the hardware (one tail
+    /// write). Buffers a backend re-posts on its own (e.g. recycling a buffer
+    /// whose frame it dropped) are its own business: it must make them
+    /// visible before the call that re-posted them returns. Default: nothing
+    /// (backends that post immediately).
+    fn rx_posted_batch_done(&mut self) {}
     /// Completed RX buffers, in order, header already written.
     fn reap_rx(&mut self, mem: &GuestMemory, out: &mut Vec<Used>);
     /// Send a frame. `Ok(true)`: done, the device completes it now;
     /// `Ok(false)`: in flight, it comes back through `reap_tx`.
     fn send(&mut self, mem: &GuestMemory, frame: TxFrame) -> Result<bool, DropReason>;
+    /// [`NetBackend::send`] with the segments lent for this call only (the
+    /// device's path). A backend that must keep the frame after returning
+    /// (e.g. queued behind a full ring) copies it. The default copies the
+    /// segments and calls `send`.
+    fn send_chain(&mut self, mem: &GuestMemory, chain: ChainRef<'_>) -> Result<bool, DropReason> {
+        self.send(mem, chain.to_tx_frame())
+    }
     /// TX frames whose transmission finished.
     fn reap_tx(&mut self, out: &mut Vec<Used>);
     /// Stop all I/O into guest memory and forget every posted buffer. Returns

@@ -16,7 +16,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::backend::{DropReason, NetBackend, RxBuffer, TxFrame, Used, VNET_HDR_LEN};
+use super::backend::{ChainRef, DropReason, NetBackend, Used, VNET_HDR_LEN};
 use super::chain::{addr_at, parse_chain, Direction};
 use super::config::{
     config_bytes, random_mac, read_window, BACKEND_OFFLOAD_MASK, DEVICE_FEATURES, F_MRG_RXBUF,
@@ -190,17 +190,17 @@ impl Net {
                             len: p.len,
                             num_buffers_at,
                         });
-                        let buf = RxBuffer {
+                        let chain = ChainRef {
                             head: p.head,
-                            segs: p.segs,
+                            segs: &p.segs,
                             len: p.len,
                         };
-                        match self.backend.post_rx(&a.mem, buf) {
+                        match self.backend.post_rx_chain(&a.mem, chain) {
                             Ok(()) => posted += 1,
-                            Err((buf, reason)) => {
+                            Err(reason) => {
                                 a.rx_slots[head as usize] = None;
                                 self.metrics.rx_drops.add(reason);
-                                add_used(&mut a.rx, &a.mem, buf.head, 0);
+                                add_used(&mut a.rx, &a.mem, p.head, 0);
                                 a.rx_added = true;
                             }
                         }
@@ -223,6 +223,10 @@ impl Net {
                     break;
                 }
             }
+        }
+        if posted > 0 {
+            // One tail write for the whole refill (NetBackend batch contract).
+            self.backend.rx_posted_batch_done();
         }
         posted
     }
@@ -309,12 +313,12 @@ impl Net {
                     }
                     Ok(p) => {
                         let len = p.len;
-                        let frame = TxFrame {
+                        let frame = ChainRef {
                             head: p.head,
-                            segs: p.segs,
+                            segs: &p.segs,
                             len,
                         };
-                        match self.backend.send(&a.mem, frame) {
+                        match self.backend.send_chain(&a.mem, frame) {
                             Ok(true) => {
                                 self.metrics.tx_packets += 1;
                                 self.metrics.tx_bytes += u64::from(len) - VNET_HDR_LEN as u64;

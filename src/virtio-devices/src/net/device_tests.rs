@@ -49,6 +49,10 @@ struct FakeState {
     process_calls: usize,
     /// Report a completion for a head never posted.
     bogus_head: Option<u16>,
+    /// Buffers posted since the last `rx_posted_batch_done`.
+    unflushed: usize,
+    /// Buffers posted in each batch, one entry per `rx_posted_batch_done`.
+    batches: Vec<usize>,
 }
 
 struct FakeBackend {
@@ -131,8 +135,15 @@ impl NetBackend for FakeBackend {
         st.room.saturating_sub(st.posted.len())
     }
     fn post_rx(&mut self, _mem: &GuestMemory, buf: RxBuffer) -> Result<(), (RxBuffer, DropReason)> {
-        self.st.lock().unwrap().posted.push_back(buf);
+        let mut st = self.st.lock().unwrap();
+        st.posted.push_back(buf);
+        st.unflushed += 1;
         Ok(())
+    }
+    fn rx_posted_batch_done(&mut self) {
+        let mut st = self.st.lock().unwrap();
+        let n = std::mem::take(&mut st.unflushed);
+        st.batches.push(n);
     }
     fn reap_rx(&mut self, _mem: &GuestMemory, out: &mut Vec<Used>) {
         out.append(&mut self.st.lock().unwrap().done);
@@ -1112,4 +1123,27 @@ fn random_hostile_chains_never_panic() {
     h.kick(TX_QUEUE);
     let sent = h.st.lock().unwrap().sent.clone();
     assert_eq!(sent.last().map(|f| &f[12..]), Some(&p[..]), "{m}");
+}
+
+#[test]
+fn rx_refill_ends_each_batch_with_one_batch_done() {
+    let mut h = Harness::activated(F_MRG_RXBUF);
+    assert!(h.st.lock().unwrap().batches.is_empty(), "no batch without a post");
+    for _ in 0..5 {
+        h.add_rx_buf(1536);
+    }
+    h.kick(RX_QUEUE);
+    assert_eq!(h.st.lock().unwrap().batches, vec![5], "one batch-done for the whole refill");
+    // A kick with nothing new posts nothing and ends no batch.
+    h.kick(RX_QUEUE);
+    assert_eq!(h.st.lock().unwrap().batches, vec![5]);
+    // Backend room runs out mid-refill: what was posted is still flushed.
+    h.st.lock().unwrap().room = 7;
+    for _ in 0..4 {
+        h.add_rx_buf(1536);
+    }
+    h.kick(RX_QUEUE);
+    let st = h.st.lock().unwrap();
+    assert_eq!(st.batches, vec![5, 2]);
+    assert_eq!(st.unflushed, 0, "every posted buffer was followed by a batch-done");
 }

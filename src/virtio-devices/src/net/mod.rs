@@ -17,7 +17,7 @@ mod device_tests;
 #[cfg(test)]
 mod tap_tests;
 
-pub use backend::{DropReason, NetBackend, RxBuffer, TxFrame, Used, VNET_HDR_LEN};
+pub use backend::{ChainRef, DropReason, NetBackend, RxBuffer, TxFrame, Used, VNET_HDR_LEN};
 pub use device::Net;
 pub use tap::TapBackend;
 pub use tap_dev::TapError;

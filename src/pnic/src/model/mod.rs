@@ -220,6 +220,19 @@ impl ModelHandle {
         s.tx_done.len()
     }
 
+    /// A misbehaving NIC: report an RX completion for whatever cookie the
+    /// test chooses (posted or not), as the next one.
+    pub fn inject_rx_completion(&self, c: RxCompletion) {
+        lock(&self.state).rx_done.push_back(c);
+        let _ = self.irq.write(1);
+    }
+
+    /// A misbehaving NIC: report a TX completion for any cookie.
+    pub fn inject_tx_completion(&self, cookie: u64) {
+        lock(&self.state).tx_done.push_back(TxCompletion { cookie });
+        let _ = self.irq.write(1);
+    }
+
     pub fn set_link(&self, up: bool) {
         lock(&self.state).link = up;
     }

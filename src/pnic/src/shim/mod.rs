@@ -12,8 +12,9 @@
 
 pub mod bounce;
 pub mod metrics;
+pub mod slab;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::os::unix::io::RawFd;
 
 use virtio_devices::net::backend::{ChainRef, DropReason, NetBackend, RxBuffer, TxFrame, Used, VNET_HDR_LEN};
@@ -28,6 +29,7 @@ use crate::igb::{self, IgbConfig, IgbOpenError};
 use crate::vfio::{precheck, HostPaths, DEVICE_82574L};
 use bounce::{BouncePool, BOUNCE_BUF_SIZE};
 pub use metrics::ShimMetrics;
+use slab::CookieSlab;
 
 /// VIRTIO_NET_F_MRG_RXBUF: makes a Linux guest post single-segment buffers
 /// of >= 1536 bytes, the shape the NIC can fill directly.
@@ -137,10 +139,10 @@ pub struct ShimBackend<D: PnicDriver> {
     mem: GuestMemory,
     limits: DriverLimits,
     mac: [u8; 6],
-    next_cookie: u64,
-    rx: HashMap<u64, RxSlot>,
+    /// Buffers the NIC holds, by the cookie given to the driver.
+    rx: CookieSlab<RxSlot>,
     rx_bounce: BouncePool,
-    tx: HashMap<u64, TxSlot>,
+    tx: CookieSlab<TxSlot>,
     tx_bounce: BouncePool,
     backlog: VecDeque<TxFrame>,
     /// RX buffers to hand back empty (NIC failed) on the next `reap_rx`.
@@ -192,10 +194,9 @@ impl<D: PnicDriver> ShimBackend<D> {
             mem: mem.clone(),
             limits,
             mac,
-            next_cookie: 1,
-            rx: HashMap::new(),
+            rx: CookieSlab::with_capacity(limits.rx_capacity),
             rx_bounce: BouncePool::new(rx_area),
-            tx: HashMap::new(),
+            tx: CookieSlab::with_capacity(limits.tx_capacity),
             tx_bounce: BouncePool::new(tx_area),
             backlog: VecDeque::new(),
             rx_returned: Vec::new(),
@@ -230,12 +231,6 @@ impl<D: PnicDriver> ShimBackend<D> {
         self.rx.len()
     }
 
-    fn cookie(&mut self) -> u64 {
-        let c = self.next_cookie;
-        self.next_cookie = self.next_cookie.wrapping_add(1).max(1);
-        c
-    }
-
     /// The NIC failed (surprise removal, error): link down, everything it
     /// held goes back to the guest empty, and the VM keeps running.
     fn fail(&mut self, e: &DriverError) {
@@ -249,11 +244,11 @@ impl<D: PnicDriver> ShimBackend<D> {
         let _ = self.driver.quiesce();
         self.started = false;
         self.rx_unflushed = false;
-        for (_, s) in self.rx.drain() {
+        for s in self.rx.drain() {
             self.rx_returned.push(Used { head: s.buf.head, len: 0 });
             self.metrics.drop(DropReason::BackendError);
         }
-        for (_, t) in self.tx.drain() {
+        for t in self.tx.drain() {
             self.tx_returned.push(Used { head: t.head, len: 0 });
             self.metrics.drop(DropReason::BackendError);
         }
@@ -319,7 +314,6 @@ impl<D: PnicDriver> ShimBackend<D> {
             }
             _ => false,
         };
-        let cookie = self.cookie();
         let (iova, len, kind) = if zero_copy {
             let (gpa, len) = buf.segs[0];
             let nic_len = (len - HDR as u32).min(NIC_BUF_MAX);
@@ -331,13 +325,14 @@ impl<D: PnicDriver> ShimBackend<D> {
             let (iova, len) = self.rx_bounce.rx_target(idx);
             (iova, len, RxKind::Bounce(idx))
         };
+        let cookie = self.rx.insert(RxSlot { buf, kind });
         match self.driver.post_rx(iova, len, cookie) {
             Ok(()) => {
                 self.rx_unflushed = true;
-                self.rx.insert(cookie, RxSlot { buf, kind });
                 Ok(())
             }
             Err(e) => {
+                let buf = self.rx.remove(cookie).expect("inserted just above").buf;
                 if let RxKind::Bounce(i) = kind {
                     self.rx_bounce.release(i);
                 }
@@ -353,8 +348,8 @@ impl<D: PnicDriver> ShimBackend<D> {
 
     /// Turn one NIC completion into a used entry (or recycle the buffer).
     fn complete_rx(&mut self, c: RxCompletion, out: &mut Vec<Used>) {
-        let Some(slot) = self.rx.remove(&c.cookie) else {
-            // Not a buffer we posted: ignore, never trust it.
+        let Some(slot) = self.rx.remove(c.cookie) else {
+            // Not a buffer we posted (or a stale cookie): ignore, never trust it.
             self.metrics.nic_errors += 1;
             return;
         };
@@ -420,7 +415,6 @@ impl<D: PnicDriver> ShimBackend<D> {
 
     fn submit_tx(&mut self, frame: TxFrame, segs: Vec<(u64, u32)>) -> Result<(), DropReason> {
         let bytes: u32 = segs.iter().map(|s| s.1).sum();
-        let cookie = self.cookie();
         let (segs, bounce) = if segs.len() > self.limits.tx_max_segs {
             // Too fragmented for the NIC: copy into one bounce buffer.
             let Some(i) = self.tx_bounce.alloc() else {
@@ -445,15 +439,16 @@ impl<D: PnicDriver> ShimBackend<D> {
         } else {
             (segs, None)
         };
+        let cookie = self.tx.insert(TxSlot { head: frame.head, bytes, bounce });
         match self.driver.post_tx(&segs, cookie) {
             Ok(()) => {
                 if bounce.is_none() {
                     self.metrics.tx_zero_copy += 1;
                 }
-                self.tx.insert(cookie, TxSlot { head: frame.head, bytes, bounce });
                 Ok(())
             }
             Err(e) => {
+                self.tx.remove(cookie);
                 if let Some(i) = bounce {
                     self.tx_bounce.release(i);
                 }
@@ -696,7 +691,7 @@ impl<D: PnicDriver> NetBackend for ShimBackend<D> {
 impl<D: PnicDriver> ShimBackend<D> {
     fn finish_tx(&mut self, done: Vec<TxCompletion>) {
         for c in done {
-            match self.tx.remove(&c.cookie) {
+            match self.tx.remove(c.cookie) {
                 Some(t) => {
                     if let Some(i) = t.bounce {
                         self.tx_bounce.release(i);

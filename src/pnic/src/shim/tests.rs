@@ -417,3 +417,39 @@ fn chain_posts_reach_the_nic_with_one_tail_write_per_batch() {
     s.reap_rx(&mem, &mut used);
     assert_eq!(used, vec![Used { head: 100, len: 112 }]);
 }
+
+#[test]
+fn unknown_and_stale_cookies_from_the_nic_are_ignored_and_counted() {
+    use crate::driver::RxCompletion;
+    let (mut s, h, mem) = setup();
+    for i in 0..4u16 {
+        s.post_rx(&mem, rxbuf(i, &[(0x1_0000 + u64::from(i) * 0x1000, 2048)])).unwrap();
+    }
+    let InjectOutcome::Delivered { cookie, .. } = h.inject_rx(&eth(60, 1)) else {
+        panic!("not delivered");
+    };
+    let mut used = Vec::new();
+    s.reap_rx(&mem, &mut used);
+    assert_eq!(used, vec![Used { head: 0, len: 72 }]);
+    // Head 0's entry is reused by the next post: its old cookie is stale.
+    s.post_rx(&mem, rxbuf(0, &[(0x1_0000, 2048)])).unwrap();
+    let errors = s.shim_metrics().nic_errors;
+    let bogus = [cookie, 0, u64::MAX, cookie ^ (1 << 32), cookie + 1000, 1 << 63 | 2, 0xffff_ffff];
+    for c in bogus {
+        h.inject_rx_completion(RxCompletion { cookie: c, len: 60, eop: true, error: false });
+        h.inject_tx_completion(c);
+    }
+    used.clear();
+    s.process_event(&mem, 0);
+    s.reap_rx(&mem, &mut used);
+    s.reap_tx(&mut used);
+    assert!(used.is_empty(), "no used entry for a cookie the shim did not issue: {used:?}");
+    assert_eq!(s.shim_metrics().nic_errors, errors + 2 * bogus.len() as u64);
+    assert_eq!(s.rx_posted(), 4, "the real buffers are untouched");
+    // They still work.
+    for i in 0..4u8 {
+        assert!(matches!(h.inject_rx(&eth(60, i)), InjectOutcome::Delivered { .. }));
+    }
+    s.reap_rx(&mem, &mut used);
+    assert_eq!(used.len(), 4);
+}

@@ -53,15 +53,19 @@ fn boot_once(vmm: &str) -> Result<(f64, f64), String> {
 
 /// Rss of all mappings and of the guest-RAM mapping (kB) from /proc/PID/smaps.
 /// `ram`: the mapping's name, or None for "the largest anonymous mapping of at
-/// least the guest RAM size" (QEMU's RAM block).
-fn smaps_rss(pid: u32, ram: Option<&str>) -> Result<(u64, u64, String), String> {
+/// least the guest RAM size" (QEMU's RAM block). Also returns the largest
+/// other mappings ("rss_kib name"), so a report says where the overhead is.
+fn smaps_rss(pid: u32, ram: Option<&str>) -> Result<(u64, u64, String, Vec<String>), String> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/smaps")).map_err(|e| format!("smaps: {e}"))?;
     let mut total = 0u64;
     let mut best: Option<(u64, u64, String)> = None; // (size kB, rss kB, header)
     let mut cur: Option<(String, u64, u64)> = None;
-    let flush = |cur: &mut Option<(String, u64, u64)>, best: &mut Option<(u64, u64, String)>| {
+    let mut all: Vec<(u64, String)> = Vec::new();
+    let mut flush = |cur: &mut Option<(String, u64, u64)>, best: &mut Option<(u64, u64, String)>| {
         if let Some((hdr, size, rss)) = cur.take() {
-            let name = hdr.split_whitespace().nth(5).unwrap_or("").to_string();
+            let f: Vec<&str> = hdr.split_whitespace().collect();
+            let name = f.get(5).copied().unwrap_or("").to_string();
+            all.push((rss, format!("{} {}", if name.is_empty() { "[anon]" } else { name.as_str() }, f.get(1).unwrap_or(&""))));
             let hit = match ram {
                 Some(n) => hdr.contains(n),
                 None => name.is_empty() && size >= u64::from(MEM_MIB) * 1024,
@@ -88,7 +92,10 @@ fn smaps_rss(pid: u32, ram: Option<&str>) -> Result<(u64, u64, String), String> 
     }
     flush(&mut cur, &mut best);
     let (_, ram_rss, hdr) = best.ok_or_else(|| format!("no guest RAM mapping found in /proc/{pid}/smaps"))?;
-    Ok((total, ram_rss, hdr))
+    all.sort_by(|a, b| b.0.cmp(&a.0));
+    // The first entry is the guest RAM itself.
+    let top = all.iter().skip(1).take(8).map(|(k, n)| format!("{k} {n}")).collect();
+    Ok((total, ram_rss, hdr, top))
 }
 
 fn mem_once(vmm: &str) -> Result<serde_json::Value, String> {
@@ -99,12 +106,12 @@ fn mem_once(vmm: &str) -> Result<serde_json::Value, String> {
         let at = p.wait_for_line("login:", scaled(Duration::from_secs(TIMEOUT_S))).map_err(|e| e.to_string())?;
         // Let the guest settle at its prompt.
         std::thread::sleep(Duration::from_secs(5));
-        let (total, ram, hdr) =
+        let (total, ram, hdr, top) =
             smaps_rss(p.pid(), if vmm == "shimvmm" { Some(SHIMVMM_RAM_MAPPING) } else { None })?;
         Ok(serde_json::json!({
             "bench": "mem", "vmm": vmm, "login_prompt_s": at.as_secs_f64(),
             "rss_kib": total, "guest_ram_rss_kib": ram, "overhead_kib": total - ram,
-            "guest_ram_mapping": hdr,
+            "guest_ram_mapping": hdr, "largest_other_mappings_kib": top,
         }))
     })();
     p.kill();

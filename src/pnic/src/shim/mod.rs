@@ -17,6 +17,7 @@ pub mod slab;
 use std::collections::VecDeque;
 use std::os::unix::io::RawFd;
 
+use smallvec::SmallVec;
 use virtio_devices::net::backend::{ChainRef, DropReason, NetBackend, RxBuffer, TxFrame, Used, VNET_HDR_LEN};
 use virtio_devices::GuestMemory;
 use vm_memory::{Bytes, GuestAddress};
@@ -45,6 +46,18 @@ pub const TX_BOUNCE_BUFS: usize = 64;
 
 const HDR: u64 = VNET_HDR_LEN as u64;
 
+/// Segments of an RX buffer the shim keeps inline (no allocation): a Linux
+/// guest with MRG_RXBUF posts one, without it header + data make two.
+const RX_INLINE_SEGS: usize = 2;
+/// TX segments handed to the NIC kept inline: as many as igb/e1000e take
+/// for one frame (more takes the copy fallback anyway).
+const TX_INLINE_SEGS: usize = 8;
+
+/// A guest RX buffer's segments as the shim keeps them.
+type RxSegs = SmallVec<[(GuestAddress, u32); RX_INLINE_SEGS]>;
+/// NIC-visible (IOVA, length) segments of a TX frame.
+type TxSegs = SmallVec<[(u64, u32); TX_INLINE_SEGS]>;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ShimError {
     #[error(transparent)]
@@ -64,9 +77,13 @@ enum RxKind {
     Bounce(u32),
 }
 
+/// A guest RX buffer the NIC holds: what completion needs of it.
 #[derive(Debug)]
 struct RxSlot {
-    buf: RxBuffer,
+    head: u16,
+    /// Sum of `segs`' lengths (recomputed by the shim, not the caller's).
+    len: u32,
+    segs: RxSegs,
     kind: RxKind,
 }
 
@@ -107,10 +124,10 @@ fn write_scatter(mem: &GuestMemory, segs: &[(GuestAddress, u32)], mut off: u64, 
 }
 
 /// The NIC-visible segments of a TX chain: everything after the header.
-fn tx_payload_segments(mem: &GuestMemory, frame: &TxFrame) -> Result<Vec<(u64, u32)>, DropReason> {
+fn tx_payload_segments(mem: &GuestMemory, frame: &ChainRef<'_>) -> Result<TxSegs, DropReason> {
     let mut skip = HDR;
-    let mut out = Vec::with_capacity(frame.segs.len());
-    for (addr, len) in &frame.segs {
+    let mut out = TxSegs::new();
+    for (addr, len) in frame.segs {
         let len = u64::from(*len);
         if len == 0 {
             return Err(DropReason::ZeroLength);
@@ -245,7 +262,7 @@ impl<D: PnicDriver> ShimBackend<D> {
         self.started = false;
         self.rx_unflushed = false;
         for s in self.rx.drain() {
-            self.rx_returned.push(Used { head: s.buf.head, len: 0 });
+            self.rx_returned.push(Used { head: s.head, len: 0 });
             self.metrics.drop(DropReason::BackendError);
         }
         for t in self.tx.drain() {
@@ -298,11 +315,12 @@ impl<D: PnicDriver> ShimBackend<D> {
         }
     }
 
-    /// Hand `buf` to the NIC, zero-copy if its shape allows. The NIC sees it
-    /// only after the next [`Self::flush_rx_posted`].
-    fn post_slot(&mut self, buf: RxBuffer) -> Result<(), (RxBuffer, DropReason)> {
+    /// Hand guest buffer `head` (`segs`, `len` bytes, validated by
+    /// `post_checked`) to the NIC, zero-copy if its shape allows. The NIC
+    /// sees it only after the next [`Self::flush_rx_posted`].
+    fn post_slot(&mut self, head: u16, segs: &[(GuestAddress, u32)], len: u32) -> Result<(), DropReason> {
         let max_write = u64::from(self.limits.rx_max_write);
-        let zero_copy = match buf.segs.as_slice() {
+        let zero_copy = match segs {
             [(gpa, len)] => {
                 let nic_iova = gpa.0.checked_add(HDR);
                 *len >= MIN_ZERO_COPY_BUF
@@ -314,25 +332,30 @@ impl<D: PnicDriver> ShimBackend<D> {
             }
             _ => false,
         };
-        let (iova, len, kind) = if zero_copy {
-            let (gpa, len) = buf.segs[0];
-            let nic_len = (len - HDR as u32).min(NIC_BUF_MAX);
+        let (iova, nic_len, kind) = if zero_copy {
+            let (gpa, seg_len) = segs[0];
+            let nic_len = (seg_len - HDR as u32).min(NIC_BUF_MAX);
             (gpa.0 + HDR, nic_len, RxKind::ZeroCopy)
         } else {
             let Some(idx) = self.rx_bounce.alloc() else {
-                return Err((buf, DropReason::NoBuffer));
+                return Err(DropReason::NoBuffer);
             };
-            let (iova, len) = self.rx_bounce.rx_target(idx);
-            (iova, len, RxKind::Bounce(idx))
+            let (iova, l) = self.rx_bounce.rx_target(idx);
+            (iova, l, RxKind::Bounce(idx))
         };
-        let cookie = self.rx.insert(RxSlot { buf, kind });
-        match self.driver.post_rx(iova, len, cookie) {
+        let cookie = self.rx.insert(RxSlot {
+            head,
+            len,
+            segs: RxSegs::from_slice(segs),
+            kind,
+        });
+        match self.driver.post_rx(iova, nic_len, cookie) {
             Ok(()) => {
                 self.rx_unflushed = true;
                 Ok(())
             }
             Err(e) => {
-                let buf = self.rx.remove(cookie).expect("inserted just above").buf;
+                self.rx.remove(cookie);
                 if let RxKind::Bounce(i) = kind {
                     self.rx_bounce.release(i);
                 }
@@ -341,7 +364,7 @@ impl<D: PnicDriver> ShimBackend<D> {
                     _ => DropReason::BackendError,
                 };
                 self.driver_err(e);
-                Err((buf, reason))
+                Err(reason)
             }
         }
     }
@@ -364,17 +387,17 @@ impl<D: PnicDriver> ShimBackend<D> {
             self.metrics.rx_nic_errors += 1;
             self.metrics.drop(DropReason::BackendError);
             release(self, slot.kind);
-            self.recycle(slot.buf, out);
+            self.recycle(slot, out);
             return;
         }
-        if HDR + frame_len > u64::from(slot.buf.len) {
+        if HDR + frame_len > u64::from(slot.len) {
             self.metrics.drop(DropReason::BufferTooSmall);
             release(self, slot.kind);
-            self.recycle(slot.buf, out);
+            self.recycle(slot, out);
             return;
         }
         let ok = match slot.kind {
-            RxKind::ZeroCopy => write_scatter(&self.mem, &slot.buf.segs, 0, &rx_header()),
+            RxKind::ZeroCopy => write_scatter(&self.mem, &slot.segs, 0, &rx_header()),
             RxKind::Bounce(i) => {
                 // Header + frame in one copy with equal alignment on both sides.
                 let total = (HDR + frame_len) as usize;
@@ -382,7 +405,7 @@ impl<D: PnicDriver> ShimBackend<D> {
                 tmp[..VNET_HDR_LEN].copy_from_slice(&rx_header());
                 let read = self.rx_bounce.read(i, HDR, &mut tmp[VNET_HDR_LEN..]).is_ok();
                 self.rx_bounce.release(i);
-                let ok = read && write_scatter(&self.mem, &slot.buf.segs, 0, &tmp);
+                let ok = read && write_scatter(&self.mem, &slot.segs, 0, &tmp);
                 if ok {
                     self.metrics.rx_copy_fallback_frames += 1;
                     self.metrics.rx_copy_fallback_bytes += frame_len;
@@ -392,7 +415,7 @@ impl<D: PnicDriver> ShimBackend<D> {
         };
         if !ok {
             self.metrics.drop(DropReason::BadAddress);
-            out.push(Used { head: slot.buf.head, len: 0 });
+            out.push(Used { head: slot.head, len: 0 });
             return;
         }
         if slot.kind == RxKind::ZeroCopy {
@@ -401,19 +424,20 @@ impl<D: PnicDriver> ShimBackend<D> {
         self.metrics.rx_packets += 1;
         self.metrics.rx_bytes += frame_len;
         out.push(Used {
-            head: slot.buf.head,
+            head: slot.head,
             len: (HDR + frame_len) as u32,
         });
     }
 
-    /// Give a guest buffer whose frame was dropped straight back to the NIC.
-    fn recycle(&mut self, buf: RxBuffer, out: &mut Vec<Used>) {
-        if let Err((buf, _)) = self.post_slot(buf) {
-            out.push(Used { head: buf.head, len: 0 });
+    /// Give a guest buffer whose frame was dropped straight back to the NIC
+    /// (the caller flushes).
+    fn recycle(&mut self, slot: RxSlot, out: &mut Vec<Used>) {
+        if self.post_slot(slot.head, &slot.segs, slot.len).is_err() {
+            out.push(Used { head: slot.head, len: 0 });
         }
     }
 
-    fn submit_tx(&mut self, frame: TxFrame, segs: Vec<(u64, u32)>) -> Result<(), DropReason> {
+    fn submit_tx(&mut self, head: u16, segs: TxSegs) -> Result<(), DropReason> {
         let bytes: u32 = segs.iter().map(|s| s.1).sum();
         let (segs, bounce) = if segs.len() > self.limits.tx_max_segs {
             // Too fragmented for the NIC: copy into one bounce buffer.
@@ -435,11 +459,11 @@ impl<D: PnicDriver> ShimBackend<D> {
             }
             self.metrics.tx_copy_fallback_frames += 1;
             self.metrics.tx_copy_fallback_bytes += u64::from(bytes);
-            (vec![(self.tx_bounce.iova(i), bytes)], Some(i))
+            (TxSegs::from_slice(&[(self.tx_bounce.iova(i), bytes)]), Some(i))
         } else {
             (segs, None)
         };
-        let cookie = self.tx.insert(TxSlot { head: frame.head, bytes, bounce });
+        let cookie = self.tx.insert(TxSlot { head, bytes, bounce });
         match self.driver.post_tx(&segs, cookie) {
             Ok(()) => {
                 if bounce.is_none() {
@@ -458,21 +482,28 @@ impl<D: PnicDriver> ShimBackend<D> {
         }
     }
 
-    fn validate_tx(&self, frame: &TxFrame) -> Result<Vec<(u64, u32)>, DropReason> {
+    fn validate_tx(&self, frame: &ChainRef<'_>) -> Result<TxSegs, DropReason> {
         if (frame.len as usize) <= VNET_HDR_LEN {
             return Err(DropReason::ShortHeader);
         }
         if u64::from(frame.len) - HDR > u64::from(self.limits.tx_max_frame) {
             return Err(DropReason::FrameTooLong);
         }
-        tx_payload_segments(&self.mem, frame)
+        let segs = tx_payload_segments(&self.mem, frame)?;
+        // Trust the segments, not the summary (`frame.len`).
+        let bytes: u64 = segs.iter().map(|s| u64::from(s.1)).sum();
+        if bytes > u64::from(self.limits.tx_max_frame) {
+            return Err(DropReason::FrameTooLong);
+        }
+        Ok(segs)
     }
 
     /// Send queued frames while the NIC ring has room; dropped ones are
     /// completed through `tx_returned`.
     fn drain_backlog(&mut self) {
         while let Some(f) = self.backlog.front() {
-            let segs = match self.validate_tx(f) {
+            let chain = ChainRef { head: f.head, segs: &f.segs, len: f.len };
+            let segs = match self.validate_tx(&chain) {
                 Ok(s) => s,
                 Err(r) => {
                     let f = self.backlog.pop_front().expect("front exists");
@@ -487,7 +518,7 @@ impl<D: PnicDriver> ShimBackend<D> {
             }
             let f = self.backlog.pop_front().expect("front exists");
             let head = f.head;
-            if let Err(r) = self.submit_tx(f, segs) {
+            if let Err(r) = self.submit_tx(head, segs) {
                 self.metrics.drop(r);
                 self.tx_returned.push(Used { head, len: 0 });
             }
@@ -495,29 +526,28 @@ impl<D: PnicDriver> ShimBackend<D> {
     }
 
     /// Validate a guest RX buffer and post it (without the tail write).
-    fn post_checked(&mut self, buf: RxBuffer) -> Result<(), (RxBuffer, DropReason)> {
+    fn post_checked(&mut self, buf: ChainRef<'_>) -> Result<(), DropReason> {
         if buf.segs.iter().any(|s| s.1 == 0) {
             self.metrics.drop(DropReason::ZeroLength);
-            return Err((buf, DropReason::ZeroLength));
+            return Err(DropReason::ZeroLength);
         }
         if buf.segs.iter().any(|(a, l)| !in_guest_ram(&self.mem, a.0, u64::from(*l))) {
             self.metrics.drop(DropReason::BadAddress);
-            return Err((buf, DropReason::BadAddress));
+            return Err(DropReason::BadAddress);
         }
         // Trust the segments, not the summary: the length the completion
         // check uses is recomputed here.
-        let mut buf = buf;
         let total: u64 = buf.segs.iter().map(|s| u64::from(s.1)).sum();
-        buf.len = u32::try_from(total).unwrap_or(u32::MAX);
-        if (buf.len as usize) <= VNET_HDR_LEN {
+        let len = u32::try_from(total).unwrap_or(u32::MAX);
+        if (len as usize) <= VNET_HDR_LEN {
             self.metrics.drop(DropReason::BufferTooSmall);
-            return Err((buf, DropReason::BufferTooSmall));
+            return Err(DropReason::BufferTooSmall);
         }
         if !self.ensure_started() {
             self.metrics.drop(DropReason::BackendError);
-            return Err((buf, DropReason::BackendError));
+            return Err(DropReason::BackendError);
         }
-        self.post_slot(buf).inspect_err(|(_, r)| self.metrics.drop(*r))
+        self.post_slot(buf.head, buf.segs, len).inspect_err(|r| self.metrics.drop(*r))
     }
 
     fn refresh_link(&mut self) {
@@ -570,15 +600,16 @@ impl<D: PnicDriver> NetBackend for ShimBackend<D> {
     /// Posts and flushes at once (a batch of one), see the trait.
     fn post_rx(&mut self, mem: &GuestMemory, buf: RxBuffer) -> Result<(), (RxBuffer, DropReason)> {
         let _ = mem; // the memory given at construction is the one the IOMMU maps
-        let r = self.post_checked(buf);
+        let chain = ChainRef { head: buf.head, segs: &buf.segs, len: buf.len };
+        let r = self.post_checked(chain);
         self.flush_rx_posted();
-        r
+        r.map_err(|reason| (buf, reason))
     }
 
     /// Posts without the tail write; `rx_posted_batch_done` flushes.
     fn post_rx_chain(&mut self, mem: &GuestMemory, chain: ChainRef<'_>) -> Result<(), DropReason> {
         let _ = mem;
-        self.post_checked(chain.to_rx_buffer()).map_err(|(_, r)| r)
+        self.post_checked(chain)
     }
 
     fn rx_posted_batch_done(&mut self) {
@@ -602,7 +633,13 @@ impl<D: PnicDriver> NetBackend for ShimBackend<D> {
         out.append(&mut self.rx_returned);
     }
 
-    fn send(&mut self, _mem: &GuestMemory, frame: TxFrame) -> Result<bool, DropReason> {
+    fn send(&mut self, mem: &GuestMemory, frame: TxFrame) -> Result<bool, DropReason> {
+        let chain = ChainRef { head: frame.head, segs: &frame.segs, len: frame.len };
+        self.send_chain(mem, chain)
+    }
+
+    /// Copies the segment list only when the frame has to wait in the backlog.
+    fn send_chain(&mut self, _mem: &GuestMemory, frame: ChainRef<'_>) -> Result<bool, DropReason> {
         if !self.ensure_started() {
             self.metrics.drop(DropReason::BackendError);
             return Err(DropReason::BackendError);
@@ -617,14 +654,14 @@ impl<D: PnicDriver> NetBackend for ShimBackend<D> {
             self.drain_backlog();
         }
         if self.backlog.is_empty() && self.driver.tx_free() >= need {
-            self.submit_tx(frame, segs).inspect_err(|r| self.metrics.drop(*r))?;
+            self.submit_tx(frame.head, segs).inspect_err(|r| self.metrics.drop(*r))?;
             return Ok(false);
         }
         if self.backlog.len() >= TX_BACKLOG {
             self.metrics.drop(DropReason::NoBuffer);
             return Err(DropReason::NoBuffer);
         }
-        self.backlog.push_back(frame);
+        self.backlog.push_back(frame.to_tx_frame());
         Ok(false)
     }
 

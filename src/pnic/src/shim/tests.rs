@@ -453,3 +453,16 @@ fn unknown_and_stale_cookies_from_the_nic_are_ignored_and_counted() {
     s.reap_rx(&mem, &mut used);
     assert_eq!(used.len(), 4);
 }
+
+#[test]
+fn tx_length_comes_from_the_segments_not_the_summary() {
+    let (mut s, h, mem) = setup();
+    // Claims 100 bytes, describes a 12-byte header and 4 x 4000 bytes.
+    let segs: Vec<(GuestAddress, u32)> = std::iter::once((GuestAddress(0x1000), 12))
+        .chain((0..4u64).map(|i| (GuestAddress(0x2_0000 + i * 0x1000), 4000)))
+        .collect();
+    let lie = TxFrame { head: 3, segs, len: 100 };
+    assert_eq!(s.send(&mem, lie), Err(DropReason::FrameTooLong));
+    assert!(h.posted_tx().is_empty(), "nothing reached the NIC");
+    assert_eq!(s.shim_metrics().drops_of(DropReason::FrameTooLong), 1);
+}

@@ -37,8 +37,17 @@ pub struct ParsedChain {
     pub len: u32,
 }
 
+/// What [`parse_chain_into`] found besides the segments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChainInfo {
+    pub head: u16,
+    /// Sum of the segment lengths.
+    pub len: u32,
+}
+
 /// Walks `chain` and validates it for `dir`. On failure returns the head (to
-/// complete with length 0) and why it was rejected.
+/// complete with length 0) and why it was rejected. Allocates the segment
+/// list; the device's path uses [`parse_chain_into`].
 pub fn parse_chain<M>(
     chain: DescriptorChain<M>,
     mem: &GuestMemory,
@@ -48,8 +57,30 @@ where
     M: Deref,
     M::Target: vm_memory::GuestMemory,
 {
+    let mut segs = Vec::new();
+    let info = parse_chain_into(chain, mem, dir, &mut segs)?;
+    Ok(ParsedChain {
+        head: info.head,
+        segs,
+        len: info.len,
+    })
+}
+
+/// [`parse_chain`] into a caller-owned segment list (cleared first), so a
+/// caller that reuses one list allocates nothing per chain. On error the
+/// list's contents are unspecified.
+pub fn parse_chain_into<M>(
+    chain: DescriptorChain<M>,
+    mem: &GuestMemory,
+    dir: Direction,
+    segs: &mut Vec<(GuestAddress, u32)>,
+) -> Result<ChainInfo, (u16, DropReason)>
+where
+    M: Deref,
+    M::Target: vm_memory::GuestMemory,
+{
     let head = chain.head_index();
-    let mut segs = Vec::with_capacity(4);
+    segs.clear();
     let mut total: u64 = 0;
     // Whether the last descriptor seen asked for a successor: if the iterator
     // ends while this is set, it stopped on a loop (its TTL ran out), an
@@ -88,7 +119,7 @@ where
     // The iterator stops before 2^32 bytes, so this cannot fail; stay
     // defensive anyway rather than truncate.
     let len = u32::try_from(total).map_err(|_| (head, DropReason::ChainTooLong))?;
-    Ok(ParsedChain { head, segs, len })
+    Ok(ChainInfo { head, len })
 }
 
 /// The guest address of byte `offset` of the buffer made of `segs`, if the
@@ -294,6 +325,34 @@ mod tests {
                 assert_eq!(r.unwrap_err().1, DropReason::ChainTooLong);
             }
         }
+    }
+
+    #[test]
+    fn parse_chain_into_reuses_and_clears_the_list() {
+        let m = mem();
+        let vq = MockSplitQueue::new(&m, 16);
+        vq.add_desc_chains(
+            &[
+                desc(0x1_0000, 12, W | VRING_DESC_F_NEXT as u16, 1),
+                desc(0x2_0000, 1500, W, 0),
+                desc(0x3_0000, 2048, W, 0),
+            ],
+            0,
+        )
+        .unwrap();
+        let mut q: Queue = vq.create_queue().unwrap();
+        let mut segs = Vec::with_capacity(MAX_CHAIN_DESCS);
+        let cap = segs.capacity();
+        let mut it = q.iter(&m).unwrap();
+        let c = it.next().unwrap();
+        let info = parse_chain_into(c, &m, Direction::DeviceWrites, &mut segs).unwrap();
+        assert_eq!(info, ChainInfo { head: 0, len: 1512 });
+        assert_eq!(segs.len(), 2);
+        let c = it.next().unwrap();
+        let info = parse_chain_into(c, &m, Direction::DeviceWrites, &mut segs).unwrap();
+        assert_eq!(info, ChainInfo { head: 2, len: 2048 });
+        assert_eq!(segs, vec![(GuestAddress(0x3_0000), 2048)], "cleared first");
+        assert_eq!(segs.capacity(), cap, "no reallocation");
     }
 
     #[test]

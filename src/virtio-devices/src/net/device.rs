@@ -17,7 +17,7 @@ use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::backend::{ChainRef, DropReason, NetBackend, Used, VNET_HDR_LEN};
-use super::chain::{addr_at, parse_chain, Direction};
+use super::chain::{addr_at, parse_chain_into, Direction, MAX_CHAIN_DESCS};
 use super::config::{
     config_bytes, random_mac, read_window, BACKEND_OFFLOAD_MASK, DEVICE_FEATURES, F_MRG_RXBUF,
     F_STATUS,
@@ -97,6 +97,9 @@ pub struct Net {
     stalled: bool,
     metrics: NetMetrics,
     used_buf: Vec<Used>,
+    /// Segments of the chain being handed to the backend, reused for every
+    /// chain (lent to the backend as a `ChainRef`): no allocation per packet.
+    seg_buf: Vec<(GuestAddress, u32)>,
 }
 
 impl Net {
@@ -124,6 +127,7 @@ impl Net {
             backend,
             metrics: NetMetrics::default(),
             used_buf: Vec::with_capacity(QUEUE_SIZE as usize),
+            seg_buf: Vec::with_capacity(MAX_CHAIN_DESCS),
         }
     }
 
@@ -175,7 +179,8 @@ impl Net {
                     self.metrics.duplicate_heads += 1;
                     continue;
                 }
-                match parse_chain(chain, &a.mem, Direction::DeviceWrites) {
+                let segs = &mut self.seg_buf;
+                match parse_chain_into(chain, &a.mem, Direction::DeviceWrites, segs) {
                     Err((head, reason)) => {
                         self.metrics.rx_drops.add(reason);
                         add_used(&mut a.rx, &a.mem, head, 0);
@@ -184,7 +189,7 @@ impl Net {
                     Ok(p) => {
                         // len >= VNET_HDR_LEN was checked, so the field exists.
                         let byte =
-                            |i| addr_at(&p.segs, HDR_NUM_BUFFERS_OFFSET + i).unwrap_or(p.segs[0].0);
+                            |i| addr_at(segs, HDR_NUM_BUFFERS_OFFSET + i).unwrap_or(segs[0].0);
                         let num_buffers_at = [byte(0), byte(1)];
                         a.rx_slots[head as usize] = Some(RxSlot {
                             len: p.len,
@@ -192,7 +197,7 @@ impl Net {
                         });
                         let chain = ChainRef {
                             head: p.head,
-                            segs: &p.segs,
+                            segs,
                             len: p.len,
                         };
                         match self.backend.post_rx_chain(&a.mem, chain) {
@@ -305,7 +310,7 @@ impl Net {
                     self.metrics.duplicate_heads += 1;
                     continue;
                 }
-                match parse_chain(chain, &a.mem, Direction::DeviceReads) {
+                match parse_chain_into(chain, &a.mem, Direction::DeviceReads, &mut self.seg_buf) {
                     Err((head, reason)) => {
                         self.metrics.tx_drops.add(reason);
                         add_used(&mut a.tx, &a.mem, head, 0);
@@ -315,7 +320,7 @@ impl Net {
                         let len = p.len;
                         let frame = ChainRef {
                             head: p.head,
-                            segs: &p.segs,
+                            segs: &self.seg_buf,
                             len,
                         };
                         match self.backend.send_chain(&a.mem, frame) {

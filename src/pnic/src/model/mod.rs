@@ -85,7 +85,10 @@ struct State {
     rx_pending: VecDeque<PostedRx>,
     rx_visible: VecDeque<PostedRx>,
     rx_done: VecDeque<RxCompletion>,
-    tx_posted: VecDeque<(Vec<(u64, u32)>, u64)>,
+    /// Posted TX frames: (segment count, cookie); their segments, in order,
+    /// are in `tx_posted_segs` (one flat ring, like the NIC's descriptors).
+    tx_posted: VecDeque<(usize, u64)>,
+    tx_posted_segs: VecDeque<(u64, u32)>,
     tx_done: VecDeque<TxCompletion>,
     // Records.
     posted_rx_log: Vec<DmaAccess>,
@@ -305,10 +308,11 @@ impl ModelHandle {
 }
 
 fn complete_tx_locked(s: &mut State, iommu: &ModelIommu) {
-    while let Some((segs, cookie)) = s.tx_posted.pop_front() {
+    while let Some((nseg, cookie)) = s.tx_posted.pop_front() {
         let mut frame = Vec::new();
         let t = Instant::now();
         let mut ok = true;
+        let segs: Vec<(u64, u32)> = s.tx_posted_segs.drain(..nseg).collect();
         for (iova, len) in &segs {
             let start = frame.len();
             frame.resize(start + *len as usize, 0);
@@ -332,6 +336,21 @@ fn complete_tx_locked(s: &mut State, iommu: &ModelIommu) {
     }
 }
 
+fn rx_free_locked(s: &State, cfg: &ModelConfig) -> usize {
+    if !s.started {
+        return 0;
+    }
+    cfg.limits.rx_capacity - s.rx_pending.len() - s.rx_visible.len() - s.rx_done.len()
+}
+
+fn tx_free_locked(s: &State, cfg: &ModelConfig) -> usize {
+    if !s.started {
+        return 0;
+    }
+    // One descriptor per posted segment, one per finished frame not reaped.
+    cfg.limits.tx_capacity.saturating_sub(s.tx_posted_segs.len() + s.tx_done.len())
+}
+
 impl PnicDriver for NicModel {
     fn name(&self) -> &'static str {
         "model"
@@ -351,16 +370,12 @@ impl PnicDriver for NicModel {
     }
 
     fn rx_free(&self) -> usize {
-        let s = lock(&self.state);
-        if !s.started {
-            return 0;
-        }
-        self.cfg.limits.rx_capacity - s.rx_pending.len() - s.rx_visible.len() - s.rx_done.len()
+        rx_free_locked(&lock(&self.state), &self.cfg)
     }
 
     fn post_rx(&mut self, iova: u64, len: u32, cookie: u64) -> Result<(), DriverError> {
-        let free = self.rx_free();
         let mut s = lock(&self.state);
+        let free = rx_free_locked(&s, &self.cfg);
         if s.removed {
             return Err(DriverError::Removed);
         }
@@ -383,9 +398,9 @@ impl PnicDriver for NicModel {
 
     fn flush_rx(&mut self) -> Result<(), DriverError> {
         let mut s = lock(&self.state);
+        let s = &mut *s;
         s.rx_flushes += 1;
-        let p: Vec<_> = s.rx_pending.drain(..).collect();
-        s.rx_visible.extend(p);
+        s.rx_visible.append(&mut s.rx_pending);
         Ok(())
     }
 
@@ -396,17 +411,12 @@ impl PnicDriver for NicModel {
     }
 
     fn tx_free(&self) -> usize {
-        let s = lock(&self.state);
-        if !s.started {
-            return 0;
-        }
-        let used: usize = s.tx_posted.iter().map(|(v, _)| v.len()).sum();
-        self.cfg.limits.tx_capacity.saturating_sub(used + s.tx_done.len())
+        tx_free_locked(&lock(&self.state), &self.cfg)
     }
 
     fn post_tx(&mut self, segs: &[(u64, u32)], cookie: u64) -> Result<(), DriverError> {
-        let free = self.tx_free();
         let mut s = lock(&self.state);
+        let free = tx_free_locked(&s, &self.cfg);
         if s.removed {
             return Err(DriverError::Removed);
         }
@@ -432,7 +442,8 @@ impl PnicDriver for NicModel {
                 len: u64::from(*len),
             });
         }
-        s.tx_posted.push_back((segs.to_vec(), cookie));
+        s.tx_posted.push_back((segs.len(), cookie));
+        s.tx_posted_segs.extend(segs.iter().copied());
         if self.cfg.auto_tx {
             complete_tx_locked(&mut s, &self.iommu);
         }
@@ -465,6 +476,7 @@ impl PnicDriver for NicModel {
         s.rx_visible.clear();
         s.rx_done.clear();
         s.tx_posted.clear();
+        s.tx_posted_segs.clear();
         s.tx_done.clear();
         s.quiesces += 1;
         Ok(())

@@ -189,7 +189,7 @@ pub fn in_guest_ram(mem: &GuestMemoryMmap, addr: u64, len: u64) -> bool {
     if len == 0 || addr.checked_add(len).is_none() {
         return false;
     }
-    usize::try_from(len).is_ok_and(|l| mem.check_range(GuestAddress(addr), l))
+    usize::try_from(len).is_ok_and(|l| virtio_devices::mem::range_in_ram(mem, GuestAddress(addr), l))
 }
 
 #[cfg(test)]

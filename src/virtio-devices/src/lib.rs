@@ -6,6 +6,7 @@
 
 pub mod block;
 pub mod interrupt;
+pub mod mem;
 pub mod net;
 pub mod transport;
 

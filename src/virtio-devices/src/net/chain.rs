@@ -8,9 +8,10 @@
 use std::ops::Deref;
 
 use virtio_queue::DescriptorChain;
-use vm_memory::{GuestAddress, GuestMemoryBackend};
+use vm_memory::GuestAddress;
 
 use super::backend::{DropReason, VNET_HDR_LEN};
+use crate::mem::range_in_ram;
 use crate::GuestMemory;
 
 /// Upper bound on descriptors in one chain. Linux uses at most
@@ -100,7 +101,7 @@ where
         if len == 0 {
             return Err((head, DropReason::ZeroLength));
         }
-        if !mem.check_range(desc.addr(), len as usize) {
+        if !range_in_ram(mem, desc.addr(), len as usize) {
             return Err((head, DropReason::BadAddress));
         }
         total += u64::from(len);

@@ -112,19 +112,24 @@ fn topology_readonly_disk_and_durable_write_across_reboot() {
 
 /// Extracts the ELF vmlinux from the bzImage's gzip payload (python3's zlib).
 fn extract_vmlinux(bzimage: &Path, out: &Path) {
-    let py = "import sys, zlib\n\
-d = open(sys.argv[1], 'rb').read()\n\
-i = 0\n\
-while True:\n\
-    i = d.find(b'\\x1f\\x8b\\x08', i)\n\
-    if i < 0: sys.exit('no gzip payload with an ELF inside')\n\
-    try:\n\
-        o = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(d[i:])\n\
-        if o[:4] == b'\\x7fELF':\n\
-            open(sys.argv[2], 'wb').write(o); break\n\
-    except zlib.error:\n\
-        pass\n\
-    i += 1\n";
+    // A raw string: Rust's `\` line continuation would strip the indentation.
+    let py = r#"
+import sys, zlib
+d = open(sys.argv[1], 'rb').read()
+i = 0
+while True:
+    i = d.find(b'\x1f\x8b\x08', i)
+    if i < 0:
+        sys.exit('no gzip payload with an ELF inside')
+    try:
+        o = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(d[i:])
+        if o[:4] == b'\x7fELF':
+            open(sys.argv[2], 'wb').write(o)
+            break
+    except zlib.error:
+        pass
+    i += 1
+"#;
     let st = Command::new("python3").args(["-c", py]).arg(bzimage).arg(out).status().expect("python3");
     assert!(st.success(), "cannot extract vmlinux from {}", bzimage.display());
 }

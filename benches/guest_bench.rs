@@ -19,8 +19,6 @@ use shimvmm_tests::{
 /// SHIMVMM_TIMEOUT_SCALE stretches this further.
 const TIMEOUT_S: u64 = 900;
 const MEM_MIB: u32 = 512;
-/// shimvmm's guest RAM is a memfd with this name (/proc/PID/smaps).
-const SHIMVMM_RAM_MAPPING: &str = "memfd:shimvmm-guest-ram";
 
 fn shimvmm_cmd(root: &Path) -> Command {
     let art = artifacts();
@@ -51,11 +49,11 @@ fn boot_once(vmm: &str) -> Result<(f64, f64), String> {
     r
 }
 
-/// Rss of all mappings and of the guest-RAM mapping (kB) from /proc/PID/smaps.
-/// `ram`: the mapping's name, or None for "the largest anonymous mapping of at
-/// least the guest RAM size" (QEMU's RAM block). Also returns the largest
+/// Rss of all mappings and of the guest-RAM mapping (kB) from /proc/PID/smaps;
+/// guest RAM is the largest anonymous mapping of at least the guest RAM size
+/// (for shimvmm and QEMU alike). Also returns the largest
 /// other mappings ("rss_kib name"), so a report says where the overhead is.
-fn smaps_rss(pid: u32, ram: Option<&str>) -> Result<(u64, u64, String, Vec<String>), String> {
+fn smaps_rss(pid: u32) -> Result<(u64, u64, String, Vec<String>), String> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/smaps")).map_err(|e| format!("smaps: {e}"))?;
     let mut total = 0u64;
     let mut best: Option<(u64, u64, String)> = None; // (size kB, rss kB, header)
@@ -66,10 +64,7 @@ fn smaps_rss(pid: u32, ram: Option<&str>) -> Result<(u64, u64, String, Vec<Strin
             let f: Vec<&str> = hdr.split_whitespace().collect();
             let name = f.get(5).copied().unwrap_or("").to_string();
             all.push((rss, format!("{} {}", if name.is_empty() { "[anon]" } else { name.as_str() }, f.get(1).unwrap_or(&""))));
-            let hit = match ram {
-                Some(n) => hdr.contains(n),
-                None => name.is_empty() && size >= u64::from(MEM_MIB) * 1024,
-            };
+            let hit = name.is_empty() && size >= u64::from(MEM_MIB) * 1024;
             if hit && best.as_ref().is_none_or(|b| size > b.0) {
                 *best = Some((size, rss, hdr));
             }
@@ -107,7 +102,7 @@ fn mem_once(vmm: &str) -> Result<serde_json::Value, String> {
         // Let the guest settle at its prompt.
         std::thread::sleep(Duration::from_secs(5));
         let (total, ram, hdr, top) =
-            smaps_rss(p.pid(), if vmm == "shimvmm" { Some(SHIMVMM_RAM_MAPPING) } else { None })?;
+            smaps_rss(p.pid())?;
         Ok(serde_json::json!({
             "bench": "mem", "vmm": vmm, "login_prompt_s": at.as_secs_f64(),
             "rss_kib": total, "guest_ram_rss_kib": ram, "overhead_kib": total - ram,

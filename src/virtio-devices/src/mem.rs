@@ -4,9 +4,13 @@
 //! find out whether a range is backed; [`range_in_ram`] answers the same
 //! question from the region table alone (binary search, then the region's
 //! end), which matters when every descriptor and every DMA address of every
-//! packet is checked.
+//! packet is checked. [`write_to_ram`] / [`read_from_ram`] likewise copy small
+//! objects (headers) through the one region that holds them instead of
+//! vm-memory's multi-region slice iterator.
 
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+use vm_memory::{
+    Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress,
+};
 
 use crate::GuestMemory;
 
@@ -36,10 +40,62 @@ pub fn range_in_ram(mem: &GuestMemory, addr: GuestAddress, len: usize) -> bool {
     }
 }
 
+/// `mem.write_slice(data, addr).is_ok()`: writes all of `data` at `addr` or
+/// nothing. A range inside one region is written straight through that
+/// region; anything else takes vm-memory's general path.
+pub fn write_to_ram(mem: &GuestMemory, addr: GuestAddress, data: &[u8]) -> bool {
+    if let Some(r) = mem.find_region(addr) {
+        let off = MemoryRegionAddress(addr.0 - r.start_addr().0);
+        // Err when the range leaves the region: fall through.
+        if let Ok(s) = r.get_slice(off, data.len()) {
+            s.copy_from(data);
+            return true;
+        }
+    }
+    mem.write_slice(data, addr).is_ok()
+}
+
+/// `mem.read_slice(buf, addr).is_ok()`, with the same one-region fast path as
+/// [`write_to_ram`].
+pub fn read_from_ram(mem: &GuestMemory, addr: GuestAddress, buf: &mut [u8]) -> bool {
+    if let Some(r) = mem.find_region(addr) {
+        let off = MemoryRegionAddress(addr.0 - r.start_addr().0);
+        if let Ok(s) = r.get_slice(off, buf.len()) {
+            s.copy_to(buf);
+            return true;
+        }
+    }
+    mem.read_slice(buf, addr).is_ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use vm_memory::GuestMemoryMmap;
+
+    #[test]
+    fn write_and_read_match_bytes_including_across_regions() {
+        let mem: GuestMemory = GuestMemoryMmap::from_ranges(&[
+            (GuestAddress(0), 0x1000),
+            (GuestAddress(0x1000), 0x1000),
+            (GuestAddress(0x4000), 0x1000),
+        ])
+        .unwrap();
+        let data: Vec<u8> = (0..16u8).collect();
+        for at in [0u64, 0x10, 0xff8, 0x1ff0, 0x4ff0, 0x1ff9, 0x4ff1, 0x3ff8, 0x5000, u64::MAX - 3] {
+            let ok = write_to_ram(&mem, GuestAddress(at), &data);
+            assert_eq!(ok, mem.check_range(GuestAddress(at), data.len()), "write at {at:#x}");
+            let mut back = [0u8; 16];
+            assert_eq!(read_from_ram(&mem, GuestAddress(at), &mut back), ok, "read at {at:#x}");
+            if ok {
+                assert_eq!(back.as_slice(), data.as_slice(), "at {at:#x}");
+                let mut check = [0u8; 16];
+                mem.read_slice(&mut check, GuestAddress(at)).unwrap();
+                assert_eq!(check.as_slice(), data.as_slice(), "vm-memory sees the write at {at:#x}");
+            }
+        }
+        assert!(write_to_ram(&mem, GuestAddress(0x10), &[]));
+    }
 
     /// Agrees with check_range on every (start, len) around the edges of a
     /// layout with adjacent regions, a hole and a region at the top of the

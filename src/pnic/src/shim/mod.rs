@@ -19,6 +19,7 @@ use std::os::unix::io::RawFd;
 
 use smallvec::SmallVec;
 use virtio_devices::net::backend::{ChainRef, DropReason, NetBackend, RxBuffer, TxFrame, Used, VNET_HDR_LEN};
+use virtio_devices::mem::write_to_ram;
 use virtio_devices::GuestMemory;
 use vm_memory::{Bytes, GuestAddress};
 
@@ -111,7 +112,7 @@ fn write_scatter(mem: &GuestMemory, segs: &[(GuestAddress, u32)], mut off: u64, 
             continue;
         }
         let n = (len - off).min(data.len() as u64) as usize;
-        if !in_guest_ram(mem, addr.0 + off, n as u64) || mem.write_slice(&data[..n], GuestAddress(addr.0 + off)).is_err() {
+        if !in_guest_ram(mem, addr.0 + off, n as u64) || !write_to_ram(mem, GuestAddress(addr.0 + off), &data[..n]) {
             return false;
         }
         data = &data[n..];

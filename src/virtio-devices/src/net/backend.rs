@@ -165,7 +165,9 @@ pub trait NetBackend: Send {
     /// Handle a readable fd (tap data, pNIC MSI-X eventfd). Completions are
     /// then collected with `reap_rx`/`reap_tx`.
     fn process_event(&mut self, mem: &GuestMemory, index: usize);
-    /// How many more RX buffers the backend takes now.
+    /// How many more RX buffers the backend takes now. Posting one buffer
+    /// takes at most one unit of it: the device asks once and posts up to
+    /// that many before asking again.
     fn rx_room(&self) -> usize;
     /// Take a guest RX buffer. `Err` gives it back with a reason (the device
     /// completes it with length 0 and counts the drop). A buffer posted this

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use log::{debug, error, warn};
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress};
+use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::backend::{ChainRef, DropReason, NetBackend, Used, VNET_HDR_LEN};
@@ -23,6 +23,7 @@ use super::config::{
     F_STATUS,
 };
 use super::metrics::NetMetrics;
+use crate::mem::read_from_ram;
 use crate::{ActivateContext, ActivateError, GuestMemory, Interrupt, VirtioDevice, TYPE_NET};
 
 /// Queue indices.
@@ -165,7 +166,10 @@ impl Net {
         };
         let mut posted = 0;
         loop {
-            while self.backend.rx_room() > 0 {
+            // Asked once per round, not per buffer: each post takes at most one
+            // unit of room (NetBackend::rx_room).
+            let mut room = self.backend.rx_room();
+            while room > 0 {
                 let Some(chain) = a.rx.pop_descriptor_chain(&a.mem) else {
                     break;
                 };
@@ -201,7 +205,10 @@ impl Net {
                             len: p.len,
                         };
                         match self.backend.post_rx_chain(&a.mem, chain) {
-                            Ok(()) => posted += 1,
+                            Ok(()) => {
+                                posted += 1;
+                                room -= 1;
+                            }
                             Err(reason) => {
                                 a.rx_slots[head as usize] = None;
                                 self.metrics.rx_drops.add(reason);
@@ -530,14 +537,13 @@ fn still_broken(fd: RawFd) -> bool {
 /// num_buffers of a filled buffer (at least 1). The guest may scribble on it;
 /// it only feeds the frame counters.
 fn read_num_buffers(mem: &GuestMemory, at: [GuestAddress; 2]) -> u16 {
-    let v = if at[0].0.checked_add(1) == Some(at[1].0) {
-        mem.read_obj::<u16>(at[0]).ok().map(u16::from_le)
+    let mut b = [0u8; 2];
+    let ok = if at[0].0.checked_add(1) == Some(at[1].0) {
+        read_from_ram(mem, at[0], &mut b)
     } else {
-        match (mem.read_obj::<u8>(at[0]), mem.read_obj::<u8>(at[1])) {
-            (Ok(lo), Ok(hi)) => Some(u16::from_le_bytes([lo, hi])),
-            _ => None,
-        }
+        read_from_ram(mem, at[0], &mut b[..1]) && read_from_ram(mem, at[1], &mut b[1..])
     };
+    let v = ok.then(|| u16::from_le_bytes(b));
     v.unwrap_or(1).max(1)
 }
 

@@ -112,9 +112,12 @@ echo vfio-pci >"/sys/bus/pci/devices/$PNIC/driver_override" || die "driver_overr
 
 # --- modules: KVM & co. load in the background (kvm_amd alone takes seconds under
 # TCG) while the NIC drivers come up; their PHYs autonegotiate meanwhile ----------
-# Let VMMs back guest RAM (memfd/shmem) with transparent huge pages when they
-# ask (MADV_HUGEPAGE): nested paging under TCG is far faster with 2 MiB pages.
-echo advise > /sys/kernel/mm/transparent_hugepage/shmem_enabled 2>/dev/null || true
+# Transparent huge pages for anonymous memory that asks (MADV_HUGEPAGE): both
+# shimvmm and QEMU ask for their guest RAM, and nested paging under TCG is far
+# faster with 2 MiB pages. Shmem THP stays off: guests on memfd/shmem THP saw
+# random triple faults and RCU stalls here (see docs/testbed.md).
+echo madvise > /sys/kernel/mm/transparent_hugepage/enabled 2>/dev/null || true
+echo never > /sys/kernel/mm/transparent_hugepage/shmem_enabled 2>/dev/null || true
 modprobe -a kvm kvm_amd tun vhost_net veth bridge vfio vfio_iommu_type1 vfio-pci &
 kvm_modprobe=$!
 modprobe -a igb e1000e || die "modprobe igb/e1000e failed"

@@ -1,10 +1,7 @@
-//! Guest RAM: memfd-backed (so a VFIO container can map it for DMA and it can be
-//! shared with other processes later), laid out around the 32-bit MMIO gap.
+//! Guest RAM: anonymous memory with transparent huge pages, laid out around
+//! the 32-bit MMIO gap.
 
-use std::fs::File;
-use std::os::fd::FromRawFd;
-
-use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap};
+use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 use crate::layout::{MMIO_GAP_END, MMIO_GAP_START};
 
@@ -21,10 +18,6 @@ pub enum MemoryError {
     TooSmall(u64),
     #[error("guest memory of {0} MiB is too large: at most {MAX_MEM_MIB} MiB is supported")]
     TooLarge(u64),
-    #[error("cannot create guest memory file (memfd_create): {0}")]
-    Memfd(std::io::Error),
-    #[error("cannot size guest memory to {mib} MiB: {err}")]
-    Truncate { mib: u64, err: std::io::Error },
     #[error("cannot map guest memory: {0}")]
     Map(String),
 }
@@ -48,44 +41,33 @@ pub fn ram_ranges(mem_mib: u64) -> Result<Vec<(GuestAddress, u64)>, MemoryError>
     }
 }
 
-/// Allocates guest RAM of `mem_mib` MiB in one memfd, one mapping per range.
+/// Allocates guest RAM of `mem_mib` MiB: private anonymous memory, one
+/// mapping per range. Anonymous (not memfd/shmem) because that is what the
+/// kernel backs best with transparent huge pages, and VFIO maps it for DMA
+/// like any other user memory (the pages are pinned while mapped).
 pub fn create_guest_memory(mem_mib: u64) -> Result<GuestMemory, MemoryError> {
-    let ranges = ram_ranges(mem_mib)?;
-    // SAFETY: the name is a valid NUL-terminated string and the flags are valid;
-    // the returned fd (checked below) is owned by the File made from it.
-    let fd = unsafe { libc::memfd_create(c"shimvmm-guest-ram".as_ptr(), libc::MFD_CLOEXEC) };
-    if fd < 0 {
-        return Err(MemoryError::Memfd(std::io::Error::last_os_error()));
-    }
-    // SAFETY: fd is a fresh, valid file descriptor that nothing else owns.
-    let file = unsafe { File::from_raw_fd(fd) };
-    file.set_len(mem_mib << 20).map_err(|err| MemoryError::Truncate { mib: mem_mib, err })?;
-    let file = std::sync::Arc::new(file);
-    let mut offset = 0u64;
-    let mut with_files = Vec::with_capacity(ranges.len());
-    for (addr, size) in ranges {
-        with_files.push((addr, size as usize, Some(FileOffset::from_arc(file.clone(), offset))));
-        offset += size;
-    }
-    let mem = GuestMemoryMmap::from_ranges_with_files(with_files).map_err(|e| MemoryError::Map(e.to_string()))?;
-    advise_huge_pages(&mem);
+    let ranges: Vec<(GuestAddress, usize)> =
+        ram_ranges(mem_mib)?.into_iter().map(|(a, s)| (a, s as usize)).collect();
+    let mem = GuestMemoryMmap::from_ranges(&ranges).map_err(|e| MemoryError::Map(e.to_string()))?;
+    advise_guest_ram(&mem);
     Ok(mem)
 }
 
-/// Asks for transparent huge pages on guest RAM: fewer nested page-table walks
-/// make a guest markedly faster (about 2x to first init in the nested testbed).
-/// For memfd (shmem) memory the host must allow it
-/// (/sys/kernel/mm/transparent_hugepage/shmem_enabled = advise); where it
-/// doesn't, this is a no-op.
-fn advise_huge_pages(mem: &GuestMemory) {
+/// Kernel hints for guest RAM. MADV_HUGEPAGE: fewer nested page-table walks
+/// make a guest markedly faster (about 2x to first init in the nested testbed);
+/// where the host disables THP it is a no-op. MADV_DONTFORK: a child process
+/// must never share (copy-on-write) pages a pNIC may be DMAing into.
+fn advise_guest_ram(mem: &GuestMemory) {
     use vm_memory::{GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
     for region in mem.iter() {
         let Ok(host) = region.get_host_address(MemoryRegionAddress(0)) else { continue };
-        // SAFETY: the range is exactly one live mapping owned by `mem`; madvise
-        // with MADV_HUGEPAGE only changes the kernel's paging policy for it.
-        let rc = unsafe { libc::madvise(host.cast(), region.len() as usize, libc::MADV_HUGEPAGE) };
-        if rc != 0 {
-            log::debug!("madvise(MADV_HUGEPAGE) on guest RAM: {}", std::io::Error::last_os_error());
+        for (advice, name) in [(libc::MADV_HUGEPAGE, "MADV_HUGEPAGE"), (libc::MADV_DONTFORK, "MADV_DONTFORK")] {
+            // SAFETY: the range is exactly one live mapping owned by `mem`; these
+            // advices only change the kernel's paging/fork policy for it.
+            let rc = unsafe { libc::madvise(host.cast(), region.len() as usize, advice) };
+            if rc != 0 {
+                log::debug!("madvise({name}) on guest RAM: {}", std::io::Error::last_os_error());
+            }
         }
     }
 }

@@ -170,6 +170,9 @@ pub struct ShimBackend<D: PnicDriver> {
     /// RX buffers were posted to the driver since the last `flush_rx` (the
     /// tail write that makes them visible to the NIC).
     rx_unflushed: bool,
+    /// Completion lists reused across reaps (no allocation per reap).
+    rx_done: Vec<RxCompletion>,
+    tx_done: Vec<TxCompletion>,
     metrics: ShimMetrics,
     started: bool,
     failed: bool,
@@ -220,6 +223,8 @@ impl<D: PnicDriver> ShimBackend<D> {
             rx_returned: Vec::new(),
             tx_returned: Vec::new(),
             rx_unflushed: false,
+            rx_done: Vec::with_capacity(limits.rx_capacity),
+            tx_done: Vec::with_capacity(limits.tx_capacity),
             metrics: ShimMetrics::default(),
             started: false,
             failed: false,
@@ -622,13 +627,14 @@ impl<D: PnicDriver> NetBackend for ShimBackend<D> {
         if self.failed || !self.started {
             return;
         }
-        let mut done = Vec::new();
+        let mut done = std::mem::take(&mut self.rx_done);
         if let Err(e) = self.driver.reap_rx(&mut done) {
             self.driver_err(e);
         }
-        for c in done {
+        for c in done.drain(..) {
             self.complete_rx(c, out);
         }
+        self.rx_done = done;
         // Buffers recycled above (dropped frames) go back to the NIC now.
         self.flush_rx_posted();
         out.append(&mut self.rx_returned);
@@ -648,10 +654,7 @@ impl<D: PnicDriver> NetBackend for ShimBackend<D> {
         let segs = self.validate_tx(&frame).inspect_err(|r| self.metrics.drop(*r))?;
         let need = segs.len().min(self.limits.tx_max_segs);
         if !self.backlog.is_empty() || self.driver.tx_free() < need {
-            let mut c = Vec::new();
-            if self.driver.reap_tx(&mut c).is_ok() {
-                self.finish_tx(c);
-            }
+            self.reap_tx_completions(false);
             self.drain_backlog();
         }
         if self.backlog.is_empty() && self.driver.tx_free() >= need {
@@ -668,11 +671,7 @@ impl<D: PnicDriver> NetBackend for ShimBackend<D> {
 
     fn reap_tx(&mut self, out: &mut Vec<Used>) {
         if !self.failed && self.started {
-            let mut done = Vec::new();
-            if let Err(e) = self.driver.reap_tx(&mut done) {
-                self.driver_err(e);
-            }
-            self.finish_tx(done);
+            self.reap_tx_completions(true);
             self.drain_backlog();
         }
         out.append(&mut self.tx_returned);
@@ -727,8 +726,25 @@ impl<D: PnicDriver> NetBackend for ShimBackend<D> {
 }
 
 impl<D: PnicDriver> ShimBackend<D> {
-    fn finish_tx(&mut self, done: Vec<TxCompletion>) {
-        for c in done {
+    /// Collect the NIC's TX completions; a driver error is handled (counted,
+    /// removal fails the NIC) only when `report` is set.
+    fn reap_tx_completions(&mut self, report: bool) {
+        let mut done = std::mem::take(&mut self.tx_done);
+        match self.driver.reap_tx(&mut done) {
+            Ok(()) => self.finish_tx(&mut done),
+            Err(e) => {
+                // Whatever was appended before the error still completes.
+                self.finish_tx(&mut done);
+                if report {
+                    self.driver_err(e);
+                }
+            }
+        }
+        self.tx_done = done;
+    }
+
+    fn finish_tx(&mut self, done: &mut Vec<TxCompletion>) {
+        for c in done.drain(..) {
             match self.tx.remove(c.cookie) {
                 Some(t) => {
                     if let Some(i) = t.bounce {

@@ -3,7 +3,9 @@
 //! `-M microvm,rtc=on` with the same kernel, initrd, command line, 2 vCPUs
 //! and 512 MiB. Prints one JSON object per measurement on stdout.
 //!
-//!   guest_bench boot [RUNS]   RUNS boots of each VMM, alternating
+//!   guest_bench boot [RUNS] [init]   RUNS boots of each VMM, alternating; with
+//!                                    `init`, each boot stops at the first init
+//!                                    marker (no boot-probe time through openrc)
 //!   guest_bench mem           one boot of each to the login prompt, then smaps
 
 use std::path::Path;
@@ -34,15 +36,19 @@ fn qemu_cmd(root: &Path) -> Command {
     qemu_microvm_command(artifacts(), root, &opts)
 }
 
-/// One boot to the probe marker; returns (first init s, probe s).
-fn boot_once(vmm: &str) -> Result<(f64, f64), String> {
+/// One boot to the probe marker (or only to the first init); returns
+/// (first init s, probe s).
+fn boot_once(vmm: &str, probe: bool) -> Result<(f64, Option<f64>), String> {
     let image = test_image(BOOT_PROBE_SCRIPT, PowerAction::Poweroff);
     let cmd = if vmm == "shimvmm" { shimvmm_cmd(image.path()) } else { qemu_cmd(image.path()) };
     let mut p = GuestProcess::spawn(vmm, cmd).map_err(|e| e.to_string())?;
     let r = (|| {
         let init = p.wait_for_line(FIRST_INIT_MARKER, scaled(Duration::from_secs(TIMEOUT_S))).map_err(|e| e.to_string())?;
+        if !probe {
+            return Ok((init.as_secs_f64(), None));
+        }
         let probe = p.wait_for_marker(BOOT_PROBE_MARKER, scaled(Duration::from_secs(TIMEOUT_S))).map_err(|e| e.to_string())?;
-        Ok((init.as_secs_f64(), probe.at.as_secs_f64()))
+        Ok((init.as_secs_f64(), Some(probe.at.as_secs_f64())))
     })();
     // Only the time to the markers is measured: stop the VMM right away.
     p.kill();
@@ -118,9 +124,10 @@ fn main() {
     match args.first().map(String::as_str) {
         Some("boot") => {
             let runs: usize = args.get(1).and_then(|v| v.parse().ok()).unwrap_or(5);
+            let probe = args.get(2).map(String::as_str) != Some("init");
             for i in 0..runs {
                 for vmm in ["shimvmm", "qemu"] {
-                    let v = match boot_once(vmm) {
+                    let v = match boot_once(vmm, probe) {
                         Ok((init, probe)) => serde_json::json!({"bench": "boot", "vmm": vmm, "run": i,
                             "first_init_s": init, "boot_probe_s": probe}),
                         Err(e) => serde_json::json!({"bench": "boot", "vmm": vmm, "run": i, "error": e}),

@@ -51,12 +51,9 @@ fn mask_legacy_pic(fd: &VmFd) -> Result<(), kvm_ioctls::Error> {
     for (chip_id, base) in [(KVM_IRQCHIP_PIC_MASTER, PIC_MASTER_VECTOR_BASE), (KVM_IRQCHIP_PIC_SLAVE, PIC_SLAVE_VECTOR_BASE)] {
         let mut chip = kvm_irqchip { chip_id, ..Default::default() };
         fd.get_irqchip(&mut chip)?;
-        // SAFETY: chip_id names a PIC, so KVM filled (and reads back) the `pic`
-        // member of the union; every bit pattern of it is a valid kvm_pic_state.
-        unsafe {
-            chip.chip.pic.imr = PIC_IMR_ALL_MASKED;
-            chip.chip.pic.irq_base = base;
-        }
+        // chip_id names a PIC: KVM filled, and reads back, the `pic` member.
+        chip.chip.pic.imr = PIC_IMR_ALL_MASKED;
+        chip.chip.pic.irq_base = base;
         fd.set_irqchip(&chip)?;
     }
     Ok(())

@@ -44,7 +44,6 @@ fn marker(vm: &GuestProcess, name: &str) -> String {
 }
 
 #[test]
-#[ignore = "not yet seen passing in the testbed (first CI run: the login test ran past 9 min); run: <binary> --ignored"]
 fn alpine_reaches_login_prompt_and_sigterm_stops_cleanly() {
     if !require_guest_env("alpine_reaches_login_prompt_and_sigterm_stops_cleanly") {
         return;
@@ -67,7 +66,6 @@ fn debugfs_cat(image: &Path, file: &str) -> String {
 /// One boot checks the topology, a read-only second disk, and that a file
 /// written to the root disk survives a guest `reboot` (which ends shimvmm with 0).
 #[test]
-#[ignore = "not yet seen passing in the testbed (first CI run: the login test ran past 9 min); run: <binary> --ignored"]
 fn topology_readonly_disk_and_durable_write_across_reboot() {
     if !require_guest_env("topology_readonly_disk_and_durable_write_across_reboot") {
         return;
@@ -135,7 +133,6 @@ while True:
 }
 
 #[test]
-#[ignore = "not yet seen passing in the testbed (first CI run: the login test ran past 9 min); run: <binary> --ignored"]
 fn elf_vmlinux_boots_and_init_poweroff_exits_zero() {
     if !require_guest_env("elf_vmlinux_boots_and_init_poweroff_exits_zero") {
         return;
@@ -154,7 +151,6 @@ fn elf_vmlinux_boots_and_init_poweroff_exits_zero() {
 /// Boot time, shimvmm next to QEMU microvm: same kernel, initrd, command line
 /// and image, same testbed, one after the other. Printed, not asserted.
 #[test]
-#[ignore = "not yet seen passing in the testbed (first CI run: the login test ran past 9 min); run: <binary> --ignored"]
 fn boot_time_next_to_qemu_microvm() {
     if !require_guest_env("boot_time_next_to_qemu_microvm") {
         return;

@@ -10,10 +10,6 @@ const EBX_APIC_ID_SHIFT: u32 = 24;
 const EBX_CPU_COUNT_SHIFT: u32 = 16;
 const EBX_CLFLUSH_SHIFT: u32 = 8;
 const CLFLUSH_LINE_QWORDS: u32 = 8;
-/// Leaf 1 ECX[24]: TSC-deadline LAPIC timer. KVM emulates it but leaves it out
-/// of KVM_GET_SUPPORTED_CPUID (it is a capability, KVM_CAP_TSC_DEADLINE_TIMER);
-/// without it Linux falls back to a calibrated one-shot LAPIC timer.
-const ECX_TSC_DEADLINE: u32 = 1 << 24;
 const ECX_HYPERVISOR: u32 = 1 << 31;
 const EDX_HTT: u32 = 1 << 28;
 /// Leaf 4 (Intel deterministic cache parameters): EAX[31:26] cores per package - 1.
@@ -44,7 +40,7 @@ fn bits_for(n: u32) -> u32 {
 
 /// Adjusts KVM's supported CPUID for vCPU `cpu_id` of a VM with `nvcpus`
 /// single-threaded cores in one socket.
-pub fn normalize(cpuid: &mut CpuId, cpu_id: u8, nvcpus: u8, tsc_deadline: bool) {
+pub fn normalize(cpuid: &mut CpuId, cpu_id: u8, nvcpus: u8) {
     let apic_id = u32::from(cpu_id);
     let n = u32::from(nvcpus);
     let core_bits = bits_for(n);
@@ -55,9 +51,6 @@ pub fn normalize(cpuid: &mut CpuId, cpu_id: u8, nvcpus: u8, tsc_deadline: bool) 
                     | (n << EBX_CPU_COUNT_SHIFT)
                     | (CLFLUSH_LINE_QWORDS << EBX_CLFLUSH_SHIFT);
                 e.ecx |= ECX_HYPERVISOR;
-                if tsc_deadline {
-                    e.ecx |= ECX_TSC_DEADLINE;
-                }
                 if n > 1 {
                     e.edx |= EDX_HTT;
                 } else {
@@ -132,23 +125,15 @@ mod tests {
     fn topology_for_cpu_one_of_two() {
         let mut c = CpuId::from_entries(&[entry(1, 0), entry(0xb, 0), entry(0xb, 1), entry(0x8000_0008, 0)])
             .unwrap();
-        normalize(&mut c, 1, 2, true);
+        normalize(&mut c, 1, 2);
         let s = c.as_slice();
         assert_eq!(s[0].ebx >> 24, 1, "APIC id");
         assert_eq!((s[0].ebx >> 16) & 0xff, 2, "logical count");
         assert_ne!(s[0].ecx & ECX_HYPERVISOR, 0);
-        assert_ne!(s[0].ecx & ECX_TSC_DEADLINE, 0, "TSC deadline offered when KVM has it");
         assert_ne!(s[0].edx & EDX_HTT, 0);
         assert_eq!((s[1].ebx, s[1].edx), (1, 1));
         assert_eq!((s[2].eax, s[2].ebx), (1, 2));
         assert_eq!(s[2].ecx >> 8, LEVEL_TYPE_CORE);
         assert_eq!(s[3].ecx & 0xff, 1);
-    }
-
-    #[test]
-    fn no_tsc_deadline_without_the_capability() {
-        let mut c = CpuId::from_entries(&[entry(1, 0)]).unwrap();
-        normalize(&mut c, 0, 1, false);
-        assert_eq!(c.as_slice()[0].ecx & ECX_TSC_DEADLINE, 0);
     }
 }

@@ -92,8 +92,7 @@ impl Vcpu {
         let id = self.id;
         let cfg = |what| move |err| VcpuError::Configure { id, what, err };
         let mut cpuid = vm.kvm().get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(cfg("KVM_GET_SUPPORTED_CPUID"))?;
-        let tsc_deadline = vm.kvm().check_extension(kvm_ioctls::Cap::TscDeadlineTimer);
-        cpuid::normalize(&mut cpuid, id, nvcpus, tsc_deadline);
+        cpuid::normalize(&mut cpuid, id, nvcpus);
         self.fd.set_cpuid2(&cpuid).map_err(cfg("KVM_SET_CPUID2"))?;
 
         let supported = vm.kvm().get_msr_index_list().map_err(cfg("KVM_GET_MSR_INDEX_LIST"))?;

@@ -114,8 +114,8 @@ echo vfio-pci >"/sys/bus/pci/devices/$PNIC/driver_override" || die "driver_overr
 # TCG) while the NIC drivers come up; their PHYs autonegotiate meanwhile ----------
 # Transparent huge pages for anonymous memory that asks (MADV_HUGEPAGE): both
 # shimvmm and QEMU ask for their guest RAM, and nested paging under TCG is far
-# faster with 2 MiB pages. Shmem THP stays off: guests on memfd/shmem THP saw
-# random triple faults and RCU stalls here (see docs/testbed.md).
+# faster with 2 MiB pages. Shmem THP stays off (no VMM here uses shmem guest RAM).
+# The random guest triple faults/stalls are not THP's: see docs/testbed.md.
 echo madvise > /sys/kernel/mm/transparent_hugepage/enabled 2>/dev/null || true
 echo never > /sys/kernel/mm/transparent_hugepage/shmem_enabled 2>/dev/null || true
 modprobe -a kvm kvm_amd tun vhost_net veth bridge vfio vfio_iommu_type1 vfio-pci &

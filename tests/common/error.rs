@@ -32,6 +32,16 @@ pub enum HarnessError {
         /// The last console lines.
         tail: String,
     },
+    /// The guest kernel reported an RCU stall: a vCPU stopped making progress.
+    /// Waiting any longer cannot help, so the wait fails at once.
+    GuestStalled {
+        /// What we waited for.
+        what: String,
+        /// The kernel's stall line.
+        line: String,
+        /// The last console lines.
+        tail: String,
+    },
 }
 
 impl fmt::Display for HarnessError {
@@ -53,6 +63,11 @@ impl fmt::Display for HarnessError {
                     "process {status} before {what}; last console lines:\n{tail}"
                 )
             }
+            HarnessError::GuestStalled { what, line, tail } => write!(
+                f,
+                "the guest kernel reported an RCU stall while we waited for {what} \
+                 ({line:?}); last console lines:\n{tail}"
+            ),
         }
     }
 }

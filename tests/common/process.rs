@@ -315,8 +315,18 @@ impl GuestProcess {
         let mut state = self.shared.lock();
         loop {
             while scanned < state.lines.len() {
-                if let Some(v) = f(&state.lines[scanned]) {
+                let line = &state.lines[scanned];
+                if let Some(v) = f(line) {
                     return Ok(v);
+                }
+                if is_rcu_stall(&line.text) {
+                    let line = line.text.clone();
+                    drop(state);
+                    return Err(HarnessError::GuestStalled {
+                        what: what.to_string(),
+                        line,
+                        tail: self.tail(TAIL_LINES),
+                    });
                 }
                 scanned += 1;
             }
@@ -358,6 +368,13 @@ impl GuestProcess {
                 .0;
         }
     }
+}
+
+/// The kernel's RCU stall report ("rcu: INFO: rcu_preempt detected stalls on
+/// CPUs/tasks", "... self-detected stall on CPU"), possibly after a timestamp.
+fn is_rcu_stall(text: &str) -> bool {
+    text.find("rcu: INFO: ")
+        .is_some_and(|i| text[i..].contains("stall"))
 }
 
 impl Drop for GuestProcess {
@@ -507,5 +524,25 @@ mod tests {
             .wait_for_line("x", Duration::from_millis(200))
             .unwrap_err();
         assert!(matches!(err, HarnessError::Timeout { .. }), "{err}");
+    }
+
+    #[test]
+    fn an_rcu_stall_fails_the_wait_at_once() {
+        let p = sh("echo '[   74.780600] rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:'; sleep 30");
+        let start = Instant::now();
+        let err = p
+            .wait_for_line("login:", Duration::from_secs(20))
+            .unwrap_err();
+        assert!(matches!(err, HarnessError::GuestStalled { .. }), "{err}");
+        assert!(err.to_string().contains("reported an RCU stall"), "{err}");
+        assert!(start.elapsed() < Duration::from_secs(10));
+    }
+
+    #[test]
+    fn rcu_stall_lines_are_recognised() {
+        assert!(is_rcu_stall("[ 74.7] rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:"));
+        assert!(is_rcu_stall("rcu: INFO: rcu_sched self-detected stall on CPU"));
+        assert!(!is_rcu_stall("rcu: Preemptible hierarchical RCU implementation."));
+        assert!(!is_rcu_stall("rcu: INFO: something else"));
     }
 }

@@ -32,8 +32,9 @@ pub enum HarnessError {
         /// The last console lines.
         tail: String,
     },
-    /// The guest kernel reported an RCU stall: a vCPU stopped making progress.
-    /// Waiting any longer cannot help, so the wait fails at once.
+    /// The guest kernel reported an RCU stall (a vCPU stopped making progress),
+    /// or the guest made no VM exits for a minute (it hung). Waiting any longer
+    /// cannot help, so the wait fails at once.
     GuestStalled {
         /// What we waited for.
         what: String,
@@ -65,8 +66,8 @@ impl fmt::Display for HarnessError {
             }
             HarnessError::GuestStalled { what, line, tail } => write!(
                 f,
-                "the guest kernel reported an RCU stall while we waited for {what} \
-                 ({line:?}); last console lines:\n{tail}"
+                "the guest stopped while we waited for {what} ({line}); \
+                 last console lines:\n{tail}"
             ),
         }
     }

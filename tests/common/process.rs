@@ -53,6 +53,10 @@ pub struct Line {
 
 #[derive(Default)]
 struct State {
+    /// Set by the exit watchdog: why the guest counts as hung.
+    hung: Option<String>,
+    /// The `GuestProcess` is gone: the watchdog stops.
+    dropped: bool,
     lines: Vec<Line>,
     /// Unterminated text per stream (e.g. a `login: ` prompt).
     partial: [String; 2],
@@ -122,6 +126,13 @@ impl GuestProcess {
             readers.push(std::thread::spawn(move || {
                 read_lines(pipe, stream, started, &shared, prefix)
             }));
+        }
+        if std::path::Path::new(KVM_DEBUGFS).is_dir() {
+            let shared = Arc::clone(&shared);
+            let pid = child.id();
+            std::thread::spawn(move || {
+                watch_vm_exits(&shared, NO_EXITS_HANG, WATCH_EVERY, || vm_exits(pid))
+            });
         }
         let stdin = child.stdin.take();
         Ok(GuestProcess {
@@ -314,13 +325,21 @@ impl GuestProcess {
         let mut scanned = 0;
         let mut state = self.shared.lock();
         loop {
+            if let Some(why) = state.hung.clone() {
+                drop(state);
+                return Err(HarnessError::GuestStalled {
+                    what: what.to_string(),
+                    line: why,
+                    tail: self.tail(TAIL_LINES),
+                });
+            }
             while scanned < state.lines.len() {
                 let line = &state.lines[scanned];
                 if let Some(v) = f(line) {
                     return Ok(v);
                 }
                 if is_rcu_stall(&line.text) {
-                    let line = line.text.clone();
+                    let line = format!("the guest kernel reported an RCU stall: {}", line.text);
                     drop(state);
                     return Err(HarnessError::GuestStalled {
                         what: what.to_string(),
@@ -370,6 +389,72 @@ impl GuestProcess {
     }
 }
 
+/// Where the host kernel keeps KVM's per-VM counters (debugfs; mounted in the
+/// testbed's L1): `<pid>-<vm fd>/exits` counts every VM exit of that VM.
+const KVM_DEBUGFS: &str = "/sys/kernel/debug/kvm";
+/// A live guest exits to KVM many times a second (timer ticks, I/O, halts that
+/// end); none for this long means every vCPU is halted with no interrupt to come,
+/// or spinning with interrupts off: a hang no wait can outlast.
+const NO_EXITS_HANG: Duration = Duration::from_secs(60);
+/// How often the watchdog reads the counters.
+const WATCH_EVERY: Duration = Duration::from_secs(5);
+
+/// VM exits so far of the VMs process `pid` created, or None if it has none (yet).
+fn vm_exits(pid: u32) -> Option<u64> {
+    let prefix = format!("{pid}-");
+    let mut total = None;
+    for entry in std::fs::read_dir(KVM_DEBUGFS).ok()?.flatten() {
+        if !entry.file_name().to_string_lossy().starts_with(&prefix) {
+            continue;
+        }
+        let Ok(text) = std::fs::read_to_string(entry.path().join("exits")) else {
+            continue;
+        };
+        if let Ok(n) = text.trim().parse::<u64>() {
+            *total.get_or_insert(0) += n;
+        }
+    }
+    total
+}
+
+/// Marks the guest hung (and wakes every waiter) once its VM exit count has not
+/// moved for `limit`. Ends when the process's output closes or it is dropped.
+fn watch_vm_exits(
+    shared: &Shared,
+    limit: Duration,
+    every: Duration,
+    exits_now: impl Fn() -> Option<u64>,
+) {
+    let mut last: Option<(u64, Instant)> = None;
+    loop {
+        std::thread::sleep(every);
+        {
+            let state = shared.lock();
+            if state.dropped || state.open == 0 {
+                return;
+            }
+        }
+        let Some(exits) = exits_now() else {
+            last = None;
+            continue;
+        };
+        match last {
+            Some((before, since)) if before == exits => {
+                if since.elapsed() >= limit {
+                    let mut state = shared.lock();
+                    state.hung = Some(format!(
+                        "the guest hung: no VM exits for {} s (KVM's exit count stayed at {exits})",
+                        since.elapsed().as_secs()
+                    ));
+                    shared.cond.notify_all();
+                    return;
+                }
+            }
+            _ => last = Some((exits, Instant::now())),
+        }
+    }
+}
+
 /// The kernel's RCU stall report ("rcu: INFO: rcu_preempt detected stalls on
 /// CPUs/tasks", "... self-detected stall on CPU"), possibly after a timestamp.
 fn is_rcu_stall(text: &str) -> bool {
@@ -379,6 +464,7 @@ fn is_rcu_stall(text: &str) -> bool {
 
 impl Drop for GuestProcess {
     fn drop(&mut self) {
+        self.shared.lock().dropped = true;
         self.kill();
     }
 }
@@ -534,8 +620,43 @@ mod tests {
             .wait_for_line("login:", Duration::from_secs(20))
             .unwrap_err();
         assert!(matches!(err, HarnessError::GuestStalled { .. }), "{err}");
+        assert!(err.to_string().contains("the guest stopped while we waited"), "{err}");
         assert!(err.to_string().contains("reported an RCU stall"), "{err}");
         assert!(start.elapsed() < Duration::from_secs(10));
+    }
+
+    fn watched(counts: impl Fn(u32) -> Option<u64> + Send + 'static) -> Arc<Shared> {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State { open: 1, ..State::default() }),
+            cond: Condvar::new(),
+        });
+        let s = Arc::clone(&shared);
+        std::thread::spawn(move || {
+            let calls = std::sync::atomic::AtomicU32::new(0);
+            watch_vm_exits(&s, Duration::from_millis(300), Duration::from_millis(20), || {
+                counts(calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst))
+            })
+        });
+        shared
+    }
+
+    #[test]
+    fn a_guest_without_vm_exits_is_called_hung() {
+        let shared = watched(|_| Some(1234));
+        std::thread::sleep(Duration::from_millis(1000));
+        let hung = shared.lock().hung.clone().expect("watchdog did not fire");
+        assert!(hung.contains("no VM exits") && hung.contains("1234"), "{hung}");
+    }
+
+    #[test]
+    fn a_guest_with_moving_exits_or_no_vm_yet_is_not_hung() {
+        let moving = watched(|n| Some(u64::from(n)));
+        let no_vm = watched(|_| None);
+        std::thread::sleep(Duration::from_millis(1000));
+        assert_eq!(moving.lock().hung, None);
+        assert_eq!(no_vm.lock().hung, None);
+        moving.lock().dropped = true;
+        no_vm.lock().dropped = true;
     }
 
     #[test]

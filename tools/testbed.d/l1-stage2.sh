@@ -118,6 +118,9 @@ echo vfio-pci >"/sys/bus/pci/devices/$PNIC/driver_override" || die "driver_overr
 # The random guest triple faults/stalls are not THP's: see docs/testbed.md.
 echo madvise > /sys/kernel/mm/transparent_hugepage/enabled 2>/dev/null || true
 echo never > /sys/kernel/mm/transparent_hugepage/shmem_enabled 2>/dev/null || true
+# KVM's per-VM counters (/sys/kernel/debug/kvm/<pid>-<fd>/exits): the test harness
+# calls a guest hung when its VM exit count stops moving.
+mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null || true
 modprobe -a kvm kvm_amd tun vhost_net veth bridge vfio vfio_iommu_type1 vfio-pci &
 kvm_modprobe=$!
 modprobe -a igb e1000e || die "modprobe igb/e1000e failed"

@@ -115,8 +115,14 @@ echo vfio-pci >"/sys/bus/pci/devices/$PNIC/driver_override" || die "driver_overr
 # Transparent huge pages for anonymous memory that asks (MADV_HUGEPAGE): both
 # shimvmm and QEMU ask for their guest RAM, and nested paging under TCG is far
 # faster with 2 MiB pages. Shmem THP stays off (no VMM here uses shmem guest RAM).
-# The random guest triple faults/stalls are not THP's: see docs/testbed.md.
-echo madvise > /sys/kernel/mm/transparent_hugepage/enabled 2>/dev/null || true
+# THP off was tried against the random guest triple faults: they got more frequent
+# (3 boots in 4; docs/testbed.md). `shimvmm.thp=never|always` on L1's command line
+# (SHIMVMM_TESTBED_APPEND) overrides, for experiments.
+thp=madvise
+for arg in $(cat /proc/cmdline); do
+    case $arg in shimvmm.thp=*) thp=${arg#shimvmm.thp=} ;; esac
+done
+echo "$thp" > /sys/kernel/mm/transparent_hugepage/enabled 2>/dev/null || true
 echo never > /sys/kernel/mm/transparent_hugepage/shmem_enabled 2>/dev/null || true
 # KVM's per-VM counters (/sys/kernel/debug/kvm/<pid>-<fd>/exits): the test harness
 # calls a guest hung when its VM exit count stops moving.

@@ -310,6 +310,15 @@ impl GuestProcess {
         }
     }
 
+    /// The error for a wait the guest can no longer satisfy (`why`: RCU stall or hang).
+    fn guest_stopped(&self, what: &str, why: String) -> HarnessError {
+        HarnessError::GuestStalled {
+            what: what.to_string(),
+            line: why,
+            tail: self.tail(TAIL_LINES),
+        }
+    }
+
     /// Scans all lines (old and new, plus unterminated text if `partial`) with
     /// `f` until it yields a value, the timeout passes, or the output closes.
     /// Markers are matched on complete lines only: a half-received line
@@ -327,11 +336,7 @@ impl GuestProcess {
         loop {
             if let Some(why) = state.hung.clone() {
                 drop(state);
-                return Err(HarnessError::GuestStalled {
-                    what: what.to_string(),
-                    line: why,
-                    tail: self.tail(TAIL_LINES),
-                });
+                return Err(self.guest_stopped(what, why));
             }
             while scanned < state.lines.len() {
                 let line = &state.lines[scanned];
@@ -339,13 +344,9 @@ impl GuestProcess {
                     return Ok(v);
                 }
                 if is_rcu_stall(&line.text) {
-                    let line = format!("the guest kernel reported an RCU stall: {}", line.text);
+                    let why = format!("the guest kernel reported an RCU stall: {}", line.text);
                     drop(state);
-                    return Err(HarnessError::GuestStalled {
-                        what: what.to_string(),
-                        line,
-                        tail: self.tail(TAIL_LINES),
-                    });
+                    return Err(self.guest_stopped(what, why));
                 }
                 scanned += 1;
             }

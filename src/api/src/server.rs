@@ -18,9 +18,9 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, ALLOW, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::header::{HeaderValue, ALLOW, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, EXPECT};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
@@ -37,6 +37,9 @@ use crate::spec::VmConfig;
 
 /// Largest request body (413 beyond it); real bodies are a few hundred bytes.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
+/// Bytes of an over-size body still read (and discarded) so that a client
+/// that sends without waiting for "100 Continue" gets its 413.
+const DRAIN_LIMIT_BYTES: usize = 1024 * 1024;
 /// Most connections served at once; more are answered 429 and closed.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 64;
 /// Time a client has to send a request head, and that a connection may idle.
@@ -254,11 +257,21 @@ async fn handle_request(
         .headers()
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > max as u64) {
+    let expects_continue = req
+        .headers()
+        .get(EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    // A client waiting for "100 Continue" has sent nothing yet, and one that
+    // announces a giant body is not worth reading: refuse those at once. Any
+    // other client is already sending, so its body is read and thrown away
+    // (up to DRAIN_LIMIT_BYTES) so that it sees the 413 and not a broken pipe.
+    if declared.is_some_and(|len| len > max as u64)
+        && (expects_continue || declared.is_some_and(|len| len > DRAIN_LIMIT_BYTES as u64))
+    {
         return Ok(closing(too_large(max)));
     }
-    let body = Limited::new(req.into_body(), max).collect();
-    let body = match tokio::time::timeout(shared.options.body_read_timeout, body).await {
+    let read = read_body(req.into_body(), max, DRAIN_LIMIT_BYTES.max(max));
+    let body = match tokio::time::timeout(shared.options.body_read_timeout, read).await {
         Err(_) => {
             let msg = format!(
                 "the request body did not arrive within {:?}",
@@ -266,14 +279,12 @@ async fn handle_request(
             );
             return Ok(closing(ApiResponse::fault(status::REQUEST_TIMEOUT, msg)));
         }
-        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            return Ok(closing(too_large(max)))
-        }
-        Ok(Err(e)) => {
+        Ok(BodyRead::TooLarge) => return Ok(closing(too_large(max))),
+        Ok(BodyRead::Failed(e)) => {
             let msg = format!("cannot read the request body: {e}");
             return Ok(closing(ApiResponse::fault(status::BAD_REQUEST, msg)));
         }
-        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(BodyRead::Complete(body)) => body,
     };
 
     let api = shared.api.clone();
@@ -287,6 +298,44 @@ async fn handle_request(
             )
         });
     Ok(to_http(response))
+}
+
+enum BodyRead {
+    Complete(Bytes),
+    /// Over the cap; the rest was read and discarded, up to the drain limit.
+    TooLarge,
+    Failed(hyper::Error),
+}
+
+/// Reads a body of at most `max` bytes. Beyond `max` it keeps reading and
+/// discarding up to `drain` bytes in total (the lingering close nginx does),
+/// so the client's send completes and it reads the 413 we answer with.
+async fn read_body(mut body: Incoming, max: usize, drain: usize) -> BodyRead {
+    let mut kept = Vec::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = match frame {
+            Ok(f) => f,
+            Err(e) if seen > max => {
+                log::debug!("body over the cap ended early: {e}");
+                return BodyRead::TooLarge;
+            }
+            Err(e) => return BodyRead::Failed(e),
+        };
+        if let Ok(data) = frame.into_data() {
+            seen = seen.saturating_add(data.len());
+            if seen <= max {
+                kept.extend_from_slice(&data);
+            } else if seen > drain {
+                return BodyRead::TooLarge;
+            }
+        }
+    }
+    if seen > max {
+        BodyRead::TooLarge
+    } else {
+        BodyRead::Complete(Bytes::from(kept))
+    }
 }
 
 fn too_large(max: usize) -> ApiResponse {

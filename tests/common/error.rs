@@ -33,7 +33,7 @@ pub enum HarnessError {
         tail: String,
     },
     /// The guest kernel reported an RCU stall (a vCPU stopped making progress),
-    /// or the guest made no VM exits for a minute (it hung). Waiting any longer
+    /// or the guest caused no VM exits (host interrupts aside) for a minute (it hung). Waiting any longer
     /// cannot help, so the wait fails at once.
     GuestStalled {
         /// What we waited for.

@@ -43,6 +43,15 @@ pub enum HarnessError {
         /// The last console lines.
         tail: String,
     },
+    /// QEMU (run with `-no-reboot`) exited cleanly although the guest kernel
+    /// never announced a reboot, power-off or panic: the vCPU reset on its
+    /// own, a triple fault, which QEMU does not report (shimvmm does).
+    GuestReset {
+        /// What we waited for.
+        what: String,
+        /// The last console lines.
+        tail: String,
+    },
 }
 
 impl fmt::Display for HarnessError {
@@ -64,6 +73,12 @@ impl fmt::Display for HarnessError {
                     "process {status} before {what}; last console lines:\n{tail}"
                 )
             }
+            HarnessError::GuestReset { what, tail } => write!(
+                f,
+                "the guest TRIPLE-FAULTED under QEMU while we waited for {what}: QEMU (-no-reboot) \
+                 exited 0 and the guest kernel announced no reboot, power-off or panic; \
+                 last console lines:\n{tail}"
+            ),
             HarnessError::GuestStalled { what, line, tail } => write!(
                 f,
                 "the guest stopped while we waited for {what} ({line}); \

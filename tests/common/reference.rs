@@ -164,6 +164,36 @@ pub fn qemu_microvm_command(art: &Artifacts, rootfs: &Path, opts: &QemuBootOptio
     cmd
 }
 
+/// Console lines the guest kernel prints before every reset or power-off it
+/// makes itself (a panic with `panic=-1` ends in "Restarting system" too).
+const KERNEL_RESET_LINES: [&str; 3] = ["reboot: Restarting system", "reboot: Power down", "Kernel panic"];
+
+/// QEMU runs with `-no-reboot`, so a guest reset makes it exit 0, the same as a
+/// power-off. If QEMU did so while we still waited and the guest kernel never
+/// announced a reset, the vCPU reset on its own (a triple fault, which QEMU does
+/// not report): turn `err` into [`HarnessError::GuestReset`] so it reads as such.
+pub(crate) fn name_unannounced_reset(qemu: &mut GuestProcess, err: HarnessError) -> HarnessError {
+    let HarnessError::Exited { what, .. } = &err else {
+        return err;
+    };
+    let what = what.clone();
+    match qemu.exit_status(Duration::from_secs(5)) {
+        Ok(status) if status.success() => {}
+        _ => return err,
+    }
+    let announced = qemu
+        .lines()
+        .iter()
+        .any(|l| KERNEL_RESET_LINES.iter().any(|k| l.text.contains(k)));
+    if announced {
+        return err;
+    }
+    HarnessError::GuestReset {
+        what,
+        tail: qemu.tail(crate::process::TAIL_LINES),
+    }
+}
+
 /// Boots the Alpine guest under QEMU microvm with the boot probe script and
 /// returns the timings. The guest powers off; QEMU must exit cleanly.
 pub fn qemu_reference_boot(opts: &QemuBootOptions) -> Result<BootTimings> {
@@ -175,12 +205,18 @@ pub fn qemu_reference_boot(opts: &QemuBootOptions) -> Result<BootTimings> {
         .as_ref()
         .map_or(GuestKernel::Alpine, |b| b.flavour);
     let mut qemu = GuestProcess::spawn("qemu", cmd)?;
-    let first_init = qemu.wait_for_line(FIRST_INIT_MARKER, opts.first_init_timeout)?;
-    let probe = qemu.wait_for_marker(
-        BOOT_PROBE_MARKER,
-        opts.script_timeout.saturating_sub(qemu.elapsed()),
-    )?;
-    let status = qemu.wait_for_guest_exit(opts.exit_timeout.saturating_sub(qemu.elapsed()))?;
+    let first_init = qemu
+        .wait_for_line(FIRST_INIT_MARKER, opts.first_init_timeout)
+        .map_err(|e| name_unannounced_reset(&mut qemu, e))?;
+    let probe = qemu
+        .wait_for_marker(
+            BOOT_PROBE_MARKER,
+            opts.script_timeout.saturating_sub(qemu.elapsed()),
+        )
+        .map_err(|e| name_unannounced_reset(&mut qemu, e))?;
+    let status = qemu
+        .wait_for_guest_exit(opts.exit_timeout.saturating_sub(qemu.elapsed()))
+        .map_err(|e| name_unannounced_reset(&mut qemu, e))?;
     if status != 0 {
         return Err(HarnessError::Setup(format!(
             "boot probe script exited with {status}; console:\n{}",
@@ -203,4 +239,39 @@ pub fn qemu_reference_boot(opts: &QemuBootOptions) -> Result<BootTimings> {
         guest_uptime_at_script: probe.value.parse().ok(),
         kernel,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exited_early(script: &str) -> (GuestProcess, HarnessError) {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", script]);
+        let vm = GuestProcess::spawn("fake-qemu", cmd).unwrap();
+        let err = vm.wait_for_line("never printed", Duration::from_secs(20)).unwrap_err();
+        (vm, err)
+    }
+
+    #[test]
+    fn clean_exit_without_a_kernel_reset_line_is_a_triple_fault() {
+        let (mut vm, err) = exited_early("echo 'smp: Brought up 1 node, 2 CPUs'; exit 0");
+        let err = name_unannounced_reset(&mut vm, err);
+        assert!(matches!(err, HarnessError::GuestReset { .. }), "{err}");
+        assert!(err.to_string().contains("TRIPLE-FAULTED under QEMU"), "{err}");
+    }
+
+    #[test]
+    fn announced_resets_and_failed_exits_stay_what_they_were() {
+        for script in [
+            "echo '[ 9.1] reboot: Power down'; exit 0",
+            "echo '[ 9.1] reboot: Restarting system'; exit 0",
+            "echo 'Kernel panic - not syncing: VFS'; exit 0",
+            "echo 'qemu-system-x86_64: cannot open kernel'; exit 1",
+        ] {
+            let (mut vm, err) = exited_early(script);
+            let err = name_unannounced_reset(&mut vm, err);
+            assert!(matches!(err, HarnessError::Exited { .. }), "{script}: {err}");
+        }
+    }
 }

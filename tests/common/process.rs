@@ -21,6 +21,13 @@ const POLL: Duration = Duration::from_millis(20);
 /// How long to wait for the output pipes to drain after the child exited
 /// (a grandchild may keep them open).
 const DRAIN: Duration = Duration::from_secs(2);
+/// A booting guest prints all the time: kernel messages, then openrc's. The
+/// longest pause seen in the nested testbed is about 7 s. Silence this long
+/// before the guest's first marker or login prompt means it hung, even when a
+/// vCPU still takes VM exits (the other one idling on timer ticks while the
+/// stuck one holds the console lock, so not even an RCU stall report gets out).
+/// After the first marker or prompt a test script may legitimately work quietly.
+pub const BOOT_SILENCE: Duration = Duration::from_secs(120);
 
 /// Serialises guest boots within one test binary (libtest runs tests on
 /// parallel threads): hold the guard while a VM runs whose timing matters, or
@@ -62,6 +69,12 @@ struct State {
     partial: [String; 2],
     /// Streams not yet at end of file.
     open: usize,
+    /// Arrival of the last output byte, relative to spawn.
+    last_output: Duration,
+    /// A marker line or a login prompt arrived: the guest booted.
+    booted: bool,
+    /// See [`BOOT_SILENCE`].
+    boot_silence: Option<Duration>,
 }
 
 struct Shared {
@@ -102,6 +115,7 @@ impl GuestProcess {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 open: 2,
+                boot_silence: Some(BOOT_SILENCE),
                 ..State::default()
             }),
             cond: Condvar::new(),
@@ -165,6 +179,12 @@ impl GuestProcess {
         stdin.write_all(bytes)?;
         stdin.flush()?;
         Ok(())
+    }
+
+    /// Changes how long a booting guest may stay silent ([`BOOT_SILENCE`]); None: forever.
+    pub fn set_boot_silence(&self, limit: Option<Duration>) {
+        self.shared.lock().boot_silence = limit;
+        self.shared.cond.notify_all();
     }
 
     /// A snapshot of all complete lines so far.
@@ -363,6 +383,21 @@ impl GuestProcess {
                     return Ok(v);
                 }
             }
+            let silent_until = match state.boot_silence {
+                Some(limit) if !state.booted && state.open > 0 => {
+                    let since = self.started + state.last_output;
+                    if since.elapsed() >= limit {
+                        let why = format!(
+                            "the guest hung while booting: no console output for {} s, and no marker or login prompt yet",
+                            since.elapsed().as_secs()
+                        );
+                        drop(state);
+                        return Err(self.guest_stopped(what, why));
+                    }
+                    Some(since + limit)
+                }
+                _ => None,
+            };
             if state.open == 0 {
                 drop(state);
                 return Err(HarnessError::Exited {
@@ -380,10 +415,11 @@ impl GuestProcess {
                     tail: self.tail(TAIL_LINES),
                 });
             }
+            let wake = silent_until.map_or(deadline, |t| t.min(deadline));
             state = self
                 .shared
                 .cond
-                .wait_timeout(state, deadline - now)
+                .wait_timeout(state, wake.saturating_duration_since(now))
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
@@ -525,9 +561,12 @@ fn read_lines(
             if let Some(prefix) = &echo {
                 eprintln!("[{prefix} {:>8.3}] {text}", at.as_secs_f64());
             }
+            state.booted |= parse_marker(&text).is_some() || parse_exit(&text).is_some() || text.contains("login:");
             state.lines.push(Line { stream, at, text });
         }
         state.partial[idx] = clean(&pending);
+        state.last_output = at;
+        state.booted |= state.partial[idx].contains("login:");
         shared.cond.notify_all();
     }
     let mut state = shared.lock();
@@ -580,6 +619,28 @@ mod tests {
             .any(|l| l.stream == Stream::Stderr && l.text == "oops"));
         assert_eq!(p.markers().len(), 1);
         assert_eq!(p.guest_exit(), Some(5));
+    }
+
+    #[test]
+    fn a_booting_guest_that_falls_silent_is_called_hung() {
+        let p = sh("echo '[ 12.0] Serial: 8250/16550 driver, 4 ports'; exec sleep 30");
+        p.set_boot_silence(Some(Duration::from_millis(500)));
+        let start = Instant::now();
+        let err = p.wait_for_line("login:", Duration::from_secs(20)).unwrap_err();
+        assert!(start.elapsed() < Duration::from_secs(10), "{:?}", start.elapsed());
+        assert!(matches!(err, HarnessError::GuestStalled { .. }), "{err}");
+        assert!(err.to_string().contains("no console output"), "{err}");
+    }
+
+    #[test]
+    fn silence_after_a_marker_or_prompt_is_not_a_hang() {
+        for script in ["printf 'SHIMVMM-MARKER script-start 1\\n'; exec sleep 30", "printf 'localhost login: '; exec sleep 30"] {
+            let p = sh(script);
+            p.set_boot_silence(Some(Duration::from_millis(300)));
+            std::thread::sleep(Duration::from_millis(500));
+            let err = p.wait_for_line("never printed", Duration::from_secs(1)).unwrap_err();
+            assert!(matches!(err, HarnessError::Timeout { .. }), "{script}: {err}");
+        }
     }
 
     #[test]

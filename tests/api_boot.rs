@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use shimvmm_tests::{
-    alpine_cmdline, artifacts, one_vm_at_a_time, require_guest_env, scaled, shimvmm_bin,
+    alpine_test_cmdline, artifacts, one_vm_at_a_time, require_guest_env, scaled, shimvmm_bin,
     test_image, GuestProcess, PowerAction,
 };
 
@@ -237,7 +237,7 @@ impl Objects {
             boot_source: json!({
                 "kernel_image_path": art.kernel,
                 "initrd_path": art.initrd,
-                "boot_args": alpine_cmdline(),
+                "boot_args": alpine_test_cmdline(),
             }),
             machine_config: json!({"vcpu_count": 2, "mem_size_mib": 512}),
             rootfs: json!({"drive_id": "rootfs", "path_on_host": root, "is_root_device": true, "is_read_only": false}),

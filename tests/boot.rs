@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use shimvmm_tests::{
-    alpine_cmdline, artifacts, plain_image, qemu_reference_boot, require_guest_env, shimvmm_bin, test_image,
+    alpine_cmdline, alpine_test_cmdline, artifacts, plain_image, qemu_reference_boot, require_guest_env, shimvmm_bin, test_image,
     GuestProcess, PowerAction, QemuBootOptions, BOOT_PROBE_MARKER, BOOT_PROBE_SCRIPT, FIRST_INIT_MARKER,
 };
 
@@ -16,12 +16,17 @@ use shimvmm_tests::{
 const BOOT_TIMEOUT: Duration = Duration::from_secs(420);
 const EXIT_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// shimvmm with the Alpine kernel + initrd, 2 vCPUs, 512 MiB and `root` as /dev/vda.
+/// shimvmm with the Alpine kernel + initrd, 2 vCPUs, 512 MiB and `root` as /dev/vda,
+/// and the quiet test command line (the boot-time test needs the kernel log).
 fn shimvmm(kernel: &Path, root: &Path, extra: &[String]) -> Command {
+    shimvmm_with_cmdline(kernel, root, extra, &alpine_test_cmdline())
+}
+
+fn shimvmm_with_cmdline(kernel: &Path, root: &Path, extra: &[String], cmdline: &str) -> Command {
     let art = artifacts();
     let mut c = Command::new(shimvmm_bin());
     c.arg("--kernel").arg(kernel).arg("--initrd").arg(&art.initrd);
-    c.args(["--cmdline", alpine_cmdline(), "--vcpus", "2", "--mem", "512"]);
+    c.args(["--cmdline", cmdline, "--vcpus", "2", "--mem", "512"]);
     c.arg("--disk").arg(format!("path={}", root.display()));
     c.args(extra);
     c
@@ -156,7 +161,9 @@ fn boot_time_next_to_qemu_microvm() {
         return;
     }
     let image = test_image(BOOT_PROBE_SCRIPT, PowerAction::Poweroff);
-    let mut vm = boot("shimvmm-boottime", &artifacts().kernel, image.path(), &[]);
+    // The same command line as QEMU's reference boot: the kernel's log stays on.
+    let cmd = shimvmm_with_cmdline(&artifacts().kernel, image.path(), &[], alpine_cmdline());
+    let mut vm = GuestProcess::spawn("shimvmm-boottime", cmd).unwrap_or_else(|e| panic!("spawn shimvmm: {e}"));
     let first_init = vm.wait_for_line(FIRST_INIT_MARKER, BOOT_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
     let probe = vm.wait_for_marker(BOOT_PROBE_MARKER, BOOT_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(finish(&mut vm), 0);

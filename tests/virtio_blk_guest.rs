@@ -14,7 +14,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use shimvmm_tests::{
-    alpine_cmdline, artifacts, one_vm_at_a_time, require_guest_env, shimvmm_bin, test_image,
+    alpine_test_cmdline, artifacts, one_vm_at_a_time, require_guest_env, shimvmm_bin, test_image,
     GuestProcess, PowerAction,
 };
 
@@ -120,7 +120,7 @@ fn linux_guest_reads_writes_flushes_and_identifies_disks() {
         .arg("--initrd")
         .arg(&art.initrd)
         .arg("--cmdline")
-        .arg(alpine_cmdline())
+        .arg(alpine_test_cmdline())
         .args([
             "--mem",
             "512",

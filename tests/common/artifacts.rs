@@ -21,6 +21,17 @@ pub fn alpine_cmdline() -> &'static str {
     ALPINE_CMDLINE
 }
 
+/// [`alpine_cmdline`] plus `quiet`, for guest tests that judge a guest by its
+/// markers and not by its kernel log (everything but the boot-time
+/// measurements, which wait for the kernel's "Run /init" line). Warnings,
+/// errors, RCU stall reports and panics still reach the console. Each console
+/// byte is a VM exit or two; the full kernel log is tens of thousands of them
+/// in the first seconds of a boot, and the nested testbed's faults come most
+/// often in that stretch (docs/testbed.md).
+pub fn alpine_test_cmdline() -> String {
+    format!("{ALPINE_CMDLINE} quiet")
+}
+
 /// The repository root (the root package's manifest directory).
 pub fn repo_root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -32,7 +32,7 @@ pub enum HarnessError {
         /// The last console lines.
         tail: String,
     },
-    /// The guest kernel reported an RCU stall (a vCPU stopped making progress),
+    /// The guest kernel reported an RCU stall or a soft lockup (a vCPU stopped making progress),
     /// or the guest caused no VM exits (host interrupts aside) for a minute (it hung). Waiting any longer
     /// cannot help, so the wait fails at once.
     GuestStalled {

@@ -19,7 +19,7 @@ mod process;
 mod reference;
 
 pub use artifacts::{
-    alpine_cmdline, artifacts, guest_artifacts_tool, plain_image, repo_root, test_image, Artifacts,
+    alpine_cmdline, alpine_test_cmdline, artifacts, guest_artifacts_tool, plain_image, repo_root, test_image, Artifacts,
     PowerAction, TempImage,
 };
 pub use env::{require_guest_env, shimvmm_bin, REQUIRE_GUEST_ENV, TESTBED_ENV};

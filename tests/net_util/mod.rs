@@ -41,7 +41,7 @@ pub fn shimvmm_guest_command(image: &Path, metrics: &Path, net: &str) -> Command
         .arg("--initrd")
         .arg(&art.initrd)
         .arg("--cmdline")
-        .arg(shimvmm_tests::alpine_cmdline())
+        .arg(shimvmm_tests::alpine_test_cmdline())
         .args(["--mem", "512", "--vcpus", "2", "--no-api", "--log-level", "info"])
         .arg("--metrics-path")
         .arg(metrics)

@@ -9,12 +9,13 @@
 
 use shimvmm_tests::{
     one_vm_at_a_time, qemu_reference_boot,
-    require_guest_env, Accel, QemuBootOptions,
+    require_guest_env, Accel, QemuBootOptions, OPENRC_START_MARKER,
 };
 
 #[test]
 fn qemu_microvm_boots_alpine_and_runs_test_script() {
-    let opts = QemuBootOptions::default();
+    // Quiet, with OpenRC's banner as the first init marker, like the guest tests.
+    let opts = QemuBootOptions { quiet: true, first_init_marker: OPENRC_START_MARKER, ..QemuBootOptions::default() };
     if opts.accel == Accel::Kvm
         && !require_guest_env("qemu_microvm_boots_alpine_and_runs_test_script")
     {

@@ -21,9 +21,9 @@ pub fn alpine_cmdline() -> &'static str {
     ALPINE_CMDLINE
 }
 
-/// [`alpine_cmdline`] plus `quiet`, for guest tests that judge a guest by its
-/// markers and not by its kernel log (everything but the boot-time
-/// measurements, which wait for the kernel's "Run /init" line). Warnings,
+/// [`alpine_cmdline`] plus `quiet`, for guest tests: they judge a guest by its
+/// markers, not by its kernel log (the benchmarks boot verbose to time the
+/// kernel's "Run /init" line). Warnings,
 /// errors, RCU stall reports and panics still reach the console. Each console
 /// byte is a VM exit or two; the full kernel log is tens of thousands of them
 /// in the first seconds of a boot, and the nested testbed's faults come most

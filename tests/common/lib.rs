@@ -34,5 +34,5 @@ pub use markers::{
 pub use process::{one_vm_at_a_time, GuestProcess, Line, Stream, TAIL_LINES};
 pub use reference::{
     qemu_bin, qemu_microvm_command, qemu_reference_boot, scaled, Accel, BootTimings,
-    QemuBootOptions, BOOT_PROBE_MARKER, BOOT_PROBE_SCRIPT, FIRST_INIT_MARKER,
+    QemuBootOptions, BOOT_PROBE_MARKER, BOOT_PROBE_SCRIPT, FIRST_INIT_MARKER, OPENRC_START_MARKER,
 };

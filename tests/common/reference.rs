@@ -15,6 +15,11 @@ use crate::process::GuestProcess;
 /// `quiet`) just before the guest's first userspace program runs: `/init` of
 /// the Alpine initrd, or `/sbin/init` with the microVM kernel (no initrd).
 pub const FIRST_INIT_MARKER: &str = " as init process";
+/// Part of OpenRC's banner ("OpenRC 0.63 is starting up Linux 6.18..."), the
+/// first line the root filesystem's init prints; it prints with `quiet` too,
+/// where the kernel's [`FIRST_INIT_MARKER`] line and the initrd's own output
+/// do not. The first init marker of the quiet boots.
+pub const OPENRC_START_MARKER: &str = " is starting up Linux";
 /// Marker name the boot probe script prints.
 pub const BOOT_PROBE_MARKER: &str = "boot-probe";
 /// Test script for boot measurements: reports as soon as openrc runs it
@@ -24,7 +29,7 @@ pub const BOOT_PROBE_SCRIPT: &str = "marker boot-probe \"$(guest_uptime)\"\n";
 /// Timings of one boot, host wall clock from process spawn.
 #[derive(Clone, Copy, Debug)]
 pub struct BootTimings {
-    /// Until [`FIRST_INIT_MARKER`].
+    /// Until the first init marker ([`QemuBootOptions::first_init_marker`]).
     pub first_init: Duration,
     /// Until the boot probe script's marker.
     pub test_script: Duration,
@@ -66,8 +71,14 @@ pub struct QemuBootOptions {
     pub memory_mib: u32,
     /// vCPUs.
     pub vcpus: u32,
-    /// Limit for reaching [`FIRST_INIT_MARKER`].
+    /// Limit for reaching the first init marker.
     pub first_init_timeout: Duration,
+    /// The console line that counts as the first init: [`FIRST_INIT_MARKER`]
+    /// (default) or, for a `quiet` boot, [`OPENRC_START_MARKER`].
+    pub first_init_marker: &'static str,
+    /// Append `quiet` to the kernel command line (as the guest tests do; the
+    /// kernel log is where the nested testbed's faults come most often).
+    pub quiet: bool,
     /// Limit for reaching the probe marker (from spawn).
     pub script_timeout: Duration,
     /// Limit for QEMU to exit after the probe (from spawn).
@@ -85,6 +96,8 @@ impl Default for QemuBootOptions {
             memory_mib: 512,
             vcpus: 2,
             first_init_timeout: scaled(Duration::from_secs(300)),
+            first_init_marker: FIRST_INIT_MARKER,
+            quiet: false,
             script_timeout: scaled(Duration::from_secs(600)),
             exit_timeout: scaled(Duration::from_secs(660)),
             boot: (guest_kernel_from_env() == GuestKernel::Microvm).then(guest_boot),
@@ -148,13 +161,17 @@ pub fn qemu_microvm_command(art: &Artifacts, rootfs: &Path, opts: &QemuBootOptio
     if let Some(initrd) = &boot.initrd {
         cmd.arg("-initrd").arg(initrd);
     }
+    let mut cmdline = boot.cmdline.clone();
+    if opts.quiet {
+        cmdline.push_str(" quiet");
+    }
+    if opts.accel == Accel::Tcg {
+        // Under TCG on a loaded host the kernel's PIT-based TSC
+        // calibration fails and boot stalls; give it a frequency.
+        cmdline.push_str(" tsc_early_khz=2000000");
+    }
     cmd.arg("-append")
-        .arg(match opts.accel {
-            Accel::Kvm => boot.cmdline.clone(),
-            // Under TCG on a loaded host the kernel's PIT-based TSC
-            // calibration fails and boot stalls; give it a frequency.
-            Accel::Tcg => format!("{} tsc_early_khz=2000000", boot.cmdline),
-        })
+        .arg(cmdline)
         .arg("-drive")
         .arg(format!(
             "id=root,file={},format=raw,if=none",
@@ -206,7 +223,7 @@ pub fn qemu_reference_boot(opts: &QemuBootOptions) -> Result<BootTimings> {
         .map_or(GuestKernel::Alpine, |b| b.flavour);
     let mut qemu = GuestProcess::spawn("qemu", cmd)?;
     let first_init = qemu
-        .wait_for_line(FIRST_INIT_MARKER, opts.first_init_timeout)
+        .wait_for_line(opts.first_init_marker, opts.first_init_timeout)
         .map_err(|e| name_unannounced_reset(&mut qemu, e))?;
     let probe = qemu
         .wait_for_marker(

@@ -8,7 +8,8 @@
 # reports progress and the exit status as lines on shimvmm.ctl, and powers L1 off.
 #
 # ctl protocol (one line each): "BOOTED <uptime>", "READY <uptime>",
-# "SETUPFAIL <message>", "EXIT <status>".
+# "SETUPFAIL <message>", "ALIVE <uptime>" (every 10 s while COMMAND runs),
+# "EXIT <status>".
 set -u
 JOB=${1:?usage: l1-stage2.sh JOBDIR}
 PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
@@ -205,8 +206,15 @@ log "ready: pnic=$PNIC peer=$PEER_IF@$PEER_NS e1000e=$E1000E_IF"
 ctl "READY $(uptime_s)"
 
 # --- the job --------------------------------------------------------------------
-sh "$JOB/job.sh" <&4 >"$OUT" 2>"$ERR" 3>&- 4<&-
+# The heartbeat: the runner calls L1 hung when it stops (a frozen L1 would
+# otherwise sit out COMMAND's whole --timeout).
+( exec 4<&-; while :; do sleep 10; ctl "ALIVE $(uptime_s)"; done ) &
+heartbeat=$!
+SHIMVMM_TESTBED_HEARTBEAT_PID=$heartbeat sh "$JOB/job.sh" <&4 >"$OUT" 2>"$ERR" 3>&- 4<&-
 status=$?
+kill -CONT "$heartbeat" 2>/dev/null  # a self-check may have stopped it
+kill "$heartbeat" 2>/dev/null
+wait "$heartbeat" 2>/dev/null
 ctl "EXIT $status"
 exec 3>&-
 poweroff_now

@@ -125,14 +125,24 @@ fn main() {
         Some("boot") => {
             let runs: usize = args.get(1).and_then(|v| v.parse().ok()).unwrap_or(5);
             let probe = args.get(2).map(String::as_str) != Some("init");
+            // The testbed loses some guests of both VMMs (docs/testbed.md): a
+            // failed boot is reported (as an "error" line) and tried again, up
+            // to MAX_ATTEMPTS times per run, so RUNS good runs are the goal.
+            const MAX_ATTEMPTS: usize = 3;
             for i in 0..runs {
                 for vmm in ["shimvmm", "qemu"] {
-                    let v = match boot_once(vmm, probe) {
-                        Ok((init, probe)) => serde_json::json!({"bench": "boot", "vmm": vmm, "run": i,
-                            "first_init_s": init, "boot_probe_s": probe}),
-                        Err(e) => serde_json::json!({"bench": "boot", "vmm": vmm, "run": i, "error": e}),
-                    };
-                    println!("{v}");
+                    for attempt in 1..=MAX_ATTEMPTS {
+                        let (v, ok) = match boot_once(vmm, probe) {
+                            Ok((init, probe)) => (serde_json::json!({"bench": "boot", "vmm": vmm, "run": i,
+                                "attempt": attempt, "first_init_s": init, "boot_probe_s": probe}), true),
+                            Err(e) => (serde_json::json!({"bench": "boot", "vmm": vmm, "run": i,
+                                "attempt": attempt, "error": e}), false),
+                        };
+                        println!("{v}");
+                        if ok {
+                            break;
+                        }
+                    }
                 }
             }
         }

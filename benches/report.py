@@ -139,8 +139,12 @@ def boot_section(d, md, js):
     if n < 5:
         md.append(f"\n**Only {n} successful run(s) per VMM** (the brief asks for ≥ 5; `BOOT_RUNS=5 tools/bench boot`): "
                   "a single run on a loaded machine is an indication, not a median.")
+    if errs:
+        md.append(f"\n{len(errs)} boot(s) failed and were tried again (the testbed's faults, docs/testbed.md):")
     for e in errs:
-        md.append(f"\nFailed run: {e['vmm']} #{e['run']}: {e['error'][:300]}")
+        lines = e["error"].splitlines()
+        why = next((l for l in lines if "guest stopped" in l or "lockup" in l or "TRIPLE" in l), lines[0] if lines else "")
+        md.append(f"- {e['vmm']} run {e['run']} attempt {e.get('attempt', 1)}: {why[:240]}")
     md.append("")
     js["boot"] = out
 

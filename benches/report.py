@@ -137,13 +137,14 @@ def boot_section(d, md, js):
                   f"marker): {'met' if r1 <= 0.8 else '**missed**'}.")
     n = min(len([r for r in rs if r["vmm"] == v and "error" not in r]) for v in ("shimvmm", "qemu"))
     if n < 5:
-        md.append(f"\n**Only {n} successful run(s) per VMM** (the brief asks for ≥ 5; `BOOT_RUNS=5 tools/bench boot`): "
-                  "a single run on a loaded machine is an indication, not a median.")
+        md.append(f"\n**Only {n} successful run(s) for at least one VMM** (the brief asks for ≥ 5; `BOOT_RUNS=5 tools/bench boot`): "
+                  "fewer than 5 runs give an indication, not a solid median.")
     if errs:
         md.append(f"\n{len(errs)} boot(s) failed and were tried again (the testbed's faults, docs/testbed.md):")
     for e in errs:
         lines = e["error"].splitlines()
         why = next((l for l in lines if "guest stopped" in l or "lockup" in l or "TRIPLE" in l), lines[0] if lines else "")
+        why = why.replace("; last console lines:", "").strip()
         md.append(f"- {e['vmm']} run {e['run']} attempt {e.get('attempt', 1)}: {why[:240]}")
     md.append("")
     js["boot"] = out

@@ -68,6 +68,124 @@ pub fn read_from_ram(mem: &GuestMemory, addr: GuestAddress, buf: &mut [u8]) -> b
     mem.read_slice(buf, addr).is_ok()
 }
 
+/// One guest RAM region as [`RamMap`] keeps it.
+#[derive(Debug, Clone, Copy)]
+struct RamRegion {
+    start: u64,
+    /// Last guest-physical byte of the region.
+    last: u64,
+    host: *mut u8,
+}
+
+/// Guest RAM's layout resolved once, for the per-packet path: range checks
+/// and host addresses without vm-memory's region lookup (a binary search
+/// behind an `Arc` per call). Guest RAM never changes while a VM runs, so a
+/// device builds one at activation and keeps it with the memory handle that
+/// keeps the mappings alive.
+#[derive(Debug, Clone)]
+pub struct RamMap {
+    regions: Vec<RamRegion>,
+    /// Runs of adjacent regions merged: what a range check walks.
+    spans: Vec<(u64, u64)>,
+    /// Holds the mappings `regions[..].host` point into.
+    mem: GuestMemory,
+}
+
+// SAFETY: the raw pointers are host addresses of mappings owned by `mem`
+// (shared, reference-counted regions that are themselves Send + Sync); a
+// RamMap only hands them out as addresses, every access goes through the
+// volatile helpers below.
+unsafe impl Send for RamMap {}
+// SAFETY: as for Send: no interior state, the mappings are shared memory.
+unsafe impl Sync for RamMap {}
+
+impl RamMap {
+    pub fn new(mem: &GuestMemory) -> RamMap {
+        let mut regions: Vec<RamRegion> = mem
+            .iter()
+            .filter_map(|r| {
+                let host = r.get_host_address(MemoryRegionAddress(0)).ok()?;
+                Some(RamRegion { start: r.start_addr().0, last: r.last_addr().0, host })
+            })
+            .collect();
+        regions.sort_by_key(|r| r.start);
+        let mut spans: Vec<(u64, u64)> = Vec::new();
+        for r in &regions {
+            match spans.last_mut() {
+                Some(last) if last.1.checked_add(1) == Some(r.start) => last.1 = r.last,
+                _ => spans.push((r.start, r.last)),
+            }
+        }
+        RamMap { regions, spans, mem: mem.clone() }
+    }
+
+    /// The memory this map describes.
+    pub fn mem(&self) -> &GuestMemory {
+        &self.mem
+    }
+
+    /// Same answer as [`range_in_ram`].
+    #[inline]
+    pub fn contains(&self, addr: u64, len: u64) -> bool {
+        if len == 0 {
+            return true;
+        }
+        let Some(last) = addr.checked_add(len - 1) else {
+            return false;
+        };
+        self.spans.iter().any(|&(s, l)| addr >= s && last <= l)
+    }
+
+    /// Host address of `[addr, addr + len)` when the range lies inside one
+    /// region (`len` > 0).
+    #[inline]
+    pub fn host_range(&self, addr: u64, len: u64) -> Option<*mut u8> {
+        let last = addr.checked_add(len.checked_sub(1)?)?;
+        let r = self.regions.iter().find(|r| addr >= r.start && last <= r.last)?;
+        // SAFETY: addr - start is inside the region's mapping (checked above),
+        // so the offset pointer stays inside the same allocation.
+        Some(unsafe { r.host.add((addr - r.start) as usize) })
+    }
+
+    /// Writes `data` at `addr` (all or nothing), byte by byte through
+    /// volatile stores: the guest may be reading the same bytes.
+    #[inline]
+    pub fn write(&self, addr: u64, data: &[u8]) -> bool {
+        if data.is_empty() {
+            return true;
+        }
+        match self.host_range(addr, data.len() as u64) {
+            Some(p) => {
+                for (i, b) in data.iter().enumerate() {
+                    // SAFETY: p..p+len is inside one mapped region
+                    // (host_range); a byte store has no alignment needs.
+                    unsafe { p.add(i).write_volatile(*b) };
+                }
+                true
+            }
+            None => write_to_ram(&self.mem, GuestAddress(addr), data),
+        }
+    }
+
+    /// Reads `buf.len()` bytes at `addr` (all or nothing).
+    #[inline]
+    pub fn read(&self, addr: u64, buf: &mut [u8]) -> bool {
+        if buf.is_empty() {
+            return true;
+        }
+        match self.host_range(addr, buf.len() as u64) {
+            Some(p) => {
+                for (i, b) in buf.iter_mut().enumerate() {
+                    // SAFETY: as in `write`.
+                    *b = unsafe { p.add(i).read_volatile() };
+                }
+                true
+            }
+            None => read_from_ram(&self.mem, GuestAddress(addr), buf),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -131,5 +249,44 @@ mod tests {
         assert!(n > 300);
         assert!(range_in_ram(&mem, GuestAddress(0x800), 0x2800), "spans two adjacent regions");
         assert!(!range_in_ram(&mem, GuestAddress(0x2800), 0x2801), "runs into the hole");
+    }
+
+    /// RamMap agrees with check_range, writes and reads where vm-memory does.
+    #[test]
+    fn ram_map_agrees_with_check_range() {
+        let mem: GuestMemory = GuestMemoryMmap::from_ranges(&[
+            (GuestAddress(0), 0x1000),
+            (GuestAddress(0x1000), 0x2000),
+            (GuestAddress(0x5000), 0x1000),
+            (GuestAddress(0xffff_f000), 0x1000),
+        ])
+        .unwrap();
+        let map = RamMap::new(&mem);
+        let edges = [0u64, 0x1000, 0x3000, 0x5000, 0x6000, 0xffff_f000, 0x1_0000_0000, u64::MAX];
+        let lens = [0u64, 1, 2, 0xfff, 0x1000, 0x1001, 0x2000, 0x3000, 0x3001, u64::MAX];
+        for e in edges {
+            for d in [-2i64, -1, 0, 1] {
+                let a = e.wrapping_add_signed(d);
+                for &l in &lens {
+                    let want = usize::try_from(l).is_ok_and(|l| mem.check_range(GuestAddress(a), l));
+                    assert_eq!(map.contains(a, l), want, "start {a:#x} len {l:#x}");
+                }
+            }
+        }
+        let data: Vec<u8> = (1..=16u8).collect();
+        for at in [0u64, 0xff8, 0x2ff0, 0x5ff8, 0x3ff8, u64::MAX - 3] {
+            let ok = map.write(at, &data);
+            assert_eq!(ok, mem.check_range(GuestAddress(at), data.len()), "write at {at:#x}");
+            let mut back = [0u8; 16];
+            assert_eq!(map.read(at, &mut back), ok, "read at {at:#x}");
+            if ok {
+                let mut check = [0u8; 16];
+                mem.read_slice(&mut check, GuestAddress(at)).unwrap();
+                assert_eq!(check.as_slice(), data.as_slice(), "vm-memory sees the write at {at:#x}");
+                assert_eq!(back, check);
+            }
+        }
+        assert!(map.host_range(0x800, 0x1000).is_none(), "spans two regions: no single host range");
+        assert!(map.contains(0x800, 0x1000));
     }
 }

@@ -19,12 +19,11 @@ use std::os::unix::io::RawFd;
 
 use smallvec::SmallVec;
 use virtio_devices::net::backend::{ChainRef, DropReason, NetBackend, RxBuffer, TxFrame, Used, VNET_HDR_LEN};
-use virtio_devices::mem::write_to_ram;
+use virtio_devices::mem::RamMap;
 use virtio_devices::GuestMemory;
 use vm_memory::{Bytes, GuestAddress};
 
 use crate::bdf::{Bdf, BdfError};
-use crate::dma::in_guest_ram;
 use crate::driver::{DriverError, DriverLimits, PnicDriver, RxCompletion, TxCompletion};
 use crate::e1000e;
 use crate::igb::{self, IgbConfig, IgbOpenError};
@@ -103,8 +102,14 @@ fn rx_header() -> [u8; VNET_HDR_LEN] {
     h
 }
 
+/// Whether `[addr, addr + len)` is non-empty and inside guest RAM.
+#[inline]
+fn in_ram(ram: &RamMap, addr: u64, len: u64) -> bool {
+    len != 0 && ram.contains(addr, len)
+}
+
 /// Write `data` at byte offset `off` of the buffer described by `segs`.
-fn write_scatter(mem: &GuestMemory, segs: &[(GuestAddress, u32)], mut off: u64, mut data: &[u8]) -> bool {
+fn write_scatter(ram: &RamMap, segs: &[(GuestAddress, u32)], mut off: u64, mut data: &[u8]) -> bool {
     for (addr, len) in segs {
         let len = u64::from(*len);
         if off >= len {
@@ -112,7 +117,10 @@ fn write_scatter(mem: &GuestMemory, segs: &[(GuestAddress, u32)], mut off: u64, 
             continue;
         }
         let n = (len - off).min(data.len() as u64) as usize;
-        if !in_guest_ram(mem, addr.0 + off, n as u64) || !write_to_ram(mem, GuestAddress(addr.0 + off), &data[..n]) {
+        let Some(at) = addr.0.checked_add(off) else {
+            return false;
+        };
+        if !in_ram(ram, at, n as u64) || !ram.write(at, &data[..n]) {
             return false;
         }
         data = &data[n..];
@@ -125,7 +133,7 @@ fn write_scatter(mem: &GuestMemory, segs: &[(GuestAddress, u32)], mut off: u64, 
 }
 
 /// The NIC-visible segments of a TX chain: everything after the header.
-fn tx_payload_segments(mem: &GuestMemory, frame: &ChainRef<'_>) -> Result<TxSegs, DropReason> {
+fn tx_payload_segments(ram: &RamMap, frame: &ChainRef<'_>) -> Result<TxSegs, DropReason> {
     let mut skip = HDR;
     let mut out = TxSegs::new();
     for (addr, len) in frame.segs {
@@ -140,7 +148,7 @@ fn tx_payload_segments(mem: &GuestMemory, frame: &ChainRef<'_>) -> Result<TxSegs
         let start = addr.0.checked_add(skip).ok_or(DropReason::BadAddress)?;
         let l = len - skip;
         skip = 0;
-        if !in_guest_ram(mem, start, l) {
+        if !in_ram(ram, start, l) {
             return Err(DropReason::BadAddress);
         }
         out.push((start, l as u32));
@@ -155,6 +163,8 @@ fn tx_payload_segments(mem: &GuestMemory, frame: &ChainRef<'_>) -> Result<TxSegs
 pub struct ShimBackend<D: PnicDriver> {
     driver: D,
     mem: GuestMemory,
+    /// `mem`'s layout for the per-packet range checks and header writes.
+    ram: RamMap,
     limits: DriverLimits,
     mac: [u8; 6],
     /// Buffers the NIC holds, by the cookie given to the driver.
@@ -213,6 +223,7 @@ impl<D: PnicDriver> ShimBackend<D> {
         Ok(ShimBackend {
             driver,
             mem: mem.clone(),
+            ram: RamMap::new(mem),
             limits,
             mac,
             rx: CookieSlab::with_capacity(limits.rx_capacity),
@@ -333,8 +344,8 @@ impl<D: PnicDriver> ShimBackend<D> {
                     && u64::from(*len) >= HDR + max_write
                     && nic_iova.is_some_and(|a| a % self.limits.rx_align == 0)
                     // The NIC may write max_write bytes at GPA+12: all of it in RAM.
-                    && in_guest_ram(&self.mem, gpa.0, HDR + max_write)
-                    && in_guest_ram(&self.mem, gpa.0, u64::from(*len))
+                    && in_ram(&self.ram, gpa.0, HDR + max_write)
+                    && in_ram(&self.ram, gpa.0, u64::from(*len))
             }
             _ => false,
         };
@@ -403,7 +414,7 @@ impl<D: PnicDriver> ShimBackend<D> {
             return;
         }
         let ok = match slot.kind {
-            RxKind::ZeroCopy => write_scatter(&self.mem, &slot.segs, 0, &rx_header()),
+            RxKind::ZeroCopy => write_scatter(&self.ram, &slot.segs, 0, &rx_header()),
             RxKind::Bounce(i) => {
                 // Header + frame in one copy with equal alignment on both sides.
                 let total = (HDR + frame_len) as usize;
@@ -411,7 +422,7 @@ impl<D: PnicDriver> ShimBackend<D> {
                 tmp[..VNET_HDR_LEN].copy_from_slice(&rx_header());
                 let read = self.rx_bounce.read(i, HDR, &mut tmp[VNET_HDR_LEN..]).is_ok();
                 self.rx_bounce.release(i);
-                let ok = read && write_scatter(&self.mem, &slot.segs, 0, &tmp);
+                let ok = read && write_scatter(&self.ram, &slot.segs, 0, &tmp);
                 if ok {
                     self.metrics.rx_copy_fallback_frames += 1;
                     self.metrics.rx_copy_fallback_bytes += frame_len;
@@ -495,7 +506,7 @@ impl<D: PnicDriver> ShimBackend<D> {
         if u64::from(frame.len) - HDR > u64::from(self.limits.tx_max_frame) {
             return Err(DropReason::FrameTooLong);
         }
-        let segs = tx_payload_segments(&self.mem, frame)?;
+        let segs = tx_payload_segments(&self.ram, frame)?;
         // Trust the segments, not the summary (`frame.len`).
         let bytes: u64 = segs.iter().map(|s| u64::from(s.1)).sum();
         if bytes > u64::from(self.limits.tx_max_frame) {
@@ -537,7 +548,7 @@ impl<D: PnicDriver> ShimBackend<D> {
             self.metrics.drop(DropReason::ZeroLength);
             return Err(DropReason::ZeroLength);
         }
-        if buf.segs.iter().any(|(a, l)| !in_guest_ram(&self.mem, a.0, u64::from(*l))) {
+        if buf.segs.iter().any(|(a, l)| !in_ram(&self.ram, a.0, u64::from(*l))) {
             self.metrics.drop(DropReason::BadAddress);
             return Err(DropReason::BadAddress);
         }

@@ -12,18 +12,19 @@ use std::sync::Arc;
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use log::{debug, error, warn};
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::QueueT;
 use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::backend::{ChainRef, DropReason, NetBackend, Used, VNET_HDR_LEN};
-use super::chain::{addr_at, parse_chain_into, Direction, MAX_CHAIN_DESCS};
+use super::chain::{addr_at, Direction, MAX_CHAIN_DESCS};
 use super::config::{
     config_bytes, random_mac, read_window, BACKEND_OFFLOAD_MASK, DEVICE_FEATURES, F_MRG_RXBUF,
     F_STATUS,
 };
 use super::metrics::NetMetrics;
-use crate::mem::read_from_ram;
+use super::ring::SplitRing;
+use crate::mem::RamMap;
 use crate::{ActivateContext, ActivateError, GuestMemory, Interrupt, VirtioDevice, TYPE_NET};
 
 /// Queue indices.
@@ -61,8 +62,8 @@ struct RxSlot {
 
 struct Active {
     mem: GuestMemory,
-    rx: Queue,
-    tx: Queue,
+    rx: SplitRing,
+    tx: SplitRing,
     interrupt: Arc<Interrupt>,
     /// Indexed by head: buffers/frames currently with the backend.
     rx_slots: Vec<Option<RxSlot>>,
@@ -170,10 +171,9 @@ impl Net {
             // unit of room (NetBackend::rx_room).
             let mut room = self.backend.rx_room();
             while room > 0 {
-                let Some(chain) = a.rx.pop_descriptor_chain(&a.mem) else {
+                let Some(head) = a.rx.pop_head() else {
                     break;
                 };
-                let head = chain.head_index();
                 if head as usize >= a.rx_slots.len() {
                     // Cannot even be completed (the used ring would reject it).
                     self.metrics.rx_drops.add(DropReason::BadAddress);
@@ -184,10 +184,10 @@ impl Net {
                     continue;
                 }
                 let segs = &mut self.seg_buf;
-                match parse_chain_into(chain, &a.mem, Direction::DeviceWrites, segs) {
-                    Err((head, reason)) => {
+                match a.rx.parse(head, Direction::DeviceWrites, segs) {
+                    Err(reason) => {
                         self.metrics.rx_drops.add(reason);
-                        add_used(&mut a.rx, &a.mem, head, 0);
+                        a.rx.add_used(head, 0);
                         a.rx_added = true;
                     }
                     Ok(p) => {
@@ -212,7 +212,7 @@ impl Net {
                             Err(reason) => {
                                 a.rx_slots[head as usize] = None;
                                 self.metrics.rx_drops.add(reason);
-                                add_used(&mut a.rx, &a.mem, p.head, 0);
+                                a.rx.add_used(p.head, 0);
                                 a.rx_added = true;
                             }
                         }
@@ -220,20 +220,13 @@ impl Net {
                 }
             }
             if self.backend.rx_room() == 0 {
-                if let Err(e) = a.rx.disable_notification(&a.mem) {
-                    warn!("virtio-net {}: rx disable_notification: {e}", self.id);
-                }
+                a.rx.disable_notification();
                 break;
             }
             // Out of guest buffers: ask for a kick, then re-check for buffers
             // added before the request became visible.
-            match a.rx.enable_notification(&a.mem) {
-                Ok(true) => continue,
-                Ok(false) => break,
-                Err(e) => {
-                    warn!("virtio-net {}: rx enable_notification: {e}", self.id);
-                    break;
-                }
+            if !a.rx.enable_notification() {
+                break;
             }
         }
         if posted > 0 {
@@ -275,7 +268,7 @@ impl Net {
             if rest == 0 {
                 if len as usize >= VNET_HDR_LEN {
                     let nb = if mrg {
-                        read_num_buffers(&a.mem, slot.num_buffers_at)
+                        read_num_buffers(a.rx.ram(), slot.num_buffers_at)
                     } else {
                         1
                     };
@@ -288,7 +281,7 @@ impl Net {
                 self.metrics.rx_bytes += u64::from(len);
             }
             self.metrics.rx_buffers_used += 1;
-            add_used(&mut a.rx, &a.mem, u.head, len);
+            a.rx.add_used(u.head, len);
             a.rx_added = true;
         }
     }
@@ -301,11 +294,8 @@ impl Net {
         };
         let mut done = 0usize;
         'outer: loop {
-            if let Err(e) = a.tx.disable_notification(&a.mem) {
-                warn!("virtio-net {}: tx disable_notification: {e}", self.id);
-            }
-            while let Some(chain) = a.tx.pop_descriptor_chain(&a.mem) {
-                let head = chain.head_index();
+            a.tx.disable_notification();
+            while let Some(head) = a.tx.pop_head() {
                 done += 1;
                 if head as usize >= a.tx_slots.len() {
                     self.metrics.tx_drops.add(DropReason::BadAddress);
@@ -317,10 +307,10 @@ impl Net {
                     self.metrics.duplicate_heads += 1;
                     continue;
                 }
-                match parse_chain_into(chain, &a.mem, Direction::DeviceReads, &mut self.seg_buf) {
-                    Err((head, reason)) => {
+                match a.tx.parse(head, Direction::DeviceReads, &mut self.seg_buf) {
+                    Err(reason) => {
                         self.metrics.tx_drops.add(reason);
-                        add_used(&mut a.tx, &a.mem, head, 0);
+                        a.tx.add_used(head, 0);
                         a.tx_added = true;
                     }
                     Ok(p) => {
@@ -334,13 +324,13 @@ impl Net {
                             Ok(true) => {
                                 self.metrics.tx_packets += 1;
                                 self.metrics.tx_bytes += u64::from(len) - VNET_HDR_LEN as u64;
-                                add_used(&mut a.tx, &a.mem, head, 0);
+                                a.tx.add_used(head, 0);
                                 a.tx_added = true;
                             }
                             Ok(false) => a.tx_slots[head as usize] = Some(len),
                             Err(reason) => {
                                 self.metrics.tx_drops.add(reason);
-                                add_used(&mut a.tx, &a.mem, head, 0);
+                                a.tx.add_used(head, 0);
                                 a.tx_added = true;
                             }
                         }
@@ -354,13 +344,8 @@ impl Net {
                     break 'outer;
                 }
             }
-            match a.tx.enable_notification(&a.mem) {
-                Ok(true) => continue,
-                Ok(false) => break,
-                Err(e) => {
-                    warn!("virtio-net {}: tx enable_notification: {e}", self.id);
-                    break;
-                }
+            if !a.tx.enable_notification() {
+                break;
             }
         }
         self.complete_tx();
@@ -383,7 +368,7 @@ impl Net {
             };
             self.metrics.tx_packets += 1;
             self.metrics.tx_bytes += u64::from(len).saturating_sub(VNET_HDR_LEN as u64);
-            add_used(&mut a.tx, &a.mem, u.head, 0);
+            a.tx.add_used(u.head, 0);
             a.tx_added = true;
         }
     }
@@ -472,8 +457,7 @@ impl Net {
         for (added, q) in [(&mut a.rx_added, &mut a.rx), (&mut a.tx_added, &mut a.tx)] {
             if *added {
                 *added = false;
-                // On error, notify: a spurious interrupt is harmless.
-                need |= q.needs_notification(&a.mem).unwrap_or(true);
+                need |= q.needs_notification();
             }
         }
         if need {
@@ -536,22 +520,15 @@ fn still_broken(fd: RawFd) -> bool {
 
 /// num_buffers of a filled buffer (at least 1). The guest may scribble on it;
 /// it only feeds the frame counters.
-fn read_num_buffers(mem: &GuestMemory, at: [GuestAddress; 2]) -> u16 {
+fn read_num_buffers(ram: &RamMap, at: [GuestAddress; 2]) -> u16 {
     let mut b = [0u8; 2];
     let ok = if at[0].0.checked_add(1) == Some(at[1].0) {
-        read_from_ram(mem, at[0], &mut b)
+        ram.read(at[0].0, &mut b)
     } else {
-        read_from_ram(mem, at[0], &mut b[..1]) && read_from_ram(mem, at[1], &mut b[1..])
+        ram.read(at[0].0, &mut b[..1]) && ram.read(at[1].0, &mut b[1..])
     };
     let v = ok.then(|| u16::from_le_bytes(b));
     v.unwrap_or(1).max(1)
-}
-
-/// Adds a used element; a failure (guest broke its used ring) is logged.
-fn add_used(q: &mut Queue, mem: &GuestMemory, head: u16, len: u32) {
-    if let Err(e) = q.add_used(mem, head, len) {
-        warn!("virtio-net: cannot add used element {head}: {e}");
-    }
 }
 
 impl VirtioDevice for Net {
@@ -624,12 +601,13 @@ impl VirtioDevice for Net {
                 ActivateError::Backend(format!("setting offloads {:#x}: {e}", self.acked_features))
             })?;
         let event_idx = self.acked_features & super::config::F_EVENT_IDX != 0;
-        let mut queues = ctx.queues.into_iter();
-        let (Some(mut rx), Some(mut tx)) = (queues.next(), queues.next()) else {
-            return Err(ActivateError::QueueCount { got: 0, want: 2 });
+        let ring = |i: usize| {
+            SplitRing::new(&ctx.queues[i], &ctx.mem, event_idx).map_err(|e| {
+                error!("virtio-net {}: queue {i}: {e}", self.id);
+                ActivateError::InvalidQueue(i)
+            })
         };
-        rx.set_event_idx(event_idx);
-        tx.set_event_idx(event_idx);
+        let (rx, tx) = (ring(RX_QUEUE)?, ring(TX_QUEUE)?);
         let (rxn, txn) = (rx.size() as usize, tx.size() as usize);
         self.active = Some(Active {
             mem: ctx.mem,

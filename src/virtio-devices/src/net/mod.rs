@@ -9,6 +9,7 @@ pub mod device;
 pub mod iov;
 pub mod link_monitor;
 pub mod metrics;
+pub mod ring;
 pub mod tap;
 pub mod tap_dev;
 

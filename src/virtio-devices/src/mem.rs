@@ -156,10 +156,19 @@ impl RamMap {
         }
         match self.host_range(addr, data.len() as u64) {
             Some(p) => {
-                for (i, b) in data.iter().enumerate() {
+                let mut words = data.chunks_exact(8);
+                let mut off = 0;
+                for w in &mut words {
+                    let w: [u8; 8] = w.try_into().expect("chunks of 8");
                     // SAFETY: p..p+len is inside one mapped region
-                    // (host_range); a byte store has no alignment needs.
-                    unsafe { p.add(i).write_volatile(*b) };
+                    // (host_range); [u8; 8] has alignment 1.
+                    unsafe { p.add(off).cast::<[u8; 8]>().write_volatile(w) };
+                    off += 8;
+                }
+                for b in words.remainder() {
+                    // SAFETY: as above, one byte inside the range.
+                    unsafe { p.add(off).write_volatile(*b) };
+                    off += 1;
                 }
                 true
             }

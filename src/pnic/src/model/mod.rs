@@ -82,8 +82,10 @@ struct State {
     link: bool,
     removed: bool,
     mac: Option<[u8; 6]>,
-    rx_pending: VecDeque<PostedRx>,
-    rx_visible: VecDeque<PostedRx>,
+    /// Posted RX buffers in ring order; the first `rx_tail` are visible to
+    /// the "hardware" (before the tail register, as on the NIC).
+    rx_posted: VecDeque<PostedRx>,
+    rx_tail: usize,
     rx_done: VecDeque<RxCompletion>,
     /// Posted TX frames: (segment count, cookie); their segments, in order,
     /// are in `tx_posted_segs` (one flat ring, like the NIC's descriptors).
@@ -179,9 +181,13 @@ impl ModelHandle {
         if !s.started {
             return InjectOutcome::NoBuffer;
         }
-        let Some(b) = s.rx_visible.pop_front() else {
+        if s.rx_tail == 0 {
+            return InjectOutcome::NoBuffer;
+        }
+        let Some(b) = s.rx_posted.pop_front() else {
             return InjectOutcome::NoBuffer;
         };
+        s.rx_tail -= 1;
         // A real NIC writes at most the programmed buffer size; the model
         // additionally refuses to exceed what was posted.
         let acc = DmaAccess {
@@ -268,7 +274,7 @@ impl ModelHandle {
     }
     pub fn rx_buffers_held(&self) -> usize {
         let s = lock(&self.state);
-        s.rx_pending.len() + s.rx_visible.len()
+        s.rx_posted.len()
     }
     pub fn mac(&self) -> Option<[u8; 6]> {
         lock(&self.state).mac
@@ -282,7 +288,8 @@ impl ModelHandle {
     }
     /// RX buffers posted but not yet made visible by `flush_rx`.
     pub fn rx_unflushed(&self) -> usize {
-        lock(&self.state).rx_pending.len()
+        let s = lock(&self.state);
+        s.rx_posted.len() - s.rx_tail
     }
     /// Time and bytes of the model's own "DMA" (kept apart from VMM work).
     pub fn dma_stats(&self) -> (Duration, u64) {
@@ -340,7 +347,7 @@ fn rx_free_locked(s: &State, cfg: &ModelConfig) -> usize {
     if !s.started {
         return 0;
     }
-    cfg.limits.rx_capacity - s.rx_pending.len() - s.rx_visible.len() - s.rx_done.len()
+    cfg.limits.rx_capacity - s.rx_posted.len() - s.rx_done.len()
 }
 
 fn tx_free_locked(s: &State, cfg: &ModelConfig) -> usize {
@@ -392,15 +399,15 @@ impl PnicDriver for NicModel {
             iova,
             len: u64::from(len),
         });
-        s.rx_pending.push_back(PostedRx { iova, len, cookie });
+        s.rx_posted.push_back(PostedRx { iova, len, cookie });
         Ok(())
     }
 
     fn flush_rx(&mut self) -> Result<(), DriverError> {
+        // A tail-register write: everything posted so far becomes visible.
         let mut s = lock(&self.state);
-        let s = &mut *s;
         s.rx_flushes += 1;
-        s.rx_visible.append(&mut s.rx_pending);
+        s.rx_tail = s.rx_posted.len();
         Ok(())
     }
 
@@ -472,8 +479,8 @@ impl PnicDriver for NicModel {
     fn quiesce(&mut self) -> Result<(), DriverError> {
         let mut s = lock(&self.state);
         s.started = false;
-        s.rx_pending.clear();
-        s.rx_visible.clear();
+        s.rx_posted.clear();
+        s.rx_tail = 0;
         s.rx_done.clear();
         s.tx_posted.clear();
         s.tx_posted_segs.clear();

@@ -94,13 +94,9 @@ struct TxSlot {
     bounce: Option<u32>,
 }
 
-/// The virtio-net header of a received frame: no offloads, one buffer.
-fn rx_header() -> [u8; VNET_HDR_LEN] {
-    let mut h = [0u8; VNET_HDR_LEN];
-    // num_buffers (le16) is the last field of virtio_net_hdr_v1.
-    h[10..12].copy_from_slice(&1u16.to_le_bytes());
-    h
-}
+/// The virtio-net header of a received frame: no offloads, one buffer
+/// (num_buffers, le16, is the last field of virtio_net_hdr_v1).
+const RX_HEADER: [u8; VNET_HDR_LEN] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0];
 
 /// Whether `[addr, addr + len)` is non-empty and inside guest RAM.
 #[inline]
@@ -414,12 +410,16 @@ impl<D: PnicDriver> ShimBackend<D> {
             return;
         }
         let ok = match slot.kind {
-            RxKind::ZeroCopy => write_scatter(&self.ram, &slot.segs, 0, &rx_header()),
+            // One segment, checked against guest RAM when it was posted.
+            RxKind::ZeroCopy => match slot.segs.as_slice() {
+                [(gpa, _)] => self.ram.write(gpa.0, &RX_HEADER),
+                segs => write_scatter(&self.ram, segs, 0, &RX_HEADER),
+            },
             RxKind::Bounce(i) => {
                 // Header + frame in one copy with equal alignment on both sides.
                 let total = (HDR + frame_len) as usize;
                 let mut tmp = vec![0u8; total];
-                tmp[..VNET_HDR_LEN].copy_from_slice(&rx_header());
+                tmp[..VNET_HDR_LEN].copy_from_slice(&RX_HEADER);
                 let read = self.rx_bounce.read(i, HDR, &mut tmp[VNET_HDR_LEN..]).is_ok();
                 self.rx_bounce.release(i);
                 let ok = read && write_scatter(&self.ram, &slot.segs, 0, &tmp);
@@ -542,6 +542,48 @@ impl<D: PnicDriver> ShimBackend<D> {
         }
     }
 
+    /// The common case, a Linux guest's MRG_RXBUF buffer: one segment the
+    /// NIC can fill directly. The checks of `post_checked` and `post_slot`
+    /// in one pass (the segment and everything the NIC may write inside guest
+    /// RAM); any other shape takes `post_checked`.
+    fn post_one_segment(&mut self, head: u16, gpa: GuestAddress, len: u32) -> Result<(), DropReason> {
+        let max_write = u64::from(self.limits.rx_max_write);
+        let fits = self.started
+            && !self.failed
+            && len >= MIN_ZERO_COPY_BUF
+            && u64::from(len) >= HDR + max_write
+            && gpa.0.checked_add(HDR).is_some_and(|a| a % self.limits.rx_align == 0)
+            // len >= HDR + max_write: the NIC's writes lie inside the segment.
+            && in_ram(&self.ram, gpa.0, u64::from(len));
+        if !fits {
+            let segs = [(gpa, len)];
+            return self.post_checked(ChainRef { head, segs: &segs, len });
+        }
+        let nic_len = (len - HDR as u32).min(NIC_BUF_MAX);
+        let cookie = self.rx.insert(RxSlot {
+            head,
+            len,
+            segs: RxSegs::from_slice(&[(gpa, len)]),
+            kind: RxKind::ZeroCopy,
+        });
+        match self.driver.post_rx(gpa.0 + HDR, nic_len, cookie) {
+            Ok(()) => {
+                self.rx_unflushed = true;
+                Ok(())
+            }
+            Err(e) => {
+                self.rx.remove(cookie);
+                let reason = match e {
+                    DriverError::RingFull(_) => DropReason::NoBuffer,
+                    _ => DropReason::BackendError,
+                };
+                self.driver_err(e);
+                self.metrics.drop(reason);
+                Err(reason)
+            }
+        }
+    }
+
     /// Validate a guest RX buffer and post it (without the tail write).
     fn post_checked(&mut self, buf: ChainRef<'_>) -> Result<(), DropReason> {
         if buf.segs.iter().any(|s| s.1 == 0) {
@@ -630,7 +672,10 @@ impl<D: PnicDriver> NetBackend for ShimBackend<D> {
     /// so the shim keeps the per-buffer write until that is understood.
     fn post_rx_chain(&mut self, mem: &GuestMemory, chain: ChainRef<'_>) -> Result<(), DropReason> {
         let _ = mem;
-        let r = self.post_checked(chain);
+        let r = match chain.segs {
+            [(gpa, len)] => self.post_one_segment(chain.head, *gpa, *len),
+            _ => self.post_checked(chain),
+        };
         self.flush_rx_posted();
         r
     }

@@ -581,4 +581,78 @@ mod tests {
         q.set_used_ring_address(Some(0x1400), Some(0));
         assert!(SplitRing::new(&q, &m, false).is_ok());
     }
+
+    /// The chain bound: 128 descriptors pass, 129 do not; a next index beyond
+    /// the queue and a loop end the walk as too long.
+    #[test]
+    fn chain_bound_loops_and_next_beyond_the_queue() {
+        let m: GuestMemory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+        let mut q = Queue::new(256).unwrap();
+        q.set_size(256);
+        q.set_desc_table_address(Some(0x1000), Some(0));
+        q.set_avail_ring_address(Some(0x2000), Some(0));
+        q.set_used_ring_address(Some(0x3000), Some(0));
+        let r = SplitRing::new(&q, &m, false).unwrap();
+        let put = |i: u16, flags: u16, next: u16| {
+            let d = RawDescriptor::from(SplitDescriptor::new(
+                0x8000 + u64::from(i) * 64,
+                64,
+                flags,
+                next,
+            ));
+            m.write_obj(d, GuestAddress(0x1000 + 16 * u64::from(i)))
+                .unwrap();
+        };
+        let mut segs = Vec::new();
+        for (k, ok) in [(MAX_CHAIN_DESCS, true), (MAX_CHAIN_DESCS + 1, false)] {
+            for i in 0..k as u16 {
+                let last = usize::from(i) == k - 1;
+                put(i, if last { 0 } else { F_NEXT }, i + 1);
+            }
+            let got = r.parse(0, Direction::DeviceReads, &mut segs);
+            if ok {
+                assert_eq!(got.unwrap().len, 64 * k as u32);
+                assert_eq!(segs.len(), k);
+            } else {
+                assert_eq!(got, Err(DropReason::ChainTooLong));
+            }
+        }
+        put(0, F_NEXT, 1);
+        put(1, F_NEXT, 0);
+        assert_eq!(
+            r.parse(0, Direction::DeviceReads, &mut segs),
+            Err(DropReason::ChainTooLong),
+            "loop"
+        );
+        put(0, F_NEXT, 256);
+        assert_eq!(
+            r.parse(0, Direction::DeviceReads, &mut segs),
+            Err(DropReason::ChainTooLong),
+            "next beyond"
+        );
+        put(0, 0, 0);
+        assert_eq!(
+            r.parse(0, Direction::DeviceReads, &mut segs).unwrap().len,
+            64
+        );
+        // Straddling the end of RAM, zero length, short.
+        let d = RawDescriptor::from(SplitDescriptor::new(0x10_0000 - 8, 64, 0, 0));
+        m.write_obj(d, GuestAddress(0x1000)).unwrap();
+        assert_eq!(
+            r.parse(0, Direction::DeviceReads, &mut segs),
+            Err(DropReason::BadAddress)
+        );
+        let d = RawDescriptor::from(SplitDescriptor::new(0x8000, 0, 0, 0));
+        m.write_obj(d, GuestAddress(0x1000)).unwrap();
+        assert_eq!(
+            r.parse(0, Direction::DeviceReads, &mut segs),
+            Err(DropReason::ZeroLength)
+        );
+        let d = RawDescriptor::from(SplitDescriptor::new(0x8000, 11, 0, 0));
+        m.write_obj(d, GuestAddress(0x1000)).unwrap();
+        assert_eq!(
+            r.parse(0, Direction::DeviceReads, &mut segs),
+            Err(DropReason::ShortHeader)
+        );
+    }
 }

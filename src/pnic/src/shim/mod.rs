@@ -454,8 +454,9 @@ impl<D: PnicDriver> ShimBackend<D> {
         }
     }
 
-    fn submit_tx(&mut self, head: u16, segs: TxSegs) -> Result<(), DropReason> {
+    fn submit_tx(&mut self, head: u16, segs: &[(u64, u32)]) -> Result<(), DropReason> {
         let bytes: u32 = segs.iter().map(|s| s.1).sum();
+        let bounce_seg: [(u64, u32); 1];
         let (segs, bounce) = if segs.len() > self.limits.tx_max_segs {
             // Too fragmented for the NIC: copy into one bounce buffer.
             let Some(i) = self.tx_bounce.alloc() else {
@@ -463,7 +464,7 @@ impl<D: PnicDriver> ShimBackend<D> {
             };
             let mut tmp = vec![0u8; bytes as usize];
             let mut off = 0usize;
-            for (a, l) in &segs {
+            for (a, l) in segs {
                 if self.mem.read_slice(&mut tmp[off..off + *l as usize], GuestAddress(*a)).is_err() {
                     self.tx_bounce.release(i);
                     return Err(DropReason::BadAddress);
@@ -476,12 +477,13 @@ impl<D: PnicDriver> ShimBackend<D> {
             }
             self.metrics.tx_copy_fallback_frames += 1;
             self.metrics.tx_copy_fallback_bytes += u64::from(bytes);
-            (TxSegs::from_slice(&[(self.tx_bounce.iova(i), bytes)]), Some(i))
+            bounce_seg = [(self.tx_bounce.iova(i), bytes)];
+            (&bounce_seg[..], Some(i))
         } else {
             (segs, None)
         };
         let cookie = self.tx.insert(TxSlot { head, bytes, bounce });
-        match self.driver.post_tx(&segs, cookie) {
+        match self.driver.post_tx(segs, cookie) {
             Ok(()) => {
                 if bounce.is_none() {
                     self.metrics.tx_zero_copy += 1;
@@ -535,7 +537,7 @@ impl<D: PnicDriver> ShimBackend<D> {
             }
             let f = self.backlog.pop_front().expect("front exists");
             let head = f.head;
-            if let Err(r) = self.submit_tx(head, segs) {
+            if let Err(r) = self.submit_tx(head, &segs) {
                 self.metrics.drop(r);
                 self.tx_returned.push(Used { head, len: 0 });
             }
@@ -715,12 +717,14 @@ impl<D: PnicDriver> NetBackend for ShimBackend<D> {
         }
         let segs = self.validate_tx(&frame).inspect_err(|r| self.metrics.drop(*r))?;
         let need = segs.len().min(self.limits.tx_max_segs);
-        if !self.backlog.is_empty() || self.driver.tx_free() < need {
+        let mut free = self.driver.tx_free();
+        if !self.backlog.is_empty() || free < need {
             self.reap_tx_completions(false);
             self.drain_backlog();
+            free = self.driver.tx_free();
         }
-        if self.backlog.is_empty() && self.driver.tx_free() >= need {
-            self.submit_tx(frame.head, segs).inspect_err(|r| self.metrics.drop(*r))?;
+        if self.backlog.is_empty() && free >= need {
+            self.submit_tx(frame.head, &segs).inspect_err(|r| self.metrics.drop(*r))?;
             return Ok(false);
         }
         if self.backlog.len() >= TX_BACKLOG {

@@ -356,12 +356,15 @@ impl<D: PnicDriver> ShimBackend<D> {
             let (iova, l) = self.rx_bounce.rx_target(idx);
             (iova, l, RxKind::Bounce(idx))
         };
-        let cookie = self.rx.insert(RxSlot {
-            head,
-            len,
-            segs: RxSegs::from_slice(segs),
-            kind,
-        });
+        let slot = RxSlot { head, len, segs: RxSegs::from_slice(segs), kind };
+        self.hand_to_nic(slot, iova, nic_len)
+    }
+
+    /// Give the NIC `nic_len` bytes at `iova` for `slot` (the tail write
+    /// comes later). On failure everything is undone and the reason returned.
+    fn hand_to_nic(&mut self, slot: RxSlot, iova: u64, nic_len: u32) -> Result<(), DropReason> {
+        let kind = slot.kind;
+        let cookie = self.rx.insert(slot);
         match self.driver.post_rx(iova, nic_len, cookie) {
             Ok(()) => {
                 self.rx_unflushed = true;
@@ -562,28 +565,8 @@ impl<D: PnicDriver> ShimBackend<D> {
             return self.post_checked(ChainRef { head, segs: &segs, len });
         }
         let nic_len = (len - HDR as u32).min(NIC_BUF_MAX);
-        let cookie = self.rx.insert(RxSlot {
-            head,
-            len,
-            segs: RxSegs::from_slice(&[(gpa, len)]),
-            kind: RxKind::ZeroCopy,
-        });
-        match self.driver.post_rx(gpa.0 + HDR, nic_len, cookie) {
-            Ok(()) => {
-                self.rx_unflushed = true;
-                Ok(())
-            }
-            Err(e) => {
-                self.rx.remove(cookie);
-                let reason = match e {
-                    DriverError::RingFull(_) => DropReason::NoBuffer,
-                    _ => DropReason::BackendError,
-                };
-                self.driver_err(e);
-                self.metrics.drop(reason);
-                Err(reason)
-            }
-        }
+        let slot = RxSlot { head, len, segs: RxSegs::from_slice(&[(gpa, len)]), kind: RxKind::ZeroCopy };
+        self.hand_to_nic(slot, gpa.0 + HDR, nic_len).inspect_err(|r| self.metrics.drop(*r))
     }
 
     /// Validate a guest RX buffer and post it (without the tail write).

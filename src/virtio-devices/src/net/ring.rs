@@ -250,30 +250,45 @@ impl SplitRing {
             return Err(DropReason::BadAddress);
         }
         let want_write = dir == Direction::DeviceWrites;
+        let d = self.desc(head);
+        let total = if d.flags & F_INDIRECT != 0 {
+            self.walk_indirect(d, want_write, segs)?
+        } else {
+            self.walk(d, self.size, |i| Ok(self.desc(i)), want_write, segs)?
+        };
+        finish(head, total)
+    }
+
+    /// Follows a chain from its first descriptor `d`, reading successor `i`
+    /// (< `entries`) with `read`; returns the chain's total length. An
+    /// indirect descriptor anywhere but at a chain's head is refused.
+    #[inline]
+    fn walk(
+        &self,
+        mut d: Desc,
+        entries: u16,
+        read: impl Fn(u16) -> Result<Desc, DropReason>,
+        want_write: bool,
+        segs: &mut Vec<(GuestAddress, u32)>,
+    ) -> Result<u64, DropReason> {
         let mut total: u64 = 0;
-        let mut d = self.desc(head);
-        if d.flags & F_INDIRECT != 0 {
-            return self.parse_indirect(head, d, want_write, segs);
-        }
         loop {
             if segs.len() >= MAX_CHAIN_DESCS {
                 return Err(DropReason::ChainTooLong);
             }
             if d.flags & F_INDIRECT != 0 {
-                // Indirect only as a chain's head.
                 return Err(DropReason::BadAddress);
             }
             total += self.check_desc(&d, want_write)?;
             segs.push((GuestAddress(d.addr), d.len));
             if d.flags & F_NEXT == 0 {
-                break;
+                return Ok(total);
             }
-            if d.next >= self.size {
+            if d.next >= entries {
                 return Err(DropReason::ChainTooLong);
             }
-            d = self.desc(d.next);
+            d = read(d.next)?;
         }
-        finish(head, total)
     }
 
     /// One descriptor's checks; its length on success.
@@ -292,25 +307,27 @@ impl SplitRing {
     }
 
     /// The chain in the indirect table `ind` points to (rare on the per-packet
-    /// path: read through vm-memory).
-    fn parse_indirect(
+    /// path: read through vm-memory). A table of more than 65535 entries is
+    /// refused: a chain's u16 `next` could not reach past that anyway.
+    fn walk_indirect(
         &self,
-        head: u16,
         ind: Desc,
         want_write: bool,
         segs: &mut Vec<(GuestAddress, u32)>,
-    ) -> Result<ChainInfo, DropReason> {
+    ) -> Result<u64, DropReason> {
+        let bytes = u64::from(ind.len);
         if ind.flags & F_NEXT != 0
-            || ind.len == 0
-            || !u64::from(ind.len).is_multiple_of(DESC_SIZE)
-            || !self.ram.contains(ind.addr, u64::from(ind.len))
+            || bytes == 0
+            || !bytes.is_multiple_of(DESC_SIZE)
+            || bytes / DESC_SIZE > u64::from(u16::MAX)
+            || !self.ram.contains(ind.addr, bytes)
         {
             return Err(DropReason::BadAddress);
         }
-        let entries = u64::from(ind.len) / DESC_SIZE;
+        let entries = (bytes / DESC_SIZE) as u16;
         let mem = self.ram.mem();
-        let read = |i: u64| -> Result<Desc, DropReason> {
-            let at = ind.addr + i * DESC_SIZE;
+        let read = |i: u16| -> Result<Desc, DropReason> {
+            let at = ind.addr + u64::from(i) * DESC_SIZE;
             let raw: RawDescriptor = mem
                 .read_obj(GuestAddress(at))
                 .map_err(|_| DropReason::BadAddress)?;
@@ -323,27 +340,7 @@ impl SplitRing {
                 next: u16::from_le_bytes(b[14..16].try_into().expect("2 bytes")),
             })
         };
-        let mut total: u64 = 0;
-        let mut i = 0u64;
-        loop {
-            if segs.len() >= MAX_CHAIN_DESCS {
-                return Err(DropReason::ChainTooLong);
-            }
-            let d = read(i)?;
-            if d.flags & F_INDIRECT != 0 {
-                return Err(DropReason::BadAddress);
-            }
-            total += self.check_desc(&d, want_write)?;
-            segs.push((GuestAddress(d.addr), d.len));
-            if d.flags & F_NEXT == 0 {
-                break;
-            }
-            i = u64::from(d.next);
-            if i >= entries {
-                return Err(DropReason::ChainTooLong);
-            }
-        }
-        finish(head, total)
+        self.walk(read(0)?, entries, read, want_write, segs)
     }
 
     /// Publishes a used element for `head` (a head the device took from this

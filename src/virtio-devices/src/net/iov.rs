@@ -1,9 +1,8 @@
 //! Host iovecs over guest memory, so readv/writev move frames straight between
 //! a file descriptor and guest buffers (no copy through a VMM buffer).
 
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
+use vm_memory::{GuestAddress, GuestMemoryBackend};
 
-use super::chain::addr_at;
 use crate::GuestMemory;
 
 /// `IOV_MAX` on Linux: the most iovecs one readv/writev takes.
@@ -90,39 +89,6 @@ impl IovecBuf {
     }
 }
 
-/// Writes `bytes` at byte `offset` of the buffer made of `segs` (header fields
-/// may straddle descriptors). Returns false if the buffer is too short.
-pub fn write_at(
-    mem: &GuestMemory,
-    segs: &[(GuestAddress, u32)],
-    offset: usize,
-    bytes: &[u8],
-) -> bool {
-    // Fast path: the field lies inside one segment (always, for Linux).
-    let mut off = offset;
-    for &(addr, len) in segs {
-        let len = len as usize;
-        if off < len {
-            if off + bytes.len() <= len {
-                return mem
-                    .write_slice(bytes, GuestAddress(addr.0 + off as u64))
-                    .is_ok();
-            }
-            break;
-        }
-        off -= len;
-    }
-    for (i, b) in bytes.iter().enumerate() {
-        let Some(addr) = addr_at(segs, offset + i) else {
-            return false;
-        };
-        if mem.write_obj(*b, addr).is_err() {
-            return false;
-        }
-    }
-    true
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -161,22 +127,5 @@ mod tests {
         assert_eq!(iov.len(), 1);
         iov.clear();
         assert!(iov.is_empty());
-    }
-
-    #[test]
-    fn header_fields_across_segments() {
-        let mem: GuestMemory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
-        let segs = [(GuestAddress(0x100), 11), (GuestAddress(0x800), 100)];
-        assert!(write_at(&mem, &segs, 10, &7u16.to_le_bytes()));
-        assert_eq!(mem.read_obj::<u8>(GuestAddress(0x10a)).unwrap(), 7);
-        assert_eq!(mem.read_obj::<u8>(GuestAddress(0x800)).unwrap(), 0);
-        // Straddling the two segments: byte-wise path.
-        assert!(write_at(&mem, &segs, 10, &0x0304u16.to_le_bytes()));
-        assert_eq!(mem.read_obj::<u8>(GuestAddress(0x10a)).unwrap(), 4);
-        assert_eq!(mem.read_obj::<u8>(GuestAddress(0x800)).unwrap(), 3);
-        // Inside the second segment: fast path.
-        assert!(write_at(&mem, &segs, 20, &[9, 8]));
-        assert_eq!(mem.read_obj::<u16>(GuestAddress(0x809)).unwrap(), 0x0809);
-        assert!(!write_at(&mem, &segs, 110, &[1, 2]));
     }
 }

@@ -22,18 +22,20 @@ use std::io;
 
 use serde_json::json;
 
-use super::backend::{DropReason, NetBackend, RxBuffer, TxFrame, Used, VNET_HDR_LEN};
+use super::backend::{ChainRef, DropReason, NetBackend, RxBuffer, TxFrame, Used, VNET_HDR_LEN};
+use super::chain::addr_at;
 use super::config::{
     F_CSUM, F_GUEST_CSUM, F_GUEST_ECN, F_GUEST_TSO4, F_GUEST_TSO6, F_GUEST_UFO, F_HOST_ECN,
     F_HOST_TSO4, F_HOST_TSO6, F_HOST_UFO, F_MRG_RXBUF, GUEST_GSO_MASK,
 };
 use super::device::HDR_NUM_BUFFERS_OFFSET;
-use super::iov::{write_at, IovecBuf, IOV_MAX};
+use super::iov::{IovecBuf, IOV_MAX};
 use super::link_monitor::LinkMonitor;
 use super::metrics::DropCounters;
 use super::tap_dev::TapDev;
 pub use super::tap_dev::TapError;
 use crate::GuestMemory;
+use vm_memory::{Bytes, GuestAddress};
 
 /// Offset of `flags` in the virtio-net header.
 const HDR_FLAGS_OFFSET: usize = 0;
@@ -126,10 +128,17 @@ struct TapMetrics {
     link_checks: u64,
 }
 
+/// A posted guest buffer. Its segments live only as iovecs in `rx_iov`;
+/// what completion needs besides is kept here (no allocation per buffer).
 struct Posted {
-    buf: RxBuffer,
+    head: u16,
+    len: u32,
     /// How many entries of `rx_iov` belong to this buffer.
     iovs: usize,
+    /// Guest addresses of the header's flags byte and the two bytes of
+    /// num_buffers (a driver may split the header anywhere); None past the
+    /// buffer's end.
+    hdr_at: [Option<GuestAddress>; 3],
 }
 
 /// The tap backend. See the module docs.
@@ -286,7 +295,7 @@ impl TapBackend {
                 }
                 nbufs += 1;
                 niov += p.iovs;
-                cap += p.buf.len as usize;
+                cap += p.len as usize;
                 if !self.mrg_rxbuf || cap >= self.rx_need {
                     break;
                 }
@@ -346,26 +355,36 @@ impl TapBackend {
         let mut left = n;
         for p in &self.rx {
             k += 1;
-            left = left.saturating_sub(p.buf.len as usize);
+            left = left.saturating_sub(p.len as usize);
             if left == 0 {
                 break;
             }
         }
-        let first = &self.rx[0].buf.segs;
-        // The tap writes a 10-byte header and skips num_buffers.
-        write_at(
-            mem,
-            first,
-            HDR_NUM_BUFFERS_OFFSET,
-            &(k as u16).to_le_bytes(),
-        );
+        let [flags_at, nb0, nb1] = self.rx[0].hdr_at;
+        // The tap writes a 10-byte header and skips num_buffers. A failed
+        // write means the guest's buffer left RAM: nothing to repair.
+        let nb = (k as u16).to_le_bytes();
+        match (nb0, nb1) {
+            (Some(a), Some(b)) if a.0.checked_add(1) == Some(b.0) => {
+                let _ = mem.write_slice(&nb, a);
+            }
+            _ => {
+                for (at, b) in [(nb0, nb[0]), (nb1, nb[1])] {
+                    if let Some(at) = at {
+                        let _ = mem.write_obj(b, at);
+                    }
+                }
+            }
+        }
         if !self.guest_csum {
             // DATA_VALID may only be set when GUEST_CSUM was negotiated.
-            write_at(mem, first, HDR_FLAGS_OFFSET, &[0]);
+            if let Some(at) = flags_at {
+                let _ = mem.write_obj(0u8, at);
+            }
         }
         let mut left = n;
         for _ in 0..k {
-            let len = left.min(self.rx[0].buf.len as usize);
+            let len = left.min(self.rx[0].len as usize);
             left -= len;
             self.complete_front(len as u32);
         }
@@ -376,9 +395,9 @@ impl TapBackend {
     fn complete_front(&mut self, len: u32) {
         if let Some(p) = self.rx.pop_front() {
             self.rx_iov_start += p.iovs;
-            self.rx_posted_bytes -= p.buf.len as usize;
+            self.rx_posted_bytes -= p.len as usize;
             self.rx_done.push(Used {
-                head: p.buf.head,
+                head: p.head,
                 len,
             });
         }
@@ -429,21 +448,36 @@ impl NetBackend for TapBackend {
     }
 
     fn post_rx(&mut self, mem: &GuestMemory, buf: RxBuffer) -> Result<(), (RxBuffer, DropReason)> {
+        let chain = ChainRef { head: buf.head, segs: &buf.segs, len: buf.len };
+        match self.post_rx_chain(mem, chain) {
+            Ok(()) => Ok(()),
+            Err(r) => Err((buf, r)),
+        }
+    }
+
+    /// Keeps the segments as iovecs only: no allocation per buffer.
+    fn post_rx_chain(&mut self, mem: &GuestMemory, chain: ChainRef<'_>) -> Result<(), DropReason> {
         if self.rx.len() >= MAX_POSTED_RX {
-            return Err((buf, DropReason::NoBuffer));
+            return Err(DropReason::NoBuffer);
         }
         let before = self.rx_iov.len();
         // Generous limit: a buffer is at most MAX_CHAIN_DESCS segments, each
         // split only at memory-region boundaries.
-        if self.rx_iov.push_segs(mem, &buf.segs, usize::MAX).is_none() {
-            return Err((buf, DropReason::BadAddress));
+        if self.rx_iov.push_segs(mem, chain.segs, usize::MAX).is_none() {
+            return Err(DropReason::BadAddress);
         }
         let iovs = self.rx_iov.len() - before;
         if self.rx_mem.is_none() {
             self.rx_mem = Some(mem.clone());
         }
-        self.rx_posted_bytes += buf.len as usize;
-        self.rx.push_back(Posted { buf, iovs });
+        self.rx_posted_bytes += chain.len as usize;
+        let at = |off| addr_at(chain.segs, off);
+        self.rx.push_back(Posted {
+            head: chain.head,
+            len: chain.len,
+            iovs,
+            hdr_at: [at(HDR_FLAGS_OFFSET), at(HDR_NUM_BUFFERS_OFFSET), at(HDR_NUM_BUFFERS_OFFSET + 1)],
+        });
         Ok(())
     }
 
@@ -452,6 +486,11 @@ impl NetBackend for TapBackend {
     }
 
     fn send(&mut self, mem: &GuestMemory, frame: TxFrame) -> Result<bool, DropReason> {
+        self.send_chain(mem, ChainRef { head: frame.head, segs: &frame.segs, len: frame.len })
+    }
+
+    /// writev straight from the lent segments: no allocation per frame.
+    fn send_chain(&mut self, mem: &GuestMemory, frame: ChainRef<'_>) -> Result<bool, DropReason> {
         let fail = |m: &mut TapMetrics, r| {
             m.tx_drops.add(r);
             Err(r)
@@ -463,7 +502,7 @@ impl NetBackend for TapBackend {
             return fail(&mut self.m, DropReason::FrameTooLong);
         }
         self.tx_iov.clear();
-        if self.tx_iov.push_segs(mem, &frame.segs, IOV_MAX).is_none() {
+        if self.tx_iov.push_segs(mem, frame.segs, IOV_MAX).is_none() {
             self.tx_iov.clear();
             return fail(&mut self.m, DropReason::BadAddress);
         }

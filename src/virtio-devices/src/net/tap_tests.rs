@@ -359,6 +359,36 @@ fn tap_rx_single_buffers_and_truncation() {
     assert!(tap.rx_stalled());
 }
 
+/// A driver may split the header anywhere: num_buffers (bytes 10-11) half
+/// in one descriptor, half in the next; the flags byte in a 1-byte first one.
+#[test]
+fn tap_rx_header_split_across_descriptors() {
+    if !taps_available("tap_rx_header_split_across_descriptors") {
+        return;
+    }
+    let name = unique_name();
+    let mut tap = TapBackend::open(&name).unwrap();
+    set_up(&name);
+    let host = HostEnd::new(&name);
+    let mem = guest_mem();
+    tap.set_features(F_VERSION_1).unwrap();
+    mem.write_slice(&[0xaa; 16], GuestAddress(0x1000)).unwrap();
+    mem.write_slice(&[0xaa; 16], GuestAddress(0x3000)).unwrap();
+    let buf = RxBuffer {
+        head: 7,
+        segs: vec![(GuestAddress(0x1000), 11), (GuestAddress(0x3000), 1519)],
+        len: 1530,
+    };
+    tap.post_rx(&mem, buf).unwrap();
+    let f = test_frame(200, 9);
+    host.send(&f);
+    assert_eq!(pump_rx(&mut tap, &mem, 1), vec![Used { head: 7, len: 212 }]);
+    assert_eq!(read(&mem, 0x1000 + 10, 1), vec![1], "num_buffers low byte, end of the first descriptor");
+    assert_eq!(read(&mem, 0x3000, 1), vec![0], "num_buffers high byte, start of the second");
+    assert_eq!(read(&mem, 0x1000, 1), vec![0], "flags cleared without GUEST_CSUM");
+    assert_eq!(read(&mem, 0x3000 + 1, 200), f, "payload after the header");
+}
+
 #[test]
 fn tap_rx_mergeable_buffers_and_stall() {
     if !taps_available("tap_rx_mergeable_buffers_and_stall") {

@@ -160,7 +160,9 @@ def mem_section(d, md, js):
     out = {}
     for r in rs:
         if "error" in r:
-            md.append(f"| {r['vmm']} | failed: {r['error'][:200]} | | |")
+            # The reason only: no console tail (escape codes, newlines) in a table cell.
+            why = r['error'].split("; last console lines")[0].replace("\n", " ").replace("|", "/")
+            md.append(f"| {r['vmm']} | failed: {why[:200]} | | |")
             continue
         out[r["vmm"]] = r
         md.append(f"| {r['vmm']} | {r['rss_kib']/1024:.1f} | {r['guest_ram_rss_kib']/1024:.1f} | {r['overhead_kib']/1024:.1f} |")

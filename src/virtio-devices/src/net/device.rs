@@ -1,7 +1,9 @@
 //! The virtio-net device: one RX/TX queue pair, VERSION_1 only.
 //!
-//! The device owns the virtqueues. It pops chains, validates them
-//! ([`super::chain`]) and hands them to a [`NetBackend`] as [`RxBuffer`]s /
+//! The device owns the virtqueues, through its own split-ring code
+//! ([`super::ring`]: rings resolved to host addresses once, at activation).
+//! It pops chains, validates them ([`super::ring::SplitRing::parse`]) and
+//! hands them to a [`NetBackend`] as [`RxBuffer`]s /
 //! [`TxFrame`]s; completions go back to the used rings. All queue and backend
 //! work happens on the event-loop thread (`MutEventSubscriber::process`); the
 //! transport's vCPU-thread calls (`activate`, `reset`, config access) only

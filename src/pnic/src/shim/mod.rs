@@ -332,17 +332,8 @@ impl<D: PnicDriver> ShimBackend<D> {
     /// `post_checked`) to the NIC, zero-copy if its shape allows. The NIC
     /// sees it only after the next [`Self::flush_rx_posted`].
     fn post_slot(&mut self, head: u16, segs: &[(GuestAddress, u32)], len: u32) -> Result<(), DropReason> {
-        let max_write = u64::from(self.limits.rx_max_write);
         let zero_copy = match segs {
-            [(gpa, len)] => {
-                let nic_iova = gpa.0.checked_add(HDR);
-                *len >= MIN_ZERO_COPY_BUF
-                    && u64::from(*len) >= HDR + max_write
-                    && nic_iova.is_some_and(|a| a % self.limits.rx_align == 0)
-                    // The NIC may write max_write bytes at GPA+12: all of it in RAM.
-                    && in_ram(&self.ram, gpa.0, HDR + max_write)
-                    && in_ram(&self.ram, gpa.0, u64::from(*len))
-            }
+            [(gpa, len)] => self.zero_copy_fits(*gpa, *len),
             _ => false,
         };
         let (iova, nic_len, kind) = if zero_copy {
@@ -358,6 +349,17 @@ impl<D: PnicDriver> ShimBackend<D> {
         };
         let slot = RxSlot { head, len, segs: RxSegs::from_slice(segs), kind };
         self.hand_to_nic(slot, iova, nic_len)
+    }
+
+    /// Whether the one-segment buffer `gpa`+`len` can take a frame straight
+    /// from the NIC at GPA+12: big enough for the largest frame the NIC
+    /// writes after the header (so every NIC write lies inside the segment),
+    /// the NIC's alignment, and the whole segment inside guest RAM.
+    fn zero_copy_fits(&self, gpa: GuestAddress, len: u32) -> bool {
+        len >= MIN_ZERO_COPY_BUF
+            && u64::from(len) >= HDR + u64::from(self.limits.rx_max_write)
+            && gpa.0.checked_add(HDR).is_some_and(|a| a % self.limits.rx_align == 0)
+            && in_ram(&self.ram, gpa.0, u64::from(len))
     }
 
     /// Give the NIC `nic_len` bytes at `iova` for `slot` (the tail write
@@ -552,15 +554,7 @@ impl<D: PnicDriver> ShimBackend<D> {
     /// in one pass (the segment and everything the NIC may write inside guest
     /// RAM); any other shape takes `post_checked`.
     fn post_one_segment(&mut self, head: u16, gpa: GuestAddress, len: u32) -> Result<(), DropReason> {
-        let max_write = u64::from(self.limits.rx_max_write);
-        let fits = self.started
-            && !self.failed
-            && len >= MIN_ZERO_COPY_BUF
-            && u64::from(len) >= HDR + max_write
-            && gpa.0.checked_add(HDR).is_some_and(|a| a % self.limits.rx_align == 0)
-            // len >= HDR + max_write: the NIC's writes lie inside the segment.
-            && in_ram(&self.ram, gpa.0, u64::from(len));
-        if !fits {
+        if !(self.started && !self.failed && self.zero_copy_fits(gpa, len)) {
             let segs = [(gpa, len)];
             return self.post_checked(ChainRef { head, segs: &segs, len });
         }

@@ -3,13 +3,15 @@
 //! `virtio_devices::net::Net` device moves frames through either
 //! - `tap`: `TapBackend` on a real tap device, frames injected/consumed on the
 //!   host side through an AF_PACKET socket bound to the tap, or
-//! - `shim`: `ShimBackend` over the software NIC model, whose "DMA" writes
-//!   frames straight into the posted guest buffers (GPA + 12).
+//! - `shim`: `ShimBackend` over the product's igb driver, which runs on a
+//!   software 82576 (`pnic::model::igb_hw`: registers, descriptor rings in DMA
+//!   memory); the model's "DMA" writes frames straight into the posted guest
+//!   buffers (GPA + 12). The VMM side is thus the code that drives a real NIC.
 //!
 //! What is timed as "VMM" is only `bench_vmm_work` (the event loop: device +
 //! backend, including the tap's readv/writev syscalls); the simulated guest
-//! and the NIC side (`bench_nic_work`: AF_PACKET send/recv, or the model's
-//! DMA) are timed apart. Under `valgrind --tool=callgrind` the two functions'
+//! and the NIC side (`bench_nic_work`: AF_PACKET send/recv, or the model
+//! hardware's descriptor processing and DMA) are timed apart. Under `valgrind --tool=callgrind` the two functions'
 //! inclusive instruction counts give instructions per packet (tools/bench).
 //!
 //!   cargo bench -p pnic --bench net_datapath -- [--frames N] [SCENARIO...]
@@ -22,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use event_manager::{EventManager, SubscriberOps};
-use pnic::model::{ModelConfig, ModelHandle, NicModel};
+use pnic::model::igb_hw::{igb_on_model, HwRx, IgbHw};
 use pnic::shim::ShimBackend;
 use virtio_devices::net::config::{F_EVENT_IDX, F_MRG_RXBUF, F_VERSION_1};
 use virtio_devices::net::device::{RX_QUEUE, TX_QUEUE};
@@ -191,7 +193,7 @@ impl HostEnd {
 
 enum Nic {
     Tap { host: HostEnd, name: String },
-    Model(ModelHandle),
+    Igb(IgbHw),
 }
 
 struct Bench {
@@ -213,24 +215,20 @@ fn bench_vmm_work(em: &mut EventManager<Arc<Mutex<Net>>>) {
 }
 
 /// The NIC's work: the wire delivers `n` frames (tap: AF_PACKET sends; shim:
-/// the model's DMA into posted buffers), or completes TX (tap: the host reads
-/// what the tap sent; shim: the model reads the posted TX buffers).
+/// the 82576 model takes RX descriptors and DMAs into their buffers), or
+/// completes TX (tap: the host reads what the tap sent; shim: the model walks
+/// the TX descriptors and reads their segments).
 #[inline(never)]
 fn bench_nic_work(nic: &Nic, frame: &[u8], n: usize, rx: bool, scratch: &mut [u8]) -> u64 {
     match (nic, rx) {
         (Nic::Tap { host, .. }, true) => (0..n).filter(|_| host.send(frame)).count() as u64,
         (Nic::Tap { host, .. }, false) => host.drain(scratch, frame.len()),
-        (Nic::Model(h), true) => {
-            // The model logs every posted buffer and DMA write for the tests;
-            // drop the logs here (NIC side) so they do not grow without bound.
-            h.clear_records();
-            (0..n)
-                .filter(|_| matches!(h.inject_rx(frame), pnic::model::InjectOutcome::Delivered { .. }))
-                .count() as u64
-        }
-        (Nic::Model(h), false) => {
-            h.clear_records();
-            h.complete_tx() as u64
+        (Nic::Igb(hw), true) => (0..n).filter(|_| matches!(hw.inject_rx(frame), HwRx::Delivered { .. })).count() as u64,
+        (Nic::Igb(hw), false) => {
+            let want = frame.len();
+            let mut good = 0;
+            hw.complete_tx(|f| good += u64::from(f.len() == want));
+            good
         }
     }
 }
@@ -260,9 +258,8 @@ impl Bench {
             let host = HostEnd::new(&name);
             (Box::new(tap), Nic::Tap { host, name })
         } else {
-            let cfg = ModelConfig { auto_tx: false, ..ModelConfig::default() };
-            let (m, h) = NicModel::new(&mem, cfg).unwrap();
-            (Box::new(ShimBackend::new(m, &mem, MAC).unwrap()), Nic::Model(h))
+            let (igb, hw) = igb_on_model(&mem, MAC).expect("igb driver bring-up on the 82576 model");
+            (Box::new(ShimBackend::new(igb, &mem, MAC).unwrap()), Nic::Igb(hw))
         };
         let (rx, rxq) = Driver::new(&mem, 0);
         let (tx, txq) = Driver::new(&mem, 0x1_0000);

@@ -4,11 +4,12 @@
 //! (interrupt setup, queue enable/disable handshake, receive configuration).
 
 use std::marker::PhantomData;
-use std::os::unix::io::RawFd;
+use std::os::unix::io::{AsRawFd, RawFd};
 use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
 
 use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
 
 use super::regs::*;
 use super::ring::{DescLayout, RxRing, TxRing};
@@ -61,6 +62,9 @@ pub struct E1000<F: Family, R: RegisterAccess> {
     iova: IovaAllocator,
     /// The VFIO handle when running on hardware; dropped last.
     nic: Option<VfioNic>,
+    /// Interrupt eventfds of a NIC that is not behind VFIO (a hardware
+    /// model in benchmarks and tests); unused when `nic` is set.
+    model_irqs: Vec<Arc<EventFd>>,
     family: PhantomData<fn() -> F>,
 }
 
@@ -99,6 +103,7 @@ impl<F: Family, R: RegisterAccess> E1000<F, R> {
             mapper,
             iova,
             nic: None,
+            model_irqs: Vec::new(),
             family: PhantomData,
         };
         d.init_hw()?;
@@ -151,6 +156,12 @@ impl<F: Family, R: RegisterAccess> E1000<F, R> {
 
     pub fn mac(&self) -> [u8; 6] {
         self.mac
+    }
+
+    /// Wire the interrupts of a NIC without VFIO (a hardware model): vector
+    /// `i` is `irqs[i]`, as MSI-X vectors are on hardware.
+    pub fn set_model_irqs(&mut self, irqs: Vec<Arc<EventFd>>) {
+        self.model_irqs = irqs;
     }
 }
 
@@ -260,11 +271,16 @@ impl<F: Family, R: RegisterAccess> PnicDriver for E1000<F, R> {
     }
 
     fn irq_fds(&self) -> Vec<RawFd> {
-        self.nic.as_ref().map(|n| n.raw_irq_fds()).unwrap_or_default()
+        match &self.nic {
+            Some(n) => n.raw_irq_fds(),
+            None => self.model_irqs.iter().map(|e| e.as_raw_fd()).collect(),
+        }
     }
 
     fn handle_irq(&mut self, index: usize) -> Result<(), DriverError> {
         if let Some(fd) = self.nic.as_ref().and_then(|n| n.irq_fds().get(index)) {
+            let _ = fd.read();
+        } else if let Some(fd) = self.model_irqs.get(index) {
             let _ = fd.read();
         }
         F::handle_irq(self, index)

@@ -7,6 +7,7 @@
 //! can assert on addresses, and it times its own DMA work so benchmarks can
 //! report it apart from the VMM's.
 
+pub mod igb_hw;
 pub mod iommu;
 
 use std::collections::VecDeque;

@@ -1,0 +1,456 @@
+//! A software 82576 (the hardware side, not a driver) so that the product's
+//! own [`Igb`] driver can run without a NIC: in benchmarks (the shim's VMM
+//! cost is then the real driver's cost, not a stand-in's) and in tests.
+//!
+//! What it models is what the driver relies on: the register file (reset,
+//! PHY, queue enables, interrupt causes), the RX and TX descriptor rings in
+//! DMA memory that the driver programs through RDBA/RDLEN/RDH/RDT and their
+//! TX twins, advanced one-buffer RX write-back (status DD/EOP and length),
+//! TX write-back (DD on RS descriptors), the receive filter (receive address
+//! 0, broadcast, multicast with RCTL.MPE) and the frame cap (RLPML). Every
+//! DMA goes through a [`ModelIommu`], so the model reaches only what the
+//! driver mapped (guest RAM and its rings), like the NIC behind VFIO.
+//!
+//! The tail registers are atomics: a tail write is one store, as the MMIO
+//! write is on the NIC, so the driver's hot path is measured as it runs on
+//! hardware. The rest of the register file sits behind a mutex (slow path).
+
+use std::collections::HashMap;
+use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::ModelIommu;
+use crate::dma::{DmaMapper, IovaAllocator};
+use crate::driver::{DriverError, RegisterAccess};
+use crate::e1000_common::regs::DESC_SIZE;
+use crate::igb::regs::*;
+use crate::igb::{Igb, IgbConfig};
+
+/// The 16-byte advanced descriptors' fields the model reads and writes.
+const DESC_ADDR_OFF: u64 = 0;
+const TXD_CMD_OFF: u64 = 8;
+const TXD_LEN_MASK: u32 = 0xffff;
+/// RX write-back error bit the model sets when its DMA write faults (RXE).
+const RXD_ERR_RXE: u32 = 1 << 29;
+
+/// Counters of what the model's hardware did (its own work, not the driver's).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct IgbHwStats {
+    /// Frames written into posted RX buffers.
+    pub rx_frames: u64,
+    pub rx_bytes: u64,
+    /// Frames dropped for want of a posted buffer (RDH == RDT), as MPC counts.
+    pub rx_no_buffer: u64,
+    /// Frames the receive filter or the frame cap dropped.
+    pub rx_filtered: u64,
+    pub rx_oversized: u64,
+    /// DMA accesses the IOMMU refused.
+    pub dma_faults: u64,
+    /// Frames transmitted.
+    pub tx_frames: u64,
+    pub tx_bytes: u64,
+}
+
+struct Inner {
+    /// Configuration registers (slow path).
+    regs: Mutex<HashMap<u32, u32>>,
+    rdh: AtomicU32,
+    rdt: AtomicU32,
+    tdh: AtomicU32,
+    tdt: AtomicU32,
+    /// Interrupt cause bits not yet read (EICR is clear-on-read).
+    eicr: AtomicU32,
+    resets: AtomicU64,
+    iommu: Arc<ModelIommu>,
+    irq: Arc<EventFd>,
+    stats: Mutex<IgbHwStats>,
+}
+
+/// BAR0 of the model, given to the driver.
+#[derive(Clone)]
+pub struct IgbHwRegs(Arc<Inner>);
+
+/// The wire side of the model: frames arrive, transmissions complete.
+#[derive(Clone)]
+pub struct IgbHw(Arc<Inner>);
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl RegisterAccess for IgbHwRegs {
+    fn read32(&self, off: u32) -> u32 {
+        let h = &self.0;
+        match off {
+            RDH0 => h.rdh.load(Ordering::Acquire),
+            RDT0 => h.rdt.load(Ordering::Acquire),
+            TDH0 => h.tdh.load(Ordering::Acquire),
+            TDT0 => h.tdt.load(Ordering::Acquire),
+            EICR | ICR => h.eicr.swap(0, Ordering::AcqRel),
+            _ => lock(&h.regs).get(&off).copied().unwrap_or(0),
+        }
+    }
+
+    fn write32(&self, off: u32, v: u32) {
+        let h = &self.0;
+        match off {
+            RDT0 => h.rdt.store(v, Ordering::Release),
+            TDT0 => h.tdt.store(v, Ordering::Release),
+            RDH0 => h.rdh.store(v, Ordering::Release),
+            TDH0 => h.tdh.store(v, Ordering::Release),
+            CTRL if v & CTRL_RST != 0 => {
+                // A global reset: queues off, rings forgotten, link down until
+                // the PHY is told to negotiate again; completes at once.
+                let mut r = lock(&h.regs);
+                r.clear();
+                r.insert(CTRL, v & !CTRL_RST);
+                for a in [&h.rdh, &h.rdt, &h.tdh, &h.tdt, &h.eicr] {
+                    a.store(0, Ordering::Release);
+                }
+                h.resets.fetch_add(1, Ordering::Relaxed);
+            }
+            MDIC => {
+                // The PHY answers at once; restarting autonegotiation brings
+                // the link up.
+                let mut r = lock(&h.regs);
+                let restart = (v >> MDIC_REG_SHIFT) & 0x1f == PHY_CTRL
+                    && v & MDIC_DATA_MASK == PHY_CTRL_AUTONEG_RESTART
+                    && v & MDIC_OP_WRITE != 0;
+                if restart {
+                    *r.entry(STATUS).or_default() |= STATUS_LU;
+                }
+                r.insert(MDIC, v | MDIC_READY);
+            }
+            _ => {
+                lock(&h.regs).insert(off, v);
+            }
+        }
+    }
+}
+
+impl Inner {
+    fn reg(&self, r: &HashMap<u32, u32>, off: u32) -> u32 {
+        r.get(&off).copied().unwrap_or(0)
+    }
+
+    fn ring(&self, r: &HashMap<u32, u32>, bal: u32, bah: u32, len: u32) -> (u64, u32) {
+        let base = u64::from(self.reg(r, bal)) | (u64::from(self.reg(r, bah)) << 32);
+        (base, self.reg(r, len) / DESC_SIZE as u32)
+    }
+
+    fn signal(&self) {
+        self.eicr.fetch_or(1, Ordering::AcqRel);
+        let _ = self.irq.write(1);
+    }
+}
+
+fn accepts(r: &HashMap<u32, u32>, rctl: u32, dst: &[u8]) -> bool {
+    if dst[0] & 1 == 1 {
+        // Broadcast needs BAM, other multicast MPE (the driver sets both).
+        let bcast = dst.iter().all(|b| *b == 0xff);
+        return if bcast { rctl & RCTL_BAM != 0 } else { rctl & RCTL_MPE != 0 };
+    }
+    if rctl & RCTL_UPE != 0 {
+        return true;
+    }
+    let ral = r.get(&RAL0).copied().unwrap_or(0).to_le_bytes();
+    let rah = r.get(&RAH0).copied().unwrap_or(0);
+    rah & RAH_AV != 0 && dst[..4] == ral && dst[4..6] == rah.to_le_bytes()[..2]
+}
+
+/// Outcome of one frame offered to the model's receive side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HwRx {
+    /// Written into the buffer of this RX descriptor.
+    Delivered { desc: u32, buffer: u64 },
+    /// RX disabled or no descriptor between RDH and RDT: dropped.
+    NoBuffer,
+    Filtered,
+    Oversized,
+    /// The buffer address was not mapped: the descriptor is written back
+    /// with an error and nothing lands in memory.
+    Fault,
+}
+
+impl IgbHw {
+    /// A frame arrives from the wire.
+    pub fn inject_rx(&self, frame: &[u8]) -> HwRx {
+        let h = &self.0;
+        let (base, size, cap, bsize, ok_filter) = {
+            let r = lock(&h.regs);
+            let rctl = h.reg(&r, RCTL);
+            let on = rctl & RCTL_EN != 0 && h.reg(&r, RXDCTL0) & RXDCTL_ENABLE != 0;
+            if !on {
+                lock(&h.stats).rx_no_buffer += 1;
+                return HwRx::NoBuffer;
+            }
+            let (base, size) = h.ring(&r, RDBAL0, RDBAH0, RDLEN0);
+            let bsize = ((h.reg(&r, SRRCTL0) >> SRRCTL_BSIZEPKT_SHIFT) & 0x7f) * SRRCTL_BSIZEPKT_UNIT;
+            let ok = frame.len() >= 14 && accepts(&r, rctl, &frame[..6]);
+            (base, size, h.reg(&r, RLPML), bsize, ok)
+        };
+        if !ok_filter {
+            lock(&h.stats).rx_filtered += 1;
+            return HwRx::Filtered;
+        }
+        if frame.len() as u32 > cap || frame.len() as u32 > bsize {
+            // One buffer per frame: the driver programs RLPML ≤ the buffer size.
+            lock(&h.stats).rx_oversized += 1;
+            return HwRx::Oversized;
+        }
+        let head = h.rdh.load(Ordering::Acquire);
+        let tail = h.rdt.load(Ordering::Acquire);
+        if size == 0 || head == tail || tail >= size {
+            lock(&h.stats).rx_no_buffer += 1;
+            return HwRx::NoBuffer;
+        }
+        let desc = base + u64::from(head) * DESC_SIZE;
+        let mut addr = [0u8; 8];
+        if !h.iommu.read(desc + DESC_ADDR_OFF, &mut addr) {
+            lock(&h.stats).dma_faults += 1;
+            return HwRx::Fault;
+        }
+        let buffer = u64::from_le_bytes(addr);
+        let landed = h.iommu.write(buffer, frame);
+        // Write-back: the whole descriptor is rewritten; length first, then
+        // the status word with DD, which is what the driver polls.
+        let mut wb = [0u8; DESC_SIZE as usize];
+        let len = if landed { frame.len() as u16 } else { 0 };
+        wb[RXD_LEN_OFF as usize..RXD_LEN_OFF as usize + 2].copy_from_slice(&len.to_le_bytes());
+        let _ = h.iommu.write(desc, &wb[..RXD_STATUS_OFF as usize]);
+        let _ = h.iommu.write(desc + RXD_LEN_OFF, &wb[RXD_LEN_OFF as usize..]);
+        fence(Ordering::Release);
+        let status = RXD_STAT_DD | RXD_STAT_EOP | if landed { 0 } else { RXD_ERR_RXE };
+        let _ = h.iommu.write(desc + RXD_STATUS_OFF, &status.to_le_bytes());
+        h.rdh.store((head + 1) % size, Ordering::Release);
+        {
+            let mut st = lock(&h.stats);
+            if landed {
+                st.rx_frames += 1;
+                st.rx_bytes += frame.len() as u64;
+            } else {
+                st.dma_faults += 1;
+            }
+        }
+        h.signal();
+        if landed {
+            HwRx::Delivered { desc: head, buffer }
+        } else {
+            HwRx::Fault
+        }
+    }
+
+    /// Send everything between TDH and TDT; `sink` gets each frame as the
+    /// wire sees it. Returns the frames sent.
+    pub fn complete_tx(&self, mut sink: impl FnMut(&[u8])) -> usize {
+        let h = &self.0;
+        let (base, size, on) = {
+            let r = lock(&h.regs);
+            let (base, size) = h.ring(&r, TDBAL0, TDBAH0, TDLEN0);
+            (base, size, h.reg(&r, TCTL) & TCTL_EN != 0 && h.reg(&r, TXDCTL0) & TXDCTL_ENABLE != 0)
+        };
+        let tail = h.tdt.load(Ordering::Acquire);
+        if !on || size == 0 || tail >= size {
+            return 0;
+        }
+        let mut head = h.tdh.load(Ordering::Acquire);
+        let mut frame = Vec::new();
+        let mut sent = 0;
+        let mut ok = true;
+        while head != tail {
+            let desc = base + u64::from(head) * DESC_SIZE;
+            let mut d = [0u8; DESC_SIZE as usize];
+            if !h.iommu.read(desc, &mut d) {
+                lock(&h.stats).dma_faults += 1;
+                break;
+            }
+            let addr = u64::from_le_bytes(d[..8].try_into().unwrap());
+            let cmd = u32::from_le_bytes(d[TXD_CMD_OFF as usize..TXD_CMD_OFF as usize + 4].try_into().unwrap());
+            let len = (cmd & TXD_LEN_MASK) as usize;
+            let at = frame.len();
+            frame.resize(at + len, 0);
+            if !h.iommu.read(addr, &mut frame[at..]) {
+                lock(&h.stats).dma_faults += 1;
+                ok = false;
+            }
+            if cmd & TXD_CMD_RS != 0 {
+                fence(Ordering::Release);
+                let _ = h.iommu.write(desc + TXD_STATUS_OFF, &TXD_STAT_DD.to_le_bytes());
+            }
+            head = (head + 1) % size;
+            if cmd & TXD_CMD_EOP != 0 {
+                if ok {
+                    sink(&frame);
+                    let mut st = lock(&h.stats);
+                    st.tx_frames += 1;
+                    st.tx_bytes += frame.len() as u64;
+                    sent += 1;
+                }
+                frame.clear();
+                ok = true;
+            }
+        }
+        h.tdh.store(head, Ordering::Release);
+        if sent > 0 {
+            h.signal();
+        }
+        sent
+    }
+
+    pub fn stats(&self) -> IgbHwStats {
+        *lock(&self.0.stats)
+    }
+
+    /// Global resets the driver issued.
+    pub fn resets(&self) -> u64 {
+        self.0.resets.load(Ordering::Relaxed)
+    }
+
+    /// The emulated IOMMU in front of the model (what it can reach).
+    pub fn iommu(&self) -> &ModelIommu {
+        &self.0.iommu
+    }
+}
+
+/// The product's igb driver over a fresh model whose IOMMU maps all of
+/// `guest` (IOVA = GPA), with one interrupt vector; link up.
+pub fn igb_on_model(guest: &GuestMemoryMmap, mac: [u8; 6]) -> Result<(Igb<IgbHwRegs>, IgbHw), DriverError> {
+    let iommu = Arc::new(ModelIommu::new());
+    iommu.map(guest).map_err(DriverError::DmaMap)?;
+    let irq = Arc::new(EventFd::new(EFD_NONBLOCK).map_err(|e| DriverError::DmaMap(e.to_string()))?);
+    let inner = Arc::new(Inner {
+        regs: Mutex::default(),
+        rdh: AtomicU32::new(0),
+        rdt: AtomicU32::new(0),
+        tdh: AtomicU32::new(0),
+        tdt: AtomicU32::new(0),
+        eicr: AtomicU32::new(0),
+        resets: AtomicU64::new(0),
+        iommu: iommu.clone(),
+        irq: irq.clone(),
+        stats: Mutex::default(),
+    });
+    let mut cfg = IgbConfig::new(mac);
+    cfg.link_timeout = Duration::from_millis(100);
+    let mapper: Arc<dyn DmaMapper> = iommu;
+    let mut d = Igb::new(IgbHwRegs(inner.clone()), mapper, IovaAllocator::above(guest), cfg, 1)?;
+    d.set_model_irqs(vec![irq]);
+    Ok((d, IgbHw(inner)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::driver::{PnicDriver, RxCompletion, TxCompletion};
+    use vm_memory::{Bytes, GuestAddress};
+
+    const MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
+
+    fn setup() -> (GuestMemoryMmap, Igb<IgbHwRegs>, IgbHw) {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let (mut d, hw) = igb_on_model(&mem, MAC).unwrap();
+        d.start().unwrap();
+        (mem, d, hw)
+    }
+
+    fn frame(dst: [u8; 6], len: usize) -> Vec<u8> {
+        let mut f: Vec<u8> = (0..len).map(|i| i as u8).collect();
+        f[..6].copy_from_slice(&dst);
+        f
+    }
+
+    #[test]
+    fn rx_lands_in_the_posted_buffer_and_completes_with_its_cookie() {
+        let (mem, mut d, hw) = setup();
+        assert_eq!(hw.inject_rx(&frame(MAC, 100)), HwRx::NoBuffer, "nothing posted yet");
+        d.post_rx(0x1000, 2048, 7).unwrap();
+        assert_eq!(hw.inject_rx(&frame(MAC, 100)), HwRx::NoBuffer, "posted but the tail is not written");
+        d.flush_rx().unwrap();
+        d.post_rx(0x2000, 2048, 8).unwrap();
+        d.flush_rx().unwrap();
+        let f = frame(MAC, 1514);
+        assert_eq!(hw.inject_rx(&f), HwRx::Delivered { desc: 0, buffer: 0x1000 });
+        assert_eq!(hw.inject_rx(&frame([0xff; 6], 60)), HwRx::Delivered { desc: 1, buffer: 0x2000 });
+        assert_eq!(hw.inject_rx(&frame(MAC, 60)), HwRx::NoBuffer, "ring drained");
+        let mut got = vec![0u8; f.len()];
+        mem.read_slice(&mut got, GuestAddress(0x1000)).unwrap();
+        assert_eq!(got, f);
+        let mut out = Vec::new();
+        d.reap_rx(&mut out).unwrap();
+        assert_eq!(
+            out,
+            vec![
+                RxCompletion { cookie: 7, len: 1514, eop: true, error: false },
+                RxCompletion { cookie: 8, len: 60, eop: true, error: false }
+            ]
+        );
+        assert_eq!(hw.stats().rx_no_buffer, 3);
+    }
+
+    #[test]
+    fn rx_filter_and_frame_cap_drop_in_the_nic() {
+        let (_mem, mut d, hw) = setup();
+        d.post_rx(0x1000, 2048, 1).unwrap();
+        d.flush_rx().unwrap();
+        assert_eq!(hw.inject_rx(&frame([0x52, 0x54, 0, 0, 0, 9], 100)), HwRx::Filtered);
+        assert_eq!(hw.inject_rx(&frame(MAC, crate::igb::RX_MAX_FRAME as usize + 1)), HwRx::Oversized);
+        let mut out = Vec::new();
+        d.reap_rx(&mut out).unwrap();
+        assert!(out.is_empty());
+        d.set_mac_filter([0x52, 0x54, 0, 0, 0, 9]).unwrap();
+        assert!(matches!(hw.inject_rx(&frame([0x52, 0x54, 0, 0, 0, 9], 100)), HwRx::Delivered { .. }));
+    }
+
+    #[test]
+    fn rx_to_an_unmapped_buffer_faults_and_completes_with_an_error() {
+        let (_mem, mut d, hw) = setup();
+        // Above the 1 MiB of guest RAM the IOMMU maps (and not a ring).
+        d.post_rx(0x40_0000_0000, 2048, 3).unwrap();
+        d.flush_rx().unwrap();
+        assert_eq!(hw.inject_rx(&frame(MAC, 64)), HwRx::Fault);
+        let mut out = Vec::new();
+        d.reap_rx(&mut out).unwrap();
+        assert_eq!(out.len(), 1);
+        assert!(out[0].error && out[0].cookie == 3, "{out:?}");
+        assert_eq!(hw.stats().dma_faults, 1);
+    }
+
+    #[test]
+    fn tx_frames_are_gathered_from_their_segments_and_completed() {
+        let (mem, mut d, hw) = setup();
+        let f = frame([0xff; 6], 300);
+        mem.write_slice(&f[..100], GuestAddress(0x3000)).unwrap();
+        mem.write_slice(&f[100..], GuestAddress(0x5000)).unwrap();
+        d.post_tx(&[(0x3000, 100), (0x5000, 200)], 11).unwrap();
+        d.post_tx(&[(0x3000, 60)], 12).unwrap();
+        let mut wire = Vec::new();
+        assert_eq!(hw.complete_tx(|fr| wire.push(fr.to_vec())), 2);
+        assert_eq!(wire, vec![f.clone(), f[..60].to_vec()]);
+        let mut out = Vec::new();
+        d.reap_tx(&mut out).unwrap();
+        assert_eq!(out, vec![TxCompletion { cookie: 11 }, TxCompletion { cookie: 12 }]);
+        assert_eq!(hw.complete_tx(|_| {}), 0, "nothing new between TDH and TDT");
+    }
+
+    #[test]
+    fn quiesce_stops_rx_and_the_interrupt_fd_is_the_drivers() {
+        let (_mem, mut d, hw) = setup();
+        assert_eq!(d.irq_fds().len(), 1);
+        d.post_rx(0x1000, 2048, 1).unwrap();
+        d.flush_rx().unwrap();
+        d.quiesce().unwrap();
+        assert_eq!(hw.inject_rx(&frame(MAC, 64)), HwRx::NoBuffer, "queues stopped");
+        d.start().unwrap();
+        d.post_rx(0x1000, 2048, 2).unwrap();
+        d.flush_rx().unwrap();
+        assert!(matches!(hw.inject_rx(&frame(MAC, 64)), HwRx::Delivered { .. }));
+        d.handle_irq(0).unwrap();
+        let mut out = Vec::new();
+        d.reap_rx(&mut out).unwrap();
+        assert_eq!(out[0].cookie, 2, "the buffer posted before quiesce is forgotten");
+    }
+}

@@ -175,7 +175,7 @@ def mem_section(d, md, js):
         if "error" in r:
             # The reason only: no console tail (escape codes, newlines) in a table cell.
             why = r['error'].split("; last console lines")[0].replace("\n", " ").replace("|", "/")
-            md.append(f"| {r['vmm']} | failed: {why[:200]} | | |")
+            md.append(f"| {r['vmm']} | attempt {r.get('attempt', 1)} failed: {why[:200]} | | |")
             continue
         out[r["vmm"]] = r
         md.append(f"| {r['vmm']} | {r['rss_kib']/1024:.1f} | {r['guest_ram_rss_kib']/1024:.1f} | {r['overhead_kib']/1024:.1f} |")

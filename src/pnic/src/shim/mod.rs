@@ -644,19 +644,15 @@ impl<D: PnicDriver> NetBackend for ShimBackend<D> {
         r.map_err(|reason| (buf, reason))
     }
 
-    /// Posts and writes the tail at once, like `post_rx`. Deferring the tail
-    /// write to `rx_posted_batch_done` (one MMIO write per refill) is what the
-    /// trait allows, but with it one end-to-end run on the igb lost every
-    /// frame of the guest's first ping (not reproduced; the next run passed),
-    /// so the shim keeps the per-buffer write until that is understood.
+    /// Posts without the tail write: the device ends every refill with
+    /// `rx_posted_batch_done`, which makes the whole batch visible to the NIC
+    /// with one MMIO write instead of one per buffer.
     fn post_rx_chain(&mut self, mem: &GuestMemory, chain: ChainRef<'_>) -> Result<(), DropReason> {
         let _ = mem;
-        let r = match chain.segs {
+        match chain.segs {
             [(gpa, len)] => self.post_one_segment(chain.head, *gpa, *len),
             _ => self.post_checked(chain),
-        };
-        self.flush_rx_posted();
-        r
+        }
     }
 
     fn rx_posted_batch_done(&mut self) {

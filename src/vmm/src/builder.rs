@@ -14,7 +14,8 @@ use crate::config::{NetBackendConfig, VmConfig};
 use crate::devices::bus::{Bus, BusDevice};
 use crate::devices::legacy::acpi_pm::AcpiPmDevice;
 use crate::devices::legacy::i8042::I8042;
-use crate::devices::legacy::serial::{ConsoleOut, SerialDevice};
+use crate::devices::legacy::serial::{ConsoleOut, KvmThrCoalescing, SerialDevice};
+use crate::vstate::coalesced::CoalescedRing;
 use crate::devices::legacy::EventFdTrigger;
 use crate::exit::{ExitHandle, ExitReason};
 use crate::layout::*;
@@ -139,9 +140,56 @@ fn write_json_atomic(path: &Path, value: &serde_json::Value) -> std::io::Result<
     std::fs::rename(&tmp, path)
 }
 
+/// The guest console and what may still hold its output when the VM stops.
+struct Console {
+    serial: Arc<Mutex<SerialDevice<ConsoleOut>>>,
+    ring: Option<Arc<CoalescedRing>>,
+    pio: Arc<Bus>,
+}
+
+impl Console {
+    fn flush(&self) {
+        if let Some(r) = &self.ring {
+            r.drain(|port, data| {
+                self.pio.write(port, data);
+            });
+        }
+        self.serial.lock().unwrap_or_else(|p| p.into_inner()).flush_output();
+    }
+}
+
+/// Lets console bytes bypass user space (see devices/legacy/serial.rs) when
+/// KVM can coalesce port writes. Returns the ring the vCPUs replay.
+fn coalesce_console(
+    vm: &Vm,
+    vcpus: &mut [Vcpu],
+    serial: &Arc<Mutex<SerialDevice<ConsoleOut>>>,
+) -> Option<Arc<CoalescedRing>> {
+    let page = vm.coalesced_pio_ring_page()?;
+    let ring = match vcpus.first()?.map_coalesced_ring(page) {
+        Ok(r) => r,
+        Err(e) => {
+            log::warn!("cannot map KVM's coalesced I/O ring ({e}); console bytes exit one by one");
+            return None;
+        }
+    };
+    for v in vcpus.iter_mut() {
+        v.set_coalesced_ring(ring.clone());
+    }
+    let c = KvmThrCoalescing { vm: vm.shared_fd(), port: COM1_PORT };
+    let mut console = serial.lock().unwrap_or_else(|p| p.into_inner());
+    console.enable_coalescing(Box::new(c));
+    if console.is_coalescing() {
+        log::info!("console: KVM coalesces COM1 transmit writes");
+    }
+    drop(console);
+    Some(ring)
+}
+
 pub struct Vmm {
     _vm: Vm,
     _mem: GuestMemory,
+    console: Console,
     event_manager: EventManager<Subscriber>,
     handle: VmmHandle,
     _vcpus: Vec<JoinHandle<()>>,
@@ -198,6 +246,7 @@ impl Vmm {
         if let Err(e) = self.handle.flush_metrics() {
             log::error!("cannot write metrics: {e}");
         }
+        self.console.flush();
         reason
     }
 }
@@ -331,6 +380,7 @@ pub fn build(config: &VmConfig) -> Result<Vmm, BuildError> {
         vcpu.configure(&vm, config.vcpus, kernel.entry.0)?;
         vcpus.push(vcpu);
     }
+    let ring = coalesce_console(&vm, &mut vcpus, &serial);
     let threads = vcpus
         .into_iter()
         .map(|v| v.spawn(pio.clone(), mmio.clone(), exit.clone()))
@@ -339,6 +389,7 @@ pub fn build(config: &VmConfig) -> Result<Vmm, BuildError> {
     Ok(Vmm {
         _vm: vm,
         _mem: mem,
+        console: Console { serial, ring, pio },
         event_manager: em,
         handle: VmmHandle {
             i8042,

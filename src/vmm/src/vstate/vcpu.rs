@@ -7,6 +7,7 @@ use std::thread::JoinHandle;
 use kvm_bindings::{kvm_msr_entry, Msrs, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 
+use super::coalesced::CoalescedRing;
 use super::cpuid;
 use super::regs;
 use super::vm::Vm;
@@ -51,6 +52,18 @@ pub enum VcpuError {
 pub struct Vcpu {
     id: u8,
     fd: VcpuFd,
+    /// KVM's coalesced port writes, replayed before every exit is handled.
+    ring: Option<Arc<CoalescedRing>>,
+}
+
+/// Replays the guest's coalesced port writes onto the port bus, so that the
+/// exit about to be handled sees the device state the guest expects.
+fn replay(ring: Option<&CoalescedRing>, pio: &Bus) {
+    if let Some(r) = ring {
+        r.drain(|port, data| {
+            pio.write(port, data);
+        });
+    }
 }
 
 fn boot_msrs() -> [(u32, u64); 11] {
@@ -83,7 +96,17 @@ fn set_apic_lvt(regs: &mut [i8], reg: usize, mode: u32) {
 impl Vcpu {
     pub fn new(vm: &Vm, id: u8) -> Result<Vcpu, VcpuError> {
         let fd = vm.fd().create_vcpu(u64::from(id)).map_err(|err| VcpuError::Create { id, err })?;
-        Ok(Vcpu { id, fd })
+        Ok(Vcpu { id, fd, ring: None })
+    }
+
+    /// Maps KVM's coalesced I/O ring through this vCPU (`page`: its page
+    /// offset from [`Vm::coalesced_pio_ring_page`]); one mapping serves all vCPUs.
+    pub fn map_coalesced_ring(&self, page: i32) -> std::io::Result<Arc<CoalescedRing>> {
+        CoalescedRing::map(&self.fd, page).map(Arc::new)
+    }
+
+    pub fn set_coalesced_ring(&mut self, ring: Arc<CoalescedRing>) {
+        self.ring = Some(ring);
     }
 
     /// CPUID, MSRs, registers, FPU and LAPIC for a 64-bit boot. Only the boot
@@ -156,8 +179,20 @@ impl Vcpu {
     }
 
     fn run(&mut self, pio: &Bus, mmio: &Bus) -> ExitReason {
+        let reason = self.run_until_stopped(pio, mmio);
+        // What the guest wrote last must not be lost with it.
+        replay(self.ring.as_deref(), pio);
+        reason
+    }
+
+    fn run_until_stopped(&mut self, pio: &Bus, mmio: &Bus) -> ExitReason {
+        let ring = self.ring.clone();
+        let ring = ring.as_deref();
         loop {
-            let err = match self.fd.run() {
+            let exit = self.fd.run();
+            // Writes KVM coalesced happened before this exit: replay them first.
+            replay(ring, pio);
+            let err = match exit {
                 Ok(VcpuExit::IoIn(port, data)) => {
                     pio.read(u64::from(port), data);
                     continue;

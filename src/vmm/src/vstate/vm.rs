@@ -1,5 +1,7 @@
 //! The KVM VM: in-kernel irqchip and PIT, guest memory slots, irqfds/ioeventfds.
 
+use std::sync::Arc;
+
 use kvm_bindings::{
     kvm_irqchip, kvm_pit_config, kvm_userspace_memory_region, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE,
     KVM_PIT_SPEAKER_DUMMY,
@@ -61,7 +63,8 @@ fn mask_legacy_pic(fd: &VmFd) -> Result<(), kvm_ioctls::Error> {
 
 pub struct Vm {
     kvm: Kvm,
-    fd: VmFd,
+    /// Shared with the serial console, which (un)registers its coalesced port.
+    fd: Arc<VmFd>,
 }
 
 impl Vm {
@@ -95,7 +98,7 @@ impl Vm {
         mask_legacy_pic(&fd).map_err(setup("KVM_SET_IRQCHIP (8259)"))?;
         let pit = kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
         fd.create_pit2(pit).map_err(setup("KVM_CREATE_PIT2"))?;
-        Ok(Vm { kvm, fd })
+        Ok(Vm { kvm, fd: Arc::new(fd) })
     }
 
     /// The 8259 state KVM holds for `chip` (KVM_IRQCHIP_PIC_MASTER/SLAVE).
@@ -104,6 +107,19 @@ impl Vm {
         self.fd.get_irqchip(&mut c)?;
         // SAFETY: chip_id names a PIC, so KVM filled the `pic` member of the union.
         Ok(unsafe { c.chip.pic })
+    }
+
+    /// The VM fd, for the devices that register I/O ranges with KVM while the VM runs.
+    pub fn shared_fd(&self) -> Arc<VmFd> {
+        self.fd.clone()
+    }
+
+    /// Page offset of KVM's coalesced I/O ring in a vCPU's mmap, if this KVM
+    /// coalesces port writes (KVM_CAP_COALESCED_PIO).
+    pub fn coalesced_pio_ring_page(&self) -> Option<i32> {
+        let pio = self.fd.check_extension_int(kvm_ioctls::Cap::CoalescedPio);
+        let page = self.fd.check_extension_int(kvm_ioctls::Cap::CoalescedMmio);
+        (pio > 0 && page > 0).then_some(page)
     }
 
     pub fn kvm(&self) -> &Kvm {

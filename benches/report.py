@@ -110,7 +110,7 @@ def boot_section(d, md, js):
     if not rs:
         return
     md.append("## 2. Boot time in the testbed (shimvmm vs QEMU microvm)\n")
-    md.append(meta(d, "guest") + "\n")
+    md.append((meta(d, "guest.boot") or meta(d, "guest")) + "\n")
     md.append("Same Alpine kernel, initrd, command line, 2 vCPUs, 512 MiB, a private copy of the rootfs with the "
               "harness's boot-probe script; host wall clock from spawn to the console line. Runs alternate "
               "shimvmm/QEMU in one L1 boot (when an L1 ends before both VMMs have their good runs, a fresh L1 runs the "
@@ -167,6 +167,8 @@ def mem_section(d, md, js):
     if not rs:
         return
     md.append("## 3. Memory overhead (RSS minus guest RAM), 512 MiB Alpine idle at its login prompt\n")
+    if meta(d, "guest.mem"):
+        md.append(meta(d, "guest.mem") + "\n")
     md.append("From /proc/PID/smaps in the testbed, 5 s after `login:` appeared: total Rss minus the Rss of the "
               "guest-RAM mapping (for both VMMs the largest anonymous mapping of ≥ 512 MiB).\n")
     md.append("| VMM | RSS (MiB) | guest RAM resident (MiB) | overhead (MiB) |\n|---|---|---|---|")

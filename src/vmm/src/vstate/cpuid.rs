@@ -24,8 +24,12 @@ const ECX_LEVEL_TYPE_SHIFT: u32 = 8;
 /// Leaf 0x8000_0001 ECX bit 1: CmpLegacy (AMD multi-core).
 const LEAF_EXT_FEATURES: u32 = 0x8000_0001;
 const ECX_CMP_LEGACY: u32 = 1 << 1;
-/// Leaf 0x8000_0008 ECX[7:0]: number of cores - 1 (AMD).
+/// Leaf 0x8000_0008 ECX[7:0]: number of cores - 1; ECX[15:12]: APIC id bits
+/// that number a core within the package (AMD).
 const LEAF_ADDR_SIZES: u32 = 0x8000_0008;
+const ECX_NC_MASK: u32 = 0xff;
+const ECX_CORE_ID_SIZE_SHIFT: u32 = 12;
+const ECX_CORE_ID_SIZE_MASK: u32 = 0xf << ECX_CORE_ID_SIZE_SHIFT;
 /// Leaf 0x8000_001E (AMD topology extension): EAX extended APIC id.
 const LEAF_AMD_TOPOLOGY: u32 = 0x8000_001e;
 
@@ -44,6 +48,7 @@ pub fn normalize(cpuid: &mut CpuId, cpu_id: u8, nvcpus: u8) {
     let apic_id = u32::from(cpu_id);
     let n = u32::from(nvcpus);
     let core_bits = bits_for(n);
+    add_missing_core_levels(cpuid);
     for e in cpuid.as_mut_slice().iter_mut() {
         match e.function {
             LEAF_FEATURES => {
@@ -70,7 +75,10 @@ pub fn normalize(cpuid: &mut CpuId, cpu_id: u8, nvcpus: u8) {
                 }
             }
             LEAF_ADDR_SIZES => {
-                e.ecx = (e.ecx & !0xff) | (n - 1);
+                // NC (cores - 1) and ApicIdCoreIdSize (APIC id bits per package).
+                e.ecx = (e.ecx & !(ECX_NC_MASK | ECX_CORE_ID_SIZE_MASK))
+                    | (n - 1)
+                    | (core_bits << ECX_CORE_ID_SIZE_SHIFT);
             }
             LEAF_AMD_TOPOLOGY => {
                 e.eax = apic_id;
@@ -78,6 +86,22 @@ pub fn normalize(cpuid: &mut CpuId, cpu_id: u8, nvcpus: u8) {
                 e.ecx = 0;
             }
             _ => {}
+        }
+    }
+}
+
+/// KVM on AMD hosts lists leaf 0xb with its SMT subleaf only. A guest reading
+/// that sees one thread per package, i.e. every vCPU a socket of its own (and
+/// then marks the TSC unsynchronized, as it assumes for multi-socket AMD).
+/// Adds the core subleaf wherever a topology leaf lacks it.
+fn add_missing_core_levels(cpuid: &mut CpuId) {
+    for leaf in [LEAF_EXT_TOPOLOGY, LEAF_V2_EXT_TOPOLOGY] {
+        let has = |i: u32| cpuid.as_slice().iter().any(|e| e.function == leaf && e.index == i);
+        if has(0) && !has(1) {
+            let core = kvm_cpuid_entry2 { function: leaf, index: 1, flags: KVM_CPUID_FLAG_SIGNIFCANT_INDEX, ..Default::default() };
+            if cpuid.push(core).is_err() {
+                log::warn!("CPUID: no room for leaf {leaf:#x}.1; the guest may see one socket per vCPU");
+            }
         }
     }
 }
@@ -119,6 +143,24 @@ mod tests {
         assert_eq!(bits_for(3), 2);
         assert_eq!(bits_for(4), 2);
         assert_eq!(bits_for(5), 3);
+    }
+
+    #[test]
+    fn a_topology_leaf_without_its_core_level_gets_one() {
+        // What KVM_GET_SUPPORTED_CPUID gives on an AMD host: 0xb.0 only.
+        let mut c = CpuId::from_entries(&[entry(0xb, 0), entry(0x8000_0008, 0)]).unwrap();
+        c.as_mut_slice()[1].ecx = 0x7001; // the host's 128-thread package
+        normalize(&mut c, 0, 2);
+        let s = c.as_slice();
+        let core = s.iter().find(|e| e.function == 0xb && e.index == 1).expect("core level added");
+        assert_eq!(core.ecx >> ECX_LEVEL_TYPE_SHIFT, LEVEL_TYPE_CORE);
+        assert_eq!((core.eax, core.ebx), (1, 2), "shift 1, two logical CPUs in the package");
+        assert_ne!(core.flags & KVM_CPUID_FLAG_SIGNIFCANT_INDEX, 0);
+        let addr = s.iter().find(|e| e.function == 0x8000_0008).unwrap();
+        assert_eq!(addr.ecx & ECX_NC_MASK, 1);
+        assert_eq!((addr.ecx & ECX_CORE_ID_SIZE_MASK) >> ECX_CORE_ID_SIZE_SHIFT, 1);
+        // Leaf 0x1f is not invented where KVM has none.
+        assert!(!s.iter().any(|e| e.function == 0x1f));
     }
 
     #[test]

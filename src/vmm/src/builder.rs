@@ -149,11 +149,7 @@ struct Console {
 
 impl Console {
     fn flush(&self) {
-        if let Some(r) = &self.ring {
-            r.drain(|port, data| {
-                self.pio.write(port, data);
-            });
-        }
+        crate::vstate::vcpu::replay(self.ring.as_deref(), &self.pio);
         self.serial.lock().unwrap_or_else(|p| p.into_inner()).flush_output();
     }
 }

@@ -58,7 +58,7 @@ pub struct Vcpu {
 
 /// Replays the guest's coalesced port writes onto the port bus, so that the
 /// exit about to be handled sees the device state the guest expects.
-fn replay(ring: Option<&CoalescedRing>, pio: &Bus) {
+pub(crate) fn replay(ring: Option<&CoalescedRing>, pio: &Bus) {
     if let Some(r) = ring {
         r.drain(|port, data| {
             pio.write(port, data);

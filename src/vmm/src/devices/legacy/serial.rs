@@ -151,7 +151,11 @@ impl<W: Write + Send> SerialDevice<W> {
         }
         match c.set(want) {
             Ok(()) => self.coalesced = want,
-            Err(e) if want => log::warn!("serial: cannot coalesce console writes ({e}); every byte exits"),
+            Err(e) if want => {
+                // Not retried on every later IER write: one warning, then plain exits.
+                log::warn!("serial: cannot coalesce console writes ({e}); every byte exits");
+                self.coalescing = None;
+            }
             Err(e) => {
                 // Still registered: THRE interrupts would wait for the next exit.
                 log::error!("serial: cannot stop coalescing console writes ({e}); interrupt-driven output may lag");
@@ -334,5 +338,11 @@ mod tests {
         *rec.1.lock().unwrap() = true;
         s.write(u64::from(IER), &[0x00]);
         assert!(!s.is_coalescing());
+        // ... and it is not asked again.
+        *rec.1.lock().unwrap() = false;
+        s.write(u64::from(IER), &[0x02]);
+        s.write(u64::from(IER), &[0x00]);
+        assert!(!s.is_coalescing());
+        assert_eq!(rec.0.lock().unwrap().len(), 6);
     }
 }

@@ -134,6 +134,13 @@ impl DmaArea {
         &self.mem
     }
 
+    /// Start of the area's host mapping (page-aligned, `len()` bytes, alive
+    /// as long as `self`). For views that check their bounds once, when they
+    /// are built (the descriptor rings), instead of on every access.
+    pub(crate) fn host_ptr(&self) -> NonNull<u8> {
+        self.host
+    }
+
     /// Whether `[iova, iova+len)` lies inside this area.
     pub fn contains(&self, iova: u64, len: u64) -> bool {
         iova >= self.iova

@@ -9,10 +9,11 @@
 
 use std::collections::VecDeque;
 use std::marker::PhantomData;
-use std::sync::atomic::Ordering;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, Ordering};
 
 use super::regs::{DESC_SIZE, RXD_STAT_DD, RXD_STAT_EOP, TXD_STATUS_OFF, TXD_STAT_DD};
-use crate::dma::{DmaArea, DmaError};
+use crate::dma::DmaArea;
 use crate::driver::{DriverError, RxCompletion, TxCompletion};
 
 /// Per-descriptor buffer length limit (the length field is 16 bits).
@@ -36,20 +37,96 @@ pub trait DescLayout {
 /// Ring sizes are driver constants, not input: a wrong one is a bug.
 fn check_size(area: &DmaArea, size: usize) {
     assert!(
-        size >= 2 && size as u64 * DESC_SIZE <= area.len() as u64,
-        "a ring of {size} descriptors does not fit its {}-byte DMA area",
+        size >= 2 && size.is_power_of_two() && size as u64 * DESC_SIZE <= area.len() as u64,
+        "a ring of {size} descriptors (a power of two) does not fit its {}-byte DMA area",
         area.len()
     );
 }
 
-fn bad(e: DmaError) -> DriverError {
-    DriverError::BadBuffer(e.to_string())
+/// A descriptor field: its byte offset must leave room for the field inside
+/// the descriptor and be naturally aligned. Layouts are constants, so a bad
+/// one is a bug caught when the first ring is built.
+fn check_field(off: u64, len: u64) {
+    assert!(
+        off + len <= DESC_SIZE && off.is_multiple_of(len),
+        "descriptor field at byte {off} (+{len}) is misaligned or outside a {DESC_SIZE}-byte descriptor"
+    );
 }
+
+/// The descriptors of one ring, addressed by slot. The area's bounds and the
+/// layout's field offsets are checked once, in [`Descs::new`]; a slot index
+/// is reduced modulo the (power-of-two) ring size, so no per-packet access
+/// has an error path.
+struct Descs {
+    area: DmaArea,
+    base: NonNull<u8>,
+    mask: usize,
+}
+
+impl Descs {
+    fn new(area: DmaArea, size: usize, fields: &[(u64, u64)]) -> Self {
+        check_size(&area, size);
+        for &(off, len) in fields {
+            check_field(off, len);
+        }
+        let base = area.host_ptr();
+        Descs { area, base, mask: size - 1 }
+    }
+
+    /// Pointer to byte `off` of descriptor `slot` (taken modulo the size).
+    #[inline]
+    fn field(&self, slot: usize, off: u64) -> *mut u8 {
+        let at = (slot & self.mask) as u64 * DESC_SIZE + off;
+        // SAFETY: slot & mask < size and size * DESC_SIZE <= area.len()
+        // (check_size); every caller passes an `off` that check_field
+        // accepted (field + its length inside the descriptor), so the byte
+        // lies inside the area's mapping, which lives as long as `self`.
+        unsafe { self.base.as_ptr().add(at as usize) }
+    }
+
+    #[inline]
+    fn u64_at(&self, slot: usize, off: u64) -> &AtomicU64 {
+        // SAFETY: inside the area (see `field`), 8-byte aligned (the area is
+        // page-aligned, DESC_SIZE and `off` multiples of 8: check_field);
+        // the NIC shares this memory, so it is only accessed atomically.
+        unsafe { &*self.field(slot, off).cast::<AtomicU64>() }
+    }
+
+    #[inline]
+    fn u32_at(&self, slot: usize, off: u64) -> &AtomicU32 {
+        // SAFETY: as for u64_at, with 4-byte alignment.
+        unsafe { &*self.field(slot, off).cast::<AtomicU32>() }
+    }
+
+    #[inline]
+    fn u16_at(&self, slot: usize, off: u64) -> &AtomicU16 {
+        // SAFETY: as for u64_at, with 2-byte alignment.
+        unsafe { &*self.field(slot, off).cast::<AtomicU16>() }
+    }
+
+    /// Zero every descriptor.
+    fn clear(&self) {
+        let _ = self.area.write(0, &vec![0u8; self.area.len()]);
+    }
+}
+
+// SAFETY: `base` points into the mapping `area` owns (DmaArea is Send and
+// Sync); Descs only reaches it through atomics.
+unsafe impl Send for Descs {}
+
+/// Byte offsets of the RX descriptor's second quadword and the TX
+/// descriptor's command/status words.
+const QW1: u64 = 8;
+const TXD_CMD_WORD: u64 = 8;
+const TXD_OLINFO_WORD: u64 = 12;
 
 /// The RX ring: posted buffers wait here until the NIC writes DD.
 pub struct RxRing<L> {
-    area: DmaArea,
-    cookies: Vec<Option<u64>>,
+    descs: Descs,
+    /// The caller's cookie of each posted slot; valid for the `count` slots
+    /// from `head`.
+    cookies: Vec<u64>,
+    size: usize,
     head: usize,
     tail: usize,
     count: usize,
@@ -63,13 +140,15 @@ pub struct RxRing<L> {
 }
 
 impl<L: DescLayout> RxRing<L> {
-    /// A ring of `size` descriptors at the start of `area` for a NIC that
-    /// never writes more than `max_frame` bytes into one buffer.
+    /// A ring of `size` descriptors (a power of two) at the start of `area`
+    /// for a NIC that never writes more than `max_frame` bytes into one
+    /// buffer.
     pub fn new(area: DmaArea, size: usize, max_frame: u32) -> Self {
-        check_size(&area, size);
+        let fields = [(0, 8), (QW1, 8), (L::RXD_STATUS_OFF, 4), (L::RXD_LEN_OFF, 2)];
         RxRing {
-            area,
-            cookies: vec![None; size],
+            descs: Descs::new(area, size, &fields),
+            cookies: vec![0; size],
+            size,
             head: 0,
             tail: 0,
             count: 0,
@@ -81,12 +160,12 @@ impl<L: DescLayout> RxRing<L> {
 
     /// The descriptor memory (the NIC's RDBA; tests poke write-backs here).
     pub fn area(&self) -> &DmaArea {
-        &self.area
+        &self.descs.area
     }
 
     /// Ring length in bytes (RDLEN).
     pub fn bytes(&self) -> u32 {
-        (self.cookies.len() as u64 * DESC_SIZE) as u32
+        (self.size as u64 * DESC_SIZE) as u32
     }
 
     /// The slot after the last posted buffer (RDT).
@@ -97,21 +176,21 @@ impl<L: DescLayout> RxRing<L> {
     /// Buffers that can still be posted (one slot stays empty: head == tail
     /// means empty to the NIC).
     pub fn free(&self) -> usize {
-        self.cookies.len() - 1 - self.count
+        self.size - 1 - self.count
     }
 
     /// Forget every posted buffer and zero the descriptors (after the NIC
     /// stopped DMA or was reset).
     pub fn reset(&mut self) {
-        self.cookies.iter_mut().for_each(|c| *c = None);
         self.head = 0;
         self.tail = 0;
         self.count = 0;
         self.in_fragment = false;
-        let _ = self.area.write(0, &vec![0u8; self.area.len()]);
+        self.descs.clear();
     }
 
     /// Put a buffer at the tail; the NIC sees it after the driver writes RDT.
+    #[inline]
     pub fn post(&mut self, iova: u64, len: u32, cookie: u64) -> Result<(), DriverError> {
         let max = self.max_frame;
         if len < max || iova & 1 != 0 {
@@ -119,18 +198,15 @@ impl<L: DescLayout> RxRing<L> {
                 "RX buffer {iova:#x}+{len} must be 2-byte aligned and at least {max} bytes"
             )));
         }
-        if self.free() == 0 {
+        if self.count + 1 >= self.size {
             return Err(DriverError::RingFull("RX"));
         }
         let slot = self.tail;
-        let off = slot as u64 * DESC_SIZE;
         // Buffer address; the second quadword zeroed (which also clears DD).
-        self.area
-            .store(off, iova, Ordering::Relaxed)
-            .and_then(|_| self.area.store(off + 8, 0u64, Ordering::Relaxed))
-            .map_err(bad)?;
-        self.cookies[slot] = Some(cookie);
-        self.tail = (slot + 1) % self.cookies.len();
+        self.descs.u64_at(slot, 0).store(iova.to_le(), Ordering::Relaxed);
+        self.descs.u64_at(slot, QW1).store(0, Ordering::Relaxed);
+        self.cookies[slot] = cookie;
+        self.tail = (slot + 1) & (self.size - 1);
         self.count += 1;
         Ok(())
     }
@@ -139,28 +215,23 @@ impl<L: DescLayout> RxRing<L> {
     pub fn reap(&mut self, out: &mut Vec<RxCompletion>) -> Result<(), DriverError> {
         while self.count > 0 {
             let slot = self.head;
-            let off = slot as u64 * DESC_SIZE;
-            let status: u32 = self.area.load(off + L::RXD_STATUS_OFF, Ordering::Acquire).map_err(bad)?;
+            let status = u32::from_le(self.descs.u32_at(slot, L::RXD_STATUS_OFF).load(Ordering::Acquire));
             if status & RXD_STAT_DD == 0 {
                 break;
             }
-            let len: u16 = self.area.load(off + L::RXD_LEN_OFF, Ordering::Acquire).map_err(bad)?;
-            let len = u32::from(len);
-            let cookie = self.cookies[slot].take();
-            self.head = (slot + 1) % self.cookies.len();
+            let len = u32::from(u16::from_le(self.descs.u16_at(slot, L::RXD_LEN_OFF).load(Ordering::Relaxed)));
+            self.head = (slot + 1) & (self.size - 1);
             self.count -= 1;
             let eop = status & RXD_STAT_EOP != 0;
             let fragment = self.in_fragment;
             self.in_fragment = !eop;
-            if let Some(cookie) = cookie {
-                out.push(RxCompletion {
-                    cookie,
-                    // Never report more than the NIC may write (defence in depth).
-                    len: len.min(self.max_frame),
-                    eop,
-                    error: fragment || status & L::RXD_ERR_FRAME != 0 || len > self.max_frame,
-                });
-            }
+            out.push(RxCompletion {
+                cookie: self.cookies[slot],
+                // Never report more than the NIC may write (defence in depth).
+                len: len.min(self.max_frame),
+                eop,
+                error: fragment || status & L::RXD_ERR_FRAME != 0 || len > self.max_frame,
+            });
         }
         Ok(())
     }
@@ -176,7 +247,7 @@ struct TxInFlight {
 
 /// The TX ring: one descriptor per segment, one cookie per frame.
 pub struct TxRing<L> {
-    area: DmaArea,
+    descs: Descs,
     size: usize,
     tail: usize,
     used: usize,
@@ -187,16 +258,16 @@ pub struct TxRing<L> {
 }
 
 impl<L: DescLayout> TxRing<L> {
-    /// A ring of `size` descriptors at the start of `area` for frames of at
-    /// most `max_frame` bytes in at most `max_segs` segments.
+    /// A ring of `size` descriptors (a power of two) at the start of `area`
+    /// for frames of at most `max_frame` bytes in at most `max_segs` segments.
     pub fn new(area: DmaArea, size: usize, max_frame: u32, max_segs: usize) -> Self {
-        check_size(&area, size);
+        let fields = [(0, 8), (TXD_CMD_WORD, 4), (TXD_OLINFO_WORD, 4), (TXD_STATUS_OFF, 4)];
         TxRing {
-            area,
+            descs: Descs::new(area, size, &fields),
             size,
             tail: 0,
             used: 0,
-            inflight: VecDeque::new(),
+            inflight: VecDeque::with_capacity(size),
             max_frame,
             max_segs,
             layout: PhantomData,
@@ -205,7 +276,7 @@ impl<L: DescLayout> TxRing<L> {
 
     /// The descriptor memory (the NIC's TDBA; tests poke write-backs here).
     pub fn area(&self) -> &DmaArea {
-        &self.area
+        &self.descs.area
     }
 
     /// Ring length in bytes (TDLEN).
@@ -228,7 +299,7 @@ impl<L: DescLayout> TxRing<L> {
         self.tail = 0;
         self.used = 0;
         self.inflight.clear();
-        let _ = self.area.write(0, &vec![0u8; self.area.len()]);
+        self.descs.clear();
     }
 
     /// Queue one frame of `segs` (IOVA, length); the NIC sees it after the
@@ -251,15 +322,12 @@ impl<L: DescLayout> TxRing<L> {
         let mut slot = self.tail;
         let mut last = slot;
         for (i, &(iova, len)) in segs.iter().enumerate() {
-            let off = slot as u64 * DESC_SIZE;
             let [w8, w12] = L::tx_words(len, i + 1 == segs.len(), total as u32);
-            self.area
-                .store(off, iova, Ordering::Relaxed)
-                .and_then(|_| self.area.store(off + 8, w8, Ordering::Relaxed))
-                .and_then(|_| self.area.store(off + 12, w12, Ordering::Relaxed))
-                .map_err(bad)?;
+            self.descs.u64_at(slot, 0).store(iova.to_le(), Ordering::Relaxed);
+            self.descs.u32_at(slot, TXD_CMD_WORD).store(w8.to_le(), Ordering::Relaxed);
+            self.descs.u32_at(slot, TXD_OLINFO_WORD).store(w12.to_le(), Ordering::Relaxed);
             last = slot;
-            slot = (slot + 1) % self.size;
+            slot = (slot + 1) & (self.size - 1);
         }
         self.tail = slot;
         self.used += segs.len();
@@ -270,8 +338,7 @@ impl<L: DescLayout> TxRing<L> {
     /// Hand back every frame whose last descriptor has DD, in order.
     pub fn reap(&mut self, out: &mut Vec<TxCompletion>) -> Result<(), DriverError> {
         while let Some(f) = self.inflight.front().copied() {
-            let off = f.last as u64 * DESC_SIZE + TXD_STATUS_OFF;
-            let status: u32 = self.area.load(off, Ordering::Acquire).map_err(bad)?;
+            let status = u32::from_le(self.descs.u32_at(f.last, TXD_STATUS_OFF).load(Ordering::Acquire));
             if status & TXD_STAT_DD == 0 {
                 break;
             }

@@ -12,10 +12,12 @@
 
 pub mod bounce;
 pub mod metrics;
+pub mod rx_table;
 pub mod slab;
 
 use std::collections::VecDeque;
 use std::os::unix::io::RawFd;
+use std::ptr::NonNull;
 
 use smallvec::SmallVec;
 use virtio_devices::net::backend::{ChainRef, DropReason, NetBackend, RxBuffer, TxFrame, Used, VNET_HDR_LEN};
@@ -30,6 +32,7 @@ use crate::igb::{self, IgbConfig, IgbOpenError};
 use crate::vfio::{precheck, HostPaths, DEVICE_82574L};
 use bounce::{BouncePool, BOUNCE_BUF_SIZE};
 pub use metrics::ShimMetrics;
+use rx_table::{RxHeld, RxKind, RxTable};
 use slab::CookieSlab;
 
 /// VIRTIO_NET_F_MRG_RXBUF: makes a Linux guest post single-segment buffers
@@ -68,23 +71,8 @@ pub enum ShimError {
     Driver(#[from] DriverError),
     #[error("NIC accepts RX buffers of {0} bytes, more than the shim can offer ({NIC_BUF_MAX})")]
     Limits(u32),
-}
-
-/// How a posted guest RX buffer reaches the NIC.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum RxKind {
-    ZeroCopy,
-    Bounce(u32),
-}
-
-/// A guest RX buffer the NIC holds: what completion needs of it.
-#[derive(Debug)]
-struct RxSlot {
-    head: u16,
-    /// Sum of `segs`' lengths (recomputed by the shim, not the caller's).
-    len: u32,
-    segs: RxSegs,
-    kind: RxKind,
+    #[error("NIC wants RX buffers aligned to {0} bytes, which is not a power of two")]
+    Align(u64),
 }
 
 #[derive(Debug)]
@@ -95,8 +83,37 @@ struct TxSlot {
 }
 
 /// The virtio-net header of a received frame: no offloads, one buffer
-/// (num_buffers, le16, is the last field of virtio_net_hdr_v1).
-const RX_HEADER: [u8; VNET_HDR_LEN] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+/// (num_buffers, le16, is the last field of virtio_net_hdr_v1), as the two
+/// stores that write it: flags..csum_offset, then gso_size's high byte and
+/// num_buffers.
+const RX_HEADER_LO: [u8; 8] = [0; 8];
+const RX_HEADER_HI: [u8; 4] = [0, 0, 1, 0];
+const RX_HEADER: [u8; VNET_HDR_LEN] = {
+    let mut h = [0u8; VNET_HDR_LEN];
+    let mut i = 0;
+    while i < RX_HEADER_HI.len() {
+        h[RX_HEADER_LO.len() + i] = RX_HEADER_HI[i];
+        i += 1;
+    }
+    h
+};
+
+/// Heads the RX table has room for before it grows: the device's queue size.
+const QUEUE_SIZE_HINT: u16 = 256;
+
+/// Write the virtio-net header of a received frame into a zero-copy buffer.
+#[inline]
+fn write_header(host: NonNull<u8>) {
+    let p = host.as_ptr();
+    // SAFETY: `host` is the first byte of a buffer of at least
+    // `zc_min_len` (> 12) bytes inside one guest RAM mapping that the shim
+    // keeps alive (`zero_copy_target`); [u8; N] has alignment 1. Volatile:
+    // the guest may be reading the same bytes.
+    unsafe {
+        p.cast::<[u8; 8]>().write_volatile(RX_HEADER_LO);
+        p.add(8).cast::<[u8; 4]>().write_volatile(RX_HEADER_HI);
+    }
+}
 
 /// Whether `[addr, addr + len)` is non-empty and inside guest RAM.
 #[inline]
@@ -163,9 +180,14 @@ pub struct ShimBackend<D: PnicDriver> {
     ram: RamMap,
     limits: DriverLimits,
     mac: [u8; 6],
-    /// Buffers the NIC holds, by the cookie given to the driver.
-    rx: CookieSlab<RxSlot>,
+    /// Guest RX buffers the NIC holds, by head (the cookie encodes it).
+    rx: RxTable,
     rx_bounce: BouncePool,
+    /// The guest segments of the buffer each RX bounce buffer stands for.
+    rx_bounce_segs: Vec<RxSegs>,
+    /// Smallest one-segment buffer taken zero-copy: room for the header and
+    /// the most the NIC writes after it.
+    zc_min_len: u32,
     tx: CookieSlab<TxSlot>,
     tx_bounce: BouncePool,
     backlog: VecDeque<TxFrame>,
@@ -212,6 +234,9 @@ impl<D: PnicDriver> ShimBackend<D> {
         if limits.rx_max_write + HDR as u32 > BOUNCE_BUF_SIZE as u32 {
             return Err(ShimError::Limits(limits.rx_max_write));
         }
+        if !limits.rx_align.is_power_of_two() {
+            return Err(ShimError::Align(limits.rx_align));
+        }
         let rx_area = driver.alloc_dma(limits.rx_capacity * BOUNCE_BUF_SIZE as usize)?;
         let tx_area = driver.alloc_dma(TX_BOUNCE_BUFS * BOUNCE_BUF_SIZE as usize)?;
         driver.set_mac_filter(mac)?;
@@ -222,8 +247,10 @@ impl<D: PnicDriver> ShimBackend<D> {
             ram: RamMap::new(mem),
             limits,
             mac,
-            rx: CookieSlab::with_capacity(limits.rx_capacity),
+            rx: RxTable::with_capacity(usize::from(QUEUE_SIZE_HINT)),
             rx_bounce: BouncePool::new(rx_area),
+            rx_bounce_segs: vec![RxSegs::new(); limits.rx_capacity],
+            zc_min_len: MIN_ZERO_COPY_BUF.max(limits.rx_max_write + HDR as u32),
             tx: CookieSlab::with_capacity(limits.tx_capacity),
             tx_bounce: BouncePool::new(tx_area),
             backlog: VecDeque::new(),
@@ -274,8 +301,8 @@ impl<D: PnicDriver> ShimBackend<D> {
         let _ = self.driver.quiesce();
         self.started = false;
         self.rx_unflushed = false;
-        for s in self.rx.drain() {
-            self.rx_returned.push(Used { head: s.head, len: 0 });
+        for (head, _) in self.rx.drain() {
+            self.rx_returned.push(Used { head, len: 0 });
             self.metrics.drop(DropReason::BackendError);
         }
         for t in self.tx.drain() {
@@ -332,51 +359,69 @@ impl<D: PnicDriver> ShimBackend<D> {
     /// `post_checked`) to the NIC, zero-copy if its shape allows. The NIC
     /// sees it only after the next [`Self::flush_rx_posted`].
     fn post_slot(&mut self, head: u16, segs: &[(GuestAddress, u32)], len: u32) -> Result<(), DropReason> {
-        let zero_copy = match segs {
-            [(gpa, len)] => self.zero_copy_fits(*gpa, *len),
-            _ => false,
+        if let [(gpa, seg_len)] = segs {
+            if let Some(host) = self.zero_copy_target(*gpa, *seg_len) {
+                return self.post_zero_copy(head, gpa.0, *seg_len, host);
+            }
+        }
+        let Some(idx) = self.rx_bounce.alloc() else {
+            return Err(DropReason::NoBuffer);
         };
-        let (iova, nic_len, kind) = if zero_copy {
-            let (gpa, seg_len) = segs[0];
-            let nic_len = (seg_len - HDR as u32).min(NIC_BUF_MAX);
-            (gpa.0 + HDR, nic_len, RxKind::ZeroCopy)
-        } else {
-            let Some(idx) = self.rx_bounce.alloc() else {
-                return Err(DropReason::NoBuffer);
-            };
-            let (iova, l) = self.rx_bounce.rx_target(idx);
-            (iova, l, RxKind::Bounce(idx))
-        };
-        let slot = RxSlot { head, len, segs: RxSegs::from_slice(segs), kind };
-        self.hand_to_nic(slot, iova, nic_len)
+        let (iova, nic_len) = self.rx_bounce.rx_target(idx);
+        let slot = &mut self.rx_bounce_segs[idx as usize];
+        slot.clear();
+        slot.extend_from_slice(segs);
+        let held = RxHeld { len, kind: RxKind::Bounce(idx), gpa: segs[0].0 .0, host: None };
+        self.hand_to_nic(head, held, iova, nic_len)
     }
 
-    /// Whether the one-segment buffer `gpa`+`len` can take a frame straight
-    /// from the NIC at GPA+12: big enough for the largest frame the NIC
-    /// writes after the header (so every NIC write lies inside the segment),
-    /// the NIC's alignment, and the whole segment inside guest RAM.
-    fn zero_copy_fits(&self, gpa: GuestAddress, len: u32) -> bool {
-        len >= MIN_ZERO_COPY_BUF
-            && u64::from(len) >= HDR + u64::from(self.limits.rx_max_write)
-            && gpa.0.checked_add(HDR).is_some_and(|a| a % self.limits.rx_align == 0)
-            && in_ram(&self.ram, gpa.0, u64::from(len))
+    /// Where the header of the one-segment buffer `gpa`+`len` goes, if the
+    /// buffer can take a frame straight from the NIC at GPA+12: big enough
+    /// for the largest frame the NIC writes after the header (so every NIC
+    /// write lies inside the segment), the NIC's alignment, and the whole
+    /// segment inside one guest RAM region.
+    #[inline]
+    fn zero_copy_target(&self, gpa: GuestAddress, len: u32) -> Option<NonNull<u8>> {
+        if len < self.zc_min_len || gpa.0.wrapping_add(HDR) & (self.limits.rx_align - 1) != 0 {
+            return None;
+        }
+        // The segment is in RAM, so gpa + HDR (< gpa + len) cannot overflow.
+        NonNull::new(self.ram.host_range(gpa.0, u64::from(len))?)
     }
 
-    /// Give the NIC `nic_len` bytes at `iova` for `slot` (the tail write
-    /// comes later). On failure everything is undone and the reason returned.
-    fn hand_to_nic(&mut self, slot: RxSlot, iova: u64, nic_len: u32) -> Result<(), DropReason> {
-        let kind = slot.kind;
-        let cookie = self.rx.insert(slot);
+    /// Give the NIC the frame area (GPA + 12) of a buffer that
+    /// `zero_copy_target` accepted.
+    #[inline]
+    fn post_zero_copy(&mut self, head: u16, gpa: u64, len: u32, host: NonNull<u8>) -> Result<(), DropReason> {
+        let nic_len = (len - HDR as u32).min(NIC_BUF_MAX);
+        let held = RxHeld { len, kind: RxKind::ZeroCopy, gpa, host: Some(host) };
+        self.hand_to_nic(head, held, gpa + HDR, nic_len)
+    }
+
+    /// Give the NIC `nic_len` bytes at `iova` for buffer `head` (the tail
+    /// write comes later). On failure everything is undone and the reason
+    /// returned.
+    #[inline]
+    fn hand_to_nic(&mut self, head: u16, held: RxHeld, iova: u64, nic_len: u32) -> Result<(), DropReason> {
+        let release = |s: &mut Self| {
+            if let RxKind::Bounce(i) = held.kind {
+                s.rx_bounce.release(i);
+            }
+        };
+        let Some(cookie) = self.rx.insert(head, held) else {
+            // The device never posts a head it holds; a direct caller did.
+            log::warn!("shim: RX buffer {head} posted while the NIC still holds it; dropped");
+            release(self);
+            return Err(DropReason::BackendError);
+        };
         match self.driver.post_rx(iova, nic_len, cookie) {
             Ok(()) => {
                 self.rx_unflushed = true;
                 Ok(())
             }
             Err(e) => {
-                self.rx.remove(cookie);
-                if let RxKind::Bounce(i) = kind {
-                    self.rx_bounce.release(i);
-                }
+                self.rx.take(cookie);
+                release(self);
                 let reason = match e {
                     DriverError::RingFull(_) => DropReason::NoBuffer,
                     _ => DropReason::BackendError,
@@ -388,74 +433,77 @@ impl<D: PnicDriver> ShimBackend<D> {
     }
 
     /// Turn one NIC completion into a used entry (or recycle the buffer).
+    #[inline]
     fn complete_rx(&mut self, c: RxCompletion, out: &mut Vec<Used>) {
-        let Some(slot) = self.rx.remove(c.cookie) else {
+        let Some((head, held)) = self.rx.take(c.cookie) else {
             // Not a buffer we posted (or a stale cookie): ignore, never trust it.
             self.metrics.nic_errors += 1;
             return;
         };
-        let release = |s: &mut Self, kind: RxKind| {
-            if let RxKind::Bounce(i) = kind {
-                s.rx_bounce.release(i);
-            }
-        };
         let frame_len = u64::from(c.len);
-        if c.error || !c.eop || frame_len == 0 || frame_len > u64::from(self.limits.rx_max_write) {
-            // Bad frame: the guest never sees it; give the buffer back to the NIC.
-            self.metrics.rx_nic_errors += 1;
-            self.metrics.drop(DropReason::BackendError);
-            release(self, slot.kind);
-            self.recycle(slot, out);
+        let bad = c.error || !c.eop || frame_len == 0 || frame_len > u64::from(self.limits.rx_max_write);
+        if bad || HDR + frame_len > u64::from(held.len) {
+            // The guest never sees it; the buffer goes back to the NIC.
+            let reason = if bad {
+                self.metrics.rx_nic_errors += 1;
+                DropReason::BackendError
+            } else {
+                DropReason::BufferTooSmall
+            };
+            self.metrics.drop(reason);
+            self.recycle(head, held, out);
             return;
         }
-        if HDR + frame_len > u64::from(slot.len) {
-            self.metrics.drop(DropReason::BufferTooSmall);
-            release(self, slot.kind);
-            self.recycle(slot, out);
-            return;
-        }
-        let ok = match slot.kind {
-            // One segment, checked against guest RAM when it was posted.
-            RxKind::ZeroCopy => match slot.segs.as_slice() {
-                [(gpa, _)] => self.ram.write(gpa.0, &RX_HEADER),
-                segs => write_scatter(&self.ram, segs, 0, &RX_HEADER),
-            },
-            RxKind::Bounce(i) => {
-                // Header + frame in one copy with equal alignment on both sides.
-                let total = (HDR + frame_len) as usize;
-                let mut tmp = vec![0u8; total];
-                tmp[..VNET_HDR_LEN].copy_from_slice(&RX_HEADER);
-                let read = self.rx_bounce.read(i, HDR, &mut tmp[VNET_HDR_LEN..]).is_ok();
-                self.rx_bounce.release(i);
-                let ok = read && write_scatter(&self.ram, &slot.segs, 0, &tmp);
-                if ok {
-                    self.metrics.rx_copy_fallback_frames += 1;
-                    self.metrics.rx_copy_fallback_bytes += frame_len;
-                }
-                ok
+        let ok = match (held.kind, held.host) {
+            (RxKind::ZeroCopy, Some(host)) => {
+                write_header(host);
+                self.metrics.rx_zero_copy += 1;
+                true
             }
+            (RxKind::Bounce(i), _) => self.complete_bounce(i, frame_len),
+            (RxKind::ZeroCopy, None) => false,
         };
         if !ok {
             self.metrics.drop(DropReason::BadAddress);
-            out.push(Used { head: slot.head, len: 0 });
+            out.push(Used { head, len: 0 });
             return;
-        }
-        if slot.kind == RxKind::ZeroCopy {
-            self.metrics.rx_zero_copy += 1;
         }
         self.metrics.rx_packets += 1;
         self.metrics.rx_bytes += frame_len;
-        out.push(Used {
-            head: slot.head,
-            len: (HDR + frame_len) as u32,
-        });
+        out.push(Used { head, len: (HDR + frame_len) as u32 });
+    }
+
+    /// Copy header and frame from bounce buffer `i` into the guest buffer it
+    /// stands for, and free it.
+    fn complete_bounce(&mut self, i: u32, frame_len: u64) -> bool {
+        // Header + frame in one copy with equal alignment on both sides.
+        let total = (HDR + frame_len) as usize;
+        let mut tmp = vec![0u8; total];
+        tmp[..VNET_HDR_LEN].copy_from_slice(&RX_HEADER);
+        let read = self.rx_bounce.read(i, HDR, &mut tmp[VNET_HDR_LEN..]).is_ok();
+        self.rx_bounce.release(i);
+        let ok = read && write_scatter(&self.ram, &self.rx_bounce_segs[i as usize], 0, &tmp);
+        if ok {
+            self.metrics.rx_copy_fallback_frames += 1;
+            self.metrics.rx_copy_fallback_bytes += frame_len;
+        }
+        ok
     }
 
     /// Give a guest buffer whose frame was dropped straight back to the NIC
     /// (the caller flushes).
-    fn recycle(&mut self, slot: RxSlot, out: &mut Vec<Used>) {
-        if self.post_slot(slot.head, &slot.segs, slot.len).is_err() {
-            out.push(Used { head: slot.head, len: 0 });
+    fn recycle(&mut self, head: u16, held: RxHeld, out: &mut Vec<Used>) {
+        let r = match (held.kind, held.host) {
+            (RxKind::ZeroCopy, Some(host)) => self.post_zero_copy(head, held.gpa, held.len, host),
+            (RxKind::Bounce(i), _) => {
+                // Keep the segments: the buffer takes the same bounce buffer again.
+                let (iova, nic_len) = self.rx_bounce.rx_target(i);
+                self.hand_to_nic(head, held, iova, nic_len)
+            }
+            (RxKind::ZeroCopy, None) => Err(DropReason::BadAddress),
+        };
+        if r.is_err() {
+            out.push(Used { head, len: 0 });
         }
     }
 
@@ -553,14 +601,14 @@ impl<D: PnicDriver> ShimBackend<D> {
     /// NIC can fill directly. The checks of `post_checked` and `post_slot`
     /// in one pass (the segment and everything the NIC may write inside guest
     /// RAM); any other shape takes `post_checked`.
+    #[inline]
     fn post_one_segment(&mut self, head: u16, gpa: GuestAddress, len: u32) -> Result<(), DropReason> {
-        if !(self.started && !self.failed && self.zero_copy_fits(gpa, len)) {
+        let target = if self.started && !self.failed { self.zero_copy_target(gpa, len) } else { None };
+        let Some(host) = target else {
             let segs = [(gpa, len)];
             return self.post_checked(ChainRef { head, segs: &segs, len });
-        }
-        let nic_len = (len - HDR as u32).min(NIC_BUF_MAX);
-        let slot = RxSlot { head, len, segs: RxSegs::from_slice(&[(gpa, len)]), kind: RxKind::ZeroCopy };
-        self.hand_to_nic(slot, gpa.0 + HDR, nic_len).inspect_err(|r| self.metrics.drop(*r))
+        };
+        self.post_zero_copy(head, gpa.0, len, host).inspect_err(|r| self.metrics.drop(*r))
     }
 
     /// Validate a guest RX buffer and post it (without the tail write).
@@ -754,6 +802,11 @@ impl<D: PnicDriver> NetBackend for ShimBackend<D> {
         if let Err(e) = self.driver.handle_irq(index) {
             self.driver_err(e);
         }
+    }
+
+    /// Every frame is one NIC buffer is one guest buffer (num_buffers 1).
+    fn single_buffer_frames(&self) -> bool {
+        true
     }
 
     fn metrics(&self) -> serde_json::Value {

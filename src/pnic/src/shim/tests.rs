@@ -186,6 +186,29 @@ fn copy_fallback_is_counted_and_correct() {
 }
 
 #[test]
+fn a_buffer_straddling_two_ram_regions_takes_the_copy_fallback() {
+    // Two adjacent regions: one 2 KiB buffer across their boundary is guest
+    // RAM, but not one mapping, so the NIC must not write it directly.
+    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x8000), (GuestAddress(0x8000), 0x8000)]).unwrap();
+    let (model, h) = NicModel::new(&mem, ModelConfig::default()).unwrap();
+    let mut s = ShimBackend::new(model, &mem, MAC).unwrap();
+    s.post_rx(&mem, rxbuf(4, &[(0x7c00, 2048)])).unwrap();
+    s.post_rx(&mem, rxbuf(5, &[(0x1000, 2048)])).unwrap();
+    let posted = h.posted_rx();
+    assert!(posted[0].iova >= 0x1_0000, "straddling buffer is bounced: {posted:x?}");
+    assert_eq!(posted[1].iova, 0x100c, "the other one is zero-copy");
+    let f = eth(1514, 9);
+    assert!(matches!(h.inject_rx(&f), InjectOutcome::Delivered { .. }));
+    let mut used = Vec::new();
+    s.reap_rx(&mem, &mut used);
+    assert_eq!(used, vec![Used { head: 4, len: 1526 }]);
+    let mut b = vec![0u8; 1514];
+    mem.read_slice(&mut b, GuestAddress(0x7c00 + 12)).unwrap();
+    assert_eq!(b, f, "the frame crosses the region boundary intact");
+    assert_eq!(s.shim_metrics().rx_copy_fallback_frames, 1);
+}
+
+#[test]
 fn frame_larger_than_a_fallback_buffer_is_dropped_and_buffer_recycled() {
     let (mut s, h, mem) = setup();
     s.post_rx(&mem, rxbuf(7, &[(0x1000, 200)])).unwrap();

@@ -22,6 +22,8 @@
 //! - `DropReason::ALL` lists every reason (for metrics).
 //! - [`DropReason::BadAddress`] also covers a chain whose descriptors or
 //!   indirect table cannot be read at all.
+//! - [`NetBackend::single_buffer_frames`] (default `false`): the backend
+//!   never merges buffers, so the device need not read num_buffers back.
 //! - Batched RX posting: the device posts through
 //!   [`NetBackend::post_rx_chain`] (segments lent as a [`ChainRef`], no
 //!   allocation) and calls [`NetBackend::rx_posted_batch_done`] once after
@@ -227,4 +229,11 @@ pub trait NetBackend: Send {
     fn discard_pending(&mut self, _index: usize) {}
     /// Backend-specific counters, merged into the device's metrics.
     fn metrics(&self) -> serde_json::Value;
+    /// True when every frame the backend delivers fills exactly one buffer
+    /// (num_buffers is always 1), even with MRG_RXBUF: the device then counts
+    /// one frame per completed buffer instead of reading num_buffers back
+    /// from guest memory. Default `false` (frames may span buffers).
+    fn single_buffer_frames(&self) -> bool {
+        false
+    }
 }

@@ -104,6 +104,9 @@ pub struct Net {
     /// Segments of the chain being handed to the backend, reused for every
     /// chain (lent to the backend as a `ChainRef`): no allocation per packet.
     seg_buf: Vec<(GuestAddress, u32)>,
+    /// The backend never spreads a frame over several buffers
+    /// ([`NetBackend::single_buffer_frames`]): no num_buffers bookkeeping.
+    single_buffer_frames: bool,
 }
 
 impl Net {
@@ -116,6 +119,7 @@ impl Net {
         let backend_fds = backend.event_fds();
         let avail_features = DEVICE_FEATURES | (backend.features() & BACKEND_OFFLOAD_MASK);
         let link_up = backend.link_up();
+        let single_buffer_frames = backend.single_buffer_frames();
         Net {
             id,
             mac: mac.unwrap_or_else(random_mac),
@@ -132,6 +136,7 @@ impl Net {
             metrics: NetMetrics::default(),
             used_buf: Vec::with_capacity(QUEUE_SIZE as usize),
             seg_buf: Vec::with_capacity(MAX_CHAIN_DESCS),
+            single_buffer_frames,
         }
     }
 
@@ -168,6 +173,7 @@ impl Net {
             return 0;
         };
         let mut posted = 0;
+        let single = self.single_buffer_frames;
         loop {
             // Asked once per round, not per buffer: each post takes at most one
             // unit of room (NetBackend::rx_room).
@@ -196,7 +202,11 @@ impl Net {
                         // len >= VNET_HDR_LEN was checked, so the field exists.
                         let byte =
                             |i| addr_at(segs, HDR_NUM_BUFFERS_OFFSET + i).unwrap_or(segs[0].0);
-                        let num_buffers_at = [byte(0), byte(1)];
+                        let num_buffers_at = if single {
+                            [GuestAddress(0); 2]
+                        } else {
+                            [byte(0), byte(1)]
+                        };
                         a.rx_slots[head as usize] = Some(RxSlot {
                             len: p.len,
                             num_buffers_at,
@@ -245,7 +255,9 @@ impl Net {
         };
         self.used_buf.clear();
         self.backend.reap_rx(&a.mem, &mut self.used_buf);
-        let mrg = self.acked_features & F_MRG_RXBUF != 0;
+        // Whether a frame may span buffers (then its first one's header says
+        // how many).
+        let mrg = self.acked_features & F_MRG_RXBUF != 0 && !self.single_buffer_frames;
         // Buffers still expected for the current frame (MRG_RXBUF).
         let mut rest: u32 = 0;
         for u in self.used_buf.drain(..) {

@@ -206,7 +206,8 @@ impl SplitRing {
         if !self.has_avail() {
             return None;
         }
-        let slot = u64::from(self.next_avail % self.size);
+        // size is a power of two (checked in `new`).
+        let slot = u64::from(self.next_avail & (self.size - 1));
         // SAFETY: slot < size, so the entry lies inside the mapped avail ring
         // (2-byte aligned); a volatile read because the guest owns the ring.
         let head = unsafe {
@@ -251,6 +252,13 @@ impl SplitRing {
         }
         let want_write = dir == Direction::DeviceWrites;
         let d = self.desc(head);
+        if d.flags & (F_NEXT | F_INDIRECT) == 0 {
+            // One descriptor: what a Linux guest posts for RX with
+            // MRG_RXBUF, and for most TX frames.
+            let len = self.check_desc(&d, want_write)?;
+            segs.push((GuestAddress(d.addr), d.len));
+            return finish(head, len);
+        }
         let total = if d.flags & F_INDIRECT != 0 {
             self.walk_indirect(d, want_write, segs)?
         } else {
@@ -350,7 +358,7 @@ impl SplitRing {
             warn!("virtio: refusing used element for head {head} beyond the queue");
             return;
         }
-        let slot = u64::from(self.next_used % self.size);
+        let slot = u64::from(self.next_used & (self.size - 1));
         let off = (RING_HEADER + USED_ELEM * slot) as usize;
         // SAFETY: slot < size: the element lies inside the mapped used ring,
         // 4-byte aligned (ring base aligned to 4, header 4, elements 8).

@@ -1,0 +1,200 @@
+//! The guest RX buffers the NIC holds, indexed by their virtqueue head.
+//!
+//! A head names at most one buffer in flight (the device never posts a head
+//! it has not got back), so the head itself is the table index: posting and
+//! completing are an array store and an array load, with no free list and no
+//! hashing. The cookie given to the NIC driver is `generation << 16 | head`:
+//! an entry's generation is bumped every time it is filled, so a stale cookie
+//! (a completion for a buffer already completed or forgotten, whose head was
+//! posted again since) misses instead of completing the new buffer. Cookies
+//! come back through the driver, so [`RxTable::take`] accepts any `u64`:
+//! unknown, stale or malformed values give `None`, never a panic.
+
+use std::ptr::NonNull;
+
+/// Bits of a cookie that hold the head; the generation sits above them.
+const HEAD_BITS: u32 = 16;
+const HEAD_MASK: u64 = (1 << HEAD_BITS) - 1;
+/// Bits above head and generation: a cookie with any of them set is not ours.
+const GEN_BITS: u32 = 32;
+
+/// How a posted buffer reaches the NIC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RxKind {
+    /// The NIC writes the frame at GPA + 12 of the buffer's one segment.
+    ZeroCopy,
+    /// The NIC writes into bounce buffer `n`; completion copies it over.
+    Bounce(u32),
+}
+
+/// One buffer the NIC holds.
+#[derive(Debug, Clone, Copy)]
+pub struct RxHeld {
+    /// Sum of the buffer's segment lengths (recomputed by the shim).
+    pub len: u32,
+    pub kind: RxKind,
+    /// First segment's guest-physical address.
+    pub gpa: u64,
+    /// Host address of a zero-copy buffer's first byte (where the header
+    /// goes); resolved when it was posted, valid while the guest memory
+    /// mapping the shim holds is alive.
+    pub host: Option<NonNull<u8>>,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Entry {
+    generation: u32,
+    held: Option<RxHeld>,
+}
+
+/// See the module documentation.
+#[derive(Debug, Default)]
+pub struct RxTable {
+    entries: Vec<Entry>,
+    len: usize,
+}
+
+// SAFETY: `RxHeld::host` is an address inside guest RAM mappings that the
+// owning shim keeps alive; the table never dereferences it, it only hands it
+// back to the shim on the same thread that stored it.
+unsafe impl Send for RxTable {}
+
+impl RxTable {
+    /// A table with room for heads below `n` before it grows.
+    pub fn with_capacity(n: usize) -> Self {
+        RxTable { entries: vec![Entry::default(); n], len: 0 }
+    }
+
+    /// Buffers held.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Whether buffer `head` is held.
+    pub fn holds(&self, head: u16) -> bool {
+        self.entries.get(usize::from(head)).is_some_and(|e| e.held.is_some())
+    }
+
+    /// Store buffer `head`; returns its cookie, or `None` if `head` is
+    /// already held (a caller bug: the buffer would be completed twice).
+    #[inline]
+    pub fn insert(&mut self, head: u16, held: RxHeld) -> Option<u64> {
+        let i = usize::from(head);
+        if i >= self.entries.len() {
+            self.entries.resize(i + 1, Entry::default());
+        }
+        let e = &mut self.entries[i];
+        if e.held.is_some() {
+            return None;
+        }
+        e.generation = e.generation.wrapping_add(1);
+        e.held = Some(held);
+        self.len += 1;
+        Some(u64::from(e.generation) << HEAD_BITS | u64::from(head))
+    }
+
+    /// Take the buffer of `cookie` out, if the cookie is current: its head
+    /// and the buffer.
+    #[inline]
+    pub fn take(&mut self, cookie: u64) -> Option<(u16, RxHeld)> {
+        if cookie >> (HEAD_BITS + GEN_BITS) != 0 {
+            return None;
+        }
+        let head = (cookie & HEAD_MASK) as u16;
+        let e = self.entries.get_mut(usize::from(head))?;
+        if u64::from(e.generation) != cookie >> HEAD_BITS {
+            return None;
+        }
+        let held = e.held.take()?;
+        self.len -= 1;
+        Some((head, held))
+    }
+
+    /// Remove and return every held buffer (head order).
+    pub fn drain(&mut self) -> Vec<(u16, RxHeld)> {
+        let mut out = Vec::with_capacity(self.len);
+        for (i, e) in self.entries.iter_mut().enumerate() {
+            if let Some(h) = e.held.take() {
+                out.push((i as u16, h));
+            }
+        }
+        self.len = 0;
+        out
+    }
+
+    /// Forget every held buffer (generations are kept, so their cookies stay
+    /// stale).
+    pub fn clear(&mut self) {
+        for e in &mut self.entries {
+            e.held = None;
+        }
+        self.len = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn buf(len: u32) -> RxHeld {
+        RxHeld { len, kind: RxKind::ZeroCopy, gpa: 0x1000, host: None }
+    }
+
+    #[test]
+    fn a_cookie_completes_its_buffer_once() {
+        let mut t = RxTable::with_capacity(4);
+        let c = t.insert(3, buf(2048)).unwrap();
+        assert!(t.holds(3));
+        assert_eq!(t.len(), 1);
+        let (head, held) = t.take(c).unwrap();
+        assert_eq!((head, held.len), (3, 2048));
+        assert!(t.take(c).is_none(), "second completion of the same cookie");
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn a_held_head_cannot_be_posted_again() {
+        let mut t = RxTable::with_capacity(4);
+        t.insert(1, buf(2048)).unwrap();
+        assert!(t.insert(1, buf(4096)).is_none());
+        assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn stale_unknown_and_malformed_cookies_miss() {
+        let mut t = RxTable::with_capacity(4);
+        let old = t.insert(0, buf(2048)).unwrap();
+        t.take(old).unwrap();
+        let new = t.insert(0, buf(2048)).unwrap();
+        assert_ne!(old, new);
+        for c in [old, 0, u64::MAX, new | 1 << 63, new + (1 << 48), new ^ 1, 0xffff] {
+            assert!(t.take(c).is_none(), "cookie {c:#x}");
+        }
+        assert_eq!(t.take(new).map(|(h, _)| h), Some(0));
+    }
+
+    #[test]
+    fn heads_beyond_the_capacity_grow_the_table() {
+        let mut t = RxTable::with_capacity(2);
+        let c = t.insert(u16::MAX, buf(2048)).unwrap();
+        assert_eq!(t.take(c).map(|(h, _)| h), Some(u16::MAX));
+    }
+
+    #[test]
+    fn drain_and_clear_forget_everything_and_keep_cookies_stale() {
+        let mut t = RxTable::with_capacity(4);
+        let a = t.insert(2, buf(1)).unwrap();
+        t.insert(0, buf(2)).unwrap();
+        let heads: Vec<u16> = t.drain().into_iter().map(|(h, _)| h).collect();
+        assert_eq!(heads, vec![0, 2]);
+        assert!(t.is_empty());
+        let b = t.insert(2, buf(1)).unwrap();
+        t.clear();
+        assert!(t.take(a).is_none() && t.take(b).is_none());
+        assert!(!t.holds(2));
+    }
+}

@@ -195,6 +195,7 @@ impl<F: Family, R: RegisterAccess> PnicDriver for E1000<F, R> {
         if self.started { self.rx_ring.free() } else { 0 }
     }
 
+    #[inline]
     fn post_rx(&mut self, iova: u64, len: u32, cookie: u64) -> Result<(), DriverError> {
         self.check_postable()?;
         self.rx_ring.post(iova, len, cookie)
@@ -210,6 +211,7 @@ impl<F: Family, R: RegisterAccess> PnicDriver for E1000<F, R> {
         Ok(())
     }
 
+    #[inline]
     fn reap_rx(&mut self, out: &mut Vec<RxCompletion>) -> Result<(), DriverError> {
         self.rx_ring.reap(out)
     }

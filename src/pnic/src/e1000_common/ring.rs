@@ -192,11 +192,8 @@ impl<L: DescLayout> RxRing<L> {
     /// Put a buffer at the tail; the NIC sees it after the driver writes RDT.
     #[inline]
     pub fn post(&mut self, iova: u64, len: u32, cookie: u64) -> Result<(), DriverError> {
-        let max = self.max_frame;
-        if len < max || iova & 1 != 0 {
-            return Err(DriverError::BadBuffer(format!(
-                "RX buffer {iova:#x}+{len} must be 2-byte aligned and at least {max} bytes"
-            )));
+        if len < self.max_frame || iova & 1 != 0 {
+            return Err(self.bad_rx_buffer(iova, len));
         }
         if self.count + 1 >= self.size {
             return Err(DriverError::RingFull("RX"));
@@ -209,6 +206,14 @@ impl<L: DescLayout> RxRing<L> {
         self.tail = (slot + 1) & (self.size - 1);
         self.count += 1;
         Ok(())
+    }
+
+    #[cold]
+    fn bad_rx_buffer(&self, iova: u64, len: u32) -> DriverError {
+        DriverError::BadBuffer(format!(
+            "RX buffer {iova:#x}+{len} must be 2-byte aligned and at least {} bytes",
+            self.max_frame
+        ))
     }
 
     /// Hand back every buffer the NIC finished, in ring order.

@@ -188,6 +188,8 @@ pub struct ShimBackend<D: PnicDriver> {
     /// Smallest one-segment buffer taken zero-copy: room for the header and
     /// the most the NIC writes after it.
     zc_min_len: u32,
+    /// Interrupt vectors the driver wired (fixed after bring-up).
+    irq_vectors: usize,
     tx: CookieSlab<TxSlot>,
     tx_bounce: BouncePool,
     backlog: VecDeque<TxFrame>,
@@ -241,6 +243,7 @@ impl<D: PnicDriver> ShimBackend<D> {
         let tx_area = driver.alloc_dma(TX_BOUNCE_BUFS * BOUNCE_BUF_SIZE as usize)?;
         driver.set_mac_filter(mac)?;
         let link = driver.link_up().unwrap_or(false);
+        let irq_vectors = driver.irq_fds().len();
         Ok(ShimBackend {
             driver,
             mem: mem.clone(),
@@ -251,6 +254,7 @@ impl<D: PnicDriver> ShimBackend<D> {
             rx_bounce: BouncePool::new(rx_area),
             rx_bounce_segs: vec![RxSegs::new(); limits.rx_capacity],
             zc_min_len: MIN_ZERO_COPY_BUF.max(limits.rx_max_write + HDR as u32),
+            irq_vectors,
             tx: CookieSlab::with_capacity(limits.tx_capacity),
             tx_bounce: BouncePool::new(tx_area),
             backlog: VecDeque::new(),
@@ -403,33 +407,41 @@ impl<D: PnicDriver> ShimBackend<D> {
     /// returned.
     #[inline]
     fn hand_to_nic(&mut self, head: u16, held: RxHeld, iova: u64, nic_len: u32) -> Result<(), DropReason> {
-        let release = |s: &mut Self| {
-            if let RxKind::Bounce(i) = held.kind {
-                s.rx_bounce.release(i);
-            }
-        };
         let Some(cookie) = self.rx.insert(head, held) else {
-            // The device never posts a head it holds; a direct caller did.
-            log::warn!("shim: RX buffer {head} posted while the NIC still holds it; dropped");
-            release(self);
-            return Err(DropReason::BackendError);
+            return Err(self.post_refused(head, held));
         };
         match self.driver.post_rx(iova, nic_len, cookie) {
             Ok(()) => {
                 self.rx_unflushed = true;
                 Ok(())
             }
-            Err(e) => {
-                self.rx.take(cookie);
-                release(self);
-                let reason = match e {
-                    DriverError::RingFull(_) => DropReason::NoBuffer,
-                    _ => DropReason::BackendError,
-                };
-                self.driver_err(e);
-                Err(reason)
-            }
+            Err(e) => Err(self.post_failed(cookie, e)),
         }
+    }
+
+    /// `head` is still with the NIC: the device never posts a head it holds,
+    /// so a direct caller did. The new buffer is dropped.
+    #[cold]
+    fn post_refused(&mut self, head: u16, held: RxHeld) -> DropReason {
+        log::warn!("shim: RX buffer {head} posted while the NIC still holds it; dropped");
+        if let RxKind::Bounce(i) = held.kind {
+            self.rx_bounce.release(i);
+        }
+        DropReason::BackendError
+    }
+
+    /// The driver refused buffer `cookie`: undo its posting.
+    #[cold]
+    fn post_failed(&mut self, cookie: u64, e: DriverError) -> DropReason {
+        if let Some((_, RxHeld { kind: RxKind::Bounce(i), .. })) = self.rx.take(cookie) {
+            self.rx_bounce.release(i);
+        }
+        let reason = match e {
+            DriverError::RingFull(_) => DropReason::NoBuffer,
+            _ => DropReason::BackendError,
+        };
+        self.driver_err(e);
+        reason
     }
 
     /// Turn one NIC completion into a used entry (or recycle the buffer).
@@ -441,36 +453,53 @@ impl<D: PnicDriver> ShimBackend<D> {
             return;
         };
         let frame_len = u64::from(c.len);
-        let bad = c.error || !c.eop || frame_len == 0 || frame_len > u64::from(self.limits.rx_max_write);
-        if bad || HDR + frame_len > u64::from(held.len) {
+        let good = !c.error && c.eop && frame_len != 0 && frame_len <= u64::from(self.limits.rx_max_write);
+        match (held.kind, held.host) {
+            (RxKind::ZeroCopy, Some(host)) if good && HDR + frame_len <= u64::from(held.len) => {
+                write_header(host);
+                self.metrics.rx_zero_copy += 1;
+                self.delivered(head, frame_len, out);
+            }
+            _ => self.complete_rx_other(head, held, good, frame_len, out),
+        }
+    }
+
+    /// A frame of `frame_len` bytes is in buffer `head`, header written.
+    #[inline]
+    fn delivered(&mut self, head: u16, frame_len: u64, out: &mut Vec<Used>) {
+        self.metrics.rx_packets += 1;
+        self.metrics.rx_bytes += frame_len;
+        out.push(Used { head, len: (HDR + frame_len) as u32 });
+    }
+
+    /// Everything but a good frame in a zero-copy buffer: bad frames (the
+    /// buffer goes back to the NIC), frames too big for the buffer, and the
+    /// copy fallback.
+    #[cold]
+    fn complete_rx_other(&mut self, head: u16, held: RxHeld, good: bool, frame_len: u64, out: &mut Vec<Used>) {
+        if !good || HDR + frame_len > u64::from(held.len) {
             // The guest never sees it; the buffer goes back to the NIC.
-            let reason = if bad {
+            let reason = if good {
+                DropReason::BufferTooSmall
+            } else {
                 self.metrics.rx_nic_errors += 1;
                 DropReason::BackendError
-            } else {
-                DropReason::BufferTooSmall
             };
             self.metrics.drop(reason);
             self.recycle(head, held, out);
             return;
         }
-        let ok = match (held.kind, held.host) {
-            (RxKind::ZeroCopy, Some(host)) => {
-                write_header(host);
-                self.metrics.rx_zero_copy += 1;
-                true
-            }
-            (RxKind::Bounce(i), _) => self.complete_bounce(i, frame_len),
-            (RxKind::ZeroCopy, None) => false,
+        let ok = match held.kind {
+            RxKind::Bounce(i) => self.complete_bounce(i, frame_len),
+            // A zero-copy buffer always has its host address.
+            RxKind::ZeroCopy => false,
         };
-        if !ok {
+        if ok {
+            self.delivered(head, frame_len, out);
+        } else {
             self.metrics.drop(DropReason::BadAddress);
             out.push(Used { head, len: 0 });
-            return;
         }
-        self.metrics.rx_packets += 1;
-        self.metrics.rx_bytes += frame_len;
-        out.push(Used { head, len: (HDR + frame_len) as u32 });
     }
 
     /// Copy header and frame from bounce buffer `i` into the guest buffer it
@@ -665,7 +694,7 @@ impl<D: PnicDriver> NetBackend for ShimBackend<D> {
         if !self.failed {
             // With two vectors, link changes arrive on vector 1 only: spare the
             // MMIO read of STATUS on every RX/TX interrupt.
-            if index > 0 || self.driver.irq_fds().len() < 2 {
+            if index > 0 || self.irq_vectors < 2 {
                 self.refresh_link();
             }
             self.drain_backlog();

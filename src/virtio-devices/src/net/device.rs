@@ -53,22 +53,22 @@ const TX_BUDGET: usize = 512;
 /// Most refill/process rounds for one backend event while it is stalled.
 const STALL_ROUNDS: usize = 8;
 
-/// What the device keeps about an RX buffer the backend holds.
-#[derive(Debug, Clone, Copy)]
-struct RxSlot {
-    len: u32,
-    /// Where the two bytes of num_buffers live in this buffer (frame
-    /// counting with MRG_RXBUF); a driver may split the header anywhere.
-    num_buffers_at: [GuestAddress; 2],
-}
+/// Where the two bytes of num_buffers live in an RX buffer (frame counting
+/// with MRG_RXBUF); a driver may split the header anywhere.
+type NumBuffersAt = [GuestAddress; 2];
 
 struct Active {
     mem: GuestMemory,
     rx: SplitRing,
     tx: SplitRing,
     interrupt: Arc<Interrupt>,
-    /// Indexed by head: buffers/frames currently with the backend.
-    rx_slots: Vec<Option<RxSlot>>,
+    /// Indexed by head: the length of each RX buffer the backend holds, 0
+    /// for a head it does not hold (a posted buffer is never empty).
+    rx_held: Vec<u32>,
+    /// Indexed by head: where a held buffer's num_buffers is. Kept only for
+    /// backends that merge buffers (`single_buffer_frames` false).
+    rx_num_buffers_at: Vec<NumBuffersAt>,
+    /// Indexed by head: TX frames currently with the backend (their length).
     tx_slots: Vec<Option<u32>>,
     /// Used entries added since the last notification decision.
     rx_added: bool,
@@ -182,52 +182,49 @@ impl Net {
                 let Some(head) = a.rx.pop_head() else {
                     break;
                 };
-                if head as usize >= a.rx_slots.len() {
+                let Some(&held) = a.rx_held.get(usize::from(head)) else {
                     // Cannot even be completed (the used ring would reject it).
                     self.metrics.rx_drops.add(DropReason::BadAddress);
                     continue;
-                }
-                if a.rx_slots[head as usize].is_some() {
+                };
+                if held != 0 {
                     self.metrics.duplicate_heads += 1;
                     continue;
                 }
-                let segs = &mut self.seg_buf;
-                match a.rx.parse(head, Direction::DeviceWrites, segs) {
+                let one;
+                let (segs, len): (&[(GuestAddress, u32)], u32) =
+                    match a.rx.single(head, Direction::DeviceWrites) {
+                        // The common shape: no segment list to build.
+                        Some(seg) => {
+                            one = [seg];
+                            (&one, seg.1)
+                        }
+                        None => match a.rx.parse(head, Direction::DeviceWrites, &mut self.seg_buf) {
+                            Ok(p) => (&self.seg_buf, p.len),
+                            Err(reason) => {
+                                self.metrics.rx_drops.add(reason);
+                                a.rx.add_used(head, 0);
+                                a.rx_added = true;
+                                continue;
+                            }
+                        },
+                    };
+                if !single {
+                    // len >= VNET_HDR_LEN was checked, so the field exists.
+                    let byte = |i| addr_at(segs, HDR_NUM_BUFFERS_OFFSET + i).unwrap_or(segs[0].0);
+                    a.rx_num_buffers_at[usize::from(head)] = [byte(0), byte(1)];
+                }
+                a.rx_held[usize::from(head)] = len;
+                match self.backend.post_rx_chain(&a.mem, ChainRef { head, segs, len }) {
+                    Ok(()) => {
+                        posted += 1;
+                        room -= 1;
+                    }
                     Err(reason) => {
+                        a.rx_held[usize::from(head)] = 0;
                         self.metrics.rx_drops.add(reason);
                         a.rx.add_used(head, 0);
                         a.rx_added = true;
-                    }
-                    Ok(p) => {
-                        // len >= VNET_HDR_LEN was checked, so the field exists.
-                        let byte =
-                            |i| addr_at(segs, HDR_NUM_BUFFERS_OFFSET + i).unwrap_or(segs[0].0);
-                        let num_buffers_at = if single {
-                            [GuestAddress(0); 2]
-                        } else {
-                            [byte(0), byte(1)]
-                        };
-                        a.rx_slots[head as usize] = Some(RxSlot {
-                            len: p.len,
-                            num_buffers_at,
-                        });
-                        let chain = ChainRef {
-                            head: p.head,
-                            segs,
-                            len: p.len,
-                        };
-                        match self.backend.post_rx_chain(&a.mem, chain) {
-                            Ok(()) => {
-                                posted += 1;
-                                room -= 1;
-                            }
-                            Err(reason) => {
-                                a.rx_slots[head as usize] = None;
-                                self.metrics.rx_drops.add(reason);
-                                a.rx.add_used(p.head, 0);
-                                a.rx_added = true;
-                            }
-                        }
                     }
                 }
             }
@@ -261,32 +258,32 @@ impl Net {
         // Buffers still expected for the current frame (MRG_RXBUF).
         let mut rest: u32 = 0;
         for u in self.used_buf.drain(..) {
-            let slot = a.rx_slots.get_mut(u.head as usize).and_then(Option::take);
-            let Some(slot) = slot else {
-                self.metrics.backend_bogus_completions += 1;
-                error!(
-                    "virtio-net {}: backend completed RX head {} it does not hold",
-                    self.id, u.head
-                );
-                continue;
+            let i = usize::from(u.head);
+            let held = match a.rx_held.get_mut(i) {
+                Some(h) if *h != 0 => std::mem::take(h),
+                _ => {
+                    self.metrics.backend_bogus_completions += 1;
+                    error!(
+                        "virtio-net {}: backend completed RX head {} it does not hold",
+                        self.id, u.head
+                    );
+                    continue;
+                }
             };
             let mut len = u.len;
-            if len > slot.len {
+            if len > held {
                 self.metrics.backend_bogus_completions += 1;
                 error!(
                     "virtio-net {}: backend reported {} bytes in a {}-byte buffer",
-                    self.id, len, slot.len
+                    self.id, len, held
                 );
-                len = slot.len;
+                len = held;
             }
             if rest == 0 {
                 if len as usize >= VNET_HDR_LEN {
-                    let nb = if mrg {
-                        read_num_buffers(a.rx.ram(), slot.num_buffers_at)
-                    } else {
-                        1
-                    };
-                    rest = u32::from(nb) - 1;
+                    if mrg {
+                        rest = u32::from(read_num_buffers(a.rx.ram(), a.rx_num_buffers_at[i])) - 1;
+                    }
                     self.metrics.rx_packets += 1;
                     self.metrics.rx_bytes += u64::from(len) - VNET_HDR_LEN as u64;
                 }
@@ -628,7 +625,8 @@ impl VirtioDevice for Net {
             rx,
             tx,
             interrupt: ctx.interrupt,
-            rx_slots: vec![None; rxn],
+            rx_held: vec![0; rxn],
+            rx_num_buffers_at: vec![[GuestAddress(0); 2]; rxn],
             tx_slots: vec![None; txn],
             rx_added: false,
             tx_added: false,

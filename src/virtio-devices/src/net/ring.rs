@@ -235,6 +235,24 @@ impl SplitRing {
         }
     }
 
+    /// The chain at `head` if it is one lone descriptor that passes every
+    /// check of [`SplitRing::parse`]: its address and length. This is the
+    /// shape of RX buffers with MRG_RXBUF (and of most TX frames), checked
+    /// without building a segment list. `None` for any other shape or a
+    /// failed check; `parse` then gives the verdict.
+    #[inline]
+    pub fn single(&self, head: u16, dir: Direction) -> Option<(GuestAddress, u32)> {
+        if head >= self.size {
+            return None;
+        }
+        let d = self.desc(head);
+        let want = if dir == Direction::DeviceWrites { F_WRITE } else { 0 };
+        let ok = d.flags & (F_NEXT | F_INDIRECT | F_WRITE) == want
+            && d.len as usize >= VNET_HDR_LEN
+            && self.ram.contains(d.addr, u64::from(d.len));
+        ok.then_some((GuestAddress(d.addr), d.len))
+    }
+
     /// Walks the chain at `head` and validates it for `dir` into `segs`
     /// (cleared first): every descriptor in the right direction, non-zero,
     /// inside guest RAM, at most [`MAX_CHAIN_DESCS`], no loop, at least the

@@ -89,8 +89,13 @@ pub trait PnicDriver: Send {
     /// Make posted RX buffers visible to the NIC (tail write). Called once per
     /// batch of `post_rx`.
     fn flush_rx(&mut self) -> Result<(), DriverError>;
+    /// Hand every finished RX buffer to `f`, in ring order (the shim's
+    /// path: no list in between).
+    fn reap_rx_each(&mut self, f: &mut dyn FnMut(RxCompletion)) -> Result<(), DriverError>;
     /// Append finished RX buffers in ring order.
-    fn reap_rx(&mut self, out: &mut Vec<RxCompletion>) -> Result<(), DriverError>;
+    fn reap_rx(&mut self, out: &mut Vec<RxCompletion>) -> Result<(), DriverError> {
+        self.reap_rx_each(&mut |c| out.push(c))
+    }
     /// Free TX ring slots (descriptors).
     fn tx_free(&self) -> usize;
     /// Queue one frame made of `segs` (IOVA, length) and start sending it.
@@ -134,6 +139,9 @@ impl PnicDriver for Box<dyn PnicDriver> {
     }
     fn flush_rx(&mut self) -> Result<(), DriverError> {
         (**self).flush_rx()
+    }
+    fn reap_rx_each(&mut self, f: &mut dyn FnMut(RxCompletion)) -> Result<(), DriverError> {
+        (**self).reap_rx_each(f)
     }
     fn reap_rx(&mut self, out: &mut Vec<RxCompletion>) -> Result<(), DriverError> {
         (**self).reap_rx(out)

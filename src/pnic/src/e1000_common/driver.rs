@@ -212,8 +212,9 @@ impl<F: Family, R: RegisterAccess> PnicDriver for E1000<F, R> {
     }
 
     #[inline]
-    fn reap_rx(&mut self, out: &mut Vec<RxCompletion>) -> Result<(), DriverError> {
-        self.rx_ring.reap(out)
+    fn reap_rx_each(&mut self, f: &mut dyn FnMut(RxCompletion)) -> Result<(), DriverError> {
+        self.rx_ring.reap_each(f);
+        Ok(())
     }
 
     fn tx_free(&self) -> usize {

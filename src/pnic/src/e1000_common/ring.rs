@@ -218,6 +218,13 @@ impl<L: DescLayout> RxRing<L> {
 
     /// Hand back every buffer the NIC finished, in ring order.
     pub fn reap(&mut self, out: &mut Vec<RxCompletion>) -> Result<(), DriverError> {
+        self.reap_each(|c| out.push(c));
+        Ok(())
+    }
+
+    /// Hand every buffer the NIC finished to `f`, in ring order.
+    #[inline]
+    pub fn reap_each(&mut self, mut f: impl FnMut(RxCompletion)) {
         while self.count > 0 {
             let slot = self.head;
             let status = u32::from_le(self.descs.u32_at(slot, L::RXD_STATUS_OFF).load(Ordering::Acquire));
@@ -230,7 +237,7 @@ impl<L: DescLayout> RxRing<L> {
             let eop = status & RXD_STAT_EOP != 0;
             let fragment = self.in_fragment;
             self.in_fragment = !eop;
-            out.push(RxCompletion {
+            f(RxCompletion {
                 cookie: self.cookies[slot],
                 // Never report more than the NIC may write (defence in depth).
                 len: len.min(self.max_frame),
@@ -238,7 +245,6 @@ impl<L: DescLayout> RxRing<L> {
                 error: fragment || status & L::RXD_ERR_FRAME != 0 || len > self.max_frame,
             });
         }
-        Ok(())
     }
 }
 

@@ -412,9 +412,9 @@ impl PnicDriver for NicModel {
         Ok(())
     }
 
-    fn reap_rx(&mut self, out: &mut Vec<RxCompletion>) -> Result<(), DriverError> {
-        let mut s = lock(&self.state);
-        out.extend(s.rx_done.drain(..));
+    fn reap_rx_each(&mut self, f: &mut dyn FnMut(RxCompletion)) -> Result<(), DriverError> {
+        let done: Vec<RxCompletion> = lock(&self.state).rx_done.drain(..).collect();
+        done.into_iter().for_each(f);
         Ok(())
     }
 

@@ -20,7 +20,9 @@ use std::os::unix::io::RawFd;
 use std::ptr::NonNull;
 
 use smallvec::SmallVec;
-use virtio_devices::net::backend::{ChainRef, DropReason, NetBackend, RxBuffer, TxFrame, Used, VNET_HDR_LEN};
+use virtio_devices::net::backend::{
+    ChainRef, DropReason, NetBackend, RxBuffer, RxSeg, TxFrame, Used, VNET_HDR_LEN,
+};
 use virtio_devices::mem::RamMap;
 use virtio_devices::GuestMemory;
 use vm_memory::{Bytes, GuestAddress};
@@ -32,7 +34,7 @@ use crate::igb::{self, IgbConfig, IgbOpenError};
 use crate::vfio::{precheck, HostPaths, DEVICE_82574L};
 use bounce::{BouncePool, BOUNCE_BUF_SIZE};
 pub use metrics::ShimMetrics;
-use rx_table::{RxHeld, RxKind, RxTable};
+use rx_table::{HostPtr, RxHeld, RxKind, RxTable};
 use slab::CookieSlab;
 
 /// VIRTIO_NET_F_MRG_RXBUF: makes a Linux guest post single-segment buffers
@@ -112,6 +114,44 @@ fn write_header(host: NonNull<u8>) {
     unsafe {
         p.cast::<[u8; 8]>().write_volatile(RX_HEADER_LO);
         p.add(8).cast::<[u8; 4]>().write_volatile(RX_HEADER_HI);
+    }
+}
+
+/// Whether the NIC says it wrote a whole, undamaged frame it was allowed to
+/// write.
+#[inline]
+fn frame_is_good(c: &RxCompletion, limits: &DriverLimits) -> bool {
+    !c.error && c.eop && c.len != 0 && c.len <= limits.rx_max_write
+}
+
+/// One NIC completion, the common case: a good frame in a zero-copy buffer
+/// gets its header and a used entry. A completion whose cookie the shim did
+/// not issue (or issued for a buffer since completed) is counted and
+/// ignored. Anything else comes back for
+/// [`ShimBackend::complete_rx_other`].
+#[inline]
+fn complete_zero_copy(
+    table: &mut RxTable,
+    metrics: &mut ShimMetrics,
+    limits: &DriverLimits,
+    c: RxCompletion,
+    out: &mut Vec<Used>,
+) -> Option<(u16, RxHeld, RxCompletion)> {
+    let Some((head, held)) = table.take(c.cookie) else {
+        metrics.nic_errors += 1;
+        return None;
+    };
+    let total = HDR + u64::from(c.len);
+    match held.kind {
+        RxKind::ZeroCopy { host, .. } if frame_is_good(&c, limits) && total <= u64::from(held.len) => {
+            write_header(host.0);
+            metrics.rx_zero_copy += 1;
+            metrics.rx_packets += 1;
+            metrics.rx_bytes += u64::from(c.len);
+            out.push(Used { head, len: total as u32 });
+            None
+        }
+        _ => Some((head, held, c)),
     }
 }
 
@@ -201,7 +241,7 @@ pub struct ShimBackend<D: PnicDriver> {
     /// tail write that makes them visible to the NIC).
     rx_unflushed: bool,
     /// Completion lists reused across reaps (no allocation per reap).
-    rx_done: Vec<RxCompletion>,
+    rx_slow: Vec<(u16, RxHeld, RxCompletion)>,
     tx_done: Vec<TxCompletion>,
     metrics: ShimMetrics,
     started: bool,
@@ -261,7 +301,7 @@ impl<D: PnicDriver> ShimBackend<D> {
             rx_returned: Vec::new(),
             tx_returned: Vec::new(),
             rx_unflushed: false,
-            rx_done: Vec::with_capacity(limits.rx_capacity),
+            rx_slow: Vec::with_capacity(limits.rx_capacity),
             tx_done: Vec::with_capacity(limits.tx_capacity),
             metrics: ShimMetrics::default(),
             started: false,
@@ -375,7 +415,7 @@ impl<D: PnicDriver> ShimBackend<D> {
         let slot = &mut self.rx_bounce_segs[idx as usize];
         slot.clear();
         slot.extend_from_slice(segs);
-        let held = RxHeld { len, kind: RxKind::Bounce(idx), gpa: segs[0].0 .0, host: None };
+        let held = RxHeld { len, kind: RxKind::Bounce(idx) };
         self.hand_to_nic(head, held, iova, nic_len)
     }
 
@@ -398,7 +438,7 @@ impl<D: PnicDriver> ShimBackend<D> {
     #[inline]
     fn post_zero_copy(&mut self, head: u16, gpa: u64, len: u32, host: NonNull<u8>) -> Result<(), DropReason> {
         let nic_len = (len - HDR as u32).min(NIC_BUF_MAX);
-        let held = RxHeld { len, kind: RxKind::ZeroCopy, gpa, host: Some(host) };
+        let held = RxHeld { len, kind: RxKind::ZeroCopy { host: HostPtr(host), gpa } };
         self.hand_to_nic(head, held, gpa + HDR, nic_len)
     }
 
@@ -444,39 +484,13 @@ impl<D: PnicDriver> ShimBackend<D> {
         reason
     }
 
-    /// Turn one NIC completion into a used entry (or recycle the buffer).
-    #[inline]
-    fn complete_rx(&mut self, c: RxCompletion, out: &mut Vec<Used>) {
-        let Some((head, held)) = self.rx.take(c.cookie) else {
-            // Not a buffer we posted (or a stale cookie): ignore, never trust it.
-            self.metrics.nic_errors += 1;
-            return;
-        };
-        let frame_len = u64::from(c.len);
-        let good = !c.error && c.eop && frame_len != 0 && frame_len <= u64::from(self.limits.rx_max_write);
-        match (held.kind, held.host) {
-            (RxKind::ZeroCopy, Some(host)) if good && HDR + frame_len <= u64::from(held.len) => {
-                write_header(host);
-                self.metrics.rx_zero_copy += 1;
-                self.delivered(head, frame_len, out);
-            }
-            _ => self.complete_rx_other(head, held, good, frame_len, out),
-        }
-    }
-
-    /// A frame of `frame_len` bytes is in buffer `head`, header written.
-    #[inline]
-    fn delivered(&mut self, head: u16, frame_len: u64, out: &mut Vec<Used>) {
-        self.metrics.rx_packets += 1;
-        self.metrics.rx_bytes += frame_len;
-        out.push(Used { head, len: (HDR + frame_len) as u32 });
-    }
-
-    /// Everything but a good frame in a zero-copy buffer: bad frames (the
-    /// buffer goes back to the NIC), frames too big for the buffer, and the
-    /// copy fallback.
+    /// Everything but a good frame in a zero-copy buffer
+    /// ([`complete_zero_copy`] took those): bad frames (the buffer goes back
+    /// to the NIC), frames too big for the buffer, and the copy fallback.
     #[cold]
-    fn complete_rx_other(&mut self, head: u16, held: RxHeld, good: bool, frame_len: u64, out: &mut Vec<Used>) {
+    fn complete_rx_other(&mut self, head: u16, held: RxHeld, c: RxCompletion, out: &mut Vec<Used>) {
+        let frame_len = u64::from(c.len);
+        let good = frame_is_good(&c, &self.limits);
         if !good || HDR + frame_len > u64::from(held.len) {
             // The guest never sees it; the buffer goes back to the NIC.
             let reason = if good {
@@ -491,11 +505,13 @@ impl<D: PnicDriver> ShimBackend<D> {
         }
         let ok = match held.kind {
             RxKind::Bounce(i) => self.complete_bounce(i, frame_len),
-            // A zero-copy buffer always has its host address.
-            RxKind::ZeroCopy => false,
+            // complete_zero_copy took every good frame that fits a zero-copy buffer.
+            RxKind::ZeroCopy { .. } => false,
         };
         if ok {
-            self.delivered(head, frame_len, out);
+            self.metrics.rx_packets += 1;
+            self.metrics.rx_bytes += frame_len;
+            out.push(Used { head, len: (HDR + frame_len) as u32 });
         } else {
             self.metrics.drop(DropReason::BadAddress);
             out.push(Used { head, len: 0 });
@@ -522,14 +538,13 @@ impl<D: PnicDriver> ShimBackend<D> {
     /// Give a guest buffer whose frame was dropped straight back to the NIC
     /// (the caller flushes).
     fn recycle(&mut self, head: u16, held: RxHeld, out: &mut Vec<Used>) {
-        let r = match (held.kind, held.host) {
-            (RxKind::ZeroCopy, Some(host)) => self.post_zero_copy(head, held.gpa, held.len, host),
-            (RxKind::Bounce(i), _) => {
+        let r = match held.kind {
+            RxKind::ZeroCopy { host, gpa } => self.post_zero_copy(head, gpa, held.len, host.0),
+            RxKind::Bounce(i) => {
                 // Keep the segments: the buffer takes the same bounce buffer again.
                 let (iova, nic_len) = self.rx_bounce.rx_target(i);
                 self.hand_to_nic(head, held, iova, nic_len)
             }
-            (RxKind::ZeroCopy, None) => Err(DropReason::BadAddress),
         };
         if r.is_err() {
             out.push(Used { head, len: 0 });
@@ -732,6 +747,16 @@ impl<D: PnicDriver> NetBackend for ShimBackend<D> {
         }
     }
 
+    /// The device's common case: a run of one-segment buffers, each handed
+    /// to the NIC zero-copy when it fits (no tail write, as above).
+    fn post_rx_segs(&mut self, _mem: &GuestMemory, bufs: &[RxSeg], refused: &mut Vec<(u16, DropReason)>) {
+        for b in bufs {
+            if let Err(r) = self.post_one_segment(b.head, b.addr, b.len) {
+                refused.push((b.head, r));
+            }
+        }
+    }
+
     fn rx_posted_batch_done(&mut self) {
         self.flush_rx_posted();
     }
@@ -741,14 +766,23 @@ impl<D: PnicDriver> NetBackend for ShimBackend<D> {
         if self.failed || !self.started {
             return;
         }
-        let mut done = std::mem::take(&mut self.rx_done);
-        if let Err(e) = self.driver.reap_rx(&mut done) {
+        // Completions are handled as the driver finds them; the rare ones
+        // that need the whole shim (recycling, the copy fallback) wait in
+        // `rx_slow` until the driver is done.
+        let mut slow = std::mem::take(&mut self.rx_slow);
+        let (table, metrics, limits) = (&mut self.rx, &mut self.metrics, &self.limits);
+        let r = self.driver.reap_rx_each(&mut |c| {
+            if let Some(s) = complete_zero_copy(table, metrics, limits, c, out) {
+                slow.push(s);
+            }
+        });
+        if let Err(e) = r {
             self.driver_err(e);
         }
-        for c in done.drain(..) {
-            self.complete_rx(c, out);
+        for (head, held, c) in slow.drain(..) {
+            self.complete_rx_other(head, held, c, out);
         }
-        self.rx_done = done;
+        self.rx_slow = slow;
         // Buffers recycled above (dropped frames) go back to the NIC now.
         self.flush_rx_posted();
         out.append(&mut self.rx_returned);

@@ -18,34 +18,45 @@ const HEAD_MASK: u64 = (1 << HEAD_BITS) - 1;
 /// Bits above head and generation: a cookie with any of them set is not ours.
 const GEN_BITS: u32 = 32;
 
+/// The host address of a zero-copy buffer's first byte (where its header
+/// goes): resolved when the buffer was posted, valid while the shim's guest
+/// memory mapping is alive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostPtr(pub NonNull<u8>);
+
+// SAFETY: the address points into guest RAM mappings that the shim owning
+// the value keeps alive (they are shared memory, usable from any thread); the
+// shim only writes through it on the thread that runs the device.
+unsafe impl Send for HostPtr {}
+
 /// How a posted buffer reaches the NIC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RxKind {
-    /// The NIC writes the frame at GPA + 12 of the buffer's one segment.
-    ZeroCopy,
+    /// The NIC writes the frame at GPA + 12 of the buffer's one segment;
+    /// `host` is where its header goes (the segment's first byte, resolved
+    /// when it was posted, valid while the shim's guest memory is alive).
+    ZeroCopy { host: HostPtr, gpa: u64 },
     /// The NIC writes into bounce buffer `n`; completion copies it over.
     Bounce(u32),
 }
 
 /// One buffer the NIC holds.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RxHeld {
-    /// Sum of the buffer's segment lengths (recomputed by the shim).
+    /// Sum of the buffer's segment lengths (recomputed by the shim); never 0.
     pub len: u32,
     pub kind: RxKind,
-    /// First segment's guest-physical address.
-    pub gpa: u64,
-    /// Host address of a zero-copy buffer's first byte (where the header
-    /// goes); resolved when it was posted, valid while the guest memory
-    /// mapping the shim holds is alive.
-    pub host: Option<NonNull<u8>>,
 }
 
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 struct Entry {
     generation: u32,
-    held: Option<RxHeld>,
+    /// The held buffer's length; 0 when the entry is empty.
+    len: u32,
+    kind: RxKind,
 }
+
+const EMPTY: Entry = Entry { generation: 0, len: 0, kind: RxKind::Bounce(0) };
 
 /// See the module documentation.
 #[derive(Debug, Default)]
@@ -54,15 +65,10 @@ pub struct RxTable {
     len: usize,
 }
 
-// SAFETY: `RxHeld::host` is an address inside guest RAM mappings that the
-// owning shim keeps alive; the table never dereferences it, it only hands it
-// back to the shim on the same thread that stored it.
-unsafe impl Send for RxTable {}
-
 impl RxTable {
     /// A table with room for heads below `n` before it grows.
     pub fn with_capacity(n: usize) -> Self {
-        RxTable { entries: vec![Entry::default(); n], len: 0 }
+        RxTable { entries: vec![EMPTY; n], len: 0 }
     }
 
     /// Buffers held.
@@ -76,23 +82,25 @@ impl RxTable {
 
     /// Whether buffer `head` is held.
     pub fn holds(&self, head: u16) -> bool {
-        self.entries.get(usize::from(head)).is_some_and(|e| e.held.is_some())
+        self.entries.get(usize::from(head)).is_some_and(|e| e.len != 0)
     }
 
     /// Store buffer `head`; returns its cookie, or `None` if `head` is
-    /// already held (a caller bug: the buffer would be completed twice).
+    /// already held (a caller bug: the buffer would be completed twice) or
+    /// `held.len` is 0 (nothing the NIC could write).
     #[inline]
     pub fn insert(&mut self, head: u16, held: RxHeld) -> Option<u64> {
         let i = usize::from(head);
         if i >= self.entries.len() {
-            self.entries.resize(i + 1, Entry::default());
+            self.entries.resize(i + 1, EMPTY);
         }
         let e = &mut self.entries[i];
-        if e.held.is_some() {
+        if e.len != 0 || held.len == 0 {
             return None;
         }
         e.generation = e.generation.wrapping_add(1);
-        e.held = Some(held);
+        e.len = held.len;
+        e.kind = held.kind;
         self.len += 1;
         Some(u64::from(e.generation) << HEAD_BITS | u64::from(head))
     }
@@ -106,10 +114,10 @@ impl RxTable {
         }
         let head = (cookie & HEAD_MASK) as u16;
         let e = self.entries.get_mut(usize::from(head))?;
-        if u64::from(e.generation) != cookie >> HEAD_BITS {
+        if u64::from(e.generation) != cookie >> HEAD_BITS || e.len == 0 {
             return None;
         }
-        let held = e.held.take()?;
+        let held = RxHeld { len: std::mem::take(&mut e.len), kind: e.kind };
         self.len -= 1;
         Some((head, held))
     }
@@ -118,8 +126,8 @@ impl RxTable {
     pub fn drain(&mut self) -> Vec<(u16, RxHeld)> {
         let mut out = Vec::with_capacity(self.len);
         for (i, e) in self.entries.iter_mut().enumerate() {
-            if let Some(h) = e.held.take() {
-                out.push((i as u16, h));
+            if e.len != 0 {
+                out.push((i as u16, RxHeld { len: std::mem::take(&mut e.len), kind: e.kind }));
             }
         }
         self.len = 0;
@@ -130,7 +138,7 @@ impl RxTable {
     /// stale).
     pub fn clear(&mut self) {
         for e in &mut self.entries {
-            e.held = None;
+            e.len = 0;
         }
         self.len = 0;
     }
@@ -141,7 +149,7 @@ mod tests {
     use super::*;
 
     fn buf(len: u32) -> RxHeld {
-        RxHeld { len, kind: RxKind::ZeroCopy, gpa: 0x1000, host: None }
+        RxHeld { len, kind: RxKind::Bounce(3) }
     }
 
     #[test]
@@ -157,11 +165,13 @@ mod tests {
     }
 
     #[test]
-    fn a_held_head_cannot_be_posted_again() {
+    fn a_held_head_cannot_be_posted_again_and_empty_buffers_not_at_all() {
         let mut t = RxTable::with_capacity(4);
-        t.insert(1, buf(2048)).unwrap();
+        let c = t.insert(1, buf(2048)).unwrap();
         assert!(t.insert(1, buf(4096)).is_none());
+        assert!(t.insert(2, buf(0)).is_none());
         assert_eq!(t.len(), 1);
+        assert_eq!(t.take(c).unwrap().1, buf(2048), "the first one is kept");
     }
 
     #[test]

@@ -22,6 +22,8 @@
 //! - `DropReason::ALL` lists every reason (for metrics).
 //! - [`DropReason::BadAddress`] also covers a chain whose descriptors or
 //!   indirect table cannot be read at all.
+//! - [`NetBackend::post_rx_segs`]: one-descriptor buffers in batches
+//!   (default: `post_rx_chain` for each); part of the same posting batch.
 //! - [`NetBackend::single_buffer_frames`] (default `false`): the backend
 //!   never merges buffers, so the device need not read num_buffers back.
 //! - Batched RX posting: the device posts through
@@ -92,6 +94,15 @@ impl ChainRef<'_> {
             len: self.len,
         }
     }
+}
+
+/// A validated RX buffer of one descriptor: the shape a Linux guest posts
+/// with MRG_RXBUF, handed over in batches ([`NetBackend::post_rx_segs`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RxSeg {
+    pub head: u16,
+    pub addr: GuestAddress,
+    pub len: u32,
 }
 
 /// A used-ring entry to publish.
@@ -189,6 +200,20 @@ pub trait NetBackend: Send {
     /// The default copies the segments and calls `post_rx`.
     fn post_rx_chain(&mut self, mem: &GuestMemory, chain: ChainRef<'_>) -> Result<(), DropReason> {
         self.post_rx(mem, chain.to_rx_buffer()).map_err(|(_, r)| r)
+    }
+    /// Take a run of one-descriptor RX buffers in one call (the device's
+    /// common case: no call and no segment list per buffer). Same contract
+    /// as [`NetBackend::post_rx_chain`] for each buffer; the heads of the
+    /// buffers refused are appended to `refused` with the reason, and the
+    /// device completes them with length 0. The default posts them one by
+    /// one.
+    fn post_rx_segs(&mut self, mem: &GuestMemory, bufs: &[RxSeg], refused: &mut Vec<(u16, DropReason)>) {
+        for b in bufs {
+            let seg = [(b.addr, b.len)];
+            if let Err(r) = self.post_rx_chain(mem, ChainRef { head: b.head, segs: &seg, len: b.len }) {
+                refused.push((b.head, r));
+            }
+        }
     }
     /// End of a batch of [`NetBackend::post_rx_chain`] calls: make every
     /// buffer posted since the last call visible to the hardware (one tail

@@ -92,6 +92,15 @@ pub trait PnicDriver: Send {
     /// Hand every finished RX buffer to `f`, in ring order (the shim's
     /// path: no list in between).
     fn reap_rx_each(&mut self, f: &mut dyn FnMut(RxCompletion)) -> Result<(), DriverError>;
+    /// [`PnicDriver::reap_rx_each`] for a driver whose type is known (the
+    /// shim's is generic), so `f` can be inlined into the reaping loop.
+    #[inline(always)]
+    fn reap_rx_with<F: FnMut(RxCompletion)>(&mut self, mut f: F) -> Result<(), DriverError>
+    where
+        Self: Sized,
+    {
+        self.reap_rx_each(&mut f)
+    }
     /// Append finished RX buffers in ring order.
     fn reap_rx(&mut self, out: &mut Vec<RxCompletion>) -> Result<(), DriverError> {
         self.reap_rx_each(&mut |c| out.push(c))

@@ -195,7 +195,7 @@ impl<F: Family, R: RegisterAccess> PnicDriver for E1000<F, R> {
         if self.started { self.rx_ring.free() } else { 0 }
     }
 
-    #[inline]
+    #[inline(always)]
     fn post_rx(&mut self, iova: u64, len: u32, cookie: u64) -> Result<(), DriverError> {
         self.check_postable()?;
         self.rx_ring.post(iova, len, cookie)
@@ -213,6 +213,12 @@ impl<F: Family, R: RegisterAccess> PnicDriver for E1000<F, R> {
 
     #[inline]
     fn reap_rx_each(&mut self, f: &mut dyn FnMut(RxCompletion)) -> Result<(), DriverError> {
+        self.rx_ring.reap_each(f);
+        Ok(())
+    }
+
+    #[inline(always)]
+    fn reap_rx_with<G: FnMut(RxCompletion)>(&mut self, f: G) -> Result<(), DriverError> {
         self.rx_ring.reap_each(f);
         Ok(())
     }

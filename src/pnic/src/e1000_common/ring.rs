@@ -190,7 +190,7 @@ impl<L: DescLayout> RxRing<L> {
     }
 
     /// Put a buffer at the tail; the NIC sees it after the driver writes RDT.
-    #[inline]
+    #[inline(always)]
     pub fn post(&mut self, iova: u64, len: u32, cookie: u64) -> Result<(), DriverError> {
         if len < self.max_frame || iova & 1 != 0 {
             return Err(self.bad_rx_buffer(iova, len));
@@ -223,7 +223,7 @@ impl<L: DescLayout> RxRing<L> {
     }
 
     /// Hand every buffer the NIC finished to `f`, in ring order.
-    #[inline]
+    #[inline(always)]
     pub fn reap_each(&mut self, mut f: impl FnMut(RxCompletion)) {
         while self.count > 0 {
             let slot = self.head;

@@ -129,7 +129,7 @@ fn frame_is_good(c: &RxCompletion, limits: &DriverLimits) -> bool {
 /// not issue (or issued for a buffer since completed) is counted and
 /// ignored. Anything else comes back for
 /// [`ShimBackend::complete_rx_other`].
-#[inline]
+#[inline(always)]
 fn complete_zero_copy(
     table: &mut RxTable,
     metrics: &mut ShimMetrics,
@@ -424,7 +424,7 @@ impl<D: PnicDriver> ShimBackend<D> {
     /// for the largest frame the NIC writes after the header (so every NIC
     /// write lies inside the segment), the NIC's alignment, and the whole
     /// segment inside one guest RAM region.
-    #[inline]
+    #[inline(always)]
     fn zero_copy_target(&self, gpa: GuestAddress, len: u32) -> Option<NonNull<u8>> {
         if len < self.zc_min_len || gpa.0.wrapping_add(HDR) & (self.limits.rx_align - 1) != 0 {
             return None;
@@ -435,7 +435,7 @@ impl<D: PnicDriver> ShimBackend<D> {
 
     /// Give the NIC the frame area (GPA + 12) of a buffer that
     /// `zero_copy_target` accepted.
-    #[inline]
+    #[inline(always)]
     fn post_zero_copy(&mut self, head: u16, gpa: u64, len: u32, host: NonNull<u8>) -> Result<(), DropReason> {
         let nic_len = (len - HDR as u32).min(NIC_BUF_MAX);
         let held = RxHeld { len, kind: RxKind::ZeroCopy { host: HostPtr(host), gpa } };
@@ -445,7 +445,7 @@ impl<D: PnicDriver> ShimBackend<D> {
     /// Give the NIC `nic_len` bytes at `iova` for buffer `head` (the tail
     /// write comes later). On failure everything is undone and the reason
     /// returned.
-    #[inline]
+    #[inline(always)]
     fn hand_to_nic(&mut self, head: u16, held: RxHeld, iova: u64, nic_len: u32) -> Result<(), DropReason> {
         let Some(cookie) = self.rx.insert(head, held) else {
             return Err(self.post_refused(head, held));
@@ -750,8 +750,23 @@ impl<D: PnicDriver> NetBackend for ShimBackend<D> {
     /// The device's common case: a run of one-segment buffers, each handed
     /// to the NIC zero-copy when it fits (no tail write, as above).
     fn post_rx_segs(&mut self, _mem: &GuestMemory, bufs: &[RxSeg], refused: &mut Vec<(u16, DropReason)>) {
+        if !self.started || self.failed {
+            // post_checked starts the NIC or refuses every buffer.
+            for b in bufs {
+                if let Err(r) = self.post_one_segment(b.head, b.addr, b.len) {
+                    refused.push((b.head, r));
+                }
+            }
+            return;
+        }
         for b in bufs {
-            if let Err(r) = self.post_one_segment(b.head, b.addr, b.len) {
+            let r = match self.zero_copy_target(b.addr, b.len) {
+                Some(host) => {
+                    self.post_zero_copy(b.head, b.addr.0, b.len, host).inspect_err(|r| self.metrics.drop(*r))
+                }
+                None => self.post_one_segment(b.head, b.addr, b.len),
+            };
+            if let Err(r) = r {
                 refused.push((b.head, r));
             }
         }
@@ -771,7 +786,7 @@ impl<D: PnicDriver> NetBackend for ShimBackend<D> {
         // `rx_slow` until the driver is done.
         let mut slow = std::mem::take(&mut self.rx_slow);
         let (table, metrics, limits) = (&mut self.rx, &mut self.metrics, &self.limits);
-        let r = self.driver.reap_rx_each(&mut |c| {
+        let r = self.driver.reap_rx_with(|c| {
             if let Some(s) = complete_zero_copy(table, metrics, limits, c, out) {
                 slow.push(s);
             }

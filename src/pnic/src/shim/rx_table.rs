@@ -88,7 +88,7 @@ impl RxTable {
     /// Store buffer `head`; returns its cookie, or `None` if `head` is
     /// already held (a caller bug: the buffer would be completed twice) or
     /// `held.len` is 0 (nothing the NIC could write).
-    #[inline]
+    #[inline(always)]
     pub fn insert(&mut self, head: u16, held: RxHeld) -> Option<u64> {
         let i = usize::from(head);
         if i >= self.entries.len() {

@@ -109,6 +109,17 @@ pub trait PnicDriver: Send {
     fn tx_free(&self) -> usize;
     /// Queue one frame made of `segs` (IOVA, length) and start sending it.
     fn post_tx(&mut self, segs: &[(u64, u32)], cookie: u64) -> Result<(), DriverError>;
+    /// Queue one frame like [`PnicDriver::post_tx`] but leave it invisible
+    /// to the NIC (no tail write) until [`PnicDriver::flush_tx`]: a burst
+    /// of frames costs one MMIO write. Default: `post_tx`.
+    fn queue_tx(&mut self, segs: &[(u64, u32)], cookie: u64) -> Result<(), DriverError> {
+        self.post_tx(segs, cookie)
+    }
+    /// Make the frames queued with `queue_tx` visible to the NIC. Default:
+    /// nothing (`queue_tx` already did).
+    fn flush_tx(&mut self) -> Result<(), DriverError> {
+        Ok(())
+    }
     fn reap_tx(&mut self, out: &mut Vec<TxCompletion>) -> Result<(), DriverError>;
     fn link_up(&mut self) -> Result<bool, DriverError>;
     /// Accept unicast to `mac`, broadcast and all multicast; drop the rest in
@@ -160,6 +171,12 @@ impl PnicDriver for Box<dyn PnicDriver> {
     }
     fn post_tx(&mut self, segs: &[(u64, u32)], cookie: u64) -> Result<(), DriverError> {
         (**self).post_tx(segs, cookie)
+    }
+    fn queue_tx(&mut self, segs: &[(u64, u32)], cookie: u64) -> Result<(), DriverError> {
+        (**self).queue_tx(segs, cookie)
+    }
+    fn flush_tx(&mut self) -> Result<(), DriverError> {
+        (**self).flush_tx()
     }
     fn reap_tx(&mut self, out: &mut Vec<TxCompletion>) -> Result<(), DriverError> {
         (**self).reap_tx(out)

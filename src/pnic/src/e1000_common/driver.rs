@@ -228,8 +228,21 @@ impl<F: Family, R: RegisterAccess> PnicDriver for E1000<F, R> {
     }
 
     fn post_tx(&mut self, segs: &[(u64, u32)], cookie: u64) -> Result<(), DriverError> {
+        self.queue_tx(segs, cookie)?;
+        self.flush_tx()
+    }
+
+    #[inline]
+    fn queue_tx(&mut self, segs: &[(u64, u32)], cookie: u64) -> Result<(), DriverError> {
         self.check_postable()?;
-        self.tx_ring.post(segs, cookie)?;
+        self.tx_ring.post(segs, cookie)
+    }
+
+    fn flush_tx(&mut self) -> Result<(), DriverError> {
+        if !self.started {
+            return Ok(());
+        }
+        // Descriptors must be in memory before the NIC sees the new tail.
         fence(Ordering::Release);
         self.regs.write32(TDT0, self.tx_ring.tail());
         Ok(())

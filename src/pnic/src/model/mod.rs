@@ -105,6 +105,10 @@ struct State {
     quiesces: u64,
     /// `flush_rx` calls (RX tail writes on a real NIC).
     rx_flushes: u64,
+    /// Frames of `tx_posted` the driver made visible (its TX tail), and
+    /// `flush_tx` calls (TX tail writes).
+    tx_tail: usize,
+    tx_flushes: u64,
 }
 
 /// The NIC model as a driver (give it to the shim).
@@ -287,6 +291,10 @@ impl ModelHandle {
     pub fn rx_flush_count(&self) -> u64 {
         lock(&self.state).rx_flushes
     }
+    /// How often the driver started queued TX frames (`flush_tx`).
+    pub fn tx_flush_count(&self) -> u64 {
+        lock(&self.state).tx_flushes
+    }
     /// RX buffers posted but not yet made visible by `flush_rx`.
     pub fn rx_unflushed(&self) -> usize {
         let s = lock(&self.state);
@@ -316,7 +324,12 @@ impl ModelHandle {
 }
 
 fn complete_tx_locked(s: &mut State, iommu: &ModelIommu) {
-    while let Some((nseg, cookie)) = s.tx_posted.pop_front() {
+    // Only frames behind the tail: a queued, unflushed frame is not sent.
+    while s.tx_tail > 0 {
+        let Some((nseg, cookie)) = s.tx_posted.pop_front() else {
+            break;
+        };
+        s.tx_tail -= 1;
         let mut frame = Vec::new();
         let t = Instant::now();
         let mut ok = true;
@@ -423,6 +436,22 @@ impl PnicDriver for NicModel {
     }
 
     fn post_tx(&mut self, segs: &[(u64, u32)], cookie: u64) -> Result<(), DriverError> {
+        self.queue_tx(segs, cookie)?;
+        self.flush_tx()
+    }
+
+    fn flush_tx(&mut self) -> Result<(), DriverError> {
+        // A tail-register write: every queued frame is sent.
+        let mut s = lock(&self.state);
+        s.tx_flushes += 1;
+        s.tx_tail = s.tx_posted.len();
+        if self.cfg.auto_tx {
+            complete_tx_locked(&mut s, &self.iommu);
+        }
+        Ok(())
+    }
+
+    fn queue_tx(&mut self, segs: &[(u64, u32)], cookie: u64) -> Result<(), DriverError> {
         let mut s = lock(&self.state);
         let free = tx_free_locked(&s, &self.cfg);
         if s.removed {
@@ -452,9 +481,6 @@ impl PnicDriver for NicModel {
         }
         s.tx_posted.push_back((segs.len(), cookie));
         s.tx_posted_segs.extend(segs.iter().copied());
-        if self.cfg.auto_tx {
-            complete_tx_locked(&mut s, &self.iommu);
-        }
         Ok(())
     }
 
@@ -485,6 +511,7 @@ impl PnicDriver for NicModel {
         s.rx_done.clear();
         s.tx_posted.clear();
         s.tx_posted_segs.clear();
+        s.tx_tail = 0;
         s.tx_done.clear();
         s.quiesces += 1;
         Ok(())

@@ -54,14 +54,8 @@ const HDR: u64 = VNET_HDR_LEN as u64;
 /// Segments of an RX buffer the shim keeps inline (no allocation): a Linux
 /// guest with MRG_RXBUF posts one, without it header + data make two.
 const RX_INLINE_SEGS: usize = 2;
-/// TX segments handed to the NIC kept inline: as many as igb/e1000e take
-/// for one frame (more takes the copy fallback anyway).
-const TX_INLINE_SEGS: usize = 8;
-
 /// A guest RX buffer's segments as the shim keeps them.
 type RxSegs = SmallVec<[(GuestAddress, u32); RX_INLINE_SEGS]>;
-/// NIC-visible (IOVA, length) segments of a TX frame.
-type TxSegs = SmallVec<[(u64, u32); TX_INLINE_SEGS]>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ShimError {
@@ -185,10 +179,11 @@ fn write_scatter(ram: &RamMap, segs: &[(GuestAddress, u32)], mut off: u64, mut d
     data.is_empty()
 }
 
-/// The NIC-visible segments of a TX chain: everything after the header.
-fn tx_payload_segments(ram: &RamMap, frame: &ChainRef<'_>) -> Result<TxSegs, DropReason> {
+/// The NIC-visible segments of a TX chain, everything after the header,
+/// into `out` (cleared first).
+fn tx_payload_segments(ram: &RamMap, frame: &ChainRef<'_>, out: &mut Vec<(u64, u32)>) -> Result<(), DropReason> {
     let mut skip = HDR;
-    let mut out = TxSegs::new();
+    out.clear();
     for (addr, len) in frame.segs {
         let len = u64::from(*len);
         if len == 0 {
@@ -209,7 +204,7 @@ fn tx_payload_segments(ram: &RamMap, frame: &ChainRef<'_>) -> Result<TxSegs, Dro
     if skip > 0 {
         return Err(DropReason::ShortHeader);
     }
-    Ok(out)
+    Ok(())
 }
 
 /// The shim backend. See the module documentation.
@@ -240,8 +235,14 @@ pub struct ShimBackend<D: PnicDriver> {
     /// RX buffers were posted to the driver since the last `flush_rx` (the
     /// tail write that makes them visible to the NIC).
     rx_unflushed: bool,
+    /// TX frames were queued since the last `flush_tx` (the tail write that
+    /// starts sending them).
+    tx_unflushed: bool,
     /// Completion lists reused across reaps (no allocation per reap).
     rx_slow: Vec<(u16, RxHeld, RxCompletion)>,
+    /// NIC segments of the TX frame being sent (reused: no allocation per
+    /// frame).
+    tx_segs: Vec<(u64, u32)>,
     tx_done: Vec<TxCompletion>,
     metrics: ShimMetrics,
     started: bool,
@@ -301,7 +302,9 @@ impl<D: PnicDriver> ShimBackend<D> {
             rx_returned: Vec::new(),
             tx_returned: Vec::new(),
             rx_unflushed: false,
+            tx_unflushed: false,
             rx_slow: Vec::with_capacity(limits.rx_capacity),
+            tx_segs: Vec::with_capacity(virtio_devices::net::chain::MAX_CHAIN_DESCS),
             tx_done: Vec::with_capacity(limits.tx_capacity),
             metrics: ShimMetrics::default(),
             started: false,
@@ -345,6 +348,7 @@ impl<D: PnicDriver> ShimBackend<D> {
         let _ = self.driver.quiesce();
         self.started = false;
         self.rx_unflushed = false;
+        self.tx_unflushed = false;
         for (head, _) in self.rx.drain() {
             self.rx_returned.push(Used { head, len: 0 });
             self.metrics.drop(DropReason::BackendError);
@@ -395,6 +399,18 @@ impl<D: PnicDriver> ShimBackend<D> {
         }
         self.rx_unflushed = false;
         if let Err(e) = self.driver.flush_rx() {
+            self.driver_err(e);
+        }
+    }
+
+    /// Start sending the TX frames queued since the last flush: one tail
+    /// write for all of them.
+    fn flush_tx_queued(&mut self) {
+        if !self.tx_unflushed {
+            return;
+        }
+        self.tx_unflushed = false;
+        if let Err(e) = self.driver.flush_tx() {
             self.driver_err(e);
         }
     }
@@ -580,8 +596,9 @@ impl<D: PnicDriver> ShimBackend<D> {
             (segs, None)
         };
         let cookie = self.tx.insert(TxSlot { head, bytes, bounce });
-        match self.driver.post_tx(segs, cookie) {
+        match self.driver.queue_tx(segs, cookie) {
             Ok(()) => {
+                self.tx_unflushed = true;
                 if bounce.is_none() {
                     self.metrics.tx_zero_copy += 1;
                 }
@@ -598,29 +615,56 @@ impl<D: PnicDriver> ShimBackend<D> {
         }
     }
 
-    fn validate_tx(&self, frame: &ChainRef<'_>) -> Result<TxSegs, DropReason> {
+    /// The NIC segments of a guest frame, checked, into `segs`.
+    fn validate_tx(&self, frame: &ChainRef<'_>, segs: &mut Vec<(u64, u32)>) -> Result<(), DropReason> {
         if (frame.len as usize) <= VNET_HDR_LEN {
             return Err(DropReason::ShortHeader);
         }
         if u64::from(frame.len) - HDR > u64::from(self.limits.tx_max_frame) {
             return Err(DropReason::FrameTooLong);
         }
-        let segs = tx_payload_segments(&self.ram, frame)?;
+        tx_payload_segments(&self.ram, frame, segs)?;
         // Trust the segments, not the summary (`frame.len`).
         let bytes: u64 = segs.iter().map(|s| u64::from(s.1)).sum();
         if bytes > u64::from(self.limits.tx_max_frame) {
             return Err(DropReason::FrameTooLong);
         }
-        Ok(segs)
+        Ok(())
+    }
+
+    /// Send `frame` now, or queue it behind the frames already waiting for
+    /// room in the NIC ring. `segs` is scratch space for its NIC segments.
+    fn send_checked(&mut self, frame: &ChainRef<'_>, segs: &mut Vec<(u64, u32)>) -> Result<bool, DropReason> {
+        self.validate_tx(frame, segs).inspect_err(|r| self.metrics.drop(*r))?;
+        let need = segs.len().min(self.limits.tx_max_segs);
+        let mut free = self.driver.tx_free();
+        if !self.backlog.is_empty() || free < need {
+            // The ring was full: make room, oldest frames first (this path
+            // may allocate a scratch list; the common one does not).
+            self.reap_tx_completions(false);
+            self.drain_backlog();
+            free = self.driver.tx_free();
+        }
+        if self.backlog.is_empty() && free >= need {
+            self.submit_tx(frame.head, segs).inspect_err(|r| self.metrics.drop(*r))?;
+            return Ok(false);
+        }
+        if self.backlog.len() >= TX_BACKLOG {
+            self.metrics.drop(DropReason::NoBuffer);
+            return Err(DropReason::NoBuffer);
+        }
+        self.backlog.push_back(frame.to_tx_frame());
+        Ok(false)
     }
 
     /// Send queued frames while the NIC ring has room; dropped ones are
     /// completed through `tx_returned`.
     fn drain_backlog(&mut self) {
+        let mut segs = std::mem::take(&mut self.tx_segs);
         while let Some(f) = self.backlog.front() {
             let chain = ChainRef { head: f.head, segs: &f.segs, len: f.len };
-            let segs = match self.validate_tx(&chain) {
-                Ok(s) => s,
+            match self.validate_tx(&chain, &mut segs) {
+                Ok(()) => {}
                 Err(r) => {
                     let f = self.backlog.pop_front().expect("front exists");
                     self.metrics.drop(r);
@@ -639,6 +683,7 @@ impl<D: PnicDriver> ShimBackend<D> {
                 self.tx_returned.push(Used { head, len: 0 });
             }
         }
+        self.tx_segs = segs;
     }
 
     /// The common case, a Linux guest's MRG_RXBUF buffer: one segment the
@@ -713,6 +758,7 @@ impl<D: PnicDriver> NetBackend for ShimBackend<D> {
                 self.refresh_link();
             }
             self.drain_backlog();
+            self.flush_tx_queued();
         }
     }
 
@@ -803,9 +849,16 @@ impl<D: PnicDriver> NetBackend for ShimBackend<D> {
         out.append(&mut self.rx_returned);
     }
 
+    /// Sends at once (a batch of one), see the trait.
     fn send(&mut self, mem: &GuestMemory, frame: TxFrame) -> Result<bool, DropReason> {
         let chain = ChainRef { head: frame.head, segs: &frame.segs, len: frame.len };
-        self.send_chain(mem, chain)
+        let r = self.send_chain(mem, chain);
+        self.flush_tx_queued();
+        r
+    }
+
+    fn tx_batch_done(&mut self) {
+        self.flush_tx_queued();
     }
 
     /// Copies the segment list only when the frame has to wait in the backlog.
@@ -814,30 +867,17 @@ impl<D: PnicDriver> NetBackend for ShimBackend<D> {
             self.metrics.drop(DropReason::BackendError);
             return Err(DropReason::BackendError);
         }
-        let segs = self.validate_tx(&frame).inspect_err(|r| self.metrics.drop(*r))?;
-        let need = segs.len().min(self.limits.tx_max_segs);
-        let mut free = self.driver.tx_free();
-        if !self.backlog.is_empty() || free < need {
-            self.reap_tx_completions(false);
-            self.drain_backlog();
-            free = self.driver.tx_free();
-        }
-        if self.backlog.is_empty() && free >= need {
-            self.submit_tx(frame.head, &segs).inspect_err(|r| self.metrics.drop(*r))?;
-            return Ok(false);
-        }
-        if self.backlog.len() >= TX_BACKLOG {
-            self.metrics.drop(DropReason::NoBuffer);
-            return Err(DropReason::NoBuffer);
-        }
-        self.backlog.push_back(frame.to_tx_frame());
-        Ok(false)
+        let mut segs = std::mem::take(&mut self.tx_segs);
+        let r = self.send_checked(&frame, &mut segs);
+        self.tx_segs = segs;
+        r
     }
 
     fn reap_tx(&mut self, out: &mut Vec<Used>) {
         if !self.failed && self.started {
             self.reap_tx_completions(true);
             self.drain_backlog();
+            self.flush_tx_queued();
         }
         out.append(&mut self.tx_returned);
     }
@@ -861,6 +901,7 @@ impl<D: PnicDriver> NetBackend for ShimBackend<D> {
         );
         self.started = false;
         self.rx_unflushed = false;
+        self.tx_unflushed = false;
         self.rx.clear();
         self.tx.clear();
         self.backlog.clear();

@@ -383,6 +383,37 @@ fn tx_backlog_when_the_ring_is_full() {
 }
 
 #[test]
+fn tx_chains_start_with_one_tail_write_per_batch() {
+    let (mut s, h, mem) = setup();
+    let payload = eth(100, 4);
+    for i in 0..3u64 {
+        mem.write_slice(&payload, GuestAddress(0x1_000c + i * 0x1000)).unwrap();
+    }
+    let flushes = h.tx_flush_count();
+    for i in 0..3u16 {
+        let seg = [(GuestAddress(0x1_0000 + u64::from(i) * 0x1000), 112)];
+        assert_eq!(s.send_chain(&mem, ChainRef { head: i, segs: &seg, len: 112 }), Ok(false));
+    }
+    assert_eq!(h.posted_tx().len(), 3, "queued in the NIC ring");
+    assert!(h.sent().is_empty(), "but not sent before the batch ends");
+    assert_eq!(h.tx_flush_count(), flushes);
+    s.tx_batch_done();
+    assert_eq!(h.tx_flush_count(), flushes + 1, "one tail write for the batch");
+    assert_eq!(h.sent(), vec![payload.clone(); 3]);
+    s.tx_batch_done();
+    assert_eq!(h.tx_flush_count(), flushes + 1, "nothing queued, no tail write");
+    // `send` is a batch of its own.
+    mem.write_slice(&payload, GuestAddress(0x2_000c)).unwrap();
+    assert_eq!(s.send(&mem, txframe(9, &[(0x2_0000, 112)])), Ok(false));
+    assert_eq!(h.tx_flush_count(), flushes + 2);
+    assert_eq!(h.sent().len(), 4);
+    let mut used = Vec::new();
+    s.reap_tx(&mut used);
+    let heads: Vec<u16> = used.iter().map(|u| u.head).collect();
+    assert_eq!(heads, vec![0, 1, 2, 9]);
+}
+
+#[test]
 fn discard_pending_drains_the_interrupt_fd() {
     let (mut s, h, mem) = setup();
     s.post_rx(&mem, rxbuf(0, &[(0x1000, 2048)])).unwrap();

@@ -24,6 +24,7 @@
 //!   indirect table cannot be read at all.
 //! - [`NetBackend::post_rx_segs`]: one-descriptor buffers in batches
 //!   (default: `post_rx_chain` for each); part of the same posting batch.
+//! - [`NetBackend::tx_batch_done`]: TX tail writes once per batch, as RX.
 //! - [`NetBackend::single_buffer_frames`] (default `false`): the backend
 //!   never merges buffers, so the device need not read num_buffers back.
 //! - Batched RX posting: the device posts through
@@ -234,6 +235,14 @@ pub trait NetBackend: Send {
     fn send_chain(&mut self, mem: &GuestMemory, chain: ChainRef<'_>) -> Result<bool, DropReason> {
         self.send(mem, chain.to_tx_frame())
     }
+    /// End of a batch of [`NetBackend::send_chain`] calls: start sending
+    /// every frame accepted since the last call (one NIC tail write). A
+    /// backend may leave frames accepted by `send_chain` unsent until then;
+    /// the device calls it after every batch in which it sent a frame,
+    /// before it returns to the event loop. Frames a backend queues on its
+    /// own (a backlog drained in `process_event`/`reap_tx`) it starts before
+    /// that call returns. `send` is a batch of one. Default: nothing.
+    fn tx_batch_done(&mut self) {}
     /// TX frames whose transmission finished.
     fn reap_tx(&mut self, out: &mut Vec<Used>);
     /// Stop all I/O into guest memory and forget every posted buffer. Returns

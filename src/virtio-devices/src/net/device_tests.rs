@@ -53,6 +53,9 @@ struct FakeState {
     unflushed: usize,
     /// Buffers posted in each batch, one entry per `rx_posted_batch_done`.
     batches: Vec<usize>,
+    /// Frames sent since the last `tx_batch_done`, and per batch.
+    tx_unflushed: usize,
+    tx_batches: Vec<usize>,
 }
 
 struct FakeBackend {
@@ -161,7 +164,13 @@ impl NetBackend for FakeBackend {
         }
         assert_eq!(v.len(), frame.len as usize);
         st.sent.push(v);
+        st.tx_unflushed += 1;
         Ok(true)
+    }
+    fn tx_batch_done(&mut self) {
+        let mut st = self.st.lock().unwrap();
+        let n = std::mem::take(&mut st.tx_unflushed);
+        st.tx_batches.push(n);
     }
     fn reap_tx(&mut self, _out: &mut Vec<Used>) {}
     fn quiesce(&mut self) {
@@ -1146,4 +1155,20 @@ fn rx_refill_ends_each_batch_with_one_batch_done() {
     let st = h.st.lock().unwrap();
     assert_eq!(st.batches, vec![5, 2]);
     assert_eq!(st.unflushed, 0, "every posted buffer was followed by a batch-done");
+}
+
+#[test]
+fn tx_processing_ends_each_batch_with_one_batch_done() {
+    let mut h = Harness::activated(0);
+    for i in 0..4 {
+        h.add_tx_frame(&frame(60, i));
+    }
+    h.kick(TX_QUEUE);
+    let st = h.st.lock().unwrap();
+    assert_eq!(st.sent.len(), 4);
+    assert_eq!(st.tx_batches, vec![4], "one batch-done after the four frames");
+    assert_eq!(st.tx_unflushed, 0);
+    drop(st);
+    h.kick(TX_QUEUE);
+    assert_eq!(h.st.lock().unwrap().tx_batches, vec![4], "nothing popped, no batch-done");
 }

@@ -180,6 +180,14 @@ impl SplitRing {
     /// that publishes more than a queue ahead is broken: nothing is taken
     /// (as virtio-queue does) and it is counted.
     fn has_avail(&mut self) -> bool {
+        self.avail_count() > 0
+    }
+
+    /// How many chains the driver has published that we have not taken
+    /// (the index is re-read once we caught up with it). A driver that
+    /// publishes more than a queue ahead is broken: nothing is taken (as
+    /// virtio-queue does) and it is counted.
+    pub fn avail_count(&mut self) -> u16 {
         if self.avail_idx == self.next_avail {
             // Acquire: the ring entries and descriptors written before the
             // index are visible once we see it.
@@ -195,9 +203,9 @@ impl SplitRing {
                 );
             }
             self.avail_idx = self.next_avail;
-            return false;
+            return 0;
         }
-        pending > 0
+        pending
     }
 
     /// Takes the next available head. The value is the guest's: it may be
@@ -206,6 +214,15 @@ impl SplitRing {
         if !self.has_avail() {
             return None;
         }
+        Some(self.pop_counted())
+    }
+
+    /// Takes the next head of the `avail_count()` the caller was told are
+    /// there (a run of them without re-checking the index each time). The
+    /// value is the guest's, as for [`SplitRing::pop_head`].
+    #[inline]
+    pub fn pop_counted(&mut self) -> u16 {
+        debug_assert!(self.avail_idx != self.next_avail, "pop_counted past avail_count");
         // size is a power of two (checked in `new`).
         let slot = u64::from(self.next_avail & (self.size - 1));
         // SAFETY: slot < size, so the entry lies inside the mapped avail ring
@@ -217,7 +234,7 @@ impl SplitRing {
                 .read_volatile()
         };
         self.next_avail = self.next_avail.wrapping_add(1);
-        Some(u16::from_le(head))
+        u16::from_le(head)
     }
 
     /// Descriptor `i` of the ring's table (`i` < size).

@@ -120,7 +120,20 @@ pub trait PnicDriver: Send {
     fn flush_tx(&mut self) -> Result<(), DriverError> {
         Ok(())
     }
-    fn reap_tx(&mut self, out: &mut Vec<TxCompletion>) -> Result<(), DriverError>;
+    /// Hand every finished TX frame to `f`, in order.
+    fn reap_tx_each(&mut self, f: &mut dyn FnMut(TxCompletion)) -> Result<(), DriverError>;
+    /// [`PnicDriver::reap_tx_each`] for a driver whose type is known.
+    #[inline(always)]
+    fn reap_tx_with<F: FnMut(TxCompletion)>(&mut self, mut f: F) -> Result<(), DriverError>
+    where
+        Self: Sized,
+    {
+        self.reap_tx_each(&mut f)
+    }
+    /// Append finished TX frames in order.
+    fn reap_tx(&mut self, out: &mut Vec<TxCompletion>) -> Result<(), DriverError> {
+        self.reap_tx_each(&mut |c| out.push(c))
+    }
     fn link_up(&mut self) -> Result<bool, DriverError>;
     /// Accept unicast to `mac`, broadcast and all multicast; drop the rest in
     /// the NIC (whatever the NIC DMAs is visible to the guest).
@@ -177,6 +190,9 @@ impl PnicDriver for Box<dyn PnicDriver> {
     }
     fn flush_tx(&mut self) -> Result<(), DriverError> {
         (**self).flush_tx()
+    }
+    fn reap_tx_each(&mut self, f: &mut dyn FnMut(TxCompletion)) -> Result<(), DriverError> {
+        (**self).reap_tx_each(f)
     }
     fn reap_tx(&mut self, out: &mut Vec<TxCompletion>) -> Result<(), DriverError> {
         (**self).reap_tx(out)

@@ -248,8 +248,15 @@ impl<F: Family, R: RegisterAccess> PnicDriver for E1000<F, R> {
         Ok(())
     }
 
-    fn reap_tx(&mut self, out: &mut Vec<TxCompletion>) -> Result<(), DriverError> {
-        self.tx_ring.reap(out)
+    fn reap_tx_each(&mut self, f: &mut dyn FnMut(TxCompletion)) -> Result<(), DriverError> {
+        self.tx_ring.reap_each(f);
+        Ok(())
+    }
+
+    #[inline(always)]
+    fn reap_tx_with<G: FnMut(TxCompletion)>(&mut self, f: G) -> Result<(), DriverError> {
+        self.tx_ring.reap_each(f);
+        Ok(())
     }
 
     fn link_up(&mut self) -> Result<bool, DriverError> {

@@ -7,7 +7,6 @@
 //! completion's cookie comes from the slot, not from the descriptor. The
 //! driver still owns the registers: it writes `tail()` to RDT/TDT.
 
-use std::collections::VecDeque;
 use std::marker::PhantomData;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, Ordering};
@@ -248,10 +247,10 @@ impl<L: DescLayout> RxRing<L> {
     }
 }
 
-/// An in-flight TX frame: its last descriptor slot, descriptor count, cookie.
-#[derive(Debug, Clone, Copy)]
-struct TxInFlight {
-    last: usize,
+/// What the TX ring keeps about a queued frame, at the slot of its first
+/// descriptor.
+#[derive(Debug, Clone, Copy, Default)]
+struct TxQueued {
     ndesc: usize,
     cookie: u64,
 }
@@ -261,8 +260,12 @@ pub struct TxRing<L> {
     descs: Descs,
     size: usize,
     tail: usize,
+    /// First descriptor of the oldest frame not yet reaped.
+    clean: usize,
     used: usize,
-    inflight: VecDeque<TxInFlight>,
+    /// Indexed by a frame's first descriptor slot (valid for the frames
+    /// between `clean` and `tail`).
+    queued: Vec<TxQueued>,
     max_frame: u32,
     max_segs: usize,
     layout: PhantomData<fn() -> L>,
@@ -277,8 +280,9 @@ impl<L: DescLayout> TxRing<L> {
             descs: Descs::new(area, size, &fields),
             size,
             tail: 0,
+            clean: 0,
             used: 0,
-            inflight: VecDeque::with_capacity(size),
+            queued: vec![TxQueued::default(); size],
             max_frame,
             max_segs,
             layout: PhantomData,
@@ -308,56 +312,75 @@ impl<L: DescLayout> TxRing<L> {
     /// Forget every queued frame and zero the descriptors.
     pub fn reset(&mut self) {
         self.tail = 0;
+        self.clean = 0;
         self.used = 0;
-        self.inflight.clear();
         self.descs.clear();
     }
 
     /// Queue one frame of `segs` (IOVA, length); the NIC sees it after the
     /// driver writes TDT. Report-status is asked on the last segment only.
+    #[inline]
     pub fn post(&mut self, segs: &[(u64, u32)], cookie: u64) -> Result<(), DriverError> {
-        let max_segs = self.max_segs;
-        if segs.is_empty() || segs.len() > max_segs {
-            return Err(DriverError::TooManySegments { got: segs.len(), max: max_segs });
+        let n = segs.len();
+        if n == 0 || n > self.max_segs {
+            return Err(DriverError::TooManySegments { got: n, max: self.max_segs });
         }
-        let total: u64 = segs.iter().map(|s| u64::from(s.1)).sum();
-        let max = self.max_frame;
-        if total > u64::from(max) || segs.iter().any(|s| s.1 == 0 || s.1 > TX_MAX_SEG_LEN) {
-            return Err(DriverError::BadBuffer(format!(
-                "TX frame of {total} bytes (max {max}, no empty segment)"
-            )));
+        let mut total: u64 = 0;
+        let mut bad_seg = false;
+        for &(_, len) in segs {
+            total += u64::from(len);
+            bad_seg |= len == 0 || len > TX_MAX_SEG_LEN;
         }
-        if self.free() < segs.len() {
+        if bad_seg || total > u64::from(self.max_frame) {
+            return Err(self.bad_tx_frame(total));
+        }
+        if self.free() < n {
             return Err(DriverError::RingFull("TX"));
         }
-        let mut slot = self.tail;
-        let mut last = slot;
+        let first = self.tail;
+        let mut slot = first;
         for (i, &(iova, len)) in segs.iter().enumerate() {
-            let [w8, w12] = L::tx_words(len, i + 1 == segs.len(), total as u32);
+            let [w8, w12] = L::tx_words(len, i + 1 == n, total as u32);
             self.descs.u64_at(slot, 0).store(iova.to_le(), Ordering::Relaxed);
             self.descs.u32_at(slot, TXD_CMD_WORD).store(w8.to_le(), Ordering::Relaxed);
             self.descs.u32_at(slot, TXD_OLINFO_WORD).store(w12.to_le(), Ordering::Relaxed);
-            last = slot;
             slot = (slot + 1) & (self.size - 1);
         }
+        self.queued[first] = TxQueued { ndesc: n, cookie };
         self.tail = slot;
-        self.used += segs.len();
-        self.inflight.push_back(TxInFlight { last, ndesc: segs.len(), cookie });
+        self.used += n;
         Ok(())
+    }
+
+    #[cold]
+    fn bad_tx_frame(&self, total: u64) -> DriverError {
+        DriverError::BadBuffer(format!(
+            "TX frame of {total} bytes (max {}, no empty segment, at most {TX_MAX_SEG_LEN} per segment)",
+            self.max_frame
+        ))
     }
 
     /// Hand back every frame whose last descriptor has DD, in order.
     pub fn reap(&mut self, out: &mut Vec<TxCompletion>) -> Result<(), DriverError> {
-        while let Some(f) = self.inflight.front().copied() {
-            let status = u32::from_le(self.descs.u32_at(f.last, TXD_STATUS_OFF).load(Ordering::Acquire));
+        self.reap_each(|c| out.push(c));
+        Ok(())
+    }
+
+    /// Hand every frame whose last descriptor has DD to `f`, in order.
+    #[inline(always)]
+    pub fn reap_each(&mut self, mut f: impl FnMut(TxCompletion)) {
+        while self.used > 0 {
+            let q = self.queued[self.clean];
+            // A queued frame has at least one descriptor.
+            let last = (self.clean + q.ndesc.max(1) - 1) & (self.size - 1);
+            let status = u32::from_le(self.descs.u32_at(last, TXD_STATUS_OFF).load(Ordering::Acquire));
             if status & TXD_STAT_DD == 0 {
                 break;
             }
-            self.inflight.pop_front();
-            self.used -= f.ndesc;
-            out.push(TxCompletion { cookie: f.cookie });
+            self.clean = (last + 1) & (self.size - 1);
+            self.used = self.used.saturating_sub(q.ndesc);
+            f(TxCompletion { cookie: q.cookie });
         }
-        Ok(())
     }
 }
 

@@ -484,9 +484,9 @@ impl PnicDriver for NicModel {
         Ok(())
     }
 
-    fn reap_tx(&mut self, out: &mut Vec<TxCompletion>) -> Result<(), DriverError> {
-        let mut s = lock(&self.state);
-        out.extend(s.tx_done.drain(..));
+    fn reap_tx_each(&mut self, f: &mut dyn FnMut(TxCompletion)) -> Result<(), DriverError> {
+        let done: Vec<TxCompletion> = lock(&self.state).tx_done.drain(..).collect();
+        done.into_iter().for_each(f);
         Ok(())
     }
 

@@ -566,52 +566,66 @@ impl<D: PnicDriver> ShimBackend<D> {
         }
     }
 
+    /// Queue one checked frame on the NIC (started by the next
+    /// `flush_tx_queued`); a frame in more segments than the NIC takes is
+    /// copied into a bounce buffer first.
+    #[inline]
     fn submit_tx(&mut self, head: u16, segs: &[(u64, u32)]) -> Result<(), DropReason> {
+        if segs.len() > self.limits.tx_max_segs {
+            return self.submit_tx_bounced(head, segs);
+        }
         let bytes: u32 = segs.iter().map(|s| s.1).sum();
-        let bounce_seg: [(u64, u32); 1];
-        let (segs, bounce) = if segs.len() > self.limits.tx_max_segs {
-            // Too fragmented for the NIC: copy into one bounce buffer.
-            let Some(i) = self.tx_bounce.alloc() else {
-                return Err(DropReason::NoBuffer);
-            };
-            let mut tmp = vec![0u8; bytes as usize];
-            let mut off = 0usize;
-            for (a, l) in segs {
-                if self.mem.read_slice(&mut tmp[off..off + *l as usize], GuestAddress(*a)).is_err() {
-                    self.tx_bounce.release(i);
-                    return Err(DropReason::BadAddress);
-                }
-                off += *l as usize;
-            }
-            if self.tx_bounce.write(i, 0, &tmp).is_err() {
-                self.tx_bounce.release(i);
-                return Err(DropReason::FrameTooLong);
-            }
-            self.metrics.tx_copy_fallback_frames += 1;
-            self.metrics.tx_copy_fallback_bytes += u64::from(bytes);
-            bounce_seg = [(self.tx_bounce.iova(i), bytes)];
-            (&bounce_seg[..], Some(i))
-        } else {
-            (segs, None)
-        };
-        let cookie = self.tx.insert(TxSlot { head, bytes, bounce });
+        let cookie = self.tx.insert(TxSlot { head, bytes, bounce: None });
         match self.driver.queue_tx(segs, cookie) {
             Ok(()) => {
                 self.tx_unflushed = true;
-                if bounce.is_none() {
-                    self.metrics.tx_zero_copy += 1;
-                }
+                self.metrics.tx_zero_copy += 1;
                 Ok(())
             }
-            Err(e) => {
-                self.tx.remove(cookie);
-                if let Some(i) = bounce {
-                    self.tx_bounce.release(i);
-                }
-                self.driver_err(e);
-                Err(DropReason::BackendError)
-            }
+            Err(e) => Err(self.tx_refused(cookie, e)),
         }
+    }
+
+    /// Too fragmented for the NIC: copy into one bounce buffer and queue that.
+    #[cold]
+    fn submit_tx_bounced(&mut self, head: u16, segs: &[(u64, u32)]) -> Result<(), DropReason> {
+        let bytes: u32 = segs.iter().map(|s| s.1).sum();
+        let Some(i) = self.tx_bounce.alloc() else {
+            return Err(DropReason::NoBuffer);
+        };
+        let mut tmp = vec![0u8; bytes as usize];
+        let mut off = 0usize;
+        for (a, l) in segs {
+            if self.mem.read_slice(&mut tmp[off..off + *l as usize], GuestAddress(*a)).is_err() {
+                self.tx_bounce.release(i);
+                return Err(DropReason::BadAddress);
+            }
+            off += *l as usize;
+        }
+        if self.tx_bounce.write(i, 0, &tmp).is_err() {
+            self.tx_bounce.release(i);
+            return Err(DropReason::FrameTooLong);
+        }
+        self.metrics.tx_copy_fallback_frames += 1;
+        self.metrics.tx_copy_fallback_bytes += u64::from(bytes);
+        let cookie = self.tx.insert(TxSlot { head, bytes, bounce: Some(i) });
+        match self.driver.queue_tx(&[(self.tx_bounce.iova(i), bytes)], cookie) {
+            Ok(()) => {
+                self.tx_unflushed = true;
+                Ok(())
+            }
+            Err(e) => Err(self.tx_refused(cookie, e)),
+        }
+    }
+
+    /// The driver refused frame `cookie`: forget it.
+    #[cold]
+    fn tx_refused(&mut self, cookie: u64, e: DriverError) -> DropReason {
+        if let Some(TxSlot { bounce: Some(i), .. }) = self.tx.remove(cookie) {
+            self.tx_bounce.release(i);
+        }
+        self.driver_err(e);
+        DropReason::BackendError
     }
 
     /// The NIC segment of a one-descriptor TX frame that passes every check

@@ -187,7 +187,7 @@ impl DmaArea {
     fn atomic<T: AtomicAccess>(&self, offset: u64) -> Result<&T::A, DmaError> {
         let len = std::mem::size_of::<T>();
         self.check(offset, len)?;
-        if offset % len as u64 != 0 || std::mem::size_of::<T::A>() != len {
+        if !offset.is_multiple_of(len as u64) || std::mem::size_of::<T::A>() != len {
             return Err(DmaError::Misaligned { offset, len });
         }
         // SAFETY: [offset, offset+len) lies inside the mapping (checked above)

@@ -34,8 +34,9 @@ use super::link_monitor::LinkMonitor;
 use super::metrics::DropCounters;
 use super::tap_dev::TapDev;
 pub use super::tap_dev::TapError;
+use crate::mem::RamMap;
 use crate::GuestMemory;
-use vm_memory::{Bytes, GuestAddress};
+use vm_memory::GuestAddress;
 
 /// Offset of `flags` in the virtio-net header.
 const HDR_FLAGS_OFFSET: usize = 0;
@@ -159,6 +160,9 @@ pub struct TapBackend {
     rx_posted_bytes: usize,
     /// Keeps the guest memory behind `rx_iov` mapped while buffers are held.
     rx_mem: Option<GuestMemory>,
+    /// Guest RAM's layout for iovecs and header fix-ups, built on first use
+    /// after activation (dropped by `quiesce`).
+    ram: Option<RamMap>,
     rx_done: Vec<Used>,
     tx_iov: IovecBuf,
     mrg_rxbuf: bool,
@@ -202,6 +206,7 @@ impl TapBackend {
             rd_iov: IovecBuf::default(),
             rx_posted_bytes: 0,
             rx_mem: None,
+            ram: None,
             rx_done: Vec::new(),
             tx_iov: IovecBuf::default(),
             mrg_rxbuf: false,
@@ -363,15 +368,18 @@ impl TapBackend {
         let [flags_at, nb0, nb1] = self.rx[0].hdr_at;
         // The tap writes a 10-byte header and skips num_buffers. A failed
         // write means the guest's buffer left RAM: nothing to repair.
+        // Byte stores through guest RAM's resolved layout, not vm-memory's
+        // general slice path (which cost more than the rest of the frame).
+        let ram = self.ram.get_or_insert_with(|| RamMap::new(mem));
         let nb = (k as u16).to_le_bytes();
         match (nb0, nb1) {
             (Some(a), Some(b)) if a.0.checked_add(1) == Some(b.0) => {
-                let _ = mem.write_slice(&nb, a);
+                let _ = ram.write(a.0, &nb);
             }
             _ => {
                 for (at, b) in [(nb0, nb[0]), (nb1, nb[1])] {
                     if let Some(at) = at {
-                        let _ = mem.write_obj(b, at);
+                        let _ = ram.write(at.0, &[b]);
                     }
                 }
             }
@@ -379,7 +387,7 @@ impl TapBackend {
         if !self.guest_csum {
             // DATA_VALID may only be set when GUEST_CSUM was negotiated.
             if let Some(at) = flags_at {
-                let _ = mem.write_obj(0u8, at);
+                let _ = ram.write(at.0, &[0]);
             }
         }
         let mut left = n;
@@ -463,7 +471,8 @@ impl NetBackend for TapBackend {
         let before = self.rx_iov.len();
         // Generous limit: a buffer is at most MAX_CHAIN_DESCS segments, each
         // split only at memory-region boundaries.
-        if self.rx_iov.push_segs(mem, chain.segs, usize::MAX).is_none() {
+        let ram = self.ram.get_or_insert_with(|| RamMap::new(mem));
+        if self.rx_iov.push_segs_in(ram, chain.segs, usize::MAX).is_none() {
             return Err(DropReason::BadAddress);
         }
         let iovs = self.rx_iov.len() - before;
@@ -502,7 +511,8 @@ impl NetBackend for TapBackend {
             return fail(&mut self.m, DropReason::FrameTooLong);
         }
         self.tx_iov.clear();
-        if self.tx_iov.push_segs(mem, frame.segs, IOV_MAX).is_none() {
+        let ram = self.ram.get_or_insert_with(|| RamMap::new(mem));
+        if self.tx_iov.push_segs_in(ram, frame.segs, IOV_MAX).is_none() {
             self.tx_iov.clear();
             return fail(&mut self.m, DropReason::BadAddress);
         }
@@ -544,6 +554,7 @@ impl NetBackend for TapBackend {
         self.rx_posted_bytes = 0;
         self.rx_done.clear();
         self.rx_mem = None;
+        self.ram = None;
         self.tx_iov.clear();
         self.stalled = false;
     }

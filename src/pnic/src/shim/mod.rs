@@ -820,21 +820,20 @@ impl<D: PnicDriver> NetBackend for ShimBackend<D> {
     /// The device's common case: a run of one-segment buffers, each handed
     /// to the NIC zero-copy when it fits (no tail write, as above).
     fn post_rx_segs(&mut self, _mem: &GuestMemory, bufs: &[RxSeg], refused: &mut Vec<(u16, DropReason)>) {
-        if !self.started || self.failed {
-            // post_checked starts the NIC or refuses every buffer.
-            for b in bufs {
-                if let Err(r) = self.post_one_segment(b.head, b.addr, b.len) {
-                    refused.push((b.head, r));
-                }
-            }
-            return;
-        }
         for b in bufs {
-            let r = match self.zero_copy_target(b.addr, b.len) {
+            // post_one_segment's checks, inlined: a stopped or failed NIC
+            // (also one that fails mid-run) and any other shape take
+            // post_checked, which starts the NIC or refuses the buffer
+            // without a driver call.
+            let target = if self.started && !self.failed { self.zero_copy_target(b.addr, b.len) } else { None };
+            let r = match target {
                 Some(host) => {
                     self.post_zero_copy(b.head, b.addr.0, b.len, host).inspect_err(|r| self.metrics.drop(*r))
                 }
-                None => self.post_one_segment(b.head, b.addr, b.len),
+                None => {
+                    let segs = [(b.addr, b.len)];
+                    self.post_checked(ChainRef { head: b.head, segs: &segs, len: b.len })
+                }
             };
             if let Err(r) = r {
                 refused.push((b.head, r));

@@ -341,6 +341,24 @@ fn surprise_removal_downs_the_link_and_returns_buffers() {
 }
 
 #[test]
+fn a_nic_that_vanishes_mid_run_refuses_the_rest_of_the_run_at_once() {
+    let (mut s, h, mem) = setup();
+    s.post_rx(&mem, rxbuf(0, &[(0x1000, 2048)])).unwrap();
+    let posted = h.posted_rx().len();
+    h.remove();
+    let bufs: Vec<RxSeg> =
+        (1..6u16).map(|i| RxSeg { head: i, addr: GuestAddress(0x1000 * u64::from(i + 1)), len: 2048 }).collect();
+    let mut refused = Vec::new();
+    s.post_rx_segs(&mem, &bufs, &mut refused);
+    let heads: Vec<u16> = refused.iter().map(|r| r.0).collect();
+    assert_eq!(heads, vec![1, 2, 3, 4, 5]);
+    assert!(refused.iter().all(|r| r.1 == DropReason::BackendError), "{refused:?}");
+    assert_eq!(s.shim_metrics().nic_errors, 1, "one driver error, then no more driver calls");
+    assert_eq!(h.posted_rx().len(), posted, "nothing reached the vanished NIC");
+    assert!(!s.link_up());
+}
+
+#[test]
 fn link_state_and_mac_filter() {
     let (mut s, h, mem) = setup();
     assert_eq!(h.mac(), Some(MAC));

@@ -480,6 +480,32 @@ mod tests {
     }
 
     #[test]
+    fn tx_frames_of_several_descriptors_wrap_the_ring_and_complete_in_order() {
+        let mut t = TxRing::<Odd>::new(area(4), 4, 1522, 2);
+        let mut out = Vec::new();
+        let mut next_slot = 0u64;
+        for round in 0..6u64 {
+            // Two 2-descriptor frames do not fit a 4-slot ring (one stays
+            // empty): one frame in flight, then it completes.
+            t.post(&[(0x1000, 14), (0x2000, 50)], round).unwrap();
+            assert_eq!(t.post(&[(0x1000, 14), (0x2000, 50)], 99), Err(DriverError::RingFull("TX")));
+            let last = (next_slot + 1) % 4;
+            assert_eq!(t.area().load::<u32>(last * 16 + 8, Ordering::Relaxed).unwrap(), 50 | 1 << 31, "round {round}");
+            out.clear();
+            t.reap(&mut out).unwrap();
+            assert!(out.is_empty(), "no DD yet");
+            t.area().store(last * 16 + 12, TXD_STAT_DD, Ordering::Relaxed).unwrap();
+            t.reap(&mut out).unwrap();
+            assert_eq!(out, vec![TxCompletion { cookie: round }]);
+            assert_eq!(t.free(), 3);
+            // The NIC's write-back is cleared when the slot is posted again.
+            t.area().store(last * 16 + 12, 0u32, Ordering::Relaxed).unwrap();
+            next_slot = (next_slot + 2) % 4;
+            assert_eq!(u64::from(t.tail()), next_slot);
+        }
+    }
+
+    #[test]
     fn tx_rejects_bad_frames() {
         let mut t = TxRing::<Odd>::new(area(4), 4, 1522, 2);
         assert!(matches!(t.post(&[], 1), Err(DriverError::TooManySegments { got: 0, max: 2 })));

@@ -516,6 +516,65 @@ mod tests {
     }
 
     #[test]
+    fn single_takes_only_lone_valid_descriptors_and_agrees_with_parse() {
+        let m = mem();
+        let vq = Vq;
+        let put = |i: u64, addr: u64, len: u32, flags: u16, next: u16| {
+            let d = RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next));
+            m.write_obj(d, GuestAddress(vq.desc_table_addr().0 + 16 * i)).unwrap();
+        };
+        put(0, 0x8000, 1536, F_WRITE, 0); // fine for RX
+        put(1, 0x8000, 1536, 0, 0); // fine for TX
+        put(2, 0x8000, 1536, F_WRITE | F_NEXT, 0); // a chain
+        put(3, 0x8000, 256, F_INDIRECT, 0); // an indirect table
+        put(4, 0x8000, 11, F_WRITE, 0); // shorter than the header
+        put(5, 0x8000, 0, F_WRITE, 0); // empty
+        put(6, 0x10_0000 - 100, 1536, F_WRITE, 0); // runs off the end of RAM
+        put(7, u64::MAX - 10, 1536, F_WRITE, 0); // wraps the address space
+        let r = ring(&m, &vq, false);
+        assert_eq!(r.single(0, Direction::DeviceWrites), Some((GuestAddress(0x8000), 1536)));
+        assert_eq!(r.single(1, Direction::DeviceReads), Some((GuestAddress(0x8000), 1536)));
+        assert_eq!(r.single(0, Direction::DeviceReads), None, "wrong direction");
+        assert_eq!(r.single(16, Direction::DeviceWrites), None, "head beyond the queue");
+        let mut segs = Vec::new();
+        for head in 2..8u16 {
+            assert_eq!(r.single(head, Direction::DeviceWrites), None, "head {head}");
+        }
+        // Whatever `single` accepts, `parse` accepts the same way.
+        for (head, dir) in [(0, Direction::DeviceWrites), (1, Direction::DeviceReads)] {
+            let (addr, len) = r.single(head, dir).unwrap();
+            let info = r.parse(head, dir, &mut segs).unwrap();
+            assert_eq!((segs.as_slice(), info.len), (&[(addr, len)][..], len));
+        }
+        // And what it leaves to `parse` gets parse's verdict.
+        for (head, want) in [
+            (4, DropReason::ShortHeader),
+            (5, DropReason::ZeroLength),
+            (6, DropReason::BadAddress),
+            (7, DropReason::BadAddress),
+        ] {
+            assert_eq!(r.parse(head, Direction::DeviceWrites, &mut segs).err(), Some(want), "head {head}");
+        }
+    }
+
+    #[test]
+    fn avail_count_bounds_a_run_of_pops() {
+        let m = mem();
+        let vq = Vq;
+        let mut r = ring(&m, &vq, false);
+        assert_eq!(r.avail_count(), 0);
+        publish(&m, &vq, &[5, 9, 2], 3);
+        assert_eq!(r.avail_count(), 3);
+        let run: Vec<u16> = (0..3).map(|_| r.pop_counted()).collect();
+        assert_eq!(run, vec![5, 9, 2]);
+        assert_eq!(r.avail_count(), 0);
+        // A driver more than a queue ahead gets nothing (and is counted).
+        m.write_obj(3u16 + 17, GuestAddress(vq.avail_addr().0 + 2)).unwrap();
+        assert_eq!(r.avail_count(), 0);
+        assert_eq!(r.bad_avail_idx, 1);
+    }
+
+    #[test]
     fn pops_parses_and_completes_like_the_spec() {
         let m = mem();
         let vq = Vq;

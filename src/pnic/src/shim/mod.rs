@@ -820,6 +820,11 @@ impl<D: PnicDriver> NetBackend for ShimBackend<D> {
     /// The device's common case: a run of one-segment buffers, each handed
     /// to the NIC zero-copy when it fits (no tail write, as above).
     fn post_rx_segs(&mut self, _mem: &GuestMemory, bufs: &[RxSeg], refused: &mut Vec<(u16, DropReason)>) {
+        // The NIC starts with the first buffers of its first run (a failure
+        // is handled there and every buffer below is refused).
+        if !self.started && !bufs.is_empty() {
+            self.ensure_started();
+        }
         for b in bufs {
             // post_one_segment's checks, inlined: a stopped or failed NIC
             // (also one that fails mid-run) and any other shape take

@@ -4,11 +4,19 @@
 //! bytes (what a Linux guest posts with MRG_RXBUF) is handed to the NIC as
 //! IOVA = GPA + 12; the NIC writes the frame there and the shim only writes the
 //! 12-byte virtio-net header in front. Anything else (chained, short,
-//! misaligned) takes the counted copy fallback through a bounce buffer.
+//! misaligned, across two RAM mappings) takes the counted copy fallback
+//! through a bounce buffer.
 //! TX: the chain's segments after the 12-byte header become NIC descriptors.
 //!
 //! Every address given to the NIC is re-checked against guest RAM with the
 //! full length the NIC may touch, although the device validated it already.
+//!
+//! Per packet: the device hands over runs of one-descriptor RX buffers
+//! (`post_rx_segs`), each becomes an entry of the head-indexed
+//! [`rx_table::RxTable`] and one NIC descriptor, and the run ends with one RX
+//! tail write. Completions are taken as the driver finds them
+//! (`reap_rx_with`): header, used entry, nothing else for a good zero-copy
+//! frame. TX frames are queued and started with one TX tail write per batch.
 
 pub mod bounce;
 pub mod metrics;

@@ -87,23 +87,8 @@ struct TxSlot {
 }
 
 /// The virtio-net header of a received frame: no offloads, one buffer
-/// (num_buffers, le16, is the last field of virtio_net_hdr_v1), as the two
-/// stores that write it: flags..csum_offset, then gso_size's high byte and
-/// num_buffers.
-const RX_HEADER_LO: [u8; 8] = [0; 8];
-const RX_HEADER_HI: [u8; 4] = [0, 0, 1, 0];
-const RX_HEADER: [u8; VNET_HDR_LEN] = {
-    let mut h = [0u8; VNET_HDR_LEN];
-    let mut i = 0;
-    while i < RX_HEADER_HI.len() {
-        h[RX_HEADER_LO.len() + i] = RX_HEADER_HI[i];
-        i += 1;
-    }
-    h
-};
-
-/// Heads the RX table has room for before it grows: the device's queue size.
-const QUEUE_SIZE_HINT: u16 = 256;
+/// (num_buffers, le16, is the last field of virtio_net_hdr_v1).
+const RX_HEADER: [u8; VNET_HDR_LEN] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0];
 
 /// Write the virtio-net header of a received frame into a zero-copy buffer.
 #[inline]
@@ -113,10 +98,7 @@ fn write_header(host: NonNull<u8>) {
     // `zc_min_len` (> 12) bytes inside one guest RAM mapping that the shim
     // keeps alive (`zero_copy_target`); [u8; N] has alignment 1. Volatile:
     // the guest may be reading the same bytes.
-    unsafe {
-        p.cast::<[u8; 8]>().write_volatile(RX_HEADER_LO);
-        p.add(8).cast::<[u8; 4]>().write_volatile(RX_HEADER_HI);
-    }
+    unsafe { p.cast::<[u8; VNET_HDR_LEN]>().write_volatile(RX_HEADER) };
 }
 
 /// Whether the NIC says it wrote a whole, undamaged frame it was allowed to
@@ -299,7 +281,8 @@ impl<D: PnicDriver> ShimBackend<D> {
             ram: RamMap::new(mem),
             limits,
             mac,
-            rx: RxTable::with_capacity(usize::from(QUEUE_SIZE_HINT)),
+            // Heads are below the device's queue size; the table grows if not.
+            rx: RxTable::with_capacity(usize::from(virtio_devices::net::device::QUEUE_SIZE)),
             rx_bounce: BouncePool::new(rx_area),
             rx_bounce_segs: vec![RxSegs::new(); limits.rx_capacity],
             zc_min_len: MIN_ZERO_COPY_BUF.max(limits.rx_max_write + HDR as u32),
@@ -722,7 +705,7 @@ impl<D: PnicDriver> ShimBackend<D> {
     /// NIC can fill directly. The checks of `post_checked` and `post_slot`
     /// in one pass (the segment and everything the NIC may write inside guest
     /// RAM); any other shape takes `post_checked`.
-    #[inline]
+    #[inline(always)]
     fn post_one_segment(&mut self, head: u16, gpa: GuestAddress, len: u32) -> Result<(), DropReason> {
         let target = if self.started && !self.failed { self.zero_copy_target(gpa, len) } else { None };
         let Some(host) = target else {
@@ -828,27 +811,16 @@ impl<D: PnicDriver> NetBackend for ShimBackend<D> {
     /// The device's common case: a run of one-segment buffers, each handed
     /// to the NIC zero-copy when it fits (no tail write, as above).
     fn post_rx_segs(&mut self, _mem: &GuestMemory, bufs: &[RxSeg], refused: &mut Vec<(u16, DropReason)>) {
-        // The NIC starts with the first buffers of its first run (a failure
-        // is handled there and every buffer below is refused).
+        // Start the NIC before its first run, so that every buffer of the run
+        // takes the zero-copy path (post_checked would start it too, for the
+        // first buffer only).
         if !self.started && !bufs.is_empty() {
             self.ensure_started();
         }
         for b in bufs {
-            // post_one_segment's checks, inlined: a stopped or failed NIC
-            // (also one that fails mid-run) and any other shape take
-            // post_checked, which starts the NIC or refuses the buffer
-            // without a driver call.
-            let target = if self.started && !self.failed { self.zero_copy_target(b.addr, b.len) } else { None };
-            let r = match target {
-                Some(host) => {
-                    self.post_zero_copy(b.head, b.addr.0, b.len, host).inspect_err(|r| self.metrics.drop(*r))
-                }
-                None => {
-                    let segs = [(b.addr, b.len)];
-                    self.post_checked(ChainRef { head: b.head, segs: &segs, len: b.len })
-                }
-            };
-            if let Err(r) = r {
+            // A NIC that stopped or failed (also in the middle of the run)
+            // refuses without a driver call (post_one_segment).
+            if let Err(r) = self.post_one_segment(b.head, b.addr, b.len) {
                 refused.push((b.head, r));
             }
         }

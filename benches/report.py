@@ -50,7 +50,10 @@ def net_section(d, md, js):
               "readv/writev syscalls); *NIC* = the wire side (tap: the host's AF_PACKET send/recv syscalls; "
               "shim: the 82576 model's descriptor processing, DMA copy and TX read), timed and counted apart. ns are thread CPU time "
               "(CLOCK_THREAD_CPUTIME_ID), median (min-max) of the repeated runs; instructions are user-space "
-              "instructions counted by callgrind (deterministic, one run), per packet.\n")
+              "instructions counted by callgrind (deterministic, one run), per packet. The igb driver column "
+              "counts only the driver code the compiler kept out of line (`pnic::e1000_common` functions and "
+              "the model's register accessors): the shim's RX post and reap loops inline the driver's ring "
+              "code, so for RX it is a lower bound, and the findings give the cost of each loop.\n")
     md.append("| scenario | VMM ns/pkt | VMM Mpps (CPU-bound) | NIC ns/pkt | VMM instr/pkt | of which the igb driver's calls | NIC instr/pkt | VMM-copied B/pkt |")
     md.append("|---|---|---|---|---|---|---|---|")
     table = {}

@@ -59,10 +59,10 @@ pub const TX_BOUNCE_BUFS: usize = 64;
 
 const HDR: u64 = VNET_HDR_LEN as u64;
 
-/// Segments of an RX buffer the shim keeps inline (no allocation): a Linux
-/// guest with MRG_RXBUF posts one, without it header + data make two.
+/// Segments of a bounced RX buffer the shim keeps inline (no allocation): a
+/// guest without MRG_RXBUF posts header + data, two.
 const RX_INLINE_SEGS: usize = 2;
-/// A guest RX buffer's segments as the shim keeps them.
+/// The guest segments a bounce buffer's frame is copied into.
 type RxSegs = SmallVec<[(GuestAddress, u32); RX_INLINE_SEGS]>;
 
 #[derive(Debug, thiserror::Error)]

@@ -8,15 +8,20 @@
 //! through a bounce buffer.
 //! TX: the chain's segments after the 12-byte header become NIC descriptors.
 //!
-//! Every address given to the NIC is re-checked against guest RAM with the
-//! full length the NIC may touch, although the device validated it already.
+//! Every address given to the NIC lies inside guest RAM with the full length
+//! the NIC may touch. Buffers handed over as [`RxDesc`] (direct RX, below)
+//! carry that proof from the device, which resolved them inside one RAM
+//! mapping; every other buffer is re-checked here against the shim's own
+//! map, although the device validated it already.
 //!
-//! Per packet: the device hands over runs of one-descriptor RX buffers
-//! (`post_rx_segs`), each becomes an entry of the head-indexed
-//! [`rx_table::RxTable`] and one NIC descriptor, and the run ends with one RX
-//! tail write. Completions are taken as the driver finds them
+//! Per packet (direct RX, `refill_direct`/`complete_direct`): the device lends
+//! its RX queue, and one loop turns each guest buffer into an entry of the
+//! head-indexed [`rx_table::RxTable`] and one NIC descriptor; the refill ends
+//! with one RX tail write. Completions are taken as the driver finds them
 //! (`reap_rx_with`): header, used entry, nothing else for a good zero-copy
-//! frame. TX frames are queued and started with one TX tail write per batch.
+//! frame. `post_rx_segs`/`reap_rx` do the same through the generic
+//! interface. TX frames are queued and started with one TX tail write per
+//! batch.
 
 pub mod bounce;
 pub mod metrics;
@@ -31,6 +36,7 @@ use smallvec::SmallVec;
 use virtio_devices::net::backend::{
     ChainRef, DropReason, NetBackend, RxBuffer, RxSeg, TxFrame, Used, VNET_HDR_LEN,
 };
+use virtio_devices::net::direct::{RxDesc, RxNext, RxQueue};
 use virtio_devices::mem::RamMap;
 use virtio_devices::GuestMemory;
 use vm_memory::{Bytes, GuestAddress};
@@ -108,22 +114,25 @@ fn frame_is_good(c: &RxCompletion, limits: &DriverLimits) -> bool {
     !c.error && c.eop && c.len != 0 && c.len <= limits.rx_max_write
 }
 
+/// What became of one NIC completion in [`complete_zero_copy`].
+enum Reaped {
+    /// A good frame in a zero-copy buffer: header written, this is its used
+    /// entry.
+    Done(Used),
+    /// Needs [`ShimBackend::complete_rx_other`].
+    Other(u16, RxHeld, RxCompletion),
+    /// A cookie the shim did not issue (or issued for a buffer since
+    /// completed): counted and ignored.
+    Unknown,
+}
+
 /// One NIC completion, the common case: a good frame in a zero-copy buffer
-/// gets its header and a used entry. A completion whose cookie the shim did
-/// not issue (or issued for a buffer since completed) is counted and
-/// ignored. Anything else comes back for
-/// [`ShimBackend::complete_rx_other`].
+/// gets its header and a used entry.
 #[inline(always)]
-fn complete_zero_copy(
-    table: &mut RxTable,
-    metrics: &mut ShimMetrics,
-    limits: &DriverLimits,
-    c: RxCompletion,
-    out: &mut Vec<Used>,
-) -> Option<(u16, RxHeld, RxCompletion)> {
+fn complete_zero_copy(table: &mut RxTable, metrics: &mut ShimMetrics, limits: &DriverLimits, c: RxCompletion) -> Reaped {
     let Some((head, held)) = table.take(c.cookie) else {
         metrics.nic_errors += 1;
-        return None;
+        return Reaped::Unknown;
     };
     let total = HDR + u64::from(c.len);
     match held.kind {
@@ -132,10 +141,9 @@ fn complete_zero_copy(
             metrics.rx_zero_copy += 1;
             metrics.rx_packets += 1;
             metrics.rx_bytes += u64::from(c.len);
-            out.push(Used { head, len: total as u32 });
-            None
+            Reaped::Done(Used { head, len: total as u32 })
         }
-        _ => Some((head, held, c)),
+        _ => Reaped::Other(head, held, c),
     }
 }
 
@@ -715,6 +723,24 @@ impl<D: PnicDriver> ShimBackend<D> {
         self.post_zero_copy(head, gpa.0, len, host).inspect_err(|r| self.metrics.drop(*r))
     }
 
+    /// Post a buffer the device validated ([`RxDesc`]: one segment of at
+    /// least the header inside one guest RAM mapping, `host` its first byte),
+    /// zero-copy when the NIC can fill it (`zero_copy_target`'s size and
+    /// alignment rules; the device already did the RAM check and lookup).
+    #[inline(always)]
+    fn post_desc(&mut self, d: RxDesc) -> Result<(), DropReason> {
+        if !self.started {
+            self.ensure_started();
+        }
+        let (gpa, len) = (d.gpa(), d.len());
+        let fits = len >= self.zc_min_len && gpa.wrapping_add(HDR) & (self.limits.rx_align - 1) == 0;
+        if !fits || !self.started || self.failed {
+            let segs = [(GuestAddress(gpa), len)];
+            return self.post_checked(ChainRef { head: d.head(), segs: &segs, len });
+        }
+        self.post_zero_copy(d.head(), gpa, len, d.host()).inspect_err(|r| self.metrics.drop(*r))
+    }
+
     /// Validate a guest RX buffer and post it (without the tail write).
     fn post_checked(&mut self, buf: ChainRef<'_>) -> Result<(), DropReason> {
         if buf.segs.iter().any(|s| s.1 == 0) {
@@ -840,10 +866,10 @@ impl<D: PnicDriver> NetBackend for ShimBackend<D> {
         // `rx_slow` until the driver is done.
         let mut slow = std::mem::take(&mut self.rx_slow);
         let (table, metrics, limits) = (&mut self.rx, &mut self.metrics, &self.limits);
-        let r = self.driver.reap_rx_with(|c| {
-            if let Some(s) = complete_zero_copy(table, metrics, limits, c, out) {
-                slow.push(s);
-            }
+        let r = self.driver.reap_rx_with(|c| match complete_zero_copy(table, metrics, limits, c) {
+            Reaped::Done(u) => out.push(u),
+            Reaped::Other(head, held, c) => slow.push((head, held, c)),
+            Reaped::Unknown => {}
         });
         if let Err(e) = r {
             self.driver_err(e);
@@ -855,6 +881,62 @@ impl<D: PnicDriver> NetBackend for ShimBackend<D> {
         // Buffers recycled above (dropped frames) go back to the NIC now.
         self.flush_rx_posted();
         out.append(&mut self.rx_returned);
+    }
+
+    /// The datapath proper: every guest buffer the device validated goes
+    /// straight into a NIC descriptor, in one loop (see
+    /// `virtio_devices::net::direct`).
+    fn refill_direct(&mut self, q: &mut RxQueue<'_>) -> Option<usize> {
+        let mut room = self.rx_room();
+        let mut posted = 0;
+        while room > 0 {
+            let Some(next) = q.pop() else { break };
+            let r = match next {
+                RxNext::One(d) => self.post_desc(d).map_err(|r| (d.head(), r)),
+                RxNext::Chain(c) => self.post_checked(c).map_err(|r| (c.head, r)),
+            };
+            room -= 1;
+            match r {
+                Ok(()) => posted += 1,
+                Err((head, reason)) => q.refuse(head, reason),
+            }
+        }
+        Some(posted)
+    }
+
+    /// `reap_rx`, with each used entry given to the queue as the driver
+    /// finds its completion.
+    fn complete_direct(&mut self, q: &mut RxQueue<'_>) -> bool {
+        for u in self.rx_returned.drain(..) {
+            q.complete(u.head, u.len);
+        }
+        if self.failed || !self.started {
+            return true;
+        }
+        let mut slow = std::mem::take(&mut self.rx_slow);
+        let (table, metrics, limits) = (&mut self.rx, &mut self.metrics, &self.limits);
+        let r = self.driver.reap_rx_with(|c| match complete_zero_copy(table, metrics, limits, c) {
+            Reaped::Done(u) => q.complete(u.head, u.len),
+            Reaped::Other(head, held, c) => slow.push((head, held, c)),
+            Reaped::Unknown => {}
+        });
+        if let Err(e) = r {
+            self.driver_err(e);
+        }
+        if !slow.is_empty() {
+            let mut out = std::mem::take(&mut self.rx_returned);
+            for (head, held, c) in slow.drain(..) {
+                self.complete_rx_other(head, held, c, &mut out);
+            }
+            self.rx_returned = out;
+        }
+        self.rx_slow = slow;
+        // Buffers recycled above (dropped frames) go back to the NIC now.
+        self.flush_rx_posted();
+        for u in self.rx_returned.drain(..) {
+            q.complete(u.head, u.len);
+        }
+        true
     }
 
     /// Sends at once (a batch of one), see the trait.
@@ -988,5 +1070,7 @@ impl<D: PnicDriver> ShimBackend<D> {
     }
 }
 
+#[cfg(test)]
+mod device_tests;
 #[cfg(test)]
 mod tests;

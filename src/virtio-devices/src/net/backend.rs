@@ -27,6 +27,10 @@
 //! - [`NetBackend::tx_batch_done`]: TX tail writes once per batch, as RX.
 //! - [`NetBackend::single_buffer_frames`] (default `false`): the backend
 //!   never merges buffers, so the device need not read num_buffers back.
+//! - Direct RX, [`NetBackend::refill_direct`] / [`NetBackend::complete_direct`]
+//!   (default: not offered): the backend pulls validated buffers from the RX
+//!   queue and pushes completions into it in its own loop (the shim; see
+//!   [`super::direct`]).
 //! - Batched RX posting: the device posts through
 //!   [`NetBackend::post_rx_chain`] (segments lent as a [`ChainRef`], no
 //!   allocation) and calls [`NetBackend::rx_posted_batch_done`] once after
@@ -37,6 +41,8 @@
 use std::os::unix::io::RawFd;
 
 use vm_memory::GuestAddress;
+
+use super::direct::RxQueue;
 
 use crate::GuestMemory;
 
@@ -268,6 +274,24 @@ pub trait NetBackend: Send {
     /// one frame per completed buffer instead of reading num_buffers back
     /// from guest memory. Default `false` (frames may span buffers).
     fn single_buffer_frames(&self) -> bool {
+        false
+    }
+    /// Direct RX ([`super::direct`]), refill half: take guest buffers from
+    /// `q` ([`RxQueue::pop`]) while the backend has room, post them (no
+    /// tail write: `rx_posted_batch_done` follows, as for `post_rx_chain`),
+    /// and [`RxQueue::refuse`] those it cannot take. Returns how many it
+    /// posted, or `None` (the default) for a backend that takes buffers
+    /// through `post_rx_segs`/`post_rx_chain`. Offered only to backends with
+    /// `single_buffer_frames`.
+    fn refill_direct(&mut self, q: &mut RxQueue<'_>) -> Option<usize> {
+        let _ = q;
+        None
+    }
+    /// Direct RX, completion half: what `reap_rx` would return, given to
+    /// [`RxQueue::complete`] instead, in the same order. `false` (the
+    /// default): not supported, the device calls `reap_rx`.
+    fn complete_direct(&mut self, q: &mut RxQueue<'_>) -> bool {
+        let _ = q;
         false
     }
 }

@@ -20,6 +20,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::backend::{ChainRef, DropReason, NetBackend, RxSeg, Used, VNET_HDR_LEN};
 use super::chain::{addr_at, Direction, MAX_CHAIN_DESCS};
+use super::direct::RxQueue;
 use super::config::{
     config_bytes, random_mac, read_window, BACKEND_OFFLOAD_MASK, DEVICE_FEATURES, F_MRG_RXBUF,
     F_STATUS,
@@ -175,6 +176,11 @@ impl Net {
     /// buffers (so the guest kicks when it adds some), off when the backend is
     /// full.
     fn refill_rx(&mut self) -> usize {
+        if self.single_buffer_frames {
+            if let Some(posted) = self.refill_rx_direct() {
+                return posted;
+            }
+        }
         let Some(a) = self.active.as_mut() else {
             return 0;
         };
@@ -270,11 +276,59 @@ impl Net {
         posted
     }
 
+    /// `refill_rx` for a backend that takes buffers from the queue itself
+    /// ([`NetBackend::refill_direct`]); `None` if it does not.
+    fn refill_rx_direct(&mut self) -> Option<usize> {
+        let a = self.active.as_mut()?;
+        let backend = self.backend.as_mut();
+        let mut posted = 0;
+        let mut first = true;
+        loop {
+            let mut q = RxQueue::new(&mut a.rx, &mut a.rx_held, &mut self.metrics, &mut self.seg_buf, &self.id);
+            let n = match backend.refill_direct(&mut q) {
+                Some(n) => n,
+                None if first => return None,
+                None => 0,
+            };
+            first = false;
+            let (added, popped) = (q.added(), q.popped());
+            drop(q);
+            self.metrics.rx_direct_passes += 1;
+            a.rx_added |= added;
+            posted += n;
+            if backend.rx_room() == 0 {
+                a.rx.disable_notification();
+                break;
+            }
+            // Out of guest buffers: ask for a kick, then re-check for buffers
+            // added before the request became visible. A backend that took
+            // nothing with room left ends the refill (no spinning on it).
+            if popped == 0 || !a.rx.enable_notification() {
+                break;
+            }
+        }
+        if posted > 0 {
+            backend.rx_posted_batch_done();
+        }
+        Some(posted)
+    }
+
     /// Moves the backend's RX completions to the used ring.
     fn complete_rx(&mut self) {
         let Some(a) = self.active.as_mut() else {
             return;
         };
+        if self.single_buffer_frames {
+            let mut q = RxQueue::new(&mut a.rx, &mut a.rx_held, &mut self.metrics, &mut self.seg_buf, &self.id);
+            let done = self.backend.complete_direct(&mut q);
+            let added = q.added();
+            drop(q);
+            if done {
+                a.rx_added |= added;
+                self.metrics.rx_direct_passes += 1;
+                return;
+            }
+        }
         self.used_buf.clear();
         self.backend.reap_rx(&a.mem, &mut self.used_buf);
         // Whether a frame may span buffers (then its first one's header says

@@ -19,6 +19,7 @@ use super::backend::{DropReason, NetBackend, RxBuffer, TxFrame, Used, VNET_HDR_L
 use super::chain::MAX_CHAIN_DESCS;
 use super::config::*;
 use super::device::{Net, QUEUE_SIZE, RX_QUEUE, TX_QUEUE};
+use super::direct::{RxNext, RxQueue};
 use crate::interrupt::{INT_CONFIG, INT_VRING};
 use crate::{ActivateContext, GuestMemory, Interrupt, VirtioDevice, TYPE_NET};
 
@@ -56,6 +57,13 @@ struct FakeState {
     /// Frames sent since the last `tx_batch_done`, and per batch.
     tx_unflushed: usize,
     tx_batches: Vec<usize>,
+    /// Direct RX (`refill_direct`/`complete_direct`, frames never span
+    /// buffers) instead of `post_rx`/`reap_rx`.
+    direct: bool,
+    /// Direct RX: refuse the next this many buffers (`RxQueue::refuse`).
+    refuse: usize,
+    /// Direct RX: the buffers taken as `RxNext::One`, with their host address.
+    direct_ones: Vec<(u16, u64, u32, usize)>,
 }
 
 struct FakeBackend {
@@ -65,7 +73,7 @@ struct FakeBackend {
 
 impl FakeBackend {
     fn deliver(st: &mut FakeState, mem: &GuestMemory) {
-        let mrg = st.acked & F_MRG_RXBUF != 0;
+        let mrg = st.acked & F_MRG_RXBUF != 0 && !st.direct;
         while let Some(frame) = st.inbox.front() {
             let total = VNET_HDR_LEN + frame.len();
             let mut bytes = vec![0u8; VNET_HDR_LEN];
@@ -194,7 +202,49 @@ impl NetBackend for FakeBackend {
     fn metrics(&self) -> serde_json::Value {
         serde_json::json!({"kind": "fake", "vmm_copied_bytes": 0})
     }
+    fn single_buffer_frames(&self) -> bool {
+        self.st.lock().unwrap().direct
+    }
+    fn refill_direct(&mut self, q: &mut RxQueue<'_>) -> Option<usize> {
+        let mut st = self.st.lock().unwrap();
+        if !st.direct {
+            return None;
+        }
+        let mut posted = 0;
+        while st.room > st.posted.len() {
+            let Some(next) = q.pop() else { break };
+            let buf = match next {
+                RxNext::One(d) => {
+                    st.direct_ones.push((d.head(), d.gpa(), d.len(), d.host().as_ptr() as usize));
+                    RxBuffer { head: d.head(), segs: vec![(GuestAddress(d.gpa()), d.len())], len: d.len() }
+                }
+                RxNext::Chain(c) => c.to_rx_buffer(),
+            };
+            if st.refuse > 0 {
+                st.refuse -= 1;
+                q.refuse(buf.head, DropReason::NoBuffer);
+                continue;
+            }
+            st.posted.push_back(buf);
+            st.unflushed += 1;
+            posted += 1;
+        }
+        Some(posted)
+    }
+    fn complete_direct(&mut self, q: &mut RxQueue<'_>) -> bool {
+        let mut st = self.st.lock().unwrap();
+        if !st.direct {
+            return false;
+        }
+        for u in st.done.drain(..) {
+            q.complete(u.head, u.len);
+        }
+        true
+    }
 }
+
+/// Both ways the device hands RX buffers to a backend.
+const MODES: [bool; 2] = [false, true];
 
 struct Harness {
     mem: &'static GuestMemory,
@@ -213,12 +263,18 @@ struct Harness {
 impl Harness {
     /// A device, registered with an event manager, not yet activated.
     fn new() -> Harness {
+        Harness::new_in(false)
+    }
+
+    /// `new`, over a backend that does direct RX when `direct`.
+    fn new_in(direct: bool) -> Harness {
         let mem: &'static GuestMemory = Box::leak(Box::new(
             GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)]).unwrap(),
         ));
         let st = Arc::new(Mutex::new(FakeState {
             link_up: true,
             room: 1024,
+            direct,
             ..Default::default()
         }));
         let evt = EventFd::new(libc::EFD_NONBLOCK).unwrap();
@@ -250,7 +306,12 @@ impl Harness {
 
     /// Negotiates `extra` features on top of VERSION_1 and activates.
     fn activated(extra: u64) -> Harness {
-        let mut h = Harness::new();
+        Harness::activated_in(extra, false)
+    }
+
+    /// `activated`, over a direct-RX backend when `direct`.
+    fn activated_in(extra: u64, direct: bool) -> Harness {
+        let mut h = Harness::new_in(direct);
         h.activate(extra);
         h
     }
@@ -478,24 +539,27 @@ fn random_mac_when_none_given() {
 
 #[test]
 fn rx_delivers_frame_with_used_length() {
-    let mut h = Harness::activated(0);
-    let (head, addr) = h.add_rx_buf(1530);
-    h.kick(RX_QUEUE);
-    assert_eq!(h.st.lock().unwrap().posted.len(), 1);
-    assert_eq!(h.irqs(), 0);
-    let f = frame(100, 1);
-    h.push_frame(f.clone());
-    assert_eq!(h.new_used(RX_QUEUE), vec![(u32::from(head), 112)]);
-    let hdr = h.read(addr, VNET_HDR_LEN);
-    assert_eq!(u16::from_le_bytes([hdr[10], hdr[11]]), 1);
-    assert_eq!(h.read(addr + 12, 100), f);
-    assert_eq!(h.irqs(), 1);
-    assert_ne!(h.irq.status() & INT_VRING, 0);
-    let m = h.metrics();
-    assert_eq!(m["rx_packets"], 1);
-    assert_eq!(m["rx_bytes"], 100);
-    assert_eq!(m["vmm_copied_bytes"], 0);
-    assert_eq!(m["backend"]["kind"], "fake");
+    for direct in MODES {
+        let mut h = Harness::activated_in(0, direct);
+        let (head, addr) = h.add_rx_buf(1530);
+        h.kick(RX_QUEUE);
+        assert_eq!(h.st.lock().unwrap().posted.len(), 1);
+        assert_eq!(h.irqs(), 0);
+        let f = frame(100, 1);
+        h.push_frame(f.clone());
+        assert_eq!(h.new_used(RX_QUEUE), vec![(u32::from(head), 112)]);
+        let hdr = h.read(addr, VNET_HDR_LEN);
+        assert_eq!(u16::from_le_bytes([hdr[10], hdr[11]]), 1);
+        assert_eq!(h.read(addr + 12, 100), f);
+        assert_eq!(h.irqs(), 1);
+        assert_ne!(h.irq.status() & INT_VRING, 0);
+        let m = h.metrics();
+        assert_eq!(m["rx_packets"], 1);
+        assert_eq!(m["rx_bytes"], 100);
+        assert_eq!(m["vmm_copied_bytes"], 0);
+        assert_eq!(m["backend"]["kind"], "fake");
+    assert_eq!(m["rx_direct_passes"].as_u64().unwrap() > 0, direct, "the path taken");
+    }
 }
 
 #[test]
@@ -584,49 +648,51 @@ fn mrg_frames_counted_when_header_is_split_across_descriptors() {
 
 #[test]
 fn event_idx_suppresses_interrupts_and_kicks() {
-    let mut h = Harness::activated(F_EVENT_IDX);
-    // used_event = 0: the first completion interrupts.
-    h.set_used_event(TX_QUEUE, 0);
-    h.add_tx_frame(&frame(60, 0));
-    h.kick(TX_QUEUE);
-    assert_eq!(h.irqs(), 1);
-    // The device asked to be kicked at the next new chain (avail_event).
-    assert_eq!(h.avail_event(TX_QUEUE), 1);
-    // Driver only wants to hear after the 10th used entry: a batch of three
-    // is completed without an interrupt.
-    h.set_used_event(TX_QUEUE, 10);
-    for _ in 0..3 {
-        h.add_tx_frame(&frame(60, 1));
+    for direct in MODES {
+        let mut h = Harness::activated_in(F_EVENT_IDX, direct);
+        // used_event = 0: the first completion interrupts.
+        h.set_used_event(TX_QUEUE, 0);
+        h.add_tx_frame(&frame(60, 0));
+        h.kick(TX_QUEUE);
+        assert_eq!(h.irqs(), 1);
+        // The device asked to be kicked at the next new chain (avail_event).
+        assert_eq!(h.avail_event(TX_QUEUE), 1);
+        // Driver only wants to hear after the 10th used entry: a batch of three
+        // is completed without an interrupt.
+        h.set_used_event(TX_QUEUE, 10);
+        for _ in 0..3 {
+            h.add_tx_frame(&frame(60, 1));
+        }
+        h.kick(TX_QUEUE);
+        assert_eq!(h.new_used(TX_QUEUE).len(), 4);
+        assert_eq!(h.irqs(), 0);
+        assert_eq!(h.avail_event(TX_QUEUE), 4);
+        let m = h.metrics();
+        assert_eq!(m["used_irqs"], 1);
+        assert_eq!(m["used_irqs_suppressed"], 1);
+        // Crossing used_event interrupts again: 7 more frames take used idx
+        // from 4 to 11, past 10.
+        for _ in 0..7 {
+            h.add_tx_frame(&frame(60, 2));
+        }
+        h.kick(TX_QUEUE);
+        assert_eq!(h.irqs(), 1);
+        // RX with EVENT_IDX: several frames in one backend event, one interrupt
+        // at most, none if used_event is far ahead.
+        h.set_used_event(RX_QUEUE, 100);
+        for _ in 0..3 {
+            h.add_rx_buf(1530);
+        }
+        h.kick(RX_QUEUE);
+        {
+            let mut st = h.st.lock().unwrap();
+            st.inbox.push_back(frame(64, 0));
+            st.inbox.push_back(frame(64, 1));
+        }
+        h.backend_event();
+        assert_eq!(h.new_used(RX_QUEUE).len(), 2);
+        assert_eq!(h.irqs(), 0);
     }
-    h.kick(TX_QUEUE);
-    assert_eq!(h.new_used(TX_QUEUE).len(), 4);
-    assert_eq!(h.irqs(), 0);
-    assert_eq!(h.avail_event(TX_QUEUE), 4);
-    let m = h.metrics();
-    assert_eq!(m["used_irqs"], 1);
-    assert_eq!(m["used_irqs_suppressed"], 1);
-    // Crossing used_event interrupts again: 7 more frames take used idx
-    // from 4 to 11, past 10.
-    for _ in 0..7 {
-        h.add_tx_frame(&frame(60, 2));
-    }
-    h.kick(TX_QUEUE);
-    assert_eq!(h.irqs(), 1);
-    // RX with EVENT_IDX: several frames in one backend event, one interrupt
-    // at most, none if used_event is far ahead.
-    h.set_used_event(RX_QUEUE, 100);
-    for _ in 0..3 {
-        h.add_rx_buf(1530);
-    }
-    h.kick(RX_QUEUE);
-    {
-        let mut st = h.st.lock().unwrap();
-        st.inbox.push_back(frame(64, 0));
-        st.inbox.push_back(frame(64, 1));
-    }
-    h.backend_event();
-    assert_eq!(h.new_used(RX_QUEUE).len(), 2);
-    assert_eq!(h.irqs(), 0);
 }
 
 #[test]
@@ -705,8 +771,8 @@ fn malformed_rx_chains_are_dropped_and_counted() {
             }),
         ),
     ];
-    for (name, reason, add) in cases {
-        let mut h = Harness::activated(0);
+    for ((name, reason, add), direct) in cases.iter().flat_map(|c| MODES.map(|d| (c, d))) {
+        let mut h = Harness::activated_in(0, direct);
         let bad = add(&mut h);
         h.kick(RX_QUEUE);
         assert_eq!(h.new_used(RX_QUEUE), vec![(u32::from(bad), 0)], "{name}");
@@ -787,17 +853,19 @@ fn malformed_tx_chains_are_dropped_and_counted() {
 
 #[test]
 fn head_index_out_of_range_does_not_panic() {
-    let mut h = Harness::activated(0);
-    // The avail ring names descriptor 300 in a 256-entry queue.
-    let avail = h.rxq.avail_addr().0;
-    let idx: u16 = h.mem.read_obj(GuestAddress(avail + 2)).unwrap();
-    h.mem
-        .write_obj(300u16, GuestAddress(avail + 4 + 2 * u64::from(idx)))
-        .unwrap();
-    h.mem.write_obj(idx + 1, GuestAddress(avail + 2)).unwrap();
-    h.kick(RX_QUEUE);
-    assert_eq!(h.metrics()["rx_drops"]["bad_address"], 1);
-    assert!(h.new_used(RX_QUEUE).is_empty());
+    for direct in MODES {
+        let mut h = Harness::activated_in(0, direct);
+        // The avail ring names descriptor 300 in a 256-entry queue.
+        let avail = h.rxq.avail_addr().0;
+        let idx: u16 = h.mem.read_obj(GuestAddress(avail + 2)).unwrap();
+        h.mem
+            .write_obj(300u16, GuestAddress(avail + 4 + 2 * u64::from(idx)))
+            .unwrap();
+        h.mem.write_obj(idx + 1, GuestAddress(avail + 2)).unwrap();
+        h.kick(RX_QUEUE);
+        assert_eq!(h.metrics()["rx_drops"]["bad_address"], 1);
+        assert!(h.new_used(RX_QUEUE).is_empty());
+    }
 }
 
 #[test]
@@ -877,72 +945,80 @@ fn stalled_backend_resumes_after_guest_adds_buffers() {
 
 #[test]
 fn backend_full_stops_posting_and_refills_later() {
-    let mut h = Harness::activated(0);
-    h.st.lock().unwrap().room = 2;
-    for _ in 0..5 {
-        h.add_rx_buf(1530);
+    for direct in MODES {
+        let mut h = Harness::activated_in(0, direct);
+        h.st.lock().unwrap().room = 2;
+        for _ in 0..5 {
+            h.add_rx_buf(1530);
+        }
+        h.kick(RX_QUEUE);
+        assert_eq!(h.st.lock().unwrap().posted.len(), 2);
+        // Two frames consume both buffers; the device refills from the ring.
+        {
+            let mut st = h.st.lock().unwrap();
+            st.inbox.push_back(frame(64, 0));
+            st.inbox.push_back(frame(64, 1));
+        }
+        h.backend_event();
+        assert_eq!(h.new_used(RX_QUEUE).len(), 2);
+        assert_eq!(h.st.lock().unwrap().posted.len(), 2);
     }
-    h.kick(RX_QUEUE);
-    assert_eq!(h.st.lock().unwrap().posted.len(), 2);
-    // Two frames consume both buffers; the device refills from the ring.
-    {
-        let mut st = h.st.lock().unwrap();
-        st.inbox.push_back(frame(64, 0));
-        st.inbox.push_back(frame(64, 1));
-    }
-    h.backend_event();
-    assert_eq!(h.new_used(RX_QUEUE).len(), 2);
-    assert_eq!(h.st.lock().unwrap().posted.len(), 2);
 }
 
 #[test]
 fn bogus_backend_completion_is_ignored() {
-    let mut h = Harness::activated(0);
-    h.st.lock().unwrap().bogus_head = Some(7);
-    h.backend_event();
-    assert!(h.new_used(RX_QUEUE).is_empty());
-    assert_eq!(h.metrics()["backend_bogus_completions"], 1);
+    for direct in MODES {
+        let mut h = Harness::activated_in(0, direct);
+        h.st.lock().unwrap().bogus_head = Some(7);
+        h.backend_event();
+        assert!(h.new_used(RX_QUEUE).is_empty());
+        assert_eq!(h.metrics()["backend_bogus_completions"], 1);
+    }
 }
 
 #[test]
 fn duplicate_head_while_posted_is_ignored() {
-    let mut h = Harness::activated(0);
-    let (head, _) = h.add_rx_buf(1530);
-    h.kick(RX_QUEUE);
-    // The guest makes the same head available again while the backend has it.
-    let avail = h.rxq.avail_addr().0;
-    let idx: u16 = h.mem.read_obj(GuestAddress(avail + 2)).unwrap();
-    h.mem
-        .write_obj(head, GuestAddress(avail + 4 + 2 * u64::from(idx)))
-        .unwrap();
-    h.mem.write_obj(idx + 1, GuestAddress(avail + 2)).unwrap();
-    h.kick(RX_QUEUE);
-    assert_eq!(h.st.lock().unwrap().posted.len(), 1);
-    assert_eq!(h.metrics()["duplicate_heads"], 1);
+    for direct in MODES {
+        let mut h = Harness::activated_in(0, direct);
+        let (head, _) = h.add_rx_buf(1530);
+        h.kick(RX_QUEUE);
+        // The guest makes the same head available again while the backend has it.
+        let avail = h.rxq.avail_addr().0;
+        let idx: u16 = h.mem.read_obj(GuestAddress(avail + 2)).unwrap();
+        h.mem
+            .write_obj(head, GuestAddress(avail + 4 + 2 * u64::from(idx)))
+            .unwrap();
+        h.mem.write_obj(idx + 1, GuestAddress(avail + 2)).unwrap();
+        h.kick(RX_QUEUE);
+        assert_eq!(h.st.lock().unwrap().posted.len(), 1);
+        assert_eq!(h.metrics()["duplicate_heads"], 1);
+    }
 }
 
 #[test]
 fn reset_quiesces_backend_and_reactivation_works() {
-    let mut h = Harness::activated(0);
-    h.add_rx_buf(1530);
-    h.kick(RX_QUEUE);
-    h.net.lock().unwrap().reset();
-    assert!(!h.net.lock().unwrap().is_activated());
-    {
-        let st = h.st.lock().unwrap();
-        assert_eq!(st.quiesces, 1);
-        assert!(st.posted.is_empty());
+    for direct in MODES {
+        let mut h = Harness::activated_in(0, direct);
+        h.add_rx_buf(1530);
+        h.kick(RX_QUEUE);
+        h.net.lock().unwrap().reset();
+        assert!(!h.net.lock().unwrap().is_activated());
+        {
+            let st = h.st.lock().unwrap();
+            assert_eq!(st.quiesces, 1);
+            assert!(st.posted.is_empty());
+        }
+        // Fresh driver queues after reset.
+        h.rxq = MockSplitQueue::create(h.mem, GuestAddress(RXQ_AT), QUEUE_SIZE);
+        h.txq = MockSplitQueue::create(h.mem, GuestAddress(TXQ_AT), QUEUE_SIZE);
+        h.next_desc = [0, 0];
+        h.used_seen = [0, 0];
+        h.activate(F_MRG_RXBUF);
+        h.add_rx_buf(1530);
+        h.kick(RX_QUEUE);
+        h.push_frame(frame(64, 0));
+        assert_eq!(h.new_used(RX_QUEUE), vec![(0, 76)]);
     }
-    // Fresh driver queues after reset.
-    h.rxq = MockSplitQueue::create(h.mem, GuestAddress(RXQ_AT), QUEUE_SIZE);
-    h.txq = MockSplitQueue::create(h.mem, GuestAddress(TXQ_AT), QUEUE_SIZE);
-    h.next_desc = [0, 0];
-    h.used_seen = [0, 0];
-    h.activate(F_MRG_RXBUF);
-    h.add_rx_buf(1530);
-    h.kick(RX_QUEUE);
-    h.push_frame(frame(64, 0));
-    assert_eq!(h.new_used(RX_QUEUE), vec![(0, 76)]);
 }
 
 #[test]
@@ -986,28 +1062,30 @@ fn indirect(h: &Harness, at: u64, table: &[(u64, u32, u16)]) -> RawDescriptor {
 
 #[test]
 fn indirect_descriptor_tables_work_both_ways() {
-    let mut h = Harness::activated(F_INDIRECT_DESC);
-    assert_ne!(h.net.lock().unwrap().avail_features() & F_INDIRECT_DESC, 0);
-    // TX: header and payload through an indirect table.
-    let p = frame(300, 2);
-    let (ha, pa, table) = (h.alloc(12), h.alloc(300), h.alloc(64));
-    h.mem.write_slice(&[0u8; 12], GuestAddress(ha)).unwrap();
-    h.mem.write_slice(&p, GuestAddress(pa)).unwrap();
-    let d = indirect(&h, table, &[(ha, 12, 0), (pa, 300, 0)]);
-    let head = h.add_raw(TX_QUEUE, &[d]);
-    h.kick(TX_QUEUE);
-    assert_eq!(h.new_used(TX_QUEUE), vec![(u32::from(head), 0)]);
-    assert_eq!(&h.st.lock().unwrap().sent[0][12..], &p[..]);
-    // RX: a header segment then a data segment, indirect.
-    let (ra, rb, table) = (h.alloc(12), h.alloc(1518), h.alloc(64));
-    let d = indirect(&h, table, &[(ra, 12, W), (rb, 1518, W)]);
-    let head = h.add_raw(RX_QUEUE, &[d]);
-    h.kick(RX_QUEUE);
-    let f = frame(500, 3);
-    h.push_frame(f.clone());
-    assert_eq!(h.new_used(RX_QUEUE), vec![(u32::from(head), 512)]);
-    assert_eq!(h.read(rb, 500), f);
-    assert_eq!(h.metrics()["rx_packets"], 1);
+    for direct in MODES {
+        let mut h = Harness::activated_in(F_INDIRECT_DESC, direct);
+        assert_ne!(h.net.lock().unwrap().avail_features() & F_INDIRECT_DESC, 0);
+        // TX: header and payload through an indirect table.
+        let p = frame(300, 2);
+        let (ha, pa, table) = (h.alloc(12), h.alloc(300), h.alloc(64));
+        h.mem.write_slice(&[0u8; 12], GuestAddress(ha)).unwrap();
+        h.mem.write_slice(&p, GuestAddress(pa)).unwrap();
+        let d = indirect(&h, table, &[(ha, 12, 0), (pa, 300, 0)]);
+        let head = h.add_raw(TX_QUEUE, &[d]);
+        h.kick(TX_QUEUE);
+        assert_eq!(h.new_used(TX_QUEUE), vec![(u32::from(head), 0)]);
+        assert_eq!(&h.st.lock().unwrap().sent[0][12..], &p[..]);
+        // RX: a header segment then a data segment, indirect.
+        let (ra, rb, table) = (h.alloc(12), h.alloc(1518), h.alloc(64));
+        let d = indirect(&h, table, &[(ra, 12, W), (rb, 1518, W)]);
+        let head = h.add_raw(RX_QUEUE, &[d]);
+        h.kick(RX_QUEUE);
+        let f = frame(500, 3);
+        h.push_frame(f.clone());
+        assert_eq!(h.new_used(RX_QUEUE), vec![(u32::from(head), 512)]);
+        assert_eq!(h.read(rb, 500), f);
+        assert_eq!(h.metrics()["rx_packets"], 1);
+    }
 }
 
 #[test]
@@ -1052,109 +1130,170 @@ fn broken_indirect_tables_are_dropped() {
 /// it must still work afterwards.
 #[test]
 fn random_hostile_chains_never_panic() {
-    let mut h = Harness::activated(F_MRG_RXBUF | F_EVENT_IDX | F_INDIRECT_DESC);
-    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
-    let mut rnd = move || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed
-    };
-    for round in 0..200 {
-        for qi in [RX_QUEUE, TX_QUEUE] {
-            let q = h.q(qi);
-            let (table, avail) = (q.desc_table_addr().0, q.avail_addr().0);
-            for i in 0..u64::from(QUEUE_SIZE) {
-                let r = rnd();
-                let addr = match r % 4 {
-                    0 => rnd() % MEM_SIZE,
-                    1 => MEM_SIZE - (rnd() % 64),
-                    2 => rnd(),
-                    _ => BUF_AT + (rnd() % 0x10_0000),
-                };
-                let len = match (r >> 8) % 4 {
-                    0 => 0,
-                    1 => (rnd() % 16) as u32,
-                    2 => (rnd() % 4096) as u32,
-                    _ => rnd() as u32,
-                };
-                let flags = ((r >> 16) % 8) as u16; // NEXT | WRITE | INDIRECT
-                let next = ((r >> 24) % 300) as u16;
-                let d = RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next));
-                h.mem.write_obj(d, GuestAddress(table + 16 * i)).unwrap();
+    for direct in MODES {
+        let mut h = Harness::activated_in(F_MRG_RXBUF | F_EVENT_IDX | F_INDIRECT_DESC, direct);
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut rnd = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for round in 0..200 {
+            for qi in [RX_QUEUE, TX_QUEUE] {
+                let q = h.q(qi);
+                let (table, avail) = (q.desc_table_addr().0, q.avail_addr().0);
+                for i in 0..u64::from(QUEUE_SIZE) {
+                    let r = rnd();
+                    let addr = match r % 4 {
+                        0 => rnd() % MEM_SIZE,
+                        1 => MEM_SIZE - (rnd() % 64),
+                        2 => rnd(),
+                        _ => BUF_AT + (rnd() % 0x10_0000),
+                    };
+                    let len = match (r >> 8) % 4 {
+                        0 => 0,
+                        1 => (rnd() % 16) as u32,
+                        2 => (rnd() % 4096) as u32,
+                        _ => rnd() as u32,
+                    };
+                    let flags = ((r >> 16) % 8) as u16; // NEXT | WRITE | INDIRECT
+                    let next = ((r >> 24) % 300) as u16;
+                    let d = RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next));
+                    h.mem.write_obj(d, GuestAddress(table + 16 * i)).unwrap();
+                }
+                let idx: u16 = h.mem.read_obj(GuestAddress(avail + 2)).unwrap();
+                let n = (rnd() % 40) as u16;
+                for k in 0..n {
+                    let head = (rnd() % 300) as u16;
+                    let slot = avail + 4 + 2 * u64::from(idx.wrapping_add(k) % QUEUE_SIZE);
+                    h.mem.write_obj(head, GuestAddress(slot)).unwrap();
+                }
+                h.mem
+                    .write_obj(idx.wrapping_add(n), GuestAddress(avail + 2))
+                    .unwrap();
+                // Random used_event too.
+                h.set_used_event(qi, rnd() as u16);
             }
-            let idx: u16 = h.mem.read_obj(GuestAddress(avail + 2)).unwrap();
-            let n = (rnd() % 40) as u16;
-            for k in 0..n {
-                let head = (rnd() % 300) as u16;
-                let slot = avail + 4 + 2 * u64::from(idx.wrapping_add(k) % QUEUE_SIZE);
-                h.mem.write_obj(head, GuestAddress(slot)).unwrap();
+            h.kick(RX_QUEUE);
+            h.kick(TX_QUEUE);
+            {
+                let mut st = h.st.lock().unwrap();
+                for _ in 0..(round % 5) {
+                    st.inbox
+                        .push_back(frame((rnd() % 3000) as usize + 14, round as u8));
+                }
             }
-            h.mem
-                .write_obj(idx.wrapping_add(n), GuestAddress(avail + 2))
-                .unwrap();
-            // Random used_event too.
-            h.set_used_event(qi, rnd() as u16);
-        }
-        h.kick(RX_QUEUE);
-        h.kick(TX_QUEUE);
-        {
-            let mut st = h.st.lock().unwrap();
-            for _ in 0..(round % 5) {
-                st.inbox
-                    .push_back(frame((rnd() % 3000) as usize + 14, round as u8));
-            }
-        }
-        h.backend_event();
-        for qi in [RX_QUEUE, TX_QUEUE] {
-            for (id, len) in h.new_used(qi) {
-                assert!(id < u32::from(QUEUE_SIZE), "used head {id}");
-                if qi == TX_QUEUE {
-                    assert_eq!(len, 0);
+            h.backend_event();
+            for qi in [RX_QUEUE, TX_QUEUE] {
+                for (id, len) in h.new_used(qi) {
+                    assert!(id < u32::from(QUEUE_SIZE), "used head {id}");
+                    if qi == TX_QUEUE {
+                        assert_eq!(len, 0);
+                    }
                 }
             }
         }
+        let m = h.metrics();
+        let drops = |k: &str| -> u64 {
+            m[k].as_object()
+                .unwrap()
+                .values()
+                .map(|v| v.as_u64().unwrap())
+                .sum()
+        };
+        assert!(drops("rx_drops") > 0 && drops("tx_drops") > 0, "{m}");
+        // Still works: a clean TX frame goes out.
+        h.st.lock().unwrap().sent.clear();
+        h.next_desc[TX_QUEUE] = 0;
+        let p = frame(100, 42);
+        h.add_tx_frame(&p);
+        h.kick(TX_QUEUE);
+        let sent = h.st.lock().unwrap().sent.clone();
+        assert_eq!(sent.last().map(|f| &f[12..]), Some(&p[..]), "{m}");
     }
-    let m = h.metrics();
-    let drops = |k: &str| -> u64 {
-        m[k].as_object()
-            .unwrap()
-            .values()
-            .map(|v| v.as_u64().unwrap())
-            .sum()
-    };
-    assert!(drops("rx_drops") > 0 && drops("tx_drops") > 0, "{m}");
-    // Still works: a clean TX frame goes out.
-    h.st.lock().unwrap().sent.clear();
-    h.next_desc[TX_QUEUE] = 0;
-    let p = frame(100, 42);
-    h.add_tx_frame(&p);
-    h.kick(TX_QUEUE);
-    let sent = h.st.lock().unwrap().sent.clone();
-    assert_eq!(sent.last().map(|f| &f[12..]), Some(&p[..]), "{m}");
 }
 
 #[test]
 fn rx_refill_ends_each_batch_with_one_batch_done() {
-    let mut h = Harness::activated(F_MRG_RXBUF);
-    assert!(h.st.lock().unwrap().batches.is_empty(), "no batch without a post");
-    for _ in 0..5 {
-        h.add_rx_buf(1536);
+    for direct in MODES {
+        let mut h = Harness::activated_in(F_MRG_RXBUF, direct);
+        assert!(h.st.lock().unwrap().batches.is_empty(), "no batch without a post");
+        for _ in 0..5 {
+            h.add_rx_buf(1536);
+        }
+        h.kick(RX_QUEUE);
+        assert_eq!(h.st.lock().unwrap().batches, vec![5], "one batch-done for the whole refill");
+        // A kick with nothing new posts nothing and ends no batch.
+        h.kick(RX_QUEUE);
+        assert_eq!(h.st.lock().unwrap().batches, vec![5]);
+        // Backend room runs out mid-refill: what was posted is still flushed.
+        h.st.lock().unwrap().room = 7;
+        for _ in 0..4 {
+            h.add_rx_buf(1536);
+        }
+        h.kick(RX_QUEUE);
+        let st = h.st.lock().unwrap();
+        assert_eq!(st.batches, vec![5, 2]);
+        assert_eq!(st.unflushed, 0, "every posted buffer was followed by a batch-done");
     }
-    h.kick(RX_QUEUE);
-    assert_eq!(h.st.lock().unwrap().batches, vec![5], "one batch-done for the whole refill");
-    // A kick with nothing new posts nothing and ends no batch.
-    h.kick(RX_QUEUE);
-    assert_eq!(h.st.lock().unwrap().batches, vec![5]);
-    // Backend room runs out mid-refill: what was posted is still flushed.
-    h.st.lock().unwrap().room = 7;
-    for _ in 0..4 {
-        h.add_rx_buf(1536);
+}
+
+#[test]
+fn backend_length_beyond_the_buffer_is_clamped_and_counted() {
+    for direct in MODES {
+        let mut h = Harness::activated_in(0, direct);
+        let (head, _) = h.add_rx_buf(1530);
+        h.kick(RX_QUEUE);
+        {
+            let mut st = h.st.lock().unwrap();
+            st.posted.clear();
+            st.done.push(Used { head, len: 5000 });
+        }
+        h.backend_event();
+        assert_eq!(h.new_used(RX_QUEUE), vec![(u32::from(head), 1530)], "direct {direct}");
+        assert_eq!(h.metrics()["backend_bogus_completions"], 1, "direct {direct}");
+        // The head is free again: completing it twice is refused.
+        h.st.lock().unwrap().done.push(Used { head, len: 100 });
+        h.backend_event();
+        assert!(h.new_used(RX_QUEUE).is_empty(), "direct {direct}");
+        assert_eq!(h.metrics()["backend_bogus_completions"], 2, "direct {direct}");
     }
+}
+
+#[test]
+fn direct_rx_hands_out_validated_buffers_with_their_host_address() {
+    let mut h = Harness::activated_in(0, true);
+    let (head, addr) = h.add_rx_buf(1530);
+    let a = h.alloc(1530);
+    let chained = h.add_chain(RX_QUEUE, &[(a, 12, W), (a + 12, 1518, W)]);
     h.kick(RX_QUEUE);
+    let host = vm_memory::GuestMemoryBackend::get_host_address(h.mem, GuestAddress(addr)).unwrap() as usize;
     let st = h.st.lock().unwrap();
-    assert_eq!(st.batches, vec![5, 2]);
-    assert_eq!(st.unflushed, 0, "every posted buffer was followed by a batch-done");
+    assert_eq!(st.direct_ones, vec![(head, addr, 1530, host)], "the lone buffer comes as One");
+    let posted: Vec<(u16, u32)> = st.posted.iter().map(|b| (b.head, b.len)).collect();
+    assert_eq!(posted, vec![(head, 1530), (chained, 1530)], "the chain comes as Chain");
+    assert_eq!(st.posted[1].segs, vec![(GuestAddress(a), 12), (GuestAddress(a + 12), 1518)]);
+    assert_eq!(st.batches, vec![2], "one batch-done for the refill");
+}
+
+#[test]
+fn direct_rx_refused_buffers_go_back_empty_and_counted() {
+    let mut h = Harness::activated_in(0, true);
+    h.st.lock().unwrap().refuse = 1;
+    let (first, _) = h.add_rx_buf(1530);
+    let (second, addr) = h.add_rx_buf(1530);
+    h.kick(RX_QUEUE);
+    assert_eq!(h.new_used(RX_QUEUE), vec![(u32::from(first), 0)]);
+    assert_eq!(h.metrics()["rx_drops"]["no_buffer"], 1);
+    // The refused head is free: the guest may post it again.
+    assert_eq!(h.st.lock().unwrap().posted.len(), 1);
+    let f = frame(200, 9);
+    h.push_frame(f.clone());
+    assert_eq!(h.new_used(RX_QUEUE), vec![(u32::from(second), 212)]);
+    assert_eq!(h.read(addr + 12, 200), f);
+    let m = h.metrics();
+    assert_eq!((m["rx_packets"].as_u64(), m["rx_bytes"].as_u64(), m["rx_buffers_used"].as_u64()), (Some(1), Some(200), Some(1)));
 }
 
 #[test]

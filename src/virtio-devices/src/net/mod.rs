@@ -1,11 +1,13 @@
 //! virtio-net. The device ([`device`]) owns the virtqueues; a backend moves frames.
 //! A received frame's path: backend event (tap readable / pNIC interrupt)
-//! → `NetBackend::reap_rx` → used ring → guest interrupt.
+//! → `NetBackend::reap_rx` (tap) or `NetBackend::complete_direct` (shim,
+//! [`direct`]) → used ring → guest interrupt.
 
 pub mod backend;
 pub mod chain;
 pub mod config;
 pub mod device;
+pub mod direct;
 pub mod iov;
 pub mod link_monitor;
 pub mod metrics;
@@ -20,5 +22,6 @@ mod tap_tests;
 
 pub use backend::{ChainRef, DropReason, NetBackend, RxBuffer, TxFrame, Used, VNET_HDR_LEN};
 pub use device::Net;
+pub use direct::{RxDesc, RxNext, RxQueue};
 pub use tap::TapBackend;
 pub use tap_dev::TapError;

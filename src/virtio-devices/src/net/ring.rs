@@ -14,6 +14,7 @@
 //! same memory ordering, EVENT_IDX suppression with Linux's inequality, and
 //! the same verdicts on malformed chains (the device tests drive both).
 
+use std::ptr::NonNull;
 use std::sync::atomic::{fence, AtomicU16, Ordering};
 
 use log::warn;
@@ -270,6 +271,22 @@ impl SplitRing {
         ok.then_some((GuestAddress(d.addr), d.len))
     }
 
+    /// [`SplitRing::single`] for a buffer the device writes, also giving the
+    /// host address of its first byte: the buffer lies inside one guest RAM
+    /// mapping (a buffer that spans two gets `None`, and `parse` takes it).
+    #[inline]
+    pub fn single_mapped(&self, head: u16) -> Option<(u64, u32, NonNull<u8>)> {
+        if head >= self.size {
+            return None;
+        }
+        let d = self.desc(head);
+        if d.flags & (F_NEXT | F_INDIRECT | F_WRITE) != F_WRITE || (d.len as usize) < VNET_HDR_LEN {
+            return None;
+        }
+        let host = NonNull::new(self.ram.host_range(d.addr, u64::from(d.len))?)?;
+        Some((d.addr, d.len, host))
+    }
+
     /// Walks the chain at `head` and validates it for `dir` into `segs`
     /// (cleared first): every descriptor in the right direction, non-zero,
     /// inside guest RAM, at most [`MAX_CHAIN_DESCS`], no loop, at least the
@@ -389,9 +406,19 @@ impl SplitRing {
     /// Publishes a used element for `head` (a head the device took from this
     /// ring, so < size; anything else is refused and logged).
     pub fn add_used(&mut self, head: u16, len: u32) {
+        if self.push_used(head, len) {
+            self.publish_used();
+        }
+    }
+
+    /// Writes a used element for `head` without publishing it: the driver
+    /// sees it with the next [`SplitRing::publish_used`], which must come
+    /// before `needs_notification`. One index store for a run of elements.
+    /// A head beyond the queue is refused and logged (false).
+    #[inline]
+    pub fn push_used(&mut self, head: u16, len: u32) -> bool {
         if head >= self.size {
-            warn!("virtio: refusing used element for head {head} beyond the queue");
-            return;
+            return refuse_used(head);
         }
         let slot = u64::from(self.next_used & (self.size - 1));
         let off = (RING_HEADER + USED_ELEM * slot) as usize;
@@ -404,7 +431,13 @@ impl SplitRing {
         }
         self.next_used = self.next_used.wrapping_add(1);
         self.num_added = self.num_added.wrapping_add(1);
-        // Release: the element is visible before the index that covers it.
+        true
+    }
+
+    /// Makes every used element written so far visible to the driver.
+    #[inline]
+    pub fn publish_used(&mut self) {
+        // Release: the elements are visible before the index that covers them.
         self.used_idx_field()
             .store(self.next_used.to_le(), Ordering::Release);
     }
@@ -451,6 +484,12 @@ impl SplitRing {
         self.num_added = 0;
         used.wrapping_sub(event).wrapping_sub(1) < used.wrapping_sub(old)
     }
+}
+
+#[cold]
+fn refuse_used(head: u16) -> bool {
+    warn!("virtio: refusing used element for head {head} beyond the queue");
+    false
 }
 
 /// The 16 bytes of a descriptor as stored in guest memory.
@@ -555,6 +594,51 @@ mod tests {
         ] {
             assert_eq!(r.parse(head, Direction::DeviceWrites, &mut segs).err(), Some(want), "head {head}");
         }
+    }
+
+    #[test]
+    fn single_mapped_is_single_for_rx_with_the_host_address() {
+        let m = mem();
+        let vq = Vq;
+        let put = |i: u64, addr: u64, len: u32, flags: u16| {
+            let d = RawDescriptor::from(SplitDescriptor::new(addr, len, flags, 0));
+            m.write_obj(d, GuestAddress(vq.desc_table_addr().0 + 16 * i)).unwrap();
+        };
+        put(0, 0x8000, 1536, F_WRITE);
+        put(1, 0x8000, 1536, 0); // device-readable
+        put(2, 0x8000, 1536, F_WRITE | F_NEXT);
+        put(3, 0x8000, 11, F_WRITE);
+        put(4, 0x10_0000 - 100, 1536, F_WRITE);
+        put(5, u64::MAX - 10, 1536, F_WRITE);
+        let r = ring(&m, &vq, false);
+        let (gpa, len, host) = r.single_mapped(0).unwrap();
+        assert_eq!((gpa, len), (0x8000, 1536));
+        assert_eq!(host.as_ptr(), vm_memory::GuestMemoryBackend::get_host_address(&m, GuestAddress(0x8000)).unwrap());
+        for head in (1..6).chain([16, u16::MAX]) {
+            assert_eq!(r.single_mapped(head), None, "head {head}");
+            let single = r.single(head, Direction::DeviceWrites);
+            assert_eq!(single, None, "single agrees for head {head}");
+        }
+    }
+
+    #[test]
+    fn pushed_used_elements_are_invisible_until_published() {
+        let m = mem();
+        let vq = Vq;
+        let mut r = ring(&m, &vq, false);
+        let used = vq.used_addr().0;
+        assert!(r.push_used(3, 100));
+        assert!(r.push_used(5, 200));
+        assert!(!r.push_used(16, 1), "beyond the queue: refused");
+        assert_eq!(m.read_obj::<u16>(GuestAddress(used + 2)).unwrap(), 0, "not yet published");
+        r.publish_used();
+        assert_eq!(m.read_obj::<u16>(GuestAddress(used + 2)).unwrap(), 2);
+        let elem = |k: u64| {
+            let id = m.read_obj::<u32>(GuestAddress(used + 4 + 8 * k)).unwrap();
+            let len = m.read_obj::<u32>(GuestAddress(used + 8 + 8 * k)).unwrap();
+            (id, len)
+        };
+        assert_eq!([elem(0), elem(1)], [(3, 100), (5, 200)]);
     }
 
     #[test]

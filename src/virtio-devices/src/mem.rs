@@ -84,6 +84,10 @@ struct RamRegion {
 /// keeps the mappings alive.
 #[derive(Debug, Clone)]
 pub struct RamMap {
+    /// The lowest region, looked at first without walking `regions` (where
+    /// almost every buffer of a small guest lives); an empty range when
+    /// there is no RAM.
+    first: RamRegion,
     regions: Vec<RamRegion>,
     /// Runs of adjacent regions merged: what a range check walks.
     spans: Vec<(u64, u64)>,
@@ -116,7 +120,8 @@ impl RamMap {
                 _ => spans.push((r.start, r.last)),
             }
         }
-        RamMap { regions, spans, mem: mem.clone() }
+        let first = regions.first().copied().unwrap_or(RamRegion { start: 1, last: 0, host: std::ptr::null_mut() });
+        RamMap { first, regions, spans, mem: mem.clone() }
     }
 
     /// The memory this map describes.
@@ -141,7 +146,12 @@ impl RamMap {
     #[inline]
     pub fn host_range(&self, addr: u64, len: u64) -> Option<*mut u8> {
         let last = addr.checked_add(len.checked_sub(1)?)?;
-        let r = self.regions.iter().find(|r| addr >= r.start && last <= r.last)?;
+        let f = &self.first;
+        let r = if addr >= f.start && last <= f.last {
+            f
+        } else {
+            self.regions.iter().find(|r| addr >= r.start && last <= r.last)?
+        };
         // SAFETY: addr - start is inside the region's mapping (checked above),
         // so the offset pointer stays inside the same allocation.
         Some(unsafe { r.host.add((addr - r.start) as usize) })
@@ -297,5 +307,21 @@ mod tests {
         }
         assert!(map.host_range(0x800, 0x1000).is_none(), "spans two regions: no single host range");
         assert!(map.contains(0x800, 0x1000));
+        // host_range: vm-memory's host address, for ranges inside one region
+        // (the first one, looked at before the others, included).
+        for e in edges {
+            for d in [-2i64, -1, 0, 1] {
+                let a = e.wrapping_add_signed(d);
+                for &l in &lens {
+                    let one_region = l != 0
+                        && mem.find_region(GuestAddress(a)).is_some_and(|r| {
+                            a.checked_add(l - 1).is_some_and(|last| last <= r.last_addr().0)
+                        });
+                    let want = one_region.then(|| mem.get_host_address(GuestAddress(a)).unwrap());
+                    assert_eq!(map.host_range(a, l), want, "start {a:#x} len {l:#x}");
+                }
+            }
+        }
+        assert_eq!(RamMap::new(&GuestMemory::default()).host_range(0, 1), None, "no RAM at all");
     }
 }

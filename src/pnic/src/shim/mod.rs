@@ -122,25 +122,21 @@ enum Reaped {
     /// Needs [`ShimBackend::complete_rx_other`].
     Other(u16, RxHeld, RxCompletion),
     /// A cookie the shim did not issue (or issued for a buffer since
-    /// completed): counted and ignored.
+    /// completed): to be counted and ignored.
     Unknown,
 }
 
 /// One NIC completion, the common case: a good frame in a zero-copy buffer
 /// gets its header and a used entry.
 #[inline(always)]
-fn complete_zero_copy(table: &mut RxTable, metrics: &mut ShimMetrics, limits: &DriverLimits, c: RxCompletion) -> Reaped {
+fn complete_zero_copy(table: &mut RxTable, limits: &DriverLimits, c: RxCompletion) -> Reaped {
     let Some((head, held)) = table.take(c.cookie) else {
-        metrics.nic_errors += 1;
         return Reaped::Unknown;
     };
     let total = HDR + u64::from(c.len);
     match held.kind {
         RxKind::ZeroCopy { host, .. } if frame_is_good(&c, limits) && total <= u64::from(held.len) => {
             write_header(host.0);
-            metrics.rx_zero_copy += 1;
-            metrics.rx_packets += 1;
-            metrics.rx_bytes += u64::from(c.len);
             Reaped::Done(Used { head, len: total as u32 })
         }
         _ => Reaped::Other(head, held, c),
@@ -766,6 +762,52 @@ impl<D: PnicDriver> ShimBackend<D> {
         self.post_slot(buf.head, buf.segs, len).inspect_err(|r| self.metrics.drop(*r))
     }
 
+    /// Every RX completion, in order, to `emit`: buffers returned earlier
+    /// (recycling failed), then what the NIC finished. Good zero-copy frames
+    /// are handled as the driver finds them; the rare ones that need the
+    /// whole shim (recycling, the copy fallback) wait in `rx_slow` until the
+    /// driver is done.
+    #[inline(always)]
+    fn reap_rx_into(&mut self, mut emit: impl FnMut(Used)) {
+        self.rx_returned.drain(..).for_each(&mut emit);
+        if self.failed || !self.started {
+            return;
+        }
+        let mut slow = std::mem::take(&mut self.rx_slow);
+        let (table, limits) = (&mut self.rx, &self.limits);
+        let (mut frames, mut bytes, mut unknown) = (0u64, 0u64, 0u64);
+        let r = self.driver.reap_rx_with(|c| match complete_zero_copy(table, limits, c) {
+            Reaped::Done(u) => {
+                frames += 1;
+                bytes += u64::from(u.len) - HDR;
+                emit(u);
+            }
+            Reaped::Other(head, held, c) => slow.push((head, held, c)),
+            Reaped::Unknown => unknown += 1,
+        });
+        // Counted once per pass, not per frame.
+        self.metrics.rx_zero_copy += frames;
+        self.metrics.rx_packets += frames;
+        self.metrics.rx_bytes += bytes;
+        self.metrics.nic_errors += unknown;
+        if let Err(e) = r {
+            self.driver_err(e);
+        }
+        if !slow.is_empty() {
+            // Rare: a list of their own, since a NIC failing meanwhile
+            // returns every held buffer through `rx_returned`.
+            let mut out = Vec::new();
+            for (head, held, c) in slow.drain(..) {
+                self.complete_rx_other(head, held, c, &mut out);
+            }
+            out.into_iter().for_each(&mut emit);
+        }
+        self.rx_slow = slow;
+        // Buffers recycled above (dropped frames) go back to the NIC now.
+        self.flush_rx_posted();
+        self.rx_returned.drain(..).for_each(emit);
+    }
+
     fn refresh_link(&mut self) {
         match self.driver.link_up() {
             Ok(up) => self.link = up && !self.failed,
@@ -857,30 +899,7 @@ impl<D: PnicDriver> NetBackend for ShimBackend<D> {
     }
 
     fn reap_rx(&mut self, _mem: &GuestMemory, out: &mut Vec<Used>) {
-        out.append(&mut self.rx_returned);
-        if self.failed || !self.started {
-            return;
-        }
-        // Completions are handled as the driver finds them; the rare ones
-        // that need the whole shim (recycling, the copy fallback) wait in
-        // `rx_slow` until the driver is done.
-        let mut slow = std::mem::take(&mut self.rx_slow);
-        let (table, metrics, limits) = (&mut self.rx, &mut self.metrics, &self.limits);
-        let r = self.driver.reap_rx_with(|c| match complete_zero_copy(table, metrics, limits, c) {
-            Reaped::Done(u) => out.push(u),
-            Reaped::Other(head, held, c) => slow.push((head, held, c)),
-            Reaped::Unknown => {}
-        });
-        if let Err(e) = r {
-            self.driver_err(e);
-        }
-        for (head, held, c) in slow.drain(..) {
-            self.complete_rx_other(head, held, c, out);
-        }
-        self.rx_slow = slow;
-        // Buffers recycled above (dropped frames) go back to the NIC now.
-        self.flush_rx_posted();
-        out.append(&mut self.rx_returned);
+        self.reap_rx_into(|u| out.push(u));
     }
 
     /// The datapath proper: every guest buffer the device validated goes
@@ -907,35 +926,7 @@ impl<D: PnicDriver> NetBackend for ShimBackend<D> {
     /// `reap_rx`, with each used entry given to the queue as the driver
     /// finds its completion.
     fn complete_direct(&mut self, q: &mut RxQueue<'_>) -> bool {
-        for u in self.rx_returned.drain(..) {
-            q.complete(u.head, u.len);
-        }
-        if self.failed || !self.started {
-            return true;
-        }
-        let mut slow = std::mem::take(&mut self.rx_slow);
-        let (table, metrics, limits) = (&mut self.rx, &mut self.metrics, &self.limits);
-        let r = self.driver.reap_rx_with(|c| match complete_zero_copy(table, metrics, limits, c) {
-            Reaped::Done(u) => q.complete(u.head, u.len),
-            Reaped::Other(head, held, c) => slow.push((head, held, c)),
-            Reaped::Unknown => {}
-        });
-        if let Err(e) = r {
-            self.driver_err(e);
-        }
-        if !slow.is_empty() {
-            let mut out = std::mem::take(&mut self.rx_returned);
-            for (head, held, c) in slow.drain(..) {
-                self.complete_rx_other(head, held, c, &mut out);
-            }
-            self.rx_returned = out;
-        }
-        self.rx_slow = slow;
-        // Buffers recycled above (dropped frames) go back to the NIC now.
-        self.flush_rx_posted();
-        for u in self.rx_returned.drain(..) {
-            q.complete(u.head, u.len);
-        }
+        self.reap_rx_into(|u| q.complete(u.head, u.len));
         true
     }
 

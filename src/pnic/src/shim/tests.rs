@@ -539,3 +539,24 @@ fn tx_length_comes_from_the_segments_not_the_summary() {
     assert!(h.posted_tx().is_empty(), "nothing reached the NIC");
     assert_eq!(s.shim_metrics().drops_of(DropReason::FrameTooLong), 1);
 }
+
+#[test]
+fn a_nic_that_vanishes_while_a_dropped_frame_is_recycled_loses_no_buffer() {
+    let (mut s, h, mem) = setup();
+    // Head 0: 200 bytes, so it takes a bounce buffer; heads 1-3 zero-copy.
+    s.post_rx(&mem, rxbuf(0, &[(0x9_0000, 200)])).unwrap();
+    for i in 1..4u16 {
+        s.post_rx(&mem, rxbuf(i, &[(0x1_0000 + u64::from(i) * 0x1000, 2048)])).unwrap();
+    }
+    // A frame too big for head 0: the shim drops it and gives the buffer
+    // back to the NIC, which has vanished by then.
+    assert!(matches!(h.inject_rx(&eth(500, 1)), InjectOutcome::Delivered { .. }));
+    h.remove();
+    let mut used = Vec::new();
+    s.reap_rx(&mem, &mut used);
+    let mut heads: Vec<u16> = used.iter().map(|u| u.head).collect();
+    heads.sort_unstable();
+    assert_eq!(heads, vec![0, 1, 2, 3], "every buffer comes back: {used:?}");
+    assert!(used.iter().all(|u| u.len == 0), "{used:?}");
+    assert!(!s.link_up());
+}

@@ -301,9 +301,13 @@ impl Net {
                 break;
             }
             // Out of guest buffers: ask for a kick, then re-check for buffers
-            // added before the request became visible. A backend that took
-            // nothing with room left ends the refill (no spinning on it).
-            if popped == 0 || !a.rx.enable_notification() {
+            // added before the request became visible.
+            if !a.rx.enable_notification() {
+                break;
+            }
+            // Buffers are there, but a backend that took none of them with
+            // room left ends the refill (no spinning on it).
+            if popped == 0 {
                 break;
             }
         }

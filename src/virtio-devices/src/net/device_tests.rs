@@ -1261,6 +1261,36 @@ fn backend_length_beyond_the_buffer_is_clamped_and_counted() {
     }
 }
 
+/// The backend filled up exactly when the guest ran out of buffers; once
+/// completions make room, the device must ask the guest to kick again
+/// (otherwise the guest's next buffers sit unseen).
+#[test]
+fn room_freed_with_no_guest_buffers_left_asks_for_a_kick() {
+    for direct in MODES {
+        for event_idx in [false, true] {
+            let mut h = Harness::activated_in(if event_idx { F_EVENT_IDX } else { 0 }, direct);
+            h.st.lock().unwrap().room = 2;
+            h.add_rx_buf(1530);
+            h.add_rx_buf(1530);
+            h.kick(RX_QUEUE);
+            assert_eq!(h.st.lock().unwrap().posted.len(), 2);
+            {
+                let mut st = h.st.lock().unwrap();
+                st.inbox.push_back(frame(64, 0));
+                st.inbox.push_back(frame(64, 1));
+            }
+            h.backend_event();
+            assert_eq!(h.new_used(RX_QUEUE).len(), 2, "direct {direct} event_idx {event_idx}");
+            let used_flags: u16 = h.mem.read_obj(h.rxq.used_addr()).unwrap();
+            if event_idx {
+                assert_eq!(h.avail_event(RX_QUEUE), 2, "direct {direct}: kick on the next buffer");
+            } else {
+                assert_eq!(used_flags & 1, 0, "direct {direct}: NO_NOTIFY cleared");
+            }
+        }
+    }
+}
+
 #[test]
 fn direct_rx_hands_out_validated_buffers_with_their_host_address() {
     let mut h = Harness::activated_in(0, true);

@@ -62,6 +62,8 @@ struct FakeState {
     direct: bool,
     /// Direct RX: refuse the next this many buffers (`RxQueue::refuse`).
     refuse: usize,
+    /// Direct RX: refuse this head at the next refill, held or not.
+    bogus_refuse: Option<u16>,
     /// Direct RX: the buffers taken as `RxNext::One`, with their host address.
     direct_ones: Vec<(u16, u64, u32, usize)>,
 }
@@ -209,6 +211,9 @@ impl NetBackend for FakeBackend {
         let mut st = self.st.lock().unwrap();
         if !st.direct {
             return None;
+        }
+        if let Some(h) = st.bogus_refuse.take() {
+            q.refuse(h, DropReason::BackendError);
         }
         let mut posted = 0;
         while st.room > st.posted.len() {
@@ -1305,6 +1310,20 @@ fn direct_rx_hands_out_validated_buffers_with_their_host_address() {
     assert_eq!(posted, vec![(head, 1530), (chained, 1530)], "the chain comes as Chain");
     assert_eq!(st.posted[1].segs, vec![(GuestAddress(a), 12), (GuestAddress(a + 12), 1518)]);
     assert_eq!(st.batches, vec![2], "one batch-done for the refill");
+}
+
+#[test]
+fn direct_rx_refusing_a_head_not_held_is_ignored_and_counted() {
+    let mut h = Harness::activated_in(0, true);
+    let (held, _) = h.add_rx_buf(1530);
+    h.kick(RX_QUEUE);
+    for bogus in [held + 1, 300] {
+        h.st.lock().unwrap().bogus_refuse = Some(bogus);
+        h.kick(RX_QUEUE);
+        assert!(h.new_used(RX_QUEUE).is_empty(), "head {bogus}");
+    }
+    assert_eq!(h.metrics()["backend_bogus_completions"], 2);
+    assert_eq!(h.metrics()["rx_drops"]["backend_error"], 0);
 }
 
 #[test]

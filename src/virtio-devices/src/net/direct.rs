@@ -183,11 +183,13 @@ impl<'a> RxQueue<'a> {
     }
 
     /// The backend cannot take buffer `head` (which `pop` gave it): it goes
-    /// back to the guest empty, counted under `reason`.
+    /// back to the guest empty, counted under `reason`. A head the backend
+    /// was not given is a backend bug, counted and logged as in `complete`.
     #[cold]
     pub fn refuse(&mut self, head: u16, reason: DropReason) {
-        if let Some(h) = self.held.get_mut(usize::from(head)) {
-            *h = 0;
+        match self.held.get_mut(usize::from(head)) {
+            Some(h) if *h != 0 => *h = 0,
+            _ => return self.bogus_head(head),
         }
         self.metrics.rx_drops.add(reason);
         self.push(head, 0);

@@ -259,13 +259,7 @@ impl Net {
                 }
             }
             posted += post_run(backend, a, metrics, batch, refused);
-            if backend.rx_room() == 0 {
-                a.rx.disable_notification();
-                break;
-            }
-            // Out of guest buffers: ask for a kick, then re-check for buffers
-            // added before the request became visible.
-            if !a.rx.enable_notification() {
+            if !refill_again(backend, &mut a.rx) {
                 break;
             }
         }
@@ -296,13 +290,7 @@ impl Net {
             self.metrics.rx_direct_passes += 1;
             a.rx_added |= added;
             posted += n;
-            if backend.rx_room() == 0 {
-                a.rx.disable_notification();
-                break;
-            }
-            // Out of guest buffers: ask for a kick, then re-check for buffers
-            // added before the request became visible.
-            if !a.rx.enable_notification() {
+            if !refill_again(backend, &mut a.rx) {
                 break;
             }
             // Buffers are there, but a backend that took none of them with
@@ -607,6 +595,18 @@ impl Net {
         self.check_link();
         self.update_watch(ops);
     }
+}
+
+/// The end of a refill round: whether to run another. No, with guest kicks
+/// off, when the backend is full; no, with kicks on, when the guest has no
+/// buffers left (re-checked after asking, for buffers added before the
+/// request became visible); yes otherwise.
+fn refill_again(backend: &dyn NetBackend, rx: &mut SplitRing) -> bool {
+    if backend.rx_room() == 0 {
+        rx.disable_notification();
+        return false;
+    }
+    rx.enable_notification()
 }
 
 /// Hands the collected run of one-descriptor buffers to the backend and

@@ -437,7 +437,12 @@ impl Harness {
     }
 
     fn push_frame(&mut self, frame: Vec<u8>) {
-        self.st.lock().unwrap().inbox.push_back(frame);
+        self.push_frames(vec![frame]);
+    }
+
+    /// Frames that arrive together: one backend event for all of them.
+    fn push_frames(&mut self, frames: Vec<Vec<u8>>) {
+        self.st.lock().unwrap().inbox.extend(frames);
         self.backend_event();
     }
 
@@ -689,12 +694,7 @@ fn event_idx_suppresses_interrupts_and_kicks() {
             h.add_rx_buf(1530);
         }
         h.kick(RX_QUEUE);
-        {
-            let mut st = h.st.lock().unwrap();
-            st.inbox.push_back(frame(64, 0));
-            st.inbox.push_back(frame(64, 1));
-        }
-        h.backend_event();
+        h.push_frames(vec![frame(64, 0), frame(64, 1)]);
         assert_eq!(h.new_used(RX_QUEUE).len(), 2);
         assert_eq!(h.irqs(), 0);
     }
@@ -959,12 +959,7 @@ fn backend_full_stops_posting_and_refills_later() {
         h.kick(RX_QUEUE);
         assert_eq!(h.st.lock().unwrap().posted.len(), 2);
         // Two frames consume both buffers; the device refills from the ring.
-        {
-            let mut st = h.st.lock().unwrap();
-            st.inbox.push_back(frame(64, 0));
-            st.inbox.push_back(frame(64, 1));
-        }
-        h.backend_event();
+        h.push_frames(vec![frame(64, 0), frame(64, 1)]);
         assert_eq!(h.new_used(RX_QUEUE).len(), 2);
         assert_eq!(h.st.lock().unwrap().posted.len(), 2);
     }
@@ -1279,12 +1274,7 @@ fn room_freed_with_no_guest_buffers_left_asks_for_a_kick() {
             h.add_rx_buf(1530);
             h.kick(RX_QUEUE);
             assert_eq!(h.st.lock().unwrap().posted.len(), 2);
-            {
-                let mut st = h.st.lock().unwrap();
-                st.inbox.push_back(frame(64, 0));
-                st.inbox.push_back(frame(64, 1));
-            }
-            h.backend_event();
+            h.push_frames(vec![frame(64, 0), frame(64, 1)]);
             assert_eq!(h.new_used(RX_QUEUE).len(), 2, "direct {direct} event_idx {event_idx}");
             let used_flags: u16 = h.mem.read_obj(h.rxq.used_addr()).unwrap();
             if event_idx {

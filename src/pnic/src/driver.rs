@@ -86,6 +86,37 @@ pub trait PnicDriver: Send {
     /// `limits().rx_max_write` bytes at `iova`. `len` is what the caller
     /// guarantees is writable there; it must be at least `rx_max_write`.
     fn post_rx(&mut self, iova: u64, len: u32, cookie: u64) -> Result<(), DriverError>;
+    /// Post RX buffers as `next` yields them (IOVA and cookie; each with at
+    /// least `len` writable bytes, as for `post_rx`) until it yields `None`
+    /// or the ring is full; no tail write. Returns how many were posted and,
+    /// if the run stopped on an error, the error; a buffer `next` yielded
+    /// that was not posted is then the last one it yielded. The shim's
+    /// refill: what holds for a whole run (queue state, length, room) is
+    /// checked once, not per buffer.
+    fn post_rx_each(
+        &mut self,
+        len: u32,
+        next: &mut dyn FnMut() -> Option<(u64, u64)>,
+    ) -> (usize, Result<(), DriverError>) {
+        let mut posted = 0;
+        while self.rx_free() > 0 {
+            let Some((iova, cookie)) = next() else { break };
+            if let Err(e) = self.post_rx(iova, len, cookie) {
+                return (posted, Err(e));
+            }
+            posted += 1;
+        }
+        (posted, Ok(()))
+    }
+    /// [`PnicDriver::post_rx_each`] for a driver whose type is known, so
+    /// `next` can be inlined into the posting loop.
+    #[inline(always)]
+    fn post_rx_with<F: FnMut() -> Option<(u64, u64)>>(&mut self, len: u32, mut next: F) -> (usize, Result<(), DriverError>)
+    where
+        Self: Sized,
+    {
+        self.post_rx_each(len, &mut next)
+    }
     /// Make posted RX buffers visible to the NIC (tail write). Called once per
     /// batch of `post_rx`.
     fn flush_rx(&mut self) -> Result<(), DriverError>;
@@ -169,6 +200,13 @@ impl PnicDriver for Box<dyn PnicDriver> {
     }
     fn post_rx(&mut self, iova: u64, len: u32, cookie: u64) -> Result<(), DriverError> {
         (**self).post_rx(iova, len, cookie)
+    }
+    fn post_rx_each(
+        &mut self,
+        len: u32,
+        next: &mut dyn FnMut() -> Option<(u64, u64)>,
+    ) -> (usize, Result<(), DriverError>) {
+        (**self).post_rx_each(len, next)
     }
     fn flush_rx(&mut self) -> Result<(), DriverError> {
         (**self).flush_rx()

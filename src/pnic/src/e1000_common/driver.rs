@@ -201,6 +201,22 @@ impl<F: Family, R: RegisterAccess> PnicDriver for E1000<F, R> {
         self.rx_ring.post(iova, len, cookie)
     }
 
+    fn post_rx_each(
+        &mut self,
+        len: u32,
+        next: &mut dyn FnMut() -> Option<(u64, u64)>,
+    ) -> (usize, Result<(), DriverError>) {
+        self.post_rx_with(len, next)
+    }
+
+    #[inline(always)]
+    fn post_rx_with<G: FnMut() -> Option<(u64, u64)>>(&mut self, len: u32, next: G) -> (usize, Result<(), DriverError>) {
+        if let Err(e) = self.check_postable() {
+            return (0, Err(e));
+        }
+        self.rx_ring.post_run(len, next)
+    }
+
     fn flush_rx(&mut self) -> Result<(), DriverError> {
         if !self.started {
             return Ok(());

@@ -58,6 +58,15 @@ fn check_field(off: u64, len: u64) {
 /// has an error path.
 struct Descs {
     area: DmaArea,
+    slots: Slots,
+}
+
+/// Where the descriptors are: what the per-packet accesses need, `Copy` so
+/// a reaping loop keeps it in registers (the guest-memory writes its
+/// callback makes would otherwise force a reload of every field per frame).
+/// Only ever taken from a live [`Descs`] for the length of one borrow of it.
+#[derive(Clone, Copy)]
+struct Slots {
     base: NonNull<u8>,
     mask: usize,
 }
@@ -69,8 +78,23 @@ impl Descs {
             check_field(off, len);
         }
         let base = area.host_ptr();
-        Descs { area, base, mask: size - 1 }
+        Descs { area, slots: Slots { base, mask: size - 1 } }
     }
+
+    /// Zero every descriptor.
+    fn clear(&self) {
+        let _ = self.area.write(0, &vec![0u8; self.area.len()]);
+    }
+}
+
+impl std::ops::Deref for Descs {
+    type Target = Slots;
+    fn deref(&self) -> &Slots {
+        &self.slots
+    }
+}
+
+impl Slots {
 
     /// Pointer to byte `off` of descriptor `slot` (taken modulo the size).
     #[inline]
@@ -79,7 +103,8 @@ impl Descs {
         // SAFETY: slot & mask < size and size * DESC_SIZE <= area.len()
         // (check_size); every caller passes an `off` that check_field
         // accepted (field + its length inside the descriptor), so the byte
-        // lies inside the area's mapping, which lives as long as `self`.
+        // lies inside the area's mapping, which outlives every `Slots` (each
+        // is a copy used within one borrow of its `Descs`).
         unsafe { self.base.as_ptr().add(at as usize) }
     }
 
@@ -101,11 +126,6 @@ impl Descs {
     fn u16_at(&self, slot: usize, off: u64) -> &AtomicU16 {
         // SAFETY: as for u64_at, with 2-byte alignment.
         unsafe { &*self.field(slot, off).cast::<AtomicU16>() }
-    }
-
-    /// Zero every descriptor.
-    fn clear(&self) {
-        let _ = self.area.write(0, &vec![0u8; self.area.len()]);
     }
 }
 
@@ -207,6 +227,43 @@ impl<L: DescLayout> RxRing<L> {
         Ok(())
     }
 
+    /// Post buffers as `next` yields them (see `PnicDriver::post_rx_each`):
+    /// the length and the room are checked once for the run, the ring's
+    /// state lives in locals (see `Slots`), and each buffer costs its
+    /// alignment check and two descriptor stores.
+    #[inline(always)]
+    pub fn post_run(
+        &mut self,
+        len: u32,
+        mut next: impl FnMut() -> Option<(u64, u64)>,
+    ) -> (usize, Result<(), DriverError>) {
+        if len < self.max_frame {
+            return (0, Err(self.bad_rx_buffer(0, len)));
+        }
+        let (slots, cookies) = (*self.descs, &mut self.cookies[..]);
+        let (mut tail, mut count, last) = (self.tail, self.count, self.size - 1);
+        let mut bad = None;
+        while count < last {
+            let Some((iova, cookie)) = next() else { break };
+            if iova & 1 != 0 {
+                bad = Some(iova);
+                break;
+            }
+            slots.u64_at(tail, 0).store(iova.to_le(), Ordering::Relaxed);
+            slots.u64_at(tail, QW1).store(0, Ordering::Relaxed);
+            cookies[tail] = cookie;
+            tail = (tail + 1) & slots.mask;
+            count += 1;
+        }
+        let posted = count - self.count;
+        self.tail = tail;
+        self.count = count;
+        match bad {
+            None => (posted, Ok(())),
+            Some(iova) => (posted, Err(self.bad_rx_buffer(iova, len))),
+        }
+    }
+
     #[cold]
     fn bad_rx_buffer(&self, iova: u64, len: u32) -> DriverError {
         DriverError::BadBuffer(format!(
@@ -226,26 +283,33 @@ impl<L: DescLayout> RxRing<L> {
     /// Hand every buffer the NIC finished to `f`, in ring order.
     #[inline(always)]
     pub fn reap_each(&mut self, mut f: impl FnMut(RxCompletion)) {
-        while self.count > 0 {
-            let slot = self.head;
-            let status = u32::from_le(self.descs.u32_at(slot, L::RXD_STATUS_OFF).load(Ordering::Acquire));
+        // The ring's state lives in locals for the loop and is stored back
+        // once (see `Slots`).
+        let (slots, cookies, max_frame) = (*self.descs, &self.cookies[..], self.max_frame);
+        let (mut head, mut count, mut in_fragment) = (self.head, self.count, self.in_fragment);
+        while count > 0 {
+            let slot = head;
+            let status = u32::from_le(slots.u32_at(slot, L::RXD_STATUS_OFF).load(Ordering::Acquire));
             if status & RXD_STAT_DD == 0 {
                 break;
             }
-            let len = u32::from(u16::from_le(self.descs.u16_at(slot, L::RXD_LEN_OFF).load(Ordering::Relaxed)));
-            self.head = (slot + 1) & (self.size - 1);
-            self.count -= 1;
+            let len = u32::from(u16::from_le(slots.u16_at(slot, L::RXD_LEN_OFF).load(Ordering::Relaxed)));
+            head = (slot + 1) & slots.mask;
+            count -= 1;
             let eop = status & RXD_STAT_EOP != 0;
-            let fragment = self.in_fragment;
-            self.in_fragment = !eop;
+            let fragment = in_fragment;
+            in_fragment = !eop;
             f(RxCompletion {
-                cookie: self.cookies[slot],
+                cookie: cookies[slot],
                 // Never report more than the NIC may write (defence in depth).
-                len: len.min(self.max_frame),
+                len: len.min(max_frame),
                 eop,
-                error: fragment || status & L::RXD_ERR_FRAME != 0 || len > self.max_frame,
+                error: fragment || status & L::RXD_ERR_FRAME != 0 || len > max_frame,
             });
         }
+        self.head = head;
+        self.count = count;
+        self.in_fragment = in_fragment;
     }
 }
 
@@ -439,6 +503,46 @@ mod tests {
             assert!(out.iter().all(|c| c.len == 64 && c.eop && !c.error));
             assert_eq!(r.tail() as u64, (round * 3 + 3) % 4);
         }
+    }
+
+    #[test]
+    fn a_post_run_fills_the_ring_in_order_and_asks_no_more_than_fits() {
+        let mut r = RxRing::<Odd>::new(area(4), 4, 1522);
+        r.post(0x1000, 2048, 1).unwrap();
+        let mut asked = 0;
+        let (posted, res) = r.post_run(2048, || {
+            asked += 1;
+            Some((0x1000 * (asked + 1), 10 + asked))
+        });
+        assert_eq!((posted, res), (2, Ok(())));
+        assert_eq!(asked, 2, "not asked for a buffer the ring has no slot for");
+        assert_eq!((r.free(), r.tail()), (0, 3));
+        for (slot, iova) in [(1u64, 0x2000u64), (2, 0x3000)] {
+            assert_eq!(r.area().load::<u64>(slot * 16, Ordering::Relaxed).unwrap(), iova);
+            r.area().store(slot * 16 + 8, RXD_STAT_DD | RXD_STAT_EOP, Ordering::Relaxed).unwrap();
+        }
+        r.area().store(8, RXD_STAT_DD | RXD_STAT_EOP, Ordering::Relaxed).unwrap();
+        let mut out = Vec::new();
+        r.reap(&mut out).unwrap();
+        assert_eq!(out.iter().map(|c| c.cookie).collect::<Vec<_>>(), vec![1, 11, 12]);
+    }
+
+    #[test]
+    fn a_post_run_stops_at_a_bad_buffer_with_what_it_posted() {
+        let mut r = RxRing::<Odd>::new(area(8), 8, 1522);
+        let mut next = [(0x1000, 1), (0x2001, 2), (0x3000, 3)].into_iter();
+        let (posted, res) = r.post_run(2048, || next.next());
+        assert_eq!(posted, 1);
+        assert!(matches!(res, Err(DriverError::BadBuffer(ref m)) if m.contains("0x2001")), "{res:?}");
+        assert_eq!(next.next(), Some((0x3000, 3)), "nothing asked after the bad one");
+        assert_eq!((r.free(), r.tail()), (6, 1));
+        let mut called = false;
+        let (posted, res) = r.post_run(1000, || {
+            called = true;
+            None
+        });
+        assert!(posted == 0 && matches!(res, Err(DriverError::BadBuffer(_))), "short buffers refused");
+        assert!(!called, "a run of short buffers takes none");
     }
 
     #[test]

@@ -129,13 +129,16 @@ enum Reaped {
 /// One NIC completion, the common case: a good frame in a zero-copy buffer
 /// gets its header and a used entry.
 #[inline(always)]
-fn complete_zero_copy(table: &mut RxTable, limits: &DriverLimits, c: RxCompletion) -> Reaped {
+fn complete_zero_copy(table: &mut RxTable, c: RxCompletion) -> Reaped {
     let Some((head, held)) = table.take(c.cookie) else {
         return Reaped::Unknown;
     };
     let total = HDR + u64::from(c.len);
+    // The buffer's own length bounds the frame here (every zero-copy buffer
+    // has room for `rx_max_write`); `frame_is_good` is for the other kinds.
+    let good = !c.error && c.eop && c.len != 0;
     match held.kind {
-        RxKind::ZeroCopy { host, .. } if frame_is_good(&c, limits) && total <= u64::from(held.len) => {
+        RxKind::ZeroCopy { host, .. } if good && total <= u64::from(held.len) => {
             write_header(host.0);
             Reaped::Done(Used { head, len: total as u32 })
         }
@@ -737,6 +740,61 @@ impl<D: PnicDriver> ShimBackend<D> {
         self.post_zero_copy(d.head(), gpa, len, d.host()).inspect_err(|r| self.metrics.drop(*r))
     }
 
+    /// The common case in one loop: every buffer the guest posted that the
+    /// NIC can fill directly (an [`RxDesc`] of at least `zc_min_len` with
+    /// the NIC's alignment at GPA + 12) goes into the table and a NIC
+    /// descriptor, with the driver's state, length and room checks done once
+    /// for the run. Stops, with nothing taken, at the first buffer that must
+    /// go another way. Returns how many were posted.
+    #[inline(always)]
+    fn zero_copy_run(&mut self, q: &mut RxQueue<'_>) -> usize {
+        let (zc_min_len, align_mask) = (self.zc_min_len, self.limits.rx_align - 1);
+        // Every buffer of the run has at least this much room after the header.
+        let nic_len = (zc_min_len - HDR as u32).min(NIC_BUF_MAX);
+        let table = &mut self.rx;
+        let (mut refused, mut yielded) = (0u64, 0usize);
+        let mut last = None;
+        let (posted, r) = self.driver.post_rx_with(nic_len, || loop {
+            let fits = |d: &RxDesc| d.len() >= zc_min_len && d.gpa().wrapping_add(HDR) & align_mask == 0;
+            let d = q.pop_if(fits)?;
+            let held = RxHeld { len: d.len(), kind: RxKind::ZeroCopy { host: HostPtr(d.host()), gpa: d.gpa() } };
+            let Some(cookie) = table.insert(d.head(), held) else {
+                // The table still holds that head: the device gave it twice.
+                refused += 1;
+                q.refuse(d.head(), DropReason::BackendError);
+                continue;
+            };
+            last = Some((d.head(), cookie));
+            yielded += 1;
+            return Some((d.gpa() + HDR, cookie));
+        });
+        if posted > 0 {
+            self.rx_unflushed = true;
+        }
+        if refused > 0 {
+            self.post_refused_run(refused);
+        }
+        match (r, last) {
+            (Ok(()), _) => {}
+            // The driver refused the last buffer yielded: undo its posting.
+            (Err(e), Some((head, cookie))) if yielded > posted => {
+                let reason = self.post_failed(cookie, e);
+                self.metrics.drop(reason);
+                q.refuse(head, reason);
+            }
+            (Err(e), _) => self.driver_err(e),
+        }
+        posted
+    }
+
+    #[cold]
+    fn post_refused_run(&mut self, n: u64) {
+        log::warn!("shim: {n} RX buffers posted while the NIC still held them; dropped");
+        for _ in 0..n {
+            self.metrics.drop(DropReason::BackendError);
+        }
+    }
+
     /// Validate a guest RX buffer and post it (without the tail write).
     fn post_checked(&mut self, buf: ChainRef<'_>) -> Result<(), DropReason> {
         if buf.segs.iter().any(|s| s.1 == 0) {
@@ -774,12 +832,13 @@ impl<D: PnicDriver> ShimBackend<D> {
             return;
         }
         let mut slow = std::mem::take(&mut self.rx_slow);
-        let (table, limits) = (&mut self.rx, &self.limits);
+        let table = &mut self.rx;
+        // `bytes` includes the headers, taken off once at the end.
         let (mut frames, mut bytes, mut unknown) = (0u64, 0u64, 0u64);
-        let r = self.driver.reap_rx_with(|c| match complete_zero_copy(table, limits, c) {
+        let r = self.driver.reap_rx_with(|c| match complete_zero_copy(table, c) {
             Reaped::Done(u) => {
                 frames += 1;
-                bytes += u64::from(u.len) - HDR;
+                bytes += u64::from(u.len);
                 emit(u);
             }
             Reaped::Other(head, held, c) => slow.push((head, held, c)),
@@ -788,7 +847,7 @@ impl<D: PnicDriver> ShimBackend<D> {
         // Counted once per pass, not per frame.
         self.metrics.rx_zero_copy += frames;
         self.metrics.rx_packets += frames;
-        self.metrics.rx_bytes += bytes;
+        self.metrics.rx_bytes += bytes - frames * HDR;
         self.metrics.nic_errors += unknown;
         if let Err(e) = r {
             self.driver_err(e);
@@ -909,6 +968,16 @@ impl<D: PnicDriver> NetBackend for ShimBackend<D> {
         let mut room = self.rx_room();
         let mut posted = 0;
         while room > 0 {
+            if self.started && !self.failed {
+                let n = self.zero_copy_run(q);
+                posted += n;
+                room = room.saturating_sub(n);
+                if room == 0 {
+                    break;
+                }
+            }
+            // Whatever the run stopped at (not started yet, another shape,
+            // too small, misaligned...) goes its own way.
             let Some(next) = q.pop() else { break };
             let r = match next {
                 RxNext::One(d) => self.post_desc(d).map_err(|r| (d.head(), r)),
@@ -919,6 +988,12 @@ impl<D: PnicDriver> NetBackend for ShimBackend<D> {
                 Ok(()) => posted += 1,
                 Err((head, reason)) => q.refuse(head, reason),
             }
+        }
+        // A NIC that failed during this pass gave back every buffer it held:
+        // they go back to the guest now, since a vanished NIC raises no
+        // interrupt that would start a completion pass.
+        for u in self.rx_returned.drain(..) {
+            q.complete(u.head, u.len);
         }
         Some(posted)
     }

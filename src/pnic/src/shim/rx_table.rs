@@ -15,8 +15,6 @@ use std::ptr::NonNull;
 /// Bits of a cookie that hold the head; the generation sits above them.
 const HEAD_BITS: u32 = 16;
 const HEAD_MASK: u64 = (1 << HEAD_BITS) - 1;
-/// Bits above head and generation: a cookie with any of them set is not ours.
-const GEN_BITS: u32 = 32;
 
 /// The host address of a zero-copy buffer's first byte (where its header
 /// goes): resolved when the buffer was posted, valid while the shim's guest
@@ -90,30 +88,32 @@ impl RxTable {
     /// `held.len` is 0 (nothing the NIC could write).
     #[inline(always)]
     pub fn insert(&mut self, head: u16, held: RxHeld) -> Option<u64> {
-        let i = usize::from(head);
-        if i >= self.entries.len() {
-            self.entries.resize(i + 1, EMPTY);
-        }
-        let e = &mut self.entries[i];
+        let Some(e) = self.entries.get_mut(usize::from(head)) else {
+            return self.insert_grown(head, held);
+        };
         if e.len != 0 || held.len == 0 {
             return None;
         }
-        e.generation = e.generation.wrapping_add(1);
-        e.len = held.len;
-        e.kind = held.kind;
+        let generation = e.generation.wrapping_add(1);
+        *e = Entry { generation, len: held.len, kind: held.kind };
         self.len += 1;
-        Some(u64::from(e.generation) << HEAD_BITS | u64::from(head))
+        Some(u64::from(generation) << HEAD_BITS | u64::from(head))
+    }
+
+    /// `insert` for a head beyond the entries so far.
+    #[cold]
+    fn insert_grown(&mut self, head: u16, held: RxHeld) -> Option<u64> {
+        self.entries.resize(usize::from(head) + 1, EMPTY);
+        self.insert(head, held)
     }
 
     /// Take the buffer of `cookie` out, if the cookie is current: its head
     /// and the buffer.
     #[inline]
     pub fn take(&mut self, cookie: u64) -> Option<(u16, RxHeld)> {
-        if cookie >> (HEAD_BITS + GEN_BITS) != 0 {
-            return None;
-        }
         let head = (cookie & HEAD_MASK) as u16;
         let e = self.entries.get_mut(usize::from(head))?;
+        // A generation is a u32, so this also refuses any bit set above it.
         if u64::from(e.generation) != cookie >> HEAD_BITS || e.len == 0 {
             return None;
         }

@@ -99,10 +99,12 @@ pub struct RxQueue<'a> {
     added: bool,
     unpublished: bool,
     /// Counters of this pass, added to `metrics` when it ends (one store
-    /// each per pass instead of per frame).
-    packets: u64,
-    bytes: u64,
+    /// each per pass instead of per frame): buffers completed, those of them
+    /// shorter than the header (no packet), and the bytes of the others,
+    /// header included.
     buffers: u64,
+    short: u64,
+    bytes: u64,
 }
 
 impl<'a> RxQueue<'a> {
@@ -113,7 +115,9 @@ impl<'a> RxQueue<'a> {
         segs: &'a mut Vec<(GuestAddress, u32)>,
         id: &'a str,
     ) -> Self {
-        RxQueue { ring, held, metrics, segs, id, avail: 0, popped: 0, added: false, unpublished: false, packets: 0, bytes: 0, buffers: 0 }
+        // Every head `complete` accepts is then inside the queue.
+        assert!(held.len() <= usize::from(ring.size()), "held book larger than the queue");
+        RxQueue { ring, held, metrics, segs, id, avail: 0, popped: 0, added: false, unpublished: false, buffers: 0, short: 0, bytes: 0 }
     }
 
     /// Whether the pass wrote used elements (the device then decides on an
@@ -164,6 +168,38 @@ impl<'a> RxQueue<'a> {
         }
     }
 
+    /// The next buffer, if it has the common shape (an [`RxDesc`]) and
+    /// `accept` takes it: then it is marked held and taken. Anything else
+    /// (no buffer, another shape, a head that is not free, or `accept`
+    /// saying no) leaves the ring as it was for [`RxQueue::pop`]. A
+    /// backend's run of buffers that all go the same way (the shim's
+    /// zero-copy refill) stops at the first one that does not, with nothing
+    /// taken that it would have to give back.
+    #[inline(always)]
+    pub fn pop_if(&mut self, accept: impl FnOnce(&RxDesc) -> bool) -> Option<RxDesc> {
+        if self.avail == 0 {
+            self.avail = self.ring.avail_count();
+            if self.avail == 0 {
+                return None;
+            }
+        }
+        let head = self.ring.peek_counted();
+        let i = usize::from(head);
+        if self.held.get(i) != Some(&0) {
+            return None;
+        }
+        let (gpa, len, host) = self.ring.single_mapped(head)?;
+        let d = RxDesc { head, gpa, len, host };
+        if !accept(&d) {
+            return None;
+        }
+        self.ring.skip_counted();
+        self.avail -= 1;
+        self.popped += 1;
+        self.held[i] = len;
+        Some(d)
+    }
+
     /// Any shape but the common one: validated into `segs` and marked held
     /// (its length), or completed empty and counted (`None`).
     #[cold]
@@ -205,12 +241,16 @@ impl<'a> RxQueue<'a> {
             _ => return self.bogus_head(head),
         };
         let len = if len > held { self.bogus_len(len, held) } else { len };
-        if len as usize >= VNET_HDR_LEN {
-            self.packets += 1;
-            self.bytes += u64::from(len) - VNET_HDR_LEN as u64;
-        }
         self.buffers += 1;
-        self.push(head, len);
+        if (len as usize) < VNET_HDR_LEN {
+            self.short += 1;
+        } else {
+            self.bytes += u64::from(len);
+        }
+        // `head` indexes `held`, so it is inside the queue (`new`).
+        self.ring.push_used_in_queue(head, len);
+        self.added = true;
+        self.unpublished = true;
     }
 
     #[inline(always)]
@@ -241,8 +281,9 @@ impl Drop for RxQueue<'_> {
         if self.unpublished {
             self.ring.publish_used();
         }
-        self.metrics.rx_packets += self.packets;
-        self.metrics.rx_bytes += self.bytes;
+        let packets = self.buffers - self.short;
+        self.metrics.rx_packets += packets;
+        self.metrics.rx_bytes += self.bytes - packets * VNET_HDR_LEN as u64;
         self.metrics.rx_buffers_used += self.buffers;
     }
 }

@@ -223,7 +223,15 @@ impl SplitRing {
     /// value is the guest's, as for [`SplitRing::pop_head`].
     #[inline]
     pub fn pop_counted(&mut self) -> u16 {
-        debug_assert!(self.avail_idx != self.next_avail, "pop_counted past avail_count");
+        let head = self.peek_counted();
+        self.skip_counted();
+        head
+    }
+
+    /// The head [`SplitRing::pop_counted`] would take, left in the ring.
+    #[inline]
+    pub fn peek_counted(&self) -> u16 {
+        debug_assert!(self.avail_idx != self.next_avail, "peek_counted past avail_count");
         // size is a power of two (checked in `new`).
         let slot = u64::from(self.next_avail & (self.size - 1));
         // SAFETY: slot < size, so the entry lies inside the mapped avail ring
@@ -234,8 +242,13 @@ impl SplitRing {
                 .cast::<u16>()
                 .read_volatile()
         };
-        self.next_avail = self.next_avail.wrapping_add(1);
         u16::from_le(head)
+    }
+
+    /// Takes the head [`SplitRing::peek_counted`] showed.
+    #[inline]
+    pub fn skip_counted(&mut self) {
+        self.next_avail = self.next_avail.wrapping_add(1);
     }
 
     /// Descriptor `i` of the ring's table (`i` < size).
@@ -420,6 +433,16 @@ impl SplitRing {
         if head >= self.size {
             return refuse_used(head);
         }
+        self.push_used_in_queue(head, len);
+        true
+    }
+
+    /// [`SplitRing::push_used`] for a head the caller knows is inside the
+    /// queue (it indexes a book of the queue's size). A head beyond it would
+    /// reach the driver as an invalid id, never memory outside the ring.
+    #[inline(always)]
+    pub fn push_used_in_queue(&mut self, head: u16, len: u32) {
+        debug_assert!(head < self.size, "used head {head} beyond a {}-entry queue", self.size);
         let slot = u64::from(self.next_used & (self.size - 1));
         let off = (RING_HEADER + USED_ELEM * slot) as usize;
         // SAFETY: slot < size: the element lies inside the mapped used ring,
@@ -431,7 +454,6 @@ impl SplitRing {
         }
         self.next_used = self.next_used.wrapping_add(1);
         self.num_added = self.num_added.wrapping_add(1);
-        true
     }
 
     /// Makes every used element written so far visible to the driver.
@@ -619,6 +641,41 @@ mod tests {
             let single = r.single(head, Direction::DeviceWrites);
             assert_eq!(single, None, "single agrees for head {head}");
         }
+    }
+
+    #[test]
+    fn pop_if_takes_accepted_lone_buffers_and_leaves_the_rest_for_pop() {
+        use crate::net::direct::{RxDesc, RxNext, RxQueue};
+        use crate::net::metrics::NetMetrics;
+        let m = mem();
+        let vq = Vq;
+        let put = |i: u64, addr: u64, len: u32, flags: u16, next: u16| {
+            let d = RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next));
+            m.write_obj(d, GuestAddress(vq.desc_table_addr().0 + 16 * i)).unwrap();
+        };
+        put(0, 0x8000, 1536, F_WRITE, 0);
+        put(1, 0x9000, 100, F_WRITE, 0); // refused by the caller below
+        put(2, 0xa000, 1536, F_WRITE | F_NEXT, 3); // a chain
+        put(3, 0xb000, 1536, F_WRITE, 0);
+        publish(&m, &vq, &[0, 1, 2, 0], 4); // head 0 twice
+        let mut r = ring(&m, &vq, false);
+        let (mut held, mut metrics, mut segs) = (vec![0u32; 16], NetMetrics::default(), Vec::new());
+        let mut q = RxQueue::new(&mut r, &mut held, &mut metrics, &mut segs, "t");
+        let big = |d: &RxDesc| d.len() >= 1000;
+        let d = q.pop_if(big).unwrap();
+        assert_eq!((d.head(), d.gpa(), d.len()), (0, 0x8000, 1536));
+        assert_eq!(d.host().as_ptr(), vm_memory::GuestMemoryBackend::get_host_address(&m, GuestAddress(0x8000)).unwrap());
+        assert!(q.pop_if(big).is_none(), "too small for the caller: left");
+        assert!(matches!(q.pop(), Some(RxNext::One(d)) if d.head() == 1));
+        assert!(q.pop_if(|_| true).is_none(), "a chain: left");
+        assert!(matches!(q.pop(), Some(RxNext::Chain(c)) if c.head == 2 && c.len == 3072));
+        assert!(q.pop_if(|_| true).is_none(), "head 0 again, still held: left");
+        assert!(q.pop().is_none(), "pop skips and counts it");
+        assert!(q.pop_if(|_| true).is_none(), "nothing left");
+        assert_eq!(q.popped(), 4);
+        drop(q);
+        assert_eq!((held[0], held[1], held[2]), (1536, 100, 3072));
+        assert_eq!(metrics.duplicate_heads, 1);
     }
 
     #[test]

@@ -29,6 +29,14 @@ pub struct RxCompletion {
     pub error: bool,
 }
 
+/// Why a run of RX posts ([`PnicDriver::post_rx_each`]) ended early.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RxRunError {
+    /// The cookie of the buffer that was yielded but not posted, if one was.
+    pub refused: Option<u64>,
+    pub error: DriverError,
+}
+
 /// One finished transmission.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TxCompletion {
@@ -89,20 +97,20 @@ pub trait PnicDriver: Send {
     /// Post RX buffers as `next` yields them (IOVA and cookie; each with at
     /// least `len` writable bytes, as for `post_rx`) until it yields `None`
     /// or the ring is full; no tail write. Returns how many were posted and,
-    /// if the run stopped on an error, the error; a buffer `next` yielded
-    /// that was not posted is then the last one it yielded. The shim's
+    /// if the run stopped on an error, the error and the buffer yielded but
+    /// not posted (if any). The shim's
     /// refill: what holds for a whole run (queue state, length, room) is
     /// checked once, not per buffer.
     fn post_rx_each(
         &mut self,
         len: u32,
         next: &mut dyn FnMut() -> Option<(u64, u64)>,
-    ) -> (usize, Result<(), DriverError>) {
+    ) -> (usize, Result<(), RxRunError>) {
         let mut posted = 0;
         while self.rx_free() > 0 {
             let Some((iova, cookie)) = next() else { break };
-            if let Err(e) = self.post_rx(iova, len, cookie) {
-                return (posted, Err(e));
+            if let Err(error) = self.post_rx(iova, len, cookie) {
+                return (posted, Err(RxRunError { refused: Some(cookie), error }));
             }
             posted += 1;
         }
@@ -111,7 +119,7 @@ pub trait PnicDriver: Send {
     /// [`PnicDriver::post_rx_each`] for a driver whose type is known, so
     /// `next` can be inlined into the posting loop.
     #[inline(always)]
-    fn post_rx_with<F: FnMut() -> Option<(u64, u64)>>(&mut self, len: u32, mut next: F) -> (usize, Result<(), DriverError>)
+    fn post_rx_with<F: FnMut() -> Option<(u64, u64)>>(&mut self, len: u32, mut next: F) -> (usize, Result<(), RxRunError>)
     where
         Self: Sized,
     {
@@ -120,6 +128,10 @@ pub trait PnicDriver: Send {
     /// Make posted RX buffers visible to the NIC (tail write). Called once per
     /// batch of `post_rx`.
     fn flush_rx(&mut self) -> Result<(), DriverError>;
+    /// The cookie of every RX buffer posted and not yet handed back (filled
+    /// or not), in ring order: what a caller must account for when the NIC
+    /// goes away with them.
+    fn rx_posted_cookies(&self, f: &mut dyn FnMut(u64));
     /// Hand every finished RX buffer to `f`, in ring order (the shim's
     /// path: no list in between).
     fn reap_rx_each(&mut self, f: &mut dyn FnMut(RxCompletion)) -> Result<(), DriverError>;
@@ -205,11 +217,14 @@ impl PnicDriver for Box<dyn PnicDriver> {
         &mut self,
         len: u32,
         next: &mut dyn FnMut() -> Option<(u64, u64)>,
-    ) -> (usize, Result<(), DriverError>) {
+    ) -> (usize, Result<(), RxRunError>) {
         (**self).post_rx_each(len, next)
     }
     fn flush_rx(&mut self) -> Result<(), DriverError> {
         (**self).flush_rx()
+    }
+    fn rx_posted_cookies(&self, f: &mut dyn FnMut(u64)) {
+        (**self).rx_posted_cookies(f)
     }
     fn reap_rx_each(&mut self, f: &mut dyn FnMut(RxCompletion)) -> Result<(), DriverError> {
         (**self).reap_rx_each(f)

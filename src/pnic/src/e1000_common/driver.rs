@@ -17,7 +17,7 @@ use super::{alloc_dma, check_alive, global_reset, poll_until, read_checked, rese
 use crate::bdf::Bdf;
 use crate::dma::{DmaArea, DmaMapper, IovaAllocator};
 use crate::driver::{
-    DriverError, DriverLimits, PnicDriver, RegisterAccess, RxCompletion, TxCompletion,
+    DriverError, DriverLimits, PnicDriver, RegisterAccess, RxCompletion, RxRunError, TxCompletion,
 };
 use crate::igb::{IgbConfig, IgbOpenError};
 use crate::vfio::{MmioRegs, VfioNic};
@@ -205,16 +205,20 @@ impl<F: Family, R: RegisterAccess> PnicDriver for E1000<F, R> {
         &mut self,
         len: u32,
         next: &mut dyn FnMut() -> Option<(u64, u64)>,
-    ) -> (usize, Result<(), DriverError>) {
+    ) -> (usize, Result<(), RxRunError>) {
         self.post_rx_with(len, next)
     }
 
     #[inline(always)]
-    fn post_rx_with<G: FnMut() -> Option<(u64, u64)>>(&mut self, len: u32, next: G) -> (usize, Result<(), DriverError>) {
-        if let Err(e) = self.check_postable() {
-            return (0, Err(e));
+    fn post_rx_with<G: FnMut() -> Option<(u64, u64)>>(&mut self, len: u32, next: G) -> (usize, Result<(), RxRunError>) {
+        if let Err(error) = self.check_postable() {
+            return (0, Err(RxRunError { refused: None, error }));
         }
         self.rx_ring.post_run(len, next)
+    }
+
+    fn rx_posted_cookies(&self, f: &mut dyn FnMut(u64)) {
+        self.rx_ring.posted_cookies(f)
     }
 
     fn flush_rx(&mut self) -> Result<(), DriverError> {

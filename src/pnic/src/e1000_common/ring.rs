@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, Ordering};
 
 use super::regs::{DESC_SIZE, RXD_STAT_DD, RXD_STAT_EOP, TXD_STATUS_OFF, TXD_STAT_DD};
 use crate::dma::DmaArea;
-use crate::driver::{DriverError, RxCompletion, TxCompletion};
+use crate::driver::{DriverError, RxCompletion, RxRunError, TxCompletion};
 
 /// Per-descriptor buffer length limit (the length field is 16 bits).
 pub const TX_MAX_SEG_LEN: u32 = 0xffff;
@@ -227,6 +227,14 @@ impl<L: DescLayout> RxRing<L> {
         Ok(())
     }
 
+    /// The cookie of every posted slot the caller has not reaped yet, in
+    /// ring order.
+    pub fn posted_cookies(&self, f: &mut dyn FnMut(u64)) {
+        for k in 0..self.count {
+            f(self.cookies[(self.head + k) & (self.size - 1)]);
+        }
+    }
+
     /// Post buffers as `next` yields them (see `PnicDriver::post_rx_each`):
     /// the length and the room are checked once for the run, the ring's
     /// state lives in locals (see `Slots`), and each buffer costs its
@@ -236,23 +244,26 @@ impl<L: DescLayout> RxRing<L> {
         &mut self,
         len: u32,
         mut next: impl FnMut() -> Option<(u64, u64)>,
-    ) -> (usize, Result<(), DriverError>) {
+    ) -> (usize, Result<(), RxRunError>) {
         if len < self.max_frame {
-            return (0, Err(self.bad_rx_buffer(0, len)));
+            return (0, Err(RxRunError { refused: None, error: self.bad_rx_buffer(0, len) }));
         }
         let (slots, cookies) = (*self.descs, &mut self.cookies[..]);
-        let (mut tail, mut count, last) = (self.tail, self.count, self.size - 1);
+        // cookies.len() is the ring size: indices taken `& mask` need no
+        // bounds check.
+        let mask = cookies.len() - 1;
+        let (mut tail, mut count) = (self.tail, self.count);
         let mut bad = None;
-        while count < last {
+        while count < mask {
             let Some((iova, cookie)) = next() else { break };
             if iova & 1 != 0 {
-                bad = Some(iova);
+                bad = Some((iova, cookie));
                 break;
             }
             slots.u64_at(tail, 0).store(iova.to_le(), Ordering::Relaxed);
             slots.u64_at(tail, QW1).store(0, Ordering::Relaxed);
-            cookies[tail] = cookie;
-            tail = (tail + 1) & slots.mask;
+            cookies[tail & mask] = cookie;
+            tail = (tail + 1) & mask;
             count += 1;
         }
         let posted = count - self.count;
@@ -260,7 +271,9 @@ impl<L: DescLayout> RxRing<L> {
         self.count = count;
         match bad {
             None => (posted, Ok(())),
-            Some(iova) => (posted, Err(self.bad_rx_buffer(iova, len))),
+            Some((iova, cookie)) => {
+                (posted, Err(RxRunError { refused: Some(cookie), error: self.bad_rx_buffer(iova, len) }))
+            }
         }
     }
 
@@ -286,15 +299,17 @@ impl<L: DescLayout> RxRing<L> {
         // The ring's state lives in locals for the loop and is stored back
         // once (see `Slots`).
         let (slots, cookies, max_frame) = (*self.descs, &self.cookies[..], self.max_frame);
+        // As in `post_run`: indices `& mask` need no bounds check.
+        let mask = cookies.len() - 1;
         let (mut head, mut count, mut in_fragment) = (self.head, self.count, self.in_fragment);
         while count > 0 {
-            let slot = head;
+            let slot = head & mask;
             let status = u32::from_le(slots.u32_at(slot, L::RXD_STATUS_OFF).load(Ordering::Acquire));
             if status & RXD_STAT_DD == 0 {
                 break;
             }
             let len = u32::from(u16::from_le(slots.u16_at(slot, L::RXD_LEN_OFF).load(Ordering::Relaxed)));
-            head = (slot + 1) & slots.mask;
+            head = (slot + 1) & mask;
             count -= 1;
             let eop = status & RXD_STAT_EOP != 0;
             let fragment = in_fragment;
@@ -521,10 +536,16 @@ mod tests {
             assert_eq!(r.area().load::<u64>(slot * 16, Ordering::Relaxed).unwrap(), iova);
             r.area().store(slot * 16 + 8, RXD_STAT_DD | RXD_STAT_EOP, Ordering::Relaxed).unwrap();
         }
+        let mut posted = Vec::new();
+        r.posted_cookies(&mut |c| posted.push(c));
+        assert_eq!(posted, vec![1, 11, 12], "filled or not, they are the caller's until reaped");
         r.area().store(8, RXD_STAT_DD | RXD_STAT_EOP, Ordering::Relaxed).unwrap();
         let mut out = Vec::new();
         r.reap(&mut out).unwrap();
         assert_eq!(out.iter().map(|c| c.cookie).collect::<Vec<_>>(), vec![1, 11, 12]);
+        posted.clear();
+        r.posted_cookies(&mut |c| posted.push(c));
+        assert!(posted.is_empty(), "handed back: {posted:?}");
     }
 
     #[test]
@@ -533,7 +554,9 @@ mod tests {
         let mut next = [(0x1000, 1), (0x2001, 2), (0x3000, 3)].into_iter();
         let (posted, res) = r.post_run(2048, || next.next());
         assert_eq!(posted, 1);
-        assert!(matches!(res, Err(DriverError::BadBuffer(ref m)) if m.contains("0x2001")), "{res:?}");
+        let e = res.unwrap_err();
+        assert_eq!(e.refused, Some(2), "the bad buffer is named");
+        assert!(matches!(e.error, DriverError::BadBuffer(ref m) if m.contains("0x2001")), "{e:?}");
         assert_eq!(next.next(), Some((0x3000, 3)), "nothing asked after the bad one");
         assert_eq!((r.free(), r.tail()), (6, 1));
         let mut called = false;
@@ -541,7 +564,10 @@ mod tests {
             called = true;
             None
         });
-        assert!(posted == 0 && matches!(res, Err(DriverError::BadBuffer(_))), "short buffers refused");
+        assert!(
+            posted == 0 && matches!(res, Err(RxRunError { refused: None, error: DriverError::BadBuffer(_) })),
+            "short buffers refused"
+        );
         assert!(!called, "a run of short buffers takes none");
     }
 

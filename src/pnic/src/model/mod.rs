@@ -173,6 +173,16 @@ fn mac_accepts(mac: Option<[u8; 6]>, frame: &[u8]) -> bool {
 impl ModelHandle {
     /// A frame arrives from the wire.
     pub fn inject_rx(&self, frame: &[u8]) -> InjectOutcome {
+        self.receive(frame, false)
+    }
+
+    /// A frame arrives damaged (a CRC error): the model writes it into the
+    /// next buffer, as a NIC does, and flags the completion as an error.
+    pub fn inject_rx_corrupt(&self, frame: &[u8]) -> InjectOutcome {
+        self.receive(frame, true)
+    }
+
+    fn receive(&self, frame: &[u8], corrupt: bool) -> InjectOutcome {
         let mut s = lock(&self.state);
         if s.removed || !s.link {
             return InjectOutcome::Down;
@@ -220,7 +230,7 @@ impl ModelHandle {
             cookie: b.cookie,
             len: if ok { frame.len() as u32 } else { 0 },
             eop: true,
-            error: !ok,
+            error: !ok || corrupt,
         });
         let _ = self.irq.write(1);
         out
@@ -423,6 +433,11 @@ impl PnicDriver for NicModel {
         s.rx_flushes += 1;
         s.rx_tail = s.rx_posted.len();
         Ok(())
+    }
+
+    fn rx_posted_cookies(&self, f: &mut dyn FnMut(u64)) {
+        let s = lock(&self.state);
+        s.rx_done.iter().map(|c| c.cookie).chain(s.rx_posted.iter().map(|p| p.cookie)).for_each(f);
     }
 
     fn reap_rx_each(&mut self, f: &mut dyn FnMut(RxCompletion)) -> Result<(), DriverError> {

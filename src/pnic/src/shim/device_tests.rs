@@ -17,7 +17,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::*;
-use crate::model::{ModelConfig, ModelHandle, NicModel};
+use crate::model::{InjectOutcome, ModelConfig, ModelHandle, NicModel};
 
 const MAC: [u8; 6] = [0x52, 0x54, 0x00, 0xaa, 0xbb, 0x02];
 const RAM: u64 = 0x40_0000;
@@ -232,4 +232,61 @@ fn buffers_outside_ram_never_reach_the_nic() {
     vm.run();
     assert_eq!(vm.rx.take_used(&vm.mem), vec![(u32::from(good), 112)]);
     assert!(vm.nic.faults().is_empty());
+}
+
+#[test]
+fn a_frame_the_nic_flags_bad_never_reaches_the_guest_and_its_buffer_goes_back_to_the_nic() {
+    let mut vm = Vm::new();
+    let head = vm.rx.offer(&vm.mem, &[(0x10_0000, 2048, F_WRITE)]);
+    vm.kick_rx();
+    assert!(matches!(vm.nic.inject_rx_corrupt(&frame(100, 1)), InjectOutcome::Delivered { .. }));
+    vm.run();
+    assert!(vm.rx.take_used(&vm.mem).is_empty(), "the guest sees nothing");
+    let iovas: Vec<u64> = vm.nic.posted_rx().iter().map(|p| p.iova).collect();
+    assert_eq!(iovas, vec![0x10_000c, 0x10_000c], "the same buffer, posted again");
+    let f = frame(200, 2);
+    assert!(matches!(vm.nic.inject_rx(&f), InjectOutcome::Delivered { .. }));
+    vm.run();
+    assert_eq!(vm.rx.take_used(&vm.mem), vec![(u32::from(head), 212)]);
+    let mut got = vec![0u8; 200];
+    vm.mem.read_slice(&mut got, GuestAddress(0x10_000c)).unwrap();
+    assert_eq!(got, f);
+    let m = vm.metrics();
+    assert_eq!((m["backend"]["rx_nic_errors"].as_u64(), m["rx_packets"].as_u64()), (Some(1), Some(1)), "{m:#}");
+}
+
+#[test]
+fn completions_for_lent_buffers_the_nic_does_not_hold_are_counted_and_ignored() {
+    let mut vm = Vm::new();
+    let head = vm.rx.offer(&vm.mem, &[(0x10_0000, 2048, F_WRITE)]);
+    vm.kick_rx();
+    let good = |cookie| RxCompletion { cookie, len: 100, eop: true, error: false };
+    // A head the guest never posted, a lent cookie with stray bits, and a
+    // bad frame for a head that is not held.
+    vm.nic.inject_rx_completion(good(LENT_COOKIE | 77));
+    vm.nic.inject_rx_completion(good(LENT_COOKIE | 1 << 40 | u64::from(head)));
+    vm.nic.inject_rx_completion(RxCompletion { error: true, ..good(LENT_COOKIE | 78) });
+    vm.run();
+    assert!(vm.rx.take_used(&vm.mem).is_empty());
+    let m = vm.metrics();
+    assert_eq!(m["backend_bogus_completions"], 1, "{m:#}");
+    assert_eq!(m["backend"]["nic_errors"], 2, "{m:#}");
+    // The real buffer still works.
+    assert!(matches!(vm.nic.inject_rx(&frame(60, 3)), InjectOutcome::Delivered { .. }));
+    vm.run();
+    assert_eq!(vm.rx.take_used(&vm.mem), vec![(u32::from(head), 72)]);
+}
+
+#[test]
+fn buffers_the_nic_holds_are_counted_and_forgotten_at_a_device_reset() {
+    let mut vm = Vm::new();
+    for i in 0..3u64 {
+        vm.rx.offer(&vm.mem, &[(0x10_0000 + 0x1000 * i, 2048, F_WRITE)]);
+    }
+    vm.kick_rx();
+    assert_eq!(vm.nic.rx_buffers_held(), 3);
+    vm.net.lock().unwrap().reset();
+    let m = vm.metrics();
+    assert_eq!(m["backend"]["quiesce_forgotten_buffers"], 3, "{m:#}");
+    assert_eq!(vm.nic.rx_buffers_held(), 0);
 }

@@ -42,7 +42,7 @@ use virtio_devices::GuestMemory;
 use vm_memory::{Bytes, GuestAddress};
 
 use crate::bdf::{Bdf, BdfError};
-use crate::driver::{DriverError, DriverLimits, PnicDriver, RxCompletion};
+use crate::driver::{DriverError, DriverLimits, PnicDriver, RxCompletion, RxRunError};
 use crate::e1000e;
 use crate::igb::{self, IgbConfig, IgbOpenError};
 use crate::vfio::{precheck, HostPaths, DEVICE_82574L};
@@ -114,6 +114,23 @@ fn frame_is_good(c: &RxCompletion, limits: &DriverLimits) -> bool {
     !c.error && c.eop && c.len != 0 && c.len <= limits.rx_max_write
 }
 
+/// Frames one reaping pass finished zero-copy, and completions for cookies
+/// the shim never issued.
+#[derive(Default)]
+struct Tally {
+    frames: u64,
+    bytes: u64,
+    unknown: u64,
+}
+
+impl Tally {
+    #[inline(always)]
+    fn frame(&mut self, len: u32) {
+        self.frames += 1;
+        self.bytes += u64::from(len);
+    }
+}
+
 /// What became of one NIC completion in [`complete_zero_copy`].
 enum Reaped {
     /// A good frame in a zero-copy buffer: header written, this is its used
@@ -144,6 +161,27 @@ fn complete_zero_copy(table: &mut RxTable, c: RxCompletion) -> Reaped {
         }
         _ => Reaped::Other(head, held, c),
     }
+}
+
+/// Cookies of RX buffers the device lent through [`RxQueue`] and the shim
+/// posted zero-copy: this bit and the head. The device's book holds them,
+/// not the shim's table, whose cookies (`generation << 16 | head`, below
+/// 2^48) never have it.
+const LENT_COOKIE: u64 = 1 << 63;
+
+/// Whether the NIC can fill buffer `d` directly at GPA + 12: room for the
+/// header and the most the NIC writes after it (`zc_min_len`), and the NIC's
+/// alignment there.
+#[inline(always)]
+fn fits_zero_copy(d: &RxDesc, zc_min_len: u32, align_mask: u64) -> bool {
+    d.len() >= zc_min_len && d.gpa().wrapping_add(HDR) & align_mask == 0
+}
+
+/// The bytes the NIC may write into a zero-copy buffer of `len` (after the
+/// header, at most one NIC buffer).
+#[inline(always)]
+fn nic_len(len: u32) -> u32 {
+    (len - HDR as u32).min(NIC_BUF_MAX)
 }
 
 /// Whether `[addr, addr + len)` is non-empty and inside guest RAM.
@@ -238,6 +276,9 @@ pub struct ShimBackend<D: PnicDriver> {
     /// RX completions that need the whole shim (recycling, the copy
     /// fallback), kept until the driver finished reaping; reused.
     rx_slow: Vec<(u16, RxHeld, RxCompletion)>,
+    /// Lent buffers whose frame the NIC flagged bad, kept until the driver
+    /// finished reaping (then recycled); reused.
+    rx_dropped: Vec<u16>,
     /// NIC segments of the TX frame being sent (reused: no allocation per
     /// frame).
     tx_segs: Vec<(u64, u32)>,
@@ -302,6 +343,7 @@ impl<D: PnicDriver> ShimBackend<D> {
             rx_unflushed: false,
             tx_unflushed: false,
             rx_slow: Vec::with_capacity(limits.rx_capacity),
+            rx_dropped: Vec::with_capacity(limits.rx_capacity),
             tx_segs: Vec::with_capacity(virtio_devices::net::chain::MAX_CHAIN_DESCS),
             metrics: ShimMetrics::default(),
             started: false,
@@ -329,7 +371,7 @@ impl<D: PnicDriver> ShimBackend<D> {
 
     /// Guest buffers currently owned by the NIC.
     pub fn rx_posted(&self) -> usize {
-        self.rx.len()
+        self.rx.len() + self.lent_heads().len()
     }
 
     /// The NIC failed (surprise removal, error): link down, everything it
@@ -342,11 +384,13 @@ impl<D: PnicDriver> ShimBackend<D> {
         log::error!("pNIC {} failed: {e}; link down, the VM keeps running", self.driver.name());
         self.failed = true;
         self.link = false;
+        // Asked before the queues stop (which forgets them).
+        let lent = self.lent_heads();
         let _ = self.driver.quiesce();
         self.started = false;
         self.rx_unflushed = false;
         self.tx_unflushed = false;
-        for (head, _) in self.rx.drain() {
+        for head in self.rx.drain().into_iter().map(|(head, _)| head).chain(lent) {
             self.rx_returned.push(Used { head, len: 0 });
             self.metrics.drop(DropReason::BackendError);
         }
@@ -450,9 +494,8 @@ impl<D: PnicDriver> ShimBackend<D> {
     /// `zero_copy_target` accepted.
     #[inline(always)]
     fn post_zero_copy(&mut self, head: u16, gpa: u64, len: u32, host: NonNull<u8>) -> Result<(), DropReason> {
-        let nic_len = (len - HDR as u32).min(NIC_BUF_MAX);
         let held = RxHeld { len, kind: RxKind::ZeroCopy { host: HostPtr(host), gpa } };
-        self.hand_to_nic(head, held, gpa + HDR, nic_len)
+        self.hand_to_nic(head, held, gpa + HDR, nic_len(len))
     }
 
     /// Give the NIC `nic_len` bytes at `iova` for buffer `head` (the tail
@@ -732,8 +775,7 @@ impl<D: PnicDriver> ShimBackend<D> {
             self.ensure_started();
         }
         let (gpa, len) = (d.gpa(), d.len());
-        let fits = len >= self.zc_min_len && gpa.wrapping_add(HDR) & (self.limits.rx_align - 1) == 0;
-        if !fits || !self.started || self.failed {
+        if !fits_zero_copy(&d, self.zc_min_len, self.limits.rx_align - 1) || !self.started || self.failed {
             let segs = [(GuestAddress(gpa), len)];
             return self.post_checked(ChainRef { head: d.head(), segs: &segs, len });
         }
@@ -741,58 +783,74 @@ impl<D: PnicDriver> ShimBackend<D> {
     }
 
     /// The common case in one loop: every buffer the guest posted that the
-    /// NIC can fill directly (an [`RxDesc`] of at least `zc_min_len` with
-    /// the NIC's alignment at GPA + 12) goes into the table and a NIC
-    /// descriptor, with the driver's state, length and room checks done once
-    /// for the run. Stops, with nothing taken, at the first buffer that must
-    /// go another way. Returns how many were posted.
+    /// NIC can fill directly ([`fits_zero_copy`]) goes into a NIC
+    /// descriptor, its frame area (GPA + 12) the DMA target, with the
+    /// driver's state, length and room checks done once for the run. The
+    /// device's book holds these buffers (the cookie is the head, tagged
+    /// [`LENT_COOKIE`]); the device writes their header when the frame is
+    /// in ([`RxQueue::complete_frame`]). Stops, with nothing taken, at the
+    /// first buffer that must go another way. Returns how many were posted.
     #[inline(always)]
     fn zero_copy_run(&mut self, q: &mut RxQueue<'_>) -> usize {
         let (zc_min_len, align_mask) = (self.zc_min_len, self.limits.rx_align - 1);
-        // Every buffer of the run has at least this much room after the header.
-        let nic_len = (zc_min_len - HDR as u32).min(NIC_BUF_MAX);
-        let table = &mut self.rx;
-        let (mut refused, mut yielded) = (0u64, 0usize);
-        let mut last = None;
-        let (posted, r) = self.driver.post_rx_with(nic_len, || loop {
-            let fits = |d: &RxDesc| d.len() >= zc_min_len && d.gpa().wrapping_add(HDR) & align_mask == 0;
-            let d = q.pop_if(fits)?;
-            let held = RxHeld { len: d.len(), kind: RxKind::ZeroCopy { host: HostPtr(d.host()), gpa: d.gpa() } };
-            let Some(cookie) = table.insert(d.head(), held) else {
-                // The table still holds that head: the device gave it twice.
-                refused += 1;
-                q.refuse(d.head(), DropReason::BackendError);
-                continue;
-            };
-            last = Some((d.head(), cookie));
-            yielded += 1;
-            return Some((d.gpa() + HDR, cookie));
+        // Every buffer of the run has at least nic_len(zc_min_len) bytes of
+        // room after the header.
+        let (posted, r) = self.driver.post_rx_with(nic_len(zc_min_len), || {
+            let d = q.pop_if(|d| fits_zero_copy(d, zc_min_len, align_mask))?;
+            Some((d.gpa() + HDR, LENT_COOKIE | u64::from(d.head())))
         });
         if posted > 0 {
             self.rx_unflushed = true;
         }
-        if refused > 0 {
-            self.post_refused_run(refused);
-        }
-        match (r, last) {
-            (Ok(()), _) => {}
-            // The driver refused the last buffer yielded: undo its posting.
-            (Err(e), Some((head, cookie))) if yielded > posted => {
-                let reason = self.post_failed(cookie, e);
+        match r {
+            Ok(()) => {}
+            Err(RxRunError { refused: Some(cookie), error }) => {
+                let reason = self.post_failed(cookie, error);
                 self.metrics.drop(reason);
-                q.refuse(head, reason);
+                q.refuse(cookie as u16, reason);
             }
-            (Err(e), _) => self.driver_err(e),
+            Err(RxRunError { refused: None, error }) => self.driver_err(error),
         }
         posted
     }
 
+    /// A frame the NIC flagged bad in a lent buffer: dropped, and the buffer
+    /// goes straight back to the NIC (or to the guest, empty, if the NIC
+    /// cannot take it).
     #[cold]
-    fn post_refused_run(&mut self, n: u64) {
-        log::warn!("shim: {n} RX buffers posted while the NIC still held them; dropped");
-        for _ in 0..n {
-            self.metrics.drop(DropReason::BackendError);
+    fn recycle_lent(&mut self, q: &mut RxQueue<'_>, head: u16) {
+        self.metrics.rx_nic_errors += 1;
+        self.metrics.drop(DropReason::BackendError);
+        let (zc_min_len, align_mask) = (self.zc_min_len, self.limits.rx_align - 1);
+        let lent = q.lent(head).filter(|d| !self.rx.holds(head) && fits_zero_copy(d, zc_min_len, align_mask));
+        let Some(d) = lent else {
+            // Not a buffer the shim lent the NIC: a cookie the driver was
+            // never given.
+            self.metrics.nic_errors += 1;
+            return;
+        };
+        if self.failed || !self.started {
+            return q.refuse(head, DropReason::BackendError);
         }
+        let cookie = LENT_COOKIE | u64::from(head);
+        match self.driver.post_rx(d.gpa() + HDR, nic_len(d.len()), cookie) {
+            Ok(()) => self.rx_unflushed = true,
+            Err(e) => {
+                let reason = self.post_failed(cookie, e);
+                q.refuse(head, reason);
+            }
+        }
+    }
+
+    /// Heads of the lent buffers the NIC holds (see [`LENT_COOKIE`]).
+    fn lent_heads(&self) -> Vec<u16> {
+        let mut heads = Vec::new();
+        self.driver.rx_posted_cookies(&mut |c| {
+            if c & LENT_COOKIE != 0 {
+                heads.push(c as u16);
+            }
+        });
+        heads
     }
 
     /// Validate a guest RX buffer and post it (without the tail write).
@@ -833,38 +891,50 @@ impl<D: PnicDriver> ShimBackend<D> {
         }
         let mut slow = std::mem::take(&mut self.rx_slow);
         let table = &mut self.rx;
-        // `bytes` includes the headers, taken off once at the end.
-        let (mut frames, mut bytes, mut unknown) = (0u64, 0u64, 0u64);
-        let r = self.driver.reap_rx_with(|c| match complete_zero_copy(table, c) {
-            Reaped::Done(u) => {
-                frames += 1;
-                bytes += u64::from(u.len);
-                emit(u);
+        let mut tally = Tally::default();
+        let r = self.driver.reap_rx_with(|c| {
+            let frame_len = c.len;
+            match complete_zero_copy(table, c) {
+                Reaped::Done(u) => {
+                    tally.frame(frame_len);
+                    emit(u);
+                }
+                Reaped::Other(head, held, c) => slow.push((head, held, c)),
+                Reaped::Unknown => tally.unknown += 1,
             }
-            Reaped::Other(head, held, c) => slow.push((head, held, c)),
-            Reaped::Unknown => unknown += 1,
         });
-        // Counted once per pass, not per frame.
-        self.metrics.rx_zero_copy += frames;
-        self.metrics.rx_packets += frames;
-        self.metrics.rx_bytes += bytes - frames * HDR;
-        self.metrics.nic_errors += unknown;
-        if let Err(e) = r {
-            self.driver_err(e);
-        }
-        if !slow.is_empty() {
-            // Rare: a list of their own, since a NIC failing meanwhile
-            // returns every held buffer through `rx_returned`.
-            let mut out = Vec::new();
-            for (head, held, c) in slow.drain(..) {
-                self.complete_rx_other(head, held, c, &mut out);
-            }
-            out.into_iter().for_each(&mut emit);
-        }
+        self.count_reaped(tally, r);
+        self.complete_slow(&mut slow, &mut emit);
         self.rx_slow = slow;
         // Buffers recycled above (dropped frames) go back to the NIC now.
         self.flush_rx_posted();
         self.rx_returned.drain(..).for_each(emit);
+    }
+
+    /// The counters of one reaping pass (added once per pass, not per
+    /// frame), and the driver's error if it had one.
+    fn count_reaped(&mut self, t: Tally, r: Result<(), DriverError>) {
+        self.metrics.rx_zero_copy += t.frames;
+        self.metrics.rx_packets += t.frames;
+        self.metrics.rx_bytes += t.bytes;
+        self.metrics.nic_errors += t.unknown;
+        if let Err(e) = r {
+            self.driver_err(e);
+        }
+    }
+
+    /// The completions a reaping pass set aside for `complete_rx_other`.
+    fn complete_slow(&mut self, slow: &mut Vec<(u16, RxHeld, RxCompletion)>, mut emit: impl FnMut(Used)) {
+        if slow.is_empty() {
+            return;
+        }
+        // Rare: a list of their own, since a NIC failing meanwhile returns
+        // every held buffer through `rx_returned`.
+        let mut out = Vec::new();
+        for (head, held, c) in slow.drain(..) {
+            self.complete_rx_other(head, held, c, &mut out);
+        }
+        out.into_iter().for_each(&mut emit);
     }
 
     fn refresh_link(&mut self) {
@@ -1001,7 +1071,50 @@ impl<D: PnicDriver> NetBackend for ShimBackend<D> {
     /// `reap_rx`, with each used entry given to the queue as the driver
     /// finds its completion.
     fn complete_direct(&mut self, q: &mut RxQueue<'_>) -> bool {
-        self.reap_rx_into(|u| q.complete(u.head, u.len));
+        self.rx_returned.drain(..).for_each(|u| q.complete(u.head, u.len));
+        if self.failed || !self.started {
+            return true;
+        }
+        let mut slow = std::mem::take(&mut self.rx_slow);
+        let mut dropped = std::mem::take(&mut self.rx_dropped);
+        let table = &mut self.rx;
+        let mut tally = Tally::default();
+        let r = self.driver.reap_rx_with(|c| {
+            if c.cookie & LENT_COOKIE == 0 {
+                // Posted through the table (another shape, or before the
+                // direct path ran).
+                let frame_len = c.len;
+                return match complete_zero_copy(table, c) {
+                    Reaped::Done(u) => {
+                        tally.frame(frame_len);
+                        q.complete(u.head, u.len);
+                    }
+                    Reaped::Other(head, held, c) => slow.push((head, held, c)),
+                    Reaped::Unknown => tally.unknown += 1,
+                };
+            }
+            let head = c.cookie as u16;
+            if c.cookie & !LENT_COOKIE > u64::from(u16::MAX) {
+                tally.unknown += 1;
+            } else if !c.error && c.eop && c.len != 0 {
+                // The NIC wrote the frame at GPA + 12 of the buffer: the
+                // device adds the header and the used entry.
+                tally.frame(c.len);
+                q.complete_frame(head, c.len);
+            } else {
+                dropped.push(head);
+            }
+        });
+        self.count_reaped(tally, r);
+        for head in dropped.drain(..) {
+            self.recycle_lent(q, head);
+        }
+        self.rx_dropped = dropped;
+        self.complete_slow(&mut slow, |u| q.complete(u.head, u.len));
+        self.rx_slow = slow;
+        // Buffers recycled above (dropped frames) go back to the NIC now.
+        self.flush_rx_posted();
+        self.rx_returned.drain(..).for_each(|u| q.complete(u.head, u.len));
         true
     }
 
@@ -1050,7 +1163,8 @@ impl<D: PnicDriver> NetBackend for ShimBackend<D> {
     }
 
     fn quiesce(&mut self) {
-        let held = (self.rx.len() + self.tx.len() + self.backlog.len()) as u64;
+        let rx_held = self.rx_posted();
+        let held = (rx_held + self.tx.len() + self.backlog.len()) as u64;
         if let Err(e) = self.driver.quiesce() {
             // The igb driver already fell back to a full reset.
             self.metrics.nic_errors += 1;
@@ -1062,7 +1176,7 @@ impl<D: PnicDriver> NetBackend for ShimBackend<D> {
         log::info!(
             "pNIC {}: queues stopped on device reset; forgetting {} RX, {} TX and {} queued TX buffers",
             self.driver.name(),
-            self.rx.len(),
+            rx_held,
             self.tx.len(),
             self.backlog.len()
         );

@@ -20,7 +20,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::backend::{ChainRef, DropReason, NetBackend, RxSeg, Used, VNET_HDR_LEN};
 use super::chain::{addr_at, Direction, MAX_CHAIN_DESCS};
-use super::direct::RxQueue;
+use super::direct::{Held, RxQueue};
 use super::config::{
     config_bytes, random_mac, read_window, BACKEND_OFFLOAD_MASK, DEVICE_FEATURES, F_MRG_RXBUF,
     F_STATUS,
@@ -63,9 +63,8 @@ struct Active {
     rx: SplitRing,
     tx: SplitRing,
     interrupt: Arc<Interrupt>,
-    /// Indexed by head: the length of each RX buffer the backend holds, 0
-    /// for a head it does not hold (a posted buffer is never empty).
-    rx_held: Vec<u32>,
+    /// Indexed by head: the RX buffers the backend holds (see [`Held`]).
+    rx_held: Vec<Held>,
     /// Indexed by head: where a held buffer's num_buffers is. Kept only for
     /// backends that merge buffers (`single_buffer_frames` false).
     rx_num_buffers_at: Vec<NumBuffersAt>,
@@ -206,7 +205,7 @@ impl Net {
                 avail -= 1;
                 let head = a.rx.pop_counted();
                 let i = usize::from(head);
-                let Some(&held) = a.rx_held.get(i) else {
+                let Some(held) = a.rx_held.get(i).map(|h| h.len) else {
                     // Cannot even be completed (the used ring would reject it).
                     metrics.rx_drops.add(DropReason::BadAddress);
                     continue;
@@ -222,7 +221,7 @@ impl Net {
                         let at = addr.0 + HDR_NUM_BUFFERS_OFFSET as u64;
                         a.rx_num_buffers_at[i] = [GuestAddress(at), GuestAddress(at + 1)];
                     }
-                    a.rx_held[i] = len;
+                    a.rx_held[i] = Held::of_len(len);
                     batch.push(RxSeg { head, addr, len });
                     room -= 1;
                     continue;
@@ -244,14 +243,14 @@ impl Net {
                     let byte = |k| addr_at(segs, HDR_NUM_BUFFERS_OFFSET + k).unwrap_or(segs[0].0);
                     a.rx_num_buffers_at[i] = [byte(0), byte(1)];
                 }
-                a.rx_held[i] = len;
+                a.rx_held[i] = Held::of_len(len);
                 match backend.post_rx_chain(&a.mem, ChainRef { head, segs, len }) {
                     Ok(()) => {
                         posted += 1;
                         room -= 1;
                     }
                     Err(reason) => {
-                        a.rx_held[i] = 0;
+                        a.rx_held[i].release();
                         metrics.rx_drops.add(reason);
                         a.rx.add_used(head, 0);
                         a.rx_added = true;
@@ -331,7 +330,7 @@ impl Net {
         for u in self.used_buf.drain(..) {
             let i = usize::from(u.head);
             let held = match a.rx_held.get_mut(i) {
-                Some(h) if *h != 0 => std::mem::take(h),
+                Some(h) if h.len != 0 => h.release(),
                 _ => {
                     self.metrics.backend_bogus_completions += 1;
                     error!(
@@ -627,7 +626,7 @@ fn post_run(
     batch.clear();
     for &(head, reason) in refused.iter() {
         if let Some(h) = a.rx_held.get_mut(usize::from(head)) {
-            *h = 0;
+            h.release();
         }
         metrics.rx_drops.add(reason);
         a.rx.add_used(head, 0);
@@ -746,7 +745,7 @@ impl VirtioDevice for Net {
             rx,
             tx,
             interrupt: ctx.interrupt,
-            rx_held: vec![0; rxn],
+            rx_held: vec![Held::NONE; rxn],
             rx_num_buffers_at: vec![[GuestAddress(0); 2]; rxn],
             tx_slots: vec![None; txn],
             rx_added: false,

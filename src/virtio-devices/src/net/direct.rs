@@ -73,6 +73,45 @@ impl RxDesc {
     }
 }
 
+/// One entry of the device's book of RX buffers the backend holds, indexed
+/// by head (shared by the generic and the direct path).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Held {
+    /// The buffer's length; 0 when the backend does not hold it (a posted
+    /// buffer is never empty).
+    pub len: u32,
+    /// Its guest and host addresses when it was lent as an [`RxDesc`]: what
+    /// [`RxQueue::complete_frame`] and [`RxQueue::lent`] need.
+    pub desc: Option<(u64, NonNull<u8>)>,
+}
+
+impl Held {
+    pub const NONE: Held = Held { len: 0, desc: None };
+
+    /// A buffer held in any other shape (its length only).
+    pub fn of_len(len: u32) -> Held {
+        Held { len, desc: None }
+    }
+
+    /// The backend no longer holds it: its length, now 0. `desc` is left
+    /// as it was: it counts only while `len` is set, and every hold writes
+    /// both.
+    #[inline(always)]
+    pub fn release(&mut self) -> u32 {
+        std::mem::take(&mut self.len)
+    }
+}
+
+// SAFETY: the host address points into the guest RAM mappings the device
+// keeps alive while it is activated; it is only written through on the
+// device's thread.
+unsafe impl Send for Held {}
+
+/// The virtio-net header of a frame that fits one buffer: no offloads, no
+/// checksum to finish, num_buffers (le16, the last field of
+/// virtio_net_hdr_v1) = 1.
+const ONE_BUFFER_HEADER: [u8; VNET_HDR_LEN] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+
 /// What [`RxQueue::pop`] hands out.
 #[derive(Debug)]
 pub enum RxNext<'q> {
@@ -85,16 +124,14 @@ pub enum RxNext<'q> {
 /// The device's RX ring for one backend pass. See the module documentation.
 pub struct RxQueue<'a> {
     ring: &'a mut SplitRing,
-    /// Indexed by head: the length of each buffer the backend holds, 0 for
-    /// one it does not (the device's own book, shared with the generic path).
-    held: &'a mut [u32],
+    /// The device's own book of the buffers the backend holds (see [`Held`]).
+    held: &'a mut [Held],
     metrics: &'a mut NetMetrics,
     segs: &'a mut Vec<(GuestAddress, u32)>,
     id: &'a str,
-    /// Heads the driver published that `pop` has not taken yet.
-    avail: u16,
-    /// Heads taken from the avail ring (whatever became of them).
-    popped: u32,
+    /// The ring's next avail index when the pass began (what was taken
+    /// is the difference).
+    start: u16,
     /// Used elements written (some maybe not yet published).
     added: bool,
     unpublished: bool,
@@ -110,14 +147,15 @@ pub struct RxQueue<'a> {
 impl<'a> RxQueue<'a> {
     pub(crate) fn new(
         ring: &'a mut SplitRing,
-        held: &'a mut [u32],
+        held: &'a mut [Held],
         metrics: &'a mut NetMetrics,
         segs: &'a mut Vec<(GuestAddress, u32)>,
         id: &'a str,
     ) -> Self {
         // Every head `complete` accepts is then inside the queue.
         assert!(held.len() <= usize::from(ring.size()), "held book larger than the queue");
-        RxQueue { ring, held, metrics, segs, id, avail: 0, popped: 0, added: false, unpublished: false, buffers: 0, short: 0, bytes: 0 }
+        let start = ring.next_avail();
+        RxQueue { ring, held, metrics, segs, id, start, added: false, unpublished: false, buffers: 0, short: 0, bytes: 0 }
     }
 
     /// Whether the pass wrote used elements (the device then decides on an
@@ -128,7 +166,7 @@ impl<'a> RxQueue<'a> {
 
     /// How many heads the pass took from the avail ring.
     pub(crate) fn popped(&self) -> u32 {
-        self.popped
+        u32::from(self.ring.next_avail().wrapping_sub(self.start))
     }
 
     /// The next buffer the guest made available, validated and marked held;
@@ -138,28 +176,24 @@ impl<'a> RxQueue<'a> {
     #[inline]
     pub fn pop(&mut self) -> Option<RxNext<'_>> {
         loop {
-            if self.avail == 0 {
-                // Re-read the guest's index once per run, not per buffer.
-                self.avail = self.ring.avail_count();
-                if self.avail == 0 {
-                    return None;
-                }
+            // The guest's index is re-read only once the heads of its last
+            // reading are taken (once per run, not per buffer).
+            if !self.ring.avail_cached() && self.ring.avail_count() == 0 {
+                return None;
             }
-            self.avail -= 1;
-            self.popped += 1;
             let head = self.ring.pop_counted();
             let i = usize::from(head);
-            let Some(&held) = self.held.get(i) else {
+            let Some(held) = self.held.get(i) else {
                 // Cannot even be completed (the used ring would refuse it).
                 self.metrics.rx_drops.add(DropReason::BadAddress);
                 continue;
             };
-            if held != 0 {
+            if held.len != 0 {
                 self.metrics.duplicate_heads += 1;
                 continue;
             }
             if let Some((gpa, len, host)) = self.ring.single_mapped(head) {
-                self.held[i] = len;
+                self.held[i] = Held { len, desc: Some((gpa, host)) };
                 return Some(RxNext::One(RxDesc { head, gpa, len, host }));
             }
             if let Some(len) = self.parse_other(head) {
@@ -177,15 +211,12 @@ impl<'a> RxQueue<'a> {
     /// taken that it would have to give back.
     #[inline(always)]
     pub fn pop_if(&mut self, accept: impl FnOnce(&RxDesc) -> bool) -> Option<RxDesc> {
-        if self.avail == 0 {
-            self.avail = self.ring.avail_count();
-            if self.avail == 0 {
-                return None;
-            }
+        if !self.ring.avail_cached() && self.ring.avail_count() == 0 {
+            return None;
         }
         let head = self.ring.peek_counted();
         let i = usize::from(head);
-        if self.held.get(i) != Some(&0) {
+        if self.held.get(i).is_none_or(|h| h.len != 0) {
             return None;
         }
         let (gpa, len, host) = self.ring.single_mapped(head)?;
@@ -194,9 +225,7 @@ impl<'a> RxQueue<'a> {
             return None;
         }
         self.ring.skip_counted();
-        self.avail -= 1;
-        self.popped += 1;
-        self.held[i] = len;
+        self.held[i] = Held { len, desc: Some((gpa, host)) };
         Some(d)
     }
 
@@ -206,7 +235,7 @@ impl<'a> RxQueue<'a> {
     fn parse_other(&mut self, head: u16) -> Option<u32> {
         match self.ring.parse(head, Direction::DeviceWrites, self.segs) {
             Ok(p) => {
-                self.held[usize::from(head)] = p.len;
+                self.held[usize::from(head)] = Held::of_len(p.len);
                 Some(p.len)
             }
             Err(reason) => {
@@ -224,7 +253,7 @@ impl<'a> RxQueue<'a> {
     #[cold]
     pub fn refuse(&mut self, head: u16, reason: DropReason) {
         match self.held.get_mut(usize::from(head)) {
-            Some(h) if *h != 0 => *h = 0,
+            Some(h) if h.len != 0 => _ = h.release(),
             _ => return self.bogus_head(head),
         }
         self.metrics.rx_drops.add(reason);
@@ -237,10 +266,59 @@ impl<'a> RxQueue<'a> {
     #[inline(always)]
     pub fn complete(&mut self, head: u16, len: u32) {
         let held = match self.held.get_mut(usize::from(head)) {
-            Some(h) if *h != 0 => std::mem::take(h),
+            Some(h) if h.len != 0 => h.release(),
             _ => return self.bogus_head(head),
         };
         let len = if len > held { self.bogus_len(len, held) } else { len };
+        self.used(head, len);
+    }
+
+    /// Buffer `head`, which `pop` lent as an [`RxDesc`], holds a frame of
+    /// `frame_len` bytes right after the header space (the backend had it
+    /// written at GPA + [`VNET_HDR_LEN`]): the device writes the frame's
+    /// virtio-net header and completes it. The zero-copy path's whole
+    /// completion: one look at the book, no copy. A head not lent as an
+    /// `RxDesc` is a backend bug, counted and logged, and nothing is
+    /// written; a frame that does not fit is one too, and its buffer goes
+    /// back empty.
+    #[inline(always)]
+    pub fn complete_frame(&mut self, head: u16, frame_len: u32) {
+        let Some(h) = self.held.get_mut(usize::from(head)) else {
+            return self.bogus_head(head);
+        };
+        let (len, host) = match *h {
+            Held { len, desc: Some((_, host)) } if len != 0 => {
+                h.release();
+                (len, host)
+            }
+            _ => return self.bogus_head(head),
+        };
+        let total = u64::from(frame_len) + VNET_HDR_LEN as u64;
+        if total > u64::from(len) {
+            self.bogus_len(total.min(u64::from(u32::MAX)) as u32, len);
+            return self.used(head, 0);
+        }
+        // SAFETY: `host` is the first byte of a buffer of `len` (>=
+        // VNET_HDR_LEN) bytes inside one guest RAM mapping, resolved by
+        // `pop` and alive while the device is activated; [u8; N] has
+        // alignment 1. Volatile: guest memory.
+        unsafe { host.as_ptr().cast::<[u8; VNET_HDR_LEN]>().write_volatile(ONE_BUFFER_HEADER) };
+        self.used(head, total as u32);
+    }
+
+    /// The [`RxDesc`] of buffer `head` if the backend holds it as one (it
+    /// stays held): for a backend that gives a buffer back to its NIC after
+    /// a frame it drops.
+    pub fn lent(&self, head: u16) -> Option<RxDesc> {
+        match self.held.get(usize::from(head)) {
+            Some(&Held { len, desc: Some((gpa, host)) }) if len != 0 => Some(RxDesc { head, gpa, len, host }),
+            _ => None,
+        }
+    }
+
+    /// The used element of a buffer the book just released, `len` within it.
+    #[inline(always)]
+    fn used(&mut self, head: u16, len: u32) {
         self.buffers += 1;
         if (len as usize) < VNET_HDR_LEN {
             self.short += 1;

@@ -79,8 +79,9 @@ pub struct SplitRing {
     /// The driver's avail idx as last read (re-read only when caught up).
     avail_idx: u16,
     next_used: u16,
-    /// Used elements added since the last `needs_notification`.
-    num_added: u16,
+    /// `next_used` at the last `needs_notification`: the elements added
+    /// since are the ones after it (no count kept per element).
+    signalled_used: u16,
     event_idx: bool,
     /// Times the driver published an avail idx more than a queue ahead.
     pub bad_avail_idx: u64,
@@ -130,7 +131,7 @@ impl SplitRing {
             next_avail,
             avail_idx: next_avail,
             next_used: q.next_used(),
-            num_added: 0,
+            signalled_used: q.next_used(),
             event_idx,
             bad_avail_idx: 0,
         })
@@ -207,6 +208,19 @@ impl SplitRing {
             return 0;
         }
         pending
+    }
+
+    /// Whether heads of the avail index as last read are still untaken
+    /// (no guest memory read; `avail_count` reads the index again).
+    #[inline(always)]
+    pub fn avail_cached(&self) -> bool {
+        self.avail_idx != self.next_avail
+    }
+
+    /// The index of the next avail ring entry to take.
+    #[inline(always)]
+    pub fn next_avail(&self) -> u16 {
+        self.next_avail
     }
 
     /// Takes the next available head. The value is the guest's: it may be
@@ -453,7 +467,6 @@ impl SplitRing {
             e.add(1).write_volatile(len.to_le());
         }
         self.next_used = self.next_used.wrapping_add(1);
-        self.num_added = self.num_added.wrapping_add(1);
     }
 
     /// Makes every used element written so far visible to the driver.
@@ -497,13 +510,11 @@ impl SplitRing {
         let used = self.next_used;
         // The used elements and index are visible before used_event is read.
         fence(Ordering::SeqCst);
+        let old = std::mem::replace(&mut self.signalled_used, used);
         if !self.event_idx {
-            self.num_added = 0;
             return true;
         }
         let event = u16::from_le(self.used_event_field().load(Ordering::Relaxed));
-        let old = used.wrapping_sub(self.num_added);
-        self.num_added = 0;
         used.wrapping_sub(event).wrapping_sub(1) < used.wrapping_sub(old)
     }
 }
@@ -645,7 +656,7 @@ mod tests {
 
     #[test]
     fn pop_if_takes_accepted_lone_buffers_and_leaves_the_rest_for_pop() {
-        use crate::net::direct::{RxDesc, RxNext, RxQueue};
+        use crate::net::direct::{Held, RxDesc, RxNext, RxQueue};
         use crate::net::metrics::NetMetrics;
         let m = mem();
         let vq = Vq;
@@ -659,7 +670,7 @@ mod tests {
         put(3, 0xb000, 1536, F_WRITE, 0);
         publish(&m, &vq, &[0, 1, 2, 0], 4); // head 0 twice
         let mut r = ring(&m, &vq, false);
-        let (mut held, mut metrics, mut segs) = (vec![0u32; 16], NetMetrics::default(), Vec::new());
+        let (mut held, mut metrics, mut segs) = (vec![Held::NONE; 16], NetMetrics::default(), Vec::new());
         let mut q = RxQueue::new(&mut r, &mut held, &mut metrics, &mut segs, "t");
         let big = |d: &RxDesc| d.len() >= 1000;
         let d = q.pop_if(big).unwrap();
@@ -674,8 +685,65 @@ mod tests {
         assert!(q.pop_if(|_| true).is_none(), "nothing left");
         assert_eq!(q.popped(), 4);
         drop(q);
-        assert_eq!((held[0], held[1], held[2]), (1536, 100, 3072));
+        assert_eq!((held[0].len, held[1].len, held[2].len), (1536, 100, 3072));
         assert_eq!(metrics.duplicate_heads, 1);
+    }
+
+    #[test]
+    fn complete_frame_writes_the_header_of_lent_buffers_and_nothing_else() {
+        use crate::net::direct::{Held, RxQueue};
+        use crate::net::metrics::NetMetrics;
+        let m = mem();
+        let vq = Vq;
+        let put = |i: u64, addr: u64, len: u32, flags: u16, next: u16| {
+            let d = RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next));
+            m.write_obj(d, GuestAddress(vq.desc_table_addr().0 + 16 * i)).unwrap();
+        };
+        put(0, 0x8000, 1536, F_WRITE, 0);
+        put(1, 0x9000, 1536, F_WRITE, 0);
+        put(2, 0xa000, 1536, F_WRITE | F_NEXT, 3); // a chain
+        put(3, 0xb000, 1536, F_WRITE, 0);
+        put(4, 0xc000, 1536, F_WRITE, 0);
+        publish(&m, &vq, &[0, 1, 2, 4], 4);
+        for a in [0x8000u64, 0x9000, 0xa000, 0xc000] {
+            m.write_slice(&[0xee; 12], GuestAddress(a)).unwrap();
+        }
+        let mut r = ring(&m, &vq, false);
+        let (mut held, mut metrics, mut segs) = (vec![Held::NONE; 16], NetMetrics::default(), Vec::new());
+        let mut q = RxQueue::new(&mut r, &mut held, &mut metrics, &mut segs, "t");
+        for _ in 0..4 {
+            assert!(q.pop().is_some());
+        }
+        assert_eq!(q.lent(0).map(|d| (d.gpa(), d.len())), Some((0x8000, 1536)));
+        assert!(q.lent(2).is_none(), "a chain is not lent as one buffer");
+        assert!(q.lent(5).is_none() && q.lent(u16::MAX).is_none(), "not held");
+        q.complete_frame(0, 100);
+        q.complete_frame(1, 1536 - 12 + 1); // one byte too many
+        q.complete_frame(2, 100); // held, but as a chain
+        q.complete_frame(0, 100); // no longer held
+        q.complete_frame(300, 100); // beyond the queue
+        assert!(q.lent(0).is_none(), "completed: no longer lent");
+        assert!(q.pop().is_none());
+        drop(q);
+        let hdr = |a: u64| {
+            let mut h = [0u8; 12];
+            m.read_slice(&mut h, GuestAddress(a)).unwrap();
+            h
+        };
+        assert_eq!(hdr(0x8000), [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0], "no offloads, one buffer");
+        assert_eq!(hdr(0x9000), [0xee; 12], "a frame that does not fit gets no header");
+        assert_eq!(hdr(0xa000), [0xee; 12], "nothing written into a chain");
+        let used = vq.used_addr().0;
+        assert_eq!(m.read_obj::<u16>(GuestAddress(used + 2)).unwrap(), 2, "published with the pass");
+        let elem = |k: u64| {
+            let id = m.read_obj::<u32>(GuestAddress(used + 4 + 8 * k)).unwrap();
+            let len = m.read_obj::<u32>(GuestAddress(used + 8 + 8 * k)).unwrap();
+            (id, len)
+        };
+        assert_eq!([elem(0), elem(1)], [(0, 112), (1, 0)], "the one that does not fit goes back empty");
+        assert_eq!((held[0].len, held[1].len, held[2].len, held[4].len), (0, 0, 3072, 1536));
+        assert_eq!(metrics.backend_bogus_completions, 4);
+        assert_eq!((metrics.rx_packets, metrics.rx_bytes, metrics.rx_buffers_used), (1, 100, 2));
     }
 
     #[test]

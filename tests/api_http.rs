@@ -1026,6 +1026,14 @@ fn socket_is_owner_only_live_one_refused_stale_one_replaced() {
     let stale = srv.dir.join("stale.sock");
     drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
     assert!(stale.exists());
+    // Other tests of this binary spawn processes: a fork in the instant the
+    // listener existed holds its fd until the child execs, and a connect
+    // meanwhile succeeds. The socket is stale once connects are refused.
+    let t0 = Instant::now();
+    while std::os::unix::net::UnixStream::connect(&stale).is_ok() {
+        assert!(t0.elapsed() < Duration::from_secs(5), "the dropped listener still accepts");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let h = serve_with(
         &stale,
         Arc::new(RecordingController::new()),

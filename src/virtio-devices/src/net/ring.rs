@@ -225,6 +225,7 @@ impl SplitRing {
 
     /// Takes the next available head. The value is the guest's: it may be
     /// outside the queue, which [`SplitRing::parse`] and the caller check.
+    #[inline]
     pub fn pop_head(&mut self) -> Option<u16> {
         if !self.has_avail() {
             return None;

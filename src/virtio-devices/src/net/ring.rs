@@ -578,6 +578,12 @@ mod tests {
         SplitRing::new(&q, m, event_idx).unwrap()
     }
 
+    /// Descriptor `i` of the table at 0x1000.
+    fn put(m: &GuestMemory, i: u64, addr: u64, len: u32, flags: u16, next: u16) {
+        let d = RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next));
+        m.write_obj(d, GuestAddress(Vq.desc_table_addr().0 + 16 * i)).unwrap();
+    }
+
     fn publish(m: &GuestMemory, vq: &Vq, heads: &[u16], idx: u16) {
         let avail = vq.avail_addr().0;
         for (k, h) in heads.iter().enumerate() {
@@ -592,18 +598,14 @@ mod tests {
     fn single_takes_only_lone_valid_descriptors_and_agrees_with_parse() {
         let m = mem();
         let vq = Vq;
-        let put = |i: u64, addr: u64, len: u32, flags: u16, next: u16| {
-            let d = RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next));
-            m.write_obj(d, GuestAddress(vq.desc_table_addr().0 + 16 * i)).unwrap();
-        };
-        put(0, 0x8000, 1536, F_WRITE, 0); // fine for RX
-        put(1, 0x8000, 1536, 0, 0); // fine for TX
-        put(2, 0x8000, 1536, F_WRITE | F_NEXT, 0); // a chain
-        put(3, 0x8000, 256, F_INDIRECT, 0); // an indirect table
-        put(4, 0x8000, 11, F_WRITE, 0); // shorter than the header
-        put(5, 0x8000, 0, F_WRITE, 0); // empty
-        put(6, 0x10_0000 - 100, 1536, F_WRITE, 0); // runs off the end of RAM
-        put(7, u64::MAX - 10, 1536, F_WRITE, 0); // wraps the address space
+        put(&m, 0, 0x8000, 1536, F_WRITE, 0); // fine for RX
+        put(&m, 1, 0x8000, 1536, 0, 0); // fine for TX
+        put(&m, 2, 0x8000, 1536, F_WRITE | F_NEXT, 0); // a chain
+        put(&m, 3, 0x8000, 256, F_INDIRECT, 0); // an indirect table
+        put(&m, 4, 0x8000, 11, F_WRITE, 0); // shorter than the header
+        put(&m, 5, 0x8000, 0, F_WRITE, 0); // empty
+        put(&m, 6, 0x10_0000 - 100, 1536, F_WRITE, 0); // runs off the end of RAM
+        put(&m, 7, u64::MAX - 10, 1536, F_WRITE, 0); // wraps the address space
         let r = ring(&m, &vq, false);
         assert_eq!(r.single(0, Direction::DeviceWrites), Some((GuestAddress(0x8000), 1536)));
         assert_eq!(r.single(1, Direction::DeviceReads), Some((GuestAddress(0x8000), 1536)));
@@ -661,14 +663,10 @@ mod tests {
         use crate::net::metrics::NetMetrics;
         let m = mem();
         let vq = Vq;
-        let put = |i: u64, addr: u64, len: u32, flags: u16, next: u16| {
-            let d = RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next));
-            m.write_obj(d, GuestAddress(vq.desc_table_addr().0 + 16 * i)).unwrap();
-        };
-        put(0, 0x8000, 1536, F_WRITE, 0);
-        put(1, 0x9000, 100, F_WRITE, 0); // refused by the caller below
-        put(2, 0xa000, 1536, F_WRITE | F_NEXT, 3); // a chain
-        put(3, 0xb000, 1536, F_WRITE, 0);
+        put(&m, 0, 0x8000, 1536, F_WRITE, 0);
+        put(&m, 1, 0x9000, 100, F_WRITE, 0); // refused by the caller below
+        put(&m, 2, 0xa000, 1536, F_WRITE | F_NEXT, 3); // a chain
+        put(&m, 3, 0xb000, 1536, F_WRITE, 0);
         publish(&m, &vq, &[0, 1, 2, 0], 4); // head 0 twice
         let mut r = ring(&m, &vq, false);
         let (mut held, mut metrics, mut segs) = (vec![Held::NONE; 16], NetMetrics::default(), Vec::new());
@@ -696,15 +694,11 @@ mod tests {
         use crate::net::metrics::NetMetrics;
         let m = mem();
         let vq = Vq;
-        let put = |i: u64, addr: u64, len: u32, flags: u16, next: u16| {
-            let d = RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next));
-            m.write_obj(d, GuestAddress(vq.desc_table_addr().0 + 16 * i)).unwrap();
-        };
-        put(0, 0x8000, 1536, F_WRITE, 0);
-        put(1, 0x9000, 1536, F_WRITE, 0);
-        put(2, 0xa000, 1536, F_WRITE | F_NEXT, 3); // a chain
-        put(3, 0xb000, 1536, F_WRITE, 0);
-        put(4, 0xc000, 1536, F_WRITE, 0);
+        put(&m, 0, 0x8000, 1536, F_WRITE, 0);
+        put(&m, 1, 0x9000, 1536, F_WRITE, 0);
+        put(&m, 2, 0xa000, 1536, F_WRITE | F_NEXT, 3); // a chain
+        put(&m, 3, 0xb000, 1536, F_WRITE, 0);
+        put(&m, 4, 0xc000, 1536, F_WRITE, 0);
         publish(&m, &vq, &[0, 1, 2, 4], 4);
         for a in [0x8000u64, 0x9000, 0xa000, 0xc000] {
             m.write_slice(&[0xee; 12], GuestAddress(a)).unwrap();

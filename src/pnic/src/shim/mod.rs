@@ -15,13 +15,15 @@
 //! map, although the device validated it already.
 //!
 //! Per packet (direct RX, `refill_direct`/`complete_direct`): the device lends
-//! its RX queue, and one loop turns each guest buffer into an entry of the
-//! head-indexed [`rx_table::RxTable`] and one NIC descriptor; the refill ends
-//! with one RX tail write. Completions are taken as the driver finds them
-//! (`reap_rx_with`): header, used entry, nothing else for a good zero-copy
-//! frame. `post_rx_segs`/`reap_rx` do the same through the generic
-//! interface. TX frames are queued and started with one TX tail write per
-//! batch.
+//! its RX queue, and one driver run turns each guest buffer the NIC can fill
+//! directly into one NIC descriptor; the buffer stays in the device's book
+//! (it is *lent*, `LENT_COOKIE`) and the refill ends with one RX tail
+//! write. Completions are taken as the driver finds them (`reap_rx_with`):
+//! for a good frame in a lent buffer the device writes the header and the
+//! used entry ([`RxQueue::complete_frame`]), nothing else. Buffers that go
+//! another way (bounce buffers, the generic `post_rx_segs`/`reap_rx`
+//! interface) have an entry in the head-indexed [`rx_table::RxTable`]. TX
+//! frames are queued and started with one TX tail write per batch.
 
 pub mod bounce;
 pub mod metrics;

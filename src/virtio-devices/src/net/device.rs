@@ -3,8 +3,8 @@
 //! The device owns the virtqueues, through its own split-ring code
 //! ([`super::ring`]: rings resolved to host addresses once, at activation).
 //! It pops chains, validates them ([`super::ring::SplitRing::parse`]) and
-//! hands them to a [`NetBackend`] as [`RxBuffer`]s /
-//! [`TxFrame`]s; completions go back to the used rings. All queue and backend
+//! hands them to a [`NetBackend`] as [`RxBuffer`](super::backend::RxBuffer)s /
+//! [`TxFrame`](super::backend::TxFrame)s; completions go back to the used rings. All queue and backend
 //! work happens on the event-loop thread (`MutEventSubscriber::process`); the
 //! transport's vCPU-thread calls (`activate`, `reset`, config access) only
 //! store state and wake the loop through `activate_evt`.

@@ -15,6 +15,11 @@
 //!   held; a head already held or beyond the queue never comes out;
 //! - [`RxQueue::complete`] takes only heads the device marked held, with at
 //!   most their length, and counts the frame;
+//! - a buffer [`RxQueue::pop_if`] or `pop` gave out as an [`RxDesc`] is
+//!   *lent*: the device's book keeps its addresses, so a backend that had a
+//!   frame written at GPA + 12 needs no record of its own:
+//!   [`RxQueue::complete_frame`] checks the head is lent and the frame fits,
+//!   and writes the virtio-net header and the used element;
 //! - used elements are published once per pass (when the queue is dropped).
 
 use std::ptr::NonNull;

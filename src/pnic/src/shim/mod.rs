@@ -1070,8 +1070,10 @@ impl<D: PnicDriver> NetBackend for ShimBackend<D> {
         Some(posted)
     }
 
-    /// `reap_rx`, with each used entry given to the queue as the driver
-    /// finds its completion.
+    /// Every NIC completion as the driver finds it: a good frame in a lent
+    /// buffer goes to [`RxQueue::complete_frame`] (the device writes header
+    /// and used entry), a bad one is recycled to the NIC after the reap;
+    /// buffers posted through the table complete as in `reap_rx`.
     fn complete_direct(&mut self, q: &mut RxQueue<'_>) -> bool {
         self.rx_returned.drain(..).for_each(|u| q.complete(u.head, u.len));
         if self.failed || !self.started {

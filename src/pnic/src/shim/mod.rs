@@ -165,6 +165,28 @@ fn complete_zero_copy(table: &mut RxTable, c: RxCompletion) -> Reaped {
     }
 }
 
+/// One completion for a buffer posted through the table: a good zero-copy
+/// frame to `emit` (counted in `tally`), the rest set aside in `slow` for
+/// `complete_rx_other`, an unknown cookie counted.
+#[inline(always)]
+fn reap_table(
+    table: &mut RxTable,
+    c: RxCompletion,
+    tally: &mut Tally,
+    slow: &mut Vec<(u16, RxHeld, RxCompletion)>,
+    emit: impl FnOnce(Used),
+) {
+    let frame_len = c.len;
+    match complete_zero_copy(table, c) {
+        Reaped::Done(u) => {
+            tally.frame(frame_len);
+            emit(u);
+        }
+        Reaped::Other(head, held, c) => slow.push((head, held, c)),
+        Reaped::Unknown => tally.unknown += 1,
+    }
+}
+
 /// Cookies of RX buffers the device lent through [`RxQueue`] and the shim
 /// posted zero-copy: this bit and the head. The device's book holds them,
 /// not the shim's table, whose cookies (`generation << 16 | head`, below
@@ -894,17 +916,7 @@ impl<D: PnicDriver> ShimBackend<D> {
         let mut slow = std::mem::take(&mut self.rx_slow);
         let table = &mut self.rx;
         let mut tally = Tally::default();
-        let r = self.driver.reap_rx_with(|c| {
-            let frame_len = c.len;
-            match complete_zero_copy(table, c) {
-                Reaped::Done(u) => {
-                    tally.frame(frame_len);
-                    emit(u);
-                }
-                Reaped::Other(head, held, c) => slow.push((head, held, c)),
-                Reaped::Unknown => tally.unknown += 1,
-            }
-        });
+        let r = self.driver.reap_rx_with(|c| reap_table(table, c, &mut tally, &mut slow, &mut emit));
         self.count_reaped(tally, r);
         self.complete_slow(&mut slow, &mut emit);
         self.rx_slow = slow;
@@ -1087,15 +1099,7 @@ impl<D: PnicDriver> NetBackend for ShimBackend<D> {
             if c.cookie & LENT_COOKIE == 0 {
                 // Posted through the table (another shape, or before the
                 // direct path ran).
-                let frame_len = c.len;
-                return match complete_zero_copy(table, c) {
-                    Reaped::Done(u) => {
-                        tally.frame(frame_len);
-                        q.complete(u.head, u.len);
-                    }
-                    Reaped::Other(head, held, c) => slow.push((head, held, c)),
-                    Reaped::Unknown => tally.unknown += 1,
-                };
+                return reap_table(table, c, &mut tally, &mut slow, |u| q.complete(u.head, u.len));
             }
             let head = c.cookie as u16;
             if c.cookie & !LENT_COOKIE > u64::from(u16::MAX) {

@@ -209,22 +209,15 @@ impl<L: DescLayout> RxRing<L> {
     }
 
     /// Put a buffer at the tail; the NIC sees it after the driver writes RDT.
+    /// A run of one (`post_run` has the checks and the descriptor writes).
     #[inline(always)]
     pub fn post(&mut self, iova: u64, len: u32, cookie: u64) -> Result<(), DriverError> {
-        if len < self.max_frame || iova & 1 != 0 {
-            return Err(self.bad_rx_buffer(iova, len));
+        let mut one = Some((iova, cookie));
+        match self.post_run(len, || one.take()) {
+            (1, Ok(())) => Ok(()),
+            (_, Ok(())) => Err(DriverError::RingFull("RX")),
+            (_, Err(e)) => Err(e.error),
         }
-        if self.count + 1 >= self.size {
-            return Err(DriverError::RingFull("RX"));
-        }
-        let slot = self.tail;
-        // Buffer address; the second quadword zeroed (which also clears DD).
-        self.descs.u64_at(slot, 0).store(iova.to_le(), Ordering::Relaxed);
-        self.descs.u64_at(slot, QW1).store(0, Ordering::Relaxed);
-        self.cookies[slot] = cookie;
-        self.tail = (slot + 1) & (self.size - 1);
-        self.count += 1;
-        Ok(())
     }
 
     /// The cookie of every posted slot the caller has not reaped yet, in
@@ -246,7 +239,11 @@ impl<L: DescLayout> RxRing<L> {
         mut next: impl FnMut() -> Option<(u64, u64)>,
     ) -> (usize, Result<(), RxRunError>) {
         if len < self.max_frame {
-            return (0, Err(RxRunError { refused: None, error: self.bad_rx_buffer(0, len) }));
+            let error = DriverError::BadBuffer(format!(
+                "RX buffers of {len} bytes: the NIC may write {} bytes into each",
+                self.max_frame
+            ));
+            return (0, Err(RxRunError { refused: None, error }));
         }
         let (slots, cookies) = (*self.descs, &mut self.cookies[..]);
         // cookies.len() is the ring size: indices taken `& mask` need no
@@ -260,6 +257,7 @@ impl<L: DescLayout> RxRing<L> {
                 bad = Some((iova, cookie));
                 break;
             }
+            // Buffer address; the second quadword zeroed (which also clears DD).
             slots.u64_at(tail, 0).store(iova.to_le(), Ordering::Relaxed);
             slots.u64_at(tail, QW1).store(0, Ordering::Relaxed);
             cookies[tail & mask] = cookie;
@@ -272,17 +270,14 @@ impl<L: DescLayout> RxRing<L> {
         match bad {
             None => (posted, Ok(())),
             Some((iova, cookie)) => {
-                (posted, Err(RxRunError { refused: Some(cookie), error: self.bad_rx_buffer(iova, len) }))
+                (posted, Err(RxRunError { refused: Some(cookie), error: Self::bad_rx_buffer(iova, len) }))
             }
         }
     }
 
     #[cold]
-    fn bad_rx_buffer(&self, iova: u64, len: u32) -> DriverError {
-        DriverError::BadBuffer(format!(
-            "RX buffer {iova:#x}+{len} must be 2-byte aligned and at least {} bytes",
-            self.max_frame
-        ))
+    fn bad_rx_buffer(iova: u64, len: u32) -> DriverError {
+        DriverError::BadBuffer(format!("RX buffer {iova:#x}+{len} must be 2-byte aligned"))
     }
 
     /// Hand back every buffer the NIC finished, in ring order.

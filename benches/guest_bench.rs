@@ -13,8 +13,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use shimvmm_tests::{
-    alpine_cmdline, artifacts, plain_image, qemu_microvm_command, shimvmm_bin, test_image, GuestProcess,
-    scaled, PowerAction, QemuBootOptions, BOOT_PROBE_MARKER, BOOT_PROBE_SCRIPT, FIRST_INIT_MARKER,
+    alpine_cmdline, artifacts, plain_image, qemu_microvm_command, scaled, shimvmm_bin, test_image, GuestProcess,
+    PowerAction, QemuBootOptions, BOOT_PROBE_MARKER, BOOT_PROBE_SCRIPT, FIRST_INIT_MARKER,
 };
 
 /// Guest boots in the nested testbed on a loaded machine take minutes;
@@ -43,11 +43,13 @@ fn boot_once(vmm: &str, probe: bool) -> Result<(f64, Option<f64>), String> {
     let cmd = if vmm == "shimvmm" { shimvmm_cmd(image.path()) } else { qemu_cmd(image.path()) };
     let mut p = GuestProcess::spawn(vmm, cmd).map_err(|e| e.to_string())?;
     let r = (|| {
-        let init = p.wait_for_line(FIRST_INIT_MARKER, scaled(Duration::from_secs(TIMEOUT_S))).map_err(|e| e.to_string())?;
+        let init =
+            p.wait_for_line(FIRST_INIT_MARKER, scaled(Duration::from_secs(TIMEOUT_S))).map_err(|e| e.to_string())?;
         if !probe {
             return Ok((init.as_secs_f64(), None));
         }
-        let probe = p.wait_for_marker(BOOT_PROBE_MARKER, scaled(Duration::from_secs(TIMEOUT_S))).map_err(|e| e.to_string())?;
+        let probe =
+            p.wait_for_marker(BOOT_PROBE_MARKER, scaled(Duration::from_secs(TIMEOUT_S))).map_err(|e| e.to_string())?;
         Ok((init.as_secs_f64(), Some(probe.at.as_secs_f64())))
     })();
     // Only the time to the markers is measured: stop the VMM right away.
@@ -69,7 +71,10 @@ fn smaps_rss(pid: u32) -> Result<(u64, u64, String, Vec<String>), String> {
         if let Some((hdr, size, rss)) = cur.take() {
             let f: Vec<&str> = hdr.split_whitespace().collect();
             let name = f.get(5).copied().unwrap_or("").to_string();
-            all.push((rss, format!("{} {}", if name.is_empty() { "[anon]" } else { name.as_str() }, f.get(1).unwrap_or(&""))));
+            all.push((
+                rss,
+                format!("{} {}", if name.is_empty() { "[anon]" } else { name.as_str() }, f.get(1).unwrap_or(&"")),
+            ));
             let hit = name.is_empty() && size >= u64::from(MEM_MIB) * 1024;
             if hit && best.as_ref().is_none_or(|b| size > b.0) {
                 *best = Some((size, rss, hdr));
@@ -93,7 +98,7 @@ fn smaps_rss(pid: u32) -> Result<(u64, u64, String, Vec<String>), String> {
     }
     flush(&mut cur, &mut best);
     let (_, ram_rss, hdr) = best.ok_or_else(|| format!("no guest RAM mapping found in /proc/{pid}/smaps"))?;
-    all.sort_by(|a, b| b.0.cmp(&a.0));
+    all.sort_by_key(|a| std::cmp::Reverse(a.0));
     // The first entry is the guest RAM itself.
     let top = all.iter().skip(1).take(8).map(|(k, n)| format!("{k} {n}")).collect();
     Ok((total, ram_rss, hdr, top))
@@ -107,8 +112,7 @@ fn mem_once(vmm: &str) -> Result<serde_json::Value, String> {
         let at = p.wait_for_line("login:", scaled(Duration::from_secs(TIMEOUT_S))).map_err(|e| e.to_string())?;
         // Let the guest settle at its prompt.
         std::thread::sleep(Duration::from_secs(5));
-        let (total, ram, hdr, top) =
-            smaps_rss(p.pid())?;
+        let (total, ram, hdr, top) = smaps_rss(p.pid())?;
         Ok(serde_json::json!({
             "bench": "mem", "vmm": vmm, "login_prompt_s": at.as_secs_f64(),
             "rss_kib": total, "guest_ram_rss_kib": ram, "overhead_kib": total - ram,
@@ -133,10 +137,16 @@ fn main() {
                 for vmm in ["shimvmm", "qemu"] {
                     for attempt in 1..=MAX_ATTEMPTS {
                         let (v, ok) = match boot_once(vmm, probe) {
-                            Ok((init, probe)) => (serde_json::json!({"bench": "boot", "vmm": vmm, "run": i,
-                                "attempt": attempt, "first_init_s": init, "boot_probe_s": probe}), true),
-                            Err(e) => (serde_json::json!({"bench": "boot", "vmm": vmm, "run": i,
-                                "attempt": attempt, "error": e}), false),
+                            Ok((init, probe)) => (
+                                serde_json::json!({"bench": "boot", "vmm": vmm, "run": i,
+                                "attempt": attempt, "first_init_s": init, "boot_probe_s": probe}),
+                                true,
+                            ),
+                            Err(e) => (
+                                serde_json::json!({"bench": "boot", "vmm": vmm, "run": i,
+                                "attempt": attempt, "error": e}),
+                                false,
+                            ),
                         };
                         println!("{v}");
                         if ok {

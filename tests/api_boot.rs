@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use shimvmm_tests::{
-    alpine_test_cmdline, artifacts, one_vm_at_a_time, require_guest_env, scaled, shimvmm_bin,
-    test_image, GuestProcess, PowerAction,
+    alpine_test_cmdline, artifacts, one_vm_at_a_time, require_guest_env, scaled, shimvmm_bin, test_image, GuestProcess,
+    PowerAction,
 };
 
 /// Boot to the test script: 1-3 min in the nested testbed, over 10 min
@@ -165,9 +165,8 @@ impl Client {
             out.status,
             String::from_utf8_lossy(&out.stderr).trim()
         );
-        let (body, status) = text
-            .rsplit_once(STATUS_SEP)
-            .unwrap_or_else(|| panic!("curl {method} {path}: no status in {text:?}"));
+        let (body, status) =
+            text.rsplit_once(STATUS_SEP).unwrap_or_else(|| panic!("curl {method} {path}: no status in {text:?}"));
         Reply {
             status: status.trim().parse().unwrap_or_else(|_| panic!("curl {method} {path}: bad status {status:?}")),
             body: body.to_string(),
@@ -362,7 +361,8 @@ fn api_configures_boots_and_ctrl_alt_del_ends_the_guest() {
     // Right after the 204, without waiting: the VMM must already say Running.
     assert_eq!(api.state(), "Running");
 
-    let exit = vm.wait_for_guest_exit(scaled(BOOT_TIMEOUT)).unwrap_or_else(|e| panic!("guest script did not finish: {e}"));
+    let exit =
+        vm.wait_for_guest_exit(scaled(BOOT_TIMEOUT)).unwrap_or_else(|e| panic!("guest script did not finish: {e}"));
     assert_eq!(exit, 0, "guest test script failed; console:\n{}", vm.tail(40));
     println!("guest script ready {:.1} s after shimvmm started", marker_at(&vm, "ready"));
     check_guest_view(&vm);
@@ -465,12 +465,17 @@ fn boot_from_config_file(tag: &str, subnet: u8, api_sock: bool) {
         api.put_refused("/drives/rootfs", objects.rootfs.clone(), "after InstanceStart");
         api.put_refused("/actions", json!({"action_type": "InstanceStart"}), "already started");
     }
-    let exit = vm.wait_for_guest_exit(scaled(BOOT_TIMEOUT)).unwrap_or_else(|e| panic!("guest script did not finish: {e}"));
+    let exit =
+        vm.wait_for_guest_exit(scaled(BOOT_TIMEOUT)).unwrap_or_else(|e| panic!("guest script did not finish: {e}"));
     assert_eq!(exit, 0, "guest test script failed; console:\n{}", vm.tail(40));
     check_guest_view(&vm);
     let code = exit_code(&mut vm, scaled(SHUTDOWN_TIMEOUT), "after poweroff");
     assert_eq!(code, 0, "poweroff must end shimvmm with status 0; console:\n{}", vm.tail(40));
-    println!("{tag}: guest ready at {:.1} s, shimvmm exited 0 at {:.1} s", marker_at(&vm, "ready"), vm.elapsed().as_secs_f64());
+    println!(
+        "{tag}: guest ready at {:.1} s, shimvmm exited 0 at {:.1} s",
+        marker_at(&vm, "ready"),
+        vm.elapsed().as_secs_f64()
+    );
     check_counters(&read_json(&metrics_path), "config-file metrics at exit");
     if api_sock {
         assert!(!sock.exists(), "shimvmm left its API socket {} behind", sock.display());

@@ -22,9 +22,7 @@ use api::testing::RecordingController;
 use api::{serve_with, ServeOptions};
 use serde_json::Value;
 
-const HTTP_METHODS: &[&str] = &[
-    "get", "put", "post", "patch", "delete", "head", "options", "trace",
-];
+const HTTP_METHODS: &[&str] = &["get", "put", "post", "patch", "delete", "head", "options", "trace"];
 const VALIDATOR_VERSION: &str = "0.9.0";
 
 fn root() -> PathBuf {
@@ -54,11 +52,7 @@ fn deref<'a>(spec: &'a Value, v: &'a Value) -> &'a Value {
     match v.get("$ref").and_then(Value::as_str) {
         Some(r) => {
             let pointer = r.strip_prefix('#').expect("only local $refs");
-            deref(
-                spec,
-                spec.pointer(pointer)
-                    .unwrap_or_else(|| panic!("dangling $ref {r}")),
-            )
+            deref(spec, spec.pointer(pointer).unwrap_or_else(|| panic!("dangling $ref {r}")))
         }
         None => v,
     }
@@ -76,18 +70,9 @@ impl Server {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let sock = dir.join("api.sock");
-        let handle = serve_with(
-            &sock,
-            Arc::new(RecordingController::new()),
-            "spec".into(),
-            ServeOptions::default(),
-        )
-        .expect("serve");
-        Server {
-            handle: Some(handle),
-            dir,
-            sock,
-        }
+        let handle = serve_with(&sock, Arc::new(RecordingController::new()), "spec".into(), ServeOptions::default())
+            .expect("serve");
+        Server { handle: Some(handle), dir, sock }
     }
 
     /// One request over a fresh connection: (status, body).
@@ -102,15 +87,9 @@ impl Server {
         s.write_all(req.as_bytes()).unwrap();
         let mut resp = String::new();
         s.read_to_string(&mut resp).unwrap();
-        let status = resp
-            .split(' ')
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or_else(|| panic!("bad response {resp:?}"));
-        let body = resp
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default();
+        let status =
+            resp.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or_else(|| panic!("bad response {resp:?}"));
+        let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
         (status, body)
     }
 }
@@ -127,20 +106,12 @@ impl Drop for Server {
 #[test]
 fn spec_paths_and_methods_are_exactly_the_served_routes() {
     let in_spec = spec_operations(&spec());
-    let served: BTreeSet<(String, String)> = api::routes()
-        .iter()
-        .map(|r| (r.method.to_string(), r.path.to_string()))
-        .collect();
+    let served: BTreeSet<(String, String)> =
+        api::routes().iter().map(|r| (r.method.to_string(), r.path.to_string())).collect();
     let missing: Vec<_> = served.difference(&in_spec).collect();
     let extra: Vec<_> = in_spec.difference(&served).collect();
-    assert!(
-        missing.is_empty(),
-        "served but not in api_spec.yaml: {missing:?}"
-    );
-    assert!(
-        extra.is_empty(),
-        "in api_spec.yaml but not served: {extra:?}"
-    );
+    assert!(missing.is_empty(), "served but not in api_spec.yaml: {missing:?}");
+    assert!(extra.is_empty(), "in api_spec.yaml but not served: {extra:?}");
     assert!(served.len() >= 12);
 }
 
@@ -163,18 +134,12 @@ fn request_examples(spec: &Value) -> Vec<(String, String, String, Value)> {
         if let Some(ex) = media.get("example") {
             examples.push(("example".into(), ex.clone()));
         }
-        assert!(
-            !examples.is_empty(),
-            "{method} {path} takes a body but the spec gives no example"
-        );
+        assert!(!examples.is_empty(), "{method} {path} takes a body but the spec gives no example");
         for (name, value) in examples {
             out.push((method.clone(), path.clone(), name, value));
         }
     }
-    let rank = |(_, path, _, v): &(String, String, String, Value)| match (
-        path.as_str(),
-        v["action_type"].as_str(),
-    ) {
+    let rank = |(_, path, _, v): &(String, String, String, Value)| match (path.as_str(), v["action_type"].as_str()) {
         ("/actions", Some("InstanceStart")) => 1,
         ("/actions", _) => 2,
         _ => 0,
@@ -187,15 +152,12 @@ fn request_examples(spec: &Value) -> Vec<(String, String, String, Value)> {
 fn fill_path(template: &str, body: &Value) -> String {
     template
         .split('/')
-        .map(
-            |seg| match seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
-                Some(name) => body[name]
-                    .as_str()
-                    .unwrap_or_else(|| panic!("example for {template} lacks {name}"))
-                    .to_string(),
-                None => seg.to_string(),
-            },
-        )
+        .map(|seg| match seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+            Some(name) => {
+                body[name].as_str().unwrap_or_else(|| panic!("example for {template} lacks {name}")).to_string()
+            }
+            None => seg.to_string(),
+        })
         .collect::<Vec<_>>()
         .join("/")
 }
@@ -209,10 +171,7 @@ fn spec_request_examples_are_accepted_by_the_server() {
     for (method, template, name, body) in &examples {
         let path = fill_path(template, body);
         let (status, resp) = server.request(method, &path, Some(body));
-        assert!(
-            (200..300).contains(&status),
-            "example {name:?} of {method} {template} got {status}: {resp}"
-        );
+        assert!((200..300).contains(&status), "example {name:?} of {method} {template} got {status}: {resp}");
     }
 }
 
@@ -221,28 +180,15 @@ fn spec_request_examples_are_accepted_by_the_server() {
 fn check_against_schema(spec: &Value, schema: &Value, value: &Value, at: &str) {
     let schema = deref(spec, schema);
     if let Some(choices) = schema.get("enum").and_then(Value::as_array) {
-        assert!(
-            choices.contains(value),
-            "{at}: {value} is not one of {choices:?}"
-        );
+        assert!(choices.contains(value), "{at}: {value} is not one of {choices:?}");
     }
     match schema.get("type").and_then(Value::as_str) {
         Some("object") => {
-            let obj = value
-                .as_object()
-                .unwrap_or_else(|| panic!("{at}: expected an object, got {value}"));
+            let obj = value.as_object().unwrap_or_else(|| panic!("{at}: expected an object, got {value}"));
             let props = schema.get("properties").and_then(Value::as_object);
-            for req in schema
-                .get("required")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-            {
+            for req in schema.get("required").and_then(Value::as_array).into_iter().flatten() {
                 let req = req.as_str().unwrap();
-                assert!(
-                    obj.contains_key(req),
-                    "{at}: required field {req} missing in {value}"
-                );
+                assert!(obj.contains_key(req), "{at}: required field {req} missing in {value}");
             }
             if schema.get("additionalProperties") == Some(&Value::Bool(false)) {
                 for key in obj.keys() {
@@ -261,20 +207,12 @@ fn check_against_schema(spec: &Value, schema: &Value, value: &Value, at: &str) {
             }
         }
         Some("array") => {
-            for (i, item) in value
-                .as_array()
-                .unwrap_or_else(|| panic!("{at}: expected an array"))
-                .iter()
-                .enumerate()
-            {
+            for (i, item) in value.as_array().unwrap_or_else(|| panic!("{at}: expected an array")).iter().enumerate() {
                 check_against_schema(spec, &schema["items"], item, &format!("{at}[{i}]"));
             }
         }
         Some("string") => assert!(value.is_string(), "{at}: expected a string, got {value}"),
-        Some("integer") => assert!(
-            value.is_u64() || value.is_i64(),
-            "{at}: expected an integer, got {value}"
-        ),
+        Some("integer") => assert!(value.is_u64() || value.is_i64(), "{at}: expected an integer, got {value}"),
         Some("boolean") => assert!(value.is_boolean(), "{at}: expected a boolean, got {value}"),
         _ => {}
     }
@@ -290,8 +228,7 @@ fn served_responses_match_the_spec_schemas() {
                 continue;
             }
             let op = &spec["paths"][&path]["get"];
-            let schema =
-                &deref(&spec, &op["responses"]["200"])["content"]["application/json"]["schema"];
+            let schema = &deref(&spec, &op["responses"]["200"])["content"]["application/json"]["schema"];
             let (status, body) = server.request("GET", &path, None);
             assert_eq!(status, 200, "{stage} GET {path}: {body}");
             let value: Value = serde_json::from_str(&body).unwrap();
@@ -307,37 +244,20 @@ fn served_responses_match_the_spec_schemas() {
     let (status, body) = server.request("PUT", "/boot-source", Some(&serde_json::json!({"x": 1})));
     assert_eq!(status, 400);
     let error_schema = &spec["components"]["schemas"]["Error"];
-    check_against_schema(
-        &spec,
-        error_schema,
-        &serde_json::from_str(&body).unwrap(),
-        "400 body",
-    );
+    check_against_schema(&spec, error_schema, &serde_json::from_str(&body).unwrap(), "400 body");
     // The schema check itself rejects drift.
     let drifted = serde_json::json!({"fault_message": "x", "extra": 1});
-    let caught =
-        std::panic::catch_unwind(|| check_against_schema(&spec, error_schema, &drifted, "drift"));
+    let caught = std::panic::catch_unwind(|| check_against_schema(&spec, error_schema, &drifted, "drift"));
     assert!(caught.is_err(), "an undeclared field must be caught");
 }
 
 /// Hold an exclusive lock on `path` while `f` runs (other test processes or
 /// the devtool may be installing at the same time).
 fn with_lock<T>(path: &Path, f: impl FnOnce() -> T) -> T {
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path)
-        .unwrap();
+    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(path).unwrap();
     // SAFETY: flock on a descriptor we own; no memory is passed.
     let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
-    assert_eq!(
-        rc,
-        0,
-        "flock {}: {}",
-        path.display(),
-        std::io::Error::last_os_error()
-    );
+    assert_eq!(rc, 0, "flock {}: {}", path.display(), std::io::Error::last_os_error());
     let out = f();
     drop(file); // closing releases the lock
     out
@@ -360,10 +280,7 @@ fn validator() -> PathBuf {
             "python3 -m venv {0} && {0}/bin/pip install openapi-spec-validator=={VALIDATOR_VERSION}",
             venv.display()
         );
-        let status = Command::new("sh")
-            .arg("-c")
-            .arg(format!("{how} >&2"))
-            .status();
+        let status = Command::new("sh").arg("-c").arg(format!("{how} >&2")).status();
         match status {
             Ok(s) if s.success() && exe.exists() => {}
             other => panic!(
@@ -381,11 +298,7 @@ fn validate(exe: &Path, file: &Path) -> (bool, String) {
         .arg(file)
         .output()
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", exe.display()));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     (out.status.success(), text)
 }
 
@@ -393,10 +306,7 @@ fn validate(exe: &Path, file: &Path) -> (bool, String) {
 fn spec_is_valid_openapi_3() {
     let exe = validator();
     let (ok, text) = validate(&exe, &root().join("api_spec.yaml"));
-    assert!(
-        ok && text.contains("OK"),
-        "api_spec.yaml is not valid OpenAPI 3.0:\n{text}"
-    );
+    assert!(ok && text.contains("OK"), "api_spec.yaml is not valid OpenAPI 3.0:\n{text}");
 
     // The validator does reject a broken document (a response without a description).
     let broken = spec_text_with_broken_response();
@@ -411,11 +321,7 @@ fn spec_is_valid_openapi_3() {
 
 fn spec_text_with_broken_response() -> String {
     let mut spec = spec();
-    let resp = spec
-        .pointer_mut("/paths/~1version/get/responses/200")
-        .unwrap()
-        .as_object_mut()
-        .unwrap();
+    let resp = spec.pointer_mut("/paths/~1version/get/responses/200").unwrap().as_object_mut().unwrap();
     resp.remove("description");
     serde_yaml_ng::to_string(&spec).unwrap()
 }

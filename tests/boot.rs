@@ -75,7 +75,13 @@ fn topology_readonly_disk_and_durable_write_across_reboot() {
     std::fs::create_dir_all(dir.join("content")).unwrap();
     std::fs::write(dir.join("content/hello"), "read-only data\n").unwrap();
     let ro = dir.join("ro.ext4");
-    let st = Command::new("mkfs.ext4").args(["-q", "-F", "-d"]).arg(dir.join("content")).arg(&ro).arg("8M").status().unwrap();
+    let st = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-d"])
+        .arg(dir.join("content"))
+        .arg(&ro)
+        .arg("8M")
+        .status()
+        .unwrap();
     assert!(st.success(), "mkfs.ext4 failed");
     let before = std::fs::read(&ro).unwrap();
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
@@ -105,7 +111,11 @@ fn topology_readonly_disk_and_durable_write_across_reboot() {
     assert_eq!(marker(&vm, "fswrite"), "refused");
     assert_eq!(code, 0, "a guest reboot must end shimvmm with status 0");
     assert!(std::fs::read(&ro).unwrap() == before, "the read-only image changed");
-    assert_eq!(debugfs_cat(image.path(), "/root/durable.txt").trim(), token, "file not in the image after the VM stopped");
+    assert_eq!(
+        debugfs_cat(image.path(), "/root/durable.txt").trim(),
+        token,
+        "file not in the image after the VM stopped"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -133,11 +133,8 @@ fn dev_kvm_absent() {
         panic!("unshare (util-linux) is needed for this test");
     }
     let art = shimvmm_tests::artifacts();
-    let script = format!(
-        "mount -t tmpfs none /dev && exec {} --kernel {}",
-        shimvmm_bin().display(),
-        art.kernel.display()
-    );
+    let script =
+        format!("mount -t tmpfs none /dev && exec {} --kernel {}", shimvmm_bin().display(), art.kernel.display());
     let out = Command::new("unshare").args(["-m", "--propagation", "private", "sh", "-c", &script]).output().unwrap();
     if String::from_utf8_lossy(&out.stderr).contains("unshare failed") {
         panic!("cannot create a mount namespace here (need root): {}", String::from_utf8_lossy(&out.stderr));

@@ -21,10 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use net_util::*;
-use shimvmm_tests::{
-    one_vm_at_a_time, require_guest_env, test_image, GuestProcess,
-    PowerAction,
-};
+use shimvmm_tests::{one_vm_at_a_time, require_guest_env, test_image, GuestProcess, PowerAction};
 
 const GUEST_IP: &str = "192.0.2.10";
 const GUEST_CIDR: &str = "192.0.2.10/24";
@@ -74,9 +71,7 @@ fn shim_guest_pings_moves_64mib_each_way_and_survives_reset_under_flood() {
 
     // Reset under flood.
     let m = |name: &str| {
-        vm.wait_for_marker(name, GUEST_TIMEOUT)
-            .unwrap_or_else(|e| panic!("shim: no marker {name}: {e}"))
-            .value
+        vm.wait_for_marker(name, GUEST_TIMEOUT).unwrap_or_else(|e| panic!("shim: no marker {name}: {e}")).value
     };
     let dev = m("virtio-dev");
     assert!(dev.starts_with("virtio"), "eth0's device is {dev:?}");
@@ -124,8 +119,12 @@ fn shim_guest_pings_moves_64mib_each_way_and_survives_reset_under_flood() {
         .collect();
     eprintln!("shim: quiesce log lines after unbind: {quiesce_logs:#?}");
     assert!(!quiesce_logs.is_empty(), "no quiesce logged on the guest's unbind reset\n{tail}");
-    let errors: Vec<String> =
-        vm.lines().into_iter().filter(|l| l.text.contains("Z ERROR]") || l.text.contains("panicked")).map(|l| l.text).collect();
+    let errors: Vec<String> = vm
+        .lines()
+        .into_iter()
+        .filter(|l| l.text.contains("Z ERROR]") || l.text.contains("panicked"))
+        .map(|l| l.text)
+        .collect();
     assert!(errors.is_empty(), "shimvmm logged errors: {errors:#?}");
 
     let net = net_metrics(&metrics, NET_ID);

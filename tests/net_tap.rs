@@ -19,10 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use net_util::*;
-use shimvmm_tests::{
-    one_vm_at_a_time, require_guest_env, test_image, GuestProcess,
-    PowerAction,
-};
+use shimvmm_tests::{one_vm_at_a_time, require_guest_env, test_image, GuestProcess, PowerAction};
 
 const HOST_IP: &str = "192.0.2.129";
 const HOST_CIDR: &str = "192.0.2.129/25";

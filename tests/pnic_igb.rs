@@ -133,11 +133,7 @@ fn test_frame(dst: [u8; 6], tag: &str, len: usize) -> Vec<u8> {
 }
 
 fn rx_buf(head: u16, gpa: u64, len: u32) -> RxBuffer {
-    RxBuffer {
-        head,
-        segs: vec![(GuestAddress(gpa), len)],
-        len,
-    }
+    RxBuffer { head, segs: vec![(GuestAddress(gpa), len)], len }
 }
 
 /// Poll the shim (interrupt fds as wakeups, as the VMM does) until `want`
@@ -175,10 +171,7 @@ fn read(mem: &GuestMemory, gpa: u64, len: usize) -> Vec<u8> {
 
 fn peer(cmd: &str) -> std::process::Output {
     let ns = env("SHIMVMM_PEER_NS");
-    Command::new("ip")
-        .args(["netns", "exec", &ns, "sh", "-c", cmd])
-        .output()
-        .expect("ip netns exec")
+    Command::new("ip").args(["netns", "exec", &ns, "sh", "-c", cmd]).output().expect("ip netns exec")
 }
 
 fn arp_request(sender_mac: [u8; 6], sender_ip: [u8; 4], target_ip: [u8; 4]) -> Vec<u8> {
@@ -325,7 +318,12 @@ fn igb_shim_rx_lands_at_gpa_plus_12_and_tx_reaches_the_peer() {
         for u in reap_until(&mut s, &mem, 1, Duration::from_millis(200)) {
             let gpa = bufs[u.head as usize];
             let f = read(&mem, gpa + 12, u.len as usize - 12);
-            if f[..6] == MAC && f[12..14] == [8, 6] && f[20..22] == [0, 2] && f[28..32] == peer_ip && f[38..42] == OUR_IP {
+            if f[..6] == MAC
+                && f[12..14] == [8, 6]
+                && f[20..22] == [0, 2]
+                && f[28..32] == peer_ip
+                && f[38..42] == OUR_IP
+            {
                 reply = true;
             }
             s.post_rx(&mem, rx_buf(u.head, gpa, BUF_LEN)).unwrap();
@@ -338,11 +336,8 @@ fn igb_shim_rx_lands_at_gpa_plus_12_and_tx_reaches_the_peer() {
     s.quiesce();
     let chained: Vec<(u64, u64)> = (0..4).map(|i| (0x90_0000 + i * 0x1000, 0xa0_0000 + i * 0x1000)).collect();
     for (i, (h, d)) in chained.iter().enumerate() {
-        let b = RxBuffer {
-            head: 100 + i as u16,
-            segs: vec![(GuestAddress(*h), 12), (GuestAddress(*d), 1518)],
-            len: 1530,
-        };
+        let b =
+            RxBuffer { head: 100 + i as u16, segs: vec![(GuestAddress(*h), 12), (GuestAddress(*d), 1518)], len: 1530 };
         s.post_rx(&mem, b).unwrap();
     }
     let f = test_frame(MAC, "shimvmm-fallback", 700);

@@ -8,25 +8,19 @@
 //! SHIMVMM_QEMU_ACCEL=tcg runs it under TCG (slow, but it exercises the image).
 
 use shimvmm_tests::{
-    one_vm_at_a_time, qemu_reference_boot,
-    require_guest_env, Accel, QemuBootOptions, OPENRC_START_MARKER,
+    one_vm_at_a_time, qemu_reference_boot, require_guest_env, Accel, QemuBootOptions, OPENRC_START_MARKER,
 };
 
 #[test]
 fn qemu_microvm_boots_alpine_and_runs_test_script() {
     // Quiet, with OpenRC's banner as the first init marker, like the guest tests.
     let opts = QemuBootOptions { quiet: true, first_init_marker: OPENRC_START_MARKER, ..QemuBootOptions::default() };
-    if opts.accel == Accel::Kvm
-        && !require_guest_env("qemu_microvm_boots_alpine_and_runs_test_script")
-    {
+    if opts.accel == Accel::Kvm && !require_guest_env("qemu_microvm_boots_alpine_and_runs_test_script") {
         return;
     }
     let _vm = one_vm_at_a_time(); // the timing must not share the CPUs with another guest
     let t = qemu_reference_boot(&opts).unwrap_or_else(|e| panic!("reference boot failed: {e}"));
-    assert!(
-        t.first_init < t.test_script,
-        "init must run before the test script: {t:?}"
-    );
+    assert!(t.first_init < t.test_script, "init must run before the test script: {t:?}");
     assert!(t.test_script <= t.exited, "{t:?}");
     let accel = match opts.accel {
         Accel::Kvm => "",

@@ -110,8 +110,7 @@ fn vfio_container_supports_type1v2() {
     assert_char_device("/dev/vfio/vfio");
     let container = open_rw("/dev/vfio/vfio");
     assert_eq!(ioctl_noarg(&container, VFIO_GET_API_VERSION, 0).expect("VFIO_GET_API_VERSION"), VFIO_API_VERSION);
-    let has_type1v2 =
-        ioctl_noarg(&container, VFIO_CHECK_EXTENSION, VFIO_TYPE1V2_IOMMU).expect("VFIO_CHECK_EXTENSION");
+    let has_type1v2 = ioctl_noarg(&container, VFIO_CHECK_EXTENSION, VFIO_TYPE1V2_IOMMU).expect("VFIO_CHECK_EXTENSION");
     assert_eq!(has_type1v2, 1, "vfio_iommu_type1 must offer VFIO_TYPE1v2_IOMMU");
 }
 

@@ -32,7 +32,7 @@ fn tiny_elf(code: &[u8]) -> Vec<u8> {
     f.extend_from_slice(&56u16.to_le_bytes()); // e_phentsize
     f.extend_from_slice(&1u16.to_le_bytes()); // e_phnum
     f.extend_from_slice(&[0; 6]); // e_shentsize, e_shnum, e_shstrndx
-    // Program header.
+                                  // Program header.
     f.extend_from_slice(&PT_LOAD.to_le_bytes());
     f.extend_from_slice(&PF_RX.to_le_bytes());
     f.extend_from_slice(&CODE_OFFSET.to_le_bytes()); // p_offset

@@ -14,8 +14,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use shimvmm_tests::{
-    alpine_test_cmdline, artifacts, one_vm_at_a_time, require_guest_env, shimvmm_bin, test_image,
-    GuestProcess, PowerAction,
+    alpine_test_cmdline, artifacts, one_vm_at_a_time, require_guest_env, shimvmm_bin, test_image, GuestProcess,
+    PowerAction,
 };
 
 /// The guest side. Disks: vda root, vdb read-only pattern, vdc blank
@@ -54,8 +54,7 @@ struct Disks(PathBuf);
 impl Disks {
     fn new() -> Disks {
         let dir = std::env::temp_dir().join(format!("shimvmm-blk-guest-{}", std::process::id()));
-        std::fs::create_dir_all(&dir)
-            .unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
         Disks(dir)
     }
 
@@ -84,16 +83,9 @@ fn pattern(len: usize, seed: u32) -> Vec<u8> {
 }
 
 fn md5_of(path: &Path) -> String {
-    let out = Command::new("md5sum")
-        .arg(path)
-        .output()
-        .expect("run md5sum");
+    let out = Command::new("md5sum").arg(path).output().expect("run md5sum");
     assert!(out.status.success(), "md5sum {} failed", path.display());
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_string()
+    String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap_or_default().to_string()
 }
 
 fn disk_arg(path: &Path, extra: &str) -> String {
@@ -121,15 +113,7 @@ fn linux_guest_reads_writes_flushes_and_identifies_disks() {
         .arg(&art.initrd)
         .arg("--cmdline")
         .arg(alpine_test_cmdline())
-        .args([
-            "--mem",
-            "512",
-            "--vcpus",
-            "1",
-            "--no-api",
-            "--log-level",
-            "info",
-        ])
+        .args(["--mem", "512", "--vcpus", "1", "--no-api", "--log-level", "info"])
         .arg("--metrics-path")
         .arg(&metrics)
         .arg("--disk")
@@ -144,21 +128,10 @@ fn linux_guest_reads_writes_flushes_and_identifies_disks() {
     let guest_exit = vm.wait_for_guest_exit(GUEST_TIMEOUT);
     let status = vm.exit_status(Duration::from_secs(60));
     let tail = vm.tail(60);
-    assert_eq!(
-        guest_exit.as_ref().ok(),
-        Some(&0),
-        "guest script did not finish cleanly: {guest_exit:?}\n{tail}"
-    );
-    assert!(
-        status.as_ref().is_ok_and(|s| s.success()),
-        "shimvmm exit: {status:?}\n{tail}"
-    );
+    assert_eq!(guest_exit.as_ref().ok(), Some(&0), "guest script did not finish cleanly: {guest_exit:?}\n{tail}");
+    assert!(status.as_ref().is_ok_and(|s| s.success()), "shimvmm exit: {status:?}\n{tail}");
 
-    let m = |name: &str| {
-        vm.marker(name)
-            .map(|m| m.value)
-            .unwrap_or_else(|| panic!("no marker {name}\n{tail}"))
-    };
+    let m = |name: &str| vm.marker(name).map(|m| m.value).unwrap_or_else(|| panic!("no marker {name}\n{tail}"));
     // Config space (capacity) and GET_ID.
     assert_eq!(m("size-vdb"), (RO_SIZE / SECTOR).to_string());
     assert_eq!(m("size-vdc"), (COPY_SIZE / SECTOR).to_string());
@@ -177,24 +150,15 @@ fn linux_guest_reads_writes_flushes_and_identifies_disks() {
     assert_eq!(m("md5-vdc"), md5_of(&src));
     assert_eq!(m("io-errors"), "0");
     // The host sees the guest's writes in the image; the read-only images are untouched.
-    assert!(
-        std::fs::read(&rw).unwrap() == pattern(COPY_SIZE, 2),
-        "rw.img differs from what the guest copied"
-    );
-    assert!(
-        std::fs::read(&ro).unwrap() == pattern(RO_SIZE, 1),
-        "ro.img was modified"
-    );
+    assert!(std::fs::read(&rw).unwrap() == pattern(COPY_SIZE, 2), "rw.img differs from what the guest copied");
+    assert!(std::fs::read(&ro).unwrap() == pattern(RO_SIZE, 1), "ro.img was modified");
 
     // Device counters, if the VMM wrote them.
     if let Ok(text) = std::fs::read_to_string(&metrics) {
         let v: serde_json::Value = serde_json::from_str(&text).expect("metrics file is JSON");
         if let Some(rw) = v.pointer("/block/rw-disk") {
             assert!(rw["writes"].as_u64().unwrap_or(0) >= 1, "{rw}");
-            assert!(
-                rw["write_bytes"].as_u64().unwrap_or(0) >= COPY_SIZE as u64,
-                "{rw}"
-            );
+            assert!(rw["write_bytes"].as_u64().unwrap_or(0) >= COPY_SIZE as u64, "{rw}");
             assert!(rw["flushes"].as_u64().unwrap_or(0) >= 1, "{rw}");
             assert_eq!(rw["errors"], 0, "{rw}");
             assert_eq!(rw["malformed_total"], 0, "{rw}");

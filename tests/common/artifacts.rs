@@ -71,8 +71,7 @@ pub fn artifacts() -> &'static Artifacts {
                 String::from_utf8_lossy(&out.stderr).trim()
             );
         }
-        parse_paths(&stdout)
-            .unwrap_or_else(|e| panic!("`tools/guest-artifacts paths`: {e}; output was:\n{stdout}"))
+        parse_paths(&stdout).unwrap_or_else(|e| panic!("`tools/guest-artifacts paths`: {e}; output was:\n{stdout}"))
     })
 }
 
@@ -85,19 +84,13 @@ fn parse_paths(text: &str) -> Result<Artifacts, String> {
             .ok_or_else(|| format!("no {key}= line"))?;
         Ok(PathBuf::from(shell_unquote(line)?))
     };
-    Ok(Artifacts {
-        kernel: get("KERNEL")?,
-        initrd: get("INITRD")?,
-        rootfs: get("ROOTFS")?,
-    })
+    Ok(Artifacts { kernel: get("KERNEL")?, initrd: get("INITRD")?, rootfs: get("ROOTFS")? })
 }
 
 /// Undoes bash `printf %q` for the backslash and single-quote forms.
 fn shell_unquote(s: &str) -> Result<String, String> {
     if s.starts_with("$'") {
-        return Err(format!(
-            "unsupported $'...' quoting in {s:?} (path with control characters?)"
-        ));
+        return Err(format!("unsupported $'...' quoting in {s:?} (path with control characters?)"));
     }
     let mut out = String::new();
     let mut chars = s.chars();
@@ -171,12 +164,8 @@ fn temp_image_dir() -> TempImage {
         std::process::id(),
         SEQ.fetch_add(1, Ordering::Relaxed)
     ));
-    std::fs::create_dir_all(&dir)
-        .unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
-    TempImage {
-        image: dir.join("rootfs.raw"),
-        dir,
-    }
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+    TempImage { image: dir.join("rootfs.raw"), dir }
 }
 
 /// A private copy of the plain Alpine rootfs (boots to a login prompt on
@@ -190,12 +179,7 @@ pub fn plain_image() -> TempImage {
         .arg(&temp.image)
         .status()
         .unwrap_or_else(|e| panic!("cannot run cp: {e}"));
-    assert!(
-        status.success(),
-        "cp {} {} failed ({status})",
-        art.rootfs.display(),
-        temp.image.display()
-    );
+    assert!(status.success(), "cp {} {} failed ({status})", art.rootfs.display(), temp.image.display());
     temp
 }
 
@@ -207,8 +191,7 @@ pub fn test_image(script: &str, after: PowerAction) -> TempImage {
     let art = artifacts();
     let temp = temp_image_dir();
     let script_path = temp.dir.join("test.sh");
-    std::fs::write(&script_path, script)
-        .unwrap_or_else(|e| panic!("cannot write {}: {e}", script_path.display()));
+    std::fs::write(&script_path, script).unwrap_or_else(|e| panic!("cannot write {}: {e}", script_path.display()));
     let out = Command::new(guest_artifacts_tool())
         .arg("test-image")
         .arg("--script")
@@ -238,8 +221,7 @@ mod tests {
 
     #[test]
     fn parses_tool_paths() {
-        let a =
-            parse_paths("KERNEL=/c/k\nINITRD=/c/i\\ x\nROOTFS='/c/r'\nCMDLINE=a\\ b\n").unwrap();
+        let a = parse_paths("KERNEL=/c/k\nINITRD=/c/i\\ x\nROOTFS='/c/r'\nCMDLINE=a\\ b\n").unwrap();
         assert_eq!(a.kernel, PathBuf::from("/c/k"));
         assert_eq!(a.initrd, PathBuf::from("/c/i x"));
         assert_eq!(a.rootfs, PathBuf::from("/c/r"));
@@ -252,14 +234,8 @@ mod tests {
     /// must not drift from the harness's.
     #[test]
     fn tool_cmdline_matches_harness() {
-        let out = Command::new(guest_artifacts_tool())
-            .arg("cmdline")
-            .output()
-            .expect("run tools/guest-artifacts");
+        let out = Command::new(guest_artifacts_tool()).arg("cmdline").output().expect("run tools/guest-artifacts");
         assert!(out.status.success());
-        assert_eq!(
-            String::from_utf8_lossy(&out.stdout).trim(),
-            alpine_cmdline()
-        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), alpine_cmdline());
     }
 }

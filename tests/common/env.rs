@@ -11,10 +11,7 @@ pub const REQUIRE_GUEST_ENV: &str = "SHIMVMM_REQUIRE_GUEST";
 /// True when `flags` (the value of a /proc/cpuinfo `flags` line) has
 /// hardware virtualisation.
 fn has_virt_flag(cpuinfo: &str) -> bool {
-    cpuinfo
-        .lines()
-        .filter(|l| l.starts_with("flags"))
-        .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"))
+    cpuinfo.lines().filter(|l| l.starts_with("flags")).any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"))
 }
 
 /// Why guests cannot run here, or `None` if they can. The host's paravirtual
@@ -55,11 +52,7 @@ fn target_dirs() -> Vec<PathBuf> {
     let mut dirs = Vec::new();
     if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
         let dir = PathBuf::from(dir);
-        dirs.push(if dir.is_absolute() {
-            dir
-        } else {
-            crate::repo_root().join(dir)
-        });
+        dirs.push(if dir.is_absolute() { dir } else { crate::repo_root().join(dir) });
     }
     // A test binary lives in <target>/<profile>/deps/.
     if let Ok(exe) = std::env::current_exe() {

@@ -64,14 +64,8 @@ impl fmt::Display for HarnessError {
                 after.as_secs_f64()
             ),
             HarnessError::Exited { what, status, tail } => {
-                let status = status.map_or_else(
-                    || "closed its output".to_string(),
-                    |s| format!("exited ({s})"),
-                );
-                write!(
-                    f,
-                    "process {status} before {what}; last console lines:\n{tail}"
-                )
+                let status = status.map_or_else(|| "closed its output".to_string(), |s| format!("exited ({s})"));
+                write!(f, "process {status} before {what}; last console lines:\n{tail}")
             }
             HarnessError::GuestReset { what, tail } => write!(
                 f,

@@ -69,10 +69,7 @@ pub fn build_kernel_script() -> PathBuf {
 /// The microVM kernel if it has been built on this machine (the testbed sees
 /// the host's cache read-only, so build it on the host first).
 pub fn microvm_boot() -> Option<GuestBoot> {
-    let out = Command::new(build_kernel_script())
-        .arg("--paths")
-        .output()
-        .ok()?;
+    let out = Command::new(build_kernel_script()).arg("--paths").output().ok()?;
     if !out.status.success() {
         return None;
     }

@@ -19,20 +19,18 @@ mod process;
 mod reference;
 
 pub use artifacts::{
-    alpine_cmdline, alpine_test_cmdline, artifacts, guest_artifacts_tool, plain_image, repo_root, test_image, Artifacts,
-    PowerAction, TempImage,
+    alpine_cmdline, alpine_test_cmdline, artifacts, guest_artifacts_tool, plain_image, repo_root, test_image,
+    Artifacts, PowerAction, TempImage,
 };
 pub use env::{require_guest_env, shimvmm_bin, REQUIRE_GUEST_ENV, TESTBED_ENV};
 pub use error::{HarnessError, Result};
 pub use kernel::{
-    alpine_boot, build_kernel_script, guest_boot, guest_kernel_from_env, microvm_boot,
-    microvm_cmdline, GuestBoot, GuestKernel,
+    alpine_boot, build_kernel_script, guest_boot, guest_kernel_from_env, microvm_boot, microvm_cmdline, GuestBoot,
+    GuestKernel,
 };
-pub use markers::{
-    parse_exit, parse_marker, Marker, EXIT_TOKEN, MARKER_TOKEN, SCRIPT_START_MARKER,
-};
+pub use markers::{parse_exit, parse_marker, Marker, EXIT_TOKEN, MARKER_TOKEN, SCRIPT_START_MARKER};
 pub use process::{one_vm_at_a_time, GuestProcess, Line, Stream, TAIL_LINES};
 pub use reference::{
-    qemu_bin, qemu_microvm_command, qemu_reference_boot, scaled, Accel, BootTimings,
-    QemuBootOptions, BOOT_PROBE_MARKER, BOOT_PROBE_SCRIPT, FIRST_INIT_MARKER, OPENRC_START_MARKER,
+    qemu_bin, qemu_microvm_command, qemu_reference_boot, scaled, Accel, BootTimings, QemuBootOptions,
+    BOOT_PROBE_MARKER, BOOT_PROBE_SCRIPT, FIRST_INIT_MARKER, OPENRC_START_MARKER,
 };

@@ -69,34 +69,23 @@ mod tests {
 
     #[test]
     fn marker_at_line_start() {
-        assert_eq!(
-            parse_marker("SHIMVMM-MARKER rx-bytes 1500"),
-            Some(("rx-bytes".into(), "1500".into()))
-        );
+        assert_eq!(parse_marker("SHIMVMM-MARKER rx-bytes 1500"), Some(("rx-bytes".into(), "1500".into())));
     }
 
     #[test]
     fn marker_value_keeps_inner_spaces_and_drops_cr() {
-        assert_eq!(
-            parse_marker("SHIMVMM-MARKER hello  world 42 \r"),
-            Some(("hello".into(), "world 42".into()))
-        );
+        assert_eq!(parse_marker("SHIMVMM-MARKER hello  world 42 \r"), Some(("hello".into(), "world 42".into())));
     }
 
     #[test]
     fn marker_without_value() {
-        assert_eq!(
-            parse_marker("SHIMVMM-MARKER ready"),
-            Some(("ready".into(), String::new()))
-        );
+        assert_eq!(parse_marker("SHIMVMM-MARKER ready"), Some(("ready".into(), String::new())));
     }
 
     #[test]
     fn marker_after_unterminated_openrc_line() {
         assert_eq!(
-            parse_marker(
-                "local                | * Starting local ...SHIMVMM-MARKER script-start 29.64"
-            ),
+            parse_marker("local                | * Starting local ...SHIMVMM-MARKER script-start 29.64"),
             Some(("script-start".into(), "29.64".into()))
         );
     }
@@ -109,10 +98,7 @@ mod tests {
 
     #[test]
     fn trace_then_real_marker_on_one_line() {
-        assert_eq!(
-            parse_marker("+ echo 'SHIMVMM-MARKER a 1' ...SHIMVMM-MARKER b 2"),
-            Some(("b".into(), "2".into()))
-        );
+        assert_eq!(parse_marker("+ echo 'SHIMVMM-MARKER a 1' ...SHIMVMM-MARKER b 2"), Some(("b".into(), "2".into())));
     }
 
     #[test]

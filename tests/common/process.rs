@@ -106,31 +106,18 @@ impl GuestProcess {
     /// echoed console lines (echo goes to the test's stderr, which libtest
     /// captures and shows on failure; set SHIMVMM_TEST_ECHO=0 to silence it).
     pub fn spawn(name: &str, mut cmd: Command) -> Result<GuestProcess> {
-        cmd.stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
         let started = Instant::now();
-        let mut child = cmd.spawn().map_err(|e| {
-            HarnessError::Setup(format!("cannot spawn {:?}: {e}", cmd.get_program()))
-        })?;
+        let mut child =
+            cmd.spawn().map_err(|e| HarnessError::Setup(format!("cannot spawn {:?}: {e}", cmd.get_program())))?;
         let shared = Arc::new(Shared {
-            state: Mutex::new(State {
-                open: 2,
-                boot_silence: Some(BOOT_SILENCE),
-                ..State::default()
-            }),
+            state: Mutex::new(State { open: 2, boot_silence: Some(BOOT_SILENCE), ..State::default() }),
             cond: Condvar::new(),
         });
         let echo = std::env::var("SHIMVMM_TEST_ECHO").map_or(true, |v| v != "0");
         let mut readers = Vec::new();
-        let stdout = child
-            .stdout
-            .take()
-            .map(|s| Box::new(s) as Box<dyn Read + Send>);
-        let stderr = child
-            .stderr
-            .take()
-            .map(|s| Box::new(s) as Box<dyn Read + Send>);
+        let stdout = child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>);
+        let stderr = child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>);
         for (stream, pipe) in [(Stream::Stdout, stdout), (Stream::Stderr, stderr)] {
             let Some(pipe) = pipe else {
                 shared.lock().open -= 1;
@@ -138,27 +125,15 @@ impl GuestProcess {
             };
             let shared = Arc::clone(&shared);
             let prefix = if echo { Some(name.to_string()) } else { None };
-            readers.push(std::thread::spawn(move || {
-                read_lines(pipe, stream, started, &shared, prefix)
-            }));
+            readers.push(std::thread::spawn(move || read_lines(pipe, stream, started, &shared, prefix)));
         }
         if std::path::Path::new(KVM_DEBUGFS).is_dir() {
             let shared = Arc::clone(&shared);
             let pid = child.id();
-            std::thread::spawn(move || {
-                watch_vm_exits(&shared, NO_EXITS_HANG, WATCH_EVERY, || vm_exits(pid))
-            });
+            std::thread::spawn(move || watch_vm_exits(&shared, NO_EXITS_HANG, WATCH_EVERY, || vm_exits(pid)));
         }
         let stdin = child.stdin.take();
-        Ok(GuestProcess {
-            name: name.to_string(),
-            child,
-            stdin,
-            started,
-            shared,
-            readers,
-            status: None,
-        })
+        Ok(GuestProcess { name: name.to_string(), child, stdin, started, shared, readers, status: None })
     }
 
     /// The child's process id.
@@ -173,10 +148,7 @@ impl GuestProcess {
 
     /// Writes to the child's stdin (the guest's serial input with `-serial stdio`).
     pub fn send(&mut self, bytes: &[u8]) -> Result<()> {
-        let stdin = self
-            .stdin
-            .as_mut()
-            .ok_or_else(|| HarnessError::Setup("stdin already closed".into()))?;
+        let stdin = self.stdin.as_mut().ok_or_else(|| HarnessError::Setup("stdin already closed".into()))?;
         stdin.write_all(bytes)?;
         stdin.flush()?;
         Ok(())
@@ -201,44 +173,26 @@ impl GuestProcess {
     /// Waits until a line (or the unterminated text) contains `pattern`,
     /// searching all output since spawn; returns when it arrived.
     pub fn wait_for_line(&self, pattern: &str, timeout: Duration) -> Result<Duration> {
-        self.wait_for(&format!("{pattern:?}"), timeout, |line| {
-            line.contains(pattern)
-        })
+        self.wait_for(&format!("{pattern:?}"), timeout, |line| line.contains(pattern))
     }
 
     /// Waits until a line satisfies `pred`; `what` names it in errors.
-    pub fn wait_for(
-        &self,
-        what: &str,
-        timeout: Duration,
-        pred: impl Fn(&str) -> bool,
-    ) -> Result<Duration> {
-        self.wait_map(what, timeout, true, |line| {
-            pred(&line.text).then_some(line.at)
-        })
+    pub fn wait_for(&self, what: &str, timeout: Duration, pred: impl Fn(&str) -> bool) -> Result<Duration> {
+        self.wait_map(what, timeout, true, |line| pred(&line.text).then_some(line.at))
     }
 
     /// Waits until `marker <name> ...` arrives; returns the first such marker.
     pub fn wait_for_marker(&self, name: &str, timeout: Duration) -> Result<Marker> {
         self.wait_map(&format!("marker {name:?}"), timeout, false, |line| {
             let (n, value) = parse_marker(&line.text)?;
-            (n == name).then_some(Marker {
-                name: n,
-                value,
-                at: line.at,
-            })
+            (n == name).then_some(Marker { name: n, value, at: line.at })
         })
     }
 
     /// Waits for the guest runner's `SHIMVMM-EXIT <status>` line; returns the
     /// test script's exit status.
     pub fn wait_for_guest_exit(&self, timeout: Duration) -> Result<i32> {
-        self.wait_map(
-            "the guest test script's SHIMVMM-EXIT line",
-            timeout,
-            false,
-            |line| parse_exit(&line.text),
-        )
+        self.wait_map("the guest test script's SHIMVMM-EXIT line", timeout, false, |line| parse_exit(&line.text))
     }
 
     /// All markers so far, in arrival order.
@@ -247,13 +201,7 @@ impl GuestProcess {
         state
             .lines
             .iter()
-            .filter_map(|l| {
-                parse_marker(&l.text).map(|(name, value)| Marker {
-                    name,
-                    value,
-                    at: l.at,
-                })
-            })
+            .filter_map(|l| parse_marker(&l.text).map(|(name, value)| Marker { name, value, at: l.at }))
             .collect()
     }
 
@@ -264,11 +212,7 @@ impl GuestProcess {
 
     /// The test script's exit status if its `SHIMVMM-EXIT` line has arrived.
     pub fn guest_exit(&self) -> Option<i32> {
-        self.shared
-            .lock()
-            .lines
-            .iter()
-            .find_map(|l| parse_exit(&l.text))
+        self.shared.lock().lines.iter().find_map(|l| parse_exit(&l.text))
     }
 
     /// Waits for the process to exit. On timeout it is killed and an error
@@ -318,12 +262,7 @@ impl GuestProcess {
             if now >= deadline {
                 return;
             }
-            state = self
-                .shared
-                .cond
-                .wait_timeout(state, deadline - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+            state = self.shared.cond.wait_timeout(state, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
         }
         drop(state);
         for reader in self.readers.drain(..) {
@@ -333,24 +272,14 @@ impl GuestProcess {
 
     /// The error for a wait the guest can no longer satisfy (`why`: RCU stall, soft lockup or hang).
     fn guest_stopped(&self, what: &str, why: String) -> HarnessError {
-        HarnessError::GuestStalled {
-            what: what.to_string(),
-            line: why,
-            tail: self.tail(TAIL_LINES),
-        }
+        HarnessError::GuestStalled { what: what.to_string(), line: why, tail: self.tail(TAIL_LINES) }
     }
 
     /// Scans all lines (old and new, plus unterminated text if `partial`) with
     /// `f` until it yields a value, the timeout passes, or the output closes.
     /// Markers are matched on complete lines only: a half-received line
     /// would yield a truncated value.
-    fn wait_map<T>(
-        &self,
-        what: &str,
-        timeout: Duration,
-        partial: bool,
-        f: impl Fn(&Line) -> Option<T>,
-    ) -> Result<T> {
+    fn wait_map<T>(&self, what: &str, timeout: Duration, partial: bool, f: impl Fn(&Line) -> Option<T>) -> Result<T> {
         let deadline = Instant::now() + timeout;
         let mut scanned = 0;
         let mut state = self.shared.lock();
@@ -375,11 +304,7 @@ impl GuestProcess {
                 if !partial || state.partial[i].is_empty() {
                     continue;
                 }
-                let line = Line {
-                    stream,
-                    at: self.started.elapsed(),
-                    text: state.partial[i].clone(),
-                };
+                let line = Line { stream, at: self.started.elapsed(), text: state.partial[i].clone() };
                 if let Some(v) = f(&line) {
                     return Ok(v);
                 }
@@ -447,9 +372,7 @@ const WATCH_EVERY: Duration = Duration::from_secs(5);
 fn guest_exits_in(root: &std::path::Path, pid: u32) -> Option<u64> {
     let prefix = format!("{pid}-");
     let read = |dir: &std::path::Path, name: &str| {
-        std::fs::read_to_string(dir.join(name))
-            .ok()
-            .and_then(|t| t.trim().parse::<u64>().ok())
+        std::fs::read_to_string(dir.join(name)).ok().and_then(|t| t.trim().parse::<u64>().ok())
     };
     let mut total = None;
     for entry in std::fs::read_dir(root).ok()?.flatten() {
@@ -472,12 +395,7 @@ fn vm_exits(pid: u32) -> Option<u64> {
 
 /// Marks the guest hung (and wakes every waiter) once its VM exit count has not
 /// moved for `limit`. Ends when the process's output closes or it is dropped.
-fn watch_vm_exits(
-    shared: &Shared,
-    limit: Duration,
-    every: Duration,
-    exits_now: impl Fn() -> Option<u64>,
-) {
+fn watch_vm_exits(shared: &Shared, limit: Duration, every: Duration, exits_now: impl Fn() -> Option<u64>) {
     let mut last: Option<(u64, Instant)> = None;
     loop {
         std::thread::sleep(every);
@@ -514,8 +432,7 @@ fn watch_vm_exits(
 /// soft lockup - CPU#0 stuck for 105s!", seen when a CPU waits forever for
 /// another to answer an IPI).
 fn is_stall_report(text: &str) -> bool {
-    text.find("rcu: INFO: ").is_some_and(|i| text[i..].contains("stall"))
-        || text.contains("watchdog: BUG: soft lockup")
+    text.find("rcu: INFO: ").is_some_and(|i| text[i..].contains("stall")) || text.contains("watchdog: BUG: soft lockup")
 }
 
 impl Drop for GuestProcess {
@@ -526,26 +443,13 @@ impl Drop for GuestProcess {
 }
 
 fn tail_of(state: &State, n: usize) -> String {
-    let mut out: Vec<String> = state
-        .lines
-        .iter()
-        .rev()
-        .take(n)
-        .rev()
-        .map(|l| l.text.clone())
-        .collect();
+    let mut out: Vec<String> = state.lines.iter().rev().take(n).rev().map(|l| l.text.clone()).collect();
     out.extend(state.partial.iter().filter(|p| !p.is_empty()).cloned());
     out.join("\n")
 }
 
 /// Reader thread body: splits `pipe` into lines and publishes them.
-fn read_lines(
-    mut pipe: Box<dyn Read + Send>,
-    stream: Stream,
-    started: Instant,
-    shared: &Shared,
-    echo: Option<String>,
-) {
+fn read_lines(mut pipe: Box<dyn Read + Send>, stream: Stream, started: Instant, shared: &Shared, echo: Option<String>) {
     let idx = stream as usize;
     let mut buf = [0u8; 4096];
     let mut pending: Vec<u8> = Vec::new();
@@ -576,11 +480,7 @@ fn read_lines(
     let mut state = shared.lock();
     if !pending.is_empty() {
         let text = clean(&pending);
-        state.lines.push(Line {
-            stream,
-            at: started.elapsed(),
-            text,
-        });
+        state.lines.push(Line { stream, at: started.elapsed(), text });
     }
     state.partial[idx].clear();
     state.open -= 1;
@@ -589,9 +489,7 @@ fn read_lines(
 
 /// Bytes to text: lossy UTF-8, without trailing `\r`.
 fn clean(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes)
-        .trim_end_matches('\r')
-        .to_string()
+    String::from_utf8_lossy(bytes).trim_end_matches('\r').to_string()
 }
 
 #[cfg(test)]
@@ -606,21 +504,15 @@ mod tests {
 
     #[test]
     fn waits_for_lines_and_timestamps_them() {
-        let mut p = sh("echo first; sleep 0.3; printf 'SHIMVMM-MARKER ready 1\\r\\n'; echo oops >&2; echo 'SHIMVMM-EXIT 5'");
+        let mut p =
+            sh("echo first; sleep 0.3; printf 'SHIMVMM-MARKER ready 1\\r\\n'; echo oops >&2; echo 'SHIMVMM-EXIT 5'");
         let first = p.wait_for_line("first", Duration::from_secs(10)).unwrap();
         let ready = p.wait_for_marker("ready", Duration::from_secs(10)).unwrap();
         assert_eq!(ready.value, "1");
-        assert!(
-            ready.at >= first + Duration::from_millis(250),
-            "{first:?} {:?}",
-            ready.at
-        );
+        assert!(ready.at >= first + Duration::from_millis(250), "{first:?} {:?}", ready.at);
         assert_eq!(p.wait_for_guest_exit(Duration::from_secs(10)).unwrap(), 5);
         assert!(p.exit_status(Duration::from_secs(10)).unwrap().success());
-        assert!(p
-            .lines()
-            .iter()
-            .any(|l| l.stream == Stream::Stderr && l.text == "oops"));
+        assert!(p.lines().iter().any(|l| l.stream == Stream::Stderr && l.text == "oops"));
         assert_eq!(p.markers().len(), 1);
         assert_eq!(p.guest_exit(), Some(5));
     }
@@ -638,7 +530,9 @@ mod tests {
 
     #[test]
     fn silence_after_a_marker_or_prompt_is_not_a_hang() {
-        for script in ["printf 'SHIMVMM-MARKER script-start 1\\n'; exec sleep 30", "printf 'localhost login: '; exec sleep 30"] {
+        for script in
+            ["printf 'SHIMVMM-MARKER script-start 1\\n'; exec sleep 30", "printf 'localhost login: '; exec sleep 30"]
+        {
             let p = sh(script);
             p.set_boot_silence(Some(Duration::from_millis(300)));
             std::thread::sleep(Duration::from_millis(500));
@@ -656,23 +550,15 @@ mod tests {
         assert!(start.elapsed() < Duration::from_secs(5));
         let msg = err.to_string();
         assert!(msg.contains("timed out"), "{msg}");
-        assert!(
-            msg.contains("line50") && msg.contains("line11") && !msg.contains("line10\n"),
-            "{msg}"
-        );
-        assert!(
-            p.exit_status(Duration::from_secs(1)).is_ok(),
-            "killed process must be reaped"
-        );
+        assert!(msg.contains("line50") && msg.contains("line11") && !msg.contains("line10\n"), "{msg}");
+        assert!(p.exit_status(Duration::from_secs(1)).is_ok(), "killed process must be reaped");
     }
 
     #[test]
     fn wait_fails_fast_when_output_closes() {
         let p = sh("echo only");
         let start = Instant::now();
-        let err = p
-            .wait_for_line("never", Duration::from_secs(30))
-            .unwrap_err();
+        let err = p.wait_for_line("never", Duration::from_secs(30)).unwrap_err();
         assert!(matches!(err, HarnessError::Exited { .. }), "{err}");
         assert!(start.elapsed() < Duration::from_secs(10));
         assert!(err.to_string().contains("only"));
@@ -687,9 +573,7 @@ mod tests {
     #[test]
     fn wait_for_line_times_out() {
         let p = sh("sleep 5");
-        let err = p
-            .wait_for_line("x", Duration::from_millis(200))
-            .unwrap_err();
+        let err = p.wait_for_line("x", Duration::from_millis(200)).unwrap_err();
         assert!(matches!(err, HarnessError::Timeout { .. }), "{err}");
     }
 
@@ -697,9 +581,7 @@ mod tests {
     fn an_rcu_stall_fails_the_wait_at_once() {
         let p = sh("echo '[   74.780600] rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:'; sleep 30");
         let start = Instant::now();
-        let err = p
-            .wait_for_line("login:", Duration::from_secs(20))
-            .unwrap_err();
+        let err = p.wait_for_line("login:", Duration::from_secs(20)).unwrap_err();
         assert!(matches!(err, HarnessError::GuestStalled { .. }), "{err}");
         assert!(err.to_string().contains("the guest stopped while we waited"), "{err}");
         assert!(err.to_string().contains("reported a stuck CPU"), "{err}");
@@ -707,10 +589,8 @@ mod tests {
     }
 
     fn watched(counts: impl Fn(u32) -> Option<u64> + Send + 'static) -> Arc<Shared> {
-        let shared = Arc::new(Shared {
-            state: Mutex::new(State { open: 1, ..State::default() }),
-            cond: Condvar::new(),
-        });
+        let shared =
+            Arc::new(Shared { state: Mutex::new(State { open: 1, ..State::default() }), cond: Condvar::new() });
         let s = Arc::clone(&shared);
         std::thread::spawn(move || {
             let calls = std::sync::atomic::AtomicU32::new(0);

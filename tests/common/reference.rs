@@ -142,20 +142,8 @@ pub fn qemu_microvm_command(art: &Artifacts, rootfs: &Path, opts: &QemuBootOptio
         Accel::Tcg => ("tcg", "max"),
     };
     cmd.args(["-accel", accel, "-M", "microvm,rtc=on", "-cpu", cpu])
-        .args([
-            "-m",
-            &opts.memory_mib.to_string(),
-            "-smp",
-            &opts.vcpus.to_string(),
-        ])
-        .args([
-            "-nodefaults",
-            "-no-user-config",
-            "-nographic",
-            "-no-reboot",
-            "-serial",
-            "stdio",
-        ])
+        .args(["-m", &opts.memory_mib.to_string(), "-smp", &opts.vcpus.to_string()])
+        .args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot", "-serial", "stdio"])
         .arg("-kernel")
         .arg(&boot.kernel);
     if let Some(initrd) = &boot.initrd {
@@ -173,10 +161,7 @@ pub fn qemu_microvm_command(art: &Artifacts, rootfs: &Path, opts: &QemuBootOptio
     cmd.arg("-append")
         .arg(cmdline)
         .arg("-drive")
-        .arg(format!(
-            "id=root,file={},format=raw,if=none",
-            rootfs.display()
-        ))
+        .arg(format!("id=root,file={},format=raw,if=none", rootfs.display()))
         .args(["-device", "virtio-blk-device,drive=root"]);
     cmd
 }
@@ -198,17 +183,11 @@ pub(crate) fn name_unannounced_reset(qemu: &mut GuestProcess, err: HarnessError)
         Ok(status) if status.success() => {}
         _ => return err,
     }
-    let announced = qemu
-        .lines()
-        .iter()
-        .any(|l| KERNEL_RESET_LINES.iter().any(|k| l.text.contains(k)));
+    let announced = qemu.lines().iter().any(|l| KERNEL_RESET_LINES.iter().any(|k| l.text.contains(k)));
     if announced {
         return err;
     }
-    HarnessError::GuestReset {
-        what,
-        tail: qemu.tail(crate::process::TAIL_LINES),
-    }
+    HarnessError::GuestReset { what, tail: qemu.tail(crate::process::TAIL_LINES) }
 }
 
 /// Boots the Alpine guest under QEMU microvm with the boot probe script and
@@ -217,19 +196,13 @@ pub fn qemu_reference_boot(opts: &QemuBootOptions) -> Result<BootTimings> {
     let art = artifacts();
     let image = test_image(BOOT_PROBE_SCRIPT, PowerAction::Poweroff);
     let cmd = qemu_microvm_command(art, image.path(), opts);
-    let kernel = opts
-        .boot
-        .as_ref()
-        .map_or(GuestKernel::Alpine, |b| b.flavour);
+    let kernel = opts.boot.as_ref().map_or(GuestKernel::Alpine, |b| b.flavour);
     let mut qemu = GuestProcess::spawn("qemu", cmd)?;
     let first_init = qemu
         .wait_for_line(opts.first_init_marker, opts.first_init_timeout)
         .map_err(|e| name_unannounced_reset(&mut qemu, e))?;
     let probe = qemu
-        .wait_for_marker(
-            BOOT_PROBE_MARKER,
-            opts.script_timeout.saturating_sub(qemu.elapsed()),
-        )
+        .wait_for_marker(BOOT_PROBE_MARKER, opts.script_timeout.saturating_sub(qemu.elapsed()))
         .map_err(|e| name_unannounced_reset(&mut qemu, e))?;
     let status = qemu
         .wait_for_guest_exit(opts.exit_timeout.saturating_sub(qemu.elapsed()))

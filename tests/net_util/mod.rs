@@ -93,12 +93,7 @@ pub fn put_file_in_image(image: &Path, data: &[u8], dst: &str) {
     let _ = std::fs::remove_file(&src);
     assert!(out.status.success(), "debugfs write {dst} failed: {}", String::from_utf8_lossy(&out.stderr));
     // debugfs exits 0 even when a command fails; check the file landed whole.
-    let stat = Command::new("debugfs")
-        .arg("-R")
-        .arg(format!("stat {dst}"))
-        .arg(image)
-        .output()
-        .expect("run debugfs");
+    let stat = Command::new("debugfs").arg("-R").arg(format!("stat {dst}")).arg(image).output().expect("run debugfs");
     let text = String::from_utf8_lossy(&stat.stdout);
     assert!(
         text.contains(&format!("Size: {}", data.len())),
@@ -271,7 +266,13 @@ fn serve(
     let text = String::from_utf8_lossy(&req);
     let path = text.split_whitespace().nth(1).unwrap_or("").to_string();
     if path == "/payload" {
-        c.write_all(format!("HTTP/1.0 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n", body.len()).as_bytes())?;
+        c.write_all(
+            format!(
+                "HTTP/1.0 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            )
+            .as_bytes(),
+        )?;
         c.write_all(body)?;
         served.fetch_add(body.len() as u64, Ordering::Relaxed);
     } else if let Some(name) = path.strip_prefix("/gate/") {
@@ -332,18 +333,12 @@ pub struct PingStats {
 /// Parses iputils or busybox ping output.
 pub fn parse_ping(out: &str) -> Option<PingStats> {
     let line = out.lines().find(|l| l.contains("packets transmitted"))?;
-    let nums: Vec<u32> = line
-        .split(',')
-        .filter_map(|p| p.split_whitespace().next().and_then(|n| n.parse().ok()))
-        .collect();
-    let rtt = out
-        .lines()
-        .find(|l| l.contains("min/avg/max"))
-        .and_then(|l| l.split('=').nth(1))
-        .and_then(|v| {
-            let v: Vec<f64> = v.trim().split(|c| c == '/' || c == ' ').filter_map(|x| x.parse().ok()).collect();
-            (v.len() >= 3).then(|| (v[0], v[1], v[2]))
-        });
+    let nums: Vec<u32> =
+        line.split(',').filter_map(|p| p.split_whitespace().next().and_then(|n| n.parse().ok())).collect();
+    let rtt = out.lines().find(|l| l.contains("min/avg/max")).and_then(|l| l.split('=').nth(1)).and_then(|v| {
+        let v: Vec<f64> = v.trim().split(['/', ' ']).filter_map(|x| x.parse().ok()).collect();
+        (v.len() >= 3).then(|| (v[0], v[1], v[2]))
+    });
     Some(PingStats { transmitted: *nums.first()?, received: *nums.get(1)?, rtt })
 }
 
@@ -357,10 +352,7 @@ pub fn host_ping(ns: Option<&str>, ip: &str, count: u32) -> (PingStats, String) 
         }
         None => Command::new("ping"),
     };
-    let out = cmd
-        .args(["-c", &count.to_string(), "-i", "0.2", "-W", "3", ip])
-        .output()
-        .expect("run ping");
+    let out = cmd.args(["-c", &count.to_string(), "-i", "0.2", "-W", "3", ip]).output().expect("run ping");
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     let stats = parse_ping(&text).unwrap_or_else(|| panic!("cannot parse ping output:\n{text}"));
     (stats, text)
@@ -505,6 +497,7 @@ pub struct Report {
 /// the guest's ping, the host's ping back, 64 MiB guest->host (sink, sha256 on
 /// both ends) and 64 MiB host->guest (HTTP, sha256 on both ends). `label`
 /// prefixes the throughput lines. Host-side sockets live in `ns`.
+#[allow(clippy::too_many_arguments)] // one call site per backend; a struct would only rename them
 pub fn exercise(
     vm: &shimvmm_tests::GuestProcess,
     label: &str,
@@ -518,9 +511,7 @@ pub fn exercise(
 ) -> Report {
     let tail = || vm.tail(60);
     let m = |name: &str| {
-        vm.wait_for_marker(name, timeout)
-            .unwrap_or_else(|e| panic!("{label}: no marker {name}: {e}"))
-            .value
+        vm.wait_for_marker(name, timeout).unwrap_or_else(|e| panic!("{label}: no marker {name}: {e}")).value
     };
     assert_eq!(m("eth0-up"), "0", "{label}: eth0 did not come up with carrier\n{}", tail());
     m("net-up");
@@ -538,17 +529,18 @@ pub fn exercise(
 
     assert_eq!(m("payload-sha"), tx_payload_sha, "{label}: /payload in the guest is not what the host wrote");
     assert_eq!(m("tx-rc"), "0", "{label}: guest nc failed\n{}", tail());
-    let got = sink
-        .join()
-        .expect("sink thread")
-        .unwrap_or_else(|e| panic!("{label}: sink: {e}\n{}", tail()));
+    let got = sink.join().expect("sink thread").unwrap_or_else(|e| panic!("{label}: sink: {e}\n{}", tail()));
     assert_eq!(got.bytes, PAYLOAD_LEN as u64, "{label}: host received {} of {PAYLOAD_LEN} bytes", got.bytes);
     assert_eq!(got.sha256, tx_payload_sha, "{label}: guest->host payload corrupted");
     let tx_secs: f64 = m("tx-secs").parse().expect("tx-secs");
     let rx_sha = m("rx-sha");
     let rx_secs: f64 = m("rx-secs").parse().expect("rx-secs");
     assert_eq!(rx_sha, rx_payload_sha, "{label}: host->guest payload corrupted (guest sha256)\n{}", tail());
-    assert_eq!(server.served.load(Ordering::Relaxed), PAYLOAD_LEN as u64, "{label}: HTTP server did not send the payload once");
+    assert_eq!(
+        server.served.load(Ordering::Relaxed),
+        PAYLOAD_LEN as u64,
+        "{label}: HTTP server did not send the payload once"
+    );
 
     let mib = PAYLOAD_LEN >> 20;
     eprintln!(

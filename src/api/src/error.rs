@@ -16,20 +16,11 @@ pub enum ApiError {
     #[error("{} exists and is not a socket: refusing to replace it with the API socket", path.display())]
     NotASocket { path: PathBuf },
     #[error("cannot tell whether API socket {} is stale: {source}", path.display())]
-    Probe {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Probe { path: PathBuf, source: std::io::Error },
     #[error("cannot remove stale API socket {}: {source}", path.display())]
-    RemoveStale {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    RemoveStale { path: PathBuf, source: std::io::Error },
     #[error("cannot create API socket {}: {source}", path.display())]
-    Bind {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Bind { path: PathBuf, source: std::io::Error },
     #[error("cannot start the API thread: {0}")]
     Thread(std::io::Error),
 }

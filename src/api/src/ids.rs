@@ -43,9 +43,7 @@ impl FromStr for MacAddr {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || {
-            format!("\"{s}\" is not a MAC address; expected six hex octets like 06:00:ac:10:00:02")
-        };
+        let bad = || format!("\"{s}\" is not a MAC address; expected six hex octets like 06:00:ac:10:00:02");
         let mut octets = [0u8; 6];
         let mut parts = s.split(':');
         for octet in octets.iter_mut() {
@@ -67,11 +65,7 @@ impl FromStr for MacAddr {
 impl fmt::Display for MacAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let o = self.0;
-        write!(
-            f,
-            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-            o[0], o[1], o[2], o[3], o[4], o[5]
-        )
+        write!(f, "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3], o[4], o[5])
     }
 }
 
@@ -88,8 +82,7 @@ impl FromStr for PciBdf {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad =
-            || format!("\"{s}\" is not a PCI address; expected DDDD:BB:DD.F like 0000:01:00.0");
+        let bad = || format!("\"{s}\" is not a PCI address; expected DDDD:BB:DD.F like 0000:01:00.0");
         let hex = |part: &str, width: usize| -> Result<u32, String> {
             if part.len() != width || !part.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return Err(bad());
@@ -105,32 +98,19 @@ impl FromStr for PciBdf {
         };
         let function = hex(function, 1)?;
         if device > u32::from(PCI_MAX_DEVICE) {
-            return Err(format!(
-                "\"{s}\": PCI device number {device:#x} is above {PCI_MAX_DEVICE:#x}"
-            ));
+            return Err(format!("\"{s}\": PCI device number {device:#x} is above {PCI_MAX_DEVICE:#x}"));
         }
         if function > u32::from(PCI_MAX_FUNCTION) {
-            return Err(format!(
-                "\"{s}\": PCI function number {function} is above {PCI_MAX_FUNCTION}"
-            ));
+            return Err(format!("\"{s}\": PCI function number {function} is above {PCI_MAX_FUNCTION}"));
         }
         // The widths checked above bound every field to its type.
-        Ok(PciBdf {
-            domain: domain as u16,
-            bus: bus as u8,
-            device: device as u8,
-            function: function as u8,
-        })
+        Ok(PciBdf { domain: domain as u16, bus: bus as u8, device: device as u8, function: function as u8 })
     }
 }
 
 impl fmt::Display for PciBdf {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{:04x}:{:02x}:{:02x}.{:x}",
-            self.domain, self.bus, self.device, self.function
-        )
+        write!(f, "{:04x}:{:02x}:{:02x}.{:x}", self.domain, self.bus, self.device, self.function)
     }
 }
 
@@ -179,59 +159,25 @@ mod tests {
             let err = bad.parse::<MacAddr>().unwrap_err();
             assert!(err.contains("is not a MAC address"), "{bad}: {err}");
         }
-        assert!("01:00:5e:00:00:01"
-            .parse::<MacAddr>()
-            .unwrap_err()
-            .contains("multicast"));
-        assert!("ff:ff:ff:ff:ff:ff"
-            .parse::<MacAddr>()
-            .unwrap_err()
-            .contains("multicast"));
-        assert!("00:00:00:00:00:00"
-            .parse::<MacAddr>()
-            .unwrap_err()
-            .contains("not a usable"));
+        assert!("01:00:5e:00:00:01".parse::<MacAddr>().unwrap_err().contains("multicast"));
+        assert!("ff:ff:ff:ff:ff:ff".parse::<MacAddr>().unwrap_err().contains("multicast"));
+        assert!("00:00:00:00:00:00".parse::<MacAddr>().unwrap_err().contains("not a usable"));
     }
 
     #[test]
     fn bdf_parses_with_and_without_domain() {
         let full: PciBdf = "0000:01:00.0".parse().unwrap();
-        assert_eq!(
-            full,
-            PciBdf {
-                domain: 0,
-                bus: 1,
-                device: 0,
-                function: 0
-            }
-        );
+        assert_eq!(full, PciBdf { domain: 0, bus: 1, device: 0, function: 0 });
         let short: PciBdf = "3b:1f.7".parse().unwrap();
-        assert_eq!(
-            short,
-            PciBdf {
-                domain: 0,
-                bus: 0x3b,
-                device: 0x1f,
-                function: 7
-            }
-        );
+        assert_eq!(short, PciBdf { domain: 0, bus: 0x3b, device: 0x1f, function: 7 });
         assert_eq!(short.to_string(), "0000:3b:1f.7");
-        assert_eq!(
-            "ABCD:EF:01.2".parse::<PciBdf>().unwrap().to_string(),
-            "abcd:ef:01.2"
-        );
+        assert_eq!("ABCD:EF:01.2".parse::<PciBdf>().unwrap().to_string(), "abcd:ef:01.2");
     }
 
     #[test]
     fn bdf_rejects_out_of_range_and_malformed() {
-        assert!("0000:01:20.0"
-            .parse::<PciBdf>()
-            .unwrap_err()
-            .contains("device number"));
-        assert!("0000:01:00.8"
-            .parse::<PciBdf>()
-            .unwrap_err()
-            .contains("function number"));
+        assert!("0000:01:20.0".parse::<PciBdf>().unwrap_err().contains("device number"));
+        assert!("0000:01:00.8".parse::<PciBdf>().unwrap_err().contains("function number"));
         for bad in [
             "",
             "01:00",
@@ -243,25 +189,15 @@ mod tests {
             "0000:01:00.0:1",
             "../../etc",
         ] {
-            assert!(
-                bad.parse::<PciBdf>()
-                    .unwrap_err()
-                    .contains("is not a PCI address"),
-                "{bad}"
-            );
+            assert!(bad.parse::<PciBdf>().unwrap_err().contains("is not a PCI address"), "{bad}");
         }
     }
 
     #[test]
     fn serde_uses_the_text_form() {
         let mac: MacAddr = serde_json::from_str("\"02:00:00:00:00:01\"").unwrap();
-        assert_eq!(
-            serde_json::to_string(&mac).unwrap(),
-            "\"02:00:00:00:00:01\""
-        );
-        let err = serde_json::from_str::<PciBdf>("\"nope\"")
-            .unwrap_err()
-            .to_string();
+        assert_eq!(serde_json::to_string(&mac).unwrap(), "\"02:00:00:00:00:01\"");
+        let err = serde_json::from_str::<PciBdf>("\"nope\"").unwrap_err().to_string();
         assert!(err.contains("is not a PCI address"), "{err}");
     }
 }

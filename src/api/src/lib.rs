@@ -28,20 +28,19 @@ pub use error::ApiError;
 pub use ids::{MacAddr, PciBdf};
 pub use router::{routes, status, Api, ApiResponse, Route};
 pub use server::{
-    serve, serve_with, ApiServerHandle, ServeOptions, DEFAULT_BODY_READ_TIMEOUT,
-    DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CONNECTIONS,
-    DEFAULT_WRITE_TIMEOUT,
+    serve, serve_with, ApiServerHandle, ServeOptions, DEFAULT_BODY_READ_TIMEOUT, DEFAULT_HEADER_READ_TIMEOUT,
+    DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CONNECTIONS, DEFAULT_WRITE_TIMEOUT,
 };
 pub use socket::{MAX_SOCKET_PATH_LEN, SOCKET_MODE};
 pub use spec::{ConfigError, VmConfig, VmSpec, MAX_CONFIG_FILE_BYTES};
 pub use types::{
-    ActionType, BootSource, Drive, Fault, InstanceActionInfo, InstanceInfo, MachineConfig,
-    MachineConfigUpdate, Metrics, NetBackendSpec, NetworkInterface, VmState, VmmVersion, APP_NAME,
-    DEFAULT_MEM_SIZE_MIB, DEFAULT_VCPU_COUNT, VMM_VERSION,
+    ActionType, BootSource, Drive, Fault, InstanceActionInfo, InstanceInfo, MachineConfig, MachineConfigUpdate,
+    Metrics, NetBackendSpec, NetworkInterface, VmState, VmmVersion, APP_NAME, DEFAULT_MEM_SIZE_MIB, DEFAULT_VCPU_COUNT,
+    VMM_VERSION,
 };
 pub use validate::{
-    check_id, ValidationError, MAX_BOOT_ARGS_LEN, MAX_DRIVES, MAX_ID_LEN, MAX_IFNAME_LEN,
-    MAX_MEM_SIZE_MIB, MAX_NETWORK_INTERFACES, MAX_PATH_LEN, MAX_VCPUS, MIN_MEM_SIZE_MIB,
+    check_id, ValidationError, MAX_BOOT_ARGS_LEN, MAX_DRIVES, MAX_ID_LEN, MAX_IFNAME_LEN, MAX_MEM_SIZE_MIB,
+    MAX_NETWORK_INTERFACES, MAX_PATH_LEN, MAX_VCPUS, MIN_MEM_SIZE_MIB,
 };
 
 #[cfg(feature = "testing")]

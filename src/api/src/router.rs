@@ -10,8 +10,8 @@ use serde::Serialize;
 use crate::controller::VmmController;
 use crate::spec::{VmConfig, VmSpec};
 use crate::types::{
-    ActionType, BootSource, Drive, Fault, InstanceActionInfo, InstanceInfo, MachineConfig,
-    MachineConfigUpdate, Metrics, NetworkInterface, VmmVersion, APP_NAME, VMM_VERSION,
+    ActionType, BootSource, Drive, Fault, InstanceActionInfo, InstanceInfo, MachineConfig, MachineConfigUpdate,
+    Metrics, NetworkInterface, VmmVersion, APP_NAME, VMM_VERSION,
 };
 use crate::validate::{parse_json, ValidationError};
 
@@ -49,37 +49,20 @@ impl ApiResponse {
     fn json<T: Serialize>(status: u16, value: &T) -> Self {
         // Our response types always serialize; a failure would be a bug worth a 500.
         match serde_json::to_string(value) {
-            Ok(body) => ApiResponse {
-                status,
-                body: Some(body),
-                allow: None,
-            },
-            Err(e) => ApiResponse::fault(
-                status::INTERNAL_SERVER_ERROR,
-                format!("cannot encode the response: {e}"),
-            ),
+            Ok(body) => ApiResponse { status, body: Some(body), allow: None },
+            Err(e) => ApiResponse::fault(status::INTERNAL_SERVER_ERROR, format!("cannot encode the response: {e}")),
         }
     }
 
     /// `{"fault_message": ...}` with `status`.
     pub fn fault(status: u16, message: impl Into<String>) -> Self {
-        let body = serde_json::to_string(&Fault {
-            fault_message: message.into(),
-        })
-        .unwrap_or_else(|_| r#"{"fault_message":"unencodable error"}"#.to_string());
-        ApiResponse {
-            status,
-            body: Some(body),
-            allow: None,
-        }
+        let body = serde_json::to_string(&Fault { fault_message: message.into() })
+            .unwrap_or_else(|_| r#"{"fault_message":"unencodable error"}"#.to_string());
+        ApiResponse { status, body: Some(body), allow: None }
     }
 
     fn no_content() -> Self {
-        ApiResponse {
-            status: status::NO_CONTENT,
-            body: None,
-            allow: None,
-        }
+        ApiResponse { status: status::NO_CONTENT, body: None, allow: None }
     }
 }
 
@@ -93,13 +76,7 @@ struct Entry {
 
 macro_rules! entry {
     ($method:literal, $path:literal, $handler:expr) => {
-        Entry {
-            route: Route {
-                method: $method,
-                path: $path,
-            },
-            handler: $handler,
-        }
+        Entry { route: Route { method: $method, path: $path }, handler: $handler }
     };
 }
 
@@ -111,11 +88,7 @@ static TABLE: &[Entry] = &[
     entry!("PUT", "/machine-config", Api::put_machine_config),
     entry!("PATCH", "/machine-config", Api::patch_machine_config),
     entry!("PUT", "/drives/{drive_id}", Api::put_drive),
-    entry!(
-        "PUT",
-        "/network-interfaces/{iface_id}",
-        Api::put_network_interface
-    ),
+    entry!("PUT", "/network-interfaces/{iface_id}", Api::put_network_interface),
     entry!("PUT", "/actions", Api::put_action),
     entry!("PUT", "/metrics", Api::put_metrics),
     entry!("GET", "/metrics", Api::get_metrics),
@@ -182,9 +155,7 @@ fn bad_request(message: impl Into<String>) -> ApiResponse {
 /// Parse a request body, naming the field that is wrong.
 fn body_json<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Result<T, ApiResponse> {
     if body.iter().all(u8::is_ascii_whitespace) {
-        return Err(bad_request(format!(
-            "the request body is empty; {what} expects a JSON object"
-        )));
+        return Err(bad_request(format!("the request body is empty; {what} expects a JSON object")));
     }
     parse_json(body).map_err(bad_request)
 }
@@ -192,20 +163,11 @@ fn body_json<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Result<
 impl Api {
     /// `initial` seeds the configuration (from `--config-file`); `started`
     /// says the VMM already booted it, so pre-boot changes are refused.
-    pub fn new(
-        id: String,
-        controller: Arc<dyn VmmController>,
-        initial: VmConfig,
-        started: bool,
-    ) -> Self {
+    pub fn new(id: String, controller: Arc<dyn VmmController>, initial: VmConfig, started: bool) -> Self {
         Api {
             id,
             controller,
-            state: Mutex::new(ApiState {
-                config: initial,
-                started,
-                starting: false,
-            }),
+            state: Mutex::new(ApiState { config: initial, started, starting: false }),
             actions: Mutex::new(()),
         }
     }
@@ -222,18 +184,12 @@ impl Api {
             }
         }
         if allowed.is_empty() {
-            return ApiResponse::fault(
-                status::NOT_FOUND,
-                format!("no such path: {}", path.escape_debug()),
-            );
+            return ApiResponse::fault(status::NOT_FOUND, format!("no such path: {}", path.escape_debug()));
         }
         let allow = allowed.join(", ");
         let mut resp = ApiResponse::fault(
             status::METHOD_NOT_ALLOWED,
-            format!(
-                "{} is not served on {path}; use {allow}",
-                method.escape_debug()
-            ),
+            format!("{} is not served on {path}; use {allow}", method.escape_debug()),
         );
         resp.allow = Some(allow);
         resp
@@ -242,32 +198,24 @@ impl Api {
     fn lock(&self) -> MutexGuard<'_, ApiState> {
         // A panicking controller must not take the API down with it: the
         // state is only written after every check passed, so it is consistent.
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// The state, if pre-boot changes are still allowed.
     fn lock_pre_boot(&self, what: &str) -> Result<MutexGuard<'_, ApiState>, ApiResponse> {
         let state = self.lock();
         if state.started {
-            return Err(bad_request(format!(
-                "{what} cannot be changed after InstanceStart"
-            )));
+            return Err(bad_request(format!("{what} cannot be changed after InstanceStart")));
         }
         if state.starting {
-            return Err(bad_request(format!(
-                "{what} cannot be changed while InstanceStart is in progress"
-            )));
+            return Err(bad_request(format!("{what} cannot be changed while InstanceStart is in progress")));
         }
         Ok(state)
     }
 
     /// Validate `candidate` as a whole and, if it passes, make it the configuration.
     fn commit(state: &mut ApiState, candidate: VmConfig, own_prefix: &str) -> Reply {
-        candidate
-            .validate()
-            .map_err(|e| bad_request(strip_own_prefix(e, own_prefix)))?;
+        candidate.validate().map_err(|e| bad_request(strip_own_prefix(e, own_prefix)))?;
         state.config = candidate;
         Ok(ApiResponse::no_content())
     }
@@ -283,30 +231,19 @@ impl Api {
     }
 
     fn get_version(&self, _: &str, _: &[u8]) -> Reply {
-        Ok(ApiResponse::json(
-            status::OK,
-            &VmmVersion {
-                vmm_version: VMM_VERSION.to_string(),
-            },
-        ))
+        Ok(ApiResponse::json(status::OK, &VmmVersion { vmm_version: VMM_VERSION.to_string() }))
     }
 
     fn put_boot_source(&self, _: &str, body: &[u8]) -> Reply {
         let boot: BootSource = body_json(body, "PUT /boot-source")?;
         boot.validate().map_err(|e| bad_request(e.to_string()))?;
         let mut state = self.lock_pre_boot("boot-source")?;
-        let candidate = VmConfig {
-            boot_source: Some(boot),
-            ..state.config.clone()
-        };
+        let candidate = VmConfig { boot_source: Some(boot), ..state.config.clone() };
         Self::commit(&mut state, candidate, "boot-source.")
     }
 
     fn get_machine_config(&self, _: &str, _: &[u8]) -> Reply {
-        Ok(ApiResponse::json(
-            status::OK,
-            &self.lock().config.machine_config,
-        ))
+        Ok(ApiResponse::json(status::OK, &self.lock().config.machine_config))
     }
 
     fn put_machine_config(&self, _: &str, body: &[u8]) -> Reply {
@@ -319,20 +256,14 @@ impl Api {
         let mut state = self.lock_pre_boot("machine-config")?;
         let mc = update.apply_to(&state.config.machine_config);
         mc.validate().map_err(|e| bad_request(e.to_string()))?;
-        let candidate = VmConfig {
-            machine_config: mc,
-            ..state.config.clone()
-        };
+        let candidate = VmConfig { machine_config: mc, ..state.config.clone() };
         Self::commit(&mut state, candidate, "machine-config.")
     }
 
     fn set_machine_config(&self, mc: MachineConfig) -> Reply {
         mc.validate().map_err(|e| bad_request(e.to_string()))?;
         let mut state = self.lock_pre_boot("machine-config")?;
-        let candidate = VmConfig {
-            machine_config: mc,
-            ..state.config.clone()
-        };
+        let candidate = VmConfig { machine_config: mc, ..state.config.clone() };
         Self::commit(&mut state, candidate, "machine-config.")
     }
 
@@ -364,24 +295,15 @@ impl Api {
         iface.validate().map_err(|e| bad_request(e.to_string()))?;
         let mut state = self.lock_pre_boot("network-interfaces")?;
         let mut candidate = state.config.clone();
-        let index = upsert(&mut candidate.network_interfaces, iface, |i| {
-            i.iface_id == id
-        });
-        Self::commit(
-            &mut state,
-            candidate,
-            &format!("network-interfaces[{index}]."),
-        )
+        let index = upsert(&mut candidate.network_interfaces, iface, |i| i.iface_id == id);
+        Self::commit(&mut state, candidate, &format!("network-interfaces[{index}]."))
     }
 
     fn put_metrics(&self, _: &str, body: &[u8]) -> Reply {
         let metrics: Metrics = body_json(body, "PUT /metrics")?;
         metrics.validate().map_err(|e| bad_request(e.to_string()))?;
         let mut state = self.lock_pre_boot("metrics")?;
-        let candidate = VmConfig {
-            metrics: Some(metrics),
-            ..state.config.clone()
-        };
+        let candidate = VmConfig { metrics: Some(metrics), ..state.config.clone() };
         Self::commit(&mut state, candidate, "metrics.")
     }
 
@@ -401,26 +323,17 @@ impl Api {
                 {
                     let state = self.lock();
                     if state.starting {
-                        return Err(bad_request(
-                            "SendCtrlAltDel: InstanceStart is still in progress",
-                        ));
+                        return Err(bad_request("SendCtrlAltDel: InstanceStart is still in progress"));
                     }
                     if !state.started {
-                        return Err(bad_request(
-                            "SendCtrlAltDel: the VM is not started; send InstanceStart first",
-                        ));
+                        return Err(bad_request("SendCtrlAltDel: the VM is not started; send InstanceStart first"));
                     }
                 }
                 let _serial = lock_unpoisoned(&self.actions);
                 self.controller.send_ctrl_alt_del()
             }
             ActionType::FlushMetrics => {
-                let path = self
-                    .lock()
-                    .config
-                    .metrics
-                    .as_ref()
-                    .map(|m| m.metrics_path.clone());
+                let path = self.lock().config.metrics.as_ref().map(|m| m.metrics_path.clone());
                 let _serial = lock_unpoisoned(&self.actions);
                 self.controller.flush_metrics(path.as_deref())
             }
@@ -441,11 +354,8 @@ impl Api {
             if state.starting {
                 return Err(bad_request("InstanceStart: already in progress"));
             }
-            let spec = VmSpec::try_from(state.config.clone()).map_err(|e| {
-                bad_request(format!(
-                    "InstanceStart: the configuration is incomplete: {e}"
-                ))
-            })?;
+            let spec = VmSpec::try_from(state.config.clone())
+                .map_err(|e| bad_request(format!("InstanceStart: the configuration is incomplete: {e}")))?;
             state.starting = true;
             spec
         };
@@ -535,10 +445,7 @@ mod tests {
 
     fn api() -> (Api, Arc<Recorder>) {
         let rec = Arc::new(Recorder::default());
-        (
-            Api::new("vm0".into(), rec.clone(), VmConfig::default(), false),
-            rec,
-        )
+        (Api::new("vm0".into(), rec.clone(), VmConfig::default(), false), rec)
     }
 
     fn fault(resp: &ApiResponse) -> String {
@@ -553,10 +460,7 @@ mod tests {
     #[test]
     fn path_matching() {
         assert_eq!(match_path("/", "/"), Some(""));
-        assert_eq!(
-            match_path("/drives/{drive_id}", "/drives/root"),
-            Some("root")
-        );
+        assert_eq!(match_path("/drives/{drive_id}", "/drives/root"), Some("root"));
         assert_eq!(match_path("/drives/{drive_id}", "/drives/"), None);
         assert_eq!(match_path("/drives/{drive_id}", "/drives/a/b"), None);
         assert_eq!(match_path("/drives/{drive_id}", "/drives"), None);
@@ -569,10 +473,7 @@ mod tests {
         let all = routes();
         let set: std::collections::HashSet<_> = all.iter().collect();
         assert_eq!(set.len(), all.len());
-        assert!(all.contains(&Route {
-            method: "PATCH",
-            path: "/machine-config"
-        }));
+        assert!(all.contains(&Route { method: "PATCH", path: "/machine-config" }));
     }
 
     #[test]
@@ -592,52 +493,30 @@ mod tests {
         let r = api.handle("GET", "/", b"");
         assert_eq!(r.status, 200);
         let info: InstanceInfo = serde_json::from_str(r.body.as_deref().unwrap()).unwrap();
-        assert_eq!(
-            (info.id.as_str(), info.state, info.app_name.as_str()),
-            ("vm0", VmState::NotStarted, "shimvmm")
-        );
-        let v: VmmVersion =
-            serde_json::from_str(api.handle("GET", "/version", b"").body.as_deref().unwrap())
-                .unwrap();
+        assert_eq!((info.id.as_str(), info.state, info.app_name.as_str()), ("vm0", VmState::NotStarted, "shimvmm"));
+        let v: VmmVersion = serde_json::from_str(api.handle("GET", "/version", b"").body.as_deref().unwrap()).unwrap();
         assert_eq!(v.vmm_version, VMM_VERSION);
     }
 
     #[test]
     fn full_configuration_then_start() {
         let (api, rec) = api();
+        assert_eq!(put(&api, "/boot-source", r#"{"kernel_image_path":"/k","boot_args":"console=ttyS0"}"#).status, 204);
+        assert_eq!(put(&api, "/machine-config", r#"{"vcpu_count":2,"mem_size_mib":256}"#).status, 204);
+        assert_eq!(api.handle("PATCH", "/machine-config", br#"{"mem_size_mib":512}"#).status, 204);
         assert_eq!(
-            put(
-                &api,
-                "/boot-source",
-                r#"{"kernel_image_path":"/k","boot_args":"console=ttyS0"}"#
-            )
-            .status,
+            put(&api, "/drives/data", r#"{"drive_id":"data","path_on_host":"/d","is_root_device":false}"#).status,
             204
         );
         assert_eq!(
             put(
                 &api,
-                "/machine-config",
-                r#"{"vcpu_count":2,"mem_size_mib":256}"#
+                "/drives/root",
+                r#"{"drive_id":"root","path_on_host":"/r","is_root_device":true,"is_read_only":false}"#
             )
             .status,
             204
         );
-        assert_eq!(
-            api.handle("PATCH", "/machine-config", br#"{"mem_size_mib":512}"#)
-                .status,
-            204
-        );
-        assert_eq!(
-            put(
-                &api,
-                "/drives/data",
-                r#"{"drive_id":"data","path_on_host":"/d","is_root_device":false}"#
-            )
-            .status,
-            204
-        );
-        assert_eq!(put(&api, "/drives/root", r#"{"drive_id":"root","path_on_host":"/r","is_root_device":true,"is_read_only":false}"#).status, 204);
         assert_eq!(
             put(
                 &api,
@@ -647,91 +526,44 @@ mod tests {
             .status,
             204
         );
-        assert_eq!(
-            put(&api, "/metrics", r#"{"metrics_path":"/tmp/m"}"#).status,
-            204
-        );
+        assert_eq!(put(&api, "/metrics", r#"{"metrics_path":"/tmp/m"}"#).status, 204);
 
-        let mc: MachineConfig = serde_json::from_str(
-            api.handle("GET", "/machine-config", b"")
-                .body
-                .as_deref()
-                .unwrap(),
-        )
-        .unwrap();
+        let mc: MachineConfig =
+            serde_json::from_str(api.handle("GET", "/machine-config", b"").body.as_deref().unwrap()).unwrap();
         assert_eq!((mc.vcpu_count, mc.mem_size_mib), (2, 512));
 
-        assert_eq!(
-            put(&api, "/actions", r#"{"action_type":"InstanceStart"}"#).status,
-            204
-        );
+        assert_eq!(put(&api, "/actions", r#"{"action_type":"InstanceStart"}"#).status, 204);
         let started = rec.started.lock().unwrap().clone();
         assert_eq!(started.len(), 1);
         assert_eq!(started[0].drives[0].drive_id, "root");
         assert_eq!(started[0].machine_config.mem_size_mib, 512);
 
-        let cfg: serde_json::Value = serde_json::from_str(
-            api.handle("GET", "/vm/config", b"")
-                .body
-                .as_deref()
-                .unwrap(),
-        )
-        .unwrap();
+        let cfg: serde_json::Value =
+            serde_json::from_str(api.handle("GET", "/vm/config", b"").body.as_deref().unwrap()).unwrap();
         assert_eq!(cfg["network-interfaces"][0]["pnic_bdf"], "0000:01:00.0");
         assert_eq!(cfg["boot-source"]["kernel_image_path"], "/k");
         assert_eq!(cfg["metrics"]["metrics_path"], "/tmp/m");
 
         for (path, body, what) in [
-            (
-                "/boot-source",
-                r#"{"kernel_image_path":"/k2"}"#,
-                "boot-source",
-            ),
-            (
-                "/machine-config",
-                r#"{"vcpu_count":1,"mem_size_mib":128}"#,
-                "machine-config",
-            ),
-            (
-                "/drives/x",
-                r#"{"drive_id":"x","path_on_host":"/x","is_root_device":false}"#,
-                "drives",
-            ),
-            (
-                "/network-interfaces/e1",
-                r#"{"iface_id":"e1","host_dev_name":"tap1"}"#,
-                "network-interfaces",
-            ),
+            ("/boot-source", r#"{"kernel_image_path":"/k2"}"#, "boot-source"),
+            ("/machine-config", r#"{"vcpu_count":1,"mem_size_mib":128}"#, "machine-config"),
+            ("/drives/x", r#"{"drive_id":"x","path_on_host":"/x","is_root_device":false}"#, "drives"),
+            ("/network-interfaces/e1", r#"{"iface_id":"e1","host_dev_name":"tap1"}"#, "network-interfaces"),
             ("/metrics", r#"{"metrics_path":"/tmp/n"}"#, "metrics"),
         ] {
             let r = put(&api, path, body);
             assert_eq!(r.status, 400, "{path}");
-            assert_eq!(
-                fault(&r),
-                format!("{what} cannot be changed after InstanceStart")
-            );
+            assert_eq!(fault(&r), format!("{what} cannot be changed after InstanceStart"));
         }
         let r = api.handle("PATCH", "/machine-config", br#"{"vcpu_count":1}"#);
-        assert_eq!(
-            fault(&r),
-            "machine-config cannot be changed after InstanceStart"
-        );
+        assert_eq!(fault(&r), "machine-config cannot be changed after InstanceStart");
         let r = put(&api, "/actions", r#"{"action_type":"InstanceStart"}"#);
         assert_eq!(fault(&r), "InstanceStart: the VM was already started");
 
-        assert_eq!(
-            put(&api, "/actions", r#"{"action_type":"SendCtrlAltDel"}"#).status,
-            204
-        );
+        assert_eq!(put(&api, "/actions", r#"{"action_type":"SendCtrlAltDel"}"#).status, 204);
         assert_eq!(*rec.cad.lock().unwrap(), 1);
-        assert_eq!(
-            put(&api, "/actions", r#"{"action_type":"FlushMetrics"}"#).status,
-            204
-        );
-        assert_eq!(
-            rec.flushed.lock().unwrap()[0].as_deref(),
-            Some(Path::new("/tmp/m"))
-        );
+        assert_eq!(put(&api, "/actions", r#"{"action_type":"FlushMetrics"}"#).status, 204);
+        assert_eq!(rec.flushed.lock().unwrap()[0].as_deref(), Some(Path::new("/tmp/m")));
         let m = api.handle("GET", "/metrics", b"");
         assert_eq!(m.body.as_deref(), Some(r#"{"net":{"rx_packets":7}}"#));
     }
@@ -741,74 +573,38 @@ mod tests {
         let (api, rec) = api();
         let r = put(&api, "/actions", r#"{"action_type":"InstanceStart"}"#);
         assert_eq!(r.status, 400);
-        assert!(
-            fault(&r).contains("boot-source: is required"),
-            "{}",
-            fault(&r)
-        );
+        assert!(fault(&r).contains("boot-source: is required"), "{}", fault(&r));
         let r = put(&api, "/actions", r#"{"action_type":"SendCtrlAltDel"}"#);
         assert!(fault(&r).contains("not started"));
 
         put(&api, "/boot-source", r#"{"kernel_image_path":"/k"}"#);
         rec.fail_start.store(true, Ordering::SeqCst);
         let r = put(&api, "/actions", r#"{"action_type":"InstanceStart"}"#);
-        assert_eq!(
-            fault(&r),
-            "InstanceStart failed: cannot open /k: No such file or directory"
-        );
+        assert_eq!(fault(&r), "InstanceStart failed: cannot open /k: No such file or directory");
         // Still configurable, and a retry can succeed.
-        assert_eq!(
-            put(&api, "/boot-source", r#"{"kernel_image_path":"/k2"}"#).status,
-            204
-        );
+        assert_eq!(put(&api, "/boot-source", r#"{"kernel_image_path":"/k2"}"#).status, 204);
         rec.fail_start.store(false, Ordering::SeqCst);
-        assert_eq!(
-            put(&api, "/actions", r#"{"action_type":"InstanceStart"}"#).status,
-            204
-        );
-        assert_eq!(
-            rec.started.lock().unwrap()[0].boot_source.kernel_image_path,
-            Path::new("/k2")
-        );
+        assert_eq!(put(&api, "/actions", r#"{"action_type":"InstanceStart"}"#).status, 204);
+        assert_eq!(rec.started.lock().unwrap()[0].boot_source.kernel_image_path, Path::new("/k2"));
     }
 
     #[test]
     fn bad_bodies_name_the_problem() {
         let (api, _) = api();
         let cases: &[(&str, &str, &str)] = &[
-            (
-                "/boot-source",
-                "",
-                "the request body is empty; PUT /boot-source expects a JSON object",
-            ),
+            ("/boot-source", "", "the request body is empty; PUT /boot-source expects a JSON object"),
             ("/boot-source", "{", "the JSON ends early"),
             ("/boot-source", "[1]", "expected a JSON object"),
             ("/boot-source", "\"x\"", "expected a JSON object"),
-            (
-                "/boot-source",
-                r#"{"kernel_image_path":"/k","x":1}"#,
-                "unknown field `x`",
-            ),
-            (
-                "/machine-config",
-                r#"{"vcpu_count":"2","mem_size_mib":128}"#,
-                "vcpu_count: invalid type: string",
-            ),
-            (
-                "/machine-config",
-                r#"{"vcpu_count":2}"#,
-                "missing field `mem_size_mib`",
-            ),
+            ("/boot-source", r#"{"kernel_image_path":"/k","x":1}"#, "unknown field `x`"),
+            ("/machine-config", r#"{"vcpu_count":"2","mem_size_mib":128}"#, "vcpu_count: invalid type: string"),
+            ("/machine-config", r#"{"vcpu_count":2}"#, "missing field `mem_size_mib`"),
             (
                 "/machine-config",
                 r#"{"vcpu_count":2,"mem_size_mib":128,"smt":true}"#,
                 "smt: simultaneous multithreading is not supported",
             ),
-            (
-                "/machine-config",
-                r#"{"vcpu_count":-1,"mem_size_mib":128}"#,
-                "vcpu_count: invalid value: integer `-1`",
-            ),
+            ("/machine-config", r#"{"vcpu_count":-1,"mem_size_mib":128}"#, "vcpu_count: invalid value: integer `-1`"),
             (
                 "/drives/a",
                 r#"{"drive_id":"b","path_on_host":"/x","is_root_device":true}"#,
@@ -819,11 +615,7 @@ mod tests {
                 r#"{"drive_id":"a%2F","path_on_host":"/x","is_root_device":true}"#,
                 "drive_id: \"a%2F\" may only contain",
             ),
-            (
-                "/network-interfaces/e",
-                r#"{"iface_id":"e"}"#,
-                "host_dev_name: missing",
-            ),
+            ("/network-interfaces/e", r#"{"iface_id":"e"}"#, "host_dev_name: missing"),
             (
                 "/network-interfaces/e",
                 r#"{"iface_id":"e","pnic_bdf":"01:00"}"#,
@@ -834,133 +626,57 @@ mod tests {
                 r#"{"iface_id":"e","host_dev_name":"t","guest_mac":"ff:ff:ff:ff:ff:ff"}"#,
                 "guest_mac: ff:ff:ff:ff:ff:ff is a multicast address",
             ),
-            (
-                "/actions",
-                r#"{"action_type":"Pause"}"#,
-                "action_type: unknown variant `Pause`",
-            ),
-            (
-                "/metrics",
-                r#"{"metrics_path":""}"#,
-                "metrics_path: must not be empty",
-            ),
+            ("/actions", r#"{"action_type":"Pause"}"#, "action_type: unknown variant `Pause`"),
+            ("/metrics", r#"{"metrics_path":""}"#, "metrics_path: must not be empty"),
         ];
         for (path, body, want) in cases {
             let r = put(&api, path, body);
             assert_eq!(r.status, 400, "{path} {body}");
-            assert!(
-                fault(&r).contains(want),
-                "{path} {body}: got {:?}, want {want:?}",
-                fault(&r)
-            );
+            assert!(fault(&r).contains(want), "{path} {body}: got {:?}, want {want:?}", fault(&r));
         }
         let r = api.handle("PATCH", "/machine-config", br#"{"vcpu_count":99}"#);
-        assert_eq!(
-            fault(&r),
-            "vcpu_count: 99 is out of range; expected 1 to 32"
-        );
+        assert_eq!(fault(&r), "vcpu_count: 99 is out of range; expected 1 to 32");
         // Nothing above changed the configuration.
-        let cfg: VmConfig = serde_json::from_str(
-            api.handle("GET", "/vm/config", b"")
-                .body
-                .as_deref()
-                .unwrap(),
-        )
-        .unwrap();
+        let cfg: VmConfig =
+            serde_json::from_str(api.handle("GET", "/vm/config", b"").body.as_deref().unwrap()).unwrap();
         assert_eq!(cfg, VmConfig::default());
     }
 
     #[test]
     fn cross_object_rules_apply_to_puts() {
         let (api, _) = api();
-        assert_eq!(
-            put(
-                &api,
-                "/drives/a",
-                r#"{"drive_id":"a","path_on_host":"/a","is_root_device":true}"#
-            )
-            .status,
-            204
-        );
-        let r = put(
-            &api,
-            "/drives/b",
-            r#"{"drive_id":"b","path_on_host":"/b","is_root_device":true}"#,
-        );
-        assert_eq!(
-            fault(&r),
-            "is_root_device: drive \"a\" is already the root device; only one drive can be"
-        );
+        assert_eq!(put(&api, "/drives/a", r#"{"drive_id":"a","path_on_host":"/a","is_root_device":true}"#).status, 204);
+        let r = put(&api, "/drives/b", r#"{"drive_id":"b","path_on_host":"/b","is_root_device":true}"#);
+        assert_eq!(fault(&r), "is_root_device: drive \"a\" is already the root device; only one drive can be");
         // Re-PUT of the same drive replaces it, so it may stay the root.
         assert_eq!(
-            put(
-                &api,
-                "/drives/a",
-                r#"{"drive_id":"a","path_on_host":"/a2","is_root_device":true}"#
-            )
-            .status,
+            put(&api, "/drives/a", r#"{"drive_id":"a","path_on_host":"/a2","is_root_device":true}"#).status,
             204
         );
-        assert_eq!(
-            put(
-                &api,
-                "/network-interfaces/e0",
-                r#"{"iface_id":"e0","host_dev_name":"tap0"}"#
-            )
-            .status,
-            204
-        );
-        let r = put(
-            &api,
-            "/network-interfaces/e1",
-            r#"{"iface_id":"e1","host_dev_name":"tap0"}"#,
-        );
-        assert_eq!(
-            fault(&r),
-            "host_dev_name: tap \"tap0\" is used by two interfaces"
-        );
+        assert_eq!(put(&api, "/network-interfaces/e0", r#"{"iface_id":"e0","host_dev_name":"tap0"}"#).status, 204);
+        let r = put(&api, "/network-interfaces/e1", r#"{"iface_id":"e1","host_dev_name":"tap0"}"#);
+        assert_eq!(fault(&r), "host_dev_name: tap \"tap0\" is used by two interfaces");
         for i in 0..crate::validate::MAX_DRIVES - 1 {
-            let body =
-                format!(r#"{{"drive_id":"d{i}","path_on_host":"/d","is_root_device":false}}"#);
+            let body = format!(r#"{{"drive_id":"d{i}","path_on_host":"/d","is_root_device":false}}"#);
             assert_eq!(put(&api, &format!("/drives/d{i}"), &body).status, 204);
         }
-        let r = put(
-            &api,
-            "/drives/z",
-            r#"{"drive_id":"z","path_on_host":"/z","is_root_device":false}"#,
-        );
-        assert!(
-            fault(&r).starts_with("drives: 17 drives given; at most 16"),
-            "{}",
-            fault(&r)
-        );
+        let r = put(&api, "/drives/z", r#"{"drive_id":"z","path_on_host":"/z","is_root_device":false}"#);
+        assert!(fault(&r).starts_with("drives: 17 drives given; at most 16"), "{}", fault(&r));
     }
 
     #[test]
     fn initial_config_and_already_started() {
         let rec = Arc::new(Recorder::default());
         let spec = VmSpec::try_from(VmConfig {
-            boot_source: Some(BootSource {
-                kernel_image_path: "/k".into(),
-                boot_args: None,
-                initrd_path: None,
-            }),
+            boot_source: Some(BootSource { kernel_image_path: "/k".into(), boot_args: None, initrd_path: None }),
             ..Default::default()
         })
         .unwrap();
         let api = Api::new("vm1".into(), rec, spec.into(), true);
         let r = put(&api, "/boot-source", r#"{"kernel_image_path":"/k"}"#);
-        assert_eq!(
-            fault(&r),
-            "boot-source cannot be changed after InstanceStart"
-        );
-        let cfg: VmConfig = serde_json::from_str(
-            api.handle("GET", "/vm/config", b"")
-                .body
-                .as_deref()
-                .unwrap(),
-        )
-        .unwrap();
+        assert_eq!(fault(&r), "boot-source cannot be changed after InstanceStart");
+        let cfg: VmConfig =
+            serde_json::from_str(api.handle("GET", "/vm/config", b"").body.as_deref().unwrap()).unwrap();
         assert_eq!(cfg.boot_source.unwrap().kernel_image_path, Path::new("/k"));
     }
 }

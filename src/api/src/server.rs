@@ -132,11 +132,7 @@ impl Drop for ApiServerHandle {
 /// Serve the API on `socket_path` with the default limits.
 ///
 /// Returns once the socket is listening: clients may connect right away.
-pub fn serve(
-    socket_path: &Path,
-    controller: Arc<dyn VmmController>,
-    id: String,
-) -> Result<ApiServerHandle, ApiError> {
+pub fn serve(socket_path: &Path, controller: Arc<dyn VmmController>, id: String) -> Result<ApiServerHandle, ApiError> {
     serve_with(socket_path, controller, id, ServeOptions::default())
 }
 
@@ -160,16 +156,8 @@ pub fn serve_with(
         .thread_name("shimvmm-api-worker")
         .build()
         .map_err(cleanup)?;
-    let api = Api::new(
-        id,
-        controller,
-        options.initial_config.clone(),
-        options.already_started,
-    );
-    let shared = Arc::new(Shared {
-        api: Arc::new(api),
-        options,
-    });
+    let api = Api::new(id, controller, options.initial_config.clone(), options.already_started);
+    let shared = Arc::new(Shared { api: Arc::new(api), options });
     let (stop_tx, stop_rx) = oneshot::channel();
     let thread = std::thread::Builder::new()
         .name("shimvmm-api".into())
@@ -183,12 +171,7 @@ pub fn serve_with(
             runtime.shutdown_timeout(SHUTDOWN_GRACE);
         })
         .map_err(cleanup)?;
-    Ok(ApiServerHandle {
-        socket_path: socket_path.to_owned(),
-        socket_id,
-        stop: Some(stop_tx),
-        thread: Some(thread),
-    })
+    Ok(ApiServerHandle { socket_path: socket_path.to_owned(), socket_id, stop: Some(stop_tx), thread: Some(thread) })
 }
 
 struct Shared {
@@ -214,10 +197,7 @@ async fn accept_loop(listener: UnixListener, shared: Arc<Shared>, mut stop: ones
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             // Best effort and never blocking: the client may not be reading.
             let _ = stream.try_write(TOO_MANY_CONNECTIONS);
-            log::warn!(
-                "API connection refused: {} connections already open",
-                shared.options.max_connections
-            );
+            log::warn!("API connection refused: {} connections already open", shared.options.max_connections);
             continue;
         };
         let shared = shared.clone();
@@ -245,22 +225,14 @@ async fn serve_connection(stream: UnixStream, shared: Arc<Shared>) {
     }
 }
 
-async fn handle_request(
-    req: Request<Incoming>,
-    shared: Arc<Shared>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle_request(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Response<Full<Bytes>>, Infallible> {
     let method = req.method().as_str().to_owned();
     let path = req.uri().path().to_owned();
     let max = shared.options.max_body_bytes;
 
-    let declared = req
-        .headers()
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    let expects_continue = req
-        .headers()
-        .get(EXPECT)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let declared = req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let expects_continue =
+        req.headers().get(EXPECT).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
     // A client waiting for "100 Continue" has sent nothing yet, and one that
     // announces a giant body is not worth reading: refuse those at once. Any
     // other client is already sending, so its body is read and thrown away
@@ -273,10 +245,7 @@ async fn handle_request(
     let read = read_body(req.into_body(), max, DRAIN_LIMIT_BYTES.max(max));
     let body = match tokio::time::timeout(shared.options.body_read_timeout, read).await {
         Err(_) => {
-            let msg = format!(
-                "the request body did not arrive within {:?}",
-                shared.options.body_read_timeout
-            );
+            let msg = format!("the request body did not arrive within {:?}", shared.options.body_read_timeout);
             return Ok(closing(ApiResponse::fault(status::REQUEST_TIMEOUT, msg)));
         }
         Ok(BodyRead::TooLarge) => return Ok(closing(too_large(max))),
@@ -288,15 +257,10 @@ async fn handle_request(
     };
 
     let api = shared.api.clone();
-    let response = tokio::task::spawn_blocking(move || api.handle(&method, &path, &body))
-        .await
-        .unwrap_or_else(|e| {
-            log::error!("API handler failed: {e}");
-            ApiResponse::fault(
-                status::INTERNAL_SERVER_ERROR,
-                "the VMM failed while handling this request; see its log",
-            )
-        });
+    let response = tokio::task::spawn_blocking(move || api.handle(&method, &path, &body)).await.unwrap_or_else(|e| {
+        log::error!("API handler failed: {e}");
+        ApiResponse::fault(status::INTERNAL_SERVER_ERROR, "the VMM failed while handling this request; see its log")
+    });
     Ok(to_http(response))
 }
 
@@ -339,10 +303,7 @@ async fn read_body(mut body: Incoming, max: usize, drain: usize) -> BodyRead {
 }
 
 fn too_large(max: usize) -> ApiResponse {
-    ApiResponse::fault(
-        status::PAYLOAD_TOO_LARGE,
-        format!("the request body is larger than {max} bytes"),
-    )
+    ApiResponse::fault(status::PAYLOAD_TOO_LARGE, format!("the request body is larger than {max} bytes"))
 }
 
 fn to_http(resp: ApiResponse) -> Response<Full<Bytes>> {
@@ -350,8 +311,7 @@ fn to_http(resp: ApiResponse) -> Response<Full<Bytes>> {
     let mut out = match resp.body {
         Some(body) => {
             let mut r = Response::new(Full::new(Bytes::from(body)));
-            r.headers_mut()
-                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
             r
         }
         None => Response::new(Full::new(Bytes::new())),
@@ -366,8 +326,7 @@ fn to_http(resp: ApiResponse) -> Response<Full<Bytes>> {
 /// A response after which the connection closes (its body was not read).
 fn closing(resp: ApiResponse) -> Response<Full<Bytes>> {
     let mut out = to_http(resp);
-    out.headers_mut()
-        .insert(CONNECTION, HeaderValue::from_static("close"));
+    out.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
     out
 }
 
@@ -381,52 +340,31 @@ struct WriteDeadline<S> {
 
 impl<S> WriteDeadline<S> {
     fn new(inner: S, timeout: Duration) -> Self {
-        WriteDeadline {
-            inner,
-            timeout,
-            blocked_since: None,
-        }
+        WriteDeadline { inner, timeout, blocked_since: None }
     }
 
-    fn on_write<T>(
-        &mut self,
-        cx: &mut Context<'_>,
-        result: Poll<io::Result<T>>,
-    ) -> Poll<io::Result<T>> {
+    fn on_write<T>(&mut self, cx: &mut Context<'_>, result: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
         if result.is_ready() {
             self.blocked_since = None;
             return result;
         }
         let timeout = self.timeout;
-        let deadline = self
-            .blocked_since
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        let deadline = self.blocked_since.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
         match deadline.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "client stopped reading",
-            ))),
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "client stopped reading"))),
             Poll::Pending => Poll::Pending,
         }
     }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for WriteDeadline<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for WriteDeadline<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let result = Pin::new(&mut self.inner).poll_write(cx, buf);
         self.on_write(cx, result)
     }
@@ -463,12 +401,7 @@ mod tests {
     fn canned_429_is_well_formed() {
         let text = std::str::from_utf8(TOO_MANY_CONNECTIONS).unwrap();
         let (head, body) = text.split_once("\r\n\r\n").unwrap();
-        let len: usize = head
-            .lines()
-            .find_map(|l| l.strip_prefix("Content-Length: "))
-            .unwrap()
-            .parse()
-            .unwrap();
+        let len: usize = head.lines().find_map(|l| l.strip_prefix("Content-Length: ")).unwrap().parse().unwrap();
         assert_eq!(len, body.len());
         let fault: crate::types::Fault = serde_json::from_str(body).unwrap();
         assert!(fault.fault_message.contains("too many"));
@@ -476,10 +409,7 @@ mod tests {
 
     #[test]
     fn blocked_writes_time_out() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
             let (a, _b) = UnixStream::pair().unwrap();
             let mut guarded = WriteDeadline::new(a, Duration::from_millis(100));
@@ -490,10 +420,7 @@ mod tests {
                 if let Err(e) = guarded.write_all(&chunk).await {
                     break e;
                 }
-                assert!(
-                    started.elapsed() < Duration::from_secs(5),
-                    "write never blocked"
-                );
+                assert!(started.elapsed() < Duration::from_secs(5), "write never blocked");
             };
             assert_eq!(err.kind(), io::ErrorKind::TimedOut);
         });

@@ -30,12 +30,7 @@ pub(crate) struct SocketId {
 impl SocketId {
     pub(crate) fn of(path: &Path) -> Option<SocketId> {
         let meta = std::fs::symlink_metadata(path).ok()?;
-        Some(SocketId {
-            dev: meta.dev(),
-            ino: meta.ino(),
-            ctime: meta.ctime(),
-            ctime_nsec: meta.ctime_nsec(),
-        })
+        Some(SocketId { dev: meta.dev(), ino: meta.ino(), ctime: meta.ctime(), ctime_nsec: meta.ctime_nsec() })
     }
 }
 
@@ -44,32 +39,17 @@ fn clear_stale(path: &Path) -> Result<(), ApiError> {
     let meta = match std::fs::symlink_metadata(path) {
         Ok(meta) => meta,
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
-        Err(source) => {
-            return Err(ApiError::Probe {
-                path: path.to_owned(),
-                source,
-            })
-        }
+        Err(source) => return Err(ApiError::Probe { path: path.to_owned(), source }),
     };
     if !meta.file_type().is_socket() {
-        return Err(ApiError::NotASocket {
-            path: path.to_owned(),
-        });
+        return Err(ApiError::NotASocket { path: path.to_owned() });
     }
     match UnixStream::connect(path) {
-        Ok(_) => Err(ApiError::SocketInUse {
-            path: path.to_owned(),
-        }),
+        Ok(_) => Err(ApiError::SocketInUse { path: path.to_owned() }),
         Err(e) if e.kind() == ErrorKind::ConnectionRefused => {
-            std::fs::remove_file(path).map_err(|source| ApiError::RemoveStale {
-                path: path.to_owned(),
-                source,
-            })
+            std::fs::remove_file(path).map_err(|source| ApiError::RemoveStale { path: path.to_owned(), source })
         }
-        Err(source) => Err(ApiError::Probe {
-            path: path.to_owned(),
-            source,
-        }),
+        Err(source) => Err(ApiError::Probe { path: path.to_owned(), source }),
     }
 }
 
@@ -84,20 +64,11 @@ pub(crate) fn bind_api_socket(path: &Path) -> Result<(UnixListener, SocketId), A
         return Err(ApiError::EmptySocketPath);
     }
     if bytes.len() > MAX_SOCKET_PATH_LEN {
-        return Err(ApiError::SocketPathTooLong {
-            path: path.to_owned(),
-            len: bytes.len(),
-        });
+        return Err(ApiError::SocketPathTooLong { path: path.to_owned(), len: bytes.len() });
     }
-    let bind_err = |source| ApiError::Bind {
-        path: path.to_owned(),
-        source,
-    };
+    let bind_err = |source| ApiError::Bind { path: path.to_owned(), source };
     if bytes.contains(&0) {
-        return Err(bind_err(std::io::Error::new(
-            ErrorKind::InvalidInput,
-            "the path contains a NUL byte",
-        )));
+        return Err(bind_err(std::io::Error::new(ErrorKind::InvalidInput, "the path contains a NUL byte")));
     }
     clear_stale(path)?;
 
@@ -127,19 +98,14 @@ pub(crate) fn bind_api_socket(path: &Path) -> Result<(UnixListener, SocketId), A
         let _ = std::fs::remove_file(path);
         bind_err(e)
     };
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(SOCKET_MODE))
-        .map_err(cleanup)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(SOCKET_MODE)).map_err(cleanup)?;
     // SAFETY: `fd` is a bound socket; listen() takes no pointers.
     if unsafe { libc::listen(fd.as_raw_fd(), LISTEN_BACKLOG) } < 0 {
         return Err(cleanup(std::io::Error::last_os_error()));
     }
     // Taken after chmod, which changes ctime.
-    let id = SocketId::of(path).ok_or_else(|| {
-        cleanup(std::io::Error::new(
-            ErrorKind::NotFound,
-            "socket file vanished after bind",
-        ))
-    })?;
+    let id = SocketId::of(path)
+        .ok_or_else(|| cleanup(std::io::Error::new(ErrorKind::NotFound, "socket file vanished after bind")))?;
     Ok((UnixListener::from(fd), id))
 }
 
@@ -189,27 +155,13 @@ mod tests {
     fn regular_file_and_bad_paths_are_refused() {
         let p = tmp("c.sock");
         std::fs::write(&p, b"precious").unwrap();
-        assert!(matches!(
-            bind_api_socket(&p).unwrap_err(),
-            ApiError::NotASocket { .. }
-        ));
+        assert!(matches!(bind_api_socket(&p).unwrap_err(), ApiError::NotASocket { .. }));
         assert_eq!(std::fs::read(&p).unwrap(), b"precious");
         let long = std::path::PathBuf::from(format!("/tmp/{}", "x".repeat(120)));
-        assert!(bind_api_socket(&long)
-            .unwrap_err()
-            .to_string()
-            .contains("at most 107"));
-        assert!(matches!(
-            bind_api_socket(Path::new("")).unwrap_err(),
-            ApiError::EmptySocketPath
-        ));
-        let e = bind_api_socket(Path::new("/nonexistent-dir/x.sock"))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.starts_with("cannot create API socket /nonexistent-dir/x.sock:"),
-            "{e}"
-        );
+        assert!(bind_api_socket(&long).unwrap_err().to_string().contains("at most 107"));
+        assert!(matches!(bind_api_socket(Path::new("")).unwrap_err(), ApiError::EmptySocketPath));
+        let e = bind_api_socket(Path::new("/nonexistent-dir/x.sock")).unwrap_err().to_string();
+        assert!(e.starts_with("cannot create API socket /nonexistent-dir/x.sock:"), "{e}");
     }
 
     #[test]

@@ -19,11 +19,7 @@ pub const MAX_CONFIG_FILE_BYTES: u64 = 1024 * 1024;
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VmConfig {
-    #[serde(
-        rename = "boot-source",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(rename = "boot-source", default, skip_serializing_if = "Option::is_none")]
     pub boot_source: Option<BootSource>,
     #[serde(rename = "machine-config", default)]
     pub machine_config: MachineConfig,
@@ -64,19 +60,13 @@ pub struct VmSpec {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {}: {source}", path.display())]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("config file {} is larger than {MAX_CONFIG_FILE_BYTES} bytes; is it the right file?", path.display())]
     TooLarge { path: PathBuf },
     #[error("config file {}: {message}", path.display())]
     Parse { path: PathBuf, message: String },
     #[error("config file {}: {source}", path.display())]
-    Invalid {
-        path: PathBuf,
-        source: ValidationError,
-    },
+    Invalid { path: PathBuf, source: ValidationError },
 }
 
 impl TryFrom<VmConfig> for VmSpec {
@@ -85,10 +75,7 @@ impl TryFrom<VmConfig> for VmSpec {
     fn try_from(cfg: VmConfig) -> Result<Self, Self::Error> {
         cfg.validate()?;
         let boot_source = cfg.boot_source.ok_or_else(|| {
-            ValidationError::new(
-                "boot-source",
-                "is required: set kernel_image_path (PUT /boot-source)",
-            )
+            ValidationError::new("boot-source", "is required: set kernel_image_path (PUT /boot-source)")
         })?;
         let mut drives = cfg.drives;
         // Stable: the other drives keep the order the user gave.
@@ -118,29 +105,17 @@ impl From<VmSpec> for VmConfig {
 impl VmSpec {
     /// Read, parse and validate a `--config-file`.
     pub fn from_config_file(path: &Path) -> Result<VmSpec, ConfigError> {
-        let read_err = |source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        };
+        let read_err = |source| ConfigError::Read { path: path.to_owned(), source };
         // Bounded read: the path may be a FIFO or a device that never ends.
         let file = std::fs::File::open(path).map_err(read_err)?;
         let mut text = Vec::new();
-        file.take(MAX_CONFIG_FILE_BYTES + 1)
-            .read_to_end(&mut text)
-            .map_err(read_err)?;
+        file.take(MAX_CONFIG_FILE_BYTES + 1).read_to_end(&mut text).map_err(read_err)?;
         if text.len() as u64 > MAX_CONFIG_FILE_BYTES {
-            return Err(ConfigError::TooLarge {
-                path: path.to_owned(),
-            });
+            return Err(ConfigError::TooLarge { path: path.to_owned() });
         }
-        let cfg: VmConfig = parse_json(&text).map_err(|message| ConfigError::Parse {
-            path: path.to_owned(),
-            message,
-        })?;
-        VmSpec::try_from(cfg).map_err(|source| ConfigError::Invalid {
-            path: path.to_owned(),
-            source,
-        })
+        let cfg: VmConfig =
+            parse_json(&text).map_err(|message| ConfigError::Parse { path: path.to_owned(), message })?;
+        VmSpec::try_from(cfg).map_err(|source| ConfigError::Invalid { path: path.to_owned(), source })
     }
 
     /// The root drive (`/dev/vda`), if one is configured.
@@ -158,10 +133,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("api-spec-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join(name);
-        std::fs::File::create(&path)
-            .unwrap()
-            .write_all(body.as_bytes())
-            .unwrap();
+        std::fs::File::create(&path).unwrap().write_all(body.as_bytes()).unwrap();
         path
     }
 
@@ -194,42 +166,23 @@ mod tests {
 
     #[test]
     fn minimal_file_takes_defaults() {
-        let spec = VmSpec::from_config_file(&write_tmp(
-            "min.json",
-            r#"{"boot-source":{"kernel_image_path":"/k"}}"#,
-        ))
-        .unwrap();
+        let spec =
+            VmSpec::from_config_file(&write_tmp("min.json", r#"{"boot-source":{"kernel_image_path":"/k"}}"#)).unwrap();
         assert_eq!(spec.machine_config, MachineConfig::default());
-        assert!(
-            spec.drives.is_empty() && spec.network_interfaces.is_empty() && spec.metrics.is_none()
-        );
+        assert!(spec.drives.is_empty() && spec.network_interfaces.is_empty() && spec.metrics.is_none());
         assert!(spec.root_drive().is_none());
     }
 
     #[test]
     fn errors_name_file_and_field() {
-        let e = VmSpec::from_config_file(Path::new("/nonexistent/shimvmm.json"))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.starts_with("cannot read config file /nonexistent/shimvmm.json:"),
-            "{e}"
-        );
+        let e = VmSpec::from_config_file(Path::new("/nonexistent/shimvmm.json")).unwrap_err().to_string();
+        assert!(e.starts_with("cannot read config file /nonexistent/shimvmm.json:"), "{e}");
 
-        let p = write_tmp(
-            "nob.json",
-            r#"{"machine-config":{"vcpu_count":1,"mem_size_mib":128}}"#,
-        );
+        let p = write_tmp("nob.json", r#"{"machine-config":{"vcpu_count":1,"mem_size_mib":128}}"#);
         let e = VmSpec::from_config_file(&p).unwrap_err().to_string();
-        assert!(
-            e.ends_with("boot-source: is required: set kernel_image_path (PUT /boot-source)"),
-            "{e}"
-        );
+        assert!(e.ends_with("boot-source: is required: set kernel_image_path (PUT /boot-source)"), "{e}");
 
-        let p = write_tmp(
-            "typo.json",
-            r#"{"boot-source":{"kernel_image_path":"/k"},"machine_config":{}}"#,
-        );
+        let p = write_tmp("typo.json", r#"{"boot-source":{"kernel_image_path":"/k"},"machine_config":{}}"#);
         let e = VmSpec::from_config_file(&p).unwrap_err().to_string();
         assert!(e.contains("unknown field `machine_config`"), "{e}");
 
@@ -238,10 +191,7 @@ mod tests {
             r#"{"boot-source":{"kernel_image_path":"/k"},"machine-config":{"vcpu_count":0,"mem_size_mib":128}}"#,
         );
         let e = VmSpec::from_config_file(&p).unwrap_err().to_string();
-        assert!(
-            e.contains("machine-config.vcpu_count: 0 is out of range"),
-            "{e}"
-        );
+        assert!(e.contains("machine-config.vcpu_count: 0 is out of range"), "{e}");
 
         let p = write_tmp(
             "type.json",
@@ -251,18 +201,12 @@ mod tests {
         assert!(e.contains("drives[0].is_root_device: invalid type"), "{e}");
 
         let p = write_tmp("trunc.json", r#"{"boot-source":{"kernel_image_path":"/k""#);
-        assert!(VmSpec::from_config_file(&p)
-            .unwrap_err()
-            .to_string()
-            .contains("ends early"));
+        assert!(VmSpec::from_config_file(&p).unwrap_err().to_string().contains("ends early"));
     }
 
     #[test]
     fn oversized_file_is_refused_unread() {
         let p = write_tmp("big.json", &" ".repeat(MAX_CONFIG_FILE_BYTES as usize + 1));
-        assert!(matches!(
-            VmSpec::from_config_file(&p),
-            Err(ConfigError::TooLarge { .. })
-        ));
+        assert!(matches!(VmSpec::from_config_file(&p), Err(ConfigError::TooLarge { .. })));
     }
 }

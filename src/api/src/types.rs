@@ -91,10 +91,7 @@ impl MachineConfigUpdate {
             mem_size_mib: self.mem_size_mib.unwrap_or(base.mem_size_mib),
             smt: self.smt.unwrap_or(base.smt),
             track_dirty_pages: self.track_dirty_pages.unwrap_or(base.track_dirty_pages),
-            cpu_template: self
-                .cpu_template
-                .clone()
-                .or_else(|| base.cpu_template.clone()),
+            cpu_template: self.cpu_template.clone().or_else(|| base.cpu_template.clone()),
             huge_pages: self.huge_pages.clone().or_else(|| base.huge_pages.clone()),
         }
     }
@@ -221,56 +218,35 @@ mod tests {
 
     #[test]
     fn unknown_fields_are_refused() {
-        let err =
-            serde_json::from_str::<BootSource>(r#"{"kernel_image_path":"/k","bootargs":"x"}"#)
-                .unwrap_err();
-        assert!(
-            err.to_string().contains("unknown field `bootargs`"),
-            "{err}"
-        );
+        let err = serde_json::from_str::<BootSource>(r#"{"kernel_image_path":"/k","bootargs":"x"}"#).unwrap_err();
+        assert!(err.to_string().contains("unknown field `bootargs`"), "{err}");
         let err = serde_json::from_str::<Drive>(
             r#"{"drive_id":"a","path_on_host":"/d","is_root_device":true,"partuuid":"x"}"#,
         )
         .unwrap_err();
-        assert!(
-            err.to_string().contains("unknown field `partuuid`"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("unknown field `partuuid`"), "{err}");
     }
 
     #[test]
     fn state_uses_firecracker_spelling() {
-        assert_eq!(
-            serde_json::to_string(&VmState::NotStarted).unwrap(),
-            "\"Not started\""
-        );
-        assert_eq!(
-            serde_json::to_string(&VmState::Running).unwrap(),
-            "\"Running\""
-        );
+        assert_eq!(serde_json::to_string(&VmState::NotStarted).unwrap(), "\"Not started\"");
+        assert_eq!(serde_json::to_string(&VmState::Running).unwrap(), "\"Running\"");
     }
 
     #[test]
     fn machine_config_defaults_and_patch() {
-        let mc: MachineConfig =
-            serde_json::from_str(r#"{"vcpu_count":2,"mem_size_mib":256}"#).unwrap();
+        let mc: MachineConfig = serde_json::from_str(r#"{"vcpu_count":2,"mem_size_mib":256}"#).unwrap();
         assert!(!mc.smt && !mc.track_dirty_pages);
-        let patched = MachineConfigUpdate {
-            mem_size_mib: Some(512),
-            ..Default::default()
-        }
-        .apply_to(&mc);
+        let patched = MachineConfigUpdate { mem_size_mib: Some(512), ..Default::default() }.apply_to(&mc);
         assert_eq!((patched.vcpu_count, patched.mem_size_mib), (2, 512));
         assert_eq!(MachineConfig::default().mem_size_mib, DEFAULT_MEM_SIZE_MIB);
     }
 
     #[test]
     fn interface_backend_is_exactly_one() {
-        let tap: NetworkInterface =
-            serde_json::from_str(r#"{"iface_id":"eth0","host_dev_name":"tap0"}"#).unwrap();
+        let tap: NetworkInterface = serde_json::from_str(r#"{"iface_id":"eth0","host_dev_name":"tap0"}"#).unwrap();
         assert_eq!(tap.backend(), Some(NetBackendSpec::Tap("tap0")));
-        let pnic: NetworkInterface =
-            serde_json::from_str(r#"{"iface_id":"eth0","pnic_bdf":"0000:01:00.0"}"#).unwrap();
+        let pnic: NetworkInterface = serde_json::from_str(r#"{"iface_id":"eth0","pnic_bdf":"0000:01:00.0"}"#).unwrap();
         assert!(matches!(pnic.backend(), Some(NetBackendSpec::Pnic(_))));
         let neither: NetworkInterface = serde_json::from_str(r#"{"iface_id":"eth0"}"#).unwrap();
         assert_eq!(neither.backend(), None);

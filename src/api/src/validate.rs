@@ -42,10 +42,7 @@ pub struct ValidationError {
 
 impl ValidationError {
     pub fn new(field: impl Into<String>, problem: impl Into<String>) -> Self {
-        ValidationError {
-            field: field.into(),
-            problem: problem.into(),
-        }
+        ValidationError { field: field.into(), problem: problem.into() }
     }
 
     /// Prefix the field with the object it belongs to (`drives[0]`).
@@ -63,21 +60,12 @@ pub fn check_id(field: &str, id: &str) -> Result {
         return Err(ValidationError::new(field, "must not be empty"));
     }
     if id.len() > MAX_ID_LEN {
-        return Err(ValidationError::new(
-            field,
-            format!("is {} bytes long; at most {MAX_ID_LEN} allowed", id.len()),
-        ));
+        return Err(ValidationError::new(field, format!("is {} bytes long; at most {MAX_ID_LEN} allowed", id.len())));
     }
-    if !id
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-    {
+    if !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
         return Err(ValidationError::new(
             field,
-            format!(
-                "\"{}\" may only contain ASCII letters, digits, '_' and '-'",
-                id.escape_debug()
-            ),
+            format!("\"{}\" may only contain ASCII letters, digits, '_' and '-'", id.escape_debug()),
         ));
     }
     Ok(())
@@ -92,10 +80,7 @@ fn check_path(field: &str, path: &Path) -> Result {
     if bytes.len() > MAX_PATH_LEN {
         return Err(ValidationError::new(
             field,
-            format!(
-                "is {} bytes long; at most {MAX_PATH_LEN} allowed",
-                bytes.len()
-            ),
+            format!("is {} bytes long; at most {MAX_PATH_LEN} allowed", bytes.len()),
         ));
     }
     if bytes.contains(&0) {
@@ -114,17 +99,11 @@ impl BootSource {
             if args.len() > MAX_BOOT_ARGS_LEN {
                 return Err(ValidationError::new(
                     "boot_args",
-                    format!(
-                        "is {} bytes long; at most {MAX_BOOT_ARGS_LEN} allowed",
-                        args.len()
-                    ),
+                    format!("is {} bytes long; at most {MAX_BOOT_ARGS_LEN} allowed", args.len()),
                 ));
             }
             if args.chars().any(char::is_control) {
-                return Err(ValidationError::new(
-                    "boot_args",
-                    "contains a control character (newline, tab, NUL, ...)",
-                ));
+                return Err(ValidationError::new("boot_args", "contains a control character (newline, tab, NUL, ...)"));
             }
         }
         Ok(())
@@ -136,19 +115,13 @@ impl MachineConfig {
         if !(1..=MAX_VCPUS).contains(&self.vcpu_count) {
             return Err(ValidationError::new(
                 "vcpu_count",
-                format!(
-                    "{} is out of range; expected 1 to {MAX_VCPUS}",
-                    self.vcpu_count
-                ),
+                format!("{} is out of range; expected 1 to {MAX_VCPUS}", self.vcpu_count),
             ));
         }
         if !(MIN_MEM_SIZE_MIB..=MAX_MEM_SIZE_MIB).contains(&self.mem_size_mib) {
             return Err(ValidationError::new(
                 "mem_size_mib",
-                format!(
-                    "{} is out of range; expected {MIN_MEM_SIZE_MIB} to {MAX_MEM_SIZE_MIB}",
-                    self.mem_size_mib
-                ),
+                format!("{} is out of range; expected {MIN_MEM_SIZE_MIB} to {MAX_MEM_SIZE_MIB}", self.mem_size_mib),
             ));
         }
         if self.smt {
@@ -163,18 +136,12 @@ impl MachineConfig {
                 "dirty page tracking is not supported; omit it or set false",
             ));
         }
-        for (field, value) in [
-            ("cpu_template", &self.cpu_template),
-            ("huge_pages", &self.huge_pages),
-        ] {
+        for (field, value) in [("cpu_template", &self.cpu_template), ("huge_pages", &self.huge_pages)] {
             if let Some(v) = value {
                 if v != "None" {
                     return Err(ValidationError::new(
                         field,
-                        format!(
-                            "\"{}\" is not supported; omit it or use \"None\"",
-                            v.escape_debug()
-                        ),
+                        format!("\"{}\" is not supported; omit it or use \"None\"", v.escape_debug()),
                     ));
                 }
             }
@@ -218,18 +185,10 @@ fn check_ifname(name: &str) -> Result {
     if name.len() > MAX_IFNAME_LEN {
         return Err(ValidationError::new(
             FIELD,
-            format!(
-                "\"{}\" is {} bytes long; Linux allows at most {MAX_IFNAME_LEN}",
-                name.escape_debug(),
-                name.len()
-            ),
+            format!("\"{}\" is {} bytes long; Linux allows at most {MAX_IFNAME_LEN}", name.escape_debug(), name.len()),
         ));
     }
-    if name == "."
-        || name == ".."
-        || name
-            .chars()
-            .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
+    if name == "." || name == ".." || name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
     {
         return Err(ValidationError::new(
             FIELD,
@@ -253,9 +212,7 @@ pub(crate) fn check_config(cfg: &VmConfig) -> Result {
     if let Some(boot) = &cfg.boot_source {
         boot.validate().map_err(|e| e.within("boot-source"))?;
     }
-    cfg.machine_config
-        .validate()
-        .map_err(|e| e.within("machine-config"))?;
+    cfg.machine_config.validate().map_err(|e| e.within("machine-config"))?;
     if let Some(metrics) = &cfg.metrics {
         metrics.validate().map_err(|e| e.within("metrics"))?;
     }
@@ -263,10 +220,7 @@ pub(crate) fn check_config(cfg: &VmConfig) -> Result {
     if cfg.drives.len() > MAX_DRIVES {
         return Err(ValidationError::new(
             "drives",
-            format!(
-                "{} drives given; at most {MAX_DRIVES} allowed",
-                cfg.drives.len()
-            ),
+            format!("{} drives given; at most {MAX_DRIVES} allowed", cfg.drives.len()),
         ));
     }
     let mut ids = HashSet::new();
@@ -294,18 +248,10 @@ pub(crate) fn check_config(cfg: &VmConfig) -> Result {
     if cfg.network_interfaces.len() > MAX_NETWORK_INTERFACES {
         return Err(ValidationError::new(
             "network-interfaces",
-            format!(
-                "{} interfaces given; at most {MAX_NETWORK_INTERFACES} allowed",
-                cfg.network_interfaces.len()
-            ),
+            format!("{} interfaces given; at most {MAX_NETWORK_INTERFACES} allowed", cfg.network_interfaces.len()),
         ));
     }
-    let (mut ids, mut taps, mut bdfs, mut macs) = (
-        HashSet::new(),
-        HashSet::new(),
-        HashSet::new(),
-        HashSet::new(),
-    );
+    let (mut ids, mut taps, mut bdfs, mut macs) = (HashSet::new(), HashSet::new(), HashSet::new(), HashSet::new());
     for (i, iface) in cfg.network_interfaces.iter().enumerate() {
         let at = format!("network-interfaces[{i}]");
         iface.validate().map_err(|e| e.within(&at))?;
@@ -362,9 +308,7 @@ pub(crate) fn describe_json_error(err: serde_path_to_error::Error<serde_json::Er
 }
 
 /// Parse `body` as `T`, naming the field that is wrong when it fails.
-pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(
-    body: &[u8],
-) -> std::result::Result<T, String> {
+pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> std::result::Result<T, String> {
     // serde would also take a struct as an array of its fields; nobody means that.
     match body.iter().find(|b| !b.is_ascii_whitespace()) {
         Some(b'{') => {}
@@ -384,181 +328,66 @@ mod tests {
     use std::path::PathBuf;
 
     fn drive(id: &str, root: bool) -> Drive {
-        Drive {
-            drive_id: id.into(),
-            path_on_host: PathBuf::from("/img"),
-            is_root_device: root,
-            is_read_only: false,
-        }
+        Drive { drive_id: id.into(), path_on_host: PathBuf::from("/img"), is_root_device: root, is_read_only: false }
     }
 
     fn tap(id: &str, name: &str) -> NetworkInterface {
-        NetworkInterface {
-            iface_id: id.into(),
-            host_dev_name: Some(name.into()),
-            pnic_bdf: None,
-            guest_mac: None,
-        }
+        NetworkInterface { iface_id: id.into(), host_dev_name: Some(name.into()), pnic_bdf: None, guest_mac: None }
     }
 
     #[test]
     fn ids_are_checked() {
         assert!(check_id("drive_id", "rootfs_1-a").is_ok());
-        assert_eq!(
-            check_id("drive_id", "").unwrap_err().to_string(),
-            "drive_id: must not be empty"
-        );
-        assert!(check_id("drive_id", "a/b")
-            .unwrap_err()
-            .to_string()
-            .contains("may only contain"));
-        assert!(check_id("iface_id", &"x".repeat(65))
-            .unwrap_err()
-            .to_string()
-            .contains("at most 64"));
+        assert_eq!(check_id("drive_id", "").unwrap_err().to_string(), "drive_id: must not be empty");
+        assert!(check_id("drive_id", "a/b").unwrap_err().to_string().contains("may only contain"));
+        assert!(check_id("iface_id", &"x".repeat(65)).unwrap_err().to_string().contains("at most 64"));
     }
 
     #[test]
     fn machine_config_ranges_and_unsupported_features() {
-        let ok = MachineConfig {
-            vcpu_count: 2,
-            mem_size_mib: 256,
-            ..Default::default()
-        };
+        let ok = MachineConfig { vcpu_count: 2, mem_size_mib: 256, ..Default::default() };
         assert!(ok.validate().is_ok());
-        let e = MachineConfig {
-            vcpu_count: 0,
-            ..ok.clone()
-        }
-        .validate()
-        .unwrap_err();
+        let e = MachineConfig { vcpu_count: 0, ..ok.clone() }.validate().unwrap_err();
         assert_eq!(e.field, "vcpu_count");
         assert!(e.problem.contains("out of range"));
+        assert_eq!(MachineConfig { vcpu_count: 33, ..ok.clone() }.validate().unwrap_err().field, "vcpu_count");
+        assert_eq!(MachineConfig { mem_size_mib: 1, ..ok.clone() }.validate().unwrap_err().field, "mem_size_mib");
         assert_eq!(
-            MachineConfig {
-                vcpu_count: 33,
-                ..ok.clone()
-            }
-            .validate()
-            .unwrap_err()
-            .field,
-            "vcpu_count"
-        );
-        assert_eq!(
-            MachineConfig {
-                mem_size_mib: 1,
-                ..ok.clone()
-            }
-            .validate()
-            .unwrap_err()
-            .field,
+            MachineConfig { mem_size_mib: u64::MAX, ..ok.clone() }.validate().unwrap_err().field,
             "mem_size_mib"
         );
+        assert_eq!(MachineConfig { smt: true, ..ok.clone() }.validate().unwrap_err().field, "smt");
         assert_eq!(
-            MachineConfig {
-                mem_size_mib: u64::MAX,
-                ..ok.clone()
-            }
-            .validate()
-            .unwrap_err()
-            .field,
-            "mem_size_mib"
-        );
-        assert_eq!(
-            MachineConfig {
-                smt: true,
-                ..ok.clone()
-            }
-            .validate()
-            .unwrap_err()
-            .field,
-            "smt"
-        );
-        assert_eq!(
-            MachineConfig {
-                track_dirty_pages: true,
-                ..ok.clone()
-            }
-            .validate()
-            .unwrap_err()
-            .field,
+            MachineConfig { track_dirty_pages: true, ..ok.clone() }.validate().unwrap_err().field,
             "track_dirty_pages"
         );
-        assert!(MachineConfig {
-            cpu_template: Some("None".into()),
-            ..ok.clone()
-        }
-        .validate()
-        .is_ok());
+        assert!(MachineConfig { cpu_template: Some("None".into()), ..ok.clone() }.validate().is_ok());
         assert_eq!(
-            MachineConfig {
-                cpu_template: Some("T2".into()),
-                ..ok.clone()
-            }
-            .validate()
-            .unwrap_err()
-            .field,
+            MachineConfig { cpu_template: Some("T2".into()), ..ok.clone() }.validate().unwrap_err().field,
             "cpu_template"
         );
-        assert_eq!(
-            MachineConfig {
-                huge_pages: Some("2M".into()),
-                ..ok
-            }
-            .validate()
-            .unwrap_err()
-            .field,
-            "huge_pages"
-        );
+        assert_eq!(MachineConfig { huge_pages: Some("2M".into()), ..ok }.validate().unwrap_err().field, "huge_pages");
     }
 
     #[test]
     fn boot_source_rules() {
-        let b = BootSource {
-            kernel_image_path: "/k".into(),
-            boot_args: Some("console=ttyS0".into()),
-            initrd_path: None,
-        };
+        let b =
+            BootSource { kernel_image_path: "/k".into(), boot_args: Some("console=ttyS0".into()), initrd_path: None };
         assert!(b.validate().is_ok());
         assert_eq!(
-            BootSource {
-                kernel_image_path: "".into(),
-                ..b.clone()
-            }
-            .validate()
-            .unwrap_err()
-            .field,
+            BootSource { kernel_image_path: "".into(), ..b.clone() }.validate().unwrap_err().field,
             "kernel_image_path"
         );
         assert_eq!(
-            BootSource {
-                initrd_path: Some("a\0b".into()),
-                ..b.clone()
-            }
-            .validate()
-            .unwrap_err()
-            .field,
+            BootSource { initrd_path: Some("a\0b".into()), ..b.clone() }.validate().unwrap_err().field,
             "initrd_path"
         );
         assert_eq!(
-            BootSource {
-                boot_args: Some("a\nb".into()),
-                ..b.clone()
-            }
-            .validate()
-            .unwrap_err()
-            .field,
+            BootSource { boot_args: Some("a\nb".into()), ..b.clone() }.validate().unwrap_err().field,
             "boot_args"
         );
-        let long = BootSource {
-            boot_args: Some("x".repeat(MAX_BOOT_ARGS_LEN + 1)),
-            ..b
-        };
-        assert!(long
-            .validate()
-            .unwrap_err()
-            .problem
-            .contains("at most 2048"));
+        let long = BootSource { boot_args: Some("x".repeat(MAX_BOOT_ARGS_LEN + 1)), ..b };
+        assert!(long.validate().unwrap_err().problem.contains("at most 2048"));
     }
 
     #[test]
@@ -567,34 +396,17 @@ mod tests {
         let mut both = tap("eth0", "tap0");
         both.pnic_bdf = Some("0000:01:00.0".parse().unwrap());
         assert!(both.validate().unwrap_err().problem.contains("not both"));
-        let neither = NetworkInterface {
-            host_dev_name: None,
-            ..tap("eth0", "x")
-        };
+        let neither = NetworkInterface { host_dev_name: None, ..tap("eth0", "x") };
         assert!(neither.validate().unwrap_err().problem.contains("missing"));
-        assert!(tap("eth0", "a-very-long-tapname")
-            .validate()
-            .unwrap_err()
-            .problem
-            .contains("at most 15"));
+        assert!(tap("eth0", "a-very-long-tapname").validate().unwrap_err().problem.contains("at most 15"));
         for bad in ["..", "a/b", "a b", "a:1"] {
-            assert!(
-                tap("eth0", bad)
-                    .validate()
-                    .unwrap_err()
-                    .problem
-                    .contains("not a valid"),
-                "{bad}"
-            );
+            assert!(tap("eth0", bad).validate().unwrap_err().problem.contains("not a valid"), "{bad}");
         }
     }
 
     #[test]
     fn config_cross_checks() {
-        let mut cfg = VmConfig {
-            drives: vec![drive("a", true), drive("b", false)],
-            ..Default::default()
-        };
+        let mut cfg = VmConfig { drives: vec![drive("a", true), drive("b", false)], ..Default::default() };
         assert!(check_config(&cfg).is_ok());
         cfg.drives.push(drive("c", true));
         let e = check_config(&cfg).unwrap_err();
@@ -605,62 +417,42 @@ mod tests {
         cfg.drives.clear();
 
         cfg.network_interfaces = vec![tap("eth0", "tap0"), tap("eth1", "tap0")];
-        assert_eq!(
-            check_config(&cfg).unwrap_err().field,
-            "network-interfaces[1].host_dev_name"
-        );
+        assert_eq!(check_config(&cfg).unwrap_err().field, "network-interfaces[1].host_dev_name");
         let mut p1 = tap("eth0", "x");
         p1.host_dev_name = None;
         p1.pnic_bdf = Some("01:00.0".parse().unwrap());
         let mut p2 = p1.clone();
         p2.iface_id = "eth1".into();
         cfg.network_interfaces = vec![p1, p2];
-        assert_eq!(
-            check_config(&cfg).unwrap_err().field,
-            "network-interfaces[1].pnic_bdf"
-        );
+        assert_eq!(check_config(&cfg).unwrap_err().field, "network-interfaces[1].pnic_bdf");
         let mut m1 = tap("eth0", "tap0");
         m1.guest_mac = Some("02:00:00:00:00:01".parse().unwrap());
         let mut m2 = tap("eth1", "tap1");
         m2.guest_mac = m1.guest_mac;
         cfg.network_interfaces = vec![m1, m2];
-        assert_eq!(
-            check_config(&cfg).unwrap_err().field,
-            "network-interfaces[1].guest_mac"
-        );
+        assert_eq!(check_config(&cfg).unwrap_err().field, "network-interfaces[1].guest_mac");
 
-        cfg.network_interfaces = (0..=MAX_NETWORK_INTERFACES)
-            .map(|i| tap(&format!("e{i}"), &format!("t{i}")))
-            .collect();
+        cfg.network_interfaces =
+            (0..=MAX_NETWORK_INTERFACES).map(|i| tap(&format!("e{i}"), &format!("t{i}"))).collect();
         assert_eq!(check_config(&cfg).unwrap_err().field, "network-interfaces");
     }
 
     #[test]
     fn json_errors_name_the_field() {
-        let e =
-            parse_json::<MachineConfig>(br#"{"vcpu_count":"2","mem_size_mib":128}"#).unwrap_err();
+        let e = parse_json::<MachineConfig>(br#"{"vcpu_count":"2","mem_size_mib":128}"#).unwrap_err();
         assert!(e.starts_with("vcpu_count: invalid type: string"), "{e}");
         let e = parse_json::<crate::spec::VmConfig>(
             br#"{"drives":[{"drive_id":"a","path_on_host":"/x","is_root_device":1}]}"#,
         )
         .unwrap_err();
-        assert!(
-            e.starts_with("drives[0].is_root_device: invalid type"),
-            "{e}"
-        );
+        assert!(e.starts_with("drives[0].is_root_device: invalid type"), "{e}");
         let e = parse_json::<MachineConfig>(br#"{"vcpu_count":2,"#).unwrap_err();
         assert!(e.contains("ends early"), "{e}");
-        let e =
-            parse_json::<MachineConfig>(br#"{"vcpu_count":2,"mem_size_mib":128} x"#).unwrap_err();
+        let e = parse_json::<MachineConfig>(br#"{"vcpu_count":2,"mem_size_mib":128} x"#).unwrap_err();
         assert!(e.contains("malformed JSON"), "{e}");
-        let e = parse_json::<MachineConfig>(br#"{"vcpu_count":2,"mem_size_mib":128,"bogus":1}"#)
-            .unwrap_err();
+        let e = parse_json::<MachineConfig>(br#"{"vcpu_count":2,"mem_size_mib":128,"bogus":1}"#).unwrap_err();
         assert!(e.contains("unknown field `bogus`"), "{e}");
-        let e =
-            parse_json::<NetworkInterface>(br#"{"iface_id":"e","guest_mac":"nope"}"#).unwrap_err();
-        assert!(
-            e.starts_with("guest_mac: \"nope\" is not a MAC address"),
-            "{e}"
-        );
+        let e = parse_json::<NetworkInterface>(br#"{"iface_id":"e","guest_mac":"nope"}"#).unwrap_err();
+        assert!(e.starts_with("guest_mac: \"nope\" is not a MAC address"), "{e}");
     }
 }

@@ -178,9 +178,7 @@ impl HostEnd {
         let mut n = 0;
         loop {
             // SAFETY: recv(2) writes at most buf.len() bytes into buf.
-            let r = unsafe {
-                libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT)
-            };
+            let r = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
             if r < 0 {
                 return n;
             }

@@ -30,10 +30,7 @@ impl FromStr for Bdf {
     type Err = BdfError;
 
     fn from_str(input: &str) -> Result<Self, Self::Err> {
-        let err = |why| BdfError {
-            input: input.to_string(),
-            why,
-        };
+        let err = |why| BdfError { input: input.to_string(), why };
         let s = input.trim();
         let (rest, function) = s.rsplit_once('.').ok_or(err("missing '.function'"))?;
         let function = hex_field(function, 1).ok_or(err("function must be one hex digit"))?;
@@ -52,23 +49,14 @@ impl FromStr for Bdf {
         if device > 0x1f {
             return Err(err("device must be 00-1f"));
         }
-        Ok(Bdf {
-            domain: domain as u16,
-            bus: bus as u8,
-            device: device as u8,
-            function: function as u8,
-        })
+        Ok(Bdf { domain: domain as u16, bus: bus as u8, device: device as u8, function: function as u8 })
     }
 }
 
 impl fmt::Display for Bdf {
     /// The canonical sysfs spelling, `0000:01:00.0`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{:04x}:{:02x}:{:02x}.{:x}",
-            self.domain, self.bus, self.device, self.function
-        )
+        write!(f, "{:04x}:{:02x}:{:02x}.{:x}", self.domain, self.bus, self.device, self.function)
     }
 }
 
@@ -83,23 +71,25 @@ mod tests {
         assert_eq!(a, b);
         assert_eq!(a.to_string(), "0000:01:00.0");
         let c: Bdf = "abcd:ff:1f.7".parse().unwrap();
-        assert_eq!(
-            c,
-            Bdf {
-                domain: 0xabcd,
-                bus: 0xff,
-                device: 0x1f,
-                function: 7
-            }
-        );
+        assert_eq!(c, Bdf { domain: 0xabcd, bus: 0xff, device: 0x1f, function: 7 });
         assert_eq!(c.to_string(), "abcd:ff:1f.7");
     }
 
     #[test]
     fn rejects_garbage() {
         for bad in [
-            "", "01:00", "0000:01:00.8", "01:20.0", "1:2:3:4.0", "0000:100:00.0", "zz:00.0",
-            "00000:01:00.0", "01:00.", ":00.0", "01:00.0x", "+1:00.0",
+            "",
+            "01:00",
+            "0000:01:00.8",
+            "01:20.0",
+            "1:2:3:4.0",
+            "0000:100:00.0",
+            "zz:00.0",
+            "00000:01:00.0",
+            "01:00.",
+            ":00.0",
+            "01:00.0x",
+            "+1:00.0",
         ] {
             let e = bad.parse::<Bdf>().unwrap_err();
             assert!(e.to_string().contains("invalid PCI address"), "{bad}: {e}");

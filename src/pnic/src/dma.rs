@@ -9,8 +9,7 @@ use std::ptr::NonNull;
 use std::sync::atomic::Ordering;
 
 use vm_memory::{
-    Address, AtomicAccess, AtomicInteger, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap,
-    GuestMemoryRegion,
+    Address, AtomicAccess, AtomicInteger, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
 };
 
 /// Alignment of the first VMM IOVA above guest RAM (keeps it visibly apart).
@@ -51,11 +50,7 @@ pub struct IovaAllocator {
 impl IovaAllocator {
     /// Start allocating at the first `IOVA_GAP_ALIGN` boundary above `guest`.
     pub fn above(guest: &GuestMemoryMmap) -> Self {
-        let end = guest
-            .iter()
-            .map(|r| r.start_addr().raw_value() + r.len())
-            .max()
-            .unwrap_or(0);
+        let end = guest.iter().map(|r| r.start_addr().raw_value() + r.len()).max().unwrap_or(0);
         let next = end.div_ceil(IOVA_GAP_ALIGN).max(1) * IOVA_GAP_ALIGN;
         IovaAllocator { next }
     }
@@ -143,43 +138,25 @@ impl DmaArea {
 
     /// Whether `[iova, iova+len)` lies inside this area.
     pub fn contains(&self, iova: u64, len: u64) -> bool {
-        iova >= self.iova
-            && iova
-                .checked_add(len)
-                .is_some_and(|e| e <= self.iova + self.len as u64)
+        iova >= self.iova && iova.checked_add(len).is_some_and(|e| e <= self.iova + self.len as u64)
     }
 
     fn check(&self, offset: u64, len: usize) -> Result<GuestAddress, DmaError> {
-        if offset
-            .checked_add(len as u64)
-            .is_some_and(|e| e <= self.len as u64)
-        {
+        if offset.checked_add(len as u64).is_some_and(|e| e <= self.len as u64) {
             Ok(GuestAddress(self.iova + offset))
         } else {
-            Err(DmaError::OutOfBounds {
-                offset,
-                len,
-                size: self.len,
-            })
+            Err(DmaError::OutOfBounds { offset, len, size: self.len })
         }
     }
 
     pub fn write(&self, offset: u64, data: &[u8]) -> Result<(), DmaError> {
         let a = self.check(offset, data.len())?;
-        self.mem.write_slice(data, a).map_err(|_| DmaError::OutOfBounds {
-            offset,
-            len: data.len(),
-            size: self.len,
-        })
+        self.mem.write_slice(data, a).map_err(|_| DmaError::OutOfBounds { offset, len: data.len(), size: self.len })
     }
 
     pub fn read(&self, offset: u64, data: &mut [u8]) -> Result<(), DmaError> {
         let a = self.check(offset, data.len())?;
-        self.mem.read_slice(data, a).map_err(|_| DmaError::OutOfBounds {
-            offset,
-            len: data.len(),
-            size: self.len,
-        })
+        self.mem.read_slice(data, a).map_err(|_| DmaError::OutOfBounds { offset, len: data.len(), size: self.len })
     }
 
     /// The atomic at `offset`, after checking it lies inside the area and is
@@ -205,12 +182,7 @@ impl DmaArea {
     }
 
     /// Atomic naturally-aligned store.
-    pub fn store<T: AtomicAccess>(
-        &self,
-        offset: u64,
-        value: T,
-        order: Ordering,
-    ) -> Result<(), DmaError> {
+    pub fn store<T: AtomicAccess>(&self, offset: u64, value: T, order: Ordering) -> Result<(), DmaError> {
         self.atomic::<T>(offset)?.store(value.into(), order);
         Ok(())
     }
@@ -230,11 +202,9 @@ mod tests {
 
     #[test]
     fn allocator_starts_above_guest_ram_aligned() {
-        let g = GuestMemoryMmap::<()>::from_ranges(&[
-            (GuestAddress(0), 0x10_0000),
-            (GuestAddress(0x1_0000_0000), 0x1000),
-        ])
-        .unwrap();
+        let g =
+            GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10_0000), (GuestAddress(0x1_0000_0000), 0x1000)])
+                .unwrap();
         let mut a = IovaAllocator::above(&g);
         let x = a.alloc(10).unwrap();
         assert_eq!(x, 0x1_4000_0000);

@@ -119,7 +119,11 @@ pub trait PnicDriver: Send {
     /// [`PnicDriver::post_rx_each`] for a driver whose type is known, so
     /// `next` can be inlined into the posting loop.
     #[inline(always)]
-    fn post_rx_with<F: FnMut() -> Option<(u64, u64)>>(&mut self, len: u32, mut next: F) -> (usize, Result<(), RxRunError>)
+    fn post_rx_with<F: FnMut() -> Option<(u64, u64)>>(
+        &mut self,
+        len: u32,
+        mut next: F,
+    ) -> (usize, Result<(), RxRunError>)
     where
         Self: Sized,
     {

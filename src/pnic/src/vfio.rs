@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use vfio_bindings::bindings::vfio::{
-    VFIO_PCI_BAR0_REGION_INDEX, VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_MSIX_IRQ_INDEX,
-    VFIO_REGION_INFO_FLAG_MMAP, VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
+    VFIO_PCI_BAR0_REGION_INDEX, VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_MSIX_IRQ_INDEX, VFIO_REGION_INFO_FLAG_MMAP,
+    VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
 };
 use vfio_ioctls::{VfioContainer, VfioDevice};
 use vm_memory::{Address, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress};
@@ -38,10 +38,8 @@ pub const DEVICE_82576: u16 = 0x10c9;
 pub const DEVICE_82574L: u16 = 0x10d3;
 
 /// NICs shimvmm has a driver for: (vendor, device, name).
-pub const SUPPORTED_NICS: &[(u16, u16, &str)] = &[
-    (VENDOR_INTEL, DEVICE_82576, "Intel 82576 (igb)"),
-    (VENDOR_INTEL, DEVICE_82574L, "Intel 82574L (e1000e)"),
-];
+pub const SUPPORTED_NICS: &[(u16, u16, &str)] =
+    &[(VENDOR_INTEL, DEVICE_82576, "Intel 82576 (igb)"), (VENDOR_INTEL, DEVICE_82574L, "Intel 82574L (e1000e)")];
 
 /// Drivers that may own other functions of a viable IOMMU group.
 const GROUP_OK_DRIVERS: &[&str] = &["vfio-pci", "pci-stub", "pcieport"];
@@ -109,18 +107,12 @@ pub struct HostPaths {
 
 impl Default for HostPaths {
     fn default() -> Self {
-        HostPaths {
-            sys: PathBuf::from("/sys"),
-            dev: PathBuf::from("/dev"),
-        }
+        HostPaths { sys: PathBuf::from("/sys"), dev: PathBuf::from("/dev") }
     }
 }
 
 fn read_hex_id(path: &Path) -> Result<u16, VfioError> {
-    let s = fs::read_to_string(path).map_err(|source| VfioError::Sysfs {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let s = fs::read_to_string(path).map_err(|source| VfioError::Sysfs { path: path.to_path_buf(), source })?;
     let s = s.trim().trim_start_matches("0x");
     u16::from_str_radix(s, 16).map_err(|_| VfioError::Sysfs {
         path: path.to_path_buf(),
@@ -129,17 +121,11 @@ fn read_hex_id(path: &Path) -> Result<u16, VfioError> {
 }
 
 fn driver_of(dev_path: &Path) -> Option<String> {
-    fs::read_link(dev_path.join("driver"))
-        .ok()
-        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+    fs::read_link(dev_path.join("driver")).ok().and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
 }
 
 fn supported_list() -> String {
-    SUPPORTED_NICS
-        .iter()
-        .map(|(v, d, n)| format!("{v:04x}:{d:04x} {n}"))
-        .collect::<Vec<_>>()
-        .join(", ")
+    SUPPORTED_NICS.iter().map(|(v, d, n)| format!("{v:04x}:{d:04x} {n}")).collect::<Vec<_>>().join(", ")
 }
 
 /// All pre-boot checks, in the order a user would fix them.
@@ -150,16 +136,8 @@ pub fn precheck(paths: &HostPaths, bdf: Bdf) -> Result<SysfsInfo, VfioError> {
     }
     let vendor = read_hex_id(&dev_path.join("vendor"))?;
     let device = read_hex_id(&dev_path.join("device"))?;
-    if !SUPPORTED_NICS
-        .iter()
-        .any(|(v, d, _)| *v == vendor && *d == device)
-    {
-        return Err(VfioError::Unsupported {
-            bdf,
-            vendor,
-            device,
-            supported: supported_list(),
-        });
+    if !SUPPORTED_NICS.iter().any(|(v, d, _)| *v == vendor && *d == device) {
+        return Err(VfioError::Unsupported { bdf, vendor, device, supported: supported_list() });
     }
     if !paths.dev.join("vfio/vfio").exists() {
         return Err(VfioError::NoIommu(format!(
@@ -168,14 +146,9 @@ pub fn precheck(paths: &HostPaths, bdf: Bdf) -> Result<SysfsInfo, VfioError> {
         )));
     }
     let groups_dir = paths.sys.join("kernel/iommu_groups");
-    let has_groups = fs::read_dir(&groups_dir)
-        .map(|mut d| d.next().is_some())
-        .unwrap_or(false);
+    let has_groups = fs::read_dir(&groups_dir).map(|mut d| d.next().is_some()).unwrap_or(false);
     if !has_groups {
-        return Err(VfioError::NoIommu(format!(
-            "{} is empty: the kernel found no IOMMU",
-            groups_dir.display()
-        )));
+        return Err(VfioError::NoIommu(format!("{} is empty: the kernel found no IOMMU", groups_dir.display())));
     }
     let group = fs::read_link(dev_path.join("iommu_group"))
         .ok()
@@ -183,12 +156,7 @@ pub fn precheck(paths: &HostPaths, bdf: Bdf) -> Result<SysfsInfo, VfioError> {
         .ok_or_else(|| VfioError::NoIommu(format!("{bdf} has no iommu_group")))?;
     match driver_of(&dev_path) {
         Some(d) if d == "vfio-pci" => {}
-        other => {
-            return Err(VfioError::NotBoundToVfio {
-                bdf,
-                driver: other.unwrap_or_else(|| "none".into()),
-            })
-        }
+        other => return Err(VfioError::NotBoundToVfio { bdf, driver: other.unwrap_or_else(|| "none".into()) }),
     }
     let mut bad = Vec::new();
     let members = groups_dir.join(group.to_string()).join("devices");
@@ -208,18 +176,9 @@ pub fn precheck(paths: &HostPaths, bdf: Bdf) -> Result<SysfsInfo, VfioError> {
     }
     if !bad.is_empty() {
         bad.sort();
-        return Err(VfioError::GroupNotViable {
-            bdf,
-            group,
-            others: bad.join(", "),
-        });
+        return Err(VfioError::GroupNotViable { bdf, group, others: bad.join(", ") });
     }
-    Ok(SysfsInfo {
-        vendor,
-        device,
-        group,
-        sysfs_path: dev_path,
-    })
+    Ok(SysfsInfo { vendor, device, group, sysfs_path: dev_path })
 }
 
 /// BAR0 mapped into our address space; shared by the NIC handle and the
@@ -291,10 +250,7 @@ impl VfioDma {
         let mut m = self.mapped.lock().unwrap_or_else(|e| e.into_inner());
         for mem in m.drain(..) {
             for r in mem.iter() {
-                if let Err(e) = self
-                    .container
-                    .vfio_dma_unmap(r.start_addr().raw_value(), r.len() as usize)
-                {
+                if let Err(e) = self.container.vfio_dma_unmap(r.start_addr().raw_value(), r.len() as usize) {
                     log::error!("VFIO unmap of {:#x} failed: {e}", r.start_addr().raw_value());
                 }
             }
@@ -306,9 +262,8 @@ impl DmaMapper for VfioDma {
     fn map(&self, mem: &GuestMemoryMmap) -> Result<(), String> {
         let mut done: Vec<(u64, usize)> = Vec::new();
         for r in mem.iter() {
-            let host = r
-                .get_host_address(MemoryRegionAddress(0))
-                .map_err(|e| format!("no host address for region: {e}"))?;
+            let host =
+                r.get_host_address(MemoryRegionAddress(0)).map_err(|e| format!("no host address for region: {e}"))?;
             let iova = r.start_addr().raw_value();
             let len = r.len() as usize;
             // SAFETY: host..host+len is a live mmap owned by `mem`'s region;
@@ -324,20 +279,14 @@ impl DmaMapper for VfioDma {
             }
             done.push((iova, len));
         }
-        self.mapped
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(mem.clone());
+        self.mapped.lock().unwrap_or_else(|e| e.into_inner()).push(mem.clone());
         Ok(())
     }
 
     fn unmap(&self, mem: &GuestMemoryMmap) -> Result<(), String> {
         let mut m = self.mapped.lock().unwrap_or_else(|e| e.into_inner());
         let key: Vec<u64> = mem.iter().map(|r| r.start_addr().raw_value()).collect();
-        if let Some(pos) = m
-            .iter()
-            .position(|x| x.iter().map(|r| r.start_addr().raw_value()).eq(key.iter().copied()))
-        {
+        if let Some(pos) = m.iter().position(|x| x.iter().map(|r| r.start_addr().raw_value()).eq(key.iter().copied())) {
             let x = m.remove(pos);
             for r in x.iter() {
                 self.container
@@ -379,25 +328,11 @@ impl VfioNic {
                 group: info.group,
                 others: "another device of the group (kernel says not viable)".into(),
             },
-            source => VfioError::Vfio {
-                bdf,
-                what: "device open",
-                source,
-            },
+            source => VfioError::Vfio { bdf, what: "device open", source },
         })?;
         let bar = Self::map_bar0(bdf, &device)?;
-        let dma = Arc::new(VfioDma {
-            container,
-            mapped: Mutex::new(Vec::new()),
-        });
-        let nic = VfioNic {
-            bdf,
-            info,
-            irq_fds: Vec::new(),
-            device,
-            dma,
-            bar,
-        };
+        let dma = Arc::new(VfioDma { container, mapped: Mutex::new(Vec::new()) });
+        let nic = VfioNic { bdf, info, irq_fds: Vec::new(), device, dma, bar };
         nic.dma.map(guest).map_err(VfioError::DmaMap)?;
         nic.set_bus_master(true)?;
         Ok(nic)
@@ -433,15 +368,9 @@ impl VfioNic {
             )
         };
         if ptr == libc::MAP_FAILED {
-            return Err(VfioError::Mmap {
-                bdf,
-                source: std::io::Error::last_os_error(),
-            });
+            return Err(VfioError::Mmap { bdf, source: std::io::Error::last_os_error() });
         }
-        Ok(Arc::new(BarMap {
-            ptr: ptr as *mut u8,
-            len: size as usize,
-        }))
+        Ok(Arc::new(BarMap { ptr: ptr as *mut u8, len: size as usize }))
     }
 
     fn config_read_raw(device: &VfioDevice, off: u64, buf: &mut [u8]) -> std::io::Result<()> {
@@ -487,7 +416,8 @@ impl VfioNic {
     /// Read a 16-bit config-space register.
     pub fn config_read16(&self, off: u64) -> Result<u16, VfioError> {
         let mut b = [0u8; 2];
-        Self::config_read_raw(&self.device, off, &mut b).map_err(|source| VfioError::Config { bdf: self.bdf, source })?;
+        Self::config_read_raw(&self.device, off, &mut b)
+            .map_err(|source| VfioError::Config { bdf: self.bdf, source })?;
         Ok(u16::from_le_bytes(b))
     }
 
@@ -505,25 +435,18 @@ impl VfioNic {
 
     /// Route up to `wanted` MSI-X vectors to fresh non-blocking eventfds.
     pub fn enable_msix(&mut self, wanted: u32) -> Result<usize, VfioError> {
-        let avail = self
-            .device
-            .get_irq_info(VFIO_PCI_MSIX_IRQ_INDEX)
-            .map(|i| i.count)
-            .unwrap_or(0);
+        let avail = self.device.get_irq_info(VFIO_PCI_MSIX_IRQ_INDEX).map(|i| i.count).unwrap_or(0);
         let n = wanted.min(avail);
         if n == 0 {
             return Ok(0);
         }
-        let fds = (0..n)
-            .map(|_| EventFd::new(EFD_NONBLOCK).map_err(VfioError::EventFd))
-            .collect::<Result<Vec<_>, _>>()?;
-        self.device
-            .enable_msix(fds.iter().collect())
-            .map_err(|source| VfioError::Vfio {
-                bdf: self.bdf,
-                what: "MSI-X enable (VFIO_DEVICE_SET_IRQS)",
-                source,
-            })?;
+        let fds =
+            (0..n).map(|_| EventFd::new(EFD_NONBLOCK).map_err(VfioError::EventFd)).collect::<Result<Vec<_>, _>>()?;
+        self.device.enable_msix(fds.iter().collect()).map_err(|source| VfioError::Vfio {
+            bdf: self.bdf,
+            what: "MSI-X enable (VFIO_DEVICE_SET_IRQS)",
+            source,
+        })?;
         self.irq_fds = fds;
         Ok(n as usize)
     }
@@ -600,10 +523,7 @@ mod tests {
             FakeHost { dir }
         }
         fn paths(&self) -> HostPaths {
-            HostPaths {
-                sys: self.dir.join("sys"),
-                dev: self.dir.join("dev"),
-            }
+            HostPaths { sys: self.dir.join("sys"), dev: self.dir.join("dev") }
         }
         fn add(&self, bdf: &str, vendor: &str, device: &str, driver: Option<&str>, group: u32) {
             let d = self.dir.join("sys/bus/pci/devices").join(bdf);

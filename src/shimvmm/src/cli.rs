@@ -58,9 +58,7 @@ pub enum CliError {
 
 /// Splits `a=b,c=d` into pairs; a bare word is an error.
 fn pairs(spec: &str) -> Result<Vec<(&str, &str)>, String> {
-    spec.split(',')
-        .map(|kv| kv.split_once('=').ok_or_else(|| format!("expected key=value, got {kv:?}")))
-        .collect()
+    spec.split(',').map(|kv| kv.split_once('=').ok_or_else(|| format!("expected key=value, got {kv:?}"))).collect()
 }
 
 fn on_off(key: &str, v: &str) -> Result<bool, String> {

@@ -3,7 +3,7 @@
 
 use std::str::FromStr;
 
-use api::{BootSource, Drive, MachineConfig, MacAddr, NetworkInterface, PciBdf, VmSpec};
+use api::{BootSource, Drive, MacAddr, MachineConfig, NetworkInterface, PciBdf, VmSpec};
 use vmm::config::{self, DiskConfig, NetBackendConfig, NetConfig, VmConfig};
 
 pub fn spec_to_config(spec: &VmSpec) -> Result<VmConfig, String> {
@@ -26,7 +26,12 @@ pub fn spec_to_config(spec: &VmSpec) -> Result<VmConfig, String> {
             let backend = match (&n.host_dev_name, &n.pnic_bdf) {
                 (Some(tap), None) => NetBackendConfig::Tap { name: tap.clone() },
                 (None, Some(bdf)) => NetBackendConfig::Vfio { bdf: bdf.to_string() },
-                _ => return Err(format!("network-interfaces[{}]: give exactly one of host_dev_name or pnic_bdf", n.iface_id)),
+                _ => {
+                    return Err(format!(
+                        "network-interfaces[{}]: give exactly one of host_dev_name or pnic_bdf",
+                        n.iface_id
+                    ))
+                }
             };
             Ok(NetConfig { id: n.iface_id.clone(), backend, mac: n.guest_mac.map(|m| m.octets()) })
         })
@@ -47,7 +52,8 @@ pub fn spec_to_config(spec: &VmSpec) -> Result<VmConfig, String> {
 
 /// The API's view of a VM booted from the command line (for GET /vm/config).
 pub fn config_to_spec(c: &VmConfig) -> api::VmConfig {
-    let machine_config = MachineConfig { vcpu_count: u32::from(c.vcpus), mem_size_mib: c.mem_mib, ..Default::default() };
+    let machine_config =
+        MachineConfig { vcpu_count: u32::from(c.vcpus), mem_size_mib: c.mem_mib, ..Default::default() };
     api::VmConfig {
         boot_source: Some(BootSource {
             kernel_image_path: c.kernel.clone(),

@@ -8,9 +8,7 @@
 //! objects (headers) through the one region that holds them instead of
 //! vm-memory's multi-region slice iterator.
 
-use vm_memory::{
-    Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress,
-};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
 
 use crate::GuestMemory;
 
@@ -314,9 +312,9 @@ mod tests {
                 let a = e.wrapping_add_signed(d);
                 for &l in &lens {
                     let one_region = l != 0
-                        && mem.find_region(GuestAddress(a)).is_some_and(|r| {
-                            a.checked_add(l - 1).is_some_and(|last| last <= r.last_addr().0)
-                        });
+                        && mem
+                            .find_region(GuestAddress(a))
+                            .is_some_and(|r| a.checked_add(l - 1).is_some_and(|last| last <= r.last_addr().0));
                     let want = one_region.then(|| mem.get_host_address(GuestAddress(a)).unwrap());
                     assert_eq!(map.host_range(a, l), want, "start {a:#x} len {l:#x}");
                 }

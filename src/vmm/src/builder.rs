@@ -286,7 +286,10 @@ fn preflight(config: &VmConfig) -> Result<(), BuildError> {
         open(i).map_err(|err| loader::LoadError::InitrdOpen { path: i.display().to_string(), err })?;
     }
     for d in &config.disks {
-        open(&d.path).map_err(|e| BuildError::Disk { id: d.id.clone(), err: format!("cannot open {}: {e}", d.path.display()) })?;
+        open(&d.path).map_err(|e| BuildError::Disk {
+            id: d.id.clone(),
+            err: format!("cannot open {}: {e}", d.path.display()),
+        })?;
     }
     memory::ram_ranges(config.mem_mib)?;
     Ok(())
@@ -317,7 +320,8 @@ pub fn build(config: &VmConfig) -> Result<Vmm, BuildError> {
     let i8042 = Arc::new(Mutex::new(I8042::new(EventFdTrigger(kbd_irq), exit.clone())));
     pio.insert(i8042.clone(), u64::from(I8042_PORT), u64::from(I8042_PORT_LEN))?;
     let poweroff_evt = EventFd::new(EFD_NONBLOCK).map_err(BuildError::EventFd)?;
-    let pm = Arc::new(Mutex::new(PmBusDevice(AcpiPmDevice::new(poweroff_evt.try_clone().map_err(BuildError::EventFd)?))));
+    let pm =
+        Arc::new(Mutex::new(PmBusDevice(AcpiPmDevice::new(poweroff_evt.try_clone().map_err(BuildError::EventFd)?))));
     pio.insert(pm, u64::from(ACPI_PM_PORT), u64::from(ACPI_PM_PORT_LEN))?;
 
     // virtio devices: the root disk first so it is /dev/vda.
@@ -358,14 +362,21 @@ pub fn build(config: &VmConfig) -> Result<Vmm, BuildError> {
 
     // Boot tables, ACPI and the zero page.
     regs::write_boot_tables(&mem)?;
-    let layout = acpi::AcpiLayout { num_cpus: config.vcpus, pm_port: ACPI_PM_PORT, mmio_devices: slots.acpi.clone(), serial: true };
+    let layout = acpi::AcpiLayout {
+        num_cpus: config.vcpus,
+        pm_port: ACPI_PM_PORT,
+        mmio_devices: slots.acpi.clone(),
+        serial: true,
+    };
     let rsdp = acpi::create_acpi_tables(&mem, &layout).map_err(|e| BuildError::Acpi(e.to_string()))?;
     params::write_boot_params(&mem, &kernel, initrd.as_ref(), &cmdline, Some(rsdp))?;
     log::info!("kernel command line: {cmdline}");
 
     // Event sources owned by the VMM itself.
     em.add_subscriber(Arc::new(Mutex::new(StdinInput::new(serial.clone()))) as Subscriber);
-    em.add_subscriber(Arc::new(Mutex::new(SignalHandler::new(exit.clone()).map_err(BuildError::EventFd)?)) as Subscriber);
+    em.add_subscriber(
+        Arc::new(Mutex::new(SignalHandler::new(exit.clone()).map_err(BuildError::EventFd)?)) as Subscriber
+    );
     em.add_subscriber(Arc::new(Mutex::new(crate::exit::ExitEvents::new(exit.clone(), poweroff_evt))) as Subscriber);
 
     let pio = Arc::new(pio);
@@ -377,10 +388,8 @@ pub fn build(config: &VmConfig) -> Result<Vmm, BuildError> {
         vcpus.push(vcpu);
     }
     let ring = coalesce_console(&vm, &mut vcpus, &serial);
-    let threads = vcpus
-        .into_iter()
-        .map(|v| v.spawn(pio.clone(), mmio.clone(), exit.clone()))
-        .collect::<Result<Vec<_>, _>>()?;
+    let threads =
+        vcpus.into_iter().map(|v| v.spawn(pio.clone(), mmio.clone(), exit.clone())).collect::<Result<Vec<_>, _>>()?;
 
     Ok(Vmm {
         _vm: vm,

@@ -92,7 +92,8 @@ impl VmConfig {
         if self.disks.iter().filter(|d| d.root).count() > 1 {
             return Err(ConfigError::MultipleRoots);
         }
-        let mut ids: Vec<&str> = self.disks.iter().map(|d| d.id.as_str()).chain(self.nets.iter().map(|n| n.id.as_str())).collect();
+        let mut ids: Vec<&str> =
+            self.disks.iter().map(|d| d.id.as_str()).chain(self.nets.iter().map(|n| n.id.as_str())).collect();
         ids.sort();
         if let Some(w) = ids.windows(2).find(|w| w[0] == w[1]) {
             return Err(ConfigError::DuplicateId(w[0].to_string()));

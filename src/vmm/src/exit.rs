@@ -57,22 +57,6 @@ impl ExitHandle {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn first_reason_wins() {
-        let h = ExitHandle::new().unwrap();
-        assert_eq!(h.reason(), None);
-        h.request(ExitReason::GuestPoweroff);
-        h.request(ExitReason::VmmError("late".into()));
-        assert_eq!(h.reason(), Some(ExitReason::GuestPoweroff));
-        assert_eq!(h.eventfd().read().unwrap(), 2);
-        assert_eq!(ExitReason::VcpuError("x".into()).exit_code(), 2);
-    }
-}
-
 /// Event-loop side of stopping: wakes the loop when any thread requests an
 /// exit, and turns the ACPI poweroff event into [`ExitReason::GuestPoweroff`].
 pub struct ExitEvents {
@@ -104,5 +88,21 @@ impl event_manager::MutEventSubscriber for ExitEvents {
         } else {
             let _ = self.exit.evt.read();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_reason_wins() {
+        let h = ExitHandle::new().unwrap();
+        assert_eq!(h.reason(), None);
+        h.request(ExitReason::GuestPoweroff);
+        h.request(ExitReason::VmmError("late".into()));
+        assert_eq!(h.reason(), Some(ExitReason::GuestPoweroff));
+        assert_eq!(h.eventfd().read().unwrap(), 2);
+        assert_eq!(ExitReason::VcpuError("x".into()).exit_code(), 2);
     }
 }

@@ -35,10 +35,7 @@ pub fn ram_ranges(mem_mib: u64) -> Result<Vec<(GuestAddress, u64)>, MemoryError>
     if size <= MMIO_GAP_START {
         Ok(vec![(GuestAddress(0), size)])
     } else {
-        Ok(vec![
-            (GuestAddress(0), MMIO_GAP_START),
-            (GuestAddress(MMIO_GAP_END), size - MMIO_GAP_START),
-        ])
+        Ok(vec![(GuestAddress(0), MMIO_GAP_START), (GuestAddress(MMIO_GAP_END), size - MMIO_GAP_START)])
     }
 }
 
@@ -167,7 +164,12 @@ mod tests {
             let mut total = 0;
             for r in mem.iter() {
                 let host = r.get_host_address(MemoryRegionAddress(0)).unwrap() as usize;
-                assert_eq!(host % HOST_RAM_ALIGN, 0, "{mib} MiB guest: region at {:#x} maps to {host:#x}", r.start_addr().0);
+                assert_eq!(
+                    host % HOST_RAM_ALIGN,
+                    0,
+                    "{mib} MiB guest: region at {:#x} maps to {host:#x}",
+                    r.start_addr().0
+                );
                 total += r.len();
             }
             assert_eq!(total, mib << 20);

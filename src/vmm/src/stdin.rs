@@ -43,7 +43,9 @@ impl MutEventSubscriber for StdinInput {
     fn process(&mut self, events: Events, ops: &mut EventOps) {
         self.flush_pending();
         let stdin = std::io::stdin();
-        if events.event_set().intersects(EventSet::HANG_UP | EventSet::ERROR) && !events.event_set().contains(EventSet::IN) {
+        if events.event_set().intersects(EventSet::HANG_UP | EventSet::ERROR)
+            && !events.event_set().contains(EventSet::IN)
+        {
             let _ = ops.remove(Events::new(&stdin, EventSet::IN));
             self.watching = false;
             return;

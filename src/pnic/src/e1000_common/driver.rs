@@ -16,9 +16,7 @@ use super::ring::{DescLayout, RxRing, TxRing};
 use super::{alloc_dma, check_alive, global_reset, poll_until, read_checked, reset_on_drop, write_mac_filter};
 use crate::bdf::Bdf;
 use crate::dma::{DmaArea, DmaMapper, IovaAllocator};
-use crate::driver::{
-    DriverError, DriverLimits, PnicDriver, RegisterAccess, RxCompletion, RxRunError, TxCompletion,
-};
+use crate::driver::{DriverError, DriverLimits, PnicDriver, RegisterAccess, RxCompletion, RxRunError, TxCompletion};
 use crate::igb::{IgbConfig, IgbOpenError};
 use crate::vfio::{MmioRegs, VfioNic};
 
@@ -70,7 +68,11 @@ pub struct E1000<F: Family, R: RegisterAccess> {
 
 /// Open `bdf` through VFIO, map `guest` for DMA and bring the NIC up with
 /// `cfg.mac` as its only unicast address.
-pub fn open_vfio<F: Family>(bdf: Bdf, guest: &GuestMemoryMmap, cfg: IgbConfig) -> Result<E1000<F, MmioRegs>, IgbOpenError> {
+pub fn open_vfio<F: Family>(
+    bdf: Bdf,
+    guest: &GuestMemoryMmap,
+    cfg: IgbConfig,
+) -> Result<E1000<F, MmioRegs>, IgbOpenError> {
     let mut nic = VfioNic::open(bdf, guest)?;
     nic.device_reset()?;
     let vectors = nic.enable_msix(2)?;
@@ -192,7 +194,11 @@ impl<F: Family, R: RegisterAccess> PnicDriver for E1000<F, R> {
     }
 
     fn rx_free(&self) -> usize {
-        if self.started { self.rx_ring.free() } else { 0 }
+        if self.started {
+            self.rx_ring.free()
+        } else {
+            0
+        }
     }
 
     #[inline(always)]
@@ -244,7 +250,11 @@ impl<F: Family, R: RegisterAccess> PnicDriver for E1000<F, R> {
     }
 
     fn tx_free(&self) -> usize {
-        if self.started { self.tx_ring.free() } else { 0 }
+        if self.started {
+            self.tx_ring.free()
+        } else {
+            0
+        }
     }
 
     fn post_tx(&mut self, segs: &[(u64, u32)], cookie: u64) -> Result<(), DriverError> {

@@ -39,11 +39,7 @@ pub(crate) fn poll_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool
 }
 
 /// Allocate `len` bytes of VMM DMA memory above guest RAM and map it for the NIC.
-pub(crate) fn alloc_dma(
-    mapper: &dyn DmaMapper,
-    iova: &mut IovaAllocator,
-    len: usize,
-) -> Result<DmaArea, DriverError> {
+pub(crate) fn alloc_dma(mapper: &dyn DmaMapper, iova: &mut IovaAllocator, len: usize) -> Result<DmaArea, DriverError> {
     let at = iova.alloc(len).map_err(|e| DriverError::DmaMap(e.to_string()))?;
     let area = DmaArea::new(at, len).map_err(|e| DriverError::DmaMap(e.to_string()))?;
     mapper.map(area.mem()).map_err(DriverError::DmaMap)?;
@@ -147,4 +143,3 @@ pub(crate) fn zero_heads_and_tails(regs: &impl RegisterAccess) {
         regs.write32(r, 0);
     }
 }
-

@@ -95,7 +95,6 @@ impl std::ops::Deref for Descs {
 }
 
 impl Slots {
-
     /// Pointer to byte `off` of descriptor `slot` (taken modulo the size).
     #[inline]
     fn field(&self, slot: usize, off: u64) -> *mut u8 {

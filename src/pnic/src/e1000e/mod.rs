@@ -81,8 +81,7 @@ impl Family for E1000e82574 {
         let ext = d.regs.read32(CTRL_EXT);
         d.regs.write32(CTRL_EXT, ext | CTRL_EXT_DRV_LOAD | CTRL_EXT_PBA_SUPPORT);
         let ctrl = d.read(CTRL)?;
-        d.regs
-            .write32(CTRL, (ctrl | CTRL_SLU | CTRL_FD) & !CTRL_GIO_MASTER_DISABLE);
+        d.regs.write32(CTRL, (ctrl | CTRL_SLU | CTRL_FD) & !CTRL_GIO_MASTER_DISABLE);
         common::mdic_write(&d.regs, PHY_CTRL, PHY_CTRL_AUTONEG_RESTART)?;
 
         d.regs.write32(RCTL, 0);

@@ -49,10 +49,7 @@ pub struct IgbConfig {
 
 impl IgbConfig {
     pub fn new(mac: [u8; 6]) -> Self {
-        IgbConfig {
-            mac,
-            link_timeout: Duration::from_secs(3),
-        }
+        IgbConfig { mac, link_timeout: Duration::from_secs(3) }
     }
 }
 
@@ -155,13 +152,11 @@ impl Family for Igb82576 {
 
         // MSI-X: vector 0 = RX0 + TX0, vector 1 = other causes (link).
         if d.msix_vectors > 0 {
-            d.regs
-                .write32(GPIE, GPIE_NSICR | GPIE_MULTIPLE_MSIX | GPIE_EIAME | GPIE_PBA);
+            d.regs.write32(GPIE, GPIE_NSICR | GPIE_MULTIPLE_MSIX | GPIE_EIAME | GPIE_PBA);
             d.regs.write32(IVAR0, IVAR_VALID | (IVAR_VALID << IVAR_TX_SHIFT));
             let mut mask = 1u32;
             if d.msix_vectors > 1 {
-                d.regs
-                    .write32(IVAR_MISC, (IVAR_VALID | 1) << IVAR_MISC_OTHER_SHIFT);
+                d.regs.write32(IVAR_MISC, (IVAR_VALID | 1) << IVAR_MISC_OTHER_SHIFT);
                 mask |= 1 << 1;
                 d.regs.write32(IMS, ICR_LSC);
             }
@@ -178,8 +173,7 @@ impl Family for Igb82576 {
         enable_queue(&d.regs, RXDCTL0, RXDCTL_ENABLE, "RXDCTL.ENABLE to read back set")?;
         enable_queue(&d.regs, TXDCTL0, TXDCTL_ENABLE, "TXDCTL.ENABLE to read back set")?;
         let rctl = d.regs.read32(RCTL);
-        d.regs
-            .write32(RCTL, rctl | RCTL_EN | RCTL_BAM | RCTL_SECRC | RCTL_LPE | RCTL_MPE);
+        d.regs.write32(RCTL, rctl | RCTL_EN | RCTL_BAM | RCTL_SECRC | RCTL_LPE | RCTL_MPE);
         d.regs.write32(TCTL, common::TCTL_START);
         Ok(())
     }

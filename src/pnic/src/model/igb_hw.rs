@@ -166,7 +166,10 @@ fn accepts(r: &HashMap<u32, u32>, rctl: u32, dst: &[u8]) -> bool {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HwRx {
     /// Written into the buffer of this RX descriptor.
-    Delivered { desc: u32, buffer: u64 },
+    Delivered {
+        desc: u32,
+        buffer: u64,
+    },
     /// RX disabled or no descriptor between RDH and RDT: dropped.
     NoBuffer,
     Filtered,

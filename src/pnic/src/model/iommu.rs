@@ -24,22 +24,18 @@ impl ModelIommu {
             return None;
         }
         let w = self.windows.lock().unwrap_or_else(|e| e.into_inner());
-        w.iter()
-            .find(|m| m.check_range(GuestAddress(iova), len))
-            .map(f)
+        w.iter().find(|m| m.check_range(GuestAddress(iova), len)).map(f)
     }
 
     /// DMA write; `false` is an IOMMU fault (nothing written).
     pub fn write(&self, iova: u64, data: &[u8]) -> bool {
-        self.with_window(iova, data.len(), |m| m.write_slice(data, GuestAddress(iova)).is_ok())
-            .unwrap_or(false)
+        self.with_window(iova, data.len(), |m| m.write_slice(data, GuestAddress(iova)).is_ok()).unwrap_or(false)
     }
 
     /// DMA read; `false` is an IOMMU fault.
     pub fn read(&self, iova: u64, data: &mut [u8]) -> bool {
         let len = data.len();
-        self.with_window(iova, len, |m| m.read_slice(data, GuestAddress(iova)).is_ok())
-            .unwrap_or(false)
+        self.with_window(iova, len, |m| m.read_slice(data, GuestAddress(iova)).is_ok()).unwrap_or(false)
     }
 
     /// Number of mapped windows (tests).
@@ -58,8 +54,7 @@ impl DmaMapper for ModelIommu {
         for r in mem.iter() {
             let (s, l) = (r.start_addr().raw_value(), r.len());
             let overlaps = w.iter().any(|m| {
-                m.iter()
-                    .any(|x| s < x.start_addr().raw_value() + x.len() && x.start_addr().raw_value() < s + l)
+                m.iter().any(|x| s < x.start_addr().raw_value() + x.len() && x.start_addr().raw_value() < s + l)
             });
             if overlaps {
                 return Err(format!("IOVA {s:#x}+{l:#x} overlaps an existing mapping"));

@@ -139,26 +139,9 @@ impl NicModel {
         let iommu = Arc::new(ModelIommu::new());
         iommu.map(guest).map_err(DriverError::DmaMap)?;
         let irq = Arc::new(EventFd::new(EFD_NONBLOCK).map_err(|e| DriverError::DmaMap(e.to_string()))?);
-        let state = Arc::new(Mutex::new(State {
-            link: true,
-            ..Default::default()
-        }));
-        let h = ModelHandle {
-            state: state.clone(),
-            iommu: iommu.clone(),
-            irq: irq.clone(),
-            cfg,
-        };
-        Ok((
-            NicModel {
-                state,
-                iommu,
-                iova: IovaAllocator::above(guest),
-                irq,
-                cfg,
-            },
-            h,
-        ))
+        let state = Arc::new(Mutex::new(State { link: true, ..Default::default() }));
+        let h = ModelHandle { state: state.clone(), iommu: iommu.clone(), irq: irq.clone(), cfg };
+        Ok((NicModel { state, iommu, iova: IovaAllocator::above(guest), irq, cfg }, h))
     }
 }
 
@@ -205,10 +188,7 @@ impl ModelHandle {
         s.rx_tail -= 1;
         // A real NIC writes at most the programmed buffer size; the model
         // additionally refuses to exceed what was posted.
-        let acc = DmaAccess {
-            iova: b.iova,
-            len: frame.len() as u64,
-        };
+        let acc = DmaAccess { iova: b.iova, len: frame.len() as u64 };
         let ok = frame.len() <= b.len as usize && {
             let t = Instant::now();
             let ok = self.iommu.write(b.iova, frame);
@@ -218,10 +198,7 @@ impl ModelHandle {
         let out = if ok {
             s.writes.push(acc);
             s.dma_bytes += acc.len;
-            InjectOutcome::Delivered {
-                cookie: b.cookie,
-                iova: b.iova,
-            }
+            InjectOutcome::Delivered { cookie: b.cookie, iova: b.iova }
         } else {
             s.faults.push(acc);
             InjectOutcome::Fault
@@ -347,10 +324,7 @@ fn complete_tx_locked(s: &mut State, iommu: &ModelIommu) {
         for (iova, len) in &segs {
             let start = frame.len();
             frame.resize(start + *len as usize, 0);
-            let acc = DmaAccess {
-                iova: *iova,
-                len: u64::from(*len),
-            };
+            let acc = DmaAccess { iova: *iova, len: u64::from(*len) };
             if iommu.read(*iova, &mut frame[start..]) {
                 s.reads.push(acc);
             } else {
@@ -419,10 +393,7 @@ impl PnicDriver for NicModel {
         if free == 0 {
             return Err(DriverError::RingFull("RX"));
         }
-        s.posted_rx_log.push(DmaAccess {
-            iova,
-            len: u64::from(len),
-        });
+        s.posted_rx_log.push(DmaAccess { iova, len: u64::from(len) });
         s.rx_posted.push_back(PostedRx { iova, len, cookie });
         Ok(())
     }
@@ -476,10 +447,7 @@ impl PnicDriver for NicModel {
             return Err(DriverError::Stopped);
         }
         if segs.is_empty() || segs.len() > self.cfg.limits.tx_max_segs {
-            return Err(DriverError::TooManySegments {
-                got: segs.len(),
-                max: self.cfg.limits.tx_max_segs,
-            });
+            return Err(DriverError::TooManySegments { got: segs.len(), max: self.cfg.limits.tx_max_segs });
         }
         let total: u64 = segs.iter().map(|s| u64::from(s.1)).sum();
         if total > u64::from(self.cfg.limits.tx_max_frame) {
@@ -489,10 +457,7 @@ impl PnicDriver for NicModel {
             return Err(DriverError::RingFull("TX"));
         }
         for (iova, len) in segs {
-            s.posted_tx_log.push(DmaAccess {
-                iova: *iova,
-                len: u64::from(*len),
-            });
+            s.posted_tx_log.push(DmaAccess { iova: *iova, len: u64::from(*len) });
         }
         s.tx_posted.push_back((segs.len(), cookie));
         s.tx_posted_segs.extend(segs.iter().copied());
@@ -584,10 +549,7 @@ mod tests {
         m.flush_rx().unwrap();
         assert_eq!(h.inject_rx(&frame([8; 6], 60)), InjectOutcome::Filtered);
         assert_eq!(h.inject_rx(&frame(MAC, 1600)), InjectOutcome::Oversized);
-        assert_eq!(
-            h.inject_rx(&frame(MAC, 60)),
-            InjectOutcome::Delivered { cookie: 5, iova: 0x100c }
-        );
+        assert_eq!(h.inject_rx(&frame(MAC, 60)), InjectOutcome::Delivered { cookie: 5, iova: 0x100c });
         let mut b = [0u8; 6];
         g.read_slice(&mut b, GuestAddress(0x100c)).unwrap();
         assert_eq!(b, MAC);

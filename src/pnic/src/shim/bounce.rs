@@ -23,11 +23,7 @@ impl BouncePool {
     /// A pool over `area`, carved into `BOUNCE_BUF_SIZE` buffers.
     pub fn new(area: DmaArea) -> Self {
         let count = (area.len() as u64 / BOUNCE_BUF_SIZE) as u32;
-        BouncePool {
-            area,
-            free: (0..count).rev().collect(),
-            count,
-        }
+        BouncePool { area, free: (0..count).rev().collect(), count }
     }
 
     pub fn alloc(&mut self) -> Option<u32> {
@@ -61,31 +57,22 @@ impl BouncePool {
 
     /// Where the NIC should write a received frame, and how much room there is.
     pub fn rx_target(&self, idx: u32) -> (u64, u32) {
-        (
-            self.iova(idx) + VNET_HDR_LEN as u64,
-            (BOUNCE_BUF_SIZE - VNET_HDR_LEN as u64) as u32,
-        )
+        (self.iova(idx) + VNET_HDR_LEN as u64, (BOUNCE_BUF_SIZE - VNET_HDR_LEN as u64) as u32)
     }
 
     pub fn write(&self, idx: u32, offset: u64, data: &[u8]) -> Result<(), DmaError> {
         self.check(offset, data.len())?;
-        self.area
-            .write(u64::from(idx) * BOUNCE_BUF_SIZE + offset, data)
+        self.area.write(u64::from(idx) * BOUNCE_BUF_SIZE + offset, data)
     }
 
     pub fn read(&self, idx: u32, offset: u64, data: &mut [u8]) -> Result<(), DmaError> {
         self.check(offset, data.len())?;
-        self.area
-            .read(u64::from(idx) * BOUNCE_BUF_SIZE + offset, data)
+        self.area.read(u64::from(idx) * BOUNCE_BUF_SIZE + offset, data)
     }
 
     fn check(&self, offset: u64, len: usize) -> Result<(), DmaError> {
         if offset + len as u64 > BOUNCE_BUF_SIZE {
-            return Err(DmaError::OutOfBounds {
-                offset,
-                len,
-                size: BOUNCE_BUF_SIZE as usize,
-            });
+            return Err(DmaError::OutOfBounds { offset, len, size: BOUNCE_BUF_SIZE as usize });
         }
         Ok(())
     }

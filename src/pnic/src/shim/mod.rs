@@ -35,11 +35,9 @@ use std::os::unix::io::RawFd;
 use std::ptr::NonNull;
 
 use smallvec::SmallVec;
-use virtio_devices::net::backend::{
-    ChainRef, DropReason, NetBackend, RxBuffer, RxSeg, TxFrame, Used, VNET_HDR_LEN,
-};
-use virtio_devices::net::direct::{RxDesc, RxNext, RxQueue};
 use virtio_devices::mem::RamMap;
+use virtio_devices::net::backend::{ChainRef, DropReason, NetBackend, RxBuffer, RxSeg, TxFrame, Used, VNET_HDR_LEN};
+use virtio_devices::net::direct::{RxDesc, RxNext, RxQueue};
 use virtio_devices::GuestMemory;
 use vm_memory::{Bytes, GuestAddress};
 

@@ -38,20 +38,12 @@ impl<T> Default for CookieSlab<T> {
 
 impl<T> CookieSlab<T> {
     pub fn new() -> Self {
-        CookieSlab {
-            entries: Vec::new(),
-            free: Vec::new(),
-            len: 0,
-        }
+        CookieSlab { entries: Vec::new(), free: Vec::new(), len: 0 }
     }
 
     /// Room for `n` values before any reallocation.
     pub fn with_capacity(n: usize) -> Self {
-        CookieSlab {
-            entries: Vec::with_capacity(n),
-            free: Vec::with_capacity(n),
-            len: 0,
-        }
+        CookieSlab { entries: Vec::with_capacity(n), free: Vec::with_capacity(n), len: 0 }
     }
 
     /// Values held.
@@ -71,10 +63,7 @@ impl<T> CookieSlab<T> {
                 // More than 2^32 buffers in flight cannot happen (the NIC
                 // rings hold a few thousand at most); the index must fit.
                 debug_assert!((self.entries.len() as u64) < INDEX_MASK);
-                self.entries.push(Entry {
-                    generation: 0,
-                    val: None,
-                });
+                self.entries.push(Entry { generation: 0, val: None });
                 self.entries.len() - 1
             }
         };

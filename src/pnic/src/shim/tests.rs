@@ -77,10 +77,10 @@ fn zero_copy_rx_posts_gpa_plus_12_and_writes_header() {
 fn out_of_ram_guest_addresses_are_never_posted() {
     let (mut s, h, mem) = setup();
     for (i, seg) in [
-        (RAM, 2048u32),             // just past the end
-        (RAM - 1000, 2048),         // straddles the end
-        (u64::MAX - 100, 2048),     // wraps
-        (0x5_0000_0000, 2048),      // far away
+        (RAM, 2048u32),         // just past the end
+        (RAM - 1000, 2048),     // straddles the end
+        (u64::MAX - 100, 2048), // wraps
+        (0x5_0000_0000, 2048),  // far away
     ]
     .iter()
     .enumerate()
@@ -166,10 +166,7 @@ fn copy_fallback_is_counted_and_correct() {
     }
     let mut used = Vec::new();
     s.reap_rx(&mem, &mut used);
-    assert_eq!(
-        used,
-        vec![Used { head: 0, len: 1012 }, Used { head: 1, len: 1526 }, Used { head: 2, len: 76 }]
-    );
+    assert_eq!(used, vec![Used { head: 0, len: 1012 }, Used { head: 1, len: 1526 }, Used { head: 2, len: 76 }]);
     let mut b = vec![0u8; 1000];
     mem.read_slice(&mut b, GuestAddress(0x2000)).unwrap();
     assert_eq!(b, frames[0], "frame follows the header segment");

@@ -11,9 +11,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::disk::{BlockConfig, BlockError, Disk, ID_BYTES, SECTOR_SIZE};
 use super::metrics::BlockMetrics;
-use super::request::{
-    Request, RequestType, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP,
-};
+use super::request::{Request, RequestType, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP};
 use crate::interrupt::Interrupt;
 use crate::{ActivateContext, ActivateError, GuestMemory, VirtioDevice, TYPE_BLOCK};
 
@@ -63,10 +61,7 @@ pub struct Block {
 impl Block {
     pub fn new(cfg: BlockConfig) -> Result<Block, BlockError> {
         if cfg.id.len() > ID_BYTES {
-            return Err(BlockError::IdTooLong {
-                len: cfg.id.len(),
-                id: cfg.id,
-            });
+            return Err(BlockError::IdTooLong { len: cfg.id.len(), id: cfg.id });
         }
         let disk = Disk::open(&cfg.path, cfg.read_only)?;
         let mut id = [0u8; ID_BYTES];
@@ -83,8 +78,7 @@ impl Block {
         let mut config = [0u8; CONFIG_LEN];
         config[CONFIG_CAPACITY..CONFIG_CAPACITY + 8].copy_from_slice(&disk.sectors().to_le_bytes());
         config[CONFIG_SEG_MAX..CONFIG_SEG_MAX + 4].copy_from_slice(&SEG_MAX.to_le_bytes());
-        config[CONFIG_BLK_SIZE..CONFIG_BLK_SIZE + 4]
-            .copy_from_slice(&(SECTOR_SIZE as u32).to_le_bytes());
+        config[CONFIG_BLK_SIZE..CONFIG_BLK_SIZE + 4].copy_from_slice(&(SECTOR_SIZE as u32).to_le_bytes());
         let queue_event = EventFd::new(EFD_NONBLOCK).map_err(BlockError::EventFd)?;
         Ok(Block {
             disk,
@@ -121,25 +115,14 @@ impl Block {
     /// notification suppression rules (EVENT_IDX) say so. Normally called from
     /// `process()` on a queue kick.
     pub fn process_queue(&mut self) {
-        let Block {
-            disk,
-            id,
-            active,
-            metrics,
-            ..
-        } = self;
+        let Block { disk, id, active, metrics, .. } = self;
         let Some(active) = active.as_mut() else {
             return;
         };
         if active.broken {
             return;
         }
-        let Active {
-            mem,
-            queue,
-            interrupt,
-            broken,
-        } = active;
+        let Active { mem, queue, interrupt, broken } = active;
         let mut completed = 0u32;
         'outer: loop {
             if let Err(e) = queue.disable_notification(mem) {
@@ -199,12 +182,7 @@ fn next_chain<'m>(
     Ok(iter.next())
 }
 
-fn queue_broken(
-    broken: &mut bool,
-    metrics: &mut BlockMetrics,
-    what: &str,
-    e: &virtio_queue::Error,
-) {
+fn queue_broken(broken: &mut bool, metrics: &mut BlockMetrics, what: &str, e: &virtio_queue::Error) {
     warn!("virtio-blk: {what}: {e}; queue stopped until the driver resets the device");
     *broken = true;
     metrics.queue_errors += 1;
@@ -276,12 +254,7 @@ fn execute(
                 disk.write_from_guest(mem, &req.data, pos)
             };
             if let Err(e) = res {
-                warn!(
-                    "virtio-blk: {:?} at sector {} of {}: {e}",
-                    req.kind,
-                    req.sector,
-                    disk.path().display()
-                );
+                warn!("virtio-blk: {:?} at sector {} of {}: {e}", req.kind, req.sector, disk.path().display());
                 return ioerr(metrics);
             }
             if req.kind == RequestType::In {
@@ -377,10 +350,7 @@ impl VirtioDevice for Block {
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
         // Only `writeback` is writable, and only with CONFIG_WCE, not offered.
-        warn!(
-            "virtio-blk: config write of {} bytes at {offset:#x} ignored (read-only)",
-            data.len()
-        );
+        warn!("virtio-blk: config write of {} bytes at {offset:#x} ignored (read-only)", data.len());
     }
 
     fn queue_events(&self) -> &[EventFd] {
@@ -388,30 +358,15 @@ impl VirtioDevice for Block {
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
-        let ActivateContext {
-            mem,
-            queues,
-            interrupt,
-        } = ctx;
+        let ActivateContext { mem, queues, interrupt } = ctx;
         if queues.len() != 1 {
-            return Err(ActivateError::QueueCount {
-                got: queues.len(),
-                want: 1,
-            });
+            return Err(ActivateError::QueueCount { got: queues.len(), want: 1 });
         }
-        let queue = queues
-            .into_iter()
-            .next()
-            .ok_or(ActivateError::InvalidQueue(0))?;
+        let queue = queues.into_iter().next().ok_or(ActivateError::InvalidQueue(0))?;
         if !queue.is_valid(&mem) {
             return Err(ActivateError::InvalidQueue(0));
         }
-        self.active = Some(Active {
-            mem,
-            queue,
-            interrupt,
-            broken: false,
-        });
+        self.active = Some(Active { mem, queue, interrupt, broken: false });
         // Requests the driver queued before DRIVER_OK would otherwise wait
         // for the next kick.
         if let Err(e) = self.queue_events[0].write(1) {

@@ -51,12 +51,7 @@ pub enum BlockError {
     #[error("disk image {path} is a {kind}, not a regular file or block device")]
     NotAFileOrBlockDevice { path: PathBuf, kind: &'static str },
     #[error("cannot open disk image {path} {mode}: {source}{hint}")]
-    Open {
-        path: PathBuf,
-        mode: &'static str,
-        source: io::Error,
-        hint: &'static str,
-    },
+    Open { path: PathBuf, mode: &'static str, source: io::Error, hint: &'static str },
     #[error("cannot get the size of disk image {path}: {source}")]
     Size { path: PathBuf, source: io::Error },
     #[error("disk image {path} is {size} bytes, smaller than one 512-byte sector")]
@@ -80,13 +75,8 @@ pub struct Disk {
 impl Disk {
     pub fn open(path: &Path, read_only: bool) -> Result<Disk, BlockError> {
         let meta = std::fs::metadata(path).map_err(|source| match source.kind() {
-            io::ErrorKind::NotFound => BlockError::NotFound {
-                path: path.to_owned(),
-            },
-            _ => BlockError::Stat {
-                path: path.to_owned(),
-                source,
-            },
+            io::ErrorKind::NotFound => BlockError::NotFound { path: path.to_owned() },
+            _ => BlockError::Stat { path: path.to_owned(), source },
         })?;
         let ft = meta.file_type();
         if !(ft.is_file() || ft.is_block_device()) {
@@ -101,28 +91,18 @@ impl Disk {
             } else {
                 "special file"
             };
-            return Err(BlockError::NotAFileOrBlockDevice {
-                path: path.to_owned(),
-                kind,
-            });
+            return Err(BlockError::NotAFileOrBlockDevice { path: path.to_owned(), kind });
         }
         let (mode, hint) = if read_only {
             ("read-only", "")
         } else {
-            (
-                "read-write",
-                " (attach it read-only, or fix its permissions)",
-            )
+            ("read-write", " (attach it read-only, or fix its permissions)")
         };
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(!read_only)
-            .open(path)
-            .map_err(|source| BlockError::Open {
+        let mut file =
+            OpenOptions::new().read(true).write(!read_only).open(path).map_err(|source| BlockError::Open {
                 path: path.to_owned(),
                 mode,
-                hint: if source.kind() == io::ErrorKind::PermissionDenied
-                    || source.raw_os_error() == Some(libc::EROFS)
+                hint: if source.kind() == io::ErrorKind::PermissionDenied || source.raw_os_error() == Some(libc::EROFS)
                 {
                     hint
                 } else {
@@ -131,24 +111,11 @@ impl Disk {
                 source,
             })?;
         // Works for regular files and block devices alike.
-        let size = file
-            .seek(SeekFrom::End(0))
-            .map_err(|source| BlockError::Size {
-                path: path.to_owned(),
-                source,
-            })?;
+        let size = file.seek(SeekFrom::End(0)).map_err(|source| BlockError::Size { path: path.to_owned(), source })?;
         if size < SECTOR_SIZE {
-            return Err(BlockError::TooSmall {
-                path: path.to_owned(),
-                size,
-            });
+            return Err(BlockError::TooSmall { path: path.to_owned(), size });
         }
-        Ok(Disk {
-            file,
-            path: path.to_owned(),
-            sectors: size / SECTOR_SIZE,
-            read_only,
-        })
+        Ok(Disk { file, path: path.to_owned(), sectors: size / SECTOR_SIZE, read_only })
     }
 
     pub fn sectors(&self) -> u64 {
@@ -171,25 +138,14 @@ impl Disk {
 
     /// Writes the guest memory segments `segs`, in order, to the disk starting
     /// at byte `pos`.
-    pub fn write_from_guest(
-        &self,
-        mem: &GuestMemory,
-        segs: &[Segment],
-        pos: u64,
-    ) -> io::Result<()> {
+    pub fn write_from_guest(&self, mem: &GuestMemory, segs: &[Segment], pos: u64) -> io::Result<()> {
         if self.read_only {
             return Err(io::Error::from_raw_os_error(libc::EROFS));
         }
         self.transfer(mem, segs, pos, Direction::FromGuest)
     }
 
-    fn transfer(
-        &self,
-        mem: &GuestMemory,
-        segs: &[Segment],
-        pos: u64,
-        dir: Direction,
-    ) -> io::Result<()> {
+    fn transfer(&self, mem: &GuestMemory, segs: &[Segment], pos: u64, dir: Direction) -> io::Result<()> {
         // Host views of the guest buffers. A segment may span several memory
         // regions, hence several slices. The guards keep each mapping valid
         // while the kernel uses the pointers (a mutable guard also covers reads).
@@ -199,10 +155,7 @@ impl Disk {
             for slice in GuestMemoryBackend::get_slices(mem, seg.addr, seg.len as usize) {
                 let slice = slice.map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
                 let guard = slice.ptr_guard_mut();
-                iovs.push(libc::iovec {
-                    iov_base: guard.as_ptr().cast(),
-                    iov_len: slice.len(),
-                });
+                iovs.push(libc::iovec { iov_base: guard.as_ptr().cast(), iov_len: slice.len() });
                 slices.push((slice, guard));
             }
         }
@@ -283,10 +236,7 @@ mod tests {
     use crate::block::test_util::{image, TempDir};
 
     fn seg(addr: u64, len: u32) -> Segment {
-        Segment {
-            addr: GuestAddress(addr),
-            len,
-        }
+        Segment { addr: GuestAddress(addr), len }
     }
     use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -295,21 +245,13 @@ mod tests {
         let dir = TempDir::new();
         let missing = dir.path().join("nope.img");
         let e = Disk::open(&missing, false).unwrap_err().to_string();
-        assert!(
-            e.contains("nope.img") && e.contains("does not exist"),
-            "{e}"
-        );
+        assert!(e.contains("nope.img") && e.contains("does not exist"), "{e}");
 
         let e = Disk::open(dir.path(), true).unwrap_err().to_string();
         assert!(e.contains("is a directory"), "{e}");
 
-        let e = Disk::open(Path::new("/dev/null"), true)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("/dev/null") && e.contains("character device"),
-            "{e}"
-        );
+        let e = Disk::open(Path::new("/dev/null"), true).unwrap_err().to_string();
+        assert!(e.contains("/dev/null") && e.contains("character device"), "{e}");
 
         let (_d, small) = image(&[0u8; 100]);
         let e = Disk::open(&small, true).unwrap_err().to_string();
@@ -330,20 +272,15 @@ mod tests {
         let (_d, p) = image(&data);
         let disk = Disk::open(&p, false).unwrap();
         // Two adjacent regions: a 1 KiB transfer at 0xfe00 spans both.
-        let mem: GuestMemory = GuestMemoryMmap::from_ranges(&[
-            (GuestAddress(0), 0x1_0000),
-            (GuestAddress(0x1_0000), 0x1_0000),
-        ])
-        .unwrap();
+        let mem: GuestMemory =
+            GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x1_0000), (GuestAddress(0x1_0000), 0x1_0000)]).unwrap();
         disk.read_to_guest(&mem, &[seg(0xfe00, 1024)], 512).unwrap();
         let mut got = vec![0u8; 1024];
         mem.read_slice(&mut got, GuestAddress(0xfe00)).unwrap();
         assert_eq!(got, data[512..1536]);
 
-        mem.write_slice(&[0xab; 1024], GuestAddress(0xfe00))
-            .unwrap();
-        disk.write_from_guest(&mem, &[seg(0xfe00, 1024)], 1024)
-            .unwrap();
+        mem.write_slice(&[0xab; 1024], GuestAddress(0xfe00)).unwrap();
+        disk.write_from_guest(&mem, &[seg(0xfe00, 1024)], 1024).unwrap();
         let on_disk = std::fs::read(&p).unwrap();
         assert_eq!(&on_disk[1024..2048], &[0xab; 1024][..]);
         assert_eq!(&on_disk[..1024], &data[..1024]);
@@ -361,8 +298,7 @@ mod tests {
         let data: Vec<u8> = (0..8192u32).map(|i| (i * 13 % 256) as u8).collect();
         let (_d, p) = image(&data);
         let disk = Disk::open(&p, false).unwrap();
-        let mem: GuestMemory =
-            GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+        let mem: GuestMemory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
         // 2048 segments of 4 bytes, placed backwards with gaps.
         let segs: Vec<Segment> = (0..2048u64).map(|i| seg(0x8_0000 - i * 16, 4)).collect();
         disk.read_to_guest(&mem, &segs, 0).unwrap();
@@ -380,13 +316,8 @@ mod tests {
     #[test]
     fn advance_resumes_partial_transfers() {
         let mut bufs = [[0u8; 8]; 3];
-        let mut iovs: Vec<libc::iovec> = bufs
-            .iter_mut()
-            .map(|b| libc::iovec {
-                iov_base: b.as_mut_ptr().cast(),
-                iov_len: 8,
-            })
-            .collect();
+        let mut iovs: Vec<libc::iovec> =
+            bufs.iter_mut().map(|b| libc::iovec { iov_base: b.as_mut_ptr().cast(), iov_len: 8 }).collect();
         let base1 = iovs[1].iov_base as usize;
         // 11 bytes: the first buffer and 3 bytes of the second.
         assert_eq!(advance(&mut iovs, 0, 11), 1);

@@ -46,12 +46,7 @@ impl BlockMetrics {
     pub fn to_json(&self) -> Value {
         let malformed: serde_json::Map<String, Value> = Malformed::ALL
             .iter()
-            .map(|r| {
-                (
-                    r.as_str().to_string(),
-                    json!(self.malformed.get(r).copied().unwrap_or(0)),
-                )
-            })
+            .map(|r| (r.as_str().to_string(), json!(self.malformed.get(r).copied().unwrap_or(0))))
             .collect();
         json!({
             "reads": self.reads,
@@ -87,9 +82,6 @@ mod tests {
         assert_eq!(j["malformed"]["zero_length"], 2);
         assert_eq!(j["malformed"]["bad_address"], 0);
         assert_eq!(j["malformed_total"], 2);
-        assert_eq!(
-            j["malformed"].as_object().unwrap().len(),
-            Malformed::ALL.len()
-        );
+        assert_eq!(j["malformed"].as_object().unwrap().len(), Malformed::ALL.len());
     }
 }

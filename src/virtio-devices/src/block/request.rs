@@ -129,10 +129,7 @@ impl Request {
         // saying "next" gives it away.
         truncated |= descs.last().is_some_and(|d| d.has_next());
         if descs.is_empty() {
-            return Err(ParseError {
-                reason: Malformed::BadDescriptor,
-                status: None,
-            });
+            return Err(ParseError { reason: Malformed::BadDescriptor, status: None });
         }
 
         // The status byte is the last byte of the last descriptor, if that one
@@ -157,10 +154,7 @@ impl Request {
             if !mem.check_range(d.addr(), d.len() as usize) {
                 return fail(Malformed::BadAddress);
             }
-            let seg = Segment {
-                addr: d.addr(),
-                len: d.len(),
-            };
+            let seg = Segment { addr: d.addr(), len: d.len() };
             if d.is_write_only() {
                 writable.push(seg);
             } else if !writable.is_empty() {
@@ -200,11 +194,7 @@ impl Request {
                 if extra_readable {
                     return fail(Malformed::WrongDirection);
                 }
-                let k = if kind == VIRTIO_BLK_T_IN {
-                    RequestType::In
-                } else {
-                    RequestType::GetId
-                };
+                let k = if kind == VIRTIO_BLK_T_IN { RequestType::In } else { RequestType::GetId };
                 (k, in_data, writable_len - 1)
             }
             VIRTIO_BLK_T_OUT => {
@@ -216,13 +206,7 @@ impl Request {
             VIRTIO_BLK_T_FLUSH => (RequestType::Flush, Vec::new(), 0),
             other => (RequestType::Unsupported(other), Vec::new(), 0),
         };
-        Ok(Request {
-            kind,
-            sector,
-            data,
-            data_len,
-            status,
-        })
+        Ok(Request { kind, sector, data, data_len, status })
     }
 }
 
@@ -239,14 +223,8 @@ fn split_at(segs: &[Segment], at: u64) -> (Vec<Segment>, Vec<Segment>) {
             back.push(*s);
         } else {
             let cut = (at - pos) as u32;
-            front.push(Segment {
-                addr: s.addr,
-                len: cut,
-            });
-            back.push(Segment {
-                addr: s.addr.unchecked_add(u64::from(cut)),
-                len: s.len - cut,
-            });
+            front.push(Segment { addr: s.addr, len: cut });
+            back.push(Segment { addr: s.addr.unchecked_add(u64::from(cut)), len: s.len - cut });
         }
         pos += len;
     }
@@ -258,26 +236,14 @@ mod tests {
     use super::*;
 
     fn seg(addr: u64, len: u32) -> Segment {
-        Segment {
-            addr: GuestAddress(addr),
-            len,
-        }
+        Segment { addr: GuestAddress(addr), len }
     }
 
     #[test]
     fn split_at_cuts_inside_and_between_segments() {
         let segs = [seg(0x100, 10), seg(0x200, 6), seg(0x300, 4)];
-        assert_eq!(
-            split_at(&segs, 16),
-            (vec![seg(0x100, 10), seg(0x200, 6)], vec![seg(0x300, 4)])
-        );
-        assert_eq!(
-            split_at(&segs, 12),
-            (
-                vec![seg(0x100, 10), seg(0x200, 2)],
-                vec![seg(0x202, 4), seg(0x300, 4)]
-            )
-        );
+        assert_eq!(split_at(&segs, 16), (vec![seg(0x100, 10), seg(0x200, 6)], vec![seg(0x300, 4)]));
+        assert_eq!(split_at(&segs, 12), (vec![seg(0x100, 10), seg(0x200, 2)], vec![seg(0x202, 4), seg(0x300, 4)]));
         assert_eq!(split_at(&segs, 0), (vec![], segs.to_vec()));
         assert_eq!(split_at(&segs, 20), (segs.to_vec(), vec![]));
     }

@@ -35,9 +35,6 @@ impl Drop for TempDir {
 pub fn image(bytes: &[u8]) -> (TempDir, PathBuf) {
     let dir = TempDir::new();
     let path = dir.path().join("disk.img");
-    std::fs::File::create(&path)
-        .unwrap()
-        .write_all(bytes)
-        .unwrap();
+    std::fs::File::create(&path).unwrap().write_all(bytes).unwrap();
     (dir, path)
 }

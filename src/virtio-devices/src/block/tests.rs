@@ -34,9 +34,7 @@ const F_WRITE: u16 = 2;
 const SECTORS: usize = 8;
 
 fn pattern() -> Vec<u8> {
-    (0..SECTORS * 512)
-        .map(|i| (i * 7 + i / 512) as u8)
-        .collect()
+    (0..SECTORS * 512).map(|i| (i * 7 + i / 512) as u8).collect()
 }
 
 fn guest_mem() -> GuestMemory {
@@ -52,21 +50,11 @@ struct Setup {
 
 fn new_block(ro: bool) -> (TempDir, PathBuf, Block) {
     let (dir, path) = image(&pattern());
-    let blk = Block::new(BlockConfig {
-        path: path.clone(),
-        read_only: ro,
-        id: "shimvmm-disk0".into(),
-    })
-    .unwrap();
+    let blk = Block::new(BlockConfig { path: path.clone(), read_only: ro, id: "shimvmm-disk0".into() }).unwrap();
     (dir, path, blk)
 }
 
-fn activate(
-    blk: &mut Block,
-    mem: &GuestMemory,
-    vq: &MockSplitQueue<GuestMemory>,
-    event_idx: bool,
-) -> Arc<Interrupt> {
+fn activate(blk: &mut Block, mem: &GuestMemory, vq: &MockSplitQueue<GuestMemory>, event_idx: bool) -> Arc<Interrupt> {
     let mut features = VIRTIO_F_VERSION_1 | VIRTIO_BLK_F_FLUSH;
     if event_idx {
         features |= VIRTIO_RING_F_EVENT_IDX;
@@ -75,12 +63,7 @@ fn activate(
     let mut q = queue(vq);
     q.set_event_idx(event_idx);
     let irq = Arc::new(Interrupt::new(EventFd::new(EFD_NONBLOCK).unwrap()));
-    blk.activate(ActivateContext {
-        mem: mem.clone(),
-        queues: vec![q],
-        interrupt: irq.clone(),
-    })
-    .unwrap();
+    blk.activate(ActivateContext { mem: mem.clone(), queues: vec![q], interrupt: irq.clone() }).unwrap();
     // Drop the self-kick made on activation.
     let _ = blk.queue_events()[0].read();
     irq
@@ -89,12 +72,7 @@ fn activate(
 fn setup(mem: &GuestMemory, vq: &MockSplitQueue<GuestMemory>, ro: bool, event_idx: bool) -> Setup {
     let (dir, path, mut blk) = new_block(ro);
     let irq = activate(&mut blk, mem, vq, event_idx);
-    Setup {
-        _dir: dir,
-        path,
-        blk,
-        irq,
-    }
+    Setup { _dir: dir, path, blk, irq }
 }
 
 /// The mock's queue, with the used ring moved to [`USED_RING`].
@@ -138,10 +116,7 @@ fn status(mem: &GuestMemory, addr: u64) -> u8 {
 
 /// Used-ring entry `i`: (head, length).
 fn used(mem: &GuestMemory, i: usize) -> (u32, u32) {
-    let at = |off: u64| {
-        mem.read_obj::<u32>(GuestAddress(USED_RING + 4 + 8 * i as u64 + off))
-            .unwrap()
-    };
+    let at = |off: u64| mem.read_obj::<u32>(GuestAddress(USED_RING + 4 + 8 * i as u64 + off)).unwrap();
     (at(0), at(4))
 }
 
@@ -154,34 +129,17 @@ fn irq_count(irq: &Interrupt) -> u64 {
 }
 
 /// A plain one-sector read at `first`, checked end to end: proves the device still works.
-fn assert_read_works(
-    s: &mut Setup,
-    mem: &GuestMemory,
-    vq: &MockSplitQueue<GuestMemory>,
-    first: u16,
-) {
+fn assert_read_works(s: &mut Setup, mem: &GuestMemory, vq: &MockSplitQueue<GuestMemory>, first: u16) {
     let before = used_idx(mem);
     header(mem, HDR + 0x100, VIRTIO_BLK_T_IN, 3);
     mem.write_obj(0xffu8, GuestAddress(STATUS + 0x100)).unwrap();
-    submit(
-        vq,
-        first,
-        &[
-            (HDR + 0x100, 16, false),
-            (DATA + 0x1000, 512, true),
-            (STATUS + 0x100, 1, true),
-        ],
-    );
+    submit(vq, first, &[(HDR + 0x100, 16, false), (DATA + 0x1000, 512, true), (STATUS + 0x100, 1, true)]);
     s.blk.process_queue();
     assert_eq!(used_idx(mem), before.wrapping_add(1));
-    assert_eq!(
-        used(mem, before as usize % QLEN as usize),
-        (u32::from(first), 513)
-    );
+    assert_eq!(used(mem, before as usize % QLEN as usize), (u32::from(first), 513));
     assert_eq!(status(mem, STATUS + 0x100), VIRTIO_BLK_S_OK);
     let mut got = vec![0u8; 512];
-    mem.read_slice(&mut got, GuestAddress(DATA + 0x1000))
-        .unwrap();
+    mem.read_slice(&mut got, GuestAddress(DATA + 0x1000)).unwrap();
     assert_eq!(got, pattern()[3 * 512..4 * 512]);
 }
 
@@ -192,16 +150,7 @@ fn read_fills_guest_buffers_from_disk() {
     let mut s = setup(&mem, &vq, false, false);
     header(&mem, HDR, VIRTIO_BLK_T_IN, 2);
     // Two data descriptors, the second also not 512-aligned in memory.
-    submit(
-        &vq,
-        0,
-        &[
-            (HDR, 16, false),
-            (DATA, 512, true),
-            (DATA + 0x801, 512, true),
-            (STATUS, 1, true),
-        ],
-    );
+    submit(&vq, 0, &[(HDR, 16, false), (DATA, 512, true), (DATA + 0x801, 512, true), (STATUS, 1, true)]);
     s.blk.process_queue();
     assert_eq!(used_idx(&mem), 1);
     assert_eq!(used(&mem, 0), (0, 1025));
@@ -244,16 +193,7 @@ fn write_stores_guest_data_on_disk() {
     // Header split over two descriptors: no framing assumptions.
     header(&mem, HDR, VIRTIO_BLK_T_OUT, 5);
     mem.write_slice(&[0x5a; 1024], GuestAddress(DATA)).unwrap();
-    submit(
-        &vq,
-        0,
-        &[
-            (HDR, 10, false),
-            (HDR + 10, 6, false),
-            (DATA, 1024, false),
-            (STATUS, 1, true),
-        ],
-    );
+    submit(&vq, 0, &[(HDR, 10, false), (HDR + 10, 6, false), (DATA, 1024, false), (STATUS, 1, true)]);
     s.blk.process_queue();
     assert_eq!(used(&mem, 0), (0, 1));
     assert_eq!(status(&mem, STATUS), VIRTIO_BLK_S_OK);
@@ -287,22 +227,10 @@ fn get_id_returns_the_configured_serial() {
     let mut s = setup(&mem, &vq, false, false);
     mem.write_slice(&[0xee; 20], GuestAddress(DATA)).unwrap();
     header(&mem, HDR, VIRTIO_BLK_T_GET_ID, 0);
-    submit(
-        &vq,
-        0,
-        &[(HDR, 16, false), (DATA, 20, true), (STATUS, 1, true)],
-    );
+    submit(&vq, 0, &[(HDR, 16, false), (DATA, 20, true), (STATUS, 1, true)]);
     // A short buffer gets the first bytes only.
     header(&mem, HDR + 0x100, VIRTIO_BLK_T_GET_ID, 0);
-    submit(
-        &vq,
-        3,
-        &[
-            (HDR + 0x100, 16, false),
-            (DATA + 0x100, 4, true),
-            (STATUS + 1, 1, true),
-        ],
-    );
+    submit(&vq, 3, &[(HDR + 0x100, 16, false), (DATA + 0x100, 4, true), (STATUS + 1, 1, true)]);
     s.blk.process_queue();
     let mut id = [0u8; 20];
     mem.read_slice(&mut id, GuestAddress(DATA)).unwrap();
@@ -312,8 +240,7 @@ fn get_id_returns_the_configured_serial() {
     assert_eq!(used(&mem, 0), (0, 21));
     assert_eq!(status(&mem, STATUS), VIRTIO_BLK_S_OK);
     let mut short = [0u8; 5];
-    mem.read_slice(&mut short, GuestAddress(DATA + 0x100))
-        .unwrap();
+    mem.read_slice(&mut short, GuestAddress(DATA + 0x100)).unwrap();
     assert_eq!(&short[..4], b"shim");
     assert_eq!(used(&mem, 1), (3, 5));
     assert_eq!(s.blk.block_metrics().get_ids, 2);
@@ -327,11 +254,7 @@ fn read_only_disk_refuses_writes_with_ioerr() {
     assert_ne!(s.blk.avail_features() & VIRTIO_BLK_F_RO, 0);
     header(&mem, HDR, VIRTIO_BLK_T_OUT, 0);
     mem.write_slice(&[0x11; 512], GuestAddress(DATA)).unwrap();
-    submit(
-        &vq,
-        0,
-        &[(HDR, 16, false), (DATA, 512, false), (STATUS, 1, true)],
-    );
+    submit(&vq, 0, &[(HDR, 16, false), (DATA, 512, false), (STATUS, 1, true)]);
     s.blk.process_queue();
     assert_eq!(used(&mem, 0), (0, 1));
     assert_eq!(status(&mem, STATUS), VIRTIO_BLK_S_IOERR);
@@ -347,13 +270,9 @@ fn writable_disk_does_not_offer_ro() {
     let (_d, _p, blk) = new_block(false);
     let f = blk.avail_features();
     assert_eq!(f & VIRTIO_BLK_F_RO, 0);
-    for bit in [
-        VIRTIO_F_VERSION_1,
-        VIRTIO_BLK_F_FLUSH,
-        VIRTIO_BLK_F_SEG_MAX,
-        VIRTIO_BLK_F_BLK_SIZE,
-        VIRTIO_RING_F_EVENT_IDX,
-    ] {
+    for bit in
+        [VIRTIO_F_VERSION_1, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_BLK_SIZE, VIRTIO_RING_F_EVENT_IDX]
+    {
         assert_ne!(f & bit, 0);
     }
 }
@@ -364,11 +283,7 @@ fn unsupported_request_type_gets_unsupp() {
     let vq = MockSplitQueue::create(&mem, GuestAddress(0), QLEN);
     let mut s = setup(&mem, &vq, false, false);
     header(&mem, HDR, 11 /* DISCARD */, 0);
-    submit(
-        &vq,
-        0,
-        &[(HDR, 16, false), (DATA, 16, false), (STATUS, 1, true)],
-    );
+    submit(&vq, 0, &[(HDR, 16, false), (DATA, 16, false), (STATUS, 1, true)]);
     s.blk.process_queue();
     assert_eq!(status(&mem, STATUS), VIRTIO_BLK_S_UNSUPP);
     assert_eq!(s.blk.block_metrics().unsupported, 1);
@@ -381,33 +296,13 @@ fn out_of_range_and_partial_sector_requests_fail() {
     let mut s = setup(&mem, &vq, false, false);
     // Last sector + 1 past the end.
     header(&mem, HDR, VIRTIO_BLK_T_IN, SECTORS as u64 - 1);
-    submit(
-        &vq,
-        0,
-        &[(HDR, 16, false), (DATA, 1024, true), (STATUS, 1, true)],
-    );
+    submit(&vq, 0, &[(HDR, 16, false), (DATA, 1024, true), (STATUS, 1, true)]);
     // Sector number that overflows when converted to bytes.
     header(&mem, HDR + 0x100, VIRTIO_BLK_T_OUT, u64::MAX);
-    submit(
-        &vq,
-        3,
-        &[
-            (HDR + 0x100, 16, false),
-            (DATA, 512, false),
-            (STATUS + 1, 1, true),
-        ],
-    );
+    submit(&vq, 3, &[(HDR + 0x100, 16, false), (DATA, 512, false), (STATUS + 1, 1, true)]);
     // Not a whole number of sectors.
     header(&mem, HDR + 0x200, VIRTIO_BLK_T_IN, 0);
-    submit(
-        &vq,
-        6,
-        &[
-            (HDR + 0x200, 16, false),
-            (DATA, 100, true),
-            (STATUS + 2, 1, true),
-        ],
-    );
+    submit(&vq, 6, &[(HDR + 0x200, 16, false), (DATA, 100, true), (STATUS + 2, 1, true)]);
     s.blk.process_queue();
     for (i, st) in [STATUS, STATUS + 1, STATUS + 2].into_iter().enumerate() {
         assert_eq!(status(&mem, st), VIRTIO_BLK_S_IOERR, "request {i}");
@@ -417,11 +312,7 @@ fn out_of_range_and_partial_sector_requests_fail() {
     assert_eq!(std::fs::read(&s.path).unwrap(), pattern());
     // The very last sector is fine.
     header(&mem, HDR, VIRTIO_BLK_T_IN, SECTORS as u64 - 1);
-    submit(
-        &vq,
-        9,
-        &[(HDR, 16, false), (DATA, 512, true), (STATUS, 1, true)],
-    );
+    submit(&vq, 9, &[(HDR, 16, false), (DATA, 512, true), (STATUS, 1, true)]);
     s.blk.process_queue();
     assert_eq!(status(&mem, STATUS), VIRTIO_BLK_S_OK);
 }
@@ -436,8 +327,7 @@ fn malformed_chains_fail_alone() {
         reason: Malformed,
         status_written: bool,
     }
-    let raw =
-        |addr, len, flags, next| RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next));
+    let raw = |addr, len, flags, next| RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next));
     let cases = vec![
         Case {
             name: "data outside guest memory",
@@ -447,37 +337,19 @@ fn malformed_chains_fail_alone() {
         },
         Case {
             name: "data straddling the end of guest memory",
-            descs: chain(
-                0,
-                &[
-                    (HDR, 16, false),
-                    (MEM_SIZE as u64 - 256, 512, true),
-                    (STATUS, 1, true),
-                ],
-            ),
+            descs: chain(0, &[(HDR, 16, false), (MEM_SIZE as u64 - 256, 512, true), (STATUS, 1, true)]),
             reason: Malformed::BadAddress,
             status_written: true,
         },
         Case {
             name: "readable after writable",
-            descs: chain(
-                0,
-                &[
-                    (HDR, 16, false),
-                    (DATA, 512, true),
-                    (DATA + 0x1000, 512, false),
-                    (STATUS, 1, true),
-                ],
-            ),
+            descs: chain(0, &[(HDR, 16, false), (DATA, 512, true), (DATA + 0x1000, 512, false), (STATUS, 1, true)]),
             reason: Malformed::WrongDirection,
             status_written: true,
         },
         Case {
             name: "read into a device-readable buffer",
-            descs: chain(
-                0,
-                &[(HDR, 16, false), (DATA, 512, false), (STATUS, 1, true)],
-            ),
+            descs: chain(0, &[(HDR, 16, false), (DATA, 512, false), (STATUS, 1, true)]),
             reason: Malformed::WrongDirection,
             status_written: true,
         },
@@ -501,10 +373,7 @@ fn malformed_chains_fail_alone() {
         },
         Case {
             name: "next index out of range",
-            descs: vec![
-                raw(HDR, 16, F_NEXT, 1),
-                raw(STATUS, 1, F_NEXT | F_WRITE, 200),
-            ],
+            descs: vec![raw(HDR, 16, F_NEXT, 1), raw(STATUS, 1, F_NEXT | F_WRITE, 200)],
             reason: Malformed::ChainTooLong,
             status_written: true,
         },
@@ -545,12 +414,7 @@ fn malformed_chains_fail_alone() {
         let name = case.name;
         assert_eq!(used_idx(&mem), 1, "{name}: chain returned to the guest");
         let m = s.blk.block_metrics();
-        assert_eq!(
-            m.malformed.get(&case.reason),
-            Some(&1),
-            "{name}: {:?}",
-            m.malformed
-        );
+        assert_eq!(m.malformed.get(&case.reason), Some(&1), "{name}: {:?}", m.malformed);
         assert_eq!(m.malformed_total(), 1, "{name}");
         if case.status_written {
             assert_eq!(status(&mem, STATUS), VIRTIO_BLK_S_IOERR, "{name}");
@@ -666,23 +530,12 @@ fn config_space_reports_capacity_seg_max_blk_size() {
 #[test]
 fn new_rejects_long_id_and_missing_image() {
     let (_d, path) = image(&pattern());
-    let e = Block::new(BlockConfig {
-        path,
-        read_only: false,
-        id: "x".repeat(21),
-    })
-    .err()
-    .unwrap()
-    .to_string();
+    let e = Block::new(BlockConfig { path, read_only: false, id: "x".repeat(21) }).err().unwrap().to_string();
     assert!(e.contains("21 bytes"), "{e}");
-    let e = Block::new(BlockConfig {
-        path: "/nonexistent/disk.img".into(),
-        read_only: true,
-        id: String::new(),
-    })
-    .err()
-    .unwrap()
-    .to_string();
+    let e = Block::new(BlockConfig { path: "/nonexistent/disk.img".into(), read_only: true, id: String::new() })
+        .err()
+        .unwrap()
+        .to_string();
     assert_eq!(e, "disk image /nonexistent/disk.img does not exist");
 }
 
@@ -693,25 +546,12 @@ fn activate_checks_queues() {
     let (_d, _p, mut blk) = new_block(false);
     let irq = Arc::new(Interrupt::new(EventFd::new(EFD_NONBLOCK).unwrap()));
     let q = || queue(&vq);
-    let ctx = |queues| ActivateContext {
-        mem: mem.clone(),
-        queues,
-        interrupt: irq.clone(),
-    };
-    assert!(matches!(
-        blk.activate(ctx(vec![])),
-        Err(ActivateError::QueueCount { got: 0, want: 1 })
-    ));
-    assert!(matches!(
-        blk.activate(ctx(vec![q(), q()])),
-        Err(ActivateError::QueueCount { got: 2, .. })
-    ));
+    let ctx = |queues| ActivateContext { mem: mem.clone(), queues, interrupt: irq.clone() };
+    assert!(matches!(blk.activate(ctx(vec![])), Err(ActivateError::QueueCount { got: 0, want: 1 })));
+    assert!(matches!(blk.activate(ctx(vec![q(), q()])), Err(ActivateError::QueueCount { got: 2, .. })));
     let mut not_ready = q();
     not_ready.set_ready(false);
-    assert!(matches!(
-        blk.activate(ctx(vec![not_ready])),
-        Err(ActivateError::InvalidQueue(0))
-    ));
+    assert!(matches!(blk.activate(ctx(vec![not_ready])), Err(ActivateError::InvalidQueue(0))));
     assert!(!blk.is_activated());
     blk.activate(ctx(vec![q()])).unwrap();
     assert!(blk.is_activated());
@@ -732,17 +572,10 @@ fn event_loop_serves_kicks_only_after_activation() {
     em.add_subscriber(blk.clone());
 
     header(&mem, HDR, VIRTIO_BLK_T_IN, 1);
-    submit(
-        &vq,
-        0,
-        &[(HDR, 16, false), (DATA, 512, true), (STATUS, 1, true)],
-    );
+    submit(&vq, 0, &[(HDR, 16, false), (DATA, 512, true), (STATUS, 1, true)]);
     blk.lock().unwrap().queue_events()[0].write(1).unwrap();
     assert_eq!(em.run_with_timeout(100).unwrap(), 1);
-    assert_eq!(
-        blk.lock().unwrap().block_metrics().kicks_before_activation,
-        1
-    );
+    assert_eq!(blk.lock().unwrap().block_metrics().kicks_before_activation, 1);
     assert_eq!(used_idx(&mem), 0);
 
     // Activation picks up what was queued before DRIVER_OK by itself.
@@ -751,12 +584,7 @@ fn event_loop_serves_kicks_only_after_activation() {
         b.set_acked_features(VIRTIO_F_VERSION_1);
         let q = queue(&vq);
         let irq = Arc::new(Interrupt::new(EventFd::new(EFD_NONBLOCK).unwrap()));
-        b.activate(ActivateContext {
-            mem: mem.clone(),
-            queues: vec![q],
-            interrupt: irq.clone(),
-        })
-        .unwrap();
+        b.activate(ActivateContext { mem: mem.clone(), queues: vec![q], interrupt: irq.clone() }).unwrap();
         irq
     };
     assert_eq!(em.run_with_timeout(100).unwrap(), 1);
@@ -777,10 +605,7 @@ fn event_loop_serves_kicks_only_after_activation() {
     blk.lock().unwrap().queue_events()[0].write(1).unwrap();
     assert_eq!(em.run_with_timeout(100).unwrap(), 1);
     assert_eq!(used_idx(&mem), 2);
-    assert_eq!(
-        blk.lock().unwrap().block_metrics().kicks_before_activation,
-        2
-    );
+    assert_eq!(blk.lock().unwrap().block_metrics().kicks_before_activation, 2);
 }
 
 /// A deterministic xorshift generator for the hostile-driver test.
@@ -831,23 +656,13 @@ fn hostile_driver_cannot_break_the_device() {
         for i in 0..QLEN {
             let flags = (rng.below(8) as u16) & (F_NEXT | F_WRITE | 4);
             let next = rng.below(u64::from(QLEN) + 4) as u16;
-            let d = RawDescriptor::from(SplitDescriptor::new(
-                pick_addr(&mut rng),
-                pick_len(&mut rng),
-                flags,
-                next,
-            ));
+            let d = RawDescriptor::from(SplitDescriptor::new(pick_addr(&mut rng), pick_len(&mut rng), flags, next));
             vq.desc_table().store(i, d).unwrap();
         }
         // Plausible headers at a few places the descriptors may point to.
         for k in 0..4u64 {
-            let kind = [
-                VIRTIO_BLK_T_IN,
-                VIRTIO_BLK_T_OUT,
-                VIRTIO_BLK_T_FLUSH,
-                VIRTIO_BLK_T_GET_ID,
-                77,
-            ][rng.below(5) as usize];
+            let kind =
+                [VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, 77][rng.below(5) as usize];
             header(&mem, HDR + k * 0x1000, kind, rng.below(SECTORS as u64 + 3));
         }
         // Half the rounds also carry one well-formed request among the junk.
@@ -855,11 +670,8 @@ fn hostile_driver_cannot_break_the_device() {
             let first = rng.below(u64::from(QLEN) - 2) as u16;
             let k = rng.below(4);
             let data_dir = rng.below(2) == 0;
-            let parts = [
-                (HDR + k * 0x1000, 16, false),
-                (DATA + rng.below(0x8000), 512, data_dir),
-                (STATUS + k, 1, true),
-            ];
+            let parts =
+                [(HDR + k * 0x1000, 16, false), (DATA + rng.below(0x8000), 512, data_dir), (STATUS + k, 1, true)];
             for (i, d) in chain(first, &parts).into_iter().enumerate() {
                 vq.desc_table().store(first + i as u16, d).unwrap();
             }
@@ -871,22 +683,12 @@ fn hostile_driver_cannot_break_the_device() {
                 Some(h) if j == 0 => h,
                 _ => rng.below(u64::from(QLEN) + 2) as u16,
             };
-            mem.write_obj(
-                head,
-                vq.avail_addr()
-                    .unchecked_add(4 + 2 * u64::from(avail_idx % QLEN)),
-            )
-            .unwrap();
+            mem.write_obj(head, vq.avail_addr().unchecked_add(4 + 2 * u64::from(avail_idx % QLEN))).unwrap();
             avail_idx = avail_idx.wrapping_add(1);
         }
         // Now and then an avail index that runs away from the device.
-        let published = if rng.below(50) == 0 {
-            avail_idx.wrapping_add(QLEN * 3)
-        } else {
-            avail_idx
-        };
-        mem.write_obj(published, vq.avail_addr().unchecked_add(2))
-            .unwrap();
+        let published = if rng.below(50) == 0 { avail_idx.wrapping_add(QLEN * 3) } else { avail_idx };
+        mem.write_obj(published, vq.avail_addr().unchecked_add(2)).unwrap();
         s.blk.process_queue();
         let m = s.blk.block_metrics();
         if m.queue_errors > 0 || published != avail_idx {
@@ -898,43 +700,23 @@ fn hostile_driver_cannot_break_the_device() {
             avail_idx = 0;
             s.irq = activate(&mut s.blk, &mem, &vq, round % 2 == 0);
         }
-        assert_eq!(
-            std::fs::metadata(&s.path).unwrap().len(),
-            image_len,
-            "round {round}: image size changed"
-        );
+        assert_eq!(std::fs::metadata(&s.path).unwrap().len(), image_len, "round {round}: image size changed");
     }
     let m = s.blk.block_metrics();
-    assert!(
-        m.malformed_total() > 100,
-        "the generator should hit malformed chains: {m:?}"
-    );
-    assert!(
-        m.reads + m.writes + m.flushes + m.get_ids > 300,
-        "and some valid ones: {m:?}"
-    );
+    assert!(m.malformed_total() > 100, "the generator should hit malformed chains: {m:?}");
+    assert!(m.reads + m.writes + m.flushes + m.get_ids > 300, "and some valid ones: {m:?}");
     // Still a working device.
     s.blk.reset();
-    mem.write_slice(&[0u8; 4], GuestAddress(vq.avail_addr().0))
-        .unwrap();
+    mem.write_slice(&[0u8; 4], GuestAddress(vq.avail_addr().0)).unwrap();
     mem.write_slice(&[0u8; 4], GuestAddress(USED_RING)).unwrap();
     let vq = MockSplitQueue::create(&mem, GuestAddress(0), QLEN);
     s.irq = activate(&mut s.blk, &mem, &vq, false);
     let before = std::fs::read(&s.path).unwrap();
     header(&mem, HDR + 0x100, VIRTIO_BLK_T_IN, 3);
-    submit(
-        &vq,
-        0,
-        &[
-            (HDR + 0x100, 16, false),
-            (DATA + 0x1000, 512, true),
-            (STATUS + 0x100, 1, true),
-        ],
-    );
+    submit(&vq, 0, &[(HDR + 0x100, 16, false), (DATA + 0x1000, 512, true), (STATUS + 0x100, 1, true)]);
     s.blk.process_queue();
     assert_eq!(status(&mem, STATUS + 0x100), VIRTIO_BLK_S_OK);
     let mut got = vec![0u8; 512];
-    mem.read_slice(&mut got, GuestAddress(DATA + 0x1000))
-        .unwrap();
+    mem.read_slice(&mut got, GuestAddress(DATA + 0x1000)).unwrap();
     assert_eq!(got, before[3 * 512..4 * 512]);
 }

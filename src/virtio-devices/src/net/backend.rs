@@ -86,20 +86,12 @@ pub struct ChainRef<'a> {
 impl ChainRef<'_> {
     /// An owned RX buffer with the same contents (allocates).
     pub fn to_rx_buffer(&self) -> RxBuffer {
-        RxBuffer {
-            head: self.head,
-            segs: self.segs.to_vec(),
-            len: self.len,
-        }
+        RxBuffer { head: self.head, segs: self.segs.to_vec(), len: self.len }
     }
 
     /// An owned TX frame with the same contents (allocates).
     pub fn to_tx_frame(&self) -> TxFrame {
-        TxFrame {
-            head: self.head,
-            segs: self.segs.to_vec(),
-            len: self.len,
-        }
+        TxFrame { head: self.head, segs: self.segs.to_vec(), len: self.len }
     }
 }
 

@@ -5,8 +5,8 @@ use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_ECN, VIRTIO_NET_F_GUEST_TSO4,
     VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_F_GUEST_UFO, VIRTIO_NET_F_HOST_ECN, VIRTIO_NET_F_HOST_TSO4,
-    VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_HOST_UFO, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF,
-    VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP,
+    VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_HOST_UFO, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_STATUS,
+    VIRTIO_NET_S_LINK_UP,
 };
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 
@@ -44,8 +44,7 @@ pub const BACKEND_OFFLOAD_MASK: u64 = F_CSUM
 pub const GUEST_GSO_MASK: u64 = F_GUEST_TSO4 | F_GUEST_TSO6 | F_GUEST_UFO;
 
 /// Features the device itself implements, whatever the backend.
-pub const DEVICE_FEATURES: u64 =
-    F_VERSION_1 | F_MAC | F_STATUS | F_MRG_RXBUF | F_EVENT_IDX | F_INDIRECT_DESC;
+pub const DEVICE_FEATURES: u64 = F_VERSION_1 | F_MAC | F_STATUS | F_MRG_RXBUF | F_EVENT_IDX | F_INDIRECT_DESC;
 
 /// Config space byte offsets (`struct virtio_net_config`).
 pub const CFG_MAC: usize = 0;
@@ -87,10 +86,7 @@ pub fn random_mac() -> [u8; 6] {
     let n = unsafe { libc::getrandom(mac.as_mut_ptr().cast(), mac.len(), 0) };
     if n != mac.len() as isize {
         // Fall back to time and pid: uniqueness matters, not unpredictability.
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0)
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
             ^ (u128::from(std::process::id()) << 32);
         mac.copy_from_slice(&t.to_le_bytes()[..6]);
     }

@@ -20,11 +20,10 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::backend::{ChainRef, DropReason, NetBackend, RxSeg, Used, VNET_HDR_LEN};
 use super::chain::{addr_at, Direction, MAX_CHAIN_DESCS};
-use super::direct::{Held, RxQueue};
 use super::config::{
-    config_bytes, random_mac, read_window, BACKEND_OFFLOAD_MASK, DEVICE_FEATURES, F_MRG_RXBUF,
-    F_STATUS,
+    config_bytes, random_mac, read_window, BACKEND_OFFLOAD_MASK, DEVICE_FEATURES, F_MRG_RXBUF, F_STATUS,
 };
+use super::direct::{Held, RxQueue};
 use super::metrics::NetMetrics;
 use super::ring::SplitRing;
 use crate::mem::RamMap;
@@ -333,20 +332,14 @@ impl Net {
                 Some(h) if h.len != 0 => h.release(),
                 _ => {
                     self.metrics.backend_bogus_completions += 1;
-                    error!(
-                        "virtio-net {}: backend completed RX head {} it does not hold",
-                        self.id, u.head
-                    );
+                    error!("virtio-net {}: backend completed RX head {} it does not hold", self.id, u.head);
                     continue;
                 }
             };
             let mut len = u.len;
             if len > held {
                 self.metrics.backend_bogus_completions += 1;
-                error!(
-                    "virtio-net {}: backend reported {} bytes in a {}-byte buffer",
-                    self.id, len, held
-                );
+                error!("virtio-net {}: backend reported {} bytes in a {}-byte buffer", self.id, len, held);
                 len = held;
             }
             if rest == 0 {
@@ -395,10 +388,9 @@ impl Net {
                         one = [seg];
                         Ok((&one[..], seg.1))
                     }
-                    None => a
-                        .tx
-                        .parse(head, Direction::DeviceReads, &mut self.seg_buf)
-                        .map(|p| (&self.seg_buf[..], p.len)),
+                    None => {
+                        a.tx.parse(head, Direction::DeviceReads, &mut self.seg_buf).map(|p| (&self.seg_buf[..], p.len))
+                    }
                 };
                 match parsed {
                     Err(reason) => {
@@ -452,10 +444,7 @@ impl Net {
         for u in self.used_buf.drain(..) {
             let Some(len) = a.tx_slots.get_mut(u.head as usize).and_then(Option::take) else {
                 self.metrics.backend_bogus_completions += 1;
-                error!(
-                    "virtio-net {}: backend completed TX head {} it does not hold",
-                    self.id, u.head
-                );
+                error!("virtio-net {}: backend completed TX head {} it does not hold", self.id, u.head);
                 continue;
             };
             self.metrics.tx_packets += 1;
@@ -483,17 +472,12 @@ impl Net {
             if !(self.backend.rx_stalled() && posted > 0) {
                 break;
             }
-            debug!(
-                "virtio-net {}: backend stalled, round {round}, posted {posted}",
-                self.id
-            );
+            debug!("virtio-net {}: backend stalled, round {round}, posted {posted}", self.id);
         }
     }
 
     fn backend_indices(&self) -> Vec<usize> {
-        (0..self.backend_fds.len())
-            .filter(|&i| self.watch[i] != Watch::Removed)
-            .collect()
+        (0..self.backend_fds.len()).filter(|&i| self.watch[i] != Watch::Removed).collect()
     }
 
     fn set_watch(&mut self, ops: &mut EventOps, i: usize, want: Watch) {
@@ -509,10 +493,7 @@ impl Net {
         };
         match r {
             Ok(()) => self.watch[i] = want,
-            Err(e) => error!(
-                "virtio-net {}: cannot change watch of backend fd {fd}: {e}",
-                self.id
-            ),
+            Err(e) => error!("virtio-net {}: cannot change watch of backend fd {fd}: {e}", self.id),
         }
     }
 
@@ -524,11 +505,7 @@ impl Net {
             self.metrics.rx_stalls += 1;
         }
         self.stalled = stalled;
-        let want = if self.active.is_some() && !stalled {
-            Watch::On
-        } else {
-            Watch::Paused
-        };
+        let want = if self.active.is_some() && !stalled { Watch::On } else { Watch::Paused };
         for i in 0..self.backend_fds.len() {
             self.set_watch(ops, i, want);
         }
@@ -573,10 +550,7 @@ impl Net {
         if up {
             warn!("virtio-net {}: link up", self.id);
         } else {
-            warn!(
-                "virtio-net {}: link down (backend failed); the VM keeps running",
-                self.id
-            );
+            warn!("virtio-net {}: link down (backend failed); the VM keeps running", self.id);
             self.metrics.link_down_events += 1;
         }
         if let Some(a) = self.active.as_ref() {
@@ -638,11 +612,7 @@ fn post_run(
 /// Whether `fd` still reports an error or hang-up (after its owner handled
 /// the event).
 fn still_broken(fd: RawFd) -> bool {
-    let mut p = libc::pollfd {
-        fd,
-        events: 0,
-        revents: 0,
-    };
+    let mut p = libc::pollfd { fd, events: 0, revents: 0 };
     // SAFETY: poll reads and writes one pollfd that we own; a zero timeout
     // never blocks.
     let r = unsafe { libc::poll(&mut p, 1, 0) };
@@ -678,10 +648,7 @@ impl VirtioDevice for Net {
     fn set_acked_features(&mut self, features: u64) {
         let unknown = features & !self.avail_features;
         if unknown != 0 {
-            warn!(
-                "virtio-net {}: driver acked unoffered features {unknown:#x}; ignored",
-                self.id
-            );
+            warn!("virtio-net {}: driver acked unoffered features {unknown:#x}; ignored", self.id);
         }
         self.acked_features = features & self.avail_features;
     }
@@ -716,10 +683,7 @@ impl VirtioDevice for Net {
             self.active = None;
         }
         if ctx.queues.len() != QUEUE_SIZES.len() {
-            return Err(ActivateError::QueueCount {
-                got: ctx.queues.len(),
-                want: QUEUE_SIZES.len(),
-            });
+            return Err(ActivateError::QueueCount { got: ctx.queues.len(), want: QUEUE_SIZES.len() });
         }
         for (i, q) in ctx.queues.iter().enumerate() {
             if !q.is_valid(&ctx.mem) {
@@ -728,9 +692,7 @@ impl VirtioDevice for Net {
         }
         self.backend
             .set_features(self.acked_features)
-            .map_err(|e| {
-                ActivateError::Backend(format!("setting offloads {:#x}: {e}", self.acked_features))
-            })?;
+            .map_err(|e| ActivateError::Backend(format!("setting offloads {:#x}: {e}", self.acked_features)))?;
         let event_idx = self.acked_features & super::config::F_EVENT_IDX != 0;
         let ring = |i: usize| {
             SplitRing::new(&ctx.queues[i], &ctx.mem, event_idx).map_err(|e| {
@@ -751,9 +713,7 @@ impl VirtioDevice for Net {
             rx_added: false,
             tx_added: false,
         });
-        self.activate_evt
-            .write(1)
-            .map_err(|e| ActivateError::Backend(format!("waking the event loop: {e}")))?;
+        self.activate_evt.write(1).map_err(|e| ActivateError::Backend(format!("waking the event loop: {e}")))?;
         Ok(())
     }
 
@@ -770,9 +730,7 @@ impl VirtioDevice for Net {
     }
 
     fn metrics(&self) -> Option<serde_json::Value> {
-        let mut v = self
-            .metrics
-            .to_json(&self.id, self.link_up, self.backend.metrics());
+        let mut v = self.metrics.to_json(&self.id, self.link_up, self.backend.metrics());
         let watch: Vec<&str> = self
             .watch
             .iter()
@@ -841,9 +799,7 @@ impl MutEventSubscriber for Net {
                     }
                 }
             }
-            d if d >= EV_BACKEND_BASE
-                && ((d - EV_BACKEND_BASE) as usize) < self.backend_fds.len() =>
-            {
+            d if d >= EV_BACKEND_BASE && ((d - EV_BACKEND_BASE) as usize) < self.backend_fds.len() => {
                 let i = (d - EV_BACKEND_BASE) as usize;
                 self.metrics.backend_events += 1;
                 let broken = set.intersects(EventSet::ERROR | EventSet::HANG_UP);

@@ -112,10 +112,7 @@ impl FakeBackend {
                     mem.write_slice(&bytes[off..off + n], *addr).unwrap();
                     off += n;
                 }
-                st.done.push(Used {
-                    head: b.head,
-                    len: (off - start) as u32,
-                });
+                st.done.push(Used { head: b.head, len: (off - start) as u32 });
             }
             st.inbox.pop_front();
         }
@@ -273,25 +270,12 @@ impl Harness {
 
     /// `new`, over a backend that does direct RX when `direct`.
     fn new_in(direct: bool) -> Harness {
-        let mem: &'static GuestMemory = Box::leak(Box::new(
-            GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)]).unwrap(),
-        ));
-        let st = Arc::new(Mutex::new(FakeState {
-            link_up: true,
-            room: 1024,
-            direct,
-            ..Default::default()
-        }));
+        let mem: &'static GuestMemory =
+            Box::leak(Box::new(GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)]).unwrap()));
+        let st = Arc::new(Mutex::new(FakeState { link_up: true, room: 1024, direct, ..Default::default() }));
         let evt = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-        let backend = FakeBackend {
-            st: st.clone(),
-            evt: evt.try_clone().unwrap(),
-        };
-        let net = Arc::new(Mutex::new(Net::new(
-            Box::new(backend),
-            Some([2, 0, 0, 0, 0, 1]),
-            "net0".into(),
-        )));
+        let backend = FakeBackend { st: st.clone(), evt: evt.try_clone().unwrap() };
+        let net = Arc::new(Mutex::new(Net::new(Box::new(backend), Some([2, 0, 0, 0, 0, 1]), "net0".into())));
         let mut em = EventManager::<Arc<Mutex<Net>>>::new().unwrap();
         em.add_subscriber(net.clone());
         Harness {
@@ -322,19 +306,11 @@ impl Harness {
     }
 
     fn activate(&mut self, extra: u64) {
-        let queues: Vec<Queue> = vec![
-            self.rxq.create_queue().unwrap(),
-            self.txq.create_queue().unwrap(),
-        ];
+        let queues: Vec<Queue> = vec![self.rxq.create_queue().unwrap(), self.txq.create_queue().unwrap()];
         {
             let mut n = self.net.lock().unwrap();
             n.set_acked_features(F_VERSION_1 | extra);
-            n.activate(ActivateContext {
-                mem: self.mem.clone(),
-                queues,
-                interrupt: self.irq.clone(),
-            })
-            .unwrap();
+            n.activate(ActivateContext { mem: self.mem.clone(), queues, interrupt: self.irq.clone() }).unwrap();
         }
         self.run();
     }
@@ -390,16 +366,12 @@ impl Harness {
         let (table, avail) = (self.q(qi).desc_table_addr().0, self.q(qi).avail_addr().0);
         for (i, d) in descs.iter().enumerate() {
             let slot = (head + i as u16) % QUEUE_SIZE;
-            self.mem
-                .write_obj(*d, GuestAddress(table + 16 * u64::from(slot)))
-                .unwrap();
+            self.mem.write_obj(*d, GuestAddress(table + 16 * u64::from(slot))).unwrap();
         }
         let idx: u16 = self.mem.read_obj(GuestAddress(avail + 2)).unwrap();
         let slot = avail + 4 + 2 * u64::from(idx % QUEUE_SIZE);
         self.mem.write_obj(head, GuestAddress(slot)).unwrap();
-        self.mem
-            .write_obj(idx.wrapping_add(1), GuestAddress(avail + 2))
-            .unwrap();
+        self.mem.write_obj(idx.wrapping_add(1), GuestAddress(avail + 2)).unwrap();
         self.next_desc[qi] = (head + descs.len() as u16) % QUEUE_SIZE;
         head
     }
@@ -414,20 +386,13 @@ impl Harness {
     fn add_tx_frame(&mut self, payload: &[u8]) -> u16 {
         let h = self.alloc(VNET_HDR_LEN as u32);
         let p = self.alloc(payload.len() as u32);
-        self.mem
-            .write_slice(&[0u8; VNET_HDR_LEN], GuestAddress(h))
-            .unwrap();
+        self.mem.write_slice(&[0u8; VNET_HDR_LEN], GuestAddress(h)).unwrap();
         self.mem.write_slice(payload, GuestAddress(p)).unwrap();
-        self.add_chain(
-            TX_QUEUE,
-            &[(h, VNET_HDR_LEN as u32, 0), (p, payload.len() as u32, 0)],
-        )
+        self.add_chain(TX_QUEUE, &[(h, VNET_HDR_LEN as u32, 0), (p, payload.len() as u32, 0)])
     }
 
     fn kick(&mut self, qi: usize) {
-        self.net.lock().unwrap().queue_events()[qi]
-            .write(1)
-            .unwrap();
+        self.net.lock().unwrap().queue_events()[qi].write(1).unwrap();
         self.run();
     }
 
@@ -453,12 +418,7 @@ impl Harness {
         let mut out = Vec::new();
         let mut i = self.used_seen[qi];
         while i != idx {
-            let e = q
-                .used()
-                .ring()
-                .ref_at((i % QUEUE_SIZE) as usize)
-                .unwrap()
-                .load();
+            let e = q.used().ring().ref_at((i % QUEUE_SIZE) as usize).unwrap().load();
             out.push((e.id(), e.len()));
             i = i.wrapping_add(1);
         }
@@ -498,9 +458,7 @@ impl Harness {
 type AddChain = Box<dyn Fn(&mut Harness) -> u16>;
 
 fn frame(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(7).wrapping_add(seed))
-        .collect()
+    (0..len).map(|i| (i as u8).wrapping_mul(7).wrapping_add(seed)).collect()
 }
 
 #[test]
@@ -510,15 +468,7 @@ fn identity_features_and_config() {
     assert_eq!(n.device_type(), TYPE_NET);
     assert_eq!(n.queue_max_sizes(), &[QUEUE_SIZE, QUEUE_SIZE]);
     let f = n.avail_features();
-    for bit in [
-        F_VERSION_1,
-        F_MAC,
-        F_STATUS,
-        F_MRG_RXBUF,
-        F_EVENT_IDX,
-        F_CSUM,
-        F_GUEST_CSUM,
-    ] {
+    for bit in [F_VERSION_1, F_MAC, F_STATUS, F_MRG_RXBUF, F_EVENT_IDX, F_CSUM, F_GUEST_CSUM] {
         assert_ne!(f & bit, 0, "missing {bit:#x}");
     }
     assert_eq!(f & (1 << 40), 0, "unknown backend bit leaked");
@@ -538,10 +488,7 @@ fn identity_features_and_config() {
 
 #[test]
 fn random_mac_when_none_given() {
-    let st = Arc::new(Mutex::new(FakeState {
-        link_up: true,
-        ..Default::default()
-    }));
+    let st = Arc::new(Mutex::new(FakeState { link_up: true, ..Default::default() }));
     let evt = EventFd::new(libc::EFD_NONBLOCK).unwrap();
     let n = Net::new(Box::new(FakeBackend { st, evt }), None, "n".into());
     assert_eq!(n.mac()[0] & 0x03, 0x02);
@@ -568,7 +515,7 @@ fn rx_delivers_frame_with_used_length() {
         assert_eq!(m["rx_bytes"], 100);
         assert_eq!(m["vmm_copied_bytes"], 0);
         assert_eq!(m["backend"]["kind"], "fake");
-    assert_eq!(m["rx_direct_passes"].as_u64().unwrap() > 0, direct, "the path taken");
+        assert_eq!(m["rx_direct_passes"].as_u64().unwrap() > 0, direct, "the path taken");
     }
 }
 
@@ -611,14 +558,7 @@ fn mrg_rxbuf_spreads_frame_and_sets_num_buffers() {
     let f = frame(600, 3);
     h.push_frame(f.clone());
     let used = h.new_used(RX_QUEUE);
-    assert_eq!(
-        used,
-        vec![
-            (u32::from(bufs[0].0), 256),
-            (u32::from(bufs[1].0), 256),
-            (u32::from(bufs[2].0), 100)
-        ]
-    );
+    assert_eq!(used, vec![(u32::from(bufs[0].0), 256), (u32::from(bufs[1].0), 256), (u32::from(bufs[2].0), 100)]);
     let hdr = h.read(bufs[0].1, VNET_HDR_LEN);
     assert_eq!(u16::from_le_bytes([hdr[10], hdr[11]]), 3);
     let mut got = h.read(bufs[0].1 + 12, 244);
@@ -647,10 +587,7 @@ fn mrg_frames_counted_when_header_is_split_across_descriptors() {
     h.kick(RX_QUEUE);
     h.push_frame(frame(400, 1));
     h.push_frame(frame(100, 2));
-    assert_eq!(
-        h.new_used(RX_QUEUE).iter().map(|u| u.1).collect::<Vec<_>>(),
-        vec![256, 156, 112]
-    );
+    assert_eq!(h.new_used(RX_QUEUE).iter().map(|u| u.1).collect::<Vec<_>>(), vec![256, 156, 112]);
     let m = h.metrics();
     assert_eq!(m["rx_packets"], 2);
     assert_eq!(m["rx_bytes"], 500);
@@ -717,11 +654,7 @@ fn without_event_idx_every_batch_interrupts_once() {
 #[test]
 fn malformed_rx_chains_are_dropped_and_counted() {
     let cases: Vec<(&str, DropReason, AddChain)> = vec![
-        (
-            "outside RAM",
-            DropReason::BadAddress,
-            Box::new(|h| h.add_chain(RX_QUEUE, &[(MEM_SIZE + 0x1000, 1530, W)])),
-        ),
+        ("outside RAM", DropReason::BadAddress, Box::new(|h| h.add_chain(RX_QUEUE, &[(MEM_SIZE + 0x1000, 1530, W)]))),
         (
             "straddles RAM end",
             DropReason::BadAddress,
@@ -769,9 +702,7 @@ fn malformed_rx_chains_are_dropped_and_counted() {
             DropReason::ChainTooLong,
             Box::new(|h| {
                 let a = h.alloc(64 * 200);
-                let segs: Vec<_> = (0..=MAX_CHAIN_DESCS as u64)
-                    .map(|i| (a + 64 * i, 64, W))
-                    .collect();
+                let segs: Vec<_> = (0..=MAX_CHAIN_DESCS as u64).map(|i| (a + 64 * i, 64, W)).collect();
                 h.add_chain(RX_QUEUE, &segs)
             }),
         ),
@@ -782,10 +713,7 @@ fn malformed_rx_chains_are_dropped_and_counted() {
         h.kick(RX_QUEUE);
         assert_eq!(h.new_used(RX_QUEUE), vec![(u32::from(bad), 0)], "{name}");
         assert_eq!(h.metrics()["rx_drops"][reason.as_str()], 1, "{name}");
-        assert!(
-            h.st.lock().unwrap().posted.is_empty(),
-            "{name}: bad buffer reached the backend"
-        );
+        assert!(h.st.lock().unwrap().posted.is_empty(), "{name}: bad buffer reached the backend");
         // Still works.
         let (good, addr) = h.add_rx_buf(1530);
         h.kick(RX_QUEUE);
@@ -799,11 +727,7 @@ fn malformed_rx_chains_are_dropped_and_counted() {
 #[test]
 fn malformed_tx_chains_are_dropped_and_counted() {
     let cases: Vec<(&str, DropReason, AddChain)> = vec![
-        (
-            "outside RAM",
-            DropReason::BadAddress,
-            Box::new(|h| h.add_chain(TX_QUEUE, &[(u64::MAX - 8, 64, 0)])),
-        ),
+        ("outside RAM", DropReason::BadAddress, Box::new(|h| h.add_chain(TX_QUEUE, &[(u64::MAX - 8, 64, 0)]))),
         (
             "writable in TX",
             DropReason::WrongDirection,
@@ -834,10 +758,7 @@ fn malformed_tx_chains_are_dropped_and_counted() {
             Box::new(|h| {
                 let a = h.alloc(64);
                 let s = h.next_desc[TX_QUEUE];
-                h.add_raw(
-                    TX_QUEUE,
-                    &[RawDescriptor::from(SplitDescriptor::new(a, 64, N, s))],
-                )
+                h.add_raw(TX_QUEUE, &[RawDescriptor::from(SplitDescriptor::new(a, 64, N, s))])
             }),
         ),
     ];
@@ -846,11 +767,7 @@ fn malformed_tx_chains_are_dropped_and_counted() {
         let bad = add(&mut h);
         let good = h.add_tx_frame(&frame(60, 1));
         h.kick(TX_QUEUE);
-        assert_eq!(
-            h.new_used(TX_QUEUE),
-            vec![(u32::from(bad), 0), (u32::from(good), 0)],
-            "{name}"
-        );
+        assert_eq!(h.new_used(TX_QUEUE), vec![(u32::from(bad), 0), (u32::from(good), 0)], "{name}");
         assert_eq!(h.metrics()["tx_drops"][reason.as_str()], 1, "{name}");
         assert_eq!(h.st.lock().unwrap().sent.len(), 1, "{name}");
     }
@@ -863,9 +780,7 @@ fn head_index_out_of_range_does_not_panic() {
         // The avail ring names descriptor 300 in a 256-entry queue.
         let avail = h.rxq.avail_addr().0;
         let idx: u16 = h.mem.read_obj(GuestAddress(avail + 2)).unwrap();
-        h.mem
-            .write_obj(300u16, GuestAddress(avail + 4 + 2 * u64::from(idx)))
-            .unwrap();
+        h.mem.write_obj(300u16, GuestAddress(avail + 4 + 2 * u64::from(idx))).unwrap();
         h.mem.write_obj(idx + 1, GuestAddress(avail + 2)).unwrap();
         h.kick(RX_QUEUE);
         assert_eq!(h.metrics()["rx_drops"]["bad_address"], 1);
@@ -938,10 +853,7 @@ fn stalled_backend_resumes_after_guest_adds_buffers() {
     }
     h.kick(RX_QUEUE);
     let used = h.new_used(RX_QUEUE);
-    assert_eq!(
-        used.iter().map(|u| u.1).collect::<Vec<_>>(),
-        vec![256, 256, 256, 244]
-    );
+    assert_eq!(used.iter().map(|u| u.1).collect::<Vec<_>>(), vec![256, 256, 256, 244]);
     assert_eq!(h.metrics()["rx_packets"], 1);
     // Watching again: a new frame is delivered on the backend event.
     h.push_frame(frame(100, 8));
@@ -985,9 +897,7 @@ fn duplicate_head_while_posted_is_ignored() {
         // The guest makes the same head available again while the backend has it.
         let avail = h.rxq.avail_addr().0;
         let idx: u16 = h.mem.read_obj(GuestAddress(avail + 2)).unwrap();
-        h.mem
-            .write_obj(head, GuestAddress(avail + 4 + 2 * u64::from(idx)))
-            .unwrap();
+        h.mem.write_obj(head, GuestAddress(avail + 4 + 2 * u64::from(idx))).unwrap();
         h.mem.write_obj(idx + 1, GuestAddress(avail + 2)).unwrap();
         h.kick(RX_QUEUE);
         assert_eq!(h.st.lock().unwrap().posted.len(), 1);
@@ -1026,13 +936,7 @@ fn activation_rejects_wrong_queue_count() {
     let h = Harness::new();
     let q: Queue = h.rxq.create_queue().unwrap();
     let mut n = h.net.lock().unwrap();
-    let e = n
-        .activate(ActivateContext {
-            mem: h.mem.clone(),
-            queues: vec![q],
-            interrupt: h.irq.clone(),
-        })
-        .unwrap_err();
+    let e = n.activate(ActivateContext { mem: h.mem.clone(), queues: vec![q], interrupt: h.irq.clone() }).unwrap_err();
     assert!(e.to_string().contains("needs 2"), "{e}");
     assert!(!n.is_activated());
 }
@@ -1042,22 +946,10 @@ fn activation_rejects_wrong_queue_count() {
 fn indirect(h: &Harness, at: u64, table: &[(u64, u32, u16)]) -> RawDescriptor {
     for (i, &(a, l, f)) in table.iter().enumerate() {
         let last = i == table.len() - 1;
-        let d = SplitDescriptor::new(
-            a,
-            l,
-            if last { f } else { f | N },
-            if last { 0 } else { i as u16 + 1 },
-        );
-        h.mem
-            .write_obj(RawDescriptor::from(d), GuestAddress(at + 16 * i as u64))
-            .unwrap();
+        let d = SplitDescriptor::new(a, l, if last { f } else { f | N }, if last { 0 } else { i as u16 + 1 });
+        h.mem.write_obj(RawDescriptor::from(d), GuestAddress(at + 16 * i as u64)).unwrap();
     }
-    RawDescriptor::from(SplitDescriptor::new(
-        at,
-        16 * table.len() as u32,
-        VRING_DESC_F_INDIRECT as u16,
-        0,
-    ))
+    RawDescriptor::from(SplitDescriptor::new(at, 16 * table.len() as u32, VRING_DESC_F_INDIRECT as u16, 0))
 }
 
 #[test]
@@ -1092,12 +984,7 @@ fn indirect_descriptor_tables_work_both_ways() {
 fn broken_indirect_tables_are_dropped() {
     let mut h = Harness::activated(F_INDIRECT_DESC);
     // Table outside guest RAM.
-    let d = RawDescriptor::from(SplitDescriptor::new(
-        MEM_SIZE + 0x1000,
-        32,
-        VRING_DESC_F_INDIRECT as u16,
-        0,
-    ));
+    let d = RawDescriptor::from(SplitDescriptor::new(MEM_SIZE + 0x1000, 32, VRING_DESC_F_INDIRECT as u16, 0));
     let bad1 = h.add_raw(TX_QUEUE, &[d]);
     // An indirect descriptor inside an indirect table.
     let (inner, table) = (h.alloc(64), h.alloc(64));
@@ -1110,15 +997,7 @@ fn broken_indirect_tables_are_dropped() {
     let good = h.add_tx_frame(&frame(60, 0));
     h.kick(TX_QUEUE);
     let used = h.new_used(TX_QUEUE);
-    assert_eq!(
-        used,
-        vec![
-            (u32::from(bad1), 0),
-            (u32::from(bad2), 0),
-            (u32::from(bad3), 0),
-            (u32::from(good), 0)
-        ]
-    );
+    assert_eq!(used, vec![(u32::from(bad1), 0), (u32::from(bad2), 0), (u32::from(bad3), 0), (u32::from(good), 0)]);
     assert_eq!(h.metrics()["tx_drops"]["bad_address"], 3);
     assert_eq!(h.st.lock().unwrap().sent.len(), 1);
 }
@@ -1169,9 +1048,7 @@ fn random_hostile_chains_never_panic() {
                     let slot = avail + 4 + 2 * u64::from(idx.wrapping_add(k) % QUEUE_SIZE);
                     h.mem.write_obj(head, GuestAddress(slot)).unwrap();
                 }
-                h.mem
-                    .write_obj(idx.wrapping_add(n), GuestAddress(avail + 2))
-                    .unwrap();
+                h.mem.write_obj(idx.wrapping_add(n), GuestAddress(avail + 2)).unwrap();
                 // Random used_event too.
                 h.set_used_event(qi, rnd() as u16);
             }
@@ -1180,8 +1057,7 @@ fn random_hostile_chains_never_panic() {
             {
                 let mut st = h.st.lock().unwrap();
                 for _ in 0..(round % 5) {
-                    st.inbox
-                        .push_back(frame((rnd() % 3000) as usize + 14, round as u8));
+                    st.inbox.push_back(frame((rnd() % 3000) as usize + 14, round as u8));
                 }
             }
             h.backend_event();
@@ -1195,13 +1071,7 @@ fn random_hostile_chains_never_panic() {
             }
         }
         let m = h.metrics();
-        let drops = |k: &str| -> u64 {
-            m[k].as_object()
-                .unwrap()
-                .values()
-                .map(|v| v.as_u64().unwrap())
-                .sum()
-        };
+        let drops = |k: &str| -> u64 { m[k].as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum() };
         assert!(drops("rx_drops") > 0 && drops("tx_drops") > 0, "{m}");
         // Still works: a clean TX frame goes out.
         h.st.lock().unwrap().sent.clear();
@@ -1332,7 +1202,10 @@ fn direct_rx_refused_buffers_go_back_empty_and_counted() {
     assert_eq!(h.new_used(RX_QUEUE), vec![(u32::from(second), 212)]);
     assert_eq!(h.read(addr + 12, 200), f);
     let m = h.metrics();
-    assert_eq!((m["rx_packets"].as_u64(), m["rx_bytes"].as_u64(), m["rx_buffers_used"].as_u64()), (Some(1), Some(200), Some(1)));
+    assert_eq!(
+        (m["rx_packets"].as_u64(), m["rx_bytes"].as_u64(), m["rx_buffers_used"].as_u64()),
+        (Some(1), Some(200), Some(1))
+    );
 }
 
 #[test]

@@ -160,7 +160,19 @@ impl<'a> RxQueue<'a> {
         // Every head `complete` accepts is then inside the queue.
         assert!(held.len() <= usize::from(ring.size()), "held book larger than the queue");
         let start = ring.next_avail();
-        RxQueue { ring, held, metrics, segs, id, start, added: false, unpublished: false, buffers: 0, short: 0, bytes: 0 }
+        RxQueue {
+            ring,
+            held,
+            metrics,
+            segs,
+            id,
+            start,
+            added: false,
+            unpublished: false,
+            buffers: 0,
+            short: 0,
+            bytes: 0,
+        }
     }
 
     /// Whether the pass wrote used elements (the device then decides on an

@@ -46,10 +46,7 @@ impl IovecBuf {
     /// Appends one entry for `len` bytes at `ptr` (VMM memory the caller keeps
     /// alive while the entry exists).
     pub fn push_raw(&mut self, ptr: *mut u8, len: usize) {
-        self.0.push(libc::iovec {
-            iov_base: ptr.cast(),
-            iov_len: len,
-        });
+        self.0.push(libc::iovec { iov_base: ptr.cast(), iov_len: len });
     }
 
     /// Drops the first `n` entries (a consumed prefix).
@@ -61,12 +58,7 @@ impl IovecBuf {
     /// splits it). Returns the bytes added, or `None` if a segment is no longer
     /// in guest memory or the list would exceed `limit` entries; then nothing
     /// is added.
-    pub fn push_segs(
-        &mut self,
-        mem: &GuestMemory,
-        segs: &[(GuestAddress, u32)],
-        limit: usize,
-    ) -> Option<usize> {
+    pub fn push_segs(&mut self, mem: &GuestMemory, segs: &[(GuestAddress, u32)], limit: usize) -> Option<usize> {
         self.push_segs_with(None, mem, segs, limit)
     }
 
@@ -105,10 +97,7 @@ impl IovecBuf {
                     self.0.truncate(start);
                     return None;
                 }
-                self.0.push(libc::iovec {
-                    iov_base: slice.ptr_guard_mut().as_ptr().cast(),
-                    iov_len: slice.len(),
-                });
+                self.0.push(libc::iovec { iov_base: slice.ptr_guard_mut().as_ptr().cast(), iov_len: slice.len() });
                 total += slice.len();
             }
         }
@@ -161,21 +150,11 @@ mod tests {
         .unwrap();
         let mut iov = IovecBuf::default();
         // Crosses the 0x1000 region boundary: two iovecs.
-        assert_eq!(
-            iov.push_segs(&mem, &[(GuestAddress(0xff0), 0x20)], IOV_MAX),
-            Some(0x20)
-        );
+        assert_eq!(iov.push_segs(&mem, &[(GuestAddress(0xff0), 0x20)], IOV_MAX), Some(0x20));
         assert_eq!(iov.len(), 2);
         assert_eq!(iov.as_slice()[0].iov_len, 0x10);
         // Into the hole: rejected, list unchanged.
-        assert_eq!(
-            iov.push_segs(
-                &mem,
-                &[(GuestAddress(0x100), 8), (GuestAddress(0x1ff0), 0x20)],
-                IOV_MAX
-            ),
-            None
-        );
+        assert_eq!(iov.push_segs(&mem, &[(GuestAddress(0x100), 8), (GuestAddress(0x1ff0), 0x20)], IOV_MAX), None);
         assert_eq!(iov.len(), 2);
         // Over the entry limit: rejected too.
         assert_eq!(iov.push_segs(&mem, &[(GuestAddress(0xff0), 0x20)], 3), None);

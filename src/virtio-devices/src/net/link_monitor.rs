@@ -58,14 +58,7 @@ impl LinkMonitor {
         let mut n = 0;
         for _ in 0..1024 {
             // SAFETY: recv writes at most buf.len() bytes into our buffer.
-            let r = unsafe {
-                libc::recv(
-                    self.fd(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    libc::MSG_DONTWAIT,
-                )
-            };
+            let r = unsafe { libc::recv(self.fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
             if r >= 0 {
                 n += 1;
                 continue;

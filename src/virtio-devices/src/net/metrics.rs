@@ -25,10 +25,7 @@ impl DropCounters {
 
     fn slot(reason: DropReason) -> usize {
         // ALL holds every variant, so the position always exists.
-        DropReason::ALL
-            .iter()
-            .position(|r| *r == reason)
-            .unwrap_or(0)
+        DropReason::ALL.iter().position(|r| *r == reason).unwrap_or(0)
     }
 
     /// `{ "bad_address": n, ... }` with every reason present.
@@ -82,10 +79,7 @@ impl NetMetrics {
     /// The JSON document for `VirtioDevice::metrics()`. The backend's counters
     /// go under "backend"; `vmm_copied_bytes` at the top is device + backend.
     pub fn to_json(&self, id: &str, link_up: bool, backend: Value) -> Value {
-        let backend_copied = backend
-            .get("vmm_copied_bytes")
-            .and_then(Value::as_u64)
-            .unwrap_or(0);
+        let backend_copied = backend.get("vmm_copied_bytes").and_then(Value::as_u64).unwrap_or(0);
         json!({
             "id": id,
             "link_up": link_up,

@@ -109,18 +109,8 @@ impl SplitRing {
             ram.host_range(addr, len).ok_or(RingError::NotInRam(what))
         };
         let desc = map("descriptor table", q.desc_table(), DESC_SIZE * n, 16)?;
-        let avail = map(
-            "available ring",
-            q.avail_ring(),
-            RING_HEADER + AVAIL_ELEM * n + EVENT_FIELD,
-            2,
-        )?;
-        let used = map(
-            "used ring",
-            q.used_ring(),
-            RING_HEADER + USED_ELEM * n + EVENT_FIELD,
-            4,
-        )?;
+        let avail = map("available ring", q.avail_ring(), RING_HEADER + AVAIL_ELEM * n + EVENT_FIELD, 2)?;
+        let used = map("used ring", q.used_ring(), RING_HEADER + USED_ELEM * n + EVENT_FIELD, 4)?;
         let next_avail = q.next_avail();
         Ok(SplitRing {
             ram,
@@ -251,12 +241,7 @@ impl SplitRing {
         let slot = u64::from(self.next_avail & (self.size - 1));
         // SAFETY: slot < size, so the entry lies inside the mapped avail ring
         // (2-byte aligned); a volatile read because the guest owns the ring.
-        let head = unsafe {
-            self.avail
-                .add((RING_HEADER + AVAIL_ELEM * slot) as usize)
-                .cast::<u16>()
-                .read_volatile()
-        };
+        let head = unsafe { self.avail.add((RING_HEADER + AVAIL_ELEM * slot) as usize).cast::<u16>().read_volatile() };
         u16::from_le(head)
     }
 
@@ -416,9 +401,7 @@ impl SplitRing {
         let mem = self.ram.mem();
         let read = |i: u16| -> Result<Desc, DropReason> {
             let at = ind.addr + u64::from(i) * DESC_SIZE;
-            let raw: RawDescriptor = mem
-                .read_obj(GuestAddress(at))
-                .map_err(|_| DropReason::BadAddress)?;
+            let raw: RawDescriptor = mem.read_obj(GuestAddress(at)).map_err(|_| DropReason::BadAddress)?;
             // RawDescriptor is the 16 bytes in guest (little-endian) order.
             let b: [u8; 16] = desc_bytes(raw);
             Ok(Desc {
@@ -474,8 +457,7 @@ impl SplitRing {
     #[inline]
     pub fn publish_used(&mut self) {
         // Release: the elements are visible before the index that covers them.
-        self.used_idx_field()
-            .store(self.next_used.to_le(), Ordering::Release);
+        self.used_idx_field().store(self.next_used.to_le(), Ordering::Release);
     }
 
     /// Asks the driver to kick when it adds buffers; true when some were
@@ -484,8 +466,7 @@ impl SplitRing {
         if self.event_idx {
             // next_avail, not the current avail idx: a kick for every buffer
             // we have not taken yet.
-            self.avail_event_field()
-                .store(self.next_avail.to_le(), Ordering::Relaxed);
+            self.avail_event_field().store(self.next_avail.to_le(), Ordering::Relaxed);
         } else {
             self.used_flags_field().store(0, Ordering::Relaxed);
         }
@@ -499,8 +480,7 @@ impl SplitRing {
     /// only requested by `enable_notification`).
     pub fn disable_notification(&mut self) {
         if !self.event_idx {
-            self.used_flags_field()
-                .store((VRING_USED_F_NO_NOTIFY as u16).to_le(), Ordering::Relaxed);
+            self.used_flags_field().store((VRING_USED_F_NO_NOTIFY as u16).to_le(), Ordering::Relaxed);
         }
     }
 
@@ -588,8 +568,7 @@ mod tests {
         let avail = vq.avail_addr().0;
         for (k, h) in heads.iter().enumerate() {
             let slot = idx.wrapping_sub(heads.len() as u16).wrapping_add(k as u16) % 16;
-            m.write_obj(*h, GuestAddress(avail + 4 + 2 * u64::from(slot)))
-                .unwrap();
+            m.write_obj(*h, GuestAddress(avail + 4 + 2 * u64::from(slot))).unwrap();
         }
         m.write_obj(idx, GuestAddress(avail + 2)).unwrap();
     }
@@ -674,7 +653,10 @@ mod tests {
         let big = |d: &RxDesc| d.len() >= 1000;
         let d = q.pop_if(big).unwrap();
         assert_eq!((d.head(), d.gpa(), d.len()), (0, 0x8000, 1536));
-        assert_eq!(d.host().as_ptr(), vm_memory::GuestMemoryBackend::get_host_address(&m, GuestAddress(0x8000)).unwrap());
+        assert_eq!(
+            d.host().as_ptr(),
+            vm_memory::GuestMemoryBackend::get_host_address(&m, GuestAddress(0x8000)).unwrap()
+        );
         assert!(q.pop_if(big).is_none(), "too small for the caller: left");
         assert!(matches!(q.pop(), Some(RxNext::One(d)) if d.head() == 1));
         assert!(q.pop_if(|_| true).is_none(), "a chain: left");
@@ -783,8 +765,7 @@ mod tests {
         let m = mem();
         let vq = Vq;
         let d = RawDescriptor::from(SplitDescriptor::new(0x8000, 1536, F_WRITE, 0));
-        m.write_obj(d, GuestAddress(vq.desc_table_addr().0 + 16 * 3))
-            .unwrap();
+        m.write_obj(d, GuestAddress(vq.desc_table_addr().0 + 16 * 3)).unwrap();
         let mut r = ring(&m, &vq, false);
         assert_eq!(r.pop_head(), None);
         publish(&m, &vq, &[3], 1);
@@ -794,14 +775,8 @@ mod tests {
         let info = r.parse(3, Direction::DeviceWrites, &mut segs).unwrap();
         assert_eq!((info.head, info.len), (3, 1536));
         assert_eq!(segs, vec![(GuestAddress(0x8000), 1536)]);
-        assert_eq!(
-            r.parse(3, Direction::DeviceReads, &mut segs),
-            Err(DropReason::WrongDirection)
-        );
-        assert_eq!(
-            r.parse(16, Direction::DeviceWrites, &mut segs),
-            Err(DropReason::BadAddress)
-        );
+        assert_eq!(r.parse(3, Direction::DeviceReads, &mut segs), Err(DropReason::WrongDirection));
+        assert_eq!(r.parse(16, Direction::DeviceWrites, &mut segs), Err(DropReason::BadAddress));
         r.add_used(3, 100);
         r.add_used(16, 1); // beyond the queue: refused
         let used = vq.used_addr().0;
@@ -810,10 +785,7 @@ mod tests {
         assert_eq!(m.read_obj::<u32>(GuestAddress(used + 8)).unwrap(), 100);
         // Without EVENT_IDX: NO_NOTIFY in the used flags, always interrupt.
         r.disable_notification();
-        assert_eq!(
-            m.read_obj::<u16>(GuestAddress(used)).unwrap(),
-            VRING_USED_F_NO_NOTIFY as u16
-        );
+        assert_eq!(m.read_obj::<u16>(GuestAddress(used)).unwrap(), VRING_USED_F_NO_NOTIFY as u16);
         assert!(!r.enable_notification());
         assert_eq!(m.read_obj::<u16>(GuestAddress(used)).unwrap(), 0);
         assert!(r.needs_notification());
@@ -842,18 +814,12 @@ mod tests {
         assert_eq!(r.pop_head(), Some(0));
         // One buffer still pending: enabling reports it, avail_event = next_avail.
         assert!(r.enable_notification());
-        assert_eq!(
-            m.read_obj::<u16>(GuestAddress(used + 4 + 8 * 16)).unwrap(),
-            1
-        );
+        assert_eq!(m.read_obj::<u16>(GuestAddress(used + 4 + 8 * 16)).unwrap(), 1);
         assert_eq!(r.pop_head(), Some(1));
         // used_event = 1: interrupt when the used index passes 1.
         m.write_obj(1u16, GuestAddress(avail + 4 + 2 * 16)).unwrap();
         r.add_used(0, 0);
-        assert!(
-            !r.needs_notification(),
-            "used idx 1 does not pass used_event 1"
-        );
+        assert!(!r.needs_notification(), "used idx 1 does not pass used_event 1");
         r.add_used(1, 0);
         assert!(r.needs_notification(), "used idx 2 passes used_event 1");
         assert!(!r.needs_notification(), "nothing added since");
@@ -861,26 +827,17 @@ mod tests {
 
     #[test]
     fn rings_must_sit_inside_one_region() {
-        let m: GuestMemory = GuestMemoryMmap::from_ranges(&[
-            (GuestAddress(0), 0x1000),
-            (GuestAddress(0x1000), 0x1000),
-        ])
-        .unwrap();
+        let m: GuestMemory =
+            GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x1000), (GuestAddress(0x1000), 0x1000)]).unwrap();
         let mut q = Queue::new(16).unwrap();
         q.set_size(16);
         q.set_desc_table_address(Some(0xf80), Some(0)); // 256 bytes across 0x1000
         q.set_avail_ring_address(Some(0x1100), Some(0));
         q.set_used_ring_address(Some(0x1200), Some(0));
-        assert_eq!(
-            SplitRing::new(&q, &m, false).err(),
-            Some(RingError::NotInRam("descriptor table"))
-        );
+        assert_eq!(SplitRing::new(&q, &m, false).err(), Some(RingError::NotInRam("descriptor table")));
         q.set_desc_table_address(Some(0x800), Some(0));
         q.set_used_ring_address(Some(0x1f80), Some(0)); // runs past the end of RAM
-        assert_eq!(
-            SplitRing::new(&q, &m, false).err(),
-            Some(RingError::NotInRam("used ring"))
-        );
+        assert_eq!(SplitRing::new(&q, &m, false).err(), Some(RingError::NotInRam("used ring")));
         q.set_used_ring_address(Some(0x1400), Some(0));
         assert!(SplitRing::new(&q, &m, false).is_ok());
     }
@@ -897,14 +854,8 @@ mod tests {
         q.set_used_ring_address(Some(0x3000), Some(0));
         let r = SplitRing::new(&q, &m, false).unwrap();
         let put = |i: u16, flags: u16, next: u16| {
-            let d = RawDescriptor::from(SplitDescriptor::new(
-                0x8000 + u64::from(i) * 64,
-                64,
-                flags,
-                next,
-            ));
-            m.write_obj(d, GuestAddress(0x1000 + 16 * u64::from(i)))
-                .unwrap();
+            let d = RawDescriptor::from(SplitDescriptor::new(0x8000 + u64::from(i) * 64, 64, flags, next));
+            m.write_obj(d, GuestAddress(0x1000 + 16 * u64::from(i))).unwrap();
         };
         let mut segs = Vec::new();
         for (k, ok) in [(MAX_CHAIN_DESCS, true), (MAX_CHAIN_DESCS + 1, false)] {
@@ -922,40 +873,20 @@ mod tests {
         }
         put(0, F_NEXT, 1);
         put(1, F_NEXT, 0);
-        assert_eq!(
-            r.parse(0, Direction::DeviceReads, &mut segs),
-            Err(DropReason::ChainTooLong),
-            "loop"
-        );
+        assert_eq!(r.parse(0, Direction::DeviceReads, &mut segs), Err(DropReason::ChainTooLong), "loop");
         put(0, F_NEXT, 256);
-        assert_eq!(
-            r.parse(0, Direction::DeviceReads, &mut segs),
-            Err(DropReason::ChainTooLong),
-            "next beyond"
-        );
+        assert_eq!(r.parse(0, Direction::DeviceReads, &mut segs), Err(DropReason::ChainTooLong), "next beyond");
         put(0, 0, 0);
-        assert_eq!(
-            r.parse(0, Direction::DeviceReads, &mut segs).unwrap().len,
-            64
-        );
+        assert_eq!(r.parse(0, Direction::DeviceReads, &mut segs).unwrap().len, 64);
         // Straddling the end of RAM, zero length, short.
         let d = RawDescriptor::from(SplitDescriptor::new(0x10_0000 - 8, 64, 0, 0));
         m.write_obj(d, GuestAddress(0x1000)).unwrap();
-        assert_eq!(
-            r.parse(0, Direction::DeviceReads, &mut segs),
-            Err(DropReason::BadAddress)
-        );
+        assert_eq!(r.parse(0, Direction::DeviceReads, &mut segs), Err(DropReason::BadAddress));
         let d = RawDescriptor::from(SplitDescriptor::new(0x8000, 0, 0, 0));
         m.write_obj(d, GuestAddress(0x1000)).unwrap();
-        assert_eq!(
-            r.parse(0, Direction::DeviceReads, &mut segs),
-            Err(DropReason::ZeroLength)
-        );
+        assert_eq!(r.parse(0, Direction::DeviceReads, &mut segs), Err(DropReason::ZeroLength));
         let d = RawDescriptor::from(SplitDescriptor::new(0x8000, 11, 0, 0));
         m.write_obj(d, GuestAddress(0x1000)).unwrap();
-        assert_eq!(
-            r.parse(0, Direction::DeviceReads, &mut segs),
-            Err(DropReason::ShortHeader)
-        );
+        assert_eq!(r.parse(0, Direction::DeviceReads, &mut segs), Err(DropReason::ShortHeader));
     }
 }

@@ -25,8 +25,8 @@ use serde_json::json;
 use super::backend::{ChainRef, DropReason, NetBackend, RxBuffer, TxFrame, Used, VNET_HDR_LEN};
 use super::chain::addr_at;
 use super::config::{
-    F_CSUM, F_GUEST_CSUM, F_GUEST_ECN, F_GUEST_TSO4, F_GUEST_TSO6, F_GUEST_UFO, F_HOST_ECN,
-    F_HOST_TSO4, F_HOST_TSO6, F_HOST_UFO, F_MRG_RXBUF, GUEST_GSO_MASK,
+    F_CSUM, F_GUEST_CSUM, F_GUEST_ECN, F_GUEST_TSO4, F_GUEST_TSO6, F_GUEST_UFO, F_HOST_ECN, F_HOST_TSO4, F_HOST_TSO6,
+    F_HOST_UFO, F_MRG_RXBUF, GUEST_GSO_MASK,
 };
 use super::device::HDR_NUM_BUFFERS_OFFSET;
 use super::iov::{IovecBuf, IOV_MAX};
@@ -58,14 +58,8 @@ const DEFAULT_MTU: u32 = 1500;
 
 /// Offloads offered when the kernel accepts TUN_F_UFO (checked at open).
 const UFO_FEATURES: u64 = F_GUEST_UFO | F_HOST_UFO;
-const BASE_FEATURES: u64 = F_CSUM
-    | F_GUEST_CSUM
-    | F_GUEST_TSO4
-    | F_GUEST_TSO6
-    | F_GUEST_ECN
-    | F_HOST_TSO4
-    | F_HOST_TSO6
-    | F_HOST_ECN;
+const BASE_FEATURES: u64 =
+    F_CSUM | F_GUEST_CSUM | F_GUEST_TSO4 | F_GUEST_TSO6 | F_GUEST_ECN | F_HOST_TSO4 | F_HOST_TSO6 | F_HOST_ECN;
 
 /// Maps the guest's receive offloads to TUNSETOFFLOAD flags (what the kernel
 /// may hand us unchecksummed / unsegmented). The kernel ignores TSO/UFO
@@ -103,8 +97,9 @@ enum Link {
 /// What kind of failure an errno is.
 fn classify(e: &io::Error) -> Link {
     match e.raw_os_error() {
-        Some(libc::EBADFD) | Some(libc::ENODEV) | Some(libc::ENXIO) | Some(libc::EPIPE)
-        | Some(libc::EBADF) => Link::Gone,
+        Some(libc::EBADFD) | Some(libc::ENODEV) | Some(libc::ENXIO) | Some(libc::EPIPE) | Some(libc::EBADF) => {
+            Link::Gone
+        }
         _ => Link::Down,
     }
 }
@@ -190,10 +185,7 @@ impl TapBackend {
         let mtu = tap.mtu().unwrap_or(DEFAULT_MTU);
         let monitor = LinkMonitor::new()
             .map_err(|e| {
-                log::warn!(
-                    "tap {}: no link notifications ({e}); link state follows I/O errors only",
-                    tap.name()
-                )
+                log::warn!("tap {}: no link notifications ({e}); link state follows I/O errors only", tap.name())
             })
             .ok();
         let mut b = TapBackend {
@@ -232,11 +224,7 @@ impl TapBackend {
         if acked & F_MRG_RXBUF == 0 {
             return 0;
         }
-        let frame = if acked & GUEST_GSO_MASK != 0 {
-            MAX_GSO_FRAME
-        } else {
-            self.mtu as usize + ETH_HLEN + VLAN_HLEN
-        };
+        let frame = if acked & GUEST_GSO_MASK != 0 { MAX_GSO_FRAME } else { self.mtu as usize + ETH_HLEN + VLAN_HLEN };
         VNET_HDR_LEN + frame
     }
 
@@ -317,8 +305,7 @@ impl TapBackend {
             // truncated frame (n > cap) from one that fits exactly.
             let mut probe = [0u8; 1];
             let start = self.rx_iov_start;
-            self.rd_iov
-                .set_from(&self.rx_iov.as_slice()[start..start + niov]);
+            self.rd_iov.set_from(&self.rx_iov.as_slice()[start..start + niov]);
             self.rd_iov.push_raw(probe.as_mut_ptr(), probe.len());
             self.m.readv_calls += 1;
             // SAFETY: rd_iov describes validated guest RAM of posted buffers
@@ -404,10 +391,7 @@ impl TapBackend {
         if let Some(p) = self.rx.pop_front() {
             self.rx_iov_start += p.iovs;
             self.rx_posted_bytes -= p.len as usize;
-            self.rx_done.push(Used {
-                head: p.head,
-                len,
-            });
+            self.rx_done.push(Used { head: p.head, len });
         }
         if self.rx.is_empty() {
             self.rx_iov.clear();
@@ -632,31 +616,16 @@ mod tests {
         assert_eq!(tun_offload_flags(F_GUEST_TSO4), 0);
         assert_eq!(tun_offload_flags(F_GUEST_CSUM), libc::TUN_F_CSUM);
         assert_eq!(
-            tun_offload_flags(
-                F_GUEST_CSUM | F_GUEST_TSO4 | F_GUEST_TSO6 | F_GUEST_ECN | F_GUEST_UFO
-            ),
-            libc::TUN_F_CSUM
-                | libc::TUN_F_TSO4
-                | libc::TUN_F_TSO6
-                | libc::TUN_F_TSO_ECN
-                | libc::TUN_F_UFO
+            tun_offload_flags(F_GUEST_CSUM | F_GUEST_TSO4 | F_GUEST_TSO6 | F_GUEST_ECN | F_GUEST_UFO),
+            libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6 | libc::TUN_F_TSO_ECN | libc::TUN_F_UFO
         );
         // Host-side offloads never change what the tap may give us.
-        assert_eq!(
-            tun_offload_flags(F_CSUM | F_HOST_TSO4 | F_HOST_TSO6 | F_HOST_UFO),
-            0
-        );
+        assert_eq!(tun_offload_flags(F_CSUM | F_HOST_TSO4 | F_HOST_TSO6 | F_HOST_UFO), 0);
     }
 
     #[test]
     fn errno_classes() {
-        assert_eq!(
-            classify(&io::Error::from_raw_os_error(libc::EBADFD)),
-            Link::Gone
-        );
-        assert_eq!(
-            classify(&io::Error::from_raw_os_error(libc::EIO)),
-            Link::Down
-        );
+        assert_eq!(classify(&io::Error::from_raw_os_error(libc::EBADFD)), Link::Gone);
+        assert_eq!(classify(&io::Error::from_raw_os_error(libc::EIO)), Link::Down);
     }
 }

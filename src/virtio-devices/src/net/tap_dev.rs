@@ -20,35 +20,20 @@ pub const TAP_FLAGS: libc::c_int = libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_V
 pub enum TapError {
     #[error("invalid tap name {name:?}: {reason}")]
     InvalidName { name: String, reason: &'static str },
-    #[error(
-        "cannot open {TUN_PATH}: {0} (is the tun module loaded, and do we have CAP_NET_ADMIN?)"
-    )]
+    #[error("cannot open {TUN_PATH}: {0} (is the tun module loaded, and do we have CAP_NET_ADMIN?)")]
     OpenTun(#[source] io::Error),
     #[error("cannot create or attach tap {name}: {source}{hint}")]
-    Attach {
-        name: String,
-        source: io::Error,
-        hint: &'static str,
-    },
+    Attach { name: String, source: io::Error, hint: &'static str },
     #[error("tap {name}: cannot set the virtio-net header size to {VNET_HDR_LEN} (TUNSETVNETHDRSZ): {source}")]
     VnetHdrSize { name: String, source: io::Error },
     #[error("tap {name}: cannot set offloads {flags:#x} (TUNSETOFFLOAD): {source}")]
-    Offload {
-        name: String,
-        flags: u32,
-        source: io::Error,
-    },
+    Offload { name: String, flags: u32, source: io::Error },
 }
 
 /// Checks a name the way the kernel's dev_valid_name() does. A `%d` is allowed
 /// (the kernel then picks the number).
 pub fn validate_name(name: &str) -> Result<(), TapError> {
-    let bad = |reason| {
-        Err(TapError::InvalidName {
-            name: name.to_string(),
-            reason,
-        })
-    };
+    let bad = |reason| Err(TapError::InvalidName { name: name.to_string(), reason });
     if name.is_empty() {
         return bad("empty");
     }
@@ -58,10 +43,7 @@ pub fn validate_name(name: &str) -> Result<(), TapError> {
     if name == "." || name == ".." {
         return bad("'.' and '..' are not interface names");
     }
-    if name
-        .bytes()
-        .any(|b| b == b'/' || b == b':' || b == 0 || b.is_ascii_whitespace())
-    {
+    if name.bytes().any(|b| b == b'/' || b == b':' || b == 0 || b.is_ascii_whitespace()) {
         return bad("contains '/', ':', NUL or whitespace");
     }
     Ok(())
@@ -78,12 +60,7 @@ fn ifreq_for(name: &str) -> libc::ifreq {
 }
 
 fn name_of(ifr: &libc::ifreq) -> String {
-    let bytes: Vec<u8> = ifr
-        .ifr_name
-        .iter()
-        .take_while(|&&c| c != 0)
-        .map(|&c| c as u8)
-        .collect();
+    let bytes: Vec<u8> = ifr.ifr_name.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
     String::from_utf8_lossy(&bytes).into_owned()
 }
 
@@ -116,40 +93,22 @@ impl TapDev {
         ifr.ifr_ifru.ifru_flags = TAP_FLAGS as libc::c_short;
         // SAFETY: TUNSETIFF reads and writes one ifreq, which we own and which
         // lives across the call; the fd is a tun control fd.
-        let r = unsafe {
-            libc::ioctl(
-                file.as_raw_fd(),
-                libc::TUNSETIFF,
-                &mut ifr as *mut libc::ifreq,
-            )
-        };
+        let r = unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF, &mut ifr as *mut libc::ifreq) };
         if let Err(source) = errno_result(r) {
             let hint = match source.raw_os_error() {
                 Some(libc::EBUSY) => " (another process has it open)",
                 Some(libc::EPERM) => " (needs CAP_NET_ADMIN, or to be the tap's owner)",
-                Some(libc::EINVAL) => {
-                    " (an interface with this name exists but is not a single-queue tap)"
-                }
+                Some(libc::EINVAL) => " (an interface with this name exists but is not a single-queue tap)",
                 _ => "",
             };
-            return Err(TapError::Attach {
-                name: name.to_string(),
-                source,
-                hint,
-            });
+            return Err(TapError::Attach { name: name.to_string(), source, hint });
         }
-        let tap = TapDev {
-            name: name_of(&ifr),
-            file,
-        };
+        let tap = TapDev { name: name_of(&ifr), file };
         let hdr: libc::c_int = VNET_HDR_LEN as libc::c_int;
         // SAFETY: TUNSETVNETHDRSZ reads one c_int from the pointer, which
         // points at a live local.
         let r = unsafe { libc::ioctl(tap.fd(), libc::TUNSETVNETHDRSZ, &hdr as *const libc::c_int) };
-        errno_result(r).map_err(|source| TapError::VnetHdrSize {
-            name: tap.name.clone(),
-            source,
-        })?;
+        errno_result(r).map_err(|source| TapError::VnetHdrSize { name: tap.name.clone(), source })?;
         tap.set_offload(0)?;
         Ok(tap)
     }
@@ -169,21 +128,13 @@ impl TapDev {
         // SAFETY: TUNSETOFFLOAD takes its argument by value; no memory is
         // accessed.
         let r = unsafe { libc::ioctl(self.fd(), libc::TUNSETOFFLOAD, flags as libc::c_ulong) };
-        errno_result(r)
-            .map(|_| ())
-            .map_err(|source| TapError::Offload {
-                name: self.name.clone(),
-                flags,
-                source,
-            })
+        errno_result(r).map(|_| ()).map_err(|source| TapError::Offload { name: self.name.clone(), flags, source })
     }
 
     /// Runs an interface ioctl (SIOCGIF*) on a throwaway socket.
     fn if_ioctl(&self, req: libc::c_ulong) -> io::Result<libc::ifreq> {
         // SAFETY: plain socket(2) call; the fd is owned right after.
-        let s = errno_result(unsafe {
-            libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0)
-        })?;
+        let s = errno_result(unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) })?;
         // SAFETY: `s` was just returned by socket(2) and nothing else owns it.
         let sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(s) };
         let mut ifr = ifreq_for(&self.name);

@@ -53,11 +53,7 @@ pub(super) fn taps_available(test: &str) -> bool {
 
 pub(super) fn unique_name() -> String {
     static N: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "svt{}x{}",
-        std::process::id() % 100_000,
-        N.fetch_add(1, Ordering::Relaxed)
-    )
+    format!("svt{}x{}", std::process::id() % 100_000, N.fetch_add(1, Ordering::Relaxed))
 }
 
 fn ioctl_ifreq(name: &str, req: libc::c_ulong, ifr: &mut libc::ifreq) -> std::io::Result<()> {
@@ -108,13 +104,8 @@ impl HostEnd {
     pub(super) fn new(name: &str) -> HostEnd {
         let proto = (libc::ETH_P_ALL as u16).to_be() as libc::c_int;
         // SAFETY: plain socket(2).
-        let s =
-            unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, proto) };
-        assert!(
-            s >= 0,
-            "AF_PACKET socket: {}",
-            std::io::Error::last_os_error()
-        );
+        let s = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, proto) };
+        assert!(s >= 0, "AF_PACKET socket: {}", std::io::Error::last_os_error());
         // SAFETY: fresh fd.
         let fd = unsafe { OwnedFd::from_raw_fd(s) };
         let cname = CString::new(name).unwrap();
@@ -141,12 +132,7 @@ impl HostEnd {
     pub(super) fn send(&self, frame: &[u8]) {
         // SAFETY: send(2) reads frame.len() bytes from our slice.
         let n = unsafe { libc::send(self.fd.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
-        assert_eq!(
-            n,
-            frame.len() as isize,
-            "send: {}",
-            std::io::Error::last_os_error()
-        );
+        assert_eq!(n, frame.len() as isize, "send: {}", std::io::Error::last_os_error());
     }
 
     /// The next incoming (not our own outgoing) test frame, within 2 s.
@@ -208,21 +194,13 @@ impl HostEnd {
 }
 
 pub(super) fn poll_in(fd: i32, ms: i32) -> bool {
-    let mut p = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
+    let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
     // SAFETY: one pollfd we own.
     unsafe { libc::poll(&mut p, 1, ms) > 0 }
 }
 
 fn poll_revents(fd: i32) -> libc::c_short {
-    let mut p = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
+    let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
     // SAFETY: one pollfd we own.
     unsafe { libc::poll(&mut p, 1, 0) };
     p.revents
@@ -284,11 +262,7 @@ fn guest_mem() -> GuestMemory {
 }
 
 fn rx_buf(head: u16, addr: u64, len: u32) -> RxBuffer {
-    RxBuffer {
-        head,
-        segs: vec![(GuestAddress(addr), len)],
-        len,
-    }
+    RxBuffer { head, segs: vec![(GuestAddress(addr), len)], len }
 }
 
 /// Runs the backend until `want` completions arrived (or 2 s).
@@ -333,11 +307,7 @@ fn tap_rx_single_buffers_and_truncation() {
     let used = pump_rx(&mut tap, &mem, 1);
     assert_eq!(used, vec![Used { head: 3, len: 112 }]);
     assert_eq!(num_buffers(&mem, 0x1000), 1);
-    assert_eq!(
-        read(&mem, 0x1000, 1)[0],
-        0,
-        "flags must be 0 without GUEST_CSUM"
-    );
+    assert_eq!(read(&mem, 0x1000, 1)[0], 0, "flags must be 0 without GUEST_CSUM");
     assert_eq!(read(&mem, 0x1000 + 12, 100), f);
 
     // A frame larger than the (only) buffer is dropped; the buffer stays
@@ -374,11 +344,7 @@ fn tap_rx_header_split_across_descriptors() {
     tap.set_features(F_VERSION_1).unwrap();
     mem.write_slice(&[0xaa; 16], GuestAddress(0x1000)).unwrap();
     mem.write_slice(&[0xaa; 16], GuestAddress(0x3000)).unwrap();
-    let buf = RxBuffer {
-        head: 7,
-        segs: vec![(GuestAddress(0x1000), 11), (GuestAddress(0x3000), 1519)],
-        len: 1530,
-    };
+    let buf = RxBuffer { head: 7, segs: vec![(GuestAddress(0x1000), 11), (GuestAddress(0x3000), 1519)], len: 1530 };
     tap.post_rx(&mem, buf).unwrap();
     let f = test_frame(200, 9);
     host.send(&f);
@@ -412,26 +378,18 @@ fn tap_rx_mergeable_buffers_and_stall() {
     assert!(used.is_empty());
     // Enough buffers now (8 x 256 >= 12 + 1500 + 18).
     for i in 1..8u16 {
-        tap.post_rx(&mem, rx_buf(i, 0x10000 + 0x1000 * u64::from(i), 256))
-            .unwrap();
+        tap.post_rx(&mem, rx_buf(i, 0x10000 + 0x1000 * u64::from(i), 256)).unwrap();
     }
     let used = pump_rx(&mut tap, &mem, 6);
     // The two buffers left (512 B) cannot hold an MTU frame: stalled again.
     assert!(tap.rx_stalled());
     let lens: Vec<u32> = used.iter().map(|u| u.len).collect();
     assert_eq!(lens, vec![256, 256, 256, 256, 256, 246]);
-    assert_eq!(
-        used.iter().map(|u| u.head).collect::<Vec<_>>(),
-        vec![0, 1, 2, 3, 4, 5]
-    );
+    assert_eq!(used.iter().map(|u| u.head).collect::<Vec<_>>(), vec![0, 1, 2, 3, 4, 5]);
     assert_eq!(num_buffers(&mem, 0x10000), 6);
     let mut got = read(&mem, 0x10000 + 12, 244);
     for i in 1..6u64 {
-        got.extend(read(
-            &mem,
-            0x10000 + 0x1000 * i,
-            if i == 5 { 246 } else { 256 },
-        ));
+        got.extend(read(&mem, 0x10000 + 0x1000 * i, if i == 5 { 246 } else { 256 }));
     }
     assert_eq!(got, f);
     let m = tap.metrics();
@@ -456,30 +414,18 @@ fn tap_tx_writes_guest_segments() {
     mem.write_slice(&f[50..], GuestAddress(0x5000)).unwrap();
     let frame = TxFrame {
         head: 1,
-        segs: vec![
-            (GuestAddress(0x3000), 12),
-            (GuestAddress(0x4000), 50),
-            (GuestAddress(0x5000), 150),
-        ],
+        segs: vec![(GuestAddress(0x3000), 12), (GuestAddress(0x4000), 50), (GuestAddress(0x5000), 150)],
         len: 212,
     };
     assert_eq!(tap.send(&mem, frame), Ok(true));
-    assert_eq!(
-        host.recv_test_frame()
-            .expect("frame did not reach the host"),
-        f
-    );
+    assert_eq!(host.recv_test_frame().expect("frame did not reach the host"), f);
     let m = tap.metrics();
     assert_eq!(m["tx_frames"], 1);
     assert_eq!(m["tx_bytes"], 200);
     // A runt (shorter than an Ethernet header) is refused by the kernel:
     // counted, link unaffected.
     mem.write_slice(&[0u8; 20], GuestAddress(0x6000)).unwrap();
-    let runt = TxFrame {
-        head: 2,
-        segs: vec![(GuestAddress(0x6000), 18)],
-        len: 18,
-    };
+    let runt = TxFrame { head: 2, segs: vec![(GuestAddress(0x6000), 18)], len: 18 };
     assert_eq!(tap.send(&mem, runt), Err(DropReason::BackendError));
     assert!(tap.link_up());
     assert_eq!(tap.metrics()["tx_invalid"], 1);
@@ -492,18 +438,10 @@ fn tap_offloads_are_programmed() {
     }
     let mut tap = TapBackend::open(&unique_name()).unwrap();
     let f = tap.features();
-    for bit in [
-        F_CSUM,
-        F_GUEST_CSUM,
-        F_GUEST_TSO4,
-        F_GUEST_TSO6,
-        F_HOST_TSO4,
-        F_HOST_TSO6,
-    ] {
+    for bit in [F_CSUM, F_GUEST_CSUM, F_GUEST_TSO4, F_GUEST_TSO6, F_HOST_TSO4, F_HOST_TSO6] {
         assert_ne!(f & bit, 0, "{bit:#x}");
     }
-    tap.set_features(F_VERSION_1 | F_GUEST_CSUM | F_GUEST_TSO4 | F_GUEST_TSO6 | F_MRG_RXBUF)
-        .unwrap();
+    tap.set_features(F_VERSION_1 | F_GUEST_CSUM | F_GUEST_TSO4 | F_GUEST_TSO6 | F_MRG_RXBUF).unwrap();
     // With guest GSO the backend waits for room for a 64 KiB frame.
     assert_eq!(tap.metrics()["rx_need"], 12 + 65536 + 18);
     tap.set_features(F_VERSION_1).unwrap();
@@ -518,14 +456,8 @@ fn tap_open_errors_are_one_line_and_actionable() {
     assert!(matches!(e, TapError::InvalidName { .. }));
     let name = unique_name();
     let _first = TapBackend::open(&name).unwrap();
-    let e = TapBackend::open(&name)
-        .err()
-        .expect("second open of a single-queue tap must fail")
-        .to_string();
-    assert!(
-        e.contains(&name) && e.contains("another process has it open"),
-        "{e}"
-    );
+    let e = TapBackend::open(&name).err().expect("second open of a single-queue tap must fail").to_string();
+    assert!(e.contains(&name) && e.contains("another process has it open"), "{e}");
     assert!(!e.contains('\n'));
 }
 
@@ -535,17 +467,9 @@ fn tap_attaches_to_existing_persistent_tap() {
         return;
     }
     let name = unique_name();
-    match Command::new("ip")
-        .args(["tuntap", "add", "dev", &name, "mode", "tap"])
-        .status()
-    {
+    match Command::new("ip").args(["tuntap", "add", "dev", &name, "mode", "tap"]).status() {
         Ok(s) if s.success() => {}
-        _ => {
-            return skip(
-                "tap_attaches_to_existing_persistent_tap",
-                "`ip tuntap add` unavailable",
-            )
-        }
+        _ => return skip("tap_attaches_to_existing_persistent_tap", "`ip tuntap add` unavailable"),
     }
     let r = TapBackend::open(&name);
     let _ = Command::new("ip").args(["link", "del", &name]).status();
@@ -566,12 +490,7 @@ fn tap_deleted_interface_marks_link_down() {
     tap.post_rx(&mem, rx_buf(0, 0x1000, 1530)).unwrap();
     match Command::new("ip").args(["link", "del", &name]).status() {
         Ok(s) if s.success() => {}
-        _ => {
-            return skip(
-                "tap_deleted_interface_marks_link_down",
-                "`ip link del` unavailable",
-            )
-        }
+        _ => return skip("tap_deleted_interface_marks_link_down", "`ip link del` unavailable"),
     }
     // The detached fd polls as an error, and reading fails with EBADFD.
     assert_ne!(poll_revents(tap.event_fds()[0]) & libc::POLLERR, 0);
@@ -579,13 +498,8 @@ fn tap_deleted_interface_marks_link_down() {
     tap.process_event(&mem, 0);
     assert!(!tap.link_up());
     assert!(!tap.rx_stalled());
-    mem.write_slice(&test_frame(60, 0), GuestAddress(0x2000 + 12))
-        .unwrap();
-    let frame = TxFrame {
-        head: 0,
-        segs: vec![(GuestAddress(0x2000), 72)],
-        len: 72,
-    };
+    mem.write_slice(&test_frame(60, 0), GuestAddress(0x2000 + 12)).unwrap();
+    let frame = TxFrame { head: 0, segs: vec![(GuestAddress(0x2000), 72)], len: 72 };
     assert_eq!(tap.send(&mem, frame), Err(DropReason::BackendError));
     let m = tap.metrics();
     assert_eq!(m["link"], "gone");
@@ -603,21 +517,13 @@ fn tap_administratively_down_link_recovers() {
     let mem = guest_mem();
     tap.set_features(F_VERSION_1).unwrap();
     mem.write_slice(&[0u8; 12], GuestAddress(0x2000)).unwrap();
-    mem.write_slice(&test_frame(60, 0), GuestAddress(0x2000 + 12))
-        .unwrap();
-    let frame = || TxFrame {
-        head: 0,
-        segs: vec![(GuestAddress(0x2000), 72)],
-        len: 72,
-    };
+    mem.write_slice(&test_frame(60, 0), GuestAddress(0x2000 + 12)).unwrap();
+    let frame = || TxFrame { head: 0, segs: vec![(GuestAddress(0x2000), 72)], len: 72 };
     // The interface is not up yet: the kernel refuses writes with EIO.
     assert_eq!(tap.send(&mem, frame()), Err(DropReason::BackendError));
     assert!(!tap.link_up());
     assert_eq!(tap.metrics()["link"], "down");
-    assert!(tap.metrics()["last_error"]
-        .as_str()
-        .unwrap()
-        .contains("write"));
+    assert!(tap.metrics()["last_error"].as_str().unwrap().contains("write"));
     // Up again: the next write succeeds and the link comes back.
     set_up(&name);
     assert_eq!(tap.send(&mem, frame()), Ok(true));
@@ -676,23 +582,11 @@ fn net_device_over_real_tap_end_to_end() {
         let mut n = net.lock().unwrap();
         n.set_acked_features(F_VERSION_1 | F_MRG_RXBUF | F_EVENT_IDX | F_STATUS);
         let queues: Vec<Queue> = vec![rxq.create_queue().unwrap(), txq.create_queue().unwrap()];
-        n.activate(ActivateContext {
-            mem: mem.clone(),
-            queues,
-            interrupt: irq.clone(),
-        })
-        .unwrap();
+        n.activate(ActivateContext { mem: mem.clone(), queues, interrupt: irq.clone() }).unwrap();
     }
     // Guest posts 16 buffers of 1536 bytes (what Linux does with MRG_RXBUF).
     let descs: Vec<RawDescriptor> = (0..16u64)
-        .map(|i| {
-            RawDescriptor::from(SplitDescriptor::new(
-                0x10_0000 + i * 0x800,
-                1536,
-                VRING_DESC_F_WRITE as u16,
-                0,
-            ))
-        })
+        .map(|i| RawDescriptor::from(SplitDescriptor::new(0x10_0000 + i * 0x800, 1536, VRING_DESC_F_WRITE as u16, 0)))
         .collect();
     rxq.add_desc_chains(&descs, 0).unwrap();
     for _ in 0..5 {
@@ -714,48 +608,24 @@ fn net_device_over_real_tap_end_to_end() {
             }
         }
     }
-    assert!(
-        delivered.is_some(),
-        "frame did not reach the guest's used ring"
-    );
+    assert!(delivered.is_some(), "frame did not reach the guest's used ring");
     assert!(irq.irqfd().read().unwrap_or(0) >= 1);
     // Guest -> host: header + frame in one descriptor, kick.
     let g = test_frame(400, 6);
-    mem.write_slice(&[0u8; 12], GuestAddress(0x20_0000))
-        .unwrap();
+    mem.write_slice(&[0u8; 12], GuestAddress(0x20_0000)).unwrap();
     mem.write_slice(&g, GuestAddress(0x20_0000 + 12)).unwrap();
-    txq.add_desc_chains(
-        &[RawDescriptor::from(SplitDescriptor::new(
-            0x20_0000, 412, 0, 0,
-        ))],
-        0,
-    )
-    .unwrap();
-    net.lock().unwrap().queue_events()[TX_QUEUE]
-        .write(1)
-        .unwrap();
+    txq.add_desc_chains(&[RawDescriptor::from(SplitDescriptor::new(0x20_0000, 412, 0, 0))], 0).unwrap();
+    net.lock().unwrap().queue_events()[TX_QUEUE].write(1).unwrap();
     em.run_with_timeout(100).unwrap();
     assert_eq!(txq.used().idx().load(), 1);
-    assert_eq!(
-        host.recv_test_frame()
-            .expect("guest frame did not reach the host"),
-        g
-    );
+    assert_eq!(host.recv_test_frame().expect("guest frame did not reach the host"), g);
     let m = net.lock().unwrap().metrics().unwrap();
     assert!(m["rx_packets"].as_u64().unwrap() >= 1, "{m}");
     assert_eq!(m["tx_packets"], 1);
     assert_eq!(m["vmm_copied_bytes"], 0);
-    assert!(
-        m["backend"]["rx_discarded_inactive"].as_u64().unwrap() >= 1,
-        "{m}"
-    );
+    assert!(m["backend"]["rx_discarded_inactive"].as_u64().unwrap() >= 1, "{m}");
     // Deleting the interface: link down, config interrupt, VM keeps going.
-    if Command::new("ip")
-        .args(["link", "del", &name])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
-    {
+    if Command::new("ip").args(["link", "del", &name]).status().map(|s| s.success()).unwrap_or(false) {
         for _ in 0..5 {
             em.run_with_timeout(50).unwrap();
         }
@@ -768,16 +638,9 @@ fn net_device_over_real_tap_end_to_end() {
         assert_eq!(m["link_down_events"], 1);
         // The dead tap fd is no longer watched (it would poll EPOLLERR
         // forever); the link-notification socket still is.
-        assert_eq!(
-            m["backend_fds"],
-            serde_json::json!(["removed", "watched"]),
-            "{m}"
-        );
+        assert_eq!(m["backend_fds"], serde_json::json!(["removed", "watched"]), "{m}");
     } else {
-        skip(
-            "net_device_over_real_tap_end_to_end (link-down part)",
-            "`ip link del` unavailable",
-        );
+        skip("net_device_over_real_tap_end_to_end (link-down part)", "`ip link del` unavailable");
     }
 }
 
@@ -793,14 +656,10 @@ fn tap_gso_frames_both_ways() {
     let mut tap = TapBackend::open(&name).unwrap();
     set_up(&name);
     let mem = guest_mem();
-    tap.set_features(
-        F_VERSION_1 | F_MRG_RXBUF | F_GUEST_CSUM | F_GUEST_TSO4 | F_HOST_TSO4 | F_CSUM,
-    )
-    .unwrap();
+    tap.set_features(F_VERSION_1 | F_MRG_RXBUF | F_GUEST_CSUM | F_GUEST_TSO4 | F_HOST_TSO4 | F_CSUM).unwrap();
     // 50 x 1536 B >= a 64 KiB frame: the backend reads.
     for i in 0..50u16 {
-        tap.post_rx(&mem, rx_buf(i, 0x10_0000 + 0x800 * u64::from(i), 1536))
-            .unwrap();
+        tap.post_rx(&mem, rx_buf(i, 0x10_0000 + 0x800 * u64::from(i), 1536)).unwrap();
     }
     let injector = HostEnd::new(&name).with_vnet_hdr();
     let f = tcp_frame(20_000, 1);
@@ -817,19 +676,11 @@ fn tap_gso_frames_both_ways() {
     assert_eq!(hdr[1], GSO_TCPV4, "gso_type");
     assert_eq!(u16::from_le_bytes([hdr[4], hdr[5]]), MSS, "gso_size");
     assert_eq!(hdr[0] & HDR_F_NEEDS_CSUM, HDR_F_NEEDS_CSUM);
-    assert_eq!(
-        u16::from_le_bytes([hdr[10], hdr[11]]) as usize,
-        nbufs,
-        "num_buffers"
-    );
+    assert_eq!(u16::from_le_bytes([hdr[10], hdr[11]]) as usize, nbufs, "num_buffers");
     let mut got = Vec::new();
     for (i, u) in used.iter().enumerate() {
         let start = if i == 0 { 12 } else { 0 };
-        got.extend(read(
-            &mem,
-            0x10_0000 + 0x800 * u64::from(u.head) + start,
-            u.len as usize - start as usize,
-        ));
+        got.extend(read(&mem, 0x10_0000 + 0x800 * u64::from(u.head) + start, u.len as usize - start as usize));
     }
     assert_eq!(got, f);
 
@@ -842,17 +693,10 @@ fn tap_gso_frames_both_ways() {
     mem.write_slice(&g, GuestAddress(0x31_0000)).unwrap();
     let frame = TxFrame {
         head: 0,
-        segs: vec![
-            (GuestAddress(0x30_0000), 12),
-            (GuestAddress(0x31_0000), g.len() as u32),
-        ],
+        segs: vec![(GuestAddress(0x30_0000), 12), (GuestAddress(0x31_0000), g.len() as u32)],
         len: (12 + g.len()) as u32,
     };
     assert_eq!(tap.send(&mem, frame), Ok(true), "{}", tap.metrics());
-    let seen = host
-        .recv_frame(|b| b.len() > 40 && b[12..14] == [0x08, 0x00] && b[23] == 6 && b[54] == g[54]);
-    assert_eq!(
-        seen.expect("GSO frame did not reach the host").len(),
-        g.len()
-    );
+    let seen = host.recv_frame(|b| b.len() > 40 && b[12..14] == [0x08, 0x00] && b[23] == 6 && b[54] == g[54]);
+    assert_eq!(seen.expect("GSO frame did not reach the host").len(), g.len());
 }

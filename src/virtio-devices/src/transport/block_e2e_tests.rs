@@ -45,8 +45,7 @@ fn put_desc(mem: &GuestMemory, i: u16, addr: u64, len: u32, flags: u16, next: u1
 
 /// Publishes head `head` as available entry `n` (idx becomes n + 1).
 fn make_available(mem: &GuestMemory, n: u16, head: u16) {
-    mem.write_obj(head, GuestAddress(AVAIL + 4 + 2 * u64::from(n % QSIZE)))
-        .unwrap();
+    mem.write_obj(head, GuestAddress(AVAIL + 4 + 2 * u64::from(n % QSIZE))).unwrap();
     mem.write_obj(n + 1, GuestAddress(AVAIL + 2)).unwrap();
 }
 
@@ -54,14 +53,7 @@ fn make_available(mem: &GuestMemory, n: u16, head: u16) {
 fn guest_driver_reads_sector_through_mmio_and_event_loop() {
     let data: Vec<u8> = (0..4096u32).map(|i| (i / 512 + 1) as u8).collect();
     let (_dir, path) = image(&data);
-    let blk = Arc::new(Mutex::new(
-        Block::new(BlockConfig {
-            path,
-            read_only: false,
-            id: "e2e".into(),
-        })
-        .unwrap(),
-    ));
+    let blk = Arc::new(Mutex::new(Block::new(BlockConfig { path, read_only: false, id: "e2e".into() }).unwrap()));
     let mem: GuestMemory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
     let irq = Arc::new(Interrupt::new(EventFd::new(EFD_NONBLOCK).unwrap()));
     let mut t = MmioTransport::new(blk.clone(), mem.clone(), irq.clone());

@@ -56,18 +56,10 @@ pub struct MmioTransport {
 }
 
 impl MmioTransport {
-    pub fn new(
-        device: Arc<Mutex<dyn VirtioDevice>>,
-        mem: GuestMemory,
-        interrupt: Arc<Interrupt>,
-    ) -> Self {
+    pub fn new(device: Arc<Mutex<dyn VirtioDevice>>, mem: GuestMemory, interrupt: Arc<Interrupt>) -> Self {
         let (device_type, device_features, max_sizes) = {
             let dev = lock(&device);
-            (
-                dev.device_type(),
-                dev.avail_features(),
-                dev.queue_max_sizes().to_vec(),
-            )
+            (dev.device_type(), dev.avail_features(), dev.queue_max_sizes().to_vec())
         };
         if device_features & VIRTIO_F_VERSION_1 == 0 {
             warn!(
@@ -75,11 +67,7 @@ impl MmioTransport {
                  the transport adds it (modern interface only)"
             );
         }
-        let queues = max_sizes
-            .iter()
-            .enumerate()
-            .map(|(i, &max)| new_queue(i, max))
-            .collect();
+        let queues = max_sizes.iter().enumerate().map(|(i, &max)| new_queue(i, max)).collect();
         MmioTransport {
             device,
             mem,
@@ -125,10 +113,7 @@ impl MmioTransport {
     pub fn read(&mut self, offset: u64, data: &mut [u8]) {
         if offset >= CONFIG {
             if !config_access_ok(offset, data.len()) {
-                warn!(
-                    "virtio-mmio: bad config read of {} bytes at {offset:#x}",
-                    data.len()
-                );
+                warn!("virtio-mmio: bad config read of {} bytes at {offset:#x}", data.len());
                 data.fill(0);
                 return;
             }
@@ -136,10 +121,7 @@ impl MmioTransport {
             return;
         }
         if !register_access_ok(offset, data.len()) {
-            warn!(
-                "virtio-mmio: bad register read of {} bytes at {offset:#x} (must be 4 bytes, aligned)",
-                data.len()
-            );
+            warn!("virtio-mmio: bad register read of {} bytes at {offset:#x} (must be 4 bytes, aligned)", data.len());
             data.fill(0);
             return;
         }
@@ -157,20 +139,14 @@ impl MmioTransport {
     pub fn write(&mut self, offset: u64, data: &[u8]) {
         if offset >= CONFIG {
             if !config_access_ok(offset, data.len()) {
-                warn!(
-                    "virtio-mmio: bad config write of {} bytes at {offset:#x}",
-                    data.len()
-                );
+                warn!("virtio-mmio: bad config write of {} bytes at {offset:#x}", data.len());
                 return;
             }
             lock(&self.device).write_config(offset - CONFIG, data);
             return;
         }
         if !register_access_ok(offset, data.len()) {
-            warn!(
-                "virtio-mmio: bad register write of {} bytes at {offset:#x} (must be 4 bytes, aligned)",
-                data.len()
-            );
+            warn!("virtio-mmio: bad register write of {} bytes at {offset:#x} (must be 4 bytes, aligned)", data.len());
             return;
         }
         let mut bytes = [0u8; 4];
@@ -194,17 +170,11 @@ impl MmioTransport {
             // Write-only in the spec; reading back what was written helps debugging.
             QUEUE_NUM => self.selected_queue().map_or(0, |q| u32::from(q.size())),
             QUEUE_DESC_LOW => self.selected_queue().map_or(0, |q| q.desc_table() as u32),
-            QUEUE_DESC_HIGH => self
-                .selected_queue()
-                .map_or(0, |q| (q.desc_table() >> 32) as u32),
+            QUEUE_DESC_HIGH => self.selected_queue().map_or(0, |q| (q.desc_table() >> 32) as u32),
             QUEUE_DRIVER_LOW => self.selected_queue().map_or(0, |q| q.avail_ring() as u32),
-            QUEUE_DRIVER_HIGH => self
-                .selected_queue()
-                .map_or(0, |q| (q.avail_ring() >> 32) as u32),
+            QUEUE_DRIVER_HIGH => self.selected_queue().map_or(0, |q| (q.avail_ring() >> 32) as u32),
             QUEUE_DEVICE_LOW => self.selected_queue().map_or(0, |q| q.used_ring() as u32),
-            QUEUE_DEVICE_HIGH => self
-                .selected_queue()
-                .map_or(0, |q| (q.used_ring() >> 32) as u32),
+            QUEUE_DEVICE_HIGH => self.selected_queue().map_or(0, |q| (q.used_ring() >> 32) as u32),
             INTERRUPT_STATUS => self.interrupt.status(),
             STATUS => self.device_status,
             // No shared memory regions: all ones means "does not exist" (4.2.2).
@@ -257,9 +227,7 @@ impl MmioTransport {
             0 => self.driver_features = (self.driver_features & !0xffff_ffff) | u64::from(v),
             1 => self.driver_features = (self.driver_features & 0xffff_ffff) | (u64::from(v) << 32),
             sel if v != 0 => {
-                warn!(
-                    "virtio-mmio: driver accepts features {v:#x} in page {sel}, which offers none"
-                )
+                warn!("virtio-mmio: driver accepts features {v:#x} in page {sel}, which offers none")
             }
             _ => {}
         }
@@ -268,9 +236,7 @@ impl MmioTransport {
     /// The selected queue, if the driver may configure queues now: after
     /// FEATURES_OK, before DRIVER_OK, and only while the queue is not ready.
     fn configurable_queue(&mut self, what: &str) -> Option<&mut Queue> {
-        if self.device_status & (STATUS_FEATURES_OK | STATUS_DRIVER_OK | STATUS_FAILED)
-            != STATUS_FEATURES_OK
-        {
+        if self.device_status & (STATUS_FEATURES_OK | STATUS_DRIVER_OK | STATUS_FAILED) != STATUS_FEATURES_OK {
             warn!(
                 "virtio-mmio: {what} write in status {:#x} ignored (queues are set up after \
                  FEATURES_OK and before DRIVER_OK)",
@@ -295,10 +261,7 @@ impl MmioTransport {
         if let Some(q) = self.configurable_queue("QueueNum") {
             let ok = u16::try_from(v).is_ok_and(|size| q.try_set_size(size).is_ok());
             if !ok {
-                warn!(
-                    "virtio-mmio: queue {sel} size {v} refused (must be a power of two, 1..={})",
-                    q.max_size()
-                );
+                warn!("virtio-mmio: queue {sel} size {v} refused (must be a power of two, 1..={})", q.max_size());
             }
         }
     }
@@ -378,19 +341,11 @@ impl MmioTransport {
         }
         let new_bits = v & !old;
         if new_bits & STATUS_FAILED != 0 {
-            warn!(
-                "virtio-mmio: driver set FAILED on device type {}",
-                self.device_type
-            );
+            warn!("virtio-mmio: driver set FAILED on device type {}", self.device_type);
             self.device_status |= STATUS_FAILED;
         }
         // Take the remaining new bits in the order the spec's init sequence sets them.
-        for bit in [
-            STATUS_ACKNOWLEDGE,
-            STATUS_DRIVER,
-            STATUS_FEATURES_OK,
-            STATUS_DRIVER_OK,
-        ] {
+        for bit in [STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_FEATURES_OK, STATUS_DRIVER_OK] {
             if new_bits & bit == 0 {
                 continue;
             }
@@ -398,12 +353,8 @@ impl MmioTransport {
                 return;
             }
         }
-        let unknown = new_bits
-            & !(STATUS_ACKNOWLEDGE
-                | STATUS_DRIVER
-                | STATUS_FEATURES_OK
-                | STATUS_DRIVER_OK
-                | STATUS_FAILED);
+        let unknown =
+            new_bits & !(STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK | STATUS_FAILED);
         if unknown != 0 {
             warn!("virtio-mmio: unknown status bits {unknown:#x} ignored");
         }
@@ -416,10 +367,7 @@ impl MmioTransport {
             STATUS_ACKNOWLEDGE => (0, "ACKNOWLEDGE"),
             STATUS_DRIVER => (STATUS_ACKNOWLEDGE, "DRIVER"),
             STATUS_FEATURES_OK => (STATUS_ACKNOWLEDGE | STATUS_DRIVER, "FEATURES_OK"),
-            _ => (
-                STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK,
-                "DRIVER_OK",
-            ),
+            _ => (STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK, "DRIVER_OK"),
         };
         if s & needed != needed || s & (STATUS_FAILED | STATUS_DEVICE_NEEDS_RESET) != 0 {
             warn!("virtio-mmio: {name} set in status {s:#x} ignored (out of sequence)");
@@ -464,10 +412,7 @@ impl MmioTransport {
                 true
             }
             Err(e) => {
-                error!(
-                    "virtio-mmio: activating device type {} failed: {e}; device needs reset",
-                    self.device_type
-                );
+                error!("virtio-mmio: activating device type {} failed: {e}; device needs reset", self.device_type);
                 self.device_status |= STATUS_DEVICE_NEEDS_RESET;
                 if let Err(e) = self.interrupt.signal_config_change() {
                     error!("virtio-mmio: cannot raise config interrupt: {e}");
@@ -487,11 +432,7 @@ impl MmioTransport {
             q.set_event_idx(event_idx);
             queues.push(Queue::try_from(q.state()).map_err(|_| ActivateError::InvalidQueue(i))?);
         }
-        let ctx = ActivateContext {
-            mem: self.mem.clone(),
-            queues,
-            interrupt: self.interrupt.clone(),
-        };
+        let ctx = ActivateContext { mem: self.mem.clone(), queues, interrupt: self.interrupt.clone() };
         lock(&self.device).activate(ctx)
     }
 
@@ -514,9 +455,7 @@ impl MmioTransport {
 /// Locks the device. A poisoned lock (a panic on another thread) must not take
 /// the vCPU thread down as well, so the guard is recovered.
 fn lock(device: &Arc<Mutex<dyn VirtioDevice>>) -> MutexGuard<'_, dyn VirtioDevice + 'static> {
-    device
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+    device.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn new_queue(index: usize, max_size: u16) -> Queue {
@@ -536,7 +475,5 @@ fn register_access_ok(offset: u64, len: usize) -> bool {
 fn config_access_ok(offset: u64, len: usize) -> bool {
     matches!(len, 1 | 2 | 4 | 8)
         && (offset - CONFIG).is_multiple_of(len as u64)
-        && offset
-            .checked_add(len as u64)
-            .is_some_and(|end| end <= MMIO_WINDOW_SIZE)
+        && offset.checked_add(len as u64).is_some_and(|end| end <= MMIO_WINDOW_SIZE)
 }

@@ -34,9 +34,7 @@ impl FakeDevice {
             features: VIRTIO_F_VERSION_1 | EVENT_IDX | FEATURE_A,
             acked: None,
             config: (0u8..16).collect(),
-            events: (0..2)
-                .map(|_| EventFd::new(EFD_NONBLOCK).unwrap())
-                .collect(),
+            events: (0..2).map(|_| EventFd::new(EFD_NONBLOCK).unwrap()).collect(),
             activated: None,
             fail_activate: false,
             resets: 0,
@@ -139,11 +137,7 @@ fn negotiate(t: &mut MmioTransport, f: u64) -> u32 {
     wr(t, STATUS, STATUS_ACKNOWLEDGE);
     wr(t, STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
     ack_features(t, f);
-    wr(
-        t,
-        STATUS,
-        STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK,
-    );
+    wr(t, STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK);
     rd(t, STATUS)
 }
 
@@ -187,10 +181,7 @@ fn identity_registers() {
     assert_eq!(rd(&mut f.t, DEVICE_ID), crate::TYPE_BLOCK);
     assert_eq!(rd(&mut f.t, VENDOR_ID), MMIO_VENDOR_ID);
     assert_eq!(rd(&mut f.t, STATUS), 0);
-    assert_eq!(
-        features(&mut f.t),
-        VIRTIO_F_VERSION_1 | EVENT_IDX | FEATURE_A
-    );
+    assert_eq!(features(&mut f.t), VIRTIO_F_VERSION_1 | EVENT_IDX | FEATURE_A);
     wr(&mut f.t, DEVICE_FEATURES_SEL, 7);
     assert_eq!(rd(&mut f.t, DEVICE_FEATURES), 0);
     // No shared memory regions: length reads all ones.
@@ -205,10 +196,7 @@ fn full_init_sequence_activates_device_with_configured_queues() {
     assert_eq!(rd(&mut f.t, STATUS), RUNNING_STATUS);
     let dev = f.dev.lock().unwrap();
     assert_eq!(dev.acked, Some(VIRTIO_F_VERSION_1 | EVENT_IDX));
-    let ctx = dev
-        .activated
-        .as_ref()
-        .expect("device activated on DRIVER_OK");
+    let ctx = dev.activated.as_ref().expect("device activated on DRIVER_OK");
     assert_eq!(ctx.queues.len(), 2);
     let q0 = &ctx.queues[0];
     assert!(q0.ready());
@@ -277,11 +265,7 @@ fn status_out_of_sequence_is_ignored() {
     // DRIVER_OK straight after DRIVER.
     wr(&mut f.t, STATUS, STATUS_ACKNOWLEDGE);
     wr(&mut f.t, STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
-    wr(
-        &mut f.t,
-        STATUS,
-        STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_DRIVER_OK,
-    );
+    wr(&mut f.t, STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_DRIVER_OK);
     assert_eq!(rd(&mut f.t, STATUS), STATUS_ACKNOWLEDGE | STATUS_DRIVER);
     assert!(!f.dev.lock().unwrap().is_activated());
     // Clearing a bit without a reset.
@@ -303,11 +287,7 @@ fn queue_setup_refused_outside_features_ok_window() {
     wr(&mut f.t, QUEUE_SEL, 0);
     wr(&mut f.t, QUEUE_NUM, 4);
     wr(&mut f.t, QUEUE_READY, 1);
-    assert_eq!(
-        rd(&mut f.t, QUEUE_READY),
-        0,
-        "queue setup before FEATURES_OK"
-    );
+    assert_eq!(rd(&mut f.t, QUEUE_READY), 0, "queue setup before FEATURES_OK");
 
     bring_up(&mut f, VIRTIO_F_VERSION_1);
     // After DRIVER_OK the layout is frozen.
@@ -316,10 +296,7 @@ fn queue_setup_refused_outside_features_ok_window() {
     wr(&mut f.t, QUEUE_READY, 0);
     assert_eq!(rd(&mut f.t, QUEUE_READY), 1);
     let dev = f.dev.lock().unwrap();
-    assert_eq!(
-        dev.activated.as_ref().unwrap().queues[0].desc_table(),
-        0x1_0000
-    );
+    assert_eq!(dev.activated.as_ref().unwrap().queues[0].desc_table(), 0x1_0000);
 }
 
 #[test]
@@ -352,10 +329,7 @@ fn bad_queue_parameters_are_refused() {
     let dev = f.dev.lock().unwrap();
     let q = &dev.activated.as_ref().expect("activated").queues[0];
     assert_eq!(q.size(), 4);
-    assert_eq!(
-        (q.desc_table(), q.avail_ring(), q.used_ring()),
-        (0x1_0000, 0x1_1000, 0x1_2000)
-    );
+    assert_eq!((q.desc_table(), q.avail_ring(), q.used_ring()), (0x1_0000, 0x1_1000, 0x1_2000));
     assert!(!dev.activated.as_ref().unwrap().queues[1].ready());
 }
 
@@ -367,10 +341,7 @@ fn queue_outside_guest_memory_fails_activation() {
     wr(&mut f.t, STATUS, RUNNING_STATUS);
     assert!(!f.dev.lock().unwrap().is_activated());
     let status = rd(&mut f.t, STATUS);
-    assert_eq!(
-        status & STATUS_DEVICE_NEEDS_RESET,
-        STATUS_DEVICE_NEEDS_RESET
-    );
+    assert_eq!(status & STATUS_DEVICE_NEEDS_RESET, STATUS_DEVICE_NEEDS_RESET);
     assert_eq!(status & STATUS_DRIVER_OK, 0);
     assert_eq!(rd(&mut f.t, INTERRUPT_STATUS) & INT_CONFIG, INT_CONFIG);
 }
@@ -485,14 +456,7 @@ fn bad_accesses_are_ignored() {
     f.t.read(STATUS, &mut []);
     f.t.write(STATUS, &[]);
     // Write-only and unknown registers read as zero.
-    for off in [
-        QUEUE_NOTIFY,
-        INTERRUPT_ACK,
-        DRIVER_FEATURES,
-        0x0c4,
-        0x0f0,
-        0x0f8,
-    ] {
+    for off in [QUEUE_NOTIFY, INTERRUPT_ACK, DRIVER_FEATURES, 0x0c4, 0x0f0, 0x0f8] {
         assert_eq!(rd(&mut f.t, off), 0, "offset {off:#x}");
     }
     // Writes of the wrong width change nothing.
@@ -531,11 +495,7 @@ fn failed_bit_blocks_further_progress_until_reset() {
     wr(&mut f.t, STATUS, FEATURES_OK_STATUS | STATUS_FAILED);
     assert_eq!(rd(&mut f.t, STATUS), FEATURES_OK_STATUS | STATUS_FAILED);
     setup_queue_expect_refused(&mut f.t);
-    wr(
-        &mut f.t,
-        STATUS,
-        FEATURES_OK_STATUS | STATUS_FAILED | STATUS_DRIVER_OK,
-    );
+    wr(&mut f.t, STATUS, FEATURES_OK_STATUS | STATUS_FAILED | STATUS_DRIVER_OK);
     assert!(!f.dev.lock().unwrap().is_activated());
     wr(&mut f.t, STATUS, 0);
     assert_eq!(rd(&mut f.t, STATUS), 0);

@@ -18,8 +18,7 @@
 //! without `boot_params.acpi_rsdp_addr`.
 
 use acpi_tables::aml::{
-    Device, EISAName, Interrupt, Memory32Fixed, Name, Package, Path, ResourceTemplate, Scope, IO,
-    ONE,
+    Device, EISAName, Interrupt, Memory32Fixed, Name, Package, Path, ResourceTemplate, Scope, IO, ONE,
 };
 use acpi_tables::fadt::{FADTBuilder, Flags, PmProfile};
 use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
@@ -31,8 +30,7 @@ use acpi_tables::{Aml, AmlSink};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryError, GuestMemoryMmap};
 
 use crate::devices::legacy::acpi_pm::{
-    PM_REGS_LEN, RESET_REG_OFFSET, RESET_VALUE, S5_SLP_TYP, SLEEP_CONTROL_OFFSET,
-    SLEEP_STATUS_OFFSET,
+    PM_REGS_LEN, RESET_REG_OFFSET, RESET_VALUE, S5_SLP_TYP, SLEEP_CONTROL_OFFSET, SLEEP_STATUS_OFFSET,
 };
 use crate::layout;
 
@@ -44,8 +42,7 @@ pub const ACPI_TABLES_END: u64 = 0x0010_0000;
 pub const RSDP_ADDR: u64 = ACPI_TABLES_START;
 // The e820 map reserves EBDA_START..HIMEM_START, so the area must lie inside it, and
 // the port range the VMM gives the PM device must cover its registers.
-const _: () =
-    assert!(layout::EBDA_START <= ACPI_TABLES_START && ACPI_TABLES_END <= layout::HIMEM_START);
+const _: () = assert!(layout::EBDA_START <= ACPI_TABLES_START && ACPI_TABLES_END <= layout::HIMEM_START);
 const _: () = assert!(layout::ACPI_PM_PORT_LEN as u64 == PM_REGS_LEN);
 /// Table alignment inside the area (the RSDP scan needs 16).
 const TABLE_ALIGN: u64 = 16;
@@ -100,8 +97,7 @@ const IAPC_BOOT_ARCH_VGA_NOT_PRESENT: u16 = 1 << 2;
 const IAPC_BOOT_ARCH_CMOS_RTC_NOT_PRESENT: u16 = 1 << 5;
 /// i8042 present (Linux keeps probing it: keyboard, `reboot=k`), no VGA, and no
 /// CMOS RTC (shimvmm emulates none; Linux then skips registering rtc-cmos).
-const IAPC_BOOT_ARCH: u16 =
-    IAPC_BOOT_ARCH_8042 | IAPC_BOOT_ARCH_VGA_NOT_PRESENT | IAPC_BOOT_ARCH_CMOS_RTC_NOT_PRESENT;
+const IAPC_BOOT_ARCH: u16 = IAPC_BOOT_ARCH_8042 | IAPC_BOOT_ARCH_VGA_NOT_PRESENT | IAPC_BOOT_ARCH_CMOS_RTC_NOT_PRESENT;
 /// Sleep/reset registers are single bytes in I/O space.
 const PM_REG_BIT_WIDTH: u8 = 8;
 
@@ -129,31 +125,23 @@ pub enum AcpiError {
     #[error("ACPI: PM port {0:#x} leaves no room for the {PM_REGS_LEN} sleep registers below port 0x10000")]
     PmPortRange(u16),
     #[error("ACPI: PM ports {port:#x}..{end:#x} overlap the {what} ports; pick another PM port (e.g. 0x600)")]
-    PmPortOverlap {
-        port: u16,
-        end: u32,
-        what: &'static str,
-    },
+    PmPortOverlap { port: u16, end: u32, what: &'static str },
     #[error("ACPI: {0} virtio-mmio devices exceed the {MAX_MMIO_DEVICES} the DSDT can name")]
     TooManyMmioDevices(usize),
     #[error("ACPI: virtio-mmio device {index} at {base:#x} (length {len:#x}) must be non-empty and end below 4 GiB")]
     MmioRange { index: usize, base: u64, len: u64 },
-    #[error(
-        "ACPI: virtio-mmio devices {first} and {second} overlap; give each its own MMIO window"
-    )]
+    #[error("ACPI: virtio-mmio devices {first} and {second} overlap; give each its own MMIO window")]
     MmioOverlap { first: usize, second: usize },
     #[error("ACPI: virtio-mmio device {index} uses GSI {gsi}, but the IOAPIC only has GSIs 0..{IOAPIC_PINS}")]
     MmioGsi { index: usize, gsi: u32 },
     #[error("ACPI: the tables need {needed} bytes but only {available} are reserved at {ACPI_TABLES_START:#x}; describe fewer devices")]
     TooLarge { needed: u64, available: u64 },
-    #[error("ACPI: guest memory does not cover {start:#x}..{end:#x}; guest RAM must start at 0 and span the first MiB")]
+    #[error(
+        "ACPI: guest memory does not cover {start:#x}..{end:#x}; guest RAM must start at 0 and span the first MiB"
+    )]
     NotInGuestMemory { start: u64, end: u64 },
     #[error("ACPI: writing the {table} at {addr:#x}: {source}")]
-    Write {
-        table: &'static str,
-        addr: u64,
-        source: GuestMemoryError,
-    },
+    Write { table: &'static str, addr: u64, source: GuestMemoryError },
 }
 
 /// What the tables describe.
@@ -174,10 +162,7 @@ pub struct AcpiLayout {
 
 /// Builds all tables, writes them into `ACPI_TABLES_START..ACPI_TABLES_END` and
 /// returns the RSDP's address (also usable as `boot_params.acpi_rsdp_addr`).
-pub fn create_acpi_tables(
-    mem: &GuestMemoryMmap<()>,
-    layout: &AcpiLayout,
-) -> Result<GuestAddress, AcpiError> {
+pub fn create_acpi_tables(mem: &GuestMemoryMmap<()>, layout: &AcpiLayout) -> Result<GuestAddress, AcpiError> {
     validate(layout)?;
 
     let mut placer = Placer::new();
@@ -201,10 +186,7 @@ pub fn create_acpi_tables(
     // tables behind.
     let used = placer.next - ACPI_TABLES_START;
     if !GuestMemoryBackend::check_range(mem, GuestAddress(ACPI_TABLES_START), used as usize) {
-        return Err(AcpiError::NotInGuestMemory {
-            start: ACPI_TABLES_START,
-            end: placer.next,
-        });
+        return Err(AcpiError::NotInGuestMemory { start: ACPI_TABLES_START, end: placer.next });
     }
     for (table, addr, bytes) in [
         ("RSDP", rsdp_addr, &rsdp),
@@ -213,12 +195,7 @@ pub fn create_acpi_tables(
         ("MADT", madt_addr, &madt),
         ("XSDT", xsdt_addr, &xsdt),
     ] {
-        mem.write_slice(bytes, GuestAddress(addr))
-            .map_err(|source| AcpiError::Write {
-                table,
-                addr,
-                source,
-            })?;
+        mem.write_slice(bytes, GuestAddress(addr)).map_err(|source| AcpiError::Write { table, addr, source })?;
         log::debug!("acpi: {table} at {addr:#x}, {} bytes", bytes.len());
     }
     Ok(GuestAddress(rsdp_addr))
@@ -236,21 +213,13 @@ fn validate(layout: &AcpiLayout) -> Result<(), AcpiError> {
     if pm_end > 0x1_0000 {
         return Err(AcpiError::PmPortRange(port));
     }
-    let mut legacy = vec![(
-        "i8042",
-        I8042_DATA_PORT,
-        I8042_DATA_PORT + layout::I8042_PORT_LEN,
-    )];
+    let mut legacy = vec![("i8042", I8042_DATA_PORT, I8042_DATA_PORT + layout::I8042_PORT_LEN)];
     if layout.serial {
         legacy.push(("COM1", COM1_PORT, COM1_PORT + u16::from(COM1_PORT_LEN)));
     }
     for (what, start, end) in legacy {
         if u32::from(port) < u32::from(end) && u32::from(start) < pm_end {
-            return Err(AcpiError::PmPortOverlap {
-                port,
-                end: pm_end,
-                what,
-            });
+            return Err(AcpiError::PmPortOverlap { port, end: pm_end, what });
         }
     }
 
@@ -268,10 +237,7 @@ fn validate(layout: &AcpiLayout) -> Result<(), AcpiError> {
         }
         for (first, &(other_base, other_len, _)) in devices[..index].iter().enumerate() {
             if base < other_base + other_len && other_base < base + len {
-                return Err(AcpiError::MmioOverlap {
-                    first,
-                    second: index,
-                });
+                return Err(AcpiError::MmioOverlap { first, second: index });
             }
         }
     }
@@ -285,9 +251,7 @@ struct Placer {
 
 impl Placer {
     fn new() -> Self {
-        Self {
-            next: ACPI_TABLES_START,
-        }
+        Self { next: ACPI_TABLES_START }
     }
 
     fn place(&mut self, len: u64) -> Result<u64, AcpiError> {
@@ -335,14 +299,7 @@ fn build_dsdt(layout: &AcpiLayout) -> Vec<u8> {
     let children: Vec<&dyn Aml> = devices.iter().map(|d| d as &dyn Aml).collect();
     Scope::new(Path::new("\\_SB_"), children).to_aml_bytes(&mut body);
 
-    let mut dsdt = Sdt::new(
-        *b"DSDT",
-        36,
-        DSDT_REVISION,
-        OEM_ID,
-        *b"SHIMDSDT",
-        OEM_REVISION,
-    );
+    let mut dsdt = Sdt::new(*b"DSDT", 36, DSDT_REVISION, OEM_ID, *b"SHIMDSDT", OEM_REVISION);
     dsdt.append_slice(&body);
     dsdt.as_slice().to_vec()
 }
@@ -371,10 +328,7 @@ fn i8042_aml() -> Vec<u8> {
     let crs = ResourceTemplate::new(vec![&data, &command, &irq]);
     aml_bytes(&Device::new(
         Path::new("PS2K"),
-        vec![
-            &Name::new(Path::new("_HID"), &EISAName::new("PNP0303")),
-            &Name::new(Path::new("_CRS"), &crs),
-        ],
+        vec![&Name::new(Path::new("_HID"), &EISAName::new("PNP0303")), &Name::new(Path::new("_CRS"), &crs)],
     ))
 }
 
@@ -399,13 +353,7 @@ fn virtio_mmio_aml(index: usize, base: u64, len: u64, gsi: u32) -> Vec<u8> {
 }
 
 fn pm_gas(address: u64) -> GAS {
-    GAS::new(
-        AddressSpace::SystemIo,
-        PM_REG_BIT_WIDTH,
-        0,
-        AccessSize::ByteAccess,
-        address,
-    )
+    GAS::new(AddressSpace::SystemIo, PM_REG_BIT_WIDTH, 0, AccessSize::ByteAccess, address)
 }
 
 fn build_fadt(pm_port: u16, dsdt_addr: u64) -> Vec<u8> {
@@ -430,28 +378,13 @@ fn build_fadt(pm_port: u16, dsdt_addr: u64) -> Vec<u8> {
 }
 
 fn build_madt(num_cpus: u8) -> Vec<u8> {
-    let mut madt = Sdt::new(
-        *b"APIC",
-        MADT_HEADER_LEN,
-        MADT_REVISION,
-        OEM_ID,
-        *b"SHIMAPIC",
-        OEM_REVISION,
-    );
+    let mut madt = Sdt::new(*b"APIC", MADT_HEADER_LEN, MADT_REVISION, OEM_ID, *b"SHIMAPIC", OEM_REVISION);
     madt.write_u32(MADT_LAPIC_ADDR_OFFSET, LAPIC_ADDR);
     madt.write_u32(MADT_FLAGS_OFFSET, MADT_FLAGS);
     for cpu in 0..num_cpus {
-        madt.append_slice(&aml_bytes(&ProcessorLocalApic::new(
-            cpu,
-            cpu,
-            EnabledStatus::Enabled,
-        )));
+        madt.append_slice(&aml_bytes(&ProcessorLocalApic::new(cpu, cpu, EnabledStatus::Enabled)));
     }
-    madt.append_slice(&aml_bytes(&IoApic::new(
-        IOAPIC_ID,
-        IOAPIC_ADDR,
-        IOAPIC_GSI_BASE,
-    )));
+    madt.append_slice(&aml_bytes(&IoApic::new(IOAPIC_ID, IOAPIC_ADDR, IOAPIC_GSI_BASE)));
     let [flags_lo, flags_hi] = MPS_INTI_FLAGS_CONFORMS.to_le_bytes();
     madt.append_slice(&[
         MADT_TYPE_LAPIC_NMI,
@@ -502,10 +435,7 @@ mod tests {
     /// Reads a table with a standard 36-byte header back from guest memory and
     /// checks its signature, length sanity, placement and checksum.
     fn read_table(mem: &GuestMemoryMmap<()>, addr: u64, sig: &[u8; 4]) -> Vec<u8> {
-        assert!(
-            (ACPI_TABLES_START..ACPI_TABLES_END).contains(&addr),
-            "{addr:#x}"
-        );
+        assert!((ACPI_TABLES_START..ACPI_TABLES_END).contains(&addr), "{addr:#x}");
         assert_eq!(addr % TABLE_ALIGN, 0);
         let mut hdr = [0u8; 36];
         mem.read_slice(&mut hdr, GuestAddress(addr)).unwrap();
@@ -556,15 +486,7 @@ mod tests {
         assert_ne!(iapc & (1 << 1), 0, "8042 present");
         assert_ne!(iapc & (1 << 2), 0, "VGA not present");
         // GAS: space 1 (I/O), 8 bits, offset 0, byte access, address.
-        let gas = |off: usize| {
-            (
-                fadt[off],
-                fadt[off + 1],
-                fadt[off + 2],
-                fadt[off + 3],
-                u64_at(&fadt, off + 4),
-            )
-        };
+        let gas = |off: usize| (fadt[off], fadt[off + 1], fadt[off + 2], fadt[off + 3], u64_at(&fadt, off + 4));
         assert_eq!(gas(244), (1, 8, 0, 1, 0x600), "sleep control register");
         assert_eq!(gas(256), (1, 8, 0, 1, 0x601), "sleep status register");
         assert_eq!(gas(116), (1, 8, 0, 1, 0x600), "reset register");
@@ -579,10 +501,7 @@ mod tests {
         let mut off = 44;
         while off < madt.len() {
             let (ty, len) = (madt[off], madt[off + 1] as usize);
-            assert!(
-                len >= 2 && off + len <= madt.len(),
-                "MADT structure at {off}"
-            );
+            assert!(len >= 2 && off + len <= madt.len(), "MADT structure at {off}");
             let s = &madt[off..off + len];
             match ty {
                 0 => lapics.push((s[2], s[3], u32_at(s, 4))),
@@ -593,33 +512,20 @@ mod tests {
             off += len;
         }
         assert_eq!(off, madt.len());
-        assert_eq!(
-            lapics,
-            (0..4).map(|i| (i, i, 1)).collect::<Vec<_>>(),
-            "uid, apic id, enabled"
-        );
+        assert_eq!(lapics, (0..4).map(|i| (i, i, 1)).collect::<Vec<_>>(), "uid, apic id, enabled");
         assert_eq!(ioapics, vec![(0, 0xFEC0_0000, 0)]);
         assert_eq!(nmis, vec![(0xFF, 0, 1)], "all CPUs, LINT1");
 
         // DSDT: Name(_S5_, Package(2){5, 0}) hand-encoded from the AML grammar:
         // NameOp '_S5_' PackageOp PkgLength=5 NumElements=2 BytePrefix 5 ZeroOp.
         assert_eq!(dsdt[8], DSDT_REVISION);
-        assert_eq!(
-            contains(
-                &dsdt,
-                &[0x08, b'_', b'S', b'5', b'_', 0x12, 5, 2, 0x0A, 5, 0x00]
-            ),
-            1
-        );
+        assert_eq!(contains(&dsdt, &[0x08, b'_', b'S', b'5', b'_', 0x12, 5, 2, 0x0A, 5, 0x00]), 1);
         assert_eq!(contains(&dsdt, b"\\_SB_"), 1, "one \\_SB_ scope");
         // EISAID("PNP0501") = 0x0105D041, EISAID("PNP0303") = 0x0303D041 (DWordPrefix).
         assert_eq!(contains(&dsdt, &[0x0C, 0x41, 0xD0, 0x05, 0x01]), 1, "COM1");
         assert_eq!(contains(&dsdt, &[0x0C, 0x41, 0xD0, 0x03, 0x03]), 1, "i8042");
         // IO descriptor for COM1: decode16, min 0x3F8, max 0x3F8, align 1, len 8.
-        assert_eq!(
-            contains(&dsdt, &[0x47, 0x01, 0xF8, 0x03, 0xF8, 0x03, 0x01, 0x08]),
-            1
-        );
+        assert_eq!(contains(&dsdt, &[0x47, 0x01, 0xF8, 0x03, 0xF8, 0x03, 0x01, 0x08]), 1);
         assert_eq!(contains(&dsdt, b"LNRO0005\0"), 2);
         assert_eq!(contains(&dsdt, b"V000"), 1);
         assert_eq!(contains(&dsdt, b"V001"), 1);
@@ -627,10 +533,7 @@ mod tests {
         assert_eq!(
             contains(
                 &dsdt,
-                &[
-                    0x86, 9, 0, 1, 0x00, 0x10, 0x00, 0xd0, 0x00, 0x10, 0, 0, 0x89, 6, 0, 0x03, 1,
-                    6, 0, 0, 0
-                ]
+                &[0x86, 9, 0, 1, 0x00, 0x10, 0x00, 0xd0, 0x00, 0x10, 0, 0, 0x89, 6, 0, 0x03, 1, 6, 0, 0, 0]
             ),
             1
         );
@@ -639,26 +542,13 @@ mod tests {
     #[test]
     fn optional_devices_are_left_out() {
         let mem = mem();
-        let layout = AcpiLayout {
-            num_cpus: 1,
-            pm_port: 0x600,
-            mmio_devices: vec![],
-            serial: false,
-        };
+        let layout = AcpiLayout { num_cpus: 1, pm_port: 0x600, mmio_devices: vec![], serial: false };
         create_acpi_tables(&mem, &layout).unwrap();
         let (_, madt, dsdt) = walk(&mem);
         assert_eq!(madt.len(), 44 + 8 + 12 + 6);
         assert_eq!(contains(&dsdt, b"LNRO0005"), 0);
-        assert_eq!(
-            contains(&dsdt, &[0x0C, 0x41, 0xD0, 0x05, 0x01]),
-            0,
-            "no COM1"
-        );
-        assert_eq!(
-            contains(&dsdt, &[0x0C, 0x41, 0xD0, 0x03, 0x03]),
-            1,
-            "i8042 stays"
-        );
+        assert_eq!(contains(&dsdt, &[0x0C, 0x41, 0xD0, 0x05, 0x01]), 0, "no COM1");
+        assert_eq!(contains(&dsdt, &[0x0C, 0x41, 0xD0, 0x03, 0x03]), 1, "i8042 stays");
         assert_eq!(contains(&dsdt, b"_S5_"), 1);
     }
 
@@ -696,22 +586,12 @@ mod tests {
         check(&|l| l.pm_port = 0x63, "i8042");
         check(&|l| l.mmio_devices[1].2 = 24, "GSI 24");
         check(&|l| l.mmio_devices[0].1 = 0, "device 0");
-        check(
-            &|l| l.mmio_devices[1] = (0xffff_f000, 0x2000, 5),
-            "below 4 GiB",
-        );
+        check(&|l| l.mmio_devices[1] = (0xffff_f000, 0x2000, 5), "below 4 GiB");
         check(&|l| l.mmio_devices[1] = (u64::MAX, 2, 5), "below 4 GiB");
         check(&|l| l.mmio_devices[1].0 = 0xd000_0800, "overlap");
-        check(
-            &|l| l.mmio_devices = vec![(0xd000_0000, 0x10, 5); MAX_MMIO_DEVICES + 1],
-            "257 virtio-mmio",
-        );
+        check(&|l| l.mmio_devices = vec![(0xd000_0000, 0x10, 5); MAX_MMIO_DEVICES + 1], "257 virtio-mmio");
         // Without serial, the COM1 ports are free for the PM block.
-        let l = AcpiLayout {
-            pm_port: 0x3F8,
-            serial: false,
-            ..layout()
-        };
+        let l = AcpiLayout { pm_port: 0x3F8, serial: false, ..layout() };
         create_acpi_tables(&mem, &l).unwrap();
     }
 
@@ -720,16 +600,7 @@ mod tests {
         // Guest RAM starting at 1 MiB leaves the BIOS area unbacked.
         let high = GuestMemoryMmap::from_ranges(&[(GuestAddress(1 << 20), MIB)]).unwrap();
         let err = create_acpi_tables(&high, &layout()).unwrap_err();
-        assert!(
-            matches!(
-                err,
-                AcpiError::NotInGuestMemory {
-                    start: 0xE_0000,
-                    ..
-                }
-            ),
-            "{err}"
-        );
+        assert!(matches!(err, AcpiError::NotInGuestMemory { start: 0xE_0000, .. }), "{err}");
         // RAM ending inside the area: nothing may be written at all.
         let short = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0xE_0100)]).unwrap();
         let err = create_acpi_tables(&short, &layout()).unwrap_err();
@@ -748,13 +619,8 @@ mod tests {
             pm_port: layout::ACPI_PM_PORT,
             mmio_devices: (0..=(layout::VIRTIO_IRQ_MAX - layout::VIRTIO_IRQ_BASE))
                 .map(|i| {
-                    let base =
-                        layout::VIRTIO_MMIO_START + u64::from(i) * layout::MMIO_DEVICE_STRIDE;
-                    (
-                        base,
-                        layout::MMIO_DEVICE_STRIDE,
-                        layout::VIRTIO_IRQ_BASE + i,
-                    )
+                    let base = layout::VIRTIO_MMIO_START + u64::from(i) * layout::MMIO_DEVICE_STRIDE;
+                    (base, layout::MMIO_DEVICE_STRIDE, layout::VIRTIO_IRQ_BASE + i)
                 })
                 .collect(),
             serial: true,
@@ -769,16 +635,7 @@ mod tests {
         assert_eq!(p.place(1).unwrap(), 0xE_0030);
         assert_eq!(p.place(3).unwrap(), 0xE_0040);
         let err = p.place(ACPI_TABLES_END - ACPI_TABLES_START).unwrap_err();
-        assert!(
-            matches!(
-                err,
-                AcpiError::TooLarge {
-                    available: 0x2_0000,
-                    ..
-                }
-            ),
-            "{err}"
-        );
+        assert!(matches!(err, AcpiError::TooLarge { available: 0x2_0000, .. }), "{err}");
         assert!(p.place(u64::MAX).is_err());
     }
 }

@@ -76,9 +76,8 @@ pub fn normalize(cpuid: &mut CpuId, cpu_id: u8, nvcpus: u8) {
             }
             LEAF_ADDR_SIZES => {
                 // NC (cores - 1) and ApicIdCoreIdSize (APIC id bits per package).
-                e.ecx = (e.ecx & !(ECX_NC_MASK | ECX_CORE_ID_SIZE_MASK))
-                    | (n - 1)
-                    | (core_bits << ECX_CORE_ID_SIZE_SHIFT);
+                e.ecx =
+                    (e.ecx & !(ECX_NC_MASK | ECX_CORE_ID_SIZE_MASK)) | (n - 1) | (core_bits << ECX_CORE_ID_SIZE_SHIFT);
             }
             LEAF_AMD_TOPOLOGY => {
                 e.eax = apic_id;
@@ -98,7 +97,12 @@ fn add_missing_core_levels(cpuid: &mut CpuId) {
     for leaf in [LEAF_EXT_TOPOLOGY, LEAF_V2_EXT_TOPOLOGY] {
         let has = |i: u32| cpuid.as_slice().iter().any(|e| e.function == leaf && e.index == i);
         if has(0) && !has(1) {
-            let core = kvm_cpuid_entry2 { function: leaf, index: 1, flags: KVM_CPUID_FLAG_SIGNIFCANT_INDEX, ..Default::default() };
+            let core = kvm_cpuid_entry2 {
+                function: leaf,
+                index: 1,
+                flags: KVM_CPUID_FLAG_SIGNIFCANT_INDEX,
+                ..Default::default()
+            };
             if cpuid.push(core).is_err() {
                 log::warn!("CPUID: no room for leaf {leaf:#x}.1; the guest may see one socket per vCPU");
             }
@@ -165,8 +169,7 @@ mod tests {
 
     #[test]
     fn topology_for_cpu_one_of_two() {
-        let mut c = CpuId::from_entries(&[entry(1, 0), entry(0xb, 0), entry(0xb, 1), entry(0x8000_0008, 0)])
-            .unwrap();
+        let mut c = CpuId::from_entries(&[entry(1, 0), entry(0xb, 0), entry(0xb, 1), entry(0x8000_0008, 0)]).unwrap();
         normalize(&mut c, 1, 2);
         let s = c.as_slice();
         assert_eq!(s[0].ebx >> 24, 1, "APIC id");

@@ -132,7 +132,11 @@ impl Vcpu {
         })?;
         let set = self.fd.set_msrs(&msrs).map_err(cfg("KVM_SET_MSRS"))?;
         if set != entries.len() {
-            return Err(VcpuError::Configure { id, what: "KVM_SET_MSRS (partial)", err: kvm_ioctls::Error::new(libc::EINVAL) });
+            return Err(VcpuError::Configure {
+                id,
+                what: "KVM_SET_MSRS (partial)",
+                err: kvm_ioctls::Error::new(libc::EINVAL),
+            });
         }
 
         if id == 0 {
@@ -216,7 +220,9 @@ impl Vcpu {
                 // With the in-kernel irqchip HLT stays in the kernel; be tolerant anyway.
                 Ok(VcpuExit::Hlt) | Ok(VcpuExit::IrqWindowOpen) | Ok(VcpuExit::Intr) => continue,
                 Ok(VcpuExit::Shutdown) => "KVM_EXIT_SHUTDOWN: the guest triple-faulted".to_string(),
-                Ok(VcpuExit::InternalError) => "KVM_EXIT_INTERNAL_ERROR: KVM could not emulate an instruction".to_string(),
+                Ok(VcpuExit::InternalError) => {
+                    "KVM_EXIT_INTERNAL_ERROR: KVM could not emulate an instruction".to_string()
+                }
                 Ok(VcpuExit::FailEntry(reason, cpu)) => {
                     format!("KVM_EXIT_FAIL_ENTRY: hardware entry failure reason {reason:#x} on cpu {cpu}")
                 }

@@ -50,7 +50,9 @@ pub enum VmError {
 /// exception vector. In the testbed that showed as random guest triple faults
 /// near device activity.
 fn mask_legacy_pic(fd: &VmFd) -> Result<(), kvm_ioctls::Error> {
-    for (chip_id, base) in [(KVM_IRQCHIP_PIC_MASTER, PIC_MASTER_VECTOR_BASE), (KVM_IRQCHIP_PIC_SLAVE, PIC_SLAVE_VECTOR_BASE)] {
+    for (chip_id, base) in
+        [(KVM_IRQCHIP_PIC_MASTER, PIC_MASTER_VECTOR_BASE), (KVM_IRQCHIP_PIC_SLAVE, PIC_SLAVE_VECTOR_BASE)]
+    {
         let mut chip = kvm_irqchip { chip_id, ..Default::default() };
         fd.get_irqchip(&mut chip)?;
         // chip_id names a PIC: KVM filled, and reads back, the `pic` member.
@@ -92,8 +94,7 @@ impl Vm {
         let fd = kvm.create_vm().map_err(VmError::CreateVm)?;
         let setup = |what| move |err| VmError::Setup { what, err };
         fd.set_tss_address(KVM_TSS_ADDRESS as usize).map_err(setup("KVM_SET_TSS_ADDR"))?;
-        fd.set_identity_map_address(KVM_IDENTITY_MAP_ADDRESS)
-            .map_err(setup("KVM_SET_IDENTITY_MAP_ADDR"))?;
+        fd.set_identity_map_address(KVM_IDENTITY_MAP_ADDRESS).map_err(setup("KVM_SET_IDENTITY_MAP_ADDR"))?;
         fd.create_irq_chip().map_err(setup("KVM_CREATE_IRQCHIP"))?;
         mask_legacy_pic(&fd).map_err(setup("KVM_SET_IRQCHIP (8259)"))?;
         let pit = kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
@@ -141,8 +142,9 @@ impl Vm {
     /// Registers every guest RAM region as a KVM memory slot.
     pub fn set_memory(&self, mem: &GuestMemory) -> Result<(), VmError> {
         for (slot, region) in mem.iter().enumerate() {
-            let host = region.get_host_address(vm_memory::MemoryRegionAddress(0)).map_err(|_| {
-                VmError::Setup { what: "guest memory host address", err: kvm_ioctls::Error::new(libc::EFAULT) }
+            let host = region.get_host_address(vm_memory::MemoryRegionAddress(0)).map_err(|_| VmError::Setup {
+                what: "guest memory host address",
+                err: kvm_ioctls::Error::new(libc::EFAULT),
             })?;
             let desc = kvm_userspace_memory_region {
                 slot: slot as u32,
@@ -187,7 +189,9 @@ mod tests {
             }
             Err(e) => panic!("cannot create a VM: {e}"),
         };
-        for (chip, base) in [(KVM_IRQCHIP_PIC_MASTER, PIC_MASTER_VECTOR_BASE), (KVM_IRQCHIP_PIC_SLAVE, PIC_SLAVE_VECTOR_BASE)] {
+        for (chip, base) in
+            [(KVM_IRQCHIP_PIC_MASTER, PIC_MASTER_VECTOR_BASE), (KVM_IRQCHIP_PIC_SLAVE, PIC_SLAVE_VECTOR_BASE)]
+        {
             let pic = vm.pic_state(chip).expect("KVM_GET_IRQCHIP");
             assert_eq!(pic.imr, PIC_IMR_ALL_MASKED, "8259 {chip} must be fully masked");
             assert_eq!(pic.irq_base, base, "8259 {chip} vector base");

@@ -61,11 +61,7 @@ impl AcpiPmDevice {
     /// `exit_evt` is written when the guest powers off (and, unless
     /// `with_reset_evt` is used, when it resets).
     pub fn new(exit_evt: EventFd) -> Self {
-        Self {
-            exit_evt,
-            reset_evt: None,
-            request: None,
-        }
+        Self { exit_evt, reset_evt: None, request: None }
     }
 
     /// Deliver reset requests to a separate eventfd (for a VMM that reboots).
@@ -194,8 +190,7 @@ mod tests {
 
         let exit = evt();
         let reset = evt();
-        let mut dev =
-            AcpiPmDevice::new(exit.try_clone().unwrap()).with_reset_evt(reset.try_clone().unwrap());
+        let mut dev = AcpiPmDevice::new(exit.try_clone().unwrap()).with_reset_evt(reset.try_clone().unwrap());
         dev.write(RESET_REG_OFFSET, &[RESET_VALUE]);
         assert_eq!(reset.read().unwrap(), 1);
         assert!(exit.read().is_err());

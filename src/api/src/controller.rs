@@ -2,27 +2,50 @@
 
 use std::path::Path;
 
-use crate::spec::VmSpec;
+use vmm_config::VmSpec;
+
 use crate::types::VmState;
+
+/// Why an action the API asked of the VMM failed. The client sees
+/// `400 {"fault_message": "<Action> failed: <this error>"}`, so every
+/// message is one line that says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    #[error("the VM is not running")]
+    NotRunning,
+    #[error("the VMM is not accepting a start request (it is shutting down)")]
+    NotAccepting,
+    #[error("the VMM stopped before the VM started")]
+    StoppedBeforeStart,
+    /// The VMM failed (building the VM, writing metrics); its own error,
+    /// boxed because the API does not depend on the VMM crate.
+    #[error(transparent)]
+    Vmm(Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl ControllerError {
+    /// A VMM error with this message (for controllers in tests).
+    pub fn vmm(message: impl Into<String>) -> Self {
+        ControllerError::Vmm(message.into().into())
+    }
+}
 
 /// The VMM side of the API.
 ///
 /// Methods are called from the API's worker thread, one request at a time
 /// for `start` and the other actions (the API serialises them), while
-/// `state` and `metrics` may run concurrently with them. An `Err(message)`
-/// reaches the client as `400 {"fault_message": message}`, so make it a
-/// one-line, actionable sentence. A panic becomes a 500 and the API keeps
-/// serving.
+/// `state` and `metrics` may run concurrently with them. A panic becomes a
+/// 500 and the API keeps serving.
 pub trait VmmController: Send + Sync + 'static {
     /// Build and boot the VM described by `spec` (already validated). Called
     /// once per successful InstanceStart. If it fails the API stays in the
     /// pre-boot state: the user may fix the configuration and retry, so a
     /// failed start must release what it took.
-    fn start(&self, spec: &VmSpec) -> Result<(), String>;
+    fn start(&self, spec: &VmSpec) -> Result<(), ControllerError>;
     /// Press Ctrl+Alt+Del (i8042 reset request) in a running guest.
-    fn send_ctrl_alt_del(&self) -> Result<(), String>;
+    fn send_ctrl_alt_del(&self) -> Result<(), ControllerError>;
     /// Write the current metrics to `path` (the `PUT /metrics` path, if set).
-    fn flush_metrics(&self, path: Option<&Path>) -> Result<(), String>;
+    fn flush_metrics(&self, path: Option<&Path>) -> Result<(), ControllerError>;
     /// The current counters, served as `GET /metrics`.
     fn metrics(&self) -> serde_json::Value;
     /// The life-cycle state reported by `GET /`.

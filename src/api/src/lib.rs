@@ -1,9 +1,10 @@
 //! Firecracker-compatible REST API over a Unix socket, and the config-file
 //! format that carries the same objects.
 //!
-//! The crate knows nothing of KVM: it collects and validates the pre-boot
-//! configuration, and calls a [`VmmController`] (implemented by the binary)
-//! for InstanceStart and the other actions.
+//! The crate knows nothing of KVM: it collects the pre-boot configuration
+//! (the `vmm_config` types, validated by their own rules), and calls a
+//! [`VmmController`] (implemented by the binary) for InstanceStart and the
+//! other actions.
 //!
 //! ```no_run
 //! # use std::sync::Arc;
@@ -15,31 +16,25 @@
 
 mod controller;
 mod error;
-mod ids;
 mod router;
 mod server;
 mod socket;
-mod spec;
 mod types;
-mod validate;
 
-pub use controller::VmmController;
+pub use controller::{ControllerError, VmmController};
 pub use error::ApiError;
-pub use ids::{MacAddr, PciBdf};
 pub use router::{routes, status, Api, ApiResponse, Route};
 pub use server::{
     serve, serve_with, ApiServerHandle, ServeOptions, DEFAULT_BODY_READ_TIMEOUT, DEFAULT_HEADER_READ_TIMEOUT,
     DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CONNECTIONS, DEFAULT_WRITE_TIMEOUT,
 };
 pub use socket::{MAX_SOCKET_PATH_LEN, SOCKET_MODE};
-pub use spec::{ConfigError, VmConfig, VmSpec, MAX_CONFIG_FILE_BYTES};
-pub use types::{
-    ActionType, BootSource, Drive, Fault, InstanceActionInfo, InstanceInfo, MachineConfig, MachineConfigUpdate,
-    Metrics, NetBackendSpec, NetworkInterface, VmState, VmmVersion, APP_NAME, DEFAULT_MEM_SIZE_MIB, DEFAULT_VCPU_COUNT,
-    VMM_VERSION,
-};
-pub use validate::{
-    check_id, ValidationError, MAX_BOOT_ARGS_LEN, MAX_DRIVES, MAX_ID_LEN, MAX_IFNAME_LEN, MAX_MEM_SIZE_MIB,
+pub use types::{ActionType, Fault, InstanceActionInfo, InstanceInfo, VmState, VmmVersion, APP_NAME, VMM_VERSION};
+// The configuration objects the API (de)serializes are the VMM's own.
+pub use vmm_config::{
+    check_id, BootSource, ConfigError, Drive, MacAddr, MachineConfig, MachineConfigUpdate, Metrics, NetBackendSpec,
+    NetworkInterface, PciBdf, ValidationError, VmConfig, VmSpec, DEFAULT_MEM_SIZE_MIB, DEFAULT_VCPU_COUNT,
+    MAX_BOOT_ARGS_LEN, MAX_CONFIG_FILE_BYTES, MAX_DRIVES, MAX_ID_LEN, MAX_IFNAME_LEN, MAX_MEM_SIZE_MIB,
     MAX_NETWORK_INTERFACES, MAX_PATH_LEN, MAX_VCPUS, MIN_MEM_SIZE_MIB,
 };
 

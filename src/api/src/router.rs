@@ -6,14 +6,14 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::Serialize;
-
-use crate::controller::VmmController;
-use crate::spec::{VmConfig, VmSpec};
-use crate::types::{
-    ActionType, BootSource, Drive, Fault, InstanceActionInfo, InstanceInfo, MachineConfig, MachineConfigUpdate,
-    Metrics, NetworkInterface, VmmVersion, APP_NAME, VMM_VERSION,
+use vmm_config::sync::lock_unpoisoned;
+use vmm_config::{
+    parse_json, BootSource, Drive, MachineConfig, MachineConfigUpdate, Metrics, NetworkInterface, ValidationError,
+    VmConfig, VmSpec,
 };
-use crate::validate::{parse_json, ValidationError};
+
+use crate::controller::{ControllerError, VmmController};
+use crate::types::{ActionType, Fault, InstanceActionInfo, InstanceInfo, VmmVersion, APP_NAME, VMM_VERSION};
 
 /// HTTP status codes the router produces.
 pub mod status {
@@ -157,7 +157,7 @@ fn body_json<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Result<
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(bad_request(format!("the request body is empty; {what} expects a JSON object")));
     }
-    parse_json(body).map_err(bad_request)
+    parse_json(body).map_err(|e| bad_request(e.to_string()))
 }
 
 impl Api {
@@ -198,7 +198,7 @@ impl Api {
     fn lock(&self) -> MutexGuard<'_, ApiState> {
         // A panicking controller must not take the API down with it: the
         // state is only written after every check passed, so it is consistent.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock_unpoisoned(&self.state)
     }
 
     /// The state, if pre-boot changes are still allowed.
@@ -340,12 +340,12 @@ impl Api {
         };
         result
             .map(|()| ApiResponse::no_content())
-            .map_err(|message| bad_request(format!("{:?} failed: {}", action.action_type, message)))
+            .map_err(|err| bad_request(format!("{:?} failed: {err}", action.action_type)))
     }
 
     /// InstanceStart: freeze the configuration, call the controller without
     /// holding the state lock, then record the outcome.
-    fn start_vm(&self) -> Result<Result<(), String>, ApiResponse> {
+    fn start_vm(&self) -> Result<Result<(), ControllerError>, ApiResponse> {
         let spec = {
             let mut state = self.lock();
             if state.started {
@@ -370,12 +370,6 @@ impl Api {
         }
         Ok(result)
     }
-}
-
-/// A panicking controller must not take the API down with it: state is only
-/// written after every check passed, so it is consistent even then.
-fn lock_unpoisoned<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Replace the item `matches` selects, or append; the item's index.
@@ -416,18 +410,18 @@ mod tests {
     }
 
     impl VmmController for Recorder {
-        fn start(&self, spec: &VmSpec) -> Result<(), String> {
+        fn start(&self, spec: &VmSpec) -> Result<(), ControllerError> {
             if self.fail_start.load(Ordering::SeqCst) {
-                return Err("cannot open /k: No such file or directory".into());
+                return Err(ControllerError::vmm("cannot open /k: No such file or directory"));
             }
             self.started.lock().unwrap().push(spec.clone());
             Ok(())
         }
-        fn send_ctrl_alt_del(&self) -> Result<(), String> {
+        fn send_ctrl_alt_del(&self) -> Result<(), ControllerError> {
             *self.cad.lock().unwrap() += 1;
             Ok(())
         }
-        fn flush_metrics(&self, path: Option<&Path>) -> Result<(), String> {
+        fn flush_metrics(&self, path: Option<&Path>) -> Result<(), ControllerError> {
             self.flushed.lock().unwrap().push(path.map(Path::to_owned));
             Ok(())
         }
@@ -619,7 +613,7 @@ mod tests {
             (
                 "/network-interfaces/e",
                 r#"{"iface_id":"e","pnic_bdf":"01:00"}"#,
-                "pnic_bdf: \"01:00\" is not a PCI address",
+                "pnic_bdf: invalid PCI address \"01:00\": missing '.function'",
             ),
             (
                 "/network-interfaces/e",
@@ -656,7 +650,7 @@ mod tests {
         assert_eq!(put(&api, "/network-interfaces/e0", r#"{"iface_id":"e0","host_dev_name":"tap0"}"#).status, 204);
         let r = put(&api, "/network-interfaces/e1", r#"{"iface_id":"e1","host_dev_name":"tap0"}"#);
         assert_eq!(fault(&r), "host_dev_name: tap \"tap0\" is used by two interfaces");
-        for i in 0..crate::validate::MAX_DRIVES - 1 {
+        for i in 0..vmm_config::MAX_DRIVES - 1 {
             let body = format!(r#"{{"drive_id":"d{i}","path_on_host":"/d","is_root_device":false}}"#);
             assert_eq!(put(&api, &format!("/drives/d{i}"), &body).status, 204);
         }

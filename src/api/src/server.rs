@@ -33,7 +33,7 @@ use crate::controller::VmmController;
 use crate::error::ApiError;
 use crate::router::{status, Api, ApiResponse};
 use crate::socket::{bind_api_socket, remove_own_socket, SocketId};
-use crate::spec::VmConfig;
+use vmm_config::VmConfig;
 
 /// Largest request body (413 beyond it); real bodies are a few hundred bytes.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;

@@ -6,8 +6,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::controller::VmmController;
-use crate::spec::VmSpec;
+use vmm_config::sync::lock_unpoisoned as lock;
+use vmm_config::VmSpec;
+
+use crate::controller::{ControllerError, VmmController};
 use crate::types::VmState;
 
 /// One call the API made.
@@ -27,10 +29,6 @@ pub struct RecordingController {
     start_delay: Mutex<Option<Duration>>,
     panic_on_start: Mutex<bool>,
     metrics_reads: AtomicU64,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl RecordingController {
@@ -71,7 +69,7 @@ impl RecordingController {
 }
 
 impl VmmController for RecordingController {
-    fn start(&self, spec: &VmSpec) -> Result<(), String> {
+    fn start(&self, spec: &VmSpec) -> Result<(), ControllerError> {
         if let Some(delay) = *lock(&self.start_delay) {
             std::thread::sleep(delay);
         }
@@ -79,19 +77,19 @@ impl VmmController for RecordingController {
             panic!("RecordingController: start panics as asked");
         }
         if let Some(message) = lock(&self.start_error).clone() {
-            return Err(message);
+            return Err(ControllerError::vmm(message));
         }
         lock(&self.calls).push(Call::Start(Box::new(spec.clone())));
         *lock(&self.state) = Some(VmState::Running);
         Ok(())
     }
 
-    fn send_ctrl_alt_del(&self) -> Result<(), String> {
+    fn send_ctrl_alt_del(&self) -> Result<(), ControllerError> {
         lock(&self.calls).push(Call::SendCtrlAltDel);
         Ok(())
     }
 
-    fn flush_metrics(&self, path: Option<&Path>) -> Result<(), String> {
+    fn flush_metrics(&self, path: Option<&Path>) -> Result<(), ControllerError> {
         lock(&self.calls).push(Call::FlushMetrics(path.map(Path::to_owned)));
         Ok(())
     }

@@ -1,9 +1,16 @@
-//! Command-line arguments and their translation into a [`vmm::VmConfig`].
+//! Command-line arguments and their translation into a [`VmSpec`].
+//!
+//! The command line fills in the same configuration objects as the API and
+//! the config file, and the same rules (`VmConfig::validate`) check them;
+//! only the names in an error are the command line's (`--disk`, `root`).
 
 use std::path::PathBuf;
 
 use clap::Parser;
-use vmm::config::{self, DiskConfig, NetBackendConfig, NetConfig, VmConfig};
+use vmm::config::{
+    BdfError, BootSource, Drive, MacAddr, MacError, MachineConfig, Metrics, NetworkInterface, PciBdf, ValidationError,
+    VmConfig, VmSpec,
+};
 
 #[derive(Parser, Debug)]
 #[command(name = "shimvmm", version, about = "A lightweight KVM VMM with a zero-copy physical-NIC network path")]
@@ -14,13 +21,13 @@ pub struct Args {
     /// Initial ramdisk.
     #[arg(long, value_name = "PATH")]
     pub initrd: Option<PathBuf>,
-    /// Kernel command line.
+    /// Kernel command line [default: console=ttyS0 reboot=k panic=-1].
     #[arg(long, value_name = "STR")]
     pub cmdline: Option<String>,
-    /// Number of vCPUs (1-255).
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..))]
-    pub vcpus: Option<u8>,
-    /// Guest memory in MiB.
+    /// Number of vCPUs (1-32) [default: 1].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub vcpus: Option<u32>,
+    /// Guest memory in MiB [default: 128].
     #[arg(long, value_name = "MiB")]
     pub mem: Option<u64>,
     /// A virtio-blk disk: path=PATH[,readonly=on][,root=on][,id=NAME]. Repeatable.
@@ -46,92 +53,209 @@ pub struct Args {
     pub no_api: bool,
 }
 
+/// What is wrong with one `--disk` or `--net` value.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum SpecError {
+    #[error("expected key=value, got {0:?}")]
+    NotKeyValue(String),
+    #[error("unknown key {key:?} (known: {known})")]
+    UnknownKey { key: String, known: &'static str },
+    #[error("{key} must be on or off, got {value:?}")]
+    NotOnOff { key: String, value: String },
+    #[error("{0} is given twice")]
+    Repeated(String),
+    #[error("path=PATH is required")]
+    PathRequired,
+    #[error(transparent)]
+    Mac(#[from] MacError),
+    #[error(transparent)]
+    Bdf(#[from] BdfError),
+    /// A configuration rule, with the field named as the command line does.
+    #[error(transparent)]
+    Invalid(ValidationError),
+}
+
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum CliError {
-    #[error("--disk {spec:?}: {problem}")]
-    Disk { spec: String, problem: String },
-    #[error("--net {spec:?}: {problem}")]
-    Net { spec: String, problem: String },
+    #[error("--disk {spec:?}: {source}")]
+    Disk { spec: String, source: SpecError },
+    #[error("--net {spec:?}: {source}")]
+    Net { spec: String, source: SpecError },
+    /// A configuration rule broken by one of the other options.
     #[error(transparent)]
-    Config(#[from] config::ConfigError),
+    Invalid(ValidationError),
+}
+
+/// `--disk` keys by the [`Drive`] field they set.
+const DISK_KEYS: &[(&str, &str)] =
+    &[("drive_id", "id"), ("path_on_host", "path"), ("is_root_device", "root"), ("is_read_only", "readonly")];
+/// `--net` keys by the [`NetworkInterface`] field they set.
+const NET_KEYS: &[(&str, &str)] =
+    &[("iface_id", "id"), ("host_dev_name", "tap"), ("pnic_bdf", "vfio"), ("guest_mac", "mac")];
+/// Options by the configuration field they set.
+const OPTIONS: &[(&str, &str)] = &[
+    ("boot-source.kernel_image_path", "--kernel"),
+    ("boot-source.initrd_path", "--initrd"),
+    ("boot-source.boot_args", "--cmdline"),
+    ("machine-config.vcpu_count", "--vcpus"),
+    ("machine-config.mem_size_mib", "--mem"),
+    ("metrics.metrics_path", "--metrics-path"),
+    ("drives", "--disk"),
+    ("network-interfaces", "--net"),
+];
+
+/// `text` with every whole word found in `names` (config name, CLI name) renamed.
+fn rename_words(text: &str, names: &[(&str, &str)]) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut word = String::new();
+    let is_word = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    for c in text.chars().chain(std::iter::once('\0')) {
+        if is_word(c) {
+            word.push(c);
+            continue;
+        }
+        out.push_str(names.iter().find(|(from, _)| *from == word).map_or(word.as_str(), |(_, to)| to));
+        word.clear();
+        if c != '\0' {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A rule broken inside one `--disk`/`--net` value, in that value's words.
+fn in_spec_words(err: ValidationError, keys: &[(&str, &str)]) -> SpecError {
+    SpecError::Invalid(ValidationError::new(rename_words(&err.field, keys), rename_words(&err.problem, keys)))
 }
 
 /// Splits `a=b,c=d` into pairs; a bare word is an error.
-fn pairs(spec: &str) -> Result<Vec<(&str, &str)>, String> {
-    spec.split(',').map(|kv| kv.split_once('=').ok_or_else(|| format!("expected key=value, got {kv:?}"))).collect()
+fn pairs(spec: &str) -> Result<Vec<(&str, &str)>, SpecError> {
+    spec.split(',').map(|kv| kv.split_once('=').ok_or_else(|| SpecError::NotKeyValue(kv.to_string()))).collect()
 }
 
-fn on_off(key: &str, v: &str) -> Result<bool, String> {
-    match v {
+fn on_off(key: &str, value: &str) -> Result<bool, SpecError> {
+    match value {
         "on" | "true" | "1" => Ok(true),
         "off" | "false" | "0" => Ok(false),
-        _ => Err(format!("{key} must be on or off, got {v:?}")),
+        _ => Err(SpecError::NotOnOff { key: key.to_string(), value: value.to_string() }),
     }
 }
 
-pub fn parse_disk(spec: &str, index: usize) -> Result<DiskConfig, CliError> {
-    let err = |problem: String| CliError::Disk { spec: spec.to_string(), problem };
-    let mut d = DiskConfig { id: format!("disk{index}"), path: PathBuf::new(), read_only: false, root: false };
-    let mut have_path = false;
-    for (k, v) in pairs(spec).map_err(err)? {
-        match k {
-            "path" => {
-                d.path = PathBuf::from(v);
-                have_path = !v.is_empty();
-            }
-            "readonly" | "ro" => d.read_only = on_off(k, v).map_err(err)?,
-            "root" => d.root = on_off(k, v).map_err(err)?,
-            "id" if !v.is_empty() => d.id = v.to_string(),
-            _ => return Err(err(format!("unknown key {k:?} (known: path, readonly, root, id)"))),
-        }
+/// Sets `slot` once; a second `key=` is an error.
+fn set_once<T>(slot: &mut Option<T>, key: &str, value: T) -> Result<(), SpecError> {
+    match slot.replace(value) {
+        Some(_) => Err(SpecError::Repeated(format!("{key}="))),
+        None => Ok(()),
     }
-    if !have_path {
-        return Err(err("path=PATH is required".into()));
-    }
-    Ok(d)
 }
 
-pub fn parse_net(spec: &str, index: usize) -> Result<NetConfig, CliError> {
-    let err = |problem: String| CliError::Net { spec: spec.to_string(), problem };
-    let mut backend = None;
-    let mut mac = None;
-    let mut id = format!("net{index}");
-    for (k, v) in pairs(spec).map_err(err)? {
-        let set = |b: NetBackendConfig, backend: &mut Option<NetBackendConfig>| {
-            if backend.replace(b).is_some() {
-                Err(err("give exactly one of tap=NAME or vfio=BDF".into()))
-            } else {
-                Ok(())
-            }
-        };
+fn parse_disk_keys(spec: &str, index: usize) -> Result<Drive, SpecError> {
+    let (mut id, mut path, mut read_only, mut root) = (None, None, None, None);
+    for (k, v) in pairs(spec)? {
         match k {
-            "tap" if !v.is_empty() && v.len() < 16 => set(NetBackendConfig::Tap { name: v.to_string() }, &mut backend)?,
-            "tap" => return Err(err(format!("tap name {v:?} must be 1-15 characters"))),
-            "vfio" if !v.is_empty() => set(NetBackendConfig::Vfio { bdf: v.to_string() }, &mut backend)?,
-            "mac" => mac = Some(config::parse_mac(v)?),
-            "id" if !v.is_empty() => id = v.to_string(),
-            _ => return Err(err(format!("unknown or empty key {k:?} (known: tap, vfio, mac, id)"))),
+            "path" => set_once(&mut path, k, PathBuf::from(v))?,
+            "readonly" | "ro" => set_once(&mut read_only, k, on_off(k, v)?)?,
+            "root" => set_once(&mut root, k, on_off(k, v)?)?,
+            "id" => set_once(&mut id, k, v.to_string())?,
+            _ => return Err(SpecError::UnknownKey { key: k.to_string(), known: "path, readonly, root, id" }),
         }
     }
-    let backend = backend.ok_or_else(|| err("give exactly one of tap=NAME or vfio=BDF".into()))?;
-    Ok(NetConfig { id, backend, mac })
+    let drive = Drive {
+        drive_id: id.unwrap_or_else(|| format!("disk{index}")),
+        path_on_host: path.ok_or(SpecError::PathRequired)?,
+        is_root_device: root.unwrap_or(false),
+        is_read_only: read_only.unwrap_or(false),
+    };
+    drive.validate().map_err(|e| in_spec_words(e, DISK_KEYS))?;
+    Ok(drive)
+}
+
+fn parse_net_keys(spec: &str, index: usize) -> Result<NetworkInterface, SpecError> {
+    let (mut id, mut tap, mut bdf, mut mac) = (None, None, None, None);
+    for (k, v) in pairs(spec)? {
+        match k {
+            "tap" => set_once(&mut tap, k, v.to_string())?,
+            "vfio" => set_once(&mut bdf, k, v.parse::<PciBdf>()?)?,
+            "mac" => set_once(&mut mac, k, v.parse::<MacAddr>()?)?,
+            "id" => set_once(&mut id, k, v.to_string())?,
+            _ => return Err(SpecError::UnknownKey { key: k.to_string(), known: "tap, vfio, mac, id" }),
+        }
+    }
+    let iface = NetworkInterface {
+        iface_id: id.unwrap_or_else(|| format!("net{index}")),
+        host_dev_name: tap,
+        pnic_bdf: bdf,
+        guest_mac: mac,
+    };
+    iface.validate().map_err(|e| in_spec_words(e, NET_KEYS))?;
+    Ok(iface)
+}
+
+/// The `index`-th `--disk` value as a [`Drive`].
+pub fn parse_disk(spec: &str, index: usize) -> Result<Drive, CliError> {
+    parse_disk_keys(spec, index).map_err(|source| CliError::Disk { spec: spec.to_string(), source })
+}
+
+/// The `index`-th `--net` value as a [`NetworkInterface`].
+pub fn parse_net(spec: &str, index: usize) -> Result<NetworkInterface, CliError> {
+    parse_net_keys(spec, index).map_err(|source| CliError::Net { spec: spec.to_string(), source })
 }
 
 impl Args {
     /// The VM described by the command line alone (requires --kernel).
-    pub fn vm_config(&self, kernel: PathBuf) -> Result<VmConfig, CliError> {
-        let c = VmConfig {
-            kernel,
-            initrd: self.initrd.clone(),
-            cmdline: self.cmdline.clone().unwrap_or_else(|| config::DEFAULT_CMDLINE.to_string()),
-            vcpus: self.vcpus.unwrap_or(config::DEFAULT_VCPUS),
-            mem_mib: self.mem.unwrap_or(config::DEFAULT_MEM_MIB),
-            disks: self.disk.iter().enumerate().map(|(i, s)| parse_disk(s, i)).collect::<Result<_, _>>()?,
-            nets: self.net.iter().enumerate().map(|(i, s)| parse_net(s, i)).collect::<Result<_, _>>()?,
-            metrics_path: self.metrics_path.clone(),
+    pub fn vm_spec(&self, kernel: PathBuf) -> Result<VmSpec, CliError> {
+        let defaults = MachineConfig::default();
+        let config = VmConfig {
+            boot_source: Some(BootSource {
+                kernel_image_path: kernel,
+                boot_args: self.cmdline.clone(),
+                initrd_path: self.initrd.clone(),
+            }),
+            machine_config: MachineConfig {
+                vcpu_count: self.vcpus.unwrap_or(defaults.vcpu_count),
+                mem_size_mib: self.mem.unwrap_or(defaults.mem_size_mib),
+                ..defaults
+            },
+            drives: self.disk.iter().enumerate().map(|(i, s)| parse_disk(s, i)).collect::<Result<_, _>>()?,
+            network_interfaces: self.net.iter().enumerate().map(|(i, s)| parse_net(s, i)).collect::<Result<_, _>>()?,
+            metrics: self.metrics_path.clone().map(|metrics_path| Metrics { metrics_path }),
         };
-        c.validate()?;
-        Ok(c)
+        VmSpec::try_from(config).map_err(|e| self.in_cli_words(e))
+    }
+
+    /// `spec` with `--metrics-path` as its metrics path, unless it has one.
+    pub fn with_metrics_path(&self, spec: VmSpec) -> Result<VmSpec, CliError> {
+        match (&spec.metrics, &self.metrics_path) {
+            (None, Some(path)) => {
+                let config = VmConfig { metrics: Some(Metrics { metrics_path: path.clone() }), ..spec.into() };
+                VmSpec::try_from(config).map_err(|e| self.in_cli_words(e))
+            }
+            _ => Ok(spec),
+        }
+    }
+
+    /// A rule broken by the configuration the options make, named as they are.
+    fn in_cli_words(&self, err: ValidationError) -> CliError {
+        // `drives[1].is_root_device` -> the second --disk value, key `root`.
+        let item = |list: &str| -> Option<(usize, &str)> {
+            let rest = err.field.strip_prefix(list)?.strip_prefix('[')?;
+            let (index, rest) = rest.split_once(']')?;
+            Some((index.parse().ok()?, rest.strip_prefix('.').unwrap_or(rest)))
+        };
+        if let Some((i, field)) = item("drives") {
+            if let Some(spec) = self.disk.get(i) {
+                let source = in_spec_words(ValidationError::new(field, err.problem.clone()), DISK_KEYS);
+                return CliError::Disk { spec: spec.clone(), source };
+            }
+        }
+        if let Some((i, field)) = item("network-interfaces") {
+            if let Some(spec) = self.net.get(i) {
+                let source = in_spec_words(ValidationError::new(field, err.problem.clone()), NET_KEYS);
+                return CliError::Net { spec: spec.clone(), source };
+            }
+        }
+        let field = OPTIONS.iter().find(|(from, _)| *from == err.field).map_or(err.field.as_str(), |(_, to)| to);
+        CliError::Invalid(ValidationError::new(field, err.problem))
     }
 }
 
@@ -139,26 +263,82 @@ impl Args {
 mod tests {
     use super::*;
 
+    fn args(extra: &[&str]) -> Args {
+        Args::parse_from(["shimvmm", "--kernel", "/k"].iter().chain(extra))
+    }
+
+    fn spec_of(extra: &[&str]) -> Result<VmSpec, String> {
+        let a = args(extra);
+        a.vm_spec(a.kernel.clone().unwrap()).map_err(|e| e.to_string())
+    }
+
     #[test]
     fn disks() {
         let d = parse_disk("path=/a.img,readonly=on,root=on", 0).unwrap();
-        assert_eq!((d.path.to_str().unwrap(), d.read_only, d.root, d.id.as_str()), ("/a.img", true, true, "disk0"));
+        assert_eq!(
+            (d.path_on_host.to_str().unwrap(), d.is_read_only, d.is_root_device, d.drive_id.as_str()),
+            ("/a.img", true, true, "disk0")
+        );
         assert!(parse_disk("readonly=on", 0).unwrap_err().to_string().contains("path=PATH is required"));
         assert!(parse_disk("path=/a,bogus=1", 0).unwrap_err().to_string().contains("unknown key"));
         assert!(parse_disk("path=/a,root=maybe", 0).unwrap_err().to_string().contains("on or off"));
         assert!(parse_disk("/a.img", 0).unwrap_err().to_string().contains("key=value"));
+        assert_eq!(
+            parse_disk("path=/a,path=/b", 0).unwrap_err().to_string(),
+            "--disk \"path=/a,path=/b\": path= is given twice"
+        );
+        assert_eq!(
+            parse_disk("path=/a,id=a b", 0).unwrap_err().to_string(),
+            "--disk \"path=/a,id=a b\": id: \"a b\" may only contain ASCII letters, digits, '_' and '-'"
+        );
     }
 
     #[test]
     fn nets() {
         let n = parse_net("tap=tap0,mac=02:00:00:00:00:01", 0).unwrap();
-        assert_eq!(n.backend, NetBackendConfig::Tap { name: "tap0".into() });
-        assert_eq!(n.mac, Some([2, 0, 0, 0, 0, 1]));
+        assert_eq!((n.host_dev_name.as_deref(), n.pnic_bdf), (Some("tap0"), None));
+        assert_eq!(n.guest_mac.unwrap().octets(), [2, 0, 0, 0, 0, 1]);
         let v = parse_net("vfio=0000:01:00.0", 1).unwrap();
-        assert_eq!((v.backend, v.id.as_str()), (NetBackendConfig::Vfio { bdf: "0000:01:00.0".into() }, "net1"));
-        assert!(parse_net("tap=a,vfio=b", 0).is_err());
-        assert!(parse_net("mac=02:00:00:00:00:01", 0).is_err());
-        assert!(parse_net("tap=averyveryverylongname", 0).is_err());
-        assert!(matches!(parse_net("tap=t,mac=zz", 0), Err(CliError::Config(_))));
+        assert_eq!((v.pnic_bdf.unwrap().to_string(), v.iface_id.as_str()), ("0000:01:00.0".into(), "net1"));
+        assert_eq!(
+            parse_net("tap=a,vfio=01:00.0", 0).unwrap_err().to_string(),
+            "--net \"tap=a,vfio=01:00.0\": tap: give exactly one of tap (a tap device) or vfio (a vfio-pci NIC), not both"
+        );
+        assert!(parse_net("mac=02:00:00:00:00:01", 0).unwrap_err().to_string().contains("exactly one of tap"));
+        let e = parse_net("tap=averyveryverylongname", 0).unwrap_err().to_string();
+        assert!(e.contains("tap: \"averyveryverylongname\" is 21 bytes long; Linux allows at most 15"), "{e}");
+        assert!(matches!(parse_net("tap=t,mac=zz", 0), Err(CliError::Net { source: SpecError::Mac(_), .. })));
+        let e = parse_net("vfio=zz:zz", 0).unwrap_err().to_string();
+        assert!(e.starts_with("--net \"vfio=zz:zz\": invalid PCI address \"zz:zz\""), "{e}");
+    }
+
+    #[test]
+    fn rules_across_options_name_the_option() {
+        let e = spec_of(&["--disk", "path=/a,root=on", "--disk", "path=/b,root=on"]).unwrap_err();
+        assert_eq!(
+            e,
+            "--disk \"path=/b,root=on\": root: drive \"disk0\" is already the root device; only one drive can be"
+        );
+        let e = spec_of(&["--net", "tap=t0", "--net", "tap=t0"]).unwrap_err();
+        assert_eq!(e, "--net \"tap=t0\": tap: tap \"t0\" is used by two interfaces");
+        assert_eq!(spec_of(&["--mem", "1"]).unwrap_err(), "--mem: 1 MiB is too small; the guest needs at least 64");
+        assert_eq!(spec_of(&["--vcpus", "33"]).unwrap_err(), "--vcpus: 33 is out of range; expected 1 to 32");
+        assert!(spec_of(&["--cmdline", "a\nb"]).unwrap_err().starts_with("--cmdline: contains a control character"));
+    }
+
+    #[test]
+    fn the_spec_puts_the_root_disk_first_and_takes_defaults() {
+        let spec = spec_of(&["--disk", "path=/data", "--disk", "path=/root,root=on"]).unwrap();
+        assert_eq!(spec.root_drive().unwrap().drive_id, "disk1");
+        assert_eq!(spec.machine_config, MachineConfig::default());
+        assert_eq!(spec.boot_source.boot_args, None);
+        let a = args(&["--metrics-path", "/m"]);
+        let from_file = args(&[]).vm_spec("/k".into()).unwrap();
+        assert_eq!(a.with_metrics_path(from_file).unwrap().metrics.unwrap().metrics_path, PathBuf::from("/m"));
+    }
+
+    #[test]
+    fn renaming_is_by_whole_word() {
+        assert_eq!(rename_words("host_dev_name: x host_dev_names pnic_bdf.", NET_KEYS), "tap: x host_dev_names vfio.");
     }
 }

@@ -6,10 +6,11 @@ use std::path::Path;
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Mutex;
 
-use api::{VmSpec, VmState, VmmController};
+use api::{ControllerError, VmSpec, VmState, VmmController};
+use vmm::config::sync::lock_unpoisoned;
 
 /// A start request and where to send the outcome of building the VM.
-pub type StartRequest = (VmSpec, Sender<Result<(), String>>);
+pub type StartRequest = (VmSpec, Sender<Result<(), ControllerError>>);
 
 pub struct Controller {
     start_tx: Mutex<Sender<StartRequest>>,
@@ -24,41 +25,40 @@ impl Controller {
     }
 
     pub fn set_running(&self, handle: vmm::VmmHandle) {
-        *self.running.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
+        *lock_unpoisoned(&self.running) = Some(handle);
     }
 
     pub fn set_halted(&self) {
-        *self.halted.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        *lock_unpoisoned(&self.halted) = true;
     }
 
     fn handle(&self) -> Option<vmm::VmmHandle> {
-        self.running.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        lock_unpoisoned(&self.running).clone()
+    }
+
+    fn running(&self) -> Result<vmm::VmmHandle, ControllerError> {
+        self.handle().ok_or(ControllerError::NotRunning)
     }
 }
 
 impl VmmController for Controller {
-    fn start(&self, spec: &VmSpec) -> Result<(), String> {
+    fn start(&self, spec: &VmSpec) -> Result<(), ControllerError> {
         let (reply_tx, reply_rx) = channel();
-        self.start_tx
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .send((spec.clone(), reply_tx))
-            .map_err(|_| "the VMM is not accepting a start request".to_string())?;
-        reply_rx.recv().map_err(|_| "the VMM stopped before the VM started".to_string())?
+        lock_unpoisoned(&self.start_tx).send((spec.clone(), reply_tx)).map_err(|_| ControllerError::NotAccepting)?;
+        reply_rx.recv().map_err(|_| ControllerError::StoppedBeforeStart)?
     }
 
-    fn send_ctrl_alt_del(&self) -> Result<(), String> {
-        let h = self.handle().ok_or("the VM is not running")?;
-        h.send_ctrl_alt_del();
+    fn send_ctrl_alt_del(&self) -> Result<(), ControllerError> {
+        self.running()?.send_ctrl_alt_del();
         Ok(())
     }
 
-    fn flush_metrics(&self, path: Option<&Path>) -> Result<(), String> {
-        let h = self.handle().ok_or("the VM is not running")?;
+    fn flush_metrics(&self, path: Option<&Path>) -> Result<(), ControllerError> {
+        let h = self.running()?;
         if let Some(p) = path {
             h.set_metrics_path(Some(p.to_path_buf()));
         }
-        h.flush_metrics().map_err(|e| format!("cannot write metrics: {e}"))
+        h.flush_metrics().map_err(|e| ControllerError::Vmm(Box::new(e)))
     }
 
     fn metrics(&self) -> serde_json::Value {
@@ -66,7 +66,7 @@ impl VmmController for Controller {
     }
 
     fn state(&self) -> VmState {
-        if *self.halted.lock().unwrap_or_else(|p| p.into_inner()) {
+        if *lock_unpoisoned(&self.halted) {
             VmState::Halted
         } else if self.handle().is_some() {
             VmState::Running

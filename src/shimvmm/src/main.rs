@@ -3,7 +3,6 @@
 
 mod cli;
 mod controller;
-mod spec;
 mod terminal;
 
 use std::process::ExitCode;
@@ -11,6 +10,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::Duration;
 
+use api::ControllerError;
 use clap::Parser;
 use controller::{Controller, StartRequest};
 
@@ -36,22 +36,19 @@ fn main() -> ExitCode {
     if args.kernel.is_some() && args.config_file.is_some() {
         return fail("--kernel and --config-file both describe the VM: give one");
     }
-    let boot_config = if let Some(kernel) = args.kernel.clone() {
-        match args.vm_config(kernel) {
-            Ok(c) => Some(c),
+    // The VM described up front, if any: the same VmSpec the API makes.
+    let boot_spec = if let Some(kernel) = args.kernel.clone() {
+        match args.vm_spec(kernel) {
+            Ok(s) => Some(s),
             Err(e) => return fail(e),
         }
     } else if let Some(file) = &args.config_file {
-        let spec = match api::VmSpec::from_config_file(file) {
-            Ok(s) => s,
+        match vmm::VmSpec::from_config_file(file) {
+            Ok(s) => match args.with_metrics_path(s) {
+                Ok(s) => Some(s),
+                Err(e) => return fail(e),
+            },
             Err(e) => return fail(e),
-        };
-        match spec::spec_to_config(&spec) {
-            Ok(mut c) => {
-                c.metrics_path = c.metrics_path.or_else(|| args.metrics_path.clone());
-                Some(c)
-            }
-            Err(e) => return fail(format!("{}: {e}", file.display())),
         }
     } else {
         None
@@ -61,8 +58,8 @@ fn main() -> ExitCode {
     let ctl = Arc::new(ctl);
     // A VM described up front is built before the API serves: the API is told
     // it already started, so `GET /` must never see it "Not started".
-    let prebuilt = match &boot_config {
-        Some(c) => match vmm::build(c) {
+    let prebuilt = match &boot_spec {
+        Some(spec) => match vmm::build(spec) {
             Ok(vm) => {
                 ctl.set_running(vm.handle());
                 Some(vm)
@@ -74,8 +71,8 @@ fn main() -> ExitCode {
     let api_server = match &args.api_sock {
         Some(sock) => {
             let opts = api::ServeOptions {
-                initial_config: boot_config.as_ref().map(spec::config_to_spec).unwrap_or_default(),
-                already_started: boot_config.is_some(),
+                initial_config: boot_spec.clone().map(api::VmConfig::from).unwrap_or_default(),
+                already_started: boot_spec.is_some(),
                 ..Default::default()
             };
             match api::serve_with(sock, ctl.clone(), "shimvmm".to_string(), opts) {
@@ -133,10 +130,10 @@ fn wait_for_start(rx: &Receiver<StartRequest>, args: &cli::Args, ctl: &Controlle
             Err(RecvTimeoutError::Timeout) => continue,
             Err(RecvTimeoutError::Disconnected) => return None,
         };
-        let built = spec::spec_to_config(&spec).and_then(|mut c| {
-            c.metrics_path = c.metrics_path.or_else(|| args.metrics_path.clone());
-            vmm::build(&c).map_err(|e| e.to_string())
-        });
+        let built = match args.with_metrics_path(spec) {
+            Ok(spec) => vmm::build(&spec).map_err(|e| ControllerError::Vmm(Box::new(e))),
+            Err(e) => Err(ControllerError::Vmm(Box::new(e))),
+        };
         match built {
             Ok(vm) => {
                 ctl.set_running(vm.handle());

@@ -1,4 +1,4 @@
-//! Builds a VM from a [`VmConfig`] and runs its event loop until it stops.
+//! Builds a VM from a [`VmSpec`] and runs its event loop until it stops.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -10,7 +10,9 @@ use virtio_devices::{Interrupt, VirtioDevice};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::boot::{acpi, loader, params};
-use crate::config::{NetBackendConfig, VmConfig};
+use vmm_config::sync::lock_unpoisoned;
+use vmm_config::{NetBackendSpec, VmSpec, MAX_VCPUS, MAX_VIRTIO_DEVICES};
+
 use crate::devices::bus::{Bus, BusDevice};
 use crate::devices::legacy::acpi_pm::AcpiPmDevice;
 use crate::devices::legacy::i8042::I8042;
@@ -31,8 +33,6 @@ type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
     #[error(transparent)]
-    Config(#[from] crate::config::ConfigError),
-    #[error(transparent)]
     Vm(#[from] VmError),
     #[error(transparent)]
     Memory(#[from] memory::MemoryError),
@@ -45,15 +45,22 @@ pub enum BuildError {
     #[error(transparent)]
     Vcpu(#[from] VcpuError),
     #[error("ACPI tables: {0}")]
-    Acpi(String),
-    #[error("disk {id}: {err}")]
-    Disk { id: String, err: String },
-    #[error("network interface {id}: {err}")]
-    Net { id: String, err: String },
+    Acpi(#[from] acpi::AcpiError),
+    #[error("disk {id}: cannot open {}: {source}", path.display())]
+    DiskOpen { id: String, path: PathBuf, source: std::io::Error },
+    #[error("disk {id}: {source}")]
+    Disk { id: String, source: virtio_devices::block::BlockError },
+    #[error("network interface {id}: {source}")]
+    Tap { id: String, source: virtio_devices::net::TapError },
+    #[error("network interface {id}: {source}")]
+    Pnic { id: String, source: pnic::shim::ShimError },
     #[error("cannot set up the event loop: {0}")]
-    EventLoop(String),
+    EventLoop(event_manager::Error),
     #[error("cannot create an eventfd: {0}")]
     EventFd(std::io::Error),
+    /// A [`VmSpec`] made without its validation.
+    #[error("{0}")]
+    Invalid(vmm_config::ValidationError),
     #[error("device address conflict: {0}")]
     Bus(#[from] crate::devices::bus::BusOverlap),
 }
@@ -100,14 +107,14 @@ pub struct VmmHandle {
 
 impl VmmHandle {
     pub fn send_ctrl_alt_del(&self) {
-        self.i8042.lock().unwrap_or_else(|p| p.into_inner()).send_ctrl_alt_del();
+        lock_unpoisoned(&self.i8042).send_ctrl_alt_del();
     }
 
     /// Every device's counters: `{"net": {id: {...}}, "block": {id: {...}}}`.
     pub fn metrics(&self) -> serde_json::Value {
         let mut out = serde_json::Map::new();
         for d in self.devices.iter() {
-            let m = d.dev.lock().unwrap_or_else(|p| p.into_inner()).metrics().unwrap_or(serde_json::Value::Null);
+            let m = lock_unpoisoned(&d.dev).metrics().unwrap_or(serde_json::Value::Null);
             out.entry(d.kind)
                 .or_insert_with(|| serde_json::Value::Object(Default::default()))
                 .as_object_mut()
@@ -117,14 +124,16 @@ impl VmmHandle {
     }
 
     pub fn set_metrics_path(&self, path: Option<PathBuf>) {
-        *self.metrics_path.lock().unwrap_or_else(|p| p.into_inner()) = path;
+        *lock_unpoisoned(&self.metrics_path) = path;
     }
 
     /// Writes the metrics JSON to the configured path (atomically: temp + rename).
-    pub fn flush_metrics(&self) -> std::io::Result<()> {
-        let path = self.metrics_path.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    pub fn flush_metrics(&self) -> Result<(), MetricsWriteError> {
+        let path = lock_unpoisoned(&self.metrics_path).clone();
         match path {
-            Some(p) => write_json_atomic(&p, &self.metrics()),
+            Some(path) => {
+                write_json_atomic(&path, &self.metrics()).map_err(|source| MetricsWriteError { path, source })
+            }
             None => Ok(()),
         }
     }
@@ -132,6 +141,14 @@ impl VmmHandle {
     pub fn request_exit(&self, reason: ExitReason) {
         self.exit.request(reason)
     }
+}
+
+/// The metrics file could not be written.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot write metrics to {}: {source}", path.display())]
+pub struct MetricsWriteError {
+    pub path: PathBuf,
+    pub source: std::io::Error,
 }
 
 fn write_json_atomic(path: &Path, value: &serde_json::Value) -> std::io::Result<()> {
@@ -150,7 +167,7 @@ struct Console {
 impl Console {
     fn flush(&self) {
         crate::vstate::vcpu::replay(self.ring.as_deref(), &self.pio);
-        self.serial.lock().unwrap_or_else(|p| p.into_inner()).flush_output();
+        lock_unpoisoned(&self.serial).flush_output();
     }
 }
 
@@ -173,7 +190,7 @@ fn coalesce_console(
         v.set_coalesced_ring(ring.clone());
     }
     let c = KvmThrCoalescing { vm: vm.shared_fd(), port: COM1_PORT };
-    let mut console = serial.lock().unwrap_or_else(|p| p.into_inner());
+    let mut console = lock_unpoisoned(serial);
     console.enable_coalescing(Box::new(c));
     if console.is_coalescing() {
         log::info!("console: KVM coalesces COM1 transmit writes");
@@ -189,20 +206,6 @@ pub struct Vmm {
     event_manager: EventManager<Subscriber>,
     handle: VmmHandle,
     _vcpus: Vec<JoinHandle<()>>,
-}
-
-/// A random locally administered unicast MAC (02:xx:...).
-fn random_mac() -> [u8; 6] {
-    let mut mac = [0u8; 6];
-    // SAFETY: getrandom writes at most mac.len() bytes into our buffer.
-    let n = unsafe { libc::getrandom(mac.as_mut_ptr().cast(), mac.len(), 0) };
-    if n != mac.len() as isize {
-        // Fall back to the clock and pid: uniqueness, not secrecy, is what matters.
-        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-        mac.copy_from_slice(&((t as u64) ^ u64::from(std::process::id()) << 32).to_le_bytes()[..6]);
-    }
-    mac[0] = (mac[0] & !0x01) | 0x02;
-    mac
 }
 
 /// Guest-visible name of the n-th virtio disk: vda, vdb, ...
@@ -237,10 +240,10 @@ impl Vmm {
             }
         };
         for d in self.handle.devices.iter() {
-            d.dev.lock().unwrap_or_else(|p| p.into_inner()).reset();
+            lock_unpoisoned(&d.dev).reset();
         }
         if let Err(e) = self.handle.flush_metrics() {
-            log::error!("cannot write metrics: {e}");
+            log::error!("{e}");
         }
         self.console.flush();
         reason
@@ -276,37 +279,46 @@ where
     Ok(as_virtio)
 }
 
+// The configuration's limits fit what the VMM can wire up.
+const _: () = assert!(MAX_VCPUS <= u8::MAX as u32);
+const _: () = assert!(VIRTIO_IRQ_BASE as usize + MAX_VIRTIO_DEVICES <= acpi::IOAPIC_PINS as usize);
+
 /// Checks every input file the user named before any KVM or device state is
 /// created, so the first error reported is about the user's own input.
-fn preflight(config: &VmConfig) -> Result<(), BuildError> {
+/// (The configuration's own rules were checked when the [`VmSpec`] was made.)
+fn preflight(spec: &VmSpec) -> Result<(), BuildError> {
     let open = |p: &Path| std::fs::File::open(p).map(|_| ());
-    open(&config.kernel)
-        .map_err(|err| loader::LoadError::KernelOpen { path: config.kernel.display().to_string(), err })?;
-    if let Some(i) = &config.initrd {
+    let boot = &spec.boot_source;
+    open(&boot.kernel_image_path)
+        .map_err(|err| loader::LoadError::KernelOpen { path: boot.kernel_image_path.display().to_string(), err })?;
+    if let Some(i) = &boot.initrd_path {
         open(i).map_err(|err| loader::LoadError::InitrdOpen { path: i.display().to_string(), err })?;
     }
-    for d in &config.disks {
-        open(&d.path).map_err(|e| BuildError::Disk {
-            id: d.id.clone(),
-            err: format!("cannot open {}: {e}", d.path.display()),
+    for d in &spec.drives {
+        open(&d.path_on_host).map_err(|source| BuildError::DiskOpen {
+            id: d.drive_id.clone(),
+            path: d.path_on_host.clone(),
+            source,
         })?;
     }
-    memory::ram_ranges(config.mem_mib)?;
     Ok(())
 }
 
-pub fn build(config: &VmConfig) -> Result<Vmm, BuildError> {
-    config.validate()?;
-    preflight(config)?;
+/// Builds the VM `spec` describes and starts its vCPUs; [`Vmm::run`] runs it.
+pub fn build(spec: &VmSpec) -> Result<Vmm, BuildError> {
+    preflight(spec)?;
+    let boot = &spec.boot_source;
+    // At most MAX_VCPUS (checked above to fit a u8), as VmSpec guarantees.
+    let vcpu_count = spec.machine_config.vcpu_count as u8;
     let vm = Vm::new()?;
-    vm.check_vcpu_count(config.vcpus)?;
-    let mem = memory::create_guest_memory(config.mem_mib)?;
+    vm.check_vcpu_count(vcpu_count)?;
+    let mem = memory::create_guest_memory(spec.machine_config.mem_size_mib)?;
     vm.set_memory(&mem)?;
-    let kernel = loader::load_kernel(&mem, &config.kernel)?;
-    let initrd = config.initrd.as_deref().map(|p| loader::load_initrd(&mem, p, &kernel)).transpose()?;
+    let kernel = loader::load_kernel(&mem, &boot.kernel_image_path)?;
+    let initrd = boot.initrd_path.as_deref().map(|p| loader::load_initrd(&mem, p, &kernel)).transpose()?;
 
     let exit = Arc::new(ExitHandle::new().map_err(BuildError::EventFd)?);
-    let mut em: EventManager<Subscriber> = EventManager::new().map_err(|e| BuildError::EventLoop(e.to_string()))?;
+    let mut em: EventManager<Subscriber> = EventManager::new().map_err(BuildError::EventLoop)?;
     let mut pio = Bus::default();
     let mut mmio = Bus::default();
 
@@ -324,51 +336,57 @@ pub fn build(config: &VmConfig) -> Result<Vmm, BuildError> {
         Arc::new(Mutex::new(PmBusDevice(AcpiPmDevice::new(poweroff_evt.try_clone().map_err(BuildError::EventFd)?))));
     pio.insert(pm, u64::from(ACPI_PM_PORT), u64::from(ACPI_PM_PORT_LEN))?;
 
-    // virtio devices: the root disk first so it is /dev/vda.
-    let mut cmdline = config.cmdline.clone();
+    // virtio devices; VmSpec puts the root drive first, so it is /dev/vda.
+    let mut cmdline = boot.boot_args_or_default().to_string();
     let mut slots = DeviceSlots { next: VIRTIO_MMIO_START, next_irq: VIRTIO_IRQ_BASE, acpi: Vec::new() };
     let mut devices = Vec::new();
-    let mut disks: Vec<_> = config.disks.iter().collect();
-    disks.sort_by_key(|d| !d.root);
-    for (i, d) in disks.iter().enumerate() {
-        if d.root && !cmdline.split_whitespace().any(|w| w.starts_with("root=")) {
-            cmdline.push_str(&format!(" root=/dev/{} {}", disk_name(i), if d.read_only { "ro" } else { "rw" }));
+    if let Some(root) = spec.root_drive() {
+        if !cmdline.split_whitespace().any(|w| w.starts_with("root=")) {
+            let mode = if root.is_read_only { "ro" } else { "rw" };
+            cmdline.push_str(&format!(" root=/dev/{} {mode}", disk_name(0)));
         }
-        let blk = virtio_devices::block::Block::new(virtio_devices::block::BlockConfig {
-            path: d.path.clone(),
-            read_only: d.read_only,
-            id: d.id.clone(),
-        })
-        .map_err(|e| BuildError::Disk { id: d.id.clone(), err: e.to_string() })?;
-        let dev = attach_virtio(&vm, &mem, &mut mmio, &mut em, &mut slots, blk)?;
-        devices.push(AttachedDevice { id: d.id.clone(), kind: "block", dev });
     }
-    for n in &config.nets {
-        let net_err = |err: String| BuildError::Net { id: n.id.clone(), err };
+    for d in &spec.drives {
+        let id = &d.drive_id;
+        let blk = virtio_devices::block::Block::new(virtio_devices::block::BlockConfig {
+            path: d.path_on_host.clone(),
+            read_only: d.is_read_only,
+            id: id.clone(),
+        })
+        .map_err(|source| BuildError::Disk { id: id.clone(), source })?;
+        let dev = attach_virtio(&vm, &mem, &mut mmio, &mut em, &mut slots, blk)?;
+        devices.push(AttachedDevice { id: id.clone(), kind: "block", dev });
+    }
+    for n in &spec.network_interfaces {
+        let id = &n.iface_id;
         // One MAC for both the guest's virtio config and the pNIC's filter.
-        let mac = n.mac.unwrap_or_else(random_mac);
-        let backend: Box<dyn virtio_devices::net::backend::NetBackend> = match &n.backend {
-            NetBackendConfig::Tap { name } => {
-                Box::new(virtio_devices::net::TapBackend::open(name).map_err(|e| net_err(e.to_string()))?)
-            }
-            NetBackendConfig::Vfio { bdf } => {
-                Box::new(pnic::shim::open_vfio(bdf, &mem, mac).map_err(|e| net_err(e.to_string()))?)
-            }
+        let mac = n.guest_mac.map(|m| m.octets()).unwrap_or_else(virtio_devices::net::config::random_mac);
+        // VmSpec guarantees exactly one backend; `backend()` is where that rule lives.
+        let backend: Box<dyn virtio_devices::net::backend::NetBackend> = match n.backend() {
+            Ok(NetBackendSpec::Tap(name)) => Box::new(
+                virtio_devices::net::TapBackend::open(name)
+                    .map_err(|source| BuildError::Tap { id: id.clone(), source })?,
+            ),
+            Ok(NetBackendSpec::Pnic(bdf)) => Box::new(
+                pnic::shim::open_vfio(&bdf.to_string(), &mem, mac)
+                    .map_err(|source| BuildError::Pnic { id: id.clone(), source })?,
+            ),
+            Err(e) => return Err(BuildError::Invalid(e)),
         };
-        let net = virtio_devices::net::Net::new(backend, Some(mac), n.id.clone());
+        let net = virtio_devices::net::Net::new(backend, Some(mac), id.clone());
         let dev = attach_virtio(&vm, &mem, &mut mmio, &mut em, &mut slots, net)?;
-        devices.push(AttachedDevice { id: n.id.clone(), kind: "net", dev });
+        devices.push(AttachedDevice { id: id.clone(), kind: "net", dev });
     }
 
     // Boot tables, ACPI and the zero page.
     regs::write_boot_tables(&mem)?;
     let layout = acpi::AcpiLayout {
-        num_cpus: config.vcpus,
+        num_cpus: vcpu_count,
         pm_port: ACPI_PM_PORT,
         mmio_devices: slots.acpi.clone(),
         serial: true,
     };
-    let rsdp = acpi::create_acpi_tables(&mem, &layout).map_err(|e| BuildError::Acpi(e.to_string()))?;
+    let rsdp = acpi::create_acpi_tables(&mem, &layout)?;
     params::write_boot_params(&mem, &kernel, initrd.as_ref(), &cmdline, Some(rsdp))?;
     log::info!("kernel command line: {cmdline}");
 
@@ -382,9 +400,9 @@ pub fn build(config: &VmConfig) -> Result<Vmm, BuildError> {
     let pio = Arc::new(pio);
     let mmio = Arc::new(mmio);
     let mut vcpus = Vec::new();
-    for id in 0..config.vcpus {
+    for id in 0..vcpu_count {
         let vcpu = Vcpu::new(&vm, id)?;
-        vcpu.configure(&vm, config.vcpus, kernel.entry.0)?;
+        vcpu.configure(&vm, vcpu_count, kernel.entry.0)?;
         vcpus.push(vcpu);
     }
     let ring = coalesce_console(&vm, &mut vcpus, &serial);
@@ -400,7 +418,7 @@ pub fn build(config: &VmConfig) -> Result<Vmm, BuildError> {
             i8042,
             devices: Arc::new(devices),
             exit,
-            metrics_path: Arc::new(Mutex::new(config.metrics_path.clone())),
+            metrics_path: Arc::new(Mutex::new(spec.metrics.as_ref().map(|m| m.metrics_path.clone()))),
         },
         _vcpus: threads,
     })
@@ -414,12 +432,5 @@ mod tests {
     fn disk_names() {
         assert_eq!(disk_name(0), "vda");
         assert_eq!(disk_name(2), "vdc");
-    }
-
-    #[test]
-    fn random_macs_are_local_unicast() {
-        let a = random_mac();
-        assert_eq!(a[0] & 0x03, 0x02);
-        assert_ne!(a, random_mac());
     }
 }

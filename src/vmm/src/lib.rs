@@ -3,7 +3,6 @@
 
 pub mod boot;
 pub mod builder;
-pub mod config;
 pub mod devices;
 pub mod exit;
 pub mod layout;
@@ -12,6 +11,9 @@ pub mod signals;
 pub mod stdin;
 pub mod vstate;
 
-pub use builder::{build, BuildError, Vmm, VmmHandle};
-pub use config::VmConfig;
+pub use builder::{build, BuildError, MetricsWriteError, Vmm, VmmHandle};
 pub use exit::ExitReason;
+/// The VM configuration the builder takes (one type per resource, shared
+/// with the API and the command line).
+pub use vmm_config as config;
+pub use vmm_config::VmSpec;

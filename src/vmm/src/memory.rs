@@ -8,30 +8,24 @@ use crate::layout::{MMIO_GAP_END, MMIO_GAP_START};
 
 pub type GuestMemory = GuestMemoryMmap<()>;
 
-/// Smallest guest we accept: the kernel, initrd and page tables must fit.
-pub const MIN_MEM_MIB: u64 = 64;
-/// Largest guest we accept (bounded to keep address arithmetic far from overflow).
-pub const MAX_MEM_MIB: u64 = 1024 * 1024;
-
 #[derive(Debug, thiserror::Error)]
 pub enum MemoryError {
-    #[error("guest memory of {0} MiB is too small: at least {MIN_MEM_MIB} MiB is needed")]
-    TooSmall(u64),
-    #[error("guest memory of {0} MiB is too large: at most {MAX_MEM_MIB} MiB is supported")]
+    #[error("guest memory of {0} MiB does not fit the guest physical address space")]
     TooLarge(u64),
     #[error("cannot map guest memory: {0}")]
     Map(String),
 }
 
 /// The (guest address, size) RAM ranges for a guest of `mem_mib` MiB.
+///
+/// The sizes a user may ask for are `vmm_config::MachineConfig`'s rule;
+/// this only refuses what the address arithmetic cannot represent.
 pub fn ram_ranges(mem_mib: u64) -> Result<Vec<(GuestAddress, u64)>, MemoryError> {
-    if mem_mib < MIN_MEM_MIB {
-        return Err(MemoryError::TooSmall(mem_mib));
-    }
-    if mem_mib > MAX_MEM_MIB {
-        return Err(MemoryError::TooLarge(mem_mib));
-    }
-    let size = mem_mib << 20;
+    let size = mem_mib
+        .checked_mul(1 << 20)
+        .and_then(|s| s.checked_add(MMIO_GAP_END - MMIO_GAP_START))
+        .map(|_| mem_mib << 20)
+        .ok_or(MemoryError::TooLarge(mem_mib))?;
     if size <= MMIO_GAP_START {
         Ok(vec![(GuestAddress(0), size)])
     } else {
@@ -149,9 +143,9 @@ mod tests {
     }
 
     #[test]
-    fn bounds_are_enforced() {
-        assert!(matches!(ram_ranges(1), Err(MemoryError::TooSmall(1))));
-        assert!(matches!(ram_ranges(MAX_MEM_MIB + 1), Err(MemoryError::TooLarge(_))));
+    fn unrepresentable_sizes_are_refused() {
+        assert!(matches!(ram_ranges(u64::MAX >> 20), Err(MemoryError::TooLarge(_))));
+        assert!(ram_ranges(vmm_config::MAX_MEM_SIZE_MIB).is_ok());
     }
 
     #[test]

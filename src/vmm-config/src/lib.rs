@@ -1,0 +1,40 @@
+//! The VM configuration: one type per resource, used from the front ends
+//! (the command line, the `--config-file` JSON, the REST API) down to the
+//! VMM's builder, with every rule checked in one place.
+//!
+//! - [`BootSource`], [`MachineConfig`], [`Drive`], [`NetworkInterface`],
+//!   [`Metrics`]: the resources, with Firecracker's field names; each
+//!   checks its own fields (`validate`).
+//! - [`VmConfig`]: the resources as they are being assembled;
+//!   [`VmConfig::validate`] adds the rules that span resources (unique ids,
+//!   one root drive, device counts).
+//! - [`VmSpec`]: a complete, validated configuration, what the VMM builds.
+//! - [`PciBdf`] and [`MacAddr`]: the one PCI address type and the one MAC
+//!   parser of the workspace.
+//!
+//! A leaf crate (serde and thiserror only), so the API crate, the binary, the
+//! VMM and the pNIC driver share these types without depending on each other.
+
+mod boot_source;
+mod drive;
+mod ids;
+mod json;
+mod machine_config;
+mod metrics;
+mod net;
+pub mod sync;
+mod validate;
+mod vm;
+
+pub use boot_source::{BootSource, DEFAULT_BOOT_ARGS};
+pub use drive::{Drive, MAX_DRIVE_ID_LEN};
+pub use ids::{BdfError, MacAddr, MacError, PciBdf};
+pub use json::{parse_json, JsonError};
+pub use machine_config::{MachineConfig, MachineConfigUpdate, DEFAULT_MEM_SIZE_MIB, DEFAULT_VCPU_COUNT};
+pub use metrics::Metrics;
+pub use net::{check_ifname, NetBackendSpec, NetworkInterface};
+pub use validate::{
+    check_id, ValidationError, MAX_BOOT_ARGS_LEN, MAX_DRIVES, MAX_ID_LEN, MAX_IFNAME_LEN, MAX_MEM_SIZE_MIB,
+    MAX_NETWORK_INTERFACES, MAX_PATH_LEN, MAX_VCPUS, MAX_VIRTIO_DEVICES, MIN_MEM_SIZE_MIB,
+};
+pub use vm::{ConfigError, VmConfig, VmSpec, MAX_CONFIG_FILE_BYTES};

@@ -1,5 +1,6 @@
 //! Builds a VM from a [`VmSpec`] and runs its event loop until it stops.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -89,10 +90,26 @@ impl BusDevice for PmBusDevice {
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DeviceKind {
+    Block,
+    Net,
+}
+
+/// Every device's counters, by kind and id: what `GET /metrics` serves and
+/// FlushMetrics writes. A kind without devices is left out.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct VmMetrics {
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub net: BTreeMap<String, serde_json::Value>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub block: BTreeMap<String, serde_json::Value>,
+}
+
 /// A virtio device as the running VMM keeps it: for metrics and shutdown.
 struct AttachedDevice {
     id: String,
-    kind: &'static str,
+    kind: DeviceKind,
     dev: Arc<Mutex<dyn VirtioDevice>>,
 }
 
@@ -112,15 +129,16 @@ impl VmmHandle {
 
     /// Every device's counters: `{"net": {id: {...}}, "block": {id: {...}}}`.
     pub fn metrics(&self) -> serde_json::Value {
-        let mut out = serde_json::Map::new();
+        let mut out = VmMetrics::default();
         for d in self.devices.iter() {
             let m = lock_unpoisoned(&d.dev).metrics().unwrap_or(serde_json::Value::Null);
-            out.entry(d.kind)
-                .or_insert_with(|| serde_json::Value::Object(Default::default()))
-                .as_object_mut()
-                .map(|o| o.insert(d.id.clone(), m));
+            let by_id = match d.kind {
+                DeviceKind::Block => &mut out.block,
+                DeviceKind::Net => &mut out.net,
+            };
+            by_id.insert(d.id.clone(), m);
         }
-        serde_json::Value::Object(out)
+        serde_json::to_value(out).unwrap_or_default()
     }
 
     pub fn set_metrics_path(&self, path: Option<PathBuf>) {
@@ -355,7 +373,7 @@ pub fn build(spec: &VmSpec) -> Result<Vmm, BuildError> {
         })
         .map_err(|source| BuildError::Disk { id: id.clone(), source })?;
         let dev = attach_virtio(&vm, &mem, &mut mmio, &mut em, &mut slots, blk)?;
-        devices.push(AttachedDevice { id: id.clone(), kind: "block", dev });
+        devices.push(AttachedDevice { id: id.clone(), kind: DeviceKind::Block, dev });
     }
     for n in &spec.network_interfaces {
         let id = &n.iface_id;
@@ -375,7 +393,7 @@ pub fn build(spec: &VmSpec) -> Result<Vmm, BuildError> {
         };
         let net = virtio_devices::net::Net::new(backend, Some(mac), id.clone());
         let dev = attach_virtio(&vm, &mem, &mut mmio, &mut em, &mut slots, net)?;
-        devices.push(AttachedDevice { id: id.clone(), kind: "net", dev });
+        devices.push(AttachedDevice { id: id.clone(), kind: DeviceKind::Net, dev });
     }
 
     // Boot tables, ACPI and the zero page.
@@ -427,6 +445,14 @@ pub fn build(spec: &VmSpec) -> Result<Vmm, BuildError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metrics_group_by_kind_and_leave_out_empty_kinds() {
+        let mut m = VmMetrics::default();
+        assert_eq!(serde_json::to_value(&m).unwrap(), serde_json::json!({}));
+        m.block.insert("rootfs".into(), serde_json::json!({"reads": 1}));
+        assert_eq!(serde_json::to_value(&m).unwrap(), serde_json::json!({"block": {"rootfs": {"reads": 1}}}));
+    }
 
     #[test]
     fn disk_names() {

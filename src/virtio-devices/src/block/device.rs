@@ -387,7 +387,7 @@ impl VirtioDevice for Block {
     }
 
     fn metrics(&self) -> Option<serde_json::Value> {
-        Some(self.metrics.to_json())
+        serde_json::to_value(&self.metrics).ok()
     }
 }
 

@@ -1,6 +1,7 @@
 //! Puts a terminal stdin in raw mode for the guest console and restores it.
 
 use std::sync::Mutex;
+use vmm::config::sync::lock_unpoisoned;
 
 static SAVED: Mutex<Option<libc::termios>> = Mutex::new(None);
 
@@ -16,7 +17,7 @@ pub fn enter_raw_mode() {
     if unsafe { libc::tcgetattr(libc::STDIN_FILENO, &mut t) } != 0 {
         return;
     }
-    *SAVED.lock().unwrap_or_else(|p| p.into_inner()) = Some(t);
+    *lock_unpoisoned(&SAVED) = Some(t);
     let mut raw = t;
     // No line editing, echo or signal keys: every byte goes to the guest.
     raw.c_lflag &= !(libc::ICANON | libc::ECHO | libc::ISIG | libc::IEXTEN);
@@ -32,7 +33,7 @@ pub fn enter_raw_mode() {
 
 /// Restores the terminal saved by [`enter_raw_mode`], if any.
 pub fn restore() {
-    if let Some(t) = SAVED.lock().unwrap_or_else(|p| p.into_inner()).take() {
+    if let Some(t) = lock_unpoisoned(&SAVED).take() {
         // SAFETY: valid fd and the termios tcgetattr gave us.
         unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &t) };
     }

@@ -2,6 +2,7 @@
 
 use std::sync::Mutex;
 
+use vmm_config::sync::lock_unpoisoned;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 /// The reasons shimvmm ends; the first one reported wins.
@@ -41,7 +42,7 @@ impl ExitHandle {
 
     /// Records `reason` (unless one is already recorded) and wakes the main loop.
     pub fn request(&self, reason: ExitReason) {
-        let mut r = self.reason.lock().unwrap_or_else(|p| p.into_inner());
+        let mut r = lock_unpoisoned(&self.reason);
         if r.is_none() {
             *r = Some(reason);
         }
@@ -49,7 +50,7 @@ impl ExitHandle {
     }
 
     pub fn reason(&self) -> Option<ExitReason> {
-        self.reason.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        lock_unpoisoned(&self.reason).clone()
     }
 
     pub fn eventfd(&self) -> &EventFd {

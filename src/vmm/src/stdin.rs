@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 
 use crate::devices::legacy::serial::{ConsoleOut, SerialDevice};
+use vmm_config::sync::lock_unpoisoned;
 
 const PENDING_LIMIT: usize = 4096;
 
@@ -26,7 +27,7 @@ impl StdinInput {
         if self.pending.is_empty() {
             return;
         }
-        let n = self.serial.lock().unwrap_or_else(|p| p.into_inner()).enqueue_input(&self.pending);
+        let n = lock_unpoisoned(&self.serial).enqueue_input(&self.pending);
         self.pending.drain(..n);
     }
 }

@@ -1,6 +1,7 @@
 //! Address → device dispatch for port I/O and MMIO exits from vCPU threads.
 
 use std::sync::{Arc, Mutex};
+use vmm_config::sync::lock_unpoisoned;
 
 /// A device on a bus. `offset` is relative to the device's base address.
 pub trait BusDevice: Send {
@@ -51,7 +52,7 @@ impl Bus {
     pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
         match self.find(addr, data.len()) {
             Some((e, off)) => {
-                e.dev.lock().unwrap_or_else(|p| p.into_inner()).read(off, data);
+                lock_unpoisoned(&e.dev).read(off, data);
                 true
             }
             None => {
@@ -64,7 +65,7 @@ impl Bus {
     pub fn write(&self, addr: u64, data: &[u8]) -> bool {
         match self.find(addr, data.len()) {
             Some((e, off)) => {
-                e.dev.lock().unwrap_or_else(|p| p.into_inner()).write(off, data);
+                lock_unpoisoned(&e.dev).write(off, data);
                 true
             }
             None => false,

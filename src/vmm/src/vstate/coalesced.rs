@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 
 use kvm_bindings::{kvm_coalesced_mmio, kvm_coalesced_mmio_ring};
+use vmm_config::sync::lock_unpoisoned;
 
 /// Data bytes one ring entry holds.
 const ENTRY_DATA: usize = 8;
@@ -88,7 +89,7 @@ impl CoalescedRing {
         if self.is_empty() {
             return;
         }
-        let _g = self.drain.lock().unwrap_or_else(|p| p.into_inner());
+        let _g = lock_unpoisoned(&self.drain);
         let first_at = self.index(offset_of!(kvm_coalesced_mmio_ring, first));
         let last_at = self.index(offset_of!(kvm_coalesced_mmio_ring, last));
         let mut first = first_at.load(Ordering::Relaxed);

@@ -267,9 +267,10 @@ mod tests {
         Args::parse_from(["shimvmm", "--kernel", "/k"].iter().chain(extra))
     }
 
-    fn spec_of(extra: &[&str]) -> Result<VmSpec, String> {
+    /// The spec, or the error as the user sees it.
+    fn spec_of(extra: &[&str]) -> Result<VmSpec, CliError> {
         let a = args(extra);
-        a.vm_spec(a.kernel.clone().unwrap()).map_err(|e| e.to_string())
+        a.vm_spec(a.kernel.clone().unwrap())
     }
 
     #[test]
@@ -314,16 +315,25 @@ mod tests {
 
     #[test]
     fn rules_across_options_name_the_option() {
-        let e = spec_of(&["--disk", "path=/a,root=on", "--disk", "path=/b,root=on"]).unwrap_err();
+        let e = spec_of(&["--disk", "path=/a,root=on", "--disk", "path=/b,root=on"]).unwrap_err().to_string();
         assert_eq!(
             e,
             "--disk \"path=/b,root=on\": root: drive \"disk0\" is already the root device; only one drive can be"
         );
-        let e = spec_of(&["--net", "tap=t0", "--net", "tap=t0"]).unwrap_err();
+        let e = spec_of(&["--net", "tap=t0", "--net", "tap=t0"]).unwrap_err().to_string();
         assert_eq!(e, "--net \"tap=t0\": tap: tap \"t0\" is used by two interfaces");
-        assert_eq!(spec_of(&["--mem", "1"]).unwrap_err(), "--mem: 1 MiB is too small; the guest needs at least 64");
-        assert_eq!(spec_of(&["--vcpus", "33"]).unwrap_err(), "--vcpus: 33 is out of range; expected 1 to 32");
-        assert!(spec_of(&["--cmdline", "a\nb"]).unwrap_err().starts_with("--cmdline: contains a control character"));
+        assert_eq!(
+            spec_of(&["--mem", "1"]).unwrap_err().to_string(),
+            "--mem: 1 MiB is too small; the guest needs at least 64"
+        );
+        assert_eq!(
+            spec_of(&["--vcpus", "33"]).unwrap_err().to_string(),
+            "--vcpus: 33 is out of range; expected 1 to 32"
+        );
+        assert!(spec_of(&["--cmdline", "a\nb"])
+            .unwrap_err()
+            .to_string()
+            .starts_with("--cmdline: contains a control character"));
     }
 
     #[test]

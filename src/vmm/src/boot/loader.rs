@@ -31,14 +31,14 @@ pub enum LoadError {
     UnknownFormat(String),
     #[error("kernel {0} has no 64-bit entry point (bzImage boot protocol 2.12+ needed)")]
     No64BitEntry(String),
-    #[error("cannot load kernel {path}: {err}")]
-    Load { path: String, err: String },
+    #[error("cannot load kernel {path}: {source}")]
+    Load { path: String, source: linux_loader::loader::Error },
     #[error("cannot open initrd {path}: {err}")]
     InitrdOpen { path: String, err: std::io::Error },
     #[error("initrd {path} ({size} bytes) does not fit in guest memory below {limit:#x} after the kernel; give the guest more memory (--mem)")]
     InitrdTooBig { path: String, size: u64, limit: u64 },
-    #[error("cannot read initrd {path} into guest memory: {err}")]
-    InitrdRead { path: String, err: String },
+    #[error("cannot read initrd {path} into guest memory: {source}")]
+    InitrdRead { path: String, source: vm_memory::GuestMemoryError },
 }
 
 /// Where the kernel was loaded and how to enter it.
@@ -88,7 +88,7 @@ pub fn load_kernel(mem: &GuestMemory, path: &Path) -> Result<LoadedKernel, LoadE
     match format {
         Some(Format::BzImage) => {
             let r = BzImage::load(mem, None, &mut file, himem)
-                .map_err(|e| LoadError::Load { path: p.clone(), err: e.to_string() })?;
+                .map_err(|source| LoadError::Load { path: p.clone(), source })?;
             let hdr = r.setup_header.ok_or_else(|| LoadError::UnknownFormat(p.clone()))?;
             if hdr.xloadflags & XLF_KERNEL_64 == 0 {
                 return Err(LoadError::No64BitEntry(p));
@@ -100,8 +100,8 @@ pub fn load_kernel(mem: &GuestMemory, path: &Path) -> Result<LoadedKernel, LoadE
             })
         }
         Some(Format::Elf) => {
-            let r = Elf::load(mem, None, &mut file, himem)
-                .map_err(|e| LoadError::Load { path: p.clone(), err: e.to_string() })?;
+            let r =
+                Elf::load(mem, None, &mut file, himem).map_err(|source| LoadError::Load { path: p.clone(), source })?;
             Ok(LoadedKernel { entry: r.kernel_load, end: r.kernel_end, setup_header: None })
         }
         None => Err(LoadError::UnknownFormat(p)),
@@ -127,7 +127,7 @@ pub fn load_initrd(mem: &GuestMemory, path: &Path, kernel: &LoadedKernel) -> Res
         return Err(too_big());
     }
     mem.read_exact_volatile_from(GuestAddress(start), &mut file, size as usize)
-        .map_err(|e| LoadError::InitrdRead { path: p, err: e.to_string() })?;
+        .map_err(|source| LoadError::InitrdRead { path: p, source })?;
     Ok(LoadedInitrd { addr: GuestAddress(start), size })
 }
 

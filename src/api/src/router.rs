@@ -213,7 +213,9 @@ impl Api {
         Ok(state)
     }
 
-    /// Validate `candidate` as a whole and, if it passes, make it the configuration.
+    /// Validate `candidate` as a whole (each object and the rules between
+    /// them: `VmConfig::validate`, the one place they are checked) and, if it
+    /// passes, make it the configuration.
     fn commit(state: &mut ApiState, candidate: VmConfig, own_prefix: &str) -> Reply {
         candidate.validate().map_err(|e| bad_request(strip_own_prefix(e, own_prefix)))?;
         state.config = candidate;
@@ -236,7 +238,6 @@ impl Api {
 
     fn put_boot_source(&self, _: &str, body: &[u8]) -> Reply {
         let boot: BootSource = body_json(body, "PUT /boot-source")?;
-        boot.validate().map_err(|e| bad_request(e.to_string()))?;
         let mut state = self.lock_pre_boot("boot-source")?;
         let candidate = VmConfig { boot_source: Some(boot), ..state.config.clone() };
         Self::commit(&mut state, candidate, "boot-source.")
@@ -248,60 +249,56 @@ impl Api {
 
     fn put_machine_config(&self, _: &str, body: &[u8]) -> Reply {
         let mc: MachineConfig = body_json(body, "PUT /machine-config")?;
-        self.set_machine_config(mc)
+        let mut state = self.lock_pre_boot("machine-config")?;
+        let candidate = VmConfig { machine_config: mc, ..state.config.clone() };
+        Self::commit(&mut state, candidate, "machine-config.")
     }
 
     fn patch_machine_config(&self, _: &str, body: &[u8]) -> Reply {
         let update: MachineConfigUpdate = body_json(body, "PATCH /machine-config")?;
         let mut state = self.lock_pre_boot("machine-config")?;
         let mc = update.apply_to(&state.config.machine_config);
-        mc.validate().map_err(|e| bad_request(e.to_string()))?;
-        let candidate = VmConfig { machine_config: mc, ..state.config.clone() };
-        Self::commit(&mut state, candidate, "machine-config.")
-    }
-
-    fn set_machine_config(&self, mc: MachineConfig) -> Reply {
-        mc.validate().map_err(|e| bad_request(e.to_string()))?;
-        let mut state = self.lock_pre_boot("machine-config")?;
         let candidate = VmConfig { machine_config: mc, ..state.config.clone() };
         Self::commit(&mut state, candidate, "machine-config.")
     }
 
     fn put_drive(&self, id: &str, body: &[u8]) -> Reply {
         let drive: Drive = body_json(body, "PUT /drives/{drive_id}")?;
-        if drive.drive_id != id {
-            return Err(bad_request(format!(
-                "drive_id: \"{}\" in the body does not match \"{}\" in the path",
-                drive.drive_id.escape_debug(),
-                id.escape_debug()
-            )));
-        }
-        drive.validate().map_err(|e| bad_request(e.to_string()))?;
-        let mut state = self.lock_pre_boot("drives")?;
-        let mut candidate = state.config.clone();
-        let index = upsert(&mut candidate.drives, drive, |d| d.drive_id == id);
-        Self::commit(&mut state, candidate, &format!("drives[{index}]."))
+        self.put_listed(id, drive, "drive_id", "drives", |c| &mut c.drives, |d| &d.drive_id)
     }
 
     fn put_network_interface(&self, id: &str, body: &[u8]) -> Reply {
         let iface: NetworkInterface = body_json(body, "PUT /network-interfaces/{iface_id}")?;
-        if iface.iface_id != id {
+        self.put_listed(id, iface, "iface_id", "network-interfaces", |c| &mut c.network_interfaces, |i| &i.iface_id)
+    }
+
+    /// PUT of one item of a list (`drives`, `network-interfaces`): the id in
+    /// the body must be the one in the path; the item replaces the one with
+    /// its id, or is appended.
+    fn put_listed<T>(
+        &self,
+        path_id: &str,
+        item: T,
+        id_field: &str,
+        list: &str,
+        items: fn(&mut VmConfig) -> &mut Vec<T>,
+        id_of: fn(&T) -> &str,
+    ) -> Reply {
+        if id_of(&item) != path_id {
             return Err(bad_request(format!(
-                "iface_id: \"{}\" in the body does not match \"{}\" in the path",
-                iface.iface_id.escape_debug(),
-                id.escape_debug()
+                "{id_field}: \"{}\" in the body does not match \"{}\" in the path",
+                id_of(&item).escape_debug(),
+                path_id.escape_debug()
             )));
         }
-        iface.validate().map_err(|e| bad_request(e.to_string()))?;
-        let mut state = self.lock_pre_boot("network-interfaces")?;
+        let mut state = self.lock_pre_boot(list)?;
         let mut candidate = state.config.clone();
-        let index = upsert(&mut candidate.network_interfaces, iface, |i| i.iface_id == id);
-        Self::commit(&mut state, candidate, &format!("network-interfaces[{index}]."))
+        let index = upsert(items(&mut candidate), item, |x| id_of(x) == path_id);
+        Self::commit(&mut state, candidate, &format!("{list}[{index}]."))
     }
 
     fn put_metrics(&self, _: &str, body: &[u8]) -> Reply {
         let metrics: Metrics = body_json(body, "PUT /metrics")?;
-        metrics.validate().map_err(|e| bad_request(e.to_string()))?;
         let mut state = self.lock_pre_boot("metrics")?;
         let candidate = VmConfig { metrics: Some(metrics), ..state.config.clone() };
         Self::commit(&mut state, candidate, "metrics.")

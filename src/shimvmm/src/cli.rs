@@ -160,14 +160,12 @@ fn parse_disk_keys(spec: &str, index: usize) -> Result<Drive, SpecError> {
             _ => return Err(SpecError::UnknownKey { key: k.to_string(), known: "path, readonly, root, id" }),
         }
     }
-    let drive = Drive {
+    Ok(Drive {
         drive_id: id.unwrap_or_else(|| format!("disk{index}")),
         path_on_host: path.ok_or(SpecError::PathRequired)?,
         is_root_device: root.unwrap_or(false),
         is_read_only: read_only.unwrap_or(false),
-    };
-    drive.validate().map_err(|e| in_spec_words(e, DISK_KEYS))?;
-    Ok(drive)
+    })
 }
 
 fn parse_net_keys(spec: &str, index: usize) -> Result<NetworkInterface, SpecError> {
@@ -181,22 +179,22 @@ fn parse_net_keys(spec: &str, index: usize) -> Result<NetworkInterface, SpecErro
             _ => return Err(SpecError::UnknownKey { key: k.to_string(), known: "tap, vfio, mac, id" }),
         }
     }
-    let iface = NetworkInterface {
+    Ok(NetworkInterface {
         iface_id: id.unwrap_or_else(|| format!("net{index}")),
         host_dev_name: tap,
         pnic_bdf: bdf,
         guest_mac: mac,
-    };
-    iface.validate().map_err(|e| in_spec_words(e, NET_KEYS))?;
-    Ok(iface)
+    })
 }
 
-/// The `index`-th `--disk` value as a [`Drive`].
+/// The `index`-th `--disk` value as a [`Drive`] (checked with the others, by
+/// [`Args::vm_spec`]).
 pub fn parse_disk(spec: &str, index: usize) -> Result<Drive, CliError> {
     parse_disk_keys(spec, index).map_err(|source| CliError::Disk { spec: spec.to_string(), source })
 }
 
-/// The `index`-th `--net` value as a [`NetworkInterface`].
+/// The `index`-th `--net` value as a [`NetworkInterface`] (checked with the
+/// others, by [`Args::vm_spec`]).
 pub fn parse_net(spec: &str, index: usize) -> Result<NetworkInterface, CliError> {
     parse_net_keys(spec, index).map_err(|source| CliError::Net { spec: spec.to_string(), source })
 }
@@ -289,7 +287,7 @@ mod tests {
             "--disk \"path=/a,path=/b\": path= is given twice"
         );
         assert_eq!(
-            parse_disk("path=/a,id=a b", 0).unwrap_err().to_string(),
+            spec_of(&["--disk", "path=/a,id=a b"]).unwrap_err().to_string(),
             "--disk \"path=/a,id=a b\": id: \"a b\" may only contain ASCII letters, digits, '_' and '-'"
         );
     }
@@ -302,11 +300,12 @@ mod tests {
         let v = parse_net("vfio=0000:01:00.0", 1).unwrap();
         assert_eq!((v.pnic_bdf.unwrap().to_string(), v.iface_id.as_str()), ("0000:01:00.0".into(), "net1"));
         assert_eq!(
-            parse_net("tap=a,vfio=01:00.0", 0).unwrap_err().to_string(),
+            spec_of(&["--net", "tap=a,vfio=01:00.0"]).unwrap_err().to_string(),
             "--net \"tap=a,vfio=01:00.0\": tap: give exactly one of tap (a tap device) or vfio (a vfio-pci NIC), not both"
         );
-        assert!(parse_net("mac=02:00:00:00:00:01", 0).unwrap_err().to_string().contains("exactly one of tap"));
-        let e = parse_net("tap=averyveryverylongname", 0).unwrap_err().to_string();
+        let e = spec_of(&["--net", "mac=02:00:00:00:00:01"]).unwrap_err().to_string();
+        assert!(e.contains("exactly one of tap"), "{e}");
+        let e = spec_of(&["--net", "tap=averyveryverylongname"]).unwrap_err().to_string();
         assert!(e.contains("tap: \"averyveryverylongname\" is 21 bytes long; Linux allows at most 15"), "{e}");
         assert!(matches!(parse_net("tap=t,mac=zz", 0), Err(CliError::Net { source: SpecError::Mac(_), .. })));
         let e = parse_net("vfio=zz:zz", 0).unwrap_err().to_string();

@@ -149,8 +149,11 @@ impl VmConfig {
 /// which guarantees: every object passed its validation; there is a boot
 /// source; ids, tap names, NIC addresses and MACs are unique; every network
 /// interface has exactly one backend; at most one root drive, and it comes
-/// first in `drives` (it becomes `/dev/vda`).
+/// first in `drives` (it becomes `/dev/vda`). Other crates may read the
+/// fields but cannot make a `VmSpec` from parts (`non_exhaustive`); to
+/// change one, go back to a [`VmConfig`] and validate again.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct VmSpec {
     #[serde(rename = "boot-source")]
     pub boot_source: BootSource,

@@ -104,18 +104,24 @@ const OPTIONS: &[(&str, &str)] = &[
     ("network-interfaces", "--net"),
 ];
 
-/// `text` with every whole word found in `names` (config name, CLI name) renamed.
+/// `text` with every whole word found in `names` (config name, CLI name)
+/// renamed, except inside double quotes (the user's own values).
 fn rename_words(text: &str, names: &[(&str, &str)]) -> String {
     let mut out = String::with_capacity(text.len());
     let mut word = String::new();
+    let (mut quoted, mut escaped) = (false, false);
     let is_word = |c: char| c.is_ascii_alphanumeric() || c == '_';
     for c in text.chars().chain(std::iter::once('\0')) {
         if is_word(c) {
             word.push(c);
+            escaped = false;
             continue;
         }
-        out.push_str(names.iter().find(|(from, _)| *from == word).map_or(word.as_str(), |(_, to)| to));
+        let renamed = names.iter().find(|(from, _)| !quoted && *from == word).map(|(_, to)| *to);
+        out.push_str(renamed.unwrap_or(&word));
         word.clear();
+        quoted ^= c == '"' && !escaped;
+        escaped = c == '\\' && !escaped;
         if c != '\0' {
             out.push(c);
         }
@@ -349,5 +355,8 @@ mod tests {
     #[test]
     fn renaming_is_by_whole_word() {
         assert_eq!(rename_words("host_dev_name: x host_dev_names pnic_bdf.", NET_KEYS), "tap: x host_dev_names vfio.");
+        assert_eq!(rename_words("tap \"pnic_bdf\" pnic_bdf", NET_KEYS), "tap \"pnic_bdf\" vfio");
+        assert_eq!(rename_words(r#"id "a\"pnic_bdf" pnic_bdf"#, NET_KEYS), r#"id "a\"pnic_bdf" vfio"#);
+        assert_eq!(rename_words(r#""a\nb" pnic_bdf"#, NET_KEYS), r#""a\nb" vfio"#);
     }
 }

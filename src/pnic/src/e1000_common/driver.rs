@@ -202,20 +202,6 @@ impl<F: Family, R: RegisterAccess> PnicDriver for E1000<F, R> {
     }
 
     #[inline(always)]
-    fn post_rx(&mut self, iova: u64, len: u32, cookie: u64) -> Result<(), DriverError> {
-        self.check_postable()?;
-        self.rx_ring.post(iova, len, cookie)
-    }
-
-    fn post_rx_each(
-        &mut self,
-        len: u32,
-        next: &mut dyn FnMut() -> Option<(u64, u64)>,
-    ) -> (usize, Result<(), RxRunError>) {
-        self.post_rx_with(len, next)
-    }
-
-    #[inline(always)]
     fn post_rx_with<G: FnMut() -> Option<(u64, u64)>>(&mut self, len: u32, next: G) -> (usize, Result<(), RxRunError>) {
         if let Err(error) = self.check_postable() {
             return (0, Err(RxRunError { refused: None, error }));
@@ -223,7 +209,7 @@ impl<F: Family, R: RegisterAccess> PnicDriver for E1000<F, R> {
         self.rx_ring.post_run(len, next)
     }
 
-    fn rx_posted_cookies(&self, f: &mut dyn FnMut(u64)) {
+    fn rx_posted_with<G: FnMut(u64)>(&self, f: G) {
         self.rx_ring.posted_cookies(f)
     }
 
@@ -234,12 +220,6 @@ impl<F: Family, R: RegisterAccess> PnicDriver for E1000<F, R> {
         // Descriptors must be in memory before the NIC sees the new tail.
         fence(Ordering::Release);
         self.regs.write32(RDT0, self.rx_ring.tail());
-        Ok(())
-    }
-
-    #[inline]
-    fn reap_rx_each(&mut self, f: &mut dyn FnMut(RxCompletion)) -> Result<(), DriverError> {
-        self.rx_ring.reap_each(f);
         Ok(())
     }
 
@@ -257,11 +237,6 @@ impl<F: Family, R: RegisterAccess> PnicDriver for E1000<F, R> {
         }
     }
 
-    fn post_tx(&mut self, segs: &[(u64, u32)], cookie: u64) -> Result<(), DriverError> {
-        self.queue_tx(segs, cookie)?;
-        self.flush_tx()
-    }
-
     #[inline]
     fn queue_tx(&mut self, segs: &[(u64, u32)], cookie: u64) -> Result<(), DriverError> {
         self.check_postable()?;
@@ -275,11 +250,6 @@ impl<F: Family, R: RegisterAccess> PnicDriver for E1000<F, R> {
         // Descriptors must be in memory before the NIC sees the new tail.
         fence(Ordering::Release);
         self.regs.write32(TDT0, self.tx_ring.tail());
-        Ok(())
-    }
-
-    fn reap_tx_each(&mut self, f: &mut dyn FnMut(TxCompletion)) -> Result<(), DriverError> {
-        self.tx_ring.reap_each(f);
         Ok(())
     }
 

@@ -348,6 +348,7 @@ pub fn igb_on_model(guest: &GuestMemoryMmap, mac: [u8; 6]) -> Result<(Igb<IgbHwR
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::driver::testing::DriverTestExt;
     use crate::driver::{PnicDriver, RxCompletion, TxCompletion};
     use vm_memory::{Bytes, GuestAddress};
 

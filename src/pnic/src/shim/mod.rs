@@ -45,6 +45,7 @@ use crate::bdf::{Bdf, BdfError};
 use crate::driver::{DriverError, DriverLimits, PnicDriver, RxCompletion, RxRunError};
 use crate::e1000e;
 use crate::igb::{self, IgbConfig, IgbOpenError};
+use crate::nic::Pnic;
 use crate::vfio::{precheck, HostPaths, DEVICE_82574L};
 use bounce::{BouncePool, BOUNCE_BUF_SIZE};
 pub use metrics::ShimMetrics;
@@ -206,6 +207,17 @@ fn nic_len(len: u32) -> u32 {
     (len - HDR as u32).min(NIC_BUF_MAX)
 }
 
+/// Post one RX buffer (a run of one) without the tail write.
+#[inline(always)]
+fn post_one<D: PnicDriver>(driver: &mut D, iova: u64, len: u32, cookie: u64) -> Result<(), DriverError> {
+    let mut one = Some((iova, cookie));
+    match driver.post_rx_with(len, || one.take()) {
+        (1, Ok(())) => Ok(()),
+        (_, Ok(())) => Err(DriverError::RingFull("RX")),
+        (_, Err(e)) => Err(e.error),
+    }
+}
+
 /// Whether `[addr, addr + len)` is non-empty and inside guest RAM.
 #[inline]
 fn in_ram(ram: &RamMap, addr: u64, len: u64) -> bool {
@@ -312,7 +324,7 @@ pub struct ShimBackend<D: PnicDriver> {
 }
 
 /// The shim over whichever NIC family `open_vfio` found.
-pub type VfioShim = ShimBackend<Box<dyn PnicDriver>>;
+pub type VfioShim = ShimBackend<Pnic>;
 
 /// Open the NIC at `bdf` (`0000:01:00.0` or `01:00.0`) through VFIO, map all of
 /// `mem` for DMA (IOVA = GPA), bring it up with `mac` as its unicast filter,
@@ -322,9 +334,9 @@ pub fn open_vfio(bdf: &str, mem: &GuestMemory, mac: [u8; 6]) -> Result<VfioShim,
     let bdf: Bdf = bdf.parse()?;
     let info = precheck(&HostPaths::default(), bdf).map_err(IgbOpenError::from)?;
     let cfg = IgbConfig::new(mac);
-    let nic: Box<dyn PnicDriver> = match info.device {
-        DEVICE_82574L => Box::new(e1000e::open_vfio(bdf, mem, cfg)?),
-        _ => Box::new(igb::open_vfio(bdf, mem, cfg)?),
+    let nic = match info.device {
+        DEVICE_82574L => Pnic::E1000e(e1000e::open_vfio(bdf, mem, cfg)?),
+        _ => Pnic::Igb(igb::open_vfio(bdf, mem, cfg)?),
     };
     ShimBackend::new(nic, mem, mac)
 }
@@ -528,7 +540,7 @@ impl<D: PnicDriver> ShimBackend<D> {
         let Some(cookie) = self.rx.insert(head, held) else {
             return Err(self.post_refused(head, held));
         };
-        match self.driver.post_rx(iova, nic_len, cookie) {
+        match post_one(&mut self.driver, iova, nic_len, cookie) {
             Ok(()) => {
                 self.rx_unflushed = true;
                 Ok(())
@@ -855,7 +867,7 @@ impl<D: PnicDriver> ShimBackend<D> {
             return q.refuse(head, DropReason::BackendError);
         }
         let cookie = LENT_COOKIE | u64::from(head);
-        match self.driver.post_rx(d.gpa() + HDR, nic_len(d.len()), cookie) {
+        match post_one(&mut self.driver, d.gpa() + HDR, nic_len(d.len()), cookie) {
             Ok(()) => self.rx_unflushed = true,
             Err(e) => {
                 let reason = self.post_failed(cookie, e);
@@ -867,7 +879,7 @@ impl<D: PnicDriver> ShimBackend<D> {
     /// Heads of the lent buffers the NIC holds (see [`LENT_COOKIE`]).
     fn lent_heads(&self) -> Vec<u16> {
         let mut heads = Vec::new();
-        self.driver.rx_posted_cookies(&mut |c| {
+        self.driver.rx_posted_with(|c| {
             if c & LENT_COOKIE != 0 {
                 heads.push(c as u16);
             }

@@ -21,7 +21,7 @@
 //! write. Completions are taken as the driver finds them (`reap_rx_with`):
 //! for a good frame in a lent buffer the device writes the header and the
 //! used entry ([`RxQueue::complete_frame`]), nothing else. Buffers that go
-//! another way (bounce buffers, the generic `post_rx_segs`/`reap_rx`
+//! another way (bounce buffers, the generic `post_rx_chain`/`reap_rx`
 //! interface) have an entry in the head-indexed [`rx_table::RxTable`]. TX
 //! frames are queued and started with one TX tail write per batch.
 
@@ -36,7 +36,7 @@ use std::ptr::NonNull;
 
 use smallvec::SmallVec;
 use virtio_devices::mem::RamMap;
-use virtio_devices::net::backend::{ChainRef, DropReason, NetBackend, RxBuffer, RxSeg, TxFrame, Used, VNET_HDR_LEN};
+use virtio_devices::net::backend::{ChainRef, DropReason, NetBackend, TxFrame, Used, VNET_HDR_LEN};
 use virtio_devices::net::direct::{RxDesc, RxNext, RxQueue};
 use virtio_devices::GuestMemory;
 use vm_memory::{Bytes, GuestAddress};
@@ -1009,15 +1009,6 @@ impl<D: PnicDriver> NetBackend for ShimBackend<D> {
         }
     }
 
-    /// Posts and flushes at once (a batch of one), see the trait.
-    fn post_rx(&mut self, mem: &GuestMemory, buf: RxBuffer) -> Result<(), (RxBuffer, DropReason)> {
-        let _ = mem; // the memory given at construction is the one the IOMMU maps
-        let chain = ChainRef { head: buf.head, segs: &buf.segs, len: buf.len };
-        let r = self.post_checked(chain);
-        self.flush_rx_posted();
-        r.map_err(|reason| (buf, reason))
-    }
-
     /// Posts without the tail write: the device ends every refill with
     /// `rx_posted_batch_done`, which makes the whole batch visible to the NIC
     /// with one MMIO write instead of one per buffer.
@@ -1026,24 +1017,6 @@ impl<D: PnicDriver> NetBackend for ShimBackend<D> {
         match chain.segs {
             [(gpa, len)] => self.post_one_segment(chain.head, *gpa, *len),
             _ => self.post_checked(chain),
-        }
-    }
-
-    /// The device's common case: a run of one-segment buffers, each handed
-    /// to the NIC zero-copy when it fits (no tail write, as above).
-    fn post_rx_segs(&mut self, _mem: &GuestMemory, bufs: &[RxSeg], refused: &mut Vec<(u16, DropReason)>) {
-        // Start the NIC before its first run, so that every buffer of the run
-        // takes the zero-copy path (post_checked would start it too, for the
-        // first buffer only).
-        if !self.started && !bufs.is_empty() {
-            self.ensure_started();
-        }
-        for b in bufs {
-            // A NIC that stopped or failed (also in the middle of the run)
-            // refuses without a driver call (post_one_segment).
-            if let Err(r) = self.post_one_segment(b.head, b.addr, b.len) {
-                refused.push((b.head, r));
-            }
         }
     }
 
@@ -1134,14 +1107,6 @@ impl<D: PnicDriver> NetBackend for ShimBackend<D> {
         self.flush_rx_posted();
         self.rx_returned.drain(..).for_each(|u| q.complete(u.head, u.len));
         true
-    }
-
-    /// Sends at once (a batch of one), see the trait.
-    fn send(&mut self, mem: &GuestMemory, frame: TxFrame) -> Result<bool, DropReason> {
-        let chain = ChainRef { head: frame.head, segs: &frame.segs, len: frame.len };
-        let r = self.send_chain(mem, chain);
-        self.flush_tx_queued();
-        r
     }
 
     fn tx_batch_done(&mut self) {

@@ -5,6 +5,8 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::*;
 use crate::model::{DmaAccess, InjectOutcome, ModelConfig, ModelHandle, NicModel};
+use virtio_devices::net::backend::testing::NetBackendTestExt;
+use virtio_devices::net::backend::RxBuffer;
 
 const MAC: [u8; 6] = [0x52, 0x54, 0x00, 0xaa, 0xbb, 0x01];
 const RAM: u64 = 0x10_0000;
@@ -343,10 +345,15 @@ fn a_nic_that_vanishes_mid_run_refuses_the_rest_of_the_run_at_once() {
     s.post_rx(&mem, rxbuf(0, &[(0x1000, 2048)])).unwrap();
     let posted = h.posted_rx().len();
     h.remove();
-    let bufs: Vec<RxSeg> =
-        (1..6u16).map(|i| RxSeg { head: i, addr: GuestAddress(0x1000 * u64::from(i + 1)), len: 2048 }).collect();
+    // A run of one-segment buffers, as the device posts them in one refill.
     let mut refused = Vec::new();
-    s.post_rx_segs(&mem, &bufs, &mut refused);
+    for i in 1..6u16 {
+        let seg = [(GuestAddress(0x1000 * u64::from(i + 1)), 2048)];
+        if let Err(r) = s.post_rx_chain(&mem, ChainRef { head: i, segs: &seg, len: 2048 }) {
+            refused.push((i, r));
+        }
+    }
+    s.rx_posted_batch_done();
     let heads: Vec<u16> = refused.iter().map(|r| r.0).collect();
     assert_eq!(heads, vec![1, 2, 3, 4, 5]);
     assert!(refused.iter().all(|r| r.1 == DropReason::BackendError), "{refused:?}");

@@ -7,36 +7,15 @@
 //! (shim: the pNIC DMAs straight into them) and reports completions later.
 //! Backends write the virtio-net header of received frames themselves.
 //!
-//! Changes since the lead's sketch (all additive, with defaults, so a backend
-//! written against the sketch still compiles):
-//! - [`NetBackend::rx_stalled`] (default `false`): the backend has data it
-//!   cannot take for lack of posted RX space; the device stops watching its fds
-//!   (no busy loop on a level-triggered fd) until it posts more buffers, then
-//!   calls `process_event` itself.
-//! - [`NetBackend::discard_pending`] (default: nothing): an fd fired while the
-//!   device is not activated (no guest memory); consume and drop what is there.
-//!   The device also stops watching that fd until activation.
-//! - Contract spelled out: with VIRTIO_NET_F_MRG_RXBUF, `reap_rx` returns the
-//!   buffers of one frame consecutively, the first one's header carrying
-//!   num_buffers; the device reads it to count frames.
-//! - `DropReason::ALL` lists every reason (for metrics).
-//! - [`DropReason::BadAddress`] also covers a chain whose descriptors or
-//!   indirect table cannot be read at all.
-//! - [`NetBackend::post_rx_segs`]: one-descriptor buffers in batches
-//!   (default: `post_rx_chain` for each); part of the same posting batch.
-//! - [`NetBackend::tx_batch_done`]: TX tail writes once per batch, as RX.
-//! - [`NetBackend::single_buffer_frames`] (default `false`): the backend
-//!   never merges buffers, so the device need not read num_buffers back.
-//! - Direct RX, [`NetBackend::refill_direct`] / [`NetBackend::complete_direct`]
-//!   (default: not offered): the backend pulls validated buffers from the RX
-//!   queue and pushes completions into it in its own loop (the shim; see
-//!   [`super::direct`]).
-//! - Batched RX posting: the device posts through
-//!   [`NetBackend::post_rx_chain`] (segments lent as a [`ChainRef`], no
-//!   allocation) and calls [`NetBackend::rx_posted_batch_done`] once after
-//!   each batch, so hardware backends write their tail register once per
-//!   refill instead of once per buffer. TX goes through
-//!   [`NetBackend::send_chain`]. The defaults forward to `post_rx`/`send`.
+//! One method per operation. RX: the device posts validated chains through
+//! [`NetBackend::post_rx_chain`] and ends each refill with
+//! [`NetBackend::rx_posted_batch_done`] (one tail write), or, for a backend
+//! whose frames never span buffers, lends its RX queue
+//! ([`NetBackend::refill_direct`] / [`NetBackend::complete_direct`], see
+//! [`super::direct`]). TX: [`NetBackend::send_chain`] per frame and
+//! [`NetBackend::tx_batch_done`] per batch. Owned-buffer conveniences for
+//! tests and benchmarks (`post_rx`, `send`) are in
+//! [`testing::NetBackendTestExt`] (feature `testing`), not in the trait.
 
 use std::os::unix::io::RawFd;
 
@@ -93,15 +72,6 @@ impl ChainRef<'_> {
     pub fn to_tx_frame(&self) -> TxFrame {
         TxFrame { head: self.head, segs: self.segs.to_vec(), len: self.len }
     }
-}
-
-/// A validated RX buffer of one descriptor: the shape a Linux guest posts
-/// with MRG_RXBUF, handed over in batches ([`NetBackend::post_rx_segs`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RxSeg {
-    pub head: u16,
-    pub addr: GuestAddress,
-    pub len: u32,
 }
 
 /// A used-ring entry to publish.
@@ -181,11 +151,6 @@ pub trait NetBackend: Send {
     /// takes at most one unit of it: the device asks once and posts up to
     /// that many before asking again.
     fn rx_room(&self) -> usize;
-    /// Take a guest RX buffer. `Err` gives it back with a reason (the device
-    /// completes it with length 0 and counts the drop). A buffer posted this
-    /// way is a batch of its own: it is visible to the hardware on return
-    /// (callers outside the device, e.g. tests, rely on that).
-    fn post_rx(&mut self, mem: &GuestMemory, buf: RxBuffer) -> Result<(), (RxBuffer, DropReason)>;
     /// Take a guest RX buffer whose segments are only lent for this call (the
     /// device's path: no allocation per buffer). `Err`: the device completes
     /// `chain.head` with length 0 and counts the drop.
@@ -195,25 +160,7 @@ pub trait NetBackend: Send {
     /// [`NetBackend::rx_posted_batch_done`]. The device calls that once after
     /// every batch in which at least one `post_rx_chain` succeeded, before it
     /// returns to the event loop, so no posted buffer stays unseen.
-    ///
-    /// The default copies the segments and calls `post_rx`.
-    fn post_rx_chain(&mut self, mem: &GuestMemory, chain: ChainRef<'_>) -> Result<(), DropReason> {
-        self.post_rx(mem, chain.to_rx_buffer()).map_err(|(_, r)| r)
-    }
-    /// Take a run of one-descriptor RX buffers in one call (the device's
-    /// common case: no call and no segment list per buffer). Same contract
-    /// as [`NetBackend::post_rx_chain`] for each buffer; the heads of the
-    /// buffers refused are appended to `refused` with the reason, and the
-    /// device completes them with length 0. The default posts them one by
-    /// one.
-    fn post_rx_segs(&mut self, mem: &GuestMemory, bufs: &[RxSeg], refused: &mut Vec<(u16, DropReason)>) {
-        for b in bufs {
-            let seg = [(b.addr, b.len)];
-            if let Err(r) = self.post_rx_chain(mem, ChainRef { head: b.head, segs: &seg, len: b.len }) {
-                refused.push((b.head, r));
-            }
-        }
-    }
+    fn post_rx_chain(&mut self, mem: &GuestMemory, chain: ChainRef<'_>) -> Result<(), DropReason>;
     /// End of a batch of [`NetBackend::post_rx_chain`] calls: make every
     /// buffer posted since the last call visible to the hardware (one tail
     /// write). Buffers a backend re-posts on its own (e.g. recycling a buffer
@@ -223,23 +170,18 @@ pub trait NetBackend: Send {
     fn rx_posted_batch_done(&mut self) {}
     /// Completed RX buffers, in order, header already written.
     fn reap_rx(&mut self, mem: &GuestMemory, out: &mut Vec<Used>);
-    /// Send a frame. `Ok(true)`: done, the device completes it now;
-    /// `Ok(false)`: in flight, it comes back through `reap_tx`.
-    fn send(&mut self, mem: &GuestMemory, frame: TxFrame) -> Result<bool, DropReason>;
-    /// [`NetBackend::send`] with the segments lent for this call only (the
-    /// device's path). A backend that must keep the frame after returning
-    /// (e.g. queued behind a full ring) copies it. The default copies the
-    /// segments and calls `send`.
-    fn send_chain(&mut self, mem: &GuestMemory, chain: ChainRef<'_>) -> Result<bool, DropReason> {
-        self.send(mem, chain.to_tx_frame())
-    }
+    /// Send a frame whose segments are lent for this call only. `Ok(true)`:
+    /// done, the device completes it now; `Ok(false)`: in flight, it comes
+    /// back through `reap_tx`. A backend that must keep the frame after
+    /// returning (e.g. queued behind a full ring) copies it.
+    fn send_chain(&mut self, mem: &GuestMemory, chain: ChainRef<'_>) -> Result<bool, DropReason>;
     /// End of a batch of [`NetBackend::send_chain`] calls: start sending
     /// every frame accepted since the last call (one NIC tail write). A
     /// backend may leave frames accepted by `send_chain` unsent until then;
     /// the device calls it after every batch in which it sent a frame,
     /// before it returns to the event loop. Frames a backend queues on its
     /// own (a backlog drained in `process_event`/`reap_tx`) it starts before
-    /// that call returns. `send` is a batch of one. Default: nothing.
+    /// that call returns. Default: nothing.
     fn tx_batch_done(&mut self) {}
     /// TX frames whose transmission finished.
     fn reap_tx(&mut self, out: &mut Vec<Used>);
@@ -273,7 +215,7 @@ pub trait NetBackend: Send {
     /// tail write: `rx_posted_batch_done` follows, as for `post_rx_chain`),
     /// and [`RxQueue::refuse`] those it cannot take. Returns how many it
     /// posted, or `None` (the default) for a backend that takes buffers
-    /// through `post_rx_segs`/`post_rx_chain`. Offered only to backends with
+    /// through `post_rx_chain`. Offered only to backends with
     /// `single_buffer_frames`.
     fn refill_direct(&mut self, q: &mut RxQueue<'_>) -> Option<usize> {
         let _ = q;
@@ -286,4 +228,32 @@ pub trait NetBackend: Send {
         let _ = q;
         false
     }
+}
+
+/// Owned-buffer conveniences over [`NetBackend`] for tests and benchmarks:
+/// a buffer or frame handed over as a batch of its own.
+#[cfg(any(test, feature = "testing"))]
+pub mod testing {
+    use super::{ChainRef, DropReason, NetBackend, RxBuffer, TxFrame};
+    use crate::GuestMemory;
+
+    /// See the module documentation; implemented for every backend.
+    pub trait NetBackendTestExt: NetBackend {
+        /// Post `buf` and make it visible to the hardware at once
+        /// (`post_rx_chain` + `rx_posted_batch_done`). `Err` gives it back
+        /// with the reason.
+        fn post_rx(&mut self, mem: &GuestMemory, buf: RxBuffer) -> Result<(), (RxBuffer, DropReason)> {
+            let r = self.post_rx_chain(mem, ChainRef { head: buf.head, segs: &buf.segs, len: buf.len });
+            self.rx_posted_batch_done();
+            r.map_err(|reason| (buf, reason))
+        }
+        /// Send `frame` as a batch of one (`send_chain` + `tx_batch_done`).
+        fn send(&mut self, mem: &GuestMemory, frame: TxFrame) -> Result<bool, DropReason> {
+            let r = self.send_chain(mem, ChainRef { head: frame.head, segs: &frame.segs, len: frame.len });
+            self.tx_batch_done();
+            r
+        }
+    }
+
+    impl<B: NetBackend + ?Sized> NetBackendTestExt for B {}
 }

@@ -18,7 +18,7 @@ use virtio_queue::QueueT;
 use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::backend::{ChainRef, DropReason, NetBackend, RxSeg, Used, VNET_HDR_LEN};
+use super::backend::{ChainRef, DropReason, NetBackend, Used, VNET_HDR_LEN};
 use super::chain::{addr_at, Direction, MAX_CHAIN_DESCS};
 use super::config::{
     config_bytes, random_mac, read_window, BACKEND_OFFLOAD_MASK, DEVICE_FEATURES, F_MRG_RXBUF, F_STATUS,
@@ -106,10 +106,6 @@ pub struct Net {
     /// The backend never spreads a frame over several buffers
     /// ([`NetBackend::single_buffer_frames`]): no num_buffers bookkeeping.
     single_buffer_frames: bool,
-    /// The run of one-descriptor RX buffers being collected for
-    /// [`NetBackend::post_rx_segs`], and what the backend refused of it.
-    rx_batch: Vec<RxSeg>,
-    rx_refused: Vec<(u16, DropReason)>,
 }
 
 impl Net {
@@ -140,8 +136,6 @@ impl Net {
             used_buf: Vec::with_capacity(QUEUE_SIZE as usize),
             seg_buf: Vec::with_capacity(MAX_CHAIN_DESCS),
             single_buffer_frames,
-            rx_batch: Vec::with_capacity(QUEUE_SIZE as usize),
-            rx_refused: Vec::with_capacity(QUEUE_SIZE as usize),
         }
     }
 
@@ -186,8 +180,6 @@ impl Net {
         let single = self.single_buffer_frames;
         let backend = self.backend.as_mut();
         let metrics = &mut self.metrics;
-        let batch = &mut self.rx_batch;
-        let refused = &mut self.rx_refused;
         loop {
             // Asked once per round, not per buffer: each post takes at most one
             // unit of room (NetBackend::rx_room).
@@ -213,28 +205,20 @@ impl Net {
                     metrics.duplicate_heads += 1;
                     continue;
                 }
-                if let Some((addr, len)) = a.rx.single(head, Direction::DeviceWrites) {
-                    // The common shape: collected, posted as one run.
-                    if !single {
-                        // len >= VNET_HDR_LEN, so both bytes are in the segment.
-                        let at = addr.0 + HDR_NUM_BUFFERS_OFFSET as u64;
-                        a.rx_num_buffers_at[i] = [GuestAddress(at), GuestAddress(at + 1)];
-                    }
-                    a.rx_held[i] = Held::of_len(len);
-                    batch.push(RxSeg { head, addr, len });
-                    room -= 1;
-                    continue;
-                }
-                // Any other shape: the run so far goes first (posting order).
-                posted += post_run(backend, a, metrics, batch, refused);
-                let segs = &mut self.seg_buf;
-                let len = match a.rx.parse(head, Direction::DeviceWrites, segs) {
-                    Ok(p) => p.len,
-                    Err(reason) => {
-                        metrics.rx_drops.add(reason);
-                        a.rx.add_used(head, 0);
-                        a.rx_added = true;
-                        continue;
+                let one;
+                let (segs, len) = if let Some((addr, len)) = a.rx.single(head, Direction::DeviceWrites) {
+                    // The common shape: no segment list to build.
+                    one = [(addr, len)];
+                    (&one[..], len)
+                } else {
+                    match a.rx.parse(head, Direction::DeviceWrites, &mut self.seg_buf) {
+                        Ok(p) => (&self.seg_buf[..], p.len),
+                        Err(reason) => {
+                            metrics.rx_drops.add(reason);
+                            a.rx.add_used(head, 0);
+                            a.rx_added = true;
+                            continue;
+                        }
                     }
                 };
                 if !single {
@@ -256,7 +240,6 @@ impl Net {
                     }
                 }
             }
-            posted += post_run(backend, a, metrics, batch, refused);
             if !refill_again(backend, &mut a.rx) {
                 break;
             }
@@ -580,33 +563,6 @@ fn refill_again(backend: &dyn NetBackend, rx: &mut SplitRing) -> bool {
         return false;
     }
     rx.enable_notification()
-}
-
-/// Hands the collected run of one-descriptor buffers to the backend and
-/// completes the ones it refused with length 0. Returns how many it took.
-fn post_run(
-    backend: &mut dyn NetBackend,
-    a: &mut Active,
-    metrics: &mut NetMetrics,
-    batch: &mut Vec<RxSeg>,
-    refused: &mut Vec<(u16, DropReason)>,
-) -> usize {
-    if batch.is_empty() {
-        return 0;
-    }
-    refused.clear();
-    backend.post_rx_segs(&a.mem, batch, refused);
-    let taken = batch.len().saturating_sub(refused.len());
-    batch.clear();
-    for &(head, reason) in refused.iter() {
-        if let Some(h) = a.rx_held.get_mut(usize::from(head)) {
-            h.release();
-        }
-        metrics.rx_drops.add(reason);
-        a.rx.add_used(head, 0);
-        a.rx_added = true;
-    }
-    taken
 }
 
 /// Whether `fd` still reports an error or hang-up (after its owner handled

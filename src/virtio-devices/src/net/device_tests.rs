@@ -15,7 +15,7 @@ use virtio_queue::Queue;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::backend::{DropReason, NetBackend, RxBuffer, TxFrame, Used, VNET_HDR_LEN};
+use super::backend::{ChainRef, DropReason, NetBackend, RxBuffer, Used, VNET_HDR_LEN};
 use super::chain::MAX_CHAIN_DESCS;
 use super::config::*;
 use super::device::{Net, QUEUE_SIZE, RX_QUEUE, TX_QUEUE};
@@ -144,9 +144,9 @@ impl NetBackend for FakeBackend {
         let st = self.st.lock().unwrap();
         st.room.saturating_sub(st.posted.len())
     }
-    fn post_rx(&mut self, _mem: &GuestMemory, buf: RxBuffer) -> Result<(), (RxBuffer, DropReason)> {
+    fn post_rx_chain(&mut self, _mem: &GuestMemory, chain: ChainRef<'_>) -> Result<(), DropReason> {
         let mut st = self.st.lock().unwrap();
-        st.posted.push_back(buf);
+        st.posted.push_back(chain.to_rx_buffer());
         st.unflushed += 1;
         Ok(())
     }
@@ -158,13 +158,13 @@ impl NetBackend for FakeBackend {
     fn reap_rx(&mut self, _mem: &GuestMemory, out: &mut Vec<Used>) {
         out.append(&mut self.st.lock().unwrap().done);
     }
-    fn send(&mut self, mem: &GuestMemory, frame: TxFrame) -> Result<bool, DropReason> {
+    fn send_chain(&mut self, mem: &GuestMemory, frame: ChainRef<'_>) -> Result<bool, DropReason> {
         let mut st = self.st.lock().unwrap();
         if let Some(r) = st.send_error {
             return Err(r);
         }
         let mut v = Vec::new();
-        for (addr, len) in &frame.segs {
+        for (addr, len) in frame.segs {
             let mut b = vec![0u8; *len as usize];
             mem.read_slice(&mut b, *addr).unwrap();
             v.extend(b);

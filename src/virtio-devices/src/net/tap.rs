@@ -22,7 +22,7 @@ use std::io;
 
 use serde_json::json;
 
-use super::backend::{ChainRef, DropReason, NetBackend, RxBuffer, TxFrame, Used, VNET_HDR_LEN};
+use super::backend::{ChainRef, DropReason, NetBackend, Used, VNET_HDR_LEN};
 use super::chain::addr_at;
 use super::config::{
     F_CSUM, F_GUEST_CSUM, F_GUEST_ECN, F_GUEST_TSO4, F_GUEST_TSO6, F_GUEST_UFO, F_HOST_ECN, F_HOST_TSO4, F_HOST_TSO6,
@@ -439,14 +439,6 @@ impl NetBackend for TapBackend {
         MAX_POSTED_RX.saturating_sub(self.rx.len())
     }
 
-    fn post_rx(&mut self, mem: &GuestMemory, buf: RxBuffer) -> Result<(), (RxBuffer, DropReason)> {
-        let chain = ChainRef { head: buf.head, segs: &buf.segs, len: buf.len };
-        match self.post_rx_chain(mem, chain) {
-            Ok(()) => Ok(()),
-            Err(r) => Err((buf, r)),
-        }
-    }
-
     /// Keeps the segments as iovecs only: no allocation per buffer.
     fn post_rx_chain(&mut self, mem: &GuestMemory, chain: ChainRef<'_>) -> Result<(), DropReason> {
         if self.rx.len() >= MAX_POSTED_RX {
@@ -476,10 +468,6 @@ impl NetBackend for TapBackend {
 
     fn reap_rx(&mut self, _mem: &GuestMemory, out: &mut Vec<Used>) {
         out.append(&mut self.rx_done);
-    }
-
-    fn send(&mut self, mem: &GuestMemory, frame: TxFrame) -> Result<bool, DropReason> {
-        self.send_chain(mem, ChainRef { head: frame.head, segs: &frame.segs, len: frame.len })
     }
 
     /// writev straight from the lent segments: no allocation per frame.

@@ -19,6 +19,7 @@ use virtio_queue::Queue;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
+use super::backend::testing::NetBackendTestExt;
 use super::backend::{DropReason, NetBackend, RxBuffer, TxFrame, Used, VNET_HDR_LEN};
 use super::config::*;
 use super::device::{Net, TX_QUEUE};

@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 
 use pnic::shim::{self, ShimBackend};
 use pnic::PnicDriver;
-use virtio_devices::net::backend::testing::NetBackendTestExt;
 use virtio_devices::net::backend::{NetBackend, RxBuffer, TxFrame, Used, VNET_HDR_LEN};
 use virtio_devices::GuestMemory;
 use vm_memory::{Bytes, FileOffset, GuestAddress};

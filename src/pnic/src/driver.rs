@@ -87,7 +87,7 @@ pub struct DriverLimits {
 /// into the driver's ring loops, so the trait is used through generics or
 /// the [`crate::nic::Pnic`] enum, never as a trait object. Conveniences for
 /// tests (posting one buffer, reaping into a `Vec`) are in
-/// [`testing::DriverTestExt`] (feature `testing`).
+/// `testing::DriverTestExt` (feature `testing`).
 pub trait PnicDriver: Send {
     /// Short name for logs and metrics ("igb", "e1000e").
     fn name(&self) -> &'static str;

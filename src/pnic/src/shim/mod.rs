@@ -9,21 +9,22 @@
 //! TX: the chain's segments after the 12-byte header become NIC descriptors.
 //!
 //! Every address given to the NIC lies inside guest RAM with the full length
-//! the NIC may touch. Buffers handed over as [`RxDesc`] (direct RX, below)
-//! carry that proof from the device, which resolved them inside one RAM
-//! mapping; every other buffer is re-checked here against the shim's own
-//! map, although the device validated it already.
+//! the NIC may touch. Buffers handed over as [`RxDesc`] carry that proof from
+//! the device, which resolved them inside one RAM mapping; every other
+//! buffer is re-checked here against the shim's own map, although the
+//! device validated it already.
 //!
-//! Per packet (direct RX, `refill_direct`/`complete_direct`): the device lends
-//! its RX queue, and one driver run turns each guest buffer the NIC can fill
-//! directly into one NIC descriptor; the buffer stays in the device's book
-//! (it is *lent*, `LENT_COOKIE`) and the refill ends with one RX tail
-//! write. Completions are taken as the driver finds them (`reap_rx_with`):
-//! for a good frame in a lent buffer the device writes the header and the
-//! used entry ([`RxQueue::complete_frame`]), nothing else. Buffers that go
-//! another way (bounce buffers, the generic `post_rx_chain`/`reap_rx`
-//! interface) have an entry in the head-indexed [`rx_table::RxTable`]. TX
-//! frames are queued and started with one TX tail write per batch.
+//! Per packet (`NetBackend::rx`): the device lends its RX queue; the pass
+//! first takes the NIC's completions as the driver finds them
+//! (`reap_rx_with`): for a good frame in a lent buffer the device writes the
+//! header and the used entry ([`RxQueue::complete_frame`]), nothing else.
+//! Then one driver run turns each guest buffer the NIC can fill directly
+//! into one NIC descriptor; the buffer stays in the device's book (it is
+//! *lent*, `LENT_COOKIE`) and the refill ends with one RX tail write.
+//! Buffers that go another way (bounce buffers) have an entry in the
+//! head-indexed [`rx_table::RxTable`]. TX (`NetBackend::tx`): the frames the
+//! lent TX queue gives are queued on the NIC and started with one tail write
+//! per pass; the NIC's completions go back through the queue.
 
 pub mod bounce;
 pub mod metrics;
@@ -36,8 +37,10 @@ use std::ptr::NonNull;
 
 use smallvec::SmallVec;
 use virtio_devices::mem::RamMap;
-use virtio_devices::net::backend::{ChainRef, DropReason, NetBackend, TxFrame, Used, VNET_HDR_LEN};
-use virtio_devices::net::direct::{RxDesc, RxNext, RxQueue};
+#[cfg(any(test, feature = "testing"))]
+use virtio_devices::net::backend::RxBuffer;
+use virtio_devices::net::backend::{ChainRef, DropReason, NetBackend, RxPass, TxFrame, Used, VNET_HDR_LEN};
+use virtio_devices::net::direct::{RxDesc, RxNext, RxQueue, TxQueue};
 use virtio_devices::GuestMemory;
 use vm_memory::{Bytes, GuestAddress};
 
@@ -297,10 +300,11 @@ pub struct ShimBackend<D: PnicDriver> {
     tx: CookieSlab<TxSlot>,
     tx_bounce: BouncePool,
     backlog: VecDeque<TxFrame>,
-    /// RX buffers to hand back empty (NIC failed) on the next `reap_rx`.
+    /// RX buffers to hand back empty (NIC failed) in the next RX pass.
     rx_returned: Vec<Used>,
-    /// TX frames finished without the NIC (dropped) for the next `reap_tx`.
-    tx_returned: Vec<Used>,
+    /// TX frames to complete in the next `tx` pass: sent (`None`, reaped
+    /// while making room) or dropped without the NIC (the reason).
+    tx_returned: Vec<(u16, Option<DropReason>)>,
     /// RX buffers were posted to the driver since the last `flush_rx` (the
     /// tail write that makes them visible to the NIC).
     rx_unflushed: bool,
@@ -429,11 +433,11 @@ impl<D: PnicDriver> ShimBackend<D> {
             self.metrics.drop(DropReason::BackendError);
         }
         for t in self.tx.drain() {
-            self.tx_returned.push(Used { head: t.head, len: 0 });
+            self.tx_returned.push((t.head, Some(DropReason::BackendError)));
             self.metrics.drop(DropReason::BackendError);
         }
         for f in self.backlog.drain(..) {
-            self.tx_returned.push(Used { head: f.head, len: 0 });
+            self.tx_returned.push((f.head, Some(DropReason::BackendError)));
             self.metrics.drop(DropReason::BackendError);
         }
         self.rx_bounce.reset();
@@ -767,7 +771,7 @@ impl<D: PnicDriver> ShimBackend<D> {
                 Err(r) => {
                     let f = self.backlog.pop_front().expect("front exists");
                     self.metrics.drop(r);
-                    self.tx_returned.push(Used { head: f.head, len: 0 });
+                    self.tx_returned.push((f.head, Some(r)));
                     continue;
                 }
             };
@@ -779,12 +783,13 @@ impl<D: PnicDriver> ShimBackend<D> {
             let head = f.head;
             if let Err(r) = self.submit_tx(head, &segs) {
                 self.metrics.drop(r);
-                self.tx_returned.push(Used { head, len: 0 });
+                self.tx_returned.push((head, Some(r)));
             }
         }
         self.tx_segs = segs;
     }
 
+    #[cfg(any(test, feature = "testing"))]
     /// The common case, a Linux guest's MRG_RXBUF buffer: one segment the
     /// NIC can fill directly. The checks of `post_checked` and `post_slot`
     /// in one pass (the segment and everything the NIC may write inside guest
@@ -912,6 +917,7 @@ impl<D: PnicDriver> ShimBackend<D> {
         self.post_slot(buf.head, buf.segs, len).inspect_err(|r| self.metrics.drop(*r))
     }
 
+    #[cfg(any(test, feature = "testing"))]
     /// Every RX completion, in order, to `emit`: buffers returned earlier
     /// (recycling failed), then what the NIC finished. Good zero-copy frames
     /// are handled as the driver finds them; the rare ones that need the
@@ -998,150 +1004,45 @@ impl<D: PnicDriver> NetBackend for ShimBackend<D> {
         }
     }
 
-    fn rx_room(&self) -> usize {
-        if self.failed {
-            return 0;
-        }
-        if self.started {
-            self.driver.rx_free()
-        } else {
-            self.limits.rx_capacity.saturating_sub(self.rx.len())
-        }
-    }
-
-    /// Posts without the tail write: the device ends every refill with
-    /// `rx_posted_batch_done`, which makes the whole batch visible to the NIC
-    /// with one MMIO write instead of one per buffer.
-    fn post_rx_chain(&mut self, mem: &GuestMemory, chain: ChainRef<'_>) -> Result<(), DropReason> {
-        let _ = mem;
-        match chain.segs {
-            [(gpa, len)] => self.post_one_segment(chain.head, *gpa, *len),
-            _ => self.post_checked(chain),
-        }
-    }
-
-    fn rx_posted_batch_done(&mut self) {
+    /// Completions first (a good frame in a lent buffer: the device writes
+    /// header and used entry), then the refill, ended by one tail write.
+    fn rx(&mut self, q: &mut RxQueue<'_>) -> RxPass {
+        self.complete_rx(q);
+        let posted = self.refill(q);
         self.flush_rx_posted();
+        RxPass { posted, full: self.rx_room() == 0 }
     }
 
-    fn reap_rx(&mut self, _mem: &GuestMemory, out: &mut Vec<Used>) {
-        self.reap_rx_into(|u| out.push(u));
+    /// Every frame is one NIC buffer is one guest buffer: the shim never
+    /// waits for more buffers before taking a frame.
+    fn rx_stalled(&self) -> bool {
+        false
     }
 
-    /// The datapath proper: every guest buffer the device validated goes
-    /// straight into a NIC descriptor, in one loop (see
-    /// `virtio_devices::net::direct`).
-    fn refill_direct(&mut self, q: &mut RxQueue<'_>) -> Option<usize> {
-        let mut room = self.rx_room();
-        let mut posted = 0;
-        while room > 0 {
-            if self.started && !self.failed {
-                let n = self.zero_copy_run(q);
-                posted += n;
-                room = room.saturating_sub(n);
-                if room == 0 {
-                    break;
-                }
-            }
-            // Whatever the run stopped at (not started yet, another shape,
-            // too small, misaligned...) goes its own way.
-            let Some(next) = q.pop() else { break };
-            let r = match next {
-                RxNext::One(d) => self.post_desc(d).map_err(|r| (d.head(), r)),
-                RxNext::Chain(c) => self.post_checked(c).map_err(|r| (c.head, r)),
-            };
-            room -= 1;
-            match r {
-                Ok(()) => posted += 1,
-                Err((head, reason)) => q.refuse(head, reason),
+    /// The guest's frames go to the NIC (zero-copy: their segments after the
+    /// header become TX descriptors), started by one tail write; then the
+    /// frames the NIC finished, and those dropped without it, are completed.
+    fn tx(&mut self, q: &mut TxQueue<'_>) {
+        while let Some(frame) = q.pop() {
+            let head = frame.head;
+            match self.send_chain(frame) {
+                Ok(true) => q.complete(head),
+                Ok(false) => {}
+                Err(reason) => q.drop_frame(head, reason),
             }
         }
-        // A NIC that failed during this pass gave back every buffer it held:
-        // they go back to the guest now, since a vanished NIC raises no
-        // interrupt that would start a completion pass.
-        for u in self.rx_returned.drain(..) {
-            q.complete(u.head, u.len);
-        }
-        Some(posted)
-    }
-
-    /// Every NIC completion as the driver finds it: a good frame in a lent
-    /// buffer goes to [`RxQueue::complete_frame`] (the device writes header
-    /// and used entry), a bad one is recycled to the NIC after the reap;
-    /// buffers posted through the table complete as in `reap_rx`.
-    fn complete_direct(&mut self, q: &mut RxQueue<'_>) -> bool {
-        self.rx_returned.drain(..).for_each(|u| q.complete(u.head, u.len));
-        if self.failed || !self.started {
-            return true;
-        }
-        let mut slow = std::mem::take(&mut self.rx_slow);
-        let mut dropped = std::mem::take(&mut self.rx_dropped);
-        let table = &mut self.rx;
-        let mut tally = Tally::default();
-        let r = self.driver.reap_rx_with(|c| {
-            if c.cookie & LENT_COOKIE == 0 {
-                // Posted through the table (another shape, or before the
-                // direct path ran).
-                return reap_table(table, c, &mut tally, &mut slow, |u| q.complete(u.head, u.len));
-            }
-            let head = c.cookie as u16;
-            if c.cookie & !LENT_COOKIE > u64::from(u16::MAX) {
-                tally.unknown += 1;
-            } else if !c.error && c.eop && c.len != 0 {
-                // The NIC wrote the frame at GPA + 12 of the buffer: the
-                // device adds the header and the used entry.
-                tally.frame(c.len);
-                q.complete_frame(head, c.len);
-            } else {
-                dropped.push(head);
-            }
-        });
-        self.count_reaped(tally, r);
-        for head in dropped.drain(..) {
-            self.recycle_lent(q, head);
-        }
-        self.rx_dropped = dropped;
-        self.complete_slow(&mut slow, |u| q.complete(u.head, u.len));
-        self.rx_slow = slow;
-        // Buffers recycled above (dropped frames) go back to the NIC now.
-        self.flush_rx_posted();
-        self.rx_returned.drain(..).for_each(|u| q.complete(u.head, u.len));
-        true
-    }
-
-    fn tx_batch_done(&mut self) {
         self.flush_tx_queued();
-    }
-
-    /// Copies the segment list only when the frame has to wait in the backlog.
-    fn send_chain(&mut self, _mem: &GuestMemory, frame: ChainRef<'_>) -> Result<bool, DropReason> {
-        if !self.ensure_started() {
-            self.metrics.drop(DropReason::BackendError);
-            return Err(DropReason::BackendError);
-        }
-        if let [(gpa, len)] = frame.segs {
-            // The common shape: header and frame in one descriptor.
-            if let Some(payload) = self.one_segment_payload(*gpa, *len) {
-                if self.backlog.is_empty() && self.driver.tx_free() >= 1 {
-                    self.submit_tx(frame.head, &[payload]).inspect_err(|r| self.metrics.drop(*r))?;
-                    return Ok(false);
-                }
-            }
-        }
-        let mut segs = std::mem::take(&mut self.tx_segs);
-        let r = self.send_checked(&frame, &mut segs);
-        self.tx_segs = segs;
-        r
-    }
-
-    fn reap_tx(&mut self, out: &mut Vec<Used>) {
-        out.append(&mut self.tx_returned);
         if !self.failed && self.started {
-            self.reap_tx_into(true, out);
+            self.reap_tx_into(true, |head| q.complete(head));
             // Frames that waited for room, and the ones dropped meanwhile.
             self.drain_backlog();
             self.flush_tx_queued();
-            out.append(&mut self.tx_returned);
+        }
+        for (head, dropped) in self.tx_returned.drain(..) {
+            match dropped {
+                None => q.complete(head),
+                Some(reason) => q.drop_frame(head, reason),
+            }
         }
     }
 
@@ -1187,11 +1088,6 @@ impl<D: PnicDriver> NetBackend for ShimBackend<D> {
         }
     }
 
-    /// Every frame is one NIC buffer is one guest buffer (num_buffers 1).
-    fn single_buffer_frames(&self) -> bool {
-        true
-    }
-
     fn metrics(&self) -> serde_json::Value {
         let mut v = self.metrics.to_json();
         v["pnic"] = serde_json::json!(self.driver.name());
@@ -1201,17 +1097,197 @@ impl<D: PnicDriver> NetBackend for ShimBackend<D> {
 }
 
 impl<D: PnicDriver> ShimBackend<D> {
+    /// How many more RX buffers the shim takes now.
+    fn rx_room(&self) -> usize {
+        if self.failed {
+            return 0;
+        }
+        if self.started {
+            self.driver.rx_free()
+        } else {
+            self.limits.rx_capacity.saturating_sub(self.rx.len())
+        }
+    }
+
+    /// The datapath proper: every guest buffer the device validated goes
+    /// straight into a NIC descriptor, in one loop (see
+    /// `virtio_devices::net::direct`).
+    fn refill(&mut self, q: &mut RxQueue<'_>) -> usize {
+        let mut room = self.rx_room();
+        let mut posted = 0;
+        while room > 0 {
+            if self.started && !self.failed {
+                let n = self.zero_copy_run(q);
+                posted += n;
+                room = room.saturating_sub(n);
+                if room == 0 {
+                    break;
+                }
+            }
+            // Whatever the run stopped at (not started yet, another shape,
+            // too small, misaligned...) goes its own way.
+            let Some(next) = q.pop() else { break };
+            let r = match next {
+                RxNext::One(d) => self.post_desc(d).map_err(|r| (d.head(), r)),
+                RxNext::Chain(c) => self.post_checked(c).map_err(|r| (c.head, r)),
+            };
+            room -= 1;
+            match r {
+                Ok(()) => posted += 1,
+                Err((head, reason)) => q.refuse(head, reason),
+            }
+        }
+        // A NIC that failed during this pass gave back every buffer it held:
+        // they go back to the guest now, since a vanished NIC raises no
+        // interrupt that would start a completion pass.
+        for u in self.rx_returned.drain(..) {
+            q.complete(u.head, u.len);
+        }
+        posted
+    }
+
+    /// Every NIC completion as the driver finds it: a good frame in a lent
+    /// buffer goes to [`RxQueue::complete_frame`] (the device writes header
+    /// and used entry), a bad one is recycled to the NIC after the reap;
+    /// buffers posted through the table (bounce buffers) through [`reap_table`].
+    fn complete_rx(&mut self, q: &mut RxQueue<'_>) {
+        self.rx_returned.drain(..).for_each(|u| q.complete(u.head, u.len));
+        if self.failed || !self.started {
+            return;
+        }
+        let mut slow = std::mem::take(&mut self.rx_slow);
+        let mut dropped = std::mem::take(&mut self.rx_dropped);
+        let table = &mut self.rx;
+        let mut tally = Tally::default();
+        let r = self.driver.reap_rx_with(|c| {
+            if c.cookie & LENT_COOKIE == 0 {
+                // Posted through the table (another shape, or before the
+                // direct path ran).
+                return reap_table(table, c, &mut tally, &mut slow, |u| q.complete(u.head, u.len));
+            }
+            let head = c.cookie as u16;
+            if c.cookie & !LENT_COOKIE > u64::from(u16::MAX) {
+                tally.unknown += 1;
+            } else if !c.error && c.eop && c.len != 0 {
+                // The NIC wrote the frame at GPA + 12 of the buffer: the
+                // device adds the header and the used entry.
+                tally.frame(c.len);
+                q.complete_frame(head, c.len);
+            } else {
+                dropped.push(head);
+            }
+        });
+        self.count_reaped(tally, r);
+        for head in dropped.drain(..) {
+            self.recycle_lent(q, head);
+        }
+        self.rx_dropped = dropped;
+        self.complete_slow(&mut slow, |u| q.complete(u.head, u.len));
+        self.rx_slow = slow;
+        // Buffers recycled above (dropped frames) go back to the NIC now.
+        self.flush_rx_posted();
+        self.rx_returned.drain(..).for_each(|u| q.complete(u.head, u.len));
+    }
+
+    /// Copies the segment list only when the frame has to wait in the backlog.
+    fn send_chain(&mut self, frame: ChainRef<'_>) -> Result<bool, DropReason> {
+        if !self.ensure_started() {
+            self.metrics.drop(DropReason::BackendError);
+            return Err(DropReason::BackendError);
+        }
+        if let [(gpa, len)] = frame.segs {
+            // The common shape: header and frame in one descriptor.
+            if let Some(payload) = self.one_segment_payload(*gpa, *len) {
+                if self.backlog.is_empty() && self.driver.tx_free() >= 1 {
+                    self.submit_tx(frame.head, &[payload]).inspect_err(|r| self.metrics.drop(*r))?;
+                    return Ok(false);
+                }
+            }
+        }
+        let mut segs = std::mem::take(&mut self.tx_segs);
+        let r = self.send_checked(&frame, &mut segs);
+        self.tx_segs = segs;
+        r
+    }
+}
+
+/// Owned-buffer conveniences for tests and benchmarks: a buffer or frame at
+/// a time, completions into a list, without the device's queues.
+#[cfg(any(test, feature = "testing"))]
+impl<D: PnicDriver> ShimBackend<D> {
+    /// Post `buf` and make it visible to the NIC at once.
+    pub fn post_rx(&mut self, _mem: &GuestMemory, buf: RxBuffer) -> Result<(), (RxBuffer, DropReason)> {
+        let chain = ChainRef { head: buf.head, segs: &buf.segs, len: buf.len };
+        let r = match chain.segs {
+            [(gpa, len)] => self.post_one_segment(chain.head, *gpa, *len),
+            _ => self.post_checked(chain),
+        };
+        self.flush_rx_posted();
+        r.map_err(|reason| (buf, reason))
+    }
+
+    /// [`Self::post_rx`] without the tail write (a run of buffers, ended by
+    /// [`Self::flush_rx`]).
+    pub fn post_rx_chain(&mut self, chain: ChainRef<'_>) -> Result<(), DropReason> {
+        match chain.segs {
+            [(gpa, len)] => self.post_one_segment(chain.head, *gpa, *len),
+            _ => self.post_checked(chain),
+        }
+    }
+
+    /// Make the buffers posted since the last flush visible to the NIC.
+    pub fn flush_rx(&mut self) {
+        self.flush_rx_posted();
+    }
+
+    /// Completed RX buffers, in order, header already written.
+    pub fn reap_rx(&mut self, _mem: &GuestMemory, out: &mut Vec<Used>) {
+        self.reap_rx_into(|u| out.push(u));
+    }
+
+    /// How many more RX buffers the shim takes now.
+    pub fn rx_room_now(&self) -> usize {
+        self.rx_room()
+    }
+
+    /// Send `frame` at once (a batch of one): `Ok(false)`, in flight.
+    pub fn send(&mut self, _mem: &GuestMemory, frame: TxFrame) -> Result<bool, DropReason> {
+        let r = self.send_chain(ChainRef { head: frame.head, segs: &frame.segs, len: frame.len });
+        self.flush_tx_queued();
+        r
+    }
+
+    /// Start sending the frames queued since the last flush.
+    pub fn flush_tx(&mut self) {
+        self.flush_tx_queued();
+    }
+
+    /// TX frames that finished (sent or dropped), in order.
+    pub fn reap_tx(&mut self, out: &mut Vec<Used>) {
+        let mut take =
+            |v: &mut Vec<(u16, Option<DropReason>)>| out.extend(v.drain(..).map(|(head, _)| Used { head, len: 0 }));
+        take(&mut self.tx_returned);
+        if !self.failed && self.started {
+            self.reap_tx_completions(true);
+            self.drain_backlog();
+            self.flush_tx_queued();
+            take(&mut self.tx_returned);
+        }
+    }
+}
+
+impl<D: PnicDriver> ShimBackend<D> {
     /// Collect the NIC's TX completions; a driver error is handled (counted,
     /// removal fails the NIC) only when `report` is set.
     fn reap_tx_completions(&mut self, report: bool) {
         let mut out = std::mem::take(&mut self.tx_returned);
-        self.reap_tx_into(report, &mut out);
+        self.reap_tx_into(report, |head| out.push((head, None)));
         self.tx_returned = out;
     }
 
-    /// Collect the NIC's TX completions as used entries into `out`.
-    #[inline]
-    fn reap_tx_into(&mut self, report: bool, out: &mut Vec<Used>) {
+    /// Hand the head of every frame the NIC finished to `emit`.
+    #[inline(always)]
+    fn reap_tx_into(&mut self, report: bool, mut emit: impl FnMut(u16)) {
         let (tx, bounce, metrics) = (&mut self.tx, &mut self.tx_bounce, &mut self.metrics);
         let r = self.driver.reap_tx_with(|c| match tx.remove(c.cookie) {
             Some(t) => {
@@ -1220,7 +1296,7 @@ impl<D: PnicDriver> ShimBackend<D> {
                 }
                 metrics.tx_packets += 1;
                 metrics.tx_bytes += u64::from(t.bytes);
-                out.push(Used { head: t.head, len: 0 });
+                emit(t.head);
             }
             // Not a frame we queued (or a stale cookie): ignored.
             None => metrics.nic_errors += 1,

@@ -5,7 +5,6 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::*;
 use crate::model::{DmaAccess, InjectOutcome, ModelConfig, ModelHandle, NicModel};
-use virtio_devices::net::backend::testing::NetBackendTestExt;
 use virtio_devices::net::backend::RxBuffer;
 
 const MAC: [u8; 6] = [0x52, 0x54, 0x00, 0xaa, 0xbb, 0x01];
@@ -349,11 +348,11 @@ fn a_nic_that_vanishes_mid_run_refuses_the_rest_of_the_run_at_once() {
     let mut refused = Vec::new();
     for i in 1..6u16 {
         let seg = [(GuestAddress(0x1000 * u64::from(i + 1)), 2048)];
-        if let Err(r) = s.post_rx_chain(&mem, ChainRef { head: i, segs: &seg, len: 2048 }) {
+        if let Err(r) = s.post_rx_chain(ChainRef { head: i, segs: &seg, len: 2048 }) {
             refused.push((i, r));
         }
     }
-    s.rx_posted_batch_done();
+    s.flush_rx();
     let heads: Vec<u16> = refused.iter().map(|r| r.0).collect();
     assert_eq!(heads, vec![1, 2, 3, 4, 5]);
     assert!(refused.iter().all(|r| r.1 == DropReason::BackendError), "{refused:?}");
@@ -414,15 +413,15 @@ fn tx_chains_start_with_one_tail_write_per_batch() {
     let flushes = h.tx_flush_count();
     for i in 0..3u16 {
         let seg = [(GuestAddress(0x1_0000 + u64::from(i) * 0x1000), 112)];
-        assert_eq!(s.send_chain(&mem, ChainRef { head: i, segs: &seg, len: 112 }), Ok(false));
+        assert_eq!(s.send_chain(ChainRef { head: i, segs: &seg, len: 112 }), Ok(false));
     }
     assert_eq!(h.posted_tx().len(), 3, "queued in the NIC ring");
     assert!(h.sent().is_empty(), "but not sent before the batch ends");
     assert_eq!(h.tx_flush_count(), flushes);
-    s.tx_batch_done();
+    s.flush_tx();
     assert_eq!(h.tx_flush_count(), flushes + 1, "one tail write for the batch");
     assert_eq!(h.sent(), vec![payload.clone(); 3]);
-    s.tx_batch_done();
+    s.flush_tx();
     assert_eq!(h.tx_flush_count(), flushes + 1, "nothing queued, no tail write");
     // `send` is a batch of its own.
     mem.write_slice(&payload, GuestAddress(0x2_000c)).unwrap();
@@ -457,15 +456,15 @@ fn chain_posts_become_visible_to_the_nic_with_one_tail_write_per_batch() {
     let segs: Vec<[(GuestAddress, u32); 1]> =
         (0..8u64).map(|i| [(GuestAddress(0x1_0000 + i * 0x1000), 2048)]).collect();
     for (i, seg) in segs.iter().enumerate() {
-        s.post_rx_chain(&mem, ChainRef { head: i as u16, segs: seg, len: 2048 }).unwrap();
+        s.post_rx_chain(ChainRef { head: i as u16, segs: seg, len: 2048 }).unwrap();
         assert_eq!(h.rx_unflushed(), i + 1, "buffer {i} waits for the batch's tail write");
     }
     assert!(matches!(h.inject_rx(&eth(60, 1)), InjectOutcome::NoBuffer), "the NIC sees nothing before the tail write");
     assert_eq!(h.rx_flush_count(), 0);
-    s.rx_posted_batch_done();
+    s.flush_rx();
     assert_eq!(h.rx_unflushed(), 0, "the batch is visible");
     assert_eq!(h.rx_flush_count(), 1, "one tail write for the batch");
-    s.rx_posted_batch_done();
+    s.flush_rx();
     assert_eq!(h.rx_flush_count(), 1, "nothing left unflushed: no extra tail write");
     assert!(matches!(h.inject_rx(&eth(60, 1)), InjectOutcome::Delivered { .. }));
     let mut used = Vec::new();
@@ -475,8 +474,8 @@ fn chain_posts_become_visible_to_the_nic_with_one_tail_write_per_batch() {
     // makes it visible again.
     let flushes = h.rx_flush_count();
     assert!(matches!(h.inject_rx(&eth(1600, 1)), InjectOutcome::Oversized));
-    s.post_rx_chain(&mem, ChainRef { head: 100, segs: &[(GuestAddress(0x9_0000), 200)], len: 200 }).unwrap();
-    s.rx_posted_batch_done();
+    s.post_rx_chain(ChainRef { head: 100, segs: &[(GuestAddress(0x9_0000), 200)], len: 200 }).unwrap();
+    s.flush_rx();
     // The bounce buffer for head 100 is last in the NIC's queue; fill the 7
     // zero-copy ones first, then a frame too big for head 100's 200 bytes.
     for i in 0..7u8 {

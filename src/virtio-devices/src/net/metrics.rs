@@ -65,10 +65,8 @@ pub struct NetMetrics {
     pub rx_stalls: u64,
     /// The guest made available a head the backend still holds (ignored).
     pub duplicate_heads: u64,
-    /// RX refill and completion passes a direct-RX backend ran on the queue
-    /// itself (`NetBackend::refill_direct`/`complete_direct`); 0 when the
-    /// backend takes the generic path.
-    pub rx_direct_passes: u64,
+    /// RX passes the backend ran on the lent queue (`NetBackend::rx`).
+    pub rx_passes: u64,
     /// The backend reported a head or length it was not given (ignored).
     pub backend_bogus_completions: u64,
     /// Driver writes to the (read-only) config space.
@@ -100,7 +98,7 @@ impl NetMetrics {
             "config_irqs": self.config_irqs,
             "rx_stalls": self.rx_stalls,
             "duplicate_heads": self.duplicate_heads,
-            "rx_direct_passes": self.rx_direct_passes,
+            "rx_passes": self.rx_passes,
             "backend_bogus_completions": self.backend_bogus_completions,
             "config_writes_ignored": self.config_writes_ignored,
             "backend": backend,

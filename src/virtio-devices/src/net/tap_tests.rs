@@ -19,7 +19,6 @@ use virtio_queue::Queue;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::backend::testing::NetBackendTestExt;
 use super::backend::{DropReason, NetBackend, RxBuffer, TxFrame, Used, VNET_HDR_LEN};
 use super::config::*;
 use super::device::{Net, TX_QUEUE};
@@ -394,7 +393,7 @@ fn tap_rx_mergeable_buffers_and_stall() {
     }
     assert_eq!(got, f);
     let m = tap.metrics();
-    assert_eq!(m["rx_frames"], 1);
+    assert_eq!(m["rx_packets"], 1);
     assert_eq!(m["rx_bytes"], 1514);
 }
 
@@ -421,7 +420,7 @@ fn tap_tx_writes_guest_segments() {
     assert_eq!(tap.send(&mem, frame), Ok(true));
     assert_eq!(host.recv_test_frame().expect("frame did not reach the host"), f);
     let m = tap.metrics();
-    assert_eq!(m["tx_frames"], 1);
+    assert_eq!(m["tx_packets"], 1);
     assert_eq!(m["tx_bytes"], 200);
     // A runt (shorter than an Ethernet header) is refused by the kernel:
     // counted, link unaffected.

@@ -196,6 +196,7 @@ fn chained_and_small_buffers_take_the_copy_fallback_through_the_device() {
     assert_eq!(got, f1, "the frame follows the header into the second descriptor");
     let m = vm.metrics();
     assert_eq!(m["backend"]["rx_copy_fallback"]["frames"], 2);
+    assert_eq!(m["vmm_copied_bytes"], 1000 + 200, "the device reports the bounced bytes");
     assert_eq!(m["backend"]["rx_zero_copy"], 0);
     assert_eq!(m["rx_packets"], 2);
 }

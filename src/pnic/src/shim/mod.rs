@@ -623,8 +623,7 @@ impl<D: PnicDriver> ShimBackend<D> {
         self.rx_bounce.release(i);
         let ok = read && write_scatter(&self.ram, &self.rx_bounce_segs[i as usize], 0, &tmp);
         if ok {
-            self.metrics.rx_copy_fallback_frames += 1;
-            self.metrics.rx_copy_fallback_bytes += frame_len;
+            self.metrics.rx_copied(frame_len);
         }
         ok
     }
@@ -685,8 +684,7 @@ impl<D: PnicDriver> ShimBackend<D> {
             self.tx_bounce.release(i);
             return Err(DropReason::FrameTooLong);
         }
-        self.metrics.tx_copy_fallback_frames += 1;
-        self.metrics.tx_copy_fallback_bytes += u64::from(bytes);
+        self.metrics.tx_copied(u64::from(bytes));
         let cookie = self.tx.insert(TxSlot { head, bytes, bounce: Some(i) });
         match self.driver.queue_tx(&[(self.tx_bounce.iova(i), bytes)], cookie) {
             Ok(()) => {
@@ -1089,10 +1087,16 @@ impl<D: PnicDriver> NetBackend for ShimBackend<D> {
     }
 
     fn metrics(&self) -> serde_json::Value {
-        let mut v = self.metrics.to_json();
-        v["pnic"] = serde_json::json!(self.driver.name());
-        v["link_up"] = serde_json::json!(self.link_up());
-        v
+        #[derive(serde::Serialize)]
+        struct Doc<'a> {
+            pnic: &'static str,
+            link_up: bool,
+            #[serde(flatten)]
+            counters: &'a ShimMetrics,
+        }
+        let doc = Doc { pnic: self.driver.name(), link_up: self.link_up(), counters: &self.metrics };
+        // Integers and strings: cannot fail.
+        serde_json::to_value(doc).unwrap_or(serde_json::Value::Null)
     }
 }
 

@@ -70,7 +70,8 @@ fn zero_copy_rx_posts_gpa_plus_12_and_writes_header() {
     // The model never wrote anywhere but GPA + 12 of posted buffers.
     assert_eq!(h.writes(), vec![DmaAccess { iova: 0x100c, len: 60 }, DmaAccess { iova: 0x200c, len: 1514 }]);
     let m = s.shim_metrics();
-    assert_eq!((m.rx_zero_copy, m.rx_copy_fallback_frames, m.rx_packets, m.rx_bytes), (2, 0, 2, 1574));
+    assert_eq!((m.rx_zero_copy, m.rx_copy_fallback.frames, m.rx_packets, m.rx_bytes), (2, 0, 2, 1574));
+    assert_eq!(m.vmm_copied_bytes, 0, "zero-copy: the VMM copied no payload byte");
     assert!(h.faults().is_empty());
 }
 
@@ -178,8 +179,10 @@ fn copy_fallback_is_counted_and_correct() {
     mem.read_slice(&mut b, GuestAddress(0x400d)).unwrap();
     assert_eq!(b, frames[2]);
     let m = s.shim_metrics();
-    assert_eq!(m.rx_copy_fallback_frames, 3);
-    assert_eq!(m.rx_copy_fallback_bytes, 1000 + 1514 + 64);
+    assert_eq!(m.rx_copy_fallback.frames, 3);
+    assert_eq!(m.rx_copy_fallback.bytes, 1000 + 1514 + 64);
+    assert_eq!(m.vmm_copied_bytes, 1000 + 1514 + 64, "every bounced payload byte is counted");
+    assert_eq!(s.metrics()["vmm_copied_bytes"], 1000 + 1514 + 64);
     assert_eq!(m.rx_zero_copy, 0);
 }
 
@@ -203,7 +206,7 @@ fn a_buffer_straddling_two_ram_regions_takes_the_copy_fallback() {
     let mut b = vec![0u8; 1514];
     mem.read_slice(&mut b, GuestAddress(0x7c00 + 12)).unwrap();
     assert_eq!(b, f, "the frame crosses the region boundary intact");
-    assert_eq!(s.shim_metrics().rx_copy_fallback_frames, 1);
+    assert_eq!(s.shim_metrics().rx_copy_fallback.frames, 1);
 }
 
 #[test]
@@ -279,7 +282,8 @@ fn fragmented_tx_takes_the_counted_copy_fallback() {
     let p = h.posted_tx();
     assert_eq!(p.len(), 1);
     assert!(p[0].iova >= RAM);
-    assert_eq!(s.shim_metrics().tx_copy_fallback_frames, 1);
+    assert_eq!(s.shim_metrics().tx_copy_fallback.frames, 1);
+    assert_eq!(s.shim_metrics().vmm_copied_bytes, 120, "the bounced TX payload is counted");
     assert_eq!(s.shim_metrics().tx_zero_copy, 0);
 }
 

@@ -321,7 +321,7 @@ fn tap_rx_single_buffers_and_truncation() {
     host.send(&f);
     assert_eq!(pump_rx(&mut tap, &mem, 1), vec![Used { head: 4, len: 312 }]);
     assert_eq!(read(&mem, 0x2000 + 12, 300), f);
-    assert_eq!(tap.metrics()["vmm_copied_bytes"], 0);
+    assert!(tap.metrics().get("vmm_copied_bytes").is_none(), "the kernel copies, not the VMM");
     // No buffers: the backend reports a stall instead of reading.
     host.send(&test_frame(60, 4));
     assert!(poll_in(tap.event_fds()[0], 1000));

@@ -761,6 +761,9 @@ impl<D: PnicDriver> ShimBackend<D> {
     /// Send queued frames while the NIC ring has room; dropped ones are
     /// completed through `tx_returned`.
     fn drain_backlog(&mut self) {
+        if self.backlog.is_empty() {
+            return;
+        }
         let mut segs = std::mem::take(&mut self.tx_segs);
         while let Some(f) = self.backlog.front() {
             let chain = ChainRef { head: f.head, segs: &f.segs, len: f.len };
@@ -832,10 +835,17 @@ impl<D: PnicDriver> ShimBackend<D> {
         let (zc_min_len, align_mask) = (self.zc_min_len, self.limits.rx_align - 1);
         // Every buffer of the run has at least nic_len(zc_min_len) bytes of
         // room after the header.
-        let (posted, r) = self.driver.post_rx_with(nic_len(zc_min_len), || {
-            let d = q.pop_if(|d| fits_zero_copy(d, zc_min_len, align_mask))?;
-            Some((d.gpa() + HDR, LENT_COOKIE | u64::from(d.head())))
-        });
+        let (posted, r) = self.driver.post_rx_with(
+            nic_len(zc_min_len),
+            #[inline(always)]
+            || {
+                let d = q.pop_if(
+                    #[inline(always)]
+                    |d| fits_zero_copy(d, zc_min_len, align_mask),
+                )?;
+                Some((d.gpa() + HDR, LENT_COOKIE | u64::from(d.head())))
+            },
+        );
         if posted > 0 {
             self.rx_unflushed = true;
         }
@@ -930,7 +940,10 @@ impl<D: PnicDriver> ShimBackend<D> {
         let mut slow = std::mem::take(&mut self.rx_slow);
         let table = &mut self.rx;
         let mut tally = Tally::default();
-        let r = self.driver.reap_rx_with(|c| reap_table(table, c, &mut tally, &mut slow, &mut emit));
+        let r = self.driver.reap_rx_with(
+            #[inline(always)]
+            |c| reap_table(table, c, &mut tally, &mut slow, &mut emit),
+        );
         self.count_reaped(tally, r);
         self.complete_slow(&mut slow, &mut emit);
         self.rx_slow = slow;
@@ -1163,24 +1176,28 @@ impl<D: PnicDriver> ShimBackend<D> {
         let mut dropped = std::mem::take(&mut self.rx_dropped);
         let table = &mut self.rx;
         let mut tally = Tally::default();
-        let r = self.driver.reap_rx_with(|c| {
-            if c.cookie & LENT_COOKIE == 0 {
-                // Posted through the table (another shape, or before the
-                // direct path ran).
-                return reap_table(table, c, &mut tally, &mut slow, |u| q.complete(u.head, u.len));
-            }
-            let head = c.cookie as u16;
-            if c.cookie & !LENT_COOKIE > u64::from(u16::MAX) {
-                tally.unknown += 1;
-            } else if !c.error && c.eop && c.len != 0 {
-                // The NIC wrote the frame at GPA + 12 of the buffer: the
-                // device adds the header and the used entry.
-                tally.frame(c.len);
-                q.complete_frame(head, c.len);
-            } else {
-                dropped.push(head);
-            }
-        });
+        let r = self.driver.reap_rx_with(
+            #[inline(always)]
+            |c| {
+                // A lent buffer's cookie is LENT_COOKIE | head: without the tag
+                // it is the head (one test for both).
+                let lent = c.cookie ^ LENT_COOKIE;
+                if lent > u64::from(u16::MAX) {
+                    if c.cookie & LENT_COOKIE == 0 {
+                        // Posted through the table (a bounce buffer).
+                        return reap_table(table, c, &mut tally, &mut slow, |u| q.complete(u.head, u.len));
+                    }
+                    tally.unknown += 1;
+                } else if !c.error && c.eop && c.len != 0 {
+                    // The NIC wrote the frame at GPA + 12 of the buffer: the
+                    // device adds the header and the used entry.
+                    tally.frame(c.len);
+                    q.complete_frame(lent as u16, c.len);
+                } else {
+                    dropped.push(lent as u16);
+                }
+            },
+        );
         self.count_reaped(tally, r);
         for head in dropped.drain(..) {
             self.recycle_lent(q, head);
@@ -1293,18 +1310,21 @@ impl<D: PnicDriver> ShimBackend<D> {
     #[inline(always)]
     fn reap_tx_into(&mut self, report: bool, mut emit: impl FnMut(u16)) {
         let (tx, bounce, metrics) = (&mut self.tx, &mut self.tx_bounce, &mut self.metrics);
-        let r = self.driver.reap_tx_with(|c| match tx.remove(c.cookie) {
-            Some(t) => {
-                if let Some(i) = t.bounce {
-                    bounce.release(i);
+        let r = self.driver.reap_tx_with(
+            #[inline(always)]
+            |c| match tx.remove(c.cookie) {
+                Some(t) => {
+                    if let Some(i) = t.bounce {
+                        bounce.release(i);
+                    }
+                    metrics.tx_packets += 1;
+                    metrics.tx_bytes += u64::from(t.bytes);
+                    emit(t.head);
                 }
-                metrics.tx_packets += 1;
-                metrics.tx_bytes += u64::from(t.bytes);
-                emit(t.head);
-            }
-            // Not a frame we queued (or a stale cookie): ignored.
-            None => metrics.nic_errors += 1,
-        });
+                // Not a frame we queued (or a stale cookie): ignored.
+                None => metrics.nic_errors += 1,
+            },
+        );
         if let Err(e) = r {
             if report {
                 self.driver_err(e);

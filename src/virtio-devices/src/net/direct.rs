@@ -135,9 +135,11 @@ pub struct RxQueue<'a> {
     /// The ring's next avail index when the pass began (what was taken
     /// is the difference).
     start: u16,
-    /// Used elements written (some maybe not yet published).
+    /// The ring's next used index when the pass began: the elements the
+    /// pass wrote are the ones after it (published when it ends).
+    used_start: u16,
+    /// A used element was published at once (a malformed chain).
     added: bool,
-    unpublished: bool,
     /// Counters of this pass, added to `metrics` when it ends (one store
     /// each per pass instead of per frame): buffers completed, those of them
     /// shorter than the header (no packet), those that continue a frame
@@ -159,6 +161,7 @@ impl<'a> RxQueue<'a> {
         // Every head `complete` accepts is then inside the queue.
         assert!(held.len() <= usize::from(ring.size()), "held book larger than the queue");
         let start = ring.next_avail();
+        let used_start = ring.next_used();
         RxQueue {
             ring,
             held,
@@ -166,8 +169,8 @@ impl<'a> RxQueue<'a> {
             segs,
             id,
             start,
+            used_start,
             added: false,
-            unpublished: false,
             buffers: 0,
             short: 0,
             more: 0,
@@ -184,7 +187,7 @@ impl<'a> RxQueue<'a> {
     /// Whether the pass wrote used elements (the device then decides on an
     /// interrupt).
     pub(crate) fn added(&self) -> bool {
-        self.added
+        self.added || self.ring.next_used() != self.used_start
     }
 
     /// How many heads the pass took from the avail ring.
@@ -309,8 +312,6 @@ impl<'a> RxQueue<'a> {
             self.more += 1;
             self.bytes += u64::from(len);
             self.ring.push_used_in_queue(head, len);
-            self.added = true;
-            self.unpublished = true;
         }
     }
 
@@ -368,16 +369,12 @@ impl<'a> RxQueue<'a> {
         }
         // `head` indexes `held`, so it is inside the queue (`new`).
         self.ring.push_used_in_queue(head, len);
-        self.added = true;
-        self.unpublished = true;
     }
 
+    /// A used element for a head the book holds (so inside the queue).
     #[inline(always)]
     fn push(&mut self, head: u16, len: u32) {
-        if self.ring.push_used(head, len) {
-            self.added = true;
-            self.unpublished = true;
-        }
+        self.ring.push_used_in_queue(head, len);
     }
 
     #[cold]
@@ -397,7 +394,7 @@ impl<'a> RxQueue<'a> {
 impl Drop for RxQueue<'_> {
     /// The pass is over: the driver sees its used elements.
     fn drop(&mut self) {
-        if self.unpublished {
+        if self.ring.next_used() != self.used_start {
             self.ring.publish_used();
         }
         let packets = self.buffers - self.short - self.more;
@@ -428,8 +425,8 @@ pub struct TxQueue<'a> {
     /// when it catches up).
     quiet: bool,
     over_budget: bool,
-    added: bool,
-    unpublished: bool,
+    /// The ring's next used index when the pass began (see [`RxQueue`]).
+    used_start: u16,
     packets: u64,
     bytes: u64,
 }
@@ -444,6 +441,7 @@ impl<'a> TxQueue<'a> {
         budget: usize,
     ) -> Self {
         assert!(in_flight.len() <= usize::from(ring.size()), "in-flight book larger than the queue");
+        let used_start = ring.next_used();
         TxQueue {
             ring,
             in_flight,
@@ -455,8 +453,7 @@ impl<'a> TxQueue<'a> {
             popped: 0,
             quiet: false,
             over_budget: false,
-            added: false,
-            unpublished: false,
+            used_start,
             packets: 0,
             bytes: 0,
         }
@@ -464,7 +461,7 @@ impl<'a> TxQueue<'a> {
 
     /// Whether the pass wrote used elements.
     pub(crate) fn added(&self) -> bool {
-        self.added
+        self.ring.next_used() != self.used_start
     }
 
     /// The guest RAM the ring's frames are in (for a backend that does its
@@ -573,8 +570,6 @@ impl<'a> TxQueue<'a> {
     #[inline(always)]
     fn push(&mut self, head: u16) {
         self.ring.push_used_in_queue(head, 0);
-        self.added = true;
-        self.unpublished = true;
     }
 
     #[cold]
@@ -587,7 +582,7 @@ impl<'a> TxQueue<'a> {
 impl Drop for TxQueue<'_> {
     /// The pass is over: the driver sees its used elements.
     fn drop(&mut self) {
-        if self.unpublished {
+        if self.ring.next_used() != self.used_start {
             self.ring.publish_used();
         }
         self.metrics.tx_packets += self.packets;

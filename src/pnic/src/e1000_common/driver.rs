@@ -13,11 +13,13 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::regs::*;
 use super::ring::{DescLayout, RxRing, TxRing};
-use super::{alloc_dma, check_alive, global_reset, poll_until, read_checked, reset_on_drop, write_mac_filter};
+use super::{
+    alloc_dma, check_alive, global_reset, poll_until, read_checked, reset_on_drop, write_mac_filter, NicConfig,
+    OpenError,
+};
 use crate::bdf::Bdf;
 use crate::dma::{DmaArea, DmaMapper, IovaAllocator};
 use crate::driver::{DriverError, DriverLimits, PnicDriver, RegisterAccess, RxCompletion, RxRunError, TxCompletion};
-use crate::igb::{IgbConfig, IgbOpenError};
 use crate::vfio::{MmioRegs, VfioNic};
 
 /// What one e1000-family NIC does its own way. The hooks run with the
@@ -71,12 +73,13 @@ pub struct E1000<F: Family, R: RegisterAccess> {
 pub fn open_vfio<F: Family>(
     bdf: Bdf,
     guest: &GuestMemoryMmap,
-    cfg: IgbConfig,
-) -> Result<E1000<F, MmioRegs>, IgbOpenError> {
+    cfg: NicConfig,
+) -> Result<E1000<F, MmioRegs>, OpenError> {
     let mut nic = VfioNic::open(bdf, guest)?;
     nic.device_reset()?;
     let vectors = nic.enable_msix(2)?;
-    let mut d = E1000::new(nic.regs(), nic.dma_mapper(), IovaAllocator::above(guest), cfg, vectors)?;
+    let mut d = E1000::new(nic.regs(), nic.dma_mapper(), IovaAllocator::above(guest), cfg, vectors)
+        .map_err(|source| OpenError::Driver { family: F::NAME, source })?;
     d.nic = Some(nic);
     Ok(d)
 }
@@ -88,7 +91,7 @@ impl<F: Family, R: RegisterAccess> E1000<F, R> {
         regs: R,
         mapper: Arc<dyn DmaMapper>,
         mut iova: IovaAllocator,
-        cfg: IgbConfig,
+        cfg: NicConfig,
         msix_vectors: usize,
     ) -> Result<Self, DriverError> {
         let desc = DESC_SIZE as usize;

@@ -27,8 +27,9 @@ use super::ModelIommu;
 use crate::dma::{DmaMapper, IovaAllocator};
 use crate::driver::{DriverError, RegisterAccess};
 use crate::e1000_common::regs::DESC_SIZE;
+use crate::e1000_common::NicConfig;
 use crate::igb::regs::*;
-use crate::igb::{Igb, IgbConfig};
+use crate::igb::Igb;
 
 /// The 16-byte advanced descriptors' fields the model reads and writes.
 const DESC_ADDR_OFF: u64 = 0;
@@ -364,7 +365,7 @@ pub fn igb_on_model_msix(
         irqs: irqs.clone(),
         stats: Mutex::default(),
     });
-    let mut cfg = IgbConfig::new(mac);
+    let mut cfg = NicConfig::new(mac);
     cfg.link_timeout = Duration::from_millis(100);
     let mapper: Arc<dyn DmaMapper> = iommu;
     let mut d = Igb::new(IgbHwRegs(inner.clone()), mapper, IovaAllocator::above(guest), cfg, irqs.len())?;

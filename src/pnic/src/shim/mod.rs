@@ -46,8 +46,9 @@ use vm_memory::{Bytes, GuestAddress};
 
 use crate::bdf::{Bdf, BdfError};
 use crate::driver::{DriverError, DriverLimits, PnicDriver, RxCompletion, RxRunError};
+use crate::e1000_common::{NicConfig, OpenError};
 use crate::e1000e;
-use crate::igb::{self, IgbConfig, IgbOpenError};
+use crate::igb;
 use crate::nic::Pnic;
 use crate::vfio::{precheck, HostPaths, DEVICE_82574L};
 use bounce::{BouncePool, BOUNCE_BUF_SIZE};
@@ -80,7 +81,7 @@ pub enum ShimError {
     #[error(transparent)]
     Bdf(#[from] BdfError),
     #[error(transparent)]
-    Open(#[from] IgbOpenError),
+    Open(#[from] OpenError),
     #[error("pNIC setup failed: {0}")]
     Driver(#[from] DriverError),
     #[error("NIC accepts RX buffers of {0} bytes, more than the shim can offer ({NIC_BUF_MAX})")]
@@ -336,8 +337,8 @@ pub type VfioShim = ShimBackend<Pnic>;
 /// Every host-setup problem is reported before the NIC is touched.
 pub fn open_vfio(bdf: &str, mem: &GuestMemory, mac: [u8; 6]) -> Result<VfioShim, ShimError> {
     let bdf: Bdf = bdf.parse()?;
-    let info = precheck(&HostPaths::default(), bdf).map_err(IgbOpenError::from)?;
-    let cfg = IgbConfig::new(mac);
+    let info = precheck(&HostPaths::default(), bdf).map_err(OpenError::from)?;
+    let cfg = NicConfig::new(mac);
     let nic = match info.device {
         DEVICE_82574L => Pnic::E1000e(e1000e::open_vfio(bdf, mem, cfg)?),
         _ => Pnic::Igb(igb::open_vfio(bdf, mem, cfg)?),

@@ -16,6 +16,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
+use super::rx::LENT_COOKIE;
 use super::*;
 use crate::model::{InjectOutcome, ModelConfig, ModelHandle, NicModel};
 

@@ -5,7 +5,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::*;
 use crate::model::{DmaAccess, InjectOutcome, ModelConfig, ModelHandle, NicModel};
-use virtio_devices::net::backend::RxBuffer;
+use virtio_devices::net::backend::{ChainRef, RxBuffer};
 
 const MAC: [u8; 6] = [0x52, 0x54, 0x00, 0xaa, 0xbb, 0x01];
 const RAM: u64 = 0x10_0000;

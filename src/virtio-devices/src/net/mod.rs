@@ -8,6 +8,7 @@ pub mod chain;
 pub mod config;
 pub mod device;
 pub mod direct;
+mod event_handler;
 pub mod iov;
 pub mod link_monitor;
 pub mod metrics;

@@ -17,7 +17,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use vm_memory::GuestMemoryMmap;
@@ -30,6 +30,7 @@ use crate::e1000_common::regs::DESC_SIZE;
 use crate::e1000_common::NicConfig;
 use crate::igb::regs::*;
 use crate::igb::Igb;
+use crate::sync::lock;
 
 /// The 16-byte advanced descriptors' fields the model reads and writes.
 const DESC_ADDR_OFF: u64 = 0;
@@ -83,10 +84,6 @@ pub struct IgbHwRegs(Arc<Inner>);
 /// The wire side of the model: frames arrive, transmissions complete.
 #[derive(Clone)]
 pub struct IgbHw(Arc<Inner>);
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 impl RegisterAccess for IgbHwRegs {
     fn read32(&self, off: u32) -> u32 {

@@ -12,7 +12,7 @@ pub mod iommu;
 
 use std::collections::VecDeque;
 use std::os::unix::io::{AsRawFd, RawFd};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use vm_memory::GuestMemoryMmap;
@@ -20,6 +20,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::dma::{DmaArea, DmaMapper, IovaAllocator};
 use crate::driver::{DriverError, DriverLimits, PnicDriver, RxCompletion, RxRunError, TxCompletion};
+use crate::sync::lock;
 pub use iommu::ModelIommu;
 
 /// The model's limits (defaults mirror the igb driver's).
@@ -127,10 +128,6 @@ pub struct ModelHandle {
     iommu: Arc<ModelIommu>,
     irq: Arc<EventFd>,
     cfg: ModelConfig,
-}
-
-fn lock(s: &Mutex<State>) -> MutexGuard<'_, State> {
-    s.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl NicModel {

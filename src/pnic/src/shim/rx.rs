@@ -6,7 +6,9 @@
 use std::ptr::NonNull;
 
 use virtio_devices::mem::RamMap;
-use virtio_devices::net::backend::{ChainRef, DropReason, Used, VNET_HDR_LEN};
+use virtio_devices::net::backend::{
+    write_one_buffer_header, ChainRef, DropReason, Used, ONE_BUFFER_HEADER, VNET_HDR_LEN,
+};
 use virtio_devices::net::direct::{RxDesc, RxNext, RxQueue};
 use vm_memory::GuestAddress;
 
@@ -14,19 +16,13 @@ use super::rx_table::{HostPtr, RxHeld, RxKind, RxTable};
 use super::{in_ram, ShimBackend, HDR, NIC_BUF_MAX};
 use crate::driver::{DriverError, DriverLimits, PnicDriver, RxCompletion, RxRunError};
 
-/// The virtio-net header of a received frame: no offloads, one buffer
-/// (num_buffers, le16, is the last field of virtio_net_hdr_v1).
-pub(super) const RX_HEADER: [u8; VNET_HDR_LEN] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0];
-
 /// Write the virtio-net header of a received frame into a zero-copy buffer.
 #[inline]
 pub(super) fn write_header(host: NonNull<u8>) {
-    let p = host.as_ptr();
     // SAFETY: `host` is the first byte of a buffer of at least
     // `zc_min_len` (> 12) bytes inside one guest RAM mapping that the shim
-    // keeps alive (`zero_copy_target`); [u8; N] has alignment 1. Volatile:
-    // the guest may be reading the same bytes.
-    unsafe { p.cast::<[u8; VNET_HDR_LEN]>().write_volatile(RX_HEADER) };
+    // keeps alive (`zero_copy_target`).
+    unsafe { write_one_buffer_header(host) };
 }
 
 /// Whether the NIC says it wrote a whole, undamaged frame it was allowed to
@@ -306,7 +302,7 @@ impl<D: PnicDriver> ShimBackend<D> {
         // Header + frame in one copy with equal alignment on both sides.
         let total = (HDR + frame_len) as usize;
         let mut tmp = vec![0u8; total];
-        tmp[..VNET_HDR_LEN].copy_from_slice(&RX_HEADER);
+        tmp[..VNET_HDR_LEN].copy_from_slice(&ONE_BUFFER_HEADER);
         let read = self.rx_bounce.read(i, HDR, &mut tmp[VNET_HDR_LEN..]).is_ok();
         self.rx_bounce.release(i);
         let ok = read && write_scatter(&self.ram, &self.rx_bounce_segs[i as usize], 0, &tmp);

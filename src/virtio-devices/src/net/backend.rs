@@ -16,6 +16,7 @@
 //! backend under the feature `testing`, not in the trait.
 
 use std::os::unix::io::RawFd;
+use std::ptr::NonNull;
 
 use vm_memory::GuestAddress;
 
@@ -25,6 +26,24 @@ use crate::GuestMemory;
 
 /// Size of `struct virtio_net_hdr_v1` (VERSION_1, no hash report).
 pub const VNET_HDR_LEN: usize = 12;
+
+/// The virtio-net header of a received frame that fits one buffer: no
+/// offloads, no checksum to finish, num_buffers (le16, the last field of
+/// virtio_net_hdr_v1) = 1.
+pub const ONE_BUFFER_HEADER: [u8; VNET_HDR_LEN] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+
+/// Writes [`ONE_BUFFER_HEADER`] at `host` (volatile: guest memory the guest
+/// may be reading).
+///
+/// # Safety
+/// `host` must be the first byte of at least [`VNET_HDR_LEN`] writable
+/// bytes of guest RAM that stay mapped for the call.
+#[inline(always)]
+pub unsafe fn write_one_buffer_header(host: NonNull<u8>) {
+    // SAFETY: the caller guarantees VNET_HDR_LEN writable bytes at `host`;
+    // [u8; N] has alignment 1.
+    unsafe { host.as_ptr().cast::<[u8; VNET_HDR_LEN]>().write_volatile(ONE_BUFFER_HEADER) };
+}
 
 /// One guest-writable buffer (a whole RX descriptor chain), owned (a
 /// backend's copy of a [`ChainRef`], or a test's buffer).

@@ -24,7 +24,7 @@ use std::ptr::NonNull;
 use log::error;
 use vm_memory::GuestAddress;
 
-use super::backend::{ChainRef, DropReason, VNET_HDR_LEN};
+use super::backend::{write_one_buffer_header, ChainRef, DropReason, VNET_HDR_LEN};
 use super::chain::Direction;
 use super::metrics::NetMetrics;
 use super::ring::SplitRing;
@@ -110,10 +110,13 @@ impl Held {
 // device's thread.
 unsafe impl Send for Held {}
 
-/// The virtio-net header of a frame that fits one buffer: no offloads, no
-/// checksum to finish, num_buffers (le16, the last field of
-/// virtio_net_hdr_v1) = 1.
-const ONE_BUFFER_HEADER: [u8; VNET_HDR_LEN] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+/// A backend completed (or refused) a head of queue `queue` that it does
+/// not hold: a backend bug, counted and logged, never passed to the guest.
+#[cold]
+fn bogus_completion(metrics: &mut NetMetrics, id: &str, queue: &str, head: u16) {
+    metrics.backend_bogus_completions += 1;
+    error!("virtio-net {id}: backend completed {queue} head {head} it does not hold");
+}
 
 /// What [`RxQueue::pop`] hands out.
 #[derive(Debug)]
@@ -342,9 +345,8 @@ impl<'a> RxQueue<'a> {
         }
         // SAFETY: `host` is the first byte of a buffer of `len` (>=
         // VNET_HDR_LEN) bytes inside one guest RAM mapping, resolved by
-        // `pop` and alive while the device is activated; [u8; N] has
-        // alignment 1. Volatile: guest memory.
-        unsafe { host.as_ptr().cast::<[u8; VNET_HDR_LEN]>().write_volatile(ONE_BUFFER_HEADER) };
+        // `pop` and alive while the device is activated.
+        unsafe { write_one_buffer_header(host) };
         self.used(head, total as u32);
     }
 
@@ -379,8 +381,7 @@ impl<'a> RxQueue<'a> {
 
     #[cold]
     fn bogus_head(&mut self, head: u16) {
-        self.metrics.backend_bogus_completions += 1;
-        error!("virtio-net {}: backend completed RX head {head} it does not hold", self.id);
+        bogus_completion(self.metrics, self.id, "RX", head);
     }
 
     #[cold]
@@ -574,8 +575,7 @@ impl<'a> TxQueue<'a> {
 
     #[cold]
     fn bogus_head(&mut self, head: u16) {
-        self.metrics.backend_bogus_completions += 1;
-        error!("virtio-net {}: backend completed TX head {head} it does not hold", self.id);
+        bogus_completion(self.metrics, self.id, "TX", head);
     }
 }
 

@@ -8,11 +8,15 @@
 
 use std::os::unix::io::RawFd;
 
+use vm_memory::GuestMemoryMmap;
+
+use crate::bdf::Bdf;
 use crate::dma::DmaArea;
 use crate::driver::{DriverError, DriverLimits, PnicDriver, RegisterAccess, RxCompletion, RxRunError, TxCompletion};
-use crate::e1000e::E1000e;
-use crate::igb::Igb;
-use crate::vfio::MmioRegs;
+use crate::e1000_common::{NicConfig, OpenError};
+use crate::e1000e::{self, E1000e};
+use crate::igb::{self, Igb};
+use crate::vfio::{precheck, HostPaths, MmioRegs, DEVICE_82574L};
 
 /// A supported physical NIC over register access `R` (`MmioRegs` on
 /// hardware, a model in tests and benchmarks).
@@ -21,6 +25,20 @@ pub enum Pnic<R: RegisterAccess = MmioRegs> {
     Igb(Igb<R>),
     /// Intel 82574L.
     E1000e(E1000e<R>),
+}
+
+impl Pnic {
+    /// Open the NIC at `bdf` through VFIO with the driver its PCI id calls
+    /// for (82576 or 82574L), map `guest` for DMA (IOVA = GPA) and bring it
+    /// up with `cfg`. Every host-setup problem is reported before the NIC is
+    /// touched.
+    pub fn open_vfio(bdf: Bdf, guest: &GuestMemoryMmap, cfg: NicConfig) -> Result<Pnic, OpenError> {
+        let info = precheck(&HostPaths::default(), bdf)?;
+        Ok(match info.device {
+            DEVICE_82574L => Pnic::E1000e(e1000e::open_vfio(bdf, guest, cfg)?),
+            _ => Pnic::Igb(igb::open_vfio(bdf, guest, cfg)?),
+        })
+    }
 }
 
 /// `$body` with `$d` bound to the family's driver.

@@ -48,10 +48,8 @@ use vm_memory::GuestAddress;
 use crate::bdf::{Bdf, BdfError};
 use crate::driver::{DriverError, DriverLimits, PnicDriver, RxCompletion};
 use crate::e1000_common::{NicConfig, OpenError};
-use crate::e1000e;
-use crate::igb;
 use crate::nic::Pnic;
-use crate::vfio::{precheck, HostPaths, DEVICE_82574L};
+
 use bounce::{BouncePool, BOUNCE_BUF_SIZE};
 pub use metrics::ShimMetrics;
 use rx_table::{RxHeld, RxTable};
@@ -155,12 +153,7 @@ pub type VfioShim = ShimBackend<Pnic>;
 /// Every host-setup problem is reported before the NIC is touched.
 pub fn open_vfio(bdf: &str, mem: &GuestMemory, mac: [u8; 6]) -> Result<VfioShim, ShimError> {
     let bdf: Bdf = bdf.parse()?;
-    let info = precheck(&HostPaths::default(), bdf).map_err(OpenError::from)?;
-    let cfg = NicConfig::new(mac);
-    let nic = match info.device {
-        DEVICE_82574L => Pnic::E1000e(e1000e::open_vfio(bdf, mem, cfg)?),
-        _ => Pnic::Igb(igb::open_vfio(bdf, mem, cfg)?),
-    };
+    let nic = Pnic::open_vfio(bdf, mem, NicConfig::new(mac))?;
     ShimBackend::new(nic, mem, mac)
 }
 

@@ -482,4 +482,27 @@ mod tests {
         d.reap_rx(&mut out).unwrap();
         assert_eq!(out[0].cookie, 2, "the buffer posted before quiesce is forgotten");
     }
+
+    #[test]
+    fn two_vectors_as_in_production_queue_interrupts_on_vector_0_and_one_register_read() {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let (mut d, hw) = igb_on_model_msix(&mem, MAC, 2).unwrap();
+        d.start().unwrap();
+        let fds = d.irq_fds();
+        assert_eq!(fds.len(), 2);
+        d.post_rx(0x1000, 2048, 1).unwrap();
+        d.flush_rx().unwrap();
+        assert!(matches!(hw.inject_rx(&frame(MAC, 64)), HwRx::Delivered { .. }));
+        let pending = |fd| {
+            let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+            // SAFETY: one valid pollfd, zero timeout.
+            unsafe { libc::poll(&mut p, 1, 0) == 1 }
+        };
+        assert!(pending(fds[0]) && !pending(fds[1]), "the queue cause goes to vector 0 only");
+        let (r0, w0) = hw.register_accesses();
+        d.handle_irq(0).unwrap();
+        let (r1, w1) = hw.register_accesses();
+        assert_eq!((r1 - r0, w1 - w0), (1, 0), "vector 0: EICR only (no ICR, as with one vector)");
+        assert!(!pending(fds[0]), "the eventfd is drained");
+    }
 }

@@ -9,7 +9,7 @@
 //! TX: the chain's segments after the 12-byte header become NIC descriptors.
 //!
 //! Every address given to the NIC lies inside guest RAM with the full length
-//! the NIC may touch. Buffers handed over as [`RxDesc`] carry that proof from
+//! the NIC may touch. Buffers handed over as an `RxDesc` carry that proof from
 //! the device, which resolved them inside one RAM mapping; every other
 //! buffer is re-checked here against the shim's own map, although the
 //! device validated it already.

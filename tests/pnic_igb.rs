@@ -272,7 +272,7 @@ fn igb_shim_rx_lands_at_gpa_plus_12_and_tx_reaches_the_peer() {
     assert!(IRQS.load(Ordering::Relaxed) > 0, "frames arrived but no MSI-X interrupt reached the eventfds");
     let m = s.shim_metrics().clone();
     assert!(m.rx_zero_copy >= sent.len() as u64, "{m:?}");
-    assert_eq!(m.rx_copy_fallback_frames, 0);
+    assert_eq!(m.rx_copy_fallback.frames, 0);
 
     // --- the peer's own traffic: unicast ping to our MAC, broadcast ping --------
     let mac_s = MAC.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
@@ -356,7 +356,7 @@ fn igb_shim_rx_lands_at_gpa_plus_12_and_tx_reaches_the_peer() {
     }
     assert!(got, "fallback frame not delivered");
     let m = s.shim_metrics();
-    assert!(m.rx_copy_fallback_frames >= 1 && m.rx_copy_fallback_bytes >= 700, "{m:?}");
+    assert!(m.rx_copy_fallback.frames >= 1 && m.rx_copy_fallback.bytes >= 700, "{m:?}");
 
     // --- after quiesce nothing lands in buffers that were posted -------------------
     s.post_rx(&mem, rx_buf(200, 0xb0_0000, BUF_LEN)).unwrap();

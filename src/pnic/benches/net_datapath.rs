@@ -3,10 +3,21 @@
 //! `virtio_devices::net::Net` device moves frames through either
 //! - `tap`: `TapBackend` on a real tap device, frames injected/consumed on the
 //!   host side through an AF_PACKET socket bound to the tap, or
-//! - `shim`: `ShimBackend` over the product's igb driver, which runs on a
-//!   software 82576 (`pnic::model::igb_hw`: registers, descriptor rings in DMA
-//!   memory); the model's "DMA" writes frames straight into the posted guest
-//!   buffers (GPA + 12). The VMM side is thus the code that drives a real NIC.
+//! - `shim`: the binary's configuration: `ShimBackend<Pnic<_>>` (the same
+//!   enum dispatch over NIC families as `pnic::shim::VfioShim`) holding the
+//!   product's igb driver with two MSI-X vectors (queues, other causes), which
+//!   runs on a software 82576 (`pnic::model::igb_hw`: registers, descriptor
+//!   rings in DMA memory); the model's "DMA" writes frames straight into the
+//!   posted guest buffers (GPA + 12). The VMM side is thus the code that drives
+//!   a real NIC; only the register access is the model's instead of MMIO.
+//!
+//! The simulated guest behaves like Linux's virtio-net with EVENT_IDX: after
+//! reaping used entries it writes `used_event` = the next used index it
+//! expects (an interrupt for the next entry), and the interrupts the device
+//! raises are counted on its irqfd. Per frame the bench reports the NIC
+//! register reads and writes (counted in the model), the guest interrupts,
+//! and the payload bytes the VMM copied (the device's `vmm_copied_bytes`
+//! counter, which includes the backend's).
 //!
 //! What is timed as "VMM" is only `bench_vmm_work` (the event loop: device +
 //! backend, including the tap's readv/writev syscalls); the simulated guest
@@ -15,7 +26,9 @@
 //! inclusive instruction counts give instructions per packet (tools/bench).
 //!
 //!   cargo bench -p pnic --bench net_datapath -- [--frames N] [SCENARIO...]
-//!   SCENARIO = {tap,shim}-{rx,tx}-{64,512,1500,9000}; default: all.
+//!   SCENARIO = {tap,shim}-{rx,tx}-{64,512,1500,9000}[-bBURST]; default: all
+//!   at burst 64. BURST: frames the wire delivers (RX) or the guest posts
+//!   (TX) per event-loop pass.
 //! Prints one JSON object per scenario on stdout.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -24,8 +37,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use event_manager::{EventManager, SubscriberOps};
-use pnic::model::igb_hw::{igb_on_model, HwRx, IgbHw};
+use pnic::model::igb_hw::{igb_on_model_msix, HwRx, IgbHw};
 use pnic::shim::ShimBackend;
+use pnic::Pnic;
 use virtio_devices::net::config::{F_EVENT_IDX, F_MRG_RXBUF, F_VERSION_1};
 use virtio_devices::net::device::{RX_QUEUE, TX_QUEUE};
 use virtio_devices::net::{Net, NetBackend, TapBackend};
@@ -47,8 +61,11 @@ const RX_BASE: u64 = 0x10_0000;
 const TX_BASE: u64 = 0x80_0000;
 /// TX slot stride: a 12-byte header plus a 9000-byte frame fits.
 const TX_STRIDE: u64 = 0x4000;
-/// Frames the host side sends per event-loop pass.
-const BURST: usize = 64;
+/// Frames per event-loop pass unless the scenario says otherwise.
+const DEFAULT_BURST: usize = 64;
+/// MSI-X vectors the shim's NIC has, as in production (igb/e1000e
+/// `open_vfio`).
+const PRODUCTION_VECTORS: usize = 2;
 
 fn thread_cpu_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
@@ -108,6 +125,8 @@ impl Driver {
         self.avail_idx.wrapping_sub(event).wrapping_sub(1) < self.avail_idx.wrapping_sub(old)
     }
 
+    /// Takes the new used entries, then asks for an interrupt at the next
+    /// one (`used_event`, as Linux's virtqueue_enable_cb does).
     fn reap(&mut self, out: &mut Vec<(u16, u32)>) {
         let idx: u16 = self.mem.read_obj(GuestAddress(self.used + 2)).unwrap();
         while self.used_seen != idx {
@@ -117,6 +136,9 @@ impl Driver {
             out.push((id as u16, len));
             self.used_seen = self.used_seen.wrapping_add(1);
         }
+        let used_event = self.avail + 4 + 2 * u64::from(QSIZE);
+        self.mem.write_obj(self.used_seen, GuestAddress(used_event)).unwrap();
+        fence(Ordering::SeqCst);
     }
 }
 
@@ -190,12 +212,15 @@ impl HostEnd {
 }
 
 enum Nic {
-    Tap { host: HostEnd, name: String },
+    Tap { host: HostEnd },
     Igb(IgbHw),
 }
 
 struct Bench {
     net: Arc<Mutex<Net>>,
+    /// The device's interrupt line (irqfd): its counter is the number of
+    /// guest interrupts.
+    irqfd: EventFd,
     em: EventManager<Arc<Mutex<Net>>>,
     rx: Driver,
     tx: Driver,
@@ -254,25 +279,28 @@ impl Bench {
                 .expect("run ip");
             assert!(st.success(), "ip link set {name} mtu {mtu} up failed");
             let host = HostEnd::new(&name);
-            (Box::new(tap), Nic::Tap { host, name })
+            (Box::new(tap), Nic::Tap { host })
         } else {
-            let (igb, hw) = igb_on_model(&mem, MAC).expect("igb driver bring-up on the 82576 model");
-            (Box::new(ShimBackend::new(igb, &mem, MAC).unwrap()), Nic::Igb(hw))
+            let (igb, hw) =
+                igb_on_model_msix(&mem, MAC, PRODUCTION_VECTORS).expect("igb driver bring-up on the 82576 model");
+            let shim: ShimBackend<Pnic<_>> = ShimBackend::new(Pnic::Igb(igb), &mem, MAC).unwrap();
+            (Box::new(shim), Nic::Igb(hw))
         };
         let (rx, rxq) = Driver::new(&mem, 0);
         let (tx, txq) = Driver::new(&mem, 0x1_0000);
         let net = Arc::new(Mutex::new(Net::new(backend, Some(MAC), "bench".into())));
         let mut em = EventManager::<Arc<Mutex<Net>>>::new().unwrap();
         em.add_subscriber(net.clone());
+        let irqfd = EventFd::new(libc::EFD_NONBLOCK).unwrap();
         {
             let mut n = net.lock().unwrap();
             let feats = n.avail_features() & (F_VERSION_1 | F_EVENT_IDX | F_MRG_RXBUF);
             n.set_acked_features(feats);
-            let irq = Arc::new(Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()));
+            let irq = Arc::new(Interrupt::new(irqfd.try_clone().unwrap()));
             n.activate(ActivateContext { mem: mem.clone(), queues: vec![rxq, txq], interrupt: irq }).unwrap();
         }
         bench_vmm_work(&mut em);
-        Bench { net, em, rx, tx, mem, nic, vmm_ns: 0, nic_ns: 0, ru0: thread_rusage() }
+        Bench { net, irqfd, em, rx, tx, mem, nic, vmm_ns: 0, nic_ns: 0, ru0: thread_rusage() }
     }
 
     fn vmm(&mut self) {
@@ -295,15 +323,53 @@ impl Bench {
     fn metrics(&self) -> serde_json::Value {
         self.net.lock().unwrap().metrics().unwrap()
     }
+
+    /// Guest interrupts raised since the last call (the irqfd's counter).
+    fn take_irqs(&self) -> u64 {
+        self.irqfd.read().unwrap_or(0)
+    }
+
+    /// NIC register (reads, writes) so far; (0, 0) for the tap.
+    fn registers(&self) -> (u64, u64) {
+        match &self.nic {
+            Nic::Igb(hw) => hw.register_accesses(),
+            Nic::Tap { .. } => (0, 0),
+        }
+    }
+}
+
+/// What the measured loop cost besides time: guest interrupts and NIC
+/// register accesses.
+#[derive(Default)]
+struct Counts {
+    irqs: u64,
+    reads: u64,
+    writes: u64,
+}
+
+impl Counts {
+    /// Starts counting (drops what setup raised).
+    fn start(b: &Bench) -> Counts {
+        b.take_irqs();
+        let (reads, writes) = b.registers();
+        Counts { irqs: 0, reads, writes }
+    }
+
+    fn stop(self, b: &Bench) -> Counts {
+        let (reads, writes) = b.registers();
+        Counts { irqs: b.take_irqs(), reads: reads - self.reads, writes: writes - self.writes }
+    }
 }
 
 struct Outcome {
     frames: u64,
     wall: Duration,
+    counts: Counts,
 }
 
-fn run_rx(b: &mut Bench, frame_len: usize, frames: u64) -> Outcome {
+fn run_rx(b: &mut Bench, frame_len: usize, frames: u64, burst: usize) -> Outcome {
     let buf_addr = |h: u16| RX_BASE + u64::from(h) * u64::from(RX_BUF);
+    let counts = Counts::start(b);
     let old = b.rx.avail_idx;
     for h in 0..QSIZE {
         b.rx.push(h, buf_addr(h), RX_BUF, DESC_F_WRITE);
@@ -321,7 +387,7 @@ fn run_rx(b: &mut Bench, frame_len: usize, frames: u64) -> Outcome {
     let mut checked = false;
     while delivered < frames {
         assert!(Instant::now() < deadline, "RX bench stuck: {}", b.metrics());
-        b.nic(&frame, BURST, true, &mut scratch);
+        b.nic(&frame, burst, true, &mut scratch);
         b.vmm();
         used.clear();
         b.rx.reap(&mut used);
@@ -350,10 +416,11 @@ fn run_rx(b: &mut Bench, frame_len: usize, frames: u64) -> Outcome {
         }
     }
     assert!(checked || frame_len + VNET_HDR > RX_BUF as usize, "no frame verified in guest memory");
-    Outcome { frames: delivered, wall: t0.elapsed() }
+    let counts = counts.stop(b);
+    Outcome { frames: delivered, wall: t0.elapsed(), counts }
 }
 
-fn run_tx(b: &mut Bench, frame_len: usize, frames: u64) -> Outcome {
+fn run_tx(b: &mut Bench, frame_len: usize, frames: u64, burst: usize) -> Outcome {
     let mut msg = vec![0u8; VNET_HDR];
     msg.extend(test_frame(frame_len));
     let slot = |h: u16| TX_BASE + u64::from(h) * TX_STRIDE;
@@ -365,12 +432,14 @@ fn run_tx(b: &mut Bench, frame_len: usize, frames: u64) -> Outcome {
     let mut sent = 0u64;
     let mut on_wire = 0u64;
     let mut scratch = vec![0u8; 16384];
+    let counts = Counts::start(b);
     let t0 = Instant::now();
     let deadline = t0 + Duration::from_secs(300);
     while sent < frames {
         assert!(Instant::now() < deadline, "TX bench stuck: {}", b.metrics());
         let old = b.tx.avail_idx;
-        for h in free.drain(..) {
+        let n = burst.min(free.len());
+        for h in free.drain(..n) {
             b.tx.push(h, slot(h), msg.len() as u32, 0);
         }
         if b.tx.publish(old) {
@@ -388,28 +457,35 @@ fn run_tx(b: &mut Bench, frame_len: usize, frames: u64) -> Outcome {
     assert_eq!(m["tx_drops"]["backend_error"], 0, "{m}");
     // The tap's kernel queue may drop under load; the model never does.
     assert!(on_wire > 0, "no frame reached the wire: {m}");
-    Outcome { frames: sent, wall: t0.elapsed() }
+    let counts = counts.stop(b);
+    Outcome { frames: sent, wall: t0.elapsed(), counts }
 }
 
 fn scenario(name: &str, frames: u64) -> Option<serde_json::Value> {
     let parts: Vec<&str> = name.split('-').collect();
-    let [path, dir, size] = parts[..] else {
-        panic!("bad scenario {name}: want PATH-DIR-SIZE, e.g. shim-rx-1500");
+    let (path, dir, size, burst) = match parts[..] {
+        [path, dir, size] => (path, dir, size, DEFAULT_BURST),
+        [path, dir, size, b] => {
+            let burst = b.strip_prefix('b').and_then(|n| n.parse().ok()).filter(|&n| n > 0);
+            (path, dir, size, burst.unwrap_or_else(|| panic!("bad burst in {name}: want bN, e.g. b8")))
+        }
+        _ => panic!("bad scenario {name}: want PATH-DIR-SIZE[-bBURST], e.g. shim-rx-1500-b8"),
     };
     let size: usize = size.parse().unwrap_or_else(|_| panic!("bad frame size in {name}"));
     assert!(matches!(path, "tap" | "shim") && matches!(dir, "rx" | "tx"), "bad scenario {name}");
     if path == "shim" && size > pnic::igb::RX_MAX_FRAME as usize {
-        return Some(serde_json::json!({"scenario": name, "path": path, "dir": dir, "size": size,
+        return Some(serde_json::json!({"scenario": name, "path": path, "dir": dir, "size": size, "burst": burst,
             "skipped": format!("the shim path caps frames at {} B", pnic::igb::RX_MAX_FRAME)}));
     }
     let mut b = Bench::new(path, size);
-    let out = if dir == "rx" { run_rx(&mut b, size, frames) } else { run_tx(&mut b, size, frames) };
+    let out = if dir == "rx" { run_rx(&mut b, size, frames, burst) } else { run_tx(&mut b, size, frames, burst) };
     let ru = thread_rusage();
     let m = b.metrics();
     let f = out.frames.max(1) as f64;
-    let copied = m["vmm_copied_bytes"].as_u64().unwrap_or(0);
+    let copied = m["vmm_copied_bytes"].as_u64().expect("the device reports vmm_copied_bytes");
+    let c = &out.counts;
     let v = serde_json::json!({
-        "scenario": name, "path": path, "dir": dir, "size": size,
+        "scenario": name, "path": path, "dir": dir, "size": size, "burst": burst,
         "frames": out.frames,
         "vmm_ns_per_pkt": b.vmm_ns as f64 / f,
         "nic_ns_per_pkt": b.nic_ns as f64 / f,
@@ -418,11 +494,11 @@ fn scenario(name: &str, frames: u64) -> Option<serde_json::Value> {
         "thread_user_ns_per_pkt": (ru.0 - b.ru0.0).as_nanos() as f64 / f,
         "thread_sys_ns_per_pkt": (ru.1 - b.ru0.1).as_nanos() as f64 / f,
         "vmm_copied_bytes_per_pkt": copied as f64 / f,
+        "guest_irqs_per_pkt": c.irqs as f64 / f,
+        "nic_reg_reads_per_pkt": c.reads as f64 / f,
+        "nic_reg_writes_per_pkt": c.writes as f64 / f,
         "metrics": m,
     });
-    if let Nic::Tap { name, .. } = &b.nic {
-        let _ = name;
-    }
     Some(v)
 }
 

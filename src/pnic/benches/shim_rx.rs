@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use pnic::model::{ModelConfig, ModelHandle, NicModel};
 use pnic::shim::ShimBackend;
-use virtio_devices::net::backend::{NetBackend, RxBuffer, TxFrame, Used};
+use virtio_devices::net::backend::{RxBuffer, TxFrame, Used};
 use virtio_devices::GuestMemory;
 use vm_memory::GuestAddress;
 

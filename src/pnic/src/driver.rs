@@ -19,7 +19,7 @@ pub trait RegisterAccess: Send {
 /// One received frame (or frame fragment) handed back by the NIC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RxCompletion {
-    /// The cookie given to [`PnicDriver::post_rx`].
+    /// The cookie given to [`PnicDriver::post_rx_with`].
     pub cookie: u64,
     /// Bytes the NIC wrote at the posted IOVA.
     pub len: u32,
@@ -29,7 +29,7 @@ pub struct RxCompletion {
     pub error: bool,
 }
 
-/// Why a run of RX posts ([`PnicDriver::post_rx_each`]) ended early.
+/// Why a run of RX posts ([`PnicDriver::post_rx_with`]) ended early.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RxRunError {
     /// The cookie of the buffer that was yielded but not posted, if one was.
@@ -40,7 +40,7 @@ pub struct RxRunError {
 /// One finished transmission.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TxCompletion {
-    /// The cookie given to [`PnicDriver::post_tx`].
+    /// The cookie given to [`PnicDriver::queue_tx`].
     pub cookie: u64,
 }
 
@@ -81,115 +81,30 @@ pub struct DriverLimits {
     pub tx_max_segs: usize,
 }
 
-/// A physical NIC queue pair as the shim drives it.
+/// A physical NIC queue pair as the shim drives it: lifecycle (start,
+/// quiesce, reset, link, MAC filter, interrupts, DMA memory) and one method
+/// per datapath operation. The batch methods take closures that are inlined
+/// into the driver's ring loops, so the trait is used through generics or
+/// the [`crate::nic::Pnic`] enum, never as a trait object. Conveniences for
+/// tests (posting one buffer, reaping into a `Vec`) are in
+/// `testing::DriverTestExt` (feature `testing`).
 pub trait PnicDriver: Send {
-    /// Short name for logs and metrics ("igb", "model").
+    /// Short name for logs and metrics ("igb", "e1000e").
     fn name(&self) -> &'static str;
     fn limits(&self) -> DriverLimits;
+
+    // ------------------------------------------------------- lifecycle ---
     /// Bring the queues up (empty rings). Idempotent.
     fn start(&mut self) -> Result<(), DriverError>;
-    /// Free RX ring slots.
-    fn rx_free(&self) -> usize;
-    /// Give the NIC a receive buffer: it may write up to
-    /// `limits().rx_max_write` bytes at `iova`. `len` is what the caller
-    /// guarantees is writable there; it must be at least `rx_max_write`.
-    fn post_rx(&mut self, iova: u64, len: u32, cookie: u64) -> Result<(), DriverError>;
-    /// Post RX buffers as `next` yields them (IOVA and cookie; each with at
-    /// least `len` writable bytes, as for `post_rx`) until it yields `None`
-    /// or the ring is full; no tail write. Returns how many were posted and,
-    /// if the run stopped on an error, the error and the buffer yielded but
-    /// not posted (if any). The shim's
-    /// refill: what holds for a whole run (queue state, length, room) is
-    /// checked once, not per buffer.
-    fn post_rx_each(
-        &mut self,
-        len: u32,
-        next: &mut dyn FnMut() -> Option<(u64, u64)>,
-    ) -> (usize, Result<(), RxRunError>) {
-        let mut posted = 0;
-        while self.rx_free() > 0 {
-            let Some((iova, cookie)) = next() else { break };
-            if let Err(error) = self.post_rx(iova, len, cookie) {
-                return (posted, Err(RxRunError { refused: Some(cookie), error }));
-            }
-            posted += 1;
-        }
-        (posted, Ok(()))
-    }
-    /// [`PnicDriver::post_rx_each`] for a driver whose type is known, so
-    /// `next` can be inlined into the posting loop.
-    #[inline(always)]
-    fn post_rx_with<F: FnMut() -> Option<(u64, u64)>>(
-        &mut self,
-        len: u32,
-        mut next: F,
-    ) -> (usize, Result<(), RxRunError>)
-    where
-        Self: Sized,
-    {
-        self.post_rx_each(len, &mut next)
-    }
-    /// Make posted RX buffers visible to the NIC (tail write). Called once per
-    /// batch of `post_rx`.
-    fn flush_rx(&mut self) -> Result<(), DriverError>;
-    /// The cookie of every RX buffer posted and not yet handed back (filled
-    /// or not), in ring order: what a caller must account for when the NIC
-    /// goes away with them.
-    fn rx_posted_cookies(&self, f: &mut dyn FnMut(u64));
-    /// Hand every finished RX buffer to `f`, in ring order (the shim's
-    /// path: no list in between).
-    fn reap_rx_each(&mut self, f: &mut dyn FnMut(RxCompletion)) -> Result<(), DriverError>;
-    /// [`PnicDriver::reap_rx_each`] for a driver whose type is known (the
-    /// shim's is generic), so `f` can be inlined into the reaping loop.
-    #[inline(always)]
-    fn reap_rx_with<F: FnMut(RxCompletion)>(&mut self, mut f: F) -> Result<(), DriverError>
-    where
-        Self: Sized,
-    {
-        self.reap_rx_each(&mut f)
-    }
-    /// Append finished RX buffers in ring order.
-    fn reap_rx(&mut self, out: &mut Vec<RxCompletion>) -> Result<(), DriverError> {
-        self.reap_rx_each(&mut |c| out.push(c))
-    }
-    /// Free TX ring slots (descriptors).
-    fn tx_free(&self) -> usize;
-    /// Queue one frame made of `segs` (IOVA, length) and start sending it.
-    fn post_tx(&mut self, segs: &[(u64, u32)], cookie: u64) -> Result<(), DriverError>;
-    /// Queue one frame like [`PnicDriver::post_tx`] but leave it invisible
-    /// to the NIC (no tail write) until [`PnicDriver::flush_tx`]: a burst
-    /// of frames costs one MMIO write. Default: `post_tx`.
-    fn queue_tx(&mut self, segs: &[(u64, u32)], cookie: u64) -> Result<(), DriverError> {
-        self.post_tx(segs, cookie)
-    }
-    /// Make the frames queued with `queue_tx` visible to the NIC. Default:
-    /// nothing (`queue_tx` already did).
-    fn flush_tx(&mut self) -> Result<(), DriverError> {
-        Ok(())
-    }
-    /// Hand every finished TX frame to `f`, in order.
-    fn reap_tx_each(&mut self, f: &mut dyn FnMut(TxCompletion)) -> Result<(), DriverError>;
-    /// [`PnicDriver::reap_tx_each`] for a driver whose type is known.
-    #[inline(always)]
-    fn reap_tx_with<F: FnMut(TxCompletion)>(&mut self, mut f: F) -> Result<(), DriverError>
-    where
-        Self: Sized,
-    {
-        self.reap_tx_each(&mut f)
-    }
-    /// Append finished TX frames in order.
-    fn reap_tx(&mut self, out: &mut Vec<TxCompletion>) -> Result<(), DriverError> {
-        self.reap_tx_each(&mut |c| out.push(c))
-    }
-    fn link_up(&mut self) -> Result<bool, DriverError>;
-    /// Accept unicast to `mac`, broadcast and all multicast; drop the rest in
-    /// the NIC (whatever the NIC DMAs is visible to the guest).
-    fn set_mac_filter(&mut self, mac: [u8; 6]) -> Result<(), DriverError>;
     /// Stop both queues and wait until the NIC no longer accesses any posted
     /// buffer. Every posted buffer is forgotten (no completion for it).
     fn quiesce(&mut self) -> Result<(), DriverError>;
     /// Full NIC reset and re-initialisation; queues end up stopped.
     fn reset(&mut self) -> Result<(), DriverError>;
+    fn link_up(&mut self) -> Result<bool, DriverError>;
+    /// Accept unicast to `mac`, broadcast and all multicast; drop the rest in
+    /// the NIC (whatever the NIC DMAs is visible to the guest).
+    fn set_mac_filter(&mut self, mac: [u8; 6]) -> Result<(), DriverError>;
     /// Interrupt eventfds (readable when the NIC signalled).
     fn irq_fds(&self) -> Vec<RawFd>;
     /// Acknowledge interrupt `index` (drain its eventfd, read the cause).
@@ -198,81 +113,78 @@ pub trait PnicDriver: Send {
     /// buffers): allocated and mapped in the NIC's IOMMU domain at an IOVA
     /// outside guest RAM.
     fn alloc_dma(&mut self, len: usize) -> Result<DmaArea, DriverError>;
+
+    // -------------------------------------------------------------- RX ---
+    /// Free RX ring slots.
+    fn rx_free(&self) -> usize;
+    /// Post RX buffers as `next` yields them (IOVA and cookie; the NIC may
+    /// write up to `limits().rx_max_write` bytes at each IOVA, and `len`,
+    /// which must be at least that, is what the caller guarantees writable
+    /// there) until it yields `None` or the ring is full; no tail write
+    /// ([`PnicDriver::flush_rx`]). Returns how many were posted and, if the
+    /// run stopped on an error, the error and the buffer yielded but not
+    /// posted (if any). What holds for a whole run (queue state, length,
+    /// room) is checked once, not per buffer.
+    fn post_rx_with<F: FnMut() -> Option<(u64, u64)>>(&mut self, len: u32, next: F) -> (usize, Result<(), RxRunError>);
+    /// Make posted RX buffers visible to the NIC (one tail write per batch).
+    fn flush_rx(&mut self) -> Result<(), DriverError>;
+    /// Hand every finished RX buffer to `f`, in ring order.
+    fn reap_rx_with<F: FnMut(RxCompletion)>(&mut self, f: F) -> Result<(), DriverError>;
+    /// The cookie of every RX buffer posted and not yet handed back (filled
+    /// or not), in ring order: what a caller must account for when the NIC
+    /// goes away with them.
+    fn rx_posted_with<F: FnMut(u64)>(&self, f: F);
+
+    // -------------------------------------------------------------- TX ---
+    /// Free TX ring slots (descriptors).
+    fn tx_free(&self) -> usize;
+    /// Queue one frame made of `segs` (IOVA, length), invisible to the NIC
+    /// (no tail write) until [`PnicDriver::flush_tx`]: a burst of frames
+    /// costs one MMIO write.
+    fn queue_tx(&mut self, segs: &[(u64, u32)], cookie: u64) -> Result<(), DriverError>;
+    /// Start sending the frames queued with `queue_tx` (one tail write).
+    fn flush_tx(&mut self) -> Result<(), DriverError>;
+    /// Hand every finished TX frame to `f`, in order.
+    fn reap_tx_with<F: FnMut(TxCompletion)>(&mut self, f: F) -> Result<(), DriverError>;
 }
 
-/// Lets the shim hold whichever NIC family the PCI id selected.
-impl PnicDriver for Box<dyn PnicDriver> {
-    fn name(&self) -> &'static str {
-        (**self).name()
+/// Conveniences over [`PnicDriver`] for tests and benchmarks: one buffer
+/// or frame at a time, completions collected in a `Vec`.
+#[cfg(any(test, feature = "testing"))]
+pub mod testing {
+    use super::{DriverError, PnicDriver, RxCompletion, TxCompletion};
+
+    /// See the module documentation; implemented for every driver.
+    pub trait DriverTestExt: PnicDriver {
+        /// Post one RX buffer (no tail write, as `post_rx_with`).
+        fn post_rx(&mut self, iova: u64, len: u32, cookie: u64) -> Result<(), DriverError> {
+            let mut one = Some((iova, cookie));
+            match self.post_rx_with(len, || one.take()) {
+                (1, Ok(())) => Ok(()),
+                (_, Ok(())) => Err(DriverError::RingFull("RX")),
+                (_, Err(e)) => Err(e.error),
+            }
+        }
+        /// Append finished RX buffers in ring order.
+        fn reap_rx(&mut self, out: &mut Vec<RxCompletion>) -> Result<(), DriverError> {
+            self.reap_rx_with(|c| out.push(c))
+        }
+        /// Queue one frame and start sending it at once.
+        fn post_tx(&mut self, segs: &[(u64, u32)], cookie: u64) -> Result<(), DriverError> {
+            self.queue_tx(segs, cookie)?;
+            self.flush_tx()
+        }
+        /// Append finished TX frames in order.
+        fn reap_tx(&mut self, out: &mut Vec<TxCompletion>) -> Result<(), DriverError> {
+            self.reap_tx_with(|c| out.push(c))
+        }
+        /// The cookies of the posted RX buffers, in ring order.
+        fn rx_posted_cookies(&self) -> Vec<u64> {
+            let mut v = Vec::new();
+            self.rx_posted_with(|c| v.push(c));
+            v
+        }
     }
-    fn limits(&self) -> DriverLimits {
-        (**self).limits()
-    }
-    fn start(&mut self) -> Result<(), DriverError> {
-        (**self).start()
-    }
-    fn rx_free(&self) -> usize {
-        (**self).rx_free()
-    }
-    fn post_rx(&mut self, iova: u64, len: u32, cookie: u64) -> Result<(), DriverError> {
-        (**self).post_rx(iova, len, cookie)
-    }
-    fn post_rx_each(
-        &mut self,
-        len: u32,
-        next: &mut dyn FnMut() -> Option<(u64, u64)>,
-    ) -> (usize, Result<(), RxRunError>) {
-        (**self).post_rx_each(len, next)
-    }
-    fn flush_rx(&mut self) -> Result<(), DriverError> {
-        (**self).flush_rx()
-    }
-    fn rx_posted_cookies(&self, f: &mut dyn FnMut(u64)) {
-        (**self).rx_posted_cookies(f)
-    }
-    fn reap_rx_each(&mut self, f: &mut dyn FnMut(RxCompletion)) -> Result<(), DriverError> {
-        (**self).reap_rx_each(f)
-    }
-    fn reap_rx(&mut self, out: &mut Vec<RxCompletion>) -> Result<(), DriverError> {
-        (**self).reap_rx(out)
-    }
-    fn tx_free(&self) -> usize {
-        (**self).tx_free()
-    }
-    fn post_tx(&mut self, segs: &[(u64, u32)], cookie: u64) -> Result<(), DriverError> {
-        (**self).post_tx(segs, cookie)
-    }
-    fn queue_tx(&mut self, segs: &[(u64, u32)], cookie: u64) -> Result<(), DriverError> {
-        (**self).queue_tx(segs, cookie)
-    }
-    fn flush_tx(&mut self) -> Result<(), DriverError> {
-        (**self).flush_tx()
-    }
-    fn reap_tx_each(&mut self, f: &mut dyn FnMut(TxCompletion)) -> Result<(), DriverError> {
-        (**self).reap_tx_each(f)
-    }
-    fn reap_tx(&mut self, out: &mut Vec<TxCompletion>) -> Result<(), DriverError> {
-        (**self).reap_tx(out)
-    }
-    fn link_up(&mut self) -> Result<bool, DriverError> {
-        (**self).link_up()
-    }
-    fn set_mac_filter(&mut self, mac: [u8; 6]) -> Result<(), DriverError> {
-        (**self).set_mac_filter(mac)
-    }
-    fn quiesce(&mut self) -> Result<(), DriverError> {
-        (**self).quiesce()
-    }
-    fn reset(&mut self) -> Result<(), DriverError> {
-        (**self).reset()
-    }
-    fn irq_fds(&self) -> Vec<RawFd> {
-        (**self).irq_fds()
-    }
-    fn handle_irq(&mut self, index: usize) -> Result<(), DriverError> {
-        (**self).handle_irq(index)
-    }
-    fn alloc_dma(&mut self, len: usize) -> Result<DmaArea, DriverError> {
-        (**self).alloc_dma(len)
-    }
+
+    impl<D: PnicDriver> DriverTestExt for D {}
 }

@@ -21,6 +21,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use crate::bdf::Bdf;
 use crate::dma::DmaMapper;
 use crate::driver::RegisterAccess;
+use crate::sync::lock;
 
 /// PCI config space: command register and its bits.
 pub const PCI_COMMAND: u64 = 0x04;
@@ -247,7 +248,7 @@ pub struct VfioDma {
 
 impl VfioDma {
     fn unmap_all(&self) {
-        let mut m = self.mapped.lock().unwrap_or_else(|e| e.into_inner());
+        let mut m = lock(&self.mapped);
         for mem in m.drain(..) {
             for r in mem.iter() {
                 if let Err(e) = self.container.vfio_dma_unmap(r.start_addr().raw_value(), r.len() as usize) {
@@ -279,12 +280,12 @@ impl DmaMapper for VfioDma {
             }
             done.push((iova, len));
         }
-        self.mapped.lock().unwrap_or_else(|e| e.into_inner()).push(mem.clone());
+        lock(&self.mapped).push(mem.clone());
         Ok(())
     }
 
     fn unmap(&self, mem: &GuestMemoryMmap) -> Result<(), String> {
-        let mut m = self.mapped.lock().unwrap_or_else(|e| e.into_inner());
+        let mut m = lock(&self.mapped);
         let key: Vec<u64> = mem.iter().map(|r| r.start_addr().raw_value()).collect();
         if let Some(pos) = m.iter().position(|x| x.iter().map(|r| r.start_addr().raw_value()).eq(key.iter().copied())) {
             let x = m.remove(pos);

@@ -13,11 +13,13 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::regs::*;
 use super::ring::{DescLayout, RxRing, TxRing};
-use super::{alloc_dma, check_alive, global_reset, poll_until, read_checked, reset_on_drop, write_mac_filter};
+use super::{
+    alloc_dma, check_alive, global_reset, poll_until, read_checked, reset_on_drop, write_mac_filter, NicConfig,
+    OpenError,
+};
 use crate::bdf::Bdf;
 use crate::dma::{DmaArea, DmaMapper, IovaAllocator};
 use crate::driver::{DriverError, DriverLimits, PnicDriver, RegisterAccess, RxCompletion, RxRunError, TxCompletion};
-use crate::igb::{IgbConfig, IgbOpenError};
 use crate::vfio::{MmioRegs, VfioNic};
 
 /// What one e1000-family NIC does its own way. The hooks run with the
@@ -71,12 +73,13 @@ pub struct E1000<F: Family, R: RegisterAccess> {
 pub fn open_vfio<F: Family>(
     bdf: Bdf,
     guest: &GuestMemoryMmap,
-    cfg: IgbConfig,
-) -> Result<E1000<F, MmioRegs>, IgbOpenError> {
+    cfg: NicConfig,
+) -> Result<E1000<F, MmioRegs>, OpenError> {
     let mut nic = VfioNic::open(bdf, guest)?;
     nic.device_reset()?;
     let vectors = nic.enable_msix(2)?;
-    let mut d = E1000::new(nic.regs(), nic.dma_mapper(), IovaAllocator::above(guest), cfg, vectors)?;
+    let mut d = E1000::new(nic.regs(), nic.dma_mapper(), IovaAllocator::above(guest), cfg, vectors)
+        .map_err(|source| OpenError::Driver { family: F::NAME, source })?;
     d.nic = Some(nic);
     Ok(d)
 }
@@ -88,7 +91,7 @@ impl<F: Family, R: RegisterAccess> E1000<F, R> {
         regs: R,
         mapper: Arc<dyn DmaMapper>,
         mut iova: IovaAllocator,
-        cfg: IgbConfig,
+        cfg: NicConfig,
         msix_vectors: usize,
     ) -> Result<Self, DriverError> {
         let desc = DESC_SIZE as usize;
@@ -202,20 +205,6 @@ impl<F: Family, R: RegisterAccess> PnicDriver for E1000<F, R> {
     }
 
     #[inline(always)]
-    fn post_rx(&mut self, iova: u64, len: u32, cookie: u64) -> Result<(), DriverError> {
-        self.check_postable()?;
-        self.rx_ring.post(iova, len, cookie)
-    }
-
-    fn post_rx_each(
-        &mut self,
-        len: u32,
-        next: &mut dyn FnMut() -> Option<(u64, u64)>,
-    ) -> (usize, Result<(), RxRunError>) {
-        self.post_rx_with(len, next)
-    }
-
-    #[inline(always)]
     fn post_rx_with<G: FnMut() -> Option<(u64, u64)>>(&mut self, len: u32, next: G) -> (usize, Result<(), RxRunError>) {
         if let Err(error) = self.check_postable() {
             return (0, Err(RxRunError { refused: None, error }));
@@ -223,7 +212,7 @@ impl<F: Family, R: RegisterAccess> PnicDriver for E1000<F, R> {
         self.rx_ring.post_run(len, next)
     }
 
-    fn rx_posted_cookies(&self, f: &mut dyn FnMut(u64)) {
+    fn rx_posted_with<G: FnMut(u64)>(&self, f: G) {
         self.rx_ring.posted_cookies(f)
     }
 
@@ -234,12 +223,6 @@ impl<F: Family, R: RegisterAccess> PnicDriver for E1000<F, R> {
         // Descriptors must be in memory before the NIC sees the new tail.
         fence(Ordering::Release);
         self.regs.write32(RDT0, self.rx_ring.tail());
-        Ok(())
-    }
-
-    #[inline]
-    fn reap_rx_each(&mut self, f: &mut dyn FnMut(RxCompletion)) -> Result<(), DriverError> {
-        self.rx_ring.reap_each(f);
         Ok(())
     }
 
@@ -257,11 +240,6 @@ impl<F: Family, R: RegisterAccess> PnicDriver for E1000<F, R> {
         }
     }
 
-    fn post_tx(&mut self, segs: &[(u64, u32)], cookie: u64) -> Result<(), DriverError> {
-        self.queue_tx(segs, cookie)?;
-        self.flush_tx()
-    }
-
     #[inline]
     fn queue_tx(&mut self, segs: &[(u64, u32)], cookie: u64) -> Result<(), DriverError> {
         self.check_postable()?;
@@ -275,11 +253,6 @@ impl<F: Family, R: RegisterAccess> PnicDriver for E1000<F, R> {
         // Descriptors must be in memory before the NIC sees the new tail.
         fence(Ordering::Release);
         self.regs.write32(TDT0, self.tx_ring.tail());
-        Ok(())
-    }
-
-    fn reap_tx_each(&mut self, f: &mut dyn FnMut(TxCompletion)) -> Result<(), DriverError> {
-        self.tx_ring.reap_each(f);
         Ok(())
     }
 

@@ -15,8 +15,34 @@ use std::time::{Duration, Instant};
 
 use crate::dma::{DmaArea, DmaMapper, IovaAllocator};
 use crate::driver::{DriverError, RegisterAccess};
+use crate::vfio::VfioError;
 use regs::*;
 use ring::{DescLayout, RxRing, TxRing};
+
+/// Bring-up options of an e1000-family NIC.
+#[derive(Debug, Clone)]
+pub struct NicConfig {
+    pub mac: [u8; 6],
+    /// How long bring-up waits for STATUS.LU after restarting
+    /// autonegotiation (the link may still come up later; `link_up` tells).
+    pub link_timeout: Duration,
+}
+
+impl NicConfig {
+    pub fn new(mac: [u8; 6]) -> Self {
+        NicConfig { mac, link_timeout: Duration::from_secs(3) }
+    }
+}
+
+/// Errors of opening an e1000-family NIC through VFIO and bringing it up.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(transparent)]
+    Vfio(#[from] VfioError),
+    /// `family` is the driver's name ("igb", "e1000e").
+    #[error("{family} bring-up failed: {source}")]
+    Driver { family: &'static str, source: DriverError },
+}
 
 const MDIC_TIMEOUT: Duration = Duration::from_millis(100);
 const POLL_STEP: Duration = Duration::from_micros(100);

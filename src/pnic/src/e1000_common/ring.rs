@@ -221,13 +221,13 @@ impl<L: DescLayout> RxRing<L> {
 
     /// The cookie of every posted slot the caller has not reaped yet, in
     /// ring order.
-    pub fn posted_cookies(&self, f: &mut dyn FnMut(u64)) {
+    pub fn posted_cookies(&self, mut f: impl FnMut(u64)) {
         for k in 0..self.count {
             f(self.cookies[(self.head + k) & (self.size - 1)]);
         }
     }
 
-    /// Post buffers as `next` yields them (see `PnicDriver::post_rx_each`):
+    /// Post buffers as `next` yields them (see `PnicDriver::post_rx_with`):
     /// the length and the room are checked once for the run, the ring's
     /// state lives in locals (see `Slots`), and each buffer costs its
     /// alignment check and two descriptor stores.

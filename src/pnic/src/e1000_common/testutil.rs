@@ -9,9 +9,9 @@ use std::time::Duration;
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 use super::regs::*;
+use super::NicConfig;
 use crate::dma::{DmaMapper, IovaAllocator};
 use crate::driver::{DriverError, RegisterAccess};
-use crate::igb::IgbConfig;
 
 #[derive(Default)]
 pub(crate) struct RegState {
@@ -92,11 +92,11 @@ pub(crate) const MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
 /// RAM, MAC [`MAC`], two MSI-X vectors and a short link wait.
 pub(crate) fn bring_up<D>(
     quirk: Quirk,
-    new: impl FnOnce(FakeRegs, Arc<dyn DmaMapper>, IovaAllocator, IgbConfig, usize) -> Result<D, DriverError>,
+    new: impl FnOnce(FakeRegs, Arc<dyn DmaMapper>, IovaAllocator, NicConfig, usize) -> Result<D, DriverError>,
 ) -> (D, FakeRegs) {
     let regs = FakeRegs::new(quirk);
     let guest = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
-    let mut cfg = IgbConfig::new(MAC);
+    let mut cfg = NicConfig::new(MAC);
     cfg.link_timeout = Duration::from_millis(10);
     let d = new(regs.clone(), Arc::new(NoIommu), IovaAllocator::above(&guest), cfg, 2).unwrap();
     (d, regs)

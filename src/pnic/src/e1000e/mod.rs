@@ -18,8 +18,7 @@ use crate::bdf::Bdf;
 use crate::driver::{DriverError, RegisterAccess};
 use crate::e1000_common::driver::{self as family, Family, E1000};
 use crate::e1000_common::ring::DescLayout;
-use crate::e1000_common::{self as common, poll_until};
-use crate::igb::{IgbConfig as NicConfig, IgbOpenError as OpenError};
+use crate::e1000_common::{self as common, poll_until, NicConfig, OpenError};
 use crate::vfio::MmioRegs;
 use regs::*;
 

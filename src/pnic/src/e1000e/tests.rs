@@ -4,6 +4,7 @@
 use std::sync::atomic::Ordering;
 
 use super::*;
+use crate::driver::testing::DriverTestExt;
 use crate::driver::{DriverError, PnicDriver, RxCompletion, TxCompletion};
 use crate::e1000_common::testutil::{bring_up, FakeRegs, RegState};
 
@@ -95,4 +96,13 @@ fn removal_is_an_error() {
     r.0.lock().unwrap().removed = true;
     assert_eq!(d.link_up(), Err(DriverError::Removed));
     assert_eq!(d.handle_irq(0), Err(DriverError::Removed));
+}
+
+#[test]
+fn a_bring_up_failure_names_the_82574l_family_not_igb() {
+    use crate::e1000_common::OpenError;
+    let e = OpenError::Driver { family: E1000e82574::NAME, source: DriverError::Removed };
+    let msg = e.to_string();
+    assert!(msg.starts_with("e1000e bring-up failed"), "{msg}");
+    assert!(!msg.contains("igb"), "{msg}");
 }

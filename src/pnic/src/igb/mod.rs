@@ -17,8 +17,8 @@ use crate::bdf::Bdf;
 use crate::driver::{DriverError, RegisterAccess};
 use crate::e1000_common::driver::{self as family, Family, E1000};
 use crate::e1000_common::ring::DescLayout;
-use crate::e1000_common::{self as common, poll_until};
-use crate::vfio::{MmioRegs, VfioError};
+use crate::e1000_common::{self as common, poll_until, NicConfig, OpenError};
+use crate::vfio::MmioRegs;
 use regs::*;
 
 /// RX descriptors in the ring (ring bytes must be a multiple of 128).
@@ -38,36 +38,12 @@ pub use crate::e1000_common::ring::TX_MAX_SEG_LEN;
 
 const QUEUE_TIMEOUT: Duration = Duration::from_millis(200);
 
-/// Bring-up options.
-#[derive(Debug, Clone)]
-pub struct IgbConfig {
-    pub mac: [u8; 6],
-    /// How long `new` waits for STATUS.LU after restarting autonegotiation
-    /// (the link may still come up later; `link_up` tells).
-    pub link_timeout: Duration,
-}
-
-impl IgbConfig {
-    pub fn new(mac: [u8; 6]) -> Self {
-        IgbConfig { mac, link_timeout: Duration::from_secs(3) }
-    }
-}
-
-/// Errors of opening and bringing up an igb through VFIO.
-#[derive(Debug, thiserror::Error)]
-pub enum IgbOpenError {
-    #[error(transparent)]
-    Vfio(#[from] VfioError),
-    #[error("igb bring-up failed: {0}")]
-    Driver(#[from] DriverError),
-}
-
 /// The 82576 driver over any register access.
 pub type Igb<R> = E1000<Igb82576, R>;
 
 /// Open `bdf` through VFIO, map `guest` for DMA and bring the 82576 up with
 /// `mac` as its only unicast address.
-pub fn open_vfio(bdf: Bdf, guest: &GuestMemoryMmap, cfg: IgbConfig) -> Result<Igb<MmioRegs>, IgbOpenError> {
+pub fn open_vfio(bdf: Bdf, guest: &GuestMemoryMmap, cfg: NicConfig) -> Result<Igb<MmioRegs>, OpenError> {
     family::open_vfio(bdf, guest, cfg)
 }
 

@@ -4,6 +4,7 @@
 use std::sync::atomic::Ordering;
 
 use super::*;
+use crate::driver::testing::DriverTestExt;
 use crate::driver::{DriverError, PnicDriver, RxCompletion, TxCompletion};
 use crate::e1000_common::testutil::{bring_up, FakeRegs, RegState};
 

@@ -17,7 +17,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use vm_memory::GuestMemoryMmap;
@@ -27,8 +27,10 @@ use super::ModelIommu;
 use crate::dma::{DmaMapper, IovaAllocator};
 use crate::driver::{DriverError, RegisterAccess};
 use crate::e1000_common::regs::DESC_SIZE;
+use crate::e1000_common::NicConfig;
 use crate::igb::regs::*;
-use crate::igb::{Igb, IgbConfig};
+use crate::igb::Igb;
+use crate::sync::lock;
 
 /// The 16-byte advanced descriptors' fields the model reads and writes.
 const DESC_ADDR_OFF: u64 = 0;
@@ -65,8 +67,13 @@ struct Inner {
     /// Interrupt cause bits not yet read (EICR is clear-on-read).
     eicr: AtomicU32,
     resets: AtomicU64,
+    /// Register reads and writes the driver made (what MMIO accesses would
+    /// cost on hardware: each one a PCIe round trip or posted write).
+    reads: AtomicU64,
+    writes: AtomicU64,
     iommu: Arc<ModelIommu>,
-    irq: Arc<EventFd>,
+    /// MSI-X vectors: 0 for the queues, 1 (if wired) for other causes.
+    irqs: Vec<Arc<EventFd>>,
     stats: Mutex<IgbHwStats>,
 }
 
@@ -78,13 +85,10 @@ pub struct IgbHwRegs(Arc<Inner>);
 #[derive(Clone)]
 pub struct IgbHw(Arc<Inner>);
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 impl RegisterAccess for IgbHwRegs {
     fn read32(&self, off: u32) -> u32 {
         let h = &self.0;
+        h.reads.fetch_add(1, Ordering::Relaxed);
         match off {
             RDH0 => h.rdh.load(Ordering::Acquire),
             RDT0 => h.rdt.load(Ordering::Acquire),
@@ -97,6 +101,7 @@ impl RegisterAccess for IgbHwRegs {
 
     fn write32(&self, off: u32, v: u32) {
         let h = &self.0;
+        h.writes.fetch_add(1, Ordering::Relaxed);
         match off {
             RDT0 => h.rdt.store(v, Ordering::Release),
             TDT0 => h.tdt.store(v, Ordering::Release),
@@ -142,9 +147,10 @@ impl Inner {
         (base, self.reg(r, len) / DESC_SIZE as u32)
     }
 
+    /// The queue interrupt (vector 0).
     fn signal(&self) {
         self.eicr.fetch_or(1, Ordering::AcqRel);
-        let _ = self.irq.write(1);
+        let _ = self.irqs[0].write(1);
     }
 }
 
@@ -308,6 +314,11 @@ impl IgbHw {
         *lock(&self.0.stats)
     }
 
+    /// Register (reads, writes) the driver made so far.
+    pub fn register_accesses(&self) -> (u64, u64) {
+        (self.0.reads.load(Ordering::Relaxed), self.0.writes.load(Ordering::Relaxed))
+    }
+
     /// Global resets the driver issued.
     pub fn resets(&self) -> u64 {
         self.0.resets.load(Ordering::Relaxed)
@@ -322,9 +333,21 @@ impl IgbHw {
 /// The product's igb driver over a fresh model whose IOMMU maps all of
 /// `guest` (IOVA = GPA), with one interrupt vector; link up.
 pub fn igb_on_model(guest: &GuestMemoryMmap, mac: [u8; 6]) -> Result<(Igb<IgbHwRegs>, IgbHw), DriverError> {
+    igb_on_model_msix(guest, mac, 1)
+}
+
+/// [`igb_on_model`] with `vectors` (1 or 2) MSI-X vectors wired, as
+/// production wires two (queues on 0, link and other causes on 1).
+pub fn igb_on_model_msix(
+    guest: &GuestMemoryMmap,
+    mac: [u8; 6],
+    vectors: usize,
+) -> Result<(Igb<IgbHwRegs>, IgbHw), DriverError> {
     let iommu = Arc::new(ModelIommu::new());
     iommu.map(guest).map_err(DriverError::DmaMap)?;
-    let irq = Arc::new(EventFd::new(EFD_NONBLOCK).map_err(|e| DriverError::DmaMap(e.to_string()))?);
+    let irqs = (0..vectors.clamp(1, 2))
+        .map(|_| EventFd::new(EFD_NONBLOCK).map(Arc::new).map_err(|e| DriverError::DmaMap(e.to_string())))
+        .collect::<Result<Vec<_>, _>>()?;
     let inner = Arc::new(Inner {
         regs: Mutex::default(),
         rdh: AtomicU32::new(0),
@@ -333,21 +356,24 @@ pub fn igb_on_model(guest: &GuestMemoryMmap, mac: [u8; 6]) -> Result<(Igb<IgbHwR
         tdt: AtomicU32::new(0),
         eicr: AtomicU32::new(0),
         resets: AtomicU64::new(0),
+        reads: AtomicU64::new(0),
+        writes: AtomicU64::new(0),
         iommu: iommu.clone(),
-        irq: irq.clone(),
+        irqs: irqs.clone(),
         stats: Mutex::default(),
     });
-    let mut cfg = IgbConfig::new(mac);
+    let mut cfg = NicConfig::new(mac);
     cfg.link_timeout = Duration::from_millis(100);
     let mapper: Arc<dyn DmaMapper> = iommu;
-    let mut d = Igb::new(IgbHwRegs(inner.clone()), mapper, IovaAllocator::above(guest), cfg, 1)?;
-    d.set_model_irqs(vec![irq]);
+    let mut d = Igb::new(IgbHwRegs(inner.clone()), mapper, IovaAllocator::above(guest), cfg, irqs.len())?;
+    d.set_model_irqs(irqs);
     Ok((d, IgbHw(inner)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::driver::testing::DriverTestExt;
     use crate::driver::{PnicDriver, RxCompletion, TxCompletion};
     use vm_memory::{Bytes, GuestAddress};
 
@@ -455,5 +481,28 @@ mod tests {
         let mut out = Vec::new();
         d.reap_rx(&mut out).unwrap();
         assert_eq!(out[0].cookie, 2, "the buffer posted before quiesce is forgotten");
+    }
+
+    #[test]
+    fn two_vectors_as_in_production_queue_interrupts_on_vector_0_and_one_register_read() {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let (mut d, hw) = igb_on_model_msix(&mem, MAC, 2).unwrap();
+        d.start().unwrap();
+        let fds = d.irq_fds();
+        assert_eq!(fds.len(), 2);
+        d.post_rx(0x1000, 2048, 1).unwrap();
+        d.flush_rx().unwrap();
+        assert!(matches!(hw.inject_rx(&frame(MAC, 64)), HwRx::Delivered { .. }));
+        let pending = |fd| {
+            let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+            // SAFETY: one valid pollfd, zero timeout.
+            unsafe { libc::poll(&mut p, 1, 0) == 1 }
+        };
+        assert!(pending(fds[0]) && !pending(fds[1]), "the queue cause goes to vector 0 only");
+        let (r0, w0) = hw.register_accesses();
+        d.handle_irq(0).unwrap();
+        let (r1, w1) = hw.register_accesses();
+        assert_eq!((r1 - r0, w1 - w0), (1, 0), "vector 0: EICR only (no ICR, as with one vector)");
+        assert!(!pending(fds[0]), "the eventfd is drained");
     }
 }

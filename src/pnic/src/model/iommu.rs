@@ -6,6 +6,7 @@ use std::sync::Mutex;
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use crate::dma::DmaMapper;
+use crate::sync::lock;
 
 /// The model's IOMMU domain: a list of mapped memory objects (IOVA = their
 /// addresses).
@@ -23,7 +24,7 @@ impl ModelIommu {
         if len == 0 || iova.checked_add(len as u64).is_none() {
             return None;
         }
-        let w = self.windows.lock().unwrap_or_else(|e| e.into_inner());
+        let w = lock(&self.windows);
         w.iter().find(|m| m.check_range(GuestAddress(iova), len)).map(f)
     }
 
@@ -40,7 +41,7 @@ impl ModelIommu {
 
     /// Number of mapped windows (tests).
     pub fn windows(&self) -> usize {
-        self.windows.lock().unwrap_or_else(|e| e.into_inner()).len()
+        lock(&self.windows).len()
     }
 }
 
@@ -50,7 +51,7 @@ fn key(mem: &GuestMemoryMmap) -> Vec<(u64, u64)> {
 
 impl DmaMapper for ModelIommu {
     fn map(&self, mem: &GuestMemoryMmap) -> Result<(), String> {
-        let mut w = self.windows.lock().unwrap_or_else(|e| e.into_inner());
+        let mut w = lock(&self.windows);
         for r in mem.iter() {
             let (s, l) = (r.start_addr().raw_value(), r.len());
             let overlaps = w.iter().any(|m| {
@@ -66,7 +67,7 @@ impl DmaMapper for ModelIommu {
 
     fn unmap(&self, mem: &GuestMemoryMmap) -> Result<(), String> {
         let k = key(mem);
-        let mut w = self.windows.lock().unwrap_or_else(|e| e.into_inner());
+        let mut w = lock(&self.windows);
         w.retain(|m| key(m) != k);
         Ok(())
     }

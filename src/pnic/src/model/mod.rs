@@ -12,14 +12,15 @@ pub mod iommu;
 
 use std::collections::VecDeque;
 use std::os::unix::io::{AsRawFd, RawFd};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::dma::{DmaArea, DmaMapper, IovaAllocator};
-use crate::driver::{DriverError, DriverLimits, PnicDriver, RxCompletion, TxCompletion};
+use crate::driver::{DriverError, DriverLimits, PnicDriver, RxCompletion, RxRunError, TxCompletion};
+use crate::sync::lock;
 pub use iommu::ModelIommu;
 
 /// The model's limits (defaults mirror the igb driver's).
@@ -127,10 +128,6 @@ pub struct ModelHandle {
     iommu: Arc<ModelIommu>,
     irq: Arc<EventFd>,
     cfg: ModelConfig,
-}
-
-fn lock(s: &Mutex<State>) -> MutexGuard<'_, State> {
-    s.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl NicModel {
@@ -356,6 +353,29 @@ fn tx_free_locked(s: &State, cfg: &ModelConfig) -> usize {
     cfg.limits.tx_capacity.saturating_sub(s.tx_posted_segs.len() + s.tx_done.len())
 }
 
+impl NicModel {
+    /// One RX buffer of a run (`post_rx_with`), with the checks a NIC driver makes.
+    fn post_one_rx(&mut self, iova: u64, len: u32, cookie: u64) -> Result<(), DriverError> {
+        let mut s = lock(&self.state);
+        let free = rx_free_locked(&s, &self.cfg);
+        if s.removed {
+            return Err(DriverError::Removed);
+        }
+        if !s.started {
+            return Err(DriverError::Stopped);
+        }
+        if len < self.cfg.limits.rx_max_write || iova & (self.cfg.limits.rx_align - 1) != 0 {
+            return Err(DriverError::BadBuffer(format!("RX buffer {iova:#x}+{len}")));
+        }
+        if free == 0 {
+            return Err(DriverError::RingFull("RX"));
+        }
+        s.posted_rx_log.push(DmaAccess { iova, len: u64::from(len) });
+        s.rx_posted.push_back(PostedRx { iova, len, cookie });
+        Ok(())
+    }
+}
+
 impl PnicDriver for NicModel {
     fn name(&self) -> &'static str {
         "model"
@@ -378,24 +398,20 @@ impl PnicDriver for NicModel {
         rx_free_locked(&lock(&self.state), &self.cfg)
     }
 
-    fn post_rx(&mut self, iova: u64, len: u32, cookie: u64) -> Result<(), DriverError> {
-        let mut s = lock(&self.state);
-        let free = rx_free_locked(&s, &self.cfg);
-        if s.removed {
-            return Err(DriverError::Removed);
+    fn post_rx_with<F: FnMut() -> Option<(u64, u64)>>(
+        &mut self,
+        len: u32,
+        mut next: F,
+    ) -> (usize, Result<(), RxRunError>) {
+        let mut posted = 0;
+        while self.rx_free() > 0 {
+            let Some((iova, cookie)) = next() else { break };
+            if let Err(error) = self.post_one_rx(iova, len, cookie) {
+                return (posted, Err(RxRunError { refused: Some(cookie), error }));
+            }
+            posted += 1;
         }
-        if !s.started {
-            return Err(DriverError::Stopped);
-        }
-        if len < self.cfg.limits.rx_max_write || iova & (self.cfg.limits.rx_align - 1) != 0 {
-            return Err(DriverError::BadBuffer(format!("RX buffer {iova:#x}+{len}")));
-        }
-        if free == 0 {
-            return Err(DriverError::RingFull("RX"));
-        }
-        s.posted_rx_log.push(DmaAccess { iova, len: u64::from(len) });
-        s.rx_posted.push_back(PostedRx { iova, len, cookie });
-        Ok(())
+        (posted, Ok(()))
     }
 
     fn flush_rx(&mut self) -> Result<(), DriverError> {
@@ -406,12 +422,12 @@ impl PnicDriver for NicModel {
         Ok(())
     }
 
-    fn rx_posted_cookies(&self, f: &mut dyn FnMut(u64)) {
+    fn rx_posted_with<F: FnMut(u64)>(&self, f: F) {
         let s = lock(&self.state);
         s.rx_done.iter().map(|c| c.cookie).chain(s.rx_posted.iter().map(|p| p.cookie)).for_each(f);
     }
 
-    fn reap_rx_each(&mut self, f: &mut dyn FnMut(RxCompletion)) -> Result<(), DriverError> {
+    fn reap_rx_with<F: FnMut(RxCompletion)>(&mut self, f: F) -> Result<(), DriverError> {
         let done: Vec<RxCompletion> = lock(&self.state).rx_done.drain(..).collect();
         done.into_iter().for_each(f);
         Ok(())
@@ -419,11 +435,6 @@ impl PnicDriver for NicModel {
 
     fn tx_free(&self) -> usize {
         tx_free_locked(&lock(&self.state), &self.cfg)
-    }
-
-    fn post_tx(&mut self, segs: &[(u64, u32)], cookie: u64) -> Result<(), DriverError> {
-        self.queue_tx(segs, cookie)?;
-        self.flush_tx()
     }
 
     fn flush_tx(&mut self) -> Result<(), DriverError> {
@@ -464,7 +475,7 @@ impl PnicDriver for NicModel {
         Ok(())
     }
 
-    fn reap_tx_each(&mut self, f: &mut dyn FnMut(TxCompletion)) -> Result<(), DriverError> {
+    fn reap_tx_with<F: FnMut(TxCompletion)>(&mut self, f: F) -> Result<(), DriverError> {
         let done: Vec<TxCompletion> = lock(&self.state).tx_done.drain(..).collect();
         done.into_iter().for_each(f);
         Ok(())
@@ -524,6 +535,7 @@ impl PnicDriver for NicModel {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::driver::testing::DriverTestExt;
     use vm_memory::{Bytes, GuestAddress};
 
     fn guest() -> GuestMemoryMmap {

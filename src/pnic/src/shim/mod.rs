@@ -9,47 +9,52 @@
 //! TX: the chain's segments after the 12-byte header become NIC descriptors.
 //!
 //! Every address given to the NIC lies inside guest RAM with the full length
-//! the NIC may touch. Buffers handed over as [`RxDesc`] (direct RX, below)
-//! carry that proof from the device, which resolved them inside one RAM
-//! mapping; every other buffer is re-checked here against the shim's own
-//! map, although the device validated it already.
+//! the NIC may touch. Buffers handed over as an `RxDesc` carry that proof from
+//! the device, which resolved them inside one RAM mapping; every other
+//! buffer is re-checked here against the shim's own map, although the
+//! device validated it already.
 //!
-//! Per packet (direct RX, `refill_direct`/`complete_direct`): the device lends
-//! its RX queue, and one driver run turns each guest buffer the NIC can fill
-//! directly into one NIC descriptor; the buffer stays in the device's book
-//! (it is *lent*, `LENT_COOKIE`) and the refill ends with one RX tail
-//! write. Completions are taken as the driver finds them (`reap_rx_with`):
-//! for a good frame in a lent buffer the device writes the header and the
-//! used entry ([`RxQueue::complete_frame`]), nothing else. Buffers that go
-//! another way (bounce buffers, the generic `post_rx_segs`/`reap_rx`
-//! interface) have an entry in the head-indexed [`rx_table::RxTable`]. TX
-//! frames are queued and started with one TX tail write per batch.
+//! Per packet (`NetBackend::rx`): the device lends its RX queue; the pass
+//! first takes the NIC's completions as the driver finds them
+//! (`reap_rx_with`): for a good frame in a lent buffer the device writes the
+//! header and the used entry ([`RxQueue::complete_frame`]), nothing else.
+//! Then one driver run turns each guest buffer the NIC can fill directly
+//! into one NIC descriptor; the buffer stays in the device's book (it is
+//! *lent*, `LENT_COOKIE`) and the refill ends with one RX tail write.
+//! Buffers that go another way (bounce buffers) have an entry in the
+//! head-indexed [`rx_table::RxTable`]. TX (`NetBackend::tx`): the frames the
+//! lent TX queue gives are queued on the NIC and started with one tail write
+//! per pass; the NIC's completions go back through the queue.
 
 pub mod bounce;
 pub mod metrics;
+mod rx;
 pub mod rx_table;
 pub mod slab;
+#[cfg(any(test, feature = "testing"))]
+mod testing;
+mod tx;
 
 use std::collections::VecDeque;
 use std::os::unix::io::RawFd;
-use std::ptr::NonNull;
 
 use smallvec::SmallVec;
 use virtio_devices::mem::RamMap;
-use virtio_devices::net::backend::{ChainRef, DropReason, NetBackend, RxBuffer, RxSeg, TxFrame, Used, VNET_HDR_LEN};
-use virtio_devices::net::direct::{RxDesc, RxNext, RxQueue};
+use virtio_devices::net::backend::{DropReason, NetBackend, RxPass, TxFrame, Used, VNET_HDR_LEN};
+use virtio_devices::net::direct::{RxQueue, TxQueue};
 use virtio_devices::GuestMemory;
-use vm_memory::{Bytes, GuestAddress};
+use vm_memory::GuestAddress;
 
 use crate::bdf::{Bdf, BdfError};
-use crate::driver::{DriverError, DriverLimits, PnicDriver, RxCompletion, RxRunError};
-use crate::e1000e;
-use crate::igb::{self, IgbConfig, IgbOpenError};
-use crate::vfio::{precheck, HostPaths, DEVICE_82574L};
+use crate::driver::{DriverError, DriverLimits, PnicDriver, RxCompletion};
+use crate::e1000_common::{NicConfig, OpenError};
+use crate::nic::Pnic;
+
 use bounce::{BouncePool, BOUNCE_BUF_SIZE};
 pub use metrics::ShimMetrics;
-use rx_table::{HostPtr, RxHeld, RxKind, RxTable};
+use rx_table::{RxHeld, RxTable};
 use slab::CookieSlab;
+use tx::TxSlot;
 
 /// VIRTIO_NET_F_MRG_RXBUF: makes a Linux guest post single-segment buffers
 /// of >= 1536 bytes, the shape the NIC can fill directly.
@@ -76,7 +81,7 @@ pub enum ShimError {
     #[error(transparent)]
     Bdf(#[from] BdfError),
     #[error(transparent)]
-    Open(#[from] IgbOpenError),
+    Open(#[from] OpenError),
     #[error("pNIC setup failed: {0}")]
     Driver(#[from] DriverError),
     #[error("NIC accepts RX buffers of {0} bytes, more than the shim can offer ({NIC_BUF_MAX})")]
@@ -85,183 +90,10 @@ pub enum ShimError {
     Align(u64),
 }
 
-#[derive(Debug)]
-struct TxSlot {
-    head: u16,
-    bytes: u32,
-    bounce: Option<u32>,
-}
-
-/// The virtio-net header of a received frame: no offloads, one buffer
-/// (num_buffers, le16, is the last field of virtio_net_hdr_v1).
-const RX_HEADER: [u8; VNET_HDR_LEN] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0];
-
-/// Write the virtio-net header of a received frame into a zero-copy buffer.
-#[inline]
-fn write_header(host: NonNull<u8>) {
-    let p = host.as_ptr();
-    // SAFETY: `host` is the first byte of a buffer of at least
-    // `zc_min_len` (> 12) bytes inside one guest RAM mapping that the shim
-    // keeps alive (`zero_copy_target`); [u8; N] has alignment 1. Volatile:
-    // the guest may be reading the same bytes.
-    unsafe { p.cast::<[u8; VNET_HDR_LEN]>().write_volatile(RX_HEADER) };
-}
-
-/// Whether the NIC says it wrote a whole, undamaged frame it was allowed to
-/// write.
-#[inline]
-fn frame_is_good(c: &RxCompletion, limits: &DriverLimits) -> bool {
-    !c.error && c.eop && c.len != 0 && c.len <= limits.rx_max_write
-}
-
-/// Frames one reaping pass finished zero-copy, and completions for cookies
-/// the shim never issued.
-#[derive(Default)]
-struct Tally {
-    frames: u64,
-    bytes: u64,
-    unknown: u64,
-}
-
-impl Tally {
-    #[inline(always)]
-    fn frame(&mut self, len: u32) {
-        self.frames += 1;
-        self.bytes += u64::from(len);
-    }
-}
-
-/// What became of one NIC completion in [`complete_zero_copy`].
-enum Reaped {
-    /// A good frame in a zero-copy buffer: header written, this is its used
-    /// entry.
-    Done(Used),
-    /// Needs [`ShimBackend::complete_rx_other`].
-    Other(u16, RxHeld, RxCompletion),
-    /// A cookie the shim did not issue (or issued for a buffer since
-    /// completed): to be counted and ignored.
-    Unknown,
-}
-
-/// One NIC completion, the common case: a good frame in a zero-copy buffer
-/// gets its header and a used entry.
-#[inline(always)]
-fn complete_zero_copy(table: &mut RxTable, c: RxCompletion) -> Reaped {
-    let Some((head, held)) = table.take(c.cookie) else {
-        return Reaped::Unknown;
-    };
-    let total = HDR + u64::from(c.len);
-    // The buffer's own length bounds the frame here (every zero-copy buffer
-    // has room for `rx_max_write`); `frame_is_good` is for the other kinds.
-    let good = !c.error && c.eop && c.len != 0;
-    match held.kind {
-        RxKind::ZeroCopy { host, .. } if good && total <= u64::from(held.len) => {
-            write_header(host.0);
-            Reaped::Done(Used { head, len: total as u32 })
-        }
-        _ => Reaped::Other(head, held, c),
-    }
-}
-
-/// One completion for a buffer posted through the table: a good zero-copy
-/// frame to `emit` (counted in `tally`), the rest set aside in `slow` for
-/// `complete_rx_other`, an unknown cookie counted.
-#[inline(always)]
-fn reap_table(
-    table: &mut RxTable,
-    c: RxCompletion,
-    tally: &mut Tally,
-    slow: &mut Vec<(u16, RxHeld, RxCompletion)>,
-    emit: impl FnOnce(Used),
-) {
-    let frame_len = c.len;
-    match complete_zero_copy(table, c) {
-        Reaped::Done(u) => {
-            tally.frame(frame_len);
-            emit(u);
-        }
-        Reaped::Other(head, held, c) => slow.push((head, held, c)),
-        Reaped::Unknown => tally.unknown += 1,
-    }
-}
-
-/// Cookies of RX buffers the device lent through [`RxQueue`] and the shim
-/// posted zero-copy: this bit and the head. The device's book holds them,
-/// not the shim's table, whose cookies (`generation << 16 | head`, below
-/// 2^48) never have it.
-const LENT_COOKIE: u64 = 1 << 63;
-
-/// Whether the NIC can fill buffer `d` directly at GPA + 12: room for the
-/// header and the most the NIC writes after it (`zc_min_len`), and the NIC's
-/// alignment there.
-#[inline(always)]
-fn fits_zero_copy(d: &RxDesc, zc_min_len: u32, align_mask: u64) -> bool {
-    d.len() >= zc_min_len && d.gpa().wrapping_add(HDR) & align_mask == 0
-}
-
-/// The bytes the NIC may write into a zero-copy buffer of `len` (after the
-/// header, at most one NIC buffer).
-#[inline(always)]
-fn nic_len(len: u32) -> u32 {
-    (len - HDR as u32).min(NIC_BUF_MAX)
-}
-
 /// Whether `[addr, addr + len)` is non-empty and inside guest RAM.
 #[inline]
 fn in_ram(ram: &RamMap, addr: u64, len: u64) -> bool {
     len != 0 && ram.contains(addr, len)
-}
-
-/// Write `data` at byte offset `off` of the buffer described by `segs`.
-fn write_scatter(ram: &RamMap, segs: &[(GuestAddress, u32)], mut off: u64, mut data: &[u8]) -> bool {
-    for (addr, len) in segs {
-        let len = u64::from(*len);
-        if off >= len {
-            off -= len;
-            continue;
-        }
-        let n = (len - off).min(data.len() as u64) as usize;
-        let Some(at) = addr.0.checked_add(off) else {
-            return false;
-        };
-        if !in_ram(ram, at, n as u64) || !ram.write(at, &data[..n]) {
-            return false;
-        }
-        data = &data[n..];
-        off = 0;
-        if data.is_empty() {
-            return true;
-        }
-    }
-    data.is_empty()
-}
-
-/// The NIC-visible segments of a TX chain, everything after the header,
-/// into `out` (cleared first).
-fn tx_payload_segments(ram: &RamMap, frame: &ChainRef<'_>, out: &mut Vec<(u64, u32)>) -> Result<(), DropReason> {
-    let mut skip = HDR;
-    out.clear();
-    for (addr, len) in frame.segs {
-        let len = u64::from(*len);
-        if len == 0 {
-            return Err(DropReason::ZeroLength);
-        }
-        if skip >= len {
-            skip -= len;
-            continue;
-        }
-        let start = addr.0.checked_add(skip).ok_or(DropReason::BadAddress)?;
-        let l = len - skip;
-        skip = 0;
-        if !in_ram(ram, start, l) {
-            return Err(DropReason::BadAddress);
-        }
-        out.push((start, l as u32));
-    }
-    if skip > 0 {
-        return Err(DropReason::ShortHeader);
-    }
-    Ok(())
 }
 
 /// The shim backend. See the module documentation.
@@ -285,10 +117,11 @@ pub struct ShimBackend<D: PnicDriver> {
     tx: CookieSlab<TxSlot>,
     tx_bounce: BouncePool,
     backlog: VecDeque<TxFrame>,
-    /// RX buffers to hand back empty (NIC failed) on the next `reap_rx`.
+    /// RX buffers to hand back empty (NIC failed) in the next RX pass.
     rx_returned: Vec<Used>,
-    /// TX frames finished without the NIC (dropped) for the next `reap_tx`.
-    tx_returned: Vec<Used>,
+    /// TX frames to complete in the next `tx` pass: sent (`None`, reaped
+    /// while making room) or dropped without the NIC (the reason).
+    tx_returned: Vec<(u16, Option<DropReason>)>,
     /// RX buffers were posted to the driver since the last `flush_rx` (the
     /// tail write that makes them visible to the NIC).
     rx_unflushed: bool,
@@ -312,7 +145,7 @@ pub struct ShimBackend<D: PnicDriver> {
 }
 
 /// The shim over whichever NIC family `open_vfio` found.
-pub type VfioShim = ShimBackend<Box<dyn PnicDriver>>;
+pub type VfioShim = ShimBackend<Pnic>;
 
 /// Open the NIC at `bdf` (`0000:01:00.0` or `01:00.0`) through VFIO, map all of
 /// `mem` for DMA (IOVA = GPA), bring it up with `mac` as its unicast filter,
@@ -320,12 +153,7 @@ pub type VfioShim = ShimBackend<Box<dyn PnicDriver>>;
 /// Every host-setup problem is reported before the NIC is touched.
 pub fn open_vfio(bdf: &str, mem: &GuestMemory, mac: [u8; 6]) -> Result<VfioShim, ShimError> {
     let bdf: Bdf = bdf.parse()?;
-    let info = precheck(&HostPaths::default(), bdf).map_err(IgbOpenError::from)?;
-    let cfg = IgbConfig::new(mac);
-    let nic: Box<dyn PnicDriver> = match info.device {
-        DEVICE_82574L => Box::new(e1000e::open_vfio(bdf, mem, cfg)?),
-        _ => Box::new(igb::open_vfio(bdf, mem, cfg)?),
-    };
+    let nic = Pnic::open_vfio(bdf, mem, NicConfig::new(mac))?;
     ShimBackend::new(nic, mem, mac)
 }
 
@@ -417,11 +245,11 @@ impl<D: PnicDriver> ShimBackend<D> {
             self.metrics.drop(DropReason::BackendError);
         }
         for t in self.tx.drain() {
-            self.tx_returned.push(Used { head: t.head, len: 0 });
+            self.tx_returned.push((t.head, Some(DropReason::BackendError)));
             self.metrics.drop(DropReason::BackendError);
         }
         for f in self.backlog.drain(..) {
-            self.tx_returned.push(Used { head: f.head, len: 0 });
+            self.tx_returned.push((f.head, Some(DropReason::BackendError)));
             self.metrics.drop(DropReason::BackendError);
         }
         self.rx_bounce.reset();
@@ -452,501 +280,6 @@ impl<D: PnicDriver> ShimBackend<D> {
             }
         }
         true
-    }
-
-    /// Make the RX buffers posted since the last flush visible to the NIC:
-    /// one tail-register write for the whole batch.
-    fn flush_rx_posted(&mut self) {
-        if !self.rx_unflushed {
-            return;
-        }
-        self.rx_unflushed = false;
-        if let Err(e) = self.driver.flush_rx() {
-            self.driver_err(e);
-        }
-    }
-
-    /// Start sending the TX frames queued since the last flush: one tail
-    /// write for all of them.
-    fn flush_tx_queued(&mut self) {
-        if !self.tx_unflushed {
-            return;
-        }
-        self.tx_unflushed = false;
-        if let Err(e) = self.driver.flush_tx() {
-            self.driver_err(e);
-        }
-    }
-
-    /// Hand guest buffer `head` (`segs`, `len` bytes, validated by
-    /// `post_checked`) to the NIC, zero-copy if its shape allows. The NIC
-    /// sees it only after the next [`Self::flush_rx_posted`].
-    fn post_slot(&mut self, head: u16, segs: &[(GuestAddress, u32)], len: u32) -> Result<(), DropReason> {
-        if let [(gpa, seg_len)] = segs {
-            if let Some(host) = self.zero_copy_target(*gpa, *seg_len) {
-                return self.post_zero_copy(head, gpa.0, *seg_len, host);
-            }
-        }
-        let Some(idx) = self.rx_bounce.alloc() else {
-            return Err(DropReason::NoBuffer);
-        };
-        let (iova, nic_len) = self.rx_bounce.rx_target(idx);
-        let slot = &mut self.rx_bounce_segs[idx as usize];
-        slot.clear();
-        slot.extend_from_slice(segs);
-        let held = RxHeld { len, kind: RxKind::Bounce(idx) };
-        self.hand_to_nic(head, held, iova, nic_len)
-    }
-
-    /// Where the header of the one-segment buffer `gpa`+`len` goes, if the
-    /// buffer can take a frame straight from the NIC at GPA+12: big enough
-    /// for the largest frame the NIC writes after the header (so every NIC
-    /// write lies inside the segment), the NIC's alignment, and the whole
-    /// segment inside one guest RAM region.
-    #[inline(always)]
-    fn zero_copy_target(&self, gpa: GuestAddress, len: u32) -> Option<NonNull<u8>> {
-        if len < self.zc_min_len || gpa.0.wrapping_add(HDR) & (self.limits.rx_align - 1) != 0 {
-            return None;
-        }
-        // The segment is in RAM, so gpa + HDR (< gpa + len) cannot overflow.
-        NonNull::new(self.ram.host_range(gpa.0, u64::from(len))?)
-    }
-
-    /// Give the NIC the frame area (GPA + 12) of a buffer that
-    /// `zero_copy_target` accepted.
-    #[inline(always)]
-    fn post_zero_copy(&mut self, head: u16, gpa: u64, len: u32, host: NonNull<u8>) -> Result<(), DropReason> {
-        let held = RxHeld { len, kind: RxKind::ZeroCopy { host: HostPtr(host), gpa } };
-        self.hand_to_nic(head, held, gpa + HDR, nic_len(len))
-    }
-
-    /// Give the NIC `nic_len` bytes at `iova` for buffer `head` (the tail
-    /// write comes later). On failure everything is undone and the reason
-    /// returned.
-    #[inline(always)]
-    fn hand_to_nic(&mut self, head: u16, held: RxHeld, iova: u64, nic_len: u32) -> Result<(), DropReason> {
-        let Some(cookie) = self.rx.insert(head, held) else {
-            return Err(self.post_refused(head, held));
-        };
-        match self.driver.post_rx(iova, nic_len, cookie) {
-            Ok(()) => {
-                self.rx_unflushed = true;
-                Ok(())
-            }
-            Err(e) => Err(self.post_failed(cookie, e)),
-        }
-    }
-
-    /// `head` is still with the NIC: the device never posts a head it holds,
-    /// so a direct caller did. The new buffer is dropped.
-    #[cold]
-    fn post_refused(&mut self, head: u16, held: RxHeld) -> DropReason {
-        log::warn!("shim: RX buffer {head} posted while the NIC still holds it; dropped");
-        if let RxKind::Bounce(i) = held.kind {
-            self.rx_bounce.release(i);
-        }
-        DropReason::BackendError
-    }
-
-    /// The driver refused buffer `cookie`: undo its posting.
-    #[cold]
-    fn post_failed(&mut self, cookie: u64, e: DriverError) -> DropReason {
-        if let Some((_, RxHeld { kind: RxKind::Bounce(i), .. })) = self.rx.take(cookie) {
-            self.rx_bounce.release(i);
-        }
-        let reason = match e {
-            DriverError::RingFull(_) => DropReason::NoBuffer,
-            _ => DropReason::BackendError,
-        };
-        self.driver_err(e);
-        reason
-    }
-
-    /// Everything but a good frame in a zero-copy buffer
-    /// ([`complete_zero_copy`] took those): bad frames (the buffer goes back
-    /// to the NIC), frames too big for the buffer, and the copy fallback.
-    #[cold]
-    fn complete_rx_other(&mut self, head: u16, held: RxHeld, c: RxCompletion, out: &mut Vec<Used>) {
-        let frame_len = u64::from(c.len);
-        let good = frame_is_good(&c, &self.limits);
-        if !good || HDR + frame_len > u64::from(held.len) {
-            // The guest never sees it; the buffer goes back to the NIC.
-            let reason = if good {
-                DropReason::BufferTooSmall
-            } else {
-                self.metrics.rx_nic_errors += 1;
-                DropReason::BackendError
-            };
-            self.metrics.drop(reason);
-            self.recycle(head, held, out);
-            return;
-        }
-        let ok = match held.kind {
-            RxKind::Bounce(i) => self.complete_bounce(i, frame_len),
-            // complete_zero_copy took every good frame that fits a zero-copy buffer.
-            RxKind::ZeroCopy { .. } => false,
-        };
-        if ok {
-            self.metrics.rx_packets += 1;
-            self.metrics.rx_bytes += frame_len;
-            out.push(Used { head, len: (HDR + frame_len) as u32 });
-        } else {
-            self.metrics.drop(DropReason::BadAddress);
-            out.push(Used { head, len: 0 });
-        }
-    }
-
-    /// Copy header and frame from bounce buffer `i` into the guest buffer it
-    /// stands for, and free it.
-    fn complete_bounce(&mut self, i: u32, frame_len: u64) -> bool {
-        // Header + frame in one copy with equal alignment on both sides.
-        let total = (HDR + frame_len) as usize;
-        let mut tmp = vec![0u8; total];
-        tmp[..VNET_HDR_LEN].copy_from_slice(&RX_HEADER);
-        let read = self.rx_bounce.read(i, HDR, &mut tmp[VNET_HDR_LEN..]).is_ok();
-        self.rx_bounce.release(i);
-        let ok = read && write_scatter(&self.ram, &self.rx_bounce_segs[i as usize], 0, &tmp);
-        if ok {
-            self.metrics.rx_copy_fallback_frames += 1;
-            self.metrics.rx_copy_fallback_bytes += frame_len;
-        }
-        ok
-    }
-
-    /// Give a guest buffer whose frame was dropped straight back to the NIC
-    /// (the caller flushes).
-    fn recycle(&mut self, head: u16, held: RxHeld, out: &mut Vec<Used>) {
-        let r = match held.kind {
-            RxKind::ZeroCopy { host, gpa } => self.post_zero_copy(head, gpa, held.len, host.0),
-            RxKind::Bounce(i) => {
-                // Keep the segments: the buffer takes the same bounce buffer again.
-                let (iova, nic_len) = self.rx_bounce.rx_target(i);
-                self.hand_to_nic(head, held, iova, nic_len)
-            }
-        };
-        if r.is_err() {
-            out.push(Used { head, len: 0 });
-        }
-    }
-
-    /// Queue one checked frame on the NIC (started by the next
-    /// `flush_tx_queued`); a frame in more segments than the NIC takes is
-    /// copied into a bounce buffer first.
-    #[inline]
-    fn submit_tx(&mut self, head: u16, segs: &[(u64, u32)]) -> Result<(), DropReason> {
-        if segs.len() > self.limits.tx_max_segs {
-            return self.submit_tx_bounced(head, segs);
-        }
-        let bytes: u32 = segs.iter().map(|s| s.1).sum();
-        let cookie = self.tx.insert(TxSlot { head, bytes, bounce: None });
-        match self.driver.queue_tx(segs, cookie) {
-            Ok(()) => {
-                self.tx_unflushed = true;
-                self.metrics.tx_zero_copy += 1;
-                Ok(())
-            }
-            Err(e) => Err(self.tx_refused(cookie, e)),
-        }
-    }
-
-    /// Too fragmented for the NIC: copy into one bounce buffer and queue that.
-    #[cold]
-    fn submit_tx_bounced(&mut self, head: u16, segs: &[(u64, u32)]) -> Result<(), DropReason> {
-        let bytes: u32 = segs.iter().map(|s| s.1).sum();
-        let Some(i) = self.tx_bounce.alloc() else {
-            return Err(DropReason::NoBuffer);
-        };
-        let mut tmp = vec![0u8; bytes as usize];
-        let mut off = 0usize;
-        for (a, l) in segs {
-            if self.mem.read_slice(&mut tmp[off..off + *l as usize], GuestAddress(*a)).is_err() {
-                self.tx_bounce.release(i);
-                return Err(DropReason::BadAddress);
-            }
-            off += *l as usize;
-        }
-        if self.tx_bounce.write(i, 0, &tmp).is_err() {
-            self.tx_bounce.release(i);
-            return Err(DropReason::FrameTooLong);
-        }
-        self.metrics.tx_copy_fallback_frames += 1;
-        self.metrics.tx_copy_fallback_bytes += u64::from(bytes);
-        let cookie = self.tx.insert(TxSlot { head, bytes, bounce: Some(i) });
-        match self.driver.queue_tx(&[(self.tx_bounce.iova(i), bytes)], cookie) {
-            Ok(()) => {
-                self.tx_unflushed = true;
-                Ok(())
-            }
-            Err(e) => Err(self.tx_refused(cookie, e)),
-        }
-    }
-
-    /// The driver refused frame `cookie`: forget it.
-    #[cold]
-    fn tx_refused(&mut self, cookie: u64, e: DriverError) -> DropReason {
-        if let Some(TxSlot { bounce: Some(i), .. }) = self.tx.remove(cookie) {
-            self.tx_bounce.release(i);
-        }
-        self.driver_err(e);
-        DropReason::BackendError
-    }
-
-    /// The NIC segment of a one-descriptor TX frame that passes every check
-    /// of `validate_tx` (header and at least one byte, no more than the NIC
-    /// sends, all in guest RAM); `None` sends it through `validate_tx`,
-    /// which gives the verdict.
-    #[inline]
-    fn one_segment_payload(&self, gpa: GuestAddress, len: u32) -> Option<(u64, u32)> {
-        let payload = len.checked_sub(HDR as u32).filter(|&p| p > 0 && p <= self.limits.tx_max_frame)?;
-        let start = gpa.0.checked_add(HDR)?;
-        in_ram(&self.ram, start, u64::from(payload)).then_some((start, payload))
-    }
-
-    /// The NIC segments of a guest frame, checked, into `segs`.
-    fn validate_tx(&self, frame: &ChainRef<'_>, segs: &mut Vec<(u64, u32)>) -> Result<(), DropReason> {
-        if (frame.len as usize) <= VNET_HDR_LEN {
-            return Err(DropReason::ShortHeader);
-        }
-        if u64::from(frame.len) - HDR > u64::from(self.limits.tx_max_frame) {
-            return Err(DropReason::FrameTooLong);
-        }
-        tx_payload_segments(&self.ram, frame, segs)?;
-        // Trust the segments, not the summary (`frame.len`).
-        let bytes: u64 = segs.iter().map(|s| u64::from(s.1)).sum();
-        if bytes > u64::from(self.limits.tx_max_frame) {
-            return Err(DropReason::FrameTooLong);
-        }
-        Ok(())
-    }
-
-    /// Send `frame` now, or queue it behind the frames already waiting for
-    /// room in the NIC ring. `segs` is scratch space for its NIC segments.
-    fn send_checked(&mut self, frame: &ChainRef<'_>, segs: &mut Vec<(u64, u32)>) -> Result<bool, DropReason> {
-        self.validate_tx(frame, segs).inspect_err(|r| self.metrics.drop(*r))?;
-        let need = segs.len().min(self.limits.tx_max_segs);
-        let mut free = self.driver.tx_free();
-        if !self.backlog.is_empty() || free < need {
-            // The ring was full: make room, oldest frames first (this path
-            // may allocate a scratch list; the common one does not).
-            self.reap_tx_completions(false);
-            self.drain_backlog();
-            free = self.driver.tx_free();
-        }
-        if self.backlog.is_empty() && free >= need {
-            self.submit_tx(frame.head, segs).inspect_err(|r| self.metrics.drop(*r))?;
-            return Ok(false);
-        }
-        if self.backlog.len() >= TX_BACKLOG {
-            self.metrics.drop(DropReason::NoBuffer);
-            return Err(DropReason::NoBuffer);
-        }
-        self.backlog.push_back(frame.to_tx_frame());
-        Ok(false)
-    }
-
-    /// Send queued frames while the NIC ring has room; dropped ones are
-    /// completed through `tx_returned`.
-    fn drain_backlog(&mut self) {
-        let mut segs = std::mem::take(&mut self.tx_segs);
-        while let Some(f) = self.backlog.front() {
-            let chain = ChainRef { head: f.head, segs: &f.segs, len: f.len };
-            match self.validate_tx(&chain, &mut segs) {
-                Ok(()) => {}
-                Err(r) => {
-                    let f = self.backlog.pop_front().expect("front exists");
-                    self.metrics.drop(r);
-                    self.tx_returned.push(Used { head: f.head, len: 0 });
-                    continue;
-                }
-            };
-            let need = segs.len().min(self.limits.tx_max_segs);
-            if self.driver.tx_free() < need {
-                break;
-            }
-            let f = self.backlog.pop_front().expect("front exists");
-            let head = f.head;
-            if let Err(r) = self.submit_tx(head, &segs) {
-                self.metrics.drop(r);
-                self.tx_returned.push(Used { head, len: 0 });
-            }
-        }
-        self.tx_segs = segs;
-    }
-
-    /// The common case, a Linux guest's MRG_RXBUF buffer: one segment the
-    /// NIC can fill directly. The checks of `post_checked` and `post_slot`
-    /// in one pass (the segment and everything the NIC may write inside guest
-    /// RAM); any other shape takes `post_checked`.
-    #[inline(always)]
-    fn post_one_segment(&mut self, head: u16, gpa: GuestAddress, len: u32) -> Result<(), DropReason> {
-        let target = if self.started && !self.failed { self.zero_copy_target(gpa, len) } else { None };
-        let Some(host) = target else {
-            let segs = [(gpa, len)];
-            return self.post_checked(ChainRef { head, segs: &segs, len });
-        };
-        self.post_zero_copy(head, gpa.0, len, host).inspect_err(|r| self.metrics.drop(*r))
-    }
-
-    /// Post a buffer the device validated ([`RxDesc`]: one segment of at
-    /// least the header inside one guest RAM mapping, `host` its first byte),
-    /// zero-copy when the NIC can fill it (`zero_copy_target`'s size and
-    /// alignment rules; the device already did the RAM check and lookup).
-    #[inline(always)]
-    fn post_desc(&mut self, d: RxDesc) -> Result<(), DropReason> {
-        if !self.started {
-            self.ensure_started();
-        }
-        let (gpa, len) = (d.gpa(), d.len());
-        if !fits_zero_copy(&d, self.zc_min_len, self.limits.rx_align - 1) || !self.started || self.failed {
-            let segs = [(GuestAddress(gpa), len)];
-            return self.post_checked(ChainRef { head: d.head(), segs: &segs, len });
-        }
-        self.post_zero_copy(d.head(), gpa, len, d.host()).inspect_err(|r| self.metrics.drop(*r))
-    }
-
-    /// The common case in one loop: every buffer the guest posted that the
-    /// NIC can fill directly ([`fits_zero_copy`]) goes into a NIC
-    /// descriptor, its frame area (GPA + 12) the DMA target, with the
-    /// driver's state, length and room checks done once for the run. The
-    /// device's book holds these buffers (the cookie is the head, tagged
-    /// [`LENT_COOKIE`]); the device writes their header when the frame is
-    /// in ([`RxQueue::complete_frame`]). Stops, with nothing taken, at the
-    /// first buffer that must go another way. Returns how many were posted.
-    #[inline(always)]
-    fn zero_copy_run(&mut self, q: &mut RxQueue<'_>) -> usize {
-        let (zc_min_len, align_mask) = (self.zc_min_len, self.limits.rx_align - 1);
-        // Every buffer of the run has at least nic_len(zc_min_len) bytes of
-        // room after the header.
-        let (posted, r) = self.driver.post_rx_with(nic_len(zc_min_len), || {
-            let d = q.pop_if(|d| fits_zero_copy(d, zc_min_len, align_mask))?;
-            Some((d.gpa() + HDR, LENT_COOKIE | u64::from(d.head())))
-        });
-        if posted > 0 {
-            self.rx_unflushed = true;
-        }
-        match r {
-            Ok(()) => {}
-            Err(RxRunError { refused: Some(cookie), error }) => {
-                let reason = self.post_failed(cookie, error);
-                self.metrics.drop(reason);
-                q.refuse(cookie as u16, reason);
-            }
-            Err(RxRunError { refused: None, error }) => self.driver_err(error),
-        }
-        posted
-    }
-
-    /// A frame the NIC flagged bad in a lent buffer: dropped, and the buffer
-    /// goes straight back to the NIC (or to the guest, empty, if the NIC
-    /// cannot take it).
-    #[cold]
-    fn recycle_lent(&mut self, q: &mut RxQueue<'_>, head: u16) {
-        self.metrics.rx_nic_errors += 1;
-        self.metrics.drop(DropReason::BackendError);
-        let (zc_min_len, align_mask) = (self.zc_min_len, self.limits.rx_align - 1);
-        let lent = q.lent(head).filter(|d| !self.rx.holds(head) && fits_zero_copy(d, zc_min_len, align_mask));
-        let Some(d) = lent else {
-            // Not a buffer the shim lent the NIC: a cookie the driver was
-            // never given.
-            self.metrics.nic_errors += 1;
-            return;
-        };
-        if self.failed || !self.started {
-            return q.refuse(head, DropReason::BackendError);
-        }
-        let cookie = LENT_COOKIE | u64::from(head);
-        match self.driver.post_rx(d.gpa() + HDR, nic_len(d.len()), cookie) {
-            Ok(()) => self.rx_unflushed = true,
-            Err(e) => {
-                let reason = self.post_failed(cookie, e);
-                q.refuse(head, reason);
-            }
-        }
-    }
-
-    /// Heads of the lent buffers the NIC holds (see [`LENT_COOKIE`]).
-    fn lent_heads(&self) -> Vec<u16> {
-        let mut heads = Vec::new();
-        self.driver.rx_posted_cookies(&mut |c| {
-            if c & LENT_COOKIE != 0 {
-                heads.push(c as u16);
-            }
-        });
-        heads
-    }
-
-    /// Validate a guest RX buffer and post it (without the tail write).
-    fn post_checked(&mut self, buf: ChainRef<'_>) -> Result<(), DropReason> {
-        if buf.segs.iter().any(|s| s.1 == 0) {
-            self.metrics.drop(DropReason::ZeroLength);
-            return Err(DropReason::ZeroLength);
-        }
-        if buf.segs.iter().any(|(a, l)| !in_ram(&self.ram, a.0, u64::from(*l))) {
-            self.metrics.drop(DropReason::BadAddress);
-            return Err(DropReason::BadAddress);
-        }
-        // Trust the segments, not the summary: the length the completion
-        // check uses is recomputed here.
-        let total: u64 = buf.segs.iter().map(|s| u64::from(s.1)).sum();
-        let len = u32::try_from(total).unwrap_or(u32::MAX);
-        if (len as usize) <= VNET_HDR_LEN {
-            self.metrics.drop(DropReason::BufferTooSmall);
-            return Err(DropReason::BufferTooSmall);
-        }
-        if !self.ensure_started() {
-            self.metrics.drop(DropReason::BackendError);
-            return Err(DropReason::BackendError);
-        }
-        self.post_slot(buf.head, buf.segs, len).inspect_err(|r| self.metrics.drop(*r))
-    }
-
-    /// Every RX completion, in order, to `emit`: buffers returned earlier
-    /// (recycling failed), then what the NIC finished. Good zero-copy frames
-    /// are handled as the driver finds them; the rare ones that need the
-    /// whole shim (recycling, the copy fallback) wait in `rx_slow` until the
-    /// driver is done.
-    #[inline(always)]
-    fn reap_rx_into(&mut self, mut emit: impl FnMut(Used)) {
-        self.rx_returned.drain(..).for_each(&mut emit);
-        if self.failed || !self.started {
-            return;
-        }
-        let mut slow = std::mem::take(&mut self.rx_slow);
-        let table = &mut self.rx;
-        let mut tally = Tally::default();
-        let r = self.driver.reap_rx_with(|c| reap_table(table, c, &mut tally, &mut slow, &mut emit));
-        self.count_reaped(tally, r);
-        self.complete_slow(&mut slow, &mut emit);
-        self.rx_slow = slow;
-        // Buffers recycled above (dropped frames) go back to the NIC now.
-        self.flush_rx_posted();
-        self.rx_returned.drain(..).for_each(emit);
-    }
-
-    /// The counters of one reaping pass (added once per pass, not per
-    /// frame), and the driver's error if it had one.
-    fn count_reaped(&mut self, t: Tally, r: Result<(), DriverError>) {
-        self.metrics.rx_zero_copy += t.frames;
-        self.metrics.rx_packets += t.frames;
-        self.metrics.rx_bytes += t.bytes;
-        self.metrics.nic_errors += t.unknown;
-        if let Err(e) = r {
-            self.driver_err(e);
-        }
-    }
-
-    /// The completions a reaping pass set aside for `complete_rx_other`.
-    fn complete_slow(&mut self, slow: &mut Vec<(u16, RxHeld, RxCompletion)>, mut emit: impl FnMut(Used)) {
-        if slow.is_empty() {
-            return;
-        }
-        // Rare: a list of their own, since a NIC failing meanwhile returns
-        // every held buffer through `rx_returned`.
-        let mut out = Vec::new();
-        for (head, held, c) in slow.drain(..) {
-            self.complete_rx_other(head, held, c, &mut out);
-        }
-        out.into_iter().for_each(&mut emit);
     }
 
     fn refresh_link(&mut self) {
@@ -986,185 +319,45 @@ impl<D: PnicDriver> NetBackend for ShimBackend<D> {
         }
     }
 
-    fn rx_room(&self) -> usize {
-        if self.failed {
-            return 0;
-        }
-        if self.started {
-            self.driver.rx_free()
-        } else {
-            self.limits.rx_capacity.saturating_sub(self.rx.len())
-        }
-    }
-
-    /// Posts and flushes at once (a batch of one), see the trait.
-    fn post_rx(&mut self, mem: &GuestMemory, buf: RxBuffer) -> Result<(), (RxBuffer, DropReason)> {
-        let _ = mem; // the memory given at construction is the one the IOMMU maps
-        let chain = ChainRef { head: buf.head, segs: &buf.segs, len: buf.len };
-        let r = self.post_checked(chain);
+    /// Completions first (a good frame in a lent buffer: the device writes
+    /// header and used entry), then the refill, ended by one tail write.
+    fn rx(&mut self, q: &mut RxQueue<'_>) -> RxPass {
+        self.complete_rx(q);
+        let posted = self.refill(q);
         self.flush_rx_posted();
-        r.map_err(|reason| (buf, reason))
+        RxPass { posted, full: self.rx_room() == 0 }
     }
 
-    /// Posts without the tail write: the device ends every refill with
-    /// `rx_posted_batch_done`, which makes the whole batch visible to the NIC
-    /// with one MMIO write instead of one per buffer.
-    fn post_rx_chain(&mut self, mem: &GuestMemory, chain: ChainRef<'_>) -> Result<(), DropReason> {
-        let _ = mem;
-        match chain.segs {
-            [(gpa, len)] => self.post_one_segment(chain.head, *gpa, *len),
-            _ => self.post_checked(chain),
-        }
+    /// Every frame is one NIC buffer is one guest buffer: the shim never
+    /// waits for more buffers before taking a frame.
+    fn rx_stalled(&self) -> bool {
+        false
     }
 
-    /// The device's common case: a run of one-segment buffers, each handed
-    /// to the NIC zero-copy when it fits (no tail write, as above).
-    fn post_rx_segs(&mut self, _mem: &GuestMemory, bufs: &[RxSeg], refused: &mut Vec<(u16, DropReason)>) {
-        // Start the NIC before its first run, so that every buffer of the run
-        // takes the zero-copy path (post_checked would start it too, for the
-        // first buffer only).
-        if !self.started && !bufs.is_empty() {
-            self.ensure_started();
-        }
-        for b in bufs {
-            // A NIC that stopped or failed (also in the middle of the run)
-            // refuses without a driver call (post_one_segment).
-            if let Err(r) = self.post_one_segment(b.head, b.addr, b.len) {
-                refused.push((b.head, r));
+    /// The guest's frames go to the NIC (zero-copy: their segments after the
+    /// header become TX descriptors), started by one tail write; then the
+    /// frames the NIC finished, and those dropped without it, are completed.
+    fn tx(&mut self, q: &mut TxQueue<'_>) {
+        while let Some(frame) = q.pop() {
+            let head = frame.head;
+            match self.send_chain(frame) {
+                Ok(true) => q.complete(head),
+                Ok(false) => {}
+                Err(reason) => q.drop_frame(head, reason),
             }
         }
-    }
-
-    fn rx_posted_batch_done(&mut self) {
-        self.flush_rx_posted();
-    }
-
-    fn reap_rx(&mut self, _mem: &GuestMemory, out: &mut Vec<Used>) {
-        self.reap_rx_into(|u| out.push(u));
-    }
-
-    /// The datapath proper: every guest buffer the device validated goes
-    /// straight into a NIC descriptor, in one loop (see
-    /// `virtio_devices::net::direct`).
-    fn refill_direct(&mut self, q: &mut RxQueue<'_>) -> Option<usize> {
-        let mut room = self.rx_room();
-        let mut posted = 0;
-        while room > 0 {
-            if self.started && !self.failed {
-                let n = self.zero_copy_run(q);
-                posted += n;
-                room = room.saturating_sub(n);
-                if room == 0 {
-                    break;
-                }
-            }
-            // Whatever the run stopped at (not started yet, another shape,
-            // too small, misaligned...) goes its own way.
-            let Some(next) = q.pop() else { break };
-            let r = match next {
-                RxNext::One(d) => self.post_desc(d).map_err(|r| (d.head(), r)),
-                RxNext::Chain(c) => self.post_checked(c).map_err(|r| (c.head, r)),
-            };
-            room -= 1;
-            match r {
-                Ok(()) => posted += 1,
-                Err((head, reason)) => q.refuse(head, reason),
-            }
-        }
-        // A NIC that failed during this pass gave back every buffer it held:
-        // they go back to the guest now, since a vanished NIC raises no
-        // interrupt that would start a completion pass.
-        for u in self.rx_returned.drain(..) {
-            q.complete(u.head, u.len);
-        }
-        Some(posted)
-    }
-
-    /// Every NIC completion as the driver finds it: a good frame in a lent
-    /// buffer goes to [`RxQueue::complete_frame`] (the device writes header
-    /// and used entry), a bad one is recycled to the NIC after the reap;
-    /// buffers posted through the table complete as in `reap_rx`.
-    fn complete_direct(&mut self, q: &mut RxQueue<'_>) -> bool {
-        self.rx_returned.drain(..).for_each(|u| q.complete(u.head, u.len));
-        if self.failed || !self.started {
-            return true;
-        }
-        let mut slow = std::mem::take(&mut self.rx_slow);
-        let mut dropped = std::mem::take(&mut self.rx_dropped);
-        let table = &mut self.rx;
-        let mut tally = Tally::default();
-        let r = self.driver.reap_rx_with(|c| {
-            if c.cookie & LENT_COOKIE == 0 {
-                // Posted through the table (another shape, or before the
-                // direct path ran).
-                return reap_table(table, c, &mut tally, &mut slow, |u| q.complete(u.head, u.len));
-            }
-            let head = c.cookie as u16;
-            if c.cookie & !LENT_COOKIE > u64::from(u16::MAX) {
-                tally.unknown += 1;
-            } else if !c.error && c.eop && c.len != 0 {
-                // The NIC wrote the frame at GPA + 12 of the buffer: the
-                // device adds the header and the used entry.
-                tally.frame(c.len);
-                q.complete_frame(head, c.len);
-            } else {
-                dropped.push(head);
-            }
-        });
-        self.count_reaped(tally, r);
-        for head in dropped.drain(..) {
-            self.recycle_lent(q, head);
-        }
-        self.rx_dropped = dropped;
-        self.complete_slow(&mut slow, |u| q.complete(u.head, u.len));
-        self.rx_slow = slow;
-        // Buffers recycled above (dropped frames) go back to the NIC now.
-        self.flush_rx_posted();
-        self.rx_returned.drain(..).for_each(|u| q.complete(u.head, u.len));
-        true
-    }
-
-    /// Sends at once (a batch of one), see the trait.
-    fn send(&mut self, mem: &GuestMemory, frame: TxFrame) -> Result<bool, DropReason> {
-        let chain = ChainRef { head: frame.head, segs: &frame.segs, len: frame.len };
-        let r = self.send_chain(mem, chain);
         self.flush_tx_queued();
-        r
-    }
-
-    fn tx_batch_done(&mut self) {
-        self.flush_tx_queued();
-    }
-
-    /// Copies the segment list only when the frame has to wait in the backlog.
-    fn send_chain(&mut self, _mem: &GuestMemory, frame: ChainRef<'_>) -> Result<bool, DropReason> {
-        if !self.ensure_started() {
-            self.metrics.drop(DropReason::BackendError);
-            return Err(DropReason::BackendError);
-        }
-        if let [(gpa, len)] = frame.segs {
-            // The common shape: header and frame in one descriptor.
-            if let Some(payload) = self.one_segment_payload(*gpa, *len) {
-                if self.backlog.is_empty() && self.driver.tx_free() >= 1 {
-                    self.submit_tx(frame.head, &[payload]).inspect_err(|r| self.metrics.drop(*r))?;
-                    return Ok(false);
-                }
-            }
-        }
-        let mut segs = std::mem::take(&mut self.tx_segs);
-        let r = self.send_checked(&frame, &mut segs);
-        self.tx_segs = segs;
-        r
-    }
-
-    fn reap_tx(&mut self, out: &mut Vec<Used>) {
-        out.append(&mut self.tx_returned);
         if !self.failed && self.started {
-            self.reap_tx_into(true, out);
+            self.reap_tx_into(true, |head| q.complete(head));
             // Frames that waited for room, and the ones dropped meanwhile.
             self.drain_backlog();
             self.flush_tx_queued();
-            out.append(&mut self.tx_returned);
+        }
+        for (head, dropped) in self.tx_returned.drain(..) {
+            match dropped {
+                None => q.complete(head),
+                Some(reason) => q.drop_frame(head, reason),
+            }
         }
     }
 
@@ -1210,49 +403,17 @@ impl<D: PnicDriver> NetBackend for ShimBackend<D> {
         }
     }
 
-    /// Every frame is one NIC buffer is one guest buffer (num_buffers 1).
-    fn single_buffer_frames(&self) -> bool {
-        true
-    }
-
     fn metrics(&self) -> serde_json::Value {
-        let mut v = self.metrics.to_json();
-        v["pnic"] = serde_json::json!(self.driver.name());
-        v["link_up"] = serde_json::json!(self.link_up());
-        v
-    }
-}
-
-impl<D: PnicDriver> ShimBackend<D> {
-    /// Collect the NIC's TX completions; a driver error is handled (counted,
-    /// removal fails the NIC) only when `report` is set.
-    fn reap_tx_completions(&mut self, report: bool) {
-        let mut out = std::mem::take(&mut self.tx_returned);
-        self.reap_tx_into(report, &mut out);
-        self.tx_returned = out;
-    }
-
-    /// Collect the NIC's TX completions as used entries into `out`.
-    #[inline]
-    fn reap_tx_into(&mut self, report: bool, out: &mut Vec<Used>) {
-        let (tx, bounce, metrics) = (&mut self.tx, &mut self.tx_bounce, &mut self.metrics);
-        let r = self.driver.reap_tx_with(|c| match tx.remove(c.cookie) {
-            Some(t) => {
-                if let Some(i) = t.bounce {
-                    bounce.release(i);
-                }
-                metrics.tx_packets += 1;
-                metrics.tx_bytes += u64::from(t.bytes);
-                out.push(Used { head: t.head, len: 0 });
-            }
-            // Not a frame we queued (or a stale cookie): ignored.
-            None => metrics.nic_errors += 1,
-        });
-        if let Err(e) = r {
-            if report {
-                self.driver_err(e);
-            }
+        #[derive(serde::Serialize)]
+        struct Doc<'a> {
+            pnic: &'static str,
+            link_up: bool,
+            #[serde(flatten)]
+            counters: &'a ShimMetrics,
         }
+        let doc = Doc { pnic: self.driver.name(), link_up: self.link_up(), counters: &self.metrics };
+        // Integers and strings: cannot fail.
+        serde_json::to_value(doc).unwrap_or(serde_json::Value::Null)
     }
 }
 

@@ -5,6 +5,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::*;
 use crate::model::{DmaAccess, InjectOutcome, ModelConfig, ModelHandle, NicModel};
+use virtio_devices::net::backend::{ChainRef, RxBuffer};
 
 const MAC: [u8; 6] = [0x52, 0x54, 0x00, 0xaa, 0xbb, 0x01];
 const RAM: u64 = 0x10_0000;
@@ -69,7 +70,8 @@ fn zero_copy_rx_posts_gpa_plus_12_and_writes_header() {
     // The model never wrote anywhere but GPA + 12 of posted buffers.
     assert_eq!(h.writes(), vec![DmaAccess { iova: 0x100c, len: 60 }, DmaAccess { iova: 0x200c, len: 1514 }]);
     let m = s.shim_metrics();
-    assert_eq!((m.rx_zero_copy, m.rx_copy_fallback_frames, m.rx_packets, m.rx_bytes), (2, 0, 2, 1574));
+    assert_eq!((m.rx_zero_copy, m.rx_copy_fallback.frames, m.rx_packets, m.rx_bytes), (2, 0, 2, 1574));
+    assert_eq!(m.vmm_copied_bytes, 0, "zero-copy: the VMM copied no payload byte");
     assert!(h.faults().is_empty());
 }
 
@@ -177,8 +179,10 @@ fn copy_fallback_is_counted_and_correct() {
     mem.read_slice(&mut b, GuestAddress(0x400d)).unwrap();
     assert_eq!(b, frames[2]);
     let m = s.shim_metrics();
-    assert_eq!(m.rx_copy_fallback_frames, 3);
-    assert_eq!(m.rx_copy_fallback_bytes, 1000 + 1514 + 64);
+    assert_eq!(m.rx_copy_fallback.frames, 3);
+    assert_eq!(m.rx_copy_fallback.bytes, 1000 + 1514 + 64);
+    assert_eq!(m.vmm_copied_bytes, 1000 + 1514 + 64, "every bounced payload byte is counted");
+    assert_eq!(s.metrics()["vmm_copied_bytes"], 1000 + 1514 + 64);
     assert_eq!(m.rx_zero_copy, 0);
 }
 
@@ -202,7 +206,7 @@ fn a_buffer_straddling_two_ram_regions_takes_the_copy_fallback() {
     let mut b = vec![0u8; 1514];
     mem.read_slice(&mut b, GuestAddress(0x7c00 + 12)).unwrap();
     assert_eq!(b, f, "the frame crosses the region boundary intact");
-    assert_eq!(s.shim_metrics().rx_copy_fallback_frames, 1);
+    assert_eq!(s.shim_metrics().rx_copy_fallback.frames, 1);
 }
 
 #[test]
@@ -278,7 +282,8 @@ fn fragmented_tx_takes_the_counted_copy_fallback() {
     let p = h.posted_tx();
     assert_eq!(p.len(), 1);
     assert!(p[0].iova >= RAM);
-    assert_eq!(s.shim_metrics().tx_copy_fallback_frames, 1);
+    assert_eq!(s.shim_metrics().tx_copy_fallback.frames, 1);
+    assert_eq!(s.shim_metrics().vmm_copied_bytes, 120, "the bounced TX payload is counted");
     assert_eq!(s.shim_metrics().tx_zero_copy, 0);
 }
 
@@ -343,10 +348,15 @@ fn a_nic_that_vanishes_mid_run_refuses_the_rest_of_the_run_at_once() {
     s.post_rx(&mem, rxbuf(0, &[(0x1000, 2048)])).unwrap();
     let posted = h.posted_rx().len();
     h.remove();
-    let bufs: Vec<RxSeg> =
-        (1..6u16).map(|i| RxSeg { head: i, addr: GuestAddress(0x1000 * u64::from(i + 1)), len: 2048 }).collect();
+    // A run of one-segment buffers, as the device posts them in one refill.
     let mut refused = Vec::new();
-    s.post_rx_segs(&mem, &bufs, &mut refused);
+    for i in 1..6u16 {
+        let seg = [(GuestAddress(0x1000 * u64::from(i + 1)), 2048)];
+        if let Err(r) = s.post_rx_chain(ChainRef { head: i, segs: &seg, len: 2048 }) {
+            refused.push((i, r));
+        }
+    }
+    s.flush_rx();
     let heads: Vec<u16> = refused.iter().map(|r| r.0).collect();
     assert_eq!(heads, vec![1, 2, 3, 4, 5]);
     assert!(refused.iter().all(|r| r.1 == DropReason::BackendError), "{refused:?}");
@@ -407,15 +417,15 @@ fn tx_chains_start_with_one_tail_write_per_batch() {
     let flushes = h.tx_flush_count();
     for i in 0..3u16 {
         let seg = [(GuestAddress(0x1_0000 + u64::from(i) * 0x1000), 112)];
-        assert_eq!(s.send_chain(&mem, ChainRef { head: i, segs: &seg, len: 112 }), Ok(false));
+        assert_eq!(s.send_chain(ChainRef { head: i, segs: &seg, len: 112 }), Ok(false));
     }
     assert_eq!(h.posted_tx().len(), 3, "queued in the NIC ring");
     assert!(h.sent().is_empty(), "but not sent before the batch ends");
     assert_eq!(h.tx_flush_count(), flushes);
-    s.tx_batch_done();
+    s.flush_tx();
     assert_eq!(h.tx_flush_count(), flushes + 1, "one tail write for the batch");
     assert_eq!(h.sent(), vec![payload.clone(); 3]);
-    s.tx_batch_done();
+    s.flush_tx();
     assert_eq!(h.tx_flush_count(), flushes + 1, "nothing queued, no tail write");
     // `send` is a batch of its own.
     mem.write_slice(&payload, GuestAddress(0x2_000c)).unwrap();
@@ -450,15 +460,15 @@ fn chain_posts_become_visible_to_the_nic_with_one_tail_write_per_batch() {
     let segs: Vec<[(GuestAddress, u32); 1]> =
         (0..8u64).map(|i| [(GuestAddress(0x1_0000 + i * 0x1000), 2048)]).collect();
     for (i, seg) in segs.iter().enumerate() {
-        s.post_rx_chain(&mem, ChainRef { head: i as u16, segs: seg, len: 2048 }).unwrap();
+        s.post_rx_chain(ChainRef { head: i as u16, segs: seg, len: 2048 }).unwrap();
         assert_eq!(h.rx_unflushed(), i + 1, "buffer {i} waits for the batch's tail write");
     }
     assert!(matches!(h.inject_rx(&eth(60, 1)), InjectOutcome::NoBuffer), "the NIC sees nothing before the tail write");
     assert_eq!(h.rx_flush_count(), 0);
-    s.rx_posted_batch_done();
+    s.flush_rx();
     assert_eq!(h.rx_unflushed(), 0, "the batch is visible");
     assert_eq!(h.rx_flush_count(), 1, "one tail write for the batch");
-    s.rx_posted_batch_done();
+    s.flush_rx();
     assert_eq!(h.rx_flush_count(), 1, "nothing left unflushed: no extra tail write");
     assert!(matches!(h.inject_rx(&eth(60, 1)), InjectOutcome::Delivered { .. }));
     let mut used = Vec::new();
@@ -468,8 +478,8 @@ fn chain_posts_become_visible_to_the_nic_with_one_tail_write_per_batch() {
     // makes it visible again.
     let flushes = h.rx_flush_count();
     assert!(matches!(h.inject_rx(&eth(1600, 1)), InjectOutcome::Oversized));
-    s.post_rx_chain(&mem, ChainRef { head: 100, segs: &[(GuestAddress(0x9_0000), 200)], len: 200 }).unwrap();
-    s.rx_posted_batch_done();
+    s.post_rx_chain(ChainRef { head: 100, segs: &[(GuestAddress(0x9_0000), 200)], len: 200 }).unwrap();
+    s.flush_rx();
     // The bounce buffer for head 100 is last in the NIC's queue; fill the 7
     // zero-copy ones first, then a frame too big for head 100's 200 bytes.
     for i in 0..7u8 {

@@ -1,55 +1,52 @@
 //! The interface between the virtio-net device and what moves frames.
 //!
-//! The device pops and validates descriptor chains (every segment inside guest
-//! RAM, right direction, non-zero length, bounded chain) and hands them to the
-//! backend as [`RxBuffer`]s / [`TxFrame`]s. The backend either fills them at
-//! once (tap: readv/writev on the guest memory itself) or gives them to hardware
-//! (shim: the pNIC DMAs straight into them) and reports completions later.
-//! Backends write the virtio-net header of received frames themselves.
+//! The device lends the backend its queues for one pass at a time: an
+//! [`RxQueue`] ([`NetBackend::rx`]) and a [`TxQueue`] ([`NetBackend::tx`]).
+//! The backend pops buffers and frames from them, which the queue hands out
+//! only after validating them (every segment inside guest RAM, right
+//! direction, non-zero length, bounded chain, a head not already held), and
+//! completes them through the queue, which checks that the head is one it
+//! holds and the length fits. The backend either fills buffers at once (tap:
+//! readv/writev on guest memory itself) or gives them to hardware (shim: the
+//! pNIC DMAs straight into them) and completes them in a later pass.
+//! Backends write the virtio-net header of received frames themselves
+//! (or have the queue write it, [`RxQueue::complete_frame`]).
 //!
-//! Changes since the lead's sketch (all additive, with defaults, so a backend
-//! written against the sketch still compiles):
-//! - [`NetBackend::rx_stalled`] (default `false`): the backend has data it
-//!   cannot take for lack of posted RX space; the device stops watching its fds
-//!   (no busy loop on a level-triggered fd) until it posts more buffers, then
-//!   calls `process_event` itself.
-//! - [`NetBackend::discard_pending`] (default: nothing): an fd fired while the
-//!   device is not activated (no guest memory); consume and drop what is there.
-//!   The device also stops watching that fd until activation.
-//! - Contract spelled out: with VIRTIO_NET_F_MRG_RXBUF, `reap_rx` returns the
-//!   buffers of one frame consecutively, the first one's header carrying
-//!   num_buffers; the device reads it to count frames.
-//! - `DropReason::ALL` lists every reason (for metrics).
-//! - [`DropReason::BadAddress`] also covers a chain whose descriptors or
-//!   indirect table cannot be read at all.
-//! - [`NetBackend::post_rx_segs`]: one-descriptor buffers in batches
-//!   (default: `post_rx_chain` for each); part of the same posting batch.
-//! - [`NetBackend::tx_batch_done`]: TX tail writes once per batch, as RX.
-//! - [`NetBackend::single_buffer_frames`] (default `false`): the backend
-//!   never merges buffers, so the device need not read num_buffers back.
-//! - Direct RX, [`NetBackend::refill_direct`] / [`NetBackend::complete_direct`]
-//!   (default: not offered): the backend pulls validated buffers from the RX
-//!   queue and pushes completions into it in its own loop (the shim; see
-//!   [`super::direct`]).
-//! - Batched RX posting: the device posts through
-//!   [`NetBackend::post_rx_chain`] (segments lent as a [`ChainRef`], no
-//!   allocation) and calls [`NetBackend::rx_posted_batch_done`] once after
-//!   each batch, so hardware backends write their tail register once per
-//!   refill instead of once per buffer. TX goes through
-//!   [`NetBackend::send_chain`]. The defaults forward to `post_rx`/`send`.
+//! Owned-buffer conveniences for tests and benchmarks live next to each
+//! backend under the feature `testing`, not in the trait.
 
 use std::os::unix::io::RawFd;
+use std::ptr::NonNull;
 
 use vm_memory::GuestAddress;
 
-use super::direct::RxQueue;
+use super::direct::{RxQueue, TxQueue};
 
 use crate::GuestMemory;
 
 /// Size of `struct virtio_net_hdr_v1` (VERSION_1, no hash report).
 pub const VNET_HDR_LEN: usize = 12;
 
-/// One guest-writable buffer (a whole RX descriptor chain), validated.
+/// The virtio-net header of a received frame that fits one buffer: no
+/// offloads, no checksum to finish, num_buffers (le16, the last field of
+/// virtio_net_hdr_v1) = 1.
+pub const ONE_BUFFER_HEADER: [u8; VNET_HDR_LEN] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+
+/// Writes [`ONE_BUFFER_HEADER`] at `host` (volatile: guest memory the guest
+/// may be reading).
+///
+/// # Safety
+/// `host` must be the first byte of at least [`VNET_HDR_LEN`] writable
+/// bytes of guest RAM that stay mapped for the call.
+#[inline(always)]
+pub unsafe fn write_one_buffer_header(host: NonNull<u8>) {
+    // SAFETY: the caller guarantees VNET_HDR_LEN writable bytes at `host`;
+    // [u8; N] has alignment 1.
+    unsafe { host.as_ptr().cast::<[u8; VNET_HDR_LEN]>().write_volatile(ONE_BUFFER_HEADER) };
+}
+
+/// One guest-writable buffer (a whole RX descriptor chain), owned (a
+/// backend's copy of a [`ChainRef`], or a test's buffer).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RxBuffer {
     /// Head descriptor index: what goes into the used ring.
@@ -60,7 +57,7 @@ pub struct RxBuffer {
     pub len: u32,
 }
 
-/// One guest frame to send (a whole TX descriptor chain), validated. The first
+/// One guest frame to send (a whole TX descriptor chain), owned. The first
 /// `VNET_HDR_LEN` bytes across `segs` are the virtio-net header.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TxFrame {
@@ -69,10 +66,10 @@ pub struct TxFrame {
     pub len: u32,
 }
 
-/// A validated descriptor chain lent to the backend for the duration of one
-/// call ([`NetBackend::post_rx_chain`], [`NetBackend::send_chain`]): the
-/// device reuses the segment storage for the next chain, so a backend that
-/// keeps the buffer copies what it needs.
+/// A validated descriptor chain lent to the backend until its next pop
+/// ([`RxQueue::pop`], [`TxQueue::pop`]): the device reuses the segment
+/// storage for the next chain, so a backend that keeps the chain copies what
+/// it needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChainRef<'a> {
     /// Head descriptor index: what goes into the used ring.
@@ -93,15 +90,6 @@ impl ChainRef<'_> {
     pub fn to_tx_frame(&self) -> TxFrame {
         TxFrame { head: self.head, segs: self.segs.to_vec(), len: self.len }
     }
-}
-
-/// A validated RX buffer of one descriptor: the shape a Linux guest posts
-/// with MRG_RXBUF, handed over in batches ([`NetBackend::post_rx_segs`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RxSeg {
-    pub head: u16,
-    pub addr: GuestAddress,
-    pub len: u32,
 }
 
 /// A used-ring entry to publish.
@@ -164,8 +152,18 @@ impl DropReason {
     }
 }
 
+/// What one [`NetBackend::rx`] pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RxPass {
+    /// Guest buffers the backend took (posted, or kept to read into).
+    pub posted: usize,
+    /// The backend takes no more buffers now: the device turns guest kicks
+    /// off instead of asking for one.
+    pub full: bool,
+}
+
 /// What moves frames for a virtio-net device. All methods run on the event-loop
-/// thread. `mem` is the guest memory; every address handed over was validated.
+/// thread; one method per operation.
 pub trait NetBackend: Send {
     /// Offload/feature bits (VIRTIO_NET_F_*) this backend can honour.
     fn features(&self) -> u64;
@@ -174,116 +172,35 @@ pub trait NetBackend: Send {
     /// File descriptors to watch for readability; when one fires the device
     /// calls [`NetBackend::process_event`] with its index in this list.
     fn event_fds(&self) -> Vec<RawFd>;
-    /// Handle a readable fd (tap data, pNIC MSI-X eventfd). Completions are
-    /// then collected with `reap_rx`/`reap_tx`.
+    /// Handle a readable fd (tap data, pNIC MSI-X eventfd). The frames and
+    /// completions it produced go to the guest in the `rx`/`tx` passes the
+    /// device runs right after.
     fn process_event(&mut self, mem: &GuestMemory, index: usize);
-    /// How many more RX buffers the backend takes now. Posting one buffer
-    /// takes at most one unit of it: the device asks once and posts up to
-    /// that many before asking again.
-    fn rx_room(&self) -> usize;
-    /// Take a guest RX buffer. `Err` gives it back with a reason (the device
-    /// completes it with length 0 and counts the drop). A buffer posted this
-    /// way is a batch of its own: it is visible to the hardware on return
-    /// (callers outside the device, e.g. tests, rely on that).
-    fn post_rx(&mut self, mem: &GuestMemory, buf: RxBuffer) -> Result<(), (RxBuffer, DropReason)>;
-    /// Take a guest RX buffer whose segments are only lent for this call (the
-    /// device's path: no allocation per buffer). `Err`: the device completes
-    /// `chain.head` with length 0 and counts the drop.
-    ///
-    /// Batch contract: a backend may leave buffers posted this way invisible
-    /// to its hardware (e.g. not write the NIC's RX tail register) until
-    /// [`NetBackend::rx_posted_batch_done`]. The device calls that once after
-    /// every batch in which at least one `post_rx_chain` succeeded, before it
-    /// returns to the event loop, so no posted buffer stays unseen.
-    ///
-    /// The default copies the segments and calls `post_rx`.
-    fn post_rx_chain(&mut self, mem: &GuestMemory, chain: ChainRef<'_>) -> Result<(), DropReason> {
-        self.post_rx(mem, chain.to_rx_buffer()).map_err(|(_, r)| r)
-    }
-    /// Take a run of one-descriptor RX buffers in one call (the device's
-    /// common case: no call and no segment list per buffer). Same contract
-    /// as [`NetBackend::post_rx_chain`] for each buffer; the heads of the
-    /// buffers refused are appended to `refused` with the reason, and the
-    /// device completes them with length 0. The default posts them one by
-    /// one.
-    fn post_rx_segs(&mut self, mem: &GuestMemory, bufs: &[RxSeg], refused: &mut Vec<(u16, DropReason)>) {
-        for b in bufs {
-            let seg = [(b.addr, b.len)];
-            if let Err(r) = self.post_rx_chain(mem, ChainRef { head: b.head, segs: &seg, len: b.len }) {
-                refused.push((b.head, r));
-            }
-        }
-    }
-    /// End of a batch of [`NetBackend::post_rx_chain`] calls: make every
-    /// buffer posted since the last call visible to the hardware (one tail
-    /// write). Buffers a backend re-posts on its own (e.g. recycling a buffer
-    /// whose frame it dropped) are its own business: it must make them
-    /// visible before the call that re-posted them returns. Default: nothing
-    /// (backends that post immediately).
-    fn rx_posted_batch_done(&mut self) {}
-    /// Completed RX buffers, in order, header already written.
-    fn reap_rx(&mut self, mem: &GuestMemory, out: &mut Vec<Used>);
-    /// Send a frame. `Ok(true)`: done, the device completes it now;
-    /// `Ok(false)`: in flight, it comes back through `reap_tx`.
-    fn send(&mut self, mem: &GuestMemory, frame: TxFrame) -> Result<bool, DropReason>;
-    /// [`NetBackend::send`] with the segments lent for this call only (the
-    /// device's path). A backend that must keep the frame after returning
-    /// (e.g. queued behind a full ring) copies it. The default copies the
-    /// segments and calls `send`.
-    fn send_chain(&mut self, mem: &GuestMemory, chain: ChainRef<'_>) -> Result<bool, DropReason> {
-        self.send(mem, chain.to_tx_frame())
-    }
-    /// End of a batch of [`NetBackend::send_chain`] calls: start sending
-    /// every frame accepted since the last call (one NIC tail write). A
-    /// backend may leave frames accepted by `send_chain` unsent until then;
-    /// the device calls it after every batch in which it sent a frame,
-    /// before it returns to the event loop. Frames a backend queues on its
-    /// own (a backlog drained in `process_event`/`reap_tx`) it starts before
-    /// that call returns. `send` is a batch of one. Default: nothing.
-    fn tx_batch_done(&mut self) {}
-    /// TX frames whose transmission finished.
-    fn reap_tx(&mut self, out: &mut Vec<Used>);
-    /// Stop all I/O into guest memory and forget every posted buffer. Returns
-    /// only when nothing can write guest memory any more.
-    fn quiesce(&mut self);
-    fn link_up(&self) -> bool;
-    /// True when the backend stopped taking frames because the posted RX
-    /// buffers may not hold the next one (the tap with MRG_RXBUF needs room for
-    /// a maximum-size frame before it reads). The device then stops watching
-    /// `event_fds()` and calls `process_event` for each of them after posting
-    /// more buffers, re-watching once this turns false.
-    fn rx_stalled(&self) -> bool {
-        false
-    }
     /// An fd of `event_fds()` fired while the device is not activated: consume
     /// and drop whatever is pending (no guest memory to put it in). The device
     /// stops watching the fd until activation anyway.
-    fn discard_pending(&mut self, _index: usize) {}
+    fn discard_pending(&mut self, index: usize);
+    /// One RX pass over the lent queue: complete every buffer whose frame is
+    /// in ([`RxQueue::complete`], [`RxQueue::complete_part`],
+    /// [`RxQueue::complete_frame`]), then take buffers ([`RxQueue::pop`],
+    /// [`RxQueue::pop_if`]) while the backend has room, making them visible
+    /// to its hardware before returning (one tail write), and
+    /// [`RxQueue::refuse`] those it cannot use.
+    fn rx(&mut self, q: &mut RxQueue<'_>) -> RxPass;
+    /// True when the backend stopped taking frames because the buffers it
+    /// holds may not hold the next one (the tap with MRG_RXBUF needs room for
+    /// a maximum-size frame before it reads). The device then stops watching
+    /// `event_fds()` and calls `process_event` for each of them after the
+    /// backend took more buffers, re-watching once this turns false.
+    fn rx_stalled(&self) -> bool;
+    /// One TX pass over the lent queue: complete frames that finished
+    /// ([`TxQueue::complete`], [`TxQueue::drop_frame`]), then send what
+    /// [`TxQueue::pop`] gives, starting it before returning (one tail write).
+    fn tx(&mut self, q: &mut TxQueue<'_>);
+    /// Stop all I/O into guest memory and forget every buffer and frame.
+    /// Returns only when nothing can write guest memory any more.
+    fn quiesce(&mut self);
+    fn link_up(&self) -> bool;
     /// Backend-specific counters, merged into the device's metrics.
     fn metrics(&self) -> serde_json::Value;
-    /// True when every frame the backend delivers fills exactly one buffer
-    /// (num_buffers is always 1), even with MRG_RXBUF: the device then counts
-    /// one frame per completed buffer instead of reading num_buffers back
-    /// from guest memory. Default `false` (frames may span buffers).
-    fn single_buffer_frames(&self) -> bool {
-        false
-    }
-    /// Direct RX ([`super::direct`]), refill half: take guest buffers from
-    /// `q` ([`RxQueue::pop`]) while the backend has room, post them (no
-    /// tail write: `rx_posted_batch_done` follows, as for `post_rx_chain`),
-    /// and [`RxQueue::refuse`] those it cannot take. Returns how many it
-    /// posted, or `None` (the default) for a backend that takes buffers
-    /// through `post_rx_segs`/`post_rx_chain`. Offered only to backends with
-    /// `single_buffer_frames`.
-    fn refill_direct(&mut self, q: &mut RxQueue<'_>) -> Option<usize> {
-        let _ = q;
-        None
-    }
-    /// Direct RX, completion half: what `reap_rx` would return, given to
-    /// [`RxQueue::complete`] instead, in the same order. `false` (the
-    /// default): not supported, the device calls `reap_rx`.
-    fn complete_direct(&mut self, q: &mut RxQueue<'_>) -> bool {
-        let _ = q;
-        false
-    }
 }

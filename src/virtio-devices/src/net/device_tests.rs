@@ -15,11 +15,11 @@ use virtio_queue::Queue;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::backend::{DropReason, NetBackend, RxBuffer, TxFrame, Used, VNET_HDR_LEN};
+use super::backend::{DropReason, NetBackend, RxBuffer, RxPass, Used, VNET_HDR_LEN};
 use super::chain::MAX_CHAIN_DESCS;
 use super::config::*;
 use super::device::{Net, QUEUE_SIZE, RX_QUEUE, TX_QUEUE};
-use super::direct::{RxNext, RxQueue};
+use super::direct::{RxNext, RxQueue, TxQueue};
 use crate::interrupt::{INT_CONFIG, INT_VRING};
 use crate::{ActivateContext, GuestMemory, Interrupt, VirtioDevice, TYPE_NET};
 
@@ -35,7 +35,8 @@ struct FakeState {
     posted: VecDeque<RxBuffer>,
     /// Frames (without header) waiting to reach the guest.
     inbox: VecDeque<Vec<u8>>,
-    done: Vec<Used>,
+    /// Filled buffers, each with whether it is the first of its frame.
+    done: Vec<(Used, bool)>,
     /// Frames the guest sent, header included.
     sent: Vec<Vec<u8>>,
     acked: u64,
@@ -50,21 +51,17 @@ struct FakeState {
     process_calls: usize,
     /// Report a completion for a head never posted.
     bogus_head: Option<u16>,
-    /// Buffers posted since the last `rx_posted_batch_done`.
-    unflushed: usize,
-    /// Buffers posted in each batch, one entry per `rx_posted_batch_done`.
+    /// Buffers taken in each RX pass that took any (one tail write each).
     batches: Vec<usize>,
-    /// Frames sent since the last `tx_batch_done`, and per batch.
-    tx_unflushed: usize,
+    /// Frames popped in each TX pass that popped any.
     tx_batches: Vec<usize>,
-    /// Direct RX (`refill_direct`/`complete_direct`, frames never span
-    /// buffers) instead of `post_rx`/`reap_rx`.
+    /// Frames never span buffers (as the shim's), even with MRG_RXBUF.
     direct: bool,
-    /// Direct RX: refuse the next this many buffers (`RxQueue::refuse`).
+    /// Refuse the next this many buffers (`RxQueue::refuse`).
     refuse: usize,
-    /// Direct RX: refuse this head at the next refill, held or not.
+    /// Refuse this head at the next refill, held or not.
     bogus_refuse: Option<u16>,
-    /// Direct RX: the buffers taken as `RxNext::One`, with their host address.
+    /// The buffers taken as `RxNext::One`, with their host address.
     direct_ones: Vec<(u16, u64, u32, usize)>,
 }
 
@@ -104,7 +101,7 @@ impl FakeBackend {
             }
             bytes[10..12].copy_from_slice(&(k as u16).to_le_bytes());
             let mut off = 0;
-            for _ in 0..k {
+            for i in 0..k {
                 let b = st.posted.pop_front().unwrap();
                 let start = off;
                 for (addr, len) in &b.segs {
@@ -112,7 +109,7 @@ impl FakeBackend {
                     mem.write_slice(&bytes[off..off + n], *addr).unwrap();
                     off += n;
                 }
-                st.done.push(Used { head: b.head, len: (off - start) as u32 });
+                st.done.push((Used { head: b.head, len: (off - start) as u32 }, i == 0));
             }
             st.inbox.pop_front();
         }
@@ -137,77 +134,13 @@ impl NetBackend for FakeBackend {
         st.process_calls += 1;
         Self::deliver(&mut st, mem);
         if let Some(h) = st.bogus_head.take() {
-            st.done.push(Used { head: h, len: 20 });
+            st.done.push((Used { head: h, len: 20 }, true));
         }
     }
-    fn rx_room(&self) -> usize {
-        let st = self.st.lock().unwrap();
-        st.room.saturating_sub(st.posted.len())
-    }
-    fn post_rx(&mut self, _mem: &GuestMemory, buf: RxBuffer) -> Result<(), (RxBuffer, DropReason)> {
+    fn rx(&mut self, q: &mut RxQueue<'_>) -> RxPass {
         let mut st = self.st.lock().unwrap();
-        st.posted.push_back(buf);
-        st.unflushed += 1;
-        Ok(())
-    }
-    fn rx_posted_batch_done(&mut self) {
-        let mut st = self.st.lock().unwrap();
-        let n = std::mem::take(&mut st.unflushed);
-        st.batches.push(n);
-    }
-    fn reap_rx(&mut self, _mem: &GuestMemory, out: &mut Vec<Used>) {
-        out.append(&mut self.st.lock().unwrap().done);
-    }
-    fn send(&mut self, mem: &GuestMemory, frame: TxFrame) -> Result<bool, DropReason> {
-        let mut st = self.st.lock().unwrap();
-        if let Some(r) = st.send_error {
-            return Err(r);
-        }
-        let mut v = Vec::new();
-        for (addr, len) in &frame.segs {
-            let mut b = vec![0u8; *len as usize];
-            mem.read_slice(&mut b, *addr).unwrap();
-            v.extend(b);
-        }
-        assert_eq!(v.len(), frame.len as usize);
-        st.sent.push(v);
-        st.tx_unflushed += 1;
-        Ok(true)
-    }
-    fn tx_batch_done(&mut self) {
-        let mut st = self.st.lock().unwrap();
-        let n = std::mem::take(&mut st.tx_unflushed);
-        st.tx_batches.push(n);
-    }
-    fn reap_tx(&mut self, _out: &mut Vec<Used>) {}
-    fn quiesce(&mut self) {
-        let mut st = self.st.lock().unwrap();
-        st.posted.clear();
-        st.done.clear();
-        st.quiesces += 1;
-    }
-    fn link_up(&self) -> bool {
-        self.st.lock().unwrap().link_up
-    }
-    fn rx_stalled(&self) -> bool {
-        self.st.lock().unwrap().stalled
-    }
-    fn discard_pending(&mut self, _index: usize) {
-        let _ = self.evt.read();
-        let mut st = self.st.lock().unwrap();
-        st.inbox.clear();
-        st.discards += 1;
-    }
-    fn metrics(&self) -> serde_json::Value {
-        serde_json::json!({"kind": "fake", "vmm_copied_bytes": 0})
-    }
-    fn single_buffer_frames(&self) -> bool {
-        self.st.lock().unwrap().direct
-    }
-    fn refill_direct(&mut self, q: &mut RxQueue<'_>) -> Option<usize> {
-        let mut st = self.st.lock().unwrap();
-        if !st.direct {
-            return None;
+        for (u, first) in std::mem::take(&mut st.done) {
+            q.complete_part(u.head, u.len, first);
         }
         if let Some(h) = st.bogus_refuse.take() {
             q.refuse(h, DropReason::BackendError);
@@ -228,20 +161,58 @@ impl NetBackend for FakeBackend {
                 continue;
             }
             st.posted.push_back(buf);
-            st.unflushed += 1;
             posted += 1;
         }
-        Some(posted)
+        if posted > 0 {
+            st.batches.push(posted);
+        }
+        RxPass { posted, full: st.room <= st.posted.len() }
     }
-    fn complete_direct(&mut self, q: &mut RxQueue<'_>) -> bool {
+    fn tx(&mut self, q: &mut TxQueue<'_>) {
+        let mem = q.ram().mem().clone();
         let mut st = self.st.lock().unwrap();
-        if !st.direct {
-            return false;
+        let mut n = 0;
+        while let Some(frame) = q.pop() {
+            n += 1;
+            let head = frame.head;
+            if let Some(r) = st.send_error {
+                q.drop_frame(head, r);
+                continue;
+            }
+            let mut v = Vec::new();
+            for (addr, len) in frame.segs {
+                let mut b = vec![0u8; *len as usize];
+                mem.read_slice(&mut b, *addr).unwrap();
+                v.extend(b);
+            }
+            assert_eq!(v.len(), frame.len as usize);
+            st.sent.push(v);
+            q.complete(head);
         }
-        for u in st.done.drain(..) {
-            q.complete(u.head, u.len);
+        if n > 0 {
+            st.tx_batches.push(n);
         }
-        true
+    }
+    fn quiesce(&mut self) {
+        let mut st = self.st.lock().unwrap();
+        st.posted.clear();
+        st.done.clear();
+        st.quiesces += 1;
+    }
+    fn link_up(&self) -> bool {
+        self.st.lock().unwrap().link_up
+    }
+    fn rx_stalled(&self) -> bool {
+        self.st.lock().unwrap().stalled
+    }
+    fn discard_pending(&mut self, _index: usize) {
+        let _ = self.evt.read();
+        let mut st = self.st.lock().unwrap();
+        st.inbox.clear();
+        st.discards += 1;
+    }
+    fn metrics(&self) -> serde_json::Value {
+        serde_json::json!({"kind": "fake", "vmm_copied_bytes": 0})
     }
 }
 
@@ -515,7 +486,7 @@ fn rx_delivers_frame_with_used_length() {
         assert_eq!(m["rx_bytes"], 100);
         assert_eq!(m["vmm_copied_bytes"], 0);
         assert_eq!(m["backend"]["kind"], "fake");
-        assert_eq!(m["rx_direct_passes"].as_u64().unwrap() > 0, direct, "the path taken");
+        assert!(m["rx_passes"].as_u64().unwrap() > 0, "RX runs on the lent queue");
     }
 }
 
@@ -1105,7 +1076,6 @@ fn rx_refill_ends_each_batch_with_one_batch_done() {
         h.kick(RX_QUEUE);
         let st = h.st.lock().unwrap();
         assert_eq!(st.batches, vec![5, 2]);
-        assert_eq!(st.unflushed, 0, "every posted buffer was followed by a batch-done");
     }
 }
 
@@ -1118,13 +1088,13 @@ fn backend_length_beyond_the_buffer_is_clamped_and_counted() {
         {
             let mut st = h.st.lock().unwrap();
             st.posted.clear();
-            st.done.push(Used { head, len: 5000 });
+            st.done.push((Used { head, len: 5000 }, true));
         }
         h.backend_event();
         assert_eq!(h.new_used(RX_QUEUE), vec![(u32::from(head), 1530)], "direct {direct}");
         assert_eq!(h.metrics()["backend_bogus_completions"], 1, "direct {direct}");
         // The head is free again: completing it twice is refused.
-        h.st.lock().unwrap().done.push(Used { head, len: 100 });
+        h.st.lock().unwrap().done.push((Used { head, len: 100 }, true));
         h.backend_event();
         assert!(h.new_used(RX_QUEUE).is_empty(), "direct {direct}");
         assert_eq!(h.metrics()["backend_bogus_completions"], 2, "direct {direct}");
@@ -1217,8 +1187,7 @@ fn tx_processing_ends_each_batch_with_one_batch_done() {
     h.kick(TX_QUEUE);
     let st = h.st.lock().unwrap();
     assert_eq!(st.sent.len(), 4);
-    assert_eq!(st.tx_batches, vec![4], "one batch-done after the four frames");
-    assert_eq!(st.tx_unflushed, 0);
+    assert_eq!(st.tx_batches, vec![4], "one pass for the four frames");
     drop(st);
     h.kick(TX_QUEUE);
     assert_eq!(h.st.lock().unwrap().tx_batches, vec![4], "nothing popped, no batch-done");

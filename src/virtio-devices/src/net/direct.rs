@@ -1,15 +1,12 @@
-//! The RX virtqueue, lent to a backend that moves buffers itself.
+//! The virtqueues, lent to the backend for one pass at a time: the one
+//! interface between the device and what moves frames.
 //!
-//! Through the generic [`NetBackend`](super::NetBackend) interface a received
-//! frame crosses four loops: the device collects a run of guest buffers, the
-//! backend posts the run, the backend reaps completions into a list, the
-//! device moves the list to the used ring. For the zero-copy shim those
-//! loops *are* the datapath (buffer → NIC descriptor, NIC completion → used
-//! entry), and the hand-overs between them cost more than the work. An
-//! [`RxQueue`] lends the backend the device's RX ring for one refill or one
-//! completion pass instead: the backend pulls buffers and pushes completions
-//! in its own loop, and the device's rules still apply to each of them, in
-//! the device's code:
+//! For the zero-copy shim the loops over buffers and completions *are* the
+//! datapath (buffer → NIC descriptor, NIC completion → used entry); handing
+//! lists between device and backend would cost more than the work. An
+//! [`RxQueue`] (a [`TxQueue`]) lends the backend the device's ring instead:
+//! the backend pulls buffers (frames) and pushes completions in its own loop,
+//! and the device's rules still apply to each of them, in the device's code:
 //! - a buffer comes out of [`RxQueue::pop`] only after the ring validated it
 //!   (direction, length, inside guest RAM) and the device marked its head
 //!   held; a head already held or beyond the queue never comes out;
@@ -27,10 +24,11 @@ use std::ptr::NonNull;
 use log::error;
 use vm_memory::GuestAddress;
 
-use super::backend::{ChainRef, DropReason, VNET_HDR_LEN};
+use super::backend::{write_one_buffer_header, ChainRef, DropReason, VNET_HDR_LEN};
 use super::chain::Direction;
 use super::metrics::NetMetrics;
 use super::ring::SplitRing;
+use crate::mem::RamMap;
 
 /// A guest RX buffer that the device validated and now counts as held by the
 /// backend: one device-writable descriptor of at least the virtio-net
@@ -112,10 +110,13 @@ impl Held {
 // device's thread.
 unsafe impl Send for Held {}
 
-/// The virtio-net header of a frame that fits one buffer: no offloads, no
-/// checksum to finish, num_buffers (le16, the last field of
-/// virtio_net_hdr_v1) = 1.
-const ONE_BUFFER_HEADER: [u8; VNET_HDR_LEN] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+/// A backend completed (or refused) a head of queue `queue` that it does
+/// not hold: a backend bug, counted and logged, never passed to the guest.
+#[cold]
+fn bogus_completion(metrics: &mut NetMetrics, id: &str, queue: &str, head: u16) {
+    metrics.backend_bogus_completions += 1;
+    error!("virtio-net {id}: backend completed {queue} head {head} it does not hold");
+}
 
 /// What [`RxQueue::pop`] hands out.
 #[derive(Debug)]
@@ -137,15 +138,18 @@ pub struct RxQueue<'a> {
     /// The ring's next avail index when the pass began (what was taken
     /// is the difference).
     start: u16,
-    /// Used elements written (some maybe not yet published).
+    /// The ring's next used index when the pass began: the elements the
+    /// pass wrote are the ones after it (published when it ends).
+    used_start: u16,
+    /// A used element was published at once (a malformed chain).
     added: bool,
-    unpublished: bool,
     /// Counters of this pass, added to `metrics` when it ends (one store
     /// each per pass instead of per frame): buffers completed, those of them
-    /// shorter than the header (no packet), and the bytes of the others,
-    /// header included.
+    /// shorter than the header (no packet), those that continue a frame
+    /// (MRG_RXBUF), and the bytes of the others, header included.
     buffers: u64,
     short: u64,
+    more: u64,
     bytes: u64,
 }
 
@@ -160,6 +164,7 @@ impl<'a> RxQueue<'a> {
         // Every head `complete` accepts is then inside the queue.
         assert!(held.len() <= usize::from(ring.size()), "held book larger than the queue");
         let start = ring.next_avail();
+        let used_start = ring.next_used();
         RxQueue {
             ring,
             held,
@@ -167,18 +172,25 @@ impl<'a> RxQueue<'a> {
             segs,
             id,
             start,
+            used_start,
             added: false,
-            unpublished: false,
             buffers: 0,
             short: 0,
+            more: 0,
             bytes: 0,
         }
+    }
+
+    /// The guest RAM the ring's buffers are in (for a backend that does its
+    /// own I/O into them, e.g. readv).
+    pub fn ram(&self) -> &RamMap {
+        self.ring.ram()
     }
 
     /// Whether the pass wrote used elements (the device then decides on an
     /// interrupt).
     pub(crate) fn added(&self) -> bool {
-        self.added
+        self.added || self.ring.next_used() != self.used_start
     }
 
     /// How many heads the pass took from the avail ring.
@@ -282,12 +294,28 @@ impl<'a> RxQueue<'a> {
     /// bug: counted and logged, never passed on to the guest as such.
     #[inline(always)]
     pub fn complete(&mut self, head: u16, len: u32) {
+        self.complete_part(head, len, true);
+    }
+
+    /// [`RxQueue::complete`] for a frame spread over several buffers
+    /// (MRG_RXBUF): `first` for its first buffer (whose header, with
+    /// num_buffers, the backend wrote), false for each buffer after it, in
+    /// order. Only first buffers count as packets.
+    #[inline(always)]
+    pub fn complete_part(&mut self, head: u16, len: u32, first: bool) {
         let held = match self.held.get_mut(usize::from(head)) {
             Some(h) if h.len != 0 => h.release(),
             _ => return self.bogus_head(head),
         };
         let len = if len > held { self.bogus_len(len, held) } else { len };
-        self.used(head, len);
+        if first {
+            self.used(head, len);
+        } else {
+            self.buffers += 1;
+            self.more += 1;
+            self.bytes += u64::from(len);
+            self.ring.push_used_in_queue(head, len);
+        }
     }
 
     /// Buffer `head`, which `pop` lent as an [`RxDesc`], holds a frame of
@@ -317,9 +345,8 @@ impl<'a> RxQueue<'a> {
         }
         // SAFETY: `host` is the first byte of a buffer of `len` (>=
         // VNET_HDR_LEN) bytes inside one guest RAM mapping, resolved by
-        // `pop` and alive while the device is activated; [u8; N] has
-        // alignment 1. Volatile: guest memory.
-        unsafe { host.as_ptr().cast::<[u8; VNET_HDR_LEN]>().write_volatile(ONE_BUFFER_HEADER) };
+        // `pop` and alive while the device is activated.
+        unsafe { write_one_buffer_header(host) };
         self.used(head, total as u32);
     }
 
@@ -344,22 +371,17 @@ impl<'a> RxQueue<'a> {
         }
         // `head` indexes `held`, so it is inside the queue (`new`).
         self.ring.push_used_in_queue(head, len);
-        self.added = true;
-        self.unpublished = true;
     }
 
+    /// A used element for a head the book holds (so inside the queue).
     #[inline(always)]
     fn push(&mut self, head: u16, len: u32) {
-        if self.ring.push_used(head, len) {
-            self.added = true;
-            self.unpublished = true;
-        }
+        self.ring.push_used_in_queue(head, len);
     }
 
     #[cold]
     fn bogus_head(&mut self, head: u16) {
-        self.metrics.backend_bogus_completions += 1;
-        error!("virtio-net {}: backend completed RX head {head} it does not hold", self.id);
+        bogus_completion(self.metrics, self.id, "RX", head);
     }
 
     #[cold]
@@ -373,12 +395,197 @@ impl<'a> RxQueue<'a> {
 impl Drop for RxQueue<'_> {
     /// The pass is over: the driver sees its used elements.
     fn drop(&mut self) {
-        if self.unpublished {
+        if self.ring.next_used() != self.used_start {
             self.ring.publish_used();
         }
-        let packets = self.buffers - self.short;
+        let packets = self.buffers - self.short - self.more;
         self.metrics.rx_packets += packets;
         self.metrics.rx_bytes += self.bytes - packets * VNET_HDR_LEN as u64;
         self.metrics.rx_buffers_used += self.buffers;
+    }
+}
+
+/// The device's TX ring for one backend pass: the twin of [`RxQueue`].
+/// [`TxQueue::pop`] hands out only frames the ring validated (direction,
+/// length, inside guest RAM, bounded chain) whose head is free, and marks
+/// them in flight; [`TxQueue::complete`] and [`TxQueue::drop_frame`] take
+/// only heads in flight. A pass pops at most its budget of heads (the
+/// device then re-arms itself), asks the guest for kicks once it caught up,
+/// and publishes its used elements when it ends.
+pub struct TxQueue<'a> {
+    ring: &'a mut SplitRing,
+    /// Indexed by head: the length of each frame the backend holds.
+    in_flight: &'a mut [Option<u32>],
+    metrics: &'a mut NetMetrics,
+    segs: &'a mut Vec<(GuestAddress, u32)>,
+    one: [(GuestAddress, u32); 1],
+    id: &'a str,
+    budget: usize,
+    popped: usize,
+    /// Guest kicks were turned off by this pass (and are turned on again
+    /// when it catches up).
+    quiet: bool,
+    over_budget: bool,
+    /// The ring's next used index when the pass began (see [`RxQueue`]).
+    used_start: u16,
+    packets: u64,
+    bytes: u64,
+}
+
+impl<'a> TxQueue<'a> {
+    pub(crate) fn new(
+        ring: &'a mut SplitRing,
+        in_flight: &'a mut [Option<u32>],
+        metrics: &'a mut NetMetrics,
+        segs: &'a mut Vec<(GuestAddress, u32)>,
+        id: &'a str,
+        budget: usize,
+    ) -> Self {
+        assert!(in_flight.len() <= usize::from(ring.size()), "in-flight book larger than the queue");
+        let used_start = ring.next_used();
+        TxQueue {
+            ring,
+            in_flight,
+            metrics,
+            segs,
+            one: [(GuestAddress(0), 0)],
+            id,
+            budget,
+            popped: 0,
+            quiet: false,
+            over_budget: false,
+            used_start,
+            packets: 0,
+            bytes: 0,
+        }
+    }
+
+    /// Whether the pass wrote used elements.
+    pub(crate) fn added(&self) -> bool {
+        self.ring.next_used() != self.used_start
+    }
+
+    /// The guest RAM the ring's frames are in (for a backend that does its
+    /// own I/O from them, e.g. writev).
+    pub fn ram(&self) -> &RamMap {
+        self.ring.ram()
+    }
+
+    /// Whether the pass stopped at its budget with frames maybe left.
+    pub(crate) fn over_budget(&self) -> bool {
+        self.over_budget
+    }
+
+    /// The next frame the guest made available, validated and marked in
+    /// flight (the first [`VNET_HDR_LEN`] bytes are the virtio-net header);
+    /// `None` when there is none (or the budget is spent). Malformed chains
+    /// are completed empty and counted on the way; a head beyond the queue
+    /// or still in flight is counted and skipped.
+    #[inline]
+    pub fn pop(&mut self) -> Option<ChainRef<'_>> {
+        loop {
+            if self.popped >= self.budget {
+                self.over_budget = true;
+                return None;
+            }
+            if !self.ring.avail_cached() && self.ring.avail_count() == 0 {
+                if !self.quiet {
+                    return None;
+                }
+                // Caught up: kicks on, and a last look for frames added
+                // before the request became visible.
+                self.quiet = false;
+                if !self.ring.enable_notification() {
+                    return None;
+                }
+                continue;
+            }
+            if !self.quiet {
+                self.ring.disable_notification();
+                self.quiet = true;
+            }
+            let head = self.ring.pop_counted();
+            self.popped += 1;
+            let i = usize::from(head);
+            let Some(slot) = self.in_flight.get(i) else {
+                self.metrics.tx_drops.add(DropReason::BadAddress);
+                continue;
+            };
+            if slot.is_some() {
+                // Still in flight with an asynchronous backend: ignore the
+                // duplicate rather than complete the head twice.
+                self.metrics.duplicate_heads += 1;
+                continue;
+            }
+            if let Some(seg) = self.ring.single(head, Direction::DeviceReads) {
+                // The common shape: no segment list to build.
+                self.in_flight[i] = Some(seg.1);
+                self.one = [seg];
+                return Some(ChainRef { head, segs: &self.one, len: seg.1 });
+            }
+            match self.ring.parse(head, Direction::DeviceReads, self.segs) {
+                Ok(p) => {
+                    self.in_flight[i] = Some(p.len);
+                    return Some(ChainRef { head, segs: self.segs, len: p.len });
+                }
+                Err(reason) => {
+                    self.metrics.tx_drops.add(reason);
+                    self.push(head);
+                }
+            }
+        }
+    }
+
+    /// Frame `head` was sent (or handed to hardware that finished it). A
+    /// head not in flight is a backend bug: counted and logged.
+    #[inline(always)]
+    pub fn complete(&mut self, head: u16) {
+        let Some(len) = self.take(head) else { return };
+        self.packets += 1;
+        self.bytes += u64::from(len).saturating_sub(VNET_HDR_LEN as u64);
+        self.push(head);
+    }
+
+    /// Frame `head` was not sent: it goes back to the guest counted under
+    /// `reason`.
+    #[cold]
+    pub fn drop_frame(&mut self, head: u16, reason: DropReason) {
+        if self.take(head).is_none() {
+            return;
+        }
+        self.metrics.tx_drops.add(reason);
+        self.push(head);
+    }
+
+    #[inline(always)]
+    fn take(&mut self, head: u16) -> Option<u32> {
+        let len = self.in_flight.get_mut(usize::from(head)).and_then(Option::take);
+        if len.is_none() {
+            self.bogus_head(head);
+        }
+        len
+    }
+
+    /// The used element of a head inside the queue (it indexes the book,
+    /// or the ring just gave it out and `pop` checked it).
+    #[inline(always)]
+    fn push(&mut self, head: u16) {
+        self.ring.push_used_in_queue(head, 0);
+    }
+
+    #[cold]
+    fn bogus_head(&mut self, head: u16) {
+        bogus_completion(self.metrics, self.id, "TX", head);
+    }
+}
+
+impl Drop for TxQueue<'_> {
+    /// The pass is over: the driver sees its used elements.
+    fn drop(&mut self) {
+        if self.ring.next_used() != self.used_start {
+            self.ring.publish_used();
+        }
+        self.metrics.tx_packets += self.packets;
+        self.metrics.tx_bytes += self.bytes;
     }
 }

@@ -2,7 +2,11 @@
 //! Mutex and only the event-loop thread (or a reader holding the lock) touches
 //! them.
 
-use serde_json::{json, Map, Value};
+use serde::ser::{SerializeMap, Serializer};
+use serde::Serialize;
+#[cfg(test)]
+use serde_json::json;
+use serde_json::Value;
 
 use super::backend::DropReason;
 
@@ -27,18 +31,21 @@ impl DropCounters {
         // ALL holds every variant, so the position always exists.
         DropReason::ALL.iter().position(|r| *r == reason).unwrap_or(0)
     }
+}
 
-    /// `{ "bad_address": n, ... }` with every reason present.
-    pub fn to_json(&self) -> Value {
-        let mut m = Map::new();
+/// `{ "bad_address": n, ... }` with every reason present: the one shape of
+/// drop counters in the metrics (device, tap, shim).
+impl Serialize for DropCounters {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(DropReason::ALL.len()))?;
         for r in DropReason::ALL {
-            m.insert(r.as_str().to_string(), json!(self.get(r)));
+            m.serialize_entry(r.as_str(), &self.get(r))?;
         }
-        Value::Object(m)
+        m.end()
     }
 }
 
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, Serialize)]
 pub struct NetMetrics {
     /// Frames and bytes (without the 12-byte header) handed to the guest.
     pub rx_packets: u64,
@@ -51,8 +58,6 @@ pub struct NetMetrics {
     /// Chains rejected by the device (validation, backend refusals).
     pub rx_drops: DropCounters,
     pub tx_drops: DropCounters,
-    /// Payload bytes the device itself copied (always 0: it never copies).
-    pub vmm_copied_bytes: u64,
     pub link_down_events: u64,
     pub rx_queue_kicks: u64,
     pub tx_queue_kicks: u64,
@@ -65,10 +70,8 @@ pub struct NetMetrics {
     pub rx_stalls: u64,
     /// The guest made available a head the backend still holds (ignored).
     pub duplicate_heads: u64,
-    /// RX refill and completion passes a direct-RX backend ran on the queue
-    /// itself (`NetBackend::refill_direct`/`complete_direct`); 0 when the
-    /// backend takes the generic path.
-    pub rx_direct_passes: u64,
+    /// RX passes the backend ran on the lent queue (`NetBackend::rx`).
+    pub rx_passes: u64,
     /// The backend reported a head or length it was not given (ignored).
     pub backend_bogus_completions: u64,
     /// Driver writes to the (read-only) config space.
@@ -76,35 +79,24 @@ pub struct NetMetrics {
 }
 
 impl NetMetrics {
-    /// The JSON document for `VirtioDevice::metrics()`. The backend's counters
-    /// go under "backend"; `vmm_copied_bytes` at the top is device + backend.
+    /// The JSON document for `VirtioDevice::metrics()`: these counters,
+    /// the backend's under "backend", and at the top `vmm_copied_bytes`,
+    /// the payload bytes the VMM copied, which only a backend does (the
+    /// device never copies payload): the backend's own counter of that name.
     pub fn to_json(&self, id: &str, link_up: bool, backend: Value) -> Value {
-        let backend_copied = backend.get("vmm_copied_bytes").and_then(Value::as_u64).unwrap_or(0);
-        json!({
-            "id": id,
-            "link_up": link_up,
-            "rx_packets": self.rx_packets,
-            "rx_bytes": self.rx_bytes,
-            "rx_buffers_used": self.rx_buffers_used,
-            "tx_packets": self.tx_packets,
-            "tx_bytes": self.tx_bytes,
-            "rx_drops": self.rx_drops.to_json(),
-            "tx_drops": self.tx_drops.to_json(),
-            "vmm_copied_bytes": self.vmm_copied_bytes + backend_copied,
-            "link_down_events": self.link_down_events,
-            "rx_queue_kicks": self.rx_queue_kicks,
-            "tx_queue_kicks": self.tx_queue_kicks,
-            "backend_events": self.backend_events,
-            "used_irqs": self.used_irqs,
-            "used_irqs_suppressed": self.used_irqs_suppressed,
-            "config_irqs": self.config_irqs,
-            "rx_stalls": self.rx_stalls,
-            "duplicate_heads": self.duplicate_heads,
-            "rx_direct_passes": self.rx_direct_passes,
-            "backend_bogus_completions": self.backend_bogus_completions,
-            "config_writes_ignored": self.config_writes_ignored,
-            "backend": backend,
-        })
+        #[derive(Serialize)]
+        struct Doc<'a> {
+            id: &'a str,
+            link_up: bool,
+            #[serde(flatten)]
+            counters: &'a NetMetrics,
+            vmm_copied_bytes: u64,
+            backend: Value,
+        }
+        let vmm_copied_bytes = backend.get("vmm_copied_bytes").and_then(Value::as_u64).unwrap_or(0);
+        let doc = Doc { id, link_up, counters: self, vmm_copied_bytes, backend };
+        // Plain integers, strings and a JSON value: cannot fail.
+        serde_json::to_value(doc).unwrap_or(Value::Null)
     }
 }
 

@@ -1,13 +1,14 @@
-//! virtio-net. The device ([`device`]) owns the virtqueues; a backend moves frames.
+//! virtio-net. The device ([`device`]) owns the virtqueues and lends them to
+//! a backend, which moves frames ([`direct`]: `RxQueue`, `TxQueue`).
 //! A received frame's path: backend event (tap readable / pNIC interrupt)
-//! → `NetBackend::reap_rx` (tap) or `NetBackend::complete_direct` (shim,
-//! [`direct`]) → used ring → guest interrupt.
+//! → `NetBackend::rx` with the lent `RxQueue` → used ring → guest interrupt.
 
 pub mod backend;
 pub mod chain;
 pub mod config;
 pub mod device;
 pub mod direct;
+mod event_handler;
 pub mod iov;
 pub mod link_monitor;
 pub mod metrics;
@@ -20,8 +21,8 @@ mod device_tests;
 #[cfg(test)]
 mod tap_tests;
 
-pub use backend::{ChainRef, DropReason, NetBackend, RxBuffer, TxFrame, Used, VNET_HDR_LEN};
+pub use backend::{ChainRef, DropReason, NetBackend, RxBuffer, RxPass, TxFrame, Used, VNET_HDR_LEN};
 pub use device::Net;
-pub use direct::{RxDesc, RxNext, RxQueue};
+pub use direct::{RxDesc, RxNext, RxQueue, TxQueue};
 pub use tap::TapBackend;
 pub use tap_dev::TapError;

@@ -213,6 +213,12 @@ impl SplitRing {
         self.next_avail
     }
 
+    /// The index of the next used element to write.
+    #[inline(always)]
+    pub fn next_used(&self) -> u16 {
+        self.next_used
+    }
+
     /// Takes the next available head. The value is the guest's: it may be
     /// outside the queue, which [`SplitRing::parse`] and the caller check.
     #[inline]

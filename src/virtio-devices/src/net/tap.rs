@@ -1,6 +1,6 @@
 //! The tap backend: frames move between a Linux tap and guest buffers with
 //! readv/writev on guest memory itself. The kernel makes the only copy; the
-//! VMM copies no payload byte (`vmm_copied_bytes` stays 0).
+//! VMM copies no payload byte (the tap adds nothing to `vmm_copied_bytes`).
 //!
 //! RX: posted guest buffers are kept in order with their iovecs prepared once.
 //! On a readable tap, each frame is read straight into them: without
@@ -20,15 +20,18 @@
 use std::collections::VecDeque;
 use std::io;
 
-use serde_json::json;
+use serde::Serialize;
 
-use super::backend::{ChainRef, DropReason, NetBackend, RxBuffer, TxFrame, Used, VNET_HDR_LEN};
+use super::backend::{ChainRef, DropReason, NetBackend, RxPass, Used, VNET_HDR_LEN};
+#[cfg(any(test, feature = "testing"))]
+use super::backend::{RxBuffer, TxFrame};
 use super::chain::addr_at;
 use super::config::{
     F_CSUM, F_GUEST_CSUM, F_GUEST_ECN, F_GUEST_TSO4, F_GUEST_TSO6, F_GUEST_UFO, F_HOST_ECN, F_HOST_TSO4, F_HOST_TSO6,
     F_HOST_UFO, F_MRG_RXBUF, GUEST_GSO_MASK,
 };
 use super::device::HDR_NUM_BUFFERS_OFFSET;
+use super::direct::{RxNext, RxQueue, TxQueue};
 use super::iov::{IovecBuf, IOV_MAX};
 use super::link_monitor::LinkMonitor;
 use super::metrics::DropCounters;
@@ -104,11 +107,11 @@ fn classify(e: &io::Error) -> Link {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Serialize)]
 struct TapMetrics {
-    rx_frames: u64,
+    rx_packets: u64,
     rx_bytes: u64,
-    tx_frames: u64,
+    tx_packets: u64,
     tx_bytes: u64,
     rx_drops: DropCounters,
     tx_drops: DropCounters,
@@ -158,7 +161,9 @@ pub struct TapBackend {
     /// Guest RAM's layout for iovecs and header fix-ups, built on first use
     /// after activation (dropped by `quiesce`).
     ram: Option<RamMap>,
-    rx_done: Vec<Used>,
+    /// Buffers filled by the last reads, for the next `rx` pass: each
+    /// with whether it is the first of its frame.
+    rx_done: Vec<(Used, bool)>,
     tx_iov: IovecBuf,
     mrg_rxbuf: bool,
     guest_csum: bool,
@@ -296,7 +301,7 @@ impl TapBackend {
             if nbufs == 0 {
                 // A single buffer with more than IOV_MAX pieces cannot be
                 // read into; give it back empty.
-                self.complete_front(0);
+                self.complete_front(0, true);
                 self.m.rx_drops.add(DropReason::BufferTooSmall);
                 continue;
             }
@@ -378,20 +383,22 @@ impl TapBackend {
             }
         }
         let mut left = n;
-        for _ in 0..k {
+        for i in 0..k {
             let len = left.min(self.rx[0].len as usize);
             left -= len;
-            self.complete_front(len as u32);
+            self.complete_front(len as u32, i == 0);
         }
-        self.m.rx_frames += 1;
+        self.m.rx_packets += 1;
         self.m.rx_bytes += n.saturating_sub(VNET_HDR_LEN) as u64;
     }
 
-    fn complete_front(&mut self, len: u32) {
+    /// The front buffer holds `len` bytes of a frame (`first`: its first
+    /// buffer, with the header).
+    fn complete_front(&mut self, len: u32, first: bool) {
         if let Some(p) = self.rx.pop_front() {
             self.rx_iov_start += p.iovs;
             self.rx_posted_bytes -= p.len as usize;
-            self.rx_done.push(Used { head: p.head, len });
+            self.rx_done.push((Used { head: p.head, len }, first));
         }
         if self.rx.is_empty() {
             self.rx_iov.clear();
@@ -401,6 +408,110 @@ impl TapBackend {
             self.rx_iov.drain_front(self.rx_iov_start);
             self.rx_iov_start = 0;
         }
+    }
+    /// Keep guest buffer `chain` to read frames into (its segments as
+    /// iovecs). Needs `ram` (set by the first pass).
+    fn take_rx(&mut self, chain: ChainRef<'_>) -> Result<(), DropReason> {
+        let Some(ram) = self.ram.as_ref() else {
+            return Err(DropReason::BackendError);
+        };
+        if self.rx.len() >= MAX_POSTED_RX {
+            return Err(DropReason::NoBuffer);
+        }
+        let before = self.rx_iov.len();
+        // Generous limit: a buffer is at most MAX_CHAIN_DESCS segments, each
+        // split only at memory-region boundaries.
+        if self.rx_iov.push_segs_in(ram, chain.segs, usize::MAX).is_none() {
+            return Err(DropReason::BadAddress);
+        }
+        let iovs = self.rx_iov.len() - before;
+        if self.rx_mem.is_none() {
+            self.rx_mem = Some(ram.mem().clone());
+        }
+        self.rx_posted_bytes += chain.len as usize;
+        let at = |off| addr_at(chain.segs, off);
+        self.rx.push_back(Posted {
+            head: chain.head,
+            len: chain.len,
+            iovs,
+            hdr_at: [at(HDR_FLAGS_OFFSET), at(HDR_NUM_BUFFERS_OFFSET), at(HDR_NUM_BUFFERS_OFFSET + 1)],
+        });
+        Ok(())
+    }
+
+    /// Write guest frame `frame` (header included) to the tap. Needs `ram`.
+    fn write_frame(&mut self, frame: ChainRef<'_>) -> Result<(), DropReason> {
+        let fail = |m: &mut TapMetrics, r| {
+            m.tx_drops.add(r);
+            Err(r)
+        };
+        if self.link == Link::Gone {
+            return fail(&mut self.m, DropReason::BackendError);
+        }
+        if frame.len as usize > MAX_TX_LEN {
+            return fail(&mut self.m, DropReason::FrameTooLong);
+        }
+        self.tx_iov.clear();
+        let Some(ram) = self.ram.as_ref() else {
+            return fail(&mut self.m, DropReason::BackendError);
+        };
+        if self.tx_iov.push_segs_in(ram, frame.segs, IOV_MAX).is_none() {
+            self.tx_iov.clear();
+            return fail(&mut self.m, DropReason::BadAddress);
+        }
+        self.m.writev_calls += 1;
+        // SAFETY: tx_iov describes the frame's validated guest RAM, kept
+        // mapped by `ram` for the duration of the call.
+        let r = unsafe { self.tap.writev(self.tx_iov.as_slice()) };
+        self.tx_iov.clear();
+        match r {
+            Ok(_) => {
+                self.note_success();
+                self.m.tx_packets += 1;
+                self.m.tx_bytes += u64::from(frame.len).saturating_sub(VNET_HDR_LEN as u64);
+                Ok(())
+            }
+            Err(e) => {
+                self.m.write_errors += 1;
+                match e.raw_os_error() {
+                    // Malformed frame (bad GSO fields, runt): the guest's
+                    // problem, the link is fine.
+                    Some(libc::EINVAL) => self.m.tx_invalid += 1,
+                    Some(libc::EAGAIN) | Some(libc::ENOBUFS) | Some(libc::ENOMEM) => {}
+                    _ => self.note_error("write", &e),
+                }
+                fail(&mut self.m, DropReason::BackendError)
+            }
+        }
+    }
+}
+
+/// Owned-buffer conveniences for tests and benchmarks (a buffer or frame at
+/// a time, without a queue).
+#[cfg(any(test, feature = "testing"))]
+impl TapBackend {
+    fn use_mem(&mut self, mem: &GuestMemory) {
+        if self.ram.is_none() {
+            self.ram = Some(RamMap::new(mem));
+        }
+    }
+
+    /// Keep `buf` to read frames into; `Err` gives it back with the reason.
+    pub fn post_rx(&mut self, mem: &GuestMemory, buf: RxBuffer) -> Result<(), (RxBuffer, DropReason)> {
+        self.use_mem(mem);
+        let r = self.take_rx(ChainRef { head: buf.head, segs: &buf.segs, len: buf.len });
+        r.map_err(|reason| (buf, reason))
+    }
+
+    /// The buffers filled since the last call, in order.
+    pub fn reap_rx(&mut self, _mem: &GuestMemory, out: &mut Vec<Used>) {
+        out.extend(self.rx_done.drain(..).map(|(u, _)| u));
+    }
+
+    /// Write `frame` to the tap (`Ok(true)`: sent).
+    pub fn send(&mut self, mem: &GuestMemory, frame: TxFrame) -> Result<bool, DropReason> {
+        self.use_mem(mem);
+        self.write_frame(ChainRef { head: frame.head, segs: &frame.segs, len: frame.len }).map(|()| true)
     }
 }
 
@@ -435,98 +546,47 @@ impl NetBackend for TapBackend {
         }
     }
 
-    fn rx_room(&self) -> usize {
-        MAX_POSTED_RX.saturating_sub(self.rx.len())
-    }
-
-    fn post_rx(&mut self, mem: &GuestMemory, buf: RxBuffer) -> Result<(), (RxBuffer, DropReason)> {
-        let chain = ChainRef { head: buf.head, segs: &buf.segs, len: buf.len };
-        match self.post_rx_chain(mem, chain) {
-            Ok(()) => Ok(()),
-            Err(r) => Err((buf, r)),
+    /// The buffers the last reads filled go to the guest; then new buffers
+    /// are taken, their segments kept as iovecs only (no allocation per
+    /// buffer), up to [`MAX_POSTED_RX`].
+    fn rx(&mut self, q: &mut RxQueue<'_>) -> RxPass {
+        for (u, first) in self.rx_done.drain(..) {
+            q.complete_part(u.head, u.len, first);
         }
-    }
-
-    /// Keeps the segments as iovecs only: no allocation per buffer.
-    fn post_rx_chain(&mut self, mem: &GuestMemory, chain: ChainRef<'_>) -> Result<(), DropReason> {
-        if self.rx.len() >= MAX_POSTED_RX {
-            return Err(DropReason::NoBuffer);
+        if self.ram.is_none() {
+            self.ram = Some(q.ram().clone());
         }
-        let before = self.rx_iov.len();
-        // Generous limit: a buffer is at most MAX_CHAIN_DESCS segments, each
-        // split only at memory-region boundaries.
-        let ram = self.ram.get_or_insert_with(|| RamMap::new(mem));
-        if self.rx_iov.push_segs_in(ram, chain.segs, usize::MAX).is_none() {
-            return Err(DropReason::BadAddress);
+        let mut posted = 0;
+        while self.rx.len() < MAX_POSTED_RX {
+            let Some(next) = q.pop() else { break };
+            let (head, r) = match next {
+                RxNext::One(d) => {
+                    let seg = [(GuestAddress(d.gpa()), d.len())];
+                    (d.head(), self.take_rx(ChainRef { head: d.head(), segs: &seg, len: d.len() }))
+                }
+                RxNext::Chain(c) => (c.head, self.take_rx(c)),
+            };
+            match r {
+                Ok(()) => posted += 1,
+                Err(reason) => q.refuse(head, reason),
+            }
         }
-        let iovs = self.rx_iov.len() - before;
-        if self.rx_mem.is_none() {
-            self.rx_mem = Some(mem.clone());
-        }
-        self.rx_posted_bytes += chain.len as usize;
-        let at = |off| addr_at(chain.segs, off);
-        self.rx.push_back(Posted {
-            head: chain.head,
-            len: chain.len,
-            iovs,
-            hdr_at: [at(HDR_FLAGS_OFFSET), at(HDR_NUM_BUFFERS_OFFSET), at(HDR_NUM_BUFFERS_OFFSET + 1)],
-        });
-        Ok(())
-    }
-
-    fn reap_rx(&mut self, _mem: &GuestMemory, out: &mut Vec<Used>) {
-        out.append(&mut self.rx_done);
-    }
-
-    fn send(&mut self, mem: &GuestMemory, frame: TxFrame) -> Result<bool, DropReason> {
-        self.send_chain(mem, ChainRef { head: frame.head, segs: &frame.segs, len: frame.len })
+        RxPass { posted, full: self.rx.len() >= MAX_POSTED_RX }
     }
 
     /// writev straight from the lent segments: no allocation per frame.
-    fn send_chain(&mut self, mem: &GuestMemory, frame: ChainRef<'_>) -> Result<bool, DropReason> {
-        let fail = |m: &mut TapMetrics, r| {
-            m.tx_drops.add(r);
-            Err(r)
-        };
-        if self.link == Link::Gone {
-            return fail(&mut self.m, DropReason::BackendError);
+    fn tx(&mut self, q: &mut TxQueue<'_>) {
+        if self.ram.is_none() {
+            self.ram = Some(q.ram().clone());
         }
-        if frame.len as usize > MAX_TX_LEN {
-            return fail(&mut self.m, DropReason::FrameTooLong);
-        }
-        self.tx_iov.clear();
-        let ram = self.ram.get_or_insert_with(|| RamMap::new(mem));
-        if self.tx_iov.push_segs_in(ram, frame.segs, IOV_MAX).is_none() {
-            self.tx_iov.clear();
-            return fail(&mut self.m, DropReason::BadAddress);
-        }
-        self.m.writev_calls += 1;
-        // SAFETY: tx_iov describes the frame's validated guest RAM, borrowed
-        // through `mem` for the duration of the call.
-        let r = unsafe { self.tap.writev(self.tx_iov.as_slice()) };
-        self.tx_iov.clear();
-        match r {
-            Ok(_) => {
-                self.note_success();
-                self.m.tx_frames += 1;
-                self.m.tx_bytes += u64::from(frame.len).saturating_sub(VNET_HDR_LEN as u64);
-                Ok(true)
-            }
-            Err(e) => {
-                self.m.write_errors += 1;
-                match e.raw_os_error() {
-                    // Malformed frame (bad GSO fields, runt): the guest's
-                    // problem, the link is fine.
-                    Some(libc::EINVAL) => self.m.tx_invalid += 1,
-                    Some(libc::EAGAIN) | Some(libc::ENOBUFS) | Some(libc::ENOMEM) => {}
-                    _ => self.note_error("write", &e),
-                }
-                fail(&mut self.m, DropReason::BackendError)
+        while let Some(frame) = q.pop() {
+            let head = frame.head;
+            match self.write_frame(frame) {
+                Ok(()) => q.complete(head),
+                Err(reason) => q.drop_frame(head, reason),
             }
         }
     }
-
-    fn reap_tx(&mut self, _out: &mut Vec<Used>) {}
 
     fn quiesce(&mut self) {
         // readv/writev are synchronous: once the lists are dropped nothing
@@ -576,32 +636,39 @@ impl NetBackend for TapBackend {
         }
     }
 
+    /// No `vmm_copied_bytes`: readv/writev on guest memory, so the only
+    /// copy is the kernel's, and the VMM copies no payload byte.
     fn metrics(&self) -> serde_json::Value {
-        json!({
-            "kind": "tap",
-            "tap": self.tap.name(),
-            "link": match self.link { Link::Up => "up", Link::Down => "down", Link::Gone => "gone" },
-            "rx_frames": self.m.rx_frames,
-            "rx_bytes": self.m.rx_bytes,
-            "tx_frames": self.m.tx_frames,
-            "tx_bytes": self.m.tx_bytes,
-            "rx_drops": self.m.rx_drops.to_json(),
-            "tx_drops": self.m.tx_drops.to_json(),
-            "rx_discarded_inactive": self.m.rx_discarded_inactive,
-            "read_errors": self.m.read_errors,
-            "write_errors": self.m.write_errors,
-            "tx_invalid": self.m.tx_invalid,
-            "readv_calls": self.m.readv_calls,
-            "writev_calls": self.m.writev_calls,
-            "link_checks": self.m.link_checks,
-            "rx_posted": self.rx.len(),
-            "rx_posted_bytes": self.rx_posted_bytes,
-            "rx_need": self.rx_need,
-            "mtu": self.mtu,
-            "last_error": self.last_error,
-            // readv/writev on guest memory: the VMM never copies payload.
-            "vmm_copied_bytes": 0,
-        })
+        #[derive(Serialize)]
+        struct Doc<'a> {
+            kind: &'static str,
+            tap: &'a str,
+            link: &'static str,
+            #[serde(flatten)]
+            counters: &'a TapMetrics,
+            rx_posted: usize,
+            rx_posted_bytes: usize,
+            rx_need: usize,
+            mtu: u32,
+            last_error: &'a Option<String>,
+        }
+        let doc = Doc {
+            kind: "tap",
+            tap: self.tap.name(),
+            link: match self.link {
+                Link::Up => "up",
+                Link::Down => "down",
+                Link::Gone => "gone",
+            },
+            counters: &self.m,
+            rx_posted: self.rx.len(),
+            rx_posted_bytes: self.rx_posted_bytes,
+            rx_need: self.rx_need,
+            mtu: self.mtu,
+            last_error: &self.last_error,
+        };
+        // Integers and strings: cannot fail.
+        serde_json::to_value(doc).unwrap_or(serde_json::Value::Null)
     }
 }
 

@@ -321,7 +321,7 @@ fn tap_rx_single_buffers_and_truncation() {
     host.send(&f);
     assert_eq!(pump_rx(&mut tap, &mem, 1), vec![Used { head: 4, len: 312 }]);
     assert_eq!(read(&mem, 0x2000 + 12, 300), f);
-    assert_eq!(tap.metrics()["vmm_copied_bytes"], 0);
+    assert!(tap.metrics().get("vmm_copied_bytes").is_none(), "the kernel copies, not the VMM");
     // No buffers: the backend reports a stall instead of reading.
     host.send(&test_frame(60, 4));
     assert!(poll_in(tap.event_fds()[0], 1000));
@@ -393,7 +393,7 @@ fn tap_rx_mergeable_buffers_and_stall() {
     }
     assert_eq!(got, f);
     let m = tap.metrics();
-    assert_eq!(m["rx_frames"], 1);
+    assert_eq!(m["rx_packets"], 1);
     assert_eq!(m["rx_bytes"], 1514);
 }
 
@@ -420,7 +420,7 @@ fn tap_tx_writes_guest_segments() {
     assert_eq!(tap.send(&mem, frame), Ok(true));
     assert_eq!(host.recv_test_frame().expect("frame did not reach the host"), f);
     let m = tap.metrics();
-    assert_eq!(m["tx_frames"], 1);
+    assert_eq!(m["tx_packets"], 1);
     assert_eq!(m["tx_bytes"], 200);
     // A runt (shorter than an Ethernet header) is refused by the kernel:
     // counted, link unaffected.

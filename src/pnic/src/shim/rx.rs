@@ -1,0 +1,614 @@
+//! The shim's receive side: guest buffers into NIC RX descriptors
+//! (zero-copy at GPA + 12 when the buffer allows, else through a bounce
+//! buffer), and NIC completions back to the guest through the lent
+//! [`RxQueue`].
+
+use std::ptr::NonNull;
+
+use virtio_devices::mem::RamMap;
+use virtio_devices::net::backend::{
+    write_one_buffer_header, ChainRef, DropReason, Used, ONE_BUFFER_HEADER, VNET_HDR_LEN,
+};
+use virtio_devices::net::direct::{RxDesc, RxNext, RxQueue};
+use vm_memory::GuestAddress;
+
+use super::rx_table::{HostPtr, RxHeld, RxKind, RxTable};
+use super::{in_ram, ShimBackend, HDR, NIC_BUF_MAX};
+use crate::driver::{DriverError, DriverLimits, PnicDriver, RxCompletion, RxRunError};
+
+/// Write the virtio-net header of a received frame into a zero-copy buffer.
+#[inline]
+pub(super) fn write_header(host: NonNull<u8>) {
+    // SAFETY: `host` is the first byte of a buffer of at least
+    // `zc_min_len` (> 12) bytes inside one guest RAM mapping that the shim
+    // keeps alive (`zero_copy_target`).
+    unsafe { write_one_buffer_header(host) };
+}
+
+/// Whether the NIC says it wrote a whole, undamaged frame it was allowed to
+/// write.
+#[inline]
+pub(super) fn frame_is_good(c: &RxCompletion, limits: &DriverLimits) -> bool {
+    !c.error && c.eop && c.len != 0 && c.len <= limits.rx_max_write
+}
+
+/// Frames one reaping pass finished zero-copy, and completions for cookies
+/// the shim never issued.
+#[derive(Default)]
+pub(super) struct Tally {
+    frames: u64,
+    bytes: u64,
+    unknown: u64,
+}
+
+impl Tally {
+    #[inline(always)]
+    fn frame(&mut self, len: u32) {
+        self.frames += 1;
+        self.bytes += u64::from(len);
+    }
+}
+
+/// What became of one NIC completion in [`complete_zero_copy`].
+pub(super) enum Reaped {
+    /// A good frame in a zero-copy buffer: header written, this is its used
+    /// entry.
+    Done(Used),
+    /// Needs [`ShimBackend::complete_rx_other`].
+    Other(u16, RxHeld, RxCompletion),
+    /// A cookie the shim did not issue (or issued for a buffer since
+    /// completed): to be counted and ignored.
+    Unknown,
+}
+
+/// One NIC completion, the common case: a good frame in a zero-copy buffer
+/// gets its header and a used entry.
+#[inline(always)]
+pub(super) fn complete_zero_copy(table: &mut RxTable, c: RxCompletion) -> Reaped {
+    let Some((head, held)) = table.take(c.cookie) else {
+        return Reaped::Unknown;
+    };
+    let total = HDR + u64::from(c.len);
+    // The buffer's own length bounds the frame here (every zero-copy buffer
+    // has room for `rx_max_write`); `frame_is_good` is for the other kinds.
+    let good = !c.error && c.eop && c.len != 0;
+    match held.kind {
+        RxKind::ZeroCopy { host, .. } if good && total <= u64::from(held.len) => {
+            write_header(host.0);
+            Reaped::Done(Used { head, len: total as u32 })
+        }
+        _ => Reaped::Other(head, held, c),
+    }
+}
+
+/// One completion for a buffer posted through the table: a good zero-copy
+/// frame to `emit` (counted in `tally`), the rest set aside in `slow` for
+/// `complete_rx_other`, an unknown cookie counted.
+#[inline(always)]
+pub(super) fn reap_table(
+    table: &mut RxTable,
+    c: RxCompletion,
+    tally: &mut Tally,
+    slow: &mut Vec<(u16, RxHeld, RxCompletion)>,
+    emit: impl FnOnce(Used),
+) {
+    let frame_len = c.len;
+    match complete_zero_copy(table, c) {
+        Reaped::Done(u) => {
+            tally.frame(frame_len);
+            emit(u);
+        }
+        Reaped::Other(head, held, c) => slow.push((head, held, c)),
+        Reaped::Unknown => tally.unknown += 1,
+    }
+}
+
+/// Cookies of RX buffers the device lent through [`RxQueue`] and the shim
+/// posted zero-copy: this bit and the head. The device's book holds them,
+/// not the shim's table, whose cookies (`generation << 16 | head`, below
+/// 2^48) never have it.
+pub(super) const LENT_COOKIE: u64 = 1 << 63;
+
+/// Whether the NIC can fill buffer `d` directly at GPA + 12: room for the
+/// header and the most the NIC writes after it (`zc_min_len`), and the NIC's
+/// alignment there.
+#[inline(always)]
+pub(super) fn fits_zero_copy(d: &RxDesc, zc_min_len: u32, align_mask: u64) -> bool {
+    d.len() >= zc_min_len && d.gpa().wrapping_add(HDR) & align_mask == 0
+}
+
+/// The bytes the NIC may write into a zero-copy buffer of `len` (after the
+/// header, at most one NIC buffer).
+#[inline(always)]
+pub(super) fn nic_len(len: u32) -> u32 {
+    (len - HDR as u32).min(NIC_BUF_MAX)
+}
+
+/// Post one RX buffer (a run of one) without the tail write.
+#[inline(always)]
+pub(super) fn post_one<D: PnicDriver>(driver: &mut D, iova: u64, len: u32, cookie: u64) -> Result<(), DriverError> {
+    let mut one = Some((iova, cookie));
+    match driver.post_rx_with(len, || one.take()) {
+        (1, Ok(())) => Ok(()),
+        (_, Ok(())) => Err(DriverError::RingFull("RX")),
+        (_, Err(e)) => Err(e.error),
+    }
+}
+
+/// Write `data` at byte offset `off` of the buffer described by `segs`.
+pub(super) fn write_scatter(ram: &RamMap, segs: &[(GuestAddress, u32)], mut off: u64, mut data: &[u8]) -> bool {
+    for (addr, len) in segs {
+        let len = u64::from(*len);
+        if off >= len {
+            off -= len;
+            continue;
+        }
+        let n = (len - off).min(data.len() as u64) as usize;
+        let Some(at) = addr.0.checked_add(off) else {
+            return false;
+        };
+        if !in_ram(ram, at, n as u64) || !ram.write(at, &data[..n]) {
+            return false;
+        }
+        data = &data[n..];
+        off = 0;
+        if data.is_empty() {
+            return true;
+        }
+    }
+    data.is_empty()
+}
+
+impl<D: PnicDriver> ShimBackend<D> {
+    /// Make the RX buffers posted since the last flush visible to the NIC:
+    /// one tail-register write for the whole batch.
+    pub(super) fn flush_rx_posted(&mut self) {
+        if !self.rx_unflushed {
+            return;
+        }
+        self.rx_unflushed = false;
+        if let Err(e) = self.driver.flush_rx() {
+            self.driver_err(e);
+        }
+    }
+
+    /// Hand guest buffer `head` (`segs`, `len` bytes, validated by
+    /// `post_checked`) to the NIC, zero-copy if its shape allows. The NIC
+    /// sees it only after the next [`Self::flush_rx_posted`].
+    pub(super) fn post_slot(&mut self, head: u16, segs: &[(GuestAddress, u32)], len: u32) -> Result<(), DropReason> {
+        if let [(gpa, seg_len)] = segs {
+            if let Some(host) = self.zero_copy_target(*gpa, *seg_len) {
+                return self.post_zero_copy(head, gpa.0, *seg_len, host);
+            }
+        }
+        let Some(idx) = self.rx_bounce.alloc() else {
+            return Err(DropReason::NoBuffer);
+        };
+        let (iova, nic_len) = self.rx_bounce.rx_target(idx);
+        let slot = &mut self.rx_bounce_segs[idx as usize];
+        slot.clear();
+        slot.extend_from_slice(segs);
+        let held = RxHeld { len, kind: RxKind::Bounce(idx) };
+        self.hand_to_nic(head, held, iova, nic_len)
+    }
+
+    /// Where the header of the one-segment buffer `gpa`+`len` goes, if the
+    /// buffer can take a frame straight from the NIC at GPA+12: big enough
+    /// for the largest frame the NIC writes after the header (so every NIC
+    /// write lies inside the segment), the NIC's alignment, and the whole
+    /// segment inside one guest RAM region.
+    #[inline(always)]
+    pub(super) fn zero_copy_target(&self, gpa: GuestAddress, len: u32) -> Option<NonNull<u8>> {
+        if len < self.zc_min_len || gpa.0.wrapping_add(HDR) & (self.limits.rx_align - 1) != 0 {
+            return None;
+        }
+        // The segment is in RAM, so gpa + HDR (< gpa + len) cannot overflow.
+        NonNull::new(self.ram.host_range(gpa.0, u64::from(len))?)
+    }
+
+    /// Give the NIC the frame area (GPA + 12) of a buffer that
+    /// `zero_copy_target` accepted.
+    #[inline(always)]
+    pub(super) fn post_zero_copy(
+        &mut self,
+        head: u16,
+        gpa: u64,
+        len: u32,
+        host: NonNull<u8>,
+    ) -> Result<(), DropReason> {
+        let held = RxHeld { len, kind: RxKind::ZeroCopy { host: HostPtr(host), gpa } };
+        self.hand_to_nic(head, held, gpa + HDR, nic_len(len))
+    }
+
+    /// Give the NIC `nic_len` bytes at `iova` for buffer `head` (the tail
+    /// write comes later). On failure everything is undone and the reason
+    /// returned.
+    #[inline(always)]
+    pub(super) fn hand_to_nic(&mut self, head: u16, held: RxHeld, iova: u64, nic_len: u32) -> Result<(), DropReason> {
+        let Some(cookie) = self.rx.insert(head, held) else {
+            return Err(self.post_refused(head, held));
+        };
+        match post_one(&mut self.driver, iova, nic_len, cookie) {
+            Ok(()) => {
+                self.rx_unflushed = true;
+                Ok(())
+            }
+            Err(e) => Err(self.post_failed(cookie, e)),
+        }
+    }
+
+    /// `head` is still with the NIC: the device never posts a head it holds,
+    /// so a direct caller did. The new buffer is dropped.
+    #[cold]
+    pub(super) fn post_refused(&mut self, head: u16, held: RxHeld) -> DropReason {
+        log::warn!("shim: RX buffer {head} posted while the NIC still holds it; dropped");
+        if let RxKind::Bounce(i) = held.kind {
+            self.rx_bounce.release(i);
+        }
+        DropReason::BackendError
+    }
+
+    /// The driver refused buffer `cookie`: undo its posting.
+    #[cold]
+    pub(super) fn post_failed(&mut self, cookie: u64, e: DriverError) -> DropReason {
+        if let Some((_, RxHeld { kind: RxKind::Bounce(i), .. })) = self.rx.take(cookie) {
+            self.rx_bounce.release(i);
+        }
+        let reason = match e {
+            DriverError::RingFull(_) => DropReason::NoBuffer,
+            _ => DropReason::BackendError,
+        };
+        self.driver_err(e);
+        reason
+    }
+
+    /// Everything but a good frame in a zero-copy buffer
+    /// ([`complete_zero_copy`] took those): bad frames (the buffer goes back
+    /// to the NIC), frames too big for the buffer, and the copy fallback.
+    #[cold]
+    pub(super) fn complete_rx_other(&mut self, head: u16, held: RxHeld, c: RxCompletion, out: &mut Vec<Used>) {
+        let frame_len = u64::from(c.len);
+        let good = frame_is_good(&c, &self.limits);
+        if !good || HDR + frame_len > u64::from(held.len) {
+            // The guest never sees it; the buffer goes back to the NIC.
+            let reason = if good {
+                DropReason::BufferTooSmall
+            } else {
+                self.metrics.rx_nic_errors += 1;
+                DropReason::BackendError
+            };
+            self.metrics.drop(reason);
+            self.recycle(head, held, out);
+            return;
+        }
+        let ok = match held.kind {
+            RxKind::Bounce(i) => self.complete_bounce(i, frame_len),
+            // complete_zero_copy took every good frame that fits a zero-copy buffer.
+            RxKind::ZeroCopy { .. } => false,
+        };
+        if ok {
+            self.metrics.rx_packets += 1;
+            self.metrics.rx_bytes += frame_len;
+            out.push(Used { head, len: (HDR + frame_len) as u32 });
+        } else {
+            self.metrics.drop(DropReason::BadAddress);
+            out.push(Used { head, len: 0 });
+        }
+    }
+
+    /// Copy header and frame from bounce buffer `i` into the guest buffer it
+    /// stands for, and free it.
+    pub(super) fn complete_bounce(&mut self, i: u32, frame_len: u64) -> bool {
+        // Header + frame in one copy with equal alignment on both sides.
+        let total = (HDR + frame_len) as usize;
+        let mut tmp = vec![0u8; total];
+        tmp[..VNET_HDR_LEN].copy_from_slice(&ONE_BUFFER_HEADER);
+        let read = self.rx_bounce.read(i, HDR, &mut tmp[VNET_HDR_LEN..]).is_ok();
+        self.rx_bounce.release(i);
+        let ok = read && write_scatter(&self.ram, &self.rx_bounce_segs[i as usize], 0, &tmp);
+        if ok {
+            self.metrics.rx_copied(frame_len);
+        }
+        ok
+    }
+
+    /// Give a guest buffer whose frame was dropped straight back to the NIC
+    /// (the caller flushes).
+    pub(super) fn recycle(&mut self, head: u16, held: RxHeld, out: &mut Vec<Used>) {
+        let r = match held.kind {
+            RxKind::ZeroCopy { host, gpa } => self.post_zero_copy(head, gpa, held.len, host.0),
+            RxKind::Bounce(i) => {
+                // Keep the segments: the buffer takes the same bounce buffer again.
+                let (iova, nic_len) = self.rx_bounce.rx_target(i);
+                self.hand_to_nic(head, held, iova, nic_len)
+            }
+        };
+        if r.is_err() {
+            out.push(Used { head, len: 0 });
+        }
+    }
+
+    #[cfg(any(test, feature = "testing"))]
+    /// The common case, a Linux guest's MRG_RXBUF buffer: one segment the
+    /// NIC can fill directly. The checks of `post_checked` and `post_slot`
+    /// in one pass (the segment and everything the NIC may write inside guest
+    /// RAM); any other shape takes `post_checked`.
+    #[inline(always)]
+    pub(super) fn post_one_segment(&mut self, head: u16, gpa: GuestAddress, len: u32) -> Result<(), DropReason> {
+        let target = if self.started && !self.failed { self.zero_copy_target(gpa, len) } else { None };
+        let Some(host) = target else {
+            let segs = [(gpa, len)];
+            return self.post_checked(ChainRef { head, segs: &segs, len });
+        };
+        self.post_zero_copy(head, gpa.0, len, host).inspect_err(|r| self.metrics.drop(*r))
+    }
+
+    /// Post a buffer the device validated ([`RxDesc`]: one segment of at
+    /// least the header inside one guest RAM mapping, `host` its first byte),
+    /// zero-copy when the NIC can fill it (`zero_copy_target`'s size and
+    /// alignment rules; the device already did the RAM check and lookup).
+    #[inline(always)]
+    pub(super) fn post_desc(&mut self, d: RxDesc) -> Result<(), DropReason> {
+        if !self.started {
+            self.ensure_started();
+        }
+        let (gpa, len) = (d.gpa(), d.len());
+        if !fits_zero_copy(&d, self.zc_min_len, self.limits.rx_align - 1) || !self.started || self.failed {
+            let segs = [(GuestAddress(gpa), len)];
+            return self.post_checked(ChainRef { head: d.head(), segs: &segs, len });
+        }
+        self.post_zero_copy(d.head(), gpa, len, d.host()).inspect_err(|r| self.metrics.drop(*r))
+    }
+
+    /// The common case in one loop: every buffer the guest posted that the
+    /// NIC can fill directly ([`fits_zero_copy`]) goes into a NIC
+    /// descriptor, its frame area (GPA + 12) the DMA target, with the
+    /// driver's state, length and room checks done once for the run. The
+    /// device's book holds these buffers (the cookie is the head, tagged
+    /// [`LENT_COOKIE`]); the device writes their header when the frame is
+    /// in ([`RxQueue::complete_frame`]). Stops, with nothing taken, at the
+    /// first buffer that must go another way. Returns how many were posted.
+    #[inline(always)]
+    pub(super) fn zero_copy_run(&mut self, q: &mut RxQueue<'_>) -> usize {
+        let (zc_min_len, align_mask) = (self.zc_min_len, self.limits.rx_align - 1);
+        // Every buffer of the run has at least nic_len(zc_min_len) bytes of
+        // room after the header.
+        let (posted, r) = self.driver.post_rx_with(
+            nic_len(zc_min_len),
+            #[inline(always)]
+            || {
+                let d = q.pop_if(
+                    #[inline(always)]
+                    |d| fits_zero_copy(d, zc_min_len, align_mask),
+                )?;
+                Some((d.gpa() + HDR, LENT_COOKIE | u64::from(d.head())))
+            },
+        );
+        if posted > 0 {
+            self.rx_unflushed = true;
+        }
+        match r {
+            Ok(()) => {}
+            Err(RxRunError { refused: Some(cookie), error }) => {
+                let reason = self.post_failed(cookie, error);
+                self.metrics.drop(reason);
+                q.refuse(cookie as u16, reason);
+            }
+            Err(RxRunError { refused: None, error }) => self.driver_err(error),
+        }
+        posted
+    }
+
+    /// A frame the NIC flagged bad in a lent buffer: dropped, and the buffer
+    /// goes straight back to the NIC (or to the guest, empty, if the NIC
+    /// cannot take it).
+    #[cold]
+    pub(super) fn recycle_lent(&mut self, q: &mut RxQueue<'_>, head: u16) {
+        self.metrics.rx_nic_errors += 1;
+        self.metrics.drop(DropReason::BackendError);
+        let (zc_min_len, align_mask) = (self.zc_min_len, self.limits.rx_align - 1);
+        let lent = q.lent(head).filter(|d| !self.rx.holds(head) && fits_zero_copy(d, zc_min_len, align_mask));
+        let Some(d) = lent else {
+            // Not a buffer the shim lent the NIC: a cookie the driver was
+            // never given.
+            self.metrics.nic_errors += 1;
+            return;
+        };
+        if self.failed || !self.started {
+            return q.refuse(head, DropReason::BackendError);
+        }
+        let cookie = LENT_COOKIE | u64::from(head);
+        match post_one(&mut self.driver, d.gpa() + HDR, nic_len(d.len()), cookie) {
+            Ok(()) => self.rx_unflushed = true,
+            Err(e) => {
+                let reason = self.post_failed(cookie, e);
+                q.refuse(head, reason);
+            }
+        }
+    }
+
+    /// Heads of the lent buffers the NIC holds (see [`LENT_COOKIE`]).
+    pub(super) fn lent_heads(&self) -> Vec<u16> {
+        let mut heads = Vec::new();
+        self.driver.rx_posted_with(|c| {
+            if c & LENT_COOKIE != 0 {
+                heads.push(c as u16);
+            }
+        });
+        heads
+    }
+
+    /// Validate a guest RX buffer and post it (without the tail write).
+    pub(super) fn post_checked(&mut self, buf: ChainRef<'_>) -> Result<(), DropReason> {
+        if buf.segs.iter().any(|s| s.1 == 0) {
+            self.metrics.drop(DropReason::ZeroLength);
+            return Err(DropReason::ZeroLength);
+        }
+        if buf.segs.iter().any(|(a, l)| !in_ram(&self.ram, a.0, u64::from(*l))) {
+            self.metrics.drop(DropReason::BadAddress);
+            return Err(DropReason::BadAddress);
+        }
+        // Trust the segments, not the summary: the length the completion
+        // check uses is recomputed here.
+        let total: u64 = buf.segs.iter().map(|s| u64::from(s.1)).sum();
+        let len = u32::try_from(total).unwrap_or(u32::MAX);
+        if (len as usize) <= VNET_HDR_LEN {
+            self.metrics.drop(DropReason::BufferTooSmall);
+            return Err(DropReason::BufferTooSmall);
+        }
+        if !self.ensure_started() {
+            self.metrics.drop(DropReason::BackendError);
+            return Err(DropReason::BackendError);
+        }
+        self.post_slot(buf.head, buf.segs, len).inspect_err(|r| self.metrics.drop(*r))
+    }
+
+    #[cfg(any(test, feature = "testing"))]
+    /// Every RX completion, in order, to `emit`: buffers returned earlier
+    /// (recycling failed), then what the NIC finished. Good zero-copy frames
+    /// are handled as the driver finds them; the rare ones that need the
+    /// whole shim (recycling, the copy fallback) wait in `rx_slow` until the
+    /// driver is done.
+    #[inline(always)]
+    pub(super) fn reap_rx_into(&mut self, mut emit: impl FnMut(Used)) {
+        self.rx_returned.drain(..).for_each(&mut emit);
+        if self.failed || !self.started {
+            return;
+        }
+        let mut slow = std::mem::take(&mut self.rx_slow);
+        let table = &mut self.rx;
+        let mut tally = Tally::default();
+        let r = self.driver.reap_rx_with(
+            #[inline(always)]
+            |c| reap_table(table, c, &mut tally, &mut slow, &mut emit),
+        );
+        self.count_reaped(tally, r);
+        self.complete_slow(&mut slow, &mut emit);
+        self.rx_slow = slow;
+        // Buffers recycled above (dropped frames) go back to the NIC now.
+        self.flush_rx_posted();
+        self.rx_returned.drain(..).for_each(emit);
+    }
+
+    /// The counters of one reaping pass (added once per pass, not per
+    /// frame), and the driver's error if it had one.
+    pub(super) fn count_reaped(&mut self, t: Tally, r: Result<(), DriverError>) {
+        self.metrics.rx_zero_copy += t.frames;
+        self.metrics.rx_packets += t.frames;
+        self.metrics.rx_bytes += t.bytes;
+        self.metrics.nic_errors += t.unknown;
+        if let Err(e) = r {
+            self.driver_err(e);
+        }
+    }
+
+    /// The completions a reaping pass set aside for `complete_rx_other`.
+    pub(super) fn complete_slow(&mut self, slow: &mut Vec<(u16, RxHeld, RxCompletion)>, mut emit: impl FnMut(Used)) {
+        if slow.is_empty() {
+            return;
+        }
+        // Rare: a list of their own, since a NIC failing meanwhile returns
+        // every held buffer through `rx_returned`.
+        let mut out = Vec::new();
+        for (head, held, c) in slow.drain(..) {
+            self.complete_rx_other(head, held, c, &mut out);
+        }
+        out.into_iter().for_each(&mut emit);
+    }
+
+    /// How many more RX buffers the shim takes now.
+    pub(super) fn rx_room(&self) -> usize {
+        if self.failed {
+            return 0;
+        }
+        if self.started {
+            self.driver.rx_free()
+        } else {
+            self.limits.rx_capacity.saturating_sub(self.rx.len())
+        }
+    }
+
+    /// The datapath proper: every guest buffer the device validated goes
+    /// straight into a NIC descriptor, in one loop (see
+    /// `virtio_devices::net::direct`).
+    pub(super) fn refill(&mut self, q: &mut RxQueue<'_>) -> usize {
+        let mut room = self.rx_room();
+        let mut posted = 0;
+        while room > 0 {
+            if self.started && !self.failed {
+                let n = self.zero_copy_run(q);
+                posted += n;
+                room = room.saturating_sub(n);
+                if room == 0 {
+                    break;
+                }
+            }
+            // Whatever the run stopped at (not started yet, another shape,
+            // too small, misaligned...) goes its own way.
+            let Some(next) = q.pop() else { break };
+            let r = match next {
+                RxNext::One(d) => self.post_desc(d).map_err(|r| (d.head(), r)),
+                RxNext::Chain(c) => self.post_checked(c).map_err(|r| (c.head, r)),
+            };
+            room -= 1;
+            match r {
+                Ok(()) => posted += 1,
+                Err((head, reason)) => q.refuse(head, reason),
+            }
+        }
+        // A NIC that failed during this pass gave back every buffer it held:
+        // they go back to the guest now, since a vanished NIC raises no
+        // interrupt that would start a completion pass.
+        for u in self.rx_returned.drain(..) {
+            q.complete(u.head, u.len);
+        }
+        posted
+    }
+
+    /// Every NIC completion as the driver finds it: a good frame in a lent
+    /// buffer goes to [`RxQueue::complete_frame`] (the device writes header
+    /// and used entry), a bad one is recycled to the NIC after the reap;
+    /// buffers posted through the table (bounce buffers) through [`reap_table`].
+    pub(super) fn complete_rx(&mut self, q: &mut RxQueue<'_>) {
+        self.rx_returned.drain(..).for_each(|u| q.complete(u.head, u.len));
+        if self.failed || !self.started {
+            return;
+        }
+        let mut slow = std::mem::take(&mut self.rx_slow);
+        let mut dropped = std::mem::take(&mut self.rx_dropped);
+        let table = &mut self.rx;
+        let mut tally = Tally::default();
+        let r = self.driver.reap_rx_with(
+            #[inline(always)]
+            |c| {
+                // A lent buffer's cookie is LENT_COOKIE | head: without the tag
+                // it is the head (one test for both).
+                let lent = c.cookie ^ LENT_COOKIE;
+                if lent > u64::from(u16::MAX) {
+                    if c.cookie & LENT_COOKIE == 0 {
+                        // Posted through the table (a bounce buffer).
+                        return reap_table(table, c, &mut tally, &mut slow, |u| q.complete(u.head, u.len));
+                    }
+                    tally.unknown += 1;
+                } else if !c.error && c.eop && c.len != 0 {
+                    // The NIC wrote the frame at GPA + 12 of the buffer: the
+                    // device adds the header and the used entry.
+                    tally.frame(c.len);
+                    q.complete_frame(lent as u16, c.len);
+                } else {
+                    dropped.push(lent as u16);
+                }
+            },
+        );
+        self.count_reaped(tally, r);
+        for head in dropped.drain(..) {
+            self.recycle_lent(q, head);
+        }
+        self.rx_dropped = dropped;
+        self.complete_slow(&mut slow, |u| q.complete(u.head, u.len));
+        self.rx_slow = slow;
+        // Buffers recycled above (dropped frames) go back to the NIC now.
+        self.flush_rx_posted();
+        self.rx_returned.drain(..).for_each(|u| q.complete(u.head, u.len));
+    }
+}

@@ -1,0 +1,271 @@
+//! The shim's transmit side: guest frames from the lent [`TxQueue`] into NIC
+//! TX descriptors (their segments after the virtio-net header, zero-copy;
+//! through a bounce buffer when the NIC takes too few segments), a backlog
+//! while the ring is full, and NIC completions back to the guest.
+//!
+//! [`TxQueue`]: virtio_devices::net::direct::TxQueue
+
+use virtio_devices::mem::RamMap;
+use virtio_devices::net::backend::{ChainRef, DropReason, VNET_HDR_LEN};
+use vm_memory::{Bytes, GuestAddress};
+
+use super::{in_ram, ShimBackend, HDR, TX_BACKLOG};
+use crate::driver::{DriverError, PnicDriver};
+
+#[derive(Debug)]
+pub(super) struct TxSlot {
+    pub(super) head: u16,
+    pub(super) bytes: u32,
+    pub(super) bounce: Option<u32>,
+}
+
+/// The NIC-visible segments of a TX chain, everything after the header,
+/// into `out` (cleared first).
+pub(super) fn tx_payload_segments(
+    ram: &RamMap,
+    frame: &ChainRef<'_>,
+    out: &mut Vec<(u64, u32)>,
+) -> Result<(), DropReason> {
+    let mut skip = HDR;
+    out.clear();
+    for (addr, len) in frame.segs {
+        let len = u64::from(*len);
+        if len == 0 {
+            return Err(DropReason::ZeroLength);
+        }
+        if skip >= len {
+            skip -= len;
+            continue;
+        }
+        let start = addr.0.checked_add(skip).ok_or(DropReason::BadAddress)?;
+        let l = len - skip;
+        skip = 0;
+        if !in_ram(ram, start, l) {
+            return Err(DropReason::BadAddress);
+        }
+        out.push((start, l as u32));
+    }
+    if skip > 0 {
+        return Err(DropReason::ShortHeader);
+    }
+    Ok(())
+}
+
+impl<D: PnicDriver> ShimBackend<D> {
+    /// Start sending the TX frames queued since the last flush: one tail
+    /// write for all of them.
+    pub(super) fn flush_tx_queued(&mut self) {
+        if !self.tx_unflushed {
+            return;
+        }
+        self.tx_unflushed = false;
+        if let Err(e) = self.driver.flush_tx() {
+            self.driver_err(e);
+        }
+    }
+
+    /// Queue one checked frame on the NIC (started by the next
+    /// `flush_tx_queued`); a frame in more segments than the NIC takes is
+    /// copied into a bounce buffer first.
+    #[inline]
+    pub(super) fn submit_tx(&mut self, head: u16, segs: &[(u64, u32)]) -> Result<(), DropReason> {
+        if segs.len() > self.limits.tx_max_segs {
+            return self.submit_tx_bounced(head, segs);
+        }
+        let bytes: u32 = segs.iter().map(|s| s.1).sum();
+        let cookie = self.tx.insert(TxSlot { head, bytes, bounce: None });
+        match self.driver.queue_tx(segs, cookie) {
+            Ok(()) => {
+                self.tx_unflushed = true;
+                self.metrics.tx_zero_copy += 1;
+                Ok(())
+            }
+            Err(e) => Err(self.tx_refused(cookie, e)),
+        }
+    }
+
+    /// Too fragmented for the NIC: copy into one bounce buffer and queue that.
+    #[cold]
+    pub(super) fn submit_tx_bounced(&mut self, head: u16, segs: &[(u64, u32)]) -> Result<(), DropReason> {
+        let bytes: u32 = segs.iter().map(|s| s.1).sum();
+        let Some(i) = self.tx_bounce.alloc() else {
+            return Err(DropReason::NoBuffer);
+        };
+        let mut tmp = vec![0u8; bytes as usize];
+        let mut off = 0usize;
+        for (a, l) in segs {
+            if self.mem.read_slice(&mut tmp[off..off + *l as usize], GuestAddress(*a)).is_err() {
+                self.tx_bounce.release(i);
+                return Err(DropReason::BadAddress);
+            }
+            off += *l as usize;
+        }
+        if self.tx_bounce.write(i, 0, &tmp).is_err() {
+            self.tx_bounce.release(i);
+            return Err(DropReason::FrameTooLong);
+        }
+        self.metrics.tx_copied(u64::from(bytes));
+        let cookie = self.tx.insert(TxSlot { head, bytes, bounce: Some(i) });
+        match self.driver.queue_tx(&[(self.tx_bounce.iova(i), bytes)], cookie) {
+            Ok(()) => {
+                self.tx_unflushed = true;
+                Ok(())
+            }
+            Err(e) => Err(self.tx_refused(cookie, e)),
+        }
+    }
+
+    /// The driver refused frame `cookie`: forget it.
+    #[cold]
+    pub(super) fn tx_refused(&mut self, cookie: u64, e: DriverError) -> DropReason {
+        if let Some(TxSlot { bounce: Some(i), .. }) = self.tx.remove(cookie) {
+            self.tx_bounce.release(i);
+        }
+        self.driver_err(e);
+        DropReason::BackendError
+    }
+
+    /// The NIC segment of a one-descriptor TX frame that passes every check
+    /// of `validate_tx` (header and at least one byte, no more than the NIC
+    /// sends, all in guest RAM); `None` sends it through `validate_tx`,
+    /// which gives the verdict.
+    #[inline]
+    pub(super) fn one_segment_payload(&self, gpa: GuestAddress, len: u32) -> Option<(u64, u32)> {
+        let payload = len.checked_sub(HDR as u32).filter(|&p| p > 0 && p <= self.limits.tx_max_frame)?;
+        let start = gpa.0.checked_add(HDR)?;
+        in_ram(&self.ram, start, u64::from(payload)).then_some((start, payload))
+    }
+
+    /// The NIC segments of a guest frame, checked, into `segs`.
+    pub(super) fn validate_tx(&self, frame: &ChainRef<'_>, segs: &mut Vec<(u64, u32)>) -> Result<(), DropReason> {
+        if (frame.len as usize) <= VNET_HDR_LEN {
+            return Err(DropReason::ShortHeader);
+        }
+        if u64::from(frame.len) - HDR > u64::from(self.limits.tx_max_frame) {
+            return Err(DropReason::FrameTooLong);
+        }
+        tx_payload_segments(&self.ram, frame, segs)?;
+        // Trust the segments, not the summary (`frame.len`).
+        let bytes: u64 = segs.iter().map(|s| u64::from(s.1)).sum();
+        if bytes > u64::from(self.limits.tx_max_frame) {
+            return Err(DropReason::FrameTooLong);
+        }
+        Ok(())
+    }
+
+    /// Send `frame` now, or queue it behind the frames already waiting for
+    /// room in the NIC ring. `segs` is scratch space for its NIC segments.
+    pub(super) fn send_checked(
+        &mut self,
+        frame: &ChainRef<'_>,
+        segs: &mut Vec<(u64, u32)>,
+    ) -> Result<bool, DropReason> {
+        self.validate_tx(frame, segs).inspect_err(|r| self.metrics.drop(*r))?;
+        let need = segs.len().min(self.limits.tx_max_segs);
+        let mut free = self.driver.tx_free();
+        if !self.backlog.is_empty() || free < need {
+            // The ring was full: make room, oldest frames first (this path
+            // may allocate a scratch list; the common one does not).
+            self.reap_tx_completions(false);
+            self.drain_backlog();
+            free = self.driver.tx_free();
+        }
+        if self.backlog.is_empty() && free >= need {
+            self.submit_tx(frame.head, segs).inspect_err(|r| self.metrics.drop(*r))?;
+            return Ok(false);
+        }
+        if self.backlog.len() >= TX_BACKLOG {
+            self.metrics.drop(DropReason::NoBuffer);
+            return Err(DropReason::NoBuffer);
+        }
+        self.backlog.push_back(frame.to_tx_frame());
+        Ok(false)
+    }
+
+    /// Send queued frames while the NIC ring has room; dropped ones are
+    /// completed through `tx_returned`.
+    pub(super) fn drain_backlog(&mut self) {
+        if self.backlog.is_empty() {
+            return;
+        }
+        let mut segs = std::mem::take(&mut self.tx_segs);
+        while let Some(f) = self.backlog.front() {
+            let chain = ChainRef { head: f.head, segs: &f.segs, len: f.len };
+            match self.validate_tx(&chain, &mut segs) {
+                Ok(()) => {}
+                Err(r) => {
+                    let f = self.backlog.pop_front().expect("front exists");
+                    self.metrics.drop(r);
+                    self.tx_returned.push((f.head, Some(r)));
+                    continue;
+                }
+            };
+            let need = segs.len().min(self.limits.tx_max_segs);
+            if self.driver.tx_free() < need {
+                break;
+            }
+            let f = self.backlog.pop_front().expect("front exists");
+            let head = f.head;
+            if let Err(r) = self.submit_tx(head, &segs) {
+                self.metrics.drop(r);
+                self.tx_returned.push((head, Some(r)));
+            }
+        }
+        self.tx_segs = segs;
+    }
+
+    /// Copies the segment list only when the frame has to wait in the backlog.
+    pub(super) fn send_chain(&mut self, frame: ChainRef<'_>) -> Result<bool, DropReason> {
+        if !self.ensure_started() {
+            self.metrics.drop(DropReason::BackendError);
+            return Err(DropReason::BackendError);
+        }
+        if let [(gpa, len)] = frame.segs {
+            // The common shape: header and frame in one descriptor.
+            if let Some(payload) = self.one_segment_payload(*gpa, *len) {
+                if self.backlog.is_empty() && self.driver.tx_free() >= 1 {
+                    self.submit_tx(frame.head, &[payload]).inspect_err(|r| self.metrics.drop(*r))?;
+                    return Ok(false);
+                }
+            }
+        }
+        let mut segs = std::mem::take(&mut self.tx_segs);
+        let r = self.send_checked(&frame, &mut segs);
+        self.tx_segs = segs;
+        r
+    }
+
+    /// Collect the NIC's TX completions; a driver error is handled (counted,
+    /// removal fails the NIC) only when `report` is set.
+    pub(super) fn reap_tx_completions(&mut self, report: bool) {
+        let mut out = std::mem::take(&mut self.tx_returned);
+        self.reap_tx_into(report, |head| out.push((head, None)));
+        self.tx_returned = out;
+    }
+
+    /// Hand the head of every frame the NIC finished to `emit`.
+    #[inline(always)]
+    pub(super) fn reap_tx_into(&mut self, report: bool, mut emit: impl FnMut(u16)) {
+        let (tx, bounce, metrics) = (&mut self.tx, &mut self.tx_bounce, &mut self.metrics);
+        let r = self.driver.reap_tx_with(
+            #[inline(always)]
+            |c| match tx.remove(c.cookie) {
+                Some(t) => {
+                    if let Some(i) = t.bounce {
+                        bounce.release(i);
+                    }
+                    metrics.tx_packets += 1;
+                    metrics.tx_bytes += u64::from(t.bytes);
+                    emit(t.head);
+                }
+                // Not a frame we queued (or a stale cookie): ignored.
+                None => metrics.nic_errors += 1,
+            },
+        );
+        if let Err(e) = r {
+            if report {
+                self.driver_err(e);
+            }
+        }
+    }
+}

@@ -18,7 +18,6 @@ pub mod igb;
 pub mod model;
 pub mod nic;
 pub mod shim;
-mod sync;
 pub mod vfio;
 
 pub use bdf::Bdf;

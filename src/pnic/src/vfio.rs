@@ -21,7 +21,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use crate::bdf::Bdf;
 use crate::dma::DmaMapper;
 use crate::driver::RegisterAccess;
-use crate::sync::lock;
+use vmm_config::sync::lock_unpoisoned as lock;
 
 /// PCI config space: command register and its bits.
 pub const PCI_COMMAND: u64 = 0x04;

@@ -30,7 +30,7 @@ use crate::e1000_common::regs::DESC_SIZE;
 use crate::e1000_common::NicConfig;
 use crate::igb::regs::*;
 use crate::igb::Igb;
-use crate::sync::lock;
+use vmm_config::sync::lock_unpoisoned as lock;
 
 /// The 16-byte advanced descriptors' fields the model reads and writes.
 const DESC_ADDR_OFF: u64 = 0;

@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use crate::dma::DmaMapper;
-use crate::sync::lock;
+use vmm_config::sync::lock_unpoisoned as lock;
 
 /// The model's IOMMU domain: a list of mapped memory objects (IOVA = their
 /// addresses).

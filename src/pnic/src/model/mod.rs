@@ -20,8 +20,8 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::dma::{DmaArea, DmaMapper, IovaAllocator};
 use crate::driver::{DriverError, DriverLimits, PnicDriver, RxCompletion, RxRunError, TxCompletion};
-use crate::sync::lock;
 pub use iommu::ModelIommu;
+use vmm_config::sync::lock_unpoisoned as lock;
 
 /// The model's limits (defaults mirror the igb driver's).
 #[derive(Debug, Clone, Copy)]

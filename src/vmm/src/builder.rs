@@ -343,7 +343,8 @@ pub fn build(spec: &VmSpec) -> Result<Vmm, BuildError> {
     // Legacy devices.
     let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(BuildError::EventFd)?;
     vm.register_irqfd(&serial_irq, SERIAL_IRQ)?;
-    let serial = Arc::new(Mutex::new(SerialDevice::new(EventFdTrigger(serial_irq), ConsoleOut)));
+    let input_drained = EventFd::new(EFD_NONBLOCK).map_err(BuildError::EventFd)?;
+    let serial = Arc::new(Mutex::new(SerialDevice::new(EventFdTrigger(serial_irq), input_drained, ConsoleOut)));
     pio.insert(serial.clone(), u64::from(COM1_PORT), u64::from(COM_PORT_LEN))?;
     let kbd_irq = EventFd::new(EFD_NONBLOCK).map_err(BuildError::EventFd)?;
     vm.register_irqfd(&kbd_irq, I8042_KBD_IRQ)?;
@@ -409,7 +410,7 @@ pub fn build(spec: &VmSpec) -> Result<Vmm, BuildError> {
     log::info!("kernel command line: {cmdline}");
 
     // Event sources owned by the VMM itself.
-    em.add_subscriber(Arc::new(Mutex::new(StdinInput::new(serial.clone()))) as Subscriber);
+    em.add_subscriber(Arc::new(Mutex::new(StdinInput::new(serial.clone()).map_err(BuildError::EventFd)?)) as Subscriber);
     em.add_subscriber(
         Arc::new(Mutex::new(SignalHandler::new(exit.clone()).map_err(BuildError::EventFd)?)) as Subscriber
     );

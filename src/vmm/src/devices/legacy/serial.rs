@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use kvm_ioctls::{IoEventAddress, VmFd};
 use vm_superio::Serial;
+use vmm_sys_util::eventfd::EventFd;
 
 use super::EventFdTrigger;
 use crate::devices::bus::BusDevice;
@@ -116,16 +117,37 @@ impl ThrCoalescing for KvmThrCoalescing {
     }
 }
 
+/// Signals its eventfd when the guest has read the last byte of the receive
+/// FIFO, so host input that did not fit can follow without waiting for more.
+pub struct InputDrained(pub EventFd);
+
+impl vm_superio::serial::SerialEvents for InputDrained {
+    fn buffer_read(&self) {}
+    fn out_byte(&self) {}
+    fn tx_lost_byte(&self) {}
+    fn in_buffer_empty(&self) {
+        // A failed write means the counter is saturated: a wake-up is already pending.
+        let _ = self.0.write(1);
+    }
+}
+
 pub struct SerialDevice<W: Write + Send> {
-    uart: Serial<EventFdTrigger, vm_superio::serial::NoEvents, LineBuffered<W>>,
+    uart: Serial<EventFdTrigger, InputDrained, LineBuffered<W>>,
     coalescing: Option<Box<dyn ThrCoalescing>>,
     /// Whether the THR port is registered for coalescing right now.
     coalesced: bool,
 }
 
 impl<W: Write + Send> SerialDevice<W> {
-    pub fn new(irq: EventFdTrigger, out: W) -> Self {
-        SerialDevice { uart: Serial::new(irq, LineBuffered::new(out)), coalescing: None, coalesced: false }
+    /// `input_drained` fires each time the guest empties the receive FIFO.
+    pub fn new(irq: EventFdTrigger, input_drained: EventFd, out: W) -> Self {
+        let uart = Serial::with_events(irq, InputDrained(input_drained), LineBuffered::new(out));
+        SerialDevice { uart, coalescing: None, coalesced: false }
+    }
+
+    /// The eventfd that fires when the guest has emptied the receive FIFO.
+    pub fn input_drained(&self) -> &EventFd {
+        &self.uart.events().0
     }
 
     /// Lets THR writes be coalesced while no UART interrupt is enabled. The
@@ -239,7 +261,8 @@ mod tests {
 
     fn serial(sink: &Sink) -> (SerialDevice<Sink>, EventFd) {
         let irq = EventFd::new(EFD_NONBLOCK).unwrap();
-        (SerialDevice::new(EventFdTrigger(irq.try_clone().unwrap()), sink.clone()), irq)
+        let drained = EventFd::new(EFD_NONBLOCK).unwrap();
+        (SerialDevice::new(EventFdTrigger(irq.try_clone().unwrap()), drained, sink.clone()), irq)
     }
 
     fn send(s: &mut SerialDevice<Sink>, text: &[u8]) {
@@ -270,6 +293,24 @@ mod tests {
         s.read(0, &mut w);
         assert_eq!(w, [0xff; 4]);
         s.write(100, &[1]);
+    }
+
+    #[test]
+    fn input_longer_than_the_fifo_is_signalled_to_follow_once_the_guest_reads_it_all() {
+        let sink = Sink::default();
+        let (mut s, _irq) = serial(&sink);
+        let line = [b'a'; 100];
+        let taken = s.enqueue_input(&line);
+        assert!(taken < line.len(), "the FIFO takes only part of a 100-byte line");
+        assert!(s.input_drained().read().is_err(), "no drained signal while the FIFO holds input");
+        let mut b = [0u8];
+        for _ in 0..taken - 1 {
+            s.read(0, &mut b);
+        }
+        assert!(s.input_drained().read().is_err(), "one byte still waits");
+        s.read(0, &mut b);
+        assert_eq!(s.input_drained().read().unwrap(), 1, "the last read signals the rest may follow");
+        assert_eq!(s.enqueue_input(&line[taken..]), line.len() - taken);
     }
 
     #[test]

@@ -171,6 +171,7 @@ fn parse_disk_keys(spec: &str, index: usize) -> Result<Drive, SpecError> {
         path_on_host: path.ok_or(SpecError::PathRequired)?,
         is_root_device: root.unwrap_or(false),
         is_read_only: read_only.unwrap_or(false),
+        ..Default::default()
     })
 }
 
@@ -190,6 +191,7 @@ fn parse_net_keys(spec: &str, index: usize) -> Result<NetworkInterface, SpecErro
         host_dev_name: tap,
         pnic_bdf: bdf,
         guest_mac: mac,
+        ..Default::default()
     })
 }
 
@@ -223,6 +225,7 @@ impl Args {
             drives: self.disk.iter().enumerate().map(|(i, s)| parse_disk(s, i)).collect::<Result<_, _>>()?,
             network_interfaces: self.net.iter().enumerate().map(|(i, s)| parse_net(s, i)).collect::<Result<_, _>>()?,
             metrics: self.metrics_path.clone().map(|metrics_path| Metrics { metrics_path }),
+            ..Default::default()
         };
         VmSpec::try_from(config).map_err(|e| self.in_cli_words(e))
     }

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::boot_source::BootSource;
 use crate::drive::Drive;
 use crate::json::{parse_json, JsonError};
+use crate::logger::Logger;
 use crate::machine_config::MachineConfig;
 use crate::metrics::Metrics;
 use crate::net::NetworkInterface;
@@ -19,10 +20,30 @@ use crate::validate::{Result, ValidationError, MAX_DRIVES, MAX_NETWORK_INTERFACE
 /// Largest config file read: far above any real one, small enough to never hurt.
 pub const MAX_CONFIG_FILE_BYTES: u64 = 1024 * 1024;
 
+/// Firecracker's configuration sections whose devices shimvmm does not
+/// build yet, and how an error names them. A config file or request with
+/// one of them is refused with this message, never silently accepted.
+pub const UNSUPPORTED_SECTIONS: &[(&str, &str)] = &[
+    ("vsock", "virtio-vsock"),
+    ("mmds-config", "MMDS (the microVM metadata service)"),
+    ("balloon", "the balloon device"),
+    ("entropy", "the virtio-rng entropy device"),
+    ("cpu-config", "custom CPU templates"),
+];
+
+/// `"<what> is not supported by shimvmm yet"` for a section of
+/// [`UNSUPPORTED_SECTIONS`] (or any feature named `what`).
+pub fn not_supported_yet(what: &str) -> String {
+    let what = UNSUPPORTED_SECTIONS.iter().find(|(section, _)| *section == what).map_or(what, |(_, w)| w);
+    format!("{what} is not supported by shimvmm yet")
+}
+
 /// The configuration as it is being assembled (API) or written (config file).
 ///
 /// Same objects and names as Firecracker's full VM configuration; the boot
 /// source may still be missing while the API is collecting the pieces.
+/// The sections of [`UNSUPPORTED_SECTIONS`] are parsed as any JSON so that
+/// `validate` can refuse them by name; `null` (or absent) passes.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VmConfig {
@@ -36,12 +57,38 @@ pub struct VmConfig {
     pub network_interfaces: Vec<NetworkInterface>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<Metrics>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logger: Option<Logger>,
+    #[serde(default)]
+    pub vsock: Option<serde_json::Value>,
+    #[serde(rename = "mmds-config", default)]
+    pub mmds_config: Option<serde_json::Value>,
+    #[serde(default)]
+    pub balloon: Option<serde_json::Value>,
+    #[serde(default)]
+    pub entropy: Option<serde_json::Value>,
+    #[serde(rename = "cpu-config", default)]
+    pub cpu_config: Option<serde_json::Value>,
 }
 
 impl VmConfig {
     /// Check every object on its own, then the rules that span objects.
     /// This is the one place each rule is checked, whatever the front end.
     pub fn validate(&self) -> Result {
+        for (section, value) in [
+            ("vsock", &self.vsock),
+            ("mmds-config", &self.mmds_config),
+            ("balloon", &self.balloon),
+            ("entropy", &self.entropy),
+            ("cpu-config", &self.cpu_config),
+        ] {
+            if value.is_some() {
+                return Err(ValidationError::new(section, format!("{}; remove it", not_supported_yet(section))));
+            }
+        }
+        if let Some(logger) = &self.logger {
+            logger.validate().map_err(|e| e.within("logger"))?;
+        }
         if let Some(boot) = &self.boot_source {
             boot.validate().map_err(|e| e.within("boot-source"))?;
         }
@@ -164,6 +211,8 @@ pub struct VmSpec {
     pub network_interfaces: Vec<NetworkInterface>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics: Option<Metrics>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub logger: Option<Logger>,
 }
 
 /// Why a config file could not be used.
@@ -196,6 +245,7 @@ impl TryFrom<VmConfig> for VmSpec {
             drives,
             network_interfaces: cfg.network_interfaces,
             metrics: cfg.metrics,
+            logger: cfg.logger,
         })
     }
 }
@@ -208,6 +258,8 @@ impl From<VmSpec> for VmConfig {
             drives: spec.drives,
             network_interfaces: spec.network_interfaces,
             metrics: spec.metrics,
+            logger: spec.logger,
+            ..Default::default()
         }
     }
 }
@@ -247,11 +299,11 @@ mod tests {
     }
 
     fn drive(id: &str, root: bool) -> Drive {
-        Drive { drive_id: id.into(), path_on_host: PathBuf::from("/img"), is_root_device: root, is_read_only: false }
+        Drive { drive_id: id.into(), path_on_host: PathBuf::from("/img"), is_root_device: root, ..Default::default() }
     }
 
     fn tap(id: &str, name: &str) -> NetworkInterface {
-        NetworkInterface { iface_id: id.into(), host_dev_name: Some(name.into()), pnic_bdf: None, guest_mac: None }
+        NetworkInterface { iface_id: id.into(), host_dev_name: Some(name.into()), ..Default::default() }
     }
 
     const GOOD: &str = r#"{
@@ -302,6 +354,12 @@ mod tests {
         let p = write_tmp("typo.json", r#"{"boot-source":{"kernel_image_path":"/k"},"machine_config":{}}"#);
         let e = VmSpec::from_config_file(&p).unwrap_err().to_string();
         assert!(e.contains("unknown field `machine_config`"), "{e}");
+
+        let p = write_tmp("vsock.json", r#"{"boot-source":{"kernel_image_path":"/k"},"vsock":{"guest_cid":3}}"#);
+        let e = VmSpec::from_config_file(&p).unwrap_err().to_string();
+        assert!(e.ends_with("vsock: virtio-vsock is not supported by shimvmm yet; remove it"), "{e}");
+        let p = write_tmp("nulls.json", r#"{"boot-source":{"kernel_image_path":"/k"},"vsock":null,"balloon":null}"#);
+        assert!(VmSpec::from_config_file(&p).is_ok());
 
         let p = write_tmp(
             "range.json",

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::rate_limiter::{check_rate_limiter, RateLimiter};
+use crate::rate_limiter::{check_rate_limiter, none_if_unlimited, RateLimiter};
 use crate::validate::{check_id, check_path, Result, ValidationError};
 
 /// Longest drive id: the guest reads it as the disk's serial
@@ -51,7 +51,7 @@ pub struct Drive {
     pub cache_type: CacheType,
     #[serde(default)]
     pub io_engine: IoEngine,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "none_if_unlimited")]
     pub rate_limiter: Option<RateLimiter>,
     /// vhost-user-blk backend socket (not supported).
     #[serde(default)]
@@ -65,7 +65,7 @@ pub struct DriveUpdate {
     pub drive_id: String,
     #[serde(default)]
     pub path_on_host: Option<PathBuf>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "none_if_unlimited")]
     pub rate_limiter: Option<RateLimiter>,
 }
 

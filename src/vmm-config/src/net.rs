@@ -5,7 +5,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{MacAddr, PciBdf};
-use crate::rate_limiter::{check_rate_limiter, RateLimiter};
+use crate::rate_limiter::{check_rate_limiter, none_if_unlimited, RateLimiter};
 use crate::validate::{check_id, Result, ValidationError, MAX_IFNAME_LEN};
 
 /// `PUT /network-interfaces/{iface_id}`, an entry of `"network-interfaces"`
@@ -27,9 +27,9 @@ pub struct NetworkInterface {
     #[serde(default)]
     pub guest_mac: Option<MacAddr>,
     /// Firecracker's limiters: accepted without buckets only (not built yet).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "none_if_unlimited")]
     pub rx_rate_limiter: Option<RateLimiter>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "none_if_unlimited")]
     pub tx_rate_limiter: Option<RateLimiter>,
 }
 
@@ -38,9 +38,9 @@ pub struct NetworkInterface {
 #[serde(deny_unknown_fields)]
 pub struct NetworkInterfaceUpdate {
     pub iface_id: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "none_if_unlimited")]
     pub rx_rate_limiter: Option<RateLimiter>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "none_if_unlimited")]
     pub tx_rate_limiter: Option<RateLimiter>,
 }
 

@@ -36,6 +36,15 @@ impl RateLimiter {
     }
 }
 
+/// Deserialize a limiter, `None` when it limits nothing (as Firecracker
+/// reports a limiter with null buckets: `null`).
+pub(crate) fn none_if_unlimited<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<RateLimiter>, D::Error> {
+    let limiter: Option<RateLimiter> = Deserialize::deserialize(d)?;
+    Ok(limiter.filter(|l| !l.is_unlimited()))
+}
+
 /// Refuse a limiter with a bucket: shimvmm cannot enforce it yet.
 pub(crate) fn check_rate_limiter(field: &str, limiter: &Option<RateLimiter>) -> Result {
     match limiter {

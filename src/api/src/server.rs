@@ -153,14 +153,14 @@ pub fn serve_with(
         .enable_io()
         .enable_time()
         .max_blocking_threads(MAX_WORKER_THREADS)
-        .thread_name("shimvmm-api-worker")
+        .thread_name("fc_api")
         .build()
         .map_err(cleanup)?;
     let api = Api::new(id, controller, options.initial_config.clone(), options.already_started);
     let shared = Arc::new(Shared { api: Arc::new(api), options });
     let (stop_tx, stop_rx) = oneshot::channel();
     let thread = std::thread::Builder::new()
-        .name("shimvmm-api".into())
+        .name("fc_api".into())
         .spawn(move || {
             runtime.block_on(async move {
                 match UnixListener::from_std(std_listener) {

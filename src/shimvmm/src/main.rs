@@ -44,6 +44,7 @@ fn main() -> ExitCode {
             return fail(format!("--log-path: {e}"));
         }
     }
+    log::info!("Running shimvmm {} (Firecracker v{} API)", api::VMM_VERSION, api::FIRECRACKER_API_VERSION);
     if let Err(e) = args.check_unsupported() {
         return fail(e);
     }

@@ -50,7 +50,8 @@ pub struct Args {
     /// A virtio-net NIC: tap=NAME[,mac=MAC][,id=NAME] or vfio=BDF[,mac=MAC][,id=NAME]. Repeatable.
     #[arg(long, value_name = "SPEC")]
     pub net: Vec<String>,
-    /// Write device counters as JSON to FILE when shimvmm exits (and on FlushMetrics).
+    /// Write metrics to this file or FIFO, one Firecracker-format JSON line every 60 s, on FlushMetrics and
+    /// at exit (a missing file is created).
     #[arg(long, value_name = "FILE")]
     pub metrics_path: Option<PathBuf>,
     /// error, warn, info, debug or trace.

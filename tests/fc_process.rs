@@ -110,6 +110,7 @@ fn runs_as_an_orchestrator_runs_firecracker() {
         "network-interfaces": [],
         "vsock": null,
         "balloon": null,
+        "entropy": {"rate_limiter": null},
     });
     std::fs::write(&config, cfg.to_string()).unwrap();
     let fifo = dir.join("metrics.fifo");
@@ -168,6 +169,8 @@ fn runs_as_an_orchestrator_runs_firecracker() {
             assert!(m[key].is_object(), "{key} missing: {line}");
         }
         assert_eq!(m["net"]["tx_packets_count"], 0, "{line}");
+        // The entropy device was built (the spinning guest never uses it).
+        assert_eq!(m["shimvmm"]["entropy"]["entropy"]["requests"], 0, "{line}");
     }
 
     // A second metrics set-up is refused, as in Firecracker.

@@ -35,11 +35,11 @@ pub use types::{
 };
 // The configuration objects the API (de)serializes are the VMM's own.
 pub use vmm_config::{
-    check_id, not_supported_yet, BootSource, ConfigError, Drive, DriveUpdate, LogLevel, Logger, MacAddr, MachineConfig,
-    MachineConfigUpdate, Metrics, NetBackendSpec, NetworkInterface, NetworkInterfaceUpdate, PciBdf, RateLimiter,
-    TokenBucket, ValidationError, VmConfig, VmSpec, DEFAULT_MEM_SIZE_MIB, DEFAULT_VCPU_COUNT, MAX_BOOT_ARGS_LEN,
-    MAX_CONFIG_FILE_BYTES, MAX_DRIVES, MAX_ID_LEN, MAX_IFNAME_LEN, MAX_MEM_SIZE_MIB, MAX_NETWORK_INTERFACES,
-    MAX_PATH_LEN, MAX_VCPUS, MIN_MEM_SIZE_MIB,
+    check_id, not_supported_yet, BootSource, ConfigError, Drive, DriveUpdate, Entropy, LogLevel, Logger, MacAddr,
+    MachineConfig, MachineConfigUpdate, Metrics, NetBackendSpec, NetworkInterface, NetworkInterfaceUpdate, PciBdf,
+    RateLimiter, TokenBucket, ValidationError, VmConfig, VmSpec, DEFAULT_MEM_SIZE_MIB, DEFAULT_VCPU_COUNT,
+    MAX_BOOT_ARGS_LEN, MAX_CONFIG_FILE_BYTES, MAX_DRIVES, MAX_ID_LEN, MAX_IFNAME_LEN, MAX_MEM_SIZE_MIB,
+    MAX_NETWORK_INTERFACES, MAX_PATH_LEN, MAX_VCPUS, MIN_MEM_SIZE_MIB,
 };
 
 #[cfg(feature = "testing")]

@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use serde::Serialize;
 use vmm_config::sync::lock_unpoisoned;
 use vmm_config::{
-    not_supported_yet, parse_json, BootSource, Drive, DriveUpdate, Logger, MachineConfig, MachineConfigUpdate, Metrics,
-    NetworkInterface, NetworkInterfaceUpdate, RateLimiter, ValidationError, VmConfig, VmSpec,
+    not_supported_yet, parse_json, BootSource, Drive, DriveUpdate, Entropy, Logger, MachineConfig, MachineConfigUpdate,
+    Metrics, NetworkInterface, NetworkInterfaceUpdate, RateLimiter, ValidationError, VmConfig, VmSpec,
 };
 
 use crate::controller::{ControllerError, Preflight, VmmController};
@@ -104,7 +104,7 @@ static TABLE: &[Entry] = &[
     // Firecracker's devices and features shimvmm does not build yet: a 400
     // that says so (after the body parsed as JSON), never a silent accept.
     entry!("PUT", "/vsock", Api::unsupported_vsock),
-    entry!("PUT", "/entropy", Api::unsupported_entropy),
+    entry!("PUT", "/entropy", Api::put_entropy),
     entry!("PUT", "/cpu-config", Api::unsupported_cpu_config),
     entry!("PUT", "/mmds", Api::unsupported_mmds),
     entry!("PATCH", "/mmds", Api::unsupported_mmds),
@@ -125,7 +125,6 @@ pub fn unsupported_routes() -> Vec<Route> {
     let unsupported: &[Handler] = &[
         Api::patch_vm,
         Api::unsupported_vsock,
-        Api::unsupported_entropy,
         Api::unsupported_cpu_config,
         Api::unsupported_mmds,
         Api::unsupported_mmds_config,
@@ -469,8 +468,12 @@ impl Api {
         Self::unsupported("vsock", body)
     }
 
-    fn unsupported_entropy(&self, _: &str, body: &[u8]) -> Reply {
-        Self::unsupported("entropy", body)
+    /// A virtio-rng device (rate limiters without buckets only).
+    fn put_entropy(&self, _: &str, body: &[u8]) -> Reply {
+        let entropy: Entropy = body_json(body, "PUT /entropy")?;
+        let mut state = self.lock_pre_boot("entropy")?;
+        let candidate = VmConfig { entropy: Some(entropy), ..state.config.clone() };
+        Self::commit(&mut state, candidate, "entropy.")
     }
 
     fn unsupported_cpu_config(&self, _: &str, body: &[u8]) -> Reply {
@@ -891,7 +894,12 @@ mod tests {
             ("PUT", "/mmds", r#"{"a":1}"#, "MMDS (the microVM metadata service) is not supported by shimvmm yet"),
             ("GET", "/mmds", "", "MMDS (the microVM metadata service) is not supported"),
             ("PUT", "/mmds/config", r#"{"network_interfaces":["eth0"]}"#, "MMDS"),
-            ("PUT", "/entropy", "{}", "the virtio-rng entropy device is not supported by shimvmm yet"),
+            (
+                "PUT",
+                "/entropy",
+                r#"{"rate_limiter":{"ops":{"size":1,"refill_time":1}}}"#,
+                "rate_limiter: rate limiters",
+            ),
             ("PUT", "/balloon", r#"{"amount_mib":1,"deflate_on_oom":true}"#, "the balloon device is not supported"),
             ("PUT", "/snapshot/create", "{}", "snapshots is not supported by shimvmm yet"),
             ("PUT", "/vsock", "{", "the JSON ends early"),
@@ -900,6 +908,8 @@ mod tests {
             assert_eq!(r.status, 400, "{method} {path}");
             assert!(fault(&r).contains(want), "{method} {path}: {}", fault(&r));
         }
+        assert_eq!(put(&api, "/entropy", "{}").status, 204);
+        assert_eq!(api.lock().config.entropy, Some(Entropy::default()));
         let routes = unsupported_routes();
         assert!(routes.contains(&Route { method: "GET", path: "/mmds" }));
         assert!(!routes.contains(&Route { method: "PUT", path: "/drives/{drive_id}" }));

@@ -1,4 +1,4 @@
-//! virtio devices for shimvmm: the virtio-mmio transport, virtio-blk and virtio-net.
+//! virtio devices for shimvmm: the virtio-mmio transport, virtio-blk, virtio-net and virtio-rng.
 //!
 //! A device implements [`VirtioDevice`] (what the transport needs) and
 //! `event_manager::MutEventSubscriber` (its queue kicks and backend fds are
@@ -8,6 +8,7 @@ pub mod block;
 pub mod interrupt;
 pub mod mem;
 pub mod net;
+pub mod rng;
 pub mod transport;
 
 use std::sync::Arc;

@@ -17,6 +17,7 @@
 
 mod boot_source;
 mod drive;
+mod entropy;
 mod ids;
 mod json;
 mod logger;
@@ -30,6 +31,7 @@ mod vm;
 
 pub use boot_source::{BootSource, DEFAULT_BOOT_ARGS};
 pub use drive::{CacheType, Drive, DriveUpdate, IoEngine, MAX_DRIVE_ID_LEN};
+pub use entropy::Entropy;
 pub use ids::{BdfError, MacAddr, MacError, PciBdf};
 pub use json::{parse_json, JsonError};
 pub use logger::{LogLevel, Logger};

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::boot_source::BootSource;
 use crate::drive::Drive;
+use crate::entropy::Entropy;
 use crate::json::{parse_json, JsonError};
 use crate::logger::Logger;
 use crate::machine_config::MachineConfig;
@@ -27,7 +28,6 @@ pub const UNSUPPORTED_SECTIONS: &[(&str, &str)] = &[
     ("vsock", "virtio-vsock"),
     ("mmds-config", "MMDS (the microVM metadata service)"),
     ("balloon", "the balloon device"),
-    ("entropy", "the virtio-rng entropy device"),
     ("cpu-config", "custom CPU templates"),
 ];
 
@@ -65,8 +65,9 @@ pub struct VmConfig {
     pub mmds_config: Option<serde_json::Value>,
     #[serde(default)]
     pub balloon: Option<serde_json::Value>,
+    /// A virtio-rng device.
     #[serde(default)]
-    pub entropy: Option<serde_json::Value>,
+    pub entropy: Option<Entropy>,
     #[serde(rename = "cpu-config", default)]
     pub cpu_config: Option<serde_json::Value>,
 }
@@ -79,7 +80,6 @@ impl VmConfig {
             ("vsock", &self.vsock),
             ("mmds-config", &self.mmds_config),
             ("balloon", &self.balloon),
-            ("entropy", &self.entropy),
             ("cpu-config", &self.cpu_config),
         ] {
             if value.is_some() {
@@ -88,6 +88,9 @@ impl VmConfig {
         }
         if let Some(logger) = &self.logger {
             logger.validate().map_err(|e| e.within("logger"))?;
+        }
+        if let Some(entropy) = &self.entropy {
+            entropy.validate().map_err(|e| e.within("entropy"))?;
         }
         if let Some(boot) = &self.boot_source {
             boot.validate().map_err(|e| e.within("boot-source"))?;
@@ -98,12 +101,13 @@ impl VmConfig {
         }
         self.check_drives()?;
         self.check_network_interfaces()?;
-        let devices = self.drives.len() + self.network_interfaces.len();
+        let rng = usize::from(self.entropy.is_some());
+        let devices = self.drives.len() + self.network_interfaces.len() + rng;
         if devices > MAX_VIRTIO_DEVICES {
             return Err(ValidationError::new(
                 "network-interfaces",
                 format!(
-                    "{} drives and {} interfaces make {devices} devices; at most {MAX_VIRTIO_DEVICES} fit (one interrupt line each)",
+                    "{} drives, {} interfaces and {rng} entropy device make {devices} devices; at most {MAX_VIRTIO_DEVICES} fit (one interrupt line each)",
                     self.drives.len(),
                     self.network_interfaces.len()
                 ),
@@ -213,6 +217,8 @@ pub struct VmSpec {
     pub metrics: Option<Metrics>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub logger: Option<Logger>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub entropy: Option<Entropy>,
 }
 
 /// Why a config file could not be used.
@@ -246,6 +252,7 @@ impl TryFrom<VmConfig> for VmSpec {
             network_interfaces: cfg.network_interfaces,
             metrics: cfg.metrics,
             logger: cfg.logger,
+            entropy: cfg.entropy,
         })
     }
 }
@@ -259,6 +266,7 @@ impl From<VmSpec> for VmConfig {
             network_interfaces: spec.network_interfaces,
             metrics: spec.metrics,
             logger: spec.logger,
+            entropy: spec.entropy,
             ..Default::default()
         }
     }
@@ -423,5 +431,9 @@ mod tests {
         assert!(cfg.validate().is_ok());
         cfg.drives.push(drive("one-too-many", false));
         assert!(cfg.validate().unwrap_err().problem.contains("at most 19 fit"));
+        // The entropy device takes a line too.
+        cfg.drives.pop();
+        cfg.entropy = Some(Default::default());
+        assert!(cfg.validate().unwrap_err().problem.contains("and 1 entropy device make 20 devices"));
     }
 }

@@ -94,6 +94,7 @@ impl BusDevice for PmBusDevice {
 enum DeviceKind {
     Block,
     Net,
+    Entropy,
 }
 
 /// Every device's counters, by kind and id: what `GET /metrics` serves and
@@ -104,6 +105,8 @@ pub struct VmMetrics {
     pub net: BTreeMap<String, serde_json::Value>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub block: BTreeMap<String, serde_json::Value>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub entropy: BTreeMap<String, serde_json::Value>,
 }
 
 /// A virtio device as the running VMM keeps it: for metrics and shutdown.
@@ -135,6 +138,7 @@ impl VmmHandle {
             let by_id = match d.kind {
                 DeviceKind::Block => &mut out.block,
                 DeviceKind::Net => &mut out.net,
+                DeviceKind::Entropy => &mut out.entropy,
             };
             by_id.insert(d.id.clone(), m);
         }
@@ -394,6 +398,11 @@ pub fn build(spec: &VmSpec) -> Result<Vmm, BuildError> {
         let net = virtio_devices::net::Net::new(backend, Some(mac), id.clone());
         let dev = attach_virtio(&vm, &mem, &mut mmio, &mut em, &mut slots, net)?;
         devices.push(AttachedDevice { id: id.clone(), kind: DeviceKind::Net, dev });
+    }
+    if spec.entropy.is_some() {
+        let rng = virtio_devices::rng::Rng::new().map_err(BuildError::EventFd)?;
+        let dev = attach_virtio(&vm, &mem, &mut mmio, &mut em, &mut slots, rng)?;
+        devices.push(AttachedDevice { id: "entropy".into(), kind: DeviceKind::Entropy, dev });
     }
 
     // Boot tables, ACPI and the zero page.

@@ -8,6 +8,7 @@
 
 use std::fs::File;
 use std::io::Write;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::sync::{OnceLock, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -75,6 +76,31 @@ pub fn open_sink(path: &std::path::Path) -> std::io::Result<File> {
         .mode(0o600)
         .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
         .open(path)
+}
+
+/// Write one whole line to a non-blocking sink. A FIFO whose reader is
+/// behind refuses the line (`WouldBlock`) rather than stall the VMM; a line
+/// already partly written is finished (waiting up to 100 ms for room) so a
+/// reader never sees half a line followed by another.
+pub fn write_line(file: &File, line: &[u8]) -> std::io::Result<()> {
+    let mut out = file;
+    let mut done = 0;
+    while done < line.len() {
+        match out.write(&line[done..]) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && done > 0 => {
+                let mut pfd = libc::pollfd { fd: file.as_raw_fd(), events: libc::POLLOUT, revents: 0 };
+                // SAFETY: one valid pollfd for the duration of the call.
+                if unsafe { libc::poll(&mut pfd, 1, 100) } <= 0 {
+                    return Err(std::io::Error::new(e.kind(), "the reader stopped in the middle of a line"));
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Apply `PUT /logger` (or the `--log-path` family of flags): the fields
@@ -166,7 +192,7 @@ impl Log for FcLogger {
         match &s.file {
             // A full FIFO drops the line rather than stall the VMM.
             Some(f) => {
-                let _ = lock_unpoisoned(f).write_all(line.as_bytes());
+                let _ = write_line(&lock_unpoisoned(f), line.as_bytes());
             }
             None => {
                 let _ = std::io::stderr().write_all(line.as_bytes());
@@ -188,6 +214,36 @@ mod tests {
         assert_eq!(timestamp(t), "2024-12-06T11:06:28.727252163");
         assert_eq!(timestamp(UNIX_EPOCH), "1970-01-01T00:00:00.000000000");
         assert_eq!(timestamp(UNIX_EPOCH + Duration::from_secs(951_782_400)), "2000-02-29T00:00:00.000000000");
+    }
+
+    #[test]
+    fn lines_to_a_full_fifo_are_dropped_whole() {
+        let dir = std::env::temp_dir().join(format!("shimvmm-log-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("fifo");
+        let c = std::ffi::CString::new(p.to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo reads the NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let f = open_sink(&p).unwrap();
+        let line = vec![b'x'; 1000];
+        let mut written = 0;
+        let err = loop {
+            match write_line(&f, &line) {
+                Ok(()) => written += 1,
+                Err(e) => break e,
+            }
+            assert!(written < 10_000, "the FIFO never filled");
+        };
+        assert_eq!(err.kind(), std::io::ErrorKind::WouldBlock, "{err}");
+        // Whatever was written is whole lines.
+        let mut r = std::fs::File::open(&p).unwrap();
+        let mut buf = vec![0u8; written * 1000 + 10];
+        let mut got = 0;
+        while got < written * 1000 {
+            got += std::io::Read::read(&mut r, &mut buf[got..]).unwrap();
+        }
+        assert_eq!(got % 1000, 0);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

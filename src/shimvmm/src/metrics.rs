@@ -10,7 +10,6 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -62,8 +61,7 @@ impl MetricsSink {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
         let mut line = fc_line(now.as_millis() as u64, shimvmm, &mut self.last).to_string();
         line.push('\n');
-        // One write: a FIFO reader sees whole lines.
-        self.file.write_all(line.as_bytes())
+        crate::logger::write_line(&self.file, line.as_bytes())
     }
 }
 

@@ -8,7 +8,6 @@
 
 use std::fs::File;
 use std::io::Write;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::sync::{OnceLock, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -83,19 +82,23 @@ pub fn open_sink(path: &std::path::Path) -> std::io::Result<File> {
 /// already partly written is finished (waiting up to 100 ms for room) so a
 /// reader never sees half a line followed by another.
 pub fn write_line(file: &File, line: &[u8]) -> std::io::Result<()> {
+    // Sleeping, not poll(2): this runs on every kind of thread, and each
+    // thread's seccomp filter allows nanosleep.
+    const RETRY: std::time::Duration = std::time::Duration::from_millis(1);
+    const RETRIES: u32 = 100;
     let mut out = file;
-    let mut done = 0;
+    let (mut done, mut waited) = (0, 0);
     while done < line.len() {
         match out.write(&line[done..]) {
             Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
             Ok(n) => done += n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && done > 0 => {
-                let mut pfd = libc::pollfd { fd: file.as_raw_fd(), events: libc::POLLOUT, revents: 0 };
-                // SAFETY: one valid pollfd for the duration of the call.
-                if unsafe { libc::poll(&mut pfd, 1, 100) } <= 0 {
+                waited += 1;
+                if waited > RETRIES {
                     return Err(std::io::Error::new(e.kind(), "the reader stopped in the middle of a line"));
                 }
+                std::thread::sleep(RETRY);
             }
             Err(e) => return Err(e),
         }

@@ -180,6 +180,20 @@ fn steps(dir: &Path, tap: Option<&str>) -> Vec<Step> {
         step("PUT", "/machine-config", Some(json!({"vcpu_count": 0, "mem_size_mib": 256})), Expect::Same),
         step("PUT", "/machine-config", Some(json!({"vcpu_count": 33, "mem_size_mib": 256})), Expect::Same),
         step("PUT", "/machine-config", Some(json!({"vcpu_count": "2", "mem_size_mib": 256})), Expect::Same),
+        // Explicit nulls, as Python clients built on dataclasses send them.
+        step(
+            "PUT",
+            "/machine-config",
+            Some(json!({"vcpu_count": 1, "mem_size_mib": 128, "smt": null, "track_dirty_pages": null,
+                "huge_pages": null})),
+            Expect::Same,
+        ),
+        step(
+            "PUT",
+            "/machine-config",
+            Some(json!({"vcpu_count": 1, "mem_size_mib": 128, "cpu_template": null})),
+            Expect::Same,
+        ),
         step(
             "PUT",
             "/machine-config",
@@ -204,6 +218,12 @@ fn steps(dir: &Path, tap: Option<&str>) -> Vec<Step> {
             "PUT",
             "/boot-source",
             Some(json!({"kernel_image_path": kernel, "initrd_path": p("missing-initrd")})),
+            Expect::Same,
+        ),
+        step(
+            "PUT",
+            "/boot-source",
+            Some(json!({"kernel_image_path": kernel, "boot_args": null, "initrd_path": null})),
             Expect::Same,
         ),
         step(
@@ -286,9 +306,28 @@ fn steps(dir: &Path, tap: Option<&str>) -> Vec<Step> {
             Expect::Same,
         ),
         step("PATCH", "/drives/data", Some(json!({"drive_id": "data", "is_read_only": true})), Expect::Same),
+        step(
+            "PUT",
+            "/drives/nulls",
+            Some(json!({"drive_id": "nulls", "is_root_device": false, "partuuid": null, "cache_type": null,
+                "is_read_only": null, "path_on_host": p("data.img"), "io_engine": null, "socket": null})),
+            Expect::Same,
+        ),
+        step(
+            "PUT",
+            "/drives/nulls",
+            Some(json!({"drive_id": "nulls", "is_root_device": false, "path_on_host": null})),
+            Expect::Same,
+        ),
         // Logger and metrics (the files exist: Firecracker requires it).
         step("PUT", "/logger", Some(json!({"level": "Bogus"})), Expect::Same),
         step("PUT", "/logger", Some(json!({"x": 1})), Expect::Same),
+        step(
+            "PUT",
+            "/logger",
+            Some(json!({"log_path": null, "level": null, "show_level": null, "show_log_origin": null, "module": null})),
+            Expect::Same,
+        ),
         step("PUT", "/logger", Some(json!({"log_path": p("no-such-dir/log")})), Expect::Same),
         step(
             "PUT",

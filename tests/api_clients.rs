@@ -203,3 +203,37 @@ fn kata_start_up() {
         Want::NotYet,
     );
 }
+
+/// firecracker-python (PyPI `firecracker-python`, MicroVM.create): started
+/// with `--api-sock --id --log-path`, probes `GET /`, then boot source, root
+/// drive, machine, one tap interface without a MAC, MMDS and vsock when
+/// asked for, InstanceStart.
+#[test]
+fn firecracker_python_create() {
+    let c = Client::new("a1b2c3d4");
+    use Want::*;
+    c.call("GET", "/", None, Ok);
+    c.call(
+        "PUT",
+        "/boot-source",
+        Some(json!({"kernel_image_path": "/var/lib/firecracker/vmlinux",
+            "boot_args": "console=ttyS0 reboot=k pci=off panic=1 ip=172.16.0.2::172.16.0.1:255.255.255.0:vm:eth0:on"})),
+        Ok,
+    );
+    c.call(
+        "PUT",
+        "/drives/rootfs",
+        Some(json!({"drive_id": "rootfs", "path_on_host": "/var/lib/firecracker/a1b2c3d4/rootfs/rootfs.img",
+            "is_root_device": true, "is_read_only": false})),
+        Ok,
+    );
+    c.call("PUT", "/machine-config", Some(json!({"vcpu_count": 1, "mem_size_mib": 512})), Ok);
+    c.call("PUT", "/network-interfaces/eth0", Some(json!({"iface_id": "eth0", "host_dev_name": "tap_a1b2c3d4"})), Ok);
+    // With mmds_enabled / vsock_enabled only.
+    let mmds = json!({"version": "V2", "ipv4_address": "169.254.169.254", "network_interfaces": ["eth0"]});
+    c.call("PUT", "/mmds/config", Some(mmds), NotYet);
+    c.call("PUT", "/vsock", Some(json!({"guest_cid": 3, "uds_path": "/var/lib/firecracker/a1b2c3d4/v.sock"})), NotYet);
+    c.call("PUT", "/actions", Some(json!({"action_type": "InstanceStart"})), Ok);
+    c.call("GET", "/vm/config", None, Ok);
+    c.call("PATCH", "/vm", Some(json!({"state": "Paused"})), NotYet);
+}

@@ -102,11 +102,13 @@ fn runs_as_an_orchestrator_runs_firecracker() {
     std::fs::create_dir_all(&dir).unwrap();
     let kernel = dir.join("spin");
     std::fs::write(&kernel, tiny_elf(&[0xeb, 0xfe])).unwrap(); // jmp $
+    std::fs::write(dir.join("stub.img"), [0u8; 512]).unwrap();
+    std::fs::write(dir.join("image.img"), vec![7u8; 64 * 512]).unwrap();
     let config = dir.join("vm.json");
     let cfg = json!({
         "boot-source": {"kernel_image_path": kernel, "boot_args": "console=ttyS0"},
         "machine-config": {"vcpu_count": 2, "mem_size_mib": 64, "smt": false},
-        "drives": [],
+        "drives": [{"drive_id": "stub", "path_on_host": dir.join("stub.img"), "is_root_device": false}],
         "network-interfaces": [],
         "vsock": null,
         "balloon": null,
@@ -172,6 +174,19 @@ fn runs_as_an_orchestrator_runs_firecracker() {
         // The entropy device was built (the spinning guest never uses it).
         assert_eq!(m["shimvmm"]["entropy"]["entropy"]["requests"], 0, "{line}");
     }
+
+    // The placeholder drive gets its real image while the guest runs
+    // (firecracker-containerd's and Kata's PATCH /drives).
+    let patch = json!({"drive_id": "stub", "path_on_host": dir.join("image.img")});
+    let (code, body) = request(&sock, "PATCH", "/drives/stub", Some(patch));
+    assert_eq!(code, 204, "{body}");
+    let (_, body) = request(&sock, "GET", "/vm/config", None);
+    let cfg: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(cfg["drives"][0]["path_on_host"], json!(dir.join("image.img")));
+    let missing = json!({"drive_id": "stub", "path_on_host": dir.join("missing.img")});
+    let (code, body) = request(&sock, "PATCH", "/drives/stub", Some(missing));
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("missing.img"), "{body}");
 
     // A second metrics set-up is refused, as in Firecracker.
     let (code, _) = request(&sock, "PUT", "/metrics", Some(json!({"metrics_path": dir.join("m2")})));

@@ -70,4 +70,7 @@ pub trait VmmController: Send + Sync + 'static {
     /// Open `metrics.metrics_path` (which must exist, a file or a FIFO) for
     /// the periodic and FlushMetrics writes (`PUT /metrics`).
     fn configure_metrics(&self, metrics: &Metrics) -> Result<(), ControllerError>;
+    /// Put the image at `path` (already checked to open) behind the running
+    /// drive `drive_id` (`PATCH /drives/{id}` after InstanceStart).
+    fn replace_drive(&self, drive_id: &str, path: &Path) -> Result<(), ControllerError>;
 }

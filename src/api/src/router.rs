@@ -340,29 +340,42 @@ impl Api {
         Ok(())
     }
 
-    /// Before boot: a new backing file (the same checks as a PUT). After
-    /// boot: swapping a running drive's file is not built yet.
+    /// A new backing file: before boot with the checks of a PUT; after boot
+    /// the running drive's image is swapped and the guest told its capacity
+    /// may have changed (what firecracker-containerd and Kata do with their
+    /// placeholder drives). Rate limiters: null buckets only.
     fn patch_drive(&self, id: &str, body: &[u8]) -> Reply {
         let update: DriveUpdate = body_json(body, "PATCH /drives/{drive_id}")?;
         check_path_id("drive_id", &update.drive_id, id)?;
         check_no_buckets("rate_limiter", &update.rate_limiter)?;
-        {
+        let (current, started) = {
             let state = self.lock();
-            if state.started || state.starting {
-                return Err(bad_request(
-                    "changing a drive of a started VM (PATCH /drives) is not supported by shimvmm yet",
-                ));
+            if state.starting {
+                return Err(bad_request("drives cannot be changed while InstanceStart is in progress"));
             }
-        }
-        let current = self.lock().config.drives.iter().find(|d| d.drive_id == id).cloned();
+            (state.config.drives.iter().find(|d| d.drive_id == id).cloned(), state.started)
+        };
         let mut drive =
             current.ok_or_else(|| bad_request(format!("drive_id: no drive \"{}\" to update", id.escape_debug())))?;
         let Some(path) = update.path_on_host else {
             return Ok(ApiResponse::no_content());
         };
         drive.path_on_host = path;
-        self.check_drive_host(id, &drive)?;
-        self.put_listed(id, drive, "drive_id", "drives", |c| &mut c.drives, |d| &d.drive_id)
+        if !started {
+            self.check_drive_host(id, &drive)?;
+            return self.put_listed(id, drive, "drive_id", "drives", |c| &mut c.drives, |d| &d.drive_id);
+        }
+        drive.validate().map_err(|e| bad_request(e.to_string()))?;
+        self.preflight(Preflight::Drive(&drive))?;
+        let _serial = lock_unpoisoned(&self.actions);
+        self.controller
+            .replace_drive(id, &drive.path_on_host)
+            .map_err(|e| bad_request(format!("PATCH /drives/{id}: {e}")))?;
+        let mut state = self.lock();
+        if let Some(d) = state.config.drives.iter_mut().find(|d| d.drive_id == id) {
+            d.path_on_host = drive.path_on_host;
+        }
+        Ok(ApiResponse::no_content())
     }
 
     fn put_network_interface(&self, id: &str, body: &[u8]) -> Reply {
@@ -669,6 +682,12 @@ mod tests {
         fn configure_metrics(&self, _: &Metrics) -> Result<(), ControllerError> {
             Ok(())
         }
+        fn replace_drive(&self, id: &str, path: &Path) -> Result<(), ControllerError> {
+            if path == Path::new("/broken") {
+                return Err(ControllerError::vmm(format!("drive {id}: cannot open {}", path.display())));
+            }
+            Ok(())
+        }
     }
 
     fn api() -> (Api, Arc<Recorder>) {
@@ -949,8 +968,14 @@ mod tests {
         assert_eq!(put(&api, "/actions", r#"{"action_type":"InstanceStart"}"#).status, 204);
         let r = api.handle("PATCH", "/vm", br#"{"state":"Paused"}"#);
         assert_eq!(fault(&r), "pausing and resuming the VM (PATCH /vm) is not supported by shimvmm yet");
-        let r = api.handle("PATCH", "/drives/a", br#"{"drive_id":"a","path_on_host":"/a3"}"#);
-        assert!(fault(&r).contains("is not supported by shimvmm yet"), "{}", fault(&r));
+        // After boot the running drive's image is swapped.
+        assert_eq!(api.handle("PATCH", "/drives/a", br#"{"drive_id":"a","path_on_host":"/a3"}"#).status, 204);
+        assert_eq!(api.lock().config.drives[0].path_on_host, std::path::Path::new("/a3"));
+        let r = api.handle("PATCH", "/drives/a", br#"{"drive_id":"a","path_on_host":"/broken"}"#);
+        assert_eq!(fault(&r), "PATCH /drives/a: drive a: cannot open /broken");
+        assert_eq!(api.lock().config.drives[0].path_on_host, std::path::Path::new("/a3"));
+        let r = api.handle("PATCH", "/drives/zz", br#"{"drive_id":"zz","path_on_host":"/z"}"#);
+        assert_eq!(fault(&r), "drive_id: no drive \"zz\" to update");
         let body = br#"{"iface_id":"e0","rx_rate_limiter":{"bandwidth":null,"ops":null}}"#;
         assert_eq!(api.handle("PATCH", "/network-interfaces/e0", body).status, 204);
         let body = br#"{"iface_id":"e0","tx_rate_limiter":{"bandwidth":{"size":1,"refill_time":1}}}"#;

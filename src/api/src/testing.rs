@@ -20,6 +20,7 @@ pub enum Call {
     FlushMetrics(Option<PathBuf>),
     ConfigureLogger(Logger),
     ConfigureMetrics(Metrics),
+    ReplaceDrive(String, PathBuf),
 }
 
 /// Records calls; can be told to fail, panic or be slow in `start`.
@@ -112,6 +113,11 @@ impl VmmController for RecordingController {
 
     fn configure_metrics(&self, metrics: &Metrics) -> Result<(), ControllerError> {
         lock(&self.calls).push(Call::ConfigureMetrics(metrics.clone()));
+        Ok(())
+    }
+
+    fn replace_drive(&self, drive_id: &str, path: &Path) -> Result<(), ControllerError> {
+        lock(&self.calls).push(Call::ReplaceDrive(drive_id.to_string(), path.to_owned()));
         Ok(())
     }
 }

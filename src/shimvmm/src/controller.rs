@@ -144,6 +144,10 @@ impl VmmController for Controller {
         crate::logger::configure(logger).map_err(|e| ControllerError::Vmm(Box::new(e)))
     }
 
+    fn replace_drive(&self, drive_id: &str, path: &Path) -> Result<(), ControllerError> {
+        self.running()?.replace_drive(drive_id, path).map_err(|e| ControllerError::Vmm(Box::new(e)))
+    }
+
     fn configure_metrics(&self, metrics: &Metrics) -> Result<(), ControllerError> {
         let sink = MetricsSink::open(&metrics.metrics_path)
             .map_err(|e| ControllerError::vmm(format!("cannot open {}: {e}", metrics.metrics_path.display())))?;

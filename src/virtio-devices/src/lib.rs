@@ -66,4 +66,9 @@ pub trait VirtioDevice: Send {
     fn metrics(&self) -> Option<serde_json::Value> {
         None
     }
+    /// The concrete device, for the operations only one kind has (a drive's
+    /// image swap); `None` for devices that offer none.
+    fn as_any_mut(&mut self) -> Option<&mut dyn std::any::Any> {
+        None
+    }
 }

@@ -130,6 +130,23 @@ impl VmmHandle {
         lock_unpoisoned(&self.i8042).send_ctrl_alt_del();
     }
 
+    /// Puts the image at `path` behind the running drive `drive_id`
+    /// (Firecracker's `PATCH /drives/{id}` after boot); the guest is told its
+    /// capacity may have changed.
+    pub fn replace_drive(&self, drive_id: &str, path: &Path) -> Result<(), ReplaceDriveError> {
+        let dev = self
+            .devices
+            .iter()
+            .find(|d| d.kind == DeviceKind::Block && d.id == drive_id)
+            .ok_or_else(|| ReplaceDriveError::NoSuchDrive(drive_id.to_string()))?;
+        let mut dev = lock_unpoisoned(&dev.dev);
+        let blk = dev
+            .as_any_mut()
+            .and_then(|d| d.downcast_mut::<virtio_devices::block::Block>())
+            .ok_or_else(|| ReplaceDriveError::NoSuchDrive(drive_id.to_string()))?;
+        blk.replace_disk(path).map_err(|source| ReplaceDriveError::Disk { id: drive_id.to_string(), source })
+    }
+
     /// Every device's counters: `{"net": {id: {...}}, "block": {id: {...}}}`.
     pub fn metrics(&self) -> serde_json::Value {
         let mut out = VmMetrics::default();
@@ -163,6 +180,15 @@ impl VmmHandle {
     pub fn request_exit(&self, reason: ExitReason) {
         self.exit.request(reason)
     }
+}
+
+/// Why a running drive's image could not be replaced.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplaceDriveError {
+    #[error("drive_id: no drive \"{0}\" in the running VM")]
+    NoSuchDrive(String),
+    #[error("drive {id}: {source}")]
+    Disk { id: String, source: virtio_devices::block::BlockError },
 }
 
 /// The metrics file could not be written.

@@ -1,7 +1,12 @@
-//! Side by side with Firecracker: the same pre-boot requests, good and bad,
-//! go to the real Firecracker v1.12.1 and to shimvmm, and their answers are
-//! compared. Runs on the host, no guest (the VM is never started: the
-//! kernel is a dummy file, so InstanceStart fails on both).
+//! Side by side with Firecracker: the same requests, good and bad, go to
+//! the real Firecracker v1.12.1 and to shimvmm, and their answers are
+//! compared. Two phases, each with a fresh pair of processes: before boot
+//! (a dummy kernel file, so InstanceStart fails on both), and around a real
+//! boot of the guest artifacts' ELF kernel (no root file system: the guest
+//! stops at its panic, `panic=0` keeps it there), when `/dev/kvm` and that
+//! kernel are there. After the boot phase, the metrics lines both wrote on
+//! FlushMetrics are compared: every Firecracker-named counter shimvmm
+//! writes must be one Firecracker writes.
 //!
 //! Every request is one of:
 //! - `Same`: the status codes must be equal and, for a 2xx with a body, the
@@ -444,37 +449,9 @@ fn steps(dir: &Path, tap: Option<&str>) -> Vec<Step> {
     s
 }
 
-#[test]
-fn pre_boot_api_matches_firecracker() {
-    let fc_bin = match firecracker() {
-        Ok(p) => p,
-        Err(why) => {
-            eprintln!("fc_conformance: SKIPPED: the Firecracker binary cannot be had: {why}");
-            return;
-        }
-    };
-    let dir = std::env::temp_dir().join(format!("fcconf-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("vmlinux"), b"not a kernel").unwrap();
-    for f in ["rootfs.img", "data.img", "data2.img"] {
-        std::fs::write(dir.join(f), vec![0u8; 1 << 20]).unwrap();
-    }
-    // Firecracker makes a tap at PUT /network-interfaces: only as root, with
-    // a name of this run's own (gone when the process exits).
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    let tap = format!("fcc{}", std::process::id() % 100_000);
-
-    let mut results = Vec::new();
-    let mut failures = Vec::new();
-    // Fresh processes per VMM and per pass: the steps build up state.
-    for f in ["vmm.log", "metrics.json"] {
-        std::fs::write(dir.join(f), b"").unwrap();
-    }
-    let fc = Vmm::start("firecracker", &fc_bin, dir.join("fc.sock"), &dir.join("fc.out"));
-    let shim = Vmm::start("shimvmm", &shimvmm_bin(), dir.join("shim.sock"), &dir.join("shim.out"));
-    for st in steps(&dir, root.then_some(tap.as_str())) {
+/// Sends every step to both and records the comparison.
+fn compare(fc: &Vmm, shim: &Vmm, dir: &Path, steps: Vec<Step>, results: &mut Vec<String>, failures: &mut Vec<String>) {
+    for st in steps {
         // The two must not share files another step checks: a missing file
         // one creates would exist for the other.
         let _ = std::fs::remove_file(dir.join("missing.log"));
@@ -518,14 +495,174 @@ fn pre_boot_api_matches_firecracker() {
             failures.push(format!("{what}: {p}\n    firecracker: {}\n    shimvmm:     {}", fb.trim(), sb.trim()));
         }
     }
-    drop(fc);
-    drop(shim);
+}
+
+/// The requests of the second phase, around a real boot: configuration, InstanceStart
+/// (the guest kernel boots and, with no root file system, stops at its
+/// panic: `panic=0` keeps it there), then what may and may not be done to a
+/// running VM.
+fn boot_steps(dir: &Path, kernel: &Path) -> Vec<Step> {
+    let p = |name: &str| dir.join(name).to_string_lossy().into_owned();
+    let refused_after_boot = [
+        ("PUT", "/boot-source", json!({"kernel_image_path": kernel})),
+        ("PUT", "/machine-config", json!({"vcpu_count": 1, "mem_size_mib": 128})),
+        ("PATCH", "/machine-config", json!({"vcpu_count": 1})),
+        ("PUT", "/drives/other", json!({"drive_id": "other", "path_on_host": p("data.img"), "is_root_device": false})),
+        ("PUT", "/logger", json!({"level": "Info"})),
+        ("PUT", "/metrics", json!({"metrics_path": p("metrics2.json")})),
+        ("PUT", "/entropy", json!({})),
+        ("PUT", "/vsock", json!({"guest_cid": 3, "uds_path": p("v2.sock")})),
+        ("PUT", "/actions", json!({"action_type": "InstanceStart"})),
+    ];
+    let mut s = vec![
+        step(
+            "PUT",
+            "/boot-source",
+            Some(json!({"kernel_image_path": kernel, "boot_args": "console=ttyS0 reboot=k panic=0 pci=off"})),
+            Expect::Same,
+        ),
+        step("PUT", "/machine-config", Some(json!({"vcpu_count": 1, "mem_size_mib": 128})), Expect::Same),
+        step(
+            "PUT",
+            "/drives/stub",
+            Some(json!({"drive_id": "stub", "path_on_host": p("rootfs.img"), "is_root_device": false})),
+            Expect::Same,
+        ),
+        step("PUT", "/metrics", Some(json!({"metrics_path": p("metrics.json")})), Expect::Same),
+        step("PUT", "/actions", Some(json!({"action_type": "InstanceStart"})), Expect::Same),
+        step("GET", "/", None, Expect::SameExcept(&["vmm_version", "app_name"])),
+        step("GET", "/machine-config", None, Expect::Same),
+    ];
+    for (method, path, body) in refused_after_boot {
+        s.push(step(method, path, Some(body), Expect::Same));
+    }
+    s.extend([
+        step("PUT", "/actions", Some(json!({"action_type": "FlushMetrics"})), Expect::Same),
+        step("PATCH", "/drives/stub", Some(json!({"drive_id": "stub", "path_on_host": p("data2.img")})), Expect::Same),
+        step(
+            "PATCH",
+            "/drives/stub",
+            Some(json!({"drive_id": "stub", "path_on_host": p("missing.img")})),
+            Expect::Same,
+        ),
+        step("PATCH", "/drives/nope", Some(json!({"drive_id": "nope", "path_on_host": p("data.img")})), Expect::Same),
+        step("PATCH", "/network-interfaces/nope", Some(json!({"iface_id": "nope"})), Expect::Same),
+        step("GET", "/vm/config", None, Expect::SameExcept(&["metrics"])),
+        step(
+            "PATCH",
+            "/vm",
+            Some(json!({"state": "Paused"})),
+            Expect::Differs(204, 400, "pausing is not supported by shimvmm yet"),
+        ),
+        step(
+            "PATCH",
+            "/vm",
+            Some(json!({"state": "Resumed"})),
+            Expect::Differs(204, 400, "pausing is not supported by shimvmm yet"),
+        ),
+        step("PATCH", "/vm", Some(json!({"state": "Frozen"})), Expect::Same),
+        step("PUT", "/actions", Some(json!({"action_type": "SendCtrlAltDel"})), Expect::Same),
+    ]);
+    s
+}
+
+/// Both appended a line to the metrics file on FlushMetrics: every
+/// Firecracker-named counter shimvmm writes must be one Firecracker writes.
+fn check_metrics_names(path: &Path, failures: &mut Vec<String>) {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let fc = lines.iter().find(|l| l.get("api_server").is_some());
+    let shim = lines.iter().find(|l| l.get("shimvmm").is_some());
+    let (Some(fc), Some(shim)) = (fc, shim) else {
+        failures.push(format!("metrics: expected a line from each after FlushMetrics, got:\n{text}"));
+        return;
+    };
+    for group in ["block", "net", "block_stub"] {
+        let theirs = fc[group].as_object().map(|o| o.keys().cloned().collect::<Vec<_>>()).unwrap_or_default();
+        for key in shim[group].as_object().map(|o| o.keys().cloned().collect::<Vec<_>>()).unwrap_or_default() {
+            if !theirs.contains(&key) {
+                failures.push(format!("metrics: shimvmm writes {group}.{key}, which Firecracker does not"));
+            }
+        }
+        if shim[group].as_object().is_none_or(|o| o.is_empty()) {
+            failures.push(format!("metrics: shimvmm's line has no {group} counters"));
+        }
+    }
+    if !shim["utc_timestamp_ms"].is_u64() {
+        failures.push("metrics: shimvmm's line has no utc_timestamp_ms".into());
+    }
+}
+
+/// An ELF guest kernel both can boot (Firecracker takes ELF only): the
+/// guest artifacts' vmlinux, if it is there.
+fn elf_kernel() -> Option<PathBuf> {
+    let out = Command::new(repo_root().join("tools/guest-artifacts")).arg("paths").output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let kernel = text.lines().find_map(|l| l.strip_prefix("KERNEL="))?;
+    let vmlinux = Path::new(kernel).with_extension("vmlinux");
+    vmlinux.is_file().then_some(vmlinux)
+}
+
+#[test]
+fn api_matches_firecracker_before_and_after_boot() {
+    let fc_bin = match firecracker() {
+        Ok(p) => p,
+        Err(why) => {
+            eprintln!("fc_conformance: SKIPPED: the Firecracker binary cannot be had: {why}");
+            return;
+        }
+    };
+    let dir = std::env::temp_dir().join(format!("fcconf-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("vmlinux"), b"not a kernel").unwrap();
+    for f in ["rootfs.img", "data.img", "data2.img"] {
+        std::fs::write(dir.join(f), vec![0u8; 1 << 20]).unwrap();
+    }
+    // Firecracker makes a tap at PUT /network-interfaces: only as root, with
+    // a name of this run's own (gone when the process exits).
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let tap = format!("fcc{}", std::process::id() % 100_000);
+
+    let mut results = Vec::new();
+    let mut failures = Vec::new();
+    // Fresh processes per phase: the steps build up state.
+    for f in ["vmm.log", "metrics.json"] {
+        std::fs::write(dir.join(f), b"").unwrap();
+    }
+    {
+        let fc = Vmm::start("firecracker", &fc_bin, dir.join("fc.sock"), &dir.join("fc.out"));
+        let shim = Vmm::start("shimvmm", &shimvmm_bin(), dir.join("shim.sock"), &dir.join("shim.out"));
+        compare(&fc, &shim, &dir, steps(&dir, root.then_some(tap.as_str())), &mut results, &mut failures);
+    }
+    let pre_boot = results.len();
+    let booted = match (elf_kernel(), Path::new("/dev/kvm").exists()) {
+        (Some(kernel), true) => {
+            std::fs::write(dir.join("metrics.json"), b"").unwrap();
+            let fc = Vmm::start("firecracker", &fc_bin, dir.join("fc2.sock"), &dir.join("fc2.out"));
+            let shim = Vmm::start("shimvmm", &shimvmm_bin(), dir.join("shim2.sock"), &dir.join("shim2.out"));
+            compare(&fc, &shim, &dir, boot_steps(&dir, &kernel), &mut results, &mut failures);
+            check_metrics_names(&dir.join("metrics.json"), &mut failures);
+            true
+        }
+        (kernel, kvm) => {
+            println!(
+                "fc_conformance: after-boot requests SKIPPED: {}",
+                if kvm { "no ELF guest kernel (tools/guest-artifacts)" } else { "no /dev/kvm" }
+            );
+            let _ = kernel;
+            false
+        }
+    };
     let differing = results.iter().filter(|r| r.contains("-> differs")).count();
     let partly = results.iter().filter(|r| r.contains("-> same but")).count();
     println!(
-        "fc_conformance: {} requests{}: {} answered the same ({} of them except the listed fields), {} listed differences",
+        "fc_conformance: {} requests ({} before boot{}{}): {} answered the same ({} of them except the listed fields), {} listed differences",
         results.len(),
-        if root { "" } else { " (no network-interface steps: not root)" },
+        pre_boot,
+        if booted { format!(", {} around a real boot", results.len() - pre_boot) } else { String::new() },
+        if root { "" } else { "; no network-interface requests: not root" },
         results.len() - differing,
         partly,
         differing

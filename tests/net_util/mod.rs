@@ -558,11 +558,14 @@ pub fn exercise(
     Report { guest_ping, host_ping, tx_secs, rx_secs }
 }
 
-/// The metrics document shimvmm wrote at exit, and the net device's part.
+/// The net device's counters in the metrics shimvmm wrote at exit: the last
+/// line of the file (one Firecracker-format JSON object per line, shimvmm's
+/// own counters under "shimvmm").
 pub fn net_metrics(path: &Path, id: &str) -> serde_json::Value {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("no metrics file {}: {e}", path.display()));
-    let v: serde_json::Value = serde_json::from_str(&text).expect("metrics file is JSON");
-    v.pointer(&format!("/net/{id}")).cloned().unwrap_or_else(|| panic!("metrics have no net/{id}: {text}"))
+    let last = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or_else(|| panic!("empty metrics file"));
+    let v: serde_json::Value = serde_json::from_str(last).expect("metrics lines are JSON");
+    v.pointer(&format!("/shimvmm/net/{id}")).cloned().unwrap_or_else(|| panic!("metrics have no net/{id}: {text}"))
 }
 
 /// A u64 at a JSON pointer, panicking with the document if absent.

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use vmm_config::VmSpec;
+use vmm_config::{BootSource, Drive, Logger, Metrics, VmSpec};
 
 use crate::types::VmState;
 
@@ -30,6 +30,14 @@ impl ControllerError {
     }
 }
 
+/// An object about to be accepted, for the VMM to check against the host
+/// (Firecracker opens the kernel and drive files when they are PUT).
+#[derive(Debug, Clone, Copy)]
+pub enum Preflight<'a> {
+    BootSource(&'a BootSource),
+    Drive(&'a Drive),
+}
+
 /// The VMM side of the API.
 ///
 /// Methods are called from the API's worker thread, one request at a time
@@ -50,4 +58,19 @@ pub trait VmmController: Send + Sync + 'static {
     fn metrics(&self) -> serde_json::Value;
     /// The life-cycle state reported by `GET /`.
     fn state(&self) -> VmState;
+    /// Check that the host can provide `item` (its files exist and open);
+    /// the error is the client's one-line fault message.
+    fn preflight(&self, item: Preflight<'_>) -> Result<(), ControllerError> {
+        let _ = item;
+        Ok(())
+    }
+    /// Send the log to `logger.log_path` (which must exist) with its level
+    /// and format, from now on (`PUT /logger`).
+    fn configure_logger(&self, logger: &Logger) -> Result<(), ControllerError>;
+    /// Open `metrics.metrics_path` (which must exist, a file or a FIFO) for
+    /// the periodic and FlushMetrics writes (`PUT /metrics`).
+    fn configure_metrics(&self, metrics: &Metrics) -> Result<(), ControllerError>;
+    /// Put the image at `path` (already checked to open) behind the running
+    /// drive `drive_id` (`PATCH /drives/{id}` after InstanceStart).
+    fn replace_drive(&self, drive_id: &str, path: &Path) -> Result<(), ControllerError>;
 }

@@ -21,19 +21,23 @@ mod server;
 mod socket;
 mod types;
 
-pub use controller::{ControllerError, VmmController};
+pub use controller::{ControllerError, Preflight, VmmController};
 pub use error::ApiError;
-pub use router::{routes, status, Api, ApiResponse, Route};
+pub use router::{routes, status, unsupported_routes, Api, ApiResponse, Route};
 pub use server::{
     serve, serve_with, ApiServerHandle, ServeOptions, DEFAULT_BODY_READ_TIMEOUT, DEFAULT_HEADER_READ_TIMEOUT,
     DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CONNECTIONS, DEFAULT_WRITE_TIMEOUT,
 };
 pub use socket::{MAX_SOCKET_PATH_LEN, SOCKET_MODE};
-pub use types::{ActionType, Fault, InstanceActionInfo, InstanceInfo, VmState, VmmVersion, APP_NAME, VMM_VERSION};
+pub use types::{
+    ActionType, Fault, FirecrackerVersion, InstanceActionInfo, InstanceInfo, RequestedVmState, VmState, VmStateUpdate,
+    APP_NAME, FIRECRACKER_API_VERSION, VMM_VERSION,
+};
 // The configuration objects the API (de)serializes are the VMM's own.
 pub use vmm_config::{
-    check_id, BootSource, ConfigError, Drive, MacAddr, MachineConfig, MachineConfigUpdate, Metrics, NetBackendSpec,
-    NetworkInterface, PciBdf, ValidationError, VmConfig, VmSpec, DEFAULT_MEM_SIZE_MIB, DEFAULT_VCPU_COUNT,
+    check_id, not_supported_yet, BootSource, ConfigError, Drive, DriveUpdate, Entropy, LogLevel, Logger, MacAddr,
+    MachineConfig, MachineConfigUpdate, Metrics, NetBackendSpec, NetworkInterface, NetworkInterfaceUpdate, PciBdf,
+    RateLimiter, TokenBucket, ValidationError, VmConfig, VmSpec, DEFAULT_MEM_SIZE_MIB, DEFAULT_VCPU_COUNT,
     MAX_BOOT_ARGS_LEN, MAX_CONFIG_FILE_BYTES, MAX_DRIVES, MAX_ID_LEN, MAX_IFNAME_LEN, MAX_MEM_SIZE_MIB,
     MAX_NETWORK_INTERFACES, MAX_PATH_LEN, MAX_VCPUS, MIN_MEM_SIZE_MIB,
 };

@@ -153,14 +153,14 @@ pub fn serve_with(
         .enable_io()
         .enable_time()
         .max_blocking_threads(MAX_WORKER_THREADS)
-        .thread_name("shimvmm-api-worker")
+        .thread_name("fc_api")
         .build()
         .map_err(cleanup)?;
     let api = Api::new(id, controller, options.initial_config.clone(), options.already_started);
     let shared = Arc::new(Shared { api: Arc::new(api), options });
     let (stop_tx, stop_rx) = oneshot::channel();
     let thread = std::thread::Builder::new()
-        .name("shimvmm-api".into())
+        .name("fc_api".into())
         .spawn(move || {
             runtime.block_on(async move {
                 match UnixListener::from_std(std_listener) {
@@ -257,10 +257,16 @@ async fn handle_request(req: Request<Incoming>, shared: Arc<Shared>) -> Result<R
     };
 
     let api = shared.api.clone();
+    // As Firecracker logs its requests (at info level; bodies are not logged).
+    log::info!("The API server received a {} request on {:?}.", method.escape_debug(), path.escape_debug().to_string());
     let response = tokio::task::spawn_blocking(move || api.handle(&method, &path, &body)).await.unwrap_or_else(|e| {
         log::error!("API handler failed: {e}");
         ApiResponse::fault(status::INTERNAL_SERVER_ERROR, "the VMM failed while handling this request; see its log")
     });
+    match (response.status, &response.body) {
+        (200..=299, _) => log::info!("The request was executed successfully. Status code: {}.", response.status),
+        (code, body) => log::info!("Received Error. Status code: {code}. Message: {}", body.as_deref().unwrap_or("")),
+    }
     Ok(to_http(response))
 }
 

@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use vmm_config::sync::lock_unpoisoned as lock;
-use vmm_config::VmSpec;
+use vmm_config::{Logger, Metrics, VmSpec};
 
 use crate::controller::{ControllerError, VmmController};
 use crate::types::VmState;
@@ -18,6 +18,9 @@ pub enum Call {
     Start(Box<VmSpec>),
     SendCtrlAltDel,
     FlushMetrics(Option<PathBuf>),
+    ConfigureLogger(Logger),
+    ConfigureMetrics(Metrics),
+    ReplaceDrive(String, PathBuf),
 }
 
 /// Records calls; can be told to fail, panic or be slow in `start`.
@@ -101,5 +104,20 @@ impl VmmController for RecordingController {
 
     fn state(&self) -> VmState {
         lock(&self.state).unwrap_or(VmState::NotStarted)
+    }
+
+    fn configure_logger(&self, logger: &Logger) -> Result<(), ControllerError> {
+        lock(&self.calls).push(Call::ConfigureLogger(logger.clone()));
+        Ok(())
+    }
+
+    fn configure_metrics(&self, metrics: &Metrics) -> Result<(), ControllerError> {
+        lock(&self.calls).push(Call::ConfigureMetrics(metrics.clone()));
+        Ok(())
+    }
+
+    fn replace_drive(&self, drive_id: &str, path: &Path) -> Result<(), ControllerError> {
+        lock(&self.calls).push(Call::ReplaceDrive(drive_id.to_string(), path.to_owned()));
+        Ok(())
     }
 }

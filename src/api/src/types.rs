@@ -8,8 +8,12 @@ use serde::{Deserialize, Serialize};
 
 /// Application name reported by `GET /`.
 pub const APP_NAME: &str = "shimvmm";
-/// Version reported by `GET /` and `GET /version`.
+/// shimvmm's own version, reported by `GET /` (`vmm_version`).
 pub const VMM_VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The Firecracker release whose API (paths, bodies, status codes) and
+/// command line shimvmm implements: `GET /version` and `--version` report
+/// it, as orchestrators check it (Kata requires at least 0.21.1).
+pub const FIRECRACKER_API_VERSION: &str = "1.12.1";
 
 /// The actions of `PUT /actions`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,11 +51,25 @@ pub struct InstanceInfo {
     pub app_name: String,
 }
 
-/// `GET /version` body.
+/// `GET /version` body (Firecracker's `FirecrackerVersion`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct VmmVersion {
-    pub vmm_version: String,
+pub struct FirecrackerVersion {
+    pub firecracker_version: String,
+}
+
+/// The states `PATCH /vm` asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RequestedVmState {
+    Paused,
+    Resumed,
+}
+
+/// `PATCH /vm` body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmStateUpdate {
+    pub state: RequestedVmState,
 }
 
 /// Every 4xx/5xx body.

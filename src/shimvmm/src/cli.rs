@@ -8,12 +8,26 @@ use std::path::PathBuf;
 
 use clap::Parser;
 use vmm::config::{
-    BdfError, BootSource, Drive, MacAddr, MacError, MachineConfig, Metrics, NetworkInterface, PciBdf, ValidationError,
-    VmConfig, VmSpec,
+    BdfError, BootSource, Drive, LogLevel, Logger, MacAddr, MacError, MachineConfig, Metrics, NetworkInterface, PciBdf,
+    ValidationError, VmConfig, VmSpec,
 };
 
+/// Firecracker's instance id when none is given.
+pub const DEFAULT_INSTANCE_ID: &str = "anonymous-instance";
+/// Firecracker's API socket when neither `--api-sock` nor `--no-api` is given.
+pub const DEFAULT_API_SOCK: &str = "/run/firecracker.socket";
+/// Longest `--id` (Firecracker's limit).
+pub const MAX_INSTANCE_ID_LEN: usize = 64;
+
+/// The command line: shimvmm's own options, and Firecracker's (v1.12) so
+/// that shimvmm runs where an orchestrator expects `firecracker`.
 #[derive(Parser, Debug)]
-#[command(name = "shimvmm", version, about = "A lightweight KVM VMM with a zero-copy physical-NIC network path")]
+#[command(
+    name = "shimvmm",
+    disable_version_flag = true,
+    about = "A lightweight KVM VMM with a zero-copy physical-NIC network path; \
+             its API and command line are Firecracker's (v1.12)"
+)]
 pub struct Args {
     /// Guest kernel: a bzImage or an ELF vmlinux. With it the VM boots at once.
     #[arg(long, value_name = "PATH")]
@@ -36,21 +50,70 @@ pub struct Args {
     /// A virtio-net NIC: tap=NAME[,mac=MAC][,id=NAME] or vfio=BDF[,mac=MAC][,id=NAME]. Repeatable.
     #[arg(long, value_name = "SPEC")]
     pub net: Vec<String>,
-    /// Write device counters as JSON to FILE when shimvmm exits (and on FlushMetrics).
+    /// Write metrics to this file or FIFO, one Firecracker-format JSON line every 60 s, on FlushMetrics and
+    /// at exit (a missing file is created).
     #[arg(long, value_name = "FILE")]
     pub metrics_path: Option<PathBuf>,
     /// error, warn, info, debug or trace.
     #[arg(long, value_name = "LEVEL", default_value = "warn")]
     pub log_level: log::LevelFilter,
-    /// Serve the REST API on this Unix socket.
+    /// Serve the REST API on this Unix socket [Firecracker's default /run/firecracker.socket with --id or
+    /// --config-file].
     #[arg(long, value_name = "PATH")]
     pub api_sock: Option<PathBuf>,
-    /// Boot from a JSON file with the API's objects (boot-source, machine-config, drives, network-interfaces).
+    /// Boot from a JSON file with the API's objects (boot-source, machine-config, drives, network-interfaces,
+    /// logger, metrics).
     #[arg(long, value_name = "FILE")]
     pub config_file: Option<PathBuf>,
     /// Run without an API socket.
     #[arg(long)]
     pub no_api: bool,
+    /// The microVM's id, shown by GET / and in every log line (letters, digits and '-', at most 64)
+    /// [default: anonymous-instance].
+    #[arg(long, value_name = "ID")]
+    pub id: Option<String>,
+    /// Firecracker's boot timer device; accepted and ignored (shimvmm logs no boot time yet).
+    #[arg(long)]
+    pub boot_timer: bool,
+    /// Send the log, in Firecracker's line format, to this file or FIFO (created if missing).
+    #[arg(long, value_name = "PATH")]
+    pub log_path: Option<PathBuf>,
+    /// Log level, as Firecracker names it: Off, Error, Warning, Info, Debug or Trace (overrides --log-level).
+    #[arg(long, value_name = "LEVEL")]
+    pub level: Option<LogLevel>,
+    /// Put the level in each log line.
+    #[arg(long)]
+    pub show_level: bool,
+    /// Put the source file and line in each log line.
+    #[arg(long)]
+    pub show_log_origin: bool,
+    /// Only log from modules whose path starts with this.
+    #[arg(long, value_name = "MODULE")]
+    pub module: Option<String>,
+    /// MMDS content (a JSON file); refused: shimvmm has no MMDS yet.
+    #[arg(long, value_name = "FILE")]
+    pub metadata: Option<PathBuf>,
+    /// Largest API request body in bytes [default: 65536].
+    #[arg(long, value_name = "BYTES")]
+    pub http_api_max_payload_size: Option<usize>,
+    /// Firecracker's MMDS size limit; accepted (shimvmm has no MMDS, so it limits nothing).
+    #[arg(long, value_name = "BYTES")]
+    pub mmds_size_limit: Option<usize>,
+    /// Run without a seccomp filter.
+    #[arg(long)]
+    pub no_seccomp: bool,
+    /// Process start time, passed by Firecracker's jailer; accepted and ignored.
+    #[arg(long, value_name = "US", hide = true)]
+    pub start_time_us: Option<u64>,
+    /// Process start CPU time, passed by Firecracker's jailer; accepted and ignored.
+    #[arg(long, value_name = "US", hide = true)]
+    pub start_time_cpu_us: Option<u64>,
+    /// Parent process CPU time, passed by Firecracker's jailer; accepted and ignored.
+    #[arg(long, value_name = "US", hide = true)]
+    pub parent_cpu_time_us: Option<u64>,
+    /// Print the version in Firecracker's format (first line `Firecracker v<API version>`) and exit.
+    #[arg(long)]
+    pub version: bool,
 }
 
 /// What is wrong with one `--disk` or `--net` value.
@@ -171,6 +234,7 @@ fn parse_disk_keys(spec: &str, index: usize) -> Result<Drive, SpecError> {
         path_on_host: path.ok_or(SpecError::PathRequired)?,
         is_root_device: root.unwrap_or(false),
         is_read_only: read_only.unwrap_or(false),
+        ..Default::default()
     })
 }
 
@@ -190,6 +254,7 @@ fn parse_net_keys(spec: &str, index: usize) -> Result<NetworkInterface, SpecErro
         host_dev_name: tap,
         pnic_bdf: bdf,
         guest_mac: mac,
+        ..Default::default()
     })
 }
 
@@ -205,7 +270,86 @@ pub fn parse_net(spec: &str, index: usize) -> Result<NetworkInterface, CliError>
     parse_net_keys(spec, index).map_err(|source| CliError::Net { spec: spec.to_string(), source })
 }
 
+/// `--version`: Firecracker's layout, which orchestrators parse (Kata takes
+/// the second word of the first line as a semantic version and requires at
+/// least 0.21.1), then what this binary really is.
+pub fn version_text() -> String {
+    format!(
+        "Firecracker v{}\n\nshimvmm {}: implements the Firecracker v{} API and command line\n",
+        api::FIRECRACKER_API_VERSION,
+        api::VMM_VERSION,
+        api::FIRECRACKER_API_VERSION
+    )
+}
+
 impl Args {
+    /// The instance id (`--id`), checked as Firecracker checks it.
+    pub fn instance_id(&self) -> Result<String, String> {
+        let id = self.id.as_deref().unwrap_or(DEFAULT_INSTANCE_ID);
+        if id.is_empty()
+            || id.len() > MAX_INSTANCE_ID_LEN
+            || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            return Err(format!(
+                "--id {:?}: an instance id is 1 to {MAX_INSTANCE_ID_LEN} ASCII letters, digits or '-'",
+                id.escape_debug().to_string()
+            ));
+        }
+        Ok(id.to_string())
+    }
+
+    /// Where the API listens: `--api-sock`, none with `--no-api` or
+    /// `--kernel`, else Firecracker's default when the command line is
+    /// Firecracker's (`--id` or `--config-file`); `None` otherwise.
+    pub fn api_socket(&self) -> Option<PathBuf> {
+        if self.no_api {
+            return None;
+        }
+        if let Some(sock) = &self.api_sock {
+            return Some(sock.clone());
+        }
+        if self.kernel.is_none() && (self.id.is_some() || self.config_file.is_some()) {
+            return Some(PathBuf::from(DEFAULT_API_SOCK));
+        }
+        None
+    }
+
+    /// The log level: `--level` (Firecracker's), else `--log-level`.
+    pub fn log_filter(&self) -> log::LevelFilter {
+        match self.level {
+            Some(level) => crate::logger::level_filter(level),
+            None => self.log_level,
+        }
+    }
+
+    /// The logger the `--log-path` family of flags describes, if any flag of
+    /// it is given.
+    pub fn logger(&self) -> Option<Logger> {
+        let given = self.log_path.is_some()
+            || self.level.is_some()
+            || self.show_level
+            || self.show_log_origin
+            || self.module.is_some();
+        given.then(|| Logger {
+            log_path: self.log_path.clone(),
+            level: self.level,
+            show_level: self.show_level.then_some(true),
+            show_log_origin: self.show_log_origin.then_some(true),
+            module: self.module.clone(),
+        })
+    }
+
+    /// Options that name a feature shimvmm lacks: one line saying so.
+    pub fn check_unsupported(&self) -> Result<(), String> {
+        if self.metadata.is_some() {
+            return Err(format!("--metadata: {}", vmm::config::not_supported_yet("mmds-config")));
+        }
+        if self.no_api && self.api_sock.is_some() {
+            return Err("--no-api and --api-sock contradict each other: give one".into());
+        }
+        Ok(())
+    }
+
     /// The VM described by the command line alone (requires --kernel).
     pub fn vm_spec(&self, kernel: PathBuf) -> Result<VmSpec, CliError> {
         let defaults = MachineConfig::default();
@@ -223,6 +367,7 @@ impl Args {
             drives: self.disk.iter().enumerate().map(|(i, s)| parse_disk(s, i)).collect::<Result<_, _>>()?,
             network_interfaces: self.net.iter().enumerate().map(|(i, s)| parse_net(s, i)).collect::<Result<_, _>>()?,
             metrics: self.metrics_path.clone().map(|metrics_path| Metrics { metrics_path }),
+            ..Default::default()
         };
         VmSpec::try_from(config).map_err(|e| self.in_cli_words(e))
     }
@@ -350,6 +495,34 @@ mod tests {
         let a = args(&["--metrics-path", "/m"]);
         let from_file = args(&[]).vm_spec("/k".into()).unwrap();
         assert_eq!(a.with_metrics_path(from_file).unwrap().metrics.unwrap().metrics_path, PathBuf::from("/m"));
+    }
+
+    #[test]
+    fn firecracker_flags() {
+        let a = Args::parse_from(["shimvmm", "--id", "vm-1", "--config-file", "/c.json", "--boot-timer"]);
+        assert_eq!(a.instance_id().unwrap(), "vm-1");
+        assert_eq!(a.api_socket(), Some(PathBuf::from(DEFAULT_API_SOCK)));
+        assert!(a.logger().is_none());
+        let a = Args::parse_from(["shimvmm", "--config-file", "/c.json", "--no-api", "--no-seccomp"]);
+        assert_eq!((a.api_socket(), a.instance_id().unwrap().as_str()), (None, DEFAULT_INSTANCE_ID));
+        let a = Args::parse_from(["shimvmm", "--kernel", "/k"]);
+        assert_eq!(a.api_socket(), None);
+        let a = Args::parse_from(["shimvmm", "--id", "a_b"]);
+        assert!(a.instance_id().unwrap_err().contains("letters, digits or '-'"));
+        let a = Args::parse_from(["shimvmm", "--level", "warn", "--show-level", "--log-path", "/l"]);
+        let l = a.logger().unwrap();
+        assert_eq!((l.level, l.show_level, l.show_log_origin), (Some(LogLevel::Warning), Some(true), None));
+        assert_eq!(a.log_filter(), log::LevelFilter::Warn);
+        assert!(Args::try_parse_from(["shimvmm", "--level", "loud"]).is_err());
+        let a = Args::parse_from(["shimvmm", "--metadata", "/m.json"]);
+        assert_eq!(
+            a.check_unsupported().unwrap_err(),
+            "--metadata: MMDS (the microVM metadata service) is not supported by shimvmm yet"
+        );
+        let first = version_text().lines().next().unwrap().to_string();
+        assert_eq!(first, format!("Firecracker v{}", api::FIRECRACKER_API_VERSION));
+        let a = Args::parse_from(["shimvmm", "--version"]);
+        assert!(a.version);
     }
 
     #[test]

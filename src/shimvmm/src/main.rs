@@ -3,6 +3,8 @@
 
 mod cli;
 mod controller;
+mod logger;
+mod metrics;
 mod terminal;
 
 use std::process::ExitCode;
@@ -10,7 +12,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::Duration;
 
-use api::ControllerError;
+use api::{ControllerError, VmmController};
 use clap::Parser;
 use controller::{Controller, StartRequest};
 
@@ -24,14 +26,27 @@ fn fail(msg: impl std::fmt::Display) -> ExitCode {
 
 fn main() -> ExitCode {
     let args = cli::Args::parse();
+    if args.version {
+        print!("{}", cli::version_text());
+        return ExitCode::SUCCESS;
+    }
     // Before any thread exists, so every thread inherits the mask.
     if let Err(e) = vmm::signals::block_stop_signals() {
         return fail(format!("cannot block SIGINT/SIGTERM: {e}"));
     }
-    env_logger::Builder::new().filter_level(args.log_level).format_target(false).init();
-
-    if args.no_api && args.api_sock.is_some() {
-        return fail("--no-api and --api-sock contradict each other: give one");
+    let id = match args.instance_id() {
+        Ok(id) => id,
+        Err(e) => return fail(e),
+    };
+    logger::init(&id, args.log_filter());
+    if let Some(l) = args.logger() {
+        if let Err(e) = logger::configure(&l) {
+            return fail(format!("--log-path: {e}"));
+        }
+    }
+    log::info!("Running shimvmm {} (Firecracker v{} API)", api::VMM_VERSION, api::FIRECRACKER_API_VERSION);
+    if let Err(e) = args.check_unsupported() {
+        return fail(e);
     }
     if args.kernel.is_some() && args.config_file.is_some() {
         return fail("--kernel and --config-file both describe the VM: give one");
@@ -56,10 +71,27 @@ fn main() -> ExitCode {
 
     let (ctl, start_rx) = Controller::new();
     let ctl = Arc::new(ctl);
+    // The config file's logger, then the metrics file, as Firecracker sets
+    // them up: before the VM is built.
+    if let Some(l) = boot_spec.as_ref().and_then(|s| s.logger.as_ref()) {
+        if let Err(e) = ctl.configure_logger(l) {
+            return fail(format!("logger: {e}"));
+        }
+    }
+    let metrics = match &boot_spec {
+        Some(spec) => spec.metrics.clone(),
+        None => args.metrics_path.clone().map(|metrics_path| api::Metrics { metrics_path }),
+    };
+    if let Some(m) = &metrics {
+        if let Err(e) = ctl.configure_metrics(m) {
+            return fail(format!("metrics: {e}"));
+        }
+    }
+    ctl.spawn_periodic_metrics();
     // A VM described up front is built before the API serves: the API is told
     // it already started, so `GET /` must never see it "Not started".
     let prebuilt = match &boot_spec {
-        Some(spec) => match vmm::build(spec) {
+        Some(spec) => match controller::vmm_spec(spec).and_then(|s| vmm::build(&s).map_err(|e| e.to_string())) {
             Ok(vm) => {
                 ctl.set_running(vm.handle());
                 Some(vm)
@@ -68,14 +100,20 @@ fn main() -> ExitCode {
         },
         None => None,
     };
-    let api_server = match &args.api_sock {
+    let api_server = match args.api_socket() {
         Some(sock) => {
-            let opts = api::ServeOptions {
-                initial_config: boot_spec.clone().map(api::VmConfig::from).unwrap_or_default(),
-                already_started: boot_spec.is_some(),
-                ..Default::default()
+            let initial_config = match &boot_spec {
+                Some(spec) => api::VmConfig::from(spec.clone()),
+                None => api::VmConfig { metrics, logger: args.logger(), ..Default::default() },
             };
-            match api::serve_with(sock, ctl.clone(), "shimvmm".to_string(), opts) {
+            let defaults = api::ServeOptions::default();
+            let opts = api::ServeOptions {
+                initial_config,
+                already_started: boot_spec.is_some(),
+                max_body_bytes: args.http_api_max_payload_size.unwrap_or(defaults.max_body_bytes),
+                ..defaults
+            };
+            match api::serve_with(&sock, ctl.clone(), id.clone(), opts) {
                 Ok(h) => Some(h),
                 Err(e) => return fail(e),
             }
@@ -85,7 +123,7 @@ fn main() -> ExitCode {
 
     let vm = match prebuilt {
         Some(vm) => vm,
-        None if api_server.is_some() => match wait_for_start(&start_rx, &args, &ctl) {
+        None if api_server.is_some() => match wait_for_start(&start_rx, &ctl) {
             Some(vm) => vm,
             None => return ExitCode::SUCCESS,
         },
@@ -95,6 +133,9 @@ fn main() -> ExitCode {
     let reason = vm.run();
     terminal::restore();
     ctl.set_halted();
+    if let Err(e) = ctl.write_metrics() {
+        log::error!("{e}");
+    }
     if let Some(h) = api_server {
         h.shutdown();
     }
@@ -120,7 +161,7 @@ fn stop_signal_pending() -> bool {
 ///
 /// The controller learns of the VM before the client gets its 204, so a
 /// `GET /` or `SendCtrlAltDel` sent right after InstanceStart sees it running.
-fn wait_for_start(rx: &Receiver<StartRequest>, args: &cli::Args, ctl: &Controller) -> Option<vmm::Vmm> {
+fn wait_for_start(rx: &Receiver<StartRequest>, ctl: &Controller) -> Option<vmm::Vmm> {
     loop {
         if stop_signal_pending() {
             return None;
@@ -130,9 +171,9 @@ fn wait_for_start(rx: &Receiver<StartRequest>, args: &cli::Args, ctl: &Controlle
             Err(RecvTimeoutError::Timeout) => continue,
             Err(RecvTimeoutError::Disconnected) => return None,
         };
-        let built = match args.with_metrics_path(spec) {
+        let built = match controller::vmm_spec(&spec) {
             Ok(spec) => vmm::build(&spec).map_err(|e| ControllerError::Vmm(Box::new(e))),
-            Err(e) => Err(ControllerError::Vmm(Box::new(e))),
+            Err(e) => Err(ControllerError::vmm(e)),
         };
         match built {
             Ok(vm) => {

@@ -1,4 +1,4 @@
-//! virtio devices for shimvmm: the virtio-mmio transport, virtio-blk and virtio-net.
+//! virtio devices for shimvmm: the virtio-mmio transport, virtio-blk, virtio-net and virtio-rng.
 //!
 //! A device implements [`VirtioDevice`] (what the transport needs) and
 //! `event_manager::MutEventSubscriber` (its queue kicks and backend fds are
@@ -8,6 +8,7 @@ pub mod block;
 pub mod interrupt;
 pub mod mem;
 pub mod net;
+pub mod rng;
 pub mod transport;
 
 use std::sync::Arc;
@@ -63,6 +64,11 @@ pub trait VirtioDevice: Send {
     fn reset(&mut self);
     /// Device counters for the metrics file and API, if the device keeps any.
     fn metrics(&self) -> Option<serde_json::Value> {
+        None
+    }
+    /// The concrete device, for the operations only one kind has (a drive's
+    /// image swap); `None` for devices that offer none.
+    fn as_any_mut(&mut self) -> Option<&mut dyn std::any::Any> {
         None
     }
 }

@@ -17,10 +17,10 @@ pub struct BootSource {
     /// Host path of the guest kernel (bzImage or ELF vmlinux).
     pub kernel_image_path: PathBuf,
     /// Kernel command line; the VMM appends its device entries to it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub boot_args: Option<String>,
     /// Host path of an initramfs, if any.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub initrd_path: Option<PathBuf>,
 }
 

@@ -17,24 +17,30 @@
 
 mod boot_source;
 mod drive;
+mod entropy;
 mod ids;
 mod json;
+mod logger;
 mod machine_config;
 mod metrics;
 mod net;
+mod rate_limiter;
 pub mod sync;
 mod validate;
 mod vm;
 
 pub use boot_source::{BootSource, DEFAULT_BOOT_ARGS};
-pub use drive::{Drive, MAX_DRIVE_ID_LEN};
+pub use drive::{CacheType, Drive, DriveUpdate, IoEngine, MAX_DRIVE_ID_LEN};
+pub use entropy::Entropy;
 pub use ids::{BdfError, MacAddr, MacError, PciBdf};
 pub use json::{parse_json, JsonError};
+pub use logger::{LogLevel, Logger};
 pub use machine_config::{MachineConfig, MachineConfigUpdate, DEFAULT_MEM_SIZE_MIB, DEFAULT_VCPU_COUNT};
 pub use metrics::Metrics;
-pub use net::{check_ifname, NetBackendSpec, NetworkInterface};
+pub use net::{check_ifname, NetBackendSpec, NetworkInterface, NetworkInterfaceUpdate};
+pub use rate_limiter::{RateLimiter, TokenBucket};
 pub use validate::{
     check_id, ValidationError, MAX_BOOT_ARGS_LEN, MAX_DRIVES, MAX_ID_LEN, MAX_IFNAME_LEN, MAX_MEM_SIZE_MIB,
     MAX_NETWORK_INTERFACES, MAX_PATH_LEN, MAX_VCPUS, MAX_VIRTIO_DEVICES, MIN_MEM_SIZE_MIB,
 };
-pub use vm::{ConfigError, VmConfig, VmSpec, MAX_CONFIG_FILE_BYTES};
+pub use vm::{not_supported_yet, ConfigError, VmConfig, VmSpec, MAX_CONFIG_FILE_BYTES, UNSUPPORTED_SECTIONS};

@@ -26,8 +26,19 @@ pub struct MachineConfig {
     pub track_dirty_pages: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_template: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Reported as `"None"` when unset, as Firecracker does.
+    #[serde(default, serialize_with = "huge_pages_or_none", deserialize_with = "none_is_unset")]
     pub huge_pages: Option<String>,
+}
+
+fn huge_pages_or_none<S: serde::Serializer>(v: &Option<String>, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_str(v.as_deref().unwrap_or("None"))
+}
+
+/// `"None"` (Firecracker's spelling of "no huge pages") is the same as unset.
+fn none_is_unset<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Option<String>, D::Error> {
+    let v: Option<String> = Deserialize::deserialize(d)?;
+    Ok(v.filter(|s| s != "None"))
 }
 
 impl Default for MachineConfig {
@@ -108,6 +119,11 @@ pub struct MachineConfigUpdate {
 }
 
 impl MachineConfigUpdate {
+    /// True when no field is given (Firecracker refuses such a PATCH).
+    pub fn is_empty(&self) -> bool {
+        *self == MachineConfigUpdate::default()
+    }
+
     /// The configuration that results from applying this update to `base`.
     pub fn apply_to(&self, base: &MachineConfig) -> MachineConfig {
         MachineConfig {

@@ -5,6 +5,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{MacAddr, PciBdf};
+use crate::rate_limiter::{check_rate_limiter, none_if_unlimited, RateLimiter};
 use crate::validate::{check_id, Result, ValidationError, MAX_IFNAME_LEN};
 
 /// `PUT /network-interfaces/{iface_id}`, an entry of `"network-interfaces"`
@@ -14,17 +15,33 @@ use crate::validate::{check_id, Result, ValidationError, MAX_IFNAME_LEN};
 /// or `pnic_bdf` (shimvmm's extension: a physical NIC bound to vfio-pci that
 /// the zero-copy shim drives). [`NetworkInterface::backend`] is the one place
 /// that rule lives.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NetworkInterface {
     pub iface_id: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub host_dev_name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pnic_bdf: Option<PciBdf>,
     /// The guest's address (and the pNIC's filter); random when absent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub guest_mac: Option<MacAddr>,
+    /// Firecracker's limiters: accepted without buckets only (not built yet).
+    #[serde(default, deserialize_with = "none_if_unlimited")]
+    pub rx_rate_limiter: Option<RateLimiter>,
+    #[serde(default, deserialize_with = "none_if_unlimited")]
+    pub tx_rate_limiter: Option<RateLimiter>,
+}
+
+/// `PATCH /network-interfaces/{iface_id}`: new rate limiters.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkInterfaceUpdate {
+    pub iface_id: String,
+    #[serde(default, deserialize_with = "none_if_unlimited")]
+    pub rx_rate_limiter: Option<RateLimiter>,
+    #[serde(default, deserialize_with = "none_if_unlimited")]
+    pub tx_rate_limiter: Option<RateLimiter>,
 }
 
 /// The backend of a [`NetworkInterface`].
@@ -64,6 +81,8 @@ impl NetworkInterface {
 
     pub fn validate(&self) -> Result {
         check_id("iface_id", &self.iface_id)?;
+        check_rate_limiter("rx_rate_limiter", &self.rx_rate_limiter)?;
+        check_rate_limiter("tx_rate_limiter", &self.tx_rate_limiter)?;
         match self.backend()? {
             NetBackendSpec::Tap(name) => check_ifname("host_dev_name", name),
             // PciBdf and MacAddr were checked when parsed.
@@ -101,7 +120,7 @@ mod tests {
     use super::*;
 
     fn tap(id: &str, name: &str) -> NetworkInterface {
-        NetworkInterface { iface_id: id.into(), host_dev_name: Some(name.into()), pnic_bdf: None, guest_mac: None }
+        NetworkInterface { iface_id: id.into(), host_dev_name: Some(name.into()), ..Default::default() }
     }
 
     #[test]

@@ -10,7 +10,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::boot_source::BootSource;
 use crate::drive::Drive;
+use crate::entropy::Entropy;
 use crate::json::{parse_json, JsonError};
+use crate::logger::Logger;
 use crate::machine_config::MachineConfig;
 use crate::metrics::Metrics;
 use crate::net::NetworkInterface;
@@ -19,10 +21,29 @@ use crate::validate::{Result, ValidationError, MAX_DRIVES, MAX_NETWORK_INTERFACE
 /// Largest config file read: far above any real one, small enough to never hurt.
 pub const MAX_CONFIG_FILE_BYTES: u64 = 1024 * 1024;
 
+/// Firecracker's configuration sections whose devices shimvmm does not
+/// build yet, and how an error names them. A config file or request with
+/// one of them is refused with this message, never silently accepted.
+pub const UNSUPPORTED_SECTIONS: &[(&str, &str)] = &[
+    ("vsock", "virtio-vsock"),
+    ("mmds-config", "MMDS (the microVM metadata service)"),
+    ("balloon", "the balloon device"),
+    ("cpu-config", "custom CPU templates"),
+];
+
+/// `"<what> is not supported by shimvmm yet"` for a section of
+/// [`UNSUPPORTED_SECTIONS`] (or any feature named `what`).
+pub fn not_supported_yet(what: &str) -> String {
+    let what = UNSUPPORTED_SECTIONS.iter().find(|(section, _)| *section == what).map_or(what, |(_, w)| w);
+    format!("{what} is not supported by shimvmm yet")
+}
+
 /// The configuration as it is being assembled (API) or written (config file).
 ///
 /// Same objects and names as Firecracker's full VM configuration; the boot
 /// source may still be missing while the API is collecting the pieces.
+/// The sections of [`UNSUPPORTED_SECTIONS`] are parsed as any JSON so that
+/// `validate` can refuse them by name; `null` (or absent) passes.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VmConfig {
@@ -36,12 +57,41 @@ pub struct VmConfig {
     pub network_interfaces: Vec<NetworkInterface>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<Metrics>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logger: Option<Logger>,
+    #[serde(default)]
+    pub vsock: Option<serde_json::Value>,
+    #[serde(rename = "mmds-config", default)]
+    pub mmds_config: Option<serde_json::Value>,
+    #[serde(default)]
+    pub balloon: Option<serde_json::Value>,
+    /// A virtio-rng device.
+    #[serde(default)]
+    pub entropy: Option<Entropy>,
+    #[serde(rename = "cpu-config", default)]
+    pub cpu_config: Option<serde_json::Value>,
 }
 
 impl VmConfig {
     /// Check every object on its own, then the rules that span objects.
     /// This is the one place each rule is checked, whatever the front end.
     pub fn validate(&self) -> Result {
+        for (section, value) in [
+            ("vsock", &self.vsock),
+            ("mmds-config", &self.mmds_config),
+            ("balloon", &self.balloon),
+            ("cpu-config", &self.cpu_config),
+        ] {
+            if value.is_some() {
+                return Err(ValidationError::new(section, format!("{}; remove it", not_supported_yet(section))));
+            }
+        }
+        if let Some(logger) = &self.logger {
+            logger.validate().map_err(|e| e.within("logger"))?;
+        }
+        if let Some(entropy) = &self.entropy {
+            entropy.validate().map_err(|e| e.within("entropy"))?;
+        }
         if let Some(boot) = &self.boot_source {
             boot.validate().map_err(|e| e.within("boot-source"))?;
         }
@@ -51,12 +101,13 @@ impl VmConfig {
         }
         self.check_drives()?;
         self.check_network_interfaces()?;
-        let devices = self.drives.len() + self.network_interfaces.len();
+        let rng = usize::from(self.entropy.is_some());
+        let devices = self.drives.len() + self.network_interfaces.len() + rng;
         if devices > MAX_VIRTIO_DEVICES {
             return Err(ValidationError::new(
                 "network-interfaces",
                 format!(
-                    "{} drives and {} interfaces make {devices} devices; at most {MAX_VIRTIO_DEVICES} fit (one interrupt line each)",
+                    "{} drives, {} interfaces and {rng} entropy device make {devices} devices; at most {MAX_VIRTIO_DEVICES} fit (one interrupt line each)",
                     self.drives.len(),
                     self.network_interfaces.len()
                 ),
@@ -164,6 +215,10 @@ pub struct VmSpec {
     pub network_interfaces: Vec<NetworkInterface>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics: Option<Metrics>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub logger: Option<Logger>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub entropy: Option<Entropy>,
 }
 
 /// Why a config file could not be used.
@@ -196,6 +251,8 @@ impl TryFrom<VmConfig> for VmSpec {
             drives,
             network_interfaces: cfg.network_interfaces,
             metrics: cfg.metrics,
+            logger: cfg.logger,
+            entropy: cfg.entropy,
         })
     }
 }
@@ -208,6 +265,9 @@ impl From<VmSpec> for VmConfig {
             drives: spec.drives,
             network_interfaces: spec.network_interfaces,
             metrics: spec.metrics,
+            logger: spec.logger,
+            entropy: spec.entropy,
+            ..Default::default()
         }
     }
 }
@@ -247,11 +307,11 @@ mod tests {
     }
 
     fn drive(id: &str, root: bool) -> Drive {
-        Drive { drive_id: id.into(), path_on_host: PathBuf::from("/img"), is_root_device: root, is_read_only: false }
+        Drive { drive_id: id.into(), path_on_host: PathBuf::from("/img"), is_root_device: root, ..Default::default() }
     }
 
     fn tap(id: &str, name: &str) -> NetworkInterface {
-        NetworkInterface { iface_id: id.into(), host_dev_name: Some(name.into()), pnic_bdf: None, guest_mac: None }
+        NetworkInterface { iface_id: id.into(), host_dev_name: Some(name.into()), ..Default::default() }
     }
 
     const GOOD: &str = r#"{
@@ -302,6 +362,12 @@ mod tests {
         let p = write_tmp("typo.json", r#"{"boot-source":{"kernel_image_path":"/k"},"machine_config":{}}"#);
         let e = VmSpec::from_config_file(&p).unwrap_err().to_string();
         assert!(e.contains("unknown field `machine_config`"), "{e}");
+
+        let p = write_tmp("vsock.json", r#"{"boot-source":{"kernel_image_path":"/k"},"vsock":{"guest_cid":3}}"#);
+        let e = VmSpec::from_config_file(&p).unwrap_err().to_string();
+        assert!(e.ends_with("vsock: virtio-vsock is not supported by shimvmm yet; remove it"), "{e}");
+        let p = write_tmp("nulls.json", r#"{"boot-source":{"kernel_image_path":"/k"},"vsock":null,"balloon":null}"#);
+        assert!(VmSpec::from_config_file(&p).is_ok());
 
         let p = write_tmp(
             "range.json",
@@ -365,5 +431,9 @@ mod tests {
         assert!(cfg.validate().is_ok());
         cfg.drives.push(drive("one-too-many", false));
         assert!(cfg.validate().unwrap_err().problem.contains("at most 19 fit"));
+        // The entropy device takes a line too.
+        cfg.drives.pop();
+        cfg.entropy = Some(Default::default());
+        assert!(cfg.validate().unwrap_err().problem.contains("and 1 entropy device make 20 devices"));
     }
 }

@@ -94,6 +94,7 @@ impl BusDevice for PmBusDevice {
 enum DeviceKind {
     Block,
     Net,
+    Entropy,
 }
 
 /// Every device's counters, by kind and id: what `GET /metrics` serves and
@@ -104,6 +105,8 @@ pub struct VmMetrics {
     pub net: BTreeMap<String, serde_json::Value>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub block: BTreeMap<String, serde_json::Value>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub entropy: BTreeMap<String, serde_json::Value>,
 }
 
 /// A virtio device as the running VMM keeps it: for metrics and shutdown.
@@ -127,6 +130,23 @@ impl VmmHandle {
         lock_unpoisoned(&self.i8042).send_ctrl_alt_del();
     }
 
+    /// Puts the image at `path` behind the running drive `drive_id`
+    /// (Firecracker's `PATCH /drives/{id}` after boot); the guest is told its
+    /// capacity may have changed.
+    pub fn replace_drive(&self, drive_id: &str, path: &Path) -> Result<(), ReplaceDriveError> {
+        let dev = self
+            .devices
+            .iter()
+            .find(|d| d.kind == DeviceKind::Block && d.id == drive_id)
+            .ok_or_else(|| ReplaceDriveError::NoSuchDrive(drive_id.to_string()))?;
+        let mut dev = lock_unpoisoned(&dev.dev);
+        let blk = dev
+            .as_any_mut()
+            .and_then(|d| d.downcast_mut::<virtio_devices::block::Block>())
+            .ok_or_else(|| ReplaceDriveError::NoSuchDrive(drive_id.to_string()))?;
+        blk.replace_disk(path).map_err(|source| ReplaceDriveError::Disk { id: drive_id.to_string(), source })
+    }
+
     /// Every device's counters: `{"net": {id: {...}}, "block": {id: {...}}}`.
     pub fn metrics(&self) -> serde_json::Value {
         let mut out = VmMetrics::default();
@@ -135,6 +155,7 @@ impl VmmHandle {
             let by_id = match d.kind {
                 DeviceKind::Block => &mut out.block,
                 DeviceKind::Net => &mut out.net,
+                DeviceKind::Entropy => &mut out.entropy,
             };
             by_id.insert(d.id.clone(), m);
         }
@@ -159,6 +180,15 @@ impl VmmHandle {
     pub fn request_exit(&self, reason: ExitReason) {
         self.exit.request(reason)
     }
+}
+
+/// Why a running drive's image could not be replaced.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplaceDriveError {
+    #[error("drive_id: no drive \"{0}\" in the running VM")]
+    NoSuchDrive(String),
+    #[error("drive {id}: {source}")]
+    Disk { id: String, source: virtio_devices::block::BlockError },
 }
 
 /// The metrics file could not be written.
@@ -395,6 +425,11 @@ pub fn build(spec: &VmSpec) -> Result<Vmm, BuildError> {
         let net = virtio_devices::net::Net::new(backend, Some(mac), id.clone());
         let dev = attach_virtio(&vm, &mem, &mut mmio, &mut em, &mut slots, net)?;
         devices.push(AttachedDevice { id: id.clone(), kind: DeviceKind::Net, dev });
+    }
+    if spec.entropy.is_some() {
+        let rng = virtio_devices::rng::Rng::new().map_err(BuildError::EventFd)?;
+        let dev = attach_virtio(&vm, &mem, &mut mmio, &mut em, &mut slots, rng)?;
+        devices.push(AttachedDevice { id: "entropy".into(), kind: DeviceKind::Entropy, dev });
     }
 
     // Boot tables, ACPI and the zero page.

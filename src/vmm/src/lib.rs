@@ -11,7 +11,7 @@ pub mod signals;
 pub mod stdin;
 pub mod vstate;
 
-pub use builder::{build, BuildError, MetricsWriteError, VmMetrics, Vmm, VmmHandle};
+pub use builder::{build, BuildError, MetricsWriteError, ReplaceDriveError, VmMetrics, Vmm, VmmHandle};
 pub use exit::ExitReason;
 /// The VM configuration the builder takes (one type per resource, shared
 /// with the API and the command line).

@@ -389,6 +389,10 @@ impl VirtioDevice for Block {
     fn metrics(&self) -> Option<serde_json::Value> {
         serde_json::to_value(&self.metrics).ok()
     }
+
+    fn as_any_mut(&mut self) -> Option<&mut dyn std::any::Any> {
+        Some(self)
+    }
 }
 
 impl MutEventSubscriber for Block {
@@ -413,5 +417,66 @@ impl MutEventSubscriber for Block {
             return;
         }
         self.process_queue();
+    }
+}
+
+impl Block {
+    /// Puts the image at `path` behind this device (Firecracker's
+    /// `PATCH /drives/{id}` on a running VM): opened like the first one, with
+    /// the same read-only mode; the capacity is updated and, once the driver
+    /// is up, a configuration-change interrupt makes the guest re-read it.
+    /// Requests are served under the device lock, so none straddles the swap.
+    /// On error the old image stays.
+    pub fn replace_disk(&mut self, path: &std::path::Path) -> Result<(), BlockError> {
+        let disk = Disk::open(path, self.disk.read_only())?;
+        let old = std::mem::replace(&mut self.disk, disk);
+        self.config[CONFIG_CAPACITY..CONFIG_CAPACITY + 8].copy_from_slice(&self.disk.sectors().to_le_bytes());
+        log::info!(
+            "virtio-blk: {} replaced by {} ({} sectors)",
+            old.path().display(),
+            self.disk.path().display(),
+            self.disk.sectors()
+        );
+        if let Some(active) = &self.active {
+            if let Err(e) = active.interrupt.signal_config_change() {
+                error!("virtio-blk: cannot tell the guest its disk changed: {e}");
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod replace_disk_tests {
+    use super::super::test_util::image;
+    use super::*;
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::GuestMemoryMmap;
+
+    #[test]
+    fn a_new_image_brings_its_capacity_and_a_config_interrupt() {
+        let (_d1, first) = image(&[1u8; 4 * 512]);
+        let (_d2, second) = image(&[2u8; 16 * 512]);
+        let mut blk = Block::new(BlockConfig { path: first, read_only: true, id: "d".into() }).unwrap();
+        let mem: GuestMemory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+        let vq = MockSplitQueue::new(&mem, 16);
+        let irq = Arc::new(Interrupt::new(EventFd::new(EFD_NONBLOCK).unwrap()));
+        blk.set_acked_features(VIRTIO_F_VERSION_1);
+        let q: Queue = vq.create_queue().unwrap();
+        blk.activate(ActivateContext { mem, queues: vec![q], interrupt: irq.clone() }).unwrap();
+
+        blk.replace_disk(&second).unwrap();
+        assert_eq!(blk.capacity(), 16);
+        let mut cap = [0u8; 8];
+        blk.read_config(0, &mut cap);
+        assert_eq!(u64::from_le_bytes(cap), 16);
+        assert!(blk.read_only(), "the drive keeps its read-only mode");
+        assert_eq!(irq.irqfd().read().unwrap(), 1);
+        assert_ne!(irq.status() & 2, 0, "VIRTIO_MMIO_INT_CONFIG is set");
+
+        // A path that cannot be opened leaves the current image in place.
+        let e = blk.replace_disk(std::path::Path::new("/nonexistent/disk.img")).unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/disk.img"), "{e}");
+        assert_eq!(blk.capacity(), 16);
     }
 }

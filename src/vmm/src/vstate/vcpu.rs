@@ -174,7 +174,7 @@ impl Vcpu {
     /// Runs the vCPU until the guest stops it or it fails; reports why through `exit`.
     pub fn spawn(mut self, pio: Arc<Bus>, mmio: Arc<Bus>, exit: Arc<ExitHandle>) -> Result<JoinHandle<()>, VcpuError> {
         std::thread::Builder::new()
-            .name(format!("vcpu{}", self.id))
+            .name(format!("fc_vcpu {}", self.id))
             .spawn(move || {
                 let reason = self.run(&pio, &mmio);
                 exit.request(reason);

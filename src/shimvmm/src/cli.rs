@@ -51,6 +51,14 @@ pub struct Args {
     /// Run without an API socket.
     #[arg(long)]
     pub no_api: bool,
+    /// Run without seccomp filters (they are on by default; see docs/security.md).
+    #[arg(long)]
+    pub no_seccomp: bool,
+    /// Test hook: install the seccomp filter of a thread kind (boot, vmm, api,
+    /// vcpu) on a new thread, make a syscall none of them allows (getppid), and
+    /// report what happened. The process should die naming the syscall.
+    #[arg(long, value_name = "KIND", hide = true)]
+    pub seccomp_self_test: Option<vmm::seccomp::ThreadKind>,
 }
 
 /// What is wrong with one `--disk` or `--net` value.

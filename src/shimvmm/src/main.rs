@@ -13,6 +13,7 @@ use std::time::Duration;
 use api::ControllerError;
 use clap::Parser;
 use controller::{Controller, StartRequest};
+use vmm::seccomp::ThreadKind;
 
 /// Exit status for bad input or a VM that could not be built.
 const EXIT_CONFIG_ERROR: u8 = 1;
@@ -29,6 +30,15 @@ fn main() -> ExitCode {
         return fail(format!("cannot block SIGINT/SIGTERM: {e}"));
     }
     env_logger::Builder::new().filter_level(args.log_level).format_target(false).init();
+    // Before any other thread exists: every thread inherits the boot filter
+    // and narrows it to its role (docs/security.md).
+    vmm::seccomp::set_enabled(!args.no_seccomp);
+    if let Err(e) = vmm::seccomp::install_sigsys_handler().and_then(|()| vmm::seccomp::install(ThreadKind::Boot)) {
+        return fail(e);
+    }
+    if let Some(kind) = args.seccomp_self_test {
+        return seccomp_self_test(kind);
+    }
 
     if args.no_api && args.api_sock.is_some() {
         return fail("--no-api and --api-sock contradict each other: give one");
@@ -73,6 +83,9 @@ fn main() -> ExitCode {
             let opts = api::ServeOptions {
                 initial_config: boot_spec.clone().map(api::VmConfig::from).unwrap_or_default(),
                 already_started: boot_spec.is_some(),
+                thread_init: Some(api::ThreadInit(Arc::new(|| {
+                    vmm::seccomp::install(ThreadKind::Api).map_err(|e| e.to_string())
+                }))),
                 ..Default::default()
             };
             match api::serve_with(sock, ctl.clone(), "shimvmm".to_string(), opts) {
@@ -104,6 +117,28 @@ fn main() -> ExitCode {
         r => log::info!("exiting: {r:?}"),
     }
     ExitCode::from(reason.exit_code() as u8)
+}
+
+/// `--seccomp-self-test KIND`: a thread with KIND's filter makes a syscall
+/// no filter allows. With filters on, the SIGSYS handler names it and the
+/// process exits [`vmm::seccomp::EXIT_SECCOMP_VIOLATION`]; getting past it
+/// is reported as a failure.
+fn seccomp_self_test(kind: ThreadKind) -> ExitCode {
+    let t = std::thread::Builder::new().name(format!("selftest-{}", kind.name())).spawn(move || {
+        if kind != ThreadKind::Boot {
+            vmm::seccomp::install(kind).map_err(|e| e.to_string())?;
+        }
+        // SAFETY: getppid(2) takes no arguments and cannot fail.
+        let ppid = unsafe { libc::syscall(libc::SYS_getppid) };
+        Ok::<i64, String>(ppid)
+    });
+    match t.map_err(|e| e.to_string()).and_then(|t| t.join().map_err(|_| "the test thread panicked".to_string())) {
+        Ok(Ok(_)) => {
+            eprintln!("shimvmm: seccomp self-test: the {} thread called getppid and was not stopped", kind.name());
+            ExitCode::from(EXIT_CONFIG_ERROR)
+        }
+        Ok(Err(e)) | Err(e) => fail(e),
+    }
 }
 
 /// True when SIGINT or SIGTERM is pending (they are blocked in every thread).

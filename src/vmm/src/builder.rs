@@ -2,8 +2,10 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use virtio_devices::transport::{MmioTransport, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET};
@@ -223,8 +225,12 @@ pub struct Vmm {
     console: Console,
     event_manager: EventManager<Subscriber>,
     handle: VmmHandle,
-    _vcpus: Vec<JoinHandle<()>>,
+    vcpus: Vec<JoinHandle<()>>,
+    vcpu_stop: Arc<AtomicBool>,
 }
+
+/// How long teardown waits for the vCPU threads to leave KVM_RUN.
+const VCPU_JOIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Guest-visible name of the n-th virtio disk: vda, vdb, ...
 fn disk_name(index: usize) -> String {
@@ -246,9 +252,16 @@ impl Vmm {
         self.handle.clone()
     }
 
-    /// Runs the event loop until the VM stops; then stops every device (so no
-    /// hardware writes guest memory any more) and flushes metrics.
+    /// Runs the event loop until the VM stops; then joins the vCPU threads,
+    /// stops every device (so no hardware writes guest memory any more),
+    /// flushes metrics, and drops the devices (a pNIC backend's stop sequence
+    /// runs in its drop) before returning.
+    ///
+    /// The main thread narrows itself to the VMM seccomp filter first.
     pub fn run(mut self) -> ExitReason {
+        if let Err(e) = crate::seccomp::install(crate::seccomp::ThreadKind::Vmm) {
+            self.handle.exit.request(ExitReason::VmmError(e.to_string()));
+        }
         let reason = loop {
             if let Err(e) = self.event_manager.run_with_timeout(100) {
                 break ExitReason::VmmError(format!("event loop failed: {e}"));
@@ -257,6 +270,11 @@ impl Vmm {
                 break r;
             }
         };
+        // No vCPU may touch a device (or the console) from here on.
+        let left = crate::vstate::vcpu::stop_and_join(std::mem::take(&mut self.vcpus), &self.vcpu_stop, VCPU_JOIN_TIMEOUT);
+        if left > 0 {
+            log::error!("{left} vCPU thread(s) did not stop within {VCPU_JOIN_TIMEOUT:?}; exiting without them");
+        }
         for d in self.handle.devices.iter() {
             lock_unpoisoned(&d.dev).reset();
         }
@@ -264,6 +282,9 @@ impl Vmm {
             log::error!("{e}");
         }
         self.console.flush();
+        // The event loop holds the devices as subscribers: drop it now, so the
+        // devices go when the last handle does (VmmHandle::release).
+        drop(self.event_manager);
         reason
     }
 }
@@ -417,6 +438,7 @@ pub fn build(spec: &VmSpec) -> Result<Vmm, BuildError> {
 
     let pio = Arc::new(pio);
     let mmio = Arc::new(mmio);
+    let vcpu_stop = Arc::new(AtomicBool::new(false));
     let mut vcpus = Vec::new();
     for id in 0..vcpu_count {
         let vcpu = Vcpu::new(&vm, id)?;
@@ -424,8 +446,17 @@ pub fn build(spec: &VmSpec) -> Result<Vmm, BuildError> {
         vcpus.push(vcpu);
     }
     let ring = coalesce_console(&vm, &mut vcpus, &serial);
-    let threads =
-        vcpus.into_iter().map(|v| v.spawn(pio.clone(), mmio.clone(), exit.clone())).collect::<Result<Vec<_>, _>>()?;
+    let mut threads = Vec::new();
+    for v in vcpus {
+        match v.spawn(pio.clone(), mmio.clone(), exit.clone(), vcpu_stop.clone()) {
+            Ok(t) => threads.push(t),
+            Err(e) => {
+                // Those already started must not outlive the build that failed.
+                crate::vstate::vcpu::stop_and_join(threads, &vcpu_stop, VCPU_JOIN_TIMEOUT);
+                return Err(e.into());
+            }
+        }
+    }
 
     Ok(Vmm {
         _vm: vm,
@@ -438,7 +469,8 @@ pub fn build(spec: &VmSpec) -> Result<Vmm, BuildError> {
             exit,
             metrics_path: Arc::new(Mutex::new(spec.metrics.as_ref().map(|m| m.metrics_path.clone()))),
         },
-        _vcpus: threads,
+        vcpus: threads,
+        vcpu_stop,
     })
 }
 

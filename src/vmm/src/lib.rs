@@ -7,6 +7,7 @@ pub mod devices;
 pub mod exit;
 pub mod layout;
 pub mod memory;
+pub mod seccomp;
 pub mod signals;
 pub mod stdin;
 pub mod vstate;

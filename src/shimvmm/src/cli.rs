@@ -51,6 +51,9 @@ pub struct Args {
     /// Run without an API socket.
     #[arg(long)]
     pub no_api: bool,
+    /// Accept host block devices as disk images (default: regular files only).
+    #[arg(long)]
+    pub allow_block_devices: bool,
     /// Run without seccomp filters (they are on by default; see docs/security.md).
     #[arg(long)]
     pub no_seccomp: bool,
@@ -214,6 +217,11 @@ pub fn parse_net(spec: &str, index: usize) -> Result<NetworkInterface, CliError>
 }
 
 impl Args {
+    /// Host-side build choices from the command line.
+    pub fn build_options(&self) -> vmm::BuildOptions {
+        vmm::BuildOptions { allow_block_devices: self.allow_block_devices }
+    }
+
     /// The VM described by the command line alone (requires --kernel).
     pub fn vm_spec(&self, kernel: PathBuf) -> Result<VmSpec, CliError> {
         let defaults = MachineConfig::default();

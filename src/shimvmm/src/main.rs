@@ -69,7 +69,7 @@ fn main() -> ExitCode {
     // A VM described up front is built before the API serves: the API is told
     // it already started, so `GET /` must never see it "Not started".
     let prebuilt = match &boot_spec {
-        Some(spec) => match vmm::build(spec) {
+        Some(spec) => match vmm::build_with(spec, &args.build_options()) {
             Ok(vm) => {
                 ctl.set_running(vm.handle());
                 Some(vm)
@@ -166,7 +166,7 @@ fn wait_for_start(rx: &Receiver<StartRequest>, args: &cli::Args, ctl: &Controlle
             Err(RecvTimeoutError::Disconnected) => return None,
         };
         let built = match args.with_metrics_path(spec) {
-            Ok(spec) => vmm::build(&spec).map_err(|e| ControllerError::Vmm(Box::new(e))),
+            Ok(spec) => vmm::build_with(&spec, &args.build_options()).map_err(|e| ControllerError::Vmm(Box::new(e))),
             Err(e) => Err(ControllerError::Vmm(Box::new(e))),
         };
         match built {

@@ -49,8 +49,6 @@ pub enum BuildError {
     Vcpu(#[from] VcpuError),
     #[error("ACPI tables: {0}")]
     Acpi(#[from] acpi::AcpiError),
-    #[error("disk {id}: cannot open {}: {source}", path.display())]
-    DiskOpen { id: String, path: PathBuf, source: std::io::Error },
     #[error("disk {id}: {source}")]
     Disk { id: String, source: virtio_devices::block::BlockError },
     #[error("network interface {id}: {source}")]
@@ -172,9 +170,7 @@ pub struct MetricsWriteError {
 }
 
 fn write_json_atomic(path: &Path, value: &serde_json::Value) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(value).unwrap_or_default())?;
-    std::fs::rename(&tmp, path)
+    crate::files::write_atomic(path, &serde_json::to_vec_pretty(value).unwrap_or_default())
 }
 
 /// The guest console and what may still hold its output when the VM stops.
@@ -271,7 +267,8 @@ impl Vmm {
             }
         };
         // No vCPU may touch a device (or the console) from here on.
-        let left = crate::vstate::vcpu::stop_and_join(std::mem::take(&mut self.vcpus), &self.vcpu_stop, VCPU_JOIN_TIMEOUT);
+        let left =
+            crate::vstate::vcpu::stop_and_join(std::mem::take(&mut self.vcpus), &self.vcpu_stop, VCPU_JOIN_TIMEOUT);
         if left > 0 {
             log::error!("{left} vCPU thread(s) did not stop within {VCPU_JOIN_TIMEOUT:?}; exiting without them");
         }
@@ -322,30 +319,43 @@ where
 const _: () = assert!(MAX_VCPUS <= u8::MAX as u32);
 const _: () = assert!(VIRTIO_IRQ_BASE as usize + MAX_VIRTIO_DEVICES <= acpi::IOAPIC_PINS as usize);
 
+/// How the host side of a VM may be set up (process-wide choices, not part
+/// of the VM's configuration).
+#[derive(Debug, Clone, Default)]
+pub struct BuildOptions {
+    /// Accept host block devices as disk images (`--allow-block-devices`);
+    /// off, only regular files are.
+    pub allow_block_devices: bool,
+}
+
 /// Checks every input file the user named before any KVM or device state is
-/// created, so the first error reported is about the user's own input.
-/// (The configuration's own rules were checked when the [`VmSpec`] was made.)
-fn preflight(spec: &VmSpec) -> Result<(), BuildError> {
-    let open = |p: &Path| std::fs::File::open(p).map(|_| ());
+/// created, so the first error reported is about the user's own input. Each
+/// is opened as it will be (no symlink followed, a FIFO fails at once) and
+/// checked on the descriptor. (The configuration's own rules were checked
+/// when the [`VmSpec`] was made.)
+fn preflight(spec: &VmSpec, opts: &BuildOptions) -> Result<(), BuildError> {
     let boot = &spec.boot_source;
-    open(&boot.kernel_image_path)
+    crate::files::open_input(&boot.kernel_image_path, false, false)
         .map_err(|err| loader::LoadError::KernelOpen { path: boot.kernel_image_path.display().to_string(), err })?;
     if let Some(i) = &boot.initrd_path {
-        open(i).map_err(|err| loader::LoadError::InitrdOpen { path: i.display().to_string(), err })?;
+        crate::files::open_input(i, false, false)
+            .map_err(|err| loader::LoadError::InitrdOpen { path: i.display().to_string(), err })?;
     }
     for d in &spec.drives {
-        open(&d.path_on_host).map_err(|source| BuildError::DiskOpen {
-            id: d.drive_id.clone(),
-            path: d.path_on_host.clone(),
-            source,
-        })?;
+        virtio_devices::block::Disk::open_with(&d.path_on_host, d.is_read_only, opts.allow_block_devices)
+            .map_err(|source| BuildError::Disk { id: d.drive_id.clone(), source })?;
     }
     Ok(())
 }
 
 /// Builds the VM `spec` describes and starts its vCPUs; [`Vmm::run`] runs it.
 pub fn build(spec: &VmSpec) -> Result<Vmm, BuildError> {
-    preflight(spec)?;
+    build_with(spec, &BuildOptions::default())
+}
+
+/// [`build`] with host-side options.
+pub fn build_with(spec: &VmSpec, opts: &BuildOptions) -> Result<Vmm, BuildError> {
+    preflight(spec, opts)?;
     let boot = &spec.boot_source;
     // At most MAX_VCPUS (checked above to fit a u8), as VmSpec guarantees.
     let vcpu_count = spec.machine_config.vcpu_count as u8;
@@ -391,6 +401,7 @@ pub fn build(spec: &VmSpec) -> Result<Vmm, BuildError> {
             path: d.path_on_host.clone(),
             read_only: d.is_read_only,
             id: id.clone(),
+            allow_block_device: opts.allow_block_devices,
         })
         .map_err(|source| BuildError::Disk { id: id.clone(), source })?;
         let dev = attach_virtio(&vm, &mem, &mut mmio, &mut em, &mut slots, blk)?;

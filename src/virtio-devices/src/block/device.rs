@@ -63,7 +63,7 @@ impl Block {
         if cfg.id.len() > ID_BYTES {
             return Err(BlockError::IdTooLong { len: cfg.id.len(), id: cfg.id });
         }
-        let disk = Disk::open(&cfg.path, cfg.read_only)?;
+        let disk = Disk::open_with(&cfg.path, cfg.read_only, cfg.allow_block_device)?;
         let mut id = [0u8; ID_BYTES];
         id[..cfg.id.len()].copy_from_slice(cfg.id.as_bytes());
 

@@ -50,7 +50,13 @@ struct Setup {
 
 fn new_block(ro: bool) -> (TempDir, PathBuf, Block) {
     let (dir, path) = image(&pattern());
-    let blk = Block::new(BlockConfig { path: path.clone(), read_only: ro, id: "shimvmm-disk0".into() }).unwrap();
+    let blk = Block::new(BlockConfig {
+        path: path.clone(),
+        read_only: ro,
+        id: "shimvmm-disk0".into(),
+        allow_block_device: false,
+    })
+    .unwrap();
     (dir, path, blk)
 }
 
@@ -530,12 +536,20 @@ fn config_space_reports_capacity_seg_max_blk_size() {
 #[test]
 fn new_rejects_long_id_and_missing_image() {
     let (_d, path) = image(&pattern());
-    let e = Block::new(BlockConfig { path, read_only: false, id: "x".repeat(21) }).err().unwrap().to_string();
-    assert!(e.contains("21 bytes"), "{e}");
-    let e = Block::new(BlockConfig { path: "/nonexistent/disk.img".into(), read_only: true, id: String::new() })
+    let e = Block::new(BlockConfig { path, read_only: false, id: "x".repeat(21), allow_block_device: false })
         .err()
         .unwrap()
         .to_string();
+    assert!(e.contains("21 bytes"), "{e}");
+    let e = Block::new(BlockConfig {
+        path: "/nonexistent/disk.img".into(),
+        read_only: true,
+        id: String::new(),
+        allow_block_device: false,
+    })
+    .err()
+    .unwrap()
+    .to_string();
     assert_eq!(e, "disk image /nonexistent/disk.img does not exist");
 }
 

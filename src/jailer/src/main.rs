@@ -6,8 +6,8 @@
 //!    `<chroot-base-dir>/shimvmm/<id>/root`;
 //! 2. optionally joins a cgroup v2 directory (`--cgroup`) and a network
 //!    namespace (`--netns PATH`), or makes an empty one (`--new-netns`);
-//! 3. unshares a new mount and PID namespace and forks: the child is PID 1 of
-//!    the new PID namespace (it sees no host process);
+//! 3. unshares a new PID namespace and forks: the child is PID 1 of the new
+//!    PID namespace (it sees no host process) and unshares a mount namespace;
 //! 4. the child makes every mount private to it, bind-mounts into the jail
 //!    only the files named with `--file`/`--ro-file` (at the same path as on
 //!    the host), creates the device nodes named with `--device` (`/dev/kvm`,
@@ -213,12 +213,15 @@ fn jail_and_wait(args: &Args, root: &Path) -> Result<u8> {
         // SAFETY: setns on a descriptor we hold open.
         check(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, format!("setns {}", ns.display()))?;
     }
-    let mut flags = libc::CLONE_NEWNS | libc::CLONE_NEWPID;
+    // The PID (and network) namespace here, so the child is PID 1 of it; the
+    // mount namespace in the child only: a pivot_root moves every process
+    // of the namespace, and this one must stay on the host's tree.
+    let mut flags = libc::CLONE_NEWPID;
     if args.new_netns {
         flags |= libc::CLONE_NEWNET;
     }
     // SAFETY: unshare with namespace flags; this process is single-threaded.
-    check(unsafe { libc::unshare(flags) }, "unshare (mount, PID namespaces)")?;
+    check(unsafe { libc::unshare(flags) }, "unshare (PID namespace)")?;
 
     let sigs = stop_signals();
     // SAFETY: blocking signals in this (single) thread with a valid set;
@@ -305,6 +308,8 @@ fn bind(src: &Path, dest: &Path, read_only: bool) -> Result<()> {
 /// The jail's setup, in the child (PID 1 of the new PID namespace); execs
 /// the VMM or returns why it could not.
 fn child(args: &Args, root: &Path) -> Result<std::convert::Infallible> {
+    // SAFETY: unshare with a namespace flag, in this single-threaded child.
+    check(unsafe { libc::unshare(libc::CLONE_NEWNS) }, "unshare (mount namespace)")?;
     // Nothing mounted from here on is seen outside this namespace.
     mount(None, Path::new("/"), None, libc::MS_SLAVE | libc::MS_REC)?;
     // pivot_root needs the new root to be a mount point.

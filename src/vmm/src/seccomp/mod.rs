@@ -395,7 +395,9 @@ fn spawn_threads(r: &mut Rules) -> Result<(), seccompiler::BackendError> {
 /// backend's offloads and link state (tap), the pNIC's VFIO device (config
 /// space reads/writes, resets, DMA maps) and eventfd signalling.
 fn device_control(r: &mut Rules) -> Result<(), seccompiler::BackendError> {
-    allow(r, &[libc::SYS_pread64, libc::SYS_pwrite64]);
+    // VFIO config space; the tap's link monitor drained on activation
+    // (netlink recv); a zero-timeout poll for a backend fd's error state.
+    allow(r, &[libc::SYS_pread64, libc::SYS_pwrite64, libc::SYS_recvfrom, libc::SYS_poll, libc::SYS_ppoll]);
     ioctl_type_io(r, VFIO_TYPE)?;
     ioctl_eq(r, libc::TUNSETOFFLOAD)?;
     ioctl_eq(r, libc::SIOCGIFMTU)?;

@@ -14,12 +14,22 @@
 //!   root holds only the VMM and /run; its API answers through the jail's
 //!   /run; SIGTERM to the jailer stops it with status 0 and the per-VM
 //!   directory is removed.
+//!
+//! Guest test (testbed; SKIPPED elsewhere, fails with SHIMVMM_REQUIRE_GUEST=1):
+//! - `jailed_shim_guest_pings_the_peer`: the Alpine guest on the VFIO shim,
+//!   started by the jailer as uid/gid 1000 in new mount, PID and (empty)
+//!   network namespaces, with only the kernel, initrd, its image, /dev/kvm,
+//!   the VFIO nodes and a read-only /sys; RLIMIT_MEMLOCK = RAM + 64 MiB. The
+//!   VMM runs as uid 1000 with every thread filtered, the guest pings the
+//!   peer, powers off, and the jailer exits 0.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use shimvmm_tests::{require_guest_env, test_image, GuestProcess, PowerAction};
 
 const UID: u32 = 1000;
 
@@ -167,4 +177,78 @@ fn jailed_vmm_runs_unprivileged_as_pid_1_and_stops_on_sigterm() {
     child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
     assert_eq!(st.code(), Some(0), "{err}");
     assert!(!base.join("shimvmm/api-1").exists(), "per-VM dir removed");
+}
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: run this test in tools/testbed"))
+}
+
+#[test]
+fn jailed_shim_guest_pings_the_peer() {
+    if !require_guest_env("jailed_shim_guest_pings_the_peer") {
+        return;
+    }
+    let (vmm, jail) = static_bins().expect("static shimvmm and shimvmm-jailer (see the top of tests/jailer.rs)");
+    let pnic = env("SHIMVMM_PNIC");
+    let peer_ip = env("SHIMVMM_PEER_IP");
+    let group = std::fs::read_link(format!("/sys/bus/pci/devices/{pnic}/iommu_group")).unwrap();
+    let group = group.file_name().unwrap().to_string_lossy().into_owned();
+    let script = format!(
+        r#"
+modprobe virtio_net 2>/dev/null
+n=30; while [ $n -gt 0 ] && [ ! -e /sys/class/net/eth0 ]; do sleep 1; n=$((n-1)); done
+ip addr add 192.0.2.10/24 dev eth0
+ip link set eth0 up
+n=60; while [ $n -gt 0 ] && ! ping -c 1 -W 2 {peer_ip} >/dev/null 2>&1; do n=$((n-1)); done
+out=$(ping -c 5 -W 3 {peer_ip} 2>&1)
+marker ping-rc $?
+marker ping-summary "$(echo "$out" | grep 'packets transmitted')"
+"#
+    );
+    let image = test_image(&script, PowerAction::Poweroff);
+    let c = std::ffi::CString::new(image.path().as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: chown on a NUL-terminated path we own.
+    assert_eq!(unsafe { libc::chown(c.as_ptr(), UID, UID) }, 0, "chown the image");
+    let art = shimvmm_tests::artifacts();
+    let base = std::env::temp_dir().join(format!("shimvmm-jail-guest-{}", std::process::id()));
+    let mem_mib = 512u64;
+    let mut cmd = jailer(&jail, &vmm, &base, "shim-guest");
+    cmd.arg("--ro-file").arg(&art.kernel).arg("--ro-file").arg(&art.initrd).arg("--file").arg(image.path());
+    cmd.args(["--device", "/dev/kvm", "--device", "/dev/vfio/vfio", "--device", &format!("/dev/vfio/{group}")]);
+    cmd.args(["--sysfs", "--new-netns", "--rlimit-memlock", &((mem_mib + 64) << 20).to_string(), "--"]);
+    cmd.arg("--kernel").arg(&art.kernel).arg("--initrd").arg(&art.initrd);
+    cmd.args(["--cmdline", &shimvmm_tests::alpine_test_cmdline(), "--vcpus", "2", "--mem", &mem_mib.to_string()]);
+    cmd.arg("--disk").arg(format!("path={},root=on", image.path().display()));
+    cmd.args(["--net", &format!("vfio={pnic},id=net0"), "--no-api", "--log-level", "info"]);
+    let mut vm = GuestProcess::spawn("jailed-shim", cmd).expect("spawn the jailer");
+
+    // The VMM: the jailer's child, as uid 1000, every thread filtered.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let pid = loop {
+        let kids = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", vm.pid())).unwrap_or_default();
+        if let Some(p) = kids.split_whitespace().next().and_then(|p| p.parse::<u32>().ok()) {
+            if status_field(p, "Name:") == "shimvmm" {
+                break p;
+            }
+        }
+        assert!(Instant::now() < deadline, "the jailed VMM did not start\n{}", vm.tail(20));
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(status_field(pid, "Uid:").split_whitespace().collect::<Vec<_>>(), ["1000"; 4]);
+    assert_eq!(status_field(pid, "NSpid:").split_whitespace().last(), Some("1"));
+    let rc = vm.wait_for_marker("ping-rc", Duration::from_secs(900)).unwrap_or_else(|e| panic!("{e}\n{}", vm.tail(40)));
+    let summary = vm.marker("ping-summary").map(|m| m.value).unwrap_or_default();
+    eprintln!("jailed shim guest: ping {summary}");
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let t = t.unwrap().path();
+        let comm = std::fs::read_to_string(t.join("comm")).unwrap_or_default();
+        let st = std::fs::read_to_string(t.join("status")).unwrap_or_default();
+        assert!(comm.starts_with("kvm-") || st.contains("Seccomp:\t2"), "{comm}: {st}");
+    }
+    assert_eq!(rc.value, "0", "the guest could not ping the peer: {summary}\n{}", vm.tail(40));
+    let exit = vm.wait_for_guest_exit(Duration::from_secs(300));
+    let st = vm.exit_status(Duration::from_secs(120));
+    assert_eq!(exit.as_ref().ok(), Some(&0), "{}", vm.tail(40));
+    assert!(st.as_ref().is_ok_and(|s| s.success()), "jailer exit {st:?}\n{}", vm.tail(40));
+    let _ = std::fs::remove_dir_all(&base);
 }

@@ -107,10 +107,12 @@ fn main() -> ExitCode {
     terminal::enter_raw_mode();
     let reason = vm.run();
     terminal::restore();
-    ctl.set_halted();
+    // The API first: no handler may hold the last reference to a device, so
+    // the devices are dropped here, on this thread, under the VMM filter.
     if let Some(h) = api_server {
         h.shutdown();
     }
+    ctl.set_halted();
     match &reason {
         vmm::ExitReason::VcpuError(m) => eprintln!("shimvmm: guest stopped: {m}"),
         vmm::ExitReason::VmmError(m) => eprintln!("shimvmm: error: {m}"),

@@ -458,6 +458,9 @@ fn rules(kind: ThreadKind) -> Result<Rules, seccompiler::BackendError> {
             );
             device_control(&mut r)?;
             metrics_files(&mut r);
+            // Teardown: vfio-ioctls finds a device's group again through
+            // sysfs (readlink of iommu_group) when the device is dropped.
+            allow(&mut r, &[libc::SYS_readlink, libc::SYS_readlinkat]);
             // Teardown: kicking vCPU threads out of KVM_RUN (any real-time
             // signal: the kick signal is SIGRTMIN-based).
             allow_if(&mut r, libc::SYS_tgkill, vec![cond(2, Op::Ge, libc::SIGRTMIN() as u64)?])?;

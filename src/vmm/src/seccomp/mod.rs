@@ -414,6 +414,14 @@ fn device_control(r: &mut Rules) -> Result<(), seccompiler::BackendError> {
     Ok(())
 }
 
+/// `sendto` on a connected socket only (no destination address): a thread
+/// that may make an AF_INET datagram socket (for SIOCGIF*) must not be able
+/// to send it anywhere. `sendmsg` (whose address a filter cannot see) is not
+/// allowed at all.
+fn send_connected(r: &mut Rules) -> Result<(), seccompiler::BackendError> {
+    allow_if(r, libc::SYS_sendto, vec![Cond::new(4, Len::Qword, Op::Eq, 0)?])
+}
+
 /// Writing the metrics file (temp file, rename) and removing the API socket.
 fn metrics_files(r: &mut Rules) {
     allow(
@@ -453,9 +461,9 @@ fn rules(kind: ThreadKind) -> Result<Rules, seccompiler::BackendError> {
                     libc::SYS_pwritev,
                     libc::SYS_recvfrom,
                     libc::SYS_recvmsg,
-                    libc::SYS_sendto,
                 ],
             );
+            send_connected(&mut r)?;
             device_control(&mut r)?;
             metrics_files(&mut r);
             // Teardown: vfio-ioctls finds a device's group again through
@@ -478,13 +486,11 @@ fn rules(kind: ThreadKind) -> Result<Rules, seccompiler::BackendError> {
                     libc::SYS_epoll_ctl,
                     libc::SYS_accept4,
                     libc::SYS_recvfrom,
-                    libc::SYS_recvmsg,
-                    libc::SYS_sendto,
-                    libc::SYS_sendmsg,
                     libc::SYS_shutdown,
                     libc::SYS_getsockopt,
                 ],
             );
+            send_connected(&mut r)?;
             ioctl_eq(&mut r, FIONBIO)?;
             ioctl_eq(&mut r, FIOCLEX)?;
             spawn_threads(&mut r)?;
@@ -610,6 +616,8 @@ mod tests {
         }
         let vcpu = rules(ThreadKind::Vcpu).unwrap();
         assert!(!vcpu.contains_key(&libc::SYS_openat));
+        assert!(!boot.contains_key(&libc::SYS_sendmsg) && !boot.contains_key(&libc::SYS_connect));
+        assert!(!boot[&libc::SYS_sendto].is_empty(), "sendto only without an address");
     }
 
     #[test]

@@ -25,8 +25,8 @@ pub use controller::{ControllerError, Preflight, VmmController};
 pub use error::ApiError;
 pub use router::{routes, status, unsupported_routes, Api, ApiResponse, Route};
 pub use server::{
-    serve, serve_with, ApiServerHandle, ServeOptions, DEFAULT_BODY_READ_TIMEOUT, DEFAULT_HEADER_READ_TIMEOUT,
-    DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CONNECTIONS, DEFAULT_WRITE_TIMEOUT,
+    serve, serve_with, ApiServerHandle, ServeOptions, ThreadInit, DEFAULT_BODY_READ_TIMEOUT,
+    DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CONNECTIONS, DEFAULT_WRITE_TIMEOUT,
 };
 pub use socket::{MAX_SOCKET_PATH_LEN, SOCKET_MODE};
 pub use types::{

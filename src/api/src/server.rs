@@ -73,6 +73,21 @@ pub struct ServeOptions {
     pub initial_config: VmConfig,
     /// The VMM already booted `initial_config`: pre-boot changes are refused.
     pub already_started: bool,
+    /// Runs first on the API thread, before it serves anything (the VMM
+    /// installs the API thread's seccomp filter here; the handler pool's
+    /// threads, spawned later from this thread, inherit it). An error stops
+    /// the server before it accepts a connection.
+    pub thread_init: Option<ThreadInit>,
+}
+
+/// A hook run on the API thread before it serves (see [`ServeOptions::thread_init`]).
+#[derive(Clone)]
+pub struct ThreadInit(pub Arc<dyn Fn() -> Result<(), String> + Send + Sync>);
+
+impl std::fmt::Debug for ThreadInit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ThreadInit(..)")
+    }
 }
 
 impl Default for ServeOptions {
@@ -85,6 +100,7 @@ impl Default for ServeOptions {
             write_timeout: DEFAULT_WRITE_TIMEOUT,
             initial_config: VmConfig::default(),
             already_started: false,
+            thread_init: None,
         }
     }
 }
@@ -157,11 +173,19 @@ pub fn serve_with(
         .build()
         .map_err(cleanup)?;
     let api = Api::new(id, controller, options.initial_config.clone(), options.already_started);
+    let thread_init = options.thread_init.clone();
     let shared = Arc::new(Shared { api: Arc::new(api), options });
     let (stop_tx, stop_rx) = oneshot::channel();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let thread = std::thread::Builder::new()
         .name("fc_api".into())
         .spawn(move || {
+            let init = thread_init.map(|f| (f.0)()).unwrap_or(Ok(()));
+            let failed = init.is_err();
+            let _ = ready_tx.send(init);
+            if failed {
+                return;
+            }
             runtime.block_on(async move {
                 match UnixListener::from_std(std_listener) {
                     Ok(listener) => accept_loop(listener, shared, stop_rx).await,
@@ -171,6 +195,17 @@ pub fn serve_with(
             runtime.shutdown_timeout(SHUTDOWN_GRACE);
         })
         .map_err(cleanup)?;
+    match ready_rx.recv() {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            let _ = thread.join();
+            return Err(cleanup(io::Error::other(e)));
+        }
+        Err(_) => {
+            let _ = thread.join();
+            return Err(cleanup(io::Error::other("the API thread stopped before serving")));
+        }
+    }
     Ok(ApiServerHandle { socket_path: socket_path.to_owned(), socket_id, stop: Some(stop_tx), thread: Some(thread) })
 }
 

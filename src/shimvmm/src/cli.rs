@@ -99,7 +99,7 @@ pub struct Args {
     /// Firecracker's MMDS size limit; accepted (shimvmm has no MMDS, so it limits nothing).
     #[arg(long, value_name = "BYTES")]
     pub mmds_size_limit: Option<usize>,
-    /// Run without a seccomp filter.
+    /// Run without seccomp filters (they are on by default; see docs/security.md).
     #[arg(long)]
     pub no_seccomp: bool,
     /// Process start time, passed by Firecracker's jailer; accepted and ignored.
@@ -114,6 +114,14 @@ pub struct Args {
     /// Print the version in Firecracker's format (first line `Firecracker v<API version>`) and exit.
     #[arg(long)]
     pub version: bool,
+    /// Accept host block devices as disk images (default: regular files only).
+    #[arg(long)]
+    pub allow_block_devices: bool,
+    /// Test hook: install the seccomp filter of a thread kind (boot, vmm, api,
+    /// vcpu) on a new thread, make a syscall none of them allows (getppid), and
+    /// report what happened. The process should die naming the syscall.
+    #[arg(long, value_name = "KIND", hide = true)]
+    pub seccomp_self_test: Option<vmm::seccomp::ThreadKind>,
 }
 
 /// What is wrong with one `--disk` or `--net` value.
@@ -348,6 +356,11 @@ impl Args {
             return Err("--no-api and --api-sock contradict each other: give one".into());
         }
         Ok(())
+    }
+
+    /// Host-side build choices from the command line.
+    pub fn build_options(&self) -> vmm::BuildOptions {
+        vmm::BuildOptions { allow_block_devices: self.allow_block_devices }
     }
 
     /// The VM described by the command line alone (requires --kernel).

@@ -38,8 +38,11 @@ impl Controller {
         *lock_unpoisoned(&self.running) = Some(handle);
     }
 
+    /// The VM stopped: its handle (and so the last reference to its
+    /// devices) is let go, so their drop (a pNIC's stop sequence) runs now.
     pub fn set_halted(&self) {
         *lock_unpoisoned(&self.halted) = true;
+        lock_unpoisoned(&self.running).take();
     }
 
     fn handle(&self) -> Option<vmm::VmmHandle> {
@@ -120,7 +123,7 @@ impl VmmController for Controller {
     fn state(&self) -> VmState {
         if *lock_unpoisoned(&self.halted) {
             VmState::Halted
-        } else if self.handle().is_some() {
+        } else if lock_unpoisoned(&self.running).is_some() {
             VmState::Running
         } else {
             VmState::NotStarted

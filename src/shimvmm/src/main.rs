@@ -15,6 +15,7 @@ use std::time::Duration;
 use api::{ControllerError, VmmController};
 use clap::Parser;
 use controller::{Controller, StartRequest};
+use vmm::seccomp::ThreadKind;
 
 /// Exit status for bad input or a VM that could not be built.
 const EXIT_CONFIG_ERROR: u8 = 1;
@@ -45,6 +46,16 @@ fn main() -> ExitCode {
         }
     }
     log::info!("Running shimvmm {} (Firecracker v{} API)", api::VMM_VERSION, api::FIRECRACKER_API_VERSION);
+    // Before any other thread exists: every thread inherits the boot filter
+    // and narrows it to its role (docs/security.md).
+    vmm::seccomp::set_enabled(!args.no_seccomp);
+    if let Err(e) = vmm::seccomp::install_sigsys_handler().and_then(|()| vmm::seccomp::install(ThreadKind::Boot)) {
+        return fail(e);
+    }
+    if let Some(kind) = args.seccomp_self_test {
+        return seccomp_self_test(kind);
+    }
+
     if let Err(e) = args.check_unsupported() {
         return fail(e);
     }
@@ -91,7 +102,9 @@ fn main() -> ExitCode {
     // A VM described up front is built before the API serves: the API is told
     // it already started, so `GET /` must never see it "Not started".
     let prebuilt = match &boot_spec {
-        Some(spec) => match controller::vmm_spec(spec).and_then(|s| vmm::build(&s).map_err(|e| e.to_string())) {
+        Some(spec) => match controller::vmm_spec(spec)
+            .and_then(|s| vmm::build_with(&s, &args.build_options()).map_err(|e| e.to_string()))
+        {
             Ok(vm) => {
                 ctl.set_running(vm.handle());
                 Some(vm)
@@ -111,6 +124,9 @@ fn main() -> ExitCode {
                 initial_config,
                 already_started: boot_spec.is_some(),
                 max_body_bytes: args.http_api_max_payload_size.unwrap_or(defaults.max_body_bytes),
+                thread_init: Some(api::ThreadInit(Arc::new(|| {
+                    vmm::seccomp::install(ThreadKind::Api).map_err(|e| e.to_string())
+                }))),
                 ..defaults
             };
             match api::serve_with(&sock, ctl.clone(), id.clone(), opts) {
@@ -123,7 +139,7 @@ fn main() -> ExitCode {
 
     let vm = match prebuilt {
         Some(vm) => vm,
-        None if api_server.is_some() => match wait_for_start(&start_rx, &ctl) {
+        None if api_server.is_some() => match wait_for_start(&start_rx, &args, &ctl) {
             Some(vm) => vm,
             None => return ExitCode::SUCCESS,
         },
@@ -132,6 +148,8 @@ fn main() -> ExitCode {
     terminal::enter_raw_mode();
     let reason = vm.run();
     terminal::restore();
+    // The controller lets go of the VM at halt, so the devices are dropped on
+    // this thread, under the VMM filter, once the API has shut down.
     ctl.set_halted();
     if let Err(e) = ctl.write_metrics() {
         log::error!("{e}");
@@ -139,12 +157,35 @@ fn main() -> ExitCode {
     if let Some(h) = api_server {
         h.shutdown();
     }
+    ctl.set_halted();
     match &reason {
         vmm::ExitReason::VcpuError(m) => eprintln!("shimvmm: guest stopped: {m}"),
         vmm::ExitReason::VmmError(m) => eprintln!("shimvmm: error: {m}"),
         r => log::info!("exiting: {r:?}"),
     }
     ExitCode::from(reason.exit_code() as u8)
+}
+
+/// `--seccomp-self-test KIND`: a thread with KIND's filter makes a syscall
+/// no filter allows. With filters on, the SIGSYS handler names it and the
+/// process exits [`vmm::seccomp::EXIT_SECCOMP_VIOLATION`]; getting past it
+/// is reported as a failure.
+fn seccomp_self_test(kind: ThreadKind) -> ExitCode {
+    let t = std::thread::Builder::new().name(format!("selftest-{}", kind.name())).spawn(move || {
+        if kind != ThreadKind::Boot {
+            vmm::seccomp::install(kind).map_err(|e| e.to_string())?;
+        }
+        // SAFETY: getppid(2) takes no arguments and cannot fail.
+        let ppid = unsafe { libc::syscall(libc::SYS_getppid) };
+        Ok::<i64, String>(ppid)
+    });
+    match t.map_err(|e| e.to_string()).and_then(|t| t.join().map_err(|_| "the test thread panicked".to_string())) {
+        Ok(Ok(_)) => {
+            eprintln!("shimvmm: seccomp self-test: the {} thread called getppid and was not stopped", kind.name());
+            ExitCode::from(EXIT_CONFIG_ERROR)
+        }
+        Ok(Err(e)) | Err(e) => fail(e),
+    }
 }
 
 /// True when SIGINT or SIGTERM is pending (they are blocked in every thread).
@@ -161,7 +202,7 @@ fn stop_signal_pending() -> bool {
 ///
 /// The controller learns of the VM before the client gets its 204, so a
 /// `GET /` or `SendCtrlAltDel` sent right after InstanceStart sees it running.
-fn wait_for_start(rx: &Receiver<StartRequest>, ctl: &Controller) -> Option<vmm::Vmm> {
+fn wait_for_start(rx: &Receiver<StartRequest>, args: &cli::Args, ctl: &Controller) -> Option<vmm::Vmm> {
     loop {
         if stop_signal_pending() {
             return None;
@@ -172,7 +213,7 @@ fn wait_for_start(rx: &Receiver<StartRequest>, ctl: &Controller) -> Option<vmm::
             Err(RecvTimeoutError::Disconnected) => return None,
         };
         let built = match controller::vmm_spec(&spec) {
-            Ok(spec) => vmm::build(&spec).map_err(|e| ControllerError::Vmm(Box::new(e))),
+            Ok(spec) => vmm::build_with(&spec, &args.build_options()).map_err(|e| ControllerError::Vmm(Box::new(e))),
             Err(e) => Err(ControllerError::vmm(e)),
         };
         match built {

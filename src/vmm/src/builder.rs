@@ -2,8 +2,10 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use virtio_devices::transport::{MmioTransport, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET};
@@ -47,8 +49,6 @@ pub enum BuildError {
     Vcpu(#[from] VcpuError),
     #[error("ACPI tables: {0}")]
     Acpi(#[from] acpi::AcpiError),
-    #[error("disk {id}: cannot open {}: {source}", path.display())]
-    DiskOpen { id: String, path: PathBuf, source: std::io::Error },
     #[error("disk {id}: {source}")]
     Disk { id: String, source: virtio_devices::block::BlockError },
     #[error("network interface {id}: {source}")]
@@ -200,9 +200,7 @@ pub struct MetricsWriteError {
 }
 
 fn write_json_atomic(path: &Path, value: &serde_json::Value) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(value).unwrap_or_default())?;
-    std::fs::rename(&tmp, path)
+    crate::files::write_atomic(path, &serde_json::to_vec_pretty(value).unwrap_or_default())
 }
 
 /// The guest console and what may still hold its output when the VM stops.
@@ -253,8 +251,12 @@ pub struct Vmm {
     console: Console,
     event_manager: EventManager<Subscriber>,
     handle: VmmHandle,
-    _vcpus: Vec<JoinHandle<()>>,
+    vcpus: Vec<JoinHandle<()>>,
+    vcpu_stop: Arc<AtomicBool>,
 }
+
+/// How long teardown waits for the vCPU threads to leave KVM_RUN.
+const VCPU_JOIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Guest-visible name of the n-th virtio disk: vda, vdb, ...
 fn disk_name(index: usize) -> String {
@@ -276,9 +278,16 @@ impl Vmm {
         self.handle.clone()
     }
 
-    /// Runs the event loop until the VM stops; then stops every device (so no
-    /// hardware writes guest memory any more) and flushes metrics.
+    /// Runs the event loop until the VM stops; then joins the vCPU threads,
+    /// stops every device (so no hardware writes guest memory any more),
+    /// flushes metrics, and drops the devices (a pNIC backend's stop sequence
+    /// runs in its drop) before returning.
+    ///
+    /// The main thread narrows itself to the VMM seccomp filter first.
     pub fn run(mut self) -> ExitReason {
+        if let Err(e) = crate::seccomp::install(crate::seccomp::ThreadKind::Vmm) {
+            self.handle.exit.request(ExitReason::VmmError(e.to_string()));
+        }
         let reason = loop {
             if let Err(e) = self.event_manager.run_with_timeout(100) {
                 break ExitReason::VmmError(format!("event loop failed: {e}"));
@@ -287,6 +296,12 @@ impl Vmm {
                 break r;
             }
         };
+        // No vCPU may touch a device (or the console) from here on.
+        let left =
+            crate::vstate::vcpu::stop_and_join(std::mem::take(&mut self.vcpus), &self.vcpu_stop, VCPU_JOIN_TIMEOUT);
+        if left > 0 {
+            log::error!("{left} vCPU thread(s) did not stop within {VCPU_JOIN_TIMEOUT:?}; exiting without them");
+        }
         for d in self.handle.devices.iter() {
             lock_unpoisoned(&d.dev).reset();
         }
@@ -294,6 +309,9 @@ impl Vmm {
             log::error!("{e}");
         }
         self.console.flush();
+        // The event loop holds the devices as subscribers: drop it now, so the
+        // devices go when the last handle does (VmmHandle::release).
+        drop(self.event_manager);
         reason
     }
 }
@@ -331,30 +349,43 @@ where
 const _: () = assert!(MAX_VCPUS <= u8::MAX as u32);
 const _: () = assert!(VIRTIO_IRQ_BASE as usize + MAX_VIRTIO_DEVICES <= acpi::IOAPIC_PINS as usize);
 
+/// How the host side of a VM may be set up (process-wide choices, not part
+/// of the VM's configuration).
+#[derive(Debug, Clone, Default)]
+pub struct BuildOptions {
+    /// Accept host block devices as disk images (`--allow-block-devices`);
+    /// off, only regular files are.
+    pub allow_block_devices: bool,
+}
+
 /// Checks every input file the user named before any KVM or device state is
-/// created, so the first error reported is about the user's own input.
-/// (The configuration's own rules were checked when the [`VmSpec`] was made.)
-fn preflight(spec: &VmSpec) -> Result<(), BuildError> {
-    let open = |p: &Path| std::fs::File::open(p).map(|_| ());
+/// created, so the first error reported is about the user's own input. Each
+/// is opened as it will be (no symlink followed, a FIFO fails at once) and
+/// checked on the descriptor. (The configuration's own rules were checked
+/// when the [`VmSpec`] was made.)
+fn preflight(spec: &VmSpec, opts: &BuildOptions) -> Result<(), BuildError> {
     let boot = &spec.boot_source;
-    open(&boot.kernel_image_path)
+    crate::files::open_input(&boot.kernel_image_path, false, false)
         .map_err(|err| loader::LoadError::KernelOpen { path: boot.kernel_image_path.display().to_string(), err })?;
     if let Some(i) = &boot.initrd_path {
-        open(i).map_err(|err| loader::LoadError::InitrdOpen { path: i.display().to_string(), err })?;
+        crate::files::open_input(i, false, false)
+            .map_err(|err| loader::LoadError::InitrdOpen { path: i.display().to_string(), err })?;
     }
     for d in &spec.drives {
-        open(&d.path_on_host).map_err(|source| BuildError::DiskOpen {
-            id: d.drive_id.clone(),
-            path: d.path_on_host.clone(),
-            source,
-        })?;
+        virtio_devices::block::Disk::open_with(&d.path_on_host, d.is_read_only, opts.allow_block_devices)
+            .map_err(|source| BuildError::Disk { id: d.drive_id.clone(), source })?;
     }
     Ok(())
 }
 
 /// Builds the VM `spec` describes and starts its vCPUs; [`Vmm::run`] runs it.
 pub fn build(spec: &VmSpec) -> Result<Vmm, BuildError> {
-    preflight(spec)?;
+    build_with(spec, &BuildOptions::default())
+}
+
+/// [`build`] with host-side options.
+pub fn build_with(spec: &VmSpec, opts: &BuildOptions) -> Result<Vmm, BuildError> {
+    preflight(spec, opts)?;
     let boot = &spec.boot_source;
     // At most MAX_VCPUS (checked above to fit a u8), as VmSpec guarantees.
     let vcpu_count = spec.machine_config.vcpu_count as u8;
@@ -401,6 +432,7 @@ pub fn build(spec: &VmSpec) -> Result<Vmm, BuildError> {
             path: d.path_on_host.clone(),
             read_only: d.is_read_only,
             id: id.clone(),
+            allow_block_device: opts.allow_block_devices,
         })
         .map_err(|source| BuildError::Disk { id: id.clone(), source })?;
         let dev = attach_virtio(&vm, &mem, &mut mmio, &mut em, &mut slots, blk)?;
@@ -453,6 +485,7 @@ pub fn build(spec: &VmSpec) -> Result<Vmm, BuildError> {
 
     let pio = Arc::new(pio);
     let mmio = Arc::new(mmio);
+    let vcpu_stop = Arc::new(AtomicBool::new(false));
     let mut vcpus = Vec::new();
     for id in 0..vcpu_count {
         let vcpu = Vcpu::new(&vm, id)?;
@@ -460,8 +493,17 @@ pub fn build(spec: &VmSpec) -> Result<Vmm, BuildError> {
         vcpus.push(vcpu);
     }
     let ring = coalesce_console(&vm, &mut vcpus, &serial);
-    let threads =
-        vcpus.into_iter().map(|v| v.spawn(pio.clone(), mmio.clone(), exit.clone())).collect::<Result<Vec<_>, _>>()?;
+    let mut threads = Vec::new();
+    for v in vcpus {
+        match v.spawn(pio.clone(), mmio.clone(), exit.clone(), vcpu_stop.clone()) {
+            Ok(t) => threads.push(t),
+            Err(e) => {
+                // Those already started must not outlive the build that failed.
+                crate::vstate::vcpu::stop_and_join(threads, &vcpu_stop, VCPU_JOIN_TIMEOUT);
+                return Err(e.into());
+            }
+        }
+    }
 
     Ok(Vmm {
         _vm: vm,
@@ -474,7 +516,8 @@ pub fn build(spec: &VmSpec) -> Result<Vmm, BuildError> {
             exit,
             metrics_path: Arc::new(Mutex::new(spec.metrics.as_ref().map(|m| m.metrics_path.clone()))),
         },
-        _vcpus: threads,
+        vcpus: threads,
+        vcpu_stop,
     })
 }
 

@@ -18,12 +18,15 @@ pub enum ExitReason {
     VcpuError(String),
     /// The VMM itself failed while running.
     VmmError(String),
+    /// A vCPU thread stopped because the VMM is tearing the VM down (never
+    /// the first reason: something else asked for the stop).
+    Stopped,
 }
 
 impl ExitReason {
     pub fn exit_code(&self) -> i32 {
         match self {
-            ExitReason::GuestReset | ExitReason::GuestPoweroff | ExitReason::Signal(_) => 0,
+            ExitReason::GuestReset | ExitReason::GuestPoweroff | ExitReason::Signal(_) | ExitReason::Stopped => 0,
             ExitReason::VcpuError(_) => 2,
             ExitReason::VmmError(_) => 3,
         }

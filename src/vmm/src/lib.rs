@@ -5,13 +5,17 @@ pub mod boot;
 pub mod builder;
 pub mod devices;
 pub mod exit;
+pub mod files;
 pub mod layout;
 pub mod memory;
+pub mod seccomp;
 pub mod signals;
 pub mod stdin;
 pub mod vstate;
 
-pub use builder::{build, BuildError, MetricsWriteError, ReplaceDriveError, VmMetrics, Vmm, VmmHandle};
+pub use builder::{
+    build, build_with, BuildError, BuildOptions, MetricsWriteError, ReplaceDriveError, VmMetrics, Vmm, VmmHandle,
+};
 pub use exit::ExitReason;
 /// The VM configuration the builder takes (one type per resource, shared
 /// with the API and the command line).

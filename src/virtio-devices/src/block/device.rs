@@ -36,6 +36,13 @@ pub const CONFIG_LEN: usize = 24;
 /// header and status descriptors.
 const SEG_MAX: u32 = QUEUE_SIZE as u32 - 2;
 
+/// Requests served per queue kick before the device yields the event loop
+/// (and kicks itself to come back): with synchronous I/O and fdatasync on
+/// the thread that also serves the network, signals and the API's exits, a
+/// guest that keeps the queue full must not hold that thread. At most
+/// QUEUE_SIZE-sized requests of SEG_MAX segments, so a pass is bounded.
+pub const REQUEST_BUDGET: u32 = 32;
+
 /// What the device holds once the driver set DRIVER_OK.
 struct Active {
     mem: GuestMemory,
@@ -56,6 +63,8 @@ pub struct Block {
     queue_events: [EventFd; 1],
     active: Option<Active>,
     metrics: BlockMetrics,
+    /// Requests per pass ([`REQUEST_BUDGET`]; smaller in tests).
+    budget: u32,
 }
 
 impl Block {
@@ -63,7 +72,7 @@ impl Block {
         if cfg.id.len() > ID_BYTES {
             return Err(BlockError::IdTooLong { len: cfg.id.len(), id: cfg.id });
         }
-        let disk = Disk::open(&cfg.path, cfg.read_only)?;
+        let disk = Disk::open_with(&cfg.path, cfg.read_only, cfg.allow_block_device)?;
         let mut id = [0u8; ID_BYTES];
         id[..cfg.id.len()].copy_from_slice(cfg.id.as_bytes());
 
@@ -90,6 +99,7 @@ impl Block {
             queue_events: [queue_event],
             active: None,
             metrics: BlockMetrics::default(),
+            budget: REQUEST_BUDGET,
         })
     }
 
@@ -111,11 +121,19 @@ impl Block {
         self.metrics.clone()
     }
 
-    /// Serves every available request, then interrupts the guest if the
-    /// notification suppression rules (EVENT_IDX) say so. Normally called from
-    /// `process()` on a queue kick.
+    /// Sets the per-pass request budget (tests).
+    #[cfg(test)]
+    pub(crate) fn set_budget(&mut self, budget: u32) {
+        self.budget = budget.max(1);
+    }
+
+    /// Serves the available requests, at most the budget of them, then
+    /// interrupts the guest if the notification suppression rules (EVENT_IDX)
+    /// say so. With requests left over it writes its own queue eventfd, so
+    /// the event loop comes back after the other sources had their turn.
+    /// Normally called from `process()` on a queue kick.
     pub fn process_queue(&mut self) {
-        let Block { disk, id, active, metrics, .. } = self;
+        let Block { disk, id, active, metrics, queue_events, budget, .. } = self;
         let Some(active) = active.as_mut() else {
             return;
         };
@@ -124,6 +142,7 @@ impl Block {
         }
         let Active { mem, queue, interrupt, broken } = active;
         let mut completed = 0u32;
+        let mut served = 0u32;
         'outer: loop {
             if let Err(e) = queue.disable_notification(mem) {
                 queue_broken(broken, metrics, "cannot disable notifications", &e);
@@ -138,6 +157,17 @@ impl Block {
                         break 'outer;
                     }
                 };
+                if served == *budget {
+                    // Leave this chain for the next pass (not popped: the
+                    // queue's next_avail goes back by one).
+                    queue.go_to_previous_position();
+                    metrics.budget_yields += 1;
+                    if let Err(e) = queue_events[0].write(1) {
+                        error!("virtio-blk: cannot re-arm the queue: {e}");
+                    }
+                    break 'outer;
+                }
+                served += 1;
                 let head = chain.head_index();
                 let used_len = handle_chain(disk, id, mem, chain, metrics);
                 match queue.add_used(mem, head, used_len) {

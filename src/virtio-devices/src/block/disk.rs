@@ -4,7 +4,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
-use std::os::unix::fs::FileTypeExt;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
@@ -40,6 +40,8 @@ pub struct BlockConfig {
     /// Serial returned by VIRTIO_BLK_T_GET_ID (at most 20 bytes; Linux shows it
     /// in /sys/block/vdX/serial).
     pub id: String,
+    /// Accept a host block device at `path` (off: regular files only).
+    pub allow_block_device: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +52,10 @@ pub enum BlockError {
     Stat { path: PathBuf, source: io::Error },
     #[error("disk image {path} is a {kind}, not a regular file or block device")]
     NotAFileOrBlockDevice { path: PathBuf, kind: &'static str },
+    #[error("disk image {path} is a symbolic link, which shimvmm does not follow: give the path of the image itself")]
+    Symlink { path: PathBuf },
+    #[error("disk image {path} is a host block device: allowed only with --allow-block-devices")]
+    BlockDeviceNotAllowed { path: PathBuf },
     #[error("cannot open disk image {path} {mode}: {source}{hint}")]
     Open { path: PathBuf, mode: &'static str, source: io::Error, hint: &'static str },
     #[error("cannot get the size of disk image {path}: {source}")]
@@ -73,12 +79,52 @@ pub struct Disk {
 }
 
 impl Disk {
+    /// Opens a regular image file (no block device); see [`Disk::open_with`].
     pub fn open(path: &Path, read_only: bool) -> Result<Disk, BlockError> {
-        let meta = std::fs::metadata(path).map_err(|source| match source.kind() {
-            io::ErrorKind::NotFound => BlockError::NotFound { path: path.to_owned() },
-            _ => BlockError::Stat { path: path.to_owned(), source },
-        })?;
-        let ft = meta.file_type();
+        Disk::open_with(path, read_only, false)
+    }
+
+    /// Opens `path` without following a symlink at its end and without
+    /// blocking (a FIFO fails at once), then checks on the open descriptor
+    /// that it is a regular file, or a block device when `allow_block`.
+    pub fn open_with(path: &Path, read_only: bool, allow_block: bool) -> Result<Disk, BlockError> {
+        let (mode, hint) = if read_only {
+            ("read-only", "")
+        } else {
+            ("read-write", " (attach it read-only, or fix its permissions)")
+        };
+        let opened = OpenOptions::new()
+            .read(true)
+            .write(!read_only)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(path);
+        let mut file = match opened {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(BlockError::NotFound { path: path.to_owned() })
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+                return Err(BlockError::Symlink { path: path.to_owned() })
+            }
+            // O_WRONLY|O_NONBLOCK on a FIFO without a reader, or a socket.
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
+                return Err(BlockError::NotAFileOrBlockDevice { path: path.to_owned(), kind: "FIFO or socket" })
+            }
+            Err(source) => {
+                let denied =
+                    source.kind() == io::ErrorKind::PermissionDenied || source.raw_os_error() == Some(libc::EROFS);
+                return Err(BlockError::Open {
+                    path: path.to_owned(),
+                    mode,
+                    hint: if denied { hint } else { "" },
+                    source,
+                });
+            }
+        };
+        let ft = file.metadata().map_err(|source| BlockError::Stat { path: path.to_owned(), source })?.file_type();
+        if ft.is_block_device() && !allow_block {
+            return Err(BlockError::BlockDeviceNotAllowed { path: path.to_owned() });
+        }
         if !(ft.is_file() || ft.is_block_device()) {
             let kind = if ft.is_dir() {
                 "directory"
@@ -93,23 +139,20 @@ impl Disk {
             };
             return Err(BlockError::NotAFileOrBlockDevice { path: path.to_owned(), kind });
         }
-        let (mode, hint) = if read_only {
-            ("read-only", "")
-        } else {
-            ("read-write", " (attach it read-only, or fix its permissions)")
+        // Back to blocking I/O for the data path.
+        // SAFETY: F_GETFL/F_SETFL on the descriptor we own; no pointers.
+        let rc = unsafe {
+            let fd = file.as_raw_fd();
+            let flags = libc::fcntl(fd, libc::F_GETFL);
+            if flags < 0 {
+                flags
+            } else {
+                libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK)
+            }
         };
-        let mut file =
-            OpenOptions::new().read(true).write(!read_only).open(path).map_err(|source| BlockError::Open {
-                path: path.to_owned(),
-                mode,
-                hint: if source.kind() == io::ErrorKind::PermissionDenied || source.raw_os_error() == Some(libc::EROFS)
-                {
-                    hint
-                } else {
-                    ""
-                },
-                source,
-            })?;
+        if rc < 0 {
+            return Err(BlockError::Stat { path: path.to_owned(), source: io::Error::last_os_error() });
+        }
         // Works for regular files and block devices alike.
         let size = file.seek(SeekFrom::End(0)).map_err(|source| BlockError::Size { path: path.to_owned(), source })?;
         if size < SECTOR_SIZE {

@@ -35,6 +35,9 @@ pub struct BlockMetrics {
     pub skipped: u64,
     /// Queue kicks that arrived before the driver set DRIVER_OK.
     pub kicks_before_activation: u64,
+    /// Passes that stopped at the request budget with requests left (the
+    /// device re-kicked itself to yield the event loop).
+    pub budget_yields: u64,
     /// The guest broke the queue itself (bad available index, used ring
     /// unwritable): the device stops until the driver resets it.
     pub queue_errors: u64,
@@ -77,6 +80,7 @@ mod tests {
         assert_eq!(
             keys,
             [
+                "budget_yields",
                 "errors",
                 "flushes",
                 "get_ids",

@@ -20,5 +20,5 @@ pub use device::{
     VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX, VIRTIO_F_VERSION_1,
     VIRTIO_RING_F_EVENT_IDX,
 };
-pub use disk::{BlockConfig, BlockError, ID_BYTES, SECTOR_SIZE};
+pub use disk::{BlockConfig, BlockError, Disk, ID_BYTES, SECTOR_SIZE};
 pub use metrics::BlockMetrics;

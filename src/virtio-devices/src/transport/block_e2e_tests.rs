@@ -53,7 +53,9 @@ fn make_available(mem: &GuestMemory, n: u16, head: u16) {
 fn guest_driver_reads_sector_through_mmio_and_event_loop() {
     let data: Vec<u8> = (0..4096u32).map(|i| (i / 512 + 1) as u8).collect();
     let (_dir, path) = image(&data);
-    let blk = Arc::new(Mutex::new(Block::new(BlockConfig { path, read_only: false, id: "e2e".into() }).unwrap()));
+    let blk = Arc::new(Mutex::new(
+        Block::new(BlockConfig { path, read_only: false, id: "e2e".into(), allow_block_device: false }).unwrap(),
+    ));
     let mem: GuestMemory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
     let irq = Arc::new(Interrupt::new(EventFd::new(EFD_NONBLOCK).unwrap()));
     let mut t = MmioTransport::new(blk.clone(), mem.clone(), irq.clone());

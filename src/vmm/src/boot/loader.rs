@@ -1,6 +1,8 @@
 //! Loads a bzImage or ELF vmlinux and an initrd into guest memory.
 
 use std::fs::File;
+
+use crate::files::open_input;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
@@ -76,13 +78,7 @@ fn detect(file: &mut File) -> std::io::Result<Option<Format>> {
 
 pub fn load_kernel(mem: &GuestMemory, path: &Path) -> Result<LoadedKernel, LoadError> {
     let p = path.display().to_string();
-    let mut file = File::open(path).map_err(|err| LoadError::KernelOpen { path: p.clone(), err })?;
-    if file.metadata().map(|m| !m.is_file()).unwrap_or(true) {
-        return Err(LoadError::KernelOpen {
-            path: p,
-            err: std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"),
-        });
-    }
+    let mut file = open_input(path, false, false).map_err(|err| LoadError::KernelOpen { path: p.clone(), err })?;
     let format = detect(&mut file).map_err(|err| LoadError::KernelOpen { path: p.clone(), err })?;
     let himem = Some(GuestAddress(HIMEM_START));
     match format {
@@ -112,7 +108,7 @@ pub fn load_kernel(mem: &GuestMemory, path: &Path) -> Result<LoadedKernel, LoadE
 /// and the top of low RAM (where Linux expects it), above the kernel.
 pub fn load_initrd(mem: &GuestMemory, path: &Path, kernel: &LoadedKernel) -> Result<LoadedInitrd, LoadError> {
     let p = path.display().to_string();
-    let mut file = File::open(path).map_err(|err| LoadError::InitrdOpen { path: p.clone(), err })?;
+    let mut file = open_input(path, false, false).map_err(|err| LoadError::InitrdOpen { path: p.clone(), err })?;
     let size = file.metadata().map_err(|err| LoadError::InitrdOpen { path: p.clone(), err })?.len();
     let addr_max = kernel
         .setup_header

@@ -1,8 +1,11 @@
 //! vCPUs: configuration for a direct 64-bit boot and the KVM_RUN loop that
 //! dispatches port I/O and MMIO exits to the buses.
 
-use std::sync::Arc;
+use std::os::unix::thread::JoinHandleExt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Once};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use kvm_bindings::{kvm_msr_entry, Msrs, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{VcpuExit, VcpuFd};
@@ -171,28 +174,44 @@ impl Vcpu {
         }
     }
 
-    /// Runs the vCPU until the guest stops it or it fails; reports why through `exit`.
-    pub fn spawn(mut self, pio: Arc<Bus>, mmio: Arc<Bus>, exit: Arc<ExitHandle>) -> Result<JoinHandle<()>, VcpuError> {
+    /// Runs the vCPU until the guest stops it, it fails or `stop` is set;
+    /// reports why through `exit`. The thread installs its seccomp filter
+    /// before the first KVM_RUN.
+    pub fn spawn(
+        mut self,
+        pio: Arc<Bus>,
+        mmio: Arc<Bus>,
+        exit: Arc<ExitHandle>,
+        stop: Arc<AtomicBool>,
+    ) -> Result<JoinHandle<()>, VcpuError> {
+        install_kick_handler();
         std::thread::Builder::new()
             .name(format!("fc_vcpu {}", self.id))
             .spawn(move || {
-                let reason = self.run(&pio, &mmio);
+                if let Err(e) = crate::seccomp::install(crate::seccomp::ThreadKind::Vcpu) {
+                    exit.request(ExitReason::VmmError(format!("vcpu{}: {e}", self.id)));
+                    return;
+                }
+                let reason = self.run(&pio, &mmio, &stop);
                 exit.request(reason);
             })
             .map_err(VcpuError::Spawn)
     }
 
-    fn run(&mut self, pio: &Bus, mmio: &Bus) -> ExitReason {
-        let reason = self.run_until_stopped(pio, mmio);
+    fn run(&mut self, pio: &Bus, mmio: &Bus, stop: &AtomicBool) -> ExitReason {
+        let reason = self.run_until_stopped(pio, mmio, stop);
         // What the guest wrote last must not be lost with it.
         replay(self.ring.as_deref(), pio);
         reason
     }
 
-    fn run_until_stopped(&mut self, pio: &Bus, mmio: &Bus) -> ExitReason {
+    fn run_until_stopped(&mut self, pio: &Bus, mmio: &Bus, stop: &AtomicBool) -> ExitReason {
         let ring = self.ring.clone();
         let ring = ring.as_deref();
         loop {
+            if stop.load(Ordering::Acquire) {
+                return ExitReason::Stopped;
+            }
             let exit = self.fd.run();
             // Writes KVM coalesced happened before this exit: replay them first.
             replay(ring, pio);
@@ -240,9 +259,81 @@ impl Vcpu {
     }
 }
 
+/// The signal that kicks a vCPU thread out of KVM_RUN at teardown.
+fn kick_signal() -> libc::c_int {
+    libc::SIGRTMIN()
+}
+
+extern "C" fn on_kick(_sig: libc::c_int) {
+    // Nothing to do: the signal's only job is to make KVM_RUN return EINTR.
+}
+
+fn install_kick_handler() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: a zeroed sigaction with an extern "C" fn(c_int) handler and
+        // an empty mask is valid; sigaction only reads it. No SA_RESTART, so
+        // KVM_RUN returns EINTR.
+        let rc = unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_kick as *const () as usize;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(kick_signal(), &sa, std::ptr::null_mut())
+        };
+        if rc != 0 {
+            log::warn!("cannot install the vCPU kick handler: {}", std::io::Error::last_os_error());
+        }
+    });
+}
+
+/// Stops and joins the vCPU threads: sets `stop`, then kicks every thread
+/// still running out of KVM_RUN (again every few ms: a kick that lands just
+/// before KVM_RUN is entered is lost) until all have ended or `timeout`
+/// passed. Returns how many threads did not end in time (left detached).
+pub fn stop_and_join(threads: Vec<JoinHandle<()>>, stop: &AtomicBool, timeout: Duration) -> usize {
+    stop.store(true, Ordering::Release);
+    let deadline = Instant::now() + timeout;
+    let mut running = threads;
+    loop {
+        let (done, rest): (Vec<_>, Vec<_>) = running.into_iter().partition(|t| t.is_finished());
+        for t in done {
+            if t.join().is_err() {
+                log::error!("a vCPU thread panicked");
+            }
+        }
+        running = rest;
+        if running.is_empty() || Instant::now() >= deadline {
+            break;
+        }
+        for t in &running {
+            // SAFETY: the pthread_t belongs to a thread we have not joined
+            // (its JoinHandle is alive), so it is valid to signal.
+            unsafe { libc::pthread_kill(t.as_pthread_t(), kick_signal()) };
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    running.len()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stop_and_join_ends_a_thread_blocked_in_a_syscall() {
+        install_kick_handler();
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        // Stands in for KVM_RUN: a blocking syscall a signal interrupts.
+        let t = std::thread::spawn(move || {
+            while !s.load(Ordering::Acquire) {
+                // SAFETY: pause(2) takes no arguments.
+                unsafe { libc::pause() };
+            }
+        });
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(stop_and_join(vec![t], &stop, Duration::from_secs(5)), 0);
+    }
 
     #[test]
     fn lvt_mode_is_replaced() {

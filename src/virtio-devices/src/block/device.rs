@@ -487,7 +487,9 @@ mod replace_disk_tests {
     fn a_new_image_brings_its_capacity_and_a_config_interrupt() {
         let (_d1, first) = image(&[1u8; 4 * 512]);
         let (_d2, second) = image(&[2u8; 16 * 512]);
-        let mut blk = Block::new(BlockConfig { path: first, read_only: true, id: "d".into() }).unwrap();
+        let mut blk =
+            Block::new(BlockConfig { path: first, read_only: true, id: "d".into(), allow_block_device: false })
+                .unwrap();
         let mem: GuestMemory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
         let vq = MockSplitQueue::new(&mem, 16);
         let irq = Arc::new(Interrupt::new(EventFd::new(EFD_NONBLOCK).unwrap()));

@@ -303,12 +303,14 @@ impl DmaMapper for VfioDma {
 pub struct VfioNic {
     bdf: Bdf,
     info: SysfsInfo,
-    // Field order matters for drop: MSI-X fds, then the device, then the
-    // DMA mappings (Drop of VfioNic stops DMA first).
+    // Field order matters for drop (Drop of VfioNic stops DMA first): MSI-X
+    // fds; BAR0's mapping, which holds the device file open, so it must go
+    // before the device or VFIO can't detach the group from its container
+    // (EBUSY); the device; then the DMA mappings.
     irq_fds: Vec<EventFd>,
+    bar: Arc<BarMap>,
     device: VfioDevice,
     dma: Arc<VfioDma>,
-    bar: Arc<BarMap>,
 }
 
 impl VfioNic {

@@ -148,12 +148,13 @@ fn main() -> ExitCode {
     terminal::enter_raw_mode();
     let reason = vm.run();
     terminal::restore();
-    // The controller lets go of the VM at halt, so the devices are dropped on
-    // this thread, under the VMM filter, once the API has shut down.
-    ctl.set_halted();
+    // The exit-time metrics line, while the controller still holds the VM.
     if let Err(e) = ctl.write_metrics() {
         log::error!("{e}");
     }
+    // The API first: no handler may hold the last reference to a device. At
+    // halt the controller lets go of the VM, so the devices are dropped on
+    // this thread, under the VMM filter.
     if let Some(h) = api_server {
         h.shutdown();
     }

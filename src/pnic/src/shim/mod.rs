@@ -6,7 +6,9 @@
 //! 12-byte virtio-net header in front. Anything else (chained, short,
 //! misaligned, across two RAM mappings) takes the counted copy fallback
 //! through a bounce buffer.
-//! TX: the chain's segments after the 12-byte header become NIC descriptors.
+//! TX: the frame's Ethernet header is copied into a VMM-owned DMA slot and
+//! checked there (the wire policy, [`wire`]); the NIC gets that copy as the
+//! first descriptor and the chain's segments after it, zero-copy.
 //!
 //! Every address given to the NIC lies inside guest RAM with the full length
 //! the NIC may touch. Buffers handed over as an `RxDesc` carry that proof from
@@ -34,6 +36,7 @@ pub mod slab;
 #[cfg(any(test, feature = "testing"))]
 mod testing;
 mod tx;
+pub mod wire;
 
 use std::collections::VecDeque;
 use std::os::unix::io::RawFd;
@@ -55,6 +58,7 @@ pub use metrics::ShimMetrics;
 use rx_table::{RxHeld, RxTable};
 use slab::CookieSlab;
 use tx::TxSlot;
+use wire::{HdrSlots, HDR_SLOT};
 
 /// VIRTIO_NET_F_MRG_RXBUF: makes a Linux guest post single-segment buffers
 /// of >= 1536 bytes, the shape the NIC can fill directly.
@@ -116,6 +120,11 @@ pub struct ShimBackend<D: PnicDriver> {
     irq_vectors: usize,
     tx: CookieSlab<TxSlot>,
     tx_bounce: BouncePool,
+    /// The VMM's copies of the Ethernet headers of the TX frames on the NIC
+    /// (the wire policy, see [`wire`]).
+    tx_hdrs: HdrSlots,
+    /// NIC segments of a TX frame being queued (header copy first); reused.
+    tx_nic_segs: Vec<(u64, u32)>,
     backlog: VecDeque<TxFrame>,
     /// RX buffers to hand back empty (NIC failed) in the next RX pass.
     rx_returned: Vec<Used>,
@@ -170,6 +179,8 @@ impl<D: PnicDriver> ShimBackend<D> {
         }
         let rx_area = driver.alloc_dma(limits.rx_capacity * BOUNCE_BUF_SIZE as usize)?;
         let tx_area = driver.alloc_dma(TX_BOUNCE_BUFS * BOUNCE_BUF_SIZE as usize)?;
+        // A header slot per TX entry: at most one entry per frame on the NIC.
+        let hdr_area = driver.alloc_dma((limits.tx_capacity + 1) * HDR_SLOT)?;
         driver.set_mac_filter(mac)?;
         let link = driver.link_up().unwrap_or(false);
         let irq_vectors = driver.irq_fds().len();
@@ -187,6 +198,8 @@ impl<D: PnicDriver> ShimBackend<D> {
             irq_vectors,
             tx: CookieSlab::with_capacity(limits.tx_capacity),
             tx_bounce: BouncePool::new(tx_area),
+            tx_hdrs: HdrSlots::new(hdr_area),
+            tx_nic_segs: Vec::with_capacity(virtio_devices::net::chain::MAX_CHAIN_DESCS + 1),
             backlog: VecDeque::new(),
             rx_returned: Vec::new(),
             tx_returned: Vec::new(),

@@ -1,0 +1,190 @@
+//! The wire policy: what a guest may put on the physical wire.
+//!
+//! TX is zero-copy, so a check on guest memory would be a TOCTOU (the guest
+//! may rewrite the header after the check, before the NIC reads it). The
+//! shim therefore copies the Ethernet header of every frame into a slot of a
+//! DMA area the VMM owns ([`HdrSlots`]), checks *that copy* with
+//! [`check_header`], and gives the NIC the copy as the frame's first TX
+//! segment; only the rest of the frame is read from guest memory.
+//!
+//! Dropped (each counted under its own reason in the drop counters):
+//! - a source MAC other than the VM's (`spoofed_source`): no ARP poisoning
+//!   or MAC flooding of the LAN under another station's address;
+//! - an 802.1Q or 802.1ad tag, outer or QinQ (`vlan_tagged`): no VLAN can be
+//!   configured for the shim, so a tagged frame would hop into a VLAN the
+//!   guest was never given;
+//! - MAC control, ethertype 0x8808 (`mac_control`): PAUSE/PFC would stall
+//!   the switch port for everyone behind it;
+//! - link-local control protocols (`link_local`): frames to the IEEE 802.1
+//!   reserved group 01:80:C2:00:00:00..0F (STP BPDUs, which can make a
+//!   switch's BPDU guard shut the host's port; 802.1X; LLDP; ...) and the
+//!   ethertypes 0x8809 (slow protocols: LACP, marker, OAM), 0x88CC (LLDP)
+//!   and 0x888E (EAPOL) whatever their destination: the port and its link
+//!   belong to the host, the guest is a station behind it, not a bridge;
+//! - frames shorter than an Ethernet header (`runt_frame`).
+//!
+//! Everything else (IPv4, IPv6, ARP, any other ethertype, 802.3 length/LLC
+//! frames to non-reserved destinations) goes out.
+
+use std::ptr::NonNull;
+
+use virtio_devices::net::backend::DropReason;
+
+use crate::dma::DmaArea;
+
+/// Bytes of an untagged Ethernet header: destination, source, ethertype.
+pub const ETH_HDR: usize = 14;
+/// Bytes per header slot (room for a tagged header, 8-byte aligned).
+pub const HDR_SLOT: usize = 32;
+
+const ETHERTYPE_VLAN: u16 = 0x8100;
+const ETHERTYPE_QINQ: u16 = 0x88a8;
+/// Pre-standard QinQ outer tag some switches still accept.
+const ETHERTYPE_QINQ_OLD: u16 = 0x9100;
+const ETHERTYPE_MAC_CONTROL: u16 = 0x8808;
+const ETHERTYPE_SLOW: u16 = 0x8809;
+const ETHERTYPE_LLDP: u16 = 0x88cc;
+const ETHERTYPE_EAPOL: u16 = 0x888e;
+/// 01:80:C2:00:00:0X: the IEEE 802.1 reserved link-local group.
+const LINK_LOCAL_PREFIX: [u8; 5] = [0x01, 0x80, 0xc2, 0x00, 0x00];
+
+/// The verdict on a frame whose first [`ETH_HDR`] bytes are `h`, sent by
+/// the VM whose MAC is `mac`: `Ok` means it may go on the wire.
+#[inline(always)]
+pub fn check_header(h: &[u8; ETH_HDR], mac: &[u8; 6]) -> Result<(), DropReason> {
+    if h[6..12] != mac[..] {
+        return Err(DropReason::SpoofedSource);
+    }
+    match u16::from_be_bytes([h[12], h[13]]) {
+        ETHERTYPE_VLAN | ETHERTYPE_QINQ | ETHERTYPE_QINQ_OLD => return Err(DropReason::VlanTagged),
+        ETHERTYPE_MAC_CONTROL => return Err(DropReason::MacControl),
+        ETHERTYPE_SLOW | ETHERTYPE_LLDP | ETHERTYPE_EAPOL => return Err(DropReason::LinkLocal),
+        _ => {}
+    }
+    if h[..5] == LINK_LOCAL_PREFIX && h[5] & 0xf0 == 0 {
+        return Err(DropReason::LinkLocal);
+    }
+    Ok(())
+}
+
+/// One header slot per TX frame the shim can have on the NIC, in a DMA area
+/// the VMM owns and the NIC reads from. Slot `i` belongs to the TX entry with
+/// index `i` (see `CookieSlab::vacant_index`) for as long as that entry is
+/// occupied, i.e. until the NIC's completion for the frame was reaped, or
+/// the NIC's queues were stopped.
+pub struct HdrSlots {
+    area: DmaArea,
+    slots: usize,
+    host: NonNull<u8>,
+}
+
+// SAFETY: `host` points into the mapping `area` owns (DmaArea is Send and
+// Sync); a slot is only written while no frame using it is on the NIC.
+unsafe impl Send for HdrSlots {}
+
+impl HdrSlots {
+    /// `area` split into slots of [`HDR_SLOT`] bytes.
+    pub fn new(area: DmaArea) -> Self {
+        let slots = area.len() / HDR_SLOT;
+        let host = area.host_ptr();
+        HdrSlots { area, slots, host }
+    }
+
+    pub fn slots(&self) -> usize {
+        self.slots
+    }
+
+    /// IOVA of slot `i` (`i` < `slots()`).
+    #[inline(always)]
+    pub fn iova(&self, i: usize) -> u64 {
+        self.area.iova() + (i * HDR_SLOT) as u64
+    }
+
+    /// Store `h` in slot `i` (ignored if there is no such slot; callers
+    /// check `i < slots()` first).
+    #[inline(always)]
+    pub fn store(&self, i: usize, h: &[u8; ETH_HDR]) {
+        if i >= self.slots {
+            return;
+        }
+        // SAFETY: slot i lies inside the area's mapping (i < slots, and
+        // slots * HDR_SLOT <= len), which lives as long as `self`. The NIC
+        // only reads a slot while the frame that owns it is queued, and the
+        // shim only stores into the slot of a vacant TX entry, so nothing
+        // reads these bytes concurrently; [u8; 14] has alignment 1.
+        unsafe { self.host.as_ptr().add(i * HDR_SLOT).cast::<[u8; ETH_HDR]>().write_volatile(*h) };
+    }
+
+    /// What slot `i` holds (tests).
+    #[cfg(test)]
+    pub fn load(&self, i: usize) -> [u8; ETH_HDR] {
+        let mut h = [0u8; ETH_HDR];
+        let _ = self.area.read((i * HDR_SLOT) as u64, &mut h);
+        h
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
+
+    fn hdr(dst: [u8; 6], src: [u8; 6], ethertype: u16) -> [u8; ETH_HDR] {
+        let mut h = [0u8; ETH_HDR];
+        h[..6].copy_from_slice(&dst);
+        h[6..12].copy_from_slice(&src);
+        h[12..].copy_from_slice(&ethertype.to_be_bytes());
+        h
+    }
+
+    #[test]
+    fn ordinary_frames_pass() {
+        for (dst, et) in [
+            ([0xff; 6], 0x0806),
+            ([0x02, 0, 0, 0, 0, 9], 0x0800),
+            ([0x33, 0x33, 0, 0, 0, 1], 0x86dd),
+            ([0x01, 0x00, 0x5e, 0, 0, 1], 0x0800),
+            // 802.3 length + LLC to an ordinary address.
+            ([0x02, 0, 0, 0, 0, 9], 0x0040),
+            // Just outside the reserved group.
+            ([0x01, 0x80, 0xc2, 0, 0, 0x10], 0x0800),
+        ] {
+            assert_eq!(check_header(&hdr(dst, MAC, et), &MAC), Ok(()), "{dst:x?} {et:#x}");
+        }
+    }
+
+    #[test]
+    fn policy_drops_with_its_reason() {
+        let peer = [0x02, 0, 0, 0, 0, 9];
+        let cases = [
+            (hdr(peer, [0x52, 0x54, 0, 0x12, 0x34, 0x57], 0x0800), DropReason::SpoofedSource),
+            (hdr(peer, [0xff; 6], 0x0806), DropReason::SpoofedSource),
+            (hdr(peer, MAC, 0x8100), DropReason::VlanTagged),
+            (hdr(peer, MAC, 0x88a8), DropReason::VlanTagged),
+            (hdr(peer, MAC, 0x9100), DropReason::VlanTagged),
+            (hdr([0x01, 0x80, 0xc2, 0, 0, 1], MAC, 0x8808), DropReason::MacControl),
+            (hdr(peer, MAC, 0x8808), DropReason::MacControl),
+            (hdr([0x01, 0x80, 0xc2, 0, 0, 2], MAC, 0x8809), DropReason::LinkLocal),
+            (hdr([0x01, 0x80, 0xc2, 0, 0, 0x0e], MAC, 0x88cc), DropReason::LinkLocal),
+            (hdr(peer, MAC, 0x888e), DropReason::LinkLocal),
+            // An STP BPDU: 802.3 length, to 01:80:C2:00:00:00.
+            (hdr([0x01, 0x80, 0xc2, 0, 0, 0], MAC, 0x0026), DropReason::LinkLocal),
+            (hdr([0x01, 0x80, 0xc2, 0, 0, 0x0f], MAC, 0x0800), DropReason::LinkLocal),
+        ];
+        for (h, want) in cases {
+            assert_eq!(check_header(&h, &MAC), Err(want), "{h:x?}");
+        }
+    }
+
+    #[test]
+    fn slots_are_apart_and_bounded() {
+        let s = HdrSlots::new(DmaArea::new(0x4000_0000, 4096).unwrap());
+        assert_eq!(s.slots(), 128);
+        let h = hdr([1; 6], MAC, 0x0800);
+        s.store(127, &h);
+        s.store(128, &h);
+        assert_eq!(s.load(127), h);
+        assert_eq!(s.iova(1) - s.iova(0), HDR_SLOT as u64);
+    }
+}

@@ -9,7 +9,7 @@ use virtio_devices::mem::RamMap;
 use virtio_devices::net::backend::{ChainRef, DropReason, VNET_HDR_LEN};
 use vm_memory::{Bytes, GuestAddress};
 
-use super::wire::{check_header, ETH_HDR};
+use super::wire::{check_header, read_header, ETH_HDR};
 use super::{in_ram, ShimBackend, HDR, TX_BACKLOG};
 use crate::driver::{DriverError, PnicDriver};
 
@@ -65,32 +65,51 @@ impl<D: PnicDriver> ShimBackend<D> {
         }
     }
 
+    /// The common shape, the frame in one piece of guest RAM at `start`
+    /// (`host` in the VMM): [`Self::submit_tx`] without its segment walk.
+    #[inline(always)]
+    pub(super) fn submit_tx_one(&mut self, head: u16, start: u64, len: u32, host: *const u8) -> Result<(), DropReason> {
+        if (len as usize) < ETH_HDR {
+            return Err(DropReason::RuntFrame);
+        }
+        let slot = self.tx.vacant_index();
+        if slot >= self.tx_hdrs.slots() {
+            return Err(DropReason::NoBuffer);
+        }
+        // SAFETY: `host` is the host address of the `len` (>= 14) bytes at
+        // `start`, inside one guest RAM mapping (`one_segment_payload`) that
+        // `self.ram` keeps alive.
+        let h = unsafe { read_header(host) };
+        self.metrics.tx_header_copied(ETH_HDR as u64);
+        // The one check, on the VMM's copy: the guest cannot change it now.
+        check_header(&h, &self.mac)?;
+        self.tx_hdrs.store(slot, &h);
+        let hdr = (self.tx_hdrs.iova(slot), ETH_HDR as u32);
+        if len > ETH_HDR as u32 {
+            self.queue_frame(head, len, &[hdr, (start + ETH_HDR as u64, len - ETH_HDR as u32)])
+        } else {
+            self.queue_frame(head, len, &[hdr])
+        }
+    }
+
     /// Queue one checked frame on the NIC (started by the next
     /// `flush_tx_queued`), its Ethernet header from the VMM's copy (the wire
     /// policy, see [`super::wire`]); a frame in more segments than the NIC
     /// takes is copied into a bounce buffer first. `segs` is the frame after
     /// the virtio-net header, in guest RAM (checked).
-    #[inline]
     pub(super) fn submit_tx(&mut self, head: u16, segs: &[(u64, u32)]) -> Result<(), DropReason> {
         // The TX entry this frame will get, and with it its header slot.
         let slot = self.tx.vacant_index();
         if slot >= self.tx_hdrs.slots() {
             return Err(DropReason::NoBuffer);
         }
-        let h = self.copy_header(segs)?;
+        let mut h = [0u8; ETH_HDR];
+        self.gather_header(segs, &mut h)?;
+        self.metrics.tx_header_copied(ETH_HDR as u64);
         // The one check, on the VMM's copy: the guest cannot change it now.
         check_header(&h, &self.mac)?;
         self.tx_hdrs.store(slot, &h);
         let hdr = (self.tx_hdrs.iova(slot), ETH_HDR as u32);
-        if let [(a, l)] = segs {
-            // The common shape: the rest of the frame is one segment.
-            let bytes = *l;
-            return if bytes > ETH_HDR as u32 {
-                self.queue_frame(head, bytes, &[hdr, (a + ETH_HDR as u64, bytes - ETH_HDR as u32)])
-            } else {
-                self.queue_frame(head, bytes, &[hdr])
-            };
-        }
         let mut nic = std::mem::take(&mut self.tx_nic_segs);
         nic.clear();
         nic.push(hdr);
@@ -114,28 +133,8 @@ impl<D: PnicDriver> ShimBackend<D> {
         r
     }
 
-    /// The first [`ETH_HDR`] bytes of the frame in `segs`, copied out of
-    /// guest memory (counted as copied bytes).
-    #[inline(always)]
-    fn copy_header(&mut self, segs: &[(u64, u32)]) -> Result<[u8; ETH_HDR], DropReason> {
-        let mut h = [0u8; ETH_HDR];
-        let fast = match segs.first() {
-            Some(&(a, l)) if l as usize >= ETH_HDR => self.ram.host_range(a, ETH_HDR as u64),
-            _ => None,
-        };
-        match fast {
-            // SAFETY: host_range found the 14 bytes inside one mapped region
-            // of guest RAM that `self.ram` keeps alive; [u8; 14] has
-            // alignment 1; volatile: the guest may be writing them.
-            Some(p) => h = unsafe { p.cast::<[u8; ETH_HDR]>().read_volatile() },
-            None => self.gather_header(segs, &mut h)?,
-        }
-        self.metrics.tx_header_copied(ETH_HDR as u64);
-        Ok(h)
-    }
-
-    /// [`Self::copy_header`] for a header split over segments (or regions).
-    #[cold]
+    /// The first [`ETH_HDR`] bytes of the frame in `segs` (guest RAM),
+    /// wherever they are split.
     fn gather_header(&self, segs: &[(u64, u32)], h: &mut [u8; ETH_HDR]) -> Result<(), DropReason> {
         let mut got = 0usize;
         for &(a, l) in segs {
@@ -220,13 +219,14 @@ impl<D: PnicDriver> ShimBackend<D> {
 
     /// The NIC segment of a one-descriptor TX frame that passes every check
     /// of `validate_tx` (header and at least one byte, no more than the NIC
-    /// sends, all in guest RAM); `None` sends it through `validate_tx`,
-    /// which gives the verdict.
-    #[inline]
-    pub(super) fn one_segment_payload(&self, gpa: GuestAddress, len: u32) -> Option<(u64, u32)> {
+    /// sends, all in one mapping of guest RAM), and its host address; `None`
+    /// sends it through `validate_tx`, which gives the verdict.
+    #[inline(always)]
+    pub(super) fn one_segment_payload(&self, gpa: GuestAddress, len: u32) -> Option<(u64, u32, *const u8)> {
         let payload = len.checked_sub(HDR as u32).filter(|&p| p > 0 && p <= self.limits.tx_max_frame)?;
         let start = gpa.0.checked_add(HDR)?;
-        in_ram(&self.ram, start, u64::from(payload)).then_some((start, payload))
+        let host = self.ram.host_range(start, u64::from(payload))?;
+        Some((start, payload, host))
     }
 
     /// The NIC segments of a guest frame, checked, into `segs`.
@@ -316,10 +316,10 @@ impl<D: PnicDriver> ShimBackend<D> {
         }
         if let [(gpa, len)] = frame.segs {
             // The common shape: header and frame in one descriptor.
-            if let Some(payload) = self.one_segment_payload(*gpa, *len) {
+            if let Some((start, len, host)) = self.one_segment_payload(*gpa, *len) {
                 // Two descriptors: the header copy and the rest.
                 if self.backlog.is_empty() && self.driver.tx_free() >= 2 {
-                    self.submit_tx(frame.head, &[payload]).inspect_err(|r| self.metrics.drop(*r))?;
+                    self.submit_tx_one(frame.head, start, len, host).inspect_err(|r| self.metrics.drop(*r))?;
                     return Ok(false);
                 }
             }

@@ -9,7 +9,7 @@ use virtio_devices::mem::RamMap;
 use virtio_devices::net::backend::{ChainRef, DropReason, VNET_HDR_LEN};
 use vm_memory::{Bytes, GuestAddress};
 
-use super::wire::{check_header, read_header, ETH_HDR};
+use super::wire::{check_header, check_words, read_header, ETH_HDR};
 use super::{in_ram, ShimBackend, HDR, TX_BACKLOG};
 use crate::driver::{DriverError, PnicDriver};
 
@@ -82,8 +82,8 @@ impl<D: PnicDriver> ShimBackend<D> {
         let h = unsafe { read_header(host) };
         self.metrics.tx_header_copied(ETH_HDR as u64);
         // The one check, on the VMM's copy: the guest cannot change it now.
-        check_header(&h, &self.mac)?;
-        self.tx_hdrs.store(slot, &h);
+        check_words(h, self.mac_word)?;
+        self.tx_hdrs.store_words(slot, h);
         let hdr = (self.tx_hdrs.iova(slot), ETH_HDR as u32);
         if len > ETH_HDR as u32 {
             self.queue_frame(head, len, &[hdr, (start + ETH_HDR as u64, len - ETH_HDR as u32)])

@@ -48,27 +48,62 @@ const ETHERTYPE_EAPOL: u16 = 0x888e;
 /// 01:80:C2:00:00:0X: the IEEE 802.1 reserved link-local group.
 const LINK_LOCAL_PREFIX: [u8; 3] = [0x01, 0x80, 0xc2];
 
+/// An Ethernet header as two little-endian words: `lo` = bytes 0..8
+/// (destination, first two source bytes), `hi` = bytes 6..14 (source,
+/// ethertype). The checks are a few word compares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EthWords {
+    pub lo: u64,
+    pub hi: u64,
+}
+
+impl EthWords {
+    #[inline(always)]
+    pub fn from_bytes(h: &[u8; ETH_HDR]) -> Self {
+        let lo = u64::from_le_bytes([h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7]]);
+        let hi = u64::from_le_bytes([h[6], h[7], h[8], h[9], h[10], h[11], h[12], h[13]]);
+        EthWords { lo, hi }
+    }
+
+    pub fn to_bytes(self) -> [u8; ETH_HDR] {
+        let mut h = [0u8; ETH_HDR];
+        h[..8].copy_from_slice(&self.lo.to_le_bytes());
+        h[6..].copy_from_slice(&self.hi.to_le_bytes());
+        h
+    }
+}
+
+/// `mac` as the low 48 bits of a little-endian word (what
+/// [`check_words`] compares the source with).
+pub fn mac_word(mac: &[u8; 6]) -> u64 {
+    u64::from_le_bytes([mac[0], mac[1], mac[2], mac[3], mac[4], mac[5], 0, 0])
+}
+
 /// The verdict on a frame whose first [`ETH_HDR`] bytes are `h`, sent by
 /// the VM whose MAC is `mac`: `Ok` means it may go on the wire.
-#[inline(always)]
 pub fn check_header(h: &[u8; ETH_HDR], mac: &[u8; 6]) -> Result<(), DropReason> {
-    // Two little-endian words: destination (+ 2 source bytes), and source
-    // + ethertype; a few compares instead of byte loops.
-    let lo = u64::from_le_bytes([h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7]]);
-    let hi = u64::from_le_bytes([h[6], h[7], h[8], h[9], h[10], h[11], h[12], h[13]]);
-    let src = u64::from_le_bytes([mac[0], mac[1], mac[2], mac[3], mac[4], mac[5], 0, 0]);
-    if hi & 0xffff_ffff_ffff != src {
+    check_words(EthWords::from_bytes(h), mac_word(mac))
+}
+
+/// [`check_header`] on the header's words, the VM's MAC as [`mac_word`].
+#[inline(always)]
+pub fn check_words(h: EthWords, mac: u64) -> Result<(), DropReason> {
+    if h.hi & 0xffff_ffff_ffff != mac {
         return Err(DropReason::SpoofedSource);
     }
-    match ((hi >> 48) as u16).swap_bytes() {
-        ETHERTYPE_VLAN | ETHERTYPE_QINQ | ETHERTYPE_QINQ_OLD => return Err(DropReason::VlanTagged),
-        ETHERTYPE_MAC_CONTROL => return Err(DropReason::MacControl),
-        ETHERTYPE_SLOW | ETHERTYPE_LLDP | ETHERTYPE_EAPOL => return Err(DropReason::LinkLocal),
-        _ => {}
+    let ethertype = ((h.hi >> 48) as u16).swap_bytes();
+    // Every ethertype dropped is >= 0x8100; IPv4 and ARP are below.
+    if ethertype >= ETHERTYPE_VLAN {
+        match ethertype {
+            ETHERTYPE_VLAN | ETHERTYPE_QINQ | ETHERTYPE_QINQ_OLD => return Err(DropReason::VlanTagged),
+            ETHERTYPE_MAC_CONTROL => return Err(DropReason::MacControl),
+            ETHERTYPE_SLOW | ETHERTYPE_LLDP | ETHERTYPE_EAPOL => return Err(DropReason::LinkLocal),
+            _ => {}
+        }
     }
     // 01:80:C2:00:00:0X: the first five bytes and the high nibble of the sixth.
     let ll = u64::from_le_bytes([LINK_LOCAL_PREFIX[0], LINK_LOCAL_PREFIX[1], LINK_LOCAL_PREFIX[2], 0, 0, 0, 0, 0]);
-    if lo & 0xf0_ff_ff_ff_ff_ff == ll {
+    if h.lo & 0xf0_ff_ff_ff_ff_ff == ll {
         return Err(DropReason::LinkLocal);
     }
     Ok(())
@@ -82,23 +117,26 @@ pub fn check_header(h: &[u8; ETH_HDR], mac: &[u8; 6]) -> Result<(), DropReason> 
 /// # Safety
 /// `src` must be valid for reads of [`ETH_HDR`] bytes for the whole call.
 #[inline(always)]
-pub unsafe fn read_header(src: *const u8) -> [u8; ETH_HDR] {
-    let mut h = [0u8; ETH_HDR];
+pub unsafe fn read_header(src: *const u8) -> EthWords {
     if src as usize & 1 == 0 {
         let w = src.cast::<u16>();
-        for (i, pair) in h.chunks_exact_mut(2).enumerate() {
-            // SAFETY: i < 7: bytes 2i..2i+2 of the 14 the caller vouches
-            // for; 2-byte aligned (checked above).
-            let v = unsafe { w.add(i).read_volatile() };
-            pair.copy_from_slice(&v.to_ne_bytes());
-        }
+        // SAFETY: seven 2-byte loads covering exactly the 14 bytes the
+        // caller vouches for; 2-byte aligned (checked above).
+        let [w0, w1, w2, w3, w4, w5, w6] =
+            unsafe { [0, 1, 2, 3, 4, 5, 6].map(|i| u64::from(w.add(i).read_volatile())) };
+        // The words hold bytes in memory order on a little-endian host; on a
+        // big-endian one, swap each back.
+        let le = |v: u64| if cfg!(target_endian = "big") { u64::from((v as u16).swap_bytes()) } else { v };
+        let (w0, w1, w2, w3, w4, w5, w6) = (le(w0), le(w1), le(w2), le(w3), le(w4), le(w5), le(w6));
+        EthWords { lo: w0 | w1 << 16 | w2 << 32 | w3 << 48, hi: w3 | w4 << 16 | w5 << 32 | w6 << 48 }
     } else {
+        let mut h = [0u8; ETH_HDR];
         for (i, b) in h.iter_mut().enumerate() {
             // SAFETY: i < 14: inside the bytes the caller vouches for.
             *b = unsafe { src.add(i).read_volatile() };
         }
+        EthWords::from_bytes(&h)
     }
-    h
 }
 
 /// One header slot per TX frame the shim can have on the NIC, in a DMA area
@@ -136,18 +174,28 @@ impl HdrSlots {
 
     /// Store `h` in slot `i` (ignored if there is no such slot; callers
     /// check `i < slots()` first).
-    #[inline(always)]
     pub fn store(&self, i: usize, h: &[u8; ETH_HDR]) {
+        self.store_words(i, EthWords::from_bytes(h));
+    }
+
+    /// [`Self::store`] from the header's words: two 8-byte stores.
+    #[inline(always)]
+    pub fn store_words(&self, i: usize, h: EthWords) {
         if i >= self.slots {
             return;
         }
         // SAFETY: slot i lies inside the area's mapping (i < slots, and
-        // slots * HDR_SLOT <= len), which lives as long as `self`. The NIC
+        // slots * HDR_SLOT <= len), which lives as long as `self`; the two
+        // unaligned 8-byte stores cover its bytes 0..8 and 6..14. The NIC
         // only reads a slot while the frame that owns it is queued (after
         // the release fence of the tail write), and the shim only stores
         // into the slot of a vacant TX entry, so nothing reads these bytes
-        // concurrently; [u8; 14] has alignment 1.
-        unsafe { self.host.as_ptr().add(i * HDR_SLOT).cast::<[u8; ETH_HDR]>().write(*h) };
+        // concurrently.
+        unsafe {
+            let at = self.host.as_ptr().add(i * HDR_SLOT);
+            at.cast::<u64>().write_unaligned(h.lo.to_le());
+            at.add(6).cast::<u64>().write_unaligned(h.hi.to_le());
+        }
     }
 
     /// What slot `i` holds (tests).
@@ -221,7 +269,7 @@ mod tests {
         for off in [0usize, 1, 2, 3] {
             // SAFETY: off + 14 <= 32 bytes of `buf`.
             let h = unsafe { read_header(buf.as_ptr().add(off)) };
-            assert_eq!(h[..], buf[off..off + ETH_HDR]);
+            assert_eq!(h.to_bytes()[..], buf[off..off + ETH_HDR]);
         }
     }
 

@@ -36,6 +36,12 @@ pub struct ShimMetrics {
     pub rx_nic_errors: u64,
     /// NIC failures (surprise removal, timeouts, unknown completions).
     pub nic_errors: u64,
+    /// Times the NIC broke an invariant (a completion longer than it may
+    /// write): each one fails the NIC for good.
+    pub nic_invariant_breaks: u64,
+    /// Buffers the NIC held when it failed without proof that its DMA
+    /// stopped: never handed back to the guest (see `DmaNotStopped`).
+    pub dma_held_buffers: u64,
     /// Device resets that stopped the NIC's queues before the guest's
     /// buffers were forgotten (each one is logged at info level).
     pub quiesces: u64,

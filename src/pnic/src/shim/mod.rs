@@ -108,6 +108,8 @@ pub struct ShimBackend<D: PnicDriver> {
     ram: RamMap,
     limits: DriverLimits,
     mac: [u8; 6],
+    /// `mac` as the TX source check compares it (`wire::mac_word`).
+    mac_word: u64,
     /// Guest RX buffers the NIC holds, by head (the cookie encodes it).
     rx: RxTable,
     rx_bounce: BouncePool,
@@ -149,6 +151,9 @@ pub struct ShimBackend<D: PnicDriver> {
     metrics: ShimMetrics,
     started: bool,
     failed: bool,
+    /// The NIC failed and nothing proves its DMA stopped: the buffers it
+    /// held stay held (see `fail`).
+    dma_unstopped: bool,
     link: bool,
     acked: u64,
 }
@@ -190,6 +195,7 @@ impl<D: PnicDriver> ShimBackend<D> {
             ram: RamMap::new(mem),
             limits,
             mac,
+            mac_word: wire::mac_word(&mac),
             // Heads are below the device's queue size; the table grows if not.
             rx: RxTable::with_capacity(usize::from(virtio_devices::net::device::QUEUE_SIZE)),
             rx_bounce: BouncePool::new(rx_area),
@@ -211,6 +217,7 @@ impl<D: PnicDriver> ShimBackend<D> {
             metrics: ShimMetrics::default(),
             started: false,
             failed: false,
+            dma_unstopped: false,
             link,
             acked: 0,
         })
@@ -237,22 +244,42 @@ impl<D: PnicDriver> ShimBackend<D> {
         self.rx.len() + self.lent_heads().len()
     }
 
-    /// The NIC failed (surprise removal, error): link down, everything it
-    /// held goes back to the guest empty, and the VM keeps running.
-    fn fail(&mut self, e: &DriverError) {
+    /// The NIC failed (surprise removal, a broken invariant, a NIC that
+    /// would not stop or reset): link down, and the VM keeps running. Once
+    /// the NIC's DMA is stopped, everything it held goes back to the guest
+    /// empty. If nothing proves it stopped (`DmaNotStopped`: stop, reset and
+    /// function reset all failed; bus mastering is off), every buffer the
+    /// NIC held stays held: not handed back, not forgotten, the bounce
+    /// buffers never reused.
+    fn fail(&mut self, why: &dyn std::fmt::Display) {
         self.metrics.nic_errors += 1;
         if self.failed {
             return;
         }
-        log::error!("pNIC {} failed: {e}; link down, the VM keeps running", self.driver.name());
+        log::error!("pNIC {} failed: {why}; link down, the VM keeps running", self.driver.name());
         self.failed = true;
         self.link = false;
         // Asked before the queues stop (which forgets them).
         let lent = self.lent_heads();
-        let _ = self.driver.quiesce();
+        let stopped = self.driver.quiesce();
         self.started = false;
         self.rx_unflushed = false;
         self.tx_unflushed = false;
+        // Frames still in the backlog never reached the NIC.
+        for f in self.backlog.drain(..) {
+            self.tx_returned.push((f.head, Some(DropReason::BackendError)));
+            self.metrics.drop(DropReason::BackendError);
+        }
+        if let Err(e @ DriverError::DmaNotStopped(_)) = stopped {
+            self.dma_unstopped = true;
+            self.metrics.dma_held_buffers = (self.rx.len() + lent.len() + self.tx.len()) as u64;
+            log::error!(
+                "pNIC {}: {e}; holding the {} buffers it had (never handed back to the guest)",
+                self.driver.name(),
+                self.metrics.dma_held_buffers
+            );
+            return;
+        }
         for head in self.rx.drain().into_iter().map(|(head, _)| head).chain(lent) {
             self.rx_returned.push(Used { head, len: 0 });
             self.metrics.drop(DropReason::BackendError);
@@ -261,17 +288,21 @@ impl<D: PnicDriver> ShimBackend<D> {
             self.tx_returned.push((t.head, Some(DropReason::BackendError)));
             self.metrics.drop(DropReason::BackendError);
         }
-        for f in self.backlog.drain(..) {
-            self.tx_returned.push((f.head, Some(DropReason::BackendError)));
-            self.metrics.drop(DropReason::BackendError);
-        }
         self.rx_bounce.reset();
         self.tx_bounce.reset();
     }
 
+    /// The NIC broke an invariant the shim relies on (e.g. it reported more
+    /// bytes than it may write into a buffer): it is not trusted again.
+    #[cold]
+    fn fail_invariant(&mut self, what: std::fmt::Arguments<'_>) {
+        self.metrics.nic_invariant_breaks += 1;
+        self.fail(&what);
+    }
+
     fn driver_err(&mut self, e: DriverError) {
         match e {
-            DriverError::Removed => self.fail(&e),
+            DriverError::Removed | DriverError::Failed(_) | DriverError::DmaNotStopped(_) => self.fail(&e),
             _ => {
                 self.metrics.nic_errors += 1;
                 log::warn!("pNIC {}: {e}", self.driver.name());
@@ -377,10 +408,20 @@ impl<D: PnicDriver> NetBackend for ShimBackend<D> {
     fn quiesce(&mut self) {
         let rx_held = self.rx_posted();
         let held = (rx_held + self.tx.len() + self.backlog.len()) as u64;
-        if let Err(e) = self.driver.quiesce() {
-            // The igb driver already fell back to a full reset.
-            self.metrics.nic_errors += 1;
-            log::error!("pNIC quiesce: {e}");
+        match self.driver.quiesce() {
+            Ok(()) => {}
+            Err(e @ DriverError::DmaNotStopped(_)) => {
+                // The guest reset its device and takes its memory back; all
+                // the shim can still do is never reuse its own DMA memory.
+                self.metrics.nic_errors += 1;
+                self.dma_unstopped = true;
+                log::error!("pNIC quiesce: {e}; the device reset proceeds without proof that DMA stopped");
+            }
+            Err(e) => {
+                // The driver fell back to a full reset, which stopped DMA.
+                self.metrics.nic_errors += 1;
+                log::error!("pNIC quiesce: {e}");
+            }
         }
         self.metrics.quiesces += 1;
         self.metrics.quiesce_forgotten_buffers += held;
@@ -400,8 +441,10 @@ impl<D: PnicDriver> NetBackend for ShimBackend<D> {
         self.backlog.clear();
         self.rx_returned.clear();
         self.tx_returned.clear();
-        self.rx_bounce.reset();
-        self.tx_bounce.reset();
+        if !self.dma_unstopped {
+            self.rx_bounce.reset();
+            self.tx_bounce.reset();
+        }
     }
 
     fn link_up(&self) -> bool {
@@ -432,5 +475,7 @@ impl<D: PnicDriver> NetBackend for ShimBackend<D> {
 
 #[cfg(test)]
 mod device_tests;
+#[cfg(test)]
+mod teardown_tests;
 #[cfg(test)]
 mod tests;

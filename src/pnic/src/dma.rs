@@ -16,6 +16,10 @@ use vm_memory::{
 pub const IOVA_GAP_ALIGN: u64 = 1 << 30;
 /// Page size used for VMM DMA areas.
 pub const PAGE_SIZE: u64 = 4096;
+/// Unmapped IOVA space at least between the end of guest RAM and the first
+/// VMM DMA area: a NIC running past the last guest byte faults instead of
+/// reaching a ring or bounce buffer.
+pub const GUARD: u64 = PAGE_SIZE;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DmaError {
@@ -48,10 +52,12 @@ pub struct IovaAllocator {
 }
 
 impl IovaAllocator {
-    /// Start allocating at the first `IOVA_GAP_ALIGN` boundary above `guest`.
+    /// Start allocating at the first `IOVA_GAP_ALIGN` boundary at least a
+    /// guard page ([`GUARD`]) above `guest`: RAM that ends on the boundary
+    /// (1 GiB, 2 GiB...) is not followed directly by a descriptor ring.
     pub fn above(guest: &GuestMemoryMmap) -> Self {
         let end = guest.iter().map(|r| r.start_addr().raw_value() + r.len()).max().unwrap_or(0);
-        let next = end.div_ceil(IOVA_GAP_ALIGN).max(1) * IOVA_GAP_ALIGN;
+        let next = (end + GUARD).div_ceil(IOVA_GAP_ALIGN) * IOVA_GAP_ALIGN;
         IovaAllocator { next }
     }
 
@@ -209,6 +215,17 @@ mod tests {
         let x = a.alloc(10).unwrap();
         assert_eq!(x, 0x1_4000_0000);
         assert_eq!(a.alloc(1).unwrap(), x + PAGE_SIZE);
+    }
+
+    #[test]
+    fn a_guard_page_follows_ram_that_ends_on_the_boundary() {
+        for mib in [1024u64, 2048] {
+            let g = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), (mib << 20) as usize)]).unwrap();
+            let first = IovaAllocator::above(&g).alloc(4096).unwrap();
+            assert!(first >= (mib << 20) + GUARD, "{mib} MiB: first DMA area at {first:#x}");
+        }
+        let g = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x1000)]).unwrap();
+        assert_eq!(IovaAllocator::above(&g).alloc(1).unwrap(), IOVA_GAP_ALIGN);
     }
 
     #[test]

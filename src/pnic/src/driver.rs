@@ -61,6 +61,15 @@ pub enum DriverError {
     Stopped,
     #[error("DMA mapping failed: {0}")]
     DmaMap(String),
+    /// The NIC broke an invariant or would not stop/reset; it is latched
+    /// failed (no start, no reset) and its DMA is stopped.
+    #[error("the NIC is latched failed: {0}")]
+    Failed(String),
+    /// The NIC did not confirm that its DMA stopped: latched failed, bus
+    /// mastering off as far as the host could turn it off, and every buffer
+    /// it held must stay held (neither reused nor handed back).
+    #[error("the NIC did not confirm that its DMA stopped: {0}")]
+    DmaNotStopped(String),
 }
 
 /// Static limits of a driver, known after construction.
@@ -98,6 +107,9 @@ pub trait PnicDriver: Send {
     fn start(&mut self) -> Result<(), DriverError>;
     /// Stop both queues and wait until the NIC no longer accesses any posted
     /// buffer. Every posted buffer is forgotten (no completion for it).
+    /// `Err(DriverError::DmaNotStopped)` is the one outcome after which the
+    /// NIC may still access posted buffers: the caller then keeps every one
+    /// of them (any other error means DMA stopped, by a reset if need be).
     fn quiesce(&mut self) -> Result<(), DriverError>;
     /// Full NIC reset and re-initialisation; queues end up stopped.
     fn reset(&mut self) -> Result<(), DriverError>;

@@ -462,6 +462,20 @@ impl VfioNic {
         self.irq_fds.iter().map(|e| e.as_raw_fd()).collect()
     }
 
+    /// Function-level reset through VFIO, reporting whether it happened
+    /// (`VFIO_DEVICE_RESET`); bus mastering stays off afterwards.
+    pub fn function_reset(&self) -> Result<(), VfioError> {
+        // _IO(VFIO_TYPE, VFIO_BASE + 11), linux/vfio.h.
+        const VFIO_DEVICE_RESET: libc::c_ulong = (b';' as libc::c_ulong) << 8 | (100 + 11);
+        // SAFETY: VFIO_DEVICE_RESET takes no argument; the fd is the VFIO
+        // device's, open for as long as `self.device` lives.
+        let r = unsafe { libc::ioctl(self.device.as_raw_fd(), VFIO_DEVICE_RESET as _) };
+        if r != 0 {
+            return Err(VfioError::Config { bdf: self.bdf, source: std::io::Error::last_os_error() });
+        }
+        Ok(())
+    }
+
     /// Function-level reset through VFIO (if the device supports it); bus
     /// mastering is re-enabled afterwards.
     pub fn device_reset(&self) -> Result<(), VfioError> {
@@ -487,6 +501,16 @@ impl VfioNic {
 
     pub fn bar0_len(&self) -> usize {
         self.bar.len
+    }
+}
+
+impl crate::e1000_common::PciControl for VfioNic {
+    fn set_bus_master(&self, on: bool) -> Result<(), String> {
+        VfioNic::set_bus_master(self, on).map_err(|e| e.to_string())
+    }
+
+    fn function_reset(&self) -> Result<(), String> {
+        VfioNic::function_reset(self).map_err(|e| e.to_string())
     }
 }
 

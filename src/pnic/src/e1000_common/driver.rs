@@ -15,7 +15,7 @@ use super::regs::*;
 use super::ring::{DescLayout, RxRing, TxRing};
 use super::{
     alloc_dma, check_alive, global_reset, poll_until, read_checked, reset_on_drop, write_mac_filter, NicConfig,
-    OpenError,
+    OpenError, PciControl,
 };
 use crate::bdf::Bdf;
 use crate::dma::{DmaArea, DmaMapper, IovaAllocator};
@@ -65,6 +65,13 @@ pub struct E1000<F: Family, R: RegisterAccess> {
     /// Interrupt eventfds of a NIC that is not behind VFIO (a hardware
     /// model in benchmarks and tests); unused when `nic` is set.
     model_irqs: Vec<Arc<EventFd>>,
+    /// PCI control of a NIC that is not behind VFIO (the model); unused
+    /// when `nic` is set.
+    model_pci: Option<Box<dyn PciControl>>,
+    /// Set when the NIC would neither stop nor reset: the error every later
+    /// start, reset and quiesce returns. Bus mastering is never turned back
+    /// on and the rings are left as they are (the NIC may still read them).
+    latched: Option<DriverError>,
     family: PhantomData<fn() -> F>,
 }
 
@@ -109,6 +116,8 @@ impl<F: Family, R: RegisterAccess> E1000<F, R> {
             iova,
             nic: None,
             model_irqs: Vec::new(),
+            model_pci: None,
+            latched: None,
             family: PhantomData,
         };
         d.init_hw()?;
@@ -168,6 +177,56 @@ impl<F: Family, R: RegisterAccess> E1000<F, R> {
     pub fn set_model_irqs(&mut self, irqs: Vec<Arc<EventFd>>) {
         self.model_irqs = irqs;
     }
+
+    /// Use `pci` for bus mastering and function reset (a NIC model; a NIC
+    /// behind VFIO uses VFIO).
+    pub fn set_model_pci(&mut self, pci: Box<dyn PciControl>) {
+        self.model_pci = Some(pci);
+    }
+
+    fn pci(&self) -> Option<&dyn PciControl> {
+        match &self.nic {
+            Some(n) => Some(n),
+            None => self.model_pci.as_deref(),
+        }
+    }
+
+    /// Whether the NIC is latched failed (it would neither stop nor reset).
+    pub fn latched(&self) -> bool {
+        self.latched.is_some()
+    }
+
+    /// The NIC would neither stop its queues nor reset (`why`): latch it
+    /// failed. Bus mastering goes off and stays off; then a function-level
+    /// reset is tried. If that worked, DMA is stopped (`Failed`); if not,
+    /// nothing proves it stopped (`DmaNotStopped`: the caller holds on to
+    /// every buffer the NIC had). The rings are not touched: a NIC still
+    /// running would read whatever was written there.
+    #[cold]
+    fn latch(&mut self, why: &DriverError) -> DriverError {
+        self.started = false;
+        let (master, flr) = match self.pci() {
+            Some(p) => {
+                let master = p.set_bus_master(false);
+                let flr = p.function_reset();
+                // The reset clears bus mastering; make sure it stays clear.
+                let master = p.set_bus_master(false).or(master);
+                (master, flr)
+            }
+            None => (Err("no PCI control".to_string()), Err("no PCI control".to_string())),
+        };
+        let master = match master {
+            Ok(()) => "bus mastering off".to_string(),
+            Err(e) => format!("bus mastering could not be turned off ({e})"),
+        };
+        let err = match flr {
+            Ok(()) => DriverError::Failed(format!("{why}; function reset done, {master}")),
+            Err(e) => DriverError::DmaNotStopped(format!("{why}; function reset failed ({e}), {master}")),
+        };
+        log::error!("{}: {err}", F::NAME);
+        self.latched = Some(err.clone());
+        err
+    }
 }
 
 impl<F: Family, R: RegisterAccess> PnicDriver for E1000<F, R> {
@@ -187,6 +246,9 @@ impl<F: Family, R: RegisterAccess> PnicDriver for E1000<F, R> {
     }
 
     fn start(&mut self) -> Result<(), DriverError> {
+        if let Some(e) = &self.latched {
+            return Err(e.clone());
+        }
         if self.started {
             return Ok(());
         }
@@ -276,30 +338,42 @@ impl<F: Family, R: RegisterAccess> PnicDriver for E1000<F, R> {
     }
 
     fn quiesce(&mut self) -> Result<(), DriverError> {
+        if let Some(e) = &self.latched {
+            return Err(e.clone());
+        }
         let stopped = F::stop(self);
         self.started = false;
-        self.reset_ring_state();
         if let Err(e) = stopped {
-            // The NIC did not confirm it stopped: a full reset stops all DMA
-            // (and bus mastering goes off if that fails too).
+            // The NIC did not confirm it stopped: a full reset stops all DMA;
+            // if that fails too, the NIC is latched failed (`reset`).
             log::error!("{} quiesce: {e}; resetting the NIC", F::NAME);
             self.reset()?;
             return Err(e);
         }
+        self.reset_ring_state();
         Ok(())
     }
 
     fn reset(&mut self) -> Result<(), DriverError> {
         self.started = false;
-        // Belt and braces: no DMA while the function resets (hardware only).
-        if let Some(nic) = &self.nic {
-            let _ = nic.set_bus_master(false);
+        if let Some(e) = &self.latched {
+            return Err(e.clone());
         }
-        let r = self.init_hw();
-        if let Some(nic) = &self.nic {
-            let _ = nic.set_bus_master(true);
+        // No DMA while the function resets; back on only if the reset worked.
+        if let Some(p) = self.pci() {
+            if let Err(e) = p.set_bus_master(false) {
+                log::warn!("{}: bus mastering off before reset: {e}", F::NAME);
+            }
         }
-        r
+        if let Err(e) = self.init_hw() {
+            return Err(self.latch(&e));
+        }
+        if let Some(p) = self.pci() {
+            if let Err(e) = p.set_bus_master(true) {
+                return Err(self.latch(&DriverError::Failed(format!("bus mastering back on after reset: {e}"))));
+            }
+        }
+        Ok(())
     }
 
     fn irq_fds(&self) -> Vec<RawFd> {
@@ -327,7 +401,7 @@ impl<F: Family, R: RegisterAccess> Drop for E1000<F, R> {
     fn drop(&mut self) {
         // Stop DMA into buffers we are about to forget; then reset so the NIC
         // is idle before the IOMMU mappings go away (VfioNic's drop).
-        if !self.removed {
+        if !self.removed && self.latched.is_none() {
             let _ = self.quiesce();
             F::mask_irqs(&self.regs);
             reset_on_drop(&self.regs);

@@ -19,6 +19,16 @@ use crate::vfio::VfioError;
 use regs::*;
 use ring::{DescLayout, RxRing, TxRing};
 
+/// What stops a NIC's DMA from outside the NIC, when its own registers do
+/// not: PCI bus mastering and a function-level reset (VFIO on hardware, the
+/// NIC model in tests).
+pub trait PciControl: Send {
+    fn set_bus_master(&self, on: bool) -> Result<(), String>;
+    /// Function-level reset (`VFIO_DEVICE_RESET`); `Ok` only when the reset
+    /// was performed. Leaves bus mastering off.
+    fn function_reset(&self) -> Result<(), String>;
+}
+
 /// Bring-up options of an e1000-family NIC.
 #[derive(Debug, Clone)]
 pub struct NicConfig {

@@ -310,8 +310,9 @@ impl<L: DescLayout> RxRing<L> {
             in_fragment = !eop;
             f(RxCompletion {
                 cookie: cookies[slot],
-                // Never report more than the NIC may write (defence in depth).
-                len: len.min(max_frame),
+                // As the NIC wrote it: a length above the cap is a broken
+                // invariant the caller must see (and flagged an error too).
+                len,
                 eop,
                 error: fragment || status & L::RXD_ERR_FRAME != 0 || len > max_frame,
             });

@@ -16,7 +16,7 @@
 //! hardware. The rest of the register file sits behind a mutex (slow path).
 
 use std::collections::HashMap;
-use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -27,7 +27,7 @@ use super::ModelIommu;
 use crate::dma::{DmaMapper, IovaAllocator};
 use crate::driver::{DriverError, RegisterAccess};
 use crate::e1000_common::regs::DESC_SIZE;
-use crate::e1000_common::NicConfig;
+use crate::e1000_common::{NicConfig, PciControl};
 use crate::igb::regs::*;
 use crate::igb::Igb;
 use vmm_config::sync::lock_unpoisoned as lock;
@@ -75,6 +75,13 @@ struct Inner {
     /// MSI-X vectors: 0 for the queues, 1 (if wired) for other causes.
     irqs: Vec<Arc<EventFd>>,
     stats: Mutex<IgbHwStats>,
+    /// PCI command register's bus master bit: no DMA at all while clear.
+    bus_master: AtomicBool,
+    /// Injected failures: the queue enable bits never clear (stop fails),
+    /// CTRL.RST never clears (reset fails), the function reset fails.
+    stuck_queues: AtomicBool,
+    stuck_reset: AtomicBool,
+    flr_fails: AtomicBool,
 }
 
 /// BAR0 of the model, given to the driver.
@@ -107,16 +114,20 @@ impl RegisterAccess for IgbHwRegs {
             TDT0 => h.tdt.store(v, Ordering::Release),
             RDH0 => h.rdh.store(v, Ordering::Release),
             TDH0 => h.tdh.store(v, Ordering::Release),
+            CTRL if v & CTRL_RST != 0 && h.stuck_reset.load(Ordering::Relaxed) => {
+                // A hung reset: CTRL.RST never self-clears.
+                lock(&h.regs).insert(CTRL, v);
+            }
+            RXDCTL0 | TXDCTL0 if h.stuck_queues.load(Ordering::Relaxed) => {
+                // A hung queue: its enable bit does not clear.
+                let mut r = lock(&h.regs);
+                let was = r.get(&off).copied().unwrap_or(0) & (RXDCTL_ENABLE | TXDCTL_ENABLE);
+                r.insert(off, v | was);
+            }
             CTRL if v & CTRL_RST != 0 => {
                 // A global reset: queues off, rings forgotten, link down until
                 // the PHY is told to negotiate again; completes at once.
-                let mut r = lock(&h.regs);
-                r.clear();
-                r.insert(CTRL, v & !CTRL_RST);
-                for a in [&h.rdh, &h.rdt, &h.tdh, &h.tdt, &h.eicr] {
-                    a.store(0, Ordering::Release);
-                }
-                h.resets.fetch_add(1, Ordering::Relaxed);
+                h.hw_reset(v & !CTRL_RST);
             }
             MDIC => {
                 // The PHY answers at once; restarting autonegotiation brings
@@ -138,6 +149,17 @@ impl RegisterAccess for IgbHwRegs {
 }
 
 impl Inner {
+    /// What CTRL.RST and a function reset do: queues off, rings forgotten.
+    fn hw_reset(&self, ctrl: u32) {
+        let mut r = lock(&self.regs);
+        r.clear();
+        r.insert(CTRL, ctrl);
+        for a in [&self.rdh, &self.rdt, &self.tdh, &self.tdt, &self.eicr] {
+            a.store(0, Ordering::Release);
+        }
+        self.resets.fetch_add(1, Ordering::Relaxed);
+    }
+
     fn reg(&self, r: &HashMap<u32, u32>, off: u32) -> u32 {
         r.get(&off).copied().unwrap_or(0)
     }
@@ -189,6 +211,10 @@ impl IgbHw {
     /// A frame arrives from the wire.
     pub fn inject_rx(&self, frame: &[u8]) -> HwRx {
         let h = &self.0;
+        if !h.bus_master.load(Ordering::Acquire) {
+            lock(&h.stats).rx_no_buffer += 1;
+            return HwRx::NoBuffer;
+        }
         let (base, size, cap, bsize, ok_filter) = {
             let r = lock(&h.regs);
             let rctl = h.reg(&r, RCTL);
@@ -263,7 +289,7 @@ impl IgbHw {
             (base, size, h.reg(&r, TCTL) & TCTL_EN != 0 && h.reg(&r, TXDCTL0) & TXDCTL_ENABLE != 0)
         };
         let tail = h.tdt.load(Ordering::Acquire);
-        if !on || size == 0 || tail >= size {
+        if !on || size == 0 || tail >= size || !h.bus_master.load(Ordering::Acquire) {
             return 0;
         }
         let mut head = h.tdh.load(Ordering::Acquire);
@@ -324,9 +350,46 @@ impl IgbHw {
         self.0.resets.load(Ordering::Relaxed)
     }
 
+    /// Make the queues' stop handshake (`stuck_queues`) and the global reset
+    /// (`stuck_reset`) hang, as a wedged NIC does; `flr_fails`: the
+    /// function-level reset fails too.
+    pub fn inject_hang(&self, stuck_queues: bool, stuck_reset: bool, flr_fails: bool) {
+        self.0.stuck_queues.store(stuck_queues, Ordering::Relaxed);
+        self.0.stuck_reset.store(stuck_reset, Ordering::Relaxed);
+        self.0.flr_fails.store(flr_fails, Ordering::Relaxed);
+    }
+
+    /// Whether the PCI bus master bit is set (the model DMAs only then).
+    pub fn bus_master(&self) -> bool {
+        self.0.bus_master.load(Ordering::Acquire)
+    }
+
     /// The emulated IOMMU in front of the model (what it can reach).
     pub fn iommu(&self) -> &ModelIommu {
         &self.0.iommu
+    }
+}
+
+/// The model's PCI function: bus mastering and function-level reset.
+struct ModelPci(Arc<Inner>);
+
+impl PciControl for ModelPci {
+    fn set_bus_master(&self, on: bool) -> Result<(), String> {
+        self.0.bus_master.store(on, Ordering::Release);
+        Ok(())
+    }
+
+    fn function_reset(&self) -> Result<(), String> {
+        let h = &self.0;
+        if h.flr_fails.load(Ordering::Relaxed) {
+            return Err("the model's function reset fails (injected)".into());
+        }
+        // Everything back to power-on: hangs cleared, bus mastering off.
+        h.stuck_queues.store(false, Ordering::Relaxed);
+        h.stuck_reset.store(false, Ordering::Relaxed);
+        h.bus_master.store(false, Ordering::Release);
+        h.hw_reset(0);
+        Ok(())
     }
 }
 
@@ -361,12 +424,17 @@ pub fn igb_on_model_msix(
         iommu: iommu.clone(),
         irqs: irqs.clone(),
         stats: Mutex::default(),
+        bus_master: AtomicBool::new(true),
+        stuck_queues: AtomicBool::new(false),
+        stuck_reset: AtomicBool::new(false),
+        flr_fails: AtomicBool::new(false),
     });
     let mut cfg = NicConfig::new(mac);
     cfg.link_timeout = Duration::from_millis(100);
     let mapper: Arc<dyn DmaMapper> = iommu;
     let mut d = Igb::new(IgbHwRegs(inner.clone()), mapper, IovaAllocator::above(guest), cfg, irqs.len())?;
     d.set_model_irqs(irqs);
+    d.set_model_pci(Box::new(ModelPci(inner.clone())));
     Ok((d, IgbHw(inner)))
 }
 

@@ -292,3 +292,29 @@ fn buffers_the_nic_holds_are_counted_and_forgotten_at_a_device_reset() {
     assert_eq!(m["backend"]["quiesce_forgotten_buffers"], 3, "{m:#}");
     assert_eq!(vm.nic.rx_buffers_held(), 0);
 }
+
+#[test]
+fn an_oversize_completion_for_a_lent_buffer_fails_the_nic_and_no_frame_reaches_the_guest() {
+    let mut vm = Vm::new();
+    let heads: Vec<u16> = (0..3u64).map(|i| vm.rx.offer(&vm.mem, &[(0x10_0000 + 0x1000 * i, 2048, F_WRITE)])).collect();
+    vm.kick_rx();
+    assert_eq!(vm.nic.rx_buffers_held(), 3);
+    // The NIC claims it wrote 4000 bytes into a buffer it may fill with 1522.
+    let c = RxCompletion { cookie: LENT_COOKIE | u64::from(heads[0]), len: 4000, eop: true, error: false };
+    vm.nic.inject_rx_completion(c);
+    vm.run();
+    let used = vm.rx.take_used(&vm.mem);
+    assert!(used.iter().all(|u| u.1 == 0), "no frame reaches the guest: {used:?}");
+    let mut back: Vec<u16> = used.iter().map(|u| u.0 as u16).collect();
+    back.sort_unstable();
+    back.dedup();
+    assert_eq!(back, heads, "the model stopped its DMA: every buffer goes back empty");
+    let m = vm.metrics();
+    assert_eq!(m["backend"]["nic_invariant_breaks"], 1, "{m:#}");
+    assert_eq!(m["link_up"], false, "{m:#}");
+    assert_eq!(vm.nic.quiesce_count(), 1);
+    // A failed NIC takes no more buffers.
+    vm.rx.offer(&vm.mem, &[(0x10_8000, 2048, F_WRITE)]);
+    vm.kick_rx();
+    assert_eq!(vm.nic.rx_buffers_held(), 0);
+}

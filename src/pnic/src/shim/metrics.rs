@@ -25,13 +25,23 @@ pub struct ShimMetrics {
     pub tx_zero_copy: u64,
     /// TX packets copied into a bounce buffer (too many segments).
     pub tx_copy_fallback: CopyFallback,
-    /// Payload bytes the VMM copied, either way (both copy fallbacks): 0
-    /// while every packet takes the zero-copy path.
+    /// Ethernet-header bytes copied out of guest TX frames for the wire
+    /// policy (14 per frame: checked and sent from the VMM's copy).
+    pub tx_header_bytes: u64,
+    /// Bytes the VMM copied, every way: both copy fallbacks and the TX
+    /// header copies (`tx_header_bytes`); the zero-copy path copies nothing
+    /// else.
     pub vmm_copied_bytes: u64,
     /// RX completions flagged bad by the NIC (buffer recycled, packet dropped).
     pub rx_nic_errors: u64,
     /// NIC failures (surprise removal, timeouts, unknown completions).
     pub nic_errors: u64,
+    /// Times the NIC broke an invariant (a completion longer than it may
+    /// write): each one fails the NIC for good.
+    pub nic_invariant_breaks: u64,
+    /// Buffers the NIC held when it failed without proof that its DMA
+    /// stopped: never handed back to the guest (see `DmaNotStopped`).
+    pub dma_held_buffers: u64,
     /// Device resets that stopped the NIC's queues before the guest's
     /// buffers were forgotten (each one is logged at info level).
     pub quiesces: u64,
@@ -53,6 +63,13 @@ impl ShimMetrics {
     pub fn rx_copied(&mut self, bytes: u64) {
         self.rx_copy_fallback.frames += 1;
         self.rx_copy_fallback.bytes += bytes;
+        self.vmm_copied_bytes += bytes;
+    }
+
+    /// A TX frame's Ethernet header copied (`bytes` bytes).
+    #[inline(always)]
+    pub fn tx_header_copied(&mut self, bytes: u64) {
+        self.tx_header_bytes += bytes;
         self.vmm_copied_bytes += bytes;
     }
 

@@ -6,7 +6,9 @@
 //! 12-byte virtio-net header in front. Anything else (chained, short,
 //! misaligned, across two RAM mappings) takes the counted copy fallback
 //! through a bounce buffer.
-//! TX: the chain's segments after the 12-byte header become NIC descriptors.
+//! TX: the frame's Ethernet header is copied into a VMM-owned DMA slot and
+//! checked there (the wire policy, [`wire`]); the NIC gets that copy as the
+//! first descriptor and the chain's segments after it, zero-copy.
 //!
 //! Every address given to the NIC lies inside guest RAM with the full length
 //! the NIC may touch. Buffers handed over as an `RxDesc` carry that proof from
@@ -34,6 +36,7 @@ pub mod slab;
 #[cfg(any(test, feature = "testing"))]
 mod testing;
 mod tx;
+pub mod wire;
 
 use std::collections::VecDeque;
 use std::os::unix::io::RawFd;
@@ -55,6 +58,7 @@ pub use metrics::ShimMetrics;
 use rx_table::{RxHeld, RxTable};
 use slab::CookieSlab;
 use tx::TxSlot;
+use wire::{HdrSlots, HDR_SLOT};
 
 /// VIRTIO_NET_F_MRG_RXBUF: makes a Linux guest post single-segment buffers
 /// of >= 1536 bytes, the shape the NIC can fill directly.
@@ -104,6 +108,8 @@ pub struct ShimBackend<D: PnicDriver> {
     ram: RamMap,
     limits: DriverLimits,
     mac: [u8; 6],
+    /// `mac` as the TX source check compares it (`wire::mac_word`).
+    mac_word: u64,
     /// Guest RX buffers the NIC holds, by head (the cookie encodes it).
     rx: RxTable,
     rx_bounce: BouncePool,
@@ -116,6 +122,11 @@ pub struct ShimBackend<D: PnicDriver> {
     irq_vectors: usize,
     tx: CookieSlab<TxSlot>,
     tx_bounce: BouncePool,
+    /// The VMM's copies of the Ethernet headers of the TX frames on the NIC
+    /// (the wire policy, see [`wire`]).
+    tx_hdrs: HdrSlots,
+    /// NIC segments of a TX frame being queued (header copy first); reused.
+    tx_nic_segs: Vec<(u64, u32)>,
     backlog: VecDeque<TxFrame>,
     /// RX buffers to hand back empty (NIC failed) in the next RX pass.
     rx_returned: Vec<Used>,
@@ -140,6 +151,9 @@ pub struct ShimBackend<D: PnicDriver> {
     metrics: ShimMetrics,
     started: bool,
     failed: bool,
+    /// The NIC failed and nothing proves its DMA stopped: the buffers it
+    /// held stay held (see `fail`).
+    dma_unstopped: bool,
     link: bool,
     acked: u64,
 }
@@ -170,6 +184,8 @@ impl<D: PnicDriver> ShimBackend<D> {
         }
         let rx_area = driver.alloc_dma(limits.rx_capacity * BOUNCE_BUF_SIZE as usize)?;
         let tx_area = driver.alloc_dma(TX_BOUNCE_BUFS * BOUNCE_BUF_SIZE as usize)?;
+        // A header slot per TX entry: at most one entry per frame on the NIC.
+        let hdr_area = driver.alloc_dma((limits.tx_capacity + 1) * HDR_SLOT)?;
         driver.set_mac_filter(mac)?;
         let link = driver.link_up().unwrap_or(false);
         let irq_vectors = driver.irq_fds().len();
@@ -179,6 +195,7 @@ impl<D: PnicDriver> ShimBackend<D> {
             ram: RamMap::new(mem),
             limits,
             mac,
+            mac_word: wire::mac_word(&mac),
             // Heads are below the device's queue size; the table grows if not.
             rx: RxTable::with_capacity(usize::from(virtio_devices::net::device::QUEUE_SIZE)),
             rx_bounce: BouncePool::new(rx_area),
@@ -187,6 +204,8 @@ impl<D: PnicDriver> ShimBackend<D> {
             irq_vectors,
             tx: CookieSlab::with_capacity(limits.tx_capacity),
             tx_bounce: BouncePool::new(tx_area),
+            tx_hdrs: HdrSlots::new(hdr_area),
+            tx_nic_segs: Vec::with_capacity(virtio_devices::net::chain::MAX_CHAIN_DESCS + 1),
             backlog: VecDeque::new(),
             rx_returned: Vec::new(),
             tx_returned: Vec::new(),
@@ -198,6 +217,7 @@ impl<D: PnicDriver> ShimBackend<D> {
             metrics: ShimMetrics::default(),
             started: false,
             failed: false,
+            dma_unstopped: false,
             link,
             acked: 0,
         })
@@ -224,22 +244,42 @@ impl<D: PnicDriver> ShimBackend<D> {
         self.rx.len() + self.lent_heads().len()
     }
 
-    /// The NIC failed (surprise removal, error): link down, everything it
-    /// held goes back to the guest empty, and the VM keeps running.
-    fn fail(&mut self, e: &DriverError) {
+    /// The NIC failed (surprise removal, a broken invariant, a NIC that
+    /// would not stop or reset): link down, and the VM keeps running. Once
+    /// the NIC's DMA is stopped, everything it held goes back to the guest
+    /// empty. If nothing proves it stopped (`DmaNotStopped`: stop, reset and
+    /// function reset all failed; bus mastering is off), every buffer the
+    /// NIC held stays held: not handed back, not forgotten, the bounce
+    /// buffers never reused.
+    fn fail(&mut self, why: &dyn std::fmt::Display) {
         self.metrics.nic_errors += 1;
         if self.failed {
             return;
         }
-        log::error!("pNIC {} failed: {e}; link down, the VM keeps running", self.driver.name());
+        log::error!("pNIC {} failed: {why}; link down, the VM keeps running", self.driver.name());
         self.failed = true;
         self.link = false;
         // Asked before the queues stop (which forgets them).
         let lent = self.lent_heads();
-        let _ = self.driver.quiesce();
+        let stopped = self.driver.quiesce();
         self.started = false;
         self.rx_unflushed = false;
         self.tx_unflushed = false;
+        // Frames still in the backlog never reached the NIC.
+        for f in self.backlog.drain(..) {
+            self.tx_returned.push((f.head, Some(DropReason::BackendError)));
+            self.metrics.drop(DropReason::BackendError);
+        }
+        if let Err(e @ DriverError::DmaNotStopped(_)) = stopped {
+            self.dma_unstopped = true;
+            self.metrics.dma_held_buffers = (self.rx.len() + lent.len() + self.tx.len()) as u64;
+            log::error!(
+                "pNIC {}: {e}; holding the {} buffers it had (never handed back to the guest)",
+                self.driver.name(),
+                self.metrics.dma_held_buffers
+            );
+            return;
+        }
         for head in self.rx.drain().into_iter().map(|(head, _)| head).chain(lent) {
             self.rx_returned.push(Used { head, len: 0 });
             self.metrics.drop(DropReason::BackendError);
@@ -248,17 +288,21 @@ impl<D: PnicDriver> ShimBackend<D> {
             self.tx_returned.push((t.head, Some(DropReason::BackendError)));
             self.metrics.drop(DropReason::BackendError);
         }
-        for f in self.backlog.drain(..) {
-            self.tx_returned.push((f.head, Some(DropReason::BackendError)));
-            self.metrics.drop(DropReason::BackendError);
-        }
         self.rx_bounce.reset();
         self.tx_bounce.reset();
     }
 
+    /// The NIC broke an invariant the shim relies on (e.g. it reported more
+    /// bytes than it may write into a buffer): it is not trusted again.
+    #[cold]
+    fn fail_invariant(&mut self, what: std::fmt::Arguments<'_>) {
+        self.metrics.nic_invariant_breaks += 1;
+        self.fail(&what);
+    }
+
     fn driver_err(&mut self, e: DriverError) {
         match e {
-            DriverError::Removed => self.fail(&e),
+            DriverError::Removed | DriverError::Failed(_) | DriverError::DmaNotStopped(_) => self.fail(&e),
             _ => {
                 self.metrics.nic_errors += 1;
                 log::warn!("pNIC {}: {e}", self.driver.name());
@@ -364,10 +408,20 @@ impl<D: PnicDriver> NetBackend for ShimBackend<D> {
     fn quiesce(&mut self) {
         let rx_held = self.rx_posted();
         let held = (rx_held + self.tx.len() + self.backlog.len()) as u64;
-        if let Err(e) = self.driver.quiesce() {
-            // The igb driver already fell back to a full reset.
-            self.metrics.nic_errors += 1;
-            log::error!("pNIC quiesce: {e}");
+        match self.driver.quiesce() {
+            Ok(()) => {}
+            Err(e @ DriverError::DmaNotStopped(_)) => {
+                // The guest reset its device and takes its memory back; all
+                // the shim can still do is never reuse its own DMA memory.
+                self.metrics.nic_errors += 1;
+                self.dma_unstopped = true;
+                log::error!("pNIC quiesce: {e}; the device reset proceeds without proof that DMA stopped");
+            }
+            Err(e) => {
+                // The driver fell back to a full reset, which stopped DMA.
+                self.metrics.nic_errors += 1;
+                log::error!("pNIC quiesce: {e}");
+            }
         }
         self.metrics.quiesces += 1;
         self.metrics.quiesce_forgotten_buffers += held;
@@ -387,8 +441,10 @@ impl<D: PnicDriver> NetBackend for ShimBackend<D> {
         self.backlog.clear();
         self.rx_returned.clear();
         self.tx_returned.clear();
-        self.rx_bounce.reset();
-        self.tx_bounce.reset();
+        if !self.dma_unstopped {
+            self.rx_bounce.reset();
+            self.tx_bounce.reset();
+        }
     }
 
     fn link_up(&self) -> bool {
@@ -419,5 +475,7 @@ impl<D: PnicDriver> NetBackend for ShimBackend<D> {
 
 #[cfg(test)]
 mod device_tests;
+#[cfg(test)]
+mod teardown_tests;
 #[cfg(test)]
 mod tests;

@@ -268,6 +268,16 @@ impl<D: PnicDriver> ShimBackend<D> {
     #[cold]
     pub(super) fn complete_rx_other(&mut self, head: u16, held: RxHeld, c: RxCompletion, out: &mut Vec<Used>) {
         let frame_len = u64::from(c.len);
+        if c.len > self.limits.rx_max_write {
+            let max = self.limits.rx_max_write;
+            self.fail_invariant(format_args!("the NIC reported a {}-byte frame; it may write {max} at most", c.len));
+            // Out of the table already: back to the guest empty, unless
+            // nothing proves the NIC stopped.
+            if !self.dma_unstopped {
+                out.push(Used { head, len: 0 });
+            }
+            return;
+        }
         let good = frame_is_good(&c, &self.limits);
         if !good || HDR + frame_len > u64::from(held.len) {
             // The guest never sees it; the buffer goes back to the NIC.
@@ -414,6 +424,10 @@ impl<D: PnicDriver> ShimBackend<D> {
             self.metrics.nic_errors += 1;
             return;
         };
+        if self.dma_unstopped {
+            // The NIC may still write it: it stays lent (see `fail`).
+            return;
+        }
         if self.failed || !self.started {
             return q.refuse(head, DropReason::BackendError);
         }
@@ -578,6 +592,8 @@ impl<D: PnicDriver> ShimBackend<D> {
         let mut dropped = std::mem::take(&mut self.rx_dropped);
         let table = &mut self.rx;
         let mut tally = Tally::default();
+        let max = self.limits.rx_max_write;
+        let mut oversize = 0u32;
         let r = self.driver.reap_rx_with(
             #[inline(always)]
             |c| {
@@ -590,17 +606,23 @@ impl<D: PnicDriver> ShimBackend<D> {
                         return reap_table(table, c, &mut tally, &mut slow, |u| q.complete(u.head, u.len));
                     }
                     tally.unknown += 1;
-                } else if !c.error && c.eop && c.len != 0 {
+                } else if !c.error && c.eop && c.len != 0 && c.len.max(oversize) <= max {
+                    // (Once the NIC broke the length invariant in this pass,
+                    // nothing more it reports reaches the guest.)
                     // The NIC wrote the frame at GPA + 12 of the buffer: the
                     // device adds the header and the used entry.
                     tally.frame(c.len);
                     q.complete_frame(lent as u16, c.len);
                 } else {
+                    oversize = oversize.max(c.len);
                     dropped.push(lent as u16);
                 }
             },
         );
         self.count_reaped(tally, r);
+        if oversize > max {
+            self.fail_invariant(format_args!("the NIC reported a {oversize}-byte frame; it may write {max} at most"));
+        }
         for head in dropped.drain(..) {
             self.recycle_lent(q, head);
         }

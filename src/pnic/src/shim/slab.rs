@@ -55,6 +55,16 @@ impl<T> CookieSlab<T> {
         self.len == 0
     }
 
+    /// The index the next [`CookieSlab::insert`] uses (the low bits of its
+    /// cookie): an entry that is empty now.
+    #[inline(always)]
+    pub fn vacant_index(&self) -> usize {
+        match self.free.last() {
+            Some(&i) => i as usize,
+            None => self.entries.len(),
+        }
+    }
+
     /// Store `val`; returns its cookie (never 0).
     pub fn insert(&mut self, val: T) -> u64 {
         let index = match self.free.pop() {

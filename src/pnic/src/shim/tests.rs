@@ -33,6 +33,20 @@ fn txframe(head: u16, segs: &[(u64, u32)]) -> TxFrame {
     }
 }
 
+/// A frame the VM may send (wire policy): from its MAC, to a peer, IPv4.
+fn tx_eth(len: usize, seed: u8) -> Vec<u8> {
+    let mut f = eth(len, seed);
+    f[..6].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x99]);
+    f[6..12].copy_from_slice(&MAC);
+    f[12..14].copy_from_slice(&[0x08, 0x00]);
+    f
+}
+
+/// Whether `d` is a header copy: 14 bytes in the VMM's DMA space.
+fn is_hdr_copy(d: &DmaAccess) -> bool {
+    d.iova >= RAM && d.len == 14
+}
+
 fn eth(len: usize, seed: u8) -> Vec<u8> {
     let mut f: Vec<u8> = (0..len).map(|i| (i as u8).wrapping_mul(7).wrapping_add(seed)).collect();
     f[..6].copy_from_slice(&MAC);
@@ -228,49 +242,104 @@ fn frame_larger_than_a_fallback_buffer_is_dropped_and_buffer_recycled() {
 #[test]
 fn tx_segments_exclude_the_header() {
     let (mut s, h, mem) = setup();
-    let payload = eth(100, 9);
+    let payload = tx_eth(100, 9);
     // Header in its own segment.
     mem.write_slice(&payload, GuestAddress(0x2000)).unwrap();
     assert_eq!(s.send(&mem, txframe(1, &[(0x1000, 12), (0x2000, 100)])), Ok(false));
     // Header and payload in one segment.
     mem.write_slice(&payload, GuestAddress(0x300c)).unwrap();
     assert_eq!(s.send(&mem, txframe(2, &[(0x3000, 112)])), Ok(false));
-    // A segment spanning the header boundary is split.
+    // A segment spanning the virtio header boundary is split, and the
+    // Ethernet header is gathered across the two.
     mem.write_slice(&payload[..2], GuestAddress(0x400c)).unwrap();
     mem.write_slice(&payload[2..], GuestAddress(0x5000)).unwrap();
-    assert_eq!(s.send(&mem, txframe(3, &[(0x4000, 12), (0x5000, 98)])), Ok(false));
-    assert_eq!(s.send(&mem, txframe(4, &[(0x4000, 14), (0x5000, 98)])), Ok(false));
+    assert_eq!(s.send(&mem, txframe(3, &[(0x4000, 14), (0x5000, 98)])), Ok(false));
+    let p = h.posted_tx();
+    assert_eq!(p.len(), 6, "{p:?}");
+    assert!(p.iter().step_by(2).all(is_hdr_copy), "every frame starts with the VMM's header copy: {p:?}");
     assert_eq!(
-        h.posted_tx(),
+        p.iter().skip(1).step_by(2).copied().collect::<Vec<_>>(),
         vec![
-            DmaAccess { iova: 0x2000, len: 100 },
-            DmaAccess { iova: 0x300c, len: 100 },
-            DmaAccess { iova: 0x5000, len: 98 },
-            DmaAccess { iova: 0x400c, len: 2 },
-            DmaAccess { iova: 0x5000, len: 98 },
-        ]
+            DmaAccess { iova: 0x200e, len: 86 },
+            DmaAccess { iova: 0x301a, len: 86 },
+            DmaAccess { iova: 0x500c, len: 86 },
+        ],
+        "the rest of the frame zero-copy from the guest"
     );
-    let sent = h.sent();
-    assert_eq!(sent[0], payload);
-    assert_eq!(sent[1], payload);
-    assert_eq!(sent[2], payload[2..].to_vec());
-    assert_eq!(sent[3], payload);
+    assert_eq!(h.sent(), vec![payload.clone(); 3]);
     let mut used = Vec::new();
     s.reap_tx(&mut used);
     let heads: Vec<u16> = used.iter().map(|u| u.head).collect();
-    assert_eq!(heads, vec![1, 2, 3, 4]);
+    assert_eq!(heads, vec![1, 2, 3]);
     assert!(used.iter().all(|u| u.len == 0));
     let m = s.shim_metrics();
-    assert_eq!((m.tx_zero_copy, m.tx_packets), (4, 4));
+    assert_eq!((m.tx_zero_copy, m.tx_packets, m.tx_bytes), (3, 3, 300));
+    assert_eq!((m.tx_header_bytes, m.vmm_copied_bytes), (42, 42), "the header copies are VMM copies");
     // Bad frames.
     assert_eq!(s.send(&mem, txframe(5, &[(0x1000, 12)])), Err(DropReason::ShortHeader));
     assert_eq!(s.send(&mem, txframe(6, &[(0x1000, 12 + 1600)])), Err(DropReason::FrameTooLong));
+    assert_eq!(s.send(&mem, txframe(7, &[(0x2ff2, 12 + 13)])), Err(DropReason::RuntFrame));
+}
+
+/// Frames the VM must not put on the wire are dropped and counted, checked
+/// on the VMM's copy: a guest rewriting its header after the check does not
+/// change what the NIC sends.
+#[test]
+fn wire_policy_drops_and_counts_and_sends_the_checked_copy() {
+    let cfg = ModelConfig { auto_tx: false, ..Default::default() };
+    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), RAM as usize)]).unwrap();
+    let (model, h) = NicModel::new(&mem, cfg).unwrap();
+    let mut s = ShimBackend::new(model, &mem, MAC).unwrap();
+    let bad = |f: &mut Vec<u8>, which: u8| match which {
+        0 => f[11] ^= 1,
+        1 => f[12..14].copy_from_slice(&[0x81, 0x00]),
+        2 => f[12..14].copy_from_slice(&[0x88, 0x08]),
+        3 => f[12..14].copy_from_slice(&[0x88, 0xcc]),
+        _ => f[..6].copy_from_slice(&[0x01, 0x80, 0xc2, 0, 0, 0]),
+    };
+    let want = [
+        DropReason::SpoofedSource,
+        DropReason::VlanTagged,
+        DropReason::MacControl,
+        DropReason::LinkLocal,
+        DropReason::LinkLocal,
+    ];
+    for (i, reason) in want.iter().enumerate() {
+        let mut f = tx_eth(60, 3);
+        bad(&mut f, i as u8);
+        // One segment (the fast path) and a split chain (the general one).
+        mem.write_slice(&f, GuestAddress(0x100c)).unwrap();
+        assert_eq!(s.send(&mem, txframe(i as u16, &[(0x1000, 72)])), Err(*reason), "{i}");
+        mem.write_slice(&f, GuestAddress(0x2000)).unwrap();
+        assert_eq!(s.send(&mem, txframe(i as u16, &[(0x1000, 12), (0x2000, 60)])), Err(*reason), "{i}");
+    }
+    assert!(h.posted_tx().is_empty(), "nothing of them reached the NIC");
+    let m = s.shim_metrics();
+    assert_eq!(m.drops_of(DropReason::SpoofedSource), 2);
+    assert_eq!(m.drops_of(DropReason::VlanTagged), 2);
+    assert_eq!(m.drops_of(DropReason::MacControl), 2);
+    assert_eq!(m.drops_of(DropReason::LinkLocal), 4);
+    let j = s.metrics();
+    assert_eq!(j["drops"]["spoofed_source"], 2);
+    assert_eq!(j["drops"]["vlan_tagged"], 2);
+    assert_eq!(j["drops"]["mac_control"], 2);
+    // A good frame, then the guest spoofs its source after the check, before
+    // the NIC reads the frame: the wire sees the checked header.
+    let good = tx_eth(60, 5);
+    mem.write_slice(&good, GuestAddress(0x100c)).unwrap();
+    assert_eq!(s.send(&mem, txframe(9, &[(0x1000, 72)])), Ok(false));
+    mem.write_slice(&[0xee; 14], GuestAddress(0x100c)).unwrap();
+    h.complete_tx();
+    let sent = h.sent();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0][..14], good[..14], "the header came from the VMM's copy");
+    assert_eq!(sent[0][14..], good[14..]);
 }
 
 #[test]
 fn fragmented_tx_takes_the_counted_copy_fallback() {
     let (mut s, h, mem) = setup();
-    let payload = eth(120, 4);
+    let payload = tx_eth(120, 4);
     let mut segs = vec![(0x1000u64, 12u32)];
     for i in 0..12u64 {
         let a = 0x2000 + i * 0x100;
@@ -283,7 +352,7 @@ fn fragmented_tx_takes_the_counted_copy_fallback() {
     assert_eq!(p.len(), 1);
     assert!(p[0].iova >= RAM);
     assert_eq!(s.shim_metrics().tx_copy_fallback.frames, 1);
-    assert_eq!(s.shim_metrics().vmm_copied_bytes, 120, "the bounced TX payload is counted");
+    assert_eq!(s.shim_metrics().vmm_copied_bytes, 14 + 120, "the header copy and the bounced frame are counted");
     assert_eq!(s.shim_metrics().tx_zero_copy, 0);
 }
 
@@ -389,17 +458,22 @@ fn tx_backlog_when_the_ring_is_full() {
     let cfg = ModelConfig { auto_tx: false, ..Default::default() };
     let (model, h) = NicModel::new(&mem, cfg).unwrap();
     let mut s = ShimBackend::new(model, &mem, MAC).unwrap();
+    mem.write_slice(&tx_eth(100, 1), GuestAddress(0x100c)).unwrap();
     for i in 0..300u16 {
         assert_eq!(s.send(&mem, txframe(i, &[(0x1000, 112)])), Ok(false));
     }
-    assert_eq!(h.posted_tx().len(), 255);
+    // Two descriptors a frame (header copy and the rest): 127 fit the ring.
+    assert_eq!(h.posted_tx().len(), 254);
     h.complete_tx();
     let mut used = Vec::new();
     s.reap_tx(&mut used);
-    assert_eq!(used.len(), 255);
-    assert_eq!(h.posted_tx().len(), 300, "backlog went out once there was room");
-    h.complete_tx();
-    s.reap_tx(&mut used);
+    assert_eq!(used.len(), 127);
+    assert_eq!(h.posted_tx().len(), 508, "backlog went out once there was room");
+    for _ in 0..3 {
+        h.complete_tx();
+        s.reap_tx(&mut used);
+    }
+    assert_eq!(h.posted_tx().len(), 600, "the whole backlog went out");
     assert_eq!(used.len(), 300);
     let mut heads: Vec<u16> = used.iter().map(|u| u.head).collect();
     heads.sort();
@@ -410,7 +484,7 @@ fn tx_backlog_when_the_ring_is_full() {
 #[test]
 fn tx_chains_start_with_one_tail_write_per_batch() {
     let (mut s, h, mem) = setup();
-    let payload = eth(100, 4);
+    let payload = tx_eth(100, 4);
     for i in 0..3u64 {
         mem.write_slice(&payload, GuestAddress(0x1_000c + i * 0x1000)).unwrap();
     }
@@ -419,7 +493,7 @@ fn tx_chains_start_with_one_tail_write_per_batch() {
         let seg = [(GuestAddress(0x1_0000 + u64::from(i) * 0x1000), 112)];
         assert_eq!(s.send_chain(ChainRef { head: i, segs: &seg, len: 112 }), Ok(false));
     }
-    assert_eq!(h.posted_tx().len(), 3, "queued in the NIC ring");
+    assert_eq!(h.posted_tx().len(), 6, "queued in the NIC ring (header copy and the rest)");
     assert!(h.sent().is_empty(), "but not sent before the batch ends");
     assert_eq!(h.tx_flush_count(), flushes);
     s.flush_tx();

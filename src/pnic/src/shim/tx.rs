@@ -9,6 +9,7 @@ use virtio_devices::mem::RamMap;
 use virtio_devices::net::backend::{ChainRef, DropReason, VNET_HDR_LEN};
 use vm_memory::{Bytes, GuestAddress};
 
+use super::wire::{check_header, check_words, read_header, ETH_HDR};
 use super::{in_ram, ShimBackend, HDR, TX_BACKLOG};
 use crate::driver::{DriverError, PnicDriver};
 
@@ -64,17 +65,100 @@ impl<D: PnicDriver> ShimBackend<D> {
         }
     }
 
-    /// Queue one checked frame on the NIC (started by the next
-    /// `flush_tx_queued`); a frame in more segments than the NIC takes is
-    /// copied into a bounce buffer first.
-    #[inline]
-    pub(super) fn submit_tx(&mut self, head: u16, segs: &[(u64, u32)]) -> Result<(), DropReason> {
-        if segs.len() > self.limits.tx_max_segs {
-            return self.submit_tx_bounced(head, segs);
+    /// The common shape, the frame in one piece of guest RAM at `start`
+    /// (`host` in the VMM): [`Self::submit_tx`] without its segment walk.
+    #[inline(always)]
+    pub(super) fn submit_tx_one(&mut self, head: u16, start: u64, len: u32, host: *const u8) -> Result<(), DropReason> {
+        if (len as usize) < ETH_HDR {
+            return Err(DropReason::RuntFrame);
         }
-        let bytes: u32 = segs.iter().map(|s| s.1).sum();
+        let slot = self.tx.vacant_index();
+        if slot >= self.tx_hdrs.slots() {
+            return Err(DropReason::NoBuffer);
+        }
+        // SAFETY: `host` is the host address of the `len` (>= 14) bytes at
+        // `start`, inside one guest RAM mapping (`one_segment_payload`) that
+        // `self.ram` keeps alive.
+        let h = unsafe { read_header(host) };
+        self.metrics.tx_header_copied(ETH_HDR as u64);
+        // The one check, on the VMM's copy: the guest cannot change it now.
+        check_words(h, self.mac_word)?;
+        self.tx_hdrs.store_words(slot, h);
+        let hdr = (self.tx_hdrs.iova(slot), ETH_HDR as u32);
+        if len > ETH_HDR as u32 {
+            self.queue_frame(head, len, &[hdr, (start + ETH_HDR as u64, len - ETH_HDR as u32)])
+        } else {
+            self.queue_frame(head, len, &[hdr])
+        }
+    }
+
+    /// Queue one checked frame on the NIC (started by the next
+    /// `flush_tx_queued`), its Ethernet header from the VMM's copy (the wire
+    /// policy, see [`super::wire`]); a frame in more segments than the NIC
+    /// takes is copied into a bounce buffer first. `segs` is the frame after
+    /// the virtio-net header, in guest RAM (checked).
+    pub(super) fn submit_tx(&mut self, head: u16, segs: &[(u64, u32)]) -> Result<(), DropReason> {
+        // The TX entry this frame will get, and with it its header slot.
+        let slot = self.tx.vacant_index();
+        if slot >= self.tx_hdrs.slots() {
+            return Err(DropReason::NoBuffer);
+        }
+        let mut h = [0u8; ETH_HDR];
+        self.gather_header(segs, &mut h)?;
+        self.metrics.tx_header_copied(ETH_HDR as u64);
+        // The one check, on the VMM's copy: the guest cannot change it now.
+        check_header(&h, &self.mac)?;
+        self.tx_hdrs.store(slot, &h);
+        let hdr = (self.tx_hdrs.iova(slot), ETH_HDR as u32);
+        let mut nic = std::mem::take(&mut self.tx_nic_segs);
+        nic.clear();
+        nic.push(hdr);
+        let mut skip = ETH_HDR as u32;
+        let mut bytes = 0u32;
+        for &(a, l) in segs {
+            bytes += l;
+            if skip >= l {
+                skip -= l;
+                continue;
+            }
+            nic.push((a + u64::from(skip), l - skip));
+            skip = 0;
+        }
+        let r = if nic.len() > self.limits.tx_max_segs {
+            self.submit_tx_bounced(head, &h, &nic[1..], bytes)
+        } else {
+            self.queue_frame(head, bytes, &nic)
+        };
+        self.tx_nic_segs = nic;
+        r
+    }
+
+    /// The first [`ETH_HDR`] bytes of the frame in `segs` (guest RAM),
+    /// wherever they are split.
+    fn gather_header(&self, segs: &[(u64, u32)], h: &mut [u8; ETH_HDR]) -> Result<(), DropReason> {
+        let mut got = 0usize;
+        for &(a, l) in segs {
+            if got == ETH_HDR {
+                break;
+            }
+            let n = (l as usize).min(ETH_HDR - got);
+            if !self.ram.read(a, &mut h[got..got + n]) {
+                return Err(DropReason::BadAddress);
+            }
+            got += n;
+        }
+        if got < ETH_HDR {
+            return Err(DropReason::RuntFrame);
+        }
+        Ok(())
+    }
+
+    /// Queue `nic` (the header copy, then guest segments) as one frame of
+    /// `bytes`.
+    #[inline(always)]
+    fn queue_frame(&mut self, head: u16, bytes: u32, nic: &[(u64, u32)]) -> Result<(), DropReason> {
         let cookie = self.tx.insert(TxSlot { head, bytes, bounce: None });
-        match self.driver.queue_tx(segs, cookie) {
+        match self.driver.queue_tx(nic, cookie) {
             Ok(()) => {
                 self.tx_unflushed = true;
                 self.metrics.tx_zero_copy += 1;
@@ -84,21 +168,29 @@ impl<D: PnicDriver> ShimBackend<D> {
         }
     }
 
-    /// Too fragmented for the NIC: copy into one bounce buffer and queue that.
+    /// Too fragmented for the NIC: the checked header `h` and the guest
+    /// segments `rest` after it copied into one bounce buffer, queued as one.
     #[cold]
-    pub(super) fn submit_tx_bounced(&mut self, head: u16, segs: &[(u64, u32)]) -> Result<(), DropReason> {
-        let bytes: u32 = segs.iter().map(|s| s.1).sum();
+    pub(super) fn submit_tx_bounced(
+        &mut self,
+        head: u16,
+        h: &[u8; ETH_HDR],
+        rest: &[(u64, u32)],
+        bytes: u32,
+    ) -> Result<(), DropReason> {
         let Some(i) = self.tx_bounce.alloc() else {
             return Err(DropReason::NoBuffer);
         };
         let mut tmp = vec![0u8; bytes as usize];
-        let mut off = 0usize;
-        for (a, l) in segs {
-            if self.mem.read_slice(&mut tmp[off..off + *l as usize], GuestAddress(*a)).is_err() {
+        tmp[..ETH_HDR].copy_from_slice(h);
+        let mut off = ETH_HDR;
+        for (a, l) in rest {
+            let end = off + *l as usize;
+            if end > tmp.len() || self.mem.read_slice(&mut tmp[off..end], GuestAddress(*a)).is_err() {
                 self.tx_bounce.release(i);
                 return Err(DropReason::BadAddress);
             }
-            off += *l as usize;
+            off = end;
         }
         if self.tx_bounce.write(i, 0, &tmp).is_err() {
             self.tx_bounce.release(i);
@@ -127,13 +219,14 @@ impl<D: PnicDriver> ShimBackend<D> {
 
     /// The NIC segment of a one-descriptor TX frame that passes every check
     /// of `validate_tx` (header and at least one byte, no more than the NIC
-    /// sends, all in guest RAM); `None` sends it through `validate_tx`,
-    /// which gives the verdict.
-    #[inline]
-    pub(super) fn one_segment_payload(&self, gpa: GuestAddress, len: u32) -> Option<(u64, u32)> {
+    /// sends, all in one mapping of guest RAM), and its host address; `None`
+    /// sends it through `validate_tx`, which gives the verdict.
+    #[inline(always)]
+    pub(super) fn one_segment_payload(&self, gpa: GuestAddress, len: u32) -> Option<(u64, u32, *const u8)> {
         let payload = len.checked_sub(HDR as u32).filter(|&p| p > 0 && p <= self.limits.tx_max_frame)?;
         let start = gpa.0.checked_add(HDR)?;
-        in_ram(&self.ram, start, u64::from(payload)).then_some((start, payload))
+        let host = self.ram.host_range(start, u64::from(payload))?;
+        Some((start, payload, host))
     }
 
     /// The NIC segments of a guest frame, checked, into `segs`.
@@ -161,7 +254,8 @@ impl<D: PnicDriver> ShimBackend<D> {
         segs: &mut Vec<(u64, u32)>,
     ) -> Result<bool, DropReason> {
         self.validate_tx(frame, segs).inspect_err(|r| self.metrics.drop(*r))?;
-        let need = segs.len().min(self.limits.tx_max_segs);
+        // One more descriptor for the header copy.
+        let need = (segs.len() + 1).min(self.limits.tx_max_segs);
         let mut free = self.driver.tx_free();
         if !self.backlog.is_empty() || free < need {
             // The ring was full: make room, oldest frames first (this path
@@ -200,7 +294,7 @@ impl<D: PnicDriver> ShimBackend<D> {
                     continue;
                 }
             };
-            let need = segs.len().min(self.limits.tx_max_segs);
+            let need = (segs.len() + 1).min(self.limits.tx_max_segs);
             if self.driver.tx_free() < need {
                 break;
             }
@@ -222,9 +316,10 @@ impl<D: PnicDriver> ShimBackend<D> {
         }
         if let [(gpa, len)] = frame.segs {
             // The common shape: header and frame in one descriptor.
-            if let Some(payload) = self.one_segment_payload(*gpa, *len) {
-                if self.backlog.is_empty() && self.driver.tx_free() >= 1 {
-                    self.submit_tx(frame.head, &[payload]).inspect_err(|r| self.metrics.drop(*r))?;
+            if let Some((start, len, host)) = self.one_segment_payload(*gpa, *len) {
+                // Two descriptors: the header copy and the rest.
+                if self.backlog.is_empty() && self.driver.tx_free() >= 2 {
+                    self.submit_tx_one(frame.head, start, len, host).inspect_err(|r| self.metrics.drop(*r))?;
                     return Ok(false);
                 }
             }

@@ -121,11 +121,26 @@ pub enum DropReason {
     BackendError,
     /// TX: frame larger than the backend accepts.
     FrameTooLong,
+    /// TX (wire policy): shorter than an Ethernet header (14 bytes).
+    RuntFrame,
+    /// TX (wire policy): the source MAC is not the VM's.
+    SpoofedSource,
+    /// TX (wire policy): an 802.1Q/802.1ad tag (no VLAN is configured, so
+    /// every tagged frame is dropped).
+    VlanTagged,
+    /// TX (wire policy): MAC control (ethertype 0x8808: PAUSE, PFC).
+    MacControl,
+    /// TX (wire policy): a link-local control protocol the host's port
+    /// speaks, not a guest: the IEEE 802.1 reserved group
+    /// 01:80:C2:00:00:0X (STP BPDUs, 802.1X, LLDP, ...) as destination, or
+    /// ethertype 0x8809 (slow protocols: LACP, OAM), 0x88CC (LLDP) or 0x888E
+    /// (802.1X EAPOL).
+    LinkLocal,
 }
 
 impl DropReason {
     /// Every reason, in a fixed order (metrics list them all).
-    pub const ALL: [DropReason; 9] = [
+    pub const ALL: [DropReason; 14] = [
         DropReason::BadAddress,
         DropReason::WrongDirection,
         DropReason::ZeroLength,
@@ -135,6 +150,11 @@ impl DropReason {
         DropReason::NoBuffer,
         DropReason::BackendError,
         DropReason::FrameTooLong,
+        DropReason::RuntFrame,
+        DropReason::SpoofedSource,
+        DropReason::VlanTagged,
+        DropReason::MacControl,
+        DropReason::LinkLocal,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -148,6 +168,11 @@ impl DropReason {
             DropReason::NoBuffer => "no_buffer",
             DropReason::BackendError => "backend_error",
             DropReason::FrameTooLong => "frame_too_long",
+            DropReason::RuntFrame => "runt_frame",
+            DropReason::SpoofedSource => "spoofed_source",
+            DropReason::VlanTagged => "vlan_tagged",
+            DropReason::MacControl => "mac_control",
+            DropReason::LinkLocal => "link_local",
         }
     }
 }

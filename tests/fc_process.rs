@@ -123,7 +123,7 @@ fn runs_as_an_orchestrator_runs_firecracker() {
     let sock: PathBuf = dir.join("api.sock");
 
     let child = Command::new(shimvmm_bin())
-        .args(["--id", "fc-proc-1", "--boot-timer", "--no-seccomp", "--level", "Info", "--show-level"])
+        .args(["--id", "fc-proc-1", "--boot-timer", "--level", "Info", "--show-level"])
         .arg("--api-sock")
         .arg(&sock)
         .arg("--config-file")

@@ -118,13 +118,14 @@ def net_section(d, md, js):
         md.append("")
     js["net"] = table
 
-PEER_ORDER = ["shimvmm", "firecracker", "qemu", "qemu-rtc", "shimvmm-bzimage"]
+PEER_ORDER = ["shimvmm", "firecracker", "qemu", "qemu-rtc", "shimvmm-bzimage", "shimvmm-musl"]
 PEER_NAMES = {
     "shimvmm": "shimvmm (ELF vmlinux)",
     "firecracker": "Firecracker v1.12.1 (ELF vmlinux)",
     "qemu": "QEMU microvm, qboot, legacy-free (ELF via PVH)",
     "qemu-rtc": "QEMU microvm, qboot, `rtc=on` (ELF via PVH)",
     "shimvmm-bzimage": "shimvmm (bzImage)",
+    "shimvmm-musl": "shimvmm, static musl build (experiment, ELF vmlinux)",
 }
 
 
@@ -361,6 +362,25 @@ def startup_section(d, md, js):
     w = out.get("shimvmm", {}).get("socket_ms")
     if w:
         md.append(f"\nshimvmm target ≤ 10 ms to socket ready: {'met' if w['median'] <= 10 else '**missed**'}.")
+    # The anatomy (benches/startup_steps.c): what each binary executes before listen().
+    steps = load(os.path.join(d, "startup_steps.jsonl"))
+    costs = next((r for r in steps if r.get("bench") == "costs"), None)
+    names = {r["binary"]: r["vmm"] for r in sock}
+    rows = [r for r in steps if r.get("bench") == "steps"]
+    if rows:
+        md.append("\nWhat each binary executes from exec until its listen(2), single-stepped with ptrace "
+                  "(`benches/startup_steps.c`; deterministic, one run each)"
+                  + (f"; on this machine one CPUID costs **{costs['cpuid_us']:.1f} µs** (it traps to the hypervisor), "
+                     f"a trivial syscall {costs['syscall_us']:.2f} µs, an anonymous minor fault {costs['minor_fault_us']:.2f} µs"
+                     if costs else "") + ":\n")
+        md.append("| binary | user instructions | CPUID | syscalls | CPUID × cost (ms) |\n|---|---|---|---|---|")
+        for r in rows:
+            c = f"{r['cpuid'] * costs['cpuid_us'] / 1000:.2f}" if costs else "n/a"
+            md.append(f"| {names.get(r['binary'], r['binary'])} | {r['user_instructions']} | {r['cpuid']} | {r['syscalls']} | {c} |")
+        out["anatomy"] = {"costs": costs, "steps": rows}
+    notes = os.path.join(os.path.dirname(os.path.abspath(__file__)), "startup-findings.md")
+    if os.path.exists(notes):
+        md.append("\n" + open(notes).read().strip())
     md.append("")
     js["startup"] = out
 

@@ -392,7 +392,9 @@ def guestnet_section(d, md, js):
         if os.path.exists(notes):
             md.append(open(notes).read().strip() + "\n")
         return
-    md.append("## 5. Guest network in the testbed (tap vs shim)\n")
+    md.append("## 5. Guest network in the testbed (Firecracker's tap, shimvmm's tap, shimvmm's shim)\n")
+    if meta(d, "guestnet"):
+        md.append(meta(d, "guestnet") + ".\n")
     md.append("The testbed's NICs are QEMU's emulated igb/e1000e under TCG: these figures compare the two "
               "paths on the same emulated machine, they say nothing about real hardware. The shim's frames cross "
               "two TCG-emulated 82576s and a QEMU hub as 1500-byte frames (no TSO), while the tap's stay inside "
@@ -402,19 +404,23 @@ def guestnet_section(d, md, js):
     # One row per path from the tests' own lines (the raw lines follow).
     rows = {}
     for line in text.splitlines():
-        m = re.match(r"(\w+): (guest->host|host->guest) 64 MiB in [\d.]+ s = ([\d.]+) Mbit/s", line)
+        m = re.match(r"([\w-]+): (guest->host|host->guest) 64 MiB in [\d.]+ s = ([\d.]+) Mbit/s", line)
         if m:
             rows.setdefault(m.group(1), {})[m.group(2)] = float(m.group(3))
-        m = re.search(r"(\w+): (host->guest|guest->host) ping (\d+)/(\d+) replies, rtt min/avg/max Some\(\(([\d.]+), ([\d.]+), ([\d.]+)\)\)", line)
+        m = re.search(r"([\w-]+): (host->guest|guest->host) ping (\d+)/(\d+) replies, rtt min/avg/max Some\(\(([\d.]+), ([\d.]+), ([\d.]+)\)\)", line)
         if m:
             rows.setdefault(m.group(1), {})["ping " + m.group(2)] = (float(m.group(5)), float(m.group(6)), float(m.group(7)))
+        m = re.search(r"([\w-]+): VMM CPU ([\d.]+) s over the pings and both transfers = ([\d.]+) CPU s per GiB", line)
+        if m:
+            rows.setdefault(m.group(1), {})["cpu_per_gib"] = float(m.group(3))
     if rows:
-        md.append("| path | guest→host | host→guest | ping host→guest avg (min-max) | ping guest→host avg (min-max) |")
-        md.append("|---|---|---|---|---|")
+        md.append("| path | guest→host | host→guest | ping host→guest avg (min-max) | ping guest→host avg (min-max) | VMM CPU s per GiB |")
+        md.append("|---|---|---|---|---|---|")
         for path, r in rows.items():
             tp = lambda k: f"{r[k]:.1f} Mbit/s" if k in r else "n/a"
             pg = lambda k: f"{r[k][1]:.1f} ms ({r[k][0]:.1f}-{r[k][2]:.1f})" if k in r else "n/a"
-            md.append(f"| {path} | {tp('guest->host')} | {tp('host->guest')} | {pg('ping host->guest')} | {pg('ping guest->host')} |")
+            cpu = f"{r['cpu_per_gib']:.1f}" if "cpu_per_gib" in r else "n/a"
+            md.append(f"| {path} | {tp('guest->host')} | {tp('host->guest')} | {pg('ping host->guest')} | {pg('ping guest->host')} | {cpu} |")
         md.append("\nFor the shim the \"host\" is the peer behind the second emulated igb (netns `peer`); for the tap it "
                   "is L1's end of the tap. Both tests ran in one L1, one after the other. Raw lines:\n")
     md.append("```\n" + text.strip() + "\n```\n")

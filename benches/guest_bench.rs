@@ -185,6 +185,27 @@ fn smaps_rss(pid: u32) -> Result<(u64, u64, String, Vec<String>), String> {
     Ok((total, ram_rss, hdr, top))
 }
 
+/// Pss of the whole process and of its guest-RAM mapping (kB; the mapping
+/// named by its smaps header line `ram_hdr`): shared library pages count in Rss
+/// in full, in Pss divided by the processes mapping them.
+fn smaps_pss(pid: u32, ram_hdr: &str) -> (u64, u64) {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    let (mut total, mut ram, mut in_ram) = (0u64, 0u64, false);
+    for line in text.lines() {
+        let first = line.split_whitespace().next().unwrap_or("");
+        if first.contains('-') && !first.ends_with(':') {
+            in_ram = line == ram_hdr;
+        } else if let Some(v) = line.strip_prefix("Pss:") {
+            let kb: u64 = v.trim().trim_end_matches("kB").trim().parse().unwrap_or(0);
+            total += kb;
+            if in_ram {
+                ram += kb;
+            }
+        }
+    }
+    (total, ram)
+}
+
 /// Threads of PID (from /proc/PID/status), for the memory record.
 fn threads(pid: u32) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -193,7 +214,9 @@ fn threads(pid: u32) -> Option<u64> {
 
 fn mem_record(vmm: &str, pid: u32, login_s: f64) -> Result<serde_json::Value, String> {
     let (total, ram, hdr, top) = smaps_rss(pid)?;
+    let (pss, pss_ram) = smaps_pss(pid, &hdr);
     Ok(serde_json::json!({
+        "pss_kib": pss, "overhead_pss_kib": pss.saturating_sub(pss_ram),
         "bench": "mem", "vmm": vmm, "login_prompt_s": login_s,
         "rss_kib": total, "guest_ram_rss_kib": ram, "overhead_kib": total - ram, "threads": threads(pid),
         "guest_ram_mapping": hdr, "largest_other_mappings_kib": top,

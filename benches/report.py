@@ -265,6 +265,9 @@ def boot_section(d, md, js):
         why = next((l for l in lines if "guest stopped" in l or "lockup" in l or "TRIPLE" in l), lines[0] if lines else "")
         why = why.replace("; last console lines:", "").strip()
         md.append(f"- L1 {e.get('l1', 1)}, {e['vmm']} round {e['run']} attempt {e.get('attempt', 1)}: {why[:240]}")
+    notes = os.path.join(os.path.dirname(os.path.abspath(__file__)), "boot-findings.md")
+    if os.path.exists(notes):
+        md.append("\n" + open(notes).read().strip())
     md.append("\nEvery boot (L1, round, VMM: first kernel line / first init / login prompt, s):\n")
     md.append("| L1 | round | VMM | kernel line | init | login |\n|---|---|---|---|---|---|")
     for r in sorted([r for r in rs if "error" not in r], key=lambda r: (r.get("l1", 1), r["run"], r.get("started_unix_s", 0))):
@@ -284,29 +287,37 @@ def mem_section(d, md, js):
         md.append(meta(d, "guest.mem") + "\n")
     md.append("From /proc/PID/smaps in the testbed, 5 s after `login:` appeared: total Rss minus the Rss of the "
               "guest-RAM mapping (for every VMM the largest anonymous mapping of ≥ 512 MiB). Same boots, kernel, "
-              "initrd and command line as the boot section.\n")
+              "initrd and command line as the boot section. Rss counts the pages of shared libraries (libc, ld.so) "
+              "in full although every process using them shares them; the Pss column divides them among those "
+              "processes (in L1 few other processes map them, so Pss still carries most of them).\n")
     md.append(f"Runs: {runs_list(rs)}.\n")
-    md.append("| VMM | n | RSS (MiB) | guest RAM resident (MiB) | overhead (MiB) | threads | ratio shimvmm / this VMM (overhead) |")
-    md.append("|---|---|---|---|---|---|---|")
+    md.append("| VMM | n | RSS (MiB) | guest RAM resident (MiB) | overhead (MiB) | overhead as Pss (MiB) | threads | ratio shimvmm / this VMM (overhead) | same, Pss |")
+    md.append("|---|---|---|---|---|---|---|---|---|")
     out = {}
     ok = {v: [r for r in rs if r["vmm"] == v and "error" not in r] for v in order}
     s0 = stats([r["overhead_kib"] / 1024 for r in ok.get("shimvmm", [])])
+    p0 = stats([r["overhead_pss_kib"] / 1024 for r in ok.get("shimvmm", []) if "overhead_pss_kib" in r])
     for v in order:
         o = stats([r["overhead_kib"] / 1024 for r in ok[v]])
         rss = stats([r["rss_kib"] / 1024 for r in ok[v]])
         ram = stats([r["guest_ram_rss_kib"] / 1024 for r in ok[v]])
         th = stats([r.get("threads") for r in ok[v]])
         q = s0["median"] / o["median"] if (s0 and o and v != "shimvmm" and o["median"]) else None
-        out[v] = {"overhead_mib": o, "rss_mib": rss, "guest_ram_mib": ram, "threads": th, "ratio_shimvmm_over_this": q,
+        po = stats([r["overhead_pss_kib"] / 1024 for r in ok[v] if "overhead_pss_kib" in r])
+        pq = p0["median"] / po["median"] if (p0 and po and v != "shimvmm" and po["median"]) else None
+        out[v] = {"overhead_mib": o, "overhead_pss_mib": po, "ratio_pss_shimvmm_over_this": pq, "rss_mib": rss, "guest_ram_mib": ram, "threads": th, "ratio_shimvmm_over_this": q,
                   "largest_other_mappings_kib": (ok[v][0].get("largest_other_mappings_kib") if ok[v] else None)}
-        md.append(f"| {PEER_NAMES.get(v, v)} | {len(ok[v])} | {fmt(rss, 1)} | {fmt(ram, 1)} | **{fmt(o, 2)}** | "
-                  f"{fmt(th)} | {f'**{q:.2f}**' if q else '—'} |")
+        md.append(f"| {PEER_NAMES.get(v, v)} | {len(ok[v])} | {fmt(rss, 1)} | {fmt(ram, 1)} | **{fmt(o, 2)}** | {fmt(po, 2)} | "
+                  f"{fmt(th)} | {f'**{q:.2f}**' if q else '—'} | {f'{pq:.2f}' if pq else '—'} |")
     for r in rs:
         if "error" in r:
             why = r["error"].split("; last console lines")[0].replace("\n", " ").replace("|", "/")
             md.append(f"\n- {r['vmm']} (L1 {r.get('l1', 1)}, round {r.get('run', 0)}) failed: {why[:200]}")
     if s0:
         md.append(f"\nshimvmm target ≤ 5 MiB: {'met' if s0['median'] <= 5 else '**missed**'} ({s0['median']:.2f} MiB).")
+    notes = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mem-findings.md")
+    if os.path.exists(notes):
+        md.append("\n" + open(notes).read().strip())
     for v in order:
         top = out[v]["largest_other_mappings_kib"]
         if top:

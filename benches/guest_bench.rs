@@ -23,8 +23,8 @@ use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use shimvmm_tests::{
-    alpine_cmdline, alpine_vmlinux, artifacts, firecracker_bin, firecracker_command, plain_image, qemu_bin,
-    qemu_qboot_command, scaled, shimvmm_bin, GuestProcess, PeerBoot, QemuTuning, FIRST_INIT_MARKER,
+    alpine_cmdline, alpine_vmlinux, artifacts, firecracker_bin, firecracker_command, firecracker_config, plain_image,
+    qemu_bin, qemu_qboot_command, scaled, shimvmm_bin, GuestProcess, PeerBoot, QemuTuning, FIRST_INIT_MARKER,
 };
 
 /// Guest boots in the nested testbed on a loaded machine take minutes;
@@ -41,7 +41,7 @@ const LOGIN_PROMPT: &str = "login:";
 const MEM_SETTLE: Duration = Duration::from_secs(5);
 const ALL_VMMS: [&str; 5] = ["shimvmm", "firecracker", "qemu", "qemu-rtc", "shimvmm-bzimage"];
 /// Known but only on request (GUEST_BENCH_VMMS).
-const EXTRA_VMMS: [&str; 1] = ["shimvmm-musl"];
+const EXTRA_VMMS: [&str; 2] = ["shimvmm-musl", "firecracker-hugepages"];
 
 fn vmms() -> Vec<String> {
     match std::env::var("GUEST_BENCH_VMMS") {
@@ -89,9 +89,34 @@ fn vmm_cmd(vmm: &str, rootfs: &Path, dir: &Path) -> Command {
             c
         }
         "firecracker" => firecracker_command(&b, dir),
+        "firecracker-hugepages" => {
+            // Firecracker's own tuning for guest memory: 2 MiB hugetlbfs pages
+            // (machine-config huge_pages, from a pool reserved beforehand).
+            ensure_hugepages();
+            let mut cfg: serde_json::Value = serde_json::from_str(&firecracker_config(&b)).expect("config JSON");
+            cfg["machine-config"]["huge_pages"] = "2M".into();
+            let path = dir.join("firecracker-hugepages.json");
+            std::fs::write(&path, cfg.to_string()).expect("write the Firecracker config");
+            let mut c = Command::new(firecracker_bin());
+            c.args(["--no-api", "--level", "Warning", "--config-file"]).arg(&path);
+            c
+        }
         "qemu" => qemu_qboot_command(&b, QemuTuning::LegacyFree),
         "qemu-rtc" => qemu_qboot_command(&b, QemuTuning::Rtc),
         other => panic!("unknown VMM {other}"),
+    }
+}
+
+/// Reserves the 2 MiB hugetlbfs pages Firecracker's `huge_pages: 2M` takes its
+/// guest memory from (guest RAM plus slack), if fewer are reserved.
+fn ensure_hugepages() {
+    let want = u64::from(MEM_MIB) / 2 + 16;
+    let path = "/proc/sys/vm/nr_hugepages";
+    let have: u64 = std::fs::read_to_string(path).ok().and_then(|v| v.trim().parse().ok()).unwrap_or(0);
+    if have < want {
+        if let Err(e) = std::fs::write(path, want.to_string()) {
+            eprintln!("guest_bench: cannot reserve {want} huge pages in {path}: {e}");
+        }
     }
 }
 
@@ -148,6 +173,10 @@ fn smaps_rss(pid: u32) -> Result<(u64, u64, String, Vec<String>), String> {
     let mut best: Option<(u64, u64, String)> = None; // (size kB, rss kB, header)
     let mut cur: Option<(String, u64, u64)> = None;
     let mut all: Vec<(u64, String)> = Vec::new();
+    // Guest RAM on hugetlbfs (Firecracker's huge_pages): its pages are not in
+    // Rss (smaps counts them as *_Hugetlb), so it is found by those instead.
+    let mut hugetlb: Option<(u64, String)> = None; // (kB, header)
+    let mut header = String::new();
     let mut flush = |cur: &mut Option<(String, u64, u64)>, best: &mut Option<(u64, u64, String)>| {
         if let Some((hdr, size, rss)) = cur.take() {
             let f: Vec<&str> = hdr.split_whitespace().collect();
@@ -167,6 +196,12 @@ fn smaps_rss(pid: u32) -> Result<(u64, u64, String, Vec<String>), String> {
         if first.contains('-') && !first.ends_with(':') {
             flush(&mut cur, &mut best);
             cur = Some((line.to_string(), 0, 0));
+            header = line.to_string();
+        } else if let Some(v) = line.strip_prefix("Private_Hugetlb:").or_else(|| line.strip_prefix("Shared_Hugetlb:")) {
+            let kb: u64 = v.trim().trim_end_matches("kB").trim().parse().unwrap_or(0);
+            if kb > 0 && hugetlb.as_ref().is_none_or(|h| kb > h.0) {
+                hugetlb = Some((kb, header.clone()));
+            }
         } else if let (Some(c), Some(v)) = (cur.as_mut(), line.strip_prefix("Size:")) {
             c.1 = v.trim().trim_end_matches("kB").trim().parse().unwrap_or(0);
         } else if let Some(v) = line.strip_prefix("Rss:") {
@@ -178,7 +213,12 @@ fn smaps_rss(pid: u32) -> Result<(u64, u64, String, Vec<String>), String> {
         }
     }
     flush(&mut cur, &mut best);
-    let (_, ram_rss, hdr) = best.ok_or_else(|| format!("no guest RAM mapping found in /proc/{pid}/smaps"))?;
+    let (ram_rss, hdr) = match (best, hugetlb) {
+        // On hugetlbfs the guest RAM is outside Rss: the total is all overhead.
+        (_, Some((_, hdr))) => (0, format!("{hdr} (hugetlbfs, not in Rss)")),
+        (Some((_, rss, hdr)), None) => (rss, hdr),
+        (None, None) => return Err(format!("no guest RAM mapping found in /proc/{pid}/smaps")),
+    };
     all.sort_by_key(|a| std::cmp::Reverse(a.0));
     // The first entry is the guest RAM itself.
     let top = all.iter().skip(1).take(8).map(|(k, n)| format!("{k} {n}")).collect();
@@ -259,6 +299,13 @@ fn main() {
         }
     };
     let boots = args.first().map(String::as_str) == Some("boot");
+    // GUEST_BENCH_RUNS_CAP="vmm=N,...": at most N rounds of those VMMs (slow
+    // or experimental ones), the others run all RUNS.
+    let caps: Vec<(String, usize)> = std::env::var("GUEST_BENCH_RUNS_CAP")
+        .unwrap_or_default()
+        .split([',', ' '])
+        .filter_map(|kv| kv.split_once('=').and_then(|(k, v)| Some((k.to_string(), v.parse().ok()?))))
+        .collect();
     describe(&list);
     // A VMM whose every attempt of a round failed (e.g. settings that do not
     // boot here) leaves the rotation, so it cannot eat the L1's time.
@@ -266,7 +313,7 @@ fn main() {
     for i in 0..runs {
         for k in 0..list.len() {
             let vmm = list[(i + k) % list.len()].as_str();
-            if dropped.iter().any(|d| d == vmm) {
+            if dropped.iter().any(|d| d == vmm) || caps.iter().any(|(k, n)| k == vmm && i >= *n) {
                 continue;
             }
             let mut good = false;

@@ -118,14 +118,15 @@ def net_section(d, md, js):
         md.append("")
     js["net"] = table
 
-PEER_ORDER = ["shimvmm", "firecracker", "qemu", "qemu-rtc", "shimvmm-bzimage", "shimvmm-musl"]
+PEER_ORDER = ["shimvmm", "firecracker", "firecracker-hugepages", "qemu", "qemu-rtc", "shimvmm-bzimage", "shimvmm-musl"]
 PEER_NAMES = {
     "shimvmm": "shimvmm (ELF vmlinux)",
     "firecracker": "Firecracker v1.12.1 (ELF vmlinux)",
-    "qemu": "QEMU microvm, qboot, legacy-free (ELF via PVH)",
+    "qemu": "QEMU microvm, qboot, no PIT/PIC/ACPI/option ROMs (ELF via PVH)",
     "qemu-rtc": "QEMU microvm, qboot, `rtc=on` (ELF via PVH)",
     "shimvmm-bzimage": "shimvmm (bzImage)",
     "shimvmm-musl": "shimvmm, static musl build (experiment, ELF vmlinux)",
+    "firecracker-hugepages": "Firecracker v1.12.1, `huge_pages: 2M` (ELF vmlinux)",
 }
 
 

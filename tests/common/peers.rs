@@ -85,9 +85,12 @@ pub fn firecracker_command(b: &PeerBoot, dir: &Path) -> Command {
 /// QEMU microvm settings for [`qemu_qboot_command`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum QemuTuning {
-    /// qboot, no option ROMs, no PIT, PIC or RTC, no ACPI (devices on the
-    /// command line, as with Firecracker), modern virtio-mmio: only the ISA
-    /// serial port is left of the legacy devices (the console all peers share).
+    /// qboot, no option ROMs, no PIT or PIC, no ACPI (devices on the command
+    /// line, as with Firecracker), modern virtio-mmio: of the legacy devices
+    /// only the ISA serial port (the console all peers share) and the RTC are
+    /// left. Without the RTC (`rtc=off`) this kernel hangs at boot: it still
+    /// registers rtc_cmos and spins on the update-in-progress bit of the
+    /// absent CMOS (soft lockup in the testbed, 2026-12-06).
     LegacyFree,
     /// qboot with `-M microvm,rtc=on` and QEMU's other defaults (PIT, PIC,
     /// ACPI, option ROMs): the "quick configuration" of issue 23.
@@ -98,7 +101,7 @@ impl QemuTuning {
     /// The `-M` value.
     pub fn machine(self) -> &'static str {
         match self {
-            QemuTuning::LegacyFree => "microvm,x-option-roms=off,pit=off,pic=off,rtc=off,acpi=off,isa-serial=on",
+            QemuTuning::LegacyFree => "microvm,x-option-roms=off,pit=off,pic=off,rtc=on,acpi=off,isa-serial=on",
             QemuTuning::Rtc => "microvm,rtc=on",
         }
     }

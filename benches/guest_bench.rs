@@ -145,12 +145,14 @@ fn boot_once(vmm: &str, to_login: bool, mem: bool) -> Result<(serde_json::Value,
         let init = p.wait_for_line(FIRST_INIT_MARKER, timeout).map_err(|e| e.to_string())?;
         // Already arrived: the kernel prints it long before init.
         let first = p.wait_for_line(FIRST_KERNEL_LINE, Duration::from_secs(1)).map_err(|e| e.to_string())?;
-        let mut v = serde_json::json!({"first_kernel_line_s": first.as_secs_f64(), "first_init_s": init.as_secs_f64()});
+        let mut v = serde_json::json!({"first_kernel_line_s": first.as_secs_f64(), "first_init_s": init.as_secs_f64(),
+            "kvm_at_init": kvm_counters(p.pid())});
         if !to_login {
             return Ok((v, None));
         }
         let login = p.wait_for_line(LOGIN_PROMPT, timeout).map_err(|e| e.to_string())?;
         v["login_s"] = serde_json::json!(login.as_secs_f64());
+        v["kvm_at_login"] = kvm_counters(p.pid());
         if !mem {
             return Ok((v, None));
         }
@@ -244,6 +246,29 @@ fn smaps_pss(pid: u32, ram_hdr: &str) -> (u64, u64) {
         }
     }
     (total, ram)
+}
+
+/// KVM's per-VM counters (debugfs, /sys/kernel/debug/kvm/PID-FD/) of the VMs
+/// process `pid` made, summed: where the exits went (null without debugfs).
+fn kvm_counters(pid: u32) -> serde_json::Value {
+    const NAMES: [&str; 8] =
+        ["exits", "io_exits", "mmio_exits", "halt_exits", "irq_exits", "pf_fixed", "pf_taken", "nmi_window_exits"];
+    let Ok(dir) = std::fs::read_dir("/sys/kernel/debug/kvm") else {
+        return serde_json::Value::Null;
+    };
+    let mut sums = serde_json::Map::new();
+    for entry in dir.flatten() {
+        if !entry.file_name().to_string_lossy().starts_with(&format!("{pid}-")) {
+            continue;
+        }
+        for n in NAMES {
+            let v: u64 =
+                std::fs::read_to_string(entry.path().join(n)).ok().and_then(|t| t.trim().parse().ok()).unwrap_or(0);
+            let cur = sums.get(n).and_then(serde_json::Value::as_u64).unwrap_or(0);
+            sums.insert(n.to_string(), (cur + v).into());
+        }
+    }
+    serde_json::Value::Object(sums)
 }
 
 /// Threads of PID (from /proc/PID/status), for the memory record.

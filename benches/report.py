@@ -250,6 +250,17 @@ def boot_section(d, md, js):
     if lines:
         md.append("\nPer-pair ratios (shimvmm's and the peer's good boots of the same round in the same L1):\n")
         md.extend(lines)
+    # Where the exits went (KVM's debugfs counters in L1, read at the login prompt).
+    kv = {v: [r["kvm_at_login"] for r in rs if r["vmm"] == v and "error" not in r and r.get("kvm_at_login")] for v in order}
+    if any(kv.values()):
+        names = ["exits", "io_exits", "mmio_exits", "halt_exits", "irq_exits", "pf_fixed"]
+        md.append("\nKVM's counters for each VMM's VM from spawn to the login prompt (L1's debugfs, median of the good "
+                  "boots; `pf_fixed` = nested page faults KVM fixed, `io_exits` = port I/O exits, mostly the UART):\n")
+        md.append("| VMM | " + " | ".join(names) + " |\n|---|" + "---|" * len(names))
+        for v in order:
+            if kv[v]:
+                md.append(f"| {v} | " + " | ".join(f"{statistics.median([k.get(n, 0) for k in kv[v]]):.0f}" for n in names) + " |")
+        js.setdefault("boot_kvm_at_login", {}).update({v: kv[v] for v in order if kv[v]})
     png = os.path.join(os.path.dirname(os.path.abspath(sys.argv[2])), "benchmarks-boot.png")
     if plot_boot(rs, order, keys, png):
         md.append("\n![Boot time distribution](benchmarks-boot.png)")

@@ -331,6 +331,7 @@ fn main() {
         .split([',', ' '])
         .filter_map(|kv| kv.split_once('=').and_then(|(k, v)| Some((k.to_string(), v.parse().ok()?))))
         .collect();
+    let login_rounds: Option<usize> = std::env::var("GUEST_BENCH_LOGIN_ROUNDS").ok().and_then(|v| v.parse().ok());
     describe(&list);
     // A VMM whose every attempt of a round failed (e.g. settings that do not
     // boot here) leaves the rotation, so it cannot eat the L1's time.
@@ -342,9 +343,12 @@ fn main() {
                 continue;
             }
             let mut good = false;
+            // GUEST_BENCH_LOGIN_ROUNDS=K: only the first K rounds go on to the
+            // login prompt (and memory); later ones stop at the first init.
+            let login_here = to_login && login_rounds.is_none_or(|k| i < k);
             for attempt in 1..=MAX_ATTEMPTS {
                 let at = now_s();
-                let (ok, v, m) = match boot_once(vmm, to_login, mem) {
+                let (ok, v, m) = match boot_once(vmm, login_here, mem && login_here) {
                     Ok((mut v, m)) => {
                         v["bench"] = "boot".into();
                         (true, v, m)

@@ -456,6 +456,13 @@ def guestnet_section(d, md, js):
         md.append("\nFor the shim the \"host\" is the peer behind the second emulated igb (netns `peer`); for the tap it "
                   "is L1's end of the tap. Both tests ran in one L1, one after the other. Raw lines:\n")
     md.append("```\n" + text.strip() + "\n```\n")
+    notes = os.path.join(os.path.dirname(os.path.abspath(__file__)), "guestnet-findings.md")
+    if os.path.exists(notes):
+        md.append(open(notes).read().strip() + "\n")
+    # The tap-vs-shim figures of the end-to-end tests stay beside these.
+    notes = os.path.join(os.path.dirname(os.path.abspath(__file__)), "guestnet-notes.md")
+    if os.path.exists(notes):
+        md.append(open(notes).read().strip().replace("## 5.", "### 5b.", 1) + "\n")
     js["guestnet"] = {"rows": rows, "raw": text}
 
 def main():

@@ -135,11 +135,16 @@ fn tap_side_by_side_with_firecracker() {
     }
     let _vm = one_vm_at_a_time();
     let rounds: usize = std::env::var("SHIMVMM_GUESTNET_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
+    // SHIMVMM_GUESTNET_VMMS: one or both (tools/bench runs each in its own
+    // process, so a guest lost to the testbed does not cost the other's run).
+    let only = std::env::var("SHIMVMM_GUESTNET_VMMS").unwrap_or_default();
     for round in 0..rounds {
         let order =
             if round % 2 == 0 { ["shimvmm-tap", "firecracker-tap"] } else { ["firecracker-tap", "shimvmm-tap"] };
         for vmm in order {
-            one(vmm, round);
+            if only.is_empty() || only.split([' ', ',']).any(|o| o == vmm) {
+                one(vmm, round);
+            }
         }
     }
 }

@@ -6,6 +6,7 @@
 //!   timestamped; every wait has a timeout and errors carry the console tail.
 //! - [`require_guest_env`]: skip (loudly) or fail where guests cannot run.
 //! - [`qemu_reference_boot`]: the QEMU microvm boot shimvmm is compared with.
+//! - [`firecracker_command`], [`qemu_qboot_command`]: the benchmarks' peers.
 //!
 //! Guest test scripts are POSIX sh run by openrc at boot; they call
 //! `marker NAME VALUE` to report values, which arrive as [`Marker`]s.
@@ -15,6 +16,7 @@ mod env;
 mod error;
 mod kernel;
 mod markers;
+mod peers;
 mod process;
 mod reference;
 
@@ -29,6 +31,10 @@ pub use kernel::{
     GuestKernel,
 };
 pub use markers::{parse_exit, parse_marker, Marker, EXIT_TOKEN, MARKER_TOKEN, SCRIPT_START_MARKER};
+pub use peers::{
+    alpine_vmlinux, firecracker_bin, firecracker_command, firecracker_config, qemu_qboot_command, PeerBoot, QemuTuning,
+    QBOOT_ROM,
+};
 pub use process::{one_vm_at_a_time, GuestProcess, Line, Stream, TAIL_LINES};
 pub use reference::{
     qemu_bin, qemu_microvm_command, qemu_reference_boot, scaled, Accel, BootTimings, QemuBootOptions,

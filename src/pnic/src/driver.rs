@@ -61,6 +61,10 @@ pub enum DriverError {
     Stopped,
     #[error("DMA mapping failed: {0}")]
     DmaMap(String),
+    /// An SR-IOV virtual function's physical function refused a request or
+    /// answered out of protocol (the PF is the host's driver).
+    #[error("the PF {0}")]
+    Pf(String),
 }
 
 /// Static limits of a driver, known after construction.

@@ -34,6 +34,9 @@ pub trait Family: Sized + 'static {
     const RX_MAX_FRAME: u32;
     const TX_MAX_FRAME: u32;
     const TX_MAX_SEGS: usize;
+    /// MSI-X vectors `open_vfio` asks VFIO for (fewer if the function has
+    /// fewer).
+    const MSIX_VECTORS: u32 = 2;
     /// Mask every interrupt cause.
     fn mask_irqs(regs: &impl RegisterAccess);
     /// After the global reset: link, PHY, stopped queues, rings
@@ -77,7 +80,7 @@ pub fn open_vfio<F: Family>(
 ) -> Result<E1000<F, MmioRegs>, OpenError> {
     let mut nic = VfioNic::open(bdf, guest)?;
     nic.device_reset()?;
-    let vectors = nic.enable_msix(2)?;
+    let vectors = nic.enable_msix(F::MSIX_VECTORS)?;
     let mut d = E1000::new(nic.regs(), nic.dma_mapper(), IovaAllocator::above(guest), cfg, vectors)
         .map_err(|source| OpenError::Driver { family: F::NAME, source })?;
     d.nic = Some(nic);

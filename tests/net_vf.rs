@@ -11,7 +11,9 @@
 //! Build on the host: `cargo build --release -p shimvmm && cargo test --release
 //! -p shimvmm-tests --test net_vf --no-run`, then
 //! `SHIMVMM_TESTBED_VFS=3 tools/testbed run -- target/release/deps/net_vf-<hash> --nocapture --test-threads=1`.
-//! Elsewhere it prints a loud SKIPPED line (fails with SHIMVMM_REQUIRE_GUEST=1).
+//! Without `SHIMVMM_TESTBED_VFS` (tools/devtool's run) the test makes the VFs
+//! itself with tools/testbed.d/l1-vfs.sh. Elsewhere it prints a loud SKIPPED
+//! line (fails with SHIMVMM_REQUIRE_GUEST=1).
 
 mod net_util;
 
@@ -102,12 +104,31 @@ fn command(image: &std::path::Path, metrics: &std::path::Path, vf: &str) -> Comm
     cmd
 }
 
+/// The testbed's VFs: `SHIMVMM_VFS` from an L1 started with
+/// `SHIMVMM_TESTBED_VFS`, or else (an L1 with the PF on vfio-pci, as
+/// tools/devtool starts one for every guest test) made here with the script
+/// the testbed uses, which hands the PF to Linux's igb. Each guest test runs
+/// in a fresh L1, so the PF is not given back.
+fn vfs() -> Vec<String> {
+    if let Ok(v) = std::env::var("SHIMVMM_VFS") {
+        return v.split_whitespace().map(String::from).collect();
+    }
+    let pf = env("SHIMVMM_PNIC");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tools/testbed.d/l1-vfs.sh");
+    let out = Command::new("sh").args([script, &pf, "3"]).output().expect("run l1-vfs.sh");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("vf: {script} {pf} 3:\n{stderr}");
+    assert!(out.status.success(), "SR-IOV setup of {pf} failed: {stderr}");
+    // "PF_IF VF..."
+    String::from_utf8_lossy(&out.stdout).split_whitespace().skip(1).map(String::from).collect()
+}
+
 #[test]
 fn guests_on_vfs_ping_the_peer_and_each_other_zero_copy() {
     if !require_guest_env("guests_on_vfs_ping_the_peer_and_each_other_zero_copy") {
         return;
     }
-    let vfs: Vec<String> = env("SHIMVMM_VFS").split_whitespace().map(String::from).collect();
+    let vfs = vfs();
     let ns = env("SHIMVMM_PEER_NS");
     let peer_ip = env("SHIMVMM_PEER_IP");
     let want: usize = std::env::var("SHIMVMM_VF_GUESTS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);

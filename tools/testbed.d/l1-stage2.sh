@@ -157,24 +157,6 @@ netdev_of() {
 PEER_IF=$(netdev_of "$PEER_PCI") || die "no interface for the peer igb $PEER_PCI"
 E1000E_IF=$(netdev_of "$E1000E") || die "no interface for the e1000e $E1000E"
 log "NIC drivers loaded: $PEER_IF ($PEER_PCI), $E1000E_IF ($E1000E)"
-PF_IF=
-if [ "$VFS" != 0 ]; then
-    PF_IF=$(netdev_of "$PNIC") || die "no interface for the PF igb $PNIC"
-    # igbvf (and the PF's answers to a VF) need the PF's netdev up.
-    ip link set "$PF_IF" up || die "ip link set $PF_IF up failed"
-    # No VF driver in L1 may take the VFs: they are vfio-pci's.
-    echo 0 >"/sys/bus/pci/devices/$PNIC/sriov_drivers_autoprobe" 2>/dev/null
-    echo "$VFS" >"/sys/bus/pci/devices/$PNIC/sriov_numvfs" || die "echo $VFS > sriov_numvfs on $PNIC failed"
-    k=0
-    batch=
-    while [ $k -lt "$VFS" ]; do
-        batch="${batch}link set $PF_IF vf $k mac 52:54:00:c0:03:0$((k + 1)) spoofchk on
-"
-        k=$((k + 1))
-    done
-    printf '%s' "$batch" | ip -batch - || die "setting the VFs' MACs on $PF_IF failed"
-    log "PF $PNIC ($PF_IF) up with $VFS VFs"
-fi
 
 ip netns add "$PEER_NS" || die "ip netns add $PEER_NS failed"
 ip link set "$PEER_IF" netns "$PEER_NS" || die "moving $PEER_IF into namespace $PEER_NS failed"
@@ -206,20 +188,18 @@ bind_vfio() {
     echo "$group"
 }
 VF_LIST=
+PF_IF=
 if [ "$VFS" = 0 ]; then
     group=$(bind_vfio "$PNIC") || die "$PNIC did not bind to vfio-pci (or its /dev/vfio/<group> is missing)"
     log "kvm + vfio ready, $PNIC in IOMMU group $group"
 else
-    for v in /sys/bus/pci/devices/"$PNIC"/virtfn*; do
-        [ -e "$v" ] || die "no VFs under $PNIC after sriov_numvfs"
-        vf=$(readlink "$v")
-        vf=${vf##*/}
-        group=$(bind_vfio "$vf") || die "VF $vf did not bind to vfio-pci (or its /dev/vfio/<group> is missing)"
-        VF_LIST="$VF_LIST $vf"
-        log "VF $vf bound to vfio-pci, IOMMU group $group"
-    done
-    VF_LIST=${VF_LIST# }
-    ip link show dev "$PF_IF" >/dev/console 2>&1
+    # The PF to igb, its netdev up, VFS VFs with their MACs, bound to vfio-pci.
+    set -- $(sh "${0%/*}/l1-vfs.sh" "$PNIC" "$VFS" 2>/dev/console) || die "SR-IOV setup of $PNIC failed"
+    [ $# -gt 1 ] || die "SR-IOV setup of $PNIC gave no VFs"
+    PF_IF=$1
+    shift
+    VF_LIST="$*"
+    log "kvm + vfio ready, PF $PNIC ($PF_IF) with VFs $VF_LIST"
 fi
 
 # --- links: autonegotiation of the emulated PHYs takes a few seconds ---------------

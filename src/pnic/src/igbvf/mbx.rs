@@ -11,10 +11,12 @@ use crate::driver::{DriverError, RegisterAccess};
 use crate::e1000_common::poll_until;
 
 /// How long the VF waits for the PF to take or answer a message. Linux's
-/// igbvf allows 2000 polls of 500 us once the PF is up.
-pub const MBX_TIMEOUT: Duration = Duration::from_secs(1);
+/// igbvf allows 2000 polls of 500 us once the PF is up; the PF is an
+/// interrupt handler in the host kernel, which a loaded (or nested, emulated)
+/// host can delay: a few seconds.
+pub const MBX_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long the VF waits for the PF to leave reset (RSTI) after a VF reset.
-pub const PF_RESET_TIMEOUT: Duration = Duration::from_millis(500);
+pub const PF_RESET_TIMEOUT: Duration = Duration::from_secs(1);
 /// Tries to take the mailbox buffer (the PF may hold it for a moment).
 const LOCK_TRIES: usize = 100;
 const LOCK_RETRY: Duration = Duration::from_micros(100);

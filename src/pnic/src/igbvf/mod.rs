@@ -335,6 +335,11 @@ impl<R: RegisterAccess> Igbvf<R> {
             self.inner.rx_ring.reset();
             self.inner.tx_ring.reset();
         }
+        // A PF still in reset answers nothing: come back at its next event
+        // (RSTD, its ping) rather than block the event loop waiting.
+        if mbx::read_status(&self.inner.regs, &mut self.mbx_seen) & MBX_RSTI != 0 {
+            return Err(DriverError::Timeout("the PF to leave reset (mailbox RSTI)"));
+        }
         let old_mac = self.inner.mac;
         self.inner.reset()?;
         self.mbx_seen = 0;

@@ -18,8 +18,8 @@ pub const MBX_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long the VF waits for the PF to leave reset (RSTI) after a VF reset.
 pub const PF_RESET_TIMEOUT: Duration = Duration::from_secs(1);
 /// Tries to take the mailbox buffer (the PF may hold it for a moment).
-const LOCK_TRIES: usize = 100;
-const LOCK_RETRY: Duration = Duration::from_micros(100);
+const LOCK_TRIES: usize = 1000;
+const LOCK_RETRY: Duration = Duration::from_millis(1);
 
 /// Read V2PMAILBOX once. The read clears PFSTS/PFACK/RSTD; what it saw is
 /// remembered in `seen` so that no event is lost between two polls.
@@ -42,14 +42,19 @@ fn take(regs: &impl RegisterAccess, seen: &mut u32, bit: u32) -> bool {
 
 /// Take the buffer for the VF (VFU reads back set once the PF released it).
 fn lock(regs: &impl RegisterAccess, seen: &mut u32) -> Result<(), DriverError> {
+    let mut last = 0;
     for _ in 0..LOCK_TRIES {
         regs.write32(V2PMAILBOX, MBX_VFU);
-        if read_status(regs, seen) & MBX_VFU != 0 {
+        last = read_status(regs, seen);
+        if last & MBX_VFU != 0 {
             return Ok(());
         }
         std::thread::sleep(LOCK_RETRY);
     }
-    Err(DriverError::Timeout("the PF to release the mailbox buffer (VFU)"))
+    Err(DriverError::Pf(format!(
+        "kept the mailbox buffer: VFU does not read back set (V2PMAILBOX {last:#x}, VF STATUS {:#x})",
+        regs.read32(STATUS)
+    )))
 }
 
 /// Post `msg` to the PF and wait until it took it (PFACK).

@@ -82,6 +82,7 @@ fn valid_unicast(mac: &[u8; 6]) -> bool {
 /// PF assigned.
 pub(crate) fn pf_handshake(regs: &impl RegisterAccess) -> Result<[u8; 6], DriverError> {
     let mut seen = 0;
+    log::info!("igbvf: PF handshake (V2PMAILBOX {:#x}, STATUS {:#x})", regs.read32(V2PMAILBOX), regs.read32(STATUS));
     if !poll_until(mbx::PF_RESET_TIMEOUT, || mbx::read_status(regs, &mut seen) & MBX_RSTI == 0) {
         return Err(DriverError::Timeout("the PF to leave reset (mailbox RSTI); is the PF's netdev up?"));
     }
@@ -97,6 +98,7 @@ pub(crate) fn pf_handshake(regs: &impl RegisterAccess) -> Result<[u8; 6], Driver
         }
         Err(e) => return Err(e.into_driver()),
     }
+    log::info!("igbvf: VF_RESET answered {:#010x} {:#010x} {:#010x}", reply[0], reply[1], reply[2]);
     let mac = reply_mac(&reply);
     if !valid_unicast(&mac) {
         return Err(DriverError::Pf(format!(

@@ -37,6 +37,10 @@ pub trait Family: Sized + 'static {
     /// MSI-X vectors `open_vfio` asks VFIO for (fewer if the function has
     /// fewer).
     const MSIX_VECTORS: u32 = 2;
+    /// Whether `open_vfio` resets the function through VFIO (FLR) first; a
+    /// family whose own bring-up resets it (an SR-IOV VF: VTCTRL.RST and the
+    /// PF handshake) may skip it.
+    const VFIO_RESET: bool = true;
     /// Mask every interrupt cause.
     fn mask_irqs(regs: &impl RegisterAccess);
     /// After the global reset: link, PHY, stopped queues, rings
@@ -79,7 +83,11 @@ pub fn open_vfio<F: Family>(
     cfg: NicConfig,
 ) -> Result<E1000<F, MmioRegs>, OpenError> {
     let mut nic = VfioNic::open(bdf, guest)?;
-    nic.device_reset()?;
+    if F::VFIO_RESET {
+        nic.device_reset()?;
+    } else {
+        nic.set_bus_master(true)?;
+    }
     let vectors = nic.enable_msix(F::MSIX_VECTORS)?;
     let mut d = E1000::new(nic.regs(), nic.dma_mapper(), IovaAllocator::above(guest), cfg, vectors)
         .map_err(|source| OpenError::Driver { family: F::NAME, source })?;

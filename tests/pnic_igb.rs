@@ -206,7 +206,7 @@ fn igb_shim_rx_lands_at_gpa_plus_12_and_tx_reaches_the_peer() {
     let mem = guest_ram();
 
     let t = Instant::now();
-    let mut s = shim::open_vfio(&bdf, &mem, MAC).unwrap_or_else(|e| panic!("open {bdf}: {e}"));
+    let mut s = shim::open_vfio(&bdf, &mem, Some(MAC)).unwrap_or_else(|e| panic!("open {bdf}: {e}"));
     eprintln!("pnic_igb: {bdf} up in {:?}, link {}", t.elapsed(), s.link_up());
     let link_end = Instant::now() + Duration::from_secs(10);
     while !s.driver_mut().link_up().unwrap() && Instant::now() < link_end {
@@ -381,9 +381,9 @@ fn igb_shim_rx_lands_at_gpa_plus_12_and_tx_reaches_the_peer() {
 #[test]
 fn open_rejects_a_malformed_bdf_with_a_clear_error() {
     let mem = GuestMemory::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
-    let e = shim::open_vfio("01:00", &mem, MAC).err().expect("must fail").to_string();
+    let e = shim::open_vfio("01:00", &mem, Some(MAC)).err().expect("must fail").to_string();
     assert!(e.contains("invalid PCI address") && e.contains("01:00"), "{e}");
-    let e = shim::open_vfio("0000:7f:1f.7", &mem, MAC).err().expect("must fail").to_string();
+    let e = shim::open_vfio("0000:7f:1f.7", &mem, Some(MAC)).err().expect("must fail").to_string();
     assert!(e.contains("not found in /sys/bus/pci/devices"), "{e}");
 }
 
@@ -464,7 +464,7 @@ fn e1000e_shim_exchanges_frames_with_the_peer() {
     let mem = guest_ram();
     let mac = [0x52, 0x54, 0x00, 0xc0, 0x02, 0x20];
     let our_ip = [192, 0, 2, 20];
-    let mut s = shim::open_vfio(&binding.bdf, &mem, mac).unwrap_or_else(|e| panic!("open {}: {e}", binding.bdf));
+    let mut s = shim::open_vfio(&binding.bdf, &mem, Some(mac)).unwrap_or_else(|e| panic!("open {}: {e}", binding.bdf));
     assert_eq!(s.driver().name(), "e1000e");
     let end = Instant::now() + Duration::from_secs(10);
     while !s.driver_mut().link_up().unwrap() && Instant::now() < end {

@@ -107,9 +107,16 @@ set -- $IGBS
 PNIC=$1
 PEER_PCI=$2
 
+# SR-IOV mode ($JOB/vfs, from SHIMVMM_TESTBED_VFS): the first igb's PF stays with
+# Linux's igb and gets VFS virtual functions for vfio-pci (set up below).
+VFS=0
+[ -r "$JOB/vfs" ] && read -r VFS <"$JOB/vfs"
+
 # The first igb (lowest address, behind root port rp1) is claimed for vfio-pci
 # before any driver loads, so igb.ko never touches it.
-echo vfio-pci >"/sys/bus/pci/devices/$PNIC/driver_override" || die "driver_override on $PNIC"
+if [ "$VFS" = 0 ]; then
+    echo vfio-pci >"/sys/bus/pci/devices/$PNIC/driver_override" || die "driver_override on $PNIC"
+fi
 
 # --- modules: KVM & co. load in the background (kvm_amd alone takes seconds under
 # TCG) while the NIC drivers come up; their PHYs autonegotiate meanwhile ----------
@@ -165,17 +172,35 @@ log "links configured"
 wait "$kvm_modprobe" || die "modprobe kvm kvm_amd tun vhost_net veth bridge vfio vfio_iommu_type1 vfio-pci failed"
 [ -c /dev/kvm ] || die "/dev/kvm missing after modprobe kvm_amd (no nested SVM?)"
 [ -c /dev/vfio/vfio ] || die "/dev/vfio/vfio missing after modprobe vfio"
-if [ ! -e "/sys/bus/pci/drivers/vfio-pci/$PNIC" ]; then
-    echo "$PNIC" >/sys/bus/pci/drivers_probe 2>/dev/null
+# Bind a PCI function to vfio-pci and check its /dev/vfio/<group>; prints the group.
+bind_vfio() {
+    echo vfio-pci >"/sys/bus/pci/devices/$1/driver_override" || return 1
+    if [ ! -e "/sys/bus/pci/drivers/vfio-pci/$1" ]; then
+        echo "$1" >/sys/bus/pci/drivers_probe 2>/dev/null
+    fi
+    [ -e "/sys/bus/pci/drivers/vfio-pci/$1" ] || return 1
+    group=
+    for g in /sys/kernel/iommu_groups/*/devices/"$1"; do
+        g=${g%/devices/*}
+        group=${g##*/}
+    done
+    [ -n "$group" ] && [ -c "/dev/vfio/$group" ] || return 1
+    echo "$group"
+}
+VF_LIST=
+PF_IF=
+if [ "$VFS" = 0 ]; then
+    group=$(bind_vfio "$PNIC") || die "$PNIC did not bind to vfio-pci (or its /dev/vfio/<group> is missing)"
+    log "kvm + vfio ready, $PNIC in IOMMU group $group"
+else
+    # The PF to igb, its netdev up, VFS VFs with their MACs, bound to vfio-pci.
+    set -- $(sh "${0%/*}/l1-vfs.sh" "$PNIC" "$VFS" 2>/dev/console) || die "SR-IOV setup of $PNIC failed"
+    [ $# -gt 1 ] || die "SR-IOV setup of $PNIC gave no VFs"
+    PF_IF=$1
+    shift
+    VF_LIST="$*"
+    log "kvm + vfio ready, PF $PNIC ($PF_IF) with VFs $VF_LIST"
 fi
-[ -e "/sys/bus/pci/drivers/vfio-pci/$PNIC" ] || die "$PNIC did not bind to vfio-pci"
-group=
-for g in /sys/kernel/iommu_groups/*/devices/"$PNIC"; do
-    g=${g%/devices/*}
-    group=${g##*/}
-done
-[ -n "$group" ] && [ -c "/dev/vfio/$group" ] || die "/dev/vfio/$group (IOMMU group of $PNIC) missing"
-log "kvm + vfio ready, $PNIC in IOMMU group $group"
 
 # --- links: autonegotiation of the emulated PHYs takes a few seconds ---------------
 i=0
@@ -196,13 +221,18 @@ if [ $i -ge 150 ]; then
 fi
 
 export SHIMVMM_TESTBED=1
-export SHIMVMM_PNIC="$PNIC"
+if [ "$VFS" = 0 ]; then
+    export SHIMVMM_PNIC="$PNIC"
+else
+    export SHIMVMM_VFS="$VF_LIST"
+    export SHIMVMM_PF_IF="$PF_IF"
+fi
 export SHIMVMM_PEER_NS="$PEER_NS"
 export SHIMVMM_PEER_IP="$PEER_IP"
 export SHIMVMM_PEER_IF="$PEER_IF"
 export SHIMVMM_E1000E_IF="$E1000E_IF"
 export SHIMVMM_LOCAL_IP="$LOCAL_IP"
-log "ready: pnic=$PNIC peer=$PEER_IF@$PEER_NS e1000e=$E1000E_IF"
+log "ready: pnic=$PNIC${VF_LIST:+ (PF with VFs $VF_LIST)} peer=$PEER_IF@$PEER_NS e1000e=$E1000E_IF"
 ctl "READY $(uptime_s)"
 
 # --- the job --------------------------------------------------------------------

@@ -70,6 +70,10 @@ pub enum DriverError {
     /// it held must stay held (neither reused nor handed back).
     #[error("the NIC did not confirm that its DMA stopped: {0}")]
     DmaNotStopped(String),
+    /// An SR-IOV virtual function's physical function refused a request or
+    /// answered out of protocol (the PF is the host's driver).
+    #[error("the PF {0}")]
+    Pf(String),
 }
 
 /// Static limits of a driver, known after construction.

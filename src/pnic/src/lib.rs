@@ -15,6 +15,7 @@ pub mod driver;
 pub mod e1000_common;
 pub mod e1000e;
 pub mod igb;
+pub mod igbvf;
 pub mod model;
 pub mod nic;
 pub mod shim;

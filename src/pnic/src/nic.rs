@@ -16,7 +16,8 @@ use crate::driver::{DriverError, DriverLimits, PnicDriver, RegisterAccess, RxCom
 use crate::e1000_common::{NicConfig, OpenError};
 use crate::e1000e::{self, E1000e};
 use crate::igb::{self, Igb};
-use crate::vfio::{precheck, HostPaths, MmioRegs, DEVICE_82574L};
+use crate::igbvf::{self, Igbvf};
+use crate::vfio::{precheck, HostPaths, MmioRegs, DEVICE_82574L, DEVICE_82576_VF};
 
 /// A supported physical NIC over register access `R` (`MmioRegs` on
 /// hardware, a model in tests and benchmarks).
@@ -25,17 +26,20 @@ pub enum Pnic<R: RegisterAccess = MmioRegs> {
     Igb(Igb<R>),
     /// Intel 82574L.
     E1000e(E1000e<R>),
+    /// Intel 82576 SR-IOV virtual function.
+    Igbvf(Igbvf<R>),
 }
 
 impl Pnic {
     /// Open the NIC at `bdf` through VFIO with the driver its PCI id calls
-    /// for (82576 or 82574L), map `guest` for DMA (IOVA = GPA) and bring it
+    /// for (82576, 82574L or 82576 VF), map `guest` for DMA (IOVA = GPA) and bring it
     /// up with `cfg`. Every host-setup problem is reported before the NIC is
     /// touched.
     pub fn open_vfio(bdf: Bdf, guest: &GuestMemoryMmap, cfg: NicConfig) -> Result<Pnic, OpenError> {
         let info = precheck(&HostPaths::default(), bdf)?;
         Ok(match info.device {
             DEVICE_82574L => Pnic::E1000e(e1000e::open_vfio(bdf, guest, cfg)?),
+            DEVICE_82576_VF => Pnic::Igbvf(igbvf::open_vfio(bdf, guest, cfg)?),
             _ => Pnic::Igb(igb::open_vfio(bdf, guest, cfg)?),
         })
     }
@@ -47,6 +51,7 @@ macro_rules! each {
         match $self {
             Pnic::Igb($d) => $body,
             Pnic::E1000e($d) => $body,
+            Pnic::Igbvf($d) => $body,
         }
     };
 }
@@ -60,6 +65,23 @@ impl<R: RegisterAccess> From<Igb<R>> for Pnic<R> {
 impl<R: RegisterAccess> From<E1000e<R>> for Pnic<R> {
     fn from(d: E1000e<R>) -> Self {
         Pnic::E1000e(d)
+    }
+}
+
+impl<R: RegisterAccess> From<Igbvf<R>> for Pnic<R> {
+    fn from(d: Igbvf<R>) -> Self {
+        Pnic::Igbvf(d)
+    }
+}
+
+impl<R: RegisterAccess> Pnic<R> {
+    /// The MAC the NIC must use whatever the guest asks for: an SR-IOV VF's
+    /// is assigned by its PF. `None` for a whole NIC (any MAC can be set).
+    pub fn assigned_mac(&self) -> Option<[u8; 6]> {
+        match self {
+            Pnic::Igbvf(d) => Some(d.mac()),
+            _ => None,
+        }
     }
 }
 

@@ -37,10 +37,15 @@ pub const VENDOR_INTEL: u16 = 0x8086;
 /// PCI device ids of the NICs with a driver.
 pub const DEVICE_82576: u16 = 0x10c9;
 pub const DEVICE_82574L: u16 = 0x10d3;
+/// The 82576's SR-IOV virtual function (igbvf).
+pub const DEVICE_82576_VF: u16 = 0x10ca;
 
 /// NICs shimvmm has a driver for: (vendor, device, name).
-pub const SUPPORTED_NICS: &[(u16, u16, &str)] =
-    &[(VENDOR_INTEL, DEVICE_82576, "Intel 82576 (igb)"), (VENDOR_INTEL, DEVICE_82574L, "Intel 82574L (e1000e)")];
+pub const SUPPORTED_NICS: &[(u16, u16, &str)] = &[
+    (VENDOR_INTEL, DEVICE_82576, "Intel 82576 (igb)"),
+    (VENDOR_INTEL, DEVICE_82574L, "Intel 82574L (e1000e)"),
+    (VENDOR_INTEL, DEVICE_82576_VF, "Intel 82576 virtual function (igbvf)"),
+];
 
 /// Drivers that may own other functions of a viable IOMMU group.
 const GROUP_OK_DRIVERS: &[&str] = &["vfio-pci", "pci-stub", "pcieport"];

@@ -440,18 +440,25 @@ pub fn build_with(spec: &VmSpec, opts: &BuildOptions) -> Result<Vmm, BuildError>
     }
     for n in &spec.network_interfaces {
         let id = &n.iface_id;
-        // One MAC for both the guest's virtio config and the pNIC's filter.
-        let mac = n.guest_mac.map(|m| m.octets()).unwrap_or_else(virtio_devices::net::config::random_mac);
+        // One MAC for both the guest's virtio config and the pNIC's filter:
+        // the configured one (random if none), except on an SR-IOV VF, whose
+        // MAC is its PF's choice (the shim refuses a different configured one).
+        let guest_mac = n.guest_mac.map(|m| m.octets());
         // VmSpec guarantees exactly one backend; `backend()` is where that rule lives.
-        let backend: Box<dyn virtio_devices::net::backend::NetBackend> = match n.backend() {
-            Ok(NetBackendSpec::Tap(name)) => Box::new(
-                virtio_devices::net::TapBackend::open(name)
-                    .map_err(|source| BuildError::Tap { id: id.clone(), source })?,
+        let (backend, mac): (Box<dyn virtio_devices::net::backend::NetBackend>, _) = match n.backend() {
+            Ok(NetBackendSpec::Tap(name)) => (
+                Box::new(
+                    virtio_devices::net::TapBackend::open(name)
+                        .map_err(|source| BuildError::Tap { id: id.clone(), source })?,
+                ),
+                guest_mac.unwrap_or_else(virtio_devices::net::config::random_mac),
             ),
-            Ok(NetBackendSpec::Pnic(bdf)) => Box::new(
-                pnic::shim::open_vfio(&bdf.to_string(), &mem, mac)
-                    .map_err(|source| BuildError::Pnic { id: id.clone(), source })?,
-            ),
+            Ok(NetBackendSpec::Pnic(bdf)) => {
+                let shim = pnic::shim::open_vfio(&bdf.to_string(), &mem, guest_mac)
+                    .map_err(|source| BuildError::Pnic { id: id.clone(), source })?;
+                let mac = shim.mac();
+                (Box::new(shim), mac)
+            }
             Err(e) => return Err(BuildError::Invalid(e)),
         };
         let net = virtio_devices::net::Net::new(backend, Some(mac), id.clone());

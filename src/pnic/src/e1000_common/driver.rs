@@ -34,6 +34,19 @@ pub trait Family: Sized + 'static {
     const RX_MAX_FRAME: u32;
     const TX_MAX_FRAME: u32;
     const TX_MAX_SEGS: usize;
+    /// MSI-X vectors `open_vfio` asks VFIO for (fewer if the function has
+    /// fewer).
+    const MSIX_VECTORS: u32 = 2;
+    /// Whether `open_vfio` resets the function through VFIO (FLR) first; a
+    /// family whose own bring-up resets it (an SR-IOV VF: VTCTRL.RST and the
+    /// PF handshake) may skip it.
+    const VFIO_RESET: bool = true;
+    /// Whether the family's own reset stops the queues before it asks
+    /// anyone else for anything (an SR-IOV VF: VTCTRL.RST, then the PF's
+    /// mailbox). A reset whose function reset completed but whose
+    /// configuration then failed (the PF did not answer) left no DMA
+    /// running: it is not latched, and the family's recovery tries again.
+    const RESET_STOPS_DMA_FIRST: bool = false;
     /// Mask every interrupt cause.
     fn mask_irqs(regs: &impl RegisterAccess);
     /// After the global reset: link, PHY, stopped queues, rings
@@ -83,8 +96,12 @@ pub fn open_vfio<F: Family>(
     cfg: NicConfig,
 ) -> Result<E1000<F, MmioRegs>, OpenError> {
     let mut nic = VfioNic::open(bdf, guest)?;
-    nic.device_reset()?;
-    let vectors = nic.enable_msix(2)?;
+    if F::VFIO_RESET {
+        nic.device_reset()?;
+    } else {
+        nic.set_bus_master(true)?;
+    }
+    let vectors = nic.enable_msix(F::MSIX_VECTORS)?;
     let mut d = E1000::new(nic.regs(), nic.dma_mapper(), IovaAllocator::above(guest), cfg, vectors)
         .map_err(|source| OpenError::Driver { family: F::NAME, source })?;
     d.nic = Some(nic);
@@ -138,10 +155,16 @@ impl<F: Family, R: RegisterAccess> E1000<F, R> {
 
     /// Global reset and the static configuration (everything but queue enable).
     fn init_hw(&mut self) -> Result<(), DriverError> {
+        self.init_hw_staged().map_err(|(e, _)| e)
+    }
+
+    /// [`Self::init_hw`], the error saying whether the function reset itself
+    /// completed (only the configuration after it failed).
+    fn init_hw_staged(&mut self) -> Result<(), (DriverError, bool)> {
         F::mask_irqs(&self.regs);
-        global_reset(&self.regs, &mut self.removed)?;
+        global_reset(&self.regs, &mut self.removed).map_err(|e| (e, false))?;
         F::mask_irqs(&self.regs);
-        F::configure(self)?;
+        F::configure(self).map_err(|e| (e, true))?;
         self.reset_ring_state();
         self.started = false;
         Ok(())
@@ -365,7 +388,10 @@ impl<F: Family, R: RegisterAccess> PnicDriver for E1000<F, R> {
                 log::warn!("{}: bus mastering off before reset: {e}", F::NAME);
             }
         }
-        if let Err(e) = self.init_hw() {
+        if let Err((e, reset_done)) = self.init_hw_staged() {
+            if reset_done && F::RESET_STOPS_DMA_FIRST {
+                return Err(e);
+            }
             return Err(self.latch(&e));
         }
         if let Some(p) = self.pci() {

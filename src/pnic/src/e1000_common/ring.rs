@@ -446,6 +446,19 @@ impl<L: DescLayout> TxRing<L> {
 
     /// Hand every frame whose last descriptor has DD to `f`, in order.
     #[inline(always)]
+    /// The cookie of every frame queued and not yet reaped, oldest first
+    /// (what a caller must account for when the queue goes away with them).
+    pub fn posted_cookies(&self, mut f: impl FnMut(u64)) {
+        let (mut at, mut left) = (self.clean, self.used);
+        while left > 0 {
+            let q = self.queued[at & (self.size - 1)];
+            f(q.cookie);
+            let n = q.ndesc.max(1);
+            at = (at + n) & (self.size - 1);
+            left = left.saturating_sub(n);
+        }
+    }
+
     pub fn reap_each(&mut self, mut f: impl FnMut(TxCompletion)) {
         while self.used > 0 {
             let q = self.queued[self.clean];

@@ -48,7 +48,12 @@ pub fn open_vfio(bdf: Bdf, guest: &GuestMemoryMmap, cfg: NicConfig) -> Result<Ig
 }
 
 /// Set `bit` in queue control register `reg` and wait for it to read back set.
-fn enable_queue(regs: &impl RegisterAccess, reg: u32, bit: u32, what: &'static str) -> Result<(), DriverError> {
+pub(crate) fn enable_queue(
+    regs: &impl RegisterAccess,
+    reg: u32,
+    bit: u32,
+    what: &'static str,
+) -> Result<(), DriverError> {
     let v = regs.read32(reg);
     regs.write32(reg, v | bit);
     if !poll_until(QUEUE_TIMEOUT, || regs.read32(reg) & bit != 0) {
@@ -58,7 +63,12 @@ fn enable_queue(regs: &impl RegisterAccess, reg: u32, bit: u32, what: &'static s
 }
 
 /// Clear `bit` in `reg` and wait for it to read back clear (the queue's DMA stopped).
-fn disable_queue(regs: &impl RegisterAccess, reg: u32, bit: u32, what: &'static str) -> Result<(), DriverError> {
+pub(crate) fn disable_queue(
+    regs: &impl RegisterAccess,
+    reg: u32,
+    bit: u32,
+    what: &'static str,
+) -> Result<(), DriverError> {
     let v = regs.read32(reg);
     regs.write32(reg, v & !bit);
     if !poll_until(QUEUE_TIMEOUT, || regs.read32(reg) & bit == 0) {

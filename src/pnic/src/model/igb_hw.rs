@@ -406,9 +406,26 @@ pub fn igb_on_model_msix(
     mac: [u8; 6],
     vectors: usize,
 ) -> Result<(Igb<IgbHwRegs>, IgbHw), DriverError> {
+    let (regs, hw, mapper, irqs) = igb_hw_model(guest, vectors.clamp(1, 2))?;
+    let mut cfg = NicConfig::new(mac);
+    cfg.link_timeout = Duration::from_millis(100);
+    let mut d = Igb::new(regs, mapper, IovaAllocator::above(guest), cfg, irqs.len())?;
+    d.set_model_irqs(irqs);
+    d.set_model_pci(Box::new(ModelPci(hw.0.clone())));
+    Ok((d, hw))
+}
+
+/// A model's BAR, wire side, DMA mapper and interrupt eventfds.
+pub type IgbHwParts = (IgbHwRegs, IgbHw, Arc<dyn DmaMapper>, Vec<Arc<EventFd>>);
+
+/// A fresh model without a driver: its BAR, its wire side, its IOMMU (which
+/// maps all of `guest`, IOVA = GPA) and `vectors` (at least one) interrupt
+/// eventfds, queue interrupts on the first. For models built on this one
+/// (the SR-IOV VF's).
+pub fn igb_hw_model(guest: &GuestMemoryMmap, vectors: usize) -> Result<IgbHwParts, DriverError> {
     let iommu = Arc::new(ModelIommu::new());
     iommu.map(guest).map_err(DriverError::DmaMap)?;
-    let irqs = (0..vectors.clamp(1, 2))
+    let irqs = (0..vectors.max(1))
         .map(|_| EventFd::new(EFD_NONBLOCK).map(Arc::new).map_err(|e| DriverError::DmaMap(e.to_string())))
         .collect::<Result<Vec<_>, _>>()?;
     let inner = Arc::new(Inner {
@@ -429,13 +446,8 @@ pub fn igb_on_model_msix(
         stuck_reset: AtomicBool::new(false),
         flr_fails: AtomicBool::new(false),
     });
-    let mut cfg = NicConfig::new(mac);
-    cfg.link_timeout = Duration::from_millis(100);
     let mapper: Arc<dyn DmaMapper> = iommu;
-    let mut d = Igb::new(IgbHwRegs(inner.clone()), mapper, IovaAllocator::above(guest), cfg, irqs.len())?;
-    d.set_model_irqs(irqs);
-    d.set_model_pci(Box::new(ModelPci(inner.clone())));
-    Ok((d, IgbHw(inner)))
+    Ok((IgbHwRegs(inner.clone()), IgbHw(inner), mapper, irqs))
 }
 
 #[cfg(test)]

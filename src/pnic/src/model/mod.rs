@@ -8,6 +8,7 @@
 //! report it apart from the VMM's.
 
 pub mod igb_hw;
+pub mod igbvf_hw;
 pub mod iommu;
 
 use std::collections::VecDeque;

@@ -92,6 +92,17 @@ pub enum ShimError {
     Limits(u32),
     #[error("NIC wants RX buffers aligned to {0} bytes, which is not a power of two")]
     Align(u64),
+    /// The guest's MAC is not the one the VF's PF assigned.
+    #[error(
+        "{bdf} is an SR-IOV VF whose PF assigned it the MAC {}, but the guest is configured with {}: \
+         give the guest {} (or no MAC, to take the VF's), or change the VF's MAC on the host \
+         (`ip link set <PF> vf <N> mac {}`)",
+        fmt_mac(vf),
+        fmt_mac(guest),
+        fmt_mac(vf),
+        fmt_mac(guest)
+    )]
+    MacMismatch { bdf: Bdf, vf: [u8; 6], guest: [u8; 6] },
 }
 
 /// Whether `[addr, addr + len)` is non-empty and inside guest RAM.
@@ -162,13 +173,41 @@ pub struct ShimBackend<D: PnicDriver> {
 pub type VfioShim = ShimBackend<Pnic>;
 
 /// Open the NIC at `bdf` (`0000:01:00.0` or `01:00.0`) through VFIO, map all of
-/// `mem` for DMA (IOVA = GPA), bring it up with `mac` as its unicast filter,
-/// and wrap it in a shim. The driver is chosen by PCI id (82576 or 82574L).
-/// Every host-setup problem is reported before the NIC is touched.
-pub fn open_vfio(bdf: &str, mem: &GuestMemory, mac: [u8; 6]) -> Result<VfioShim, ShimError> {
+/// `mem` for DMA (IOVA = GPA), bring it up and wrap it in a shim. The driver
+/// is chosen by PCI id (82576, 82574L or 82576 VF). Every host-setup problem
+/// is reported before the NIC is touched.
+///
+/// The MAC ([`ShimBackend::mac`], what the guest must be given): a whole NIC
+/// takes `mac` (a random one if `None`) as its unicast filter. An SR-IOV VF's
+/// MAC is the one its PF assigned: `mac` must be that one (else
+/// [`ShimError::MacMismatch`]), and `None` means the VF's.
+pub fn open_vfio(bdf: &str, mem: &GuestMemory, mac: Option<[u8; 6]>) -> Result<VfioShim, ShimError> {
     let bdf: Bdf = bdf.parse()?;
-    let nic = Pnic::open_vfio(bdf, mem, NicConfig::new(mac))?;
+    let wanted = mac.unwrap_or_else(virtio_devices::net::config::random_mac);
+    let nic = Pnic::open_vfio(bdf, mem, NicConfig::new(wanted))?;
+    let mac = pick_mac(bdf, nic.assigned_mac(), mac, wanted)?;
     ShimBackend::new(nic, mem, mac)
+}
+
+/// The guest's MAC: a VF's `assigned` one (which a `configured` one must
+/// equal), else the `configured` one, else `random`.
+pub(crate) fn pick_mac(
+    bdf: Bdf,
+    assigned: Option<[u8; 6]>,
+    configured: Option<[u8; 6]>,
+    random: [u8; 6],
+) -> Result<[u8; 6], ShimError> {
+    match (assigned, configured) {
+        (Some(vf), Some(guest)) if vf != guest => Err(ShimError::MacMismatch { bdf, vf, guest }),
+        (Some(vf), _) => Ok(vf),
+        (None, Some(guest)) => Ok(guest),
+        (None, None) => Ok(random),
+    }
+}
+
+/// `aa:bb:cc:dd:ee:ff`.
+fn fmt_mac(m: &[u8; 6]) -> String {
+    format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
 }
 
 impl<D: PnicDriver> ShimBackend<D> {

@@ -641,3 +641,18 @@ fn a_nic_that_vanishes_while_a_dropped_frame_is_recycled_loses_no_buffer() {
     assert!(used.iter().all(|u| u.len == 0), "{used:?}");
     assert!(!s.link_up());
 }
+
+#[test]
+fn a_vf_dictates_the_guest_mac_and_a_different_configured_one_is_a_clear_error() {
+    use super::{pick_mac, ShimError};
+    let bdf: crate::bdf::Bdf = "0000:01:10.0".parse().unwrap();
+    let (vf, other, random) = ([0x52, 0x54, 0, 0xaa, 0, 1], [0x52, 0x54, 0, 0xaa, 0, 2], [0x02, 0, 0, 0, 0, 3]);
+    assert_eq!(pick_mac(bdf, Some(vf), None, random).unwrap(), vf, "no MAC configured: the VF's");
+    assert_eq!(pick_mac(bdf, Some(vf), Some(vf), random).unwrap(), vf);
+    assert_eq!(pick_mac(bdf, None, Some(other), random).unwrap(), other, "a whole NIC takes the guest's");
+    assert_eq!(pick_mac(bdf, None, None, random).unwrap(), random);
+    let e = pick_mac(bdf, Some(vf), Some(other), random).unwrap_err();
+    assert!(matches!(e, ShimError::MacMismatch { .. }));
+    let msg = e.to_string();
+    assert!(msg.contains("52:54:00:aa:00:01") && msg.contains("52:54:00:aa:00:02") && msg.contains("SR-IOV"), "{msg}");
+}

@@ -5,6 +5,7 @@
 //! handled on the VMM's event-loop thread). The transport runs on vCPU threads.
 
 pub mod block;
+pub mod files;
 pub mod interrupt;
 pub mod mem;
 pub mod net;

@@ -14,46 +14,22 @@ use std::io::{self, Write};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-/// What kind of file `ft` is, in words, for errors.
-pub fn kind_of(ft: std::fs::FileType) -> &'static str {
-    if ft.is_file() {
-        "regular file"
-    } else if ft.is_dir() {
-        "directory"
-    } else if ft.is_symlink() {
-        "symbolic link"
-    } else if ft.is_block_device() {
-        "block device"
-    } else if ft.is_char_device() {
-        "character device"
-    } else if ft.is_fifo() {
-        "FIFO"
-    } else if ft.is_socket() {
-        "socket"
-    } else {
-        "special file"
-    }
-}
+use virtio_devices::files::{kind_of, open_nofollow, set_blocking};
 
 /// Opens `path` for reading (and writing when `write`) without following a
 /// symlink at its end and without blocking, then checks on the descriptor
 /// that it is a regular file (or a block device when `allow_block`). The
 /// returned file is back in blocking mode. Errors say what is wrong in words.
 pub fn open_input(path: &Path, write: bool, allow_block: bool) -> io::Result<File> {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(write)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(path)
-        .map_err(|e| match e.raw_os_error() {
-            Some(libc::ELOOP) => io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "is a symbolic link, which shimvmm does not follow: give the path of the file itself",
-            ),
-            // O_NONBLOCK|O_WRONLY on a FIFO with no reader.
-            Some(libc::ENXIO) => io::Error::new(io::ErrorKind::InvalidInput, "is a FIFO or socket, not a regular file"),
-            _ => e,
-        })?;
+    let file = open_nofollow(path, write).map_err(|e| match e.raw_os_error() {
+        Some(libc::ELOOP) => io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "is a symbolic link, which shimvmm does not follow: give the path of the file itself",
+        ),
+        // O_NONBLOCK|O_WRONLY on a FIFO with no reader.
+        Some(libc::ENXIO) => io::Error::new(io::ErrorKind::InvalidInput, "is a FIFO or socket, not a regular file"),
+        _ => e,
+    })?;
     let ft = file.metadata()?.file_type();
     if !(ft.is_file() || (allow_block && ft.is_block_device())) {
         let also = if ft.is_block_device() { " (block devices need --allow-block-devices)" } else { "" };
@@ -62,19 +38,6 @@ pub fn open_input(path: &Path, write: bool, allow_block: bool) -> io::Result<Fil
     }
     set_blocking(&file)?;
     Ok(file)
-}
-
-fn set_blocking(file: &File) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let fd = file.as_raw_fd();
-    // SAFETY: F_GETFL/F_SETFL on a descriptor we own; no pointers involved.
-    unsafe {
-        let flags = libc::fcntl(fd, libc::F_GETFL);
-        if flags < 0 || libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) < 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok(())
 }
 
 /// How many fresh temporary names [`write_atomic`] tries before giving up.

@@ -2,9 +2,9 @@
 //! between it and guest memory (preadv/pwritev straight into/out of the guest's
 //! mapped RAM; no bounce buffer).
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Seek, SeekFrom};
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::os::unix::fs::FileTypeExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
@@ -93,11 +93,7 @@ impl Disk {
         } else {
             ("read-write", " (attach it read-only, or fix its permissions)")
         };
-        let opened = OpenOptions::new()
-            .read(true)
-            .write(!read_only)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
-            .open(path);
+        let opened = crate::files::open_nofollow(path, !read_only);
         let mut file = match opened {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -126,33 +122,11 @@ impl Disk {
             return Err(BlockError::BlockDeviceNotAllowed { path: path.to_owned() });
         }
         if !(ft.is_file() || ft.is_block_device()) {
-            let kind = if ft.is_dir() {
-                "directory"
-            } else if ft.is_char_device() {
-                "character device"
-            } else if ft.is_fifo() {
-                "FIFO"
-            } else if ft.is_socket() {
-                "socket"
-            } else {
-                "special file"
-            };
+            let kind = crate::files::kind_of(ft);
             return Err(BlockError::NotAFileOrBlockDevice { path: path.to_owned(), kind });
         }
         // Back to blocking I/O for the data path.
-        // SAFETY: F_GETFL/F_SETFL on the descriptor we own; no pointers.
-        let rc = unsafe {
-            let fd = file.as_raw_fd();
-            let flags = libc::fcntl(fd, libc::F_GETFL);
-            if flags < 0 {
-                flags
-            } else {
-                libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK)
-            }
-        };
-        if rc < 0 {
-            return Err(BlockError::Stat { path: path.to_owned(), source: io::Error::last_os_error() });
-        }
+        crate::files::set_blocking(&file).map_err(|source| BlockError::Stat { path: path.to_owned(), source })?;
         // Works for regular files and block devices alike.
         let size = file.seek(SeekFrom::End(0)).map_err(|source| BlockError::Size { path: path.to_owned(), source })?;
         if size < SECTOR_SIZE {

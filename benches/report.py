@@ -455,6 +455,7 @@ def mem_section(d, md, js):
             md.append(f"\n- {r['vmm']} (L1 {r.get('l1', 1)}, round {r.get('run', 0)}) failed: {why[:200]}")
     if s0:
         md.append(f"\nshimvmm target ≤ 5 MiB: {'met' if s0['median'] <= 5 else '**missed**'} ({s0['median']:.2f} MiB).")
+    breakdown_table(d, md, js)
     notes = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mem-findings.md")
     if os.path.exists(notes):
         md.append("\n" + open(notes).read().strip())
@@ -465,6 +466,45 @@ def mem_section(d, md, js):
                       + "; ".join(f"`{t}`" for t in top[:6]) + ".")
     md.append("")
     js["mem"] = out
+
+
+BREAKDOWN_GROUPS = [
+    ("own binary: text", ["binary text"]),
+    ("own binary: read-only and writable data", ["binary ro data", "binary rw data"]),
+    ("libc.so.6", ["libc.so.6"]),
+    ("ld.so", ["ld.so"]),
+    ("libgcc_s.so.1", ["libgcc_s.so.1"]),
+    ("[heap] and glibc's per-thread malloc arenas", ["[heap]", "malloc arenas (per thread)"]),
+    ("thread stacks (main [stack] included)", ["thread stacks", "main thread [stack]"]),
+    ("other anonymous, other files, vDSO", None),
+]
+
+
+def breakdown_table(d, md, js):
+    """Where the memory beyond guest RAM goes, by kind of mapping
+    (benches/smaps_breakdown.py, on the host after InstanceStart)."""
+    rs = load(os.path.join(d, "mem_breakdown.jsonl"))
+    if not rs:
+        return
+    md.append("\n**Where the overhead goes, by kind of mapping** (on the host, not the testbed: after `InstanceStart` "
+              "is answered, 2 vCPUs, 512 MiB, the guest not run by this host's KVM; smaps Rss, and Pss in "
+              "parentheses, KiB). " + meta(d, "mem_breakdown") + "\n")
+    names = [r["vmm"] for r in rs]
+    md.append("| kind | " + " | ".join(names) + " |")
+    md.append("|---|" + "---|" * len(names))
+    known = {k for _, ks in BREAKDOWN_GROUPS if ks for k in ks}
+    for label, ks in BREAKDOWN_GROUPS:
+        cells = []
+        for r in rs:
+            sel = [v for k, v in r["kinds"].items() if (k in ks if ks else k not in known)]
+            rss, pss = sum(v["rss_kib"] for v in sel), sum(v["pss_kib"] for v in sel)
+            cells.append(f"{rss} ({pss})" if rss else "—")
+        md.append(f"| {label} | " + " | ".join(cells) + " |")
+    md.append("| **total beyond guest RAM** | " + " | ".join(
+        f"**{r['overhead_rss_kib']}** ({r['overhead_pss_kib']})" for r in rs) + " |")
+    md.append("| threads | " + " | ".join(str(r["threads"]) for r in rs) + " |")
+    md.append("")
+    js["mem_breakdown"] = rs
 
 
 def startup_section(d, md, js):

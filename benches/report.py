@@ -641,8 +641,8 @@ def guestnet_section(d, md, js):
                     md.append(f"| {label} | {v} | {sent} | {u['delivered']} | {u['pps']:.0f} | {ratio(v, get)} | {cpu_s} | "
                               f"{ratio(v, lambda x, k=key: get(x, k, 'vmm_cpu_s_per_mpkt'))} |")
         md.append("\nFor the shim the \"host\" is the peer behind the second emulated igb (netns `peer`); for the taps it "
-                  "is L1's end of the tap. All three ran in one L1, one after the other, each in its own process. Lines "
-                  "the tests printed:\n")
+                  f"is L1's end of the tap. {', '.join(order)}: in one L1, one after the other, each in its own process. "
+                  "Lines the tests printed:\n")
     md.append("```\n" + text.strip() + "\n```\n")
     notes = os.path.join(os.path.dirname(os.path.abspath(__file__)), "guestnet-findings.md")
     if os.path.exists(notes):

@@ -589,8 +589,11 @@ def guestnet_section(d, md, js):
     md.append("The testbed's NICs are QEMU's emulated igb/e1000e under TCG: these figures compare the two "
               "paths on the same emulated machine, they say nothing about real hardware. The shim's frames cross "
               "two TCG-emulated 82576s and a QEMU hub as 1500-byte frames (no TSO), while the tap's stay inside "
-              "L1's kernel as 64 KiB TSO frames, so the emulation, not the VMM, sets these rates. Both paths moved "
-              "every byte with zero VMM copies (the tests check the sha256 on both ends).\n")
+              "L1's kernel as 64 KiB TSO frames, so the emulation, not the VMM, sets these rates. Every path moved "
+              "all 64 MiB each way intact (the test checks the sha256 on both ends). *VMM CPU* is the whole VMM "
+              "process's utime+stime from /proc/PID/stat, its vCPU threads included, and Linux counts a vCPU "
+              "thread's guest time as user time: it is the guest's and the VMM's CPU together, per GiB or per "
+              "million packets, not the VMM's share alone.\n")
     text = open(p).read()
     # One row per path from the tests' JSON lines (the raw lines follow).
     raw = os.path.join(d, "guestnet.raw")

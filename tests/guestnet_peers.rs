@@ -7,6 +7,15 @@
 //! ends. Each VMM's CPU time (utime+stime of /proc/PID/stat) over the ping and
 //! the two transfers is printed per GiB moved.
 //!
+//! Then the UDP phase: for payloads of 18 B (64-byte frames) and 1472 B
+//! (1500-byte IP packets), the guest sends for 5 s (`net_util/udpblast.c`,
+//! built static here and copied into the image: the guest has no iperf3)
+//! while the host counts what arrives, then the host sends for 5 s while the
+//! guest counts; packets per second delivered and the VMM's CPU time per
+//! million delivered are printed. `shimvmm-shim` runs the same over the
+//! zero-copy shim (`--net vfio=$SHIMVMM_PNIC`), its peer the testbed's second
+//! igb in netns `$SHIMVMM_PEER_NS`.
+//!
 //! Run by `tools/bench guestnet` (in the testbed). Elsewhere it prints a loud
 //! SKIPPED line (fails with SHIMVMM_REQUIRE_GUEST=1).
 
@@ -14,8 +23,9 @@ mod net_util;
 
 use std::path::Path;
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use net_util::*;
 use shimvmm_tests::{
@@ -27,6 +37,9 @@ const HOST_IP: &str = "192.0.2.129";
 const HOST_CIDR: &str = "192.0.2.129/25";
 const GUEST_IP: &str = "192.0.2.130";
 const GUEST_CIDR: &str = "192.0.2.130/25";
+/// The shim path's guest (the testbed's peer is 192.0.2.1/24 in its netns).
+const SHIM_GUEST_IP: &str = "192.0.2.10";
+const SHIM_GUEST_CIDR: &str = "192.0.2.10/24";
 const GUEST_TIMEOUT: Duration = Duration::from_secs(1200);
 
 /// A tap for one run, deleted on drop.
@@ -65,6 +78,15 @@ fn command(vmm: &str, image: &Path, tap: &str, dir: &Path) -> Command {
     let vmlinux = alpine_vmlinux();
     let cmdline = alpine_test_cmdline();
     match vmm {
+        "shimvmm-shim" => {
+            let pnic = std::env::var("SHIMVMM_PNIC").expect("SHIMVMM_PNIC is not set: run this in tools/testbed");
+            let mut c = Command::new(shimvmm_bin());
+            c.arg("--kernel").arg(&vmlinux).arg("--initrd").arg(&art.initrd).arg("--cmdline").arg(&cmdline);
+            c.args(["--mem", "512", "--vcpus", "2", "--no-api"]);
+            c.arg("--disk").arg(format!("path={}", image.display()));
+            c.arg("--net").arg(format!("vfio={pnic},id=net0"));
+            c
+        }
         "shimvmm-tap" => {
             let mut c = Command::new(shimvmm_bin());
             c.arg("--kernel").arg(&vmlinux).arg("--initrd").arg(&art.initrd).arg("--cmdline").arg(&cmdline);
@@ -90,25 +112,107 @@ fn command(vmm: &str, image: &Path, tap: &str, dir: &Path) -> Command {
     }
 }
 
+/// Where a path's peer is: (netns, peer ip, guest ip, guest cidr).
+fn endpoints(vmm: &str) -> (Option<String>, String, &'static str, &'static str) {
+    if vmm == "shimvmm-shim" {
+        let ns = std::env::var("SHIMVMM_PEER_NS").expect("SHIMVMM_PEER_NS is not set: run this in tools/testbed");
+        let ip = std::env::var("SHIMVMM_PEER_IP").expect("SHIMVMM_PEER_IP is not set: run this in tools/testbed");
+        (Some(ns), ip, SHIM_GUEST_IP, SHIM_GUEST_CIDR)
+    } else {
+        (None, HOST_IP.to_string(), GUEST_IP, GUEST_CIDR)
+    }
+}
+
+/// One UDP figure: packets delivered per second and the VMM's CPU seconds
+/// per million delivered.
+fn udp_figure(delivered: u64, secs: f64, cpu: f64) -> serde_json::Value {
+    let pps = if secs > 0.0 { delivered as f64 / secs } else { 0.0 };
+    let per_mpkt = if delivered > 0 { cpu / (delivered as f64 / 1e6) } else { f64::NAN };
+    serde_json::json!({"delivered": delivered, "secs": secs, "pps": pps, "vmm_cpu_s": cpu, "vmm_cpu_s_per_mpkt": per_mpkt})
+}
+
+/// The UDP phase (see the module doc), after `exercise`.
+fn udp_phase(
+    vm: &GuestProcess,
+    vmm: &str,
+    pid: u32,
+    ns: Option<&str>,
+    peer_ip: &str,
+    guest_ip: &str,
+    server: &HttpServer,
+) -> serde_json::Value {
+    let m = |name: &str| {
+        vm.wait_for_marker(name, GUEST_TIMEOUT)
+            .unwrap_or_else(|e| panic!("{vmm}: no marker {name}: {e}\n{}", vm.tail(40)))
+            .value
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let sink_addr = format!("{peer_ip}:{UDP_TX_PORT}").parse().expect("UDP sink address");
+    let counter = spawn_udp_counter(ns, sink_addr, stop.clone());
+    server.open_gate("udp");
+    assert_eq!(m("udp-helper"), "0", "{vmm}: udpblast did not land in the guest");
+    let mut tx_cpu = Vec::new();
+    for size in UDP_PAYLOADS {
+        m(&format!("udp-tx-start-{size}"));
+        let cpu0 = cpu_secs(pid);
+        let sent = m(&format!("udp-tx-{size}"));
+        tx_cpu.push((size, cpu_secs(pid) - cpu0, sent));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    let counts = counter.join().expect("UDP counter thread");
+    let mut out = serde_json::Map::new();
+    for (size, cpu, sent) in tx_cpu {
+        let (n, first, last) = counts.get(&size).copied().unwrap_or((0, Instant::now(), Instant::now()));
+        let secs = last.duration_since(first).as_secs_f64();
+        let mut f = udp_figure(n, secs, cpu);
+        f["guest_sent"] = serde_json::Value::String(sent.clone());
+        eprintln!("{vmm}: UDP guest->host {size} B payload: guest sent {sent} (count s); host got {n} in {secs:.2} s = {:.0} pkt/s; VMM CPU {cpu:.2} s", f["pps"].as_f64().unwrap_or(0.0));
+        out.insert(format!("guest_to_host_{size}"), f);
+    }
+    for size in UDP_PAYLOADS {
+        m(&format!("udp-rx-ready-{size}"));
+        let dst = format!("{guest_ip}:{UDP_RX_PORT}").parse().expect("guest UDP address");
+        let cpu0 = cpu_secs(pid);
+        let sent = udp_blast(ns, dst, size, Duration::from_secs(UDP_SECS));
+        std::thread::sleep(Duration::from_millis(200));
+        let cpu = cpu_secs(pid) - cpu0;
+        let got = m(&format!("udp-rx-{size}"));
+        let v: Vec<f64> = got.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+        let (n, secs) = (v.first().copied().unwrap_or(0.0) as u64, v.get(1).copied().unwrap_or(0.0));
+        let mut f = udp_figure(n, secs, cpu);
+        f["host_sent"] = serde_json::json!(sent);
+        eprintln!("{vmm}: UDP host->guest {size} B payload: host sent {sent}; guest got {n} in {secs:.2} s = {:.0} pkt/s; VMM CPU {cpu:.2} s", f["pps"].as_f64().unwrap_or(0.0));
+        out.insert(format!("host_to_guest_{size}"), f);
+    }
+    serde_json::Value::Object(out)
+}
+
 fn one(vmm: &str, round: usize) {
-    let script = guest_script(&GuestNet { peer_ip: HOST_IP, guest_cidr: GUEST_CIDR, reset_step: false });
+    let (ns, peer_ip, guest_ip, guest_cidr) = endpoints(vmm);
+    let ns = ns.as_deref();
+    let script = guest_script(&GuestNet { peer_ip: &peer_ip, guest_cidr, reset_step: false, udp: true });
     let image = test_image(&script, PowerAction::Poweroff);
     let tx_payload = payload(PAYLOAD_LEN, 0x7a9_0101);
     let tx_sha = sha256_hex(&tx_payload);
     put_file_in_image(image.path(), &tx_payload, GUEST_PAYLOAD);
     drop(tx_payload);
+    let helper = build_udpblast(&image.path().with_extension("udpblast"));
+    put_file_in_image(image.path(), &helper, UDP_HELPER);
     let rx_payload = Arc::new(payload(PAYLOAD_LEN, 0x7a9_0102));
     let rx_sha = sha256_hex(&rx_payload);
 
-    let tap = Tap::create(&round.to_string());
-    let sink = spawn_sink(listen(None, HOST_IP, SINK_PORT), PAYLOAD_LEN, GUEST_TIMEOUT);
-    let server = HttpServer::start(listen(None, HOST_IP, HTTP_PORT), rx_payload);
+    // The shim's peer is the testbed's second igb; the taps need a tap.
+    let tap = (vmm != "shimvmm-shim").then(|| Tap::create(&round.to_string()));
+    let tap_name = tap.as_ref().map(|t| t.0.clone()).unwrap_or_default();
+    let sink = spawn_sink(listen(ns, &peer_ip, SINK_PORT), PAYLOAD_LEN, GUEST_TIMEOUT);
+    let server = HttpServer::start(listen(ns, &peer_ip, HTTP_PORT), rx_payload);
     let dir = image.path().parent().expect("image dir").to_path_buf();
-    let mut vm = GuestProcess::spawn(vmm, command(vmm, image.path(), &tap.0, &dir)).expect("spawn the VMM");
+    let mut vm = GuestProcess::spawn(vmm, command(vmm, image.path(), &tap_name, &dir)).expect("spawn the VMM");
     let pid = vm.pid();
     vm.wait_for_marker("net-up", GUEST_TIMEOUT).unwrap_or_else(|e| panic!("{vmm}: {e}"));
     let cpu0 = cpu_secs(pid);
-    let report = exercise(&vm, vmm, None, GUEST_IP, &server, sink, &tx_sha, &rx_sha, GUEST_TIMEOUT);
+    let report = exercise(&vm, vmm, ns, guest_ip, &server, sink, &tx_sha, &rx_sha, GUEST_TIMEOUT);
     let cpu1 = cpu_secs(pid);
     let gib = 2.0 * PAYLOAD_LEN as f64 / f64::from(1u32 << 30);
     eprintln!(
@@ -116,21 +220,22 @@ fn one(vmm: &str, round: usize) {
         cpu1 - cpu0,
         (cpu1 - cpu0) / gib
     );
+    let udp = udp_phase(&vm, vmm, pid, ns, &peer_ip, guest_ip, &server);
     println!(
         "{}",
         serde_json::json!({"bench": "guestnet", "vmm": vmm, "round": round,
             "guest_to_host_mbit_s": mbit_per_s(PAYLOAD_LEN as u64, report.tx_secs),
             "host_to_guest_mbit_s": mbit_per_s(PAYLOAD_LEN as u64, report.rx_secs),
             "host_ping_rtt_ms": report.host_ping.rtt, "guest_ping_rtt_ms": report.guest_ping.as_ref().and_then(|g| g.rtt),
-            "vmm_cpu_s": cpu1 - cpu0, "vmm_cpu_s_per_gib": (cpu1 - cpu0) / gib})
+            "vmm_cpu_s": cpu1 - cpu0, "vmm_cpu_s_per_gib": (cpu1 - cpu0) / gib, "udp": udp})
     );
     let _ = vm.wait_for_guest_exit(Duration::from_secs(300));
     vm.kill();
 }
 
 #[test]
-fn tap_side_by_side_with_firecracker() {
-    if !require_guest_env("tap_side_by_side_with_firecracker") {
+fn side_by_side_with_firecracker() {
+    if !require_guest_env("side_by_side_with_firecracker") {
         return;
     }
     let _vm = one_vm_at_a_time();
@@ -139,8 +244,11 @@ fn tap_side_by_side_with_firecracker() {
     // process, so a guest lost to the testbed does not cost the other's run).
     let only = std::env::var("SHIMVMM_GUESTNET_VMMS").unwrap_or_default();
     for round in 0..rounds {
-        let order =
-            if round % 2 == 0 { ["shimvmm-tap", "firecracker-tap"] } else { ["firecracker-tap", "shimvmm-tap"] };
+        let order = if round % 2 == 0 {
+            ["shimvmm-tap", "firecracker-tap", "shimvmm-shim"]
+        } else {
+            ["firecracker-tap", "shimvmm-tap", "shimvmm-shim"]
+        };
         for vmm in order {
             if only.is_empty() || only.split([' ', ',']).any(|o| o == vmm) {
                 one(vmm, round);

@@ -47,7 +47,7 @@ fn shim_guest_pings_moves_64mib_each_way_and_survives_reset_under_flood() {
     let ns = env("SHIMVMM_PEER_NS");
     let peer_ip = env("SHIMVMM_PEER_IP");
     let _vm = one_vm_at_a_time();
-    let script = guest_script(&GuestNet { peer_ip: &peer_ip, guest_cidr: GUEST_CIDR, reset_step: true });
+    let script = guest_script(&GuestNet { peer_ip: &peer_ip, guest_cidr: GUEST_CIDR, reset_step: true, udp: false });
     let image = test_image(&script, PowerAction::Reboot);
     let tx_payload = payload(PAYLOAD_LEN, 0x5e1_0001);
     let tx_sha = sha256_hex(&tx_payload);

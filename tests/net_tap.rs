@@ -55,7 +55,7 @@ fn guest_pings_and_moves_64mib_each_way_over_tap() {
         return;
     }
     let _vm = one_vm_at_a_time();
-    let script = guest_script(&GuestNet { peer_ip: HOST_IP, guest_cidr: GUEST_CIDR, reset_step: false });
+    let script = guest_script(&GuestNet { peer_ip: HOST_IP, guest_cidr: GUEST_CIDR, reset_step: false, udp: false });
     let image = test_image(&script, PowerAction::Poweroff);
     let tx_payload = payload(PAYLOAD_LEN, 0x7a9_0001);
     let tx_sha = sha256_hex(&tx_payload);

@@ -372,6 +372,9 @@ pub struct GuestNet<'a> {
     pub guest_cidr: &'a str,
     /// Unbind/rebind the virtio_net driver under a flood (shim test).
     pub reset_step: bool,
+    /// The UDP packets-per-second phase (`GUEST_UDP`; needs the
+    /// `udpblast` helper at `UDP_HELPER` in the image).
+    pub udp: bool,
 }
 
 /// The guest side, sourced by the test-image runner (helpers: `marker`,
@@ -385,6 +388,16 @@ pub fn guest_script(p: &GuestNet) -> String {
         .replace("@PAYLOAD@", GUEST_PAYLOAD);
     if p.reset_step {
         s.push_str(GUEST_RESET);
+    }
+    if p.udp {
+        s.push_str(
+            &GUEST_UDP
+                .replace("@HELPER@", UDP_HELPER)
+                .replace("@TXPORT@", &UDP_TX_PORT.to_string())
+                .replace("@RXPORT@", &UDP_RX_PORT.to_string())
+                .replace("@SIZES@", &UDP_PAYLOADS.map(|n| n.to_string()).join(" "))
+                .replace("@SECS@", &UDP_SECS.to_string()),
+        );
     }
     s.push_str("marker done 1\n");
     s
@@ -439,6 +452,92 @@ marker rx-sha "$sha"
 marker rx-secs "$(elapsed "$t0" "$t1")"
 marker eth0-stats "$(cat /sys/class/net/eth0/statistics/rx_packets) $(cat /sys/class/net/eth0/statistics/tx_packets) $(cat /sys/class/net/eth0/statistics/rx_errors) $(cat /sys/class/net/eth0/statistics/tx_errors)"
 "#;
+
+/// The guest's UDP phase: for each payload size, send for UDP_SECS to the
+/// peer's UDP_TX_PORT (the peer counts what arrives), then receive on
+/// UDP_RX_PORT while the peer sends for UDP_SECS.
+const GUEST_UDP: &str = r#"
+gate udp || { marker gate udp-timeout; exit 1; }
+cp @HELPER@ /tmp/udpblast && chmod 755 /tmp/udpblast
+marker udp-helper $?
+for s in @SIZES@; do
+    marker udp-tx-start-$s 1
+    marker udp-tx-$s "$(/tmp/udpblast send "$PEER" @TXPORT@ "$s" @SECS@)"
+done
+for s in @SIZES@; do
+    rm -f /tmp/udp.ready
+    /tmp/udpblast recv @RXPORT@ /tmp/udp.ready > /tmp/udp.out &
+    wait_for 10 test -e /tmp/udp.ready
+    marker udp-rx-ready-$s 1
+    wait
+    marker udp-rx-$s "$(cat /tmp/udp.out)"
+done
+"#;
+
+/// Where the guest finds `udpblast` (tests/net_util/udpblast.c).
+pub const UDP_HELPER: &str = "/udpblast";
+/// The peer's UDP sink port (guest -> peer).
+pub const UDP_TX_PORT: u16 = 5301;
+/// The guest's UDP sink port (peer -> guest).
+pub const UDP_RX_PORT: u16 = 5302;
+/// UDP payloads: 18 B makes a 64-byte Ethernet frame (with its FCS), 1472 B
+/// a full 1500-byte IP packet.
+pub const UDP_PAYLOADS: [usize; 2] = [18, 1472];
+/// Seconds each direction and size is sent for.
+pub const UDP_SECS: u64 = 5;
+
+/// `net_util/udpblast.c` built static at `out` (the guest has no libc we
+/// could link against), its bytes.
+pub fn build_udpblast(out: &Path) -> Vec<u8> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/net_util/udpblast.c");
+    let st = Command::new("cc")
+        .args(["-static", "-O2", "-o"])
+        .arg(out)
+        .arg(&src)
+        .status()
+        .expect("run cc (the UDP phase builds its guest helper with `cc -static`)");
+    assert!(st.success(), "cc -static {} failed", src.display());
+    std::fs::read(out).expect("read the built helper")
+}
+
+/// Per UDP payload length: datagrams, first and last arrival.
+pub type UdpCounts = std::collections::BTreeMap<usize, (u64, Instant, Instant)>;
+
+/// Counts the datagrams arriving on `addr` (in `ns`) by length until `stop`.
+pub fn spawn_udp_counter(ns: Option<&str>, addr: SocketAddr, stop: Arc<AtomicBool>) -> JoinHandle<UdpCounts> {
+    let sock = in_netns(ns, move || UdpSocket::bind(addr).unwrap_or_else(|e| panic!("bind UDP {addr}: {e}")));
+    sock.set_read_timeout(Some(Duration::from_millis(200))).expect("UDP read timeout");
+    std::thread::spawn(move || {
+        let mut counts = UdpCounts::new();
+        let mut buf = vec![0u8; 65536];
+        while !stop.load(Ordering::Relaxed) {
+            if let Ok(n) = sock.recv(&mut buf) {
+                let now = Instant::now();
+                let e = counts.entry(n).or_insert((0, now, now));
+                e.0 += 1;
+                e.2 = now;
+            }
+        }
+        counts
+    })
+}
+
+/// Sends `size`-byte datagrams to `dst` (from `ns`) as fast as send_to takes
+/// them for `secs`; the number sent.
+pub fn udp_blast(ns: Option<&str>, dst: SocketAddr, size: usize, secs: Duration) -> u64 {
+    let sock = in_netns(ns, || UdpSocket::bind("0.0.0.0:0").expect("bind UDP"));
+    let data = vec![0x5au8; size];
+    let end = Instant::now() + secs;
+    let mut sent = 0;
+    while Instant::now() < end {
+        for _ in 0..64 {
+            if sock.send_to(&data, dst).is_ok() {
+                sent += 1;
+            }
+        }
+    }
+    sent
+}
 
 const GUEST_RESET: &str = r#"
 dev=$(basename "$(readlink /sys/class/net/eth0/device)")

@@ -139,8 +139,9 @@ impl TapDev {
         let sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(s) };
         let mut ifr = ifreq_for(&self.name);
         // SAFETY: the SIOCGIF* requests used here read and write one ifreq
-        // that we own.
-        let r = unsafe { libc::ioctl(sock.as_raw_fd(), req, &mut ifr as *mut libc::ifreq) };
+        // that we own. `as _`: ioctl's request is c_ulong on glibc, c_int on
+        // musl, so the same line builds for both targets.
+        let r = unsafe { libc::ioctl(sock.as_raw_fd(), req as _, &mut ifr as *mut libc::ifreq) };
         errno_result(r)?;
         Ok(ifr)
     }

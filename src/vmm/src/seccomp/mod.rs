@@ -399,7 +399,7 @@ fn device_control(r: &mut Rules) -> Result<(), seccompiler::BackendError> {
     // (netlink recv); a zero-timeout poll for a backend fd's error state.
     allow(r, &[libc::SYS_pread64, libc::SYS_pwrite64, libc::SYS_recvfrom, libc::SYS_poll, libc::SYS_ppoll]);
     ioctl_type_io(r, VFIO_TYPE)?;
-    ioctl_eq(r, libc::TUNSETOFFLOAD)?;
+    ioctl_eq(r, libc::TUNSETOFFLOAD as _)?; // c_ulong on glibc, c_int on musl
     ioctl_eq(r, libc::SIOCGIFMTU)?;
     ioctl_eq(r, libc::SIOCGIFFLAGS)?;
     // The throwaway socket the SIOCGIF* ioctls go through.

@@ -308,7 +308,7 @@ pub fn stop_and_join(threads: Vec<JoinHandle<()>>, stop: &AtomicBool, timeout: D
         for t in &running {
             // SAFETY: the pthread_t belongs to a thread we have not joined
             // (its JoinHandle is alive), so it is valid to signal.
-            unsafe { libc::pthread_kill(t.as_pthread_t(), kick_signal()) };
+            unsafe { libc::pthread_kill(t.as_pthread_t() as libc::pthread_t, kick_signal()) };
         }
         std::thread::sleep(Duration::from_millis(5));
     }

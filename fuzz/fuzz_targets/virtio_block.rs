@@ -64,12 +64,9 @@ fuzz_target!(|data: &[u8]| {
     if fixed {
         let _ = mem.write_slice(&vec![0u8; 6 + 8 * usize::from(size)], GuestAddress(addrs.2));
     }
-    let Ok(mut blk) = Block::new(BlockConfig {
-        path: disk().clone(),
-        read_only,
-        id: "fuzz".into(),
-        allow_block_device: false,
-    }) else {
+    let Ok(mut blk) =
+        Block::new(BlockConfig { path: disk().clone(), read_only, id: "fuzz".into(), allow_block_device: false })
+    else {
         panic!("cannot open the fuzz disk image");
     };
     blk.set_acked_features(acked);

@@ -278,7 +278,8 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     let st = Arc::new(Mutex::new(State { mem: Some(mem.clone()), rx_size, tx_size, rings_end, ..State::default() }));
-    let mut net = virtio_devices::net::Net::new(Box::new(FuzzBackend(st.clone())), Some([2, 0, 0, 0, 0, 1]), "fuzz".into());
+    let mut net =
+        virtio_devices::net::Net::new(Box::new(FuzzBackend(st.clone())), Some([2, 0, 0, 0, 0, 1]), "fuzz".into());
     net.set_acked_features(acked);
     let irq = EventFd::new(EFD_NONBLOCK).expect("eventfd");
     let ctx = ActivateContext {

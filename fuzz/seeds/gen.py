@@ -86,7 +86,27 @@ def net_seeds():
         write("virtio_net", name, script_input(script, im.b))
 
 
+def http(method, path, body=None, extra=""):
+    req = f"{method} {path} HTTP/1.1\r\nHost: localhost\r\n{extra}"
+    if body is not None:
+        req += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+    return (req + "\r\n" + (body or "")).encode()
+
+
+def http_seeds():
+    write("api_http", "get-root", http("GET", "/"))
+    write("api_http", "put-machine-config", http("PUT", "/machine-config", '{"vcpu_count":1,"mem_size_mib":128}'))
+    write("api_http", "pipelined", http("GET", "/version") + http("PUT", "/boot-source", '{"kernel_image_path":"/k"}')
+          + http("GET", "/vm/config"))
+    write("api_http", "expect-continue-too-large",
+          http("PUT", "/drives/rootfs", "", "Expect: 100-continue\r\nContent-Length: 99999999\r\n"))
+    write("api_http", "chunked", b"PUT /logger HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+          b"5\r\n{\"lev\r\n0\r\n\r\n")
+    write("api_http", "short-body", b"PUT /metrics HTTP/1.1\r\nContent-Length: 40\r\n\r\n{\"metrics_path\"")
+
+
 if __name__ == "__main__":
+    http_seeds()
     net_seeds()
 
 
@@ -250,7 +270,27 @@ def api_seeds():
                                           + api_req("PUT", "/actions", "", '{"action_type":"SendCtrlAltDel"}')))
 
 
+def http(method, path, body=None, extra=""):
+    req = f"{method} {path} HTTP/1.1\r\nHost: localhost\r\n{extra}"
+    if body is not None:
+        req += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+    return (req + "\r\n" + (body or "")).encode()
+
+
+def http_seeds():
+    write("api_http", "get-root", http("GET", "/"))
+    write("api_http", "put-machine-config", http("PUT", "/machine-config", '{"vcpu_count":1,"mem_size_mib":128}'))
+    write("api_http", "pipelined", http("GET", "/version") + http("PUT", "/boot-source", '{"kernel_image_path":"/k"}')
+          + http("GET", "/vm/config"))
+    write("api_http", "expect-continue-too-large",
+          http("PUT", "/drives/rootfs", "", "Expect: 100-continue\r\nContent-Length: 99999999\r\n"))
+    write("api_http", "chunked", b"PUT /logger HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+          b"5\r\n{\"lev\r\n0\r\n\r\n")
+    write("api_http", "short-body", b"PUT /metrics HTTP/1.1\r\nContent-Length: 40\r\n\r\n{\"metrics_path\"")
+
+
 if __name__ == "__main__":
+    http_seeds()
     block_seeds()
     mmio_seeds()
     nic_seeds()

@@ -46,6 +46,23 @@ fn queue(size: u16, addrs: (u64, u64, u64), event_idx: bool) -> Queue {
     q
 }
 
+fn rings_end(size: u16) -> u64 {
+    ring_layout(&[size, 1])[1].0
+}
+
+/// Whether a descriptor of the table lets the device write below
+/// `rings_end` (data or status the guest aimed at its own rings, which the
+/// device then writes as asked) or is indirect (not scanned): then what the
+/// used ring holds afterwards is not only the device's used elements.
+fn may_write_rings(mem: &vm_memory::GuestMemoryMmap, desc: u64, size: u16, rings_end: u64) -> bool {
+    (0..u64::from(size)).any(|i| {
+        let at = GuestAddress(desc + 16 * i);
+        let addr: u64 = mem.read_obj(at).unwrap_or(0);
+        let flags: u16 = mem.read_obj(GuestAddress(at.0 + 12)).unwrap_or(0);
+        flags & 4 != 0 || (flags & 2 != 0 && addr < rings_end)
+    })
+}
+
 fuzz_target!(|data: &[u8]| {
     let (script, image) = split_script(data);
     let mut r = Reader::new(script);
@@ -80,8 +97,9 @@ fuzz_target!(|data: &[u8]| {
     }
     let mut seen = 0u16;
     for _ in 0..16 {
+        let clear = fixed && !may_write_rings(&mem, addrs.0, size, rings_end(size));
         blk.process_queue();
-        if fixed {
+        if clear {
             let idx = used_idx(&mem, addrs.2);
             if idx.wrapping_sub(seen) <= size {
                 for (id, len) in used_elems(&mem, addrs.2, size, seen, idx) {

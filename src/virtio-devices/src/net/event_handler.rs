@@ -64,7 +64,7 @@ impl Net {
     /// What the event loop does for a backend event, without the loop: the
     /// backend's work, one RX pass, one TX pass, the interrupt decision.
     /// For the fuzz targets (fuzz/), which drive the device directly.
-    #[cfg(feature = "testing")]
+    #[cfg(any(test, feature = "testing"))]
     pub fn service_for_test(&mut self) {
         let idx = self.backend_indices();
         self.service_backend(&idx);

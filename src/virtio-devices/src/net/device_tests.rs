@@ -11,7 +11,7 @@ use event_manager::{EventManager, SubscriberOps};
 use virtio_bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::Queue;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -1285,7 +1285,7 @@ fn rx_ring_refilled_by_our_own_used_writes_does_not_hold_the_loop() {
             t.write(crate::transport::QUEUE_NOTIFY_OFFSET, &q.to_le_bytes());
             net.lock().unwrap().service_for_test();
         }
-        let mut net = net.lock().unwrap();
+        let net = net.lock().unwrap();
         let _ = done_tx.send((net.metrics.rx_drops.total(), net.queue_evts[RX_QUEUE].read().is_ok()));
     });
     let (dropped, rearmed) = done_rx

@@ -143,7 +143,10 @@ impl Block {
         let Active { mem, queue, interrupt, broken } = active;
         let mut completed = 0u32;
         let mut served = 0u32;
+        // This round follows an enable_notification that saw more chains.
+        let mut rechecked = false;
         'outer: loop {
+            let served_before = served;
             if let Err(e) = queue.disable_notification(mem) {
                 queue_broken(broken, metrics, "cannot disable notifications", &e);
                 break;
@@ -184,7 +187,19 @@ impl Block {
                 }
             }
             match queue.enable_notification(mem) {
-                Ok(true) => continue,
+                // The avail index said "more" twice running and the ring
+                // gave nothing in between: the driver's rings are not
+                // consistent (e.g. a used ring whose flags overlap the avail
+                // index, flipped by our own notification writes). Stop with
+                // kicks on rather than spin on the event loop.
+                Ok(true) if rechecked && served == served_before => {
+                    debug!("virtio-blk: avail index moves with no chain behind it; pass ended");
+                    break;
+                }
+                Ok(true) => {
+                    rechecked = true;
+                    continue;
+                }
                 Ok(false) => break,
                 Err(e) => {
                     queue_broken(broken, metrics, "cannot enable notifications", &e);

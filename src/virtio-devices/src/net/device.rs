@@ -41,6 +41,10 @@ pub const HDR_NUM_BUFFERS_OFFSET: usize = 10;
 /// is picked up by re-signalling our own TX eventfd).
 const TX_BUDGET: usize = 512;
 
+/// Most RX passes per call of `run_rx` (each takes at most one lap of the
+/// ring) before yielding to other events, as TX does with its budget.
+const RX_PASSES: usize = 4;
+
 pub(super) struct Active {
     pub(super) mem: GuestMemory,
     rx: SplitRing,
@@ -136,7 +140,7 @@ impl Net {
             return 0;
         };
         let mut posted = 0;
-        loop {
+        for round in 1.. {
             let mut q = RxQueue::new(&mut a.rx, &mut a.rx_held, &mut self.metrics, &mut self.seg_buf, &self.id);
             let pass = self.backend.rx(&mut q);
             let (added, popped) = (q.added(), q.popped());
@@ -152,6 +156,15 @@ impl Net {
             // became visible. A backend that took none of the buffers there
             // with room left ends the refill (no spinning on it).
             if !a.rx.enable_notification() || popped == 0 {
+                break;
+            }
+            if round == RX_PASSES {
+                // More is there still: the rest after the other events had
+                // their turn (a ring whose heads never run out, e.g. one the
+                // device's own used-ring writes refill, cannot hold the loop).
+                if let Err(e) = self.queue_evts[RX_QUEUE].write(1) {
+                    error!("virtio-net {}: cannot re-arm RX: {e}", self.id);
+                }
                 break;
             }
         }

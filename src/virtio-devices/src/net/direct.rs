@@ -198,13 +198,27 @@ impl<'a> RxQueue<'a> {
         u32::from(self.ring.next_avail().wrapping_sub(self.start))
     }
 
+    /// The pass took a whole queue's worth of heads. A driver can post no
+    /// more than that between two passes; a ring that keeps yielding heads
+    /// (rings placed so that the device's own used-ring writes move the
+    /// avail index, found by fuzzing) would otherwise keep one pass, and the
+    /// event loop, busy forever.
+    #[inline(always)]
+    fn lap_done(&self) -> bool {
+        self.popped() >= u32::from(self.ring.size())
+    }
+
     /// The next buffer the guest made available, validated and marked held;
     /// `None` when the guest has posted no more. Malformed buffers are
     /// completed empty and counted on the way, as on the generic path; a head
-    /// beyond the queue or already held is counted and skipped.
+    /// beyond the queue or already held is counted and skipped. A pass takes
+    /// at most one lap of the ring (see [`RxQueue::lap_done`]).
     #[inline]
     pub fn pop(&mut self) -> Option<RxNext<'_>> {
         loop {
+            if self.lap_done() {
+                return None;
+            }
             // The guest's index is re-read only once the heads of its last
             // reading are taken (once per run, not per buffer).
             if !self.ring.avail_cached() && self.ring.avail_count() == 0 {
@@ -240,7 +254,7 @@ impl<'a> RxQueue<'a> {
     /// taken that it would have to give back.
     #[inline(always)]
     pub fn pop_if(&mut self, accept: impl FnOnce(&RxDesc) -> bool) -> Option<RxDesc> {
-        if !self.ring.avail_cached() && self.ring.avail_count() == 0 {
+        if self.lap_done() || !self.ring.avail_cached() && self.ring.avail_count() == 0 {
             return None;
         }
         let head = self.ring.peek_counted();

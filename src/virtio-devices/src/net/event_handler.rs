@@ -61,6 +61,16 @@ impl Net {
         }
     }
 
+    /// What the event loop does for a backend event, without the loop: the
+    /// backend's work, one RX pass, one TX pass, the interrupt decision.
+    /// For the fuzz targets (fuzz/), which drive the device directly.
+    #[cfg(any(test, feature = "testing"))]
+    pub fn service_for_test(&mut self) {
+        let idx = self.backend_indices();
+        self.service_backend(&idx);
+        self.signal_used();
+    }
+
     fn backend_indices(&self) -> Vec<usize> {
         (0..self.backend_fds.len()).filter(|&i| self.watch[i] != Watch::Removed).collect()
     }

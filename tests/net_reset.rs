@@ -53,9 +53,9 @@ fn iommu_fault_lines() -> Vec<String> {
         .lines()
         .filter(|l| {
             let l = l.to_ascii_lowercase();
-            (l.contains("dmar") && (l.contains("fault") || l.contains("[dma "))) ||
-                (l.contains("iommu") && l.contains("fault")) ||
-                l.contains("io_page_fault")
+            (l.contains("dmar") && (l.contains("fault") || l.contains("[dma ")))
+                || (l.contains("iommu") && l.contains("fault"))
+                || l.contains("io_page_fault")
         })
         .map(str::to_string)
         .collect()

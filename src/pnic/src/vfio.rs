@@ -16,9 +16,7 @@ use vfio_bindings::bindings::vfio::{
     VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
 };
 use vfio_ioctls::{VfioContainer, VfioDevice};
-use vm_memory::{
-    Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress,
-};
+use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress};
 use vmm_config::PnicDma;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -302,7 +300,7 @@ impl DmaMapper for VfioDma {
     }
 
     fn map_page(&self, guest: &GuestMemoryMmap, gpa: u64) -> Result<(), String> {
-        if gpa % PAGE_SIZE != 0 {
+        if !gpa.is_multiple_of(PAGE_SIZE) {
             return Err(format!("page {gpa:#x} is not page-aligned"));
         }
         let mut pages = lock(&self.pages);

@@ -9,8 +9,7 @@ use std::path::PathBuf;
 use clap::Parser;
 use vmm::config::{
     BdfError, BootSource, Drive, LogLevel, Logger, MacAddr, MacError, MachineConfig, Metrics, NetworkInterface, PciBdf,
-    PnicDma,
-    ValidationError, VmConfig, VmSpec,
+    PnicDma, ValidationError, VmConfig, VmSpec,
 };
 
 /// Firecracker's instance id when none is given.

@@ -68,7 +68,9 @@ impl std::str::FromStr for PnicDma {
         match s {
             "ram" => Ok(PnicDma::Ram),
             "strict" => Ok(PnicDma::Strict),
-            _ => Err(format!("{s:?} is not a DMA mode: give ram (all guest RAM mapped) or strict (only the buffers the NIC owns)")),
+            _ => Err(format!(
+                "{s:?} is not a DMA mode: give ram (all guest RAM mapped) or strict (only the buffers the NIC owns)"
+            )),
         }
     }
 }
@@ -124,10 +126,9 @@ impl NetworkInterface {
         check_rate_limiter("rx_rate_limiter", &self.rx_rate_limiter)?;
         check_rate_limiter("tx_rate_limiter", &self.tx_rate_limiter)?;
         match self.backend()? {
-            NetBackendSpec::Tap(_) if self.pnic_dma.is_some() => Err(ValidationError::new(
-                "pnic_dma",
-                "applies to a pNIC (pnic_bdf) only; remove it for a tap device",
-            )),
+            NetBackendSpec::Tap(_) if self.pnic_dma.is_some() => {
+                Err(ValidationError::new("pnic_dma", "applies to a pNIC (pnic_bdf) only; remove it for a tap device"))
+            }
             NetBackendSpec::Tap(name) => check_ifname("host_dev_name", name),
             // PciBdf and MacAddr were checked when parsed.
             NetBackendSpec::Pnic(_) => Ok(()),

@@ -87,7 +87,7 @@ impl DmaMapper for ModelIommu {
     }
 
     fn map_page(&self, guest: &GuestMemoryMmap, gpa: u64) -> Result<(), String> {
-        if gpa % PAGE_SIZE != 0 || !guest.check_range(GuestAddress(gpa), PAGE_SIZE as usize) {
+        if !gpa.is_multiple_of(PAGE_SIZE) || !guest.check_range(GuestAddress(gpa), PAGE_SIZE as usize) {
             return Err(format!("page {gpa:#x} is not a guest RAM page"));
         }
         match lock(&self.pages).entry(gpa) {

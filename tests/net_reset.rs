@@ -232,3 +232,46 @@ fn tap_reset_cycle() {
     });
     assert_eq!(u64_at(&o.metrics, "/vmm_copied_bytes"), 0, "{}", o.metrics);
 }
+
+/// The positive control of the strict-DMA check: does L1's kernel log an
+/// IOMMU fault when the NIC writes a page that is not mapped? The igb is
+/// opened as strict mode opens it (no guest RAM in its IOMMU domain), one RX
+/// buffer is posted at an unmapped IOVA with nothing mapping it, and the peer
+/// sends broadcast ARP requests (which the NIC accepts). The NIC's write must
+/// show up as DMAR fault lines in L1's dmesg; otherwise an empty fault log
+/// proves nothing.
+#[test]
+fn strict_dma_probe_a_nic_write_to_an_unmapped_page_is_an_iommu_fault_l1_logs() {
+    if !require_guest_env("strict_dma_probe_a_nic_write_to_an_unmapped_page_is_an_iommu_fault_l1_logs") {
+        return;
+    }
+    use pnic::e1000_common::NicConfig;
+    use pnic::{Bdf, Pnic, PnicDma, PnicDriver};
+    use vm_memory::{GuestAddress, GuestMemoryMmap};
+
+    let bdf: Bdf = env("SHIMVMM_PNIC").parse().expect("SHIMVMM_PNIC is a PCI address");
+    let ns = env("SHIMVMM_PEER_NS");
+    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 16 << 20)]).expect("guest RAM");
+    let mut cfg = NicConfig::new([0x52, 0x54, 0x00, 0xc0, 0x05, 0x01]);
+    cfg.dma = PnicDma::Strict;
+    let mut nic = Pnic::open_vfio(bdf, &mem, cfg).unwrap_or_else(|e| panic!("open {bdf}: {e}"));
+    nic.start().expect("start the queues");
+    const IOVA: u64 = 0x10_000c;
+    let mut one = Some((IOVA, 1));
+    let (posted, r) = nic.post_rx_with(2048, || one.take());
+    assert_eq!((posted, r), (1, Ok(())));
+    nic.flush_rx().expect("RX tail write");
+    let before = iommu_fault_lines().len();
+    // ARP requests for an address nobody has: broadcast frames the NIC takes.
+    let _ = Command::new("ip").args(["netns", "exec", &ns, "ping", "-c", "3", "-W", "1", "192.0.2.77"]).output();
+    std::thread::sleep(Duration::from_secs(2));
+    let mut completions = Vec::new();
+    let _ = nic.reap_rx_with(|c| completions.push(c));
+    let faults: Vec<String> = iommu_fault_lines().into_iter().skip(before).collect();
+    eprintln!("net_reset: probe: NIC completions {completions:?}; iommu faults {}", faults.len());
+    for l in &faults {
+        eprintln!("net_reset: probe: L1 dmesg: {l}");
+    }
+    drop(nic);
+    assert!(!faults.is_empty(), "the NIC wrote an unmapped IOVA and L1 logged no IOMMU fault: the check is blind");
+}

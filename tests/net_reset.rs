@@ -11,6 +11,10 @@
 //!   gain no DMAR/IOMMU fault line during the run;
 //! - `tap_reset_cycle`: a tap, the same guest steps.
 //!
+//! The plain shim and tap cases are `#[ignore]`d: they are the measurement
+//! (`tools/testbed.d/net-fault-rate.sh`, `--include-ignored`); CI needs only
+//! the strict case and the probe below.
+//!
 //! Every test also counts the DMAR/IOMMU fault lines L1's kernel logged
 //! during its run and prints them (`net_reset: iommu faults N`), which is how
 //! the triple-fault measurement in `tools/testbed.d/findings.md` collected
@@ -160,6 +164,7 @@ fn shim_setup(label: &'static str, dma: &str) -> Setup<'static> {
 }
 
 #[test]
+#[ignore = "fault-rate measurement (tools/testbed.d/net-fault-rate.sh runs it); CI runs the strict case"]
 fn shim_reset_cycle() {
     if !require_guest_env("shim_reset_cycle") {
         return;
@@ -215,6 +220,7 @@ impl Drop for Tap {
 }
 
 #[test]
+#[ignore = "fault-rate measurement (tools/testbed.d/net-fault-rate.sh runs it); CI runs the strict case"]
 fn tap_reset_cycle() {
     if !require_guest_env("tap_reset_cycle") {
         return;

@@ -18,7 +18,7 @@ while [ "$i" -lt "$rounds" ]; do
         log=$out/$i-$t.log
         before=$(dmesg | wc -l)
         start=$(date +%s)
-        timeout 900 env SHIMVMM_REQUIRE_GUEST=1 "$bin" --exact "$t" --nocapture --test-threads=1 >"$log" 2>&1
+        timeout 900 env SHIMVMM_REQUIRE_GUEST=1 "$bin" --exact "$t" --include-ignored --nocapture --test-threads=1 >"$log" 2>&1
         rc=$?
         secs=$(( $(date +%s) - start ))
         dmesg | tail -n +"$((before + 1))" >"$out/$i-$t.dmesg"

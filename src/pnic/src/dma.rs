@@ -43,6 +43,11 @@ pub enum DmaError {
 pub trait DmaMapper: Send + Sync {
     fn map(&self, mem: &GuestMemoryMmap) -> Result<(), String>;
     fn unmap(&self, mem: &GuestMemoryMmap) -> Result<(), String>;
+    /// Map the one [`PAGE_SIZE`] page of `guest` at guest-physical `gpa`
+    /// (page-aligned) with IOVA = `gpa` (strict DMA, `shim::strict`).
+    fn map_page(&self, guest: &GuestMemoryMmap, gpa: u64) -> Result<(), String>;
+    /// Undo [`DmaMapper::map_page`] for `gpa`.
+    fn unmap_page(&self, gpa: u64) -> Result<(), String>;
 }
 
 /// Hands out page-aligned IOVA ranges above guest RAM.

@@ -162,6 +162,12 @@ pub trait PnicDriver: Send {
     fn flush_tx(&mut self) -> Result<(), DriverError>;
     /// Hand every finished TX frame to `f`, in order.
     fn reap_tx_with<F: FnMut(TxCompletion)>(&mut self, f: F) -> Result<(), DriverError>;
+
+    /// The strict-DMA mapper's counters, when the driver maps guest buffers
+    /// one by one ([`crate::shim::strict::StrictDma`]); `None` otherwise.
+    fn strict_dma(&self) -> Option<&crate::shim::strict::StrictDmaMetrics> {
+        None
+    }
 }
 
 /// Conveniences over [`PnicDriver`] for tests and benchmarks: one buffer

@@ -24,3 +24,4 @@ pub mod vfio;
 pub use bdf::Bdf;
 pub use driver::PnicDriver;
 pub use nic::Pnic;
+pub use vmm_config::PnicDma;

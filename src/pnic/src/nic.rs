@@ -83,6 +83,11 @@ impl<R: RegisterAccess> Pnic<R> {
             _ => None,
         }
     }
+
+    /// The NIC's IOMMU domain (see [`crate::e1000_common::driver::E1000::dma_mapper`]).
+    pub fn dma_mapper(&self) -> std::sync::Arc<dyn crate::dma::DmaMapper> {
+        each!(self, d => d.dma_mapper())
+    }
 }
 
 impl<R: RegisterAccess> PnicDriver for Pnic<R> {

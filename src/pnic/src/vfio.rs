@@ -5,6 +5,7 @@
 //! Guest RAM is mapped once with IOVA = guest-physical address; the VMM's own
 //! DMA areas (rings, bounce buffers) are mapped above guest RAM.
 
+use std::collections::HashMap;
 use std::fs;
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
@@ -15,11 +16,12 @@ use vfio_bindings::bindings::vfio::{
     VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
 };
 use vfio_ioctls::{VfioContainer, VfioDevice};
-use vm_memory::{Address, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress};
+use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress};
+use vmm_config::PnicDma;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::bdf::Bdf;
-use crate::dma::DmaMapper;
+use crate::dma::{DmaMapper, PAGE_SIZE};
 use crate::driver::RegisterAccess;
 use vmm_config::sync::lock_unpoisoned as lock;
 
@@ -244,11 +246,14 @@ impl RegisterAccess for MmioRegs {
     }
 }
 
-/// VFIO type1 DMA mapper. Keeps a clone of every mapped memory object so the
-/// host pages cannot be unmapped while the IOMMU still points at them.
+/// VFIO type1 DMA mapper. Keeps a clone of every mapped memory object (and
+/// of the guest memory behind every mapped page) so the host pages cannot be
+/// unmapped while the IOMMU still points at them.
 pub struct VfioDma {
     container: Arc<VfioContainer>,
     mapped: Mutex<Vec<GuestMemoryMmap>>,
+    /// Single pages mapped by `map_page` (strict DMA), by IOVA.
+    pages: Mutex<HashMap<u64, GuestMemoryMmap>>,
 }
 
 impl VfioDma {
@@ -259,6 +264,11 @@ impl VfioDma {
                 if let Err(e) = self.container.vfio_dma_unmap(r.start_addr().raw_value(), r.len() as usize) {
                     log::error!("VFIO unmap of {:#x} failed: {e}", r.start_addr().raw_value());
                 }
+            }
+        }
+        for (iova, _) in lock(&self.pages).drain() {
+            if let Err(e) = self.container.vfio_dma_unmap(iova, PAGE_SIZE as usize) {
+                log::error!("VFIO unmap of page {iova:#x} failed: {e}");
             }
         }
     }
@@ -287,6 +297,37 @@ impl DmaMapper for VfioDma {
         }
         lock(&self.mapped).push(mem.clone());
         Ok(())
+    }
+
+    fn map_page(&self, guest: &GuestMemoryMmap, gpa: u64) -> Result<(), String> {
+        if !gpa.is_multiple_of(PAGE_SIZE) {
+            return Err(format!("page {gpa:#x} is not page-aligned"));
+        }
+        let mut pages = lock(&self.pages);
+        if pages.contains_key(&gpa) {
+            return Err(format!("page {gpa:#x} is mapped already"));
+        }
+        let host = guest
+            .get_slice(GuestAddress(gpa), PAGE_SIZE as usize)
+            .map_err(|e| format!("page {gpa:#x} is not guest RAM: {e}"))?
+            .ptr_guard_mut()
+            .as_ptr();
+        // SAFETY: host..host+PAGE_SIZE lies inside one live mmap of `guest`
+        // (get_slice checked the whole range); a clone of `guest` is kept in
+        // `self.pages` until the page is unmapped, so the mapping outlives
+        // the IOMMU entry.
+        unsafe { self.container.vfio_dma_map(gpa, PAGE_SIZE as usize, host) }
+            .map_err(|e| format!("VFIO_IOMMU_MAP_DMA page {gpa:#x}: {e}"))?;
+        pages.insert(gpa, guest.clone());
+        Ok(())
+    }
+
+    fn unmap_page(&self, gpa: u64) -> Result<(), String> {
+        let mut pages = lock(&self.pages);
+        if pages.remove(&gpa).is_none() {
+            return Err(format!("page {gpa:#x} is not mapped"));
+        }
+        self.container.vfio_dma_unmap(gpa, PAGE_SIZE as usize).map_err(|e| format!("VFIO unmap of page {gpa:#x}: {e}"))
     }
 
     fn unmap(&self, mem: &GuestMemoryMmap) -> Result<(), String> {
@@ -319,14 +360,15 @@ pub struct VfioNic {
 }
 
 impl VfioNic {
-    /// Open `bdf`, map all of `guest` for DMA (IOVA = GPA), mmap BAR0 and
-    /// enable bus mastering. Fails with a one-line reason before touching the
-    /// device if the host setup is wrong.
-    pub fn open(bdf: Bdf, guest: &GuestMemoryMmap) -> Result<Self, VfioError> {
-        Self::open_with(&HostPaths::default(), bdf, guest)
+    /// Open `bdf`, map all of `guest` for DMA (IOVA = GPA) unless `dma` is
+    /// strict (then guest pages are mapped one by one, by `shim::strict`),
+    /// mmap BAR0 and enable bus mastering. Fails with a one-line reason
+    /// before touching the device if the host setup is wrong.
+    pub fn open(bdf: Bdf, guest: &GuestMemoryMmap, dma: PnicDma) -> Result<Self, VfioError> {
+        Self::open_with(&HostPaths::default(), bdf, guest, dma)
     }
 
-    pub fn open_with(paths: &HostPaths, bdf: Bdf, guest: &GuestMemoryMmap) -> Result<Self, VfioError> {
+    pub fn open_with(paths: &HostPaths, bdf: Bdf, guest: &GuestMemoryMmap, dma: PnicDma) -> Result<Self, VfioError> {
         let info = precheck(paths, bdf)?;
         let vf = |what| move |source| VfioError::Vfio { bdf, what, source };
         let container = Arc::new(VfioContainer::new(None).map_err(vf("container open"))?);
@@ -339,9 +381,11 @@ impl VfioNic {
             source => VfioError::Vfio { bdf, what: "device open", source },
         })?;
         let bar = Self::map_bar0(bdf, &device)?;
-        let dma = Arc::new(VfioDma { container, mapped: Mutex::new(Vec::new()) });
-        let nic = VfioNic { bdf, info, irq_fds: Vec::new(), device, dma, bar };
-        nic.dma.map(guest).map_err(VfioError::DmaMap)?;
+        let mapper = Arc::new(VfioDma { container, mapped: Mutex::new(Vec::new()), pages: Mutex::new(HashMap::new()) });
+        let nic = VfioNic { bdf, info, irq_fds: Vec::new(), device, dma: mapper, bar };
+        if dma == PnicDma::Ram {
+            nic.dma.map(guest).map_err(VfioError::DmaMap)?;
+        }
         nic.set_bus_master(true)?;
         Ok(nic)
     }

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use clap::Parser;
 use vmm::config::{
     BdfError, BootSource, Drive, LogLevel, Logger, MacAddr, MacError, MachineConfig, Metrics, NetworkInterface, PciBdf,
-    ValidationError, VmConfig, VmSpec,
+    PnicDma, ValidationError, VmConfig, VmSpec,
 };
 
 /// Firecracker's instance id when none is given.
@@ -47,7 +47,8 @@ pub struct Args {
     /// A virtio-blk disk: path=PATH[,readonly=on][,root=on][,id=NAME]. Repeatable.
     #[arg(long, value_name = "SPEC")]
     pub disk: Vec<String>,
-    /// A virtio-net NIC: tap=NAME[,mac=MAC][,id=NAME] or vfio=BDF[,mac=MAC][,id=NAME]. Repeatable.
+    /// A virtio-net NIC: tap=NAME[,mac=MAC][,id=NAME] or vfio=BDF[,mac=MAC][,id=NAME][,dma=ram|strict]
+    /// (dma=strict: a guest buffer is in the IOMMU only while the NIC owns it). Repeatable.
     #[arg(long, value_name = "SPEC")]
     pub net: Vec<String>,
     /// Write metrics to this file or FIFO, one Firecracker-format JSON line every 60 s, on FlushMetrics and
@@ -141,6 +142,8 @@ pub enum SpecError {
     Mac(#[from] MacError),
     #[error(transparent)]
     Bdf(#[from] BdfError),
+    #[error("dma: {0}")]
+    Dma(String),
     /// A configuration rule, with the field named as the command line does.
     #[error(transparent)]
     Invalid(ValidationError),
@@ -162,7 +165,7 @@ const DISK_KEYS: &[(&str, &str)] =
     &[("drive_id", "id"), ("path_on_host", "path"), ("is_root_device", "root"), ("is_read_only", "readonly")];
 /// `--net` keys by the [`NetworkInterface`] field they set.
 const NET_KEYS: &[(&str, &str)] =
-    &[("iface_id", "id"), ("host_dev_name", "tap"), ("pnic_bdf", "vfio"), ("guest_mac", "mac")];
+    &[("iface_id", "id"), ("host_dev_name", "tap"), ("pnic_bdf", "vfio"), ("guest_mac", "mac"), ("pnic_dma", "dma")];
 /// Options by the configuration field they set.
 const OPTIONS: &[(&str, &str)] = &[
     ("boot-source.kernel_image_path", "--kernel"),
@@ -247,20 +250,22 @@ fn parse_disk_keys(spec: &str, index: usize) -> Result<Drive, SpecError> {
 }
 
 fn parse_net_keys(spec: &str, index: usize) -> Result<NetworkInterface, SpecError> {
-    let (mut id, mut tap, mut bdf, mut mac) = (None, None, None, None);
+    let (mut id, mut tap, mut bdf, mut mac, mut dma) = (None, None, None, None, None);
     for (k, v) in pairs(spec)? {
         match k {
             "tap" => set_once(&mut tap, k, v.to_string())?,
             "vfio" => set_once(&mut bdf, k, v.parse::<PciBdf>()?)?,
             "mac" => set_once(&mut mac, k, v.parse::<MacAddr>()?)?,
             "id" => set_once(&mut id, k, v.to_string())?,
-            _ => return Err(SpecError::UnknownKey { key: k.to_string(), known: "tap, vfio, mac, id" }),
+            "dma" => set_once(&mut dma, k, v.parse::<PnicDma>().map_err(SpecError::Dma)?)?,
+            _ => return Err(SpecError::UnknownKey { key: k.to_string(), known: "tap, vfio, mac, id, dma" }),
         }
     }
     Ok(NetworkInterface {
         iface_id: id.unwrap_or_else(|| format!("net{index}")),
         host_dev_name: tap,
         pnic_bdf: bdf,
+        pnic_dma: dma,
         guest_mac: mac,
         ..Default::default()
     })
@@ -483,6 +488,13 @@ mod tests {
             e,
             "--disk \"path=/b,root=on\": root: drive \"disk0\" is already the root device; only one drive can be"
         );
+        let s = parse_net("vfio=01:00.0,dma=strict", 0).unwrap();
+        assert_eq!(s.pnic_dma, Some(PnicDma::Strict));
+        assert_eq!(parse_net("vfio=01:00.0", 0).unwrap().pnic_dma, None);
+        let e = parse_net("vfio=01:00.0,dma=on", 0).unwrap_err().to_string();
+        assert!(e.contains("dma: \"on\" is not a DMA mode"), "{e}");
+        let e = spec_of(&["--net", "tap=t0,dma=strict"]).unwrap_err().to_string();
+        assert_eq!(e, "--net \"tap=t0,dma=strict\": dma: applies to a pNIC (vfio) only; remove it for a tap device");
         let e = spec_of(&["--net", "tap=t0", "--net", "tap=t0"]).unwrap_err().to_string();
         assert_eq!(e, "--net \"tap=t0\": tap: tap \"t0\" is used by two interfaces");
         assert_eq!(

@@ -23,6 +23,10 @@ pub struct NetworkInterface {
     pub host_dev_name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pnic_bdf: Option<PciBdf>,
+    /// How the pNIC reaches guest RAM (shimvmm's extension, with `pnic_bdf`
+    /// only); [`PnicDma::Ram`] when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pnic_dma: Option<PnicDma>,
     /// The guest's address (and the pNIC's filter); random when absent.
     #[serde(default)]
     pub guest_mac: Option<MacAddr>,
@@ -31,6 +35,44 @@ pub struct NetworkInterface {
     pub rx_rate_limiter: Option<RateLimiter>,
     #[serde(default, deserialize_with = "none_if_unlimited")]
     pub tx_rate_limiter: Option<RateLimiter>,
+}
+
+/// What of guest RAM a pNIC behind VFIO can reach through the IOMMU
+/// (IOVA = guest-physical address either way).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PnicDma {
+    /// All of guest RAM, mapped once at start (no per-packet IOMMU work).
+    #[default]
+    Ram,
+    /// Only the pages of the guest buffers the NIC owns, mapped when a buffer
+    /// is handed to the NIC and unmapped when it comes back: a NIC write
+    /// anywhere else is an IOMMU fault the host kernel logs. A debugging and
+    /// proof mode; every buffer costs map and unmap calls.
+    Strict,
+}
+
+impl PnicDma {
+    /// The `--net ...,dma=` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PnicDma::Ram => "ram",
+            PnicDma::Strict => "strict",
+        }
+    }
+}
+
+impl std::str::FromStr for PnicDma {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "ram" => Ok(PnicDma::Ram),
+            "strict" => Ok(PnicDma::Strict),
+            _ => Err(format!(
+                "{s:?} is not a DMA mode: give ram (all guest RAM mapped) or strict (only the buffers the NIC owns)"
+            )),
+        }
+    }
 }
 
 /// `PATCH /network-interfaces/{iface_id}`: new rate limiters.
@@ -84,6 +126,9 @@ impl NetworkInterface {
         check_rate_limiter("rx_rate_limiter", &self.rx_rate_limiter)?;
         check_rate_limiter("tx_rate_limiter", &self.tx_rate_limiter)?;
         match self.backend()? {
+            NetBackendSpec::Tap(_) if self.pnic_dma.is_some() => {
+                Err(ValidationError::new("pnic_dma", "applies to a pNIC (pnic_bdf) only; remove it for a tap device"))
+            }
             NetBackendSpec::Tap(name) => check_ifname("host_dev_name", name),
             // PciBdf and MacAddr were checked when parsed.
             NetBackendSpec::Pnic(_) => Ok(()),
@@ -133,6 +178,24 @@ mod tests {
         assert!(neither.backend().unwrap_err().problem.contains("missing"));
         let both = NetworkInterface { pnic_bdf: p.pnic_bdf, ..t };
         assert!(both.validate().unwrap_err().problem.contains("not both"));
+    }
+
+    #[test]
+    fn pnic_dma_is_ram_by_default_strict_on_request_and_pnic_only() {
+        let p: NetworkInterface = serde_json::from_str(r#"{"iface_id":"eth0","pnic_bdf":"0000:01:00.0"}"#).unwrap();
+        assert_eq!(p.pnic_dma.unwrap_or_default(), PnicDma::Ram);
+        assert!(!serde_json::to_string(&p).unwrap().contains("pnic_dma"), "absent stays absent");
+        let s: NetworkInterface =
+            serde_json::from_str(r#"{"iface_id":"eth0","pnic_bdf":"0000:01:00.0","pnic_dma":"strict"}"#).unwrap();
+        assert_eq!(s.pnic_dma, Some(PnicDma::Strict));
+        assert!(s.validate().is_ok());
+        assert!(serde_json::from_str::<NetworkInterface>(r#"{"iface_id":"e","pnic_bdf":"01:00.0","pnic_dma":"x"}"#)
+            .is_err());
+        let t = NetworkInterface { pnic_dma: Some(PnicDma::Strict), ..tap("eth0", "tap0") };
+        assert_eq!(t.validate().unwrap_err().field, "pnic_dma");
+        assert_eq!("strict".parse::<PnicDma>(), Ok(PnicDma::Strict));
+        assert_eq!("ram".parse::<PnicDma>().map(PnicDma::as_str), Ok("ram"));
+        assert!("on".parse::<PnicDma>().unwrap_err().contains("give ram"));
     }
 
     #[test]

@@ -454,10 +454,8 @@ pub fn build_with(spec: &VmSpec, opts: &BuildOptions) -> Result<Vmm, BuildError>
                 guest_mac.unwrap_or_else(virtio_devices::net::config::random_mac),
             ),
             Ok(NetBackendSpec::Pnic(bdf)) => {
-                let shim = pnic::shim::open_vfio(&bdf.to_string(), &mem, guest_mac)
-                    .map_err(|source| BuildError::Pnic { id: id.clone(), source })?;
-                let mac = shim.mac();
-                (Box::new(shim), mac)
+                pnic::shim::open_vfio_backend(&bdf.to_string(), &mem, guest_mac, n.pnic_dma.unwrap_or_default())
+                    .map_err(|source| BuildError::Pnic { id: id.clone(), source })?
             }
             Err(e) => return Err(BuildError::Invalid(e)),
         };

@@ -95,7 +95,7 @@ pub fn open_vfio<F: Family>(
     guest: &GuestMemoryMmap,
     cfg: NicConfig,
 ) -> Result<E1000<F, MmioRegs>, OpenError> {
-    let mut nic = VfioNic::open(bdf, guest)?;
+    let mut nic = VfioNic::open(bdf, guest, cfg.dma)?;
     if F::VFIO_RESET {
         nic.device_reset()?;
     } else {
@@ -109,6 +109,12 @@ pub fn open_vfio<F: Family>(
 }
 
 impl<F: Family, R: RegisterAccess> E1000<F, R> {
+    /// The IOMMU domain the NIC's DMA goes through (strict DMA maps guest
+    /// pages into it one by one).
+    pub fn dma_mapper(&self) -> Arc<dyn DmaMapper> {
+        self.mapper.clone()
+    }
+
     /// Reset and initialise the NIC; queues stay stopped until `start`.
     /// `msix_vectors` is how many MSI-X vectors are wired to eventfds.
     pub fn new(

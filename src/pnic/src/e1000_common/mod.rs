@@ -36,11 +36,14 @@ pub struct NicConfig {
     /// How long bring-up waits for STATUS.LU after restarting
     /// autonegotiation (the link may still come up later; `link_up` tells).
     pub link_timeout: Duration,
+    /// What of guest RAM the NIC's IOMMU domain maps at open: all of it, or
+    /// nothing (strict: the shim maps each buffer's pages, `shim::strict`).
+    pub dma: vmm_config::PnicDma,
 }
 
 impl NicConfig {
     pub fn new(mac: [u8; 6]) -> Self {
-        NicConfig { mac, link_timeout: Duration::from_secs(3) }
+        NicConfig { mac, link_timeout: Duration::from_secs(3), dma: vmm_config::PnicDma::Ram }
     }
 }
 

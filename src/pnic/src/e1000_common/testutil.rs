@@ -84,6 +84,12 @@ impl DmaMapper for NoIommu {
     fn unmap(&self, _: &GuestMemoryMmap) -> Result<(), String> {
         Ok(())
     }
+    fn map_page(&self, _: &GuestMemoryMmap, _: u64) -> Result<(), String> {
+        Ok(())
+    }
+    fn unmap_page(&self, _: u64) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 pub(crate) const MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];

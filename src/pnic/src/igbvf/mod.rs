@@ -252,6 +252,11 @@ impl<R: RegisterAccess> Igbvf<R> {
         }
     }
 
+    /// See [`E1000::dma_mapper`].
+    pub fn dma_mapper(&self) -> Arc<dyn DmaMapper> {
+        self.inner.dma_mapper()
+    }
+
     /// The MAC the PF assigned to this VF (from the last VF_RESET reply).
     pub fn mac(&self) -> [u8; 6] {
         self.inner.mac()

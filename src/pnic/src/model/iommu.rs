@@ -1,11 +1,12 @@
 //! An emulated IOMMU for the NIC model: the model can only reach memory that
 //! was mapped, exactly like the NIC behind VFIO; anything else is a fault.
 
+use std::collections::btree_map::{BTreeMap, Entry};
 use std::sync::Mutex;
 
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
-use crate::dma::DmaMapper;
+use crate::dma::{DmaMapper, PAGE_SIZE};
 use vmm_config::sync::lock_unpoisoned as lock;
 
 /// The model's IOMMU domain: a list of mapped memory objects (IOVA = their
@@ -13,6 +14,8 @@ use vmm_config::sync::lock_unpoisoned as lock;
 #[derive(Default)]
 pub struct ModelIommu {
     windows: Mutex<Vec<GuestMemoryMmap>>,
+    /// Single guest pages (`map_page`), by IOVA, with the memory behind them.
+    pages: Mutex<BTreeMap<u64, GuestMemoryMmap>>,
 }
 
 impl ModelIommu {
@@ -25,7 +28,25 @@ impl ModelIommu {
             return None;
         }
         let w = lock(&self.windows);
-        w.iter().find(|m| m.check_range(GuestAddress(iova), len)).map(f)
+        if let Some(m) = w.iter().find(|m| m.check_range(GuestAddress(iova), len)) {
+            return Some(f(m));
+        }
+        // Else every page of the range must be mapped on its own.
+        let pages = lock(&self.pages);
+        let first = iova & !(PAGE_SIZE - 1);
+        let end = iova + len as u64;
+        let all = (first..end).step_by(PAGE_SIZE as usize).all(|p| pages.contains_key(&p));
+        pages.get(&first).filter(|_| all).map(f)
+    }
+
+    /// Whether guest page `gpa` is mapped on its own (strict DMA).
+    pub fn page_mapped(&self, gpa: u64) -> bool {
+        lock(&self.pages).contains_key(&(gpa & !(PAGE_SIZE - 1)))
+    }
+
+    /// Single pages mapped (tests).
+    pub fn pages(&self) -> usize {
+        lock(&self.pages).len()
     }
 
     /// DMA write; `false` is an IOMMU fault (nothing written).
@@ -65,6 +86,23 @@ impl DmaMapper for ModelIommu {
         Ok(())
     }
 
+    fn map_page(&self, guest: &GuestMemoryMmap, gpa: u64) -> Result<(), String> {
+        if !gpa.is_multiple_of(PAGE_SIZE) || !guest.check_range(GuestAddress(gpa), PAGE_SIZE as usize) {
+            return Err(format!("page {gpa:#x} is not a guest RAM page"));
+        }
+        match lock(&self.pages).entry(gpa) {
+            Entry::Occupied(_) => Err(format!("page {gpa:#x} is mapped already")),
+            Entry::Vacant(v) => {
+                v.insert(guest.clone());
+                Ok(())
+            }
+        }
+    }
+
+    fn unmap_page(&self, gpa: u64) -> Result<(), String> {
+        lock(&self.pages).remove(&gpa).map(|_| ()).ok_or_else(|| format!("page {gpa:#x} is not mapped"))
+    }
+
     fn unmap(&self, mem: &GuestMemoryMmap) -> Result<(), String> {
         let k = key(mem);
         let mut w = lock(&self.windows);
@@ -92,5 +130,23 @@ mod tests {
         assert!(io.map(&g).is_err(), "overlap rejected");
         io.unmap(&g).unwrap();
         assert!(!io.read(0x1000, &mut b));
+    }
+
+    #[test]
+    fn single_pages_are_reachable_only_while_mapped_and_only_whole() {
+        let io = ModelIommu::new();
+        let g = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x4000)]).unwrap();
+        io.map_page(&g, 0x1000).unwrap();
+        assert!(io.write(0x1ffe, &[1, 2]));
+        assert!(!io.write(0x1fff, &[1, 2]), "straddles into an unmapped page");
+        io.map_page(&g, 0x2000).unwrap();
+        assert!(io.write(0x1fff, &[1, 2]), "two mapped pages");
+        assert!(io.map_page(&g, 0x2000).is_err(), "mapped twice");
+        assert!(io.map_page(&g, 0x2001).is_err(), "not aligned");
+        assert!(io.map_page(&g, 0x4000).is_err(), "not guest RAM");
+        io.unmap_page(0x1000).unwrap();
+        assert!(!io.write(0x1ffe, &[1]));
+        assert!(io.unmap_page(0x1000).is_err());
+        assert_eq!(io.pages(), 1);
     }
 }

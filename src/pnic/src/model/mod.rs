@@ -30,6 +30,9 @@ pub struct ModelConfig {
     pub limits: DriverLimits,
     /// Complete TX as soon as it is posted (else wait for `complete_tx`).
     pub auto_tx: bool,
+    /// What of guest RAM the model's IOMMU maps at creation: all of it, or
+    /// nothing (strict DMA maps pages as buffers are handed over).
+    pub dma: vmm_config::PnicDma,
 }
 
 impl Default for ModelConfig {
@@ -44,6 +47,7 @@ impl Default for ModelConfig {
                 tx_max_segs: crate::igb::TX_MAX_SEGS,
             },
             auto_tx: true,
+            dma: vmm_config::PnicDma::Ram,
         }
     }
 }
@@ -132,10 +136,13 @@ pub struct ModelHandle {
 }
 
 impl NicModel {
-    /// A model NIC whose IOMMU maps all of `guest` (IOVA = GPA), link up.
+    /// A model NIC whose IOMMU maps all of `guest` (IOVA = GPA), or none
+    /// of it with `cfg.dma` strict; link up.
     pub fn new(guest: &GuestMemoryMmap, cfg: ModelConfig) -> Result<(NicModel, ModelHandle), DriverError> {
         let iommu = Arc::new(ModelIommu::new());
-        iommu.map(guest).map_err(DriverError::DmaMap)?;
+        if cfg.dma == vmm_config::PnicDma::Ram {
+            iommu.map(guest).map_err(DriverError::DmaMap)?;
+        }
         let irq = Arc::new(EventFd::new(EFD_NONBLOCK).map_err(|e| DriverError::DmaMap(e.to_string()))?);
         let state = Arc::new(Mutex::new(State { link: true, ..Default::default() }));
         let h = ModelHandle { state: state.clone(), iommu: iommu.clone(), irq: irq.clone(), cfg };
@@ -305,6 +312,11 @@ impl ModelHandle {
     /// Stop recording per-access logs (benchmarks: keeps memory flat).
     pub fn iommu(&self) -> &ModelIommu {
         &self.iommu
+    }
+
+    /// The model's IOMMU as the driver side maps into it.
+    pub fn mapper(&self) -> Arc<dyn DmaMapper> {
+        self.iommu.clone()
     }
 }
 

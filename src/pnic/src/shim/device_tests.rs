@@ -97,10 +97,22 @@ struct Vm {
 
 impl Vm {
     fn new() -> Vm {
+        Vm::with_dma(PnicDma::Ram)
+    }
+
+    /// The shim in DMA mode `dma` (strict: over `StrictDma`, the model's
+    /// IOMMU starting with no guest RAM mapped).
+    fn with_dma(dma: PnicDma) -> Vm {
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), RAM as usize)]).unwrap();
-        let (model, nic) = NicModel::new(&mem, ModelConfig::default()).unwrap();
-        let shim = ShimBackend::new(model, &mem, MAC).unwrap();
-        let net = Arc::new(Mutex::new(Net::new(Box::new(shim), Some(MAC), "shim0".into())));
+        let (model, nic) = NicModel::new(&mem, ModelConfig { dma, ..Default::default() }).unwrap();
+        let backend: Box<dyn NetBackend> = match dma {
+            PnicDma::Ram => Box::new(ShimBackend::new(model, &mem, MAC).unwrap()),
+            PnicDma::Strict => {
+                let driver = super::strict::StrictDma::new(model, nic.mapper(), &mem);
+                Box::new(ShimBackend::new(driver, &mem, MAC).unwrap())
+            }
+        };
+        let net = Arc::new(Mutex::new(Net::new(backend, Some(MAC), "shim0".into())));
         let mut em = EventManager::<Arc<Mutex<Net>>>::new().unwrap();
         em.add_subscriber(net.clone());
         let rx = GuestQueue { base: RXQ, next_desc: 0, avail_idx: 0, used_seen: 0 };
@@ -317,4 +329,34 @@ fn an_oversize_completion_for_a_lent_buffer_fails_the_nic_and_no_frame_reaches_t
     vm.rx.offer(&vm.mem, &[(0x10_8000, 2048, F_WRITE)]);
     vm.kick_rx();
     assert_eq!(vm.nic.rx_buffers_held(), 0);
+}
+
+#[test]
+fn strict_dma_maps_lent_buffers_only_while_the_nic_holds_them_through_the_device() {
+    let mut vm = Vm::with_dma(PnicDma::Strict);
+    let bufs: Vec<u64> = (0..4u64).map(|i| 0x10_0000 + 0x1000 * i).collect();
+    let heads: Vec<u16> = bufs.iter().map(|&a| vm.rx.offer(&vm.mem, &[(a, 2048, F_WRITE)])).collect();
+    // A page the guest never gave the NIC.
+    assert!(!vm.nic.iommu().page_mapped(0x10_4000));
+    vm.kick_rx();
+    assert!(bufs.iter().all(|&a| vm.nic.iommu().page_mapped(a)), "lent (zero-copy run): mapped");
+    assert!(!vm.nic.iommu().write(0x10_4000, &[1]), "elsewhere: a fault");
+    let f = frame(300, 4);
+    for _ in 0..2 {
+        assert!(matches!(vm.nic.inject_rx(&f), InjectOutcome::Delivered { .. }));
+    }
+    vm.run();
+    let used = vm.rx.take_used(&vm.mem);
+    assert_eq!(used, vec![(u32::from(heads[0]), 312), (u32::from(heads[1]), 312)]);
+    assert!(!vm.nic.iommu().page_mapped(bufs[0]) && !vm.nic.iommu().page_mapped(bufs[1]), "back: unmapped");
+    assert!(vm.nic.iommu().page_mapped(bufs[2]) && vm.nic.iommu().page_mapped(bufs[3]), "still lent");
+    assert!(!vm.nic.iommu().write(bufs[0] + 12, &[0xee]), "the NIC cannot write a returned buffer");
+    let m = vm.metrics();
+    assert_eq!(m["backend"]["strict_dma"]["page_maps"], 4, "{m:#}");
+    assert_eq!(m["backend"]["strict_dma"]["page_unmaps"], 2, "{m:#}");
+    assert_eq!(m["backend"]["rx_zero_copy"], 2, "{m:#}");
+    // A device reset forgets the rest, and they leave the IOMMU.
+    vm.net.lock().unwrap().reset();
+    assert_eq!(vm.nic.iommu().pages(), 0);
+    assert!(vm.nic.faults().is_empty());
 }

@@ -33,6 +33,7 @@ pub mod metrics;
 mod rx;
 pub mod rx_table;
 pub mod slab;
+pub mod strict;
 #[cfg(any(test, feature = "testing"))]
 mod testing;
 mod tx;
@@ -47,6 +48,7 @@ use virtio_devices::net::backend::{DropReason, NetBackend, RxPass, TxFrame, Used
 use virtio_devices::net::direct::{RxQueue, TxQueue};
 use virtio_devices::GuestMemory;
 use vm_memory::GuestAddress;
+use vmm_config::PnicDma;
 
 use crate::bdf::{Bdf, BdfError};
 use crate::driver::{DriverError, DriverLimits, PnicDriver, RxCompletion};
@@ -57,6 +59,7 @@ use bounce::{BouncePool, BOUNCE_BUF_SIZE};
 pub use metrics::ShimMetrics;
 use rx_table::{RxHeld, RxTable};
 use slab::CookieSlab;
+use strict::{StrictDma, StrictDmaMetrics};
 use tx::TxSlot;
 use wire::{HdrSlots, HDR_SLOT};
 
@@ -171,6 +174,8 @@ pub struct ShimBackend<D: PnicDriver> {
 
 /// The shim over whichever NIC family `open_vfio` found.
 pub type VfioShim = ShimBackend<Pnic>;
+/// The same in strict DMA mode ([`strict`]).
+pub type StrictVfioShim = ShimBackend<StrictDma<Pnic>>;
 
 /// Open the NIC at `bdf` (`0000:01:00.0` or `01:00.0`) through VFIO, map all of
 /// `mem` for DMA (IOVA = GPA), bring it up and wrap it in a shim. The driver
@@ -182,11 +187,48 @@ pub type VfioShim = ShimBackend<Pnic>;
 /// MAC is the one its PF assigned: `mac` must be that one (else
 /// [`ShimError::MacMismatch`]), and `None` means the VF's.
 pub fn open_vfio(bdf: &str, mem: &GuestMemory, mac: Option<[u8; 6]>) -> Result<VfioShim, ShimError> {
+    let (nic, mac) = open_pnic(bdf, mem, mac, PnicDma::Ram)?;
+    ShimBackend::new(nic, mem, mac)
+}
+
+/// [`open_vfio`] in DMA mode `dma`, as the VMM's net device takes it: the
+/// backend and the guest's MAC. In strict mode no guest RAM is mapped at
+/// open; [`StrictDma`] maps each buffer while the NIC owns it.
+pub fn open_vfio_backend(
+    bdf: &str,
+    mem: &GuestMemory,
+    mac: Option<[u8; 6]>,
+    dma: PnicDma,
+) -> Result<(Box<dyn NetBackend>, [u8; 6]), ShimError> {
+    match dma {
+        PnicDma::Ram => {
+            let shim = open_vfio(bdf, mem, mac)?;
+            let mac = shim.mac();
+            Ok((Box::new(shim), mac))
+        }
+        PnicDma::Strict => {
+            let (nic, mac) = open_pnic(bdf, mem, mac, PnicDma::Strict)?;
+            let mapper = nic.dma_mapper();
+            log::info!(
+                "pNIC {bdf}: strict DMA: guest buffers are in the IOMMU only while the NIC owns them \
+                 (a NIC write elsewhere is an IOMMU fault in the host's kernel log)"
+            );
+            let shim: StrictVfioShim = ShimBackend::new(StrictDma::new(nic, mapper, mem), mem, mac)?;
+            Ok((Box::new(shim), mac))
+        }
+    }
+}
+
+/// The NIC at `bdf` opened with IOMMU mode `dma`, and the guest's MAC (see
+/// [`open_vfio`]).
+fn open_pnic(bdf: &str, mem: &GuestMemory, mac: Option<[u8; 6]>, dma: PnicDma) -> Result<(Pnic, [u8; 6]), ShimError> {
     let bdf: Bdf = bdf.parse()?;
     let wanted = mac.unwrap_or_else(virtio_devices::net::config::random_mac);
-    let nic = Pnic::open_vfio(bdf, mem, NicConfig::new(wanted))?;
+    let mut cfg = NicConfig::new(wanted);
+    cfg.dma = dma;
+    let nic = Pnic::open_vfio(bdf, mem, cfg)?;
     let mac = pick_mac(bdf, nic.assigned_mac(), mac, wanted)?;
-    ShimBackend::new(nic, mem, mac)
+    Ok((nic, mac))
 }
 
 /// The guest's MAC: a VF's `assigned` one (which a `configured` one must
@@ -505,8 +547,15 @@ impl<D: PnicDriver> NetBackend for ShimBackend<D> {
             link_up: bool,
             #[serde(flatten)]
             counters: &'a ShimMetrics,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            strict_dma: Option<&'a StrictDmaMetrics>,
         }
-        let doc = Doc { pnic: self.driver.name(), link_up: self.link_up(), counters: &self.metrics };
+        let doc = Doc {
+            pnic: self.driver.name(),
+            link_up: self.link_up(),
+            counters: &self.metrics,
+            strict_dma: self.driver.strict_dma(),
+        };
         // Integers and strings: cannot fail.
         serde_json::to_value(doc).unwrap_or(serde_json::Value::Null)
     }
@@ -514,6 +563,8 @@ impl<D: PnicDriver> NetBackend for ShimBackend<D> {
 
 #[cfg(test)]
 mod device_tests;
+#[cfg(test)]
+mod strict_tests;
 #[cfg(test)]
 mod teardown_tests;
 #[cfg(test)]

@@ -30,6 +30,7 @@
 
 pub mod bounce;
 pub mod metrics;
+pub mod offload;
 mod rx;
 pub mod rx_table;
 pub mod slab;
@@ -44,6 +45,7 @@ use std::os::unix::io::RawFd;
 use smallvec::SmallVec;
 use virtio_devices::mem::RamMap;
 use virtio_devices::net::backend::{DropReason, NetBackend, RxPass, TxFrame, Used, VNET_HDR_LEN};
+use virtio_devices::net::config::{F_CSUM, F_HOST_TSO4, F_HOST_TSO6};
 use virtio_devices::net::direct::{RxQueue, TxQueue};
 use virtio_devices::GuestMemory;
 use vm_memory::GuestAddress;
@@ -374,8 +376,19 @@ impl<D: PnicDriver> ShimBackend<D> {
 }
 
 impl<D: PnicDriver> NetBackend for ShimBackend<D> {
+    /// MRG_RXBUF, and the TX offloads the NIC performs: CSUM, and with
+    /// it HOST_TSO4/6 (not HOST_ECN: whether the NIC clears CWR after the
+    /// first segment is not established; not HOST_UFO).
     fn features(&self) -> u64 {
-        VIRTIO_NET_F_MRG_RXBUF
+        let caps = self.driver.tx_offload_caps();
+        let mut f = VIRTIO_NET_F_MRG_RXBUF;
+        if caps.csum {
+            f |= F_CSUM;
+            if caps.tso {
+                f |= F_HOST_TSO4 | F_HOST_TSO6;
+            }
+        }
+        f
     }
 
     fn set_features(&mut self, acked: u64) -> std::io::Result<()> {
@@ -514,6 +527,8 @@ impl<D: PnicDriver> NetBackend for ShimBackend<D> {
 
 #[cfg(test)]
 mod device_tests;
+#[cfg(test)]
+mod offload_tests;
 #[cfg(test)]
 mod teardown_tests;
 #[cfg(test)]

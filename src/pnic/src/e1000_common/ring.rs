@@ -724,6 +724,53 @@ mod tests {
     }
 
     #[test]
+    fn an_offloaded_frame_takes_a_context_slot_and_completes_on_its_last_data_descriptor() {
+        use crate::driver::{CsumLayout, L4Proto};
+        use crate::igb::AdvancedDesc;
+        let layout = CsumLayout { l4: L4Proto::Tcp, ipv4: true, mac_len: 14, ip_len: 20 };
+        let tso = TxOffload::Tso { layout, l4_len: 32, mss: 1448 };
+        // A layout without contexts refuses, untouched.
+        let mut odd = TxRing::<Odd>::new(area(8), 8, 1522, 2);
+        assert_eq!(odd.post_offload(&[(0x1000, 66)], &tso, 1, 65536, 8), Err(DriverError::OffloadUnsupported(tso)));
+        assert_eq!(odd.free(), 7);
+        let mut t = TxRing::<AdvancedDesc>::new(area(8), 8, 1522, 2);
+        // The header must be wholly in the first segment, with a payload after it.
+        assert!(matches!(
+            t.post_offload(&[(0x1000, 60), (0x2000, 9000)], &tso, 1, 65536, 8),
+            Err(DriverError::BadBuffer(_))
+        ));
+        assert!(matches!(t.post_offload(&[(0x1000, 66)], &tso, 1, 65536, 8), Err(DriverError::BadBuffer(_))));
+        assert!(matches!(
+            t.post_offload(&[(0x1000, 66), (0x2000, 9000)], &tso, 1, 4000, 8),
+            Err(DriverError::BadBuffer(_))
+        ));
+        assert_eq!(
+            t.post_offload(&[(0x1000, 66); 8], &tso, 1, 65536, 7),
+            Err(DriverError::TooManySegments { got: 8, max: 7 })
+        );
+        t.post_offload(&[(0x1000, 66), (0x2000, 9000), (0x5000, 1000)], &tso, 7, 65536, 8).unwrap();
+        assert_eq!(t.free(), 7 - 4, "context + 3 data descriptors");
+        assert_eq!(
+            t.post_offload(&[(0x1000, 66), (0x2000, 9000), (0x5000, 1000)], &tso, 8, 65536, 8),
+            Err(DriverError::RingFull("TX"))
+        );
+        let ctx: Vec<u32> = (0..4).map(|i| t.area().load::<u32>(i * 4, Ordering::Relaxed).unwrap()).collect();
+        assert_eq!(ctx, crate::igb::context_words(&tso).to_vec());
+        // PAYLEN (payload only) and POPTS on the first data descriptor only.
+        let olinfo = |slot: u64| t.area().load::<u32>(slot * 16 + 12, Ordering::Relaxed).unwrap();
+        assert_eq!(olinfo(1), 10_000 << 14 | 0x300);
+        assert_eq!((olinfo(2), olinfo(3)), (0, 0));
+        let mut out = Vec::new();
+        t.area().store(2 * 16 + 12, TXD_STAT_DD, Ordering::Relaxed).unwrap();
+        t.reap(&mut out).unwrap();
+        assert!(out.is_empty(), "DD on a middle descriptor does not finish the frame");
+        t.area().store(3 * 16 + 12, TXD_STAT_DD, Ordering::Relaxed).unwrap();
+        t.reap(&mut out).unwrap();
+        assert_eq!(out, vec![TxCompletion { cookie: 7 }]);
+        assert_eq!(t.free(), 7);
+    }
+
+    #[test]
     fn tx_rejects_bad_frames() {
         let mut t = TxRing::<Odd>::new(area(4), 4, 1522, 2);
         assert!(matches!(t.post(&[], 1), Err(DriverError::TooManySegments { got: 0, max: 2 })));

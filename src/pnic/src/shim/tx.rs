@@ -466,14 +466,18 @@ impl<D: PnicDriver> ShimBackend<D> {
         Ok((req, self.tx_need(segs.len(), req)))
     }
 
-    /// Send `frame` now, or queue it behind the frames already waiting for
-    /// room in the NIC ring. `segs` is scratch space for its NIC segments.
+    /// Send `frame`, whose header asked for `req` ([`Self::tx_request`]),
+    /// now, or queue it behind the frames already waiting for room in the
+    /// NIC ring (where it is checked again). `segs` is scratch space for
+    /// its NIC segments.
     pub(super) fn send_checked(
         &mut self,
         frame: &ChainRef<'_>,
         segs: &mut Vec<(u64, u32)>,
+        req: Option<TxRequest>,
     ) -> Result<bool, DropReason> {
-        let (req, need) = self.prepare_tx(frame, segs).inspect_err(|r| self.metrics.drop(*r))?;
+        self.validate_tx(frame, segs, self.tx_frame_limit(req)).inspect_err(|r| self.metrics.drop(*r))?;
+        let need = self.tx_need(segs.len(), req);
         let mut free = self.driver.tx_free();
         if !self.backlog.is_empty() || free < need {
             // The ring was full: make room, oldest frames first (this path
@@ -533,19 +537,17 @@ impl<D: PnicDriver> ShimBackend<D> {
             return Err(DropReason::BackendError);
         }
         // A header asking for an offload takes the general path.
-        if self.acked & TX_OFFLOAD_FEATURES != 0 {
-            match self.tx_request(&frame) {
-                Ok(None) => {}
-                Ok(Some(_)) => {
-                    let mut segs = std::mem::take(&mut self.tx_segs);
-                    let r = self.send_checked(&frame, &mut segs);
-                    self.tx_segs = segs;
-                    return r;
-                }
-                Err(r) => {
-                    self.metrics.drop(r);
-                    return Err(r);
-                }
+        match self.tx_request(&frame) {
+            Ok(None) => {}
+            Ok(req @ Some(_)) => {
+                let mut segs = std::mem::take(&mut self.tx_segs);
+                let r = self.send_checked(&frame, &mut segs, req);
+                self.tx_segs = segs;
+                return r;
+            }
+            Err(r) => {
+                self.metrics.drop(r);
+                return Err(r);
             }
         }
         if let [(gpa, len)] = frame.segs {
@@ -559,7 +561,7 @@ impl<D: PnicDriver> ShimBackend<D> {
             }
         }
         let mut segs = std::mem::take(&mut self.tx_segs);
-        let r = self.send_checked(&frame, &mut segs);
+        let r = self.send_checked(&frame, &mut segs, None);
         self.tx_segs = segs;
         r
     }

@@ -28,7 +28,7 @@ pub struct ShimMetrics {
     /// Header bytes copied out of guest TX frames: the Ethernet header for
     /// the wire policy (14 per frame: checked and sent from the VMM's
     /// copy), and for a TSO frame its whole Ethernet + IP + TCP header
-    /// (prepared for the NIC in the VMM's copy, see `shim::offload`).
+    /// (prepared for the NIC in the VMM's copy, see `shim::tx_offload`).
     pub tx_header_bytes: u64,
     /// TX frames whose TCP/UDP checksum the NIC inserted (context
     /// descriptor, zero-copy).

@@ -30,13 +30,13 @@
 
 pub mod bounce;
 pub mod metrics;
-pub mod offload;
 mod rx;
 pub mod rx_table;
 pub mod slab;
 #[cfg(any(test, feature = "testing"))]
 mod testing;
 mod tx;
+pub mod tx_offload;
 pub mod wire;
 
 use std::collections::VecDeque;
@@ -528,8 +528,8 @@ impl<D: PnicDriver> NetBackend for ShimBackend<D> {
 #[cfg(test)]
 mod device_tests;
 #[cfg(test)]
-mod offload_tests;
-#[cfg(test)]
 mod teardown_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tx_offload_tests;

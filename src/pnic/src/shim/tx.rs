@@ -9,7 +9,7 @@ use virtio_devices::mem::RamMap;
 use virtio_devices::net::backend::{ChainRef, DropReason, VNET_HDR_LEN};
 use vm_memory::{Bytes, GuestAddress};
 
-use super::offload::{
+use super::tx_offload::{
     self, check_request, csum_layout, prepare_tso, tcp_doff_at, tcp_hdr_len, TxRequest, VnetTxHdr, MAX_TSO_HDR,
     TX_OFFLOAD_FEATURES, VNET_TX_FIELDS,
 };
@@ -391,7 +391,7 @@ impl<D: PnicDriver> ShimBackend<D> {
                 self.tx_bounce.release(i);
                 return Err(DropReason::BadVnetHeader);
             }
-            offload::finish_csum(&mut tmp, usize::from(start), usize::from(offset));
+            tx_offload::finish_csum(&mut tmp, usize::from(start), usize::from(offset));
             self.metrics.tx_sw_csum += 1;
         }
         if self.tx_bounce.write(i, 0, &tmp).is_err() {

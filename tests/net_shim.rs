@@ -7,8 +7,11 @@
 //! NIC before it forgets the guest's buffers), brings eth0 back, pings the
 //! peer again, and reboots; shimvmm must exit 0. The metrics must show every
 //! frame zero-copy both ways (no RX copy fallback at MTU 1500; TX copies only
-//! the 14-byte Ethernet headers, the wire policy), no NIC error,
-//! and the quiesce on reset.
+//! headers: the 14-byte Ethernet headers, the wire policy, and a TSO frame's
+//! Ethernet + IP + TCP header), no NIC error, and the quiesce on reset.
+//! TX offloads: the guest sends its bulk TCP as TSO frames (the shim's
+//! `tx_tso_frames`), the NIC cuts them into MSS-sized segments, and the
+//! peer's kernel counts no checksum error (its /proc/net/snmp).
 //!
 //! Build on the host: `cargo build --release -p shimvmm && cargo test --release
 //! -p shimvmm-tests --test net_shim --no-run`, then
@@ -33,6 +36,49 @@ const GUEST_TIMEOUT: Duration = Duration::from_secs(1200);
 const FLOOD_MAX: Duration = Duration::from_secs(180);
 /// Flood datagram size (a full-size frame with headers).
 const FLOOD_SIZE: usize = 1400;
+
+/// A file of the peer namespace's `/proc/net` (read inside it).
+fn peer_proc(ns: &str, file: &str) -> String {
+    let path = format!("/proc/net/{file}");
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", ns, "cat", &path])
+        .output()
+        .unwrap_or_else(|e| panic!("run ip netns exec {ns} cat {path}: {e}"));
+    assert!(out.status.success(), "reading the peer's {path}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The peer namespace's IP/TCP/UDP counters (`/proc/net/snmp`) as
+/// "Tcp.InCsumErrors" -> value, and its interfaces' received frames and
+/// bytes (`/proc/net/dev`, loopback left out) as "dev.rx_packets" and
+/// "dev.rx_bytes".
+fn peer_snmp(ns: &str) -> std::collections::HashMap<String, u64> {
+    let mut m = std::collections::HashMap::new();
+    let snmp = peer_proc(ns, "snmp");
+    let lines: Vec<&str> = snmp.lines().collect();
+    // Pairs of lines: "Tcp: Name1 Name2 ..." then "Tcp: v1 v2 ...".
+    for pair in lines.chunks(2) {
+        let [names, values] = pair else { continue };
+        let (Some((proto, names)), Some((_, values))) = (names.split_once(':'), values.split_once(':')) else {
+            continue;
+        };
+        for (n, v) in names.split_whitespace().zip(values.split_whitespace()) {
+            if let Ok(v) = v.parse::<u64>() {
+                m.insert(format!("{proto}.{n}"), v);
+            }
+        }
+    }
+    // "  eth1: rx_bytes rx_packets ..." after two title lines (with '|').
+    for l in peer_proc(ns, "dev").lines().filter(|l| !l.contains('|')) {
+        let Some((name, v)) = l.split_once(':') else { continue };
+        let v: Vec<u64> = v.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+        if name.trim() != "lo" && v.len() >= 2 {
+            *m.entry("dev.rx_bytes".to_string()).or_insert(0) += v[0];
+            *m.entry("dev.rx_packets".to_string()).or_insert(0) += v[1];
+        }
+    }
+    m
+}
 
 fn env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: run this test in tools/testbed"))
@@ -63,7 +109,28 @@ fn shim_guest_pings_moves_64mib_each_way_and_survives_reset_under_flood() {
     let cmd = shimvmm_guest_command(image.path(), &metrics, &format!("vfio={pnic},id={NET_ID}"));
     let mut vm = GuestProcess::spawn("shimvmm", cmd).expect("spawn shimvmm");
 
+    let snmp0 = peer_snmp(&ns);
     let report = exercise(&vm, "shim", Some(&ns), GUEST_IP, &server, sink, &tx_sha, &rx_sha, GUEST_TIMEOUT);
+    let snmp1 = peer_snmp(&ns);
+    let delta = |k: &str| snmp1.get(k).copied().unwrap_or(0).saturating_sub(snmp0.get(k).copied().unwrap_or(0));
+    eprintln!(
+        "shim: peer counters over both transfers: Tcp.InSegs +{} Tcp.InCsumErrors +{} Udp.InCsumErrors +{} \
+         Ip.InHdrErrors +{}",
+        delta("Tcp.InSegs"),
+        delta("Tcp.InCsumErrors"),
+        delta("Udp.InCsumErrors"),
+        delta("Ip.InHdrErrors")
+    );
+    for k in ["Tcp.InCsumErrors", "Udp.InCsumErrors", "Ip.InHdrErrors", "Tcp.InErrs"] {
+        assert!(snmp1.contains_key(k), "the peer's /proc/net/snmp has no {k}: {snmp1:?}");
+        assert_eq!(delta(k), 0, "the peer counted {k} while the guest sent through the shim");
+    }
+    // 64 MiB arrived (sha-checked) as wire frames no larger than the MTU:
+    // at least one frame per MSS at the peer's NIC (its GRO may merge them
+    // before TCP counts them, so the NIC's count, not Tcp.InSegs).
+    let frames = delta("dev.rx_packets");
+    eprintln!("shim: the peer's NIC received {frames} frames, {} bytes", delta("dev.rx_bytes"));
+    assert!(frames >= (PAYLOAD_LEN / 1448) as u64, "the peer's NIC saw {frames} frames for 64 MiB");
     assert_eq!(
         vm.wait_for_marker("mtu", GUEST_TIMEOUT).unwrap().value,
         "1500",
@@ -143,7 +210,24 @@ fn shim_guest_pings_moves_64mib_each_way_and_survives_reset_under_flood() {
     assert_eq!(u64_at(b, "/rx_zero_copy"), u64_at(b, "/rx_packets"), "not every RX frame zero-copy: {b:#}");
     assert_eq!(u64_at(b, "/tx_zero_copy"), u64_at(b, "/tx_packets"), "not every TX frame zero-copy: {b:#}");
     assert!(u64_at(b, "/rx_zero_copy") >= min / 1514, "{b:#}");
-    assert!(u64_at(b, "/tx_zero_copy") >= min / 1514, "{b:#}");
+    // TX offloads: the guest's bulk TCP went as TSO frames the NIC cut into
+    // MSS-sized segments; each TSO frame is one zero-copy frame here.
+    let (tso, segs) = (u64_at(b, "/tx_tso_frames"), u64_at(b, "/tx_tso_segments"));
+    eprintln!(
+        "shim: TX offloads: {tso} TSO frames -> {segs} segments ({:.1} per frame), {} checksum-only frames, \
+         {} software checksums; {} TX frames for {} bytes",
+        segs as f64 / tso.max(1) as f64,
+        u64_at(b, "/tx_csum_offload"),
+        u64_at(b, "/tx_sw_csum"),
+        u64_at(b, "/tx_packets"),
+        u64_at(b, "/tx_bytes"),
+    );
+    assert!(tso > 0 && segs > tso, "the guest sent no multi-segment TSO frame: {b:#}");
+    assert_eq!(u64_at(b, "/tx_sw_csum"), 0, "TCP/UDP checksums finished in software: {b:#}");
+    assert!(u64_at(b, "/tx_zero_copy") - tso + segs >= min / 1514, "{b:#}");
+    for r in ["bad_vnet_header", "offload_unsupported"] {
+        assert_eq!(u64_at(b, &format!("/drops/{r}")), 0, "{r}: {b:#}");
+    }
     assert_eq!(u64_at(b, "/nic_errors"), 0, "NIC errors: {b:#}");
     assert!(u64_at(b, "/quiesces") >= 1, "no quiesce counted: {b:#}");
     assert!(report.host_ping.received > 0);

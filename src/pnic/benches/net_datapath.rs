@@ -26,9 +26,13 @@
 //! inclusive instruction counts give instructions per packet (tools/bench).
 //!
 //!   cargo bench -p pnic --bench net_datapath -- [--frames N] [SCENARIO...]
-//!   SCENARIO = {tap,shim}-{rx,tx}-{64,512,1500,9000}[-bBURST]; default: all
-//!   at burst 64. BURST: frames the wire delivers (RX) or the guest posts
-//!   (TX) per event-loop pass.
+//!   SCENARIO = {tap,shim}-{rx,tx}-{64,512,1500,9000}[-bBURST] or
+//!   {tap,shim}-tso-SIZE[-bBURST]; default: all rx/tx at burst 64, and
+//!   tso-64000. BURST: frames the wire delivers (RX) or the guest posts
+//!   (TX) per event-loop pass. `tso`: the guest sends TCP/IPv4 frames of
+//!   SIZE bytes as TSO frames (VIRTIO_NET_F_CSUM + HOST_TSO4 acked, MSS
+//!   1448), one descriptor each; the shim's NIC model cuts them into
+//!   segments, the tap's kernel takes them whole.
 //! Prints one JSON object per scenario on stdout.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -40,7 +44,7 @@ use event_manager::{EventManager, SubscriberOps};
 use pnic::model::igb_hw::{igb_on_model_msix, HwRx, IgbHw};
 use pnic::shim::ShimBackend;
 use pnic::Pnic;
-use virtio_devices::net::config::{F_EVENT_IDX, F_MRG_RXBUF, F_VERSION_1};
+use virtio_devices::net::config::{F_CSUM, F_EVENT_IDX, F_HOST_TSO4, F_MRG_RXBUF, F_VERSION_1};
 use virtio_devices::net::device::{RX_QUEUE, TX_QUEUE};
 use virtio_devices::net::{Net, NetBackend, TapBackend};
 use virtio_devices::{ActivateContext, GuestMemory, Interrupt, VirtioDevice};
@@ -61,6 +65,10 @@ const RX_BASE: u64 = 0x10_0000;
 const TX_BASE: u64 = 0x80_0000;
 /// TX slot stride: a 12-byte header plus a 9000-byte frame fits.
 const TX_STRIDE: u64 = 0x4000;
+/// TX slot stride of TSO frames (up to 64 KiB).
+const TSO_STRIDE: u64 = 0x1_0000;
+/// The MSS of the bench's TSO frames (a 1500-byte MTU with timestamps).
+const TSO_MSS: u16 = 1448;
 /// Frames per event-loop pass unless the scenario says otherwise.
 const DEFAULT_BURST: usize = 64;
 /// MSI-X vectors the shim's NIC has, as in production (igb/e1000e
@@ -204,7 +212,7 @@ impl HostEnd {
             if r < 0 {
                 return n;
             }
-            if r as usize == len {
+            if len == 0 || r as usize == len {
                 n += 1;
             }
         }
@@ -246,11 +254,12 @@ fn bench_nic_work(nic: &Nic, frame: &[u8], n: usize, rx: bool, scratch: &mut [u8
     match (nic, rx) {
         (Nic::Tap { host, .. }, true) => (0..n).filter(|_| host.send(frame)).count() as u64,
         (Nic::Tap { host, .. }, false) => host.drain(scratch, frame.len()),
+        // An empty `frame`: count every frame (TSO segments).
         (Nic::Igb(hw), true) => (0..n).filter(|_| matches!(hw.inject_rx(frame), HwRx::Delivered { .. })).count() as u64,
         (Nic::Igb(hw), false) => {
             let want = frame.len();
             let mut good = 0;
-            hw.complete_tx(|f| good += u64::from(f.len() == want));
+            hw.complete_tx(|f| good += u64::from(want == 0 || f.len() == want));
             good
         }
     }
@@ -266,7 +275,9 @@ fn test_frame(len: usize) -> Vec<u8> {
 }
 
 impl Bench {
-    fn new(path: &str, frame_len: usize) -> Bench {
+    /// `offloads`: the guest acks CSUM and HOST_TSO4 (its TX frames may be
+    /// TSO frames).
+    fn new(path: &str, frame_len: usize, offloads: bool) -> Bench {
         let mem: GuestMemory = GuestMemory::from_ranges(&[(GuestAddress(0), 64 << 20)]).unwrap();
         let (backend, nic): (Box<dyn NetBackend>, Nic) = if path == "tap" {
             let tap = TapBackend::open("shbench%d").expect("cannot create a tap (needs root and /dev/net/tun)");
@@ -294,7 +305,9 @@ impl Bench {
         let irqfd = EventFd::new(libc::EFD_NONBLOCK).unwrap();
         {
             let mut n = net.lock().unwrap();
-            let feats = n.avail_features() & (F_VERSION_1 | F_EVENT_IDX | F_MRG_RXBUF);
+            let wanted = F_VERSION_1 | F_EVENT_IDX | F_MRG_RXBUF | if offloads { F_CSUM | F_HOST_TSO4 } else { 0 };
+            let feats = n.avail_features() & wanted;
+            assert_eq!(feats, wanted, "the {path} backend does not offer the features the scenario needs");
             n.set_acked_features(feats);
             let irq = Arc::new(Interrupt::new(irqfd.try_clone().unwrap()));
             n.activate(ActivateContext { mem: mem.clone(), queues: vec![rxq, txq], interrupt: irq }).unwrap();
@@ -420,14 +433,55 @@ fn run_rx(b: &mut Bench, frame_len: usize, frames: u64, burst: usize) -> Outcome
     Outcome { frames: delivered, wall: t0.elapsed(), counts }
 }
 
-fn run_tx(b: &mut Bench, frame_len: usize, frames: u64, burst: usize) -> Outcome {
+/// A TSO frame of `len` bytes as a Linux guest sends it: virtio-net header
+/// (NEEDS_CSUM, GSO_TCPV4, MSS), Ethernet from the VM's MAC, IPv4, TCP with
+/// 12 option bytes, the TCP checksum field the pseudo-header sum.
+fn tso_msg(len: usize) -> Vec<u8> {
+    const HLEN: usize = 14 + 20 + 32;
+    let mut f = test_frame(len);
+    f.copy_within(0..6, 6);
+    f[..6].copy_from_slice(&[0x52, 0x54, 0x00, 0xaa, 0xbb, 0xcc]);
+    f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    let ip = [0x45, 0, 0, 0, 0x12, 0x34, 0x40, 0, 64, 6, 0, 0, 192, 0, 2, 10, 192, 0, 2, 1];
+    f[14..34].copy_from_slice(&ip);
+    f[16..18].copy_from_slice(&((len - 14) as u16).to_be_bytes());
+    let sum = |b: &[u8]| b.chunks(2).map(|w| u32::from(w[0]) << 8 | u32::from(w[1])).sum::<u32>();
+    let fold = |mut s: u32| {
+        while s > 0xffff {
+            s = (s & 0xffff) + (s >> 16);
+        }
+        s as u16
+    };
+    let c = !fold(sum(&f[14..34]));
+    f[24..26].copy_from_slice(&c.to_be_bytes());
+    let tcp = [0x9c, 0x40, 0x14, 0x51, 0, 0, 0, 1, 0, 0, 0, 1, 0x80, 0x18, 0x01, 0xf6, 0, 0, 0, 0];
+    f[34..54].copy_from_slice(&tcp);
+    f[54..HLEN].fill(1);
+    let pseudo = fold(sum(&f[26..34]) + 6 + (len - 34) as u32);
+    f[50..52].copy_from_slice(&pseudo.to_be_bytes());
+    let mut msg = vec![0u8; VNET_HDR];
+    msg[0] = 1; // NEEDS_CSUM
+    msg[1] = 1; // GSO_TCPV4
+    msg[2..4].copy_from_slice(&(HLEN as u16).to_le_bytes());
+    msg[4..6].copy_from_slice(&TSO_MSS.to_le_bytes());
+    msg[6..8].copy_from_slice(&34u16.to_le_bytes());
+    msg[8..10].copy_from_slice(&16u16.to_le_bytes());
+    msg.extend(f);
+    msg
+}
+
+fn run_tx(b: &mut Bench, frame_len: usize, frames: u64, burst: usize, tso: bool) -> Outcome {
     let mut msg = vec![0u8; VNET_HDR];
     // From the VM's MAC (the shim's wire policy drops anything else).
     let mut frame = test_frame(frame_len);
     frame.copy_within(0..6, 6);
     frame[..6].copy_from_slice(&[0x52, 0x54, 0x00, 0xaa, 0xbb, 0xcc]);
     msg.extend(frame);
-    let slot = |h: u16| TX_BASE + u64::from(h) * TX_STRIDE;
+    if tso {
+        msg = tso_msg(frame_len);
+    }
+    let stride = if tso { TSO_STRIDE } else { TX_STRIDE };
+    let slot = |h: u16| TX_BASE + u64::from(h) * stride;
     for h in 0..QSIZE {
         b.mem.write_slice(&msg, GuestAddress(slot(h))).unwrap();
     }
@@ -435,7 +489,9 @@ fn run_tx(b: &mut Bench, frame_len: usize, frames: u64, burst: usize) -> Outcome
     let mut used = Vec::new();
     let mut sent = 0u64;
     let mut on_wire = 0u64;
-    let mut scratch = vec![0u8; 16384];
+    let mut scratch = vec![0u8; 1 << 17];
+    // TSO: the wire sees segments (shim) or the whole frame (tap): count all.
+    let wire_frame: &[u8] = if tso { &[] } else { &msg[VNET_HDR..] };
     let counts = Counts::start(b);
     let t0 = Instant::now();
     let deadline = t0 + Duration::from_secs(300);
@@ -450,7 +506,7 @@ fn run_tx(b: &mut Bench, frame_len: usize, frames: u64, burst: usize) -> Outcome
             b.kick(TX_QUEUE);
         }
         b.vmm();
-        on_wire += b.nic(&msg[VNET_HDR..], 0, false, &mut scratch);
+        on_wire += b.nic(wire_frame, 0, false, &mut scratch);
         b.vmm();
         used.clear();
         b.tx.reap(&mut used);
@@ -459,6 +515,7 @@ fn run_tx(b: &mut Bench, frame_len: usize, frames: u64, burst: usize) -> Outcome
     }
     let m = b.metrics();
     assert_eq!(m["tx_drops"]["backend_error"], 0, "{m}");
+    assert_eq!(m["tx_drops"]["bad_vnet_header"], 0, "{m}");
     assert_eq!(m["tx_drops"]["spoofed_source"], 0, "the bench frames are the VM's own: {m}");
     // The tap's kernel queue may drop under load; the model never does.
     assert!(on_wire > 0, "no frame reached the wire: {m}");
@@ -477,13 +534,15 @@ fn scenario(name: &str, frames: u64) -> Option<serde_json::Value> {
         _ => panic!("bad scenario {name}: want PATH-DIR-SIZE[-bBURST], e.g. shim-rx-1500-b8"),
     };
     let size: usize = size.parse().unwrap_or_else(|_| panic!("bad frame size in {name}"));
-    assert!(matches!(path, "tap" | "shim") && matches!(dir, "rx" | "tx"), "bad scenario {name}");
-    if path == "shim" && size > pnic::igb::RX_MAX_FRAME as usize {
+    assert!(matches!(path, "tap" | "shim") && matches!(dir, "rx" | "tx" | "tso"), "bad scenario {name}");
+    let tso = dir == "tso";
+    assert!(!tso || (1500..=65_000).contains(&size), "TSO frames of 1500..=65000 bytes: {name}");
+    if path == "shim" && size > pnic::igb::RX_MAX_FRAME as usize && !tso {
         return Some(serde_json::json!({"scenario": name, "path": path, "dir": dir, "size": size, "burst": burst,
             "skipped": format!("the shim path caps frames at {} B", pnic::igb::RX_MAX_FRAME)}));
     }
-    let mut b = Bench::new(path, size);
-    let out = if dir == "rx" { run_rx(&mut b, size, frames, burst) } else { run_tx(&mut b, size, frames, burst) };
+    let mut b = Bench::new(path, size, tso);
+    let out = if dir == "rx" { run_rx(&mut b, size, frames, burst) } else { run_tx(&mut b, size, frames, burst, tso) };
     let ru = thread_rusage();
     let m = b.metrics();
     let f = out.frames.max(1) as f64;
@@ -499,6 +558,8 @@ fn scenario(name: &str, frames: u64) -> Option<serde_json::Value> {
         "thread_user_ns_per_pkt": (ru.0 - b.ru0.0).as_nanos() as f64 / f,
         "thread_sys_ns_per_pkt": (ru.1 - b.ru0.1).as_nanos() as f64 / f,
         "vmm_copied_bytes_per_pkt": copied as f64 / f,
+        // Per byte: the guest's frames (TSO: the 64 KiB frame, not its segments).
+        "vmm_ns_per_kib": b.vmm_ns as f64 / (f * size as f64 / 1024.0),
         "guest_irqs_per_pkt": c.irqs as f64 / f,
         "nic_reg_reads_per_pkt": c.reads as f64 / f,
         "nic_reg_writes_per_pkt": c.writes as f64 / f,
@@ -526,6 +587,7 @@ fn main() {
                     names.push(format!("{path}-{dir}-{size}"));
                 }
             }
+            names.push(format!("{path}-tso-64000"));
         }
     }
     for n in &names {

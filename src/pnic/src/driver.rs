@@ -74,6 +74,71 @@ pub enum DriverError {
     /// answered out of protocol (the PF is the host's driver).
     #[error("the PF {0}")]
     Pf(String),
+    /// A TX offload the driver does not perform (see `tx_offload_caps`).
+    #[error("this NIC does not perform the TX offload {0:?}")]
+    OffloadUnsupported(TxOffload),
+}
+
+/// The layer-4 protocol whose checksum the NIC inserts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum L4Proto {
+    /// Checksum at byte 16 of the TCP header.
+    Tcp,
+    /// Checksum at byte 6 of the UDP header.
+    Udp,
+}
+
+/// Where a frame's headers are, as a NIC's checksum and segmentation
+/// engines need them (the 82576's advanced context descriptor: MACLEN,
+/// IPLEN, TUCMD).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CsumLayout {
+    pub l4: L4Proto,
+    /// IPv4 (else IPv6).
+    pub ipv4: bool,
+    /// Bytes before the IP header (the Ethernet header).
+    pub mac_len: u8,
+    /// Bytes of the IP header, extension headers included: the L4 header
+    /// starts at `mac_len + ip_len`.
+    pub ip_len: u16,
+}
+
+/// What the NIC does to a TX frame besides sending its bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxOffload {
+    /// Insert the L4 checksum (the checksum field holds the pseudo-header
+    /// sum, as virtio's NEEDS_CSUM has it).
+    Csum(CsumLayout),
+    /// TCP segmentation: the NIC cuts the payload after the first
+    /// `mac_len + ip_len + l4_len` bytes (the header, which must be wholly in
+    /// the frame's first segment) into `mss`-byte segments and gives each
+    /// a copy of the header with its lengths, IPv4 id and checksums, TCP
+    /// sequence number and checksum fixed. The header must be prepared as
+    /// the NIC wants it: IPv4 total length and checksum 0, IPv6 payload
+    /// length 0, the TCP checksum field the pseudo-header sum without the
+    /// length.
+    Tso { layout: CsumLayout, l4_len: u8, mss: u16 },
+}
+
+impl TxOffload {
+    pub fn layout(&self) -> &CsumLayout {
+        match self {
+            TxOffload::Csum(l) | TxOffload::Tso { layout: l, .. } => l,
+        }
+    }
+}
+
+/// The TX offloads a driver performs ([`PnicDriver::queue_tx_offload`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TxOffloadCaps {
+    /// TCP/UDP checksum insertion over IPv4 and IPv6.
+    pub csum: bool,
+    /// TCP segmentation over IPv4 and IPv6.
+    pub tso: bool,
+    /// Largest TSO frame (header included).
+    pub tso_max_frame: u32,
+    /// Most segments of an offloaded frame (the header's included).
+    pub max_segs: usize,
 }
 
 /// Static limits of a driver, known after construction.
@@ -158,6 +223,18 @@ pub trait PnicDriver: Send {
     /// (no tail write) until [`PnicDriver::flush_tx`]: a burst of frames
     /// costs one MMIO write.
     fn queue_tx(&mut self, segs: &[(u64, u32)], cookie: u64) -> Result<(), DriverError>;
+    /// The TX offloads [`PnicDriver::queue_tx_offload`] performs (none
+    /// unless the family says otherwise).
+    fn tx_offload_caps(&self) -> TxOffloadCaps {
+        TxOffloadCaps::default()
+    }
+    /// [`PnicDriver::queue_tx`] with the NIC doing `off` to the frame: one
+    /// more descriptor (the context) than `segs`. For TSO, `segs[0]` is the
+    /// whole header, prepared as [`TxOffload::Tso`] says.
+    fn queue_tx_offload(&mut self, segs: &[(u64, u32)], off: &TxOffload, cookie: u64) -> Result<(), DriverError> {
+        let _ = (segs, cookie);
+        Err(DriverError::OffloadUnsupported(*off))
+    }
     /// Start sending the frames queued with `queue_tx` (one tail write).
     fn flush_tx(&mut self) -> Result<(), DriverError>;
     /// Hand every finished TX frame to `f`, in order.

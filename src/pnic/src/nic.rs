@@ -12,7 +12,10 @@ use vm_memory::GuestMemoryMmap;
 
 use crate::bdf::Bdf;
 use crate::dma::DmaArea;
-use crate::driver::{DriverError, DriverLimits, PnicDriver, RegisterAccess, RxCompletion, RxRunError, TxCompletion};
+use crate::driver::{
+    DriverError, DriverLimits, PnicDriver, RegisterAccess, RxCompletion, RxRunError, TxCompletion, TxOffload,
+    TxOffloadCaps,
+};
 use crate::e1000_common::{NicConfig, OpenError};
 use crate::e1000e::{self, E1000e};
 use crate::igb::{self, Igb};
@@ -147,6 +150,13 @@ impl<R: RegisterAccess> PnicDriver for Pnic<R> {
     #[inline(always)]
     fn queue_tx(&mut self, segs: &[(u64, u32)], cookie: u64) -> Result<(), DriverError> {
         each!(self, d => d.queue_tx(segs, cookie))
+    }
+    fn tx_offload_caps(&self) -> TxOffloadCaps {
+        each!(self, d => d.tx_offload_caps())
+    }
+    #[inline(always)]
+    fn queue_tx_offload(&mut self, segs: &[(u64, u32)], off: &TxOffload, cookie: u64) -> Result<(), DriverError> {
+        each!(self, d => d.queue_tx_offload(segs, off, cookie))
     }
     #[inline(always)]
     fn flush_tx(&mut self) -> Result<(), DriverError> {

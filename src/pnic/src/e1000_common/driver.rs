@@ -19,7 +19,10 @@ use super::{
 };
 use crate::bdf::Bdf;
 use crate::dma::{DmaArea, DmaMapper, IovaAllocator};
-use crate::driver::{DriverError, DriverLimits, PnicDriver, RegisterAccess, RxCompletion, RxRunError, TxCompletion};
+use crate::driver::{
+    DriverError, DriverLimits, PnicDriver, RegisterAccess, RxCompletion, RxRunError, TxCompletion, TxOffload,
+    TxOffloadCaps,
+};
 use crate::vfio::{MmioRegs, VfioNic};
 
 /// What one e1000-family NIC does its own way. The hooks run with the
@@ -34,6 +37,9 @@ pub trait Family: Sized + 'static {
     const RX_MAX_FRAME: u32;
     const TX_MAX_FRAME: u32;
     const TX_MAX_SEGS: usize;
+    /// The TX offloads the family's descriptors express (none: the
+    /// layout's `tx_context` is `None`).
+    const TX_OFFLOADS: TxOffloadCaps = TxOffloadCaps { csum: false, tso: false, tso_max_frame: 0, max_segs: 0 };
     /// MSI-X vectors `open_vfio` asks VFIO for (fewer if the function has
     /// fewer).
     const MSIX_VECTORS: u32 = 2;
@@ -335,6 +341,24 @@ impl<F: Family, R: RegisterAccess> PnicDriver for E1000<F, R> {
     fn queue_tx(&mut self, segs: &[(u64, u32)], cookie: u64) -> Result<(), DriverError> {
         self.check_postable()?;
         self.tx_ring.post(segs, cookie)
+    }
+
+    fn tx_offload_caps(&self) -> TxOffloadCaps {
+        F::TX_OFFLOADS
+    }
+
+    #[inline]
+    fn queue_tx_offload(&mut self, segs: &[(u64, u32)], off: &TxOffload, cookie: u64) -> Result<(), DriverError> {
+        self.check_postable()?;
+        let caps = F::TX_OFFLOADS;
+        let (ok, max_frame) = match off {
+            TxOffload::Csum(_) => (caps.csum, F::TX_MAX_FRAME),
+            TxOffload::Tso { .. } => (caps.tso, caps.tso_max_frame),
+        };
+        if !ok {
+            return Err(DriverError::OffloadUnsupported(*off));
+        }
+        self.tx_ring.post_offload(segs, off, cookie, max_frame, caps.max_segs)
     }
 
     fn flush_tx(&mut self) -> Result<(), DriverError> {

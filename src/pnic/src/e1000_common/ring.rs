@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, Ordering};
 
 use super::regs::{DESC_SIZE, RXD_STAT_DD, RXD_STAT_EOP, TXD_STATUS_OFF, TXD_STAT_DD};
 use crate::dma::DmaArea;
-use crate::driver::{DriverError, RxCompletion, RxRunError, TxCompletion};
+use crate::driver::{DriverError, RxCompletion, RxRunError, TxCompletion, TxOffload};
 
 /// Per-descriptor buffer length limit (the length field is 16 bits).
 pub const TX_MAX_SEG_LEN: u32 = 0xffff;
@@ -31,6 +31,20 @@ pub trait DescLayout {
     /// The TX descriptor words at bytes 8 and 12 for one segment of `len`
     /// bytes of a `frame_len`-byte frame; `last` marks its final segment.
     fn tx_words(len: u32, last: bool, frame_len: u32) -> [u32; 2];
+    /// The four words of the context descriptor that sets up `off` for the
+    /// next frame; `None` if the layout has no TX offloads.
+    fn tx_context(off: &TxOffload) -> Option<[u32; 4]> {
+        let _ = off;
+        None
+    }
+    /// [`DescLayout::tx_words`] for a segment of a frame offloaded with
+    /// `off` (set up by the context descriptor before it); `paylen` is the
+    /// frame's length as the NIC wants it for `off`, `first` marks the
+    /// frame's first segment.
+    fn tx_offload_words(len: u32, first: bool, last: bool, paylen: u32, off: &TxOffload) -> [u32; 2] {
+        let _ = (off, first);
+        Self::tx_words(len, last, paylen)
+    }
 }
 
 /// Ring sizes are driver constants, not input: a wrong one is a bug.
@@ -351,7 +365,9 @@ impl<L: DescLayout> TxRing<L> {
     /// A ring of `size` descriptors (a power of two) at the start of `area`
     /// for frames of at most `max_frame` bytes in at most `max_segs` segments.
     pub fn new(area: DmaArea, size: usize, max_frame: u32, max_segs: usize) -> Self {
-        let fields = [(0, 8), (TXD_CMD_WORD, 4), (TXD_OLINFO_WORD, 4), (TXD_STATUS_OFF, 4)];
+        // The context descriptor's words at 0 and 4 besides the data
+        // descriptor's fields.
+        let fields = [(0, 8), (0, 4), (4, 4), (TXD_CMD_WORD, 4), (TXD_OLINFO_WORD, 4), (TXD_STATUS_OFF, 4)];
         TxRing {
             descs: Descs::new(area, size, &fields),
             size,
@@ -425,6 +441,66 @@ impl<L: DescLayout> TxRing<L> {
         self.queued[first] = TxQueued { ndesc: n, cookie };
         self.tail = slot;
         self.used += n;
+        Ok(())
+    }
+
+    /// Queue one frame of `segs` with the NIC doing `off` to it: a context
+    /// descriptor, then one data descriptor per segment (at most
+    /// `max_segs`, `max_frame` bytes in all). For TSO the first segment
+    /// holds the whole header.
+    pub fn post_offload(
+        &mut self,
+        segs: &[(u64, u32)],
+        off: &TxOffload,
+        cookie: u64,
+        max_frame: u32,
+        max_segs: usize,
+    ) -> Result<(), DriverError> {
+        let Some(ctx) = L::tx_context(off) else {
+            return Err(DriverError::OffloadUnsupported(*off));
+        };
+        let n = segs.len();
+        if n == 0 || n > max_segs {
+            return Err(DriverError::TooManySegments { got: n, max: max_segs });
+        }
+        let mut total: u64 = 0;
+        let mut bad_seg = false;
+        for &(_, len) in segs {
+            total += u64::from(len);
+            bad_seg |= len == 0 || len > TX_MAX_SEG_LEN;
+        }
+        let paylen = match off {
+            TxOffload::Csum(_) => Some(total),
+            TxOffload::Tso { layout, l4_len, .. } => {
+                let hdr = u64::from(layout.mac_len) + u64::from(layout.ip_len) + u64::from(*l4_len);
+                (u64::from(segs[0].1) >= hdr && total > hdr).then(|| total - hdr)
+            }
+        };
+        let Some(paylen) = paylen.filter(|_| !bad_seg && total <= u64::from(max_frame)) else {
+            return Err(DriverError::BadBuffer(format!(
+                "offloaded TX frame of {total} bytes in {n} segments (max {max_frame}, no empty segment, \
+                 at most {TX_MAX_SEG_LEN} per segment, a TSO header wholly in the first)"
+            )));
+        };
+        if self.free() < n + 1 {
+            return Err(DriverError::RingFull("TX"));
+        }
+        let first = self.tail;
+        let mut slot = first;
+        for (i, w) in ctx.into_iter().enumerate() {
+            self.descs.u32_at(slot, 4 * i as u64).store(w.to_le(), Ordering::Relaxed);
+        }
+        slot = (slot + 1) & (self.size - 1);
+        for (i, &(iova, len)) in segs.iter().enumerate() {
+            let [w8, w12] = L::tx_offload_words(len, i == 0, i + 1 == n, paylen as u32, off);
+            self.descs.u64_at(slot, 0).store(iova.to_le(), Ordering::Relaxed);
+            self.descs.u32_at(slot, TXD_CMD_WORD).store(w8.to_le(), Ordering::Relaxed);
+            self.descs.u32_at(slot, TXD_OLINFO_WORD).store(w12.to_le(), Ordering::Relaxed);
+            slot = (slot + 1) & (self.size - 1);
+        }
+        self.queued[first] = TxQueued { ndesc: n + 1, cookie };
+        self.tail = slot;
+        self.used += n + 1;
         Ok(())
     }
 
@@ -645,6 +721,53 @@ mod tests {
             next_slot = (next_slot + 2) % 4;
             assert_eq!(u64::from(t.tail()), next_slot);
         }
+    }
+
+    #[test]
+    fn an_offloaded_frame_takes_a_context_slot_and_completes_on_its_last_data_descriptor() {
+        use crate::driver::{CsumLayout, L4Proto};
+        use crate::igb::AdvancedDesc;
+        let layout = CsumLayout { l4: L4Proto::Tcp, ipv4: true, mac_len: 14, ip_len: 20 };
+        let tso = TxOffload::Tso { layout, l4_len: 32, mss: 1448 };
+        // A layout without contexts refuses, untouched.
+        let mut odd = TxRing::<Odd>::new(area(8), 8, 1522, 2);
+        assert_eq!(odd.post_offload(&[(0x1000, 66)], &tso, 1, 65536, 8), Err(DriverError::OffloadUnsupported(tso)));
+        assert_eq!(odd.free(), 7);
+        let mut t = TxRing::<AdvancedDesc>::new(area(8), 8, 1522, 2);
+        // The header must be wholly in the first segment, with a payload after it.
+        assert!(matches!(
+            t.post_offload(&[(0x1000, 60), (0x2000, 9000)], &tso, 1, 65536, 8),
+            Err(DriverError::BadBuffer(_))
+        ));
+        assert!(matches!(t.post_offload(&[(0x1000, 66)], &tso, 1, 65536, 8), Err(DriverError::BadBuffer(_))));
+        assert!(matches!(
+            t.post_offload(&[(0x1000, 66), (0x2000, 9000)], &tso, 1, 4000, 8),
+            Err(DriverError::BadBuffer(_))
+        ));
+        assert_eq!(
+            t.post_offload(&[(0x1000, 66); 8], &tso, 1, 65536, 7),
+            Err(DriverError::TooManySegments { got: 8, max: 7 })
+        );
+        t.post_offload(&[(0x1000, 66), (0x2000, 9000), (0x5000, 1000)], &tso, 7, 65536, 8).unwrap();
+        assert_eq!(t.free(), 7 - 4, "context + 3 data descriptors");
+        assert_eq!(
+            t.post_offload(&[(0x1000, 66), (0x2000, 9000), (0x5000, 1000)], &tso, 8, 65536, 8),
+            Err(DriverError::RingFull("TX"))
+        );
+        let ctx: Vec<u32> = (0..4).map(|i| t.area().load::<u32>(i * 4, Ordering::Relaxed).unwrap()).collect();
+        assert_eq!(ctx, crate::igb::context_words(&tso).to_vec());
+        // PAYLEN (payload only) and POPTS on the first data descriptor only.
+        let olinfo = |slot: u64| t.area().load::<u32>(slot * 16 + 12, Ordering::Relaxed).unwrap();
+        assert_eq!(olinfo(1), 10_000 << 14 | 0x300);
+        assert_eq!((olinfo(2), olinfo(3)), (0, 0));
+        let mut out = Vec::new();
+        t.area().store(2 * 16 + 12, TXD_STAT_DD, Ordering::Relaxed).unwrap();
+        t.reap(&mut out).unwrap();
+        assert!(out.is_empty(), "DD on a middle descriptor does not finish the frame");
+        t.area().store(3 * 16 + 12, TXD_STAT_DD, Ordering::Relaxed).unwrap();
+        t.reap(&mut out).unwrap();
+        assert_eq!(out, vec![TxCompletion { cookie: 7 }]);
+        assert_eq!(t.free(), 7);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::time::Duration;
 use vm_memory::GuestMemoryMmap;
 
 use crate::bdf::Bdf;
-use crate::driver::{DriverError, RegisterAccess};
+use crate::driver::{DriverError, L4Proto, RegisterAccess, TxOffload, TxOffloadCaps};
 use crate::e1000_common::driver::{self as family, Family, E1000};
 use crate::e1000_common::ring::DescLayout;
 use crate::e1000_common::{self as common, poll_until, NicConfig, OpenError};
@@ -30,9 +30,20 @@ pub const TX_RING_SIZE: usize = 256;
 pub const RX_MAX_FRAME: u32 = 1522;
 /// NIC packet buffer size (SRRCTL.BSIZEPACKET), in bytes.
 pub const RX_BUF_SIZE: u32 = 2048;
-/// Largest frame we ask the NIC to transmit (no TSO on the shim path).
+/// Largest frame we ask the NIC to transmit without TSO.
 pub const TX_MAX_FRAME: u32 = 1522;
 pub const TX_MAX_SEGS: usize = 8;
+/// Largest TSO frame (header included): 64 KiB, what a virtio-net guest
+/// sends at most (PAYLEN itself has 18 bits).
+pub const TSO_MAX_FRAME: u32 = 64 * 1024;
+/// Most data descriptors of an offloaded frame (the header copy and the
+/// guest's segments; a Linux guest uses at most MAX_SKB_FRAGS + 1 = 18
+/// for a 64 KiB frame). QEMU's 82576 takes 64.
+pub const TX_MAX_OFFLOAD_SEGS: usize = 32;
+/// The 82576's TX offloads through advanced context descriptors (its VF's
+/// too): TCP/UDP checksums and TCP segmentation, IPv4 and IPv6.
+pub const TX_OFFLOADS: TxOffloadCaps =
+    TxOffloadCaps { csum: true, tso: true, tso_max_frame: TSO_MAX_FRAME, max_segs: TX_MAX_OFFLOAD_SEGS };
 /// Per-descriptor buffer length limit (DTALEN is 16 bits).
 pub use crate::e1000_common::ring::TX_MAX_SEG_LEN;
 
@@ -92,6 +103,50 @@ impl DescLayout for AdvancedDesc {
         }
         [cmd, frame_len << TXD_PAYLEN_SHIFT]
     }
+
+    fn tx_context(off: &TxOffload) -> Option<[u32; 4]> {
+        Some(context_words(off))
+    }
+
+    /// As Linux's igb: TSE on every descriptor of a TSO frame; PAYLEN and
+    /// POPTS (TXSM, and IXSM for IPv4 TSO) on the first, olinfo 0 after.
+    fn tx_offload_words(len: u32, first: bool, last: bool, paylen: u32, off: &TxOffload) -> [u32; 2] {
+        let mut cmd = len | TXD_DTYP_DATA | TXD_CMD_DEXT | TXD_CMD_IFCS;
+        let mut popts = TXD_POPTS_TXSM;
+        if let TxOffload::Tso { layout, .. } = off {
+            cmd |= TXD_CMD_TSE;
+            if layout.ipv4 {
+                popts |= TXD_POPTS_IXSM;
+            }
+        }
+        if last {
+            cmd |= TXD_CMD_EOP | TXD_CMD_RS;
+        }
+        let olinfo = if first { paylen << TXD_PAYLEN_SHIFT | popts } else { 0 };
+        [cmd, olinfo]
+    }
+}
+
+/// The advanced context descriptor's four words for `off` (context 0).
+/// MACLEN and IPLEN are masked to their fields; the shim checks they fit.
+pub fn context_words(off: &TxOffload) -> [u32; 4] {
+    let l = off.layout();
+    let lens = u32::from(l.ip_len & TXCTX_IPLEN_MAX) | u32::from(l.mac_len & TXCTX_MACLEN_MAX) << TXCTX_MACLEN_SHIFT;
+    let mut tucmd = TXD_CMD_DEXT | TXD_DTYP_CTXT;
+    if l.ipv4 {
+        tucmd |= TXCTX_TUCMD_IPV4;
+    }
+    tucmd |= match l.l4 {
+        L4Proto::Tcp => TXCTX_TUCMD_L4T_TCP,
+        L4Proto::Udp => TXCTX_TUCMD_L4T_UDP,
+    };
+    let mss_l4len = match off {
+        TxOffload::Csum(_) => 0,
+        TxOffload::Tso { l4_len, mss, .. } => {
+            u32::from(*mss) << TXCTX_MSS_SHIFT | u32::from(*l4_len) << TXCTX_L4LEN_SHIFT
+        }
+    };
+    [lens, 0, tucmd, mss_l4len]
 }
 
 /// What the 82576 does its own way: extended (MSI-X) interrupts, SRRCTL and
@@ -106,6 +161,7 @@ impl Family for Igb82576 {
     const RX_MAX_FRAME: u32 = RX_MAX_FRAME;
     const TX_MAX_FRAME: u32 = TX_MAX_FRAME;
     const TX_MAX_SEGS: usize = TX_MAX_SEGS;
+    const TX_OFFLOADS: TxOffloadCaps = TX_OFFLOADS;
 
     fn mask_irqs(regs: &impl RegisterAccess) {
         regs.write32(EIMC, u32::MAX);

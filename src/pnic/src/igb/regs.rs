@@ -52,3 +52,25 @@ pub const RXD_ERR_FRAME: u32 = (1 << 24) | (1 << 25) | (1 << 26) | (1 << 28) | (
 pub const TXD_CMD_DEXT: u32 = 1 << 29;
 pub const TXD_DTYP_DATA: u32 = 0x3 << 20;
 pub const TXD_PAYLEN_SHIFT: u32 = 14;
+pub const TXD_CMD_TSE: u32 = 1 << 31;
+/// POPTS (olinfo bits 13:8): insert the IPv4 header checksum (IXSM) and
+/// the TCP/UDP checksum (TXSM).
+pub const TXD_POPTS_IXSM: u32 = 1 << 8;
+pub const TXD_POPTS_TXSM: u32 = 1 << 9;
+
+// Advanced TX context descriptor (datasheet 7.2.2.2): words 0 (VLAN,
+// MACLEN, IPLEN), 1 (seed), 2 (DTYP, TUCMD), 3 (MSS, L4LEN, IDX).
+pub const TXD_DTYP_CTXT: u32 = 0x2 << 20;
+pub const TXCTX_MACLEN_SHIFT: u32 = 9;
+/// IPLEN is bits 8:0, MACLEN bits 15:9.
+pub const TXCTX_IPLEN_MAX: u16 = 0x1ff;
+pub const TXCTX_MACLEN_MAX: u8 = 0x7f;
+pub const TXCTX_TUCMD_IPV4: u32 = 1 << 10;
+pub const TXCTX_TUCMD_L4T_TCP: u32 = 1 << 11;
+/// L4T = 00: UDP.
+pub const TXCTX_TUCMD_L4T_UDP: u32 = 0;
+pub const TXCTX_L4LEN_SHIFT: u32 = 8;
+pub const TXCTX_MSS_SHIFT: u32 = 16;
+/// Context index (bit 4 of word 3 and of the data descriptors' olinfo):
+/// the shim uses context 0 only.
+pub const TXCTX_IDX_SHIFT: u32 = 4;

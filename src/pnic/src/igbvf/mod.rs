@@ -41,7 +41,10 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::bdf::Bdf;
 use crate::dma::{DmaArea, DmaMapper, IovaAllocator};
-use crate::driver::{DriverError, DriverLimits, PnicDriver, RegisterAccess, RxCompletion, RxRunError, TxCompletion};
+use crate::driver::{
+    DriverError, DriverLimits, PnicDriver, RegisterAccess, RxCompletion, RxRunError, TxCompletion, TxOffload,
+    TxOffloadCaps,
+};
 use crate::e1000_common::driver::{self as family, Family, E1000};
 use crate::e1000_common::{self as common, poll_until, NicConfig, OpenError};
 use crate::igb::{disable_queue, enable_queue, AdvancedDesc};
@@ -132,6 +135,8 @@ impl Family for IgbVf82576 {
     const RX_MAX_FRAME: u32 = RX_MAX_FRAME;
     const TX_MAX_FRAME: u32 = TX_MAX_FRAME;
     const TX_MAX_SEGS: usize = TX_MAX_SEGS;
+    /// A VF's queues take the same advanced context descriptors.
+    const TX_OFFLOADS: TxOffloadCaps = crate::igb::TX_OFFLOADS;
     const MSIX_VECTORS: u32 = VF_MSIX_VECTORS;
     /// As Linux's igbvf: no FLR at open, the VF reset (VTCTRL.RST) and the
     /// PF handshake are the reset. (On QEMU's 82576 the first testbed runs
@@ -525,6 +530,18 @@ impl<R: RegisterAccess> PnicDriver for Igbvf<R> {
             return Err(DriverError::Stopped);
         }
         self.inner.queue_tx(segs, cookie)
+    }
+
+    fn tx_offload_caps(&self) -> TxOffloadCaps {
+        self.inner.tx_offload_caps()
+    }
+
+    #[inline(always)]
+    fn queue_tx_offload(&mut self, segs: &[(u64, u32)], off: &TxOffload, cookie: u64) -> Result<(), DriverError> {
+        if self.recovering {
+            return Err(DriverError::Stopped);
+        }
+        self.inner.queue_tx_offload(segs, off, cookie)
     }
 
     #[inline(always)]

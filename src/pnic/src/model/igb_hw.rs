@@ -6,8 +6,11 @@
 //! PHY, queue enables, interrupt causes), the RX and TX descriptor rings in
 //! DMA memory that the driver programs through RDBA/RDLEN/RDH/RDT and their
 //! TX twins, advanced one-buffer RX write-back (status DD/EOP and length),
-//! TX write-back (DD on RS descriptors), the receive filter (receive address
-//! 0, broadcast, multicast with RCTL.MPE) and the frame cap (RLPML). Every
+//! TX write-back (DD on RS descriptors), TX offloads from advanced context
+//! descriptors (TCP/UDP checksum insertion, IPv4 header checksum, TCP
+//! segmentation with the header rewritten per segment as the datasheet
+//! says), the receive filter (receive address 0, broadcast, multicast with
+//! RCTL.MPE) and the frame cap (RLPML). Every
 //! DMA goes through a [`ModelIommu`], so the model reaches only what the
 //! driver mapped (guest RAM and its rings), like the NIC behind VFIO.
 //!
@@ -52,10 +55,21 @@ pub struct IgbHwStats {
     pub rx_oversized: u64,
     /// DMA accesses the IOMMU refused.
     pub dma_faults: u64,
-    /// Frames transmitted.
+    /// Frames transmitted (each TSO segment is one).
     pub tx_frames: u64,
     pub tx_bytes: u64,
+    /// TSO frames segmented, checksums inserted (TCP/UDP, IPv4 header).
+    pub tx_tso_frames: u64,
+    pub tx_l4_csums: u64,
+    pub tx_ip_csums: u64,
+    /// Offloaded frames the model refused (a context that does not fit
+    /// the frame, PAYLEN not the frame's): not sent, as a NIC would send
+    /// garbage or hang; tests assert this stays 0.
+    pub tx_bad_offloads: u64,
 }
+
+/// The words of one advanced TX context descriptor as the NIC read it.
+pub type TxContext = [u32; 4];
 
 struct Inner {
     /// Configuration registers (slow path).
@@ -82,6 +96,8 @@ struct Inner {
     stuck_queues: AtomicBool,
     stuck_reset: AtomicBool,
     flr_fails: AtomicBool,
+    /// The context descriptors read, in order (tests check their fields).
+    tx_contexts: Mutex<Vec<TxContext>>,
 }
 
 /// BAR0 of the model, given to the driver.
@@ -296,6 +312,10 @@ impl IgbHw {
         let mut frame = Vec::new();
         let mut sent = 0;
         let mut ok = true;
+        // The context (index 0; the driver uses no other) and the first
+        // data descriptor's command and olinfo words of the frame.
+        let mut ctx: TxContext = [0; 4];
+        let mut first: Option<(u32, u32)> = None;
         while head != tail {
             let desc = base + u64::from(head) * DESC_SIZE;
             let mut d = [0u8; DESC_SIZE as usize];
@@ -303,8 +323,16 @@ impl IgbHw {
                 lock(&h.stats).dma_faults += 1;
                 break;
             }
+            let word = |i: usize| u32::from_le_bytes(d[4 * i..4 * i + 4].try_into().unwrap());
             let addr = u64::from_le_bytes(d[..8].try_into().unwrap());
             let cmd = u32::from_le_bytes(d[TXD_CMD_OFF as usize..TXD_CMD_OFF as usize + 4].try_into().unwrap());
+            if cmd & TXD_CMD_DEXT != 0 && cmd & TXD_DTYP_MASK == TXD_DTYP_CTXT {
+                ctx = [word(0), word(1), word(2), word(3)];
+                lock(&h.tx_contexts).push(ctx);
+                head = (head + 1) % size;
+                continue;
+            }
+            first.get_or_insert((cmd, word(3)));
             let len = (cmd & TXD_LEN_MASK) as usize;
             let at = frame.len();
             frame.resize(at + len, 0);
@@ -319,13 +347,22 @@ impl IgbHw {
             head = (head + 1) % size;
             if cmd & TXD_CMD_EOP != 0 {
                 if ok {
-                    sink(&frame);
+                    let (cmd0, olinfo) = first.unwrap_or((cmd, 0));
                     let mut st = lock(&h.stats);
-                    st.tx_frames += 1;
-                    st.tx_bytes += frame.len() as u64;
-                    sent += 1;
+                    match offload(&mut frame, &ctx, cmd0, olinfo, &mut st) {
+                        Some(wire) => {
+                            for f in wire.iter() {
+                                sink(f);
+                                st.tx_frames += 1;
+                                st.tx_bytes += f.len() as u64;
+                                sent += 1;
+                            }
+                        }
+                        None => st.tx_bad_offloads += 1,
+                    }
                 }
                 frame.clear();
+                first = None;
                 ok = true;
             }
         }
@@ -334,6 +371,11 @@ impl IgbHw {
             h.signal();
         }
         sent
+    }
+
+    /// Every TX context descriptor the model read, in order.
+    pub fn tx_contexts(&self) -> Vec<TxContext> {
+        lock(&self.0.tx_contexts).clone()
     }
 
     pub fn stats(&self) -> IgbHwStats {
@@ -368,6 +410,109 @@ impl IgbHw {
     pub fn iommu(&self) -> &ModelIommu {
         &self.0.iommu
     }
+}
+
+const TXD_DTYP_MASK: u32 = 0xf << 20;
+const TXD_POPTS_MASK: u32 = TXD_POPTS_IXSM | TXD_POPTS_TXSM;
+const ETHERTYPE_IPV4: u16 = 0x0800;
+const TCP_FIN_PSH: u8 = 0x01 | 0x08;
+
+/// What the NIC puts on the wire for the gathered `frame` whose first data
+/// descriptor had `cmd` and `olinfo`, under context `ctx`: the frame with
+/// its checksums inserted, or its TSO segments; `None` when the offload
+/// does not fit the frame.
+fn offload(frame: &mut [u8], ctx: &TxContext, cmd: u32, olinfo: u32, st: &mut IgbHwStats) -> Option<Vec<Vec<u8>>> {
+    let popts = olinfo & TXD_POPTS_MASK;
+    if cmd & TXD_CMD_TSE == 0 && popts == 0 {
+        return Some(vec![frame.to_vec()]);
+    }
+    let ip_at = ((ctx[0] >> TXCTX_MACLEN_SHIFT) & u32::from(TXCTX_MACLEN_MAX)) as usize;
+    let l4_at = ip_at + (ctx[0] & u32::from(TXCTX_IPLEN_MAX)) as usize;
+    let ipv4 = ctx[2] & TXCTX_TUCMD_IPV4 != 0;
+    let tcp = ctx[2] & TXCTX_TUCMD_L4T_TCP != 0;
+    let csum_at = l4_at + if tcp { 16 } else { 6 };
+    let paylen = (olinfo >> TXD_PAYLEN_SHIFT) as usize;
+    if cmd & TXD_CMD_TSE == 0 {
+        if paylen != frame.len() || csum_at + 2 > frame.len() || (ipv4 && ip_at + 20 > l4_at) {
+            return None;
+        }
+        if popts & TXD_POPTS_IXSM != 0 {
+            ip_checksum(&mut frame[ip_at..l4_at]);
+            st.tx_ip_csums += 1;
+        }
+        if popts & TXD_POPTS_TXSM != 0 {
+            l4_checksum(&mut frame[l4_at..], csum_at - l4_at, 0);
+            st.tx_l4_csums += 1;
+        }
+        return Some(vec![frame.to_vec()]);
+    }
+    // TSO (datasheet 7.2.4): header = MACLEN + IPLEN + L4LEN, replicated.
+    let l4_len = ((ctx[3] >> TXCTX_L4LEN_SHIFT) & 0xff) as usize;
+    let mss = (ctx[3] >> TXCTX_MSS_SHIFT) as usize;
+    let hdr = l4_at + l4_len;
+    if !tcp || mss == 0 || l4_len < 20 || hdr > frame.len() || paylen != frame.len() - hdr || paylen == 0 {
+        return None;
+    }
+    let ethertype = u16::from_be_bytes([frame[12], frame[13]]);
+    if ipv4 != (ethertype == ETHERTYPE_IPV4) {
+        return None;
+    }
+    let (h, payload) = frame.split_at(hdr);
+    let id0 = u16::from_be_bytes([h[ip_at + 4], h[ip_at + 5]]);
+    let seq0 = u32::from_be_bytes(h[l4_at + 4..l4_at + 8].try_into().ok()?);
+    let n = payload.len().div_ceil(mss);
+    let mut out = Vec::with_capacity(n);
+    for (i, chunk) in payload.chunks(mss).enumerate() {
+        let mut seg = Vec::with_capacity(hdr + chunk.len());
+        seg.extend_from_slice(h);
+        seg.extend_from_slice(chunk);
+        let l4_total = l4_len + chunk.len();
+        if ipv4 {
+            let tot = (l4_at - ip_at + l4_total) as u16;
+            seg[ip_at + 2..ip_at + 4].copy_from_slice(&tot.to_be_bytes());
+            seg[ip_at + 4..ip_at + 6].copy_from_slice(&id0.wrapping_add(i as u16).to_be_bytes());
+            ip_checksum(&mut seg[ip_at..l4_at]);
+        } else {
+            let pl = (l4_at - ip_at - 40 + l4_total) as u16;
+            seg[ip_at + 4..ip_at + 6].copy_from_slice(&pl.to_be_bytes());
+        }
+        let seq = seq0.wrapping_add((i * mss) as u32);
+        seg[l4_at + 4..l4_at + 8].copy_from_slice(&seq.to_be_bytes());
+        if i + 1 < n {
+            seg[l4_at + 13] &= !TCP_FIN_PSH;
+        }
+        // The field holds the pseudo-header sum without the length.
+        l4_checksum(&mut seg[l4_at..], 16, l4_total as u32);
+        out.push(seg);
+    }
+    st.tx_tso_frames += 1;
+    Some(out)
+}
+
+/// The IPv4 header checksum of `ip` (its field zeroed first).
+fn ip_checksum(ip: &mut [u8]) {
+    ip[10..12].fill(0);
+    let c = !fold(sum16(ip));
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+}
+
+/// Insert the checksum at `at` of the L4 segment `l4` whose field holds
+/// the pseudo-header sum (plus `len`, the length the hardware adds for TSO).
+fn l4_checksum(l4: &mut [u8], at: usize, len: u32) {
+    let c = !fold(sum16(l4) + u64::from(len));
+    let c = if c == 0 { 0xffff } else { c };
+    l4[at..at + 2].copy_from_slice(&c.to_be_bytes());
+}
+
+fn sum16(b: &[u8]) -> u64 {
+    b.chunks(2).map(|w| u64::from(u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)]))).sum()
+}
+
+fn fold(mut s: u64) -> u16 {
+    while s > 0xffff {
+        s = (s & 0xffff) + (s >> 16);
+    }
+    s as u16
 }
 
 /// The model's PCI function: bus mastering and function-level reset.
@@ -445,6 +590,7 @@ pub fn igb_hw_model(guest: &GuestMemoryMmap, vectors: usize) -> Result<IgbHwPart
         stuck_queues: AtomicBool::new(false),
         stuck_reset: AtomicBool::new(false),
         flr_fails: AtomicBool::new(false),
+        tx_contexts: Mutex::default(),
     });
     let mapper: Arc<dyn DmaMapper> = iommu;
     Ok((IgbHwRegs(inner.clone()), IgbHw(inner), mapper, irqs))

@@ -25,9 +25,22 @@ pub struct ShimMetrics {
     pub tx_zero_copy: u64,
     /// TX packets copied into a bounce buffer (too many segments).
     pub tx_copy_fallback: CopyFallback,
-    /// Ethernet-header bytes copied out of guest TX frames for the wire
-    /// policy (14 per frame: checked and sent from the VMM's copy).
+    /// Header bytes copied out of guest TX frames: the Ethernet header for
+    /// the wire policy (14 per frame: checked and sent from the VMM's
+    /// copy), and for a TSO frame its whole Ethernet + IP + TCP header
+    /// (prepared for the NIC in the VMM's copy, see `shim::tx_offload`).
     pub tx_header_bytes: u64,
+    /// TX frames whose TCP/UDP checksum the NIC inserted (context
+    /// descriptor, zero-copy).
+    pub tx_csum_offload: u64,
+    /// TX frames whose checksum the shim finished in software, in a bounce
+    /// buffer (a layout the NIC has no context for); also counted in
+    /// `tx_copy_fallback`.
+    pub tx_sw_csum: u64,
+    /// TSO frames the NIC segmented (each up to 64 KiB), and the segments
+    /// it was asked to make of them.
+    pub tx_tso_frames: u64,
+    pub tx_tso_segments: u64,
     /// Bytes the VMM copied, every way: both copy fallbacks and the TX
     /// header copies (`tx_header_bytes`); the zero-copy path copies nothing
     /// else.

@@ -37,6 +37,7 @@ pub mod strict;
 #[cfg(any(test, feature = "testing"))]
 mod testing;
 mod tx;
+pub mod tx_offload;
 pub mod wire;
 
 use std::collections::VecDeque;
@@ -45,6 +46,7 @@ use std::os::unix::io::RawFd;
 use smallvec::SmallVec;
 use virtio_devices::mem::RamMap;
 use virtio_devices::net::backend::{DropReason, NetBackend, RxPass, TxFrame, Used, VNET_HDR_LEN};
+use virtio_devices::net::config::{F_CSUM, F_HOST_TSO4, F_HOST_TSO6};
 use virtio_devices::net::direct::{RxQueue, TxQueue};
 use virtio_devices::GuestMemory;
 use vm_memory::GuestAddress;
@@ -416,8 +418,19 @@ impl<D: PnicDriver> ShimBackend<D> {
 }
 
 impl<D: PnicDriver> NetBackend for ShimBackend<D> {
+    /// MRG_RXBUF, and the TX offloads the NIC performs: CSUM, and with
+    /// it HOST_TSO4/6 (not HOST_ECN: whether the NIC clears CWR after the
+    /// first segment is not established; not HOST_UFO).
     fn features(&self) -> u64 {
-        VIRTIO_NET_F_MRG_RXBUF
+        let caps = self.driver.tx_offload_caps();
+        let mut f = VIRTIO_NET_F_MRG_RXBUF;
+        if caps.csum {
+            f |= F_CSUM;
+            if caps.tso {
+                f |= F_HOST_TSO4 | F_HOST_TSO6;
+            }
+        }
+        f
     }
 
     fn set_features(&mut self, acked: u64) -> std::io::Result<()> {
@@ -569,3 +582,5 @@ mod strict_tests;
 mod teardown_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tx_offload_tests;

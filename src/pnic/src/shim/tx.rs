@@ -9,9 +9,13 @@ use virtio_devices::mem::RamMap;
 use virtio_devices::net::backend::{ChainRef, DropReason, VNET_HDR_LEN};
 use vm_memory::{Bytes, GuestAddress};
 
+use super::tx_offload::{
+    self, check_request, csum_layout, prepare_tso, tcp_doff_at, tcp_hdr_len, TxRequest, VnetTxHdr, MAX_TSO_HDR,
+    TX_OFFLOAD_FEATURES, VNET_TX_FIELDS,
+};
 use super::wire::{check_header, check_words, read_header, ETH_HDR};
 use super::{in_ram, ShimBackend, HDR, TX_BACKLOG};
-use crate::driver::{DriverError, PnicDriver};
+use crate::driver::{DriverError, PnicDriver, TxOffload};
 
 #[derive(Debug)]
 pub(super) struct TxSlot {
@@ -50,6 +54,21 @@ pub(super) fn tx_payload_segments(
         return Err(DropReason::ShortHeader);
     }
     Ok(())
+}
+
+/// The segments of `segs` after its first `skip` bytes.
+fn payload_after(segs: &[(u64, u32)], mut skip: usize) -> smallvec::SmallVec<[(u64, u32); 20]> {
+    let mut out = smallvec::SmallVec::new();
+    for &(a, l) in segs {
+        let l = l as usize;
+        if skip >= l {
+            skip -= l;
+            continue;
+        }
+        out.push((a + skip as u64, (l - skip) as u32));
+        skip = 0;
+    }
+    out
 }
 
 impl<D: PnicDriver> ShimBackend<D> {
@@ -125,7 +144,7 @@ impl<D: PnicDriver> ShimBackend<D> {
             skip = 0;
         }
         let r = if nic.len() > self.limits.tx_max_segs {
-            self.submit_tx_bounced(head, &h, &nic[1..], bytes)
+            self.submit_tx_bounced(head, &h, &nic[1..], bytes, None)
         } else {
             self.queue_frame(head, bytes, &nic)
         };
@@ -136,21 +155,191 @@ impl<D: PnicDriver> ShimBackend<D> {
     /// The first [`ETH_HDR`] bytes of the frame in `segs` (guest RAM),
     /// wherever they are split.
     fn gather_header(&self, segs: &[(u64, u32)], h: &mut [u8; ETH_HDR]) -> Result<(), DropReason> {
+        self.gather_frame(segs, 0, h)
+    }
+
+    /// `out.len()` bytes of the frame in `segs` (guest RAM) from byte
+    /// `offset`, wherever they are split (`RuntFrame` if it is shorter).
+    fn gather_frame(&self, segs: &[(u64, u32)], mut offset: usize, out: &mut [u8]) -> Result<(), DropReason> {
         let mut got = 0usize;
         for &(a, l) in segs {
-            if got == ETH_HDR {
+            if got == out.len() {
                 break;
             }
-            let n = (l as usize).min(ETH_HDR - got);
-            if !self.ram.read(a, &mut h[got..got + n]) {
+            let l = l as usize;
+            if offset >= l {
+                offset -= l;
+                continue;
+            }
+            let n = (l - offset).min(out.len() - got);
+            if !self.ram.read(a + offset as u64, &mut out[got..got + n]) {
+                return Err(DropReason::BadAddress);
+            }
+            got += n;
+            offset = 0;
+        }
+        if got < out.len() {
+            return Err(DropReason::RuntFrame);
+        }
+        Ok(())
+    }
+
+    /// The TX fields of the virtio-net header of the chain `segs` (the
+    /// header may be split across descriptors).
+    fn read_vnet_hdr(&self, segs: &[(GuestAddress, u32)]) -> Result<VnetTxHdr, DropReason> {
+        let mut b = [0u8; VNET_TX_FIELDS];
+        let mut got = 0usize;
+        for &(a, l) in segs {
+            if got == b.len() {
+                break;
+            }
+            let n = (l as usize).min(b.len() - got);
+            if !self.ram.read(a.0, &mut b[got..got + n]) {
                 return Err(DropReason::BadAddress);
             }
             got += n;
         }
-        if got < ETH_HDR {
-            return Err(DropReason::RuntFrame);
+        if got < b.len() {
+            return Err(DropReason::ShortHeader);
+        }
+        Ok(VnetTxHdr::from_bytes(&b))
+    }
+
+    /// What the frame's virtio-net header asks for, checked; `None` (a
+    /// plain frame, the header not even read) unless TX offloads were
+    /// negotiated.
+    pub(super) fn tx_request(&self, frame: &ChainRef<'_>) -> Result<Option<TxRequest>, DropReason> {
+        if self.acked & TX_OFFLOAD_FEATURES == 0 {
+            return Ok(None);
+        }
+        let h = self.read_vnet_hdr(frame.segs)?;
+        let len = frame.len.checked_sub(VNET_HDR_LEN as u32).ok_or(DropReason::ShortHeader)?;
+        check_request(&h, self.acked, len)
+    }
+
+    /// Largest frame (after the virtio-net header) for `req`.
+    fn tx_frame_limit(&self, req: Option<TxRequest>) -> u32 {
+        match req {
+            Some(TxRequest::Tso { .. }) => self.driver.tx_offload_caps().tso_max_frame.max(self.limits.tx_max_frame),
+            _ => self.limits.tx_max_frame,
+        }
+    }
+
+    /// NIC descriptors a frame of `n` guest segments needs for `req` (at
+    /// most): the header copy and the segments, plus the context for an
+    /// offload; a plain frame in more segments than the NIC takes is
+    /// bounced into one.
+    fn tx_need(&self, n: usize, req: Option<TxRequest>) -> usize {
+        match req {
+            None => (n + 1).min(self.limits.tx_max_segs),
+            Some(_) => n + 2,
+        }
+    }
+
+    /// Queue a checked frame as `req` asks (`None`: plain).
+    fn submit_prepared(&mut self, head: u16, segs: &[(u64, u32)], req: Option<TxRequest>) -> Result<(), DropReason> {
+        match req {
+            None => self.submit_tx(head, segs),
+            Some(r) => self.submit_offload(head, segs, r),
+        }
+    }
+
+    /// Queue a frame whose header asked for an offload: the NIC's context
+    /// when it has one (zero-copy but the headers), a checksum finished in
+    /// a bounce buffer when it has none; a TSO it cannot do is dropped.
+    fn submit_offload(&mut self, head: u16, segs: &[(u64, u32)], req: TxRequest) -> Result<(), DropReason> {
+        let slot = self.tx.vacant_index();
+        if slot >= self.tx_hdrs.slots() {
+            return Err(DropReason::NoBuffer);
+        }
+        let bytes: u32 = segs.iter().map(|s| s.1).sum();
+        let caps = self.driver.tx_offload_caps();
+        let (hlen, off) = match req {
+            TxRequest::Csum { start, offset } => {
+                let mut h = [0u8; ETH_HDR];
+                self.gather_header(segs, &mut h)?;
+                self.metrics.tx_header_copied(ETH_HDR as u64);
+                check_header(&h, &self.mac)?;
+                let layout = csum_layout(&h, start, offset).filter(|_| caps.csum && segs.len() < caps.max_segs);
+                let Some(layout) = layout else {
+                    return self.submit_tx_bounced(
+                        head,
+                        &h,
+                        &payload_after(segs, ETH_HDR),
+                        bytes,
+                        Some((start, offset)),
+                    );
+                };
+                self.tx_hdrs.store(slot, &h);
+                (ETH_HDR, TxOffload::Csum(layout))
+            }
+            TxRequest::Tso { v6, mss, start } => {
+                let start_at = usize::from(start);
+                let first = tcp_doff_at(start_at) + 1;
+                if !caps.tso || first > MAX_TSO_HDR {
+                    return Err(DropReason::OffloadUnsupported);
+                }
+                let mut hdr = [0u8; MAX_TSO_HDR];
+                self.gather_frame(segs, 0, &mut hdr[..first])?;
+                let l4 = tcp_hdr_len(&hdr, start_at).ok_or(DropReason::BadVnetHeader)?;
+                let hlen = start_at + l4;
+                if hlen > MAX_TSO_HDR {
+                    return Err(DropReason::OffloadUnsupported);
+                }
+                // A payload, and segments no longer than the wire takes.
+                if hlen as u32 >= bytes || hlen as u32 + u32::from(mss) > self.limits.tx_max_frame {
+                    return Err(DropReason::BadVnetHeader);
+                }
+                if hlen > first {
+                    self.gather_frame(segs, first, &mut hdr[first..hlen])?;
+                }
+                self.metrics.tx_header_copied(hlen as u64);
+                let mut eth = [0u8; ETH_HDR];
+                eth.copy_from_slice(&hdr[..ETH_HDR]);
+                check_header(&eth, &self.mac)?;
+                let off = prepare_tso(&mut hdr[..hlen], v6, start, mss)?;
+                self.tx_hdrs.store_bytes(slot, &hdr[..hlen]);
+                (hlen, off)
+            }
+        };
+        let mut nic = std::mem::take(&mut self.tx_nic_segs);
+        nic.clear();
+        nic.push((self.tx_hdrs.iova(slot), hlen as u32));
+        nic.extend(payload_after(segs, hlen));
+        let r = if nic.len() > caps.max_segs {
+            Err(DropReason::OffloadUnsupported)
+        } else {
+            self.queue_frame_offload(head, bytes, &nic, &off)
+        };
+        self.tx_nic_segs = nic;
+        r?;
+        match off {
+            TxOffload::Csum(_) => self.metrics.tx_csum_offload += 1,
+            TxOffload::Tso { mss, .. } => {
+                self.metrics.tx_tso_frames += 1;
+                self.metrics.tx_tso_segments += u64::from((bytes - hlen as u32).div_ceil(u32::from(mss)));
+            }
         }
         Ok(())
+    }
+
+    /// [`Self::queue_frame`] with the NIC doing `off`.
+    fn queue_frame_offload(
+        &mut self,
+        head: u16,
+        bytes: u32,
+        nic: &[(u64, u32)],
+        off: &TxOffload,
+    ) -> Result<(), DropReason> {
+        let cookie = self.tx.insert(TxSlot { head, bytes, bounce: None });
+        match self.driver.queue_tx_offload(nic, off, cookie) {
+            Ok(()) => {
+                self.tx_unflushed = true;
+                self.metrics.tx_zero_copy += 1;
+                Ok(())
+            }
+            Err(e) => Err(self.tx_refused(cookie, e)),
+        }
     }
 
     /// Queue `nic` (the header copy, then guest segments) as one frame of
@@ -168,8 +357,11 @@ impl<D: PnicDriver> ShimBackend<D> {
         }
     }
 
-    /// Too fragmented for the NIC: the checked header `h` and the guest
-    /// segments `rest` after it copied into one bounce buffer, queued as one.
+    /// Too fragmented for the NIC, or a checksum it cannot insert: the
+    /// checked header `h` and the guest segments `rest` after it copied
+    /// into one bounce buffer, queued as one; `csum` (start, offset): the
+    /// checksum finished there, in the VMM's copy (never in guest memory,
+    /// which the guest could change under the NIC).
     #[cold]
     pub(super) fn submit_tx_bounced(
         &mut self,
@@ -177,6 +369,7 @@ impl<D: PnicDriver> ShimBackend<D> {
         h: &[u8; ETH_HDR],
         rest: &[(u64, u32)],
         bytes: u32,
+        csum: Option<(u16, u16)>,
     ) -> Result<(), DropReason> {
         let Some(i) = self.tx_bounce.alloc() else {
             return Err(DropReason::NoBuffer);
@@ -191,6 +384,15 @@ impl<D: PnicDriver> ShimBackend<D> {
                 return Err(DropReason::BadAddress);
             }
             off = end;
+        }
+        if let Some((start, offset)) = csum {
+            // check_request put start + offset + 2 inside the frame.
+            if usize::from(start) + usize::from(offset) + 2 > tmp.len() {
+                self.tx_bounce.release(i);
+                return Err(DropReason::BadVnetHeader);
+            }
+            tx_offload::finish_csum(&mut tmp, usize::from(start), usize::from(offset));
+            self.metrics.tx_sw_csum += 1;
         }
         if self.tx_bounce.write(i, 0, &tmp).is_err() {
             self.tx_bounce.release(i);
@@ -229,33 +431,53 @@ impl<D: PnicDriver> ShimBackend<D> {
         Some((start, payload, host))
     }
 
-    /// The NIC segments of a guest frame, checked, into `segs`.
-    pub(super) fn validate_tx(&self, frame: &ChainRef<'_>, segs: &mut Vec<(u64, u32)>) -> Result<(), DropReason> {
+    /// The NIC segments of a guest frame of at most `max` bytes (after
+    /// the virtio-net header), checked, into `segs`.
+    pub(super) fn validate_tx(
+        &self,
+        frame: &ChainRef<'_>,
+        segs: &mut Vec<(u64, u32)>,
+        max: u32,
+    ) -> Result<(), DropReason> {
         if (frame.len as usize) <= VNET_HDR_LEN {
             return Err(DropReason::ShortHeader);
         }
-        if u64::from(frame.len) - HDR > u64::from(self.limits.tx_max_frame) {
+        if u64::from(frame.len) - HDR > u64::from(max) {
             return Err(DropReason::FrameTooLong);
         }
         tx_payload_segments(&self.ram, frame, segs)?;
         // Trust the segments, not the summary (`frame.len`).
         let bytes: u64 = segs.iter().map(|s| u64::from(s.1)).sum();
-        if bytes > u64::from(self.limits.tx_max_frame) {
+        if bytes > u64::from(max) {
             return Err(DropReason::FrameTooLong);
         }
         Ok(())
     }
 
-    /// Send `frame` now, or queue it behind the frames already waiting for
-    /// room in the NIC ring. `segs` is scratch space for its NIC segments.
+    /// Check `frame` (its header's request and its segments, into `segs`)
+    /// and the NIC descriptors it needs.
+    fn prepare_tx(
+        &self,
+        frame: &ChainRef<'_>,
+        segs: &mut Vec<(u64, u32)>,
+    ) -> Result<(Option<TxRequest>, usize), DropReason> {
+        let req = self.tx_request(frame)?;
+        self.validate_tx(frame, segs, self.tx_frame_limit(req))?;
+        Ok((req, self.tx_need(segs.len(), req)))
+    }
+
+    /// Send `frame`, whose header asked for `req` ([`Self::tx_request`]),
+    /// now, or queue it behind the frames already waiting for room in the
+    /// NIC ring (where it is checked again). `segs` is scratch space for
+    /// its NIC segments.
     pub(super) fn send_checked(
         &mut self,
         frame: &ChainRef<'_>,
         segs: &mut Vec<(u64, u32)>,
+        req: Option<TxRequest>,
     ) -> Result<bool, DropReason> {
-        self.validate_tx(frame, segs).inspect_err(|r| self.metrics.drop(*r))?;
-        // One more descriptor for the header copy.
-        let need = (segs.len() + 1).min(self.limits.tx_max_segs);
+        self.validate_tx(frame, segs, self.tx_frame_limit(req)).inspect_err(|r| self.metrics.drop(*r))?;
+        let need = self.tx_need(segs.len(), req);
         let mut free = self.driver.tx_free();
         if !self.backlog.is_empty() || free < need {
             // The ring was full: make room, oldest frames first (this path
@@ -265,7 +487,7 @@ impl<D: PnicDriver> ShimBackend<D> {
             free = self.driver.tx_free();
         }
         if self.backlog.is_empty() && free >= need {
-            self.submit_tx(frame.head, segs).inspect_err(|r| self.metrics.drop(*r))?;
+            self.submit_prepared(frame.head, segs, req).inspect_err(|r| self.metrics.drop(*r))?;
             return Ok(false);
         }
         if self.backlog.len() >= TX_BACKLOG {
@@ -285,8 +507,9 @@ impl<D: PnicDriver> ShimBackend<D> {
         let mut segs = std::mem::take(&mut self.tx_segs);
         while let Some(f) = self.backlog.front() {
             let chain = ChainRef { head: f.head, segs: &f.segs, len: f.len };
-            match self.validate_tx(&chain, &mut segs) {
-                Ok(()) => {}
+            // Checked again: the guest may have changed it meanwhile.
+            let (req, need) = match self.prepare_tx(&chain, &mut segs) {
+                Ok(p) => p,
                 Err(r) => {
                     let f = self.backlog.pop_front().expect("front exists");
                     self.metrics.drop(r);
@@ -294,13 +517,12 @@ impl<D: PnicDriver> ShimBackend<D> {
                     continue;
                 }
             };
-            let need = (segs.len() + 1).min(self.limits.tx_max_segs);
             if self.driver.tx_free() < need {
                 break;
             }
             let f = self.backlog.pop_front().expect("front exists");
             let head = f.head;
-            if let Err(r) = self.submit_tx(head, &segs) {
+            if let Err(r) = self.submit_prepared(head, &segs, req) {
                 self.metrics.drop(r);
                 self.tx_returned.push((head, Some(r)));
             }
@@ -314,6 +536,20 @@ impl<D: PnicDriver> ShimBackend<D> {
             self.metrics.drop(DropReason::BackendError);
             return Err(DropReason::BackendError);
         }
+        // A header asking for an offload takes the general path.
+        match self.tx_request(&frame) {
+            Ok(None) => {}
+            Ok(req @ Some(_)) => {
+                let mut segs = std::mem::take(&mut self.tx_segs);
+                let r = self.send_checked(&frame, &mut segs, req);
+                self.tx_segs = segs;
+                return r;
+            }
+            Err(r) => {
+                self.metrics.drop(r);
+                return Err(r);
+            }
+        }
         if let [(gpa, len)] = frame.segs {
             // The common shape: header and frame in one descriptor.
             if let Some((start, len, host)) = self.one_segment_payload(*gpa, *len) {
@@ -325,7 +561,7 @@ impl<D: PnicDriver> ShimBackend<D> {
             }
         }
         let mut segs = std::mem::take(&mut self.tx_segs);
-        let r = self.send_checked(&frame, &mut segs);
+        let r = self.send_checked(&frame, &mut segs, None);
         self.tx_segs = segs;
         r
     }

@@ -34,8 +34,9 @@ use crate::dma::DmaArea;
 
 /// Bytes of an untagged Ethernet header: destination, source, ethertype.
 pub const ETH_HDR: usize = 14;
-/// Bytes per header slot (room for a tagged header, 8-byte aligned).
-pub const HDR_SLOT: usize = 32;
+/// Bytes per header slot: room for a TSO frame's whole header (Ethernet,
+/// IP with options, TCP with options: at most 14 + 60 + 60), 8-byte aligned.
+pub const HDR_SLOT: usize = 256;
 
 const ETHERTYPE_VLAN: u16 = 0x8100;
 const ETHERTYPE_QINQ: u16 = 0x88a8;
@@ -198,6 +199,17 @@ impl HdrSlots {
         }
     }
 
+    /// Store `h` (at most [`HDR_SLOT`] bytes) at the start of slot `i`
+    /// (ignored if there is no such slot or `h` is longer; callers check).
+    pub fn store_bytes(&self, i: usize, h: &[u8]) {
+        if i >= self.slots || h.len() > HDR_SLOT {
+            return;
+        }
+        // The same ownership argument as `store_words`: the slot of a
+        // vacant TX entry, which the NIC does not read.
+        let _ = self.area.write((i * HDR_SLOT) as u64, h);
+    }
+
     /// What slot `i` holds (tests).
     #[cfg(test)]
     pub fn load(&self, i: usize) -> [u8; ETH_HDR] {
@@ -276,11 +288,12 @@ mod tests {
     #[test]
     fn slots_are_apart_and_bounded() {
         let s = HdrSlots::new(DmaArea::new(0x4000_0000, 4096).unwrap());
-        assert_eq!(s.slots(), 128);
+        assert_eq!(s.slots(), 4096 / HDR_SLOT);
+        let last = s.slots() - 1;
         let h = hdr([1; 6], MAC, 0x0800);
-        s.store(127, &h);
-        s.store(128, &h);
-        assert_eq!(s.load(127), h);
+        s.store(last, &h);
+        s.store(last + 1, &h);
+        assert_eq!(s.load(last), h);
         assert_eq!(s.iova(1) - s.iova(0), HDR_SLOT as u64);
     }
 }

@@ -136,11 +136,18 @@ pub enum DropReason {
     /// ethertype 0x8809 (slow protocols: LACP, OAM), 0x88CC (LLDP) or 0x888E
     /// (802.1X EAPOL).
     LinkLocal,
+    /// TX: a virtio-net header the frame contradicts or that asks for what
+    /// was not negotiated (checksum past the frame, gso_size 0, hdr_len
+    /// past the frame, unknown gso_type or flags).
+    BadVnetHeader,
+    /// TX: a valid offload request the backend cannot carry out (a TSO
+    /// layout its NIC does not segment).
+    OffloadUnsupported,
 }
 
 impl DropReason {
     /// Every reason, in a fixed order (metrics list them all).
-    pub const ALL: [DropReason; 14] = [
+    pub const ALL: [DropReason; 16] = [
         DropReason::BadAddress,
         DropReason::WrongDirection,
         DropReason::ZeroLength,
@@ -155,6 +162,8 @@ impl DropReason {
         DropReason::VlanTagged,
         DropReason::MacControl,
         DropReason::LinkLocal,
+        DropReason::BadVnetHeader,
+        DropReason::OffloadUnsupported,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -173,6 +182,8 @@ impl DropReason {
             DropReason::VlanTagged => "vlan_tagged",
             DropReason::MacControl => "mac_control",
             DropReason::LinkLocal => "link_local",
+            DropReason::BadVnetHeader => "bad_vnet_header",
+            DropReason::OffloadUnsupported => "offload_unsupported",
         }
     }
 }

@@ -47,6 +47,8 @@ impl DescLayout for LegacyDesc {
     const RXD_STATUS_OFF: u64 = RXD_STATUS_OFF;
     const RXD_LEN_OFF: u64 = RXD_LEN_OFF;
     const RXD_ERR_FRAME: u32 = RXD_ERR_FRAME;
+    const RXD_L4_CHECKED: u32 = RXD_STAT_TCPCS | RXD_STAT_UDPCS;
+    const RXD_CSUM_ERR: u32 = RXD_ERR_TCPE | RXD_ERR_IPE;
     fn tx_words(len: u32, last: bool, _frame_len: u32) -> [u32; 2] {
         let mut cmd = len | TXD_CMD_IFCS;
         if last {
@@ -89,6 +91,8 @@ impl Family for E1000e82574 {
         let rfctl = d.regs.read32(RFCTL);
         d.regs.write32(RFCTL, rfctl & !RFCTL_EXTEN);
         common::program_rings(&d.regs, &d.rx_ring, &d.tx_ring);
+        // TCP/UDP and IPv4 checksums checked on receive (GUEST_CSUM).
+        d.regs.write32(RXCSUM, RXCSUM_IPOFL | RXCSUM_TUOFL);
         d.regs.write32(TIPG, TIPG_DEFAULT);
         common::write_mac_filter(&d.regs, d.mac);
         if d.msix_vectors > 0 {

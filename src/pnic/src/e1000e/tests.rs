@@ -58,7 +58,7 @@ fn legacy_descriptor_formats() {
     d.rx_ring.area().store(RXD_STATUS_OFF, RXD_STAT_DD | RXD_STAT_EOP, Ordering::Relaxed).unwrap();
     let mut out = Vec::new();
     d.reap_rx(&mut out).unwrap();
-    assert_eq!(out, vec![RxCompletion { cookie: 1, len: 60, eop: true, error: false }]);
+    assert_eq!(out, vec![RxCompletion { cookie: 1, len: 60, eop: true, error: false, csum_ok: false }]);
 
     d.post_tx(&[(0x2000, 14), (0x3000, 46)], 5).unwrap();
     let c0: u32 = d.tx_ring.area().load(TXD_CMD_OFF, Ordering::Relaxed).unwrap();

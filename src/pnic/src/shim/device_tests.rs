@@ -262,7 +262,7 @@ fn completions_for_lent_buffers_the_nic_does_not_hold_are_counted_and_ignored() 
     let mut vm = Vm::new();
     let head = vm.rx.offer(&vm.mem, &[(0x10_0000, 2048, F_WRITE)]);
     vm.kick_rx();
-    let good = |cookie| RxCompletion { cookie, len: 100, eop: true, error: false };
+    let good = |cookie| RxCompletion { cookie, len: 100, eop: true, error: false, csum_ok: false };
     // A head the guest never posted, a lent cookie with stray bits, and a
     // bad frame for a head that is not held.
     vm.nic.inject_rx_completion(good(LENT_COOKIE | 77));
@@ -300,7 +300,7 @@ fn an_oversize_completion_for_a_lent_buffer_fails_the_nic_and_no_frame_reaches_t
     vm.kick_rx();
     assert_eq!(vm.nic.rx_buffers_held(), 3);
     // The NIC claims it wrote 4000 bytes into a buffer it may fill with 1522.
-    let c = RxCompletion { cookie: LENT_COOKIE | u64::from(heads[0]), len: 4000, eop: true, error: false };
+    let c = RxCompletion { cookie: LENT_COOKIE | u64::from(heads[0]), len: 4000, eop: true, error: false, csum_ok: false };
     vm.nic.inject_rx_completion(c);
     vm.run();
     let used = vm.rx.take_used(&vm.mem);

@@ -619,9 +619,8 @@ mod tests {
         for c in 1..=3 {
             r.post(0x1000 * c, 1024, c).unwrap();
         }
-        for (slot, (status, len)) in [(RXD_STAT_DD, 1024u16), (RXD_STAT_DD, 1024), (RXD_STAT_DD | RXD_STAT_EOP, 10)]
-            .into_iter()
-            .enumerate()
+        for (slot, (status, len)) in
+            [(RXD_STAT_DD, 1024u16), (RXD_STAT_DD, 1024), (RXD_STAT_DD | RXD_STAT_EOP, 10)].into_iter().enumerate()
         {
             r.area().store(slot as u64 * 16 + 8, status, Ordering::Relaxed).unwrap();
             r.area().store(slot as u64 * 16 + 14, len, Ordering::Relaxed).unwrap();

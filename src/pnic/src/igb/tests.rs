@@ -171,7 +171,11 @@ fn jumbo_mtu_programs_1k_buffers_and_the_frame_cap() {
     assert_eq!(r.get(RLPML), 9018, "9000 + Ethernet header + CRC");
     assert_eq!(r.get(SRRCTL0), 1 | SRRCTL_DESCTYPE_ADV_ONEBUF | SRRCTL_DROP_EN, "BSIZEPACKET 1 KiB");
     let l = d.limits();
-    assert_eq!((l.rx_max_write, l.rx_max_frame), (1024, 9018), "1 KiB per buffer, 9000 + header + a VLAN tag at most (CRC stripped)");
+    assert_eq!(
+        (l.rx_max_write, l.rx_max_frame),
+        (1024, 9018),
+        "1 KiB per buffer, 9000 + header + a VLAN tag at most (CRC stripped)"
+    );
     for bad in [67u16, 9001] {
         let e = <Igb82576 as Family>::rx_geometry(bad);
         assert!(matches!(e, Err(DriverError::Unsupported(ref m)) if m.contains(&bad.to_string())), "MTU {bad}");
@@ -186,7 +190,9 @@ fn checksum_status_is_reported_and_a_bad_checksum_is_not_a_frame_error() {
         d.post_rx(0x1000 * (i + 1), 2048, i).unwrap();
     }
     let eop = RXD_STAT_DD | RXD_STAT_EOP;
-    for (slot, st) in [eop | RXD_STAT_TCPCS, eop | RXD_STAT_TCPCS | RXD_STAT_UDPCS | RXD_ERR_TCPE, eop].iter().enumerate() {
+    for (slot, st) in
+        [eop | RXD_STAT_TCPCS, eop | RXD_STAT_TCPCS | RXD_STAT_UDPCS | RXD_ERR_TCPE, eop].iter().enumerate()
+    {
         d.rx_ring.area().store(slot as u64 * 16 + RXD_STATUS_OFF, *st, Ordering::Relaxed).unwrap();
         d.rx_ring.area().store(slot as u64 * 16 + RXD_LEN_OFF, 60u16, Ordering::Relaxed).unwrap();
     }

@@ -253,7 +253,8 @@ impl IgbHw {
             let bsize = ((h.reg(&r, SRRCTL0) >> SRRCTL_BSIZEPKT_SHIFT) & 0x7f) * SRRCTL_BSIZEPKT_UNIT;
             let ok = frame.len() >= 14 && accepts(&r, rctl, &frame[..6]);
             // With LPE, RLPML counts the CRC (QEMU: size + 4 > RLPML drops).
-            let cap = if rctl & RCTL_LPE != 0 { (h.reg(&r, RLPML) as usize).saturating_sub(FCS_LEN) } else { NO_LPE_MAX };
+            let cap =
+                if rctl & RCTL_LPE != 0 { (h.reg(&r, RLPML) as usize).saturating_sub(FCS_LEN) } else { NO_LPE_MAX };
             (base, size, cap, bsize as usize, ok, h.reg(&r, RXCSUM))
         };
         if !ok_filter {

@@ -44,6 +44,7 @@ use std::os::unix::io::RawFd;
 use smallvec::SmallVec;
 use virtio_devices::mem::RamMap;
 use virtio_devices::net::backend::{DropReason, NetBackend, RxPass, TxFrame, Used, VNET_HDR_LEN};
+use virtio_devices::net::config::F_GUEST_CSUM;
 use virtio_devices::net::direct::{RxQueue, TxQueue};
 use virtio_devices::GuestMemory;
 use vm_memory::GuestAddress;
@@ -129,6 +130,23 @@ pub struct ShimBackend<D: PnicDriver> {
     /// Smallest one-segment buffer taken zero-copy: room for the header and
     /// the most the NIC writes after it.
     zc_min_len: u32,
+    /// Where in a zero-copy buffer the NIC writes: GPA + 12 when every frame
+    /// fits one buffer; GPA + 0 when frames span several (jumbo frames: a
+    /// buffer may continue a frame, and continuation buffers carry no
+    /// header; the first buffer's bytes are moved up by the header).
+    rx_off: u64,
+    /// Frames may span several NIC buffers (`limits.rx_max_frame >
+    /// limits.rx_max_write`).
+    multi: bool,
+    /// The guest negotiated GUEST_CSUM: frames the NIC validated get
+    /// VIRTIO_NET_HDR_F_DATA_VALID.
+    csum: bool,
+    /// One-buffer mode: the last completion lacked EOP, so the ones up to
+    /// the next EOP are the rest of a frame the cap should have stopped:
+    /// dropped, never shown as frames.
+    rx_in_frag: bool,
+    /// Multi-buffer mode: the parts of a frame whose EOP has not come yet.
+    rx_parts: Vec<RxCompletion>,
     /// Interrupt vectors the driver wired (fixed after bring-up).
     irq_vectors: usize,
     tx: CookieSlab<TxSlot>,
@@ -221,6 +239,7 @@ impl<D: PnicDriver> ShimBackend<D> {
         if !limits.rx_align.is_power_of_two() {
             return Err(ShimError::Align(limits.rx_align));
         }
+        let multi = limits.rx_max_frame > limits.rx_max_write;
         let rx_area = driver.alloc_dma(limits.rx_capacity * BOUNCE_BUF_SIZE as usize)?;
         let tx_area = driver.alloc_dma(TX_BOUNCE_BUFS * BOUNCE_BUF_SIZE as usize)?;
         // A header slot per TX entry: at most one entry per frame on the NIC.
@@ -240,6 +259,11 @@ impl<D: PnicDriver> ShimBackend<D> {
             rx_bounce: BouncePool::new(rx_area),
             rx_bounce_segs: vec![RxSegs::new(); limits.rx_capacity],
             zc_min_len: MIN_ZERO_COPY_BUF.max(limits.rx_max_write + HDR as u32),
+            rx_off: if multi { 0 } else { HDR },
+            multi,
+            csum: false,
+            rx_in_frag: false,
+            rx_parts: Vec::new(),
             irq_vectors,
             tx: CookieSlab::with_capacity(limits.tx_capacity),
             tx_bounce: BouncePool::new(tx_area),
@@ -300,6 +324,9 @@ impl<D: PnicDriver> ShimBackend<D> {
         self.link = false;
         // Asked before the queues stop (which forgets them).
         let lent = self.lent_heads();
+        // Parts of an unfinished frame: in `lent` (lent ones) or the table.
+        self.rx_parts.clear();
+        self.rx_in_frag = false;
         let stopped = self.driver.quiesce();
         self.started = false;
         self.rx_unflushed = false;
@@ -375,11 +402,14 @@ impl<D: PnicDriver> ShimBackend<D> {
 
 impl<D: PnicDriver> NetBackend for ShimBackend<D> {
     fn features(&self) -> u64 {
-        VIRTIO_NET_F_MRG_RXBUF
+        // GUEST_CSUM: the NIC checks TCP/UDP checksums on receive. No
+        // GUEST_TSO*: the 82576 cannot coalesce received segments (no LRO).
+        VIRTIO_NET_F_MRG_RXBUF | F_GUEST_CSUM
     }
 
     fn set_features(&mut self, acked: u64) -> std::io::Result<()> {
         self.acked = acked;
+        self.csum = acked & F_GUEST_CSUM != 0;
         Ok(())
     }
 
@@ -476,6 +506,8 @@ impl<D: PnicDriver> NetBackend for ShimBackend<D> {
         self.rx_unflushed = false;
         self.tx_unflushed = false;
         self.rx.clear();
+        self.rx_parts.clear();
+        self.rx_in_frag = false;
         self.tx.clear();
         self.backlog.clear();
         self.rx_returned.clear();
@@ -514,6 +546,8 @@ impl<D: PnicDriver> NetBackend for ShimBackend<D> {
 
 #[cfg(test)]
 mod device_tests;
+#[cfg(test)]
+mod offload_tests;
 #[cfg(test)]
 mod teardown_tests;
 #[cfg(test)]

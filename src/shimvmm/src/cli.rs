@@ -47,7 +47,8 @@ pub struct Args {
     /// A virtio-blk disk: path=PATH[,readonly=on][,root=on][,id=NAME]. Repeatable.
     #[arg(long, value_name = "SPEC")]
     pub disk: Vec<String>,
-    /// A virtio-net NIC: tap=NAME[,mac=MAC][,id=NAME] or vfio=BDF[,mac=MAC][,id=NAME]. Repeatable.
+    /// A virtio-net NIC: tap=NAME[,mac=MAC][,mtu=N][,id=NAME] or vfio=BDF[,mac=MAC][,mtu=N][,id=NAME]
+    /// (mtu 68..=9000, default 1500). Repeatable.
     #[arg(long, value_name = "SPEC")]
     pub net: Vec<String>,
     /// Write metrics to this file or FIFO, one Firecracker-format JSON line every 60 s, on FlushMetrics and
@@ -141,6 +142,8 @@ pub enum SpecError {
     Mac(#[from] MacError),
     #[error(transparent)]
     Bdf(#[from] BdfError),
+    #[error("mtu must be a number of bytes (68..=9000), got {0:?}")]
+    Mtu(String),
     /// A configuration rule, with the field named as the command line does.
     #[error(transparent)]
     Invalid(ValidationError),
@@ -247,14 +250,15 @@ fn parse_disk_keys(spec: &str, index: usize) -> Result<Drive, SpecError> {
 }
 
 fn parse_net_keys(spec: &str, index: usize) -> Result<NetworkInterface, SpecError> {
-    let (mut id, mut tap, mut bdf, mut mac) = (None, None, None, None);
+    let (mut id, mut tap, mut bdf, mut mac, mut mtu) = (None, None, None, None, None);
     for (k, v) in pairs(spec)? {
         match k {
             "tap" => set_once(&mut tap, k, v.to_string())?,
             "vfio" => set_once(&mut bdf, k, v.parse::<PciBdf>()?)?,
             "mac" => set_once(&mut mac, k, v.parse::<MacAddr>()?)?,
             "id" => set_once(&mut id, k, v.to_string())?,
-            _ => return Err(SpecError::UnknownKey { key: k.to_string(), known: "tap, vfio, mac, id" }),
+            "mtu" => set_once(&mut mtu, k, v.parse::<u16>().map_err(|_| SpecError::Mtu(v.to_string()))?)?,
+            _ => return Err(SpecError::UnknownKey { key: k.to_string(), known: "tap, vfio, mac, mtu, id" }),
         }
     }
     Ok(NetworkInterface {
@@ -262,6 +266,7 @@ fn parse_net_keys(spec: &str, index: usize) -> Result<NetworkInterface, SpecErro
         host_dev_name: tap,
         pnic_bdf: bdf,
         guest_mac: mac,
+        mtu,
         ..Default::default()
     })
 }
@@ -454,6 +459,17 @@ mod tests {
             spec_of(&["--disk", "path=/a,id=a b"]).unwrap_err().to_string(),
             "--disk \"path=/a,id=a b\": id: \"a b\" may only contain ASCII letters, digits, '_' and '-'"
         );
+    }
+
+    #[test]
+    fn net_mtu_is_parsed_and_checked() {
+        let n = parse_net("vfio=0000:01:00.0,mtu=9000", 0).unwrap();
+        assert_eq!(n.mtu, Some(9000));
+        assert_eq!(parse_net("tap=t", 0).unwrap().mtu, None);
+        let e = parse_net("tap=t,mtu=big", 0).unwrap_err().to_string();
+        assert!(e.contains("mtu must be a number"), "{e}");
+        let e = spec_of(&["--net", "tap=t,mtu=9001"]).unwrap_err().to_string();
+        assert!(e.contains("mtu") && e.contains("68..=9000"), "{e}");
     }
 
     #[test]

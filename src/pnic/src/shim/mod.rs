@@ -200,9 +200,16 @@ pub type VfioShim = ShimBackend<Pnic>;
 /// MAC is the one its PF assigned: `mac` must be that one (else
 /// [`ShimError::MacMismatch`]), and `None` means the VF's.
 pub fn open_vfio(bdf: &str, mem: &GuestMemory, mac: Option<[u8; 6]>) -> Result<VfioShim, ShimError> {
+    open_vfio_mtu(bdf, mem, mac, crate::e1000_common::ETH_MTU)
+}
+
+/// [`open_vfio`] for a guest MTU of `mtu`: the NIC's frame cap follows it
+/// (MTU + Ethernet header), and above 1500 frames span several buffers
+/// (the 82576; the 82574L and VFs take 1500 at most).
+pub fn open_vfio_mtu(bdf: &str, mem: &GuestMemory, mac: Option<[u8; 6]>, mtu: u16) -> Result<VfioShim, ShimError> {
     let bdf: Bdf = bdf.parse()?;
     let wanted = mac.unwrap_or_else(virtio_devices::net::config::random_mac);
-    let nic = Pnic::open_vfio(bdf, mem, NicConfig::new(wanted))?;
+    let nic = Pnic::open_vfio(bdf, mem, NicConfig { mtu, ..NicConfig::new(wanted) })?;
     let mac = pick_mac(bdf, nic.assigned_mac(), mac, wanted)?;
     ShimBackend::new(nic, mem, mac)
 }

@@ -57,11 +57,8 @@ pub const CFG_MTU: usize = 10;
 /// max_virtqueue_pairs, mtu); reads beyond it return zeros.
 pub const CFG_LEN: usize = 12;
 
-/// The MTU range a device may be configured with (`--net ...,mtu=N`): IPv4's
-/// minimum (68) to the largest jumbo frame the shim's NICs take (9000).
-pub const MTU_MIN: u16 = 68;
-pub const MTU_MAX: u16 = 9000;
-/// The MTU when none is configured (Ethernet's).
+/// The `mtu` field before one is set (Ethernet's; the range a
+/// configuration may ask for is `vmm_config::net`'s).
 pub const MTU_DEFAULT: u16 = 1500;
 
 /// `status` bit: the link is up.

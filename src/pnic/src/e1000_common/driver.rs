@@ -73,6 +73,12 @@ pub trait Family: Sized + 'static {
     fn handle_irq<R: RegisterAccess>(d: &mut E1000<Self, R>, index: usize) -> Result<(), DriverError>;
 }
 
+/// The largest frame sent: the family's, or the MTU's frame if larger (a
+/// jumbo MTU goes both ways).
+fn tx_max_frame<F: Family>(geo: &RxGeometry) -> u32 {
+    F::TX_MAX_FRAME.max(geo.max_frame)
+}
+
 /// An e1000-family NIC with one RX and one TX queue, over any register access.
 pub struct E1000<F: Family, R: RegisterAccess> {
     pub(crate) regs: R,
@@ -139,7 +145,7 @@ impl<F: Family, R: RegisterAccess> E1000<F, R> {
         let mut d = E1000 {
             regs,
             rx_ring: RxRing::new(rx, F::RX_RING_SIZE, rx_geo.max_write()),
-            tx_ring: TxRing::new(tx, F::TX_RING_SIZE, F::TX_MAX_FRAME, F::TX_MAX_SEGS),
+            tx_ring: TxRing::new(tx, F::TX_RING_SIZE, tx_max_frame::<F>(&rx_geo), F::TX_MAX_SEGS),
             mac: cfg.mac,
             rx_geo,
             started: false,
@@ -280,7 +286,7 @@ impl<F: Family, R: RegisterAccess> PnicDriver for E1000<F, R> {
             rx_max_write: self.rx_geo.max_write(),
             rx_max_frame: self.rx_geo.max_frame,
             rx_align: 2,
-            tx_max_frame: F::TX_MAX_FRAME,
+            tx_max_frame: tx_max_frame::<F>(&self.rx_geo),
             tx_max_segs: F::TX_MAX_SEGS,
         }
     }

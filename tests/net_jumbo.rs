@@ -75,11 +75,11 @@ fn shim_jumbo_mtu_9000_pings_8972_moves_64mib_and_frames_span_buffers() {
     let done = script.rfind("marker done 1").expect("guest script ends with done");
     script.insert_str(done, &GUEST_JUMBO.replace("@SIZE@", &BIG_PING.to_string()));
     let image = test_image(&script, PowerAction::Poweroff);
-    let tx_payload = payload(PAYLOAD_LEN, 0x3_0b0_0001);
+    let tx_payload = payload(PAYLOAD_LEN, 0x30b0_0001);
     let tx_sha = sha256_hex(&tx_payload);
     put_file_in_image(image.path(), &tx_payload, GUEST_PAYLOAD);
     drop(tx_payload);
-    let rx_payload = Arc::new(payload(PAYLOAD_LEN, 0x3_0b0_0002));
+    let rx_payload = Arc::new(payload(PAYLOAD_LEN, 0x30b0_0002));
     let rx_sha = sha256_hex(&rx_payload);
 
     let sink = spawn_sink(listen(Some(&ns), &peer_ip, SINK_PORT), PAYLOAD_LEN, GUEST_TIMEOUT);

@@ -693,15 +693,14 @@ impl<D: PnicDriver> ShimBackend<D> {
     #[cold]
     pub(super) fn complete_rx_multi(&mut self, q: &mut RxQueue<'_>) {
         let mut parts = std::mem::take(&mut self.rx_parts);
-        let before = parts.len();
         let r = self.driver.reap_rx_with(|c| parts.push(c));
         if let Err(e) = r {
             self.driver_err(e);
         }
         if self.failed {
-            // `fail` handed back every buffer the NIC held; the parts
-            // reaped in this pass are handed back here.
-            for p in parts.drain(before..) {
+            // `fail` handed back every buffer the NIC held (the parts were
+            // out of its sight, taken above): they are handed back here.
+            for p in parts.drain(..) {
                 self.return_part(p.cookie);
             }
             self.rx_returned.drain(..).for_each(|u| q.complete(u.head, u.len));

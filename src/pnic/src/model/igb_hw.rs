@@ -41,6 +41,8 @@ const TXD_CMD_OFF: u64 = 8;
 const TXD_LEN_MASK: u32 = 0xffff;
 /// RX write-back error bit the model sets when its DMA write faults (RXE).
 const RXD_ERR_RXE: u32 = 1 << 31;
+/// RX write-back error bit of a CRC error (CE).
+const RXD_ERR_CE: u32 = 1 << 24;
 /// The CRC the wire frame had (stripped, RCTL.SECRC, but counted by RLPML).
 const FCS_LEN: usize = 4;
 /// Largest frame without RCTL.LPE: 1518 + a VLAN tag.
@@ -236,6 +238,16 @@ impl IgbHw {
     /// written back with DD, the last with EOP (and the status); without
     /// enough descriptors it is dropped whole, as QEMU's igb does.
     pub fn inject_rx_csum(&self, frame: &[u8], csum: L4Csum) -> HwRx {
+        self.inject(frame, csum, 0)
+    }
+
+    /// A frame that arrives with a bad CRC: written like any other, its EOP
+    /// write-back flagged CE (what the driver must drop).
+    pub fn inject_rx_bad_crc(&self, frame: &[u8]) -> HwRx {
+        self.inject(frame, L4Csum::None, RXD_ERR_CE)
+    }
+
+    fn inject(&self, frame: &[u8], csum: L4Csum, eop_errors: u32) -> HwRx {
         let h = &self.0;
         if !h.bus_master.load(Ordering::Acquire) {
             lock(&h.stats).rx_no_buffer += 1;
@@ -273,7 +285,7 @@ impl IgbHw {
             lock(&h.stats).rx_no_buffer += 1;
             return HwRx::NoBuffer;
         }
-        let mut status_eop = RXD_STAT_DD | RXD_STAT_EOP;
+        let mut status_eop = RXD_STAT_DD | RXD_STAT_EOP | eop_errors;
         if rxcsum & RXCSUM_TUOFLD != 0 {
             status_eop |= match csum {
                 L4Csum::None => 0,

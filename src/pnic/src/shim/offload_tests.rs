@@ -239,3 +239,29 @@ fn jumbo_buffers_come_back_to_the_nic_and_frames_keep_flowing() {
     assert_eq!(vm.metrics()["backend"]["rx_multi_buffer_frames"], 5);
     assert_eq!(vm.hw.stats().rx_no_buffer, 0);
 }
+
+#[test]
+fn a_bad_jumbo_frame_is_dropped_whole_and_its_buffers_go_back_to_the_nic() {
+    let mut vm = Vm::new(9000, 0);
+    let bufs = vm.offer(20, 1536);
+    let bad = frame(9014, 1);
+    assert!(matches!(vm.hw.inject_rx_bad_crc(&bad), HwRx::Delivered { .. }));
+    vm.run();
+    assert!(vm.rx.take_used(&vm.mem).is_empty(), "no part of a bad frame reaches the guest");
+    let m = vm.metrics();
+    assert_eq!(m["backend"]["rx_nic_errors"], 1, "one frame, counted once: {m}");
+    assert_eq!(m["backend"]["rx_multi_buffer_frames"], 0);
+    // Its 9 buffers went back to the NIC: 20 are posted again, and a good
+    // frame fills them.
+    let good = frame(9014, 2);
+    for _ in 0..2 {
+        assert!(matches!(vm.hw.inject_rx(&good), HwRx::Delivered { .. }));
+    }
+    vm.run();
+    let used = vm.rx.take_used(&vm.mem);
+    assert_eq!(used.len(), 18, "two frames of 9 buffers, from the recycled ones: {used:?}");
+    assert_eq!(vm.hw.stats().rx_no_buffer, 0);
+    vm.assert_guards(20, 1536);
+    let first = bufs.iter().find(|(h, _)| u32::from(*h) == used[0].0).unwrap().1;
+    assert_eq!(vm.read(first + 10, 2), vec![9, 0], "num_buffers 9");
+}

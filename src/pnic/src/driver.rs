@@ -27,6 +27,9 @@ pub struct RxCompletion {
     pub eop: bool,
     /// The NIC flagged a receive error (CRC, symbol, sequence, RX data error).
     pub error: bool,
+    /// End of packet only: the NIC checked the frame's TCP/UDP checksum (and
+    /// its IPv4 header checksum, if any) and found no error.
+    pub csum_ok: bool,
 }
 
 /// Why a run of RX posts ([`PnicDriver::post_rx_with`]) ended early.
@@ -61,6 +64,9 @@ pub enum DriverError {
     Stopped,
     #[error("DMA mapping failed: {0}")]
     DmaMap(String),
+    /// A setting this NIC (or its driver) cannot honour.
+    #[error("{0}")]
+    Unsupported(String),
     /// The NIC broke an invariant or would not stop/reset; it is latched
     /// failed (no start, no reset) and its DMA is stopped.
     #[error("the NIC is latched failed: {0}")]
@@ -149,8 +155,12 @@ pub struct DriverLimits {
     /// TX descriptors the ring holds at once (a frame uses one per segment).
     pub tx_capacity: usize,
     /// Upper bound of bytes the NIC ever writes into one posted RX buffer,
-    /// whatever arrives on the wire (the frame-length cap it was programmed with).
+    /// whatever arrives on the wire (the frame-length cap it was programmed
+    /// with, or its buffer size when frames may span several buffers).
     pub rx_max_write: u32,
+    /// Upper bound of the bytes of one received frame (the frame cap); above
+    /// `rx_max_write` a frame spans several buffers (jumbo frames).
+    pub rx_max_frame: u32,
     /// Required alignment of an RX buffer IOVA (a power of two).
     pub rx_align: u64,
     /// Largest frame the NIC transmits.

@@ -47,8 +47,9 @@ pub struct Args {
     /// A virtio-blk disk: path=PATH[,readonly=on][,root=on][,id=NAME]. Repeatable.
     #[arg(long, value_name = "SPEC")]
     pub disk: Vec<String>,
-    /// A virtio-net NIC: tap=NAME[,mac=MAC][,id=NAME] or vfio=BDF[,mac=MAC][,id=NAME][,dma=ram|strict]
-    /// (dma=strict: a guest buffer is in the IOMMU only while the NIC owns it). Repeatable.
+    /// A virtio-net NIC: tap=NAME[,mac=MAC][,mtu=N][,id=NAME] or
+    /// vfio=BDF[,mac=MAC][,mtu=N][,id=NAME][,dma=ram|strict] (mtu 68..=9000, default 1500;
+    /// dma=strict: a guest buffer is in the IOMMU only while the NIC owns it). Repeatable.
     #[arg(long, value_name = "SPEC")]
     pub net: Vec<String>,
     /// Write metrics to this file or FIFO, one Firecracker-format JSON line every 60 s, on FlushMetrics and
@@ -144,6 +145,8 @@ pub enum SpecError {
     Bdf(#[from] BdfError),
     #[error("dma: {0}")]
     Dma(String),
+    #[error("mtu must be a number of bytes (68..=9000), got {0:?}")]
+    Mtu(String),
     /// A configuration rule, with the field named as the command line does.
     #[error(transparent)]
     Invalid(ValidationError),
@@ -165,7 +168,8 @@ const DISK_KEYS: &[(&str, &str)] =
     &[("drive_id", "id"), ("path_on_host", "path"), ("is_root_device", "root"), ("is_read_only", "readonly")];
 /// `--net` keys by the [`NetworkInterface`] field they set.
 const NET_KEYS: &[(&str, &str)] =
-    &[("iface_id", "id"), ("host_dev_name", "tap"), ("pnic_bdf", "vfio"), ("guest_mac", "mac"), ("pnic_dma", "dma")];
+    &[("iface_id", "id"), ("host_dev_name", "tap"), ("pnic_bdf", "vfio"), ("guest_mac", "mac"),
+    ("pnic_dma", "dma"), ("mtu", "mtu")];
 /// Options by the configuration field they set.
 const OPTIONS: &[(&str, &str)] = &[
     ("boot-source.kernel_image_path", "--kernel"),
@@ -250,7 +254,7 @@ fn parse_disk_keys(spec: &str, index: usize) -> Result<Drive, SpecError> {
 }
 
 fn parse_net_keys(spec: &str, index: usize) -> Result<NetworkInterface, SpecError> {
-    let (mut id, mut tap, mut bdf, mut mac, mut dma) = (None, None, None, None, None);
+    let (mut id, mut tap, mut bdf, mut mac, mut dma, mut mtu) = (None, None, None, None, None, None);
     for (k, v) in pairs(spec)? {
         match k {
             "tap" => set_once(&mut tap, k, v.to_string())?,
@@ -258,7 +262,8 @@ fn parse_net_keys(spec: &str, index: usize) -> Result<NetworkInterface, SpecErro
             "mac" => set_once(&mut mac, k, v.parse::<MacAddr>()?)?,
             "id" => set_once(&mut id, k, v.to_string())?,
             "dma" => set_once(&mut dma, k, v.parse::<PnicDma>().map_err(SpecError::Dma)?)?,
-            _ => return Err(SpecError::UnknownKey { key: k.to_string(), known: "tap, vfio, mac, id, dma" }),
+            "mtu" => set_once(&mut mtu, k, v.parse::<u16>().map_err(|_| SpecError::Mtu(v.to_string()))?)?,
+            _ => return Err(SpecError::UnknownKey { key: k.to_string(), known: "tap, vfio, mac, mtu, id, dma" }),
         }
     }
     Ok(NetworkInterface {
@@ -267,6 +272,7 @@ fn parse_net_keys(spec: &str, index: usize) -> Result<NetworkInterface, SpecErro
         pnic_bdf: bdf,
         pnic_dma: dma,
         guest_mac: mac,
+        mtu,
         ..Default::default()
     })
 }
@@ -459,6 +465,17 @@ mod tests {
             spec_of(&["--disk", "path=/a,id=a b"]).unwrap_err().to_string(),
             "--disk \"path=/a,id=a b\": id: \"a b\" may only contain ASCII letters, digits, '_' and '-'"
         );
+    }
+
+    #[test]
+    fn net_mtu_is_parsed_and_checked() {
+        let n = parse_net("vfio=0000:01:00.0,mtu=9000", 0).unwrap();
+        assert_eq!(n.mtu, Some(9000));
+        assert_eq!(parse_net("tap=t", 0).unwrap().mtu, None);
+        let e = parse_net("tap=t,mtu=big", 0).unwrap_err().to_string();
+        assert!(e.contains("mtu must be a number"), "{e}");
+        let e = spec_of(&["--net", "tap=t,mtu=9001"]).unwrap_err().to_string();
+        assert!(e.contains("mtu") && e.contains("68..=9000"), "{e}");
     }
 
     #[test]

@@ -30,6 +30,11 @@ pub struct NetworkInterface {
     /// The guest's address (and the pNIC's filter); random when absent.
     #[serde(default)]
     pub guest_mac: Option<MacAddr>,
+    /// shimvmm's extension: the guest's MTU ([`MTU_MIN`]..=[`MTU_MAX`],
+    /// [`MTU_DEFAULT`] when absent), offered as VIRTIO_NET_F_MTU; the pNIC's
+    /// frame cap or the tap's MTU follows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u16>,
     /// Firecracker's limiters: accepted without buckets only (not built yet).
     #[serde(default, deserialize_with = "none_if_unlimited")]
     pub rx_rate_limiter: Option<RateLimiter>,
@@ -86,6 +91,11 @@ pub struct NetworkInterfaceUpdate {
     pub tx_rate_limiter: Option<RateLimiter>,
 }
 
+/// The MTU range `mtu` takes: IPv4's minimum to 9000 (jumbo frames).
+pub const MTU_MIN: u16 = 68;
+pub const MTU_MAX: u16 = 9000;
+pub const MTU_DEFAULT: u16 = 1500;
+
 /// The backend of a [`NetworkInterface`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NetBackendSpec<'a> {
@@ -125,6 +135,14 @@ impl NetworkInterface {
         check_id("iface_id", &self.iface_id)?;
         check_rate_limiter("rx_rate_limiter", &self.rx_rate_limiter)?;
         check_rate_limiter("tx_rate_limiter", &self.tx_rate_limiter)?;
+        if let Some(mtu) = self.mtu {
+            if !(MTU_MIN..=MTU_MAX).contains(&mtu) {
+                return Err(ValidationError::new(
+                    "mtu",
+                    format!("{mtu} is outside {MTU_MIN}..={MTU_MAX} (default {MTU_DEFAULT})"),
+                ));
+            }
+        }
         match self.backend()? {
             NetBackendSpec::Tap(_) if self.pnic_dma.is_some() => {
                 Err(ValidationError::new("pnic_dma", "applies to a pNIC (pnic_bdf) only; remove it for a tap device"))
@@ -196,6 +214,21 @@ mod tests {
         assert_eq!("strict".parse::<PnicDma>(), Ok(PnicDma::Strict));
         assert_eq!("ram".parse::<PnicDma>().map(PnicDma::as_str), Ok("ram"));
         assert!("on".parse::<PnicDma>().unwrap_err().contains("give ram"));
+    }
+
+    #[test]
+    fn mtu_is_optional_and_bounded() {
+        let n: NetworkInterface =
+            serde_json::from_str(r#"{"iface_id":"eth0","pnic_bdf":"0000:01:00.0","mtu":9000}"#).unwrap();
+        assert_eq!(n.mtu, Some(9000));
+        assert!(n.validate().is_ok());
+        for bad in [67u16, 9001] {
+            let e = NetworkInterface { mtu: Some(bad), ..n.clone() }.validate().unwrap_err();
+            assert_eq!(e.field, "mtu");
+            assert!(e.problem.contains("68..=9000"), "{e}");
+        }
+        let plain = tap("eth0", "tap0");
+        assert_eq!(serde_json::to_value(&plain).unwrap().get("mtu"), None, "absent unless set");
     }
 
     #[test]

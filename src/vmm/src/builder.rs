@@ -446,20 +446,28 @@ pub fn build_with(spec: &VmSpec, opts: &BuildOptions) -> Result<Vmm, BuildError>
         let guest_mac = n.guest_mac.map(|m| m.octets());
         // VmSpec guarantees exactly one backend; `backend()` is where that rule lives.
         let (backend, mac): (Box<dyn virtio_devices::net::backend::NetBackend>, _) = match n.backend() {
-            Ok(NetBackendSpec::Tap(name)) => (
-                Box::new(
-                    virtio_devices::net::TapBackend::open(name)
-                        .map_err(|source| BuildError::Tap { id: id.clone(), source })?,
-                ),
-                guest_mac.unwrap_or_else(virtio_devices::net::config::random_mac),
-            ),
+            Ok(NetBackendSpec::Tap(name)) => {
+                let mut tap = virtio_devices::net::TapBackend::open(name)
+                    .map_err(|source| BuildError::Tap { id: id.clone(), source })?;
+                if let Some(mtu) = n.mtu {
+                    tap.set_mtu(mtu).map_err(|source| BuildError::Tap { id: id.clone(), source })?;
+                }
+                (Box::new(tap), guest_mac.unwrap_or_else(virtio_devices::net::config::random_mac))
+            }
             Ok(NetBackendSpec::Pnic(bdf)) => {
-                pnic::shim::open_vfio_backend(&bdf.to_string(), &mem, guest_mac, n.pnic_dma.unwrap_or_default())
+                let opts = pnic::shim::PnicOptions {
+                    dma: n.pnic_dma.unwrap_or_default(),
+                    mtu: n.mtu.unwrap_or(vmm_config::MTU_DEFAULT),
+                };
+                pnic::shim::open_vfio_backend(&bdf.to_string(), &mem, guest_mac, opts)
                     .map_err(|source| BuildError::Pnic { id: id.clone(), source })?
             }
             Err(e) => return Err(BuildError::Invalid(e)),
         };
-        let net = virtio_devices::net::Net::new(backend, Some(mac), id.clone());
+        let mut net = virtio_devices::net::Net::new(backend, Some(mac), id.clone());
+        if let Some(mtu) = n.mtu {
+            net.set_mtu(mtu);
+        }
         let dev = attach_virtio(&vm, &mem, &mut mmio, &mut em, &mut slots, net)?;
         devices.push(AttachedDevice { id: id.clone(), kind: DeviceKind::Net, dev });
     }

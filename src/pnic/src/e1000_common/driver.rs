@@ -15,7 +15,7 @@ use super::regs::*;
 use super::ring::{DescLayout, RxRing, TxRing};
 use super::{
     alloc_dma, check_alive, global_reset, poll_until, read_checked, reset_on_drop, write_mac_filter, NicConfig,
-    OpenError, PciControl,
+    OpenError, PciControl, RxGeometry, ETH_MTU,
 };
 use crate::bdf::Bdf;
 use crate::dma::{DmaArea, DmaMapper, IovaAllocator};
@@ -53,6 +53,18 @@ pub trait Family: Sized + 'static {
     /// configuration then failed (the PF did not answer) left no DMA
     /// running: it is not latched, and the family's recovery tries again.
     const RESET_STOPS_DMA_FIRST: bool = false;
+    /// How the NIC receives for `mtu`: frame cap and buffer size. The
+    /// default takes Ethernet's MTU and less only, one buffer per frame
+    /// ([`Family::RX_MAX_FRAME`] in a 2 KiB buffer).
+    fn rx_geometry(mtu: u16) -> Result<RxGeometry, DriverError> {
+        if mtu > ETH_MTU {
+            return Err(DriverError::Unsupported(format!(
+                "{}: MTU {mtu} is not supported by this NIC's driver (at most {ETH_MTU})",
+                Self::NAME
+            )));
+        }
+        Ok(RxGeometry { max_frame: Self::RX_MAX_FRAME, buf_size: 2048 })
+    }
     /// Mask every interrupt cause.
     fn mask_irqs(regs: &impl RegisterAccess);
     /// After the global reset: link, PHY, stopped queues, rings
@@ -67,12 +79,20 @@ pub trait Family: Sized + 'static {
     fn handle_irq<R: RegisterAccess>(d: &mut E1000<Self, R>, index: usize) -> Result<(), DriverError>;
 }
 
+/// The largest frame sent: the family's, or the MTU's frame if larger (a
+/// jumbo MTU goes both ways).
+fn tx_max_frame<F: Family>(geo: &RxGeometry) -> u32 {
+    F::TX_MAX_FRAME.max(geo.max_frame)
+}
+
 /// An e1000-family NIC with one RX and one TX queue, over any register access.
 pub struct E1000<F: Family, R: RegisterAccess> {
     pub(crate) regs: R,
     pub(crate) rx_ring: RxRing<F::Desc>,
     pub(crate) tx_ring: TxRing<F::Desc>,
     pub(crate) mac: [u8; 6],
+    /// Frame cap and buffer size for the configured MTU.
+    pub(crate) rx_geo: RxGeometry,
     pub(crate) started: bool,
     pub(crate) removed: bool,
     /// MSI-X vectors wired to eventfds (0 when polling only).
@@ -131,13 +151,15 @@ impl<F: Family, R: RegisterAccess> E1000<F, R> {
         msix_vectors: usize,
     ) -> Result<Self, DriverError> {
         let desc = DESC_SIZE as usize;
+        let rx_geo = F::rx_geometry(cfg.mtu)?;
         let rx = alloc_dma(mapper.as_ref(), &mut iova, F::RX_RING_SIZE * desc)?;
         let tx = alloc_dma(mapper.as_ref(), &mut iova, F::TX_RING_SIZE * desc)?;
         let mut d = E1000 {
             regs,
-            rx_ring: RxRing::new(rx, F::RX_RING_SIZE, F::RX_MAX_FRAME),
-            tx_ring: TxRing::new(tx, F::TX_RING_SIZE, F::TX_MAX_FRAME, F::TX_MAX_SEGS),
+            rx_ring: RxRing::new(rx, F::RX_RING_SIZE, rx_geo.max_write()),
+            tx_ring: TxRing::new(tx, F::TX_RING_SIZE, tx_max_frame::<F>(&rx_geo), F::TX_MAX_SEGS),
             mac: cfg.mac,
+            rx_geo,
             started: false,
             removed: false,
             msix_vectors,
@@ -273,9 +295,10 @@ impl<F: Family, R: RegisterAccess> PnicDriver for E1000<F, R> {
         DriverLimits {
             rx_capacity: F::RX_RING_SIZE - 1,
             tx_capacity: F::TX_RING_SIZE - 1,
-            rx_max_write: F::RX_MAX_FRAME,
+            rx_max_write: self.rx_geo.max_write(),
+            rx_max_frame: self.rx_geo.max_frame,
             rx_align: 2,
-            tx_max_frame: F::TX_MAX_FRAME,
+            tx_max_frame: tx_max_frame::<F>(&self.rx_geo),
             tx_max_segs: F::TX_MAX_SEGS,
         }
     }
@@ -352,7 +375,7 @@ impl<F: Family, R: RegisterAccess> PnicDriver for E1000<F, R> {
         self.check_postable()?;
         let caps = F::TX_OFFLOADS;
         let (ok, max_frame) = match off {
-            TxOffload::Csum(_) => (caps.csum, F::TX_MAX_FRAME),
+            TxOffload::Csum(_) => (caps.csum, tx_max_frame::<F>(&self.rx_geo)),
             TxOffload::Tso { .. } => (caps.tso, caps.tso_max_frame),
         };
         if !ok {

@@ -39,11 +39,43 @@ pub struct NicConfig {
     /// What of guest RAM the NIC's IOMMU domain maps at open: all of it, or
     /// nothing (strict: the shim maps each buffer's pages, `shim::strict`).
     pub dma: vmm_config::PnicDma,
+    /// The guest's MTU: the NIC's frame cap is this plus the Ethernet
+    /// header (and, on hardware, a VLAN tag), see [`RxGeometry`].
+    pub mtu: u16,
 }
 
 impl NicConfig {
     pub fn new(mac: [u8; 6]) -> Self {
-        NicConfig { mac, link_timeout: Duration::from_secs(3), dma: vmm_config::PnicDma::Ram }
+        NicConfig { mac, link_timeout: Duration::from_secs(3), dma: vmm_config::PnicDma::Ram, mtu: ETH_MTU }
+    }
+}
+
+/// Ethernet's MTU: frames of one buffer each up to this.
+pub const ETH_MTU: u16 = 1500;
+/// Ethernet header and CRC: what a frame cap adds to the MTU.
+pub const ETH_HLEN: u32 = 14;
+pub const ETH_FCS_LEN: u32 = 4;
+pub const VLAN_HLEN: u32 = 4;
+
+/// How the NIC receives for one MTU: its frame cap and its per-descriptor
+/// buffer size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RxGeometry {
+    /// The most bytes of one frame the NIC writes (CRC stripped).
+    pub max_frame: u32,
+    /// The NIC's buffer size per descriptor (82576: SRRCTL.BSIZEPACKET).
+    pub buf_size: u32,
+}
+
+impl RxGeometry {
+    /// The most the NIC writes into one buffer.
+    pub fn max_write(&self) -> u32 {
+        self.max_frame.min(self.buf_size)
+    }
+
+    /// Whether a frame may span several buffers.
+    pub fn multi_buffer(&self) -> bool {
+        self.max_frame > self.buf_size
     }
 }
 

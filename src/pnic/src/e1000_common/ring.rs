@@ -28,6 +28,12 @@ pub trait DescLayout {
     const RXD_LEN_OFF: u64;
     /// Status-word bits that flag a damaged frame.
     const RXD_ERR_FRAME: u32;
+    /// Status-word bits saying the NIC checked a TCP or UDP checksum
+    /// (TCPCS, UDPCS; set on the end-of-packet descriptor only).
+    const RXD_L4_CHECKED: u32;
+    /// Status-word bits of a bad TCP/UDP or IPv4 header checksum (TCPE,
+    /// IPE): the frame is still delivered, its checksum left to the guest.
+    const RXD_CSUM_ERR: u32;
     /// The TX descriptor words at bytes 8 and 12 for one segment of `len`
     /// bytes of a `frame_len`-byte frame; `last` marks its final segment.
     fn tx_words(len: u32, last: bool, frame_len: u32) -> [u32; 2];
@@ -162,11 +168,10 @@ pub struct RxRing<L> {
     head: usize,
     tail: usize,
     count: usize,
-    /// The last completion lacked EOP: the next ones up to and including the
-    /// EOP belong to a multi-buffer frame (impossible under the frame cap)
-    /// and are reported as errors so no fragment reaches the guest as a frame.
-    in_fragment: bool,
-    /// Smallest buffer accepted and largest length ever reported.
+    /// Smallest buffer accepted and largest length ever reported: the most
+    /// the NIC writes into one buffer. A frame over several buffers comes
+    /// back as several completions, the last with EOP; the caller puts
+    /// them together.
     max_frame: u32,
     layout: PhantomData<fn() -> L>,
 }
@@ -184,7 +189,6 @@ impl<L: DescLayout> RxRing<L> {
             head: 0,
             tail: 0,
             count: 0,
-            in_fragment: false,
             max_frame,
             layout: PhantomData,
         }
@@ -217,7 +221,6 @@ impl<L: DescLayout> RxRing<L> {
         self.head = 0;
         self.tail = 0;
         self.count = 0;
-        self.in_fragment = false;
         self.descs.clear();
     }
 
@@ -309,7 +312,7 @@ impl<L: DescLayout> RxRing<L> {
         let (slots, cookies, max_frame) = (*self.descs, &self.cookies[..], self.max_frame);
         // As in `post_run`: indices `& mask` need no bounds check.
         let mask = cookies.len() - 1;
-        let (mut head, mut count, mut in_fragment) = (self.head, self.count, self.in_fragment);
+        let (mut head, mut count) = (self.head, self.count);
         while count > 0 {
             let slot = head & mask;
             let status = u32::from_le(slots.u32_at(slot, L::RXD_STATUS_OFF).load(Ordering::Acquire));
@@ -320,20 +323,18 @@ impl<L: DescLayout> RxRing<L> {
             head = (slot + 1) & mask;
             count -= 1;
             let eop = status & RXD_STAT_EOP != 0;
-            let fragment = in_fragment;
-            in_fragment = !eop;
             f(RxCompletion {
                 cookie: cookies[slot],
                 // As the NIC wrote it: a length above the cap is a broken
                 // invariant the caller must see (and flagged an error too).
                 len,
                 eop,
-                error: fragment || status & L::RXD_ERR_FRAME != 0 || len > max_frame,
+                error: status & L::RXD_ERR_FRAME != 0 || len > max_frame,
+                csum_ok: eop && status & L::RXD_L4_CHECKED != 0 && status & L::RXD_CSUM_ERR == 0,
             });
         }
         self.head = head;
         self.count = count;
-        self.in_fragment = in_fragment;
     }
 }
 
@@ -562,6 +563,8 @@ mod tests {
         const RXD_STATUS_OFF: u64 = 8;
         const RXD_LEN_OFF: u64 = 14;
         const RXD_ERR_FRAME: u32 = 1 << 7;
+        const RXD_L4_CHECKED: u32 = 1 << 9;
+        const RXD_CSUM_ERR: u32 = 1 << 10;
         fn tx_words(len: u32, last: bool, frame_len: u32) -> [u32; 2] {
             [len | if last { 1 << 31 } else { 0 }, frame_len]
         }
@@ -663,6 +666,45 @@ mod tests {
         let mut out = Vec::new();
         r.reap(&mut out).unwrap();
         assert!(out[0].error);
+    }
+
+    #[test]
+    fn rx_checksum_bits_come_from_the_layout_and_count_on_eop_only() {
+        let mut r = RxRing::<Odd>::new(area(8), 8, 1522);
+        for c in 1..=4 {
+            r.post(0x1000 * c, 2048, c).unwrap();
+        }
+        let st = |slot: u64, v: u32| r.area().store(slot * 16 + 8, v, Ordering::Relaxed).unwrap();
+        st(0, RXD_STAT_DD | RXD_STAT_EOP | (1 << 9));
+        st(1, RXD_STAT_DD | RXD_STAT_EOP | (1 << 9) | (1 << 10));
+        st(2, RXD_STAT_DD | (1 << 9));
+        st(3, RXD_STAT_DD | RXD_STAT_EOP);
+        let mut out = Vec::new();
+        r.reap(&mut out).unwrap();
+        let got: Vec<(bool, bool, bool)> = out.iter().map(|c| (c.eop, c.error, c.csum_ok)).collect();
+        assert_eq!(
+            got,
+            vec![(true, false, true), (true, false, false), (false, false, false), (true, false, false)],
+            "checked and good; checked and bad (delivered, not flagged); not EOP; not checked"
+        );
+    }
+
+    #[test]
+    fn a_frame_over_several_buffers_comes_back_as_parts_without_errors() {
+        let mut r = RxRing::<Odd>::new(area(8), 8, 1024);
+        for c in 1..=3 {
+            r.post(0x1000 * c, 1024, c).unwrap();
+        }
+        for (slot, (status, len)) in
+            [(RXD_STAT_DD, 1024u16), (RXD_STAT_DD, 1024), (RXD_STAT_DD | RXD_STAT_EOP, 10)].into_iter().enumerate()
+        {
+            r.area().store(slot as u64 * 16 + 8, status, Ordering::Relaxed).unwrap();
+            r.area().store(slot as u64 * 16 + 14, len, Ordering::Relaxed).unwrap();
+        }
+        let mut out = Vec::new();
+        r.reap(&mut out).unwrap();
+        let got: Vec<(u64, u32, bool, bool)> = out.iter().map(|c| (c.cookie, c.len, c.eop, c.error)).collect();
+        assert_eq!(got, vec![(1, 1024, false, false), (2, 1024, false, false), (3, 10, true, false)]);
     }
 
     #[test]

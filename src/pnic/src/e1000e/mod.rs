@@ -18,7 +18,7 @@ use crate::bdf::Bdf;
 use crate::driver::{DriverError, RegisterAccess};
 use crate::e1000_common::driver::{self as family, Family, E1000};
 use crate::e1000_common::ring::DescLayout;
-use crate::e1000_common::{self as common, poll_until, NicConfig, OpenError};
+use crate::e1000_common::{self as common, poll_until, NicConfig, OpenError, RxGeometry, ETH_MTU};
 use crate::vfio::MmioRegs;
 use regs::*;
 
@@ -47,6 +47,8 @@ impl DescLayout for LegacyDesc {
     const RXD_STATUS_OFF: u64 = RXD_STATUS_OFF;
     const RXD_LEN_OFF: u64 = RXD_LEN_OFF;
     const RXD_ERR_FRAME: u32 = RXD_ERR_FRAME;
+    const RXD_L4_CHECKED: u32 = RXD_STAT_TCPCS | RXD_STAT_UDPCS;
+    const RXD_CSUM_ERR: u32 = RXD_ERR_TCPE | RXD_ERR_IPE;
     fn tx_words(len: u32, last: bool, _frame_len: u32) -> [u32; 2] {
         let mut cmd = len | TXD_CMD_IFCS;
         if last {
@@ -71,6 +73,20 @@ impl Family for E1000e82574 {
     const TX_MAX_FRAME: u32 = TX_MAX_FRAME;
     const TX_MAX_SEGS: usize = TX_MAX_SEGS;
 
+    /// MTU 1500 at most: the 82574L has no programmable frame cap (no
+    /// RLPML; RCTL.LPE lets frames up to its fixed jumbo limit in), so the
+    /// MTU could not bound what lands in the guest's buffers. Below 1500 the
+    /// cap stays 1522 (frames up to a 1500-byte payload still come in).
+    fn rx_geometry(mtu: u16) -> Result<RxGeometry, DriverError> {
+        if mtu > ETH_MTU {
+            return Err(DriverError::Unsupported(format!(
+                "e1000e: MTU {mtu} is not supported: the 82574L has no programmable frame cap (RLPML), so \
+                 shimvmm runs it at MTU {ETH_MTU} at most; use an 82576 for jumbo frames"
+            )));
+        }
+        Ok(RxGeometry { max_frame: RX_MAX_FRAME, buf_size: 2048 })
+    }
+
     fn mask_irqs(regs: &impl RegisterAccess) {
         regs.write32(IMC, u32::MAX);
     }
@@ -89,6 +105,8 @@ impl Family for E1000e82574 {
         let rfctl = d.regs.read32(RFCTL);
         d.regs.write32(RFCTL, rfctl & !RFCTL_EXTEN);
         common::program_rings(&d.regs, &d.rx_ring, &d.tx_ring);
+        // TCP/UDP and IPv4 checksums checked on receive (GUEST_CSUM).
+        d.regs.write32(RXCSUM, RXCSUM_IPOFL | RXCSUM_TUOFL);
         d.regs.write32(TIPG, TIPG_DEFAULT);
         common::write_mac_filter(&d.regs, d.mac);
         if d.msix_vectors > 0 {

@@ -38,6 +38,16 @@ pub const RXD_LEN_OFF: u64 = 8;
 pub const RXD_STATUS_OFF: u64 = 12;
 /// Errors byte (bits 15:8 of the status word): CE, SE, SEQ, CXE, RXE.
 pub const RXD_ERR_FRAME: u32 = (1 | 2 | 4 | 0x10 | 0x80) << 8;
+/// Status byte: UDP checksum checked (UDPCS), TCP/UDP checksum checked (TCPCS).
+pub const RXD_STAT_UDPCS: u32 = 0x10;
+pub const RXD_STAT_TCPCS: u32 = 0x20;
+/// Errors byte: TCP/UDP checksum error (TCPE), IPv4 checksum error (IPE).
+pub const RXD_ERR_TCPE: u32 = 0x20 << 8;
+pub const RXD_ERR_IPE: u32 = 0x40 << 8;
+/// Receive checksum control: IPv4 (IPOFL) and TCP/UDP (TUOFL) checks.
+pub const RXCSUM: u32 = 0x5000;
+pub const RXCSUM_IPOFL: u32 = 1 << 8;
+pub const RXCSUM_TUOFL: u32 = 1 << 9;
 
 // Legacy TX descriptor: address @0, length @8 (u16), CSO @10, CMD @11,
 // status @12.

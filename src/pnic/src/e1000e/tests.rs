@@ -43,7 +43,35 @@ fn bring_up_caps_frames_and_uses_legacy_descriptors() {
         assert_ne!(rctl & bit, 0, "{bit:#x}");
     }
     assert_eq!(rctl & (RCTL_LPE | RCTL_UPE | RCTL_BSEX | RCTL_BSIZE_MASK), 0, "2 KiB buffers, 1522-byte cap");
+    assert_eq!(r.get(RXCSUM), RXCSUM_IPOFL | RXCSUM_TUOFL, "RX checksums checked (GUEST_CSUM)");
     assert!(d.link_up().unwrap());
+}
+
+#[test]
+fn checksum_status_from_the_legacy_status_and_errors_bytes() {
+    let (mut d, _r) = dev();
+    d.start().unwrap();
+    for i in 0..3u64 {
+        d.post_rx(0x1000 * (i + 1), 2048, i).unwrap();
+    }
+    let eop = RXD_STAT_DD | RXD_STAT_EOP;
+    for (slot, st) in [eop | RXD_STAT_TCPCS, eop | RXD_STAT_TCPCS | RXD_ERR_TCPE, eop | RXD_STAT_UDPCS | RXD_ERR_IPE]
+        .iter()
+        .enumerate()
+    {
+        d.rx_ring.area().store(slot as u64 * 16 + RXD_STATUS_OFF, *st, Ordering::Relaxed).unwrap();
+        d.rx_ring.area().store(slot as u64 * 16 + RXD_LEN_OFF, 60u16, Ordering::Relaxed).unwrap();
+    }
+    let mut out = Vec::new();
+    d.reap_rx(&mut out).unwrap();
+    let got: Vec<(bool, bool)> = out.iter().map(|c| (c.error, c.csum_ok)).collect();
+    assert_eq!(got, vec![(false, true), (false, false), (false, false)], "bad checksums are delivered, not validated");
+}
+
+#[test]
+fn a_jumbo_mtu_is_refused_with_the_reason() {
+    let e = <E1000e82574 as crate::e1000_common::driver::Family>::rx_geometry(9000).unwrap_err();
+    assert!(matches!(e, DriverError::Unsupported(ref m) if m.contains("9000") && m.contains("1500")), "{e}");
 }
 
 #[test]
@@ -58,7 +86,7 @@ fn legacy_descriptor_formats() {
     d.rx_ring.area().store(RXD_STATUS_OFF, RXD_STAT_DD | RXD_STAT_EOP, Ordering::Relaxed).unwrap();
     let mut out = Vec::new();
     d.reap_rx(&mut out).unwrap();
-    assert_eq!(out, vec![RxCompletion { cookie: 1, len: 60, eop: true, error: false }]);
+    assert_eq!(out, vec![RxCompletion { cookie: 1, len: 60, eop: true, error: false, csum_ok: false }]);
 
     d.post_tx(&[(0x2000, 14), (0x3000, 46)], 5).unwrap();
     let c0: u32 = d.tx_ring.area().load(TXD_CMD_OFF, Ordering::Relaxed).unwrap();

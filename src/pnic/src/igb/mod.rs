@@ -1,11 +1,15 @@
 //! User-space driver for the Intel 82576 (igb, 8086:10c9): one RX and one TX
 //! queue with advanced descriptors.
 //!
-//! Safety argument for the zero-copy shim: the NIC is programmed with a 2 KiB
-//! packet buffer size but RCTL.LPE + RLPML cap every accepted frame at
-//! [`RX_MAX_FRAME`] bytes, and CRC stripping is on, so the NIC never writes more
-//! than `RX_MAX_FRAME` bytes at a posted address. Interrupts are wakeups only:
-//! completions are found by polling the descriptors' DD bits.
+//! Safety argument for the zero-copy shim: RCTL.LPE + RLPML cap every
+//! accepted frame at the MTU plus the Ethernet header and CRC (the NIC adds a
+//! VLAN tag's 4 bytes by itself), and CRC stripping is on. Up to MTU 1500
+//! the packet buffer size (SRRCTL.BSIZEPACKET, 2 KiB) is above the cap: one
+//! buffer per frame, never more than the cap written at a posted address.
+//! Above 1500 (jumbo frames) the buffer size is 1 KiB and a frame spans
+//! several descriptors, the NIC writing at most 1 KiB into each.
+//! Interrupts are wakeups only: completions are found by polling the
+//! descriptors' DD bits.
 
 pub mod regs;
 
@@ -17,7 +21,9 @@ use crate::bdf::Bdf;
 use crate::driver::{DriverError, L4Proto, RegisterAccess, TxOffload, TxOffloadCaps};
 use crate::e1000_common::driver::{self as family, Family, E1000};
 use crate::e1000_common::ring::DescLayout;
-use crate::e1000_common::{self as common, poll_until, NicConfig, OpenError};
+use crate::e1000_common::{
+    self as common, poll_until, NicConfig, OpenError, RxGeometry, ETH_FCS_LEN, ETH_HLEN, ETH_MTU, VLAN_HLEN,
+};
 use crate::vfio::MmioRegs;
 use regs::*;
 
@@ -28,9 +34,14 @@ pub const TX_RING_SIZE: usize = 256;
 /// without CRC (1514 + 4) plus slack for a CRC counted by RLPML; the most the NIC
 /// writes into one RX buffer.
 pub const RX_MAX_FRAME: u32 = 1522;
-/// NIC packet buffer size (SRRCTL.BSIZEPACKET), in bytes.
+/// NIC packet buffer size (SRRCTL.BSIZEPACKET), in bytes, up to MTU 1500.
 pub const RX_BUF_SIZE: u32 = 2048;
-/// Largest frame we ask the NIC to transmit without TSO.
+/// NIC packet buffer size for jumbo frames: the smallest the 82576 takes,
+/// so that every guest buffer of 12 + 1 KiB or more can take a part.
+pub const RX_JUMBO_BUF_SIZE: u32 = 1024;
+/// Largest MTU the driver programs (a 9018-byte frame, 9 descriptors).
+pub const MAX_MTU: u16 = 9000;
+/// Largest frame we ask the NIC to transmit without TSO at MTU 1500.
 pub const TX_MAX_FRAME: u32 = 1522;
 pub const TX_MAX_SEGS: usize = 8;
 /// Largest TSO frame (header included): 64 KiB, what a virtio-net guest
@@ -56,6 +67,13 @@ pub type Igb<R> = E1000<Igb82576, R>;
 /// `mac` as its only unicast address.
 pub fn open_vfio(bdf: Bdf, guest: &GuestMemoryMmap, cfg: NicConfig) -> Result<Igb<MmioRegs>, OpenError> {
     family::open_vfio(bdf, guest, cfg)
+}
+
+/// RLPML for `geo`: the largest frame with its CRC and without a VLAN tag
+/// (MTU + 18); the NIC counts a tag on top (Linux's igb programs it so),
+/// which is why `max_frame` includes one.
+pub fn rlpml(geo: &RxGeometry) -> u32 {
+    geo.max_frame - VLAN_HLEN + ETH_FCS_LEN
 }
 
 /// Set `bit` in queue control register `reg` and wait for it to read back set.
@@ -96,6 +114,8 @@ impl DescLayout for AdvancedDesc {
     const RXD_STATUS_OFF: u64 = RXD_STATUS_OFF;
     const RXD_LEN_OFF: u64 = RXD_LEN_OFF;
     const RXD_ERR_FRAME: u32 = RXD_ERR_FRAME;
+    const RXD_L4_CHECKED: u32 = RXD_STAT_TCPCS | RXD_STAT_UDPCS;
+    const RXD_CSUM_ERR: u32 = RXD_ERR_TCPE | RXD_ERR_IPE;
     fn tx_words(len: u32, last: bool, frame_len: u32) -> [u32; 2] {
         let mut cmd = len | TXD_DTYP_DATA | TXD_CMD_DEXT | TXD_CMD_IFCS;
         if last {
@@ -163,6 +183,17 @@ impl Family for Igb82576 {
     const TX_MAX_SEGS: usize = TX_MAX_SEGS;
     const TX_OFFLOADS: TxOffloadCaps = TX_OFFLOADS;
 
+    fn rx_geometry(mtu: u16) -> Result<RxGeometry, DriverError> {
+        if !(68..=MAX_MTU).contains(&mtu) {
+            return Err(DriverError::Unsupported(format!("igb: MTU {mtu} is outside 68..={MAX_MTU}")));
+        }
+        // Bytes written for the largest frame: header, payload and a VLAN
+        // tag the NIC may let through on top of RLPML (CRC stripped).
+        let max_frame = u32::from(mtu) + ETH_HLEN + VLAN_HLEN;
+        let buf_size = if mtu <= ETH_MTU { RX_BUF_SIZE } else { RX_JUMBO_BUF_SIZE };
+        Ok(RxGeometry { max_frame, buf_size })
+    }
+
     fn mask_irqs(regs: &impl RegisterAccess) {
         regs.write32(EIMC, u32::MAX);
         regs.write32(IMC, u32::MAX);
@@ -185,11 +216,13 @@ impl Family for Igb82576 {
         common::program_rings(&d.regs, &d.rx_ring, &d.tx_ring);
         d.regs.write32(
             SRRCTL0,
-            ((RX_BUF_SIZE / SRRCTL_BSIZEPKT_UNIT) << SRRCTL_BSIZEPKT_SHIFT)
+            ((d.rx_geo.buf_size / SRRCTL_BSIZEPKT_UNIT) << SRRCTL_BSIZEPKT_SHIFT)
                 | SRRCTL_DESCTYPE_ADV_ONEBUF
                 | SRRCTL_DROP_EN,
         );
-        d.regs.write32(RLPML, RX_MAX_FRAME);
+        d.regs.write32(RLPML, rlpml(&d.rx_geo));
+        // TCP/UDP and IPv4 checksums checked on receive (GUEST_CSUM).
+        d.regs.write32(RXCSUM, RXCSUM_IPOFLD | RXCSUM_TUOFLD);
         common::write_mac_filter(&d.regs, d.mac);
 
         // MSI-X: vector 0 = RX0 + TX0, vector 1 = other causes (link).

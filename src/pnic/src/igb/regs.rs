@@ -45,8 +45,22 @@ pub const TXDCTL_ENABLE: u32 = 1 << 25;
 // Advanced RX descriptor, write-back format (byte offsets in the 16 bytes).
 pub const RXD_STATUS_OFF: u64 = 8;
 pub const RXD_LEN_OFF: u64 = 12;
-/// Extended errors (bits 31:20 of the status/error word): CE, SE, SEQ, CXE, RXE.
-pub const RXD_ERR_FRAME: u32 = (1 << 24) | (1 << 25) | (1 << 26) | (1 << 28) | (1 << 29);
+/// Extended errors (bits 31:20 of the status/error word): CE (24), SE (25),
+/// SEQ (26), CXE (28), RXE (31). Bits 29 and 30 are the checksum errors
+/// (TCPE, IPE): a frame with a bad checksum is delivered, not dropped.
+pub const RXD_ERR_FRAME: u32 = (1 << 24) | (1 << 25) | (1 << 26) | (1 << 28) | (1 << 31);
+/// Status: UDP checksum checked (UDPCS), TCP (or UDP) checksum checked (TCPCS).
+pub const RXD_STAT_UDPCS: u32 = 1 << 4;
+pub const RXD_STAT_TCPCS: u32 = 1 << 5;
+/// Errors: TCP/UDP checksum error (TCPE), IPv4 header checksum error (IPE).
+pub const RXD_ERR_TCPE: u32 = 1 << 29;
+pub const RXD_ERR_IPE: u32 = 1 << 30;
+
+/// Receive checksum control: IPv4 header (IPOFLD) and TCP/UDP (TUOFLD)
+/// checksum checks on receive, reported in the write-back.
+pub const RXCSUM: u32 = 0x5000;
+pub const RXCSUM_IPOFLD: u32 = 1 << 8;
+pub const RXCSUM_TUOFLD: u32 = 1 << 9;
 
 // Advanced TX data descriptor.
 pub const TXD_CMD_DEXT: u32 = 1 << 29;

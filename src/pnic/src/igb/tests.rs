@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 use super::*;
 use crate::driver::testing::DriverTestExt;
 use crate::driver::{DriverError, PnicDriver, RxCompletion, TxCompletion};
+use crate::e1000_common::driver::Family;
 use crate::e1000_common::testutil::{bring_up, FakeRegs, RegState};
 
 /// The 82576's own register behaviour: a stuck RX queue never reads back
@@ -27,8 +28,11 @@ fn bring_up_programs_frame_cap_and_filters() {
         .writes_to(MDIC)
         .iter()
         .any(|v| v & MDIC_DATA_MASK == 0x1340 && v & MDIC_OP_WRITE != 0 && (v >> MDIC_PHY_SHIFT) & 0x1f == PHY_ADDR));
-    assert_eq!(r.get(RLPML), RX_MAX_FRAME);
+    assert_eq!(r.get(RLPML), 1518, "MTU 1500: 1514 bytes and the CRC");
     assert_eq!(r.get(SRRCTL0), 2 | SRRCTL_DESCTYPE_ADV_ONEBUF | SRRCTL_DROP_EN);
+    assert_eq!(r.get(RXCSUM), RXCSUM_IPOFLD | RXCSUM_TUOFLD, "RX checksums checked (GUEST_CSUM)");
+    let l = d.limits();
+    assert_eq!((l.rx_max_write, l.rx_max_frame), (1518, 1518), "one buffer per frame");
     assert_eq!(r.get(RDLEN0), 4096);
     let rx_iova = u64::from(r.get(RDBAL0)) | (u64::from(r.get(RDBAH0)) << 32);
     assert!(rx_iova >= 0x10_0000, "ring IOVA must lie above guest RAM");
@@ -65,9 +69,9 @@ fn rx_descriptors_carry_the_posted_iova_and_complete_on_dd() {
     d.rx_ring.area().store(RXD_STATUS_OFF, RXD_STAT_DD | RXD_STAT_EOP, Ordering::Relaxed).unwrap();
     d.rx_ring.area().store(RXD_LEN_OFF, 60u16, Ordering::Relaxed).unwrap();
     d.reap_rx(&mut out).unwrap();
-    assert_eq!(out, vec![RxCompletion { cookie: 7, len: 60, eop: true, error: false }]);
+    assert_eq!(out, vec![RxCompletion { cookie: 7, len: 60, eop: true, error: false, csum_ok: false }]);
     // An error bit and a bogus oversized length are both flagged.
-    d.rx_ring.area().store(16 + RXD_STATUS_OFF, RXD_STAT_DD | RXD_STAT_EOP | (1 << 29), Ordering::Relaxed).unwrap();
+    d.rx_ring.area().store(16 + RXD_STATUS_OFF, RXD_STAT_DD | RXD_STAT_EOP | (1 << 31), Ordering::Relaxed).unwrap();
     d.rx_ring.area().store(16 + RXD_LEN_OFF, 9000u16, Ordering::Relaxed).unwrap();
     out.clear();
     d.reap_rx(&mut out).unwrap();
@@ -81,7 +85,8 @@ fn rx_rejects_short_or_odd_buffers_and_full_ring() {
     let (mut d, _r) = igb();
     assert_eq!(d.post_rx(0x1000, 2048, 1), Err(DriverError::Stopped));
     d.start().unwrap();
-    assert!(matches!(d.post_rx(0x1000, RX_MAX_FRAME - 1, 1), Err(DriverError::BadBuffer(_))));
+    let max = d.limits().rx_max_write;
+    assert!(matches!(d.post_rx(0x1000, max - 1, 1), Err(DriverError::BadBuffer(_))));
     assert!(matches!(d.post_rx(0x1001, 2048, 1), Err(DriverError::BadBuffer(_))));
     for i in 0..RX_RING_SIZE - 1 {
         d.post_rx(0x1000, 2048, i as u64).unwrap();
@@ -158,7 +163,47 @@ fn surprise_removal_is_an_error_not_a_panic() {
 }
 
 #[test]
-fn continuation_of_a_multi_buffer_frame_is_an_error() {
+fn jumbo_mtu_programs_1k_buffers_and_the_frame_cap() {
+    let (d, r) = bring_up(quirk, |regs, m, iova, mut cfg, v| {
+        cfg.mtu = 9000;
+        Igb::new(regs, m, iova, cfg, v)
+    });
+    assert_eq!(r.get(RLPML), 9018, "9000 + Ethernet header + CRC");
+    assert_eq!(r.get(SRRCTL0), 1 | SRRCTL_DESCTYPE_ADV_ONEBUF | SRRCTL_DROP_EN, "BSIZEPACKET 1 KiB");
+    let l = d.limits();
+    assert_eq!(
+        (l.rx_max_write, l.rx_max_frame),
+        (1024, 9018),
+        "1 KiB per buffer, 9000 + header + a VLAN tag at most (CRC stripped)"
+    );
+    for bad in [67u16, 9001] {
+        let e = <Igb82576 as Family>::rx_geometry(bad);
+        assert!(matches!(e, Err(DriverError::Unsupported(ref m)) if m.contains(&bad.to_string())), "MTU {bad}");
+    }
+}
+
+#[test]
+fn checksum_status_is_reported_and_a_bad_checksum_is_not_a_frame_error() {
+    let (mut d, _r) = igb();
+    d.start().unwrap();
+    for i in 0..3u64 {
+        d.post_rx(0x1000 * (i + 1), 2048, i).unwrap();
+    }
+    let eop = RXD_STAT_DD | RXD_STAT_EOP;
+    for (slot, st) in
+        [eop | RXD_STAT_TCPCS, eop | RXD_STAT_TCPCS | RXD_STAT_UDPCS | RXD_ERR_TCPE, eop].iter().enumerate()
+    {
+        d.rx_ring.area().store(slot as u64 * 16 + RXD_STATUS_OFF, *st, Ordering::Relaxed).unwrap();
+        d.rx_ring.area().store(slot as u64 * 16 + RXD_LEN_OFF, 60u16, Ordering::Relaxed).unwrap();
+    }
+    let mut out = Vec::new();
+    d.reap_rx(&mut out).unwrap();
+    let got: Vec<(bool, bool)> = out.iter().map(|c| (c.error, c.csum_ok)).collect();
+    assert_eq!(got, vec![(false, true), (false, false), (false, false)]);
+}
+
+#[test]
+fn a_multi_buffer_frame_comes_back_in_parts_for_the_caller_to_join() {
     let (mut d, _r) = igb();
     d.start().unwrap();
     for i in 0..3u64 {
@@ -174,7 +219,7 @@ fn continuation_of_a_multi_buffer_frame_is_an_error() {
     }
     let mut out = Vec::new();
     d.reap_rx(&mut out).unwrap();
-    assert!(!out[0].eop);
-    assert!(out[1].eop && out[1].error, "the tail must not look like a frame");
+    assert!(!out[0].eop && !out[0].error);
+    assert!(out[1].eop && !out[1].error, "the shim knows the tail by the part before it");
     assert!(out[2].eop && !out[2].error);
 }

@@ -68,7 +68,7 @@ fn frames_flow_both_ways_zero_copy_through_the_vf() {
     assert_eq!(pf.hw.inject_rx(&frame([0x52, 0x54, 0, 0, 0, 7], 100, 1)), HwRx::Filtered, "not our MAC");
     let mut out = Vec::new();
     d.reap_rx(&mut out).unwrap();
-    assert_eq!(out, vec![RxCompletion { cookie: 0, len: 100, eop: true, error: false }]);
+    assert_eq!(out, vec![RxCompletion { cookie: 0, len: 100, eop: true, error: false, csum_ok: false }]);
     d.post_tx(&[(buf(10), 60)], 77).unwrap();
     assert_eq!(pf.hw.complete_tx(|_| {}), 1);
     let mut tx = Vec::new();

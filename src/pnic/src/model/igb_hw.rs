@@ -5,12 +5,14 @@
 //! What it models is what the driver relies on: the register file (reset,
 //! PHY, queue enables, interrupt causes), the RX and TX descriptor rings in
 //! DMA memory that the driver programs through RDBA/RDLEN/RDH/RDT and their
-//! TX twins, advanced one-buffer RX write-back (status DD/EOP and length),
-//! TX write-back (DD on RS descriptors), TX offloads from advanced context
-//! descriptors (TCP/UDP checksum insertion, IPv4 header checksum, TCP
-//! segmentation with the header rewritten per segment as the datasheet
-//! says), the receive filter (receive address 0, broadcast, multicast with
-//! RCTL.MPE) and the frame cap (RLPML). Every
+//! TX twins, advanced RX write-back (status DD/EOP and length; a frame
+//! larger than SRRCTL.BSIZEPACKET spread over as many descriptors, EOP on
+//! the last; the checksum status TCPCS/UDPCS and TCPE when RXCSUM.TUOFLD is
+//! set), TX write-back (DD on RS descriptors), TX offloads from advanced
+//! context descriptors (TCP/UDP checksum insertion, IPv4 header checksum, TCP
+//! segmentation with the header rewritten per segment as the datasheet says),
+//! the receive filter (receive address 0, broadcast, multicast with RCTL.MPE)
+//! and the frame cap (RLPML with RCTL.LPE, counting the CRC, as QEMU's igb). Every
 //! DMA goes through a [`ModelIommu`], so the model reaches only what the
 //! driver mapped (guest RAM and its rings), like the NIC behind VFIO.
 //!
@@ -40,7 +42,13 @@ const DESC_ADDR_OFF: u64 = 0;
 const TXD_CMD_OFF: u64 = 8;
 const TXD_LEN_MASK: u32 = 0xffff;
 /// RX write-back error bit the model sets when its DMA write faults (RXE).
-const RXD_ERR_RXE: u32 = 1 << 29;
+const RXD_ERR_RXE: u32 = 1 << 31;
+/// RX write-back error bit of a CRC error (CE).
+const RXD_ERR_CE: u32 = 1 << 24;
+/// The CRC the wire frame had (stripped, RCTL.SECRC, but counted by RLPML).
+const FCS_LEN: usize = 4;
+/// Largest frame without RCTL.LPE: 1518 + a VLAN tag.
+const NO_LPE_MAX: usize = 1522;
 
 /// Counters of what the model's hardware did (its own work, not the driver's).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -223,15 +231,44 @@ pub enum HwRx {
     Fault,
 }
 
+/// What the wire says about a frame's TCP/UDP checksum (the model does not
+/// parse frames: the test says what the NIC's checker would find).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum L4Csum {
+    /// Not TCP or UDP: nothing checked.
+    None,
+    Good,
+    Bad,
+}
+
 impl IgbHw {
-    /// A frame arrives from the wire.
+    /// A frame arrives from the wire (not TCP or UDP: no checksum status).
     pub fn inject_rx(&self, frame: &[u8]) -> HwRx {
+        self.inject_rx_csum(frame, L4Csum::None)
+    }
+
+    /// A frame arrives from the wire; with RXCSUM.TUOFLD the EOP write-back
+    /// reports its TCP/UDP checksum as `csum` says (TCPCS, and TCPE if bad).
+    /// A frame over BSIZEPACKET fills as many descriptors as it needs, each
+    /// written back with DD, the last with EOP (and the status); without
+    /// enough descriptors it is dropped whole, as QEMU's igb does.
+    pub fn inject_rx_csum(&self, frame: &[u8], csum: L4Csum) -> HwRx {
+        self.inject(frame, csum, 0)
+    }
+
+    /// A frame that arrives with a bad CRC: written like any other, its EOP
+    /// write-back flagged CE (what the driver must drop).
+    pub fn inject_rx_bad_crc(&self, frame: &[u8]) -> HwRx {
+        self.inject(frame, L4Csum::None, RXD_ERR_CE)
+    }
+
+    fn inject(&self, frame: &[u8], csum: L4Csum, eop_errors: u32) -> HwRx {
         let h = &self.0;
         if !h.bus_master.load(Ordering::Acquire) {
             lock(&h.stats).rx_no_buffer += 1;
             return HwRx::NoBuffer;
         }
-        let (base, size, cap, bsize, ok_filter) = {
+        let (base, size, cap, bsize, ok_filter, rxcsum) = {
             let r = lock(&h.regs);
             let rctl = h.reg(&r, RCTL);
             let on = rctl & RCTL_EN != 0 && h.reg(&r, RXDCTL0) & RXDCTL_ENABLE != 0;
@@ -242,45 +279,69 @@ impl IgbHw {
             let (base, size) = h.ring(&r, RDBAL0, RDBAH0, RDLEN0);
             let bsize = ((h.reg(&r, SRRCTL0) >> SRRCTL_BSIZEPKT_SHIFT) & 0x7f) * SRRCTL_BSIZEPKT_UNIT;
             let ok = frame.len() >= 14 && accepts(&r, rctl, &frame[..6]);
-            (base, size, h.reg(&r, RLPML), bsize, ok)
+            // With LPE, RLPML counts the CRC (QEMU: size + 4 > RLPML drops).
+            let cap =
+                if rctl & RCTL_LPE != 0 { (h.reg(&r, RLPML) as usize).saturating_sub(FCS_LEN) } else { NO_LPE_MAX };
+            (base, size, cap, bsize as usize, ok, h.reg(&r, RXCSUM))
         };
         if !ok_filter {
             lock(&h.stats).rx_filtered += 1;
             return HwRx::Filtered;
         }
-        if frame.len() as u32 > cap || frame.len() as u32 > bsize {
-            // One buffer per frame: the driver programs RLPML ≤ the buffer size.
+        if frame.len() > cap {
             lock(&h.stats).rx_oversized += 1;
             return HwRx::Oversized;
         }
         let head = h.rdh.load(Ordering::Acquire);
         let tail = h.rdt.load(Ordering::Acquire);
-        if size == 0 || head == tail || tail >= size {
+        let avail = if tail >= head { tail - head } else { size.wrapping_sub(head) + tail };
+        let need = frame.len().div_ceil(bsize.max(1)).max(1) as u32;
+        if size == 0 || bsize == 0 || head == tail || tail >= size || avail < need {
             lock(&h.stats).rx_no_buffer += 1;
             return HwRx::NoBuffer;
         }
-        let desc = base + u64::from(head) * DESC_SIZE;
-        let mut addr = [0u8; 8];
-        if !h.iommu.read(desc + DESC_ADDR_OFF, &mut addr) {
-            lock(&h.stats).dma_faults += 1;
-            return HwRx::Fault;
+        let mut status_eop = RXD_STAT_DD | RXD_STAT_EOP | eop_errors;
+        if rxcsum & RXCSUM_TUOFLD != 0 {
+            status_eop |= match csum {
+                L4Csum::None => 0,
+                L4Csum::Good => RXD_STAT_TCPCS,
+                L4Csum::Bad => RXD_STAT_TCPCS | RXD_ERR_TCPE,
+            };
         }
-        let buffer = u64::from_le_bytes(addr);
-        let landed = h.iommu.write(buffer, frame);
-        // Write-back: the whole descriptor is rewritten; length first, then
-        // the status word with DD, which is what the driver polls.
-        let mut wb = [0u8; DESC_SIZE as usize];
-        let len = if landed { frame.len() as u16 } else { 0 };
-        wb[RXD_LEN_OFF as usize..RXD_LEN_OFF as usize + 2].copy_from_slice(&len.to_le_bytes());
-        let _ = h.iommu.write(desc, &wb[..RXD_STATUS_OFF as usize]);
-        let _ = h.iommu.write(desc + RXD_LEN_OFF, &wb[RXD_LEN_OFF as usize..]);
-        fence(Ordering::Release);
-        let status = RXD_STAT_DD | RXD_STAT_EOP | if landed { 0 } else { RXD_ERR_RXE };
-        let _ = h.iommu.write(desc + RXD_STATUS_OFF, &status.to_le_bytes());
-        h.rdh.store((head + 1) % size, Ordering::Release);
+        let mut first = None;
+        let mut all_landed = true;
+        let mut slot = head;
+        for (k, part) in frame.chunks(bsize).enumerate() {
+            let desc = base + u64::from(slot) * DESC_SIZE;
+            let mut addr = [0u8; 8];
+            if !h.iommu.read(desc + DESC_ADDR_OFF, &mut addr) {
+                lock(&h.stats).dma_faults += 1;
+                return HwRx::Fault;
+            }
+            let buffer = u64::from_le_bytes(addr);
+            first.get_or_insert(buffer);
+            let landed = h.iommu.write(buffer, part);
+            all_landed &= landed;
+            // Write-back: the whole descriptor is rewritten; length first,
+            // then the status word with DD, which is what the driver polls.
+            let mut wb = [0u8; DESC_SIZE as usize];
+            let len = if landed { part.len() as u16 } else { 0 };
+            wb[RXD_LEN_OFF as usize..RXD_LEN_OFF as usize + 2].copy_from_slice(&len.to_le_bytes());
+            let _ = h.iommu.write(desc, &wb[..RXD_STATUS_OFF as usize]);
+            let _ = h.iommu.write(desc + RXD_LEN_OFF, &wb[RXD_LEN_OFF as usize..]);
+            fence(Ordering::Release);
+            let last = (k + 1) as u32 == need;
+            let mut status = if last { status_eop } else { RXD_STAT_DD };
+            if !landed {
+                status |= RXD_ERR_RXE;
+            }
+            let _ = h.iommu.write(desc + RXD_STATUS_OFF, &status.to_le_bytes());
+            slot = (slot + 1) % size;
+        }
+        h.rdh.store(slot, Ordering::Release);
         {
             let mut st = lock(&h.stats);
-            if landed {
+            if all_landed {
                 st.rx_frames += 1;
                 st.rx_bytes += frame.len() as u64;
             } else {
@@ -288,10 +349,9 @@ impl IgbHw {
             }
         }
         h.signal();
-        if landed {
-            HwRx::Delivered { desc: head, buffer }
-        } else {
-            HwRx::Fault
+        match (all_landed, first) {
+            (true, Some(buffer)) => HwRx::Delivered { desc: head, buffer },
+            _ => HwRx::Fault,
         }
     }
 
@@ -639,8 +699,8 @@ mod tests {
         assert_eq!(
             out,
             vec![
-                RxCompletion { cookie: 7, len: 1514, eop: true, error: false },
-                RxCompletion { cookie: 8, len: 60, eop: true, error: false }
+                RxCompletion { cookie: 7, len: 1514, eop: true, error: false, csum_ok: false },
+                RxCompletion { cookie: 8, len: 60, eop: true, error: false, csum_ok: false }
             ]
         );
         assert_eq!(hw.stats().rx_no_buffer, 3);

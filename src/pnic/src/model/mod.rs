@@ -42,6 +42,7 @@ impl Default for ModelConfig {
                 rx_capacity: 255,
                 tx_capacity: 255,
                 rx_max_write: crate::igb::RX_MAX_FRAME,
+                rx_max_frame: crate::igb::RX_MAX_FRAME,
                 rx_align: 2,
                 tx_max_frame: crate::igb::TX_MAX_FRAME,
                 tx_max_segs: crate::igb::TX_MAX_SEGS,
@@ -213,6 +214,7 @@ impl ModelHandle {
             len: if ok { frame.len() as u32 } else { 0 },
             eop: true,
             error: !ok || corrupt,
+            csum_ok: false,
         });
         let _ = self.irq.write(1);
         out
@@ -581,7 +583,7 @@ mod tests {
         assert_eq!(h.writes(), vec![DmaAccess { iova: 0x100c, len: 60 }]);
         let mut out = Vec::new();
         m.reap_rx(&mut out).unwrap();
-        assert_eq!(out, vec![RxCompletion { cookie: 5, len: 60, eop: true, error: false }]);
+        assert_eq!(out, vec![RxCompletion { cookie: 5, len: 60, eop: true, error: false, csum_ok: false }]);
     }
 
     #[test]

@@ -20,22 +20,22 @@ use super::rx::LENT_COOKIE;
 use super::*;
 use crate::model::{InjectOutcome, ModelConfig, ModelHandle, NicModel};
 
-const MAC: [u8; 6] = [0x52, 0x54, 0x00, 0xaa, 0xbb, 0x02];
-const RAM: u64 = 0x40_0000;
-const QSIZE: u16 = 64;
+pub(super) const MAC: [u8; 6] = [0x52, 0x54, 0x00, 0xaa, 0xbb, 0x02];
+pub(super) const RAM: u64 = 0x40_0000;
+pub(super) const QSIZE: u16 = 64;
 /// Queue rings, per queue: descriptor table, avail ring, used ring.
-const RXQ: u64 = 0x1000;
-const TXQ: u64 = 0x3000;
-const F_WRITE: u16 = 2;
+pub(super) const RXQ: u64 = 0x1000;
+pub(super) const TXQ: u64 = 0x3000;
+pub(super) const F_WRITE: u16 = 2;
 const F_NEXT: u16 = 1;
 
 /// The driver side of one queue (table at `base`, avail after it, used after
 /// that), with no notification suppression.
-struct GuestQueue {
-    base: u64,
-    next_desc: u16,
-    avail_idx: u16,
-    used_seen: u16,
+pub(super) struct GuestQueue {
+    pub(super) base: u64,
+    pub(super) next_desc: u16,
+    pub(super) avail_idx: u16,
+    pub(super) used_seen: u16,
 }
 
 impl GuestQueue {
@@ -47,7 +47,7 @@ impl GuestQueue {
         (self.avail() + 6 + 2 * u64::from(QSIZE)).next_multiple_of(4)
     }
 
-    fn queue(&self) -> Queue {
+    pub(super) fn queue(&self) -> Queue {
         let mut q = Queue::new(QSIZE).unwrap();
         q.set_size(QSIZE);
         q.set_desc_table_address(Some(self.base as u32), Some(0));
@@ -58,7 +58,7 @@ impl GuestQueue {
     }
 
     /// Publish a chain of (addr, len, flags) descriptors; returns its head.
-    fn offer(&mut self, mem: &GuestMemoryMmap, segs: &[(u64, u32, u16)]) -> u16 {
+    pub(super) fn offer(&mut self, mem: &GuestMemoryMmap, segs: &[(u64, u32, u16)]) -> u16 {
         let head = self.next_desc;
         for (i, &(addr, len, flags)) in segs.iter().enumerate() {
             let slot = (head + i as u16) % QSIZE;
@@ -75,7 +75,7 @@ impl GuestQueue {
     }
 
     /// Used entries since the last call: (head, len).
-    fn take_used(&mut self, mem: &GuestMemoryMmap) -> Vec<(u32, u32)> {
+    pub(super) fn take_used(&mut self, mem: &GuestMemoryMmap) -> Vec<(u32, u32)> {
         let idx: u16 = mem.read_obj(GuestAddress(self.used() + 2)).unwrap();
         let mut out = Vec::new();
         while self.used_seen != idx {
@@ -274,7 +274,7 @@ fn completions_for_lent_buffers_the_nic_does_not_hold_are_counted_and_ignored() 
     let mut vm = Vm::new();
     let head = vm.rx.offer(&vm.mem, &[(0x10_0000, 2048, F_WRITE)]);
     vm.kick_rx();
-    let good = |cookie| RxCompletion { cookie, len: 100, eop: true, error: false };
+    let good = |cookie| RxCompletion { cookie, len: 100, eop: true, error: false, csum_ok: false };
     // A head the guest never posted, a lent cookie with stray bits, and a
     // bad frame for a head that is not held.
     vm.nic.inject_rx_completion(good(LENT_COOKIE | 77));
@@ -312,7 +312,8 @@ fn an_oversize_completion_for_a_lent_buffer_fails_the_nic_and_no_frame_reaches_t
     vm.kick_rx();
     assert_eq!(vm.nic.rx_buffers_held(), 3);
     // The NIC claims it wrote 4000 bytes into a buffer it may fill with 1522.
-    let c = RxCompletion { cookie: LENT_COOKIE | u64::from(heads[0]), len: 4000, eop: true, error: false };
+    let c =
+        RxCompletion { cookie: LENT_COOKIE | u64::from(heads[0]), len: 4000, eop: true, error: false, csum_ok: false };
     vm.nic.inject_rx_completion(c);
     vm.run();
     let used = vm.rx.take_used(&vm.mem);

@@ -21,6 +21,18 @@ pub struct ShimMetrics {
     pub rx_zero_copy: u64,
     /// RX packets that went through a bounce buffer and a copy.
     pub rx_copy_fallback: CopyFallback,
+    /// RX frames delivered over several guest buffers (jumbo frames,
+    /// `num_buffers` > 1), and the buffers they took.
+    pub rx_multi_buffer_frames: u64,
+    pub rx_multi_buffer_buffers: u64,
+    /// Bytes the VMM moved inside guest buffers: with jumbo frames the NIC
+    /// writes every buffer at its start, so a frame's first buffer (at most
+    /// 1 KiB) is moved up by the 12-byte virtio-net header (a copy, also in
+    /// `vmm_copied_bytes`); its other buffers are not touched.
+    pub rx_shifted_bytes: u64,
+    /// RX frames whose TCP/UDP checksum the NIC validated, delivered with
+    /// VIRTIO_NET_HDR_F_DATA_VALID (GUEST_CSUM negotiated).
+    pub rx_csum_valid: u64,
     /// TX packets the NIC read straight from guest buffers.
     pub tx_zero_copy: u64,
     /// TX packets copied into a bounce buffer (too many segments).
@@ -76,6 +88,13 @@ impl ShimMetrics {
     pub fn rx_copied(&mut self, bytes: u64) {
         self.rx_copy_fallback.frames += 1;
         self.rx_copy_fallback.bytes += bytes;
+        self.vmm_copied_bytes += bytes;
+    }
+
+    /// `bytes` of a jumbo frame's first buffer moved up by the header.
+    #[inline(always)]
+    pub fn rx_shifted(&mut self, bytes: u64) {
+        self.rx_shifted_bytes += bytes;
         self.vmm_copied_bytes += bytes;
     }
 

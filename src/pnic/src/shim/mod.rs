@@ -46,7 +46,7 @@ use std::os::unix::io::RawFd;
 use smallvec::SmallVec;
 use virtio_devices::mem::RamMap;
 use virtio_devices::net::backend::{DropReason, NetBackend, RxPass, TxFrame, Used, VNET_HDR_LEN};
-use virtio_devices::net::config::{F_CSUM, F_HOST_TSO4, F_HOST_TSO6};
+use virtio_devices::net::config::{F_CSUM, F_GUEST_CSUM, F_HOST_TSO4, F_HOST_TSO6};
 use virtio_devices::net::direct::{RxQueue, TxQueue};
 use virtio_devices::GuestMemory;
 use vm_memory::GuestAddress;
@@ -134,6 +134,23 @@ pub struct ShimBackend<D: PnicDriver> {
     /// Smallest one-segment buffer taken zero-copy: room for the header and
     /// the most the NIC writes after it.
     zc_min_len: u32,
+    /// Where in a zero-copy buffer the NIC writes: GPA + 12 when every frame
+    /// fits one buffer; GPA + 0 when frames span several (jumbo frames: a
+    /// buffer may continue a frame, and continuation buffers carry no
+    /// header; the first buffer's bytes are moved up by the header).
+    rx_off: u64,
+    /// Frames may span several NIC buffers (`limits.rx_max_frame >
+    /// limits.rx_max_write`).
+    multi: bool,
+    /// The guest negotiated GUEST_CSUM: frames the NIC validated get
+    /// VIRTIO_NET_HDR_F_DATA_VALID.
+    csum: bool,
+    /// One-buffer mode: the last completion lacked EOP, so the ones up to
+    /// the next EOP are the rest of a frame the cap should have stopped:
+    /// dropped, never shown as frames.
+    rx_in_frag: bool,
+    /// Multi-buffer mode: the parts of a frame whose EOP has not come yet.
+    rx_parts: Vec<RxCompletion>,
     /// Interrupt vectors the driver wired (fixed after bring-up).
     irq_vectors: usize,
     tx: CookieSlab<TxSlot>,
@@ -189,27 +206,42 @@ pub type StrictVfioShim = ShimBackend<StrictDma<Pnic>>;
 /// MAC is the one its PF assigned: `mac` must be that one (else
 /// [`ShimError::MacMismatch`]), and `None` means the VF's.
 pub fn open_vfio(bdf: &str, mem: &GuestMemory, mac: Option<[u8; 6]>) -> Result<VfioShim, ShimError> {
-    let (nic, mac) = open_pnic(bdf, mem, mac, PnicDma::Ram)?;
+    let (nic, mac) = open_pnic(bdf, mem, mac, PnicOptions::default())?;
     ShimBackend::new(nic, mem, mac)
 }
 
-/// [`open_vfio`] in DMA mode `dma`, as the VMM's net device takes it: the
-/// backend and the guest's MAC. In strict mode no guest RAM is mapped at
-/// open; [`StrictDma`] maps each buffer while the NIC owns it.
+/// How the VMM opens a pNIC beyond its address and MAC: one value per
+/// `--net`/API setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PnicOptions {
+    /// What of guest RAM the IOMMU maps: all of it, or each buffer while the
+    /// NIC owns it.
+    pub dma: PnicDma,
+    /// The guest's MTU: the NIC's frame cap follows it (MTU + Ethernet
+    /// header); above 1500 frames span several buffers (the 82576; the
+    /// 82574L and VFs take 1500 at most).
+    pub mtu: u16,
+}
+
+impl Default for PnicOptions {
+    fn default() -> Self {
+        PnicOptions { dma: PnicDma::Ram, mtu: crate::e1000_common::ETH_MTU }
+    }
+}
+
+/// [`open_vfio`] with `opts`, as the VMM's net device takes it: the backend
+/// and the guest's MAC. In strict mode no guest RAM is mapped at open;
+/// [`StrictDma`] maps each buffer while the NIC owns it.
 pub fn open_vfio_backend(
     bdf: &str,
     mem: &GuestMemory,
     mac: Option<[u8; 6]>,
-    dma: PnicDma,
+    opts: PnicOptions,
 ) -> Result<(Box<dyn NetBackend>, [u8; 6]), ShimError> {
-    match dma {
-        PnicDma::Ram => {
-            let shim = open_vfio(bdf, mem, mac)?;
-            let mac = shim.mac();
-            Ok((Box::new(shim), mac))
-        }
+    let (nic, mac) = open_pnic(bdf, mem, mac, opts)?;
+    match opts.dma {
+        PnicDma::Ram => Ok((Box::new(ShimBackend::new(nic, mem, mac)?), mac)),
         PnicDma::Strict => {
-            let (nic, mac) = open_pnic(bdf, mem, mac, PnicDma::Strict)?;
             let mapper = nic.dma_mapper();
             log::info!(
                 "pNIC {bdf}: strict DMA: guest buffers are in the IOMMU only while the NIC owns them \
@@ -221,13 +253,12 @@ pub fn open_vfio_backend(
     }
 }
 
-/// The NIC at `bdf` opened with IOMMU mode `dma`, and the guest's MAC (see
+/// The NIC at `bdf` opened with `opts`, and the guest's MAC (see
 /// [`open_vfio`]).
-fn open_pnic(bdf: &str, mem: &GuestMemory, mac: Option<[u8; 6]>, dma: PnicDma) -> Result<(Pnic, [u8; 6]), ShimError> {
+fn open_pnic(bdf: &str, mem: &GuestMemory, mac: Option<[u8; 6]>, opts: PnicOptions) -> Result<(Pnic, [u8; 6]), ShimError> {
     let bdf: Bdf = bdf.parse()?;
     let wanted = mac.unwrap_or_else(virtio_devices::net::config::random_mac);
-    let mut cfg = NicConfig::new(wanted);
-    cfg.dma = dma;
+    let cfg = NicConfig { dma: opts.dma, mtu: opts.mtu, ..NicConfig::new(wanted) };
     let nic = Pnic::open_vfio(bdf, mem, cfg)?;
     let mac = pick_mac(bdf, nic.assigned_mac(), mac, wanted)?;
     Ok((nic, mac))
@@ -265,6 +296,7 @@ impl<D: PnicDriver> ShimBackend<D> {
         if !limits.rx_align.is_power_of_two() {
             return Err(ShimError::Align(limits.rx_align));
         }
+        let multi = limits.rx_max_frame > limits.rx_max_write;
         let rx_area = driver.alloc_dma(limits.rx_capacity * BOUNCE_BUF_SIZE as usize)?;
         let tx_area = driver.alloc_dma(TX_BOUNCE_BUFS * BOUNCE_BUF_SIZE as usize)?;
         // A header slot per TX entry: at most one entry per frame on the NIC.
@@ -284,6 +316,11 @@ impl<D: PnicDriver> ShimBackend<D> {
             rx_bounce: BouncePool::new(rx_area),
             rx_bounce_segs: vec![RxSegs::new(); limits.rx_capacity],
             zc_min_len: MIN_ZERO_COPY_BUF.max(limits.rx_max_write + HDR as u32),
+            rx_off: if multi { 0 } else { HDR },
+            multi,
+            csum: false,
+            rx_in_frag: false,
+            rx_parts: Vec::new(),
             irq_vectors,
             tx: CookieSlab::with_capacity(limits.tx_capacity),
             tx_bounce: BouncePool::new(tx_area),
@@ -344,6 +381,9 @@ impl<D: PnicDriver> ShimBackend<D> {
         self.link = false;
         // Asked before the queues stop (which forgets them).
         let lent = self.lent_heads();
+        // Parts of an unfinished frame: in `lent` (lent ones) or the table.
+        self.rx_parts.clear();
+        self.rx_in_frag = false;
         let stopped = self.driver.quiesce();
         self.started = false;
         self.rx_unflushed = false;
@@ -423,7 +463,9 @@ impl<D: PnicDriver> NetBackend for ShimBackend<D> {
     /// first segment is not established; not HOST_UFO).
     fn features(&self) -> u64 {
         let caps = self.driver.tx_offload_caps();
-        let mut f = VIRTIO_NET_F_MRG_RXBUF;
+        // GUEST_CSUM: the NIC checks TCP/UDP checksums on receive. No
+        // GUEST_TSO*: the 82576 cannot coalesce received segments (no LRO).
+        let mut f = VIRTIO_NET_F_MRG_RXBUF | F_GUEST_CSUM;
         if caps.csum {
             f |= F_CSUM;
             if caps.tso {
@@ -435,6 +477,7 @@ impl<D: PnicDriver> NetBackend for ShimBackend<D> {
 
     fn set_features(&mut self, acked: u64) -> std::io::Result<()> {
         self.acked = acked;
+        self.csum = acked & F_GUEST_CSUM != 0;
         Ok(())
     }
 
@@ -531,6 +574,8 @@ impl<D: PnicDriver> NetBackend for ShimBackend<D> {
         self.rx_unflushed = false;
         self.tx_unflushed = false;
         self.rx.clear();
+        self.rx_parts.clear();
+        self.rx_in_frag = false;
         self.tx.clear();
         self.backlog.clear();
         self.rx_returned.clear();
@@ -578,6 +623,8 @@ impl<D: PnicDriver> NetBackend for ShimBackend<D> {
 mod device_tests;
 #[cfg(test)]
 mod strict_tests;
+#[cfg(test)]
+mod offload_tests;
 #[cfg(test)]
 mod teardown_tests;
 #[cfg(test)]

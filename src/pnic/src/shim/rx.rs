@@ -5,9 +5,10 @@
 
 use std::ptr::NonNull;
 
+use smallvec::SmallVec;
 use virtio_devices::mem::RamMap;
 use virtio_devices::net::backend::{
-    write_one_buffer_header, ChainRef, DropReason, Used, ONE_BUFFER_HEADER, VNET_HDR_LEN,
+    write_rx_header, ChainRef, DropReason, RxHeader, Used, HDR_F_DATA_VALID, VNET_HDR_LEN,
 };
 use virtio_devices::net::direct::{RxDesc, RxNext, RxQueue};
 use vm_memory::GuestAddress;
@@ -18,11 +19,18 @@ use crate::driver::{DriverError, DriverLimits, PnicDriver, RxCompletion, RxRunEr
 
 /// Write the virtio-net header of a received frame into a zero-copy buffer.
 #[inline]
-pub(super) fn write_header(host: NonNull<u8>) {
+pub(super) fn write_header(host: NonNull<u8>, hdr: RxHeader) {
     // SAFETY: `host` is the first byte of a buffer of at least
     // `zc_min_len` (> 12) bytes inside one guest RAM mapping that the shim
     // keeps alive (`zero_copy_target`).
-    unsafe { write_one_buffer_header(host) };
+    unsafe { write_rx_header(host, hdr) };
+}
+
+/// The header of a frame in one buffer: DATA_VALID when the guest takes it
+/// (`csum`, GUEST_CSUM negotiated) and the NIC validated the checksum.
+#[inline(always)]
+pub(super) fn one_buffer_header(csum: bool, c: &RxCompletion) -> RxHeader {
+    RxHeader { flags: if csum && c.csum_ok { HDR_F_DATA_VALID } else { 0 }, num_buffers: 1 }
 }
 
 /// Whether the NIC says it wrote a whole, undamaged frame it was allowed to
@@ -39,6 +47,8 @@ pub(super) struct Tally {
     frames: u64,
     bytes: u64,
     unknown: u64,
+    /// Frames given DATA_VALID.
+    csum_valid: u64,
 }
 
 impl Tally {
@@ -46,6 +56,12 @@ impl Tally {
     fn frame(&mut self, len: u32) {
         self.frames += 1;
         self.bytes += u64::from(len);
+    }
+
+    #[inline(always)]
+    fn header(&mut self, h: RxHeader) -> RxHeader {
+        self.csum_valid += u64::from(h.flags & HDR_F_DATA_VALID != 0);
+        h
     }
 }
 
@@ -64,7 +80,7 @@ pub(super) enum Reaped {
 /// One NIC completion, the common case: a good frame in a zero-copy buffer
 /// gets its header and a used entry.
 #[inline(always)]
-pub(super) fn complete_zero_copy(table: &mut RxTable, c: RxCompletion) -> Reaped {
+pub(super) fn complete_zero_copy(table: &mut RxTable, c: RxCompletion, hdr: RxHeader) -> Reaped {
     let Some((head, held)) = table.take(c.cookie) else {
         return Reaped::Unknown;
     };
@@ -74,7 +90,7 @@ pub(super) fn complete_zero_copy(table: &mut RxTable, c: RxCompletion) -> Reaped
     let good = !c.error && c.eop && c.len != 0;
     match held.kind {
         RxKind::ZeroCopy { host, .. } if good && total <= u64::from(held.len) => {
-            write_header(host.0);
+            write_header(host.0, hdr);
             Reaped::Done(Used { head, len: total as u32 })
         }
         _ => Reaped::Other(head, held, c),
@@ -88,14 +104,17 @@ pub(super) fn complete_zero_copy(table: &mut RxTable, c: RxCompletion) -> Reaped
 pub(super) fn reap_table(
     table: &mut RxTable,
     c: RxCompletion,
+    csum: bool,
     tally: &mut Tally,
     slow: &mut Vec<(u16, RxHeld, RxCompletion)>,
     emit: impl FnOnce(Used),
 ) {
     let frame_len = c.len;
-    match complete_zero_copy(table, c) {
+    let hdr = one_buffer_header(csum, &c);
+    match complete_zero_copy(table, c, hdr) {
         Reaped::Done(u) => {
             tally.frame(frame_len);
+            tally.header(hdr);
             emit(u);
         }
         Reaped::Other(head, held, c) => slow.push((head, held, c)),
@@ -114,6 +133,8 @@ pub(super) const LENT_COOKIE: u64 = 1 << 63;
 /// alignment there.
 #[inline(always)]
 pub(super) fn fits_zero_copy(d: &RxDesc, zc_min_len: u32, align_mask: u64) -> bool {
+    // GPA + 12 and GPA (jumbo frames' offset) are equally aligned for the
+    // NIC's 2-byte rule.
     d.len() >= zc_min_len && d.gpa().wrapping_add(HDR) & align_mask == 0
 }
 
@@ -217,7 +238,7 @@ impl<D: PnicDriver> ShimBackend<D> {
         host: NonNull<u8>,
     ) -> Result<(), DropReason> {
         let held = RxHeld { len, kind: RxKind::ZeroCopy { host: HostPtr(host), gpa } };
-        self.hand_to_nic(head, held, gpa + HDR, nic_len(len))
+        self.hand_to_nic(head, held, gpa + self.rx_off, nic_len(len))
     }
 
     /// Give the NIC `nic_len` bytes at `iova` for buffer `head` (the tail
@@ -291,14 +312,16 @@ impl<D: PnicDriver> ShimBackend<D> {
             self.recycle(head, held, out);
             return;
         }
+        let hdr = one_buffer_header(self.csum, &c);
         let ok = match held.kind {
-            RxKind::Bounce(i) => self.complete_bounce(i, frame_len),
+            RxKind::Bounce(i) => self.complete_bounce(i, frame_len, hdr),
             // complete_zero_copy took every good frame that fits a zero-copy buffer.
             RxKind::ZeroCopy { .. } => false,
         };
         if ok {
             self.metrics.rx_packets += 1;
             self.metrics.rx_bytes += frame_len;
+            self.metrics.rx_csum_valid += u64::from(hdr.flags & HDR_F_DATA_VALID != 0);
             out.push(Used { head, len: (HDR + frame_len) as u32 });
         } else {
             self.metrics.drop(DropReason::BadAddress);
@@ -308,12 +331,12 @@ impl<D: PnicDriver> ShimBackend<D> {
 
     /// Copy header and frame from bounce buffer `i` into the guest buffer it
     /// stands for, and free it.
-    pub(super) fn complete_bounce(&mut self, i: u32, frame_len: u64) -> bool {
+    pub(super) fn complete_bounce(&mut self, i: u32, frame_len: u64, hdr: RxHeader) -> bool {
         // Header + frame in one copy with equal alignment on both sides.
         let total = (HDR + frame_len) as usize;
         let mut tmp = vec![0u8; total];
-        tmp[..VNET_HDR_LEN].copy_from_slice(&ONE_BUFFER_HEADER);
-        let read = self.rx_bounce.read(i, HDR, &mut tmp[VNET_HDR_LEN..]).is_ok();
+        tmp[..HDR as usize].copy_from_slice(&hdr.bytes());
+        let read = self.rx_bounce.read(i, HDR, &mut tmp[HDR as usize..]).is_ok();
         self.rx_bounce.release(i);
         let ok = read && write_scatter(&self.ram, &self.rx_bounce_segs[i as usize], 0, &tmp);
         if ok {
@@ -380,9 +403,9 @@ impl<D: PnicDriver> ShimBackend<D> {
     /// first buffer that must go another way. Returns how many were posted.
     #[inline(always)]
     pub(super) fn zero_copy_run(&mut self, q: &mut RxQueue<'_>) -> usize {
-        let (zc_min_len, align_mask) = (self.zc_min_len, self.limits.rx_align - 1);
+        let (zc_min_len, align_mask, off) = (self.zc_min_len, self.limits.rx_align - 1, self.rx_off);
         // Every buffer of the run has at least nic_len(zc_min_len) bytes of
-        // room after the header.
+        // room after the header (and so from its start).
         let (posted, r) = self.driver.post_rx_with(
             nic_len(zc_min_len),
             #[inline(always)]
@@ -391,7 +414,7 @@ impl<D: PnicDriver> ShimBackend<D> {
                     #[inline(always)]
                     |d| fits_zero_copy(d, zc_min_len, align_mask),
                 )?;
-                Some((d.gpa() + HDR, LENT_COOKIE | u64::from(d.head())))
+                Some((d.gpa() + off, LENT_COOKIE | u64::from(d.head())))
             },
         );
         if posted > 0 {
@@ -416,6 +439,13 @@ impl<D: PnicDriver> ShimBackend<D> {
     pub(super) fn recycle_lent(&mut self, q: &mut RxQueue<'_>, head: u16) {
         self.metrics.rx_nic_errors += 1;
         self.metrics.drop(DropReason::BackendError);
+        self.repost_lent(q, head);
+    }
+
+    /// Give lent buffer `head`, whose contents are dropped, straight back to
+    /// the NIC (or to the guest, empty, if the NIC cannot take it).
+    #[cold]
+    pub(super) fn repost_lent(&mut self, q: &mut RxQueue<'_>, head: u16) {
         let (zc_min_len, align_mask) = (self.zc_min_len, self.limits.rx_align - 1);
         let lent = q.lent(head).filter(|d| !self.rx.holds(head) && fits_zero_copy(d, zc_min_len, align_mask));
         let Some(d) = lent else {
@@ -432,7 +462,7 @@ impl<D: PnicDriver> ShimBackend<D> {
             return q.refuse(head, DropReason::BackendError);
         }
         let cookie = LENT_COOKIE | u64::from(head);
-        match post_one(&mut self.driver, d.gpa() + HDR, nic_len(d.len()), cookie) {
+        match post_one(&mut self.driver, d.gpa() + self.rx_off, nic_len(d.len()), cookie) {
             Ok(()) => self.rx_unflushed = true,
             Err(e) => {
                 let reason = self.post_failed(cookie, e);
@@ -442,13 +472,17 @@ impl<D: PnicDriver> ShimBackend<D> {
     }
 
     /// Heads of the lent buffers the NIC holds (see [`LENT_COOKIE`]).
+    /// The parts of an unfinished multi-buffer frame count too: the NIC
+    /// filled them, the guest has not had them.
     pub(super) fn lent_heads(&self) -> Vec<u16> {
         let mut heads = Vec::new();
-        self.driver.rx_posted_with(|c| {
+        let mut add = |c: u64| {
             if c & LENT_COOKIE != 0 {
                 heads.push(c as u16);
             }
-        });
+        };
+        self.rx_parts.iter().for_each(|p| add(p.cookie));
+        self.driver.rx_posted_with(add);
         heads
     }
 
@@ -492,9 +526,10 @@ impl<D: PnicDriver> ShimBackend<D> {
         let mut slow = std::mem::take(&mut self.rx_slow);
         let table = &mut self.rx;
         let mut tally = Tally::default();
+        let csum = self.csum;
         let r = self.driver.reap_rx_with(
             #[inline(always)]
-            |c| reap_table(table, c, &mut tally, &mut slow, &mut emit),
+            |c| reap_table(table, c, csum, &mut tally, &mut slow, &mut emit),
         );
         self.count_reaped(tally, r);
         self.complete_slow(&mut slow, &mut emit);
@@ -510,6 +545,7 @@ impl<D: PnicDriver> ShimBackend<D> {
         self.metrics.rx_zero_copy += t.frames;
         self.metrics.rx_packets += t.frames;
         self.metrics.rx_bytes += t.bytes;
+        self.metrics.rx_csum_valid += t.csum_valid;
         self.metrics.nic_errors += t.unknown;
         if let Err(e) = r {
             self.driver_err(e);
@@ -580,30 +616,41 @@ impl<D: PnicDriver> ShimBackend<D> {
     }
 
     /// Every NIC completion as the driver finds it: a good frame in a lent
-    /// buffer goes to [`RxQueue::complete_frame`] (the device writes header
+    /// buffer goes to [`RxQueue::complete_first`] (the device writes header
     /// and used entry), a bad one is recycled to the NIC after the reap;
     /// buffers posted through the table (bounce buffers) through [`reap_table`].
+    /// Frames over several buffers (jumbo MTU) take [`Self::complete_rx_multi`].
     pub(super) fn complete_rx(&mut self, q: &mut RxQueue<'_>) {
         self.rx_returned.drain(..).for_each(|u| q.complete(u.head, u.len));
         if self.failed || !self.started {
             return;
+        }
+        if self.multi {
+            return self.complete_rx_multi(q);
         }
         let mut slow = std::mem::take(&mut self.rx_slow);
         let mut dropped = std::mem::take(&mut self.rx_dropped);
         let table = &mut self.rx;
         let mut tally = Tally::default();
         let max = self.limits.rx_max_write;
+        let csum = self.csum;
+        let mut in_frag = self.rx_in_frag;
         let mut oversize = 0u32;
         let r = self.driver.reap_rx_with(
             #[inline(always)]
             |c| {
+                // After a part without EOP, everything up to the next EOP is
+                // the rest of that frame: dropped like it.
+                let frag = in_frag;
+                in_frag = !c.eop;
+                let c = RxCompletion { error: c.error || frag, ..c };
                 // A lent buffer's cookie is LENT_COOKIE | head: without the tag
                 // it is the head (one test for both).
                 let lent = c.cookie ^ LENT_COOKIE;
                 if lent > u64::from(u16::MAX) {
                     if c.cookie & LENT_COOKIE == 0 {
                         // Posted through the table (a bounce buffer).
-                        return reap_table(table, c, &mut tally, &mut slow, |u| q.complete(u.head, u.len));
+                        return reap_table(table, c, csum, &mut tally, &mut slow, |u| q.complete(u.head, u.len));
                     }
                     tally.unknown += 1;
                 } else if !c.error && c.eop && c.len != 0 && c.len.max(oversize) <= max {
@@ -612,13 +659,15 @@ impl<D: PnicDriver> ShimBackend<D> {
                     // The NIC wrote the frame at GPA + 12 of the buffer: the
                     // device adds the header and the used entry.
                     tally.frame(c.len);
-                    q.complete_frame(lent as u16, c.len);
+                    let hdr = tally.header(one_buffer_header(csum, &c));
+                    q.complete_first(lent as u16, c.len, hdr, false);
                 } else {
                     oversize = oversize.max(c.len);
                     dropped.push(lent as u16);
                 }
             },
         );
+        self.rx_in_frag = in_frag;
         self.count_reaped(tally, r);
         if oversize > max {
             self.fail_invariant(format_args!("the NIC reported a {oversize}-byte frame; it may write {max} at most"));
@@ -632,5 +681,143 @@ impl<D: PnicDriver> ShimBackend<D> {
         // Buffers recycled above (dropped frames) go back to the NIC now.
         self.flush_rx_posted();
         self.rx_returned.drain(..).for_each(|u| q.complete(u.head, u.len));
+    }
+
+    /// Jumbo MTU: the NIC writes each buffer from its start (GPA + 0) and a
+    /// frame spans as many buffers as it needs, the last with EOP. The parts
+    /// are kept until their EOP comes (maybe in a later pass); then the
+    /// frame goes to the guest as one virtio frame over the same buffers
+    /// (`num_buffers` = parts): the first buffer's bytes are moved up by the
+    /// header (a copy of at most one NIC buffer, `rx_shifted_bytes`), the
+    /// others are left where the NIC wrote them.
+    #[cold]
+    pub(super) fn complete_rx_multi(&mut self, q: &mut RxQueue<'_>) {
+        let mut parts = std::mem::take(&mut self.rx_parts);
+        let r = self.driver.reap_rx_with(|c| parts.push(c));
+        if let Err(e) = r {
+            self.driver_err(e);
+        }
+        if self.failed {
+            // `fail` handed back every buffer the NIC held (the parts were
+            // out of its sight, taken above): they are handed back here.
+            for p in parts.drain(..) {
+                self.return_part(p.cookie);
+            }
+            self.rx_returned.drain(..).for_each(|u| q.complete(u.head, u.len));
+            return;
+        }
+        let mut start = 0;
+        for end in 0..parts.len() {
+            if parts[end].eop {
+                self.deliver_parts(q, &parts[start..=end]);
+                start = end + 1;
+                if self.failed {
+                    for p in &parts[start..] {
+                        self.return_part(p.cookie);
+                    }
+                    start = parts.len();
+                    break;
+                }
+            }
+        }
+        parts.drain(..start);
+        self.rx_parts = parts;
+        self.flush_rx_posted();
+        self.rx_returned.drain(..).for_each(|u| q.complete(u.head, u.len));
+    }
+
+    /// A part reaped after the NIC failed: its buffer goes back empty (a
+    /// table buffer through the table, which `fail` drained already).
+    #[cold]
+    fn return_part(&mut self, cookie: u64) {
+        if cookie & LENT_COOKIE != 0 && !self.dma_unstopped {
+            self.rx_returned.push(Used { head: cookie as u16, len: 0 });
+        }
+    }
+
+    /// One whole frame of `parts` (the last with EOP).
+    #[cold]
+    fn deliver_parts(&mut self, q: &mut RxQueue<'_>, parts: &[RxCompletion]) {
+        let (max_write, max_frame) = (self.limits.rx_max_write, self.limits.rx_max_frame);
+        let total: u64 = parts.iter().map(|p| u64::from(p.len)).sum();
+        if parts.iter().any(|p| p.len > max_write) || total > u64::from(max_frame) {
+            let what = format_args!("the NIC reported a {total}-byte frame in {} buffers; it may write {max_write} per buffer, {max_frame} per frame", parts.len());
+            self.fail_invariant(what);
+            for p in parts {
+                self.return_part(p.cookie);
+            }
+            return;
+        }
+        // Each part's buffer: lent (the device's book) or in the table.
+        let mut heads: SmallVec<[(u16, Option<RxHeld>); 9]> = SmallVec::new();
+        for p in parts {
+            if p.cookie & LENT_COOKIE != 0 {
+                heads.push((p.cookie as u16, None));
+            } else if let Some((head, held)) = self.rx.take(p.cookie) {
+                heads.push((head, Some(held)));
+            } else {
+                self.metrics.nic_errors += 1;
+            }
+        }
+        let last = parts[parts.len() - 1];
+        let good = heads.len() == parts.len() && !parts.iter().any(|p| p.error) && total != 0;
+        // A table buffer is a zero-copy one (the device lent it too) or a
+        // bounce buffer, which takes a frame of one part only.
+        let bounce = heads.iter().find_map(|(_, h)| match h {
+            Some(RxHeld { kind: RxKind::Bounce(i), .. }) => Some(i),
+            _ => None,
+        });
+        if good && parts.len() == 1 {
+            if let [(head, Some(held))] = heads[..] {
+                if bounce.is_some() {
+                    let mut out = Vec::new();
+                    self.complete_rx_other(head, held, last, &mut out);
+                    out.into_iter().for_each(|u| q.complete(u.head, u.len));
+                    return;
+                }
+            }
+        }
+        if !good || bounce.is_some() {
+            let reason = if good { DropReason::BufferTooSmall } else { DropReason::BackendError };
+            if !good {
+                self.metrics.rx_nic_errors += 1;
+            }
+            self.metrics.drop(reason);
+            for (head, held) in heads {
+                match held {
+                    Some(held @ RxHeld { kind: RxKind::Bounce(_), .. }) => {
+                        let mut out = Vec::new();
+                        self.recycle(head, held, &mut out);
+                        out.into_iter().for_each(|u| q.complete(u.head, u.len));
+                    }
+                    _ => self.repost_lent(q, head),
+                }
+            }
+            return;
+        }
+        let n = parts.len() as u16;
+        let flags = if self.csum && last.csum_ok { HDR_F_DATA_VALID } else { 0 };
+        let hdr = RxHeader { flags, num_buffers: n };
+        let (first, first_len) = (heads[0].0, parts[0].len);
+        if !q.complete_first(first, first_len, hdr, true) {
+            // A backend bug (logged by the queue): the rest goes back empty.
+            for &(head, _) in &heads[1..] {
+                q.complete(head, 0);
+            }
+            return;
+        }
+        for (&(head, _), p) in heads[1..].iter().zip(&parts[1..]) {
+            q.complete_part(head, p.len, false);
+        }
+        let m = &mut self.metrics;
+        m.rx_shifted(u64::from(first_len));
+        m.rx_zero_copy += 1;
+        m.rx_packets += 1;
+        m.rx_bytes += total;
+        m.rx_csum_valid += u64::from(flags != 0);
+        if n > 1 {
+            m.rx_multi_buffer_frames += 1;
+            m.rx_multi_buffer_buffers += u64::from(n);
+        }
     }
 }

@@ -133,7 +133,7 @@ fn an_oversize_completion_fails_the_nic() {
     }
     let cookies = s.driver().rx_posted_cookies();
     let max = s.driver().limits().rx_max_write;
-    h.inject_rx_completion(RxCompletion { cookie: cookies[0], len: max + 1, eop: true, error: true });
+    h.inject_rx_completion(RxCompletion { cookie: cookies[0], len: max + 1, eop: true, error: true, csum_ok: false });
     let mut used = Vec::new();
     s.reap_rx(&mem, &mut used);
     assert!(!s.link_up(), "the NIC failed");
@@ -154,7 +154,7 @@ fn an_oversize_completion_fails_the_nic() {
     };
     s.post_rx(&mem, rxbuf(0, 0x1_0000)).unwrap();
     let c = s.driver().rx_posted_cookies()[0];
-    h.inject_rx_completion(RxCompletion { cookie: c, len: max, eop: true, error: false });
+    h.inject_rx_completion(RxCompletion { cookie: c, len: max, eop: true, error: false, csum_ok: false });
     used.clear();
     s.reap_rx(&mem, &mut used);
     assert!(s.link_up());

@@ -590,7 +590,7 @@ fn unknown_and_stale_cookies_from_the_nic_are_ignored_and_counted() {
     let errors = s.shim_metrics().nic_errors;
     let bogus = [cookie, 0, u64::MAX, cookie ^ (1 << 32), cookie + 1000, 1 << 63 | 2, 0xffff_ffff];
     for c in bogus {
-        h.inject_rx_completion(RxCompletion { cookie: c, len: 60, eop: true, error: false });
+        h.inject_rx_completion(RxCompletion { cookie: c, len: 60, eop: true, error: false, csum_ok: false });
         h.inject_tx_completion(c);
     }
     used.clear();

@@ -32,6 +32,46 @@ pub const VNET_HDR_LEN: usize = 12;
 /// virtio_net_hdr_v1) = 1.
 pub const ONE_BUFFER_HEADER: [u8; VNET_HDR_LEN] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0];
 
+/// `flags` bit of a received frame's header: the device (here: the NIC)
+/// validated its checksum (VIRTIO_NET_HDR_F_DATA_VALID; only with
+/// VIRTIO_NET_F_GUEST_CSUM negotiated).
+pub const HDR_F_DATA_VALID: u8 = 2;
+
+/// The fields of a received frame's virtio-net header the RX side sets
+/// (no GSO is ever delivered: `gso_type` NONE, the rest 0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RxHeader {
+    /// `flags`: 0 or [`HDR_F_DATA_VALID`].
+    pub flags: u8,
+    /// `num_buffers`: how many buffers the frame spans (MRG_RXBUF).
+    pub num_buffers: u16,
+}
+
+impl RxHeader {
+    /// One buffer, nothing validated: [`ONE_BUFFER_HEADER`].
+    pub const ONE: RxHeader = RxHeader { flags: 0, num_buffers: 1 };
+
+    /// The header's bytes (virtio_net_hdr_v1, little endian).
+    #[inline(always)]
+    pub fn bytes(self) -> [u8; VNET_HDR_LEN] {
+        let mut h = [0u8; VNET_HDR_LEN];
+        h[0] = self.flags;
+        h[10..12].copy_from_slice(&self.num_buffers.to_le_bytes());
+        h
+    }
+}
+
+/// Writes `hdr` at `host` (volatile: guest memory the guest may be reading).
+///
+/// # Safety
+/// As [`write_one_buffer_header`].
+#[inline(always)]
+pub unsafe fn write_rx_header(host: NonNull<u8>, hdr: RxHeader) {
+    // SAFETY: the caller guarantees VNET_HDR_LEN writable bytes at `host`;
+    // [u8; N] has alignment 1.
+    unsafe { host.as_ptr().cast::<[u8; VNET_HDR_LEN]>().write_volatile(hdr.bytes()) };
+}
+
 /// Writes [`ONE_BUFFER_HEADER`] at `host` (volatile: guest memory the guest
 /// may be reading).
 ///

@@ -5,8 +5,8 @@ use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_ECN, VIRTIO_NET_F_GUEST_TSO4,
     VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_F_GUEST_UFO, VIRTIO_NET_F_HOST_ECN, VIRTIO_NET_F_HOST_TSO4,
-    VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_HOST_UFO, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_STATUS,
-    VIRTIO_NET_S_LINK_UP,
+    VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_HOST_UFO, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_MTU,
+    VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP,
 };
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 
@@ -16,6 +16,8 @@ pub const F_INDIRECT_DESC: u64 = 1 << VIRTIO_RING_F_INDIRECT_DESC;
 pub const F_MAC: u64 = 1 << VIRTIO_NET_F_MAC;
 pub const F_STATUS: u64 = 1 << VIRTIO_NET_F_STATUS;
 pub const F_MRG_RXBUF: u64 = 1 << VIRTIO_NET_F_MRG_RXBUF;
+/// The device reports the MTU it supports in the config space (`mtu`).
+pub const F_MTU: u64 = 1 << VIRTIO_NET_F_MTU;
 pub const F_CSUM: u64 = 1 << VIRTIO_NET_F_CSUM;
 pub const F_GUEST_CSUM: u64 = 1 << VIRTIO_NET_F_GUEST_CSUM;
 pub const F_GUEST_TSO4: u64 = 1 << VIRTIO_NET_F_GUEST_TSO4;
@@ -50,20 +52,27 @@ pub const DEVICE_FEATURES: u64 = F_VERSION_1 | F_MAC | F_STATUS | F_MRG_RXBUF | 
 pub const CFG_MAC: usize = 0;
 pub const CFG_STATUS: usize = 6;
 pub const CFG_MAX_VQ_PAIRS: usize = 8;
+pub const CFG_MTU: usize = 10;
 /// The part of the config space this device exposes (mac, status,
-/// max_virtqueue_pairs); reads beyond it return zeros.
-pub const CFG_LEN: usize = 10;
+/// max_virtqueue_pairs, mtu); reads beyond it return zeros.
+pub const CFG_LEN: usize = 12;
+
+/// The `mtu` field before one is set (Ethernet's; the range a
+/// configuration may ask for is `vmm_config::net`'s).
+pub const MTU_DEFAULT: u16 = 1500;
 
 /// `status` bit: the link is up.
 pub const STATUS_LINK_UP: u16 = VIRTIO_NET_S_LINK_UP as u16;
 
-/// The config space as bytes.
-pub fn config_bytes(mac: [u8; 6], link_up: bool) -> [u8; CFG_LEN] {
+/// The config space as bytes (`mtu` is read by the driver only when
+/// VIRTIO_NET_F_MTU was offered).
+pub fn config_bytes(mac: [u8; 6], link_up: bool, mtu: u16) -> [u8; CFG_LEN] {
     let mut c = [0u8; CFG_LEN];
     c[CFG_MAC..CFG_MAC + 6].copy_from_slice(&mac);
     let status = if link_up { STATUS_LINK_UP } else { 0 };
     c[CFG_STATUS..CFG_STATUS + 2].copy_from_slice(&status.to_le_bytes());
     c[CFG_MAX_VQ_PAIRS..CFG_MAX_VQ_PAIRS + 2].copy_from_slice(&1u16.to_le_bytes());
+    c[CFG_MTU..CFG_MTU + 2].copy_from_slice(&mtu.to_le_bytes());
     c
 }
 
@@ -100,16 +109,16 @@ mod tests {
 
     #[test]
     fn config_layout_and_windows() {
-        let c = config_bytes([1, 2, 3, 4, 5, 6], true);
+        let c = config_bytes([1, 2, 3, 4, 5, 6], true, 9000);
         let mut d = [0u8; 8];
         read_window(&c, 0, &mut d);
         assert_eq!(d, [1, 2, 3, 4, 5, 6, 1, 0]);
         let mut s = [0xffu8; 2];
-        read_window(&config_bytes([0; 6], false), 6, &mut s);
+        read_window(&config_bytes([0; 6], false, 1500), 6, &mut s);
         assert_eq!(s, [0, 0]);
         let mut s = [0xffu8; 4];
         read_window(&c, 8, &mut s);
-        assert_eq!(s, [1, 0, 0, 0]);
+        assert_eq!(s, [1, 0, 0x28, 0x23], "max_virtqueue_pairs 1, then mtu 9000 (le16)");
         read_window(&c, u64::MAX, &mut s);
         assert_eq!(s, [0; 4]);
     }

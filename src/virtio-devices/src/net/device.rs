@@ -19,7 +19,9 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::backend::NetBackend;
 use super::chain::MAX_CHAIN_DESCS;
-use super::config::{config_bytes, random_mac, read_window, BACKEND_OFFLOAD_MASK, DEVICE_FEATURES, F_STATUS};
+use super::config::{
+    config_bytes, random_mac, read_window, BACKEND_OFFLOAD_MASK, DEVICE_FEATURES, F_MTU, F_STATUS, MTU_DEFAULT,
+};
 use super::direct::{Held, RxQueue, TxQueue};
 use super::event_handler::Watch;
 use super::metrics::NetMetrics;
@@ -63,6 +65,8 @@ pub(super) struct Active {
 pub struct Net {
     pub(super) id: String,
     mac: [u8; 6],
+    /// The MTU in the config space (offered with VIRTIO_NET_F_MTU once set).
+    mtu: u16,
     pub(super) backend: Box<dyn NetBackend>,
     avail_features: u64,
     acked_features: u64,
@@ -92,6 +96,7 @@ impl Net {
         Net {
             id,
             mac: mac.unwrap_or_else(random_mac),
+            mtu: MTU_DEFAULT,
             avail_features,
             acked_features: 0,
             queue_evts: vec![mk(), mk()],
@@ -109,6 +114,18 @@ impl Net {
 
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// Offer VIRTIO_NET_F_MTU with `mtu` (the backend was opened for it:
+    /// the NIC's frame cap or the tap's MTU). Before activation only.
+    pub fn set_mtu(&mut self, mtu: u16) {
+        self.mtu = mtu;
+        self.avail_features |= F_MTU;
+    }
+
+    /// The MTU the config space reports.
+    pub fn mtu(&self) -> u16 {
+        self.mtu
     }
 
     pub fn mac(&self) -> [u8; 6] {
@@ -267,7 +284,7 @@ impl VirtioDevice for Net {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        read_window(&config_bytes(self.mac, self.link_up), offset, data);
+        read_window(&config_bytes(self.mac, self.link_up, self.mtu), offset, data);
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {

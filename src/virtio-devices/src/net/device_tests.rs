@@ -458,6 +458,19 @@ fn identity_features_and_config() {
 }
 
 #[test]
+fn the_mtu_is_offered_only_once_set_and_read_from_the_config_space() {
+    let h = Harness::new();
+    let mut n = h.net.lock().unwrap();
+    assert_eq!(n.avail_features() & super::config::F_MTU, 0, "no MTU feature by default");
+    n.set_mtu(9000);
+    assert_ne!(n.avail_features() & super::config::F_MTU, 0);
+    let mut mtu = [0u8; 2];
+    n.read_config(super::config::CFG_MTU as u64, &mut mtu);
+    assert_eq!(u16::from_le_bytes(mtu), 9000);
+    assert_eq!(n.mtu(), 9000);
+}
+
+#[test]
 fn random_mac_when_none_given() {
     let st = Arc::new(Mutex::new(FakeState { link_up: true, ..Default::default() }));
     let evt = EventFd::new(libc::EFD_NONBLOCK).unwrap();

@@ -24,7 +24,7 @@ use std::ptr::NonNull;
 use log::error;
 use vm_memory::GuestAddress;
 
-use super::backend::{write_one_buffer_header, ChainRef, DropReason, VNET_HDR_LEN};
+use super::backend::{write_one_buffer_header, write_rx_header, ChainRef, DropReason, RxHeader, VNET_HDR_LEN};
 use super::chain::Direction;
 use super::metrics::NetMetrics;
 use super::ring::SplitRing;
@@ -362,6 +362,50 @@ impl<'a> RxQueue<'a> {
         // `pop` and alive while the device is activated.
         unsafe { write_one_buffer_header(host) };
         self.used(head, total as u32);
+    }
+
+    /// The first buffer of a frame the NIC wrote into a lent buffer (see
+    /// [`RxQueue::complete_frame`]), with its header fields `hdr`: a frame
+    /// over several buffers continues with [`RxQueue::complete_part`] for
+    /// each of the `hdr.num_buffers - 1` others. `data_len` bytes are at
+    /// GPA + [`VNET_HDR_LEN`], or, with `at_start`, at GPA: the device then
+    /// moves them up by the header's length first (a copy inside the buffer,
+    /// which the caller counts). Returns whether the frame was completed as
+    /// such; a head not lent or a frame that does not fit is a backend bug
+    /// (counted and logged; the buffer goes back empty).
+    #[inline(always)]
+    pub fn complete_first(&mut self, head: u16, data_len: u32, hdr: RxHeader, at_start: bool) -> bool {
+        let Some(h) = self.held.get_mut(usize::from(head)) else {
+            self.bogus_head(head);
+            return false;
+        };
+        let (len, host) = match *h {
+            Held { len, desc: Some((_, host)) } if len != 0 => {
+                h.release();
+                (len, host)
+            }
+            _ => {
+                self.bogus_head(head);
+                return false;
+            }
+        };
+        let total = u64::from(data_len) + VNET_HDR_LEN as u64;
+        if total > u64::from(len) {
+            self.bogus_len(total.min(u64::from(u32::MAX)) as u32, len);
+            self.used(head, 0);
+            return false;
+        }
+        if at_start {
+            // SAFETY: `host` is the first byte of `len` >= data_len + 12
+            // bytes of one guest RAM mapping (checked above, resolved by
+            // `pop`); source and destination lie inside it (ptr::copy
+            // allows the overlap).
+            unsafe { std::ptr::copy(host.as_ptr(), host.as_ptr().add(VNET_HDR_LEN), data_len as usize) };
+        }
+        // SAFETY: as in `complete_frame`.
+        unsafe { write_rx_header(host, hdr) };
+        self.used(head, total as u32);
+        true
     }
 
     /// The [`RxDesc`] of buffer `head` if the backend holds it as one (it

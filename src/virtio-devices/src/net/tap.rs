@@ -177,6 +177,15 @@ pub struct TapBackend {
 }
 
 impl TapBackend {
+    /// The tap's MTU (`--net tap=...,mtu=N`): set on the host interface, so
+    /// the host sends the guest frames up to it (and the RX buffer need
+    /// follows).
+    pub fn set_mtu(&mut self, mtu: u16) -> Result<(), TapError> {
+        self.tap.set_mtu(mtu)?;
+        self.mtu = u32::from(mtu);
+        Ok(())
+    }
+
     /// Opens (creating if needed) the tap `name` with a 12-byte virtio-net
     /// header, non-blocking, offloads off until the guest acks some.
     pub fn open(name: &str) -> Result<TapBackend, TapError> {

@@ -28,6 +28,8 @@ pub enum TapError {
     VnetHdrSize { name: String, source: io::Error },
     #[error("tap {name}: cannot set offloads {flags:#x} (TUNSETOFFLOAD): {source}")]
     Offload { name: String, flags: u32, source: io::Error },
+    #[error("tap {name}: cannot set its MTU to {mtu} (SIOCSIFMTU; needs CAP_NET_ADMIN): {source}")]
+    Mtu { name: String, mtu: u16, source: io::Error },
 }
 
 /// Checks a name the way the kernel's dev_valid_name() does. A `%d` is allowed
@@ -131,16 +133,31 @@ impl TapDev {
         errno_result(r).map(|_| ()).map_err(|source| TapError::Offload { name: self.name.clone(), flags, source })
     }
 
+    /// Set the interface MTU (SIOCSIFMTU): the host end then sends the
+    /// guest frames up to it and takes frames up to it.
+    pub fn set_mtu(&self, mtu: u16) -> Result<(), TapError> {
+        self.if_ioctl_with(libc::SIOCSIFMTU, |ifr| ifr.ifr_ifru.ifru_mtu = libc::c_int::from(mtu))
+            .map(|_| ())
+            .map_err(|source| TapError::Mtu { name: self.name.clone(), mtu, source })
+    }
+
     /// Runs an interface ioctl (SIOCGIF*) on a throwaway socket.
     fn if_ioctl(&self, req: libc::c_ulong) -> io::Result<libc::ifreq> {
+        self.if_ioctl_with(req, |_| {})
+    }
+
+    /// Runs an interface ioctl on a throwaway socket with the ifreq that
+    /// `fill` completed (SIOCSIF*).
+    fn if_ioctl_with(&self, req: libc::c_ulong, fill: impl FnOnce(&mut libc::ifreq)) -> io::Result<libc::ifreq> {
         // SAFETY: plain socket(2) call; the fd is owned right after.
         let s = errno_result(unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) })?;
         // SAFETY: `s` was just returned by socket(2) and nothing else owns it.
         let sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(s) };
         let mut ifr = ifreq_for(&self.name);
-        // SAFETY: the SIOCGIF* requests used here read and write one ifreq
-        // that we own. `as _`: ioctl's request is c_ulong on glibc, c_int on
-        // musl, so the same line builds for both targets.
+        fill(&mut ifr);
+        // SAFETY: the SIOCGIF*/SIOCSIFMTU requests used here read and write
+        // one ifreq that we own. `as _`: ioctl's request is c_ulong on glibc,
+        // c_int on musl, so the same line builds for both targets.
         let r = unsafe { libc::ioctl(sock.as_raw_fd(), req as _, &mut ifr as *mut libc::ifreq) };
         errno_result(r)?;
         Ok(ifr)

@@ -68,9 +68,9 @@ fn block_flood_leaves_net_answering_and_sigterm_prompt() {
     let mut vm = GuestProcess::spawn("shimvmm-flood", cmd).expect("spawn shimvmm");
     vm.wait_for_marker("flood", BOOT_TIMEOUT).unwrap_or_else(|e| panic!("no flood marker: {e}\n{}", vm.tail(40)));
 
-    let (ping, text) = host_ping(None, GUEST_IP, 20);
+    let (ping, ping_text) = host_ping(None, GUEST_IP, 20);
     eprintln!("ping during the flood: {}/{} rtt {:?}", ping.received, ping.transmitted, ping.rtt);
-    assert!(ping.received >= 10, "net starved by the block flood:\n{text}\n{}", vm.tail(20));
+    let console = vm.tail(20);
 
     let t = Instant::now();
     // SAFETY: kill(2) on our own child's pid.
@@ -85,6 +85,13 @@ fn block_flood_leaves_net_answering_and_sigterm_prompt() {
     let text = std::fs::read_to_string(&metrics).unwrap();
     let last = text.lines().rev().find(|l| !l.trim().is_empty()).expect("an exit-time metrics line");
     let m: serde_json::Value = serde_json::from_str(last).unwrap();
+    // Asserted after the exit so that a starved run shows where the echo requests stopped:
+    // the net device's counters say whether shimvmm delivered them to the guest.
+    assert!(
+        ping.received >= 10,
+        "net starved by the block flood:\n{ping_text}\n{console}\nnet metrics at exit: {}",
+        m["shimvmm"]["net"]
+    );
     let flood_disk = &m["shimvmm"]["block"]["flood"];
     let yields = flood_disk["budget_yields"].as_u64().unwrap_or(0);
     eprintln!("flood disk metrics: {flood_disk}");

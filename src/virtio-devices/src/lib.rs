@@ -14,6 +14,7 @@ pub mod transport;
 
 use std::sync::Arc;
 
+use virtio_queue::QueueT;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -32,6 +33,27 @@ pub struct ActivateContext {
     /// One per queue, in queue order; size/addresses already set by the driver.
     pub queues: Vec<virtio_queue::Queue>,
     pub interrupt: Arc<Interrupt>,
+}
+
+impl ActivateContext {
+    /// The one check of what the driver set up: `want` queues, each inside guest memory.
+    pub fn check_queues(&self, want: usize) -> Result<(), ActivateError> {
+        if self.queues.len() != want {
+            return Err(ActivateError::QueueCount { got: self.queues.len(), want });
+        }
+        match self.queues.iter().position(|q| !q.is_valid(&self.mem)) {
+            Some(i) => Err(ActivateError::InvalidQueue(i)),
+            None => Ok(()),
+        }
+    }
+
+    /// For single-queue devices: the checked queue with the memory and interrupt.
+    pub fn into_single_queue(self) -> Result<(GuestMemory, virtio_queue::Queue, Arc<Interrupt>), ActivateError> {
+        self.check_queues(1)?;
+        let ActivateContext { mem, queues, interrupt } = self;
+        let queue = queues.into_iter().next().ok_or(ActivateError::InvalidQueue(0))?;
+        Ok((mem, queue, interrupt))
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

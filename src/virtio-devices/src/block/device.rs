@@ -388,14 +388,7 @@ impl VirtioDevice for Block {
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
-        let ActivateContext { mem, queues, interrupt } = ctx;
-        if queues.len() != 1 {
-            return Err(ActivateError::QueueCount { got: queues.len(), want: 1 });
-        }
-        let queue = queues.into_iter().next().ok_or(ActivateError::InvalidQueue(0))?;
-        if !queue.is_valid(&mem) {
-            return Err(ActivateError::InvalidQueue(0));
-        }
+        let (mem, queue, interrupt) = ctx.into_single_queue()?;
         self.active = Some(Active { mem, queue, interrupt, broken: false });
         // Requests the driver queued before DRIVER_OK would otherwise wait
         // for the next kick.

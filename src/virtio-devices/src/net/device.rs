@@ -13,7 +13,7 @@ use std::os::unix::io::RawFd;
 use std::sync::Arc;
 
 use log::{error, warn};
-use virtio_queue::QueueT;
+
 use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -282,14 +282,7 @@ impl VirtioDevice for Net {
             self.backend.quiesce();
             self.active = None;
         }
-        if ctx.queues.len() != QUEUE_SIZES.len() {
-            return Err(ActivateError::QueueCount { got: ctx.queues.len(), want: QUEUE_SIZES.len() });
-        }
-        for (i, q) in ctx.queues.iter().enumerate() {
-            if !q.is_valid(&ctx.mem) {
-                return Err(ActivateError::InvalidQueue(i));
-            }
-        }
+        ctx.check_queues(QUEUE_SIZES.len())?;
         self.backend
             .set_features(self.acked_features)
             .map_err(|e| ActivateError::Backend(format!("setting offloads {:#x}: {e}", self.acked_features)))?;

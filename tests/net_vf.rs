@@ -1,9 +1,10 @@
 //! Several microVMs on one NIC, each on its own SR-IOV VF: the testbed's
 //! first igb stays with Linux's igb in L1 as the PF, which creates VFs with
 //! fixed MACs (spoof checking on) bound to vfio-pci (`SHIMVMM_VFS`, from an
-//! L1 started with `SHIMVMM_TESTBED_VFS=3`, or made here with
-//! tools/testbed.d/l1-vfs.sh in an L1 set up without VFs, as tools/devtool
-//! starts one). Each guest runs `--net vfio=<its VF>` with no MAC of its own.
+//! L1 started with `SHIMVMM_TESTBED_VFS=3`, as tools/devtool starts net_vf's:
+//! that L1 has no RAM above 4 GiB, so its VF BARs lie below 4 GiB, the only
+//! place QEMU's 82576 decodes them; docs/vfio-nic.md section 8). Each guest
+//! runs `--net vfio=<its VF>` with no MAC of its own.
 //!
 //! - `three_guests_on_vfs_...`: three Alpine guests at once; each comes up
 //!   with its VF's PF-assigned MAC, pings the peer (192.0.2.1 in netns
@@ -24,7 +25,7 @@
 //!
 //! Build on the host: `cargo build --release -p shimvmm && cargo test --release
 //! -p shimvmm-tests --test net_vf --no-run`, then
-//! `tools/testbed run -- tools/devtool _guest-job target/release/deps/net_vf-<hash> <test>`.
+//! `SHIMVMM_TESTBED_VFS=3 tools/testbed run -- tools/devtool _guest-job target/release/deps/net_vf-<hash> <test>`.
 //! `SHIMVMM_VF_PAYLOAD_MIB` sets the payload size (default 64). Elsewhere
 //! the tests print a loud SKIPPED line (fail with SHIMVMM_REQUIRE_GUEST=1).
 
@@ -73,10 +74,10 @@ fn payload_len() -> usize {
 }
 
 /// The testbed's VFs: `SHIMVMM_VFS` from an L1 started with
-/// `SHIMVMM_TESTBED_VFS`, or else (an L1 with the PF on vfio-pci, as
-/// tools/devtool starts one for every guest test) made here with the script
-/// the testbed uses, which hands the PF to Linux's igb. Each guest test runs
-/// in a fresh L1, so the PF is not given back.
+/// `SHIMVMM_TESTBED_VFS`, or else (an L1 with the PF on vfio-pci) made here
+/// with the script the testbed uses, which hands the PF to Linux's igb and
+/// refuses VF BARs above 4 GiB (an L1 with RAM above 4 GiB). Each guest test
+/// runs in a fresh L1, so the PF is not given back.
 fn vfs() -> Vec<String> {
     if let Ok(v) = std::env::var("SHIMVMM_VFS") {
         return v.split_whitespace().map(String::from).collect();

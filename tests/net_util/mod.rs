@@ -8,7 +8,7 @@
 
 #![allow(dead_code)]
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::Path;
@@ -581,6 +581,110 @@ mod tests {
         assert_ne!(payload(1000, 7), payload(1000, 8));
         assert_eq!(payload(1001, 7).len(), 1001);
     }
+}
+
+/// `net_util/rawsend.c`, built static (the guest has no libc we could
+/// link against).
+pub fn build_rawsend(out: &Path) -> Vec<u8> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/net_util/rawsend.c");
+    let st = Command::new("cc")
+        .args(["-static", "-O2", "-o"])
+        .arg(out)
+        .arg(&src)
+        .status()
+        .expect("run cc (the wire-policy test builds its guest helper with `cc -static`)");
+    assert!(st.success(), "cc -static {} failed", src.display());
+    std::fs::read(out).expect("read the built helper")
+}
+
+/// Frames carrying `SHIMVMM-WIRE-<kind>.` seen on the peer's interface
+/// `ifname` (in namespace `ns`, promiscuous), by kind, until `stop`.
+pub fn spawn_wire_capture(
+    ns: String,
+    ifname: String,
+    stop: Arc<AtomicBool>,
+    seen: Arc<Mutex<BTreeMap<String, u64>>>,
+) -> JoinHandle<()> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let h = std::thread::spawn(move || {
+        let path = format!("/run/netns/{ns}");
+        let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("cannot open {path}: {e}"));
+        use std::os::fd::AsRawFd;
+        // SAFETY: setns changes only this thread's network namespace; the fd
+        // is an open namespace file for the duration of the call.
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns({path}): {}", std::io::Error::last_os_error());
+        let proto = (libc::ETH_P_ALL as u16).to_be() as libc::c_int;
+        // SAFETY: plain socket(2) call; the result is checked.
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, proto) };
+        assert!(fd >= 0, "AF_PACKET socket: {}", std::io::Error::last_os_error());
+        let cname = std::ffi::CString::new(ifname.clone()).expect("interface name");
+        // SAFETY: `cname` is a NUL-terminated string alive for the call.
+        let ifindex = unsafe { libc::if_nametoindex(cname.as_ptr()) };
+        assert!(ifindex != 0, "no interface {ifname} in netns {ns}");
+        // SAFETY: sockaddr_ll is plain data; zeroed is a valid value.
+        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_protocol = proto as u16;
+        sll.sll_ifindex = ifindex as i32;
+        // SAFETY: `sll` is a valid sockaddr_ll of the size passed.
+        let rc = unsafe {
+            libc::bind(
+                fd,
+                &sll as *const libc::sockaddr_ll as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        assert_eq!(rc, 0, "bind to {ifname}: {}", std::io::Error::last_os_error());
+        // SAFETY: packet_mreq is plain data; zeroed is a valid value.
+        let mut mreq: libc::packet_mreq = unsafe { std::mem::zeroed() };
+        mreq.mr_ifindex = ifindex as i32;
+        mreq.mr_type = libc::PACKET_MR_PROMISC as u16;
+        // SAFETY: `mreq` is a valid packet_mreq of the size passed.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_PACKET,
+                libc::PACKET_ADD_MEMBERSHIP,
+                &mreq as *const libc::packet_mreq as *const libc::c_void,
+                std::mem::size_of::<libc::packet_mreq>() as u32,
+            )
+        };
+        assert_eq!(rc, 0, "promiscuous {ifname}: {}", std::io::Error::last_os_error());
+        let tv = libc::timeval { tv_sec: 0, tv_usec: 200_000 };
+        // SAFETY: `tv` is a valid timeval of the size passed.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                &tv as *const libc::timeval as *const libc::c_void,
+                std::mem::size_of::<libc::timeval>() as u32,
+            )
+        };
+        assert_eq!(rc, 0, "SO_RCVTIMEO: {}", std::io::Error::last_os_error());
+        let _ = ready_tx.send(());
+        let mut buf = vec![0u8; 65536];
+        let tag = b"SHIMVMM-WIRE-";
+        while !stop.load(Ordering::Relaxed) {
+            // SAFETY: `buf` is writable for its length.
+            let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if n <= 0 {
+                continue;
+            }
+            let frame = &buf[..n as usize];
+            if let Some(at) = frame.windows(tag.len()).position(|w| w == tag) {
+                let rest = &frame[at + tag.len()..];
+                let end = rest.iter().position(|b| *b == b'.').unwrap_or(rest.len().min(16));
+                let kind = String::from_utf8_lossy(&rest[..end]).into_owned();
+                *seen.lock().unwrap().entry(kind).or_default() += 1;
+            }
+        }
+        // SAFETY: `fd` is ours and closed once.
+        unsafe { libc::close(fd) };
+    });
+    ready_rx.recv_timeout(Duration::from_secs(10)).expect("capture socket ready");
+    h
 }
 
 /// What one boot measured (printed by the tests).

@@ -15,8 +15,15 @@
  *         bpdu    an 802.3/LLC STP BPDU to 01:80:c2:00:00:00
  *
  * Exit status 0 when every frame was handed to the interface.
+ *
+ *   rawsend IFACE listen SECONDS
+ *         counts, for SECONDS, the frames carrying "SHIMVMM-WIRE-<kind>." that
+ *         arrive on IFACE (promiscuous) and prints one line
+ *         "rawsend: seen ok=N spoof=N vlan=N ..." (tests/net_vf.rs: what the
+ *         other guests on the NIC receive).
  */
 #include <arpa/inet.h>
+#include <linux/if_ether.h>
 #include <linux/if_packet.h>
 #include <net/if.h>
 #include <stdio.h>
@@ -24,24 +31,66 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <sys/time.h>
+#include <time.h>
 #include <unistd.h>
 
 static void put16(unsigned char *p, unsigned v) { p[0] = v >> 8; p[1] = v & 0xff; }
 
+static const char *const KINDS[] = {"ok", "spoof", "vlan", "macctl", "pause", "lldp", "bpdu"};
+#define NKINDS (sizeof KINDS / sizeof KINDS[0])
+
+/* Counts tagged frames arriving on ifindex for secs seconds. */
+static int listen_for(int fd, int ifindex, const char *ifname, int secs) {
+    struct packet_mreq mr;
+    memset(&mr, 0, sizeof mr);
+    mr.mr_ifindex = ifindex;
+    mr.mr_type = PACKET_MR_PROMISC;
+    if (setsockopt(fd, SOL_PACKET, PACKET_ADD_MEMBERSHIP, &mr, sizeof mr) < 0) { perror("PACKET_ADD_MEMBERSHIP"); return 1; }
+    struct timeval tv = {0, 200000};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    unsigned long seen[NKINDS] = {0};
+    static const char tag[] = "SHIMVMM-WIRE-";
+    unsigned char buf[2048];
+    time_t end = time(NULL) + secs;
+    while (time(NULL) < end) {
+        struct sockaddr_ll from;
+        socklen_t fl = sizeof from;
+        ssize_t n = recvfrom(fd, buf, sizeof buf, 0, (struct sockaddr *)&from, &fl);
+        if (n <= 0 || from.sll_ifindex != ifindex || from.sll_pkttype == PACKET_OUTGOING) continue;
+        for (ssize_t i = 0; i + (ssize_t)sizeof tag - 1 < n; i++) {
+            if (memcmp(buf + i, tag, sizeof tag - 1)) continue;
+            const char *k = (const char *)buf + i + sizeof tag - 1;
+            size_t left = n - i - (sizeof tag - 1);
+            for (size_t j = 0; j < NKINDS; j++) {
+                size_t l = strlen(KINDS[j]);
+                if (l < left && !memcmp(k, KINDS[j], l) && k[l] == '.') seen[j]++;
+            }
+            break;
+        }
+    }
+    printf("rawsend: seen");
+    for (size_t j = 0; j < NKINDS; j++) printf(" %s=%lu", KINDS[j], seen[j]);
+    printf(" on %s\n", ifname);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc != 4) {
-        fprintf(stderr, "usage: rawsend IFACE ok|spoof|vlan|macctl|pause|lldp|bpdu COUNT\n");
+        fprintf(stderr, "usage: rawsend IFACE ok|spoof|vlan|macctl|pause|lldp|bpdu COUNT\n"
+                        "       rawsend IFACE listen SECONDS\n");
         return 2;
     }
     const char *kind = argv[2];
     int count = atoi(argv[3]);
-    int fd = socket(AF_PACKET, SOCK_RAW, 0);
+    int fd = socket(AF_PACKET, SOCK_RAW, strcmp(kind, "listen") ? 0 : htons(ETH_P_ALL));
     if (fd < 0) { perror("socket(AF_PACKET)"); return 1; }
     struct ifreq ifr;
     memset(&ifr, 0, sizeof ifr);
     strncpy(ifr.ifr_name, argv[1], IFNAMSIZ - 1);
     if (ioctl(fd, SIOCGIFINDEX, &ifr) < 0) { perror("SIOCGIFINDEX"); return 1; }
     int ifindex = ifr.ifr_ifindex;
+    if (!strcmp(kind, "listen")) return listen_for(fd, ifindex, argv[1], count);
     if (ioctl(fd, SIOCGIFHWADDR, &ifr) < 0) { perror("SIOCGIFHWADDR"); return 1; }
     unsigned char own[6];
     memcpy(own, ifr.ifr_hwaddr.sa_data, 6);

@@ -74,6 +74,11 @@ for v in "$dev"/virtfn*; do
         group=${g##*/}
     done
     [ -n "$group" ] && [ -c "/dev/vfio/$group" ] || fail "/dev/vfio/<group> of VF $vf missing"
+    # QEMU's 82576 registers its VF BARs as 32-bit: a VF whose BAR0 L1 placed
+    # above 4 GiB is decoded at the low 32 bits and reads all zeros. L1 with
+    # no RAM above 4 GiB (tools/testbed with SHIMVMM_TESTBED_VFS) keeps them low.
+    read -r bar0 _ <"/sys/bus/pci/devices/$vf/resource"
+    [ $((bar0 >> 32)) -eq 0 ] || fail "VF $vf's BAR0 is at $bar0, above 4 GiB: QEMU's emulated 82576 would not decode it (start L1 with SHIMVMM_TESTBED_VFS, which keeps its RAM below 4 GiB)"
     echo "l1-vfs: VF $vf bound to vfio-pci, IOMMU group $group" >&2
     vfs="$vfs $vf"
 done

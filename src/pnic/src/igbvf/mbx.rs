@@ -51,11 +51,22 @@ fn lock(regs: &impl RegisterAccess, seen: &mut u32) -> Result<(), DriverError> {
         }
         std::thread::sleep(LOCK_RETRY);
     }
+    let status = regs.read32(STATUS);
+    if last == 0 && status == 0 {
+        // A live VF with bus mastering on reads STATUS.GIO_MASTER_ENABLE at
+        // least: all zeros means nothing decodes the VF's BAR0.
+        return Err(DriverError::Timeout(UNDECODED_BAR0));
+    }
     Err(DriverError::Pf(format!(
-        "kept the mailbox buffer: VFU does not read back set (V2PMAILBOX {last:#x}, VF STATUS {:#x})",
-        regs.read32(STATUS)
+        "kept the mailbox buffer: VFU does not read back set (V2PMAILBOX {last:#x}, VF STATUS {status:#x})"
     )))
 }
+
+/// What a VF whose BAR0 reads all zeros is waiting for. Seen on QEMU's
+/// emulated 82576, which decodes only the low 32 bits of its 64-bit VF BARs:
+/// a VF BAR the host placed above 4 GiB is backed by nothing.
+pub const UNDECODED_BAR0: &str = "the VF's registers (BAR0 reads all zeros: its MMIO is not decoded; on QEMU's \
+     emulated 82576 the VF BARs must lie below 4 GiB, docs/vfio-nic.md section 8)";
 
 /// Post `msg` to the PF and wait until it took it (PFACK).
 pub fn send(regs: &impl RegisterAccess, seen: &mut u32, msg: &[u32]) -> Result<(), DriverError> {

@@ -138,9 +138,9 @@ impl Family for IgbVf82576 {
     /// A VF's queues take the same advanced context descriptors.
     const TX_OFFLOADS: TxOffloadCaps = crate::igb::TX_OFFLOADS;
     const MSIX_VECTORS: u32 = VF_MSIX_VECTORS;
-    /// As Linux's igbvf: no FLR at open, the VF reset (VTCTRL.RST) and the
-    /// PF handshake are the reset. (On QEMU's 82576 the first testbed runs
-    /// after a VFIO FLR read all zeros from the VF's BAR0.)
+    /// As Linux's igbvf: no second FLR at open (vfio-pci already reset the
+    /// function when the device was opened); the VF reset (VTCTRL.RST) and
+    /// the PF handshake are the reset.
     const VFIO_RESET: bool = false;
     /// VTCTRL.RST stops the VF's queues before the PF is asked anything.
     const RESET_STOPS_DMA_FIRST: bool = true;

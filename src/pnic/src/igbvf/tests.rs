@@ -258,3 +258,20 @@ fn through_the_shim_a_pf_reset_keeps_every_lent_guest_buffer_and_traffic_resumes
     assert_eq!(used, vec![Used { head: 3, len: 312 }]);
     assert_eq!(s.shim_metrics().rx_zero_copy, 4, "{:?}", s.shim_metrics());
 }
+
+/// A VF whose BAR0 nothing decodes: every read is zero.
+struct Undecoded;
+
+impl RegisterAccess for Undecoded {
+    fn read32(&self, _: u32) -> u32 {
+        0
+    }
+    fn write32(&self, _: u32, _: u32) {}
+}
+
+#[test]
+fn a_vf_bar0_that_reads_all_zeros_is_named_as_such() {
+    let e = super::pf_handshake(&Undecoded).unwrap_err();
+    assert!(matches!(e, DriverError::Timeout(super::mbx::UNDECODED_BAR0)), "{e}");
+    assert!(e.to_string().contains("BAR0 reads all zeros"), "{e}");
+}

@@ -365,4 +365,8 @@ impl VirtioDevice for Net {
         v["tx_rate_limiter_events"] = self.tx_limiter.timer_events().into();
         Some(v)
     }
+
+    fn as_any_mut(&mut self) -> Option<&mut dyn std::any::Any> {
+        Some(self)
+    }
 }

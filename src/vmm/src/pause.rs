@@ -61,6 +61,8 @@ pub struct PauseControl {
 
 impl PauseControl {
     pub fn new() -> std::io::Result<PauseControl> {
+        // A kick must never find the signal's default action (termination).
+        crate::vstate::vcpu::install_kick_handler();
         Ok(PauseControl {
             requested: AtomicBool::new(false),
             state: Mutex::new(State::default()),

@@ -308,7 +308,7 @@ pub(crate) fn kick(t: libc::pthread_t) {
     unsafe { libc::pthread_kill(t, kick_signal()) };
 }
 
-fn install_kick_handler() {
+pub(crate) fn install_kick_handler() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         // SAFETY: a zeroed sigaction with an extern "C" fn(c_int) handler and

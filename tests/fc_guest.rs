@@ -152,7 +152,10 @@ marker rx-secs "$(elapsed "$t0" "$t1")"
     eprintln!("metrics: {net}");
     assert_eq!(got.bytes, TX_LEN as u64, "the sink got less than was sent");
     assert_eq!(rx_bytes, RX_LEN as u64, "the guest fetched less than served");
-    assert!((tx - LIMIT_MBIT).abs() <= LIMIT_MBIT * 0.1, "guest->host {tx:.2} Mbit/s is not within 10 % of {LIMIT_MBIT}");
+    assert!(
+        (tx - LIMIT_MBIT).abs() <= LIMIT_MBIT * 0.1,
+        "guest->host {tx:.2} Mbit/s is not within 10 % of {LIMIT_MBIT}"
+    );
     assert!(rx <= LIMIT_MBIT * 1.1, "host->guest {rx:.2} Mbit/s exceeds {LIMIT_MBIT} Mbit/s by more than 10 %");
     let throttled = |key: &str| u64_at(&net, &format!("/{key}"));
     assert!(throttled("tx_rate_limiter_throttled") > 0, "TX never throttled: {net}");
@@ -236,7 +239,8 @@ while [ $i -lt 600 ]; do marker tick "$i $(cut -d' ' -f1 /proc/uptime)"; i=$((i 
     let all = ticks(&vm);
     // What arrived well inside the pause (a line in flight when it began
     // may land just after).
-    let inside: Vec<_> = all.iter().filter(|t| t.2 > paused_at + Duration::from_millis(500) && t.2 < resumed_at).collect();
+    let inside: Vec<_> =
+        all.iter().filter(|t| t.2 > paused_at + Duration::from_millis(500) && t.2 < resumed_at).collect();
     let after_resume: Vec<_> = all.iter().filter(|t| t.2 > resumed_at).collect();
     let seq: Vec<u64> = all.iter().map(|t| t.0).collect();
     let gap_free = seq.windows(2).all(|w| w[1] == w[0] + 1);

@@ -268,9 +268,8 @@ impl RateLimiter {
         let mut count = 0u64;
         // SAFETY: reads 8 bytes into a u64 we own from the non-blocking
         // timerfd; EAGAIN (no expiry pending) leaves it untouched.
-        let n = unsafe {
-            libc::read(self.timer.as_raw_fd(), (&mut count as *mut u64).cast(), std::mem::size_of::<u64>())
-        };
+        let n =
+            unsafe { libc::read(self.timer.as_raw_fd(), (&mut count as *mut u64).cast(), std::mem::size_of::<u64>()) };
         if n <= 0 || count == 0 {
             return false;
         }

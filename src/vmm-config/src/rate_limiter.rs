@@ -110,7 +110,10 @@ mod tests {
         let cur = Some(RateLimiter { bandwidth: bucket(1000, 100), ops: bucket(10, 100) });
         assert_eq!(RateLimiter::patched(cur, None), cur);
         let up = RateLimiter { bandwidth: bucket(2000, 50), ops: None };
-        assert_eq!(RateLimiter::patched(cur, Some(up)), Some(RateLimiter { bandwidth: bucket(2000, 50), ops: bucket(10, 100) }));
+        assert_eq!(
+            RateLimiter::patched(cur, Some(up)),
+            Some(RateLimiter { bandwidth: bucket(2000, 50), ops: bucket(10, 100) })
+        );
         let off = RateLimiter { bandwidth: bucket(0, 100), ops: bucket(5, 0) };
         assert_eq!(RateLimiter::patched(cur, Some(off)), None);
         assert_eq!(RateLimiter::patched(None, Some(up)), Some(up));

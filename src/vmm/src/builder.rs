@@ -174,7 +174,8 @@ impl VmmHandle {
         drive_id: &str,
         limiter: Option<&vmm_config::RateLimiter>,
     ) -> Result<(), ReplaceDriveError> {
-        let dev = self.device(DeviceKind::Block, drive_id).ok_or_else(|| ReplaceDriveError::NoSuchDrive(drive_id.into()))?;
+        let dev =
+            self.device(DeviceKind::Block, drive_id).ok_or_else(|| ReplaceDriveError::NoSuchDrive(drive_id.into()))?;
         let mut dev = lock_unpoisoned(&dev.dev);
         let blk = dev
             .as_any_mut()

@@ -153,8 +153,8 @@ impl Net {
         let mut posted = 0;
         loop {
             let limit = self.rx_limiter.is_active().then_some(&mut self.rx_limiter);
-            let mut q = RxQueue::new(&mut a.rx, &mut a.rx_held, &mut self.metrics, &mut self.seg_buf, &self.id)
-                .limited(limit);
+            let mut q =
+                RxQueue::new(&mut a.rx, &mut a.rx_held, &mut self.metrics, &mut self.seg_buf, &self.id).limited(limit);
             let pass = self.backend.rx(&mut q);
             let (added, popped) = (q.added(), q.popped());
             drop(q);

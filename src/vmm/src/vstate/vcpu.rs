@@ -1,8 +1,8 @@
 //! vCPUs: configuration for a direct 64-bit boot and the KVM_RUN loop that
 //! dispatches port I/O and MMIO exits to the buses.
 
-use std::os::unix::thread::JoinHandleExt;
 use std::cell::Cell;
+use std::os::unix::thread::JoinHandleExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Once};
 use std::thread::JoinHandle;

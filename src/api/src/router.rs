@@ -666,14 +666,17 @@ mod tests {
     use std::path::Path;
     use std::sync::atomic::{AtomicBool, Ordering};
 
+    /// (id, first limiter, second limiter) of a rate-limiter call.
+    type LimitCall = (String, Option<RateLimiter>, Option<RateLimiter>);
+
     #[derive(Default)]
     struct Recorder {
         started: Mutex<Vec<VmSpec>>,
         fail_start: AtomicBool,
         cad: Mutex<u32>,
         flushed: Mutex<Vec<Option<std::path::PathBuf>>>,
-        /// (id, first limiter, second limiter) of each rate-limiter call.
-        limits: Mutex<Vec<(String, Option<RateLimiter>, Option<RateLimiter>)>>,
+        /// Each rate-limiter call.
+        limits: Mutex<Vec<LimitCall>>,
         paused: AtomicBool,
     }
 

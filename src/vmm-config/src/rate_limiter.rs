@@ -4,12 +4,11 @@
 //! count and the timer that resumes a throttled queue) is
 //! `virtio_devices::rate_limiter`.
 //!
-//! A bucket of `size` 0 or `refill_time` 0 limits nothing, as in
-//! Firecracker; a limiter without buckets is reported as `null`.
+//! On drives, network interfaces and the entropy device. A bucket of
+//! `size` 0 or `refill_time` 0 limits nothing, as in Firecracker; a limiter
+//! without buckets is reported as `null`.
 
 use serde::{Deserialize, Serialize};
-
-use crate::validate::{Result, ValidationError};
 
 /// One token bucket: at most `size` tokens, refilled at `size` per
 /// `refill_time` ms; `one_time_burst` extra tokens that are spent first and
@@ -74,18 +73,6 @@ pub(crate) fn none_if_unlimited<'de, D: serde::Deserializer<'de>>(
     Ok(limiter.filter(|l| !l.is_unlimited()))
 }
 
-/// Refuse a limiter with a bucket where shimvmm cannot enforce one (the
-/// entropy device).
-pub(crate) fn check_rate_limiter(field: &str, limiter: &Option<RateLimiter>) -> Result {
-    match limiter {
-        Some(l) if !l.is_unlimited() => Err(ValidationError::new(
-            field,
-            "rate limiters on this device are not supported by shimvmm yet; omit it or give null buckets",
-        )),
-        _ => Ok(()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -95,13 +82,9 @@ mod tests {
     }
 
     #[test]
-    fn null_buckets_pass_and_buckets_are_refused_where_unsupported() {
+    fn null_buckets_are_no_limiter() {
         let none: RateLimiter = serde_json::from_str(r#"{"bandwidth":null,"ops":null}"#).unwrap();
-        assert!(check_rate_limiter("rate_limiter", &Some(none)).is_ok());
-        assert!(check_rate_limiter("rate_limiter", &None).is_ok());
-        let some: RateLimiter = serde_json::from_str(r#"{"bandwidth":{"size":1000,"refill_time":100}}"#).unwrap();
-        let e = check_rate_limiter("rate_limiter", &Some(some)).unwrap_err().to_string();
-        assert!(e.starts_with("rate_limiter: rate limiters on this device are not supported by shimvmm yet"), "{e}");
+        assert!(none.is_unlimited());
         assert!(serde_json::from_str::<RateLimiter>(r#"{"bandwidth":{"size":1}}"#).is_err());
     }
 

@@ -539,8 +539,9 @@ pub fn build_with(spec: &VmSpec, opts: &BuildOptions) -> Result<Vmm, BuildError>
         let dev = attach_virtio(&vm, &mem, &mut mmio, &mut em, &mut slots, net)?;
         devices.push(AttachedDevice { id: id.clone(), kind: DeviceKind::Net, dev });
     }
-    if spec.entropy.is_some() {
-        let rng = virtio_devices::rng::Rng::new().map_err(BuildError::EventFd)?;
+    if let Some(entropy) = &spec.entropy {
+        let mut rng = virtio_devices::rng::Rng::new().map_err(BuildError::EventFd)?;
+        rng.set_rate_limiter(entropy.rate_limiter.as_ref());
         let dev = attach_virtio(&vm, &mem, &mut mmio, &mut em, &mut slots, rng)?;
         devices.push(AttachedDevice { id: "entropy".into(), kind: DeviceKind::Entropy, dev });
     }

@@ -101,7 +101,9 @@ fn firecracker_go_sdk_boot() {
     assert_eq!(cfg["network-interfaces"][0]["guest_mac"], "aa:fc:00:00:00:01");
     let v = c.call("GET", "/version", None, Ok);
     assert_eq!(v["firecracker_version"], api::FIRECRACKER_API_VERSION);
-    c.call("PATCH", "/vm", Some(json!({"state": "Paused"})), NotYet);
+    c.call("PATCH", "/vm", Some(json!({"state": "Paused"})), Ok);
+    assert_eq!(c.call("GET", "/", None, Ok)["state"], "Paused");
+    c.call("PATCH", "/vm", Some(json!({"state": "Resumed"})), Ok);
     c.call("PUT", "/actions", Some(json!({"action_type": "FlushMetrics"})), Ok);
     c.call("PUT", "/actions", Some(json!({"action_type": "SendCtrlAltDel"})), Ok);
     let calls = c.ctl.calls();
@@ -138,8 +140,10 @@ fn firecracker_containerd_drive_swap() {
     // The container image replaces a placeholder once the VM runs.
     c.call("PATCH", "/drives/stub0", Some(json!({"drive_id": "stub0", "path_on_host": "/var/lib/img/c1.ext4"})), Ok);
     assert!(c.ctl.calls().contains(&Call::ReplaceDrive("stub0".into(), "/var/lib/img/c1.ext4".into())));
-    c.call("PATCH", "/vm", Some(json!({"state": "Paused"})), NotYet);
-    c.call("PATCH", "/vm", Some(json!({"state": "Resumed"})), NotYet);
+    c.call("PATCH", "/vm", Some(json!({"state": "Paused"})), Ok);
+    c.call("PATCH", "/vm", Some(json!({"state": "Resumed"})), Ok);
+    let calls = c.ctl.calls();
+    assert_eq!(calls[calls.len() - 2..], [Call::Pause, Call::Resume]);
     c.call("PUT", "/actions", Some(json!({"action_type": "FlushMetrics"})), Ok);
 }
 
@@ -189,9 +193,11 @@ fn kata_start_up() {
         "/network-interfaces/eth0",
         Some(json!({"iface_id": "eth0", "host_dev_name": "tap0_kata",
             "rx_rate_limiter": {"bandwidth": {"size": 1250000, "refill_time": 1000}}})),
-        Want::NotYet,
+        Want::Ok,
     );
     c.call("PUT", "/actions", Some(json!({"action_type": "InstanceStart"})), Want::Ok);
+    let bw = c.ctl.started_specs()[0].network_interfaces[0].rx_rate_limiter.and_then(|l| l.bandwidth);
+    assert_eq!(bw.map(|b| (b.size, b.refill_time)), Some((1_250_000, 1000)), "the VM is built with Kata's limiter");
     c.call(
         "PATCH",
         "/drives/drive_0",
@@ -231,5 +237,5 @@ fn firecracker_python_create() {
     c.call("PUT", "/vsock", Some(json!({"guest_cid": 3, "uds_path": "/var/lib/firecracker/a1b2c3d4/v.sock"})), NotYet);
     c.call("PUT", "/actions", Some(json!({"action_type": "InstanceStart"})), Ok);
     c.call("GET", "/vm/config", None, Ok);
-    c.call("PATCH", "/vm", Some(json!({"state": "Paused"})), NotYet);
+    c.call("PATCH", "/vm", Some(json!({"state": "Paused"})), Ok);
 }

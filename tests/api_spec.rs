@@ -167,7 +167,7 @@ fn request_examples(spec: &Value) -> Vec<(String, String, String, Value)> {
             ("PATCH", "/drives/{drive_id}", _) => 1,
             (_, "/actions", Some("InstanceStart")) => 2,
             (_, "/actions", _) => 3,
-            ("PATCH", "/network-interfaces/{iface_id}", _) => 4,
+            ("PATCH", "/network-interfaces/{iface_id}", _) | ("PATCH", "/vm", _) => 4,
             _ => 0,
         }
     };

@@ -268,14 +268,22 @@ fn steps(dir: &Path, tap: Option<&str>) -> Vec<Step> {
             Some(json!({"drive_id": "data", "path_on_host": p("data.img"), "is_root_device": false, "bogus": 1})),
             Expect::Same,
         ),
-        // Firecracker accepts these; the good PUT after them makes both equal again.
         step(
             "PUT",
             "/drives/data",
             Some(json!({"drive_id": "data", "path_on_host": p("data.img"), "is_root_device": false,
-                "rate_limiter": {"bandwidth": {"size": 1000, "refill_time": 100}}})),
-            Expect::Differs(204, 400, "rate limiters are not supported by shimvmm yet"),
+                "rate_limiter": {"bandwidth": {"size": 1000, "refill_time": 100},
+                    "ops": {"size": 10, "one_time_burst": 5, "refill_time": 1000}}})),
+            Expect::Same,
         ),
+        step(
+            "PUT",
+            "/drives/data",
+            Some(json!({"drive_id": "data", "path_on_host": p("data.img"), "is_root_device": false,
+                "rate_limiter": {"bandwidth": {"size": 1000}}})),
+            Expect::Same,
+        ),
+        // Firecracker accepts these; the good PUT after them makes both equal again.
         step(
             "PUT",
             "/drives/data",
@@ -376,7 +384,7 @@ fn steps(dir: &Path, tap: Option<&str>) -> Vec<Step> {
             "PUT",
             "/entropy",
             Some(json!({"rate_limiter": {"bandwidth": {"size": 1000, "refill_time": 100}}})),
-            Expect::Differs(204, 400, "rate limiters are not supported by shimvmm yet"),
+            Expect::Same,
         ),
         step("PUT", "/entropy", Some(json!({"x": 1})), Expect::Same),
         step("PUT", "/entropy", Some(json!({})), Expect::Same),
@@ -419,7 +427,7 @@ fn steps(dir: &Path, tap: Option<&str>) -> Vec<Step> {
                 "/network-interfaces/eth0",
                 Some(json!({"iface_id": "eth0", "host_dev_name": tap, "rx_rate_limiter":
                     {"ops": {"size": 10, "refill_time": 1000}}})),
-                Expect::Differs(204, 400, "rate limiters are not supported by shimvmm yet"),
+                Expect::Same,
             ),
             step(
                 "PUT",
@@ -550,17 +558,34 @@ fn boot_steps(dir: &Path, kernel: &Path) -> Vec<Step> {
         step("GET", "/vm/config", None, Expect::SameExcept(&["metrics"])),
         step(
             "PATCH",
-            "/vm",
-            Some(json!({"state": "Paused"})),
-            Expect::Differs(204, 400, "pausing is not supported by shimvmm yet"),
+            "/drives/stub",
+            Some(json!({"drive_id": "stub", "rate_limiter": {"bandwidth": {"size": 100000, "refill_time": 100}}})),
+            Expect::Same,
         ),
         step(
             "PATCH",
-            "/vm",
-            Some(json!({"state": "Resumed"})),
-            Expect::Differs(204, 400, "pausing is not supported by shimvmm yet"),
+            "/drives/stub",
+            Some(json!({"drive_id": "stub", "rate_limiter": {"ops": {"size": 0, "refill_time": 100}}})),
+            Expect::Same,
         ),
+        step("PATCH", "/drives/stub", Some(json!({"drive_id": "stub", "rate_limiter": {"bogus": 1}})), Expect::Same),
+        step("GET", "/vm/config", None, Expect::SameExcept(&["metrics"])),
+        step(
+            "PATCH",
+            "/network-interfaces/nope",
+            Some(json!({"iface_id": "nope", "tx_rate_limiter": {"ops": {"size": 1, "refill_time": 1}}})),
+            Expect::Same,
+        ),
+        // Pause and resume, each twice, with the state GET / reports.
+        step("PATCH", "/vm", Some(json!({"state": "Paused"})), Expect::Same),
+        step("GET", "/", None, Expect::SameExcept(&["vmm_version", "app_name"])),
+        step("PATCH", "/vm", Some(json!({"state": "Paused"})), Expect::Same),
+        step("PUT", "/actions", Some(json!({"action_type": "FlushMetrics"})), Expect::Same),
+        step("PATCH", "/vm", Some(json!({"state": "Resumed"})), Expect::Same),
+        step("GET", "/", None, Expect::SameExcept(&["vmm_version", "app_name"])),
+        step("PATCH", "/vm", Some(json!({"state": "Resumed"})), Expect::Same),
         step("PATCH", "/vm", Some(json!({"state": "Frozen"})), Expect::Same),
+        step("PATCH", "/vm", Some(json!({"state": "Paused", "extra": 1})), Expect::Same),
         step("PUT", "/actions", Some(json!({"action_type": "SendCtrlAltDel"})), Expect::Same),
     ]);
     s

@@ -171,6 +171,9 @@ fn runs_as_an_orchestrator_runs_firecracker() {
             assert!(m[key].is_object(), "{key} missing: {line}");
         }
         assert_eq!(m["net"]["tx_packets_count"], 0, "{line}");
+        // Firecracker's rate-limiter counters, under its names.
+        assert_eq!(m["block"]["rate_limiter_throttled_events"], 0, "{line}");
+        assert_eq!(m["net"]["tx_rate_limiter_throttled"], 0, "{line}");
         // The entropy device was built (the spinning guest never uses it).
         assert_eq!(m["shimvmm"]["entropy"]["entropy"]["requests"], 0, "{line}");
     }
@@ -208,5 +211,119 @@ fn runs_as_an_orchestrator_runs_firecracker() {
     let (stamp, rest) = line.split_once(' ').unwrap();
     assert_eq!(stamp.len(), 29, "{line}");
     assert!(rest.starts_with("[fc-proc-1:") && rest.contains(":INFO] "), "{line}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// CPU time (utime + stime, clock ticks; a KVM guest's time counts as the
+/// thread's utime) of each of `pid`'s threads named `fc_vcpu N`.
+fn vcpu_ticks(pid: u32) -> Vec<u64> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if !comm.starts_with("fc_vcpu") {
+            continue;
+        }
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        // Fields after the ")" that ends the name: state is field 3, utime 14, stime 15.
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        let f: Vec<u64> = rest.split_whitespace().skip(11).take(2).filter_map(|x| x.parse().ok()).collect();
+        out.push(f.iter().sum());
+    }
+    out
+}
+
+/// PATCH /vm on a spinning guest: while paused its vCPU thread uses no CPU and
+/// GET / says Paused; resumed, it spins again; the drive's rate limiter
+/// changes while the VM runs; a paused VMM still stops on SIGTERM.
+#[test]
+fn pause_stops_the_vcpus_and_resume_restarts_them() {
+    if !kvm_usable() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("fcpause-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let kernel = dir.join("spin");
+    std::fs::write(&kernel, tiny_elf(&[0xeb, 0xfe])).unwrap(); // jmp $
+    std::fs::write(dir.join("disk.img"), [0u8; 4096]).unwrap();
+    let config = dir.join("vm.json");
+    let limiter = json!({"bandwidth": {"size": 1_000_000, "refill_time": 100}, "ops": null});
+    let cfg = json!({
+        "boot-source": {"kernel_image_path": kernel, "boot_args": "console=ttyS0"},
+        "machine-config": {"vcpu_count": 1, "mem_size_mib": 64},
+        "drives": [{"drive_id": "disk", "path_on_host": dir.join("disk.img"), "is_root_device": false,
+            "rate_limiter": limiter}],
+    });
+    std::fs::write(&config, cfg.to_string()).unwrap();
+    let sock: PathBuf = dir.join("api.sock");
+    let child = Command::new(shimvmm_bin())
+        .args(["--id", "fc-pause"])
+        .arg("--api-sock")
+        .arg(&sock)
+        .arg("--config-file")
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut vm = Killed(child);
+    let pid = vm.0.id();
+    let t = Instant::now();
+    while UnixStream::connect(&sock).is_err() {
+        assert!(vm.0.try_wait().unwrap().is_none(), "shimvmm exited");
+        assert!(t.elapsed() < Duration::from_secs(10), "no API socket");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let state = |sock: &Path| -> String {
+        let (_, body) = request(sock, "GET", "/", None);
+        serde_json::from_str::<Value>(&body).unwrap()["state"].as_str().unwrap().to_string()
+    };
+    // Ticks each vCPU used over `secs`.
+    let used = |secs: u64| -> Vec<u64> {
+        let a = vcpu_ticks(pid);
+        std::thread::sleep(Duration::from_secs(secs));
+        vcpu_ticks(pid).iter().zip(&a).map(|(b, a)| b - a).collect()
+    };
+    assert_eq!(state(&sock), "Running");
+    // The machine is shared: a spinning vCPU gets at least a tenth of a core.
+    let running = used(2);
+    assert_eq!(running.len(), 1, "one vCPU thread");
+    assert!(running.iter().all(|&t| t >= 20), "a spinning vCPU uses CPU: {running:?} ticks in 2 s");
+
+    for _ in 0..2 {
+        let (code, body) = request(&sock, "PATCH", "/vm", Some(json!({"state": "Paused"})));
+        assert_eq!(code, 204, "{body}");
+        assert_eq!(state(&sock), "Paused");
+        let paused = used(2);
+        assert!(paused.iter().all(|&t| t <= 2), "a paused vCPU still ran: {paused:?} ticks in 2 s");
+        // The API still works while paused.
+        let patch = json!({"drive_id": "disk", "rate_limiter": {"ops": {"size": 100, "refill_time": 1000}}});
+        let (code, body) = request(&sock, "PATCH", "/drives/disk", Some(patch));
+        assert_eq!(code, 204, "{body}");
+        let (code, body) = request(&sock, "PATCH", "/vm", Some(json!({"state": "Resumed"})));
+        assert_eq!(code, 204, "{body}");
+        assert_eq!(state(&sock), "Running");
+        let resumed = used(2);
+        assert!(resumed.iter().all(|&t| t >= 20), "a resumed vCPU does not run: {resumed:?} ticks in 2 s");
+    }
+    let (_, body) = request(&sock, "GET", "/vm/config", None);
+    let cfg: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        cfg["drives"][0]["rate_limiter"],
+        json!({"bandwidth": {"size": 1_000_000, "one_time_burst": null, "refill_time": 100},
+            "ops": {"size": 100, "one_time_burst": null, "refill_time": 1000}}),
+        "the PATCH replaced the ops bucket and kept bandwidth"
+    );
+
+    // Paused, the VMM still stops on SIGTERM.
+    let (code, _) = request(&sock, "PATCH", "/vm", Some(json!({"state": "Paused"})));
+    assert_eq!(code, 204);
+    assert!(Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap().success());
+    let t = Instant::now();
+    while vm.0.try_wait().unwrap().is_none() {
+        assert!(t.elapsed() < Duration::from_secs(10), "a paused shimvmm ignored SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -46,7 +46,7 @@ const FLOOD_SIZE: usize = 1400;
 /// The helpers are net_util's guest script's; its 64 MiB steps move whatever
 /// `/payload` holds, here 4 MiB.
 fn script(peer_ip: &str, guest_cidr: &str) -> String {
-    guest_script(&GuestNet { peer_ip, guest_cidr, reset_step: true })
+    guest_script(&GuestNet { peer_ip, guest_cidr, reset_step: true, udp: false })
 }
 
 /// Lines of L1's kernel log that report an IOMMU fault (Intel VT-d's DMAR

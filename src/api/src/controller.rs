@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use vmm_config::{BootSource, Drive, Logger, Metrics, VmSpec};
+use vmm_config::{BootSource, Drive, Logger, Metrics, RateLimiter, VmSpec};
 
 use crate::types::VmState;
 
@@ -73,4 +73,22 @@ pub trait VmmController: Send + Sync + 'static {
     /// Put the image at `path` (already checked to open) behind the running
     /// drive `drive_id` (`PATCH /drives/{id}` after InstanceStart).
     fn replace_drive(&self, drive_id: &str, path: &Path) -> Result<(), ControllerError>;
+    /// Set the token buckets of the running drive `drive_id` (`None`: no
+    /// limit), `PATCH /drives/{id}` with a `rate_limiter` after InstanceStart.
+    fn set_drive_rate_limiter(&self, drive_id: &str, limiter: Option<&RateLimiter>) -> Result<(), ControllerError>;
+    /// Set the RX and TX token buckets of the running interface `iface_id`
+    /// (`None`: no limit), `PATCH /network-interfaces/{id}`.
+    fn set_net_rate_limiters(
+        &self,
+        iface_id: &str,
+        rx: Option<&RateLimiter>,
+        tx: Option<&RateLimiter>,
+    ) -> Result<(), ControllerError>;
+    /// Stop the vCPUs and the devices of the running VM (`PATCH /vm`
+    /// Paused); returns once none of them runs. Pausing a paused VM is
+    /// not an error.
+    fn pause(&self) -> Result<(), ControllerError>;
+    /// Let a paused VM run again (`PATCH /vm` Resumed); resuming a running
+    /// VM is not an error.
+    fn resume(&self) -> Result<(), ControllerError>;
 }

@@ -14,7 +14,7 @@ use vmm_config::{
 
 use crate::controller::{ControllerError, Preflight, VmmController};
 use crate::types::{
-    ActionType, Fault, FirecrackerVersion, InstanceActionInfo, InstanceInfo, VmStateUpdate, APP_NAME,
+    ActionType, Fault, FirecrackerVersion, InstanceActionInfo, InstanceInfo, RequestedVmState, VmStateUpdate, APP_NAME,
     FIRECRACKER_API_VERSION, VMM_VERSION,
 };
 
@@ -123,7 +123,6 @@ static TABLE: &[Entry] = &[
 /// the request: `api_spec.yaml` marks them `x-shimvmm-unsupported`.
 pub fn unsupported_routes() -> Vec<Route> {
     let unsupported: &[Handler] = &[
-        Api::patch_vm,
         Api::unsupported_vsock,
         Api::unsupported_cpu_config,
         Api::unsupported_mmds,
@@ -340,14 +339,14 @@ impl Api {
         Ok(())
     }
 
-    /// A new backing file: before boot with the checks of a PUT; after boot
-    /// the running drive's image is swapped and the guest told its capacity
-    /// may have changed (what firecracker-containerd and Kata do with their
-    /// placeholder drives). Rate limiters: null buckets only.
+    /// A new backing file and/or rate limiter: before boot with the checks
+    /// of a PUT; after boot the running drive's image is swapped and the
+    /// guest told its capacity may have changed (what firecracker-containerd
+    /// and Kata do with their placeholder drives), and its buckets replaced
+    /// (those the body names; see [`RateLimiter::patched`]).
     fn patch_drive(&self, id: &str, body: &[u8]) -> Reply {
         let update: DriveUpdate = body_json(body, "PATCH /drives/{drive_id}")?;
         check_path_id("drive_id", &update.drive_id, id)?;
-        check_no_buckets("rate_limiter", &update.rate_limiter)?;
         let (current, started) = {
             let state = self.lock();
             if state.starting {
@@ -357,23 +356,35 @@ impl Api {
         };
         let mut drive =
             current.ok_or_else(|| bad_request(format!("drive_id: no drive \"{}\" to update", id.escape_debug())))?;
-        let Some(path) = update.path_on_host else {
+        if update.path_on_host.is_none() && update.rate_limiter.is_none() {
             return Ok(ApiResponse::no_content());
-        };
-        drive.path_on_host = path;
+        }
+        let new_path = update.path_on_host.is_some();
+        if let Some(path) = update.path_on_host {
+            drive.path_on_host = path;
+        }
+        drive.rate_limiter = RateLimiter::patched(drive.rate_limiter, update.rate_limiter);
         if !started {
             self.check_drive_host(id, &drive)?;
             return self.put_listed(id, drive, "drive_id", "drives", |c| &mut c.drives, |d| &d.drive_id);
         }
         drive.validate().map_err(|e| bad_request(e.to_string()))?;
-        self.preflight(Preflight::Drive(&drive))?;
         let _serial = lock_unpoisoned(&self.actions);
-        self.controller
-            .replace_drive(id, &drive.path_on_host)
-            .map_err(|e| bad_request(format!("PATCH /drives/{id}: {e}")))?;
+        if new_path {
+            self.preflight(Preflight::Drive(&drive))?;
+            self.controller
+                .replace_drive(id, &drive.path_on_host)
+                .map_err(|e| bad_request(format!("PATCH /drives/{id}: {e}")))?;
+        }
+        if update.rate_limiter.is_some() {
+            self.controller
+                .set_drive_rate_limiter(id, drive.rate_limiter.as_ref())
+                .map_err(|e| bad_request(format!("PATCH /drives/{id}: {e}")))?;
+        }
         let mut state = self.lock();
         if let Some(d) = state.config.drives.iter_mut().find(|d| d.drive_id == id) {
             d.path_on_host = drive.path_on_host;
+            d.rate_limiter = drive.rate_limiter;
         }
         Ok(ApiResponse::no_content())
     }
@@ -383,21 +394,35 @@ impl Api {
         self.put_listed(id, iface, "iface_id", "network-interfaces", |c| &mut c.network_interfaces, |i| &i.iface_id)
     }
 
-    /// Firecracker's PATCH only changes the rate limiters of a started VM.
-    /// shimvmm has none: null buckets (no limit, as now) are accepted.
+    /// Firecracker's PATCH only changes the rate limiters of a started VM:
+    /// the buckets the body names replace the running ones
+    /// ([`RateLimiter::patched`]).
     fn patch_network_interface(&self, id: &str, body: &[u8]) -> Reply {
         let update: NetworkInterfaceUpdate = body_json(body, "PATCH /network-interfaces/{iface_id}")?;
         check_path_id("iface_id", &update.iface_id, id)?;
-        check_no_buckets("rx_rate_limiter", &update.rx_rate_limiter)?;
-        check_no_buckets("tx_rate_limiter", &update.tx_rate_limiter)?;
-        let state = self.lock();
-        if !state.started {
-            return Err(bad_request(
-                "PATCH /network-interfaces changes a started VM; before InstanceStart, PUT the interface again",
-            ));
+        let current = {
+            let state = self.lock();
+            if !state.started {
+                return Err(bad_request(
+                    "PATCH /network-interfaces changes a started VM; before InstanceStart, PUT the interface again",
+                ));
+            }
+            state.config.network_interfaces.iter().find(|i| i.iface_id == id).cloned()
+        };
+        let current =
+            current.ok_or_else(|| bad_request(format!("iface_id: no network interface \"{}\"", id.escape_debug())))?;
+        if update.rx_rate_limiter.is_none() && update.tx_rate_limiter.is_none() {
+            return Ok(ApiResponse::no_content());
         }
-        if !state.config.network_interfaces.iter().any(|i| i.iface_id == id) {
-            return Err(bad_request(format!("iface_id: no network interface \"{}\"", id.escape_debug())));
+        let rx = RateLimiter::patched(current.rx_rate_limiter, update.rx_rate_limiter);
+        let tx = RateLimiter::patched(current.tx_rate_limiter, update.tx_rate_limiter);
+        let _serial = lock_unpoisoned(&self.actions);
+        self.controller
+            .set_net_rate_limiters(id, rx.as_ref(), tx.as_ref())
+            .map_err(|e| bad_request(format!("PATCH /network-interfaces/{id}: {e}")))?;
+        let mut state = self.lock();
+        if let Some(i) = state.config.network_interfaces.iter_mut().find(|i| i.iface_id == id) {
+            (i.rx_rate_limiter, i.tx_rate_limiter) = (rx, tx);
         }
         Ok(ApiResponse::no_content())
     }
@@ -460,13 +485,20 @@ impl Api {
         Self::commit(&mut state, candidate, "logger.")
     }
 
-    /// Pause and resume: Firecracker's body, refused until shimvmm can pause.
+    /// Pause and resume, as Firecracker: only a started VM; asking for the
+    /// state it is in is not an error.
     fn patch_vm(&self, _: &str, body: &[u8]) -> Reply {
         let update: VmStateUpdate = body_json(body, "PATCH /vm")?;
         if !self.lock().started {
             return Err(bad_request(format!("{:?}: the VM is not started; send InstanceStart first", update.state)));
         }
-        Err(bad_request(not_supported_yet("pausing and resuming the VM (PATCH /vm)")))
+        let _serial = lock_unpoisoned(&self.actions);
+        match update.state {
+            RequestedVmState::Paused => self.controller.pause(),
+            RequestedVmState::Resumed => self.controller.resume(),
+        }
+        .map_err(|e| bad_request(format!("{:?}: {e}", update.state)))?;
+        Ok(ApiResponse::no_content())
     }
 
     /// A 400 for a feature not built yet, once the body is valid JSON.
@@ -481,7 +513,7 @@ impl Api {
         Self::unsupported("vsock", body)
     }
 
-    /// A virtio-rng device (rate limiters without buckets only).
+    /// A virtio-rng device, with its rate limiter.
     fn put_entropy(&self, _: &str, body: &[u8]) -> Reply {
         let entropy: Entropy = body_json(body, "PUT /entropy")?;
         let mut state = self.lock_pre_boot("entropy")?;
@@ -605,14 +637,6 @@ fn check_path_id(field: &str, body_id: &str, path_id: &str) -> Result<(), ApiRes
     Ok(())
 }
 
-/// Rate-limiter buckets cannot be enforced yet.
-fn check_no_buckets(field: &str, limiter: &Option<RateLimiter>) -> Result<(), ApiResponse> {
-    match limiter {
-        Some(l) if !l.is_unlimited() => Err(bad_request(format!("{field}: {}", not_supported_yet("rate limiting")))),
-        _ => Ok(()),
-    }
-}
-
 /// Replace the item `matches` selects, or append; the item's index.
 fn upsert<T>(items: &mut Vec<T>, item: T, matches: impl Fn(&T) -> bool) -> usize {
     match items.iter().position(matches) {
@@ -642,12 +666,18 @@ mod tests {
     use std::path::Path;
     use std::sync::atomic::{AtomicBool, Ordering};
 
+    /// (id, first limiter, second limiter) of a rate-limiter call.
+    type LimitCall = (String, Option<RateLimiter>, Option<RateLimiter>);
+
     #[derive(Default)]
     struct Recorder {
         started: Mutex<Vec<VmSpec>>,
         fail_start: AtomicBool,
         cad: Mutex<u32>,
         flushed: Mutex<Vec<Option<std::path::PathBuf>>>,
+        /// Each rate-limiter call.
+        limits: Mutex<Vec<LimitCall>>,
+        paused: AtomicBool,
     }
 
     impl VmmController for Recorder {
@@ -686,6 +716,27 @@ mod tests {
             if path == Path::new("/broken") {
                 return Err(ControllerError::vmm(format!("drive {id}: cannot open {}", path.display())));
             }
+            Ok(())
+        }
+        fn set_drive_rate_limiter(&self, id: &str, l: Option<&RateLimiter>) -> Result<(), ControllerError> {
+            self.limits.lock().unwrap().push((id.to_string(), l.copied(), None));
+            Ok(())
+        }
+        fn set_net_rate_limiters(
+            &self,
+            id: &str,
+            rx: Option<&RateLimiter>,
+            tx: Option<&RateLimiter>,
+        ) -> Result<(), ControllerError> {
+            self.limits.lock().unwrap().push((id.to_string(), rx.copied(), tx.copied()));
+            Ok(())
+        }
+        fn pause(&self) -> Result<(), ControllerError> {
+            self.paused.store(true, Ordering::SeqCst);
+            Ok(())
+        }
+        fn resume(&self) -> Result<(), ControllerError> {
+            self.paused.store(false, Ordering::SeqCst);
             Ok(())
         }
     }
@@ -902,7 +953,7 @@ mod tests {
 
     #[test]
     fn firecracker_features_not_built_are_refused_by_name() {
-        let (api, _) = api();
+        let (api, rec) = api();
         for (method, path, body, want) in [
             (
                 "PUT",
@@ -913,12 +964,6 @@ mod tests {
             ("PUT", "/mmds", r#"{"a":1}"#, "MMDS (the microVM metadata service) is not supported by shimvmm yet"),
             ("GET", "/mmds", "", "MMDS (the microVM metadata service) is not supported"),
             ("PUT", "/mmds/config", r#"{"network_interfaces":["eth0"]}"#, "MMDS"),
-            (
-                "PUT",
-                "/entropy",
-                r#"{"rate_limiter":{"ops":{"size":1,"refill_time":1}}}"#,
-                "rate_limiter: rate limiters",
-            ),
             ("PUT", "/balloon", r#"{"amount_mib":1,"deflate_on_oom":true}"#, "the balloon device is not supported"),
             ("PUT", "/snapshot/create", "{}", "snapshots is not supported by shimvmm yet"),
             ("PUT", "/vsock", "{", "the JSON ends early"),
@@ -929,18 +974,23 @@ mod tests {
         }
         assert_eq!(put(&api, "/entropy", "{}").status, 204);
         assert_eq!(api.lock().config.entropy, Some(Entropy::default()));
+        let limited = r#"{"rate_limiter":{"ops":{"size":1,"refill_time":1}}}"#;
+        assert_eq!(put(&api, "/entropy", limited).status, 204);
+        assert!(api.lock().config.entropy.as_ref().unwrap().rate_limiter.is_some());
         let routes = unsupported_routes();
         assert!(routes.contains(&Route { method: "GET", path: "/mmds" }));
         assert!(!routes.contains(&Route { method: "PUT", path: "/drives/{drive_id}" }));
-        // Rate limiters: null buckets pass, a bucket is refused.
+        // Rate limiters: null buckets are no limiter, buckets are kept.
         let ok = r#"{"drive_id":"a","path_on_host":"/a","is_root_device":true,"rate_limiter":{"bandwidth":null}}"#;
         assert_eq!(put(&api, "/drives/a", ok).status, 204);
+        assert_eq!(api.lock().config.drives[0].rate_limiter, None);
         let r = put(
             &api,
             "/drives/b",
             r#"{"drive_id":"b","path_on_host":"/b","is_root_device":false,"rate_limiter":{"ops":{"size":1,"refill_time":1}}}"#,
         );
-        assert!(fault(&r).starts_with("rate_limiter: rate limiters are not supported by shimvmm yet"), "{}", fault(&r));
+        assert_eq!(r.status, 204);
+        assert_eq!(api.lock().config.drives[1].rate_limiter.unwrap().ops.unwrap().size, 1);
         // PATCH /drives before boot swaps the file; an unknown drive is named.
         assert_eq!(api.handle("PATCH", "/drives/a", br#"{"drive_id":"a","path_on_host":"/a2"}"#).status, 204);
         assert_eq!(api.lock().config.drives[0].path_on_host, std::path::Path::new("/a2"));
@@ -966,8 +1016,12 @@ mod tests {
         put(&api, "/boot-source", r#"{"kernel_image_path":"/k"}"#);
         put(&api, "/network-interfaces/e0", r#"{"iface_id":"e0","host_dev_name":"tap0"}"#);
         assert_eq!(put(&api, "/actions", r#"{"action_type":"InstanceStart"}"#).status, 204);
-        let r = api.handle("PATCH", "/vm", br#"{"state":"Paused"}"#);
-        assert_eq!(fault(&r), "pausing and resuming the VM (PATCH /vm) is not supported by shimvmm yet");
+        // Pause and resume, each twice (asking for the current state is fine).
+        for (state, paused) in [("Paused", true), ("Paused", true), ("Resumed", false), ("Resumed", false)] {
+            let body = format!(r#"{{"state":"{state}"}}"#);
+            assert_eq!(api.handle("PATCH", "/vm", body.as_bytes()).status, 204, "{state}");
+            assert_eq!(rec.paused.load(Ordering::SeqCst), paused, "{state}");
+        }
         // After boot the running drive's image is swapped.
         assert_eq!(api.handle("PATCH", "/drives/a", br#"{"drive_id":"a","path_on_host":"/a3"}"#).status, 204);
         assert_eq!(api.lock().config.drives[0].path_on_host, std::path::Path::new("/a3"));
@@ -978,8 +1032,21 @@ mod tests {
         assert_eq!(fault(&r), "drive_id: no drive \"zz\" to update");
         let body = br#"{"iface_id":"e0","rx_rate_limiter":{"bandwidth":null,"ops":null}}"#;
         assert_eq!(api.handle("PATCH", "/network-interfaces/e0", body).status, 204);
+        assert!(rec.limits.lock().unwrap().is_empty(), "null buckets change nothing");
         let body = br#"{"iface_id":"e0","tx_rate_limiter":{"bandwidth":{"size":1,"refill_time":1}}}"#;
-        assert_eq!(api.handle("PATCH", "/network-interfaces/e0", body).status, 400);
+        assert_eq!(api.handle("PATCH", "/network-interfaces/e0", body).status, 204);
+        let body = br#"{"iface_id":"e0","tx_rate_limiter":{"ops":{"size":2,"refill_time":1}}}"#;
+        assert_eq!(api.handle("PATCH", "/network-interfaces/e0", body).status, 204);
+        let (id, rx, tx) = rec.limits.lock().unwrap().last().cloned().unwrap();
+        let tx = tx.unwrap();
+        assert_eq!((id.as_str(), rx, tx.bandwidth.unwrap().size, tx.ops.unwrap().size), ("e0", None, 1, 2), "merged");
+        assert_eq!(api.lock().config.network_interfaces[0].tx_rate_limiter, Some(tx));
+        // A drive's limiter changes without its file.
+        let body = br#"{"drive_id":"a","rate_limiter":{"bandwidth":{"size":9,"refill_time":1}}}"#;
+        assert_eq!(api.handle("PATCH", "/drives/a", body).status, 204);
+        let (id, l, _) = rec.limits.lock().unwrap().last().cloned().unwrap();
+        assert_eq!((id.as_str(), l.unwrap().bandwidth.unwrap().size), ("a", 9));
+        assert_eq!(api.lock().config.drives[0].path_on_host, std::path::Path::new("/a3"), "file kept");
     }
 
     #[test]

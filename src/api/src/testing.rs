@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use vmm_config::sync::lock_unpoisoned as lock;
-use vmm_config::{Logger, Metrics, VmSpec};
+use vmm_config::{Logger, Metrics, RateLimiter, VmSpec};
 
 use crate::controller::{ControllerError, VmmController};
 use crate::types::VmState;
@@ -21,6 +21,10 @@ pub enum Call {
     ConfigureLogger(Logger),
     ConfigureMetrics(Metrics),
     ReplaceDrive(String, PathBuf),
+    SetDriveRateLimiter(String, Option<RateLimiter>),
+    SetNetRateLimiters(String, Option<RateLimiter>, Option<RateLimiter>),
+    Pause,
+    Resume,
 }
 
 /// Records calls; can be told to fail, panic or be slow in `start`.
@@ -118,6 +122,33 @@ impl VmmController for RecordingController {
 
     fn replace_drive(&self, drive_id: &str, path: &Path) -> Result<(), ControllerError> {
         lock(&self.calls).push(Call::ReplaceDrive(drive_id.to_string(), path.to_owned()));
+        Ok(())
+    }
+
+    fn set_drive_rate_limiter(&self, drive_id: &str, limiter: Option<&RateLimiter>) -> Result<(), ControllerError> {
+        lock(&self.calls).push(Call::SetDriveRateLimiter(drive_id.to_string(), limiter.copied()));
+        Ok(())
+    }
+
+    fn set_net_rate_limiters(
+        &self,
+        iface_id: &str,
+        rx: Option<&RateLimiter>,
+        tx: Option<&RateLimiter>,
+    ) -> Result<(), ControllerError> {
+        lock(&self.calls).push(Call::SetNetRateLimiters(iface_id.to_string(), rx.copied(), tx.copied()));
+        Ok(())
+    }
+
+    fn pause(&self) -> Result<(), ControllerError> {
+        lock(&self.calls).push(Call::Pause);
+        *lock(&self.state) = Some(VmState::Paused);
+        Ok(())
+    }
+
+    fn resume(&self) -> Result<(), ControllerError> {
+        lock(&self.calls).push(Call::Resume);
+        *lock(&self.state) = Some(VmState::Running);
         Ok(())
     }
 }

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 
-use api::{ControllerError, Logger, Metrics, Preflight, VmSpec, VmState, VmmController};
+use api::{ControllerError, Logger, Metrics, Preflight, RateLimiter, VmSpec, VmState, VmmController};
 use vmm::config::sync::lock_unpoisoned;
 
 use crate::metrics::MetricsSink;
@@ -123,8 +123,12 @@ impl VmmController for Controller {
     fn state(&self) -> VmState {
         if *lock_unpoisoned(&self.halted) {
             VmState::Halted
-        } else if lock_unpoisoned(&self.running).is_some() {
-            VmState::Running
+        } else if let Some(h) = lock_unpoisoned(&self.running).as_ref() {
+            if h.is_paused() {
+                VmState::Paused
+            } else {
+                VmState::Running
+            }
         } else {
             VmState::NotStarted
         }
@@ -149,6 +153,28 @@ impl VmmController for Controller {
 
     fn replace_drive(&self, drive_id: &str, path: &Path) -> Result<(), ControllerError> {
         self.running()?.replace_drive(drive_id, path).map_err(|e| ControllerError::Vmm(Box::new(e)))
+    }
+
+    fn set_drive_rate_limiter(&self, drive_id: &str, limiter: Option<&RateLimiter>) -> Result<(), ControllerError> {
+        self.running()?.set_drive_rate_limiter(drive_id, limiter).map_err(|e| ControllerError::Vmm(Box::new(e)))
+    }
+
+    fn set_net_rate_limiters(
+        &self,
+        iface_id: &str,
+        rx: Option<&RateLimiter>,
+        tx: Option<&RateLimiter>,
+    ) -> Result<(), ControllerError> {
+        self.running()?.set_net_rate_limiters(iface_id, rx, tx).map_err(|e| ControllerError::Vmm(Box::new(e)))
+    }
+
+    fn pause(&self) -> Result<(), ControllerError> {
+        self.running()?.pause().map_err(|e| ControllerError::Vmm(Box::new(e)))
+    }
+
+    fn resume(&self) -> Result<(), ControllerError> {
+        self.running()?.resume();
+        Ok(())
     }
 
     fn configure_metrics(&self, metrics: &Metrics) -> Result<(), ControllerError> {

@@ -27,6 +27,8 @@ const BLOCK_KEYS: &[(&str, &str)] = &[
     ("flush_count", "flushes"),
     ("invalid_reqs_count", "malformed_total"),
     ("execute_fails", "errors"),
+    ("rate_limiter_throttled_events", "rate_limiter_throttled"),
+    ("rate_limiter_event_count", "rate_limiter_events"),
 ];
 
 /// Firecracker net counter <- shimvmm net counter.
@@ -37,6 +39,10 @@ const NET_KEYS: &[(&str, &str)] = &[
     ("tx_packets_count", "tx_packets"),
     ("rx_queue_event_count", "rx_queue_kicks"),
     ("tx_queue_event_count", "tx_queue_kicks"),
+    ("rx_rate_limiter_throttled", "rx_rate_limiter_throttled"),
+    ("tx_rate_limiter_throttled", "tx_rate_limiter_throttled"),
+    ("rx_event_rate_limiter_count", "rx_rate_limiter_events"),
+    ("tx_rate_limiter_event_count", "tx_rate_limiter_events"),
 ];
 
 /// An open metrics destination and the totals of the last line written.

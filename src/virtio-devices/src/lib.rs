@@ -9,6 +9,7 @@ pub mod files;
 pub mod interrupt;
 pub mod mem;
 pub mod net;
+pub mod rate_limiter;
 pub mod rng;
 pub mod transport;
 

@@ -1,6 +1,7 @@
 //! virtio-rng (VIRTIO 1.2, 5.4): Firecracker's "entropy" device. One
 //! request queue; every writable buffer the driver posts is filled from the
-//! host's getrandom(2), on the event-loop thread.
+//! host's getrandom(2), on the event-loop thread, within its rate limiter
+//! (ops: requests, bandwidth: the bytes a request asks for).
 
 use std::sync::Arc;
 
@@ -12,6 +13,7 @@ use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::interrupt::Interrupt;
+use crate::rate_limiter::RateLimiter;
 use crate::{ActivateContext, ActivateError, GuestMemory, VirtioDevice};
 
 /// virtio device id of an entropy source.
@@ -35,7 +37,16 @@ pub struct RngMetrics {
     /// The guest broke the queue (it stays stopped until reset).
     pub queue_errors: u64,
     pub kicks_before_activation: u64,
+    /// Times the rate limiter stopped the queue (a request waited in the
+    /// ring for the limiter's timer).
+    pub rate_limiter_throttled: u64,
+    /// Throttled periods that ended (the limiter's timer events).
+    pub rate_limiter_events: u64,
 }
+
+/// Event tokens: the queue kick and the rate limiter's timer.
+const EV_QUEUE: u32 = 0;
+const EV_RATE_LIMITER: u32 = 1;
 
 struct Active {
     mem: GuestMemory,
@@ -51,6 +62,8 @@ pub struct Rng {
     queue_events: [EventFd; 1],
     active: Option<Active>,
     metrics: RngMetrics,
+    /// Without buckets until configured (its timerfd is watched from the start).
+    limiter: RateLimiter,
 }
 
 impl Rng {
@@ -61,7 +74,13 @@ impl Rng {
             queue_events: [EventFd::new(EFD_NONBLOCK)?],
             active: None,
             metrics: RngMetrics::default(),
+            limiter: RateLimiter::new(None).map_err(std::io::Error::other)?,
         })
+    }
+
+    /// Sets the token buckets on requests (`None` removes them).
+    pub fn set_rate_limiter(&mut self, cfg: Option<&vmm_config::RateLimiter>) {
+        self.limiter.set(cfg);
     }
 
     pub fn rng_metrics(&self) -> RngMetrics {
@@ -70,10 +89,11 @@ impl Rng {
 
     /// Serves every available request, then interrupts the guest.
     pub fn process_queue(&mut self) {
-        let Rng { active, metrics, .. } = self;
+        let Rng { active, metrics, limiter, .. } = self;
         let Some(Active { mem, queue, interrupt, broken }) = active.as_mut() else {
             return;
         };
+        let mut limiter = limiter.is_active().then_some(limiter);
         if *broken {
             return;
         }
@@ -89,6 +109,15 @@ impl Rng {
                     break;
                 }
             };
+            if let Some(l) = limiter.as_deref_mut() {
+                let asked: usize = chain.clone().writable().map(|d| d.len() as usize).sum();
+                if !l.consume(asked.min(MAX_BYTES_PER_REQUEST) as u64, 1) {
+                    // It stays in the ring; the limiter's timer comes back.
+                    queue.go_to_previous_position();
+                    metrics.rate_limiter_throttled += 1;
+                    break;
+                }
+            }
             let head = chain.head_index();
             let len = fill_chain(mem, chain, metrics);
             match queue.add_used(&*mem, head, len) {
@@ -220,12 +249,22 @@ impl VirtioDevice for Rng {
 
 impl MutEventSubscriber for Rng {
     fn init(&mut self, ops: &mut EventOps) {
-        if let Err(e) = ops.add(Events::with_data(&self.queue_events[0], 0, EventSet::IN)) {
+        if let Err(e) = ops.add(Events::with_data(&self.queue_events[0], EV_QUEUE, EventSet::IN)) {
             error!("virtio-rng: cannot register the queue eventfd: {e}");
+        }
+        if let Err(e) = ops.add(Events::with_data(&self.limiter, EV_RATE_LIMITER, EventSet::IN)) {
+            error!("virtio-rng: cannot register the rate limiter's timer: {e}");
         }
     }
 
-    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        if events.data() == EV_RATE_LIMITER {
+            if self.limiter.timer_event() {
+                self.metrics.rate_limiter_events += 1;
+                self.process_queue();
+            }
+            return;
+        }
         // Drain the kick; EAGAIN just means it was already consumed.
         let _ = self.queue_events[0].read();
         if self.active.is_none() {
@@ -305,5 +344,33 @@ mod tests {
         assert_eq!(used(&mem, 2), (2, 0));
         assert_eq!(rng.rng_metrics().errors, 2);
         assert_eq!(rng.device_type(), TYPE_RNG);
+    }
+
+    #[test]
+    fn the_rate_limiter_holds_requests_until_its_timer() {
+        let mem: GuestMemory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+        let vq = MockSplitQueue::new(&mem, 16);
+        let (mut rng, _irq) = setup(&mem, &vq);
+        // 100 bytes per 100 ms.
+        let tb = vmm_config::TokenBucket { size: 100, one_time_burst: None, refill_time: 100 };
+        rng.set_rate_limiter(Some(&vmm_config::RateLimiter { bandwidth: Some(tb), ops: None }));
+        for i in 0..2u16 {
+            let d = RawDescriptor::from(SplitDescriptor::new(BUF + 0x1000 * u64::from(i), 64, 2, 0));
+            vq.add_desc_chains(&[d], i).unwrap();
+        }
+        let rng = Arc::new(std::sync::Mutex::new(rng));
+        let mut em = event_manager::EventManager::<Arc<std::sync::Mutex<Rng>>>::new().unwrap();
+        event_manager::SubscriberOps::add_subscriber(&mut em, rng.clone());
+        let t0 = std::time::Instant::now();
+        rng.lock().unwrap().process_queue();
+        assert_eq!(rng.lock().unwrap().rng_metrics().requests, 1, "64 of 100 bytes: the second waits");
+        assert_eq!(rng.lock().unwrap().rng_metrics().rate_limiter_throttled, 1);
+        while rng.lock().unwrap().rng_metrics().requests < 2 {
+            assert!(t0.elapsed() < std::time::Duration::from_secs(2), "the held request was never served");
+            em.run_with_timeout(50).unwrap();
+        }
+        assert!(t0.elapsed() >= std::time::Duration::from_millis(25), "served early: {:?}", t0.elapsed());
+        assert_eq!(used(&mem, 1), (1, 64));
+        assert_eq!(rng.lock().unwrap().rng_metrics().rate_limiter_events, 1);
     }
 }

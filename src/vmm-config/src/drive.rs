@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::rate_limiter::{check_rate_limiter, none_if_unlimited, RateLimiter};
+use crate::rate_limiter::{none_if_unlimited, RateLimiter};
 use crate::validate::{check_id, check_path, Result, ValidationError};
 
 /// Longest drive id: the guest reads it as the disk's serial
@@ -33,7 +33,7 @@ pub enum IoEngine {
 /// `--disk` on the command line.
 ///
 /// Firecracker's fields that shimvmm does not implement yet (`partuuid`,
-/// `socket`, `io_engine` `Async`, rate-limiter buckets) are parsed so that a
+/// `socket`, `io_engine` `Async`) are parsed so that a
 /// client gets a clear refusal (`validate`), not an "unknown field".
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -97,7 +97,7 @@ impl Drive {
                 "\"Async\" (io_uring) is not supported by shimvmm yet; omit it or use \"Sync\"",
             ));
         }
-        check_rate_limiter("rate_limiter", &self.rate_limiter)
+        Ok(())
     }
 }
 

@@ -1,22 +1,34 @@
 //! `rate_limiter`, `rx_rate_limiter`, `tx_rate_limiter`: Firecracker's
-//! token-bucket shape, accepted so that clients sending it keep working.
+//! token buckets (a bandwidth bucket in bytes and an operations bucket),
+//! on drives and network interfaces. The device side (the buckets that
+//! count and the timer that resumes a throttled queue) is
+//! `virtio_devices::rate_limiter`.
 //!
-//! shimvmm has no rate limiter yet: an absent or `null` limiter, or one whose
-//! buckets are both `null`, is accepted (it limits nothing); a bucket is
-//! refused with a message saying so, never silently ignored.
+//! On drives, network interfaces and the entropy device. A bucket of
+//! `size` 0 or `refill_time` 0 limits nothing, as in Firecracker; a limiter
+//! without buckets is reported as `null`.
 
 use serde::{Deserialize, Serialize};
 
-use crate::validate::{Result, ValidationError};
-
-/// One token bucket: `size` tokens, refilled over `refill_time` ms.
+/// One token bucket: at most `size` tokens, refilled at `size` per
+/// `refill_time` ms; `one_time_burst` extra tokens that are spent first and
+/// never refilled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenBucket {
     pub size: u64,
     #[serde(default)]
     pub one_time_burst: Option<u64>,
+    /// Milliseconds to refill an empty bucket.
     pub refill_time: u64,
+}
+
+impl TokenBucket {
+    /// Whether the bucket limits anything (Firecracker ignores a bucket of
+    /// size 0 or refill time 0).
+    pub fn limits(&self) -> bool {
+        self.size != 0 && self.refill_time != 0
+    }
 }
 
 /// A bandwidth (bytes) and an operations bucket.
@@ -34,6 +46,22 @@ impl RateLimiter {
     pub fn is_unlimited(&self) -> bool {
         self.bandwidth.is_none() && self.ops.is_none()
     }
+
+    /// `current` changed by a PATCH's `update`, as Firecracker applies it: a
+    /// bucket given replaces the current one (one of size or refill time 0
+    /// removes it), a bucket left out or `null` keeps it. `None` when no
+    /// bucket is left.
+    pub fn patched(current: Option<RateLimiter>, update: Option<RateLimiter>) -> Option<RateLimiter> {
+        let cur = current.unwrap_or_default();
+        let Some(up) = update else { return current };
+        let pick = |now: Option<TokenBucket>, new: Option<TokenBucket>| match new {
+            Some(b) if b.limits() => Some(b),
+            Some(_) => None,
+            None => now,
+        };
+        let out = RateLimiter { bandwidth: pick(cur.bandwidth, up.bandwidth), ops: pick(cur.ops, up.ops) };
+        (!out.is_unlimited()).then_some(out)
+    }
 }
 
 /// Deserialize a limiter, `None` when it limits nothing (as Firecracker
@@ -45,29 +73,32 @@ pub(crate) fn none_if_unlimited<'de, D: serde::Deserializer<'de>>(
     Ok(limiter.filter(|l| !l.is_unlimited()))
 }
 
-/// Refuse a limiter with a bucket: shimvmm cannot enforce it yet.
-pub(crate) fn check_rate_limiter(field: &str, limiter: &Option<RateLimiter>) -> Result {
-    match limiter {
-        Some(l) if !l.is_unlimited() => Err(ValidationError::new(
-            field,
-            "rate limiters are not supported by shimvmm yet; omit it or give null buckets",
-        )),
-        _ => Ok(()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn bucket(size: u64, refill_time: u64) -> Option<TokenBucket> {
+        Some(TokenBucket { size, one_time_burst: None, refill_time })
+    }
+
     #[test]
-    fn null_buckets_pass_and_buckets_are_refused() {
+    fn null_buckets_are_no_limiter() {
         let none: RateLimiter = serde_json::from_str(r#"{"bandwidth":null,"ops":null}"#).unwrap();
-        assert!(check_rate_limiter("rate_limiter", &Some(none)).is_ok());
-        assert!(check_rate_limiter("rate_limiter", &None).is_ok());
-        let some: RateLimiter = serde_json::from_str(r#"{"bandwidth":{"size":1000,"refill_time":100}}"#).unwrap();
-        let e = check_rate_limiter("rate_limiter", &Some(some)).unwrap_err().to_string();
-        assert!(e.starts_with("rate_limiter: rate limiters are not supported by shimvmm yet"), "{e}");
+        assert!(none.is_unlimited());
         assert!(serde_json::from_str::<RateLimiter>(r#"{"bandwidth":{"size":1}}"#).is_err());
+    }
+
+    #[test]
+    fn a_patch_replaces_the_buckets_it_names_and_keeps_the_others() {
+        let cur = Some(RateLimiter { bandwidth: bucket(1000, 100), ops: bucket(10, 100) });
+        assert_eq!(RateLimiter::patched(cur, None), cur);
+        let up = RateLimiter { bandwidth: bucket(2000, 50), ops: None };
+        assert_eq!(
+            RateLimiter::patched(cur, Some(up)),
+            Some(RateLimiter { bandwidth: bucket(2000, 50), ops: bucket(10, 100) })
+        );
+        let off = RateLimiter { bandwidth: bucket(0, 100), ops: bucket(5, 0) };
+        assert_eq!(RateLimiter::patched(cur, Some(off)), None);
+        assert_eq!(RateLimiter::patched(None, Some(up)), Some(up));
     }
 }

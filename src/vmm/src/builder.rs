@@ -24,6 +24,7 @@ use crate::devices::legacy::EventFdTrigger;
 use crate::exit::{ExitHandle, ExitReason};
 use crate::layout::*;
 use crate::memory::{self, GuestMemory};
+use crate::pause::{PauseControl, PauseEvents};
 use crate::signals::SignalHandler;
 use crate::stdin::StdinInput;
 use crate::vstate::coalesced::CoalescedRing;
@@ -123,9 +124,28 @@ pub struct VmmHandle {
     devices: Arc<Vec<AttachedDevice>>,
     exit: Arc<ExitHandle>,
     metrics_path: Arc<Mutex<Option<PathBuf>>>,
+    pause: Arc<PauseControl>,
 }
 
+/// How long a pause waits for the vCPUs and the event loop to park.
+const PAUSE_TIMEOUT: Duration = Duration::from_secs(5);
+
 impl VmmHandle {
+    /// Stops the vCPUs and the devices (`PATCH /vm` Paused); returns once
+    /// none runs. Pausing a paused VM does nothing.
+    pub fn pause(&self) -> Result<(), crate::pause::PauseError> {
+        self.pause.pause(PAUSE_TIMEOUT, true)
+    }
+
+    /// Lets a paused VM run again; resuming a running VM does nothing.
+    pub fn resume(&self) {
+        self.pause.resume()
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.pause.is_paused()
+    }
+
     pub fn send_ctrl_alt_del(&self) {
         lock_unpoisoned(&self.i8042).send_ctrl_alt_del();
     }
@@ -145,6 +165,47 @@ impl VmmHandle {
             .and_then(|d| d.downcast_mut::<virtio_devices::block::Block>())
             .ok_or_else(|| ReplaceDriveError::NoSuchDrive(drive_id.to_string()))?;
         blk.replace_disk(path).map_err(|source| ReplaceDriveError::Disk { id: drive_id.to_string(), source })
+    }
+
+    /// Sets the token buckets of the running drive `drive_id` (`None`:
+    /// none), Firecracker's `PATCH /drives/{id}` with a `rate_limiter`.
+    pub fn set_drive_rate_limiter(
+        &self,
+        drive_id: &str,
+        limiter: Option<&vmm_config::RateLimiter>,
+    ) -> Result<(), ReplaceDriveError> {
+        let dev =
+            self.device(DeviceKind::Block, drive_id).ok_or_else(|| ReplaceDriveError::NoSuchDrive(drive_id.into()))?;
+        let mut dev = lock_unpoisoned(&dev.dev);
+        let blk = dev
+            .as_any_mut()
+            .and_then(|d| d.downcast_mut::<virtio_devices::block::Block>())
+            .ok_or_else(|| ReplaceDriveError::NoSuchDrive(drive_id.to_string()))?;
+        blk.set_rate_limiter(limiter);
+        Ok(())
+    }
+
+    /// Sets the RX and TX token buckets of the running interface
+    /// `iface_id` (`None`: none), Firecracker's
+    /// `PATCH /network-interfaces/{id}`.
+    pub fn set_net_rate_limiters(
+        &self,
+        iface_id: &str,
+        rx: Option<&vmm_config::RateLimiter>,
+        tx: Option<&vmm_config::RateLimiter>,
+    ) -> Result<(), NoSuchInterface> {
+        let dev = self.device(DeviceKind::Net, iface_id).ok_or_else(|| NoSuchInterface(iface_id.into()))?;
+        let mut dev = lock_unpoisoned(&dev.dev);
+        let net = dev
+            .as_any_mut()
+            .and_then(|d| d.downcast_mut::<virtio_devices::net::Net>())
+            .ok_or_else(|| NoSuchInterface(iface_id.into()))?;
+        net.set_rate_limiters(rx, tx);
+        Ok(())
+    }
+
+    fn device(&self, kind: DeviceKind, id: &str) -> Option<&AttachedDevice> {
+        self.devices.iter().find(|d| d.kind == kind && d.id == id)
     }
 
     /// Every device's counters: `{"net": {id: {...}}, "block": {id: {...}}}`.
@@ -190,6 +251,11 @@ pub enum ReplaceDriveError {
     #[error("drive {id}: {source}")]
     Disk { id: String, source: virtio_devices::block::BlockError },
 }
+
+/// PATCH of an interface the running VM does not have.
+#[derive(Debug, thiserror::Error)]
+#[error("iface_id: no network interface \"{0}\" in the running VM")]
+pub struct NoSuchInterface(pub String);
 
 /// The metrics file could not be written.
 #[derive(Debug, thiserror::Error)]
@@ -253,6 +319,8 @@ pub struct Vmm {
     handle: VmmHandle,
     vcpus: Vec<JoinHandle<()>>,
     vcpu_stop: Arc<AtomicBool>,
+    /// The stop-signal fd, which a paused event loop still watches.
+    signal_fd: std::os::fd::RawFd,
 }
 
 /// How long teardown waits for the vCPU threads to leave KVM_RUN.
@@ -295,7 +363,10 @@ impl Vmm {
             if let Some(r) = self.handle.exit.reason() {
                 break r;
             }
+            self.handle.pause.park_loop_if_paused(&self.handle.exit, &[self.signal_fd]);
         };
+        // Parked vCPUs must see the stop.
+        self.handle.pause.resume();
         // No vCPU may touch a device (or the console) from here on.
         let left =
             crate::vstate::vcpu::stop_and_join(std::mem::take(&mut self.vcpus), &self.vcpu_stop, VCPU_JOIN_TIMEOUT);
@@ -435,6 +506,8 @@ pub fn build_with(spec: &VmSpec, opts: &BuildOptions) -> Result<Vmm, BuildError>
             allow_block_device: opts.allow_block_devices,
         })
         .map_err(|source| BuildError::Disk { id: id.clone(), source })?;
+        let mut blk = blk;
+        blk.set_rate_limiter(d.rate_limiter.as_ref());
         let dev = attach_virtio(&vm, &mem, &mut mmio, &mut em, &mut slots, blk)?;
         devices.push(AttachedDevice { id: id.clone(), kind: DeviceKind::Block, dev });
     }
@@ -468,11 +541,13 @@ pub fn build_with(spec: &VmSpec, opts: &BuildOptions) -> Result<Vmm, BuildError>
         if let Some(mtu) = n.mtu {
             net.set_mtu(mtu);
         }
+        net.set_rate_limiters(n.rx_rate_limiter.as_ref(), n.tx_rate_limiter.as_ref());
         let dev = attach_virtio(&vm, &mem, &mut mmio, &mut em, &mut slots, net)?;
         devices.push(AttachedDevice { id: id.clone(), kind: DeviceKind::Net, dev });
     }
-    if spec.entropy.is_some() {
-        let rng = virtio_devices::rng::Rng::new().map_err(BuildError::EventFd)?;
+    if let Some(entropy) = &spec.entropy {
+        let mut rng = virtio_devices::rng::Rng::new().map_err(BuildError::EventFd)?;
+        rng.set_rate_limiter(entropy.rate_limiter.as_ref());
         let dev = attach_virtio(&vm, &mem, &mut mmio, &mut em, &mut slots, rng)?;
         devices.push(AttachedDevice { id: "entropy".into(), kind: DeviceKind::Entropy, dev });
     }
@@ -491,9 +566,11 @@ pub fn build_with(spec: &VmSpec, opts: &BuildOptions) -> Result<Vmm, BuildError>
 
     // Event sources owned by the VMM itself.
     em.add_subscriber(Arc::new(Mutex::new(StdinInput::new(serial.clone()).map_err(BuildError::EventFd)?)) as Subscriber);
-    em.add_subscriber(
-        Arc::new(Mutex::new(SignalHandler::new(exit.clone()).map_err(BuildError::EventFd)?)) as Subscriber
-    );
+    let signals = SignalHandler::new(exit.clone()).map_err(BuildError::EventFd)?;
+    let signal_fd = std::os::fd::AsRawFd::as_raw_fd(&signals);
+    em.add_subscriber(Arc::new(Mutex::new(signals)) as Subscriber);
+    let pause = Arc::new(PauseControl::new().map_err(BuildError::EventFd)?);
+    em.add_subscriber(Arc::new(Mutex::new(PauseEvents(pause.clone()))) as Subscriber);
     em.add_subscriber(Arc::new(Mutex::new(crate::exit::ExitEvents::new(exit.clone(), poweroff_evt))) as Subscriber);
 
     let pio = Arc::new(pio);
@@ -508,7 +585,7 @@ pub fn build_with(spec: &VmSpec, opts: &BuildOptions) -> Result<Vmm, BuildError>
     let ring = coalesce_console(&vm, &mut vcpus, &serial);
     let mut threads = Vec::new();
     for v in vcpus {
-        match v.spawn(pio.clone(), mmio.clone(), exit.clone(), vcpu_stop.clone()) {
+        match v.spawn(pio.clone(), mmio.clone(), exit.clone(), vcpu_stop.clone(), pause.clone()) {
             Ok(t) => threads.push(t),
             Err(e) => {
                 // Those already started must not outlive the build that failed.
@@ -528,9 +605,11 @@ pub fn build_with(spec: &VmSpec, opts: &BuildOptions) -> Result<Vmm, BuildError>
             devices: Arc::new(devices),
             exit,
             metrics_path: Arc::new(Mutex::new(spec.metrics.as_ref().map(|m| m.metrics_path.clone()))),
+            pause,
         },
         vcpus: threads,
         vcpu_stop,
+        signal_fd,
     })
 }
 

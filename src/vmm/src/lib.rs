@@ -8,13 +8,15 @@ pub mod exit;
 pub mod files;
 pub mod layout;
 pub mod memory;
+pub mod pause;
 pub mod seccomp;
 pub mod signals;
 pub mod stdin;
 pub mod vstate;
 
 pub use builder::{
-    build, build_with, BuildError, BuildOptions, MetricsWriteError, ReplaceDriveError, VmMetrics, Vmm, VmmHandle,
+    build, build_with, BuildError, BuildOptions, MetricsWriteError, NoSuchInterface, ReplaceDriveError, VmMetrics, Vmm,
+    VmmHandle,
 };
 pub use exit::ExitReason;
 /// The VM configuration the builder takes (one type per resource, shared

@@ -52,6 +52,13 @@ impl SignalHandler {
     }
 }
 
+impl AsRawFd for SignalHandler {
+    /// The signalfd (a paused event loop watches it to stay stoppable).
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
 impl MutEventSubscriber for SignalHandler {
     fn init(&mut self, ops: &mut EventOps) {
         if let Err(e) = ops.add(Events::new(&self.fd, EventSet::IN)) {

@@ -13,6 +13,7 @@ use super::disk::{BlockConfig, BlockError, Disk, ID_BYTES, SECTOR_SIZE};
 use super::metrics::BlockMetrics;
 use super::request::{Request, RequestType, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP};
 use crate::interrupt::Interrupt;
+use crate::rate_limiter::RateLimiter;
 use crate::{ActivateContext, ActivateError, GuestMemory, VirtioDevice, TYPE_BLOCK};
 
 /// Size of the single request queue.
@@ -65,7 +66,15 @@ pub struct Block {
     metrics: BlockMetrics,
     /// Requests per pass ([`REQUEST_BUDGET`]; smaller in tests).
     budget: u32,
+    /// Token buckets on requests (ops) and their data (bytes); without
+    /// buckets until configured. Its timerfd is watched from the start, so
+    /// a PATCH may add buckets to a running drive.
+    limiter: RateLimiter,
 }
+
+/// Event tokens: the queue kick (index 0, its queue) and the rate
+/// limiter's timer.
+const EV_RATE_LIMITER: u32 = 1;
 
 impl Block {
     pub fn new(cfg: BlockConfig) -> Result<Block, BlockError> {
@@ -89,6 +98,7 @@ impl Block {
         config[CONFIG_SEG_MAX..CONFIG_SEG_MAX + 4].copy_from_slice(&SEG_MAX.to_le_bytes());
         config[CONFIG_BLK_SIZE..CONFIG_BLK_SIZE + 4].copy_from_slice(&(SECTOR_SIZE as u32).to_le_bytes());
         let queue_event = EventFd::new(EFD_NONBLOCK).map_err(BlockError::EventFd)?;
+        let limiter = RateLimiter::new(None).map_err(|e| BlockError::EventFd(std::io::Error::other(e)))?;
         Ok(Block {
             disk,
             id,
@@ -100,7 +110,14 @@ impl Block {
             active: None,
             metrics: BlockMetrics::default(),
             budget: REQUEST_BUDGET,
+            limiter,
         })
+    }
+
+    /// Sets the token buckets on this drive's requests (`None` removes
+    /// them); takes effect at once, also on a running drive.
+    pub fn set_rate_limiter(&mut self, cfg: Option<&vmm_config::RateLimiter>) {
+        self.limiter.set(cfg);
     }
 
     /// Capacity in 512-byte sectors.
@@ -133,7 +150,8 @@ impl Block {
     /// the event loop comes back after the other sources had their turn.
     /// Normally called from `process()` on a queue kick.
     pub fn process_queue(&mut self) {
-        let Block { disk, id, active, metrics, queue_events, budget, .. } = self;
+        let Block { disk, id, active, metrics, queue_events, budget, limiter, .. } = self;
+        let mut limiter = limiter.is_active().then_some(limiter);
         let Some(active) = active.as_mut() else {
             return;
         };
@@ -170,9 +188,20 @@ impl Block {
                     }
                     break 'outer;
                 }
-                served += 1;
                 let head = chain.head_index();
-                let used_len = handle_chain(disk, id, mem, chain, metrics);
+                let req = Request::parse(chain, mem);
+                if let (Some(l), Ok(r)) = (limiter.as_deref_mut(), &req) {
+                    let bytes = if matches!(r.kind, RequestType::In | RequestType::Out) { r.data_len } else { 0 };
+                    if !l.consume(bytes, 1) {
+                        // It stays in the ring (as for the budget); the
+                        // limiter's timer brings the device back.
+                        queue.go_to_previous_position();
+                        metrics.rate_limiter_throttled += 1;
+                        break 'outer;
+                    }
+                }
+                served += 1;
+                let used_len = handle_request(disk, id, mem, req, metrics);
                 match queue.add_used(mem, head, used_len) {
                     Ok(()) => completed += 1,
                     Err(virtio_queue::Error::InvalidDescriptorIndex) => {
@@ -233,16 +262,16 @@ fn queue_broken(broken: &mut bool, metrics: &mut BlockMetrics, what: &str, e: &v
     metrics.queue_errors += 1;
 }
 
-/// Parses, executes and completes one chain. Returns the used-ring length:
+/// Executes and completes one parsed chain. Returns the used-ring length:
 /// bytes written into the chain, status byte included (0 if even that was impossible).
-fn handle_chain(
+fn handle_request(
     disk: &Disk,
     id: &[u8; ID_BYTES],
     mem: &GuestMemory,
-    chain: DescriptorChain<&GuestMemory>,
+    parsed: Result<Request, super::request::ParseError>,
     metrics: &mut BlockMetrics,
 ) -> u32 {
-    let req = match Request::parse(chain, mem) {
+    let req = match parsed {
         Ok(r) => r,
         Err(e) => {
             debug!("virtio-blk: malformed request ({})", e.reason.as_str());
@@ -440,9 +469,19 @@ impl MutEventSubscriber for Block {
                 error!("virtio-blk: cannot register queue {i} eventfd: {e}");
             }
         }
+        if let Err(e) = ops.add(Events::with_data(&self.limiter, EV_RATE_LIMITER, EventSet::IN)) {
+            error!("virtio-blk: cannot register the rate limiter's timer: {e}");
+        }
     }
 
     fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        if events.data() == EV_RATE_LIMITER {
+            if self.limiter.timer_event() {
+                self.metrics.rate_limiter_events += 1;
+                self.process_queue();
+            }
+            return;
+        }
         let index = events.data() as usize;
         let Some(evt) = self.queue_events.get(index) else {
             warn!("virtio-blk: event for unknown source {index}");

@@ -41,6 +41,11 @@ pub struct BlockMetrics {
     /// The guest broke the queue itself (bad available index, used ring
     /// unwritable): the device stops until the driver resets it.
     pub queue_errors: u64,
+    /// Times the rate limiter stopped the queue (a request found a bucket
+    /// short and waited in the ring for the limiter's timer).
+    pub rate_limiter_throttled: u64,
+    /// Throttled periods that ended (the limiter's timer events).
+    pub rate_limiter_events: u64,
 }
 
 /// `malformed` as a map with every reason, zero counts included.
@@ -88,6 +93,8 @@ mod tests {
                 "malformed",
                 "malformed_total",
                 "queue_errors",
+                "rate_limiter_events",
+                "rate_limiter_throttled",
                 "read_bytes",
                 "read_only_refusals",
                 "reads",

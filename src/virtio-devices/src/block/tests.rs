@@ -821,3 +821,48 @@ fn avail_index_flipped_by_our_own_notification_writes_ends_the_pass() {
     // The one chain the flipped index exposed (head 0, an empty descriptor) was skipped.
     assert_eq!(metrics.skipped, 1);
 }
+
+#[test]
+fn rate_limiter_holds_requests_in_the_ring_until_its_timer() {
+    let mem = guest_mem();
+    let vq = MockSplitQueue::create(&mem, GuestAddress(0), QLEN);
+    let (_d, _p, mut blk) = new_block(false);
+    let _irq = activate(&mut blk, &mem, &vq, false);
+    // One request per 100 ms, and 1024 bytes per 100 ms.
+    let tb = |size| vmm_config::TokenBucket { size, one_time_burst: None, refill_time: 100 };
+    blk.set_rate_limiter(Some(&vmm_config::RateLimiter { bandwidth: Some(tb(1024)), ops: Some(tb(1)) }));
+    let blk = Arc::new(Mutex::new(blk));
+    let mut em = EventManager::<Arc<Mutex<dyn MutEventSubscriber + Send>>>::new().unwrap();
+    em.add_subscriber(blk.clone());
+
+    for (i, first) in [0u16, 3].into_iter().enumerate() {
+        let off = 0x100 * i as u64;
+        header(&mem, HDR + off, VIRTIO_BLK_T_IN, i as u64);
+        submit(&vq, first, &[(HDR + off, 16, false), (DATA + 0x1000 * i as u64, 512, true), (STATUS + off, 1, true)]);
+    }
+    let t0 = std::time::Instant::now();
+    blk.lock().unwrap().queue_events()[0].write(1).unwrap();
+    em.run_with_timeout(0).unwrap();
+    assert_eq!(used_idx(&mem), 1, "one request per bucket");
+    assert_eq!(blk.lock().unwrap().block_metrics().rate_limiter_throttled, 1);
+    while used_idx(&mem) < 2 {
+        assert!(t0.elapsed() < std::time::Duration::from_secs(2), "the held request was never served");
+        em.run_with_timeout(50).unwrap();
+    }
+    assert!(t0.elapsed() >= std::time::Duration::from_millis(90), "served early: {:?}", t0.elapsed());
+    assert_eq!(status(&mem, STATUS + 0x100), VIRTIO_BLK_S_OK);
+    let m = blk.lock().unwrap().metrics().unwrap();
+    assert_eq!(m["rate_limiter_events"], 1);
+    assert_eq!(m["reads"], 2);
+
+    // Without buckets nothing waits.
+    blk.lock().unwrap().set_rate_limiter(None);
+    for (i, first) in [6u16, 9, 12].into_iter().enumerate() {
+        let off = 0x100 * (i as u64 + 2);
+        header(&mem, HDR + off, VIRTIO_BLK_T_IN, 0);
+        submit(&vq, first, &[(HDR + off, 16, false), (DATA, 512, true), (STATUS + off, 1, true)]);
+    }
+    blk.lock().unwrap().queue_events()[0].write(1).unwrap();
+    em.run_with_timeout(0).unwrap();
+    assert_eq!(used_idx(&mem), 5);
+}

@@ -26,6 +26,7 @@ use super::direct::{Held, RxQueue, TxQueue};
 use super::event_handler::Watch;
 use super::metrics::NetMetrics;
 use super::ring::SplitRing;
+use crate::rate_limiter::RateLimiter;
 use crate::{ActivateContext, ActivateError, GuestMemory, Interrupt, VirtioDevice, TYPE_NET};
 
 /// Queue indices.
@@ -81,6 +82,11 @@ pub struct Net {
     /// Segments of the chain being lent to the backend, reused for every
     /// chain (a `ChainRef`): no allocation per packet.
     seg_buf: Vec<(GuestAddress, u32)>,
+    /// Token buckets on what the guest receives and sends (without buckets
+    /// until configured; their timerfds are watched from the start so a
+    /// PATCH can add buckets to a running device).
+    pub(super) rx_limiter: RateLimiter,
+    pub(super) tx_limiter: RateLimiter,
 }
 
 impl Net {
@@ -109,7 +115,16 @@ impl Net {
             backend,
             metrics: NetMetrics::default(),
             seg_buf: Vec::with_capacity(MAX_CHAIN_DESCS),
+            rx_limiter: RateLimiter::new(None).expect("virtio-net: cannot create a timerfd"),
+            tx_limiter: RateLimiter::new(None).expect("virtio-net: cannot create a timerfd"),
         }
+    }
+
+    /// Sets the token buckets on received (`rx`) and sent (`tx`) frames;
+    /// `None` removes them. Takes effect at once, also on a running device.
+    pub fn set_rate_limiters(&mut self, rx: Option<&vmm_config::RateLimiter>, tx: Option<&vmm_config::RateLimiter>) {
+        self.rx_limiter.set(rx);
+        self.tx_limiter.set(tx);
     }
 
     pub fn id(&self) -> &str {
@@ -158,7 +173,9 @@ impl Net {
         };
         let mut posted = 0;
         for round in 1.. {
-            let mut q = RxQueue::new(&mut a.rx, &mut a.rx_held, &mut self.metrics, &mut self.seg_buf, &self.id);
+            let limit = self.rx_limiter.is_active().then_some(&mut self.rx_limiter);
+            let mut q =
+                RxQueue::new(&mut a.rx, &mut a.rx_held, &mut self.metrics, &mut self.seg_buf, &self.id).limited(limit);
             let pass = self.backend.rx(&mut q);
             let (added, popped) = (q.added(), q.popped());
             drop(q);
@@ -195,7 +212,9 @@ impl Net {
         let Some(a) = self.active.as_mut() else {
             return;
         };
-        let mut q = TxQueue::new(&mut a.tx, &mut a.tx_slots, &mut self.metrics, &mut self.seg_buf, &self.id, TX_BUDGET);
+        let limit = self.tx_limiter.is_active().then_some(&mut self.tx_limiter);
+        let mut q = TxQueue::new(&mut a.tx, &mut a.tx_slots, &mut self.metrics, &mut self.seg_buf, &self.id, TX_BUDGET)
+            .limited(limit);
         self.backend.tx(&mut q);
         let (added, over_budget) = (q.added(), q.over_budget());
         drop(q);
@@ -363,6 +382,14 @@ impl VirtioDevice for Net {
             })
             .collect();
         v["backend_fds"] = serde_json::json!(watch);
+        v["rx_rate_limiter_throttled"] = self.rx_limiter.throttled().into();
+        v["tx_rate_limiter_throttled"] = self.tx_limiter.throttled().into();
+        v["rx_rate_limiter_events"] = self.rx_limiter.timer_events().into();
+        v["tx_rate_limiter_events"] = self.tx_limiter.timer_events().into();
         Some(v)
+    }
+
+    fn as_any_mut(&mut self) -> Option<&mut dyn std::any::Any> {
+        Some(self)
     }
 }

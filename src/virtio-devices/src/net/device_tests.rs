@@ -1308,3 +1308,89 @@ fn rx_ring_refilled_by_our_own_used_writes_does_not_hold_the_loop() {
     assert!(dropped > 8, "only {dropped} malformed chains seen");
     assert!(rearmed, "run_rx stopped with buffers left and must come back through its queue event");
 }
+
+fn limiter(bandwidth: Option<(u64, u64)>, ops: Option<(u64, u64)>) -> vmm_config::RateLimiter {
+    let tb = |(size, refill_time)| vmm_config::TokenBucket { size, one_time_burst: None, refill_time };
+    vmm_config::RateLimiter { bandwidth: bandwidth.map(tb), ops: ops.map(tb) }
+}
+
+impl Harness {
+    /// Runs the event loop (waiting for timers) until `done` or 2 s passed.
+    fn run_until(&mut self, done: impl Fn(&Harness) -> bool) -> std::time::Duration {
+        let t0 = std::time::Instant::now();
+        while !done(self) {
+            assert!(t0.elapsed() < std::time::Duration::from_secs(2), "not done within 2 s");
+            self.em.run_with_timeout(50).unwrap();
+        }
+        t0.elapsed()
+    }
+}
+
+#[test]
+fn tx_rate_limiter_leaves_frames_in_the_ring_until_its_timer() {
+    let mut h = Harness::activated(0);
+    // Two frames per 100 ms.
+    h.net.lock().unwrap().set_rate_limiters(None, Some(&limiter(None, Some((2, 100)))));
+    let heads: Vec<u16> = (0..5).map(|i| h.add_tx_frame(&frame(60, i))).collect();
+    h.kick(TX_QUEUE);
+    assert_eq!(h.st.lock().unwrap().sent.len(), 2, "the bucket held two frames");
+    assert_eq!(h.new_used(TX_QUEUE).len(), 2);
+    assert_eq!(h.metrics()["tx_rate_limiter_throttled"], 1);
+    // A kick while throttled sends nothing.
+    h.kick(TX_QUEUE);
+    assert_eq!(h.st.lock().unwrap().sent.len(), 2);
+    // The timer resumes the queue: three more frames at one per 50 ms.
+    let took = h.run_until(|h| h.st.lock().unwrap().sent.len() == 5);
+    assert!(took >= std::time::Duration::from_millis(140), "sent too early: {took:?}");
+    let used: Vec<u32> = h.new_used(TX_QUEUE).iter().map(|u| u.0).collect();
+    assert_eq!(used, heads[2..].iter().map(|&x| u32::from(x)).collect::<Vec<_>>(), "in order, none lost");
+    let m = h.metrics();
+    assert_eq!(m["tx_packets"], 5);
+    assert!(m["tx_rate_limiter_events"].as_u64().unwrap() >= 3, "{m}");
+}
+
+#[test]
+fn tx_bandwidth_counts_frame_bytes() {
+    let mut h = Harness::activated(0);
+    // 1000 bytes per 100 ms: three 400-byte frames do not fit at once.
+    h.net.lock().unwrap().set_rate_limiters(None, Some(&limiter(Some((1000, 100)), None)));
+    for i in 0..3 {
+        h.add_tx_frame(&frame(400, i));
+    }
+    h.kick(TX_QUEUE);
+    assert_eq!(h.st.lock().unwrap().sent.len(), 2);
+    h.run_until(|h| h.st.lock().unwrap().sent.len() == 3);
+    // Removing the limiter lets everything through at once.
+    h.net.lock().unwrap().set_rate_limiters(None, None);
+    for i in 0..20 {
+        h.add_tx_frame(&frame(400, i));
+    }
+    h.kick(TX_QUEUE);
+    assert_eq!(h.st.lock().unwrap().sent.len(), 23);
+}
+
+#[test]
+fn rx_rate_limiter_stops_posting_buffers_until_its_timer() {
+    for direct in MODES {
+        let mut h = Harness::activated_in(0, direct);
+        // 1000 bytes per 100 ms.
+        h.net.lock().unwrap().set_rate_limiters(Some(&limiter(Some((1000, 100)), None)), None);
+        for _ in 0..3 {
+            h.add_rx_buf(1530);
+        }
+        h.kick(RX_QUEUE);
+        assert_eq!(h.st.lock().unwrap().posted.len(), 3, "budget left: buffers go to the backend");
+        // 1800 bytes received: 800 of debt.
+        h.push_frames(vec![frame(600, 1), frame(600, 2), frame(600, 3)]);
+        assert_eq!(h.new_used(RX_QUEUE).len(), 3, "what was received is delivered");
+        for _ in 0..2 {
+            h.add_rx_buf(1530);
+        }
+        h.kick(RX_QUEUE);
+        assert_eq!(h.st.lock().unwrap().posted.len(), 0, "no budget: no buffer handed out");
+        assert_eq!(h.metrics()["rx_rate_limiter_throttled"], 1);
+        let took = h.run_until(|h| h.st.lock().unwrap().posted.len() == 2);
+        assert!(took >= std::time::Duration::from_millis(70), "posted too early: {took:?}");
+        assert_eq!(h.metrics()["rx_rate_limiter_events"], 1);
+    }
+}

@@ -29,6 +29,7 @@ use super::chain::Direction;
 use super::metrics::NetMetrics;
 use super::ring::SplitRing;
 use crate::mem::RamMap;
+use crate::rate_limiter::RateLimiter;
 
 /// A guest RX buffer that the device validated and now counts as held by the
 /// backend: one device-writable descriptor of at least the virtio-net
@@ -151,6 +152,12 @@ pub struct RxQueue<'a> {
     short: u64,
     more: u64,
     bytes: u64,
+    /// The RX rate limiter, when it has buckets: received frames are charged
+    /// to it (`charged_*`: what was charged so far this pass) and no buffer
+    /// is handed out while it has no budget.
+    limit: Option<&'a mut RateLimiter>,
+    charged_bytes: u64,
+    charged_frames: u64,
 }
 
 impl<'a> RxQueue<'a> {
@@ -178,6 +185,41 @@ impl<'a> RxQueue<'a> {
             short: 0,
             more: 0,
             bytes: 0,
+            limit: None,
+            charged_bytes: 0,
+            charged_frames: 0,
+        }
+    }
+
+    /// Throttles the pass with `limit` (an active limiter, or `None`).
+    pub(crate) fn limited(mut self, limit: Option<&'a mut RateLimiter>) -> Self {
+        self.limit = limit;
+        self
+    }
+
+    /// Whether the rate limiter holds back further buffers: what was
+    /// received since the last look is charged first.
+    #[inline(always)]
+    fn throttled(&mut self) -> bool {
+        self.limit.is_some() && self.charge_and_check()
+    }
+
+    #[cold]
+    fn charge_and_check(&mut self) -> bool {
+        self.charge_received();
+        self.limit.as_deref_mut().is_some_and(|l| !l.has_budget())
+    }
+
+    /// Charges the frames completed since the last charge to the limiter.
+    fn charge_received(&mut self) {
+        let Some(l) = self.limit.as_deref_mut() else { return };
+        let frames = self.buffers - self.short - self.more;
+        let bytes = self.bytes;
+        let (new_frames, new_bytes) = (frames - self.charged_frames, bytes - self.charged_bytes);
+        if new_frames != 0 || new_bytes != 0 {
+            // Frame bytes: the virtio-net header of each frame is not traffic.
+            l.charge(new_bytes.saturating_sub(new_frames * VNET_HDR_LEN as u64), new_frames);
+            (self.charged_frames, self.charged_bytes) = (frames, bytes);
         }
     }
 
@@ -215,6 +257,9 @@ impl<'a> RxQueue<'a> {
     /// at most one lap of the ring (see [`RxQueue::lap_done`]).
     #[inline]
     pub fn pop(&mut self) -> Option<RxNext<'_>> {
+        if self.throttled() {
+            return None;
+        }
         loop {
             if self.lap_done() {
                 return None;
@@ -254,6 +299,9 @@ impl<'a> RxQueue<'a> {
     /// taken that it would have to give back.
     #[inline(always)]
     pub fn pop_if(&mut self, accept: impl FnOnce(&RxDesc) -> bool) -> Option<RxDesc> {
+        if self.throttled() {
+            return None;
+        }
         if self.lap_done() || !self.ring.avail_cached() && self.ring.avail_count() == 0 {
             return None;
         }
@@ -456,6 +504,7 @@ impl Drop for RxQueue<'_> {
         if self.ring.next_used() != self.used_start {
             self.ring.publish_used();
         }
+        self.charge_received();
         let packets = self.buffers - self.short - self.more;
         self.metrics.rx_packets += packets;
         self.metrics.rx_bytes += self.bytes - packets * VNET_HDR_LEN as u64;
@@ -488,6 +537,9 @@ pub struct TxQueue<'a> {
     used_start: u16,
     packets: u64,
     bytes: u64,
+    /// The TX rate limiter, when it has buckets: a frame is taken only if
+    /// it pays for it, else it stays in the ring until the limiter's timer.
+    limit: Option<&'a mut RateLimiter>,
 }
 
 impl<'a> TxQueue<'a> {
@@ -515,6 +567,30 @@ impl<'a> TxQueue<'a> {
             used_start,
             packets: 0,
             bytes: 0,
+            limit: None,
+        }
+    }
+
+    /// Throttles the pass with `limit` (an active limiter, or `None`).
+    pub(crate) fn limited(mut self, limit: Option<&'a mut RateLimiter>) -> Self {
+        self.limit = limit;
+        self
+    }
+
+    /// Whether the rate limiter lets a frame of `len` bytes (header
+    /// included) go; if not, the head the pass just took goes back.
+    #[inline(always)]
+    fn admit(&mut self, len: u32) -> bool {
+        match self.limit.as_deref_mut() {
+            None => true,
+            Some(l) => {
+                if l.consume(u64::from(len).saturating_sub(VNET_HDR_LEN as u64), 1) {
+                    return true;
+                }
+                self.ring.unpop();
+                self.popped -= 1;
+                false
+            }
         }
     }
 
@@ -577,12 +653,18 @@ impl<'a> TxQueue<'a> {
             }
             if let Some(seg) = self.ring.single(head, Direction::DeviceReads) {
                 // The common shape: no segment list to build.
+                if !self.admit(seg.1) {
+                    return None;
+                }
                 self.in_flight[i] = Some(seg.1);
                 self.one = [seg];
                 return Some(ChainRef { head, segs: &self.one, len: seg.1 });
             }
             match self.ring.parse(head, Direction::DeviceReads, self.segs) {
                 Ok(p) => {
+                    if !self.admit(p.len) {
+                        return None;
+                    }
                     self.in_flight[i] = Some(p.len);
                     return Some(ChainRef { head, segs: self.segs, len: p.len });
                 }

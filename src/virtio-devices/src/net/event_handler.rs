@@ -14,6 +14,9 @@ use super::device::{Net, RX_QUEUE, TX_QUEUE};
 const EV_RX_QUEUE: u32 = 0;
 const EV_TX_QUEUE: u32 = 1;
 const EV_ACTIVATE: u32 = 2;
+/// The RX and TX rate limiters' timers: a throttled queue may run again.
+const EV_RX_RATE: u32 = 3;
+const EV_TX_RATE: u32 = 4;
 /// Backend fd `i` of `NetBackend::event_fds()` uses token `EV_BACKEND_BASE + i`.
 const EV_BACKEND_BASE: u32 = 16;
 
@@ -123,6 +126,8 @@ impl MutEventSubscriber for Net {
         add(self.queue_evts[RX_QUEUE].as_raw_fd(), EV_RX_QUEUE);
         add(self.queue_evts[TX_QUEUE].as_raw_fd(), EV_TX_QUEUE);
         add(self.activate_evt.as_raw_fd(), EV_ACTIVATE);
+        add(self.rx_limiter.as_raw_fd(), EV_RX_RATE);
+        add(self.tx_limiter.as_raw_fd(), EV_TX_RATE);
         for (i, &fd) in self.backend_fds.iter().enumerate() {
             add(fd, EV_BACKEND_BASE + i as u32);
         }
@@ -164,6 +169,22 @@ impl MutEventSubscriber for Net {
                         self.service_backend(&idx);
                         self.run_tx();
                     }
+                }
+            }
+            EV_RX_RATE => {
+                if self.rx_limiter.timer_event() && self.active.is_some() {
+                    // Buffers again: post them, and let a backend that
+                    // stalled for lack of them read what waited.
+                    let posted = self.run_rx();
+                    if self.stalled && posted > 0 {
+                        let idx = self.backend_indices();
+                        self.service_backend(&idx);
+                    }
+                }
+            }
+            EV_TX_RATE => {
+                if self.tx_limiter.timer_event() {
+                    self.run_tx();
                 }
             }
             d if d >= EV_BACKEND_BASE && ((d - EV_BACKEND_BASE) as usize) < self.backend_fds.len() => {

@@ -257,6 +257,13 @@ impl SplitRing {
         self.next_avail = self.next_avail.wrapping_add(1);
     }
 
+    /// Puts back the head the last pop took: the next pop takes it again
+    /// (a frame the rate limiter holds back stays the guest's).
+    #[inline]
+    pub fn unpop(&mut self) {
+        self.next_avail = self.next_avail.wrapping_sub(1);
+    }
+
     /// Descriptor `i` of the ring's table (`i` < size).
     fn desc(&self, i: u16) -> Desc {
         debug_assert!(i < self.size);

@@ -472,6 +472,8 @@ fn rules(kind: ThreadKind) -> Result<Rules, seccompiler::BackendError> {
             // Teardown: kicking vCPU threads out of KVM_RUN (any real-time
             // signal: the kick signal is SIGRTMIN-based).
             allow_if(&mut r, libc::SYS_tgkill, vec![cond(2, Op::Ge, libc::SIGRTMIN() as u64)?])?;
+            // Rate limiters: arming the timer that resumes a throttled queue.
+            allow(&mut r, &[libc::SYS_timerfd_settime]);
             // Restoring the terminal.
             for req in [TCGETS, TCSETS, TCSETSW] {
                 ioctl_eq(&mut r, req)?;
@@ -495,6 +497,9 @@ fn rules(kind: ThreadKind) -> Result<Rules, seccompiler::BackendError> {
             ioctl_eq(&mut r, FIOCLEX)?;
             spawn_threads(&mut r)?;
             metrics_files(&mut r);
+            // PATCH /vm Paused: kicking vCPU threads out of KVM_RUN (the
+            // kick signal is SIGRTMIN-based).
+            allow_if(&mut r, libc::SYS_tgkill, vec![cond(2, Op::Ge, libc::SIGRTMIN() as u64)?])?;
         }
         ThreadKind::Boot => {
             // Everything the other threads do, plus building the VM.

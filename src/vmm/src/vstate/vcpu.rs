@@ -1,6 +1,7 @@
 //! vCPUs: configuration for a direct 64-bit boot and the KVM_RUN loop that
 //! dispatches port I/O and MMIO exits to the buses.
 
+use std::cell::Cell;
 use std::os::unix::thread::JoinHandleExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Once};
@@ -16,6 +17,7 @@ use super::regs;
 use super::vm::Vm;
 use crate::devices::bus::Bus;
 use crate::exit::{ExitHandle, ExitReason};
+use crate::pause::PauseControl;
 
 // MSRs set at boot (only those KVM lists in KVM_GET_MSR_INDEX_LIST are set).
 const MSR_IA32_TSC: u32 = 0x10;
@@ -183,6 +185,7 @@ impl Vcpu {
         mmio: Arc<Bus>,
         exit: Arc<ExitHandle>,
         stop: Arc<AtomicBool>,
+        pause: Arc<PauseControl>,
     ) -> Result<JoinHandle<()>, VcpuError> {
         install_kick_handler();
         std::thread::Builder::new()
@@ -192,23 +195,32 @@ impl Vcpu {
                     exit.request(ExitReason::VmmError(format!("vcpu{}: {e}", self.id)));
                     return;
                 }
-                let reason = self.run(&pio, &mmio, &stop);
+                pause.register_vcpu();
+                let immediate_exit: *mut u8 = &mut self.fd.get_kvm_run().immediate_exit;
+                IMMEDIATE_EXIT.with(|p| p.set(immediate_exit));
+                let reason = self.run(&pio, &mmio, &stop, &pause);
+                IMMEDIATE_EXIT.with(|p| p.set(std::ptr::null_mut()));
+                pause.unregister_vcpu();
                 exit.request(reason);
             })
             .map_err(VcpuError::Spawn)
     }
 
-    fn run(&mut self, pio: &Bus, mmio: &Bus, stop: &AtomicBool) -> ExitReason {
-        let reason = self.run_until_stopped(pio, mmio, stop);
+    fn run(&mut self, pio: &Bus, mmio: &Bus, stop: &AtomicBool, pause: &PauseControl) -> ExitReason {
+        let reason = self.run_until_stopped(pio, mmio, stop, pause);
         // What the guest wrote last must not be lost with it.
         replay(self.ring.as_deref(), pio);
         reason
     }
 
-    fn run_until_stopped(&mut self, pio: &Bus, mmio: &Bus, stop: &AtomicBool) -> ExitReason {
+    fn run_until_stopped(&mut self, pio: &Bus, mmio: &Bus, stop: &AtomicBool, pause: &PauseControl) -> ExitReason {
         let ring = self.ring.clone();
         let ring = ring.as_deref();
         loop {
+            if stop.load(Ordering::Acquire) {
+                return ExitReason::Stopped;
+            }
+            pause.park_vcpu_if_paused(stop);
             if stop.load(Ordering::Acquire) {
                 return ExitReason::Stopped;
             }
@@ -251,7 +263,12 @@ impl Vcpu {
                     other => format!("KVM_EXIT_SYSTEM_EVENT of unknown type {other}"),
                 },
                 Ok(other) => format!("unexpected vCPU exit {other:?}"),
-                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => continue,
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                    // A kick (pause or stop): the next KVM_RUN enters the
+                    // guest again unless another kick comes.
+                    self.fd.set_kvm_immediate_exit(0);
+                    continue;
+                }
                 Err(e) => format!("KVM_RUN failed: {e}"),
             };
             return ExitReason::VcpuError(format!("vcpu{}: {err}; {}", self.id, self.dump()));
@@ -259,16 +276,39 @@ impl Vcpu {
     }
 }
 
-/// The signal that kicks a vCPU thread out of KVM_RUN at teardown.
+/// The signal that kicks a vCPU thread out of KVM_RUN (pause, teardown).
 fn kick_signal() -> libc::c_int {
     libc::SIGRTMIN()
 }
 
-extern "C" fn on_kick(_sig: libc::c_int) {
-    // Nothing to do: the signal's only job is to make KVM_RUN return EINTR.
+thread_local! {
+    /// The `immediate_exit` byte of this thread's vCPU run structure (null
+    /// on other threads): the kick handler sets it, so a kick that arrives
+    /// just before KVM_RUN makes that KVM_RUN return at once (EINTR).
+    static IMMEDIATE_EXIT: Cell<*mut u8> = const { Cell::new(std::ptr::null_mut()) };
 }
 
-fn install_kick_handler() {
+extern "C" fn on_kick(_sig: libc::c_int) {
+    // KVM_RUN returns EINTR because of the signal itself; if the thread was
+    // not in KVM_RUN yet, immediate_exit makes the next one return.
+    let p = IMMEDIATE_EXIT.with(Cell::get);
+    if !p.is_null() {
+        // SAFETY: set by this thread to the immediate_exit byte of the run
+        // structure its VcpuFd keeps mapped, and cleared before that is
+        // dropped; a byte store is async-signal-safe.
+        unsafe { p.write_volatile(1) };
+    }
+}
+
+/// Kicks the vCPU thread `t` out of KVM_RUN. The caller guarantees `t` is
+/// a running thread (a registered vCPU, see [`PauseControl`]).
+pub(crate) fn kick(t: libc::pthread_t) {
+    // SAFETY: `t` names a live thread (the caller's guarantee); the kick
+    // signal has a handler installed before any vCPU thread starts.
+    unsafe { libc::pthread_kill(t, kick_signal()) };
+}
+
+pub(crate) fn install_kick_handler() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         // SAFETY: a zeroed sigaction with an extern "C" fn(c_int) handler and

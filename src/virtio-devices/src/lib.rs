@@ -10,6 +10,7 @@ pub mod interrupt;
 pub mod mem;
 pub mod net;
 pub mod rng;
+pub mod vsock;
 pub mod transport;
 
 use std::sync::Arc;

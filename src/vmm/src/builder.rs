@@ -53,6 +53,8 @@ pub enum BuildError {
     Disk { id: String, source: virtio_devices::block::BlockError },
     #[error("network interface {id}: {source}")]
     Tap { id: String, source: virtio_devices::net::TapError },
+    #[error("vsock: {0}")]
+    Vsock(#[from] virtio_devices::vsock::BackendError),
     #[error("network interface {id}: {source}")]
     Pnic { id: String, source: pnic::shim::ShimError },
     #[error("cannot set up the event loop: {0}")]
@@ -95,6 +97,7 @@ enum DeviceKind {
     Block,
     Net,
     Entropy,
+    Vsock,
 }
 
 /// Every device's counters, by kind and id: what `GET /metrics` serves and
@@ -107,6 +110,8 @@ pub struct VmMetrics {
     pub block: BTreeMap<String, serde_json::Value>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub entropy: BTreeMap<String, serde_json::Value>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub vsock: BTreeMap<String, serde_json::Value>,
 }
 
 /// A virtio device as the running VMM keeps it: for metrics and shutdown.
@@ -156,6 +161,7 @@ impl VmmHandle {
                 DeviceKind::Block => &mut out.block,
                 DeviceKind::Net => &mut out.net,
                 DeviceKind::Entropy => &mut out.entropy,
+                DeviceKind::Vsock => &mut out.vsock,
             };
             by_id.insert(d.id.clone(), m);
         }
@@ -469,6 +475,11 @@ pub fn build_with(spec: &VmSpec, opts: &BuildOptions) -> Result<Vmm, BuildError>
         let rng = virtio_devices::rng::Rng::new().map_err(BuildError::EventFd)?;
         let dev = attach_virtio(&vm, &mem, &mut mmio, &mut em, &mut slots, rng)?;
         devices.push(AttachedDevice { id: "entropy".into(), kind: DeviceKind::Entropy, dev });
+    }
+    if let Some(v) = &spec.vsock {
+        let vsock = virtio_devices::vsock::Vsock::new(u64::from(v.guest_cid), &v.uds_path)?;
+        let dev = attach_virtio(&vm, &mem, &mut mmio, &mut em, &mut slots, vsock)?;
+        devices.push(AttachedDevice { id: "vsock".into(), kind: DeviceKind::Vsock, dev });
     }
 
     // Boot tables, ACPI and the zero page.

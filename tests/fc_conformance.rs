@@ -357,13 +357,35 @@ fn steps(dir: &Path, tap: Option<&str>) -> Vec<Step> {
         step("PATCH", "/vm", Some(json!({"state": "Paused"})), Expect::Same),
         step("PATCH", "/vm", Some(json!({"state": "Frozen"})), Expect::Same),
         // Devices and features shimvmm does not build yet.
+        // vsock: Firecracker listens on uds_path at once, shimvmm at boot;
+        // `compare` removes Firecracker's socket file before shimvmm's turn.
+        step("PUT", "/vsock", Some(json!({"guest_cid": 3, "uds_path": p("v.sock")})), Expect::Same),
+        step("PUT", "/vsock", Some(json!({"guest_cid": 3})), Expect::Same),
+        step("PUT", "/vsock", Some(json!({"uds_path": p("v.sock")})), Expect::Same),
+        step("PUT", "/vsock", Some(json!({"guest_cid": 3, "uds_path": p("v.sock"), "x": 1})), Expect::Same),
+        step("PUT", "/vsock", Some(json!({"guest_cid": "3", "uds_path": p("v.sock")})), Expect::Same),
+        step("PUT", "/vsock", Some(json!({"guest_cid": -1, "uds_path": p("v.sock")})), Expect::Same),
+        step("PUT", "/vsock", Some(json!({"guest_cid": 4294967296_u64, "uds_path": p("v.sock")})), Expect::Same),
+        step("PUT", "/vsock", Some(json!({"guest_cid": 3, "uds_path": null})), Expect::Same),
+        step("PUT", "/vsock", Some(json!({"guest_cid": 3, "uds_path": p("no-such-dir/v.sock")})), Expect::Same),
+        step("PUT", "/vsock", Some(json!({"guest_cid": 3, "uds_path": p("rootfs.img")})), Expect::Same),
+        step("PUT", "/vsock", Some(json!({"guest_cid": 3, "uds_path": format!("/{}", "a".repeat(120))})), Expect::Same),
         step(
             "PUT",
             "/vsock",
-            Some(json!({"guest_cid": 3, "uds_path": p("v.sock")})),
-            Expect::Differs(204, 400, "virtio-vsock is not supported by shimvmm yet"),
+            Some(json!({"guest_cid": 2, "uds_path": p("w.sock")})),
+            Expect::Differs(204, 400, "CIDs 0 to 2 are reserved (VIRTIO 1.2, 5.10.4); shimvmm refuses them"),
         ),
-        step("PUT", "/vsock", Some(json!({"guest_cid": 3})), Expect::Same),
+        step(
+            "PUT",
+            "/vsock",
+            Some(json!({"guest_cid": 3, "uds_path": ""})),
+            Expect::Differs(204, 400, "shimvmm refuses an empty uds_path; Firecracker binds an unnamed socket"),
+        ),
+        step("PUT", "/vsock", Some(json!({"vsock_id": "vsock0", "guest_cid": 5, "uds_path": p("w.sock")})), Expect::Same),
+        step("PUT", "/vsock", Some(json!({"guest_cid": 4, "uds_path": p("v.sock")})), Expect::Same),
+        step("PATCH", "/vsock", Some(json!({"guest_cid": 4, "uds_path": p("v.sock")})), Expect::Same),
+        step("GET", "/vsock", None, Expect::Same),
         step("GET", "/mmds", None, Expect::Differs(200, 400, "MMDS is not supported by shimvmm yet")),
         step(
             "PUT",
@@ -442,7 +464,7 @@ fn steps(dir: &Path, tap: Option<&str>) -> Vec<Step> {
         "GET",
         "/vm/config",
         None,
-        Expect::SameExcept(&["logger", "metrics", "vsock", "balloon", "cpu-config"]),
+        Expect::SameExcept(&["logger", "metrics", "balloon", "cpu-config"]),
     ));
     // The dummy kernel does not boot on either.
     s.push(step("PUT", "/actions", Some(json!({"action_type": "InstanceStart"})), Expect::Same));
@@ -453,10 +475,13 @@ fn steps(dir: &Path, tap: Option<&str>) -> Vec<Step> {
 fn compare(fc: &Vmm, shim: &Vmm, dir: &Path, steps: Vec<Step>, results: &mut Vec<String>, failures: &mut Vec<String>) {
     for st in steps {
         // The two must not share files another step checks: a missing file
-        // one creates would exist for the other.
+        // one creates would exist for the other (Firecracker creates the
+        // vsock socket at PUT /vsock).
         let _ = std::fs::remove_file(dir.join("missing.log"));
         let (fs, fb) = fc.request(st.method, st.path, st.body.as_ref());
-        let _ = std::fs::remove_file(dir.join("missing.log"));
+        for f in ["missing.log", "v.sock", "w.sock", "bv.sock"] {
+            let _ = std::fs::remove_file(dir.join(f));
+        }
         let (ss, sb) = shim.request(st.method, st.path, st.body.as_ref());
         let what = format!("{} {} {}", st.method, st.path, st.body.as_ref().map(Value::to_string).unwrap_or_default());
         let mut problem = None;
@@ -512,6 +537,8 @@ fn boot_steps(dir: &Path, kernel: &Path) -> Vec<Step> {
         ("PUT", "/metrics", json!({"metrics_path": p("metrics2.json")})),
         ("PUT", "/entropy", json!({})),
         ("PUT", "/vsock", json!({"guest_cid": 3, "uds_path": p("v2.sock")})),
+        ("PUT", "/vsock", json!({"guest_cid": 3, "uds_path": p("bv.sock")})),
+        ("PUT", "/vsock", json!({"guest_cid": 2})),
         ("PUT", "/actions", json!({"action_type": "InstanceStart"})),
     ];
     let mut s = vec![
@@ -529,6 +556,7 @@ fn boot_steps(dir: &Path, kernel: &Path) -> Vec<Step> {
             Expect::Same,
         ),
         step("PUT", "/metrics", Some(json!({"metrics_path": p("metrics.json")})), Expect::Same),
+        step("PUT", "/vsock", Some(json!({"guest_cid": 3, "uds_path": p("bv.sock")})), Expect::Same),
         step("PUT", "/actions", Some(json!({"action_type": "InstanceStart"})), Expect::Same),
         step("GET", "/", None, Expect::SameExcept(&["vmm_version", "app_name"])),
         step("GET", "/machine-config", None, Expect::Same),

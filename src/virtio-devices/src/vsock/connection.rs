@@ -133,6 +133,11 @@ impl<S: Read + Write + ShutdownWrite> Connection<S> {
         &self.stream
     }
 
+    #[cfg(test)]
+    pub fn stream_mut_for_tests(&mut self) -> &mut S {
+        &mut self.stream
+    }
+
     /// Bytes the guest can still take: its buffer minus what is in flight.
     /// A guest reporting more forwarded than was sent gets no credit.
     pub fn peer_credit(&self) -> u32 {

@@ -382,7 +382,12 @@ fn steps(dir: &Path, tap: Option<&str>) -> Vec<Step> {
             Some(json!({"guest_cid": 3, "uds_path": ""})),
             Expect::Differs(204, 400, "shimvmm refuses an empty uds_path; Firecracker binds an unnamed socket"),
         ),
-        step("PUT", "/vsock", Some(json!({"vsock_id": "vsock0", "guest_cid": 5, "uds_path": p("w.sock")})), Expect::Same),
+        step(
+            "PUT",
+            "/vsock",
+            Some(json!({"vsock_id": "vsock0", "guest_cid": 5, "uds_path": p("w.sock")})),
+            Expect::Same,
+        ),
         step("PUT", "/vsock", Some(json!({"guest_cid": 4, "uds_path": p("v.sock")})), Expect::Same),
         step("PATCH", "/vsock", Some(json!({"guest_cid": 4, "uds_path": p("v.sock")})), Expect::Same),
         step("GET", "/vsock", None, Expect::Same),
@@ -460,12 +465,7 @@ fn steps(dir: &Path, tap: Option<&str>) -> Vec<Step> {
     }
     // What both now hold; logger and metrics: Firecracker reports null even
     // once set; the sections it accepted above are shimvmm's refusals.
-    s.push(step(
-        "GET",
-        "/vm/config",
-        None,
-        Expect::SameExcept(&["logger", "metrics", "balloon", "cpu-config"]),
-    ));
+    s.push(step("GET", "/vm/config", None, Expect::SameExcept(&["logger", "metrics", "balloon", "cpu-config"])));
     // The dummy kernel does not boot on either.
     s.push(step("PUT", "/actions", Some(json!({"action_type": "InstanceStart"})), Expect::Same));
     s

@@ -131,7 +131,11 @@ fn accept_from_guest(listener: &UnixListener, vm: &GuestProcess) -> UnixStream {
                 return s;
             }
             Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                assert!(Instant::now() < deadline, "the guest never connected to host port {HOST_PORT}\n{}", vm.tail(40));
+                assert!(
+                    Instant::now() < deadline,
+                    "the guest never connected to host port {HOST_PORT}\n{}",
+                    vm.tail(40)
+                );
                 std::thread::sleep(Duration::from_millis(100));
             }
             Err(e) => panic!("accept on the host port listener: {e}"),
@@ -149,11 +153,11 @@ fn guest_and_host_exchange_64mib_each_way_in_both_directions() {
     std::fs::create_dir_all(&dir.0).unwrap();
     let image = test_image(GUEST_SCRIPT, PowerAction::Poweroff);
     put_file_in_image(image.path(), &build_vsockcat(&dir.0), "/root/vsockcat");
-    let guest_data = payload(PAYLOAD_LEN, 0x75_0c4_0001);
+    let guest_data = payload(PAYLOAD_LEN, 0x0007_50c4_0001);
     let guest_sha = sha256_hex(&guest_data);
     put_file_in_image(image.path(), &guest_data, "/root/g.bin");
     drop(guest_data);
-    let host_data = Arc::new(payload(PAYLOAD_LEN, 0x75_0c4_0002));
+    let host_data = Arc::new(payload(PAYLOAD_LEN, 0x0007_50c4_0002));
     let host_sha = sha256_hex(&host_data);
 
     let uds = dir.0.join("v.sock");
@@ -177,13 +181,17 @@ fn guest_and_host_exchange_64mib_each_way_in_both_directions() {
     let mut vm = GuestProcess::spawn("shimvmm", cmd).expect("spawn shimvmm");
 
     // Host to guest.
-    vm.wait_for_marker("g-sha", GUEST_TIMEOUT).unwrap_or_else(|e| panic!("guest never got ready: {e:?}\n{}", vm.tail(60)));
+    vm.wait_for_marker("g-sha", GUEST_TIMEOUT)
+        .unwrap_or_else(|e| panic!("guest never got ready: {e:?}\n{}", vm.tail(60)));
     let (stream, ok) = connect_to_guest(&uds, GUEST_PORT, &vm);
-    let port: u32 = ok.trim_end().strip_prefix("OK ").and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("bad OK line {ok:?}"));
+    let port: u32 =
+        ok.trim_end().strip_prefix("OK ").and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("bad OK line {ok:?}"));
     assert!(port >= 1 << 30, "host port {port} is not an ephemeral one");
     let (h2g_got_sha, h2g_len, h2g_time) = exchange(stream, host_data.clone());
     let m = |vm: &GuestProcess, name: &str| {
-        vm.wait_for_marker(name, GUEST_TIMEOUT).map(|m| m.value).unwrap_or_else(|e| panic!("no marker {name}: {e:?}\n{}", vm.tail(60)))
+        vm.wait_for_marker(name, GUEST_TIMEOUT)
+            .map(|m| m.value)
+            .unwrap_or_else(|e| panic!("no marker {name}: {e:?}\n{}", vm.tail(60)))
     };
     assert_eq!(m(&vm, "h2g-rc"), "0", "{}", vm.tail(40));
     assert_eq!(h2g_len, PAYLOAD_LEN, "host received {h2g_len} bytes from the guest");

@@ -940,7 +940,12 @@ mod tests {
             ("PUT", "/vsock", "{", "the JSON ends early"),
             ("PUT", "/vsock", r#"{"guest_cid":2,"uds_path":"/tmp/x.sock"}"#, "guest_cid: 2 is reserved"),
             ("PUT", "/vsock", r#"{"guest_cid":3}"#, "missing field `uds_path`"),
-            ("PUT", "/vsock", r#"{"guest_cid":3,"uds_path":"/no-such-dir/v.sock"}"#, "directory /no-such-dir does not exist"),
+            (
+                "PUT",
+                "/vsock",
+                r#"{"guest_cid":3,"uds_path":"/no-such-dir/v.sock"}"#,
+                "directory /no-such-dir does not exist",
+            ),
             ("PUT", "/vsock", r#"{"guest_cid":3,"uds_path":"/tmp"}"#, "uds_path: /tmp already exists"),
         ] {
             let r = api.handle(method, path, body.as_bytes());

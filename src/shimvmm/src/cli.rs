@@ -7,11 +7,11 @@
 use std::path::PathBuf;
 
 use clap::Parser;
+use vmm::config::Vsock;
 use vmm::config::{
     BdfError, BootSource, Drive, LogLevel, Logger, MacAddr, MacError, MachineConfig, Metrics, NetworkInterface, PciBdf,
     ValidationError, VmConfig, VmSpec,
 };
-use vmm::config::Vsock;
 
 /// Firecracker's instance id when none is given.
 pub const DEFAULT_INSTANCE_ID: &str = "anonymous-instance";
@@ -282,7 +282,10 @@ fn parse_vsock_keys(spec: &str) -> Result<Vsock, SpecError> {
         match k {
             "cid" => {
                 let n = v.parse::<u32>().map_err(|_| {
-                    SpecError::Invalid(ValidationError::new("cid", format!("{v:?} is not a number from 3 to 4294967294")))
+                    SpecError::Invalid(ValidationError::new(
+                        "cid",
+                        format!("{v:?} is not a number from 3 to 4294967294"),
+                    ))
                 })?;
                 set_once(&mut cid, k, n)?
             }

@@ -10,8 +10,8 @@ pub mod interrupt;
 pub mod mem;
 pub mod net;
 pub mod rng;
-pub mod vsock;
 pub mod transport;
+pub mod vsock;
 
 use std::sync::Arc;
 

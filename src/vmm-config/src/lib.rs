@@ -44,5 +44,5 @@ pub use validate::{
     check_id, ValidationError, MAX_BOOT_ARGS_LEN, MAX_DRIVES, MAX_ID_LEN, MAX_IFNAME_LEN, MAX_MEM_SIZE_MIB,
     MAX_NETWORK_INTERFACES, MAX_PATH_LEN, MAX_VCPUS, MAX_VIRTIO_DEVICES, MIN_MEM_SIZE_MIB,
 };
-pub use vsock::{Vsock, MAX_UDS_PATH_LEN, MIN_GUEST_CID};
 pub use vm::{not_supported_yet, ConfigError, VmConfig, VmSpec, MAX_CONFIG_FILE_BYTES, UNSUPPORTED_SECTIONS};
+pub use vsock::{Vsock, MAX_UDS_PATH_LEN, MIN_GUEST_CID};

@@ -16,8 +16,8 @@ use crate::logger::Logger;
 use crate::machine_config::MachineConfig;
 use crate::metrics::Metrics;
 use crate::net::NetworkInterface;
-use crate::vsock::Vsock;
 use crate::validate::{Result, ValidationError, MAX_DRIVES, MAX_NETWORK_INTERFACES, MAX_VIRTIO_DEVICES};
+use crate::vsock::Vsock;
 
 /// Largest config file read: far above any real one, small enough to never hurt.
 pub const MAX_CONFIG_FILE_BYTES: u64 = 1024 * 1024;
@@ -77,11 +77,9 @@ impl VmConfig {
     /// Check every object on its own, then the rules that span objects.
     /// This is the one place each rule is checked, whatever the front end.
     pub fn validate(&self) -> Result {
-        for (section, value) in [
-            ("mmds-config", &self.mmds_config),
-            ("balloon", &self.balloon),
-            ("cpu-config", &self.cpu_config),
-        ] {
+        for (section, value) in
+            [("mmds-config", &self.mmds_config), ("balloon", &self.balloon), ("cpu-config", &self.cpu_config)]
+        {
             if value.is_some() {
                 return Err(ValidationError::new(section, format!("{}; remove it", not_supported_yet(section))));
             }
@@ -371,14 +369,23 @@ mod tests {
         let e = VmSpec::from_config_file(&p).unwrap_err().to_string();
         assert!(e.contains("unknown field `machine_config`"), "{e}");
 
-        let p = write_tmp("vsock.json", r#"{"boot-source":{"kernel_image_path":"/k"},"vsock":{"guest_cid":2,"uds_path":"v"}}"#);
+        let p = write_tmp(
+            "vsock.json",
+            r#"{"boot-source":{"kernel_image_path":"/k"},"vsock":{"guest_cid":2,"uds_path":"v"}}"#,
+        );
         let e = VmSpec::from_config_file(&p).unwrap_err().to_string();
         assert!(e.contains("vsock.guest_cid: 2 is reserved"), "{e}");
-        let p = write_tmp("vsock.json", r#"{"boot-source":{"kernel_image_path":"/k"},"vsock":{"guest_cid":3,"uds_path":"v"}}"#);
+        let p = write_tmp(
+            "vsock.json",
+            r#"{"boot-source":{"kernel_image_path":"/k"},"vsock":{"guest_cid":3,"uds_path":"v"}}"#,
+        );
         assert_eq!(VmSpec::from_config_file(&p).unwrap().vsock.map(|v| v.guest_cid), Some(3));
         let p = write_tmp("mmds.json", r#"{"boot-source":{"kernel_image_path":"/k"},"mmds-config":{}}"#);
         let e = VmSpec::from_config_file(&p).unwrap_err().to_string();
-        assert!(e.ends_with("mmds-config: MMDS (the microVM metadata service) is not supported by shimvmm yet; remove it"), "{e}");
+        assert!(
+            e.ends_with("mmds-config: MMDS (the microVM metadata service) is not supported by shimvmm yet; remove it"),
+            "{e}"
+        );
         let p = write_tmp("nulls.json", r#"{"boot-source":{"kernel_image_path":"/k"},"vsock":null,"balloon":null}"#);
         assert!(VmSpec::from_config_file(&p).is_ok());
 

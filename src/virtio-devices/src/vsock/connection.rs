@@ -10,8 +10,8 @@ use std::io::{ErrorKind, Read, Write};
 use std::num::Wrapping;
 
 use super::packet::{
-    Header, OP_CREDIT_REQUEST, OP_CREDIT_UPDATE, OP_REQUEST, OP_RESPONSE, OP_RST, OP_RW, OP_SHUTDOWN,
-    SHUTDOWN_F_RCV, SHUTDOWN_F_SEND,
+    Header, OP_CREDIT_REQUEST, OP_CREDIT_UPDATE, OP_REQUEST, OP_RESPONSE, OP_RST, OP_RW, OP_SHUTDOWN, SHUTDOWN_F_RCV,
+    SHUTDOWN_F_SEND,
 };
 
 /// Guest-to-host bytes a connection buffers at most (its `buf_alloc`).

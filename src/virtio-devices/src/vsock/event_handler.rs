@@ -106,4 +106,3 @@ impl MutEventSubscriber for Vsock {
         self.muxer.sync(&mut Ops(ops));
     }
 }
-

@@ -282,10 +282,8 @@ impl Muxer {
         if readable || hangup {
             conn.set_readable();
         }
-        if writable || hangup {
-            if conn.flush() == Verdict::Kill {
-                self.metrics.tx_write_fails += 1;
-            }
+        if (writable || hangup) && conn.flush() == Verdict::Kill {
+            self.metrics.tx_write_fails += 1;
         }
         if hangup {
             self.hung.insert(fd);
@@ -425,9 +423,9 @@ impl Muxer {
         }
         let pending: Vec<RawFd> = self.pending.keys().copied().collect();
         for fd in pending {
-            if !self.watched.contains_key(&fd) {
+            if let std::collections::hash_map::Entry::Vacant(e) = self.watched.entry(fd) {
                 reg.add(fd, true, false);
-                self.watched.insert(fd, (true, false));
+                e.insert((true, false));
             }
         }
         for key in std::mem::take(&mut self.dirty) {

@@ -79,6 +79,8 @@ pub struct Connection<S> {
     peer_shut_send: bool,
     peer_shut_rcv: bool,
     write_shut: bool,
+    /// Reading the host socket failed (the connection was reset for it).
+    pub read_failed: bool,
 }
 
 impl<S: Read + Write + ShutdownWrite> Connection<S> {
@@ -106,6 +108,7 @@ impl<S: Read + Write + ShutdownWrite> Connection<S> {
             peer_shut_send: false,
             peer_shut_rcv: false,
             write_shut: false,
+            read_failed: false,
         }
     }
 
@@ -232,6 +235,7 @@ impl<S: Read + Write + ShutdownWrite> Connection<S> {
                     Err(e) if e.kind() == ErrorKind::WouldBlock => self.readable = false,
                     Err(e) if e.kind() == ErrorKind::Interrupted => {}
                     Err(_) => {
+                        self.read_failed = true;
                         self.state = State::Killed;
                         return ctl(OP_RST, 0);
                     }

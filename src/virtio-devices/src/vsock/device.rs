@@ -53,7 +53,7 @@ impl Vsock {
     /// A device for guest `cid`, listening on `uds_path`.
     pub fn new(cid: u64, uds_path: &Path) -> Result<Vsock, BackendError> {
         let muxer = Muxer::new(cid, uds_path)?;
-        let evt = || EventFd::new(EFD_NONBLOCK).map_err(|source| BackendError::Bind { path: uds_path.into(), source });
+        let evt = || EventFd::new(EFD_NONBLOCK).map_err(BackendError::EventFd);
         Ok(Vsock {
             cid,
             acked_features: 0,

@@ -16,7 +16,8 @@ pub struct VsockMetrics {
     /// Connections made (either side initiating) and dropped.
     pub conns_added: u64,
     pub conns_removed: u64,
-    /// Connections the device reset (RST sent on a live connection).
+    /// Connections the device reset (an RST sent on a connection: a guest
+    /// protocol violation or a host socket error).
     pub conns_killed: u64,
     /// Guest-to-host bytes the host socket refused (write error: connection reset).
     pub tx_write_fails: u64,

@@ -307,12 +307,52 @@ fn guest_connects_to_a_host_listener_or_gets_rst() {
     m.on_guest_packet(&pkt(OP_RST, 1235, 53, &[]));
     m.sync(&mut reg);
     assert_eq!(m.connection_count(), 0);
+    assert_eq!((m.metrics.conns_added, m.metrics.conns_removed, m.metrics.conns_killed), (1, 1, 0));
     assert!(matches!(reg.0.last(), Some(("remove", f, _, _)) if *f == fd));
     hs.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     assert_eq!(hs.read(&mut got).unwrap(), 0);
     let _ = std::fs::remove_file(format!("{}_53", uds.display()));
     drop(m);
     assert!(!uds.exists(), "the listening socket file is removed");
+}
+
+#[test]
+fn host_socket_failures_reset_the_guests_connection() {
+    let uds = tmp_sock("f");
+    let mut m = Muxer::new(CID, &uds).unwrap();
+    let mut reg = Rec::default();
+    let host = UnixListener::bind(format!("{}_54", uds.display())).unwrap();
+    let fd_of = |m: &Muxer, k| m.connection(k).map(|c| std::os::fd::AsRawFd::as_raw_fd(c.stream())).unwrap();
+    // The host closes with our data unread: reading its socket fails.
+    m.on_guest_packet(&pkt(OP_REQUEST, 2000, 54, &[]));
+    rx_all(&mut m);
+    let (hs, _) = host.accept().unwrap();
+    m.on_guest_packet(&pkt(OP_RW, 2000, 54, b"unread"));
+    drop(hs);
+    let fd = fd_of(&m, (54, 2000));
+    m.on_stream_event(fd, true, false, true);
+    let out = rx_all(&mut m);
+    assert_eq!(out.iter().map(|(h, _)| h.op).collect::<Vec<_>>(), vec![OP_RST]);
+    m.sync(&mut reg);
+    assert_eq!((m.metrics.rx_read_fails, m.metrics.conns_killed, m.connection_count()), (1, 1, 0));
+    // The host is gone when the guest writes: the write fails.
+    m.on_guest_packet(&pkt(OP_REQUEST, 2001, 54, &[]));
+    rx_all(&mut m);
+    let (hs, _) = host.accept().unwrap();
+    drop(hs);
+    m.on_guest_packet(&pkt(OP_RW, 2001, 54, b"x"));
+    let out = rx_all(&mut m);
+    assert_eq!(out.iter().map(|(h, _)| h.op).collect::<Vec<_>>(), vec![OP_RST]);
+    assert_eq!((m.metrics.tx_write_fails, m.metrics.conns_killed), (1, 2));
+    // CREDIT_REQUEST is answered with our counters.
+    m.on_guest_packet(&pkt(OP_REQUEST, 2002, 54, &[]));
+    rx_all(&mut m);
+    let _hs = host.accept().unwrap();
+    m.on_guest_packet(&pkt(OP_CREDIT_REQUEST, 2002, 54, &[]));
+    let out = rx_all(&mut m);
+    assert_eq!(out.iter().map(|(h, _)| (h.op, h.buf_alloc)).collect::<Vec<_>>(), vec![(OP_CREDIT_UPDATE, BUF_ALLOC)]);
+    assert_eq!(m.metrics.credit_updates_sent, 1);
+    let _ = std::fs::remove_file(format!("{}_54", uds.display()));
 }
 
 fn accept_one(m: &mut Muxer, reg: &mut Rec) -> RawFd {

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use log::{debug, warn};
 
-use super::connection::{is_known_op, Connection, State, Verdict};
+use super::connection::{is_known_op, Connection, Verdict};
 use super::metrics::VsockMetrics;
 use super::packet::{Header, TxPacket, OP_REQUEST, OP_RST, OP_RW, TYPE_STREAM};
 use super::HOST_CID;
@@ -73,11 +73,13 @@ struct Pending {
     line: Vec<u8>,
 }
 
-/// Errors making the listening socket.
+/// Why the vsock device could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
     #[error("cannot listen on the vsock Unix socket {}: {source} (remove a stale file, or pick another uds_path)", path.display())]
     Bind { path: PathBuf, source: std::io::Error },
+    #[error("cannot create an eventfd for the vsock device: {0}")]
+    EventFd(std::io::Error),
 }
 
 pub struct Muxer {
@@ -362,7 +364,6 @@ impl Muxer {
             let Some(conn) = self.conns.get_mut(&key) else {
                 continue;
             };
-            let was_live = conn.state() != State::Killed;
             let Some(p) = conn.next_rx(buf) else {
                 continue;
             };
@@ -383,8 +384,9 @@ impl Muxer {
             match p.op {
                 OP_RST => {
                     self.metrics.rst_sent += 1;
-                    if was_live {
-                        self.metrics.conns_killed += 1;
+                    self.metrics.conns_killed += 1;
+                    if conn.read_failed {
+                        self.metrics.rx_read_fails += 1;
                     }
                 }
                 super::packet::OP_CREDIT_UPDATE => self.metrics.credit_updates_sent += 1,

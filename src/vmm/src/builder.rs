@@ -477,6 +477,7 @@ pub fn build_with(spec: &VmSpec, opts: &BuildOptions) -> Result<Vmm, BuildError>
         devices.push(AttachedDevice { id: "entropy".into(), kind: DeviceKind::Entropy, dev });
     }
     if let Some(v) = &spec.vsock {
+        crate::seccomp::allow_vsock_sockets();
         let vsock = virtio_devices::vsock::Vsock::new(u64::from(v.guest_cid), &v.uds_path)?;
         let dev = attach_virtio(&vm, &mem, &mut mmio, &mut em, &mut slots, vsock)?;
         devices.push(AttachedDevice { id: "vsock".into(), kind: DeviceKind::Vsock, dev });

@@ -355,6 +355,189 @@ fn host_socket_failures_reset_the_guests_connection() {
     let _ = std::fs::remove_file(format!("{}_54", uds.display()));
 }
 
+/// A guest peer as Linux's driver behaves: consumes RW into `got`, returns
+/// credit every 64 KiB, sends its data within the host's credit, then
+/// SHUTDOWN(SEND); answers SHUTDOWN(SEND) by reading to the end.
+struct SimGuest {
+    port: u32,
+    host_port: u32,
+    data: Vec<u8>,
+    sent: usize,
+    shut_sent: bool,
+    got: Vec<u8>,
+    fwd_cnt: u32,
+    fwd_reported: u32,
+    host_buf_alloc: u32,
+    host_fwd_cnt: u32,
+    host_eof: bool,
+    reset: bool,
+}
+
+impl SimGuest {
+    const BUF_ALLOC: u32 = 256 * 1024;
+
+    fn pkt(&self, op: u16, flags: u32, payload: &[u8]) -> TxPacket {
+        let mut p = pkt(op, self.port, self.host_port, payload);
+        p.hdr.buf_alloc = Self::BUF_ALLOC;
+        p.hdr.fwd_cnt = self.fwd_cnt;
+        p.hdr.flags = flags;
+        p
+    }
+
+    fn receive(&mut self, h: &Header, payload: &[u8]) -> Vec<TxPacket> {
+        assert_eq!((h.src_cid, h.dst_cid, h.dst_port), (HOST_CID, CID, self.port));
+        self.host_buf_alloc = h.buf_alloc;
+        self.host_fwd_cnt = h.fwd_cnt;
+        let mut out = Vec::new();
+        match h.op {
+            OP_REQUEST => {
+                self.host_port = h.src_port;
+                out.push(self.pkt(OP_RESPONSE, 0, &[]));
+            }
+            OP_RESPONSE | OP_CREDIT_UPDATE => {}
+            OP_RW => {
+                assert!(self.got.len() + payload.len() <= self.data.len(), "more than the host sent");
+                self.got.extend_from_slice(payload);
+                self.fwd_cnt = self.fwd_cnt.wrapping_add(payload.len() as u32);
+                if self.fwd_cnt.wrapping_sub(self.fwd_reported) >= 64 * 1024 {
+                    self.fwd_reported = self.fwd_cnt;
+                    out.push(self.pkt(OP_CREDIT_UPDATE, 0, &[]));
+                }
+            }
+            OP_SHUTDOWN => {
+                assert_eq!(h.flags, SHUTDOWN_F_SEND);
+                self.host_eof = true;
+            }
+            OP_RST => self.reset = true,
+            op => panic!("unexpected op {op}"),
+        }
+        out
+    }
+
+    /// Data (and then SHUTDOWN) within the host's credit.
+    fn transmit(&mut self) -> Vec<TxPacket> {
+        let mut out = Vec::new();
+        loop {
+            let in_flight = (self.sent as u32).wrapping_sub(self.host_fwd_cnt);
+            let credit = self.host_buf_alloc.saturating_sub(in_flight) as usize;
+            let n = credit.min(self.data.len() - self.sent).min(MAX_PAYLOAD);
+            if n == 0 {
+                break;
+            }
+            out.push(self.pkt(OP_RW, 0, &self.data[self.sent..self.sent + n]));
+            self.sent += n;
+        }
+        if self.sent == self.data.len() && !self.shut_sent {
+            self.shut_sent = true;
+            out.push(self.pkt(OP_SHUTDOWN, SHUTDOWN_F_SEND, &[]));
+        }
+        out
+    }
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed ^ (i >> 12) as u8)).collect()
+}
+
+/// Runs one connection until the guest is reset: the host side (a writer
+/// and a reader thread on `host`) against `g`; `reg` holds the muxer's
+/// registrations so far. Returns what the host read.
+fn run_exchange_with(m: &mut Muxer, g: &mut SimGuest, host: UnixStream, host_data: Vec<u8>, mut reg: Rec) -> Vec<u8> {
+    let mut w = host.try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        w.write_all(&host_data).unwrap();
+        w.shutdown(std::net::Shutdown::Write).unwrap();
+    });
+    let mut r = host;
+    let reader = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        r.read_to_end(&mut got).unwrap();
+        got
+    });
+    let start = std::time::Instant::now();
+    while !g.reset {
+        assert!(start.elapsed() < Duration::from_secs(60), "stuck: guest got {} sent {}", g.got.len(), g.sent);
+        let mut to_host = g.transmit();
+        // Every socket of the muxer, as if epoll said ready (spurious is fine).
+        let fds: Vec<RawFd> = reg.0.iter().filter(|e| e.0 == "add").map(|e| e.1).collect();
+        for fd in fds {
+            m.on_stream_event(fd, true, true, false);
+        }
+        for (h, payload) in rx_all(m) {
+            to_host.extend(g.receive(&h, &payload));
+        }
+        for p in &to_host {
+            m.on_guest_packet(p);
+        }
+        m.sync(&mut reg);
+        if to_host.is_empty() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    writer.join().unwrap();
+    assert!(g.host_eof, "the host's EOF reached the guest");
+    reader.join().unwrap()
+}
+
+#[test]
+fn four_mib_each_way_in_both_directions_with_flow_control() {
+    const LEN: usize = 4 << 20;
+    let uds = tmp_sock("x");
+    let mut m = Muxer::new(CID, &uds).unwrap();
+    let new_guest = |port, host_port| SimGuest {
+        port,
+        host_port,
+        data: pattern(LEN, port as u8),
+        sent: 0,
+        shut_sent: false,
+        got: Vec::new(),
+        fwd_cnt: 0,
+        fwd_reported: 0,
+        host_buf_alloc: 0,
+        host_fwd_cnt: 0,
+        host_eof: false,
+        reset: false,
+    };
+    // Guest to host port 60: the guest's REQUEST reaches <uds>_60.
+    let listener = UnixListener::bind(format!("{}_60", uds.display())).unwrap();
+    let mut g = new_guest(3000, 60);
+    m.on_guest_packet(&g.pkt(OP_REQUEST, 0, &[]));
+    let mut reg = Rec::default();
+    let out = rx_all(&mut m);
+    assert_eq!(out[0].0.op, OP_RESPONSE);
+    g.receive(&out[0].0, &[]);
+    m.sync(&mut reg);
+    let (host, _) = listener.accept().unwrap();
+    let host_data = pattern(LEN, 7);
+    let got = run_exchange_with(&mut m, &mut g, host, host_data.clone(), reg);
+    assert!(got == g.data, "guest-to-host bytes differ");
+    assert!(g.got == host_data, "host-to-guest bytes differ");
+    assert_eq!(m.connection_count(), 0);
+    // Host to guest port 5000: CONNECT, OK.
+    let mut host = UnixStream::connect(&uds).unwrap();
+    host.write_all(b"CONNECT 5000\n").unwrap();
+    let mut g = new_guest(5000, 0);
+    let mut reg = Rec::default();
+    m.accept();
+    m.sync(&mut reg);
+    let fd = reg.0.last().unwrap().1;
+    m.on_stream_event(fd, true, false, false);
+    let out = rx_all(&mut m);
+    assert_eq!(out[0].0.op, OP_REQUEST);
+    for p in g.receive(&out[0].0, &[]) {
+        m.on_guest_packet(&p);
+    }
+    let mut line = vec![0u8; format!("OK {}\n", g.host_port).len()];
+    host.read_exact(&mut line).unwrap();
+    assert_eq!(line, format!("OK {}\n", g.host_port).into_bytes());
+    let got = run_exchange_with(&mut m, &mut g, host, host_data.clone(), reg);
+    assert!(got == g.data, "guest-to-host bytes differ (CONNECT)");
+    assert!(g.got == host_data, "host-to-guest bytes differ (CONNECT)");
+    assert_eq!(m.connection_count(), 0);
+    assert!(m.metrics.credit_updates_sent > 0);
+    let _ = std::fs::remove_file(format!("{}_60", uds.display()));
+}
+
 fn accept_one(m: &mut Muxer, reg: &mut Rec) -> RawFd {
     m.accept();
     m.sync(reg);

@@ -615,7 +615,7 @@ fn check_metrics_names(path: &Path, failures: &mut Vec<String>) {
         failures.push(format!("metrics: expected a line from each after FlushMetrics, got:\n{text}"));
         return;
     };
-    for group in ["block", "net", "block_stub"] {
+    for group in ["block", "net", "block_stub", "vsock"] {
         let theirs = fc[group].as_object().map(|o| o.keys().cloned().collect::<Vec<_>>()).unwrap_or_default();
         for key in shim[group].as_object().map(|o| o.keys().cloned().collect::<Vec<_>>()).unwrap_or_default() {
             if !theirs.contains(&key) {

@@ -8,6 +8,7 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::num::Wrapping;
+use std::time::{Duration, Instant};
 
 use super::packet::{
     Header, OP_CREDIT_REQUEST, OP_CREDIT_UPDATE, OP_REQUEST, OP_RESPONSE, OP_RST, OP_RW, OP_SHUTDOWN, SHUTDOWN_F_RCV,
@@ -20,6 +21,8 @@ pub const BUF_ALLOC: u32 = 256 * 1024;
 /// up to BUF_ALLOC guarantees progress: a guest out of credit has BUF_ALLOC
 /// bytes unacknowledged, and forwarding them crosses this threshold.
 pub const CREDIT_UPDATE_THRESHOLD: u32 = BUF_ALLOC / 4;
+/// How long the guest has to accept a host-initiated connection (Firecracker's 2 s).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
@@ -81,6 +84,7 @@ pub struct Connection<S> {
     write_shut: bool,
     /// Reading the host socket failed (the connection was reset for it).
     pub read_failed: bool,
+    created: Instant,
 }
 
 impl<S: Read + Write + ShutdownWrite> Connection<S> {
@@ -109,6 +113,7 @@ impl<S: Read + Write + ShutdownWrite> Connection<S> {
             peer_shut_rcv: false,
             write_shut: false,
             read_failed: false,
+            created: Instant::now(),
         }
     }
 
@@ -151,6 +156,12 @@ impl<S: Read + Write + ShutdownWrite> Connection<S> {
     /// Guest bytes buffered for the host.
     pub fn buffered(&self) -> usize {
         self.tx_buf.len() - self.tx_start
+    }
+
+    /// A host-initiated connection the guest has not answered within
+    /// [`CONNECT_TIMEOUT`] of `now`.
+    pub fn connect_expired(&self, now: Instant) -> bool {
+        self.state == State::LocalInit && now.saturating_duration_since(self.created) >= CONNECT_TIMEOUT
     }
 
     /// The connection is to be reset: RST owed to the guest.

@@ -10,6 +10,7 @@ use log::{debug, error, warn};
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::timerfd::TimerFd;
 
 use super::metrics::VsockMetrics;
 use super::packet::{read_tx, RxBuffers, MAX_PAYLOAD};
@@ -41,6 +42,9 @@ pub struct Vsock {
     pub(super) queue_events: [EventFd; 3],
     /// Wakes the event loop for work `reset` leaves to it (closing sockets).
     pub(super) housekeeping: EventFd,
+    /// Ticks once a second: host-initiated connections time out. Armed
+    /// here, at build time (the VMM thread's filter has no timerfd_settime).
+    pub(super) timer: TimerFd,
     pub(super) active: Option<Active>,
     pub(super) muxer: Muxer,
     /// Connections were dropped by a reset: tell the next driver (TRANSPORT_RESET).
@@ -60,6 +64,12 @@ impl Vsock {
             queue_max_sizes: [QUEUE_SIZE; 3],
             queue_events: [evt()?, evt()?, evt()?],
             housekeeping: evt()?,
+            timer: {
+                let mut t = TimerFd::new().map_err(|e| BackendError::EventFd(e.into()))?;
+                let tick = std::time::Duration::from_secs(1);
+                t.reset(tick, Some(tick)).map_err(|e| BackendError::EventFd(e.into()))?;
+                t
+            },
             active: None,
             muxer,
             transport_reset_pending: false,

@@ -13,6 +13,7 @@ use super::unix::Registry;
 const HOUSEKEEPING: u32 = 3;
 const LISTENER: u32 = 4;
 const STREAM: u32 = 5;
+const TIMER: u32 = 6;
 
 struct Ops<'a, 'b>(&'a mut EventOps<'b>);
 
@@ -56,6 +57,9 @@ impl MutEventSubscriber for Vsock {
         if let Err(e) = ops.add(Events::with_data(&self.housekeeping, HOUSEKEEPING, EventSet::IN)) {
             error!("virtio-vsock: cannot register the housekeeping eventfd: {e}");
         }
+        if let Err(e) = ops.add(Events::with_data(&self.timer, TIMER, EventSet::IN)) {
+            error!("virtio-vsock: cannot register the connect timer: {e}");
+        }
         let fd = self.muxer.listener_fd();
         if let Err(e) = ops.add(Events::with_data_raw(fd, LISTENER, EventSet::IN)) {
             error!("virtio-vsock: cannot watch the listening socket: {e}");
@@ -90,6 +94,11 @@ impl MutEventSubscriber for Vsock {
                 }
             }
             LISTENER => self.muxer.accept(),
+            TIMER => {
+                // Readable: the read returns the tick count without blocking.
+                let _ = self.timer.wait();
+                self.muxer.expire_connects(std::time::Instant::now());
+            }
             STREAM => {
                 let ev = events.event_set();
                 self.muxer.on_stream_event(

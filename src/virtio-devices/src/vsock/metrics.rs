@@ -36,6 +36,8 @@ pub struct VsockMetrics {
     /// Host connections closed for a bad `CONNECT <port>` line (or too many pending).
     pub handshake_errors: u64,
     pub credit_updates_sent: u64,
+    /// Host connections reset because the guest did not accept them in 2 s.
+    pub connect_timeouts: u64,
     /// TRANSPORT_RESET events posted on the event queue.
     pub transport_resets_sent: u64,
     /// RX chains dropped: not writable, shorter than a header, or outside guest memory.

@@ -578,6 +578,30 @@ fn host_connect_handshake() {
 }
 
 #[test]
+fn unanswered_host_connects_time_out() {
+    let uds = tmp_sock("t");
+    let mut m = Muxer::new(CID, &uds).unwrap();
+    let mut reg = Rec::default();
+    let mut host = UnixStream::connect(&uds).unwrap();
+    let fd = accept_one(&mut m, &mut reg);
+    host.write_all(b"CONNECT 52\n").unwrap();
+    m.on_stream_event(fd, true, false, false);
+    let req = rx_all(&mut m)[0].0;
+    assert_eq!(req.op, OP_REQUEST);
+    // Not yet.
+    m.expire_connects(std::time::Instant::now());
+    assert_eq!(m.connection_count(), 1);
+    // The guest never answered: RST, and the host socket closes without OK.
+    m.expire_connects(std::time::Instant::now() + super::connection::CONNECT_TIMEOUT);
+    let out = rx_all(&mut m);
+    assert_eq!((out[0].0.op, out[0].0.src_port), (OP_RST, req.src_port));
+    m.sync(&mut reg);
+    assert_eq!((m.connection_count(), m.metrics.connect_timeouts), (0, 1));
+    host.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    assert_eq!(host.read(&mut [0u8; 8]).unwrap(), 0);
+}
+
+#[test]
 fn bad_connect_lines_close_the_host_socket() {
     let uds = tmp_sock("b");
     let mut m = Muxer::new(CID, &uds).unwrap();

@@ -398,6 +398,19 @@ impl Muxer {
         None
     }
 
+    /// Resets host-initiated connections the guest left unanswered past
+    /// their timeout: the host socket is closed without an `OK`.
+    pub fn expire_connects(&mut self, now: std::time::Instant) {
+        let expired: Vec<Key> = self.conns.iter().filter(|(_, c)| c.connect_expired(now)).map(|(k, _)| *k).collect();
+        for key in expired {
+            if let Some(c) = self.conns.get_mut(&key) {
+                c.kill();
+                self.metrics.connect_timeouts += 1;
+            }
+            self.touch(key);
+        }
+    }
+
     /// Drops every connection (device reset): the host sides see EOF.
     pub fn drop_connections(&mut self) {
         let conns: Vec<_> = self.conns.drain().collect();

@@ -170,6 +170,13 @@ impl<S: Read + Write + ShutdownWrite> Connection<S> {
         self.send_rst = true;
     }
 
+    /// Takes the RST owed to the guest, if any: the caller sends it and
+    /// drops the connection at once (its host socket need not wait for the
+    /// guest's RX buffers).
+    pub fn take_rst(&mut self) -> bool {
+        std::mem::take(&mut self.send_rst)
+    }
+
     /// Finished: RST sent (or received), or both directions closed.
     pub fn is_done(&self) -> bool {
         self.state == State::Killed && !self.send_rst

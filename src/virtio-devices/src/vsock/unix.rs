@@ -143,30 +143,45 @@ impl Muxer {
         self.conns.get(&key)
     }
 
+    /// After any change to a connection: a reset one goes at once (its RST
+    /// queued, its host socket closed in `sync`), one with something to
+    /// send gets its turn.
     fn touch(&mut self, key: Key) {
         self.dirty.insert(key);
-        if self.conns.get(&key).is_some_and(|c| c.has_rx()) && self.in_rxq.insert(key) {
+        let Some(conn) = self.conns.get_mut(&key) else {
+            return;
+        };
+        if conn.take_rst() {
+            self.metrics.conns_killed += 1;
+            let (src_port, dst_port) = (conn.local_port, conn.peer_port);
+            self.push_rst(HOST_CID, src_port, dst_port);
+            return;
+        }
+        if conn.has_rx() && self.in_rxq.insert(key) {
             self.rxq.push_back(key);
         }
     }
 
-    fn queue_rst_for(&mut self, h: &Header) {
-        if h.op == OP_RST {
-            return;
-        }
+    fn push_rst(&mut self, src_cid: u64, src_port: u32, dst_port: u32) {
         if self.rst_q.len() >= MAX_RST_QUEUE {
             self.metrics.rst_dropped += 1;
             return;
         }
         self.rst_q.push_back(Header {
-            src_cid: h.dst_cid,
+            src_cid,
             dst_cid: self.guest_cid,
-            src_port: h.dst_port,
-            dst_port: h.src_port,
+            src_port,
+            dst_port,
             type_: TYPE_STREAM,
             op: OP_RST,
             ..Default::default()
         });
+    }
+
+    fn queue_rst_for(&mut self, h: &Header) {
+        if h.op != OP_RST {
+            self.push_rst(h.dst_cid, h.dst_port, h.src_port);
+        }
     }
 
     /// A packet the guest sent (already read from its chain, lengths checked).

@@ -49,7 +49,6 @@ pub struct Vsock {
     pub(super) muxer: Muxer,
     /// Connections were dropped by a reset: tell the next driver (TRANSPORT_RESET).
     transport_reset_pending: bool,
-    pub(super) drop_pending: bool,
     scratch: Vec<u8>,
 }
 
@@ -73,7 +72,6 @@ impl Vsock {
             active: None,
             muxer,
             transport_reset_pending: false,
-            drop_pending: false,
             scratch: vec![0u8; MAX_PAYLOAD],
         })
     }
@@ -304,8 +302,10 @@ impl VirtioDevice for Vsock {
         if self.muxer.connection_count() > 0 {
             self.transport_reset_pending = true;
         }
-        // Sockets are deregistered from epoll on the event-loop thread.
-        self.drop_pending = true;
+        // Dropped now, so a new driver's connections are never caught up in
+        // it; their sockets are deregistered and closed on the event-loop
+        // thread, which the housekeeping event wakes.
+        self.muxer.drop_connections();
         if let Err(e) = self.housekeeping.write(1) {
             error!("virtio-vsock: cannot wake the event loop to close connections: {e}");
         }

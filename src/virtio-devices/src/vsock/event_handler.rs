@@ -87,12 +87,8 @@ impl MutEventSubscriber for Vsock {
                     _ => self.process_event_queue(),
                 }
             }
-            HOUSEKEEPING => {
-                kick(&self.housekeeping);
-                if std::mem::take(&mut self.drop_pending) {
-                    self.muxer.drop_connections();
-                }
-            }
+            // A reset dropped connections: `sync` below closes their sockets.
+            HOUSEKEEPING => kick(&self.housekeeping),
             LISTENER => self.muxer.accept(),
             TIMER => {
                 // Readable: the read returns the tick count without blocking.

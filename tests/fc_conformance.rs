@@ -365,13 +365,41 @@ fn steps(dir: &Path, tap: Option<&str>) -> Vec<Step> {
         step("PATCH", "/vm", Some(json!({"state": "Paused"})), Expect::Same),
         step("PATCH", "/vm", Some(json!({"state": "Frozen"})), Expect::Same),
         // Devices and features shimvmm does not build yet.
+        // vsock: Firecracker listens on uds_path at once, shimvmm at boot
+        // (see `compare`). Firecracker unlinks its previous socket when a
+        // PUT replaces it, and fails if it cannot (after the empty path).
+        step("PUT", "/vsock", Some(json!({"guest_cid": 3, "uds_path": p("v.sock")})), Expect::Same),
+        step("PUT", "/vsock", Some(json!({"guest_cid": 3})), Expect::Same),
+        step("PUT", "/vsock", Some(json!({"uds_path": p("v.sock")})), Expect::Same),
+        step("PUT", "/vsock", Some(json!({"guest_cid": 3, "uds_path": p("v.sock"), "x": 1})), Expect::Same),
+        step("PUT", "/vsock", Some(json!({"guest_cid": "3", "uds_path": p("v.sock")})), Expect::Same),
+        step("PUT", "/vsock", Some(json!({"guest_cid": -1, "uds_path": p("v.sock")})), Expect::Same),
+        step("PUT", "/vsock", Some(json!({"guest_cid": 4294967296_u64, "uds_path": p("v.sock")})), Expect::Same),
+        step("PUT", "/vsock", Some(json!({"guest_cid": 3, "uds_path": null})), Expect::Same),
         step(
             "PUT",
             "/vsock",
-            Some(json!({"guest_cid": 3, "uds_path": p("v.sock")})),
-            Expect::Differs(204, 400, "virtio-vsock is not supported by shimvmm yet"),
+            Some(json!({"guest_cid": 2, "uds_path": p("w.sock")})),
+            Expect::Differs(204, 400, "CIDs 0 to 2 are reserved (VIRTIO 1.2, 5.10.4); shimvmm refuses them"),
         ),
-        step("PUT", "/vsock", Some(json!({"guest_cid": 3})), Expect::Same),
+        step(
+            "PUT",
+            "/vsock",
+            Some(json!({"guest_cid": 3, "uds_path": ""})),
+            Expect::Differs(204, 400, "shimvmm refuses an empty uds_path; Firecracker binds an unnamed socket"),
+        ),
+        step("PUT", "/vsock", Some(json!({"guest_cid": 3, "uds_path": p("no-such-dir/v.sock")})), Expect::Same),
+        step("PUT", "/vsock", Some(json!({"guest_cid": 3, "uds_path": p("rootfs.img")})), Expect::Same),
+        step("PUT", "/vsock", Some(json!({"guest_cid": 3, "uds_path": format!("/{}", "a".repeat(120))})), Expect::Same),
+        step(
+            "PUT",
+            "/vsock",
+            Some(json!({"vsock_id": "vsock0", "guest_cid": 5, "uds_path": p("w.sock")})),
+            Expect::Same,
+        ),
+        step("PUT", "/vsock", Some(json!({"guest_cid": 4, "uds_path": p("v.sock")})), Expect::Same),
+        step("PATCH", "/vsock", Some(json!({"guest_cid": 4, "uds_path": p("v.sock")})), Expect::Same),
+        step("GET", "/vsock", None, Expect::Same),
         step("GET", "/mmds", None, Expect::Differs(200, 400, "MMDS is not supported by shimvmm yet")),
         step(
             "PUT",
@@ -446,24 +474,31 @@ fn steps(dir: &Path, tap: Option<&str>) -> Vec<Step> {
     }
     // What both now hold; logger and metrics: Firecracker reports null even
     // once set; the sections it accepted above are shimvmm's refusals.
-    s.push(step(
-        "GET",
-        "/vm/config",
-        None,
-        Expect::SameExcept(&["logger", "metrics", "vsock", "balloon", "cpu-config"]),
-    ));
+    s.push(step("GET", "/vm/config", None, Expect::SameExcept(&["logger", "metrics", "balloon", "cpu-config"])));
     // The dummy kernel does not boot on either.
     s.push(step("PUT", "/actions", Some(json!({"action_type": "InstanceStart"})), Expect::Same));
     s
 }
 
+/// The vsock socket names the steps use (`uds_path` under the test's directory).
+const FC_VSOCK_SOCKETS: [&str; 3] = ["v.sock", "w.sock", "bv.sock"];
+
 /// Sends every step to both and records the comparison.
 fn compare(fc: &Vmm, shim: &Vmm, dir: &Path, steps: Vec<Step>, results: &mut Vec<String>, failures: &mut Vec<String>) {
     for st in steps {
         // The two must not share files another step checks: a missing file
-        // one creates would exist for the other.
+        // one creates would exist for the other. Firecracker listens on the
+        // vsock socket at PUT /vsock (and unlinks its previous one then);
+        // shimvmm only at boot: Firecracker's socket files are in place for
+        // its own requests only.
         let _ = std::fs::remove_file(dir.join("missing.log"));
+        for f in FC_VSOCK_SOCKETS {
+            let _ = std::fs::rename(dir.join(format!("{f}.fc")), dir.join(f));
+        }
         let (fs, fb) = fc.request(st.method, st.path, st.body.as_ref());
+        for f in FC_VSOCK_SOCKETS {
+            let _ = std::fs::rename(dir.join(f), dir.join(format!("{f}.fc")));
+        }
         let _ = std::fs::remove_file(dir.join("missing.log"));
         let (ss, sb) = shim.request(st.method, st.path, st.body.as_ref());
         let what = format!("{} {} {}", st.method, st.path, st.body.as_ref().map(Value::to_string).unwrap_or_default());
@@ -520,6 +555,8 @@ fn boot_steps(dir: &Path, kernel: &Path) -> Vec<Step> {
         ("PUT", "/metrics", json!({"metrics_path": p("metrics2.json")})),
         ("PUT", "/entropy", json!({})),
         ("PUT", "/vsock", json!({"guest_cid": 3, "uds_path": p("v2.sock")})),
+        ("PUT", "/vsock", json!({"guest_cid": 3, "uds_path": p("bv.sock")})),
+        ("PUT", "/vsock", json!({"guest_cid": 2})),
         ("PUT", "/actions", json!({"action_type": "InstanceStart"})),
     ];
     let mut s = vec![
@@ -537,6 +574,7 @@ fn boot_steps(dir: &Path, kernel: &Path) -> Vec<Step> {
             Expect::Same,
         ),
         step("PUT", "/metrics", Some(json!({"metrics_path": p("metrics.json")})), Expect::Same),
+        step("PUT", "/vsock", Some(json!({"guest_cid": 3, "uds_path": p("bv.sock")})), Expect::Same),
         step("PUT", "/actions", Some(json!({"action_type": "InstanceStart"})), Expect::Same),
         step("GET", "/", None, Expect::SameExcept(&["vmm_version", "app_name"])),
         step("GET", "/machine-config", None, Expect::Same),
@@ -602,7 +640,7 @@ fn check_metrics_names(path: &Path, failures: &mut Vec<String>) {
         failures.push(format!("metrics: expected a line from each after FlushMetrics, got:\n{text}"));
         return;
     };
-    for group in ["block", "net", "block_stub"] {
+    for group in ["block", "net", "block_stub", "vsock"] {
         let theirs = fc[group].as_object().map(|o| o.keys().cloned().collect::<Vec<_>>()).unwrap_or_default();
         for key in shim[group].as_object().map(|o| o.keys().cloned().collect::<Vec<_>>()).unwrap_or_default() {
             if !theirs.contains(&key) {

@@ -42,5 +42,7 @@ pub use vmm_config::{
     MAX_NETWORK_INTERFACES, MAX_PATH_LEN, MAX_VCPUS, MIN_MEM_SIZE_MIB,
 };
 
+pub use vmm_config::Vsock;
+
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::Serialize;
 use vmm_config::sync::lock_unpoisoned;
+use vmm_config::Vsock;
 use vmm_config::{
     not_supported_yet, parse_json, BootSource, Drive, DriveUpdate, Entropy, Logger, MachineConfig, MachineConfigUpdate,
     Metrics, NetworkInterface, NetworkInterfaceUpdate, RateLimiter, ValidationError, VmConfig, VmSpec,
@@ -103,7 +104,7 @@ static TABLE: &[Entry] = &[
     entry!("PATCH", "/vm", Api::patch_vm),
     // Firecracker's devices and features shimvmm does not build yet: a 400
     // that says so (after the body parsed as JSON), never a silent accept.
-    entry!("PUT", "/vsock", Api::unsupported_vsock),
+    entry!("PUT", "/vsock", Api::put_vsock),
     entry!("PUT", "/entropy", Api::put_entropy),
     entry!("PUT", "/cpu-config", Api::unsupported_cpu_config),
     entry!("PUT", "/mmds", Api::unsupported_mmds),
@@ -119,11 +120,24 @@ static TABLE: &[Entry] = &[
     entry!("PUT", "/snapshot/load", Api::unsupported_snapshot),
 ];
 
+/// `uds_path` can be listened on at boot: its directory exists and nothing
+/// is there yet (a stale socket file must be removed by its owner).
+fn check_uds_path(path: &std::path::Path) -> Result<(), String> {
+    let shown = path.display();
+    if path.symlink_metadata().is_ok() {
+        return Err(format!("uds_path: {shown} already exists; remove it or pick another path"));
+    }
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    if !dir.is_dir() {
+        return Err(format!("uds_path: directory {} does not exist", dir.display()));
+    }
+    Ok(())
+}
+
 /// The routes that answer "not supported by shimvmm yet" (400) whatever
 /// the request: `api_spec.yaml` marks them `x-shimvmm-unsupported`.
 pub fn unsupported_routes() -> Vec<Route> {
     let unsupported: &[Handler] = &[
-        Api::unsupported_vsock,
         Api::unsupported_cpu_config,
         Api::unsupported_mmds,
         Api::unsupported_mmds_config,
@@ -509,8 +523,16 @@ impl Api {
         Err(bad_request(not_supported_yet(section)))
     }
 
-    fn unsupported_vsock(&self, _: &str, body: &[u8]) -> Reply {
-        Self::unsupported("vsock", body)
+    /// A virtio-vsock device. Firecracker binds `uds_path` here; shimvmm
+    /// binds it at boot, and refuses here what that bind would refuse.
+    fn put_vsock(&self, _: &str, body: &[u8]) -> Reply {
+        let vsock: Vsock = body_json(body, "PUT /vsock")?;
+        self.check_pre_boot("vsock")?;
+        vsock.validate().map_err(|e| bad_request(e.to_string()))?;
+        check_uds_path(&vsock.uds_path).map_err(bad_request)?;
+        let mut state = self.lock_pre_boot("vsock")?;
+        let candidate = VmConfig { vsock: Some(vsock), ..state.config.clone() };
+        Self::commit(&mut state, candidate, "vsock.")
     }
 
     /// A virtio-rng device, with its rate limiter.
@@ -955,18 +977,21 @@ mod tests {
     fn firecracker_features_not_built_are_refused_by_name() {
         let (api, rec) = api();
         for (method, path, body, want) in [
-            (
-                "PUT",
-                "/vsock",
-                r#"{"guest_cid":3,"uds_path":"/v.sock"}"#,
-                "virtio-vsock is not supported by shimvmm yet",
-            ),
             ("PUT", "/mmds", r#"{"a":1}"#, "MMDS (the microVM metadata service) is not supported by shimvmm yet"),
             ("GET", "/mmds", "", "MMDS (the microVM metadata service) is not supported"),
             ("PUT", "/mmds/config", r#"{"network_interfaces":["eth0"]}"#, "MMDS"),
             ("PUT", "/balloon", r#"{"amount_mib":1,"deflate_on_oom":true}"#, "the balloon device is not supported"),
             ("PUT", "/snapshot/create", "{}", "snapshots is not supported by shimvmm yet"),
             ("PUT", "/vsock", "{", "the JSON ends early"),
+            ("PUT", "/vsock", r#"{"guest_cid":2,"uds_path":"/tmp/x.sock"}"#, "guest_cid: 2 is reserved"),
+            ("PUT", "/vsock", r#"{"guest_cid":3}"#, "missing field `uds_path`"),
+            (
+                "PUT",
+                "/vsock",
+                r#"{"guest_cid":3,"uds_path":"/no-such-dir/v.sock"}"#,
+                "directory /no-such-dir does not exist",
+            ),
+            ("PUT", "/vsock", r#"{"guest_cid":3,"uds_path":"/tmp"}"#, "uds_path: /tmp already exists"),
         ] {
             let r = api.handle(method, path, body.as_bytes());
             assert_eq!(r.status, 400, "{method} {path}");
@@ -977,6 +1002,10 @@ mod tests {
         let limited = r#"{"rate_limiter":{"ops":{"size":1,"refill_time":1}}}"#;
         assert_eq!(put(&api, "/entropy", limited).status, 204);
         assert!(api.lock().config.entropy.as_ref().unwrap().rate_limiter.is_some());
+        let sock = std::env::temp_dir().join(format!("router-vsock-{}.sock", std::process::id()));
+        let body = format!(r#"{{"guest_cid":3,"uds_path":"{}"}}"#, sock.display());
+        assert_eq!(put(&api, "/vsock", &body).status, 204);
+        assert_eq!(api.lock().config.vsock.as_ref().map(|v| v.guest_cid), Some(3));
         let routes = unsupported_routes();
         assert!(routes.contains(&Route { method: "GET", path: "/mmds" }));
         assert!(!routes.contains(&Route { method: "PUT", path: "/drives/{drive_id}" }));

@@ -7,6 +7,7 @@
 use std::path::PathBuf;
 
 use clap::Parser;
+use vmm::config::Vsock;
 use vmm::config::{
     BdfError, BootSource, Drive, LogLevel, Logger, MacAddr, MacError, MachineConfig, Metrics, NetworkInterface, PciBdf,
     PnicDma, ValidationError, VmConfig, VmSpec,
@@ -52,6 +53,10 @@ pub struct Args {
     /// dma=strict: a guest buffer is in the IOMMU only while the NIC owns it). Repeatable.
     #[arg(long, value_name = "SPEC")]
     pub net: Vec<String>,
+    /// A virtio-vsock device: cid=N,uds=PATH (host processes connect to PATH and send "CONNECT <port>\n";
+    /// guest connections to host port P reach PATH_P).
+    #[arg(long, value_name = "SPEC")]
+    pub vsock: Option<String>,
     /// Write metrics to this file or FIFO, one Firecracker-format JSON line every 60 s, on FlushMetrics and
     /// at exit (a missing file is created).
     #[arg(long, value_name = "FILE")]
@@ -158,6 +163,8 @@ pub enum CliError {
     Disk { spec: String, source: SpecError },
     #[error("--net {spec:?}: {source}")]
     Net { spec: String, source: SpecError },
+    #[error("--vsock {spec:?}: {source}")]
+    Vsock { spec: String, source: SpecError },
     /// A configuration rule broken by one of the other options.
     #[error(transparent)]
     Invalid(ValidationError),
@@ -277,6 +284,40 @@ fn parse_net_keys(spec: &str, index: usize) -> Result<NetworkInterface, SpecErro
     })
 }
 
+/// `--vsock` keys by the [`Vsock`] field they set.
+const VSOCK_KEYS: &[(&str, &str)] = &[("guest_cid", "cid"), ("uds_path", "uds")];
+
+fn parse_vsock_keys(spec: &str) -> Result<Vsock, SpecError> {
+    let (mut cid, mut uds) = (None, None);
+    for (k, v) in pairs(spec)? {
+        match k {
+            "cid" => {
+                let n = v.parse::<u32>().map_err(|_| {
+                    SpecError::Invalid(ValidationError::new(
+                        "cid",
+                        format!("{v:?} is not a number from 3 to 4294967294"),
+                    ))
+                })?;
+                set_once(&mut cid, k, n)?
+            }
+            "uds" => set_once(&mut uds, k, PathBuf::from(v))?,
+            _ => return Err(SpecError::UnknownKey { key: k.to_string(), known: "cid, uds" }),
+        }
+    }
+    let vsock = Vsock {
+        vsock_id: None,
+        guest_cid: cid.ok_or_else(|| SpecError::Invalid(ValidationError::new("cid", "cid=N is required")))?,
+        uds_path: uds.ok_or_else(|| SpecError::Invalid(ValidationError::new("uds", "uds=PATH is required")))?,
+    };
+    vsock.validate().map_err(|e| in_spec_words(e, VSOCK_KEYS))?;
+    Ok(vsock)
+}
+
+/// The `--vsock` value as a [`Vsock`].
+pub fn parse_vsock(spec: &str) -> Result<Vsock, CliError> {
+    parse_vsock_keys(spec).map_err(|source| CliError::Vsock { spec: spec.to_string(), source })
+}
+
 /// The `index`-th `--disk` value as a [`Drive`] (checked with the others, by
 /// [`Args::vm_spec`]).
 pub fn parse_disk(spec: &str, index: usize) -> Result<Drive, CliError> {
@@ -391,6 +432,7 @@ impl Args {
             drives: self.disk.iter().enumerate().map(|(i, s)| parse_disk(s, i)).collect::<Result<_, _>>()?,
             network_interfaces: self.net.iter().enumerate().map(|(i, s)| parse_net(s, i)).collect::<Result<_, _>>()?,
             metrics: self.metrics_path.clone().map(|metrics_path| Metrics { metrics_path }),
+            vsock: self.vsock.as_deref().map(parse_vsock).transpose()?,
             ..Default::default()
         };
         VmSpec::try_from(config).map_err(|e| self.in_cli_words(e))
@@ -444,6 +486,24 @@ mod tests {
     fn spec_of(extra: &[&str]) -> Result<VmSpec, CliError> {
         let a = args(extra);
         a.vm_spec(a.kernel.clone().unwrap())
+    }
+
+    #[test]
+    fn vsock_flag() {
+        let spec = spec_of(&["--vsock", "cid=3,uds=/run/v.sock"]).unwrap();
+        let v = spec.vsock.unwrap();
+        assert_eq!((v.guest_cid, v.uds_path.to_str()), (3, Some("/run/v.sock")));
+        for (flag, want) in [
+            ("cid=2,uds=/v", "--vsock \"cid=2,uds=/v\": cid: 2 is reserved"),
+            ("cid=x,uds=/v", "cid: \"x\" is not a number"),
+            ("uds=/v", "cid: cid=N is required"),
+            ("cid=3", "uds: uds=PATH is required"),
+            ("cid=3,uds=/v,port=1", "unknown key \"port\""),
+            ("cid=3,cid=4,uds=/v", "cid= is given twice"),
+        ] {
+            let e = spec_of(&["--vsock", flag]).unwrap_err().to_string();
+            assert!(e.contains(want), "{flag}: {e}");
+        }
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! FlushMetrics (and once more at exit).
 //!
 //! Firecracker's keys where shimvmm has a counterpart (`utc_timestamp_ms`,
-//! `block`, `net` and the per-device `block_<id>` / `net_<id>`, with
+//! `block`, `net` and the per-device `block_<id>` / `net_<id>`, `vsock`, with
 //! Firecracker's counter names), each counter being, as in Firecracker, the
 //! change since the previous line; shimvmm's own cumulative counters beside
 //! them under `shimvmm` (what `GET /metrics` serves).
@@ -43,6 +43,22 @@ const NET_KEYS: &[(&str, &str)] = &[
     ("tx_rate_limiter_throttled", "tx_rate_limiter_throttled"),
     ("rx_event_rate_limiter_count", "rx_rate_limiter_events"),
     ("tx_rate_limiter_event_count", "tx_rate_limiter_events"),
+];
+
+/// Firecracker's `vsock` group (one device, no per-device key): shimvmm's
+/// vsock counters already carry these names.
+const VSOCK_KEYS: &[&str] = &[
+    "rx_queue_event_count",
+    "tx_queue_event_count",
+    "rx_bytes_count",
+    "tx_bytes_count",
+    "rx_packets_count",
+    "tx_packets_count",
+    "conns_added",
+    "conns_killed",
+    "conns_removed",
+    "tx_write_fails",
+    "rx_read_fails",
 ];
 
 /// An open metrics destination and the totals of the last line written.
@@ -97,6 +113,15 @@ pub fn fc_line(utc_ms: u64, shimvmm: &Value, last: &mut BTreeMap<String, u64>) -
         }
         out.insert(kind.into(), json!(sum));
     }
+    if let Some(dev) = shimvmm.pointer("/vsock/vsock") {
+        let mut group = Map::new();
+        for key in VSOCK_KEYS {
+            let total = counter(dev, key);
+            let prev = last.insert(format!("vsock.{key}"), total).unwrap_or(0);
+            group.insert((*key).into(), json!(total.saturating_sub(prev)));
+        }
+        out.insert("vsock".into(), Value::Object(group));
+    }
     out.insert("shimvmm".into(), shimvmm.clone());
     Value::Object(out)
 }
@@ -119,6 +144,14 @@ mod tests {
         let m2 = json!({"block": {"rootfs": {"reads": 15, "read_bytes": 4096}}, "net": {"eth0": {"rx_packets": 3}}});
         let l = fc_line(2, &m2, &mut last);
         assert_eq!((l["block"]["read_count"].as_u64(), l["block"]["read_bytes"].as_u64()), (Some(5), Some(0)));
+        // The vsock device: Firecracker's one `vsock` group, as deltas.
+        let v = json!({"vsock": {"vsock": {"rx_bytes_count": 100, "conns_added": 1, "malformed_packets": 2}}});
+        let mut last = BTreeMap::new();
+        let l = fc_line(4, &v, &mut last);
+        assert_eq!((l["vsock"]["rx_bytes_count"].as_u64(), l["vsock"]["conns_added"].as_u64()), (Some(100), Some(1)));
+        assert!(l["vsock"].get("malformed_packets").is_none(), "shimvmm's own names stay under shimvmm");
+        let v = json!({"vsock": {"vsock": {"rx_bytes_count": 150, "conns_added": 1}}});
+        assert_eq!(fc_line(5, &v, &mut last)["vsock"]["rx_bytes_count"], 50);
         // No devices: the kinds are still there, all zero.
         let l = fc_line(3, &json!({}), &mut BTreeMap::new());
         assert_eq!(l["net"]["tx_packets_count"], 0);

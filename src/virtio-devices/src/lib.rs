@@ -12,6 +12,7 @@ pub mod net;
 pub mod rate_limiter;
 pub mod rng;
 pub mod transport;
+pub mod vsock;
 
 use std::sync::Arc;
 

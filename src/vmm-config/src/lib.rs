@@ -28,6 +28,7 @@ mod rate_limiter;
 pub mod sync;
 mod validate;
 mod vm;
+mod vsock;
 
 pub use boot_source::{BootSource, DEFAULT_BOOT_ARGS};
 pub use drive::{CacheType, Drive, DriveUpdate, IoEngine, MAX_DRIVE_ID_LEN};
@@ -44,3 +45,4 @@ pub use validate::{
     MAX_NETWORK_INTERFACES, MAX_PATH_LEN, MAX_VCPUS, MAX_VIRTIO_DEVICES, MIN_MEM_SIZE_MIB,
 };
 pub use vm::{not_supported_yet, ConfigError, VmConfig, VmSpec, MAX_CONFIG_FILE_BYTES, UNSUPPORTED_SECTIONS};
+pub use vsock::{Vsock, MAX_UDS_PATH_LEN, MIN_GUEST_CID};

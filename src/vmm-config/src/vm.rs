@@ -17,6 +17,7 @@ use crate::machine_config::MachineConfig;
 use crate::metrics::Metrics;
 use crate::net::NetworkInterface;
 use crate::validate::{Result, ValidationError, MAX_DRIVES, MAX_NETWORK_INTERFACES, MAX_VIRTIO_DEVICES};
+use crate::vsock::Vsock;
 
 /// Largest config file read: far above any real one, small enough to never hurt.
 pub const MAX_CONFIG_FILE_BYTES: u64 = 1024 * 1024;
@@ -25,7 +26,6 @@ pub const MAX_CONFIG_FILE_BYTES: u64 = 1024 * 1024;
 /// build yet, and how an error names them. A config file or request with
 /// one of them is refused with this message, never silently accepted.
 pub const UNSUPPORTED_SECTIONS: &[(&str, &str)] = &[
-    ("vsock", "virtio-vsock"),
     ("mmds-config", "MMDS (the microVM metadata service)"),
     ("balloon", "the balloon device"),
     ("cpu-config", "custom CPU templates"),
@@ -59,8 +59,9 @@ pub struct VmConfig {
     pub metrics: Option<Metrics>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logger: Option<Logger>,
+    /// A virtio-vsock device.
     #[serde(default)]
-    pub vsock: Option<serde_json::Value>,
+    pub vsock: Option<Vsock>,
     #[serde(rename = "mmds-config", default)]
     pub mmds_config: Option<serde_json::Value>,
     #[serde(default)]
@@ -76,12 +77,9 @@ impl VmConfig {
     /// Check every object on its own, then the rules that span objects.
     /// This is the one place each rule is checked, whatever the front end.
     pub fn validate(&self) -> Result {
-        for (section, value) in [
-            ("vsock", &self.vsock),
-            ("mmds-config", &self.mmds_config),
-            ("balloon", &self.balloon),
-            ("cpu-config", &self.cpu_config),
-        ] {
+        for (section, value) in
+            [("mmds-config", &self.mmds_config), ("balloon", &self.balloon), ("cpu-config", &self.cpu_config)]
+        {
             if value.is_some() {
                 return Err(ValidationError::new(section, format!("{}; remove it", not_supported_yet(section))));
             }
@@ -91,6 +89,9 @@ impl VmConfig {
         }
         if let Some(entropy) = &self.entropy {
             entropy.validate().map_err(|e| e.within("entropy"))?;
+        }
+        if let Some(vsock) = &self.vsock {
+            vsock.validate().map_err(|e| e.within("vsock"))?;
         }
         if let Some(boot) = &self.boot_source {
             boot.validate().map_err(|e| e.within("boot-source"))?;
@@ -102,12 +103,13 @@ impl VmConfig {
         self.check_drives()?;
         self.check_network_interfaces()?;
         let rng = usize::from(self.entropy.is_some());
-        let devices = self.drives.len() + self.network_interfaces.len() + rng;
+        let vsock = usize::from(self.vsock.is_some());
+        let devices = self.drives.len() + self.network_interfaces.len() + rng + vsock;
         if devices > MAX_VIRTIO_DEVICES {
             return Err(ValidationError::new(
                 "network-interfaces",
                 format!(
-                    "{} drives, {} interfaces and {rng} entropy device make {devices} devices; at most {MAX_VIRTIO_DEVICES} fit (one interrupt line each)",
+                    "{} drives, {} interfaces, {rng} entropy and {vsock} vsock device make {devices} devices; at most {MAX_VIRTIO_DEVICES} fit (one interrupt line each)",
                     self.drives.len(),
                     self.network_interfaces.len()
                 ),
@@ -219,6 +221,8 @@ pub struct VmSpec {
     pub logger: Option<Logger>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub entropy: Option<Entropy>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vsock: Option<Vsock>,
 }
 
 /// Why a config file could not be used.
@@ -253,6 +257,7 @@ impl TryFrom<VmConfig> for VmSpec {
             metrics: cfg.metrics,
             logger: cfg.logger,
             entropy: cfg.entropy,
+            vsock: cfg.vsock,
         })
     }
 }
@@ -267,6 +272,7 @@ impl From<VmSpec> for VmConfig {
             metrics: spec.metrics,
             logger: spec.logger,
             entropy: spec.entropy,
+            vsock: spec.vsock,
             ..Default::default()
         }
     }
@@ -363,9 +369,23 @@ mod tests {
         let e = VmSpec::from_config_file(&p).unwrap_err().to_string();
         assert!(e.contains("unknown field `machine_config`"), "{e}");
 
-        let p = write_tmp("vsock.json", r#"{"boot-source":{"kernel_image_path":"/k"},"vsock":{"guest_cid":3}}"#);
+        let p = write_tmp(
+            "vsock.json",
+            r#"{"boot-source":{"kernel_image_path":"/k"},"vsock":{"guest_cid":2,"uds_path":"v"}}"#,
+        );
         let e = VmSpec::from_config_file(&p).unwrap_err().to_string();
-        assert!(e.ends_with("vsock: virtio-vsock is not supported by shimvmm yet; remove it"), "{e}");
+        assert!(e.contains("vsock.guest_cid: 2 is reserved"), "{e}");
+        let p = write_tmp(
+            "vsock.json",
+            r#"{"boot-source":{"kernel_image_path":"/k"},"vsock":{"guest_cid":3,"uds_path":"v"}}"#,
+        );
+        assert_eq!(VmSpec::from_config_file(&p).unwrap().vsock.map(|v| v.guest_cid), Some(3));
+        let p = write_tmp("mmds.json", r#"{"boot-source":{"kernel_image_path":"/k"},"mmds-config":{}}"#);
+        let e = VmSpec::from_config_file(&p).unwrap_err().to_string();
+        assert!(
+            e.ends_with("mmds-config: MMDS (the microVM metadata service) is not supported by shimvmm yet; remove it"),
+            "{e}"
+        );
         let p = write_tmp("nulls.json", r#"{"boot-source":{"kernel_image_path":"/k"},"vsock":null,"balloon":null}"#);
         assert!(VmSpec::from_config_file(&p).is_ok());
 
@@ -434,6 +454,6 @@ mod tests {
         // The entropy device takes a line too.
         cfg.drives.pop();
         cfg.entropy = Some(Default::default());
-        assert!(cfg.validate().unwrap_err().problem.contains("and 1 entropy device make 20 devices"));
+        assert!(cfg.validate().unwrap_err().problem.contains("1 entropy and 0 vsock device make 20 devices"));
     }
 }

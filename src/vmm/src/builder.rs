@@ -54,6 +54,8 @@ pub enum BuildError {
     Disk { id: String, source: virtio_devices::block::BlockError },
     #[error("network interface {id}: {source}")]
     Tap { id: String, source: virtio_devices::net::TapError },
+    #[error("vsock: {0}")]
+    Vsock(#[from] virtio_devices::vsock::BackendError),
     #[error("network interface {id}: {source}")]
     Pnic { id: String, source: pnic::shim::ShimError },
     #[error("cannot set up the event loop: {0}")]
@@ -96,6 +98,7 @@ enum DeviceKind {
     Block,
     Net,
     Entropy,
+    Vsock,
 }
 
 /// Every device's counters, by kind and id: what `GET /metrics` serves and
@@ -108,6 +111,8 @@ pub struct VmMetrics {
     pub block: BTreeMap<String, serde_json::Value>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub entropy: BTreeMap<String, serde_json::Value>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub vsock: BTreeMap<String, serde_json::Value>,
 }
 
 /// A virtio device as the running VMM keeps it: for metrics and shutdown.
@@ -217,6 +222,7 @@ impl VmmHandle {
                 DeviceKind::Block => &mut out.block,
                 DeviceKind::Net => &mut out.net,
                 DeviceKind::Entropy => &mut out.entropy,
+                DeviceKind::Vsock => &mut out.vsock,
             };
             by_id.insert(d.id.clone(), m);
         }
@@ -550,6 +556,12 @@ pub fn build_with(spec: &VmSpec, opts: &BuildOptions) -> Result<Vmm, BuildError>
         rng.set_rate_limiter(entropy.rate_limiter.as_ref());
         let dev = attach_virtio(&vm, &mem, &mut mmio, &mut em, &mut slots, rng)?;
         devices.push(AttachedDevice { id: "entropy".into(), kind: DeviceKind::Entropy, dev });
+    }
+    if let Some(v) = &spec.vsock {
+        crate::seccomp::allow_vsock_sockets();
+        let vsock = virtio_devices::vsock::Vsock::new(u64::from(v.guest_cid), &v.uds_path)?;
+        let dev = attach_virtio(&vm, &mem, &mut mmio, &mut em, &mut slots, vsock)?;
+        devices.push(AttachedDevice { id: "vsock".into(), kind: DeviceKind::Vsock, dev });
     }
 
     // Boot tables, ACPI and the zero page.

@@ -117,6 +117,29 @@ pub fn enabled() -> bool {
     ENABLED.load(Ordering::SeqCst)
 }
 
+/// The VM has a vsock device: the VMM thread accepts and makes Unix stream
+/// connections (host processes connecting to `uds_path`, guest connections
+/// to `<uds_path>_P`). Set by the builder before the VMM filter is made.
+static VSOCK_SOCKETS: AtomicBool = AtomicBool::new(false);
+
+pub fn allow_vsock_sockets() {
+    VSOCK_SOCKETS.store(true, Ordering::SeqCst);
+}
+
+/// What the VMM thread needs for a vsock device's host side. `connect` takes
+/// an address a filter cannot see: with a vsock device the VMM thread could
+/// also connect the AF_INET datagram socket it may make (SIOCGIF*); without
+/// one it cannot.
+fn vsock_sockets(r: &mut Rules) -> Result<(), seccompiler::BackendError> {
+    allow(r, &[libc::SYS_accept4, libc::SYS_connect, libc::SYS_shutdown]);
+    allow_if(
+        r,
+        libc::SYS_socket,
+        vec![cond(0, Op::Eq, libc::AF_UNIX as u64)?, cond(1, Op::MaskedEq(0xff), libc::SOCK_STREAM as u64)?],
+    )?;
+    ioctl_eq(r, FIONBIO)
+}
+
 thread_local! {
     /// The role of this thread's newest filter, for the SIGSYS report (a
     /// const-initialised Cell: reading it in a signal handler takes no lock
@@ -440,6 +463,11 @@ fn metrics_files(r: &mut Rules) {
 }
 
 fn rules(kind: ThreadKind) -> Result<Rules, seccompiler::BackendError> {
+    rules_for(kind, VSOCK_SOCKETS.load(Ordering::SeqCst))
+}
+
+/// `kind`'s rules, with or without a vsock device's sockets.
+fn rules_for(kind: ThreadKind, vsock: bool) -> Result<Rules, seccompiler::BackendError> {
     let mut r = Rules::new();
     common(&mut r)?;
     match kind {
@@ -478,6 +506,9 @@ fn rules(kind: ThreadKind) -> Result<Rules, seccompiler::BackendError> {
             for req in [TCGETS, TCSETS, TCSETSW] {
                 ioctl_eq(&mut r, req)?;
             }
+            if vsock {
+                vsock_sockets(&mut r)?;
+            }
         }
         ThreadKind::Api => {
             allow(
@@ -504,7 +535,7 @@ fn rules(kind: ThreadKind) -> Result<Rules, seccompiler::BackendError> {
         ThreadKind::Boot => {
             // Everything the other threads do, plus building the VM.
             for k in [ThreadKind::Vcpu, ThreadKind::Vmm, ThreadKind::Api] {
-                for (nr, v) in rules(k)? {
+                for (nr, v) in rules_for(k, vsock)? {
                     if v.is_empty() {
                         r.insert(nr, v);
                     } else {
@@ -568,6 +599,10 @@ fn rules(kind: ThreadKind) -> Result<Rules, seccompiler::BackendError> {
                     libc::SYS_rt_sigpending,
                     // Narrowing itself further (the per-role filters).
                     libc::SYS_seccomp,
+                    // A vsock device's guest connections (the VMM thread's
+                    // own filter allows it only when there is one; a PUT
+                    // /vsock comes after this filter is installed).
+                    libc::SYS_connect,
                 ],
             );
             for domain in [libc::AF_UNIX, libc::AF_INET, libc::AF_NETLINK] {
@@ -621,8 +656,27 @@ mod tests {
         }
         let vcpu = rules(ThreadKind::Vcpu).unwrap();
         assert!(!vcpu.contains_key(&libc::SYS_openat));
-        assert!(!boot.contains_key(&libc::SYS_sendmsg) && !boot.contains_key(&libc::SYS_connect));
+        assert!(!boot.contains_key(&libc::SYS_sendmsg));
+        let vmm = rules_for(ThreadKind::Vmm, false).unwrap();
+        assert!(!vmm.contains_key(&libc::SYS_connect) && !vmm.contains_key(&libc::SYS_accept4), "no vsock, no sockets");
+        for k in [ThreadKind::Api, ThreadKind::Vcpu] {
+            assert!(!rules(k).unwrap().contains_key(&libc::SYS_connect), "{k:?}");
+        }
         assert!(!boot[&libc::SYS_sendto].is_empty(), "sendto only without an address");
+    }
+
+    #[test]
+    fn a_vsock_device_lets_the_vmm_thread_use_unix_stream_sockets() {
+        let vmm = rules_for(ThreadKind::Vmm, true).unwrap();
+        for nr in [libc::SYS_accept4, libc::SYS_connect, libc::SYS_shutdown, libc::SYS_socket] {
+            assert!(vmm.contains_key(&nr), "{}", syscall_name(nr));
+        }
+        // The Boot filter is installed before a PUT /vsock can say so.
+        let boot = rules_for(ThreadKind::Boot, false).unwrap();
+        for nr in vmm.keys() {
+            assert!(boot.contains_key(nr), "Vmm allows {} which Boot does not", syscall_name(*nr));
+        }
+        assert!(!rules_for(ThreadKind::Api, true).unwrap().contains_key(&libc::SYS_connect));
     }
 
     #[test]

@@ -412,7 +412,13 @@ fn child(args: &Args, root: &Path) -> Result<std::convert::Infallible> {
     Err(JailError::Io { what: "exec /shimvmm".into(), source: io::Error::last_os_error() })
 }
 
-fn set_rlimit(res: libc::__rlimit_resource_t, v: u64, name: &str) -> Result<()> {
+/// setrlimit's resource type: an enum typedef on glibc, a plain int on musl.
+#[cfg(target_env = "gnu")]
+type RlimitResource = libc::__rlimit_resource_t;
+#[cfg(not(target_env = "gnu"))]
+type RlimitResource = libc::c_int;
+
+fn set_rlimit(res: RlimitResource, v: u64, name: &str) -> Result<()> {
     let lim = libc::rlimit { rlim_cur: v, rlim_max: v };
     // SAFETY: setrlimit with a struct we own.
     check(unsafe { libc::setrlimit(res, &lim) }, format!("setrlimit {name}"))

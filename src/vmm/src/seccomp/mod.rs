@@ -387,6 +387,9 @@ fn common(r: &mut Rules) -> Result<(), seccompiler::BackendError> {
             libc::SYS_statx,
             libc::SYS_fstat,
             libc::SYS_newfstatat,
+            // musl's stat(3)/lstat(3) use these where glibc uses newfstatat.
+            libc::SYS_stat,
+            libc::SYS_lstat,
             libc::SYS_lseek,
         ],
     );
@@ -396,6 +399,8 @@ fn common(r: &mut Rules) -> Result<(), seccompiler::BackendError> {
     allow_if(r, libc::SYS_mprotect, vec![no_exec()?])?;
     // abort(): SIGABRT to ourselves, and resetting its disposition.
     allow_if(r, libc::SYS_tgkill, vec![cond(2, Op::Eq, libc::SIGABRT as u64)?])?;
+    // musl's raise(3)/abort(3) use tkill(tid, sig) where glibc uses tgkill.
+    allow_if(r, libc::SYS_tkill, vec![cond(1, Op::Eq, libc::SIGABRT as u64)?])?;
     allow_if(r, libc::SYS_rt_sigaction, vec![cond(0, Op::Eq, libc::SIGABRT as u64)?])?;
     Ok(())
 }
@@ -451,6 +456,8 @@ fn metrics_files(r: &mut Rules) {
         r,
         &[
             libc::SYS_openat,
+            // musl's open(3) uses open(2) where glibc uses openat(2).
+            libc::SYS_open,
             libc::SYS_rename,
             libc::SYS_renameat,
             libc::SYS_renameat2,
@@ -502,6 +509,8 @@ fn rules_for(kind: ThreadKind, vsock: bool) -> Result<Rules, seccompiler::Backen
             allow_if(&mut r, libc::SYS_tgkill, vec![cond(2, Op::Ge, libc::SIGRTMIN() as u64)?])?;
             // Rate limiters: arming the timer that resumes a throttled queue.
             allow(&mut r, &[libc::SYS_timerfd_settime]);
+            // musl's pthread_kill(3) uses tkill(tid, sig) where glibc uses tgkill.
+            allow_if(&mut r, libc::SYS_tkill, vec![cond(1, Op::Ge, libc::SIGRTMIN() as u64)?])?;
             // Restoring the terminal.
             for req in [TCGETS, TCSETS, TCSETSW] {
                 ioctl_eq(&mut r, req)?;

@@ -71,7 +71,8 @@ fn shim_jumbo_mtu_9000_pings_8972_moves_64mib_and_frames_span_buffers() {
     let peer_if = env("SHIMVMM_PEER_IF");
     let _vm = one_vm_at_a_time();
     peer_mtu(&ns, &peer_if, MTU);
-    let mut script = guest_script(&GuestNet { peer_ip: &peer_ip, guest_cidr: GUEST_CIDR, reset_step: false, udp: false });
+    let mut script =
+        guest_script(&GuestNet { peer_ip: &peer_ip, guest_cidr: GUEST_CIDR, reset_step: false, udp: false });
     let done = script.rfind("marker done 1").expect("guest script ends with done");
     script.insert_str(done, &GUEST_JUMBO.replace("@SIZE@", &BIG_PING.to_string()));
     let image = test_image(&script, PowerAction::Poweroff);

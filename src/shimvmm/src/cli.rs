@@ -174,9 +174,14 @@ pub enum CliError {
 const DISK_KEYS: &[(&str, &str)] =
     &[("drive_id", "id"), ("path_on_host", "path"), ("is_root_device", "root"), ("is_read_only", "readonly")];
 /// `--net` keys by the [`NetworkInterface`] field they set.
-const NET_KEYS: &[(&str, &str)] =
-    &[("iface_id", "id"), ("host_dev_name", "tap"), ("pnic_bdf", "vfio"), ("guest_mac", "mac"),
-    ("pnic_dma", "dma"), ("mtu", "mtu")];
+const NET_KEYS: &[(&str, &str)] = &[
+    ("iface_id", "id"),
+    ("host_dev_name", "tap"),
+    ("pnic_bdf", "vfio"),
+    ("guest_mac", "mac"),
+    ("pnic_dma", "dma"),
+    ("mtu", "mtu"),
+];
 /// Options by the configuration field they set.
 const OPTIONS: &[(&str, &str)] = &[
     ("boot-source.kernel_image_path", "--kernel"),

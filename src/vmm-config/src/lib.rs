@@ -38,7 +38,9 @@ pub use json::{parse_json, JsonError};
 pub use logger::{LogLevel, Logger};
 pub use machine_config::{MachineConfig, MachineConfigUpdate, DEFAULT_MEM_SIZE_MIB, DEFAULT_VCPU_COUNT};
 pub use metrics::Metrics;
-pub use net::{check_ifname, NetBackendSpec, NetworkInterface, NetworkInterfaceUpdate, PnicDma, MTU_DEFAULT, MTU_MAX, MTU_MIN};
+pub use net::{
+    check_ifname, NetBackendSpec, NetworkInterface, NetworkInterfaceUpdate, PnicDma, MTU_DEFAULT, MTU_MAX, MTU_MIN,
+};
 pub use rate_limiter::{RateLimiter, TokenBucket};
 pub use validate::{
     check_id, ValidationError, MAX_BOOT_ARGS_LEN, MAX_DRIVES, MAX_ID_LEN, MAX_IFNAME_LEN, MAX_MEM_SIZE_MIB,

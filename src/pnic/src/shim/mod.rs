@@ -255,7 +255,12 @@ pub fn open_vfio_backend(
 
 /// The NIC at `bdf` opened with `opts`, and the guest's MAC (see
 /// [`open_vfio`]).
-fn open_pnic(bdf: &str, mem: &GuestMemory, mac: Option<[u8; 6]>, opts: PnicOptions) -> Result<(Pnic, [u8; 6]), ShimError> {
+fn open_pnic(
+    bdf: &str,
+    mem: &GuestMemory,
+    mac: Option<[u8; 6]>,
+    opts: PnicOptions,
+) -> Result<(Pnic, [u8; 6]), ShimError> {
     let bdf: Bdf = bdf.parse()?;
     let wanted = mac.unwrap_or_else(virtio_devices::net::config::random_mac);
     let cfg = NicConfig { dma: opts.dma, mtu: opts.mtu, ..NicConfig::new(wanted) };
@@ -622,9 +627,9 @@ impl<D: PnicDriver> NetBackend for ShimBackend<D> {
 #[cfg(test)]
 mod device_tests;
 #[cfg(test)]
-mod strict_tests;
-#[cfg(test)]
 mod offload_tests;
+#[cfg(test)]
+mod strict_tests;
 #[cfg(test)]
 mod teardown_tests;
 #[cfg(test)]

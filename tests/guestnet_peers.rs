@@ -21,6 +21,7 @@
 
 mod net_util;
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -73,6 +74,38 @@ fn cpu_secs(pid: u32) -> f64 {
     ticks / hz
 }
 
+/// KVM's per-VM counters (`exits`, `io_exits`, `mmio_exits`,
+/// `irq_injections`, `halt_exits`, ...: the files of debugfs's
+/// `kvm/<pid>-<fd>/`, mounted in the testbed's L1) summed over the VMs of
+/// `pid`; empty where debugfs is not mounted.
+fn kvm_counters(pid: u32) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    let Ok(dirs) = std::fs::read_dir("/sys/kernel/debug/kvm") else {
+        return out;
+    };
+    for d in dirs.flatten().filter(|d| d.file_name().to_string_lossy().starts_with(&format!("{pid}-"))) {
+        for f in std::fs::read_dir(d.path()).into_iter().flatten().flatten() {
+            let v = std::fs::read_to_string(f.path()).ok().and_then(|t| t.trim().parse::<u64>().ok());
+            if let Some(v) = v {
+                *out.entry(f.file_name().to_string_lossy().into_owned()).or_insert(0) += v;
+            }
+        }
+    }
+    out
+}
+
+/// The KVM counters that say where a VM's time per byte goes, per GiB moved
+/// between two readings.
+fn kvm_per_gib(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>, gib: f64) -> serde_json::Value {
+    let mut m = serde_json::Map::new();
+    for k in ["exits", "irq_exits", "io_exits", "mmio_exits", "halt_exits", "irq_injections", "irq_window_exits"] {
+        if let (Some(a), Some(b)) = (before.get(k), after.get(k)) {
+            m.insert(k.to_string(), serde_json::json!((b.saturating_sub(*a) as f64 / gib).round()));
+        }
+    }
+    serde_json::Value::Object(m)
+}
+
 fn command(vmm: &str, image: &Path, tap: &str, dir: &Path) -> Command {
     let art = artifacts();
     let vmlinux = alpine_vmlinux();
@@ -85,6 +118,7 @@ fn command(vmm: &str, image: &Path, tap: &str, dir: &Path) -> Command {
             c.args(["--mem", "512", "--vcpus", "2", "--no-api"]);
             c.arg("--disk").arg(format!("path={}", image.display()));
             c.arg("--net").arg(format!("vfio={pnic},id=net0"));
+            c.arg("--metrics-path").arg(dir.join("shimvmm-metrics.json"));
             c
         }
         "shimvmm-tap" => {
@@ -93,6 +127,7 @@ fn command(vmm: &str, image: &Path, tap: &str, dir: &Path) -> Command {
             c.args(["--mem", "512", "--vcpus", "2", "--no-api"]);
             c.arg("--disk").arg(format!("path={}", image.display()));
             c.arg("--net").arg(format!("tap={tap},id=net0"));
+            c.arg("--metrics-path").arg(dir.join("shimvmm-metrics.json"));
             c
         }
         "firecracker-tap" => {
@@ -211,15 +246,17 @@ fn one(vmm: &str, round: usize) {
     let mut vm = GuestProcess::spawn(vmm, command(vmm, image.path(), &tap_name, &dir)).expect("spawn the VMM");
     let pid = vm.pid();
     vm.wait_for_marker("net-up", GUEST_TIMEOUT).unwrap_or_else(|e| panic!("{vmm}: {e}"));
-    let cpu0 = cpu_secs(pid);
+    let (cpu0, kvm0) = (cpu_secs(pid), kvm_counters(pid));
     let report = exercise(&vm, vmm, ns, guest_ip, &server, sink, &tx_sha, &rx_sha, GUEST_TIMEOUT);
-    let cpu1 = cpu_secs(pid);
+    let (cpu1, kvm1) = (cpu_secs(pid), kvm_counters(pid));
     let gib = 2.0 * PAYLOAD_LEN as f64 / f64::from(1u32 << 30);
     eprintln!(
         "{vmm}: VMM CPU {:.2} s over the pings and both transfers = {:.1} CPU s per GiB moved (round {round})",
         cpu1 - cpu0,
         (cpu1 - cpu0) / gib
     );
+    let kvm = kvm_per_gib(&kvm0, &kvm1, gib);
+    eprintln!("{vmm}: KVM counters per GiB moved over the same span: {kvm}");
     let udp = udp_phase(&vm, vmm, pid, ns, &peer_ip, guest_ip, &server);
     println!(
         "{}",
@@ -227,10 +264,32 @@ fn one(vmm: &str, round: usize) {
             "guest_to_host_mbit_s": mbit_per_s(PAYLOAD_LEN as u64, report.tx_secs),
             "host_to_guest_mbit_s": mbit_per_s(PAYLOAD_LEN as u64, report.rx_secs),
             "host_ping_rtt_ms": report.host_ping.rtt, "guest_ping_rtt_ms": report.guest_ping.as_ref().and_then(|g| g.rtt),
-            "vmm_cpu_s": cpu1 - cpu0, "vmm_cpu_s_per_gib": (cpu1 - cpu0) / gib, "udp": udp})
+            "vmm_cpu_s": cpu1 - cpu0, "vmm_cpu_s_per_gib": (cpu1 - cpu0) / gib, "udp": udp,
+            "kvm_per_gib": kvm, "guest_features": report.guest_features,
+            "guest_tx_mean_frame": report.guest_eth0.tx_mean_frame(),
+            "guest_rx_mean_frame": report.guest_eth0.rx_mean_frame()})
     );
     let _ = vm.wait_for_guest_exit(Duration::from_secs(300));
+    let _ = vm.exit_status(Duration::from_secs(30));
     vm.kill();
+    // shimvmm's own counters at its exit (the whole run, UDP phase included).
+    let metrics = dir.join("shimvmm-metrics.json");
+    if vmm.starts_with("shimvmm") && metrics.exists() {
+        let b = &net_metrics(&metrics, "net0")["backend"];
+        let n = |p: &str| b.pointer(p).and_then(serde_json::Value::as_u64).unwrap_or(0);
+        eprintln!(
+            "{vmm}: backend metrics over the whole run: tx_packets {} tx_tso_frames {} tx_tso_segments {} \
+             tx_csum_offload {} tx_sw_csum {} rx_packets {} rx_csum_valid {} vmm_copied_bytes {}",
+            n("/tx_packets"),
+            n("/tx_tso_frames"),
+            n("/tx_tso_segments"),
+            n("/tx_csum_offload"),
+            n("/tx_sw_csum"),
+            n("/rx_packets"),
+            n("/rx_csum_valid"),
+            net_metrics(&metrics, "net0").pointer("/vmm_copied_bytes").and_then(serde_json::Value::as_u64).unwrap_or(0),
+        );
+    }
 }
 
 #[test]

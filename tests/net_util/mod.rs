@@ -566,6 +566,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn names_the_acked_virtio_net_features_from_sysfs() {
+        // CSUM, GUEST_CSUM, HOST_TSO4, MRG_RXBUF, VERSION_1 (sysfs: bit 0 first).
+        let mut bits = vec![b'0'; 64];
+        for i in [0, 1, 11, 15, 32] {
+            bits[i] = b'1';
+        }
+        let bits = String::from_utf8(bits).unwrap();
+        assert_eq!(virtio_net_feature_names(&bits), ["CSUM", "GUEST_CSUM", "HOST_TSO4", "MRG_RXBUF", "VERSION_1"]);
+        assert!(virtio_net_feature_names("").is_empty());
+    }
+
+    #[test]
     fn parses_busybox_and_iputils_ping() {
         let bb = "5 packets transmitted, 4 packets received, 20% packet loss\nround-trip min/avg/max = 0.512/1.024/2.048 ms\n";
         let s = parse_ping(bb).unwrap();

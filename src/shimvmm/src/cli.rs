@@ -82,6 +82,10 @@ pub struct Args {
     /// Firecracker's boot timer device; accepted and ignored (shimvmm logs no boot time yet).
     #[arg(long)]
     pub boot_timer: bool,
+    /// Firecracker's (v1.13+) switch to virtio over PCI. shimvmm has no virtio-pci transport: accepted with a
+    /// warning, the devices stay on virtio-mmio (the guest learns of them from its command line, as always).
+    #[arg(long)]
+    pub enable_pci: bool,
     /// Send the log, in Firecracker's line format, to this file or FIFO (created if missing).
     #[arg(long, value_name = "PATH")]
     pub log_path: Option<PathBuf>,
@@ -608,6 +612,10 @@ mod tests {
     fn firecracker_flags() {
         let a = Args::parse_from(["shimvmm", "--id", "vm-1", "--config-file", "/c.json", "--boot-timer"]);
         assert_eq!(a.instance_id().unwrap(), "vm-1");
+        assert!(!a.enable_pci);
+        // microheart's command line (Firecracker v1.13+'s PCI switch).
+        let pci = Args::parse_from(["shimvmm", "--api-sock", "/s", "--config-file", "/c.json", "--enable-pci"]);
+        assert!(pci.enable_pci);
         assert_eq!(a.api_socket(), Some(PathBuf::from(DEFAULT_API_SOCK)));
         assert!(a.logger().is_none());
         let a = Args::parse_from(["shimvmm", "--config-file", "/c.json", "--no-api", "--no-seccomp"]);

@@ -59,6 +59,9 @@ fn main() -> ExitCode {
     if let Err(e) = args.check_unsupported() {
         return fail(e);
     }
+    if args.enable_pci {
+        log::warn!("--enable-pci: shimvmm has no virtio-pci transport; the devices stay on virtio-mmio");
+    }
     if args.kernel.is_some() && args.config_file.is_some() {
         return fail("--kernel and --config-file both describe the VM: give one");
     }

@@ -61,7 +61,7 @@ pub struct VmConfig {
     #[serde(default)]
     pub vsock: Option<Vsock>,
     /// The metadata service: which interfaces reach it, and how.
-    #[serde(rename = "mmds-config", default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "mmds-config", default)]
     pub mmds_config: Option<MmdsConfig>,
     #[serde(default)]
     pub balloon: Option<serde_json::Value>,

@@ -61,6 +61,8 @@ marker route-rc $?
 TOKEN=$(curl -s -m 30 -X PUT -H 'X-metadata-token-ttl-seconds: 300' $M/latest/api/token)
 marker token-rc $?
 marker token-len "${{#TOKEN}}"
+marker neigh "$(ip neigh show 169.254.169.254)"
+marker eth0-stats "rx $(cat /sys/class/net/eth0/statistics/rx_packets) tx $(cat /sys/class/net/eth0/statistics/tx_packets) drop $(cat /sys/class/net/eth0/statistics/rx_dropped)"
 marker zone "$(wget -q -T 30 -O - --header "X-metadata-token: $TOKEN" $M/latest/meta-data/placement/availability-zone)"
 marker keys "$(wget -q -T 30 -O - --header "X-metadata-token: $TOKEN" $M/latest/meta-data/ | tr '\n' ',')"
 marker json "$(curl -s -m 30 -H "X-metadata-token: $TOKEN" -H 'Accept: application/json' $M/latest/meta-data/placement)"
@@ -242,7 +244,7 @@ fn mmds_v2(label: &str, guest_cidr: &str, iface: Value, capture: (Option<String>
 
     let mut cmd = Command::new(shimvmm_tests::shimvmm_bin());
     cmd.arg("--api-sock").arg(&sock).arg("--config-file").arg(&config).arg("--metrics-path").arg(&metrics);
-    cmd.arg("--metadata").arg(&metadata);
+    cmd.arg("--metadata").arg(&metadata).args(["--level", "Info"]);
     let mut vm = GuestProcess::spawn("shimvmm", cmd).expect("spawn shimvmm");
     let marker = |name: &str| {
         vm.wait_for_marker(name, GUEST_TIMEOUT)
@@ -252,7 +254,12 @@ fn mmds_v2(label: &str, guest_cidr: &str, iface: Value, capture: (Option<String>
 
     assert_eq!(marker("eth0-up"), "0", "{}", vm.tail(40));
     assert_eq!(marker("route-rc"), "0");
-    assert_eq!(marker("token-rc"), "0", "{}", vm.tail(40));
+    let token_rc = marker("token-rc");
+    // What both sides saw of the first exchange (printed for every run).
+    let (neigh, stats) = (marker("neigh"), marker("eth0-stats"));
+    let (_, live) = api(&sock, "GET", "/metrics", None);
+    eprintln!("{label}: after the token request: guest neighbour {neigh:?}, eth0 {stats:?}; metrics {live}");
+    assert_eq!(token_rc, "0", "{}", vm.tail(40));
     assert_eq!(marker("token-len"), "64", "no token: {}", vm.tail(40));
     assert_eq!(marker("zone"), "local-1a", "nested key with the token");
     assert_eq!(marker("keys"), "instance-id,local-hostname,placement/,", "keys of an object");

@@ -110,6 +110,8 @@ static TABLE: &[Entry] = &[
     entry!("PUT", "/mmds", Api::put_mmds),
     entry!("PATCH", "/mmds", Api::patch_mmds),
     entry!("GET", "/mmds", Api::get_mmds),
+    // Firecracker answers GET /mmds/config with the document too.
+    entry!("GET", "/mmds/config", Api::get_mmds),
     entry!("PUT", "/mmds/config", Api::put_mmds_config),
     entry!("PUT", "/balloon", Api::unsupported_balloon),
     entry!("PATCH", "/balloon", Api::unsupported_balloon),
@@ -132,6 +134,15 @@ fn check_uds_path(path: &std::path::Path) -> Result<(), String> {
         return Err(format!("uds_path: directory {} does not exist", dir.display()));
     }
     Ok(())
+}
+
+/// The body of a change of the metadata document: any JSON value (a
+/// patch that is not an object replaces the document, RFC 7396).
+fn mmds_body(body: &[u8], what: &str) -> Result<serde_json::Value, ApiResponse> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(bad_request(format!("the request body is empty; {what} expects a JSON value")));
+    }
+    serde_json::from_slice(body).map_err(|e| bad_request(format!("{what}: the body is not JSON: {e}")))
 }
 
 /// A refused change of the metadata document: 413 when it would outgrow
@@ -568,14 +579,14 @@ impl Api {
 
     /// Replaces the metadata document (before and after boot).
     fn put_mmds(&self, _: &str, body: &[u8]) -> Reply {
-        let doc: serde_json::Value = body_json(body, "PUT /mmds")?;
+        let doc = mmds_body(body, "PUT /mmds")?;
         lock_unpoisoned(&self.mmds).put(doc).map_err(mmds_fault)?;
         Ok(ApiResponse::no_content())
     }
 
     /// Merges a JSON merge patch (RFC 7396) into the metadata document.
     fn patch_mmds(&self, _: &str, body: &[u8]) -> Reply {
-        let patch: serde_json::Value = body_json(body, "PATCH /mmds")?;
+        let patch = mmds_body(body, "PATCH /mmds")?;
         lock_unpoisoned(&self.mmds).patch(&patch).map_err(mmds_fault)?;
         Ok(ApiResponse::no_content())
     }
@@ -1047,7 +1058,7 @@ mod tests {
             serde_json::from_str(api.handle("GET", "/vm/config", b"").body.as_deref().unwrap()).unwrap();
         assert_eq!(
             cfg["mmds-config"],
-            serde_json::json!({"version":"V2","network_interfaces":["eth0"],"ipv4_address":"169.254.169.254","imds_compat":false})
+            serde_json::json!({"version":"V2","network_interfaces":["eth0"],"ipv4_address":"169.254.169.254"})
         );
     }
 

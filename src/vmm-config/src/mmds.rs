@@ -37,7 +37,9 @@ pub struct MmdsConfig {
     #[serde(default)]
     pub ipv4_address: Option<Ipv4Addr>,
     /// Answer as EC2's IMDS does: plain text whatever the Accept header.
-    #[serde(default)]
+    /// (Firecracker v1.13's; left out of the output when false, as v1.12
+    /// has no such field.)
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub imds_compat: bool,
 }
 

@@ -60,9 +60,9 @@ pub(super) struct Active {
     /// Used entries added since the last notification decision.
     pub(super) rx_added: bool,
     tx_added: bool,
-    /// The RX buffer the device keeps for metadata-service frames (see
+    /// The RX buffers the device keeps for metadata-service frames (see
     /// [`super::mmds`]); only with MMDS on this interface.
-    pub(super) mmds_reserve: Option<super::backend::RxBuffer>,
+    pub(super) mmds_reserve: std::collections::VecDeque<super::backend::RxBuffer>,
 }
 
 /// A virtio-net device (device type 1) over a [`NetBackend`].
@@ -362,7 +362,7 @@ impl VirtioDevice for Net {
             tx_slots: vec![None; txn],
             rx_added: false,
             tx_added: false,
-            mmds_reserve: None,
+            mmds_reserve: std::collections::VecDeque::new(),
         });
         self.activate_evt.write(1).map_err(|e| ActivateError::Backend(format!("waking the event loop: {e}")))?;
         Ok(())

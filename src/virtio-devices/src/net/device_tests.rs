@@ -1466,11 +1466,7 @@ fn mmds_frames_are_answered_by_the_vmm_and_never_reach_the_backend() {
         assert_eq!(&reply[22..28], &mmds::MMDS_MAC);
         assert_eq!(&reply[28..32], &MMDS_IP);
 
-        // A SYN to port 80 is answered with SYN-ACK, in the buffer the
-        // guest posts next (the fake backend holds the others).
-        let mut bufs = bufs;
-        bufs.push(h.add_rx_buf(1526));
-        h.kick(RX_QUEUE);
+        // A SYN to port 80 is answered with SYN-ACK, in the next buffer.
         h.add_tx_frame(&tcp_syn());
         h.kick(TX_QUEUE);
         let used = h.new_used(RX_QUEUE);
@@ -1498,27 +1494,29 @@ fn mmds_frames_are_answered_by_the_vmm_and_never_reach_the_backend() {
 }
 
 #[test]
-fn mmds_keeps_a_buffer_when_the_backend_takes_all_and_waits_for_more() {
+fn mmds_keeps_a_reserve_when_the_backend_takes_all_and_waits_for_more() {
+    use super::mmds::MMDS_RX_RESERVE;
     // The direct backend (as the shim) takes every buffer it is offered.
     let mut h = mmds_harness(true);
-    let (reserve, addr) = h.add_rx_buf(1526);
-    for _ in 0..3 {
-        h.add_rx_buf(1526);
-    }
+    let bufs: Vec<(u16, u64)> = (0..MMDS_RX_RESERVE + 12).map(|_| h.add_rx_buf(1526)).collect();
     h.kick(RX_QUEUE);
-    assert_eq!(h.st.lock().unwrap().posted.len(), 3, "the device kept one buffer");
+    assert_eq!(h.st.lock().unwrap().posted.len(), 12, "the device kept its reserve");
     h.add_tx_frame(&arp_request());
     h.kick(TX_QUEUE);
     let used = h.new_used(RX_QUEUE);
     assert_eq!(used.len(), 1);
-    assert_eq!(used[0].0, u32::from(reserve), "the answer is in the reserve buffer");
-    assert_eq!(&rx_frame(&h, addr, used[0].1)[20..22], &[0, 2]);
-    // No buffer left for the next answer: it waits for the guest's next one.
-    h.add_tx_frame(&arp_request());
+    assert_eq!(used[0].0, u32::from(bufs[0].0), "the answer is in the first reserve buffer");
+    assert_eq!(&rx_frame(&h, bufs[0].1, used[0].1)[20..22], &[0, 2]);
+    // More answers than a Linux guest takes before it refills (32) all go
+    // out; past the reserve they wait for the guest's next buffers.
+    for _ in 0..MMDS_RX_RESERVE + 1 {
+        h.add_tx_frame(&arp_request());
+    }
     h.kick(TX_QUEUE);
-    assert!(h.new_used(RX_QUEUE).is_empty());
-    let (next, _) = h.add_rx_buf(1526);
+    assert_eq!(h.new_used(RX_QUEUE).len(), MMDS_RX_RESERVE - 1);
+    let next: Vec<u32> = (0..2).map(|_| u32::from(h.add_rx_buf(1526).0)).collect();
     h.kick(RX_QUEUE);
-    assert_eq!(h.new_used(RX_QUEUE).iter().map(|u| u.0).collect::<Vec<_>>(), vec![u32::from(next)]);
-    assert_eq!(h.st.lock().unwrap().posted.len(), 3, "the backend was never given MMDS's buffer");
+    assert_eq!(h.new_used(RX_QUEUE).iter().map(|u| u.0).collect::<Vec<_>>(), next);
+    assert_eq!(h.st.lock().unwrap().posted.len(), 12, "the backend was never given MMDS's buffers");
+    assert_eq!(h.metrics()["mmds_frames_injected"], MMDS_RX_RESERVE as u64 + 2);
 }

@@ -4,12 +4,16 @@
 //! interface's [`MmdsStack`]; its answers are copied into guest RX buffers
 //! ([`super::Net::inject_mmds`]).
 //!
-//! RX buffers: a backend may hold every buffer the guest posted (the shim
-//! gives them all to its NIC, where they stay until wire traffic comes), so
-//! the device keeps one buffer of its own in reserve, taken from the ring
-//! before each backend pass, and writes an answer into it at once. The
-//! guest refills the ring as usual; the device then takes the next reserve
-//! (with guest kicks on while it has none).
+//! RX buffers: a backend may hold every buffer the guest posted (the tap
+//! keeps up to its limit posted, the shim gives them all to its NIC, where
+//! they stay until wire traffic comes), so the device keeps buffers of its
+//! own in reserve, taken from the ring before each backend pass, and writes
+//! answers into them at once. How many: a Linux guest refills its RX ring
+//! only once more than 32 buffers are used (half its NAPI budget of 64), so
+//! a reserve of one would be spent at the first answer and never come back
+//! while the backend sits on the rest; [`MMDS_RX_RESERVE`] (48) lets MMDS
+//! answer past that point, and the refill goes to the reserve first (guest
+//! kicks stay on while it is short).
 
 use log::warn;
 use mmds::frame::CLASSIFY_LEN;
@@ -22,6 +26,10 @@ use super::device::Net;
 use super::direct::{RxNext, RxQueue};
 use super::metrics::NetMetrics;
 use crate::mem::RamMap;
+
+/// RX buffers the device keeps for MMDS answers (at most half the ring):
+/// more than a Linux guest uses before it refills (32).
+pub const MMDS_RX_RESERVE: usize = 48;
 
 /// Offset of `gso_type` in `struct virtio_net_hdr_v1`.
 const HDR_GSO_TYPE_OFFSET: usize = 1;
@@ -128,28 +136,36 @@ impl Net {
     /// after every event.
     pub(super) fn inject_mmds(&mut self) {
         let (Some(stack), Some(a)) = (self.mmds.as_deref_mut(), self.active.as_mut()) else { return };
-        if a.mmds_reserve.is_some() && !stack.has_frames() {
+        let want = MMDS_RX_RESERVE.min(usize::from(a.rx.size()) / 2).max(1);
+        if a.mmds_reserve.len() >= want && !stack.has_frames() {
             return;
         }
         let (mut injected, mut bytes, mut dropped) = (0u64, 0u64, 0u64);
         let mut q = RxQueue::new(&mut a.rx, &mut a.rx_held, &mut self.metrics, &mut self.seg_buf, &self.id);
         loop {
-            if a.mmds_reserve.is_none() {
-                a.mmds_reserve = match q.pop() {
-                    Some(RxNext::One(d)) => {
-                        Some(RxBuffer { head: d.head(), segs: vec![(GuestAddress(d.gpa()), d.len())], len: d.len() })
-                    }
-                    Some(RxNext::Chain(c)) => Some(c.to_rx_buffer()),
-                    None => None,
-                };
+            // Top the reserve up first: the backend gets what is left.
+            while a.mmds_reserve.len() < want {
+                match q.pop() {
+                    Some(RxNext::One(d)) => a.mmds_reserve.push_back(RxBuffer {
+                        head: d.head(),
+                        segs: vec![(GuestAddress(d.gpa()), d.len())],
+                        len: d.len(),
+                    }),
+                    Some(RxNext::Chain(c)) => a.mmds_reserve.push_back(c.to_rx_buffer()),
+                    None => break,
+                }
             }
-            let Some(buf) = a.mmds_reserve.as_ref() else { break };
-            let Some(frame) = stack.pop_frame() else { break };
+            let Some(buf) = a.mmds_reserve.pop_front() else { break };
+            let Some(frame) = stack.pop_frame() else {
+                a.mmds_reserve.push_front(buf);
+                break;
+            };
             let total = frame.len() + VNET_HDR_LEN;
             if total > buf.len as usize {
                 // Cannot happen with a Linux guest (its buffers hold a
                 // whole Ethernet frame); the buffer stays in reserve.
                 dropped += 1;
+                a.mmds_reserve.push_front(buf);
                 continue;
             }
             let hdr = RxHeader::ONE.bytes();
@@ -157,10 +173,10 @@ impl Net {
                 warn!("virtio-net {}: cannot write an MMDS frame into RX buffer {}", self.id, buf.head);
                 dropped += 1;
                 stack.unpop_frame(frame);
+                q.refuse(buf.head, super::backend::DropReason::BadAddress);
                 break;
             }
             q.complete(buf.head, total as u32);
-            a.mmds_reserve = None;
             injected += 1;
             bytes += total as u64;
         }
@@ -170,7 +186,7 @@ impl Net {
         self.metrics.mmds_frames_injected += injected;
         self.metrics.mmds_copied_bytes += bytes;
         self.metrics.mmds_frames_dropped += dropped;
-        if a.mmds_reserve.is_none() && a.rx.enable_notification() {
+        if a.mmds_reserve.len() < want && a.rx.enable_notification() {
             // Buffers came in while kicks were off: another round for them.
             if let Err(e) = self.queue_evts[super::device::RX_QUEUE].write(1) {
                 warn!("virtio-net {}: cannot re-arm RX: {e}", self.id);

@@ -222,6 +222,16 @@ impl VfPf {
         self.regs.hw.write32(STATUS, STATUS_LU);
         let _ = self.regs.mbx_irq.write(1);
     }
+    /// The PF pings the VF without clear-to-send, as Linux's igb does first
+    /// when it resets (then it turns the VF's RX/TX off and resets the
+    /// NIC): until then the VF's queues still run.
+    pub fn pf_ping_without_cts(&self) {
+        let mut p = lock(&self.regs.pf);
+        p.cts = false;
+        p.mem[0] = PF_CONTROL_MSG;
+        p.v2p |= MBX_PFSTS;
+        let _ = self.regs.mbx_irq.write(1);
+    }
     /// What V2PMAILBOX would show now (without clearing anything).
     pub fn mailbox(&self) -> u32 {
         lock(&self.regs.pf).v2p

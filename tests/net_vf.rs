@@ -613,15 +613,21 @@ fn a_guest_reboot_and_a_pf_reset_leave_the_others_moving_traffic() {
 
     // The transfers start; vf2 reboots meanwhile: its guest restarts, so
     // its shimvmm exits (0) and gives the VF back.
+    // vf2 reboots once both uploads are under way (each guest hashes its
+    // payload, then starts nc at once).
     server.open_gate("xfer");
+    for vm in &vms {
+        vm.marker("payload-sha");
+    }
     std::thread::sleep(Duration::from_secs(5));
+    let started: Vec<bool> = vms.iter().map(|vm| vm.proc.marker("tx-rc").is_none()).collect();
     server.open_gate("reboot");
     victim.check_clean_exit();
-    let done: Vec<bool> = vms.iter().map(|vm| vm.proc.marker("rx-sha").is_some()).collect();
-    eprintln!("vf2 rebooted (its shimvmm exited 0); transfers of vf0/vf1 finished already: {done:?}");
+    let moving: Vec<bool> = vms.iter().map(|vm| vm.proc.marker("rx-sha").is_none()).collect();
+    eprintln!("vf2 rebooted (its shimvmm exited 0); vf0/vf1 uploading when the reboot began: {started:?}, transfers still running after it: {moving:?}");
     assert!(
-        done.iter().any(|d| !d),
-        "both transfers ended before vf2's reboot: nothing shows traffic moving through it (raise SHIMVMM_VF_PAYLOAD_MIB)"
+        moving.iter().all(|m| *m),
+        "a transfer ended before vf2's reboot did: nothing shows traffic moving through it (raise SHIMVMM_VF_PAYLOAD_MIB)"
     );
 
     // A new shimvmm on the VF the reboot gave back.

@@ -50,7 +50,7 @@ fn bring_up_is_the_pf_handshake_and_takes_the_pf_assigned_mac() {
     assert!(e.to_string().contains("52:54:00:aa:00:01"), "{e}");
     d.set_mac_filter(PF_MAC).unwrap();
     assert!(d.link_up().unwrap());
-    assert_eq!(d.irq_fds().len(), 3, "the VF's three MSI-X vectors");
+    assert_eq!(d.irq_fds().len(), 4, "the VF's three MSI-X vectors and the recovery watchdog");
     // MSI-X: queues on vector 0, the mailbox on vector 2.
     assert_eq!(d.regs().read32(VTIVAR0), VTIVAR_VALID | (VTIVAR_VALID << VTIVAR_TX_SHIFT));
     assert_eq!(d.regs().read32(VTIVAR_MISC), VTIVAR_VALID | MAILBOX_VECTOR);
@@ -363,6 +363,50 @@ fn across_pf_resets_the_nic_never_touches_a_buffer_after_it_was_handed_back() {
         l.accesses_checked
     );
     assert_eq!(pf.hw.stats().dma_faults, 0);
+}
+
+/// Whether `fd` becomes readable within `ms` milliseconds.
+fn readable_within(fd: std::os::unix::io::RawFd, ms: i32) -> bool {
+    let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+    // SAFETY: one valid pollfd; poll only writes revents.
+    unsafe { libc::poll(&mut pfd, 1, ms) > 0 }
+}
+
+/// What the testbed showed (`ip link set <PF> down`, `up`): Linux's igb
+/// pings without clear-to-send, then stops answering (the VF's VF_RESET
+/// times out) and ends its reset with RSTD alone, which raises no
+/// interrupt. The mailbox vector stays armed through the failed handshake
+/// and the watchdog timer (the last event fd) retries until the PF answers.
+#[test]
+fn a_pf_that_goes_quiet_during_recovery_is_retried_by_the_watchdog() {
+    let (mut d, pf, _g) = vf();
+    d.start().unwrap();
+    for i in 0..4 {
+        d.post_rx(buf(i), 2048, i).unwrap();
+    }
+    d.flush_rx().unwrap();
+    let fds = d.irq_fds();
+    let watchdog = fds.len() - 1;
+    assert!(!readable_within(fds[watchdog], 0), "no watchdog while all is well");
+    // The PF pings, then answers nothing: the handshake times out.
+    pf.set_deaf(true);
+    pf.pf_ping_without_cts();
+    d.handle_irq(MAILBOX_VECTOR as usize).unwrap();
+    assert!(d.recovering());
+    assert_ne!(d.regs().read32(VTEIMS) & (1 << MAILBOX_VECTOR), 0, "mailbox vector armed after the failed handshake");
+    assert_eq!(d.rx_posted_cookies(), vec![0, 1, 2, 3], "every buffer still accounted for");
+    // The PF resets and comes back with RSTD alone.
+    pf.pf_reset_begin();
+    pf.set_deaf(false);
+    pf.pf_reset_end_quiet();
+    assert!(readable_within(fds[watchdog], 3000), "the watchdog fires while the recovery is pending");
+    d.handle_irq(watchdog).unwrap();
+    assert!(!d.recovering(), "recovered on the watchdog's tick");
+    assert!(d.link_up().unwrap());
+    assert_eq!(d.rx_posted_cookies(), vec![0, 1, 2, 3]);
+    assert!(matches!(pf.hw.inject_rx(&frame(PF_MAC, 100, 1)), HwRx::Delivered { buffer, .. } if buffer == buf(0)));
+    // Disarmed again: no tick after the recovery.
+    assert!(!readable_within(fds[watchdog], 1500), "the watchdog stops once recovered");
 }
 
 /// A reset announced while the queues were stopped (no buffers) is handled

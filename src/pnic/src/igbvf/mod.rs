@@ -71,6 +71,8 @@ pub const VTEICS: u32 = 0x1520;
 /// How often a pending recovery is retried without a sign from the PF (as
 /// Linux's igbvf watchdog, 2 s there).
 pub const RECOVERY_RETRY: Duration = Duration::from_secs(1);
+/// The longest wait between two tries of a handshake the PF did not answer.
+pub const RECOVERY_RETRY_MAX: Duration = Duration::from_secs(8);
 
 /// What the 82576 VF does its own way (see the module documentation).
 pub struct IgbVf82576;
@@ -241,7 +243,11 @@ pub struct Igbvf<R: RegisterAccess> {
     /// until it is up again. `None` if no timer could be made (then only
     /// mailbox interrupts, link checks and starts retry).
     watchdog: Option<TimerFd>,
-    watchdog_armed: bool,
+    /// The period the watchdog ticks at (`None`: disarmed).
+    watchdog_armed: Option<Duration>,
+    /// Handshakes in a row that failed (the retry period doubles, up to
+    /// [`RECOVERY_RETRY_MAX`]).
+    failed_tries: u32,
 }
 
 impl<R: RegisterAccess> Igbvf<R> {
@@ -272,7 +278,8 @@ impl<R: RegisterAccess> Igbvf<R> {
             watchdog: TimerFd::new()
                 .map_err(|e| log::warn!("igbvf: no recovery timer ({e}); recovery waits for the PF's messages"))
                 .ok(),
-            watchdog_armed: false,
+            watchdog_armed: None,
+            failed_tries: 0,
         }
     }
 
@@ -283,12 +290,15 @@ impl<R: RegisterAccess> Igbvf<R> {
 
     /// Arm the watchdog while a recovery is pending, disarm it otherwise.
     fn sync_watchdog(&mut self) {
-        let want = self.recovering;
+        let want = self.recovering.then(|| (RECOVERY_RETRY * (1 << self.failed_tries.min(3))).min(RECOVERY_RETRY_MAX));
         if want == self.watchdog_armed {
             return;
         }
         if let Some(t) = self.watchdog.as_mut() {
-            let r = if want { t.reset(RECOVERY_RETRY, Some(RECOVERY_RETRY)) } else { t.clear() };
+            let r = match want {
+                Some(p) => t.reset(p, Some(p)),
+                None => t.clear(),
+            };
             match r {
                 Ok(()) => self.watchdog_armed = want,
                 Err(e) => log::warn!("igbvf: recovery timer: {e}"),
@@ -372,7 +382,9 @@ impl<R: RegisterAccess> Igbvf<R> {
         self.mbx_seen &= !MBX_PFACK;
         if self.recovering {
             if let Err(e) = self.recover() {
-                log::warn!("igbvf: recovery not finished yet: {e}; retried every {RECOVERY_RETRY:?}");
+                log::warn!(
+                    "igbvf: recovery not finished yet: {e}; retried at the PF's next message or the watchdog's tick"
+                );
             }
         }
         self.sync_watchdog();
@@ -410,8 +422,19 @@ impl<R: RegisterAccess> Igbvf<R> {
         if mbx::read_status(&self.inner.regs, &mut self.mbx_seen) & MBX_RSTI != 0 {
             return Err(DriverError::Timeout("the PF to leave reset (mailbox RSTI)"));
         }
+        // Nor does a PF that is down (its link with it): the handshake would
+        // only wait out its timeout; the PF pings its VFs when the link is up.
+        if self.inner.regs.read32(STATUS) & STATUS_LU == 0 {
+            return Err(DriverError::Timeout("the PF's link (STATUS.LU) to come up"));
+        }
         let old_mac = self.inner.mac;
-        self.inner.reset()?;
+        if let Err(e) = self.inner.reset() {
+            // A PF that took the ping's path but answers nothing: each try
+            // waits out the mailbox timeout, so the tries grow apart.
+            self.failed_tries = self.failed_tries.saturating_add(1);
+            return Err(e);
+        }
+        self.failed_tries = 0;
         self.mbx_seen = 0;
         if self.inner.mac != old_mac {
             log::error!(

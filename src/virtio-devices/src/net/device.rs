@@ -276,7 +276,10 @@ impl Net {
         if up {
             warn!("virtio-net {}: link up", self.id);
         } else {
-            warn!("virtio-net {}: link down (backend failed); the VM keeps running", self.id);
+            warn!(
+                "virtio-net {}: link down (the backend reports no link: failed, or recovering); the VM keeps running",
+                self.id
+            );
             self.metrics.link_down_events += 1;
         }
         if let Some(a) = self.active.as_ref() {

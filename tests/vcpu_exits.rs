@@ -87,6 +87,38 @@ fn triple_fault_reports_registers_and_fails() {
     assert!(line.contains("cr3=") && line.contains("efer="), "{line}");
 }
 
+/// The teardown after a vCPU failure resets every device, and the pNIC logs
+/// its reset ("queues stopped on device reset"). The failure must be in the
+/// log, with its time, before that teardown: when it was only printed after
+/// it, every shim guest's triple fault looked as if it had come right after a
+/// virtio reset of the NIC (tools/testbed.d/findings.md, "Stray NIC DMA?").
+#[test]
+fn a_vcpu_failure_is_logged_before_the_teardown_that_follows_it() {
+    if !host_kvm_usable() {
+        return;
+    }
+    let k = write_kernel("ud2-log", &[0x0f, 0x0b]);
+    let out = Command::new(shimvmm_bin())
+        .arg("--kernel")
+        .arg(&k)
+        .args(["--mem", "64", "--log-level", "info"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr: {err}");
+    let lines: Vec<&str> = err.lines().collect();
+    let at = |what: &str, pred: &dyn Fn(&str) -> bool| {
+        lines.iter().position(|l| pred(l)).unwrap_or_else(|| panic!("no {what} line in: {err}"))
+    };
+    let stop = at("logged stop", &|l| l.contains("stopping the VM") && l.contains("KVM_EXIT_SHUTDOWN"));
+    let torn_down = at("teardown", &|l| l.contains("VM stopped: vCPUs joined"));
+    let report = at("final report", &|l| l.starts_with("shimvmm: guest stopped") && l.contains("KVM_EXIT_SHUTDOWN"));
+    assert!(stop < torn_down && torn_down < report, "order: stop {stop}, teardown {torn_down}, report {report}: {err}");
+    // A logger line: it carries the time the fault was seen.
+    assert!(lines[stop].starts_with("20") && lines[stop].contains("[anonymous-instance:"), "{}", lines[stop]);
+}
+
 #[test]
 fn spinning_guest_stops_on_sigterm() {
     if !host_kvm_usable() {

@@ -371,6 +371,14 @@ impl Vmm {
             }
             self.handle.pause.park_loop_if_paused(&self.handle.exit, &[self.signal_fd]);
         };
+        // Said now, with its time, before the teardown below: the device
+        // resets log lines of their own (the pNIC's "queues stopped on device
+        // reset"), and a vCPU fault reported only after them read as if a
+        // device reset had caused it.
+        match &reason {
+            ExitReason::VcpuError(m) | ExitReason::VmmError(m) => log::error!("stopping the VM: {m}"),
+            r => log::info!("stopping the VM: {r:?}"),
+        }
         // Parked vCPUs must see the stop.
         self.handle.pause.resume();
         // No vCPU may touch a device (or the console) from here on.
@@ -382,6 +390,7 @@ impl Vmm {
         for d in self.handle.devices.iter() {
             lock_unpoisoned(&d.dev).reset();
         }
+        log::info!("VM stopped: vCPUs joined, {} device(s) reset", self.handle.devices.len());
         if let Err(e) = self.handle.flush_metrics() {
             log::error!("{e}");
         }

@@ -295,8 +295,8 @@ impl Bench {
             // Frames above 1514 bytes: the NIC opened for MTU 9000, as
             // `--net vfio=BDF,mtu=9000` opens it (jumbo frames over several buffers).
             let mtu = if frame_len > 1514 && !offloads { pnic::igb::MAX_MTU } else { pnic::e1000_common::ETH_MTU };
-            let (igb, hw) = igb_on_model_mtu(&mem, MAC, PRODUCTION_VECTORS, mtu)
-                .expect("igb driver bring-up on the 82576 model");
+            let (igb, hw) =
+                igb_on_model_mtu(&mem, MAC, PRODUCTION_VECTORS, mtu).expect("igb driver bring-up on the 82576 model");
             let shim: ShimBackend<Pnic<_>> = ShimBackend::new(Pnic::Igb(igb), &mem, MAC).unwrap();
             (Box::new(shim), Nic::Igb(hw))
         };

@@ -400,14 +400,35 @@ fn steps(dir: &Path, tap: Option<&str>) -> Vec<Step> {
         step("PUT", "/vsock", Some(json!({"guest_cid": 4, "uds_path": p("v.sock")})), Expect::Same),
         step("PATCH", "/vsock", Some(json!({"guest_cid": 4, "uds_path": p("v.sock")})), Expect::Same),
         step("GET", "/vsock", None, Expect::Same),
-        step("GET", "/mmds", None, Expect::Differs(200, 400, "MMDS is not supported by shimvmm yet")),
+        // MMDS: the document before and after a PUT, merge patches, and
+        // configurations refused before any interface exists.
+        step("GET", "/mmds", None, Expect::Same),
+        step("PATCH", "/mmds", Some(json!({"a": 1})), Expect::Same),
+        step("PUT", "/mmds", Some(json!("just a string")), Expect::Same),
+        step("GET", "/mmds", None, Expect::Same),
         step(
             "PUT",
             "/mmds",
-            Some(json!({"latest": {"meta-data": {}}})),
-            Expect::Differs(204, 400, "MMDS is not supported by shimvmm yet"),
+            Some(json!({"latest": {"meta-data": {"id": "i-1", "tags": {"a": "b"}, "n": [1, 2]}}})),
+            Expect::Same,
         ),
+        step(
+            "PATCH",
+            "/mmds",
+            Some(json!({"latest": {"meta-data": {"tags": null, "zone": "z"}}, "top": true})),
+            Expect::Same,
+        ),
+        step("GET", "/mmds", None, Expect::Same),
+        step("PATCH", "/mmds", Some(json!(["not", "an", "object"])), Expect::Same),
+        step("GET", "/mmds", None, Expect::Same),
+        step("PUT", "/mmds", Some(json!({"latest": {"meta-data": {"id": "i-2"}}})), Expect::Same),
+        step("PUT", "/mmds", None, Expect::Same),
         step("PUT", "/mmds/config", Some(json!({"network_interfaces": ["nope"]})), Expect::Same),
+        step("PUT", "/mmds/config", Some(json!({"network_interfaces": []})), Expect::Same),
+        step("PUT", "/mmds/config", Some(json!({"version": "V3", "network_interfaces": ["nope"]})), Expect::Same),
+        step("PUT", "/mmds/config", Some(json!({"network_interfaces": ["nope"], "bogus": 1})), Expect::Same),
+        step("PUT", "/mmds/config", Some(json!({"version": "V2"})), Expect::Same),
+        step("GET", "/mmds/config", None, Expect::Same),
         step(
             "PUT",
             "/entropy",
@@ -468,6 +489,27 @@ fn steps(dir: &Path, tap: Option<&str>) -> Vec<Step> {
                 "PATCH",
                 "/network-interfaces/eth0",
                 Some(json!({"iface_id": "eth0", "rx_rate_limiter": null})),
+                Expect::Same,
+            ),
+            // MMDS on the interface that now exists.
+            step("PUT", "/mmds/config", Some(json!({"version": "V2", "network_interfaces": ["eth0"]})), Expect::Same),
+            step(
+                "PUT",
+                "/mmds/config",
+                Some(json!({"network_interfaces": ["eth0"], "ipv4_address": "10.0.0.1"})),
+                Expect::Same,
+            ),
+            step("PUT", "/mmds/config", Some(json!({"network_interfaces": ["eth0", "nope"]})), Expect::Same),
+            step(
+                "PUT",
+                "/mmds/config",
+                Some(json!({"network_interfaces": ["eth0"], "ipv4_address": "169.254.170.2", "imds_compat": true})),
+                Expect::Differs(400, 204, "imds_compat is Firecracker v1.13's; shimvmm accepts it"),
+            ),
+            step(
+                "PUT",
+                "/mmds/config",
+                Some(json!({"version": "V1", "network_interfaces": ["eth0"], "ipv4_address": "169.254.170.2"})),
                 Expect::Same,
             ),
         ]);
@@ -575,9 +617,16 @@ fn boot_steps(dir: &Path, kernel: &Path) -> Vec<Step> {
         ),
         step("PUT", "/metrics", Some(json!({"metrics_path": p("metrics.json")})), Expect::Same),
         step("PUT", "/vsock", Some(json!({"guest_cid": 3, "uds_path": p("bv.sock")})), Expect::Same),
+        step("PUT", "/mmds", Some(json!({"latest": {"meta-data": {"id": "i-boot"}}})), Expect::Same),
         step("PUT", "/actions", Some(json!({"action_type": "InstanceStart"})), Expect::Same),
         step("GET", "/", None, Expect::SameExcept(&["vmm_version", "app_name"])),
         step("GET", "/machine-config", None, Expect::Same),
+        // The document stays writable after boot; its configuration does not.
+        step("GET", "/mmds", None, Expect::Same),
+        step("PATCH", "/mmds", Some(json!({"latest": {"meta-data": {"zone": "z"}}})), Expect::Same),
+        step("PUT", "/mmds", Some(json!({"latest": {"meta-data": {"id": "i-after"}}})), Expect::Same),
+        step("GET", "/mmds", None, Expect::Same),
+        step("PUT", "/mmds/config", Some(json!({"network_interfaces": ["nope"]})), Expect::Same),
     ];
     for (method, path, body) in refused_after_boot {
         s.push(step(method, path, Some(body), Expect::Same));

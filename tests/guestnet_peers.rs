@@ -14,13 +14,19 @@
 //! guest counts; packets per second delivered and the VMM's CPU time per
 //! million delivered are printed. `shimvmm-shim` runs the same over the
 //! zero-copy shim (`--net vfio=$SHIMVMM_PNIC`), its peer the testbed's second
-//! igb in netns `$SHIMVMM_PEER_NS`.
+//! igb in netns `$SHIMVMM_PEER_NS`; `shimvmm-shim9000` (on request, in
+//! SHIMVMM_GUESTNET_VMMS) the same with `mtu=9000` and the peer's igb at MTU
+//! 9000. Beside the VMM process's CPU the VMM's own share is printed (minus
+//! the vCPU threads' guest_time), with KVM's exit and injection counters per
+//! GiB, the guest's acked features and mean frame sizes, and shimvmm's
+//! backend metrics.
 //!
 //! Run by `tools/bench guestnet` (in the testbed). Elsewhere it prints a loud
 //! SKIPPED line (fails with SHIMVMM_REQUIRE_GUEST=1).
 
 mod net_util;
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,6 +43,9 @@ const HOST_IP: &str = "192.0.2.129";
 const HOST_CIDR: &str = "192.0.2.129/25";
 const GUEST_IP: &str = "192.0.2.130";
 const GUEST_CIDR: &str = "192.0.2.130/25";
+/// MTU of `shimvmm-shim9000`: the shim with jumbo frames (the guest and
+/// the peer's igb at 9000).
+const JUMBO_MTU: u16 = 9000;
 /// The shim path's guest (the testbed's peer is 192.0.2.1/24 in its netns).
 const SHIM_GUEST_IP: &str = "192.0.2.10";
 const SHIM_GUEST_CIDR: &str = "192.0.2.10/24";
@@ -64,13 +73,53 @@ impl Drop for Tap {
 
 /// utime + stime of PID in seconds (all threads), from /proc/PID/stat.
 fn cpu_secs(pid: u32) -> f64 {
+    cpu_times(pid).0
+}
+
+/// (utime + stime, guest_time) of PID in seconds, all threads, from
+/// /proc/PID/stat. Linux counts a vCPU thread's time in the guest as user
+/// time and also as guest_time (field 43), so the VMM's own CPU is the
+/// difference.
+fn cpu_times(pid: u32) -> (f64, f64) {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let f: Vec<&str> = text.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
-    let ticks: f64 =
-        f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0) + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    // Field N of stat(5) is f[N - 3] (f starts at field 3, the state).
+    let field = |n: usize| f.get(n - 3).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
     // SAFETY: sysconf only reads a configuration value.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    ticks / hz
+    ((field(14) + field(15)) / hz, field(43) / hz)
+}
+
+/// KVM's per-VM counters (`exits`, `io_exits`, `mmio_exits`,
+/// `irq_injections`, `halt_exits`, ...: the files of debugfs's
+/// `kvm/<pid>-<fd>/`, mounted in the testbed's L1) summed over the VMs of
+/// `pid`; empty where debugfs is not mounted.
+fn kvm_counters(pid: u32) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    let Ok(dirs) = std::fs::read_dir("/sys/kernel/debug/kvm") else {
+        return out;
+    };
+    for d in dirs.flatten().filter(|d| d.file_name().to_string_lossy().starts_with(&format!("{pid}-"))) {
+        for f in std::fs::read_dir(d.path()).into_iter().flatten().flatten() {
+            let v = std::fs::read_to_string(f.path()).ok().and_then(|t| t.trim().parse::<u64>().ok());
+            if let Some(v) = v {
+                *out.entry(f.file_name().to_string_lossy().into_owned()).or_insert(0) += v;
+            }
+        }
+    }
+    out
+}
+
+/// The KVM counters that say where a VM's time per byte goes, per GiB moved
+/// between two readings.
+fn kvm_per_gib(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>, gib: f64) -> serde_json::Value {
+    let mut m = serde_json::Map::new();
+    for k in ["exits", "irq_exits", "io_exits", "mmio_exits", "halt_exits", "irq_injections", "irq_window_exits"] {
+        if let (Some(a), Some(b)) = (before.get(k), after.get(k)) {
+            m.insert(k.to_string(), serde_json::json!((b.saturating_sub(*a) as f64 / gib).round()));
+        }
+    }
+    serde_json::Value::Object(m)
 }
 
 fn command(vmm: &str, image: &Path, tap: &str, dir: &Path) -> Command {
@@ -78,13 +127,15 @@ fn command(vmm: &str, image: &Path, tap: &str, dir: &Path) -> Command {
     let vmlinux = alpine_vmlinux();
     let cmdline = alpine_test_cmdline();
     match vmm {
-        "shimvmm-shim" => {
+        "shimvmm-shim" | "shimvmm-shim9000" => {
             let pnic = std::env::var("SHIMVMM_PNIC").expect("SHIMVMM_PNIC is not set: run this in tools/testbed");
             let mut c = Command::new(shimvmm_bin());
             c.arg("--kernel").arg(&vmlinux).arg("--initrd").arg(&art.initrd).arg("--cmdline").arg(&cmdline);
             c.args(["--mem", "512", "--vcpus", "2", "--no-api"]);
             c.arg("--disk").arg(format!("path={}", image.display()));
-            c.arg("--net").arg(format!("vfio={pnic},id=net0"));
+            let mtu = if vmm == "shimvmm-shim9000" { format!(",mtu={JUMBO_MTU}") } else { String::new() };
+            c.arg("--net").arg(format!("vfio={pnic},id=net0{mtu}"));
+            c.arg("--metrics-path").arg(dir.join("shimvmm-metrics.json"));
             c
         }
         "shimvmm-tap" => {
@@ -93,6 +144,7 @@ fn command(vmm: &str, image: &Path, tap: &str, dir: &Path) -> Command {
             c.args(["--mem", "512", "--vcpus", "2", "--no-api"]);
             c.arg("--disk").arg(format!("path={}", image.display()));
             c.arg("--net").arg(format!("tap={tap},id=net0"));
+            c.arg("--metrics-path").arg(dir.join("shimvmm-metrics.json"));
             c
         }
         "firecracker-tap" => {
@@ -114,12 +166,40 @@ fn command(vmm: &str, image: &Path, tap: &str, dir: &Path) -> Command {
 
 /// Where a path's peer is: (netns, peer ip, guest ip, guest cidr).
 fn endpoints(vmm: &str) -> (Option<String>, String, &'static str, &'static str) {
-    if vmm == "shimvmm-shim" {
+    if is_shim(vmm) {
         let ns = std::env::var("SHIMVMM_PEER_NS").expect("SHIMVMM_PEER_NS is not set: run this in tools/testbed");
         let ip = std::env::var("SHIMVMM_PEER_IP").expect("SHIMVMM_PEER_IP is not set: run this in tools/testbed");
         (Some(ns), ip, SHIM_GUEST_IP, SHIM_GUEST_CIDR)
     } else {
         (None, HOST_IP.to_string(), GUEST_IP, GUEST_CIDR)
+    }
+}
+
+/// The paths over the shim (the testbed's first igb, peer in its netns).
+fn is_shim(vmm: &str) -> bool {
+    vmm.starts_with("shimvmm-shim")
+}
+
+/// The peer's igb MTU for this path (`ip -n NS link set IF mtu N`), put
+/// back to 1500 on drop.
+struct PeerMtu(Option<(String, String)>);
+
+impl PeerMtu {
+    fn set(vmm: &str, ns: Option<&str>) -> PeerMtu {
+        let (Some(ns), true) = (ns, vmm == "shimvmm-shim9000") else {
+            return PeerMtu(None);
+        };
+        let dev = std::env::var("SHIMVMM_PEER_IF").expect("SHIMVMM_PEER_IF is not set: run this in tools/testbed");
+        run(&["ip", "-n", ns, "link", "set", &dev, "mtu", &JUMBO_MTU.to_string()]);
+        PeerMtu(Some((ns.to_string(), dev)))
+    }
+}
+
+impl Drop for PeerMtu {
+    fn drop(&mut self) {
+        if let Some((ns, dev)) = &self.0 {
+            let _ = Command::new("ip").args(["-n", ns, "link", "set", dev, "mtu", "1500"]).status();
+        }
     }
 }
 
@@ -203,7 +283,8 @@ fn one(vmm: &str, round: usize) {
     let rx_sha = sha256_hex(&rx_payload);
 
     // The shim's peer is the testbed's second igb; the taps need a tap.
-    let tap = (vmm != "shimvmm-shim").then(|| Tap::create(&round.to_string()));
+    let tap = (!is_shim(vmm)).then(|| Tap::create(&round.to_string()));
+    let _peer_mtu = PeerMtu::set(vmm, ns);
     let tap_name = tap.as_ref().map(|t| t.0.clone()).unwrap_or_default();
     let sink = spawn_sink(listen(ns, &peer_ip, SINK_PORT), PAYLOAD_LEN, GUEST_TIMEOUT);
     let server = HttpServer::start(listen(ns, &peer_ip, HTTP_PORT), rx_payload);
@@ -211,15 +292,23 @@ fn one(vmm: &str, round: usize) {
     let mut vm = GuestProcess::spawn(vmm, command(vmm, image.path(), &tap_name, &dir)).expect("spawn the VMM");
     let pid = vm.pid();
     vm.wait_for_marker("net-up", GUEST_TIMEOUT).unwrap_or_else(|e| panic!("{vmm}: {e}"));
-    let cpu0 = cpu_secs(pid);
+    let ((cpu0, guest0), kvm0) = (cpu_times(pid), kvm_counters(pid));
     let report = exercise(&vm, vmm, ns, guest_ip, &server, sink, &tx_sha, &rx_sha, GUEST_TIMEOUT);
-    let cpu1 = cpu_secs(pid);
+    let ((cpu1, guest1), kvm1) = (cpu_times(pid), kvm_counters(pid));
+    let own = (cpu1 - cpu0) - (guest1 - guest0);
     let gib = 2.0 * PAYLOAD_LEN as f64 / f64::from(1u32 << 30);
     eprintln!(
         "{vmm}: VMM CPU {:.2} s over the pings and both transfers = {:.1} CPU s per GiB moved (round {round})",
         cpu1 - cpu0,
         (cpu1 - cpu0) / gib
     );
+    eprintln!(
+        "{vmm}: of it in the guest (guest_time) {:.2} s; the VMM's own CPU {own:.2} s = {:.1} CPU s per GiB moved",
+        guest1 - guest0,
+        own / gib
+    );
+    let kvm = kvm_per_gib(&kvm0, &kvm1, gib);
+    eprintln!("{vmm}: KVM counters per GiB moved over the same span: {kvm}");
     let udp = udp_phase(&vm, vmm, pid, ns, &peer_ip, guest_ip, &server);
     println!(
         "{}",
@@ -227,10 +316,33 @@ fn one(vmm: &str, round: usize) {
             "guest_to_host_mbit_s": mbit_per_s(PAYLOAD_LEN as u64, report.tx_secs),
             "host_to_guest_mbit_s": mbit_per_s(PAYLOAD_LEN as u64, report.rx_secs),
             "host_ping_rtt_ms": report.host_ping.rtt, "guest_ping_rtt_ms": report.guest_ping.as_ref().and_then(|g| g.rtt),
-            "vmm_cpu_s": cpu1 - cpu0, "vmm_cpu_s_per_gib": (cpu1 - cpu0) / gib, "udp": udp})
+            "vmm_cpu_s": cpu1 - cpu0, "vmm_cpu_s_per_gib": (cpu1 - cpu0) / gib, "udp": udp,
+            "vmm_guest_cpu_s": guest1 - guest0, "vmm_own_cpu_s_per_gib": own / gib,
+            "kvm_per_gib": kvm, "guest_features": report.guest_features,
+            "guest_tx_mean_frame": report.guest_eth0.tx_mean_frame(),
+            "guest_rx_mean_frame": report.guest_eth0.rx_mean_frame()})
     );
     let _ = vm.wait_for_guest_exit(Duration::from_secs(300));
+    let _ = vm.exit_status(Duration::from_secs(30));
     vm.kill();
+    // shimvmm's own counters at its exit (the whole run, UDP phase included).
+    let metrics = dir.join("shimvmm-metrics.json");
+    if vmm.starts_with("shimvmm") && metrics.exists() {
+        let b = &net_metrics(&metrics, "net0")["backend"];
+        let n = |p: &str| b.pointer(p).and_then(serde_json::Value::as_u64).unwrap_or(0);
+        eprintln!(
+            "{vmm}: backend metrics over the whole run: tx_packets {} tx_tso_frames {} tx_tso_segments {} \
+             tx_csum_offload {} tx_sw_csum {} rx_packets {} rx_csum_valid {} vmm_copied_bytes {}",
+            n("/tx_packets"),
+            n("/tx_tso_frames"),
+            n("/tx_tso_segments"),
+            n("/tx_csum_offload"),
+            n("/tx_sw_csum"),
+            n("/rx_packets"),
+            n("/rx_csum_valid"),
+            net_metrics(&metrics, "net0").pointer("/vmm_copied_bytes").and_then(serde_json::Value::as_u64).unwrap_or(0),
+        );
+    }
 }
 
 #[test]
@@ -253,6 +365,10 @@ fn side_by_side_with_firecracker() {
             if only.is_empty() || only.split([' ', ',']).any(|o| o == vmm) {
                 one(vmm, round);
             }
+        }
+        // The shim with jumbo frames: on request only.
+        if only.split([' ', ',']).any(|o| o == "shimvmm-shim9000") {
+            one("shimvmm-shim9000", round);
         }
     }
 }

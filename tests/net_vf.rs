@@ -559,3 +559,124 @@ ping -i 0.2 "$PEER" >/dev/null 2>&1
     }
     fresh.check_zero_copy(0);
 }
+
+/// The VMM's log lines that say its igbvf recovered from a PF-initiated reset.
+fn recoveries_logged(vm: &Vm) -> usize {
+    vm.proc.lines().iter().filter(|l| l.text.contains("VF reset by the PF handled")).count()
+}
+
+#[test]
+fn a_guest_reboot_and_a_pf_reset_leave_the_others_moving_traffic() {
+    if !require_guest_env("a_guest_reboot_and_a_pf_reset_leave_the_others_moving_traffic") {
+        return;
+    }
+    let vfs = vfs();
+    assert!(vfs.len() >= 3, "three VFs needed, have {vfs:?}");
+    let (ns, peer_ip, pf_if) = (env("SHIMVMM_PEER_NS"), env("SHIMVMM_PEER_IP"), env("SHIMVMM_PF_IF"));
+    let _lock = one_vm_at_a_time();
+    let len = payload_len();
+    let rx_payload = Arc::new(payload(len, 11));
+    let rx_sha = sha256_hex(&rx_payload);
+    let server = HttpServer::start(listen(Some(&ns), &peer_ip, HTTP_PORT), rx_payload);
+
+    // After the PF reset each guest pings the peer and another guest again.
+    let after_reset = |others: &[usize]| {
+        format!("gate pf-reset\nping_marks after-reset-peer \"$PEER\"\n{}", {
+            let mut s = String::new();
+            for j in others {
+                s.push_str(&format!("ping_marks after-reset-vm{j} {}\n", guest_ip(*j)));
+            }
+            s
+        })
+    };
+    // vf0 and vf1 move data while vf2 reboots (its shimvmm exits 0).
+    let mut vms: Vec<Vm> = Vec::new();
+    let mut sinks = Vec::new();
+    let mut tx_shas = Vec::new();
+    for (i, vf) in vfs.iter().take(2).enumerate() {
+        let script = format!(
+            "{}gate xfer\n{}{}gate finish\n{EPILOGUE}",
+            prelude(i, &peer_ip),
+            transfer(SINK_BASE + i as u16),
+            after_reset(&[1 - i, 2])
+        );
+        let tx = payload(len, 300 + i as u64);
+        tx_shas.push(sha256_hex(&tx));
+        sinks.push(Some(spawn_sink(sink(&ns, &peer_ip, i), len, GUEST_TIMEOUT)));
+        vms.push(Vm::spawn(&format!("vf{i}"), vf, &script, &[(&tx, GUEST_PAYLOAD)]));
+    }
+    let mut victim = Vm::spawn("vf2", &vfs[2], &format!("{}gate reboot\n{EPILOGUE}", prelude(2, &peer_ip)), &[]);
+    for (i, vm) in vms.iter().enumerate() {
+        vm.check_up(&ns, &guest_ip(i));
+    }
+    let mac = victim.check_up(&ns, &guest_ip(2));
+
+    // The transfers start; vf2 reboots meanwhile: its guest restarts, so
+    // its shimvmm exits (0) and gives the VF back.
+    // vf2 reboots once both uploads are under way (each guest hashes its
+    // payload, then starts nc at once).
+    server.open_gate("xfer");
+    for vm in &vms {
+        vm.marker("payload-sha");
+    }
+    std::thread::sleep(Duration::from_secs(5));
+    let started: Vec<bool> = vms.iter().map(|vm| vm.proc.marker("tx-rc").is_none()).collect();
+    server.open_gate("reboot");
+    victim.check_clean_exit();
+    let moving: Vec<bool> = vms.iter().map(|vm| vm.proc.marker("rx-sha").is_none()).collect();
+    eprintln!("vf2 rebooted (its shimvmm exited 0); vf0/vf1 uploading when the reboot began: {started:?}, transfers still running after it: {moving:?}");
+    assert!(
+        moving.iter().all(|m| *m),
+        "a transfer ended before vf2's reboot did: nothing shows traffic moving through it (raise SHIMVMM_VF_PAYLOAD_MIB)"
+    );
+
+    // A new shimvmm on the VF the reboot gave back.
+    let script =
+        format!("{}{}{}gate finish\n{EPILOGUE}", prelude(2, &peer_ip), ping_others(&[0, 1]), after_reset(&[0]));
+    let mut fresh = Vm::spawn("vf2-new", &vfs[2], &script, &[]);
+    assert_eq!(fresh.check_up(&ns, &guest_ip(2)), mac, "the new VMM on the freed VF has another MAC");
+    for j in [0, 1] {
+        eprintln!("vf2-new -> vf{j}: {}", fresh.pinged(&format!("vm{j}")));
+    }
+    for (i, vm) in vms.iter().enumerate() {
+        let got = sinks[i].take().expect("sink").join().expect("sink thread");
+        vm.check_transfer(got, &tx_shas[i], &rx_sha);
+    }
+
+    // The host admin resets the PF (Linux's igb pings every VF without
+    // clear-to-send, turns their RX/TX off and resets the NIC); each VMM's
+    // igbvf sees its VF reset and recovers; traffic resumes.
+    let mut all: Vec<&mut Vm> = vms.iter_mut().chain(std::iter::once(&mut fresh)).collect();
+    let before: Vec<usize> = all.iter().map(|vm| recoveries_logged(vm)).collect();
+    let t = Instant::now();
+    for state in ["down", "up"] {
+        let st = Command::new("ip").args(["link", "set", &pf_if, state]).status().expect("run ip");
+        assert!(st.success(), "ip link set {pf_if} {state} failed");
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    server.open_gate("pf-reset");
+    for (k, vm) in all.iter().enumerate() {
+        let summary = vm.pinged("after-reset-peer");
+        let other = if k == 2 { "vm0".to_string() } else { "vm2".to_string() };
+        eprintln!(
+            "{} after the PF reset ({:.1} s): ping peer {summary}; ping {other} {}",
+            vm.name,
+            t.elapsed().as_secs_f64(),
+            vm.pinged(&format!("after-reset-{other}"))
+        );
+    }
+    let after: Vec<usize> = all.iter().map(|vm| recoveries_logged(vm)).collect();
+    eprintln!("igbvf PF-reset recoveries logged per VMM: before {before:?}, after {after:?}");
+    for (k, vm) in all.iter().enumerate() {
+        assert!(after[k] > before[k], "{}: no PF-reset recovery logged: the PF reset did not reach its VF", vm.name);
+    }
+
+    server.open_gate("finish");
+    for vm in all.iter_mut() {
+        vm.check_clean_exit();
+    }
+    for vm in &vms {
+        vm.check_zero_copy(len as u64);
+    }
+    fresh.check_zero_copy(0);
+}

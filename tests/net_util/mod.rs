@@ -434,6 +434,7 @@ eth0_up
 marker eth0-up $?
 marker mac "$(cat /sys/class/net/eth0/address)"
 marker mtu "$(cat /sys/class/net/eth0/mtu)"
+marker virtio-features "$(cat /sys/class/net/eth0/device/features 2>/dev/null)"
 marker net-up 1
 ping_marks ping 10
 gate pinged || { marker gate pinged-timeout; exit 1; }
@@ -451,6 +452,7 @@ t1=$(guest_uptime)
 marker rx-sha "$sha"
 marker rx-secs "$(elapsed "$t0" "$t1")"
 marker eth0-stats "$(cat /sys/class/net/eth0/statistics/rx_packets) $(cat /sys/class/net/eth0/statistics/tx_packets) $(cat /sys/class/net/eth0/statistics/rx_errors) $(cat /sys/class/net/eth0/statistics/tx_errors)"
+marker eth0-bytes "$(cat /sys/class/net/eth0/statistics/rx_bytes) $(cat /sys/class/net/eth0/statistics/tx_bytes)"
 "#;
 
 /// The guest's UDP phase: for each payload size, send for UDP_SECS to the
@@ -562,6 +564,18 @@ marker kernel-complaints "$(dmesg | grep -ciE 'call trace|timed out|virtio_net.*
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_the_acked_virtio_net_features_from_sysfs() {
+        // CSUM, GUEST_CSUM, HOST_TSO4, MRG_RXBUF, VERSION_1 (sysfs: bit 0 first).
+        let mut bits = vec![b'0'; 64];
+        for i in [0, 1, 11, 15, 32] {
+            bits[i] = b'1';
+        }
+        let bits = String::from_utf8(bits).unwrap();
+        assert_eq!(virtio_net_feature_names(&bits), ["CSUM", "GUEST_CSUM", "HOST_TSO4", "MRG_RXBUF", "VERSION_1"]);
+        assert!(virtio_net_feature_names("").is_empty());
+    }
 
     #[test]
     fn parses_busybox_and_iputils_ping() {
@@ -694,6 +708,57 @@ pub struct Report {
     pub host_ping: PingStats,
     pub tx_secs: f64,
     pub rx_secs: f64,
+    /// The virtio-net features the guest's driver acked, by name.
+    pub guest_features: Vec<&'static str>,
+    /// The guest's eth0 counters after both transfers: frames and bytes
+    /// received and sent (virtio_net counts a TSO frame as one).
+    pub guest_eth0: GuestEth0,
+}
+
+/// The guest's eth0 statistics (`/sys/class/net/eth0/statistics`).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct GuestEth0 {
+    pub rx_packets: u64,
+    pub tx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+}
+
+impl GuestEth0 {
+    /// Mean bytes per frame the guest sent: above the MTU only with TSO.
+    pub fn tx_mean_frame(&self) -> f64 {
+        self.tx_bytes as f64 / self.tx_packets.max(1) as f64
+    }
+
+    pub fn rx_mean_frame(&self) -> f64 {
+        self.rx_bytes as f64 / self.rx_packets.max(1) as f64
+    }
+}
+
+/// virtio-net feature bits (virtio 1.2, 5.1.3) by name.
+const VIRTIO_NET_FEATURE_NAMES: &[(usize, &str)] = &[
+    (0, "CSUM"),
+    (1, "GUEST_CSUM"),
+    (3, "MTU"),
+    (5, "MAC"),
+    (7, "GUEST_TSO4"),
+    (8, "GUEST_TSO6"),
+    (9, "GUEST_ECN"),
+    (10, "GUEST_UFO"),
+    (11, "HOST_TSO4"),
+    (12, "HOST_TSO6"),
+    (13, "HOST_ECN"),
+    (14, "HOST_UFO"),
+    (15, "MRG_RXBUF"),
+    (16, "STATUS"),
+    (32, "VERSION_1"),
+];
+
+/// The names of the bits set in a virtio device's sysfs `features` (one
+/// '0'/'1' character per bit, bit 0 first).
+pub fn virtio_net_feature_names(bits: &str) -> Vec<&'static str> {
+    let b = bits.as_bytes();
+    VIRTIO_NET_FEATURE_NAMES.iter().filter(|(i, _)| b.get(*i) == Some(&b'1')).map(|(_, n)| *n).collect()
 }
 
 /// Drives the common part of the guest script from the host side and checks it:
@@ -739,6 +804,13 @@ pub fn exercise(
     let rx_sha = m("rx-sha");
     let rx_secs: f64 = m("rx-secs").parse().expect("rx-secs");
     assert_eq!(rx_sha, rx_payload_sha, "{label}: host->guest payload corrupted (guest sha256)\n{}", tail());
+    let guest_features = virtio_net_feature_names(&m("virtio-features"));
+    let n: Vec<u64> =
+        format!("{} {}", m("eth0-stats"), m("eth0-bytes")).split_whitespace().filter_map(|v| v.parse().ok()).collect();
+    let guest_eth0 = match n[..] {
+        [rx_packets, tx_packets, _, _, rx_bytes, tx_bytes] => GuestEth0 { rx_packets, tx_packets, rx_bytes, tx_bytes },
+        _ => panic!("{label}: eth0 counters not understood: {n:?}"),
+    };
     assert_eq!(
         server.served.load(Ordering::Relaxed),
         PAYLOAD_LEN as u64,
@@ -758,7 +830,17 @@ pub fn exercise(
     if let Some(g) = &guest_ping {
         eprintln!("{label}: guest->host ping {}/{} replies, rtt min/avg/max {:?} ms", g.received, g.transmitted, g.rtt);
     }
-    Report { guest_ping, host_ping, tx_secs, rx_secs }
+    eprintln!("{label}: the guest's virtio-net features: {}", guest_features.join(" "));
+    eprintln!(
+        "{label}: guest eth0: sent {} frames, {} bytes ({:.0} B per frame); received {} frames, {} bytes ({:.0} B per frame)",
+        guest_eth0.tx_packets,
+        guest_eth0.tx_bytes,
+        guest_eth0.tx_mean_frame(),
+        guest_eth0.rx_packets,
+        guest_eth0.rx_bytes,
+        guest_eth0.rx_mean_frame()
+    );
+    Report { guest_ping, host_ping, tx_secs, rx_secs, guest_features, guest_eth0 }
 }
 
 /// The net device's counters in the metrics shimvmm wrote at exit: the last

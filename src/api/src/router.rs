@@ -10,7 +10,7 @@ use vmm_config::sync::lock_unpoisoned;
 use vmm_config::Vsock;
 use vmm_config::{
     not_supported_yet, parse_json, BootSource, Drive, DriveUpdate, Entropy, Logger, MachineConfig, MachineConfigUpdate,
-    Metrics, NetworkInterface, NetworkInterfaceUpdate, RateLimiter, ValidationError, VmConfig, VmSpec,
+    Metrics, MmdsConfig, NetworkInterface, NetworkInterfaceUpdate, RateLimiter, ValidationError, VmConfig, VmSpec,
 };
 
 use crate::controller::{ControllerError, Preflight, VmmController};
@@ -107,10 +107,12 @@ static TABLE: &[Entry] = &[
     entry!("PUT", "/vsock", Api::put_vsock),
     entry!("PUT", "/entropy", Api::put_entropy),
     entry!("PUT", "/cpu-config", Api::unsupported_cpu_config),
-    entry!("PUT", "/mmds", Api::unsupported_mmds),
-    entry!("PATCH", "/mmds", Api::unsupported_mmds),
-    entry!("GET", "/mmds", Api::unsupported_mmds),
-    entry!("PUT", "/mmds/config", Api::unsupported_mmds_config),
+    entry!("PUT", "/mmds", Api::put_mmds),
+    entry!("PATCH", "/mmds", Api::patch_mmds),
+    entry!("GET", "/mmds", Api::get_mmds),
+    // Firecracker answers GET /mmds/config with the document too.
+    entry!("GET", "/mmds/config", Api::get_mmds),
+    entry!("PUT", "/mmds/config", Api::put_mmds_config),
     entry!("PUT", "/balloon", Api::unsupported_balloon),
     entry!("PATCH", "/balloon", Api::unsupported_balloon),
     entry!("GET", "/balloon", Api::unsupported_balloon),
@@ -134,16 +136,29 @@ fn check_uds_path(path: &std::path::Path) -> Result<(), String> {
     Ok(())
 }
 
+/// The body of a change of the metadata document: any JSON value (a
+/// patch that is not an object replaces the document, RFC 7396).
+fn mmds_body(body: &[u8], what: &str) -> Result<serde_json::Value, ApiResponse> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(bad_request(format!("the request body is empty; {what} expects a JSON value")));
+    }
+    serde_json::from_slice(body).map_err(|e| bad_request(format!("{what}: the body is not JSON: {e}")))
+}
+
+/// A refused change of the metadata document: 413 when it would outgrow
+/// the size limit (as Firecracker), else 400.
+fn mmds_fault(e: mmds::DataStoreError) -> ApiResponse {
+    let status = match e {
+        mmds::DataStoreError::LimitExceeded(_) => status::PAYLOAD_TOO_LARGE,
+        _ => status::BAD_REQUEST,
+    };
+    ApiResponse::fault(status, e.to_string())
+}
+
 /// The routes that answer "not supported by shimvmm yet" (400) whatever
 /// the request: `api_spec.yaml` marks them `x-shimvmm-unsupported`.
 pub fn unsupported_routes() -> Vec<Route> {
-    let unsupported: &[Handler] = &[
-        Api::unsupported_cpu_config,
-        Api::unsupported_mmds,
-        Api::unsupported_mmds_config,
-        Api::unsupported_balloon,
-        Api::unsupported_snapshot,
-    ];
+    let unsupported: &[Handler] = &[Api::unsupported_cpu_config, Api::unsupported_balloon, Api::unsupported_snapshot];
     TABLE.iter().filter(|e| unsupported.iter().any(|h| std::ptr::fn_addr_eq(*h, e.handler))).map(|e| e.route).collect()
 }
 
@@ -191,6 +206,8 @@ pub struct Api {
     actions: Mutex<()>,
     /// Serialises logger and metrics set-up (opening their files).
     setup: Mutex<()>,
+    /// The metadata document, shared with the running VM's interfaces.
+    mmds: Arc<Mutex<mmds::Mmds>>,
 }
 
 /// Clears `starting` however `start` ends, a panic included.
@@ -224,7 +241,20 @@ impl Api {
             state: Mutex::new(ApiState { config: initial, started, starting: false }),
             actions: Mutex::new(()),
             setup: Mutex::new(()),
+            mmds: Arc::new(Mutex::new(mmds::Mmds::default())),
         }
+    }
+
+    /// Serves `store` as the metadata document (the one the VMM's
+    /// interfaces read), with the version of the initial `mmds-config`.
+    pub fn with_mmds(mut self, store: Arc<Mutex<mmds::Mmds>>) -> Self {
+        if let Some(c) = &self.lock().config.mmds_config {
+            let mut s = lock_unpoisoned(&store);
+            s.set_version(c.version);
+            s.set_imds_compat(c.imds_compat);
+        }
+        self.mmds = store;
+        self
     }
 
     /// Answer one request.
@@ -547,12 +577,39 @@ impl Api {
         Self::unsupported("cpu-config", body)
     }
 
-    fn unsupported_mmds(&self, _: &str, body: &[u8]) -> Reply {
-        Self::unsupported("mmds-config", body)
+    /// Replaces the metadata document (before and after boot).
+    fn put_mmds(&self, _: &str, body: &[u8]) -> Reply {
+        let doc = mmds_body(body, "PUT /mmds")?;
+        lock_unpoisoned(&self.mmds).put(doc).map_err(mmds_fault)?;
+        Ok(ApiResponse::no_content())
     }
 
-    fn unsupported_mmds_config(&self, _: &str, body: &[u8]) -> Reply {
-        Self::unsupported("mmds-config", body)
+    /// Merges a JSON merge patch (RFC 7396) into the metadata document.
+    fn patch_mmds(&self, _: &str, body: &[u8]) -> Reply {
+        let patch = mmds_body(body, "PATCH /mmds")?;
+        lock_unpoisoned(&self.mmds).patch(&patch).map_err(mmds_fault)?;
+        Ok(ApiResponse::no_content())
+    }
+
+    /// The whole metadata document (`{}` before the first PUT).
+    fn get_mmds(&self, _: &str, _: &[u8]) -> Reply {
+        Ok(ApiResponse::json(status::OK, &lock_unpoisoned(&self.mmds).document()))
+    }
+
+    /// Which interfaces reach MMDS, at which address, with which version;
+    /// before boot only. The version applies to the store at once.
+    fn put_mmds_config(&self, _: &str, body: &[u8]) -> Reply {
+        let mut config: MmdsConfig = body_json(body, "PUT /mmds/config")?;
+        // Shown in GET /vm/config as Firecracker does: with the address.
+        config.ipv4_address.get_or_insert(vmm_config::MMDS_DEFAULT_IPV4);
+        let mut state = self.lock_pre_boot("mmds-config")?;
+        let (version, imds_compat) = (config.version, config.imds_compat);
+        let candidate = VmConfig { mmds_config: Some(config), ..state.config.clone() };
+        let reply = Self::commit(&mut state, candidate, "mmds-config.")?;
+        let mut store = lock_unpoisoned(&self.mmds);
+        store.set_version(version);
+        store.set_imds_compat(imds_compat);
+        Ok(reply)
     }
 
     fn unsupported_balloon(&self, _: &str, body: &[u8]) -> Reply {
@@ -974,12 +1031,46 @@ mod tests {
     }
 
     #[test]
+    fn mmds_document_and_config() {
+        let (api, _rec) = api();
+        let get = |api: &Api| api.handle("GET", "/mmds", b"").body.unwrap();
+        assert_eq!(get(&api), "{}");
+        assert_eq!(api.handle("PATCH", "/mmds", br#"{"a":1}"#).status, 400, "PATCH before PUT");
+        assert_eq!(put(&api, "/mmds", r#"{"latest":{"meta-data":{"id":"i-1","x":1}}}"#).status, 204);
+        let r = api.handle("PATCH", "/mmds", br#"{"latest":{"meta-data":{"x":null,"zone":"z"}}}"#);
+        assert_eq!(r.status, 204);
+        assert_eq!(get(&api), r#"{"latest":{"meta-data":{"id":"i-1","zone":"z"}}}"#);
+        let big = format!(r#"{{"a":"{}"}}"#, "x".repeat(mmds_limit() + 1));
+        assert_eq!(put(&api, "/mmds", &big).status, status::PAYLOAD_TOO_LARGE);
+        assert_eq!(put(&api, "/mmds", "").status, 400);
+        // The config names existing interfaces and sets the store's version.
+        let r = put(&api, "/mmds/config", r#"{"version":"V2","network_interfaces":["eth0"]}"#);
+        assert!(fault(&r).contains("no network interface \"eth0\""), "{}", fault(&r));
+        assert_eq!(put(&api, "/network-interfaces/eth0", r#"{"iface_id":"eth0","host_dev_name":"tap0"}"#).status, 204);
+        assert_eq!(put(&api, "/mmds/config", r#"{"network_interfaces":[]}"#).status, 400);
+        assert_eq!(
+            put(&api, "/mmds/config", r#"{"network_interfaces":["eth0"],"ipv4_address":"10.0.0.1"}"#).status,
+            400
+        );
+        assert_eq!(put(&api, "/mmds/config", r#"{"version":"V2","network_interfaces":["eth0"]}"#).status, 204);
+        assert_eq!(lock_unpoisoned(&api.mmds).version(), vmm_config::MmdsVersion::V2);
+        let cfg: serde_json::Value =
+            serde_json::from_str(api.handle("GET", "/vm/config", b"").body.as_deref().unwrap()).unwrap();
+        assert_eq!(
+            cfg["mmds-config"],
+            serde_json::json!({"version":"V2","network_interfaces":["eth0"],"ipv4_address":"169.254.169.254"})
+        );
+    }
+
+    fn mmds_limit() -> usize {
+        vmm_config::MMDS_DEFAULT_SIZE_LIMIT
+    }
+
+    #[test]
     fn firecracker_features_not_built_are_refused_by_name() {
         let (api, rec) = api();
         for (method, path, body, want) in [
-            ("PUT", "/mmds", r#"{"a":1}"#, "MMDS (the microVM metadata service) is not supported by shimvmm yet"),
-            ("GET", "/mmds", "", "MMDS (the microVM metadata service) is not supported"),
-            ("PUT", "/mmds/config", r#"{"network_interfaces":["eth0"]}"#, "MMDS"),
+            ("PUT", "/mmds/config", r#"{"network_interfaces":["eth0"]}"#, "no network interface \"eth0\""),
             ("PUT", "/balloon", r#"{"amount_mib":1,"deflate_on_oom":true}"#, "the balloon device is not supported"),
             ("PUT", "/snapshot/create", "{}", "snapshots is not supported by shimvmm yet"),
             ("PUT", "/vsock", "{", "the JSON ends early"),
@@ -1007,7 +1098,8 @@ mod tests {
         assert_eq!(put(&api, "/vsock", &body).status, 204);
         assert_eq!(api.lock().config.vsock.as_ref().map(|v| v.guest_cid), Some(3));
         let routes = unsupported_routes();
-        assert!(routes.contains(&Route { method: "GET", path: "/mmds" }));
+        assert!(routes.contains(&Route { method: "PUT", path: "/balloon" }));
+        assert!(!routes.contains(&Route { method: "GET", path: "/mmds" }));
         assert!(!routes.contains(&Route { method: "PUT", path: "/drives/{drive_id}" }));
         // Rate limiters: null buckets are no limiter, buckets are kept.
         let ok = r#"{"drive_id":"a","path_on_host":"/a","is_root_device":true,"rate_limiter":{"bandwidth":null}}"#;

@@ -78,6 +78,9 @@ pub struct ServeOptions {
     /// threads, spawned later from this thread, inherit it). An error stops
     /// the server before it accepts a connection.
     pub thread_init: Option<ThreadInit>,
+    /// The metadata store the VM's interfaces serve (shared with the VMM);
+    /// `None`: the API keeps one of its own with the default size limit.
+    pub mmds: Option<Arc<std::sync::Mutex<mmds::Mmds>>>,
 }
 
 /// A hook run on the API thread before it serves (see [`ServeOptions::thread_init`]).
@@ -101,6 +104,7 @@ impl Default for ServeOptions {
             initial_config: VmConfig::default(),
             already_started: false,
             thread_init: None,
+            mmds: None,
         }
     }
 }
@@ -172,7 +176,10 @@ pub fn serve_with(
         .thread_name("fc_api")
         .build()
         .map_err(cleanup)?;
-    let api = Api::new(id, controller, options.initial_config.clone(), options.already_started);
+    let mut api = Api::new(id, controller, options.initial_config.clone(), options.already_started);
+    if let Some(store) = &options.mmds {
+        api = api.with_mmds(store.clone());
+    }
     let thread_init = options.thread_init.clone();
     let shared = Arc::new(Shared { api: Arc::new(api), options });
     let (stop_tx, stop_rx) = oneshot::channel();

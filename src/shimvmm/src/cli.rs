@@ -5,6 +5,11 @@
 //! only the names in an error are the command line's (`--disk`, `root`).
 
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+/// Largest `--metadata` file read (its JSON, whitespace included; the
+/// document's own limit is `--mmds-size-limit`).
+const MAX_METADATA_FILE_BYTES: u64 = 16 * 1024 * 1024;
 
 use clap::Parser;
 use vmm::config::Vsock;
@@ -82,6 +87,10 @@ pub struct Args {
     /// Firecracker's boot timer device; accepted and ignored (shimvmm logs no boot time yet).
     #[arg(long)]
     pub boot_timer: bool,
+    /// Firecracker's (v1.13+) switch to virtio over PCI. shimvmm has no virtio-pci transport: accepted with a
+    /// warning, the devices stay on virtio-mmio (the guest learns of them from its command line, as always).
+    #[arg(long)]
+    pub enable_pci: bool,
     /// Send the log, in Firecracker's line format, to this file or FIFO (created if missing).
     #[arg(long, value_name = "PATH")]
     pub log_path: Option<PathBuf>,
@@ -97,13 +106,13 @@ pub struct Args {
     /// Only log from modules whose path starts with this.
     #[arg(long, value_name = "MODULE")]
     pub module: Option<String>,
-    /// MMDS content (a JSON file); refused: shimvmm has no MMDS yet.
+    /// The MMDS document to start with (a JSON file).
     #[arg(long, value_name = "FILE")]
     pub metadata: Option<PathBuf>,
     /// Largest API request body in bytes [default: 65536].
     #[arg(long, value_name = "BYTES")]
     pub http_api_max_payload_size: Option<usize>,
-    /// Firecracker's MMDS size limit; accepted (shimvmm has no MMDS, so it limits nothing).
+    /// Largest MMDS document in bytes of JSON [default: 51200].
     #[arg(long, value_name = "BYTES")]
     pub mmds_size_limit: Option<usize>,
     /// Run without seccomp filters (they are on by default; see docs/security.md).
@@ -406,9 +415,6 @@ impl Args {
 
     /// Options that name a feature shimvmm lacks: one line saying so.
     pub fn check_unsupported(&self) -> Result<(), String> {
-        if self.metadata.is_some() {
-            return Err(format!("--metadata: {}", vmm::config::not_supported_yet("mmds-config")));
-        }
         if self.no_api && self.api_sock.is_some() {
             return Err("--no-api and --api-sock contradict each other: give one".into());
         }
@@ -416,8 +422,28 @@ impl Args {
     }
 
     /// Host-side build choices from the command line.
-    pub fn build_options(&self) -> vmm::BuildOptions {
-        vmm::BuildOptions { allow_block_devices: self.allow_block_devices }
+    pub fn build_options(&self, mmds: &Arc<Mutex<mmds::Mmds>>) -> vmm::BuildOptions {
+        vmm::BuildOptions { allow_block_devices: self.allow_block_devices, mmds: Some(mmds.clone()) }
+    }
+
+    /// The MMDS store: `--mmds-size-limit`, filled from `--metadata`.
+    pub fn mmds_store(&self) -> Result<Arc<Mutex<mmds::Mmds>>, String> {
+        let mut store = mmds::Mmds::new(self.mmds_size_limit.unwrap_or(vmm::config::MMDS_DEFAULT_SIZE_LIMIT));
+        if let Some(path) = &self.metadata {
+            let shown = path.display();
+            let file = std::fs::File::open(path).map_err(|e| format!("--metadata: cannot open {shown}: {e}"))?;
+            // Bounded: the path may be a FIFO or a device that never ends.
+            let mut text = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::Read::take(file, MAX_METADATA_FILE_BYTES + 1), &mut text)
+                .map_err(|e| format!("--metadata: cannot read {shown}: {e}"))?;
+            if text.len() as u64 > MAX_METADATA_FILE_BYTES {
+                return Err(format!("--metadata: {shown} is larger than {MAX_METADATA_FILE_BYTES} bytes"));
+            }
+            let doc: serde_json::Value =
+                vmm::config::parse_json(&text).map_err(|e| format!("--metadata: {shown}: {e}"))?;
+            store.put(doc).map_err(|e| format!("--metadata: {shown}: {e}"))?;
+        }
+        Ok(Arc::new(Mutex::new(store)))
     }
 
     /// The VM described by the command line alone (requires --kernel).
@@ -608,6 +634,10 @@ mod tests {
     fn firecracker_flags() {
         let a = Args::parse_from(["shimvmm", "--id", "vm-1", "--config-file", "/c.json", "--boot-timer"]);
         assert_eq!(a.instance_id().unwrap(), "vm-1");
+        assert!(!a.enable_pci);
+        // microheart's command line (Firecracker v1.13+'s PCI switch).
+        let pci = Args::parse_from(["shimvmm", "--api-sock", "/s", "--config-file", "/c.json", "--enable-pci"]);
+        assert!(pci.enable_pci);
         assert_eq!(a.api_socket(), Some(PathBuf::from(DEFAULT_API_SOCK)));
         assert!(a.logger().is_none());
         let a = Args::parse_from(["shimvmm", "--config-file", "/c.json", "--no-api", "--no-seccomp"]);
@@ -621,11 +651,17 @@ mod tests {
         assert_eq!((l.level, l.show_level, l.show_log_origin), (Some(LogLevel::Warning), Some(true), None));
         assert_eq!(a.log_filter(), log::LevelFilter::Warn);
         assert!(Args::try_parse_from(["shimvmm", "--level", "loud"]).is_err());
-        let a = Args::parse_from(["shimvmm", "--metadata", "/m.json"]);
-        assert_eq!(
-            a.check_unsupported().unwrap_err(),
-            "--metadata: MMDS (the microVM metadata service) is not supported by shimvmm yet"
-        );
+        let a = Args::parse_from(["shimvmm", "--metadata", "/no/m.json"]);
+        assert!(a.check_unsupported().is_ok());
+        assert!(a.mmds_store().unwrap_err().starts_with("--metadata: cannot open /no/m.json"));
+        let m = std::env::temp_dir().join(format!("cli-metadata-{}.json", std::process::id()));
+        std::fs::write(&m, r#"{"latest": {"meta-data": {"id": "i-7"}}}"#).unwrap();
+        let a = Args::parse_from(["shimvmm", "--metadata", m.to_str().unwrap()]);
+        let store = a.mmds_store().unwrap();
+        assert_eq!(store.lock().unwrap().get("/latest/meta-data/id", mmds::OutputFormat::Imds).unwrap(), "i-7");
+        let a = Args::parse_from(["shimvmm", "--metadata", m.to_str().unwrap(), "--mmds-size-limit", "10"]);
+        assert!(a.mmds_store().unwrap_err().contains("larger than its limit of 10 bytes"));
+        std::fs::remove_file(&m).unwrap();
         let first = version_text().lines().next().unwrap().to_string();
         assert_eq!(first, format!("Firecracker v{}", api::FIRECRACKER_API_VERSION));
         let a = Args::parse_from(["shimvmm", "--version"]);

@@ -59,6 +59,15 @@ fn main() -> ExitCode {
     if let Err(e) = args.check_unsupported() {
         return fail(e);
     }
+    if args.enable_pci {
+        log::warn!("--enable-pci: shimvmm has no virtio-pci transport; the devices stay on virtio-mmio");
+    }
+    // One metadata store for the API and the VM's interfaces.
+    let mmds_store = match args.mmds_store() {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+    let build_opts = args.build_options(&mmds_store);
     if args.kernel.is_some() && args.config_file.is_some() {
         return fail("--kernel and --config-file both describe the VM: give one");
     }
@@ -102,15 +111,15 @@ fn main() -> ExitCode {
     // A VM described up front is built before the API serves: the API is told
     // it already started, so `GET /` must never see it "Not started".
     let prebuilt = match &boot_spec {
-        Some(spec) => match controller::vmm_spec(spec)
-            .and_then(|s| vmm::build_with(&s, &args.build_options()).map_err(|e| e.to_string()))
-        {
-            Ok(vm) => {
-                ctl.set_running(vm.handle());
-                Some(vm)
+        Some(spec) => {
+            match controller::vmm_spec(spec).and_then(|s| vmm::build_with(&s, &build_opts).map_err(|e| e.to_string())) {
+                Ok(vm) => {
+                    ctl.set_running(vm.handle());
+                    Some(vm)
+                }
+                Err(e) => return fail(e),
             }
-            Err(e) => return fail(e),
-        },
+        }
         None => None,
     };
     let api_server = match args.api_socket() {
@@ -127,6 +136,7 @@ fn main() -> ExitCode {
                 thread_init: Some(api::ThreadInit(Arc::new(|| {
                     vmm::seccomp::install(ThreadKind::Api).map_err(|e| e.to_string())
                 }))),
+                mmds: Some(mmds_store.clone()),
                 ..defaults
             };
             match api::serve_with(&sock, ctl.clone(), id.clone(), opts) {
@@ -139,7 +149,7 @@ fn main() -> ExitCode {
 
     let vm = match prebuilt {
         Some(vm) => vm,
-        None if api_server.is_some() => match wait_for_start(&start_rx, &args, &ctl) {
+        None if api_server.is_some() => match wait_for_start(&start_rx, &build_opts, &ctl) {
             Some(vm) => vm,
             None => return ExitCode::SUCCESS,
         },
@@ -203,7 +213,7 @@ fn stop_signal_pending() -> bool {
 ///
 /// The controller learns of the VM before the client gets its 204, so a
 /// `GET /` or `SendCtrlAltDel` sent right after InstanceStart sees it running.
-fn wait_for_start(rx: &Receiver<StartRequest>, args: &cli::Args, ctl: &Controller) -> Option<vmm::Vmm> {
+fn wait_for_start(rx: &Receiver<StartRequest>, opts: &vmm::BuildOptions, ctl: &Controller) -> Option<vmm::Vmm> {
     loop {
         if stop_signal_pending() {
             return None;
@@ -214,7 +224,7 @@ fn wait_for_start(rx: &Receiver<StartRequest>, args: &cli::Args, ctl: &Controlle
             Err(RecvTimeoutError::Disconnected) => return None,
         };
         let built = match controller::vmm_spec(&spec) {
-            Ok(spec) => vmm::build_with(&spec, &args.build_options()).map_err(|e| ControllerError::Vmm(Box::new(e))),
+            Ok(spec) => vmm::build_with(&spec, opts).map_err(|e| ControllerError::Vmm(Box::new(e))),
             Err(e) => Err(ControllerError::vmm(e)),
         };
         match built {

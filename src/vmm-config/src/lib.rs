@@ -23,6 +23,7 @@ mod json;
 mod logger;
 mod machine_config;
 mod metrics;
+mod mmds;
 mod net;
 mod rate_limiter;
 pub mod sync;
@@ -38,6 +39,7 @@ pub use json::{parse_json, JsonError};
 pub use logger::{LogLevel, Logger};
 pub use machine_config::{MachineConfig, MachineConfigUpdate, DEFAULT_MEM_SIZE_MIB, DEFAULT_VCPU_COUNT};
 pub use metrics::Metrics;
+pub use mmds::{MmdsConfig, MmdsVersion, MMDS_DEFAULT_IPV4, MMDS_DEFAULT_SIZE_LIMIT};
 pub use net::{
     check_ifname, NetBackendSpec, NetworkInterface, NetworkInterfaceUpdate, PnicDma, MTU_DEFAULT, MTU_MAX, MTU_MIN,
 };

@@ -15,6 +15,7 @@ use crate::json::{parse_json, JsonError};
 use crate::logger::Logger;
 use crate::machine_config::MachineConfig;
 use crate::metrics::Metrics;
+use crate::mmds::MmdsConfig;
 use crate::net::NetworkInterface;
 use crate::validate::{Result, ValidationError, MAX_DRIVES, MAX_NETWORK_INTERFACES, MAX_VIRTIO_DEVICES};
 use crate::vsock::Vsock;
@@ -25,11 +26,8 @@ pub const MAX_CONFIG_FILE_BYTES: u64 = 1024 * 1024;
 /// Firecracker's configuration sections whose devices shimvmm does not
 /// build yet, and how an error names them. A config file or request with
 /// one of them is refused with this message, never silently accepted.
-pub const UNSUPPORTED_SECTIONS: &[(&str, &str)] = &[
-    ("mmds-config", "MMDS (the microVM metadata service)"),
-    ("balloon", "the balloon device"),
-    ("cpu-config", "custom CPU templates"),
-];
+pub const UNSUPPORTED_SECTIONS: &[(&str, &str)] =
+    &[("balloon", "the balloon device"), ("cpu-config", "custom CPU templates")];
 
 /// `"<what> is not supported by shimvmm yet"` for a section of
 /// [`UNSUPPORTED_SECTIONS`] (or any feature named `what`).
@@ -62,8 +60,9 @@ pub struct VmConfig {
     /// A virtio-vsock device.
     #[serde(default)]
     pub vsock: Option<Vsock>,
+    /// The metadata service: which interfaces reach it, and how.
     #[serde(rename = "mmds-config", default)]
-    pub mmds_config: Option<serde_json::Value>,
+    pub mmds_config: Option<MmdsConfig>,
     #[serde(default)]
     pub balloon: Option<serde_json::Value>,
     /// A virtio-rng device.
@@ -77,9 +76,7 @@ impl VmConfig {
     /// Check every object on its own, then the rules that span objects.
     /// This is the one place each rule is checked, whatever the front end.
     pub fn validate(&self) -> Result {
-        for (section, value) in
-            [("mmds-config", &self.mmds_config), ("balloon", &self.balloon), ("cpu-config", &self.cpu_config)]
-        {
+        for (section, value) in [("balloon", &self.balloon), ("cpu-config", &self.cpu_config)] {
             if value.is_some() {
                 return Err(ValidationError::new(section, format!("{}; remove it", not_supported_yet(section))));
             }
@@ -102,6 +99,7 @@ impl VmConfig {
         }
         self.check_drives()?;
         self.check_network_interfaces()?;
+        self.check_mmds()?;
         let rng = usize::from(self.entropy.is_some());
         let vsock = usize::from(self.vsock.is_some());
         let devices = self.drives.len() + self.network_interfaces.len() + rng + vsock;
@@ -144,6 +142,21 @@ impl VmConfig {
                     ));
                 }
                 root = Some(&drive.drive_id);
+            }
+        }
+        Ok(())
+    }
+
+    /// MMDS on its own, then every interface it names exists.
+    fn check_mmds(&self) -> Result {
+        let Some(mmds) = &self.mmds_config else { return Ok(()) };
+        mmds.validate().map_err(|e| e.within("mmds-config"))?;
+        for (i, id) in mmds.network_interfaces.iter().enumerate() {
+            if !self.network_interfaces.iter().any(|n| &n.iface_id == id) {
+                return Err(ValidationError::new(
+                    format!("mmds-config.network_interfaces[{i}]"),
+                    format!("no network interface \"{}\"; PUT it first", id.escape_debug()),
+                ));
             }
         }
         Ok(())
@@ -223,6 +236,8 @@ pub struct VmSpec {
     pub entropy: Option<Entropy>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vsock: Option<Vsock>,
+    #[serde(rename = "mmds-config", skip_serializing_if = "Option::is_none")]
+    pub mmds_config: Option<MmdsConfig>,
 }
 
 /// Why a config file could not be used.
@@ -258,6 +273,7 @@ impl TryFrom<VmConfig> for VmSpec {
             logger: cfg.logger,
             entropy: cfg.entropy,
             vsock: cfg.vsock,
+            mmds_config: cfg.mmds_config,
         })
     }
 }
@@ -273,6 +289,7 @@ impl From<VmSpec> for VmConfig {
             logger: spec.logger,
             entropy: spec.entropy,
             vsock: spec.vsock,
+            mmds_config: spec.mmds_config,
             ..Default::default()
         }
     }
@@ -380,12 +397,19 @@ mod tests {
             r#"{"boot-source":{"kernel_image_path":"/k"},"vsock":{"guest_cid":3,"uds_path":"v"}}"#,
         );
         assert_eq!(VmSpec::from_config_file(&p).unwrap().vsock.map(|v| v.guest_cid), Some(3));
-        let p = write_tmp("mmds.json", r#"{"boot-source":{"kernel_image_path":"/k"},"mmds-config":{}}"#);
-        let e = VmSpec::from_config_file(&p).unwrap_err().to_string();
-        assert!(
-            e.ends_with("mmds-config: MMDS (the microVM metadata service) is not supported by shimvmm yet; remove it"),
-            "{e}"
+        let p = write_tmp(
+            "mmds.json",
+            r#"{"boot-source":{"kernel_image_path":"/k"},"mmds-config":{"network_interfaces":["eth0"]}}"#,
         );
+        let e = VmSpec::from_config_file(&p).unwrap_err().to_string();
+        assert!(e.ends_with("mmds-config.network_interfaces[0]: no network interface \"eth0\"; PUT it first"), "{e}");
+        let p = write_tmp(
+            "mmds-ok.json",
+            r#"{"boot-source":{"kernel_image_path":"/k"},"network-interfaces":[{"iface_id":"eth0","host_dev_name":"tap0"}],
+                "mmds-config":{"version":"V2","network_interfaces":["eth0"]}}"#,
+        );
+        let spec = VmSpec::from_config_file(&p).unwrap();
+        assert_eq!(spec.mmds_config.map(|m| m.version), Some(crate::MmdsVersion::V2));
         let p = write_tmp("nulls.json", r#"{"boot-source":{"kernel_image_path":"/k"},"vsock":null,"balloon":null}"#);
         assert!(VmSpec::from_config_file(&p).is_ok());
 

@@ -442,6 +442,9 @@ pub struct BuildOptions {
     /// Accept host block devices as disk images (`--allow-block-devices`);
     /// off, only regular files are.
     pub allow_block_devices: bool,
+    /// The metadata document the interfaces of `mmds-config` serve (the
+    /// one the API writes); `None`: an empty one.
+    pub mmds: Option<Arc<Mutex<mmds::Mmds>>>,
 }
 
 /// Checks every input file the user named before any KVM or device state is
@@ -526,6 +529,15 @@ pub fn build_with(spec: &VmSpec, opts: &BuildOptions) -> Result<Vmm, BuildError>
         let dev = attach_virtio(&vm, &mem, &mut mmio, &mut em, &mut slots, blk)?;
         devices.push(AttachedDevice { id: id.clone(), kind: DeviceKind::Block, dev });
     }
+    // The metadata service, with the version and format the config asks.
+    let mmds_store = spec.mmds_config.as_ref().map(|c| {
+        let store = opts.mmds.clone().unwrap_or_default();
+        let mut s = store.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        s.set_version(c.version);
+        s.set_imds_compat(c.imds_compat);
+        drop(s);
+        store
+    });
     for n in &spec.network_interfaces {
         let id = &n.iface_id;
         // One MAC for both the guest's virtio config and the pNIC's filter:
@@ -557,6 +569,12 @@ pub fn build_with(spec: &VmSpec, opts: &BuildOptions) -> Result<Vmm, BuildError>
             net.set_mtu(mtu);
         }
         net.set_rate_limiters(n.rx_rate_limiter.as_ref(), n.tx_rate_limiter.as_ref());
+        if let (Some(c), Some(store)) = (&spec.mmds_config, &mmds_store) {
+            if c.network_interfaces.contains(id) {
+                net.set_mmds(mmds::MmdsStack::new(store.clone(), c.ipv4()));
+                log::info!("virtio-net {id}: MMDS {:?} at {}", c.version, c.ipv4());
+            }
+        }
         let dev = attach_virtio(&vm, &mem, &mut mmio, &mut em, &mut slots, net)?;
         devices.push(AttachedDevice { id: id.clone(), kind: DeviceKind::Net, dev });
     }

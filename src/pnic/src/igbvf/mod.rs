@@ -33,11 +33,13 @@ pub mod mbx;
 pub mod regs;
 
 use std::collections::VecDeque;
-use std::os::unix::io::RawFd;
+use std::os::unix::io::{AsRawFd, RawFd};
 use std::sync::Arc;
+use std::time::Duration;
 
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::timerfd::TimerFd;
 
 use crate::bdf::Bdf;
 use crate::dma::{DmaArea, DmaMapper, IovaAllocator};
@@ -66,6 +68,11 @@ pub const QUEUE_VECTOR: u32 = 0;
 pub const MAILBOX_VECTOR: u32 = 2;
 /// Raise interrupt causes by hand (used to wake the caller after recovery).
 pub const VTEICS: u32 = 0x1520;
+/// How often a pending recovery is retried without a sign from the PF (as
+/// Linux's igbvf watchdog, 2 s there).
+pub const RECOVERY_RETRY: Duration = Duration::from_secs(1);
+/// The longest wait between two tries of a handshake the PF did not answer.
+pub const RECOVERY_RETRY_MAX: Duration = Duration::from_secs(8);
 
 /// What the 82576 VF does its own way (see the module documentation).
 pub struct IgbVf82576;
@@ -150,16 +157,9 @@ impl Family for IgbVf82576 {
     }
 
     fn configure<R: RegisterAccess>(d: &mut E1000<Self, R>) -> Result<(), DriverError> {
-        d.mac = pf_handshake(&d.regs)?;
-        d.regs.write32(RXDCTL0, 0);
-        d.regs.write32(TXDCTL0, 0);
-        common::program_rings(&d.regs, &d.rx_ring, &d.tx_ring);
-        d.regs.write32(
-            SRRCTL0,
-            ((RX_BUF_SIZE / SRRCTL_BSIZEPKT_UNIT) << SRRCTL_BSIZEPKT_SHIFT)
-                | SRRCTL_DESCTYPE_ADV_ONEBUF
-                | SRRCTL_DROP_EN,
-        );
+        // The interrupts first: a handshake the PF does not answer (it is
+        // going down or still in reset) leaves the mailbox vector armed, so
+        // the PF's next message wakes the recovery.
         if d.msix_vectors > 0 {
             d.regs.write32(VTIVAR0, (VTIVAR_VALID | QUEUE_VECTOR) | ((VTIVAR_VALID | QUEUE_VECTOR) << VTIVAR_TX_SHIFT));
             let mut mask = 1 << QUEUE_VECTOR;
@@ -173,6 +173,16 @@ impl Family for IgbVf82576 {
             d.regs.write32(VTEIAM, 0);
             d.regs.write32(VTEIMS, mask);
         }
+        d.mac = pf_handshake(&d.regs)?;
+        d.regs.write32(RXDCTL0, 0);
+        d.regs.write32(TXDCTL0, 0);
+        common::program_rings(&d.regs, &d.rx_ring, &d.tx_ring);
+        d.regs.write32(
+            SRRCTL0,
+            ((RX_BUF_SIZE / SRRCTL_BSIZEPKT_UNIT) << SRRCTL_BSIZEPKT_SHIFT)
+                | SRRCTL_DESCTYPE_ADV_ONEBUF
+                | SRRCTL_DROP_EN,
+        );
         Ok(())
     }
 
@@ -227,6 +237,17 @@ pub struct Igbvf<R: RegisterAccess> {
     /// The queues ran when the reset hit: start them again after it.
     resume: bool,
     recoveries: u64,
+    /// Ticks every [`RECOVERY_RETRY`] while a recovery is pending, as the
+    /// last of [`PnicDriver::irq_fds`]: the PF ends its reset with RSTD,
+    /// which raises no interrupt, and a PF that went down answers nothing
+    /// until it is up again. `None` if no timer could be made (then only
+    /// mailbox interrupts, link checks and starts retry).
+    watchdog: Option<TimerFd>,
+    /// The period the watchdog ticks at (`None`: disarmed).
+    watchdog_armed: Option<Duration>,
+    /// Handshakes in a row that failed (the retry period doubles, up to
+    /// [`RECOVERY_RETRY_MAX`]).
+    failed_tries: u32,
 }
 
 impl<R: RegisterAccess> Igbvf<R> {
@@ -254,6 +275,46 @@ impl<R: RegisterAccess> Igbvf<R> {
             recovering: false,
             resume: false,
             recoveries: 0,
+            watchdog: TimerFd::new()
+                .map_err(|e| log::warn!("igbvf: no recovery timer ({e}); recovery waits for the PF's messages"))
+                .ok(),
+            watchdog_armed: None,
+            failed_tries: 0,
+        }
+    }
+
+    /// The watchdog's index in [`PnicDriver::irq_fds`].
+    fn watchdog_index(&self) -> Option<usize> {
+        self.watchdog.as_ref().map(|_| self.inner.irq_fds().len())
+    }
+
+    /// Arm the watchdog while a recovery is pending, disarm it otherwise.
+    fn sync_watchdog(&mut self) {
+        let want = self.recovering.then(|| (RECOVERY_RETRY * (1 << self.failed_tries.min(3))).min(RECOVERY_RETRY_MAX));
+        if want == self.watchdog_armed {
+            return;
+        }
+        if let Some(t) = self.watchdog.as_mut() {
+            let r = match want {
+                Some(p) => t.reset(p, Some(p)),
+                None => t.clear(),
+            };
+            match r {
+                Ok(()) => self.watchdog_armed = want,
+                Err(e) => log::warn!("igbvf: recovery timer: {e}"),
+            }
+        }
+    }
+
+    /// Consume the watchdog's expirations, if any (never blocks).
+    fn drain_watchdog(&mut self) {
+        if let Some(t) = self.watchdog.as_mut() {
+            let mut pfd = libc::pollfd { fd: t.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+            // SAFETY: one valid pollfd, zero timeout; poll only writes revents.
+            let ready = unsafe { libc::poll(&mut pfd, 1, 0) };
+            if ready > 0 && pfd.revents & libc::POLLIN != 0 {
+                let _ = t.wait();
+            }
         }
     }
 
@@ -321,9 +382,12 @@ impl<R: RegisterAccess> Igbvf<R> {
         self.mbx_seen &= !MBX_PFACK;
         if self.recovering {
             if let Err(e) = self.recover() {
-                log::warn!("igbvf: recovery not finished yet: {e}");
+                log::warn!(
+                    "igbvf: recovery not finished yet: {e}; retried at the PF's next message or the watchdog's tick"
+                );
             }
         }
+        self.sync_watchdog();
         Ok(())
     }
 
@@ -358,8 +422,19 @@ impl<R: RegisterAccess> Igbvf<R> {
         if mbx::read_status(&self.inner.regs, &mut self.mbx_seen) & MBX_RSTI != 0 {
             return Err(DriverError::Timeout("the PF to leave reset (mailbox RSTI)"));
         }
+        // Nor does a PF that is down (its link with it): the handshake would
+        // only wait out its timeout; the PF pings its VFs when the link is up.
+        if self.inner.regs.read32(STATUS) & STATUS_LU == 0 {
+            return Err(DriverError::Timeout("the PF's link (STATUS.LU) to come up"));
+        }
         let old_mac = self.inner.mac;
-        self.inner.reset()?;
+        if let Err(e) = self.inner.reset() {
+            // A PF that took the ping's path but answers nothing: each try
+            // waits out the mailbox timeout, so the tries grow apart.
+            self.failed_tries = self.failed_tries.saturating_add(1);
+            return Err(e);
+        }
+        self.failed_tries = 0;
         self.mbx_seen = 0;
         if self.inner.mac != old_mac {
             log::error!(
@@ -424,7 +499,9 @@ impl<R: RegisterAccess> PnicDriver for Igbvf<R> {
 
     fn start(&mut self) -> Result<(), DriverError> {
         if self.recovering {
-            self.recover()?;
+            let r = self.recover();
+            self.sync_watchdog();
+            r?;
         }
         self.inner.start()
     }
@@ -439,6 +516,7 @@ impl<R: RegisterAccess> PnicDriver for Igbvf<R> {
         let r = self.inner.reset();
         self.recovering = r.is_err();
         self.mbx_seen = 0;
+        self.sync_watchdog();
         r
     }
 
@@ -460,11 +538,18 @@ impl<R: RegisterAccess> PnicDriver for Igbvf<R> {
         Ok(())
     }
 
+    /// The MSI-X vectors' eventfds, then the recovery watchdog's timer.
     fn irq_fds(&self) -> Vec<RawFd> {
-        self.inner.irq_fds()
+        let mut fds = self.inner.irq_fds();
+        fds.extend(self.watchdog.as_ref().map(|t| t.as_raw_fd()));
+        fds
     }
 
     fn handle_irq(&mut self, index: usize) -> Result<(), DriverError> {
+        if Some(index) == self.watchdog_index() {
+            self.drain_watchdog();
+            return self.poll_mailbox();
+        }
         self.inner.handle_irq(index)?;
         if index > 0 || self.inner.msix_vectors < 2 || self.recovering {
             self.poll_mailbox()?;

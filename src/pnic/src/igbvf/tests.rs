@@ -50,7 +50,7 @@ fn bring_up_is_the_pf_handshake_and_takes_the_pf_assigned_mac() {
     assert!(e.to_string().contains("52:54:00:aa:00:01"), "{e}");
     d.set_mac_filter(PF_MAC).unwrap();
     assert!(d.link_up().unwrap());
-    assert_eq!(d.irq_fds().len(), 3, "the VF's three MSI-X vectors");
+    assert_eq!(d.irq_fds().len(), 4, "the VF's three MSI-X vectors and the recovery watchdog");
     // MSI-X: queues on vector 0, the mailbox on vector 2.
     assert_eq!(d.regs().read32(VTIVAR0), VTIVAR_VALID | (VTIVAR_VALID << VTIVAR_TX_SHIFT));
     assert_eq!(d.regs().read32(VTIVAR_MISC), VTIVAR_VALID | MAILBOX_VECTOR);
@@ -176,6 +176,237 @@ fn a_pf_reset_during_traffic_loses_no_buffer_and_traffic_resumes() {
     d.reap_tx(&mut tx).unwrap();
     assert_eq!(tx, vec![TxCompletion { cookie: 3 }]);
     assert_eq!(d.rx_posted_cookies(), vec![105, 106, 107, 108]);
+}
+
+/// Who holds each guest buffer, checked against every DMA access the model
+/// NIC makes (its IOMMU's log): the NIC may touch a buffer only while it is
+/// lent (posted and not handed back yet).
+#[derive(Default)]
+struct Ledger {
+    /// cookie -> (address, length) of every buffer ever lent; addresses are
+    /// never reused, so an access names at most one buffer.
+    bufs: std::collections::BTreeMap<u64, (u64, u64)>,
+    lent: std::collections::BTreeSet<u64>,
+    /// Next fresh buffer (2 KiB apart from 0x1_0000).
+    next: u64,
+    returned: u64,
+    accesses_checked: u64,
+}
+
+/// TX cookies start here (RX cookies are buffer numbers).
+const TX_COOKIE: u64 = 1 << 32;
+
+impl Ledger {
+    fn fresh(&mut self) -> (u64, u64) {
+        let (n, addr) = (self.next, 0x1_0000 + self.next * 0x800);
+        assert!(addr + 0x800 <= GUEST as u64, "the test ran out of fresh buffers");
+        self.next += 1;
+        (n, addr)
+    }
+    fn post_rx(&mut self, d: &mut Igbvf<VfRegs>, n: usize) {
+        for _ in 0..n {
+            let (cookie, addr) = self.fresh();
+            d.post_rx(addr, 2048, cookie).unwrap();
+            self.bufs.insert(cookie, (addr, 2048));
+            self.lent.insert(cookie);
+        }
+        d.flush_rx().unwrap();
+    }
+    fn post_tx(&mut self, d: &mut Igbvf<VfRegs>) {
+        let (n, addr) = self.fresh();
+        d.post_tx(&[(addr, 60)], TX_COOKIE + n).unwrap();
+        self.bufs.insert(TX_COOKIE + n, (addr, 60));
+        self.lent.insert(TX_COOKIE + n);
+    }
+    fn give_back(&mut self, cookie: u64, step: &str) {
+        assert!(self.lent.remove(&cookie), "{step}: buffer {cookie:#x} handed back twice or never lent");
+        self.returned += 1;
+    }
+    /// Everything the driver hands back now.
+    fn reap(&mut self, d: &mut Igbvf<VfRegs>, step: &str) -> usize {
+        let (mut rx, mut tx) = (Vec::new(), Vec::new());
+        d.reap_rx(&mut rx).unwrap();
+        d.reap_tx(&mut tx).unwrap();
+        rx.iter().for_each(|c| self.give_back(c.cookie, step));
+        tx.iter().for_each(|c| self.give_back(c.cookie, step));
+        rx.len() + tx.len()
+    }
+    /// The NIC's accesses since the last check touched guest RAM only
+    /// inside lent buffers (the rest of its accesses are its rings, which
+    /// lie above guest RAM).
+    fn check(&mut self, pf: &VfPf, step: &str) {
+        for a in pf.hw.iommu().take_log() {
+            if !a.overlaps(0, GUEST as u64) {
+                continue;
+            }
+            self.accesses_checked += 1;
+            for (cookie, (addr, len)) in &self.bufs {
+                assert!(
+                    self.lent.contains(cookie) || !a.overlaps(*addr, *len),
+                    "{step}: the NIC's {a:?} touched buffer {cookie:#x} at {addr:#x} after it was handed back"
+                );
+            }
+            let inside = self.lent.iter().any(|c| {
+                let (addr, len) = self.bufs[c];
+                a.iova >= addr && a.iova + a.len as u64 <= addr + len
+            });
+            assert!(inside, "{step}: the NIC's {a:?} reached guest RAM outside every lent buffer");
+        }
+    }
+    /// A frame from the wire, then the check.
+    fn wire_rx(&mut self, pf: &VfPf, step: &str) -> HwRx {
+        let r = pf.hw.inject_rx(&frame(PF_MAC, 200, 0x5a));
+        self.check(pf, step);
+        r
+    }
+    fn wire_tx(&mut self, pf: &VfPf, step: &str) -> usize {
+        let n = pf.hw.complete_tx(|_| {});
+        self.check(pf, step);
+        n
+    }
+}
+
+/// The unit test of "no DMA into returned buffers across a VF reset": the
+/// model's IOMMU logs every access the NIC makes, and after each step the
+/// accesses are checked against which guest buffers the driver has handed
+/// back. The frames keep coming through every phase of two PF-initiated
+/// resets: the PF's ping without clear-to-send while the VF's queues still
+/// run (Linux's igb pings first, then stops the VF and resets), queues that
+/// do not confirm the stop for a while, the PF held in reset (RSTI), and the
+/// traffic after it. Every buffer is handed back once, or still lent at the
+/// end, and the NIC reached none after it was handed back.
+#[test]
+fn across_pf_resets_the_nic_never_touches_a_buffer_after_it_was_handed_back() {
+    let (mut d, pf, _g) = vf();
+    pf.hw.iommu().start_log();
+    let mut l = Ledger::default();
+    d.start().unwrap();
+    l.post_rx(&mut d, 8);
+    for _ in 0..3 {
+        assert!(matches!(l.wire_rx(&pf, "before"), HwRx::Delivered { .. }));
+    }
+    l.post_tx(&mut d);
+    l.post_tx(&mut d);
+
+    // 1. The PF pings without clear-to-send; the queues still run, frames
+    //    still land (in lent buffers). The driver stops its queues, resets
+    //    the VF, redoes the handshake (the PF answers) and re-posts.
+    pf.pf_ping_without_cts();
+    assert!(matches!(l.wire_rx(&pf, "1: ping, queues running"), HwRx::Delivered { .. }));
+    d.handle_irq(MAILBOX_VECTOR as usize).unwrap();
+    assert!(!d.recovering(), "the PF answered: recovered at once");
+    assert_eq!(d.recoveries(), 1);
+    assert_eq!(l.wire_tx(&pf, "1: after the VF reset"), 0, "the TX frames the reset caught are gone");
+    assert_eq!(l.reap(&mut d, "1: reap"), 4 + 2, "4 frames and 2 lost TX frames handed back");
+    for _ in 0..2 {
+        assert!(matches!(l.wire_rx(&pf, "1: after the recovery"), HwRx::Delivered { .. }));
+    }
+    l.post_rx(&mut d, 4);
+    l.post_tx(&mut d);
+
+    // 2. The next reset: the VF's queues do not confirm the stop at first.
+    //    Nothing comes back while the NIC may still write.
+    pf.hw.inject_hang(true, false, false);
+    pf.pf_ping_without_cts();
+    d.handle_irq(MAILBOX_VECTOR as usize).unwrap();
+    assert!(d.recovering(), "queues not confirmed stopped: recovery pending");
+    let lent_before = l.lent.clone();
+    // What the NIC finished is done (it never writes a finished descriptor
+    // again); nothing it may still write is handed back.
+    l.reap(&mut d, "2: reap while wedged");
+    assert!(matches!(l.wire_rx(&pf, "2: queues wedged"), HwRx::Delivered { .. }));
+    assert_eq!(l.wire_tx(&pf, "2: queues wedged"), 1);
+    l.reap(&mut d, "2: reap while wedged");
+    assert!(matches!(l.wire_rx(&pf, "2: queues wedged"), HwRx::Delivered { .. }));
+    // RX buffers 0..8 and 10..14 were posted (8 and 9 went to TX); 0..=6
+    // were filled and handed back, 7 is filled and not reaped yet.
+    assert_eq!(d.rx_posted_cookies(), vec![7, 10, 11, 12, 13], "the unfinished RX buffers stay lent");
+    assert!(l.lent.is_subset(&lent_before));
+    assert!(!l.lent.is_empty());
+    // Then the PF resets the NIC and holds RSTI; the queues are down.
+    pf.hw.inject_hang(false, false, false);
+    pf.pf_reset_begin();
+    assert_eq!(l.wire_rx(&pf, "2: PF in reset"), HwRx::NoBuffer);
+    d.handle_irq(MAILBOX_VECTOR as usize).unwrap();
+    assert!(d.recovering(), "the PF is still in reset");
+    l.reap(&mut d, "2: reap during the PF reset");
+    assert_eq!(l.wire_rx(&pf, "2: PF in reset"), HwRx::NoBuffer);
+    assert_eq!(l.wire_tx(&pf, "2: PF in reset"), 0);
+    assert_eq!(d.post_rx(0xf_0000, 2048, 9999), Err(DriverError::Stopped), "nothing posted while recovering");
+    pf.pf_reset_end();
+    d.handle_irq(MAILBOX_VECTOR as usize).unwrap();
+    assert!(!d.recovering());
+    assert_eq!(d.recoveries(), 2);
+
+    // 3. Traffic after it: the frames land in the re-posted buffers and the
+    //    fresh ones only.
+    for round in 0..40 {
+        let step = format!("3: round {round}");
+        let _ = l.wire_rx(&pf, &step);
+        if round % 3 == 0 {
+            l.post_tx(&mut d);
+            l.wire_tx(&pf, &step);
+        }
+        if round % 4 == 0 {
+            l.reap(&mut d, &step);
+            l.post_rx(&mut d, 3);
+        }
+    }
+    l.reap(&mut d, "end");
+    let mut posted = d.rx_posted_cookies();
+    posted.sort();
+    assert_eq!(posted, l.lent.iter().copied().collect::<Vec<_>>(), "every buffer handed back or still lent");
+    assert!(
+        l.returned > 40 && l.accesses_checked > 50,
+        "the test proved little: {} returned, {} accesses",
+        l.returned,
+        l.accesses_checked
+    );
+    assert_eq!(pf.hw.stats().dma_faults, 0);
+}
+
+/// Whether `fd` becomes readable within `ms` milliseconds.
+fn readable_within(fd: std::os::unix::io::RawFd, ms: i32) -> bool {
+    let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+    // SAFETY: one valid pollfd; poll only writes revents.
+    unsafe { libc::poll(&mut pfd, 1, ms) > 0 }
+}
+
+/// What the testbed showed (`ip link set <PF> down`, `up`): Linux's igb
+/// pings without clear-to-send, then stops answering (the VF's VF_RESET
+/// times out) and ends its reset with RSTD alone, which raises no
+/// interrupt. The mailbox vector stays armed through the failed handshake
+/// and the watchdog timer (the last event fd) retries until the PF answers.
+#[test]
+fn a_pf_that_goes_quiet_during_recovery_is_retried_by_the_watchdog() {
+    let (mut d, pf, _g) = vf();
+    d.start().unwrap();
+    for i in 0..4 {
+        d.post_rx(buf(i), 2048, i).unwrap();
+    }
+    d.flush_rx().unwrap();
+    let fds = d.irq_fds();
+    let watchdog = fds.len() - 1;
+    assert!(!readable_within(fds[watchdog], 0), "no watchdog while all is well");
+    // The PF pings, then answers nothing: the handshake times out.
+    pf.set_deaf(true);
+    pf.pf_ping_without_cts();
+    d.handle_irq(MAILBOX_VECTOR as usize).unwrap();
+    assert!(d.recovering());
+    assert_ne!(d.regs().read32(VTEIMS) & (1 << MAILBOX_VECTOR), 0, "mailbox vector armed after the failed handshake");
+    assert_eq!(d.rx_posted_cookies(), vec![0, 1, 2, 3], "every buffer still accounted for");
+    // The PF resets and comes back with RSTD alone.
+    pf.pf_reset_begin();
+    pf.set_deaf(false);
+    pf.pf_reset_end_quiet();
+    assert!(readable_within(fds[watchdog], 3000), "the watchdog fires while the recovery is pending");
+    d.handle_irq(watchdog).unwrap();
+    assert!(!d.recovering(), "recovered on the watchdog's tick");
+    assert!(d.link_up().unwrap());
+    assert_eq!(d.rx_posted_cookies(), vec![0, 1, 2, 3]);
+    assert!(matches!(pf.hw.inject_rx(&frame(PF_MAC, 100, 1)), HwRx::Delivered { buffer, .. } if buffer == buf(0)));
+    // Disarmed again: no tick after the recovery.
+    assert!(!readable_within(fds[watchdog], 1500), "the watchdog stops once recovered");
 }
 
 /// A reset announced while the queues were stopped (no buffers) is handled

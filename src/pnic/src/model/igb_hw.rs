@@ -611,9 +611,21 @@ pub fn igb_on_model_msix(
     mac: [u8; 6],
     vectors: usize,
 ) -> Result<(Igb<IgbHwRegs>, IgbHw), DriverError> {
+    igb_on_model_mtu(guest, mac, vectors, crate::e1000_common::ETH_MTU)
+}
+
+/// [`igb_on_model_msix`] opened for a guest MTU of `mtu` (above 1500: jumbo
+/// frames over several buffers, as `--net vfio=BDF,mtu=N` opens the NIC).
+pub fn igb_on_model_mtu(
+    guest: &GuestMemoryMmap,
+    mac: [u8; 6],
+    vectors: usize,
+    mtu: u16,
+) -> Result<(Igb<IgbHwRegs>, IgbHw), DriverError> {
     let (regs, hw, mapper, irqs) = igb_hw_model(guest, vectors.clamp(1, 2))?;
     let mut cfg = NicConfig::new(mac);
     cfg.link_timeout = Duration::from_millis(100);
+    cfg.mtu = mtu;
     let mut d = Igb::new(regs, mapper, IovaAllocator::above(guest), cfg, irqs.len())?;
     d.set_model_irqs(irqs);
     d.set_model_pci(Box::new(ModelPci(hw.0.clone())));

@@ -130,6 +130,8 @@ impl VfRegs {
         }
         self.hw.write32(RCTL, 0);
         self.hw.write32(TCTL, 0);
+        // The VF's interrupt registers reset too.
+        self.hw.write32(VTEIMS, 0);
         p.cts = false;
         p.vf_resets += 1;
     }
@@ -175,6 +177,9 @@ impl RegisterAccess for VfRegs {
                     self.vf_reset(&mut p);
                 }
             }
+            // Interrupt mask set/clear (VTEIMS reads back the mask).
+            VTEIMS => self.hw.write32(VTEIMS, self.hw.read32(VTEIMS) | v),
+            VTEIMC => self.hw.write32(VTEIMS, self.hw.read32(VTEIMS) & !v),
             _ => self.hw.write32(off, v),
         }
     }
@@ -221,6 +226,24 @@ impl VfPf {
         p.mem[0] = PF_CONTROL_MSG;
         self.regs.hw.write32(STATUS, STATUS_LU);
         let _ = self.regs.mbx_irq.write(1);
+    }
+    /// The PF pings the VF without clear-to-send, as Linux's igb does first
+    /// when it resets (then it turns the VF's RX/TX off and resets the
+    /// NIC): until then the VF's queues still run.
+    pub fn pf_ping_without_cts(&self) {
+        let mut p = lock(&self.regs.pf);
+        p.cts = false;
+        p.mem[0] = PF_CONTROL_MSG;
+        p.v2p |= MBX_PFSTS;
+        let _ = self.regs.mbx_irq.write(1);
+    }
+    /// The PF's reset ends with RSTD only: no message, no interrupt (what
+    /// the hardware does when the PF driver sets CTRL_EXT.PFRSTD).
+    pub fn pf_reset_end_quiet(&self) {
+        let mut p = lock(&self.regs.pf);
+        p.in_reset = false;
+        p.v2p = (p.v2p & !MBX_RSTI) | MBX_RSTD;
+        self.regs.hw.write32(STATUS, STATUS_LU);
     }
     /// What V2PMAILBOX would show now (without clearing anything).
     pub fn mailbox(&self) -> u32 {

@@ -2,6 +2,7 @@
 //! was mapped, exactly like the NIC behind VFIO; anything else is a fault.
 
 use std::collections::btree_map::{BTreeMap, Entry};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
@@ -16,6 +17,26 @@ pub struct ModelIommu {
     windows: Mutex<Vec<GuestMemoryMmap>>,
     /// Single guest pages (`map_page`), by IOVA, with the memory behind them.
     pages: Mutex<BTreeMap<u64, GuestMemoryMmap>>,
+    /// Whether DMA accesses are recorded in `log` (tests that check where
+    /// the NIC wrote; off by default, so benchmarks pay one load).
+    logging: AtomicBool,
+    log: Mutex<Vec<DmaAccess>>,
+}
+
+/// One DMA access the model's NIC made (recorded with
+/// [`ModelIommu::start_log`]), faulted or not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DmaAccess {
+    pub iova: u64,
+    pub len: usize,
+    pub write: bool,
+}
+
+impl DmaAccess {
+    /// Whether the access touches any byte of `[addr, addr + len)`.
+    pub fn overlaps(&self, addr: u64, len: u64) -> bool {
+        self.iova < addr.saturating_add(len) && addr < self.iova.saturating_add(self.len as u64)
+    }
 }
 
 impl ModelIommu {
@@ -49,14 +70,32 @@ impl ModelIommu {
         lock(&self.pages).len()
     }
 
+    /// Record every DMA access from now on (see [`ModelIommu::take_log`]).
+    pub fn start_log(&self) {
+        self.logging.store(true, Ordering::Release);
+    }
+
+    /// The accesses recorded since the last call, oldest first.
+    pub fn take_log(&self) -> Vec<DmaAccess> {
+        std::mem::take(&mut *lock(&self.log))
+    }
+
+    fn record(&self, iova: u64, len: usize, write: bool) {
+        if self.logging.load(Ordering::Acquire) {
+            lock(&self.log).push(DmaAccess { iova, len, write });
+        }
+    }
+
     /// DMA write; `false` is an IOMMU fault (nothing written).
     pub fn write(&self, iova: u64, data: &[u8]) -> bool {
+        self.record(iova, data.len(), true);
         self.with_window(iova, data.len(), |m| m.write_slice(data, GuestAddress(iova)).is_ok()).unwrap_or(false)
     }
 
     /// DMA read; `false` is an IOMMU fault.
     pub fn read(&self, iova: u64, data: &mut [u8]) -> bool {
         let len = data.len();
+        self.record(iova, len, false);
         self.with_window(iova, len, |m| m.read_slice(data, GuestAddress(iova)).is_ok()).unwrap_or(false)
     }
 

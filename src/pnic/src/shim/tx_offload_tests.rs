@@ -380,9 +380,74 @@ fn offered_features_follow_the_nic() {
     let f = s.features();
     assert_eq!(f & (F_CSUM | F_HOST_TSO4 | F_HOST_TSO6), F_CSUM | F_HOST_TSO4 | F_HOST_TSO6);
     assert_eq!(f & (F_HOST_ECN | F_HOST_UFO), 0, "no ECN, no UFO");
-    // A NIC without offloads (the generic model, as the 82574L driver).
+    // A NIC without TX offloads (the generic model, as the 82574L driver):
+    // none of the TX bits. GUEST_CSUM is offered on every NIC (the RX
+    // side, docs/vfio-nic.md 3b): a NIC that validates nothing just never
+    // sets DATA_VALID.
     let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), RAM as usize)]).unwrap();
     let (model, _h) = NicModel::new(&mem, ModelConfig::default()).unwrap();
     let s = ShimBackend::new(model, &mem, MAC).unwrap();
-    assert_eq!(s.features(), VIRTIO_NET_F_MRG_RXBUF);
+    assert_eq!(s.features(), VIRTIO_NET_F_MRG_RXBUF | F_GUEST_CSUM);
+}
+
+/// hdr_len past the chain's first segment (and past the real header): a
+/// hint, not a malformed header. Without VIRTIO_NET_F_GUEST_HDRLEN the
+/// device must not rely on it (virtio 1.2, 5.1.6.2.1), and Linux sets it to
+/// the skb's linear length, which may hold payload. The shim takes the
+/// header's length from the frame (the TCP data offset), gathers it across
+/// the guest's segments into its own copy, and sends the payload zero-copy.
+#[test]
+fn hdr_len_past_the_first_segment_is_a_hint_and_the_header_comes_from_the_frame() {
+    let f = tcp_frame(false, 0, 3000);
+    for hdr_len in [54u16, 200, f.len() as u16] {
+        let (mut s, hw, mem) = shim();
+        let h = vnet(VIRTIO_NET_HDR_GSO_TCPV4, 1448, hdr_len, 34, 16);
+        // First segment: the virtio-net header and 20 frame bytes (inside
+        // the IP header); the TCP header is split across the next two.
+        let tx = put(&mem, 1, 0x1_0000, &h, &f, &[12 + 20, 12 + 40]);
+        assert_eq!(s.send(&mem, tx), Ok(false), "hdr_len {hdr_len}");
+        let out = wire(&hw);
+        assert_eq!(out.len(), 3, "hdr_len {hdr_len}: 3000 bytes in 1448-byte segments");
+        let got: Vec<u8> = out.iter().flat_map(|seg| check_tcp_segment(seg, false, 20).2).collect();
+        assert_eq!(got, f[54..], "hdr_len {hdr_len}");
+        let m = s.shim_metrics();
+        assert_eq!((m.tx_tso_frames, m.vmm_copied_bytes, m.drops.total()), (1, 54, 0), "hdr_len {hdr_len}");
+    }
+}
+
+/// A TSO header the frame itself contradicts is refused and counted, and
+/// nothing reaches the NIC: a TCP data offset under 5 words, a TCP header
+/// that leaves no payload (it runs to or past the frame's end), an IPv4
+/// header whose IHL does not end at csum_start, a TSO frame that is not
+/// TCP.
+#[test]
+fn tso_headers_the_frame_contradicts_are_refused_counted_and_never_sent() {
+    let (mut s, hw, mem) = shim();
+    let good = tcp_frame(false, 0, 3000);
+    let h = vnet(VIRTIO_NET_HDR_GSO_TCPV4, 1448, 54, 34, 16);
+    let mut doff_short = good.clone();
+    doff_short[34 + 12] = 4 << 4;
+    let no_payload = tcp_frame(false, 40, 0);
+    assert_eq!(no_payload[34 + 12] >> 4, 15, "a 60-byte TCP header and no payload byte");
+    let mut ihl = good.clone();
+    ihl[14] = 0x46;
+    let mut udp = good.clone();
+    udp[23] = 17;
+    let cases = [
+        ("TCP data offset 4", &doff_short),
+        ("TCP header past the frame", &no_payload),
+        ("IHL not ending at csum_start", &ihl),
+        ("IP protocol UDP", &udp),
+    ];
+    for (i, (what, f)) in cases.iter().enumerate() {
+        let r = s.send(&mem, put(&mem, i as u16, 0x1_0000, &h, f, &[]));
+        assert_eq!(r, Err(DropReason::BadVnetHeader), "{what}");
+    }
+    assert!(wire(&hw).is_empty(), "nothing reached the wire");
+    assert!(hw.tx_contexts().is_empty());
+    let m = s.shim_metrics();
+    assert_eq!(m.drops_of(DropReason::BadVnetHeader), cases.len() as u64);
+    assert_eq!((m.tx_zero_copy, m.tx_tso_frames), (0, 0));
+    assert_eq!(s.send(&mem, put(&mem, 9, 0x1_0000, &h, &good, &[])), Ok(false));
+    assert_eq!(wire(&hw).len(), 3);
 }

@@ -50,16 +50,19 @@ const RX_PASSES: usize = 4;
 
 pub(super) struct Active {
     pub(super) mem: GuestMemory,
-    rx: SplitRing,
+    pub(super) rx: SplitRing,
     tx: SplitRing,
     interrupt: Arc<Interrupt>,
     /// Indexed by head: the RX buffers the backend holds (see [`Held`]).
-    rx_held: Vec<Held>,
+    pub(super) rx_held: Vec<Held>,
     /// Indexed by head: TX frames currently with the backend (their length).
     tx_slots: Vec<Option<u32>>,
     /// Used entries added since the last notification decision.
-    rx_added: bool,
+    pub(super) rx_added: bool,
     tx_added: bool,
+    /// The RX buffers the device keeps for metadata-service frames (see
+    /// [`super::mmds`]); only with MMDS on this interface.
+    pub(super) mmds_reserve: std::collections::VecDeque<super::backend::RxBuffer>,
 }
 
 /// A virtio-net device (device type 1) over a [`NetBackend`].
@@ -81,7 +84,9 @@ pub struct Net {
     pub(super) metrics: NetMetrics,
     /// Segments of the chain being lent to the backend, reused for every
     /// chain (a `ChainRef`): no allocation per packet.
-    seg_buf: Vec<(GuestAddress, u32)>,
+    pub(super) seg_buf: Vec<(GuestAddress, u32)>,
+    /// The metadata service, on an interface `mmds-config` names.
+    pub(super) mmds: Option<Box<mmds::MmdsStack>>,
     /// Token buckets on what the guest receives and sends (without buckets
     /// until configured; their timerfds are watched from the start so a
     /// PATCH can add buckets to a running device).
@@ -115,6 +120,7 @@ impl Net {
             backend,
             metrics: NetMetrics::default(),
             seg_buf: Vec::with_capacity(MAX_CHAIN_DESCS),
+            mmds: None,
             rx_limiter: RateLimiter::new(None).expect("virtio-net: cannot create a timerfd"),
             tx_limiter: RateLimiter::new(None).expect("virtio-net: cannot create a timerfd"),
         }
@@ -168,6 +174,8 @@ impl Net {
     /// it took. Leaves RX kicks on when the guest ran out of buffers (so it
     /// kicks when it adds some), off when the backend is full.
     pub(super) fn run_rx(&mut self) -> usize {
+        // The metadata service's reserve buffer before the backend's.
+        self.inject_mmds();
         let Some(a) = self.active.as_mut() else {
             return 0;
         };
@@ -214,7 +222,8 @@ impl Net {
         };
         let limit = self.tx_limiter.is_active().then_some(&mut self.tx_limiter);
         let mut q = TxQueue::new(&mut a.tx, &mut a.tx_slots, &mut self.metrics, &mut self.seg_buf, &self.id, TX_BUDGET)
-            .limited(limit);
+            .limited(limit)
+            .intercepting(self.mmds.as_deref_mut());
         self.backend.tx(&mut q);
         let (added, over_budget) = (q.added(), q.over_budget());
         drop(q);
@@ -267,7 +276,10 @@ impl Net {
         if up {
             warn!("virtio-net {}: link up", self.id);
         } else {
-            warn!("virtio-net {}: link down (backend failed); the VM keeps running", self.id);
+            warn!(
+                "virtio-net {}: link down (the backend reports no link: failed, or recovering); the VM keeps running",
+                self.id
+            );
             self.metrics.link_down_events += 1;
         }
         if let Some(a) = self.active.as_ref() {
@@ -353,6 +365,7 @@ impl VirtioDevice for Net {
             tx_slots: vec![None; txn],
             rx_added: false,
             tx_added: false,
+            mmds_reserve: std::collections::VecDeque::new(),
         });
         self.activate_evt.write(1).map_err(|e| ActivateError::Backend(format!("waking the event loop: {e}")))?;
         Ok(())
@@ -386,6 +399,9 @@ impl VirtioDevice for Net {
         v["tx_rate_limiter_throttled"] = self.tx_limiter.throttled().into();
         v["rx_rate_limiter_events"] = self.rx_limiter.timer_events().into();
         v["tx_rate_limiter_events"] = self.tx_limiter.timer_events().into();
+        if let Some(stack) = self.mmds.as_deref() {
+            v["mmds"] = serde_json::to_value(stack.stats()).unwrap_or_default();
+        }
         Some(v)
     }
 

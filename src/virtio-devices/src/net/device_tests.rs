@@ -1394,3 +1394,129 @@ fn rx_rate_limiter_stops_posting_buffers_until_its_timer() {
         assert_eq!(h.metrics()["rx_rate_limiter_events"], 1);
     }
 }
+
+// ------------------------------------------------------------- MMDS ---
+
+const MMDS_IP: [u8; 4] = [169, 254, 169, 254];
+const GUEST_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
+const GUEST_IP: [u8; 4] = [10, 0, 0, 2];
+
+/// A device serving MMDS (V1, with a nested document) on its interface.
+fn mmds_harness(direct: bool) -> Harness {
+    let mut h = Harness::new_in(direct);
+    let store = Arc::new(Mutex::new(mmds::Mmds::default()));
+    store.lock().unwrap().put(serde_json::json!({"latest": {"meta-data": {"id": "i-1"}}})).unwrap();
+    h.net.lock().unwrap().set_mmds(mmds::MmdsStack::new(store, MMDS_IP.into()));
+    h.activate(F_MRG_RXBUF);
+    h
+}
+
+/// The guest's ARP request for the MMDS address.
+fn arp_request() -> Vec<u8> {
+    let mut f = vec![0xff; 6];
+    f.extend_from_slice(&GUEST_MAC);
+    f.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1]);
+    f.extend_from_slice(&GUEST_MAC);
+    f.extend_from_slice(&GUEST_IP);
+    f.extend_from_slice(&[0; 6]);
+    f.extend_from_slice(&MMDS_IP);
+    f
+}
+
+/// The guest's TCP SYN to MMDS port 80 (checksums left to the device, as
+/// with VIRTIO_NET_F_CSUM).
+fn tcp_syn() -> Vec<u8> {
+    let mut f = mmds::MMDS_MAC.to_vec();
+    f.extend_from_slice(&GUEST_MAC);
+    f.extend_from_slice(&[0x08, 0x00]);
+    // IPv4: version/IHL, TOS, total length 40, id, flags DF, TTL 64, TCP.
+    f.extend_from_slice(&[0x45, 0, 0, 40, 0, 1, 0x40, 0, 64, 6, 0, 0]);
+    f.extend_from_slice(&GUEST_IP);
+    f.extend_from_slice(&MMDS_IP);
+    // TCP: port 40000 -> 80, seq 1000, ack 0, data offset 5, SYN, window.
+    f.extend_from_slice(&[0x9c, 0x40, 0, 80, 0, 0, 0x03, 0xe8, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0]);
+    f
+}
+
+/// The frame (without virtio-net header) in RX buffer `addr` of `len` bytes.
+fn rx_frame(h: &Harness, addr: u64, len: u32) -> Vec<u8> {
+    h.read(addr + VNET_HDR_LEN as u64, len as usize - VNET_HDR_LEN)
+}
+
+#[test]
+fn mmds_frames_are_answered_by_the_vmm_and_never_reach_the_backend() {
+    for direct in MODES {
+        let mut h = mmds_harness(direct);
+        let bufs: Vec<(u16, u64)> = (0..4).map(|_| h.add_rx_buf(1526)).collect();
+        h.kick(RX_QUEUE);
+        h.add_tx_frame(&arp_request());
+        h.kick(TX_QUEUE);
+        assert!(h.st.lock().unwrap().sent.is_empty(), "an MMDS frame reached the backend");
+        assert_eq!(h.new_used(TX_QUEUE).len(), 1, "the intercepted frame is completed");
+        let used = h.new_used(RX_QUEUE);
+        assert_eq!(used.len(), 1, "one ARP reply");
+        let (head, len) = used[0];
+        let addr = bufs.iter().find(|b| u32::from(b.0) == head).unwrap().1;
+        let hdr = h.read(addr, VNET_HDR_LEN);
+        assert_eq!(u16::from_le_bytes([hdr[10], hdr[11]]), 1, "num_buffers");
+        let reply = rx_frame(&h, addr, len);
+        assert_eq!(&reply[0..6], &GUEST_MAC, "to the guest");
+        assert_eq!(&reply[12..14], &[0x08, 0x06]);
+        assert_eq!(&reply[20..22], &[0, 2], "an ARP reply");
+        assert_eq!(&reply[22..28], &mmds::MMDS_MAC);
+        assert_eq!(&reply[28..32], &MMDS_IP);
+
+        // A SYN to port 80 is answered with SYN-ACK, in the next buffer.
+        h.add_tx_frame(&tcp_syn());
+        h.kick(TX_QUEUE);
+        let used = h.new_used(RX_QUEUE);
+        assert_eq!(used.len(), 1, "one SYN-ACK");
+        let addr = bufs.iter().find(|b| u32::from(b.0) == used[0].0).unwrap().1;
+        let synack = rx_frame(&h, addr, used[0].1);
+        assert_eq!(&synack[26..30], &MMDS_IP, "from MMDS");
+        assert_eq!(&synack[34..36], &[0, 80]);
+        assert_eq!(synack[47] & 0x12, 0x12, "SYN and ACK set");
+
+        // Other traffic still goes to the backend.
+        let mut other = arp_request();
+        other[38..42].copy_from_slice(&[10, 0, 0, 1]);
+        h.add_tx_frame(&other);
+        h.kick(TX_QUEUE);
+        assert_eq!(h.st.lock().unwrap().sent.len(), 1);
+
+        let m = h.metrics();
+        assert_eq!(m["mmds_frames_intercepted"], 2);
+        assert_eq!(m["mmds_frames_injected"], 2);
+        assert_eq!(m["tx_packets"], 1, "intercepted frames are not sent");
+        assert_eq!(m["mmds"]["frames_in"], 2);
+        assert!(m["mmds_copied_bytes"].as_u64().unwrap() >= 2 * 54, "{m}");
+    }
+}
+
+#[test]
+fn mmds_keeps_a_reserve_when_the_backend_takes_all_and_waits_for_more() {
+    use super::mmds::MMDS_RX_RESERVE;
+    // The direct backend (as the shim) takes every buffer it is offered.
+    let mut h = mmds_harness(true);
+    let bufs: Vec<(u16, u64)> = (0..MMDS_RX_RESERVE + 12).map(|_| h.add_rx_buf(1526)).collect();
+    h.kick(RX_QUEUE);
+    assert_eq!(h.st.lock().unwrap().posted.len(), 12, "the device kept its reserve");
+    h.add_tx_frame(&arp_request());
+    h.kick(TX_QUEUE);
+    let used = h.new_used(RX_QUEUE);
+    assert_eq!(used.len(), 1);
+    assert_eq!(used[0].0, u32::from(bufs[0].0), "the answer is in the first reserve buffer");
+    assert_eq!(&rx_frame(&h, bufs[0].1, used[0].1)[20..22], &[0, 2]);
+    // More answers than a Linux guest takes before it refills (32) all go
+    // out; past the reserve they wait for the guest's next buffers.
+    for _ in 0..MMDS_RX_RESERVE + 1 {
+        h.add_tx_frame(&arp_request());
+    }
+    h.kick(TX_QUEUE);
+    assert_eq!(h.new_used(RX_QUEUE).len(), MMDS_RX_RESERVE - 1);
+    let next: Vec<u32> = (0..2).map(|_| u32::from(h.add_rx_buf(1526).0)).collect();
+    h.kick(RX_QUEUE);
+    assert_eq!(h.new_used(RX_QUEUE).iter().map(|u| u.0).collect::<Vec<_>>(), next);
+    assert_eq!(h.st.lock().unwrap().posted.len(), 12, "the backend was never given MMDS's buffers");
+    assert_eq!(h.metrics()["mmds_frames_injected"], MMDS_RX_RESERVE as u64 + 2);
+}

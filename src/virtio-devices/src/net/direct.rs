@@ -27,6 +27,7 @@ use vm_memory::GuestAddress;
 use super::backend::{write_one_buffer_header, write_rx_header, ChainRef, DropReason, RxHeader, VNET_HDR_LEN};
 use super::chain::Direction;
 use super::metrics::NetMetrics;
+use super::mmds::take_if_mmds;
 use super::ring::SplitRing;
 use crate::mem::RamMap;
 use crate::rate_limiter::RateLimiter;
@@ -540,6 +541,9 @@ pub struct TxQueue<'a> {
     /// The TX rate limiter, when it has buckets: a frame is taken only if
     /// it pays for it, else it stays in the ring until the limiter's timer.
     limit: Option<&'a mut RateLimiter>,
+    /// The interface's metadata service, when configured: frames for it are
+    /// handed to it and completed here, never to the backend.
+    mmds: Option<&'a mut mmds::MmdsStack>,
 }
 
 impl<'a> TxQueue<'a> {
@@ -568,12 +572,19 @@ impl<'a> TxQueue<'a> {
             packets: 0,
             bytes: 0,
             limit: None,
+            mmds: None,
         }
     }
 
     /// Throttles the pass with `limit` (an active limiter, or `None`).
     pub(crate) fn limited(mut self, limit: Option<&'a mut RateLimiter>) -> Self {
         self.limit = limit;
+        self
+    }
+
+    /// Hands the frames for the metadata service to `mmds` (if any).
+    pub(crate) fn intercepting(mut self, mmds: Option<&'a mut mmds::MmdsStack>) -> Self {
+        self.mmds = mmds;
         self
     }
 
@@ -653,6 +664,12 @@ impl<'a> TxQueue<'a> {
             }
             if let Some(seg) = self.ring.single(head, Direction::DeviceReads) {
                 // The common shape: no segment list to build.
+                if let Some(stack) = self.mmds.as_deref_mut() {
+                    if take_if_mmds(self.ring.ram(), &[seg], seg.1, stack, self.metrics) {
+                        self.push(head);
+                        continue;
+                    }
+                }
                 if !self.admit(seg.1) {
                     return None;
                 }
@@ -662,6 +679,12 @@ impl<'a> TxQueue<'a> {
             }
             match self.ring.parse(head, Direction::DeviceReads, self.segs) {
                 Ok(p) => {
+                    if let Some(stack) = self.mmds.as_deref_mut() {
+                        if take_if_mmds(self.ring.ram(), self.segs, p.len, stack, self.metrics) {
+                            self.push(head);
+                            continue;
+                        }
+                    }
                     if !self.admit(p.len) {
                         return None;
                     }

@@ -71,6 +71,7 @@ impl Net {
     pub fn service_for_test(&mut self) {
         let idx = self.backend_indices();
         self.service_backend(&idx);
+        self.inject_mmds();
         self.signal_used();
     }
 
@@ -110,6 +111,8 @@ impl Net {
     }
 
     fn after_work(&mut self, ops: &mut EventOps) {
+        // What the metadata service answered to frames this event took.
+        self.inject_mmds();
         self.signal_used();
         self.check_link();
         self.update_watch(ops);

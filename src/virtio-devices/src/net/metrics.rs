@@ -76,6 +76,17 @@ pub struct NetMetrics {
     pub backend_bogus_completions: u64,
     /// Driver writes to the (read-only) config space.
     pub config_writes_ignored: u64,
+    /// Guest frames for the metadata service, taken on TX before the
+    /// backend (never sent; not in tx_packets).
+    pub mmds_frames_intercepted: u64,
+    /// Frames of the metadata service written into guest RX buffers (also
+    /// in rx_packets), and their bytes with the virtio-net header: a
+    /// control-plane copy, apart from the backend's `vmm_copied_bytes`.
+    pub mmds_frames_injected: u64,
+    pub mmds_copied_bytes: u64,
+    /// Metadata-service frames dropped: GSO or oversized from the guest,
+    /// too large for the guest's buffer the other way.
+    pub mmds_frames_dropped: u64,
 }
 
 impl NetMetrics {

@@ -12,6 +12,7 @@ mod event_handler;
 pub mod iov;
 pub mod link_monitor;
 pub mod metrics;
+pub mod mmds;
 pub mod ring;
 pub mod tap;
 pub mod tap_dev;

@@ -521,8 +521,12 @@ ping -i 0.2 "$PEER" >/dev/null 2>&1
     }
     victim.check_up(&ns, &guest_ip(2));
 
-    // The transfers start; meanwhile vf2 resets its device and is killed.
+    // The transfers start (each guest hashes its payload, then starts nc
+    // at once); meanwhile vf2 resets its device and is killed.
     server.open_gate("xfer");
+    for vm in &vms {
+        vm.marker("payload-sha");
+    }
     server.open_gate("reset");
     assert_eq!(victim.marker("unbind-rc"), "0");
     assert_eq!(victim.marker("bind-rc"), "0");
@@ -530,12 +534,13 @@ ping -i 0.2 "$PEER" >/dev/null 2>&1
     eprintln!("vf2 after its virtio reset: ping peer {}", victim.pinged("reset-peer"));
     victim.marker("pinging");
     std::thread::sleep(Duration::from_secs(3));
-    let transfers_done = vms.iter().all(|vm| vm.proc.marker("rx-sha").is_some());
-    eprintln!(
-        "kill -9 vf2's shimvmm (pid {}); transfers of vf0/vf1 finished already: {transfers_done}",
-        victim.proc.pid()
-    );
+    let moving: Vec<bool> = vms.iter().map(|vm| vm.proc.marker("rx-sha").is_none()).collect();
+    eprintln!("kill -9 vf2's shimvmm (pid {}); transfers of vf0/vf1 still running: {moving:?}", victim.proc.pid());
     victim.proc.kill();
+    assert!(
+        moving.iter().all(|m| *m),
+        "a transfer ended before vf2's reset and kill: nothing shows traffic moving through them (raise SHIMVMM_VF_PAYLOAD_MIB)"
+    );
 
     // A new shimvmm on the freed VF.
     let script = format!("{}{}gate finish\n{EPILOGUE}", prelude(2, &peer_ip), ping_others(&[0, 1]));

@@ -802,5 +802,10 @@ mod tests {
         let (r1, w1) = hw.register_accesses();
         assert_eq!((r1 - r0, w1 - w0), (1, 0), "vector 0: EICR only (no ICR, as with one vector)");
         assert!(!pending(fds[0]), "the eventfd is drained");
+        assert_eq!(
+            d.regs.read32(EITR0),
+            EITR_INTERVAL_20K | EITR_CNT_IGNR,
+            "the queue vector is moderated (~20 000 interrupts/s at most)"
+        );
     }
 }

@@ -509,7 +509,7 @@ echo "$dev" > /sys/bus/virtio/drivers/virtio_net/bind
 marker bind-rc $?
 eth0_up
 marker reset-eth0-up $?
-ping_marks reset-peer "$PEER"
+ping_marks ping-reset-peer "$PEER"
 marker pinging 1
 ping -i 0.2 "$PEER" >/dev/null 2>&1
 "#,
@@ -586,10 +586,10 @@ fn a_guest_reboot_and_a_pf_reset_leave_the_others_moving_traffic() {
 
     // After the PF reset each guest pings the peer and another guest again.
     let after_reset = |others: &[usize]| {
-        format!("gate pf-reset\nping_marks after-reset-peer \"$PEER\"\n{}", {
+        format!("gate pf-reset\nping_marks ping-after-reset-peer \"$PEER\"\n{}", {
             let mut s = String::new();
             for j in others {
-                s.push_str(&format!("ping_marks after-reset-vm{j} {}\n", guest_ip(*j)));
+                s.push_str(&format!("ping_marks ping-after-reset-vm{j} {}\n", guest_ip(*j)));
             }
             s
         })

@@ -214,11 +214,11 @@ fn cpio_member(out: &mut Vec<u8>, name: &str, mode: u32, data: &[u8]) {
     }
     out.extend_from_slice(name.as_bytes());
     out.push(0);
-    while out.len() % 4 != 0 {
+    while !out.len().is_multiple_of(4) {
         out.push(0);
     }
     out.extend_from_slice(data);
-    while out.len() % 4 != 0 {
+    while !out.len().is_multiple_of(4) {
         out.push(0);
     }
 }
@@ -227,7 +227,7 @@ fn cpio_member(out: &mut Vec<u8>, name: &str, mode: u32, data: &[u8]) {
 fn write_initrd_with_root_init(alpine: &Path, out: &Path) {
     let mut data = std::fs::read(alpine).expect("read the Alpine initrd");
     // The kernel finds the next archive after zero padding to 4 bytes.
-    while data.len() % 4 != 0 {
+    while !data.len().is_multiple_of(4) {
         data.push(0);
     }
     cpio_member(&mut data, "init", 0o100755, ROOT_INIT.as_bytes());

@@ -189,11 +189,13 @@ fn firecracker_python_boots_the_alpine_guest_through_shimvmm() {
 /// the drive `is_root_device` only without one), and the Alpine initrd's
 /// /init needs `root=` and `modules=`. This /init, appended to the Alpine
 /// initrd (a later cpio member replaces an earlier one), does what Alpine's
-/// does for `root=/dev/vda`: load virtio_blk and ext4, mount /dev/vda
+/// does for `root=/dev/vda`: install busybox's applet links, load virtio_blk
+/// and ext4, mount /dev/vda
 /// read-write, move /dev, /proc, /sys there and switch_root to /sbin/init.
 const ROOT_INIT: &str = r#"#!/bin/sh
 export PATH=/usr/bin:/bin:/usr/sbin:/sbin
 /bin/busybox mkdir -p /dev /proc /sys /sysroot
+/bin/busybox --install -s
 mount -t devtmpfs devtmpfs /dev
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys

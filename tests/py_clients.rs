@@ -17,26 +17,28 @@
 //! lines; the guest proves it reached userspace with a marker from its openrc
 //! `local` service, then its login prompt (or, for microheart, SSH).
 //!
-//! The guest is the Alpine rootfs with shimvmm's module-free kernel
-//! (resources/guest/build-kernel.sh, built on the host first): neither client
-//! can pass an initrd together with `root=`, which the Alpine kernel needs.
+//! The guest is the Alpine rootfs. firecracker-python boots it with the Alpine
+//! kernel and an initrd (the Alpine one plus an /init that mounts /dev/vda:
+//! the client gives no `root=` with an initrd); microheart has no initrd
+//! option, so it boots shimvmm's module-free kernel
+//! (resources/guest/build-kernel.sh, built on the host first).
 //!
 //! Build on the host: `tools/pyclients install && resources/guest/build-kernel.sh &&
 //! cargo build --release -p shimvmm && cargo test --release -p shimvmm-tests
 //! --test py_clients --no-run`, then run the binary in the testbed. Elsewhere
 //! it prints a loud SKIPPED line (fails with SHIMVMM_REQUIRE_GUEST=1).
 
-use std::io::Read;
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use shimvmm_tests::{
-    microvm_boot, one_vm_at_a_time, repo_root, require_guest_env, shimvmm_bin, test_image, PowerAction,
+    artifacts, microvm_boot, one_vm_at_a_time, repo_root, require_guest_env, shimvmm_bin, test_image, PowerAction,
 };
 
 /// Boot to the guest's login under nested TCG, plus the client's own steps.
-const GUEST_TIMEOUT_S: u64 = 600;
+const GUEST_TIMEOUT_S: u64 = 300;
 /// The whole driver run (python starts slowly in the testbed).
 const DRIVER_TIMEOUT: Duration = Duration::from_secs(GUEST_TIMEOUT_S + 300);
 /// The guest's proof that userspace runs.
@@ -103,18 +105,20 @@ fn run_driver_env(client: &str, driver: &str, work: &Path, args: &[&str], env: &
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn unshare (util-linux)");
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let o = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
-    });
-    let e = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
+    // Both streams are echoed as they come (a hang shows how far it got) and kept.
+    let echo = |stream: Box<dyn Read + Send>, tag: &'static str| {
+        std::thread::spawn(move || {
+            let mut kept = String::new();
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                eprintln!("[{tag}] {line}");
+                kept.push_str(&line);
+                kept.push('\n');
+            }
+            kept
+        })
+    };
+    let o = echo(Box::new(child.stdout.take().unwrap()), "driver");
+    let e = echo(Box::new(child.stderr.take().unwrap()), "driver stderr");
     let deadline = Instant::now() + DRIVER_TIMEOUT;
     let status = loop {
         if let Some(st) = child.try_wait().expect("wait for the driver") {
@@ -128,7 +132,6 @@ fn run_driver_env(client: &str, driver: &str, work: &Path, args: &[&str], env: &
         std::thread::sleep(Duration::from_millis(200));
     };
     let text = format!("{}\n--- stderr ---\n{}", o.join().unwrap(), e.join().unwrap());
-    eprintln!("--- {driver} ({client}) ---\n{text}");
     match status {
         Some(st) => (st.success(), text),
         None => (false, format!("{text}\n(killed after {DRIVER_TIMEOUT:?})")),
@@ -149,12 +152,20 @@ fn firecracker_python_boots_the_alpine_guest_through_shimvmm() {
     let _vm = one_vm_at_a_time();
     let work = scratch("fcpy");
     let image = test_image(&format!("marker {MARKER} \"$(uname -r)\"\n"), PowerAction::None);
-    let kernel = kernel();
+    let art = artifacts();
+    let initrd = work.0.join("initrd");
+    write_initrd_with_root_init(&art.initrd, &initrd);
     let (ok, text) = run_driver(
         "firecracker-python",
         "firecracker_python.py",
         &work.0,
-        &[kernel.to_str().unwrap(), image.path().to_str().unwrap(), MARKER, &GUEST_TIMEOUT_S.to_string()],
+        &[
+            art.kernel.to_str().unwrap(),
+            image.path().to_str().unwrap(),
+            MARKER,
+            &GUEST_TIMEOUT_S.to_string(),
+            initrd.to_str().unwrap(),
+        ],
     );
     assert!(ok, "the firecracker-python driver failed:\n{text}");
     assert_steps(
@@ -172,6 +183,58 @@ fn firecracker_python_boots_the_alpine_guest_through_shimvmm() {
         ],
     );
     assert!(text.contains("comm=firecracker"), "the VMM does not run under the name `firecracker`:\n{text}");
+}
+
+/// firecracker-python passes no `root=` when it is given an initrd (it marks
+/// the drive `is_root_device` only without one), and the Alpine initrd's
+/// /init needs `root=` and `modules=`. This /init, appended to the Alpine
+/// initrd (a later cpio member replaces an earlier one), does what Alpine's
+/// does for `root=/dev/vda`: install busybox's applet links, load virtio_blk
+/// and ext4, mount /dev/vda
+/// read-write, move /dev, /proc, /sys there and switch_root to /sbin/init.
+const ROOT_INIT: &str = r#"#!/bin/sh
+export PATH=/usr/bin:/bin:/usr/sbin:/sbin
+/bin/busybox mkdir -p /dev /proc /sys /sysroot
+/bin/busybox --install -s
+mount -t devtmpfs devtmpfs /dev
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+modprobe -a virtio_blk ext4
+i=0
+while [ ! -b /dev/vda ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i + 1)); done
+mount -t ext4 -o rw /dev/vda /sysroot || { echo "py_clients init: cannot mount /dev/vda"; exec sh; }
+for d in dev proc sys; do mount -o move /$d /sysroot/$d; done
+exec switch_root /sysroot /sbin/init
+"#;
+
+/// One newc cpio member (`070701` header, name and data padded to 4 bytes).
+fn cpio_member(out: &mut Vec<u8>, name: &str, mode: u32, data: &[u8]) {
+    let fields = [0, mode, 0, 0, 1, 0, data.len() as u32, 0, 0, 0, 0, name.len() as u32 + 1, 0];
+    out.extend_from_slice(b"070701");
+    for f in fields {
+        out.extend_from_slice(format!("{f:08x}").as_bytes());
+    }
+    out.extend_from_slice(name.as_bytes());
+    out.push(0);
+    while !out.len().is_multiple_of(4) {
+        out.push(0);
+    }
+    out.extend_from_slice(data);
+    while !out.len().is_multiple_of(4) {
+        out.push(0);
+    }
+}
+
+/// The Alpine initrd followed by an uncompressed cpio holding [`ROOT_INIT`].
+fn write_initrd_with_root_init(alpine: &Path, out: &Path) {
+    let mut data = std::fs::read(alpine).expect("read the Alpine initrd");
+    // The kernel finds the next archive after zero padding to 4 bytes.
+    while !data.len().is_multiple_of(4) {
+        data.push(0);
+    }
+    cpio_member(&mut data, "init", 0o100755, ROOT_INIT.as_bytes());
+    cpio_member(&mut data, "TRAILER!!!", 0, &[]);
+    std::fs::write(out, data).expect("write the initrd");
 }
 
 /// Writes files into the ext4 image with one `debugfs -w -f` script:

@@ -2,7 +2,7 @@
 through its public API, with shimvmm installed as /usr/local/bin/firecracker
 (the library's fixed `binary_path`). Run inside tests/pyclients/sandbox.sh.
 
-Usage: firecracker_python.py KERNEL ROOTFS MARKER TIMEOUT_S
+Usage: firecracker_python.py KERNEL ROOTFS MARKER TIMEOUT_S [INITRD]
 
 What the library does on its own (none of its code is changed): spawns
 `firecracker --api-sock /var/lib/firecracker/<id>/firecracker.socket --id <id>
@@ -67,6 +67,7 @@ def start_docker_stub():
 
 def main():
     kernel, rootfs, marker, timeout = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+    initrd = sys.argv[5] if len(sys.argv) > 5 else None
     start_docker_stub()
 
     import firecracker
@@ -76,7 +77,9 @@ def main():
     step("imported", f"firecracker-python {firecracker.__version__} from {os.path.dirname(firecracker.__file__)}")
     firecracker.microvm.get_public_ip = lambda timeout=5: "192.0.2.2"
 
-    vm = MicroVM(name="shimvmm-pyclient", kernel_file=kernel, base_rootfs=rootfs, vcpu=2, memory=512)
+    vm = MicroVM(
+        name="shimvmm-pyclient", kernel_file=kernel, initrd_file=initrd, base_rootfs=rootfs, vcpu=2, memory=512
+    )
     t0 = time.monotonic()
     try:
         msg = vm.create()
@@ -104,7 +107,7 @@ def main():
 
     at = wait_for_text(console, f"SHIMVMM-MARKER {marker}", timeout)
     if at is None:
-        print(tail(console), flush=True)
+        print(tail(console, 400), flush=True)
         fail(f"no marker {marker} on the console within {timeout:.0f} s")
     step("guest-userspace", f"marker {marker} after {time.monotonic() - t0:.1f} s")
     if wait_for_text(console, "login:", timeout, at) is None:
@@ -115,8 +118,8 @@ def main():
     cfg = vm.config()
     step("config", json.dumps(cfg, sort_keys=True))
     drives = cfg.get("drives", [])
-    if not drives or not drives[0].get("is_root_device"):
-        fail(f"GET /vm/config shows no root drive: {cfg}")
+    if [d.get("drive_id") for d in drives] != ["rootfs"]:
+        fail(f"GET /vm/config does not show the rootfs drive: {cfg}")
     if cfg.get("machine-config", {}).get("vcpu_count") != 2:
         fail(f"GET /vm/config shows vcpu_count != 2: {cfg}")
 

@@ -37,7 +37,7 @@ def main():
     try:
         secs = vm.start(wait=timeout)
     except Exception as e:  # noqa: BLE001 - report whatever the library raised
-        print(tail(vm.console, 60), flush=True)
+        print(tail(vm.console, 400), flush=True)
         fail(f"start() raised {type(e).__name__}: {e}")
     step("start", f"SSH into the guest worked after {secs:.1f} s")
     pid = vm.pid()

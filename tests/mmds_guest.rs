@@ -97,86 +97,16 @@ fn spawn_mmds_capture(
     stop: Arc<AtomicBool>,
     seen: Arc<AtomicU64>,
 ) -> JoinHandle<()> {
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let h = std::thread::spawn(move || {
-        use std::os::fd::AsRawFd;
-        if let Some(ns) = &ns {
-            let path = format!("/run/netns/{ns}");
-            let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("cannot open {path}: {e}"));
-            // SAFETY: setns changes only this thread's network namespace;
-            // the fd is an open namespace file for the call.
-            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns({path}): {}", std::io::Error::last_os_error());
+    spawn_capture(ns, ifname, stop, move |f| {
+        if f.len() < 42 {
+            return;
         }
-        let proto = (libc::ETH_P_ALL as u16).to_be() as libc::c_int;
-        // SAFETY: plain socket(2) call; the result is checked.
-        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, proto) };
-        assert!(fd >= 0, "AF_PACKET socket: {}", std::io::Error::last_os_error());
-        let cname = std::ffi::CString::new(ifname.clone()).expect("interface name");
-        // SAFETY: `cname` is a NUL-terminated string alive for the call.
-        let ifindex = unsafe { libc::if_nametoindex(cname.as_ptr()) };
-        assert!(ifindex != 0, "no interface {ifname}");
-        // SAFETY: sockaddr_ll is plain data; zeroed is a valid value.
-        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_protocol = proto as u16;
-        sll.sll_ifindex = ifindex as i32;
-        // SAFETY: `sll` is a valid sockaddr_ll of the size passed.
-        let rc = unsafe {
-            libc::bind(
-                fd,
-                &sll as *const libc::sockaddr_ll as *const libc::sockaddr,
-                std::mem::size_of::<libc::sockaddr_ll>() as u32,
-            )
-        };
-        assert_eq!(rc, 0, "bind to {ifname}: {}", std::io::Error::last_os_error());
-        // SAFETY: packet_mreq is plain data; zeroed is a valid value.
-        let mut mreq: libc::packet_mreq = unsafe { std::mem::zeroed() };
-        mreq.mr_ifindex = ifindex as i32;
-        mreq.mr_type = libc::PACKET_MR_PROMISC as u16;
-        // SAFETY: `mreq` is a valid packet_mreq of the size passed.
-        let rc = unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_PACKET,
-                libc::PACKET_ADD_MEMBERSHIP,
-                &mreq as *const libc::packet_mreq as *const libc::c_void,
-                std::mem::size_of::<libc::packet_mreq>() as u32,
-            )
-        };
-        assert_eq!(rc, 0, "promiscuous {ifname}: {}", std::io::Error::last_os_error());
-        let tv = libc::timeval { tv_sec: 0, tv_usec: 200_000 };
-        // SAFETY: `tv` is a valid timeval of the size passed.
-        let rc = unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                &tv as *const libc::timeval as *const libc::c_void,
-                std::mem::size_of::<libc::timeval>() as u32,
-            )
-        };
-        assert_eq!(rc, 0, "SO_RCVTIMEO: {}", std::io::Error::last_os_error());
-        let _ = ready_tx.send(());
-        let mut buf = vec![0u8; 65536];
-        while !stop.load(Ordering::Relaxed) {
-            // SAFETY: `buf` is writable for its length.
-            let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
-            if n < 42 {
-                continue;
-            }
-            let f = &buf[..n as usize];
-            let arp_for_mmds = f[12..14] == [0x08, 0x06] && f[38..42] == MMDS_IP;
-            let ip_to_mmds = f[12..14] == [0x08, 0x00] && f[30..34] == MMDS_IP;
-            if arp_for_mmds || ip_to_mmds {
-                seen.fetch_add(1, Ordering::Relaxed);
-            }
+        let arp_for_mmds = f[12..14] == [0x08, 0x06] && f[38..42] == MMDS_IP;
+        let ip_to_mmds = f[12..14] == [0x08, 0x00] && f[30..34] == MMDS_IP;
+        if arp_for_mmds || ip_to_mmds {
+            seen.fetch_add(1, Ordering::Relaxed);
         }
-        // SAFETY: `fd` is ours and closed once.
-        unsafe { libc::close(fd) };
-    });
-    ready_rx.recv_timeout(Duration::from_secs(10)).expect("capture socket ready");
-    h
+    })
 }
 
 /// One HTTP request on the API socket: (status, body).

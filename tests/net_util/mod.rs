@@ -619,15 +619,37 @@ pub fn spawn_wire_capture(
     stop: Arc<AtomicBool>,
     seen: Arc<Mutex<BTreeMap<String, u64>>>,
 ) -> JoinHandle<()> {
+    let tag = b"SHIMVMM-WIRE-";
+    spawn_capture(Some(ns), ifname, stop, move |frame| {
+        if let Some(at) = frame.windows(tag.len()).position(|w| w == tag) {
+            let rest = &frame[at + tag.len()..];
+            let end = rest.iter().position(|b| *b == b'.').unwrap_or(rest.len().min(16));
+            let kind = String::from_utf8_lossy(&rest[..end]).into_owned();
+            *seen.lock().unwrap().entry(kind).or_default() += 1;
+        }
+    })
+}
+
+/// Every frame seen on `ifname` (in netns `ns`, or the caller's own;
+/// promiscuous) handed to `on_frame` on a thread of its own, until `stop`.
+/// Returns once the socket is bound.
+pub fn spawn_capture(
+    ns: Option<String>,
+    ifname: String,
+    stop: Arc<AtomicBool>,
+    mut on_frame: impl FnMut(&[u8]) + Send + 'static,
+) -> JoinHandle<()> {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let h = std::thread::spawn(move || {
-        let path = format!("/run/netns/{ns}");
-        let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("cannot open {path}: {e}"));
         use std::os::fd::AsRawFd;
-        // SAFETY: setns changes only this thread's network namespace; the fd
-        // is an open namespace file for the duration of the call.
-        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns({path}): {}", std::io::Error::last_os_error());
+        if let Some(ns) = &ns {
+            let path = format!("/run/netns/{ns}");
+            let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("cannot open {path}: {e}"));
+            // SAFETY: setns changes only this thread's network namespace; the
+            // fd is an open namespace file for the duration of the call.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns({path}): {}", std::io::Error::last_os_error());
+        }
         let proto = (libc::ETH_P_ALL as u16).to_be() as libc::c_int;
         // SAFETY: plain socket(2) call; the result is checked.
         let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, proto) };
@@ -635,7 +657,7 @@ pub fn spawn_wire_capture(
         let cname = std::ffi::CString::new(ifname.clone()).expect("interface name");
         // SAFETY: `cname` is a NUL-terminated string alive for the call.
         let ifindex = unsafe { libc::if_nametoindex(cname.as_ptr()) };
-        assert!(ifindex != 0, "no interface {ifname} in netns {ns}");
+        assert!(ifindex != 0, "no interface {ifname} in netns {ns:?}");
         // SAFETY: sockaddr_ll is plain data; zeroed is a valid value.
         let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         sll.sll_family = libc::AF_PACKET as u16;
@@ -679,19 +701,11 @@ pub fn spawn_wire_capture(
         assert_eq!(rc, 0, "SO_RCVTIMEO: {}", std::io::Error::last_os_error());
         let _ = ready_tx.send(());
         let mut buf = vec![0u8; 65536];
-        let tag = b"SHIMVMM-WIRE-";
         while !stop.load(Ordering::Relaxed) {
             // SAFETY: `buf` is writable for its length.
             let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
-            if n <= 0 {
-                continue;
-            }
-            let frame = &buf[..n as usize];
-            if let Some(at) = frame.windows(tag.len()).position(|w| w == tag) {
-                let rest = &frame[at + tag.len()..];
-                let end = rest.iter().position(|b| *b == b'.').unwrap_or(rest.len().min(16));
-                let kind = String::from_utf8_lossy(&rest[..end]).into_owned();
-                *seen.lock().unwrap().entry(kind).or_default() += 1;
+            if n > 0 {
+                on_frame(&buf[..n as usize]);
             }
         }
         // SAFETY: `fd` is ours and closed once.

@@ -24,8 +24,6 @@
 
 mod net_util;
 
-use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
@@ -150,7 +148,8 @@ marker rx-secs "$(elapsed "$t0" "$t1")"
     // 10 Mbit/s both ways, on the running shim interface.
     let bucket = json!({"bandwidth": {"size": BUCKET_BYTES, "refill_time": BUCKET_MS}});
     let patch = json!({"iface_id": NET_ID, "tx_rate_limiter": bucket, "rx_rate_limiter": bucket});
-    let (code, body) = api(&sock, "PATCH", &format!("/network-interfaces/{NET_ID}"), Some(patch));
+    let (code, body) =
+        shimvmm_tests::api_request(&sock, "PATCH", &format!("/network-interfaces/{NET_ID}"), Some(patch));
     assert_eq!(code, 204, "{body}");
     server.open_gate("limited");
     assert_eq!(marker(&vm, "tx-rc"), "0", "{}", vm.tail(40));
@@ -182,23 +181,6 @@ marker rx-secs "$(elapsed "$t0" "$t1")"
         "inconclusive: unlimited, the guest sent only {unlimited:.2} Mbit/s on this testbed run"
     );
     assert!(tx >= LIMIT_MBIT * 0.9, "guest->host {tx:.2} Mbit/s is more than 10 % below {LIMIT_MBIT}");
-}
-
-/// One HTTP request on the API socket: (status, body).
-fn api(sock: &Path, method: &str, path: &str, body: Option<Value>) -> (u16, String) {
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let mut s = UnixStream::connect(sock).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    let status = resp.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    (status, resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
 }
 
 /// The counter values of the `tick` markers so far, with when they arrived.
@@ -242,18 +224,18 @@ while [ $i -lt 250 ]; do marker tick "$i $(cut -d' ' -f1 /proc/uptime)"; i=$((i 
     let (before, _) = host_ping(Some(&ns), GUEST_IP, 5);
     assert!(before.received > 0, "the guest does not answer ping before the pause: {before:?}");
 
-    let (code, body) = api(&sock, "PATCH", "/vm", Some(json!({"state": "Paused"})));
+    let (code, body) = shimvmm_tests::api_request(&sock, "PATCH", "/vm", Some(json!({"state": "Paused"})));
     assert_eq!(code, 204, "{body}");
     let paused_at = vm.elapsed();
     let last_before = ticks(&vm).last().copied().expect("ticks before the pause");
-    let (_, info) = api(&sock, "GET", "/", None);
+    let (_, info) = shimvmm_tests::api_request(&sock, "GET", "/", None);
     assert!(info.contains(r#""state":"Paused""#), "{info}");
     let (during, _) = host_ping(Some(&ns), GUEST_IP, 10);
     std::thread::sleep(Duration::from_secs(2));
     let resumed_at = vm.elapsed();
-    let (code, body) = api(&sock, "PATCH", "/vm", Some(json!({"state": "Resumed"})));
+    let (code, body) = shimvmm_tests::api_request(&sock, "PATCH", "/vm", Some(json!({"state": "Resumed"})));
     assert_eq!(code, 204, "{body}");
-    let (_, info) = api(&sock, "GET", "/", None);
+    let (_, info) = shimvmm_tests::api_request(&sock, "GET", "/", None);
     assert!(info.contains(r#""state":"Running""#), "{info}");
     std::thread::sleep(Duration::from_secs(3));
     let (after, _) = host_ping(Some(&ns), GUEST_IP, 5);

@@ -7,7 +7,7 @@
 //! FlushMetrics (Kata and firecracker-containerd read it), the log file has
 //! Firecracker's line layout, `GET /` shows the id and "Running".
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Read};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -63,22 +63,6 @@ impl Drop for Killed {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn request(sock: &Path, method: &str, path: &str, body: Option<Value>) -> (u16, String) {
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let mut s = UnixStream::connect(sock).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    let status = resp.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    (status, resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
 }
 
 fn thread_names(pid: u32) -> Vec<String> {
@@ -150,7 +134,7 @@ fn runs_as_an_orchestrator_runs_firecracker() {
         std::thread::sleep(Duration::from_millis(20));
     }
 
-    let (code, body) = request(&sock, "GET", "/", None);
+    let (code, body) = shimvmm_tests::api_request(&sock, "GET", "/", None);
     let info: Value = serde_json::from_str(&body).unwrap();
     assert_eq!((code, info["id"].as_str(), info["state"].as_str()), (200, Some("fc-proc-1"), Some("Running")));
 
@@ -162,7 +146,8 @@ fn runs_as_an_orchestrator_runs_firecracker() {
     let reader = std::fs::OpenOptions::new().read(true).open(&fifo).unwrap();
     let mut lines = BufReader::new(reader).lines();
     for _ in 0..2 {
-        let (code, body) = request(&sock, "PUT", "/actions", Some(json!({"action_type": "FlushMetrics"})));
+        let (code, body) =
+            shimvmm_tests::api_request(&sock, "PUT", "/actions", Some(json!({"action_type": "FlushMetrics"})));
         assert_eq!(code, 204, "{body}");
         let line = lines.next().expect("a metrics line").unwrap();
         let m: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
@@ -181,18 +166,18 @@ fn runs_as_an_orchestrator_runs_firecracker() {
     // The placeholder drive gets its real image while the guest runs
     // (firecracker-containerd's and Kata's PATCH /drives).
     let patch = json!({"drive_id": "stub", "path_on_host": dir.join("image.img")});
-    let (code, body) = request(&sock, "PATCH", "/drives/stub", Some(patch));
+    let (code, body) = shimvmm_tests::api_request(&sock, "PATCH", "/drives/stub", Some(patch));
     assert_eq!(code, 204, "{body}");
-    let (_, body) = request(&sock, "GET", "/vm/config", None);
+    let (_, body) = shimvmm_tests::api_request(&sock, "GET", "/vm/config", None);
     let cfg: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(cfg["drives"][0]["path_on_host"], json!(dir.join("image.img")));
     let missing = json!({"drive_id": "stub", "path_on_host": dir.join("missing.img")});
-    let (code, body) = request(&sock, "PATCH", "/drives/stub", Some(missing));
+    let (code, body) = shimvmm_tests::api_request(&sock, "PATCH", "/drives/stub", Some(missing));
     assert_eq!(code, 400, "{body}");
     assert!(body.contains("missing.img"), "{body}");
 
     // A second metrics set-up is refused, as in Firecracker.
-    let (code, _) = request(&sock, "PUT", "/metrics", Some(json!({"metrics_path": dir.join("m2")})));
+    let (code, _) = shimvmm_tests::api_request(&sock, "PUT", "/metrics", Some(json!({"metrics_path": dir.join("m2")})));
     assert_eq!(code, 400);
 
     assert!(Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap().success());
@@ -276,7 +261,7 @@ fn pause_stops_the_vcpus_and_resume_restarts_them() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let state = |sock: &Path| -> String {
-        let (_, body) = request(sock, "GET", "/", None);
+        let (_, body) = shimvmm_tests::api_request(sock, "GET", "/", None);
         serde_json::from_str::<Value>(&body).unwrap()["state"].as_str().unwrap().to_string()
     };
     // Ticks each vCPU used over `secs`.
@@ -292,22 +277,22 @@ fn pause_stops_the_vcpus_and_resume_restarts_them() {
     assert!(running.iter().all(|&t| t >= 20), "a spinning vCPU uses CPU: {running:?} ticks in 2 s");
 
     for _ in 0..2 {
-        let (code, body) = request(&sock, "PATCH", "/vm", Some(json!({"state": "Paused"})));
+        let (code, body) = shimvmm_tests::api_request(&sock, "PATCH", "/vm", Some(json!({"state": "Paused"})));
         assert_eq!(code, 204, "{body}");
         assert_eq!(state(&sock), "Paused");
         let paused = used(2);
         assert!(paused.iter().all(|&t| t <= 2), "a paused vCPU still ran: {paused:?} ticks in 2 s");
         // The API still works while paused.
         let patch = json!({"drive_id": "disk", "rate_limiter": {"ops": {"size": 100, "refill_time": 1000}}});
-        let (code, body) = request(&sock, "PATCH", "/drives/disk", Some(patch));
+        let (code, body) = shimvmm_tests::api_request(&sock, "PATCH", "/drives/disk", Some(patch));
         assert_eq!(code, 204, "{body}");
-        let (code, body) = request(&sock, "PATCH", "/vm", Some(json!({"state": "Resumed"})));
+        let (code, body) = shimvmm_tests::api_request(&sock, "PATCH", "/vm", Some(json!({"state": "Resumed"})));
         assert_eq!(code, 204, "{body}");
         assert_eq!(state(&sock), "Running");
         let resumed = used(2);
         assert!(resumed.iter().all(|&t| t >= 20), "a resumed vCPU does not run: {resumed:?} ticks in 2 s");
     }
-    let (_, body) = request(&sock, "GET", "/vm/config", None);
+    let (_, body) = shimvmm_tests::api_request(&sock, "GET", "/vm/config", None);
     let cfg: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(
         cfg["drives"][0]["rate_limiter"],
@@ -317,7 +302,7 @@ fn pause_stops_the_vcpus_and_resume_restarts_them() {
     );
 
     // Paused, the VMM still stops on SIGTERM.
-    let (code, _) = request(&sock, "PATCH", "/vm", Some(json!({"state": "Paused"})));
+    let (code, _) = shimvmm_tests::api_request(&sock, "PATCH", "/vm", Some(json!({"state": "Paused"})));
     assert_eq!(code, 204);
     assert!(Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap().success());
     let t = Instant::now();

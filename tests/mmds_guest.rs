@@ -24,9 +24,6 @@
 
 mod net_util;
 
-use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
-use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -109,23 +106,6 @@ fn spawn_mmds_capture(
     })
 }
 
-/// One HTTP request on the API socket: (status, body).
-fn api(sock: &Path, method: &str, path: &str, body: Option<Value>) -> (u16, String) {
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let mut s = UnixStream::connect(sock).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    let status = resp.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    (status, resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
-}
-
 /// A persistent tap (no address: the guest talks only to MMDS), deleted on drop.
 struct Tap(String);
 
@@ -187,7 +167,7 @@ fn mmds_v2(label: &str, guest_cidr: &str, iface: Value, capture: (Option<String>
     let token_rc = marker("token-rc");
     // What both sides saw of the first exchange (printed for every run).
     let (neigh, stats) = (marker("neigh"), marker("eth0-stats"));
-    let (_, live) = api(&sock, "GET", "/metrics", None);
+    let (_, live) = shimvmm_tests::api_request(&sock, "GET", "/metrics", None);
     eprintln!("{label}: after the token request: guest neighbour {neigh:?}, eth0 {stats:?}; metrics {live}");
     assert_eq!(token_rc, "0", "{}", vm.tail(40));
     assert_eq!(marker("token-len"), "64", "no token: {}", vm.tail(40));
@@ -204,14 +184,14 @@ fn mmds_v2(label: &str, guest_cidr: &str, iface: Value, capture: (Option<String>
     assert_eq!(marker("missing-code"), "404");
 
     // The running VM's document changes under the guest.
-    let (code, body) = api(
+    let (code, body) = shimvmm_tests::api_request(
         &sock,
         "PATCH",
         "/mmds",
         Some(json!({"latest": {"meta-data": {"placement": {"availability-zone": "patched-1b"}}}})),
     );
     assert_eq!(code, 204, "{body}");
-    let (code, body) = api(&sock, "GET", "/mmds", None);
+    let (code, body) = shimvmm_tests::api_request(&sock, "GET", "/mmds", None);
     assert_eq!(code, 200);
     assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["latest"]["meta-data"]["placement"]["region"], "local-1");
     assert_eq!(marker("patched"), "0", "the guest never read the patched value");

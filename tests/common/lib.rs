@@ -11,6 +11,7 @@
 //! Guest test scripts are POSIX sh run by openrc at boot; they call
 //! `marker NAME VALUE` to report values, which arrive as [`Marker`]s.
 
+mod api;
 mod artifacts;
 mod env;
 mod error;
@@ -20,6 +21,7 @@ mod peers;
 mod process;
 mod reference;
 
+pub use api::api_request;
 pub use artifacts::{
     alpine_cmdline, alpine_test_cmdline, artifacts, guest_artifacts_tool, plain_image, repo_root, test_image,
     Artifacts, PowerAction, TempImage,

@@ -49,6 +49,7 @@ use crate::driver::{
 };
 use crate::e1000_common::driver::{self as family, Family, E1000};
 use crate::e1000_common::{self as common, poll_until, NicConfig, OpenError};
+use crate::igb::regs::{EITR_CNT_IGNR, EITR_INTERVAL_20K};
 use crate::igb::{disable_queue, enable_queue, AdvancedDesc};
 use crate::vfio::MmioRegs;
 use mbx::MbxError;
@@ -168,7 +169,9 @@ impl Family for IgbVf82576 {
                 d.regs.write32(VTIVAR_MISC, VTIVAR_VALID | misc);
                 mask = VF_EICR_ALL & ((1 << d.msix_vectors) - 1);
             }
-            d.regs.write32(VTEITR0, 0);
+            // Moderated as the PF's queue vector (igb::Igb): one MSI per
+            // batch, not per frame and per TX write-back.
+            d.regs.write32(VTEITR0, EITR_INTERVAL_20K | EITR_CNT_IGNR);
             d.regs.write32(VTEIAC, mask);
             d.regs.write32(VTEIAM, 0);
             d.regs.write32(VTEIMS, mask);

@@ -54,6 +54,11 @@ fn bring_up_is_the_pf_handshake_and_takes_the_pf_assigned_mac() {
     // MSI-X: queues on vector 0, the mailbox on vector 2.
     assert_eq!(d.regs().read32(VTIVAR0), VTIVAR_VALID | (VTIVAR_VALID << VTIVAR_TX_SHIFT));
     assert_eq!(d.regs().read32(VTIVAR_MISC), VTIVAR_VALID | MAILBOX_VECTOR);
+    assert_eq!(
+        d.regs().read32(VTEITR0),
+        EITR_INTERVAL_20K | EITR_CNT_IGNR,
+        "the queue vector is moderated (~20 000 interrupts/s at most)"
+    );
 }
 
 #[test]

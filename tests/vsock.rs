@@ -42,12 +42,26 @@ modprobe vmw_vsock_virtio_transport 2>&1
 marker vsock-dev "$(test -c /dev/vsock && echo yes || echo no)"
 chmod +x /root/vsockcat
 marker g-sha "$(sha256sum /root/g.bin | cut -d' ' -f1)"
-/root/vsockcat listen 5000 < /root/g.bin > /root/in.bin
-marker h2g-rc $?
+# vsockcat exits 3 or 4 when a connection was never made or was reset
+# before any byte came (vsockcat.c): nothing was exchanged, try again.
+vsock_try() {
+    tries=0
+    while :; do
+        tries=$((tries + 1))
+        /root/vsockcat "$@" < /root/g.bin > /root/in.bin
+        rc=$?
+        case $rc in 3|4) [ $tries -lt 5 ] && continue ;; esac
+        break
+    done
+}
+vsock_try listen 5000
+marker h2g-tries $tries
+marker h2g-rc $rc
 marker h2g-sha "$(sha256sum /root/in.bin | cut -d' ' -f1)"
 rm -f /root/in.bin
-/root/vsockcat connect 2 6000 < /root/g.bin > /root/in.bin
-marker g2h-rc $?
+vsock_try connect 2 6000
+marker g2h-tries $tries
+marker g2h-rc $rc
 marker g2h-sha "$(sha256sum /root/in.bin | cut -d' ' -f1)"
 rm -f /root/in.bin
 "#;
@@ -76,20 +90,29 @@ fn build_vsockcat(dir: &Path) -> Vec<u8> {
 }
 
 /// Sends `data` then shuts down the write half, while reading to EOF;
-/// returns the sha256 of what was read and how long the exchange took.
-fn exchange(stream: UnixStream, data: Arc<Vec<u8>>) -> (String, usize, Duration) {
+/// returns the sha256 of what was read and how long the exchange took, or
+/// None if the connection was reset before the guest sent a byte (its
+/// connect timed out after shimvmm had reached the host socket: the guest
+/// tries again, see GUEST_SCRIPT).
+fn exchange(stream: UnixStream, data: Arc<Vec<u8>>) -> Option<(String, usize, Duration)> {
     let t = Instant::now();
     let mut w = stream.try_clone().expect("clone the host stream");
     let writer = std::thread::spawn(move || {
-        w.write_all(&data).expect("host send");
-        w.shutdown(std::net::Shutdown::Write).expect("host shutdown(Write)");
+        w.write_all(&data)?;
+        w.shutdown(std::net::Shutdown::Write)
     });
     let mut got = Vec::with_capacity(PAYLOAD_LEN);
     let mut r = stream;
     r.set_read_timeout(Some(GUEST_TIMEOUT)).unwrap();
-    r.read_to_end(&mut got).expect("host receive");
-    writer.join().expect("writer thread");
-    (sha256_hex(&got), got.len(), t.elapsed())
+    let read = r.read_to_end(&mut got);
+    let wrote = writer.join().expect("writer thread");
+    if got.is_empty() && (read.is_err() || wrote.is_err()) {
+        eprintln!("vsock: connection reset before the guest sent a byte (read {read:?}, write {wrote:?})");
+        return None;
+    }
+    read.expect("host receive");
+    wrote.expect("host send");
+    Some((sha256_hex(&got), got.len(), t.elapsed()))
 }
 
 /// Host-initiated: `CONNECT <port>` until the guest listens (before that the
@@ -99,6 +122,11 @@ fn connect_to_guest(uds: &Path, port: u32, vm: &GuestProcess) -> (UnixStream, St
     let mut attempts = 0;
     loop {
         assert!(Instant::now() < deadline, "no OK to CONNECT {port} after {attempts} attempts\n{}", vm.tail(40));
+        // The guest's listener gave up (each try ended before an OK reached
+        // us): say so now rather than at the deadline.
+        if let Some(rc) = vm.marker("h2g-rc").map(|m| m.value) {
+            panic!("the guest stopped listening (rc {rc}) before any CONNECT {port} was answered OK\n{}", vm.tail(40));
+        }
         attempts += 1;
         if let Ok(mut s) = UnixStream::connect(uds) {
             s.write_all(format!("CONNECT {port}\n").as_bytes()).expect("send CONNECT");
@@ -187,7 +215,9 @@ fn guest_and_host_exchange_64mib_each_way_in_both_directions() {
     let port: u32 =
         ok.trim_end().strip_prefix("OK ").and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("bad OK line {ok:?}"));
     assert!(port >= 1 << 30, "host port {port} is not an ephemeral one");
-    let (h2g_got_sha, h2g_len, h2g_time) = exchange(stream, host_data.clone());
+    // The guest accepted, so it sends: a reset here is a failure.
+    let (h2g_got_sha, h2g_len, h2g_time) = exchange(stream, host_data.clone())
+        .unwrap_or_else(|| panic!("host-initiated connection reset\n{}", vm.tail(40)));
     let m = |vm: &GuestProcess, name: &str| {
         vm.wait_for_marker(name, GUEST_TIMEOUT)
             .map(|m| m.value)
@@ -199,8 +229,12 @@ fn guest_and_host_exchange_64mib_each_way_in_both_directions() {
     assert_eq!(m(&vm, "h2g-sha"), host_sha, "host-to-guest bytes differ (host-initiated connection)");
 
     // Guest to host.
-    let stream = accept_from_guest(&host_listener, &vm);
-    let (g2h_got_sha, g2h_len, g2h_time) = exchange(stream, host_data.clone());
+    let (g2h_got_sha, g2h_len, g2h_time) = loop {
+        let stream = accept_from_guest(&host_listener, &vm);
+        if let Some(done) = exchange(stream, host_data.clone()) {
+            break done;
+        }
+    };
     assert_eq!(m(&vm, "g2h-rc"), "0", "{}", vm.tail(40));
     assert_eq!(g2h_len, PAYLOAD_LEN, "host received {g2h_len} bytes from the guest");
     assert_eq!(g2h_got_sha, guest_sha, "guest-to-host bytes differ (guest-initiated connection)");
@@ -226,6 +260,9 @@ fn guest_and_host_exchange_64mib_each_way_in_both_directions() {
     let v: serde_json::Value = serde_json::from_str(last).expect("metrics lines are JSON");
     let vs = v.pointer("/shimvmm/vsock/vsock").cloned().unwrap_or_else(|| panic!("no vsock metrics: {last}"));
     eprintln!("vsock: metrics {vs}");
+    for dir in ["h2g", "g2h"] {
+        eprintln!("vsock: {dir}: the guest's vsockcat ran {} time(s)", m(&vm, &format!("{dir}-tries")));
+    }
     let both = 2 * PAYLOAD_LEN as u64;
     assert!(u64_at(&vs, "/rx_bytes_count") >= both, "{vs:#}");
     assert!(u64_at(&vs, "/tx_bytes_count") >= both, "{vs:#}");

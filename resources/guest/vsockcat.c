@@ -7,10 +7,17 @@
  *   vsockcat listen PORT        accept one connection on PORT
  *   vsockcat connect CID PORT   connect to CID:PORT
  *
+ * Exit status: 0 done; 3 the connection was never made (accept or connect
+ * failed); 4 it was reset before the peer sent a byte (the VMM gave up on an
+ * unanswered host CONNECT, or the guest's connect timed out after the VMM
+ * had reached the host socket): nothing was exchanged, so the caller may
+ * simply try again; 1 any other error.
+ *
  * Built static by the test (cc -static -O2), delivered on a raw disk.
  */
 #include <errno.h>
 #include <poll.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,10 +40,26 @@ static int write_all(int fd, const char *p, size_t n)
     return 0;
 }
 
+#define EXIT_NO_CONNECTION 3
+#define EXIT_RESET_BEFORE_DATA 4
+
 static int die(const char *what)
 {
     fprintf(stderr, "vsockcat: %s: %s\n", what, strerror(errno));
     return 1;
+}
+
+static int no_connection(const char *what)
+{
+    die(what);
+    return EXIT_NO_CONNECTION;
+}
+
+/* A send or receive error: retryable if the peer never sent anything. */
+static int io_error(const char *what, unsigned long long got)
+{
+    die(what);
+    return got == 0 ? EXIT_RESET_BEFORE_DATA : 1;
 }
 
 int main(int argc, char **argv)
@@ -44,6 +67,8 @@ int main(int argc, char **argv)
     struct sockaddr_vm a;
     int s, fd;
 
+    /* A reset connection is an error to report, not a silent SIGPIPE death. */
+    signal(SIGPIPE, SIG_IGN);
     memset(&a, 0, sizeof(a));
     a.svm_family = AF_VSOCK;
     s = socket(AF_VSOCK, SOCK_STREAM, 0);
@@ -58,12 +83,12 @@ int main(int argc, char **argv)
             return die("listen");
         fd = accept(s, NULL, NULL);
         if (fd < 0)
-            return die("accept");
+            return no_connection("accept");
     } else if (argc == 4 && strcmp(argv[1], "connect") == 0) {
         a.svm_cid = (unsigned)strtoul(argv[2], NULL, 10);
         a.svm_port = (unsigned)strtoul(argv[3], NULL, 10);
         if (connect(s, (struct sockaddr *)&a, sizeof(a)) < 0)
-            return die("connect");
+            return no_connection("connect");
         fd = s;
     } else {
         fprintf(stderr, "usage: vsockcat listen PORT | vsockcat connect CID PORT\n");
@@ -93,14 +118,14 @@ int main(int argc, char **argv)
                 shutdown(fd, SHUT_WR);
             } else if (n > 0) {
                 if (write_all(fd, buf, (size_t)n) < 0)
-                    return die("send");
+                    return io_error("send", got);
                 sent += (unsigned long long)n;
             }
         }
         if (p[1].revents) {
             ssize_t n = read(fd, buf, sizeof(buf));
             if (n < 0 && errno != EINTR)
-                return die("recv");
+                return io_error("recv", got);
             if (n == 0) {
                 out_done = 1;
             } else if (n > 0) {

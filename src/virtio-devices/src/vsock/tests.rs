@@ -599,6 +599,13 @@ fn unanswered_host_connects_time_out() {
     assert_eq!((m.connection_count(), m.metrics.connect_timeouts), (0, 1));
     host.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     assert_eq!(host.read(&mut [0u8; 8]).unwrap(), 0);
+    // A guest that accepts after all (a vCPU stalled past the timeout) has
+    // its late RESPONSE reset: its accepted socket fails before any data,
+    // which is what tests/vsock.rs's guest retries on.
+    m.on_guest_packet(&pkt(OP_RESPONSE, 52, req.src_port, &[]));
+    let out = rx_all(&mut m);
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!((out[0].0.op, out[0].0.src_port, out[0].0.dst_port), (OP_RST, req.src_port, 52));
 }
 
 #[test]

@@ -5,8 +5,8 @@
 //!   /usr/local/bin/firecracker, configures the VM call by call over the API;
 //! - microheart 0.3.0: `$MICROHEART_HOME/firecracker`, boots with
 //!   `--api-sock --config-file --enable-pci` and waits until SSH into the guest
-//!   works. Ignored for now: it needs the module-free kernel, which does not
-//!   find shimvmm's virtio devices yet (docs/firecracker-compatibility.md).
+//!   works. It boots the module-free kernel (ACPI needs its `CONFIG_PCI=y`,
+//!   see resources/guest/microvm.config).
 //!
 //! Each client is installed by `tools/pyclients install` (wheel pinned by
 //! version and sha256, a venv in the cache; on the host, since the testbed
@@ -281,8 +281,6 @@ marker guest-addr "$(ip -4 addr show dev eth0 | grep inet)"
 "#;
 
 #[test]
-#[ignore = "the module-free kernel finds no virtio device under shimvmm yet (docs/firecracker-compatibility.md, \
-            Client libraries from PyPI); run with --ignored after resources/guest/build-kernel.sh"]
 fn microheart_boots_the_alpine_guest_through_shimvmm() {
     if !require_guest_env("microheart_boots_the_alpine_guest_through_shimvmm") {
         return;

@@ -88,7 +88,7 @@ pub struct Args {
     #[arg(long)]
     pub boot_timer: bool,
     /// Firecracker's (v1.13+) switch to virtio over PCI. shimvmm has no virtio-pci transport: accepted with a
-    /// warning, the devices stay on virtio-mmio (the guest learns of them from its command line, as always).
+    /// warning, the devices stay on virtio-mmio (the guest learns of them from the DSDT, as always).
     #[arg(long)]
     pub enable_pci: bool,
     /// Send the log, in Firecracker's line format, to this file or FIFO (created if missing).

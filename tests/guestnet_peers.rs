@@ -71,6 +71,49 @@ impl Drop for Tap {
     }
 }
 
+/// A tap routed to the 82576 PF's netdev (`SHIMVMM_PF_IF`): how a host
+/// without the shim puts a tap guest on the wire. L1 forwards between the
+/// two (proxy ARP on both, a host route each way), the kernel's GSO/TSO
+/// and GRO on the way. The peer is the same igb in netns `SHIMVMM_PEER_NS`
+/// as the shim's, over the same emulated 82576, so the `-tap-wire` paths and
+/// `shimvmm-shim-vf` differ only in the datapath. (A bridge does not work
+/// here: QEMU's 82576 with VFs delivers the PF no frame for another MAC.)
+struct WireTap {
+    tap: Tap,
+    peer_route: String,
+}
+
+impl WireTap {
+    fn create(tag: &str, peer_ip: &str, guest_ip: &str) -> WireTap {
+        let pf = std::env::var("SHIMVMM_PF_IF")
+            .expect("SHIMVMM_PF_IF is not set: run this in tools/testbed with SHIMVMM_TESTBED_VFS=1 or more");
+        let name = format!("pw{tag}{}", std::process::id() % 100_000);
+        run(&["ip", "tuntap", "add", "dev", &name, "mode", "tap"]);
+        let tap = Tap(name);
+        run(&["ip", "link", "set", &tap.0, "up"]);
+        for key in [
+            "net.ipv4.ip_forward=1".to_string(),
+            "net.ipv4.conf.all.rp_filter=0".to_string(),
+            format!("net.ipv4.conf.{pf}.rp_filter=0"),
+            format!("net.ipv4.conf.{}.rp_filter=0", tap.0),
+            format!("net.ipv4.conf.{pf}.proxy_arp=1"),
+            format!("net.ipv4.conf.{}.proxy_arp=1", tap.0),
+        ] {
+            run(&["sysctl", "-qw", &key]);
+        }
+        let peer_route = format!("{peer_ip}/32");
+        run(&["ip", "route", "replace", &peer_route, "dev", &pf]);
+        run(&["ip", "route", "replace", &format!("{guest_ip}/32"), "dev", &tap.0]);
+        WireTap { tap, peer_route }
+    }
+}
+
+impl Drop for WireTap {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["route", "del", &self.peer_route]).status();
+    }
+}
+
 /// utime + stime of PID in seconds (all threads), from /proc/PID/stat.
 fn cpu_secs(pid: u32) -> f64 {
     cpu_times(pid).0
@@ -127,8 +170,14 @@ fn command(vmm: &str, image: &Path, tap: &str, dir: &Path) -> Command {
     let vmlinux = alpine_vmlinux();
     let cmdline = alpine_test_cmdline();
     match vmm {
-        "shimvmm-shim" | "shimvmm-shim9000" => {
-            let pnic = std::env::var("SHIMVMM_PNIC").expect("SHIMVMM_PNIC is not set: run this in tools/testbed");
+        "shimvmm-shim" | "shimvmm-shim9000" | "shimvmm-shim-vf" => {
+            let pnic = if vmm == "shimvmm-shim-vf" {
+                let vfs = std::env::var("SHIMVMM_VFS")
+                    .expect("SHIMVMM_VFS is not set: run this in tools/testbed with SHIMVMM_TESTBED_VFS=1 or more");
+                vfs.split_whitespace().next().expect("SHIMVMM_VFS lists no VF").to_string()
+            } else {
+                std::env::var("SHIMVMM_PNIC").expect("SHIMVMM_PNIC is not set: run this in tools/testbed")
+            };
             let mut c = Command::new(shimvmm_bin());
             c.arg("--kernel").arg(&vmlinux).arg("--initrd").arg(&art.initrd).arg("--cmdline").arg(&cmdline);
             c.args(["--mem", "512", "--vcpus", "2", "--no-api"]);
@@ -138,7 +187,7 @@ fn command(vmm: &str, image: &Path, tap: &str, dir: &Path) -> Command {
             c.arg("--metrics-path").arg(dir.join("shimvmm-metrics.json"));
             c
         }
-        "shimvmm-tap" => {
+        "shimvmm-tap" | "shimvmm-tap-wire" => {
             let mut c = Command::new(shimvmm_bin());
             c.arg("--kernel").arg(&vmlinux).arg("--initrd").arg(&art.initrd).arg("--cmdline").arg(&cmdline);
             c.args(["--mem", "512", "--vcpus", "2", "--no-api"]);
@@ -147,7 +196,7 @@ fn command(vmm: &str, image: &Path, tap: &str, dir: &Path) -> Command {
             c.arg("--metrics-path").arg(dir.join("shimvmm-metrics.json"));
             c
         }
-        "firecracker-tap" => {
+        "firecracker-tap" | "firecracker-tap-wire" => {
             let cfg = serde_json::json!({
                 "boot-source": {"kernel_image_path": vmlinux, "initrd_path": art.initrd, "boot_args": cmdline},
                 "drives": [{"drive_id": "rootfs", "path_on_host": image, "is_root_device": false, "is_read_only": false}],
@@ -166,7 +215,7 @@ fn command(vmm: &str, image: &Path, tap: &str, dir: &Path) -> Command {
 
 /// Where a path's peer is: (netns, peer ip, guest ip, guest cidr).
 fn endpoints(vmm: &str) -> (Option<String>, String, &'static str, &'static str) {
-    if is_shim(vmm) {
+    if is_shim(vmm) || on_wire(vmm) {
         let ns = std::env::var("SHIMVMM_PEER_NS").expect("SHIMVMM_PEER_NS is not set: run this in tools/testbed");
         let ip = std::env::var("SHIMVMM_PEER_IP").expect("SHIMVMM_PEER_IP is not set: run this in tools/testbed");
         (Some(ns), ip, SHIM_GUEST_IP, SHIM_GUEST_CIDR)
@@ -178,6 +227,11 @@ fn endpoints(vmm: &str) -> (Option<String>, String, &'static str, &'static str) 
 /// The paths over the shim (the testbed's first igb, peer in its netns).
 fn is_shim(vmm: &str) -> bool {
     vmm.starts_with("shimvmm-shim")
+}
+
+/// The taps bridged to the PF ([`WireTap`]): their peer is the shim's.
+fn on_wire(vmm: &str) -> bool {
+    vmm.ends_with("-tap-wire")
 }
 
 /// The peer's igb MTU for this path (`ip -n NS link set IF mtu N`), put
@@ -283,9 +337,10 @@ fn one(vmm: &str, round: usize) {
     let rx_sha = sha256_hex(&rx_payload);
 
     // The shim's peer is the testbed's second igb; the taps need a tap.
-    let tap = (!is_shim(vmm)).then(|| Tap::create(&round.to_string()));
+    let tap = (!is_shim(vmm) && !on_wire(vmm)).then(|| Tap::create(&round.to_string()));
+    let wire = on_wire(vmm).then(|| WireTap::create(&round.to_string(), &peer_ip, guest_ip));
     let _peer_mtu = PeerMtu::set(vmm, ns);
-    let tap_name = tap.as_ref().map(|t| t.0.clone()).unwrap_or_default();
+    let tap_name = tap.as_ref().or(wire.as_ref().map(|w| &w.tap)).map(|t| t.0.clone()).unwrap_or_default();
     let sink = spawn_sink(listen(ns, &peer_ip, SINK_PORT), PAYLOAD_LEN, GUEST_TIMEOUT);
     let server = HttpServer::start(listen(ns, &peer_ip, HTTP_PORT), rx_payload);
     let dir = image.path().parent().expect("image dir").to_path_buf();
@@ -366,9 +421,18 @@ fn side_by_side_with_firecracker() {
                 one(vmm, round);
             }
         }
-        // The shim with jumbo frames: on request only.
-        if only.split([' ', ',']).any(|o| o == "shimvmm-shim9000") {
-            one("shimvmm-shim9000", round);
+        // On request only: the shim with jumbo frames; and in an L1 with
+        // VFs, the taps bridged to the PF against the shim on a VF (one
+        // wire, one peer), alternating which goes first.
+        let wire = if round % 2 == 0 {
+            ["shimvmm-shim9000", "shimvmm-tap-wire", "firecracker-tap-wire", "shimvmm-shim-vf"]
+        } else {
+            ["shimvmm-shim9000", "shimvmm-shim-vf", "firecracker-tap-wire", "shimvmm-tap-wire"]
+        };
+        for vmm in wire {
+            if only.split([' ', ',']).any(|o| o == vmm) {
+                one(vmm, round);
+            }
         }
     }
 }

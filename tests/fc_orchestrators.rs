@@ -51,7 +51,7 @@ use serde_json::{json, Value};
 use shimvmm_tests::orchestrators::{self, Containerd, GoSdk, Guest, Kata, Request};
 use shimvmm_tests::{
     alpine_test_cmdline, api_request, artifacts, one_vm_at_a_time, repo_root, require_guest_env, scaled, shimvmm_bin,
-    test_image, GuestProcess, PowerAction,
+    test_image, try_api_request, GuestProcess, PowerAction,
 };
 
 /// Boot to the guest script and its steps under the nested testbed: minutes.
@@ -227,7 +227,9 @@ fn send(sock: &Path, vm: &GuestProcess, reqs: &[Request]) -> Vec<Value> {
         println!("{} {} {}", r.method, r.path, r.body.as_ref().map(Value::to_string).unwrap_or_default());
     }
     let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        orchestrators::run(reqs, |method, path, body| api_request(sock, method, path, body.cloned()))
+        orchestrators::run(reqs, |method, path, body| {
+            try_api_request(sock, method, path, body.cloned()).unwrap_or_else(|e| (0, e.to_string()))
+        })
     }));
     run.unwrap_or_else(|e| {
         eprintln!("shimvmm output:\n{}", vm.tail(40));

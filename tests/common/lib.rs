@@ -24,7 +24,7 @@ mod peers;
 mod process;
 mod reference;
 
-pub use api::api_request;
+pub use api::{api_request, try_api_request};
 pub use artifacts::{
     alpine_cmdline, alpine_test_cmdline, artifacts, guest_artifacts_tool, plain_image, repo_root, test_image,
     Artifacts, PowerAction, TempImage,

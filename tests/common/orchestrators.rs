@@ -16,6 +16,7 @@
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
@@ -30,14 +31,25 @@ pub struct Request {
     pub body: Option<Value>,
     /// Fields the JSON reply must hold (a subset), if the client reads it.
     pub expect: Option<Value>,
+    /// A readiness probe: the client sends it again (every 10 ms, for up to
+    /// [`PROBE_TIMEOUT`]) until it answers 2xx, as go-sdk's waitForSocket
+    /// and Kata's waitVMMRunning do.
+    pub probe: bool,
 }
 
+/// How long a probe is retried.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
+
 fn req(method: &'static str, path: &str, body: Option<Value>) -> Request {
-    Request { method, path: path.to_string(), body, expect: None }
+    Request { method, path: path.to_string(), body, expect: None, probe: false }
+}
+
+fn probe(r: Request) -> Request {
+    Request { probe: true, ..r }
 }
 
 fn get(path: &str, expect: Value) -> Request {
-    Request { method: "GET", path: path.to_string(), body: None, expect: Some(expect) }
+    Request { method: "GET", path: path.to_string(), body: None, expect: Some(expect), probe: false }
 }
 
 fn put(path: &str, body: Value) -> Request {
@@ -48,12 +60,21 @@ fn action(kind: &str) -> Request {
     put("/actions", json!({"action_type": kind}))
 }
 
-/// Sends each request with `send` (method, path, body -> status, body) and
-/// checks its answer; returns the replies' bodies (JSON, or Null).
+/// Sends each request with `send` (method, path, body -> status, body;
+/// status 0 when the socket did not answer) and checks its answer; returns
+/// the replies' bodies (JSON, or Null).
 pub fn run(reqs: &[Request], mut send: impl FnMut(&str, &str, Option<&Value>) -> (u16, String)) -> Vec<Value> {
     reqs.iter()
         .map(|r| {
-            let (status, body) = send(r.method, &r.path, r.body.as_ref());
+            let started = Instant::now();
+            let (status, body) = loop {
+                let (status, body) = send(r.method, &r.path, r.body.as_ref());
+                let ok = (200..300).contains(&status) && r.expect.as_ref().is_none_or(|w| subset(&body, w));
+                if ok || !r.probe || started.elapsed() > PROBE_TIMEOUT {
+                    break (status, body);
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            };
             let sent = r.body.as_ref().map(Value::to_string).unwrap_or_default();
             assert!((200..300).contains(&status), "{} {} {sent}: {status} {body}", r.method, r.path);
             let got: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
@@ -63,6 +84,18 @@ pub fn run(reqs: &[Request], mut send: impl FnMut(&str, &str, Option<&Value>) ->
             got
         })
         .collect()
+}
+
+/// Whether `body` is JSON holding `want`'s fields (as [`assert_subset`]).
+fn subset(body: &str, want: &Value) -> bool {
+    fn holds(got: &Value, want: &Value) -> bool {
+        match (got, want) {
+            (Value::Object(g), Value::Object(w)) => w.iter().all(|(k, v)| holds(g.get(k).unwrap_or(&Value::Null), v)),
+            (Value::Array(g), Value::Array(w)) => g.len() == w.len() && g.iter().zip(w).all(|(g, w)| holds(g, w)),
+            _ => got == want,
+        }
+    }
+    holds(&serde_json::from_str(body).unwrap_or(Value::Null), want)
 }
 
 /// Every field `want` gives has that value in `got` (objects recursively,
@@ -146,7 +179,7 @@ pub const GO_SDK_IFACE: &str = "1";
 /// and document), StartInstance.
 pub fn go_sdk_start(c: &GoSdk) -> Vec<Request> {
     vec![
-        req("GET", "/machine-config", None), // waitForSocket's probe
+        probe(req("GET", "/machine-config", None)), // waitForSocket's probe
         put("/logger", json!({"log_path": c.log, "level": "Debug", "show_level": true, "show_log_origin": false})),
         put("/metrics", json!({"metrics_path": c.metrics})),
         put(
@@ -329,7 +362,7 @@ pub fn kata_args(api_sock: &Path, config_file: &Path) -> Vec<OsString> {
 
 /// Kata after the start: waitVMMRunning's DescribeInstance.
 pub fn kata_running() -> Vec<Request> {
-    vec![get("/", json!({"state": "Running"}))]
+    vec![probe(get("/", json!({"state": "Running"})))]
 }
 
 /// Kata's version check (getVersionNumber): the second word of

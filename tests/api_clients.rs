@@ -1,6 +1,8 @@
 //! The request sequences Firecracker's orchestrators send, written from their
 //! documented calls, against shimvmm's API (in-process, with the recording
-//! controller: nothing boots). Each request is expected either to succeed or
+//! controller: nothing boots). The go-sdk, firecracker-containerd and Kata
+//! sequences are tests/common/orchestrators.rs, which tests/fc_orchestrators.rs
+//! also sends to a real shimvmm that boots the Alpine guest. Each request is expected either to succeed or
 //! to be refused as "not supported by shimvmm yet" - so these tests say
 //! exactly which calls still stand between each orchestrator and shimvmm,
 //! and fail when that changes (for better or worse).
@@ -10,6 +12,7 @@ use std::sync::Arc;
 use api::testing::{Call, RecordingController};
 use api::{Api, VmConfig};
 use serde_json::{json, Value};
+use shimvmm_tests::orchestrators::{self, Containerd, GoSdk, Guest, Kata, Request};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Want {
@@ -48,165 +51,113 @@ fn uds(name: &str) -> String {
     p.to_string_lossy().into_owned()
 }
 
-/// firecracker-go-sdk's default handler chain (handlers.go): readiness probe,
-/// BootstrapLogging, CreateMachine, CreateBootSource, AttachDrives,
-/// CreateNetworkInterfaces, AddVsocks, SetMetadata, StartInstance; then
+fn guest(root: &str, vcpus: u32, mem_mib: u32) -> Guest {
+    Guest {
+        kernel: "/img/vmlinux".into(),
+        initrd: None,
+        boot_args: "console=ttyS0 reboot=k panic=1 pci=off".into(),
+        rootfs: root.into(),
+        vcpus,
+        mem_mib,
+    }
+}
+
+impl Client {
+    /// Sends a shared sequence (tests/common/orchestrators.rs); each request
+    /// must succeed and answer what the sequence expects.
+    fn run(&self, reqs: &[Request]) -> Vec<Value> {
+        orchestrators::run(reqs, |method, path, body| {
+            let text = body.map(Value::to_string).unwrap_or_default();
+            let r = self.api.handle(method, path, text.as_bytes());
+            (r.status, r.body.unwrap_or_default())
+        })
+    }
+}
+
+/// firecracker-go-sdk's default handler chain (handlers.go), then
 /// DescribeInstance, GetExportVmConfig, GetFirecrackerVersion, pause/resume,
-/// FlushMetrics, Shutdown (SendCtrlAltDel).
+/// FlushMetrics, Shutdown (SendCtrlAltDel): `orchestrators::go_sdk_*`.
 #[test]
 fn firecracker_go_sdk_boot() {
-    let c = Client::new("go-sdk-vm");
-    use Want::*;
-    c.call("GET", "/machine-config", None, Ok); // waitForSocket's probe
-    c.call(
-        "PUT",
-        "/logger",
-        Some(json!({"log_path": "/run/vm/log.fifo", "level": "Debug", "show_level": true, "show_log_origin": false})),
-        Ok,
-    );
-    c.call("PUT", "/metrics", Some(json!({"metrics_path": "/run/vm/metrics.fifo"})), Ok);
-    c.call(
-        "PUT",
-        "/machine-config",
-        Some(json!({"vcpu_count": 2, "mem_size_mib": 256, "smt": false, "track_dirty_pages": false})),
-        Ok,
-    );
-    c.call(
-        "PUT",
-        "/boot-source",
-        Some(json!({"kernel_image_path": "/img/vmlinux", "boot_args": "console=ttyS0 reboot=k panic=1 pci=off"})),
-        Ok,
-    );
-    c.call(
-        "PUT",
-        "/drives/1",
-        Some(json!({"drive_id": "1", "path_on_host": "/img/rootfs.ext4", "is_root_device": true,
-            "is_read_only": false})),
-        Ok,
-    );
-    c.call(
-        "PUT",
-        "/network-interfaces/1",
-        Some(json!({"iface_id": "1", "host_dev_name": "tap0", "guest_mac": "AA:FC:00:00:00:01"})),
-        Ok,
-    );
-    // Optional in the SDK: only when the machine config asks for them.
-    // Firecracker listens on uds_path at PUT: its directory exists by then.
-    c.call("PUT", "/vsock", Some(json!({"guest_cid": 3, "uds_path": uds("go-sdk")})), Ok);
-    c.call("PUT", "/mmds/config", Some(json!({"version": "V2", "network_interfaces": ["1"]})), Ok);
-    c.call("PUT", "/mmds", Some(json!({"latest": {"meta-data": {"instance-id": "i-1"}}})), Ok);
-    c.call("PUT", "/actions", Some(json!({"action_type": "InstanceStart"})), Ok);
-
-    let info = c.call("GET", "/", None, Ok);
-    assert_eq!((info["id"].as_str(), info["state"].as_str()), (Some("go-sdk-vm"), Some("Running")));
-    let cfg = c.call("GET", "/vm/config", None, Ok);
-    assert_eq!(cfg["drives"][0]["drive_id"], "1");
-    assert_eq!(cfg["network-interfaces"][0]["guest_mac"], "aa:fc:00:00:00:01");
-    let v = c.call("GET", "/version", None, Ok);
-    assert_eq!(v["firecracker_version"], api::FIRECRACKER_API_VERSION);
-    c.call("PATCH", "/vm", Some(json!({"state": "Paused"})), Ok);
-    assert_eq!(c.call("GET", "/", None, Ok)["state"], "Paused");
-    c.call("PATCH", "/vm", Some(json!({"state": "Resumed"})), Ok);
-    c.call("PUT", "/actions", Some(json!({"action_type": "FlushMetrics"})), Ok);
-    c.call("PUT", "/actions", Some(json!({"action_type": "SendCtrlAltDel"})), Ok);
+    let cfg = GoSdk {
+        id: "go-sdk-vm".into(),
+        guest: guest("/img/rootfs.ext4", 2, 256),
+        log: "/run/vm/log.fifo".into(),
+        metrics: "/run/vm/metrics.fifo".into(),
+        tap: "tap0".into(),
+        mac: "AA:FC:00:00:00:01".into(),
+        vsock_uds: uds("go-sdk").into(),
+        version: api::FIRECRACKER_API_VERSION.into(),
+    };
+    let c = Client::new(&cfg.id);
+    c.run(&orchestrators::go_sdk_start(&cfg));
+    c.run(&orchestrators::go_sdk_running(&cfg));
+    c.run(&orchestrators::go_sdk_stop());
     let calls = c.ctl.calls();
     assert!(matches!(calls[0], Call::ConfigureLogger(_)) && matches!(calls[1], Call::ConfigureMetrics(_)), "{calls:?}");
-    assert!(calls.contains(&Call::SendCtrlAltDel));
+    assert!(calls.contains(&Call::Pause) && calls.contains(&Call::Resume), "{calls:?}");
+    assert_eq!(calls.last(), Some(&Call::SendCtrlAltDel));
 }
 
 /// firecracker-containerd: its agent over vsock (always), logger and metrics
 /// to FIFOs, placeholder drives attached before boot and swapped for the
-/// container images after it with PATCH /drives (served), pause/resume.
+/// container images after it with PATCH /drives, pause/resume:
+/// `orchestrators::containerd_*`.
 #[test]
 fn firecracker_containerd_drive_swap() {
+    let cfg = Containerd {
+        guest: guest("/var/lib/fc/rootfs.img", 1, 512),
+        root_read_only: true,
+        log: "/var/lib/fc/log.fifo".into(),
+        metrics: "/var/lib/fc/metrics.fifo".into(),
+        stubs: (0..4).map(|i| format!("/var/lib/fc/stub{i}").into()).collect(),
+        vsock_uds: uds("containerd").into(),
+    };
     let c = Client::new("containerd-vm");
-    use Want::*;
-    c.call("PUT", "/logger", Some(json!({"log_path": "/var/lib/fc/log.fifo", "level": "Info"})), Ok);
-    c.call("PUT", "/metrics", Some(json!({"metrics_path": "/var/lib/fc/metrics.fifo"})), Ok);
-    c.call("PUT", "/machine-config", Some(json!({"vcpu_count": 1, "mem_size_mib": 512})), Ok);
-    c.call("PUT", "/boot-source", Some(json!({"kernel_image_path": "/var/lib/fc/kernel", "boot_args": "ro"})), Ok);
-    c.call(
-        "PUT",
-        "/drives/root_drive",
-        Some(json!({"drive_id": "root_drive", "path_on_host": "/var/lib/fc/rootfs.img", "is_root_device": true,
-            "is_read_only": true})),
-        Ok,
-    );
-    for i in 0..4 {
-        let id = format!("stub{i}");
-        let body = json!({"drive_id": id, "path_on_host": format!("/var/lib/fc/stub{i}"), "is_root_device": false,
-            "is_read_only": false});
-        c.call("PUT", &format!("/drives/{id}"), Some(body), Ok);
-    }
-    c.call("PUT", "/vsock", Some(json!({"guest_cid": 3, "uds_path": uds("containerd")})), Ok);
-    c.call("PUT", "/actions", Some(json!({"action_type": "InstanceStart"})), Ok);
+    c.run(&orchestrators::containerd_start(&cfg));
     // The container image replaces a placeholder once the VM runs.
-    c.call("PATCH", "/drives/stub0", Some(json!({"drive_id": "stub0", "path_on_host": "/var/lib/img/c1.ext4"})), Ok);
-    assert!(c.ctl.calls().contains(&Call::ReplaceDrive("stub0".into(), "/var/lib/img/c1.ext4".into())));
-    c.call("PATCH", "/vm", Some(json!({"state": "Paused"})), Ok);
-    c.call("PATCH", "/vm", Some(json!({"state": "Resumed"})), Ok);
+    let image = std::path::Path::new("/var/lib/img/c1.ext4");
+    c.run(&[orchestrators::drive_swap("stub0", image)]);
+    assert!(c.ctl.calls().contains(&Call::ReplaceDrive("stub0".into(), image.into())));
+    c.run(&orchestrators::containerd_running());
     let calls = c.ctl.calls();
-    assert_eq!(calls[calls.len() - 2..], [Call::Pause, Call::Resume]);
-    c.call("PUT", "/actions", Some(json!({"action_type": "FlushMetrics"})), Ok);
+    let paused = calls.iter().position(|c| *c == Call::Pause).unwrap_or_else(|| panic!("no pause: {calls:?}"));
+    assert_eq!(calls.get(paused + 1), Some(&Call::Resume), "{calls:?}");
 }
 
 /// Kata Containers (fc.go): `--api-sock` with `--config-file` holding the
-/// boot source, the root drive, 8 placeholder drives, the machine, logger and
-/// metrics FIFOs and a hybrid vsock; later PATCH /drives for the
-/// container's rootfs and network interfaces with rate limiters.
+/// boot source, its image, 8 placeholder drives, the machine, logger and
+/// metrics FIFOs, a tap with rate limiters and a hybrid vsock; then
+/// DescribeInstance and PATCH /drives for the container's rootfs:
+/// `orchestrators::kata_*`.
 #[test]
 fn kata_start_up() {
-    let mut file = json!({
-        "boot-source": {"kernel_image_path": "/run/kata/vmlinux",
-            "boot_args": "pci=off reboot=k panic=1 iommu=off net.ifnames=0 random.trust_cpu=on acpi=off"},
-        "drives": [{"drive_id": "rootfs", "path_on_host": "/run/kata/rootfs.img", "is_root_device": false,
-            "is_read_only": true}],
-        "machine-config": {"vcpu_count": 1, "mem_size_mib": 2048, "smt": false},
-        "logger": {"log_path": "/run/kata/logs.fifo", "level": "Error"},
-        "metrics": {"metrics_path": "/run/kata/metrics.fifo"},
-        "network-interfaces": [{"iface_id": "eth0", "host_dev_name": "tap0_kata", "guest_mac": "02:00:ca:fe:00:01",
-            "rx_rate_limiter": null, "tx_rate_limiter": null}],
-    });
-    for i in 0..8 {
-        let drive = json!({"drive_id": format!("drive_{i}"), "path_on_host": format!("/run/kata/drive_{i}"),
-            "is_root_device": false, "is_read_only": false});
-        file["drives"].as_array_mut().unwrap().push(drive);
-    }
-    // The file is a valid shimvmm configuration...
-    let cfg: VmConfig = serde_json::from_value(file.clone()).expect("Kata's config file parses");
-    let spec = api::VmSpec::try_from(cfg).expect("Kata's config file validates");
-    assert_eq!(spec.drives.len(), 9);
-    // ...and with the hybrid vsock Kata's agent needs.
-    file["vsock"] = json!({"guest_cid": 3, "uds_path": "kata.hvsock"});
-    let cfg: VmConfig = serde_json::from_value(file).unwrap();
-    let spec = api::VmSpec::try_from(cfg).expect("Kata's config file with a vsock validates");
-    assert_eq!(spec.vsock.map(|v| v.guest_cid), Some(3));
+    let k = Kata {
+        guest: guest("/run/kata/rootfs.img", 1, 2048),
+        log: "/run/kata/logs.fifo".into(),
+        metrics: "/run/kata/metrics.fifo".into(),
+        pool: (0..orchestrators::KATA_DISK_POOL).map(|i| format!("/run/kata/drive_{i}").into()).collect(),
+        tap: "tap0_kata".into(),
+        vsock_uds: "kata.hvsock".into(),
+    };
+    let file = orchestrators::kata_config_file(&k);
+    let cfg: VmConfig = serde_json::from_value(file).expect("Kata's config file parses");
+    let spec = api::VmSpec::try_from(cfg.clone()).expect("Kata's config file validates");
+    assert_eq!(spec.drives.len(), 1 + orchestrators::KATA_DISK_POOL);
+    assert_eq!(spec.vsock.as_ref().map(|v| v.guest_cid), Some(3));
+    let bw = spec.network_interfaces[0].rx_rate_limiter.and_then(|l| l.bandwidth);
+    assert_eq!(bw.map(|b| (b.size, b.refill_time)), Some((orchestrators::KATA_RATE_BYTES, 1000)));
+    let version = format!("Firecracker v{}\n", api::FIRECRACKER_API_VERSION);
+    assert!(orchestrators::kata_parse_version(&version).is_some_and(|v| v >= (0, 21, 1)), "{version}");
 
-    // The API calls after boot.
-    let c = Client::new("kata");
-    c.call("PUT", "/boot-source", Some(json!({"kernel_image_path": "/run/kata/vmlinux"})), Want::Ok);
-    c.call(
-        "PUT",
-        "/drives/drive_0",
-        Some(json!({"drive_id": "drive_0", "path_on_host": "/run/kata/drive_0", "is_root_device": false})),
-        Want::Ok,
-    );
-    c.call(
-        "PUT",
-        "/network-interfaces/eth0",
-        Some(json!({"iface_id": "eth0", "host_dev_name": "tap0_kata",
-            "rx_rate_limiter": {"bandwidth": {"size": 1250000, "refill_time": 1000}}})),
-        Want::Ok,
-    );
-    c.call("PUT", "/actions", Some(json!({"action_type": "InstanceStart"})), Want::Ok);
-    let bw = c.ctl.started_specs()[0].network_interfaces[0].rx_rate_limiter.and_then(|l| l.bandwidth);
-    assert_eq!(bw.map(|b| (b.size, b.refill_time)), Some((1_250_000, 1000)), "the VM is built with Kata's limiter");
-    c.call(
-        "PATCH",
-        "/drives/drive_0",
-        Some(json!({"drive_id": "drive_0", "path_on_host": "/run/kata/shared/c1-rootfs"})),
-        Want::Ok,
-    );
+    // The API beside the config file's running VM (shimvmm starts it first).
+    let ctl = Arc::new(RecordingController::new());
+    api::VmmController::start(&*ctl, &spec).expect("the recording controller starts Kata's VM");
+    let c = Client { api: Api::new("kata".into(), ctl.clone(), cfg, true), ctl };
+    c.run(&orchestrators::kata_running());
+    let rootfs = std::path::Path::new("/run/kata/shared/c1-rootfs");
+    c.run(&[orchestrators::drive_swap(&orchestrators::kata_drive_id(0), rootfs)]);
+    assert!(c.ctl.calls().contains(&Call::ReplaceDrive("drive_0".into(), rootfs.into())));
 }
 
 /// firecracker-python (PyPI `firecracker-python`, MicroVM.create): started

@@ -5,6 +5,8 @@
 //! - [`GuestProcess`]: a VMM process with its console captured and
 //!   timestamped; every wait has a timeout and errors carry the console tail.
 //! - [`require_guest_env`]: skip (loudly) or fail where guests cannot run.
+//! - [`orchestrators`]: the API request sequences of Firecracker's
+//!   orchestrators (go-sdk, firecracker-containerd, Kata), as data.
 //! - [`qemu_reference_boot`]: the QEMU microvm boot shimvmm is compared with.
 //! - [`firecracker_command`], [`qemu_qboot_command`]: the benchmarks' peers.
 //!
@@ -17,11 +19,12 @@ mod env;
 mod error;
 mod kernel;
 mod markers;
+pub mod orchestrators;
 mod peers;
 mod process;
 mod reference;
 
-pub use api::api_request;
+pub use api::{api_request, try_api_request};
 pub use artifacts::{
     alpine_cmdline, alpine_test_cmdline, artifacts, guest_artifacts_tool, plain_image, repo_root, test_image,
     Artifacts, PowerAction, TempImage,

@@ -60,8 +60,6 @@ pub enum BlockError {
     Open { path: PathBuf, mode: &'static str, source: io::Error, hint: &'static str },
     #[error("cannot get the size of disk image {path}: {source}")]
     Size { path: PathBuf, source: io::Error },
-    #[error("disk image {path} is {size} bytes, smaller than one 512-byte sector")]
-    TooSmall { path: PathBuf, size: u64 },
     #[error("block device id {id:?} is {len} bytes; at most 20 are allowed")]
     IdTooLong { id: String, len: usize },
     #[error("cannot create the block queue eventfd: {0}")]
@@ -129,8 +127,14 @@ impl Disk {
         crate::files::set_blocking(&file).map_err(|source| BlockError::Stat { path: path.to_owned(), source })?;
         // Works for regular files and block devices alike.
         let size = file.seek(SeekFrom::End(0)).map_err(|source| BlockError::Size { path: path.to_owned(), source })?;
-        if size < SECTOR_SIZE {
-            return Err(BlockError::TooSmall { path: path.to_owned(), size });
+        // As Firecracker: any size, even 0 (Kata's disk pool attaches empty
+        // files and swaps real images in with PATCH /drives after boot).
+        if size % SECTOR_SIZE != 0 {
+            log::warn!(
+                "disk image {} is {size} bytes, not a multiple of {SECTOR_SIZE}: its last {} bytes are not exposed",
+                path.display(),
+                size % SECTOR_SIZE
+            );
         }
         Ok(Disk { file, path: path.to_owned(), sectors: size / SECTOR_SIZE, read_only })
     }
@@ -269,10 +273,16 @@ mod tests {
 
         let e = Disk::open(Path::new("/dev/null"), true).unwrap_err().to_string();
         assert!(e.contains("/dev/null") && e.contains("character device"), "{e}");
+    }
 
-        let (_d, small) = image(&[0u8; 100]);
-        let e = Disk::open(&small, true).unwrap_err().to_string();
-        assert!(e.contains("100 bytes"), "{e}");
+    /// Kata's placeholder drives are empty files; Firecracker takes them.
+    #[test]
+    fn an_empty_or_partial_sector_image_is_a_zero_sector_disk() {
+        for len in [0, 100] {
+            let (_d, p) = image(&vec![0u8; len]);
+            let disk = Disk::open(&p, true).unwrap();
+            assert_eq!(disk.sectors(), 0, "{len} bytes");
+        }
     }
 
     #[test]

@@ -80,6 +80,15 @@ pub(crate) fn bind_api_socket(path: &Path) -> Result<(UnixListener, SocketId), A
     // SAFETY: `raw` is a freshly created descriptor that nothing else owns.
     let fd = unsafe { OwnedFd::from_raw_fd(raw) };
 
+    // The file bind() creates takes the socket inode's mode (less the umask):
+    // owner-only from the moment it appears, so listen() can follow bind()
+    // at once and a client that connects as soon as it sees the file is
+    // never refused.
+    // SAFETY: `fd` is an open socket; fchmod takes no pointers.
+    if unsafe { libc::fchmod(fd.as_raw_fd(), SOCKET_MODE as libc::mode_t) } < 0 {
+        return Err(bind_err(std::io::Error::last_os_error()));
+    }
+
     // SAFETY: sockaddr_un is plain old data; all-zero is a valid value.
     let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
     addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
@@ -98,11 +107,12 @@ pub(crate) fn bind_api_socket(path: &Path) -> Result<(UnixListener, SocketId), A
         let _ = std::fs::remove_file(path);
         bind_err(e)
     };
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(SOCKET_MODE)).map_err(cleanup)?;
     // SAFETY: `fd` is a bound socket; listen() takes no pointers.
     if unsafe { libc::listen(fd.as_raw_fd(), LISTEN_BACKLOG) } < 0 {
         return Err(cleanup(std::io::Error::last_os_error()));
     }
+    // The mode again, should the inode's mode not have carried over.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(SOCKET_MODE)).map_err(cleanup)?;
     // Taken after chmod, which changes ctime.
     let id = SocketId::of(path)
         .ok_or_else(|| cleanup(std::io::Error::new(ErrorKind::NotFound, "socket file vanished after bind")))?;
@@ -138,6 +148,30 @@ mod tests {
         assert!(listener.accept().is_ok());
         remove_own_socket(&p, id);
         assert!(!p.exists());
+    }
+
+    /// Clients (go-sdk, Kata) connect as soon as the file appears: the
+    /// socket must listen by then.
+    #[test]
+    fn the_file_appears_only_once_the_socket_listens() {
+        let p = tmp("race.sock");
+        for round in 0..300 {
+            let _ = std::fs::remove_file(&p);
+            let watcher = {
+                let p = p.clone();
+                std::thread::spawn(move || loop {
+                    if p.exists() {
+                        return UnixStream::connect(&p).map(drop);
+                    }
+                    std::hint::spin_loop();
+                })
+            };
+            let (listener, id) = bind_api_socket(&p).unwrap();
+            let got = watcher.join().unwrap();
+            assert!(got.is_ok(), "round {round}: a client that saw the file was refused: {got:?}");
+            drop(listener);
+            remove_own_socket(&p, id);
+        }
     }
 
     #[test]

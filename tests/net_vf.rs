@@ -18,7 +18,8 @@
 //!   checked TX header copy aside). Prints RSS minus guest RAM of each VMM
 //!   with one and with three VMs running.
 //! - `a_killed_vmm_...`: three guests; two move a payload to and from the
-//!   peer while the third resets its virtio-net device (driver unbind/bind),
+//!   peer while the third resets its virtio-net device (driver unbind/bind:
+//!   status 0; its shimvmm logs the igbvf queues stopped, and no error),
 //!   pings again and is then killed with SIGKILL; the two finish their
 //!   transfers intact, and a new shimvmm on the freed VF comes up, pings the
 //!   peer and the two others.
@@ -527,11 +528,28 @@ ping -i 0.2 "$PEER" >/dev/null 2>&1
     for vm in &vms {
         vm.marker("payload-sha");
     }
+    let quiesces_before = vf_quiesces(&victim).len();
     server.open_gate("reset");
     assert_eq!(victim.marker("unbind-rc"), "0");
     assert_eq!(victim.marker("bind-rc"), "0");
     assert_eq!(victim.marker("reset-eth0-up"), "0", "vf2: eth0 did not come back after the reset");
     eprintln!("vf2 after its virtio reset: ping peer {}", victim.pinged("reset-peer"));
+    // The reset reached the VF path: the shim stopped the VF's queues before
+    // the guest's buffers were forgotten (metrics are flushed only at exit,
+    // and this VMM is killed, so its log says it), with no error. (The
+    // guest's virtio core also resets the device once at boot.)
+    let quiesces = vf_quiesces(&victim);
+    eprintln!(
+        "vf2's igbvf quiesces: {quiesces_before} before its virtio reset, then: {:#?}",
+        &quiesces[quiesces_before.min(quiesces.len())..]
+    );
+    assert!(
+        quiesces.len() > quiesces_before,
+        "vf2: its virtio reset did not stop the igbvf queues\n{}",
+        victim.proc.tail(60)
+    );
+    let errors = victim.proc.lines().into_iter().filter(|l| l.text.contains("Z ERROR]")).count();
+    assert_eq!(errors, 0, "vf2: shimvmm logged errors around the reset\n{}", victim.proc.tail(60));
     victim.marker("pinging");
     std::thread::sleep(Duration::from_secs(3));
     let moving: Vec<bool> = vms.iter().map(|vm| vm.proc.marker("rx-sha").is_none()).collect();
@@ -563,6 +581,15 @@ ping -i 0.2 "$PEER" >/dev/null 2>&1
         vm.check_zero_copy(len as u64);
     }
     fresh.check_zero_copy(0);
+}
+
+/// The line the shim logs when a virtio reset stops its igbvf's queues
+/// (src/pnic/src/shim/mod.rs, `quiesce`).
+const VF_QUIESCE_LOG: &str = "pNIC igbvf: queues stopped on device reset";
+
+/// The VMM's log lines that say a virtio reset stopped its igbvf's queues.
+fn vf_quiesces(vm: &Vm) -> Vec<String> {
+    vm.proc.lines().into_iter().filter(|l| l.text.contains(VF_QUIESCE_LOG)).map(|l| l.text).collect()
 }
 
 /// The VMM's log lines that say its igbvf recovered from a PF-initiated reset.

@@ -853,13 +853,21 @@ fn phase(
     let before: Vec<(f64, f64)> = vms.iter().map(|vm| cpu_times(vm.proc.pid())).collect();
     let t = Instant::now();
     path.server.open_gate(gate);
-    let mut ends = Vec::new();
+    // Each VMM's CPU is read as soon as its guest's last marker shows.
+    let mut ends: Vec<Option<((f64, f64), f64)>> = vec![None; vms.len()];
+    while ends.iter().any(Option::is_none) {
+        for (vm, end) in vms.iter().zip(ends.iter_mut()).filter(|(_, e)| e.is_none()) {
+            if vm.proc.marker(&format!("{tag}rx-secs")).is_some() {
+                *end = Some((cpu_times(vm.proc.pid()), t.elapsed().as_secs_f64()));
+            }
+            assert!(t.elapsed() < GUEST_TIMEOUT, "{}: no {tag}rx-secs marker\n{}", vm.name, vm.proc.tail(60));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
     for (i, (vm, sink)) in vms.iter().zip(sinks).enumerate() {
         let got = sink.join().expect("sink thread");
-        vm.marker(&format!("{tag}rx-secs"));
-        ends.push((cpu_times(vm.proc.pid()), t.elapsed().as_secs_f64()));
         let (tx, rx) = vm.check_transfer_tagged(got, &tx_shas[i], rx_sha, tag);
-        let ((cpu1, guest1), wall) = ends[i];
+        let ((cpu1, guest1), wall) = ends[i].expect("read above");
         let (cpu0, guest0) = before[i];
         let gib = 2.0 * len as f64 / (1u64 << 30) as f64;
         let rec = serde_json::json!({

@@ -23,6 +23,10 @@
 //!   pings again and is then killed with SIGKILL; the two finish their
 //!   transfers intact, and a new shimvmm on the freed VF comes up, pings the
 //!   peer and the two others.
+//! - `bench_vfs_against_taps` (ignored; `tools/bench vfs` runs it): 1 and 3
+//!   guests on VFs against 1 and 3 on taps (a bridge in L1), the same
+//!   transfers, each VMM's CPU time per GiB; `VFBENCH {json}` lines for
+//!   benches/report.py's section 6 of docs/benchmarks.md.
 //!
 //! Build on the host: `cargo build --release -p shimvmm && cargo test --release
 //! -p shimvmm-tests --test net_vf --no-run`, then

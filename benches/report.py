@@ -3,6 +3,7 @@
 docs/benchmarks.json: medians and min-max of repeated runs, ratios from the same run.
 
 Usage: report.py DIR MD JSON
+       report.py --only vfs DIR MD JSON   (replace just that section of MD and its key of JSON)
 """
 import datetime, json, os, platform, re, statistics, subprocess, sys
 
@@ -706,15 +707,107 @@ def guestnet_section(d, md, js):
         md.append(open(notes).read().strip().replace("## 5.", "### 5b.", 1) + "\n")
     js["guestnet"] = {"rows": rows}
 
+VFS_HEADING = "## 6. Many VMs per NIC: 1 and 3 VMs on SR-IOV VFs against 1 and 3 on taps, side by side in one L1"
+
+def vfs_section(d, md, js):
+    rs = load(os.path.join(d, "vfs.jsonl"))
+    if not rs:
+        return
+    md.append(VFS_HEADING + "\n")
+    md.append(meta(d, "vfs") + "\n")
+    mib = rs[0]["bytes_each_way"] >> 20
+    md.append("Each guest is a net_vf guest (Alpine, 1 vCPU, 256 MiB, shimvmm) that moves "
+              f"{mib} MiB to its peer (`nc` to a sink) and {mib} MiB back (`wget` from an HTTP server), sha256-checked "
+              "on both ends. *1 VM*: guest 0 alone; *3 VMs*: guests 0-2 at once (guest 0 again, guests 1 and 2 "
+              "booted after the 1-VM phase). **vf**: `--net vfio=<its VF>` on its own VF of the emulated 82576 "
+              "(igbvf, zero-copy; the test checks every frame zero-copy in each VMM's metrics), the peer the "
+              "testbed's second igb in netns `peer`, across QEMU's emulated wire. **tap**: `--net tap=...`, three "
+              "taps on one bridge in L1, the peer L1's own stack. The paths alternate in each round. Emulated "
+              "NICs under TCG: only the side-by-side comparison means anything, not the rates. Mbit/s is per "
+              "guest (the guest's `nc`/`wget` time); *sum* adds the three guests' rates of one round (their "
+              "transfers start together, so they overlap most of the time). *CPU s/GiB*: the VMM process's "
+              "utime+stime (/proc/PID/stat) from the gate that starts the transfers to the guest's last marker, "
+              "per GiB moved (both directions), vCPU threads included (the guest's TCP and sha256 work counted "
+              "too); *own*: minus the vCPU threads' guest_time, the VMM's share. Medians (min-max) over rounds "
+              "and guests.\n")
+    paths = [p for p in ("vf", "tap") if any(r["path"] == p for r in rs)]
+    out = {"rows": {}}
+    md.append("| VMs | path | guest→peer Mbit/s per guest | peer→guest Mbit/s per guest | sum of guests, both ways Mbit/s | VMM CPU s/GiB | own CPU s/GiB | rounds |")
+    md.append("|---|---|---|---|---|---|---|---|")
+    for n in (1, 3):
+        for p in paths:
+            sel = [r for r in rs if r["path"] == p and r["vms"] == n]
+            if not sel:
+                continue
+            rounds = sorted({r["run"] for r in sel})
+            sums = [sum(r["tx_mbit_s"] + r["rx_mbit_s"] for r in sel if r["run"] == k) for k in rounds]
+            row = {k: stats([r[k] for r in sel]) for k in ("tx_mbit_s", "rx_mbit_s", "cpu_secs_per_gib",
+                                                           "vmm_own_cpu_secs_per_gib", "rss_minus_guest_ram_kib")}
+            row["sum_mbit_s"] = stats(sums)
+            row["rounds"] = len(rounds)
+            out["rows"][f"{p}-{n}"] = row
+            md.append(f"| {n} | {p} | {fmt(row['tx_mbit_s'], 1)} | {fmt(row['rx_mbit_s'], 1)} | "
+                      f"{fmt(row['sum_mbit_s'], 1)} | {fmt(row['cpu_secs_per_gib'], 2)} | "
+                      f"{fmt(row['vmm_own_cpu_secs_per_gib'], 2)} | {len(rounds)} |")
+    # vf / tap of medians, per number of VMs.
+    ratios = {}
+    for n in (1, 3):
+        a, b = out["rows"].get(f"vf-{n}"), out["rows"].get(f"tap-{n}")
+        if not (a and b):
+            continue
+        for k in ("tx_mbit_s", "rx_mbit_s", "sum_mbit_s", "cpu_secs_per_gib", "vmm_own_cpu_secs_per_gib"):
+            if a[k] and b[k] and b[k]["median"]:
+                ratios[f"{k}_{n}vm"] = a[k]["median"] / b[k]["median"]
+    out["ratio_vf_over_tap"] = ratios
+    if ratios:
+        md.append("\nvf / tap (medians): " + "; ".join(
+            f"{n} VM{'s' if n > 1 else ''}: guest→peer **{ratios.get(f'tx_mbit_s_{n}vm', float('nan')):.2f}**, "
+            f"peer→guest **{ratios.get(f'rx_mbit_s_{n}vm', float('nan')):.2f}**, "
+            f"CPU/GiB **{ratios.get(f'cpu_secs_per_gib_{n}vm', float('nan')):.2f}**, "
+            f"own CPU/GiB **{ratios.get(f'vmm_own_cpu_secs_per_gib_{n}vm', float('nan')):.2f}**"
+            for n in (1, 3) if f"tx_mbit_s_{n}vm" in ratios) + ".\n")
+    rss = {n: out["rows"].get(f"vf-{n}", {}).get("rss_minus_guest_ram_kib") for n in (1, 3)}
+    if rss[1] or rss[3]:
+        md.append("RSS minus guest RAM of each VF guest's shimvmm (VFIO pins all guest RAM, so this is the VMM's "
+                  "overhead), read idle at the gate before each phase: 1 VM " + fmt(rss[1], 0, " KiB") +
+                  ", 3 VMs " + fmt(rss[3], 0, " KiB") + " per VMM.\n")
+    js["vfs"] = out
+
+def splice(section, d, mdp, jsp):
+    """Replaces (or adds, before the analysis) one section of an existing report and its key of
+    the JSON, leaving the rest as it is: the other sections' raw results may be gone."""
+    f, heading, key = {"vfs": (vfs_section, VFS_HEADING, "vfs")}[section]
+    md, js = [], {}
+    f(d, md, js)
+    if not md:
+        sys.exit(f"report.py: no {section} results in {d}")
+    text = open(mdp).read()
+    new = "\n".join(md) + "\n"
+    if heading in text:
+        a = text.index(heading)
+        b = text.find("\n## ", a + len(heading))
+        text = text[:a] + new + (text[b + 1:] if b >= 0 else "")
+    else:
+        anchor = "## What the figures say"
+        a = text.find(anchor)
+        text = text[:a] + new + "\n" + text[a:] if a >= 0 else text + "\n" + new
+    open(mdp, "w").write(text)
+    old = json.load(open(jsp)) if os.path.exists(jsp) else {}
+    old[key] = js[key]
+    json.dump(old, open(jsp, "w"), indent=1)
+
 def main():
+    if sys.argv[1] == "--only":
+        splice(sys.argv[2], *sys.argv[3:6])
+        return
     d, mdp, jsp = sys.argv[1:4]
     js = {"generated": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     md = ["# shimvmm benchmarks\n",
           f"Generated by `tools/devtool bench` (= `tools/bench`) on {js['generated']}.\n",
           "Machine: " + meta(d, "machine") + "\n",
           "Timings on this shared 2-core machine are noisy; medians and min-max of repeated runs are given, "
-          "ratios come from the same run. Sections not run this time are left out (run `tools/bench net|boot|mem|startup|guestnet`).\n"]
-    for f in (net_section, boot_section, mem_section, startup_section, guestnet_section):
+          "ratios come from the same run. Sections not run this time are left out (run `tools/bench net|boot|mem|startup|guestnet|vfs`).\n"]
+    for f in (net_section, boot_section, mem_section, startup_section, guestnet_section, vfs_section):
         f(d, md, js)
     # Hand-written analysis of the current figures (benches/findings.md keeps the dated record).
     notes = os.path.join(os.path.dirname(os.path.abspath(__file__)), "analysis.md")

@@ -119,20 +119,6 @@ fn cpu_secs(pid: u32) -> f64 {
     cpu_times(pid).0
 }
 
-/// (utime + stime, guest_time) of PID in seconds, all threads, from
-/// /proc/PID/stat. Linux counts a vCPU thread's time in the guest as user
-/// time and also as guest_time (field 43), so the VMM's own CPU is the
-/// difference.
-fn cpu_times(pid: u32) -> (f64, f64) {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let f: Vec<&str> = text.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
-    // Field N of stat(5) is f[N - 3] (f starts at field 3, the state).
-    let field = |n: usize| f.get(n - 3).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // SAFETY: sysconf only reads a configuration value.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    ((field(14) + field(15)) / hz, field(43) / hz)
-}
-
 /// KVM's per-VM counters (`exits`, `io_exits`, `mmio_exits`,
 /// `irq_injections`, `halt_exits`, ...: the files of debugfs's
 /// `kvm/<pid>-<fd>/`, mounted in the testbed's L1) summed over the VMs of

@@ -18,10 +18,15 @@
 //!   checked TX header copy aside). Prints RSS minus guest RAM of each VMM
 //!   with one and with three VMs running.
 //! - `a_killed_vmm_...`: three guests; two move a payload to and from the
-//!   peer while the third resets its virtio-net device (driver unbind/bind),
+//!   peer while the third resets its virtio-net device (driver unbind/bind:
+//!   status 0; its shimvmm logs the igbvf queues stopped, and no error),
 //!   pings again and is then killed with SIGKILL; the two finish their
 //!   transfers intact, and a new shimvmm on the freed VF comes up, pings the
 //!   peer and the two others.
+//! - `bench_vfs_against_taps` (ignored; `tools/bench vfs` runs it): 1 and 3
+//!   guests on VFs against 1 and 3 on taps (a bridge in L1), the same
+//!   transfers, each VMM's CPU time per GiB; `VFBENCH {json}` lines for
+//!   benches/report.py's section 6 of docs/benchmarks.md.
 //!
 //! Build on the host: `cargo build --release -p shimvmm && cargo test --release
 //! -p shimvmm-tests --test net_vf --no-run`, then
@@ -97,10 +102,15 @@ fn vfs() -> Vec<String> {
 
 /// Shell helpers every guest script starts with.
 fn prelude(me: usize, peer_ip: &str) -> String {
+    prelude_at(&format!("{}/24", guest_ip(me)), peer_ip)
+}
+
+/// [`prelude`] for a guest at `cidr`.
+fn prelude_at(cidr: &str, peer_ip: &str) -> String {
     format!(
         r#"
 PEER={peer_ip}
-CIDR={ip}/24
+CIDR={cidr}
 elapsed() {{ awk -v a="$1" -v b="$2" 'BEGIN {{ printf "%.2f", b - a }}'; }}
 wait_for() {{ n=$1; shift; while [ "$n" -gt 0 ]; do "$@" && return 0; sleep 1; n=$((n - 1)); done; return 1; }}
 gate() {{ wait_for 1500 sh -c "timeout 10 wget -q -O - http://$PEER:{http}/gate/$1 2>/dev/null | grep -q go"; }}
@@ -126,7 +136,6 @@ marker eth0-up $?
 marker mac "$(cat /sys/class/net/eth0/address)"
 ping_marks ping-peer "$PEER"
 "#,
-        ip = guest_ip(me),
         http = HTTP_PORT,
     )
 }
@@ -139,19 +148,25 @@ fn ping_others(others: &[usize]) -> String {
 /// Upload /payload to the peer's sink `port`, then download the peer's
 /// payload over HTTP and hash it.
 fn transfer(port: u16) -> String {
+    transfer_tagged(port, "")
+}
+
+/// [`transfer`] with its markers named `{tag}payload-sha` and so on (a guest
+/// that transfers more than once).
+fn transfer_tagged(port: u16, tag: &str) -> String {
     format!(
         r#"
-marker payload-sha "$(sha256sum {payload} | cut -d' ' -f1)"
+marker {tag}payload-sha "$(sha256sum {payload} | cut -d' ' -f1)"
 t0=$(guest_uptime)
 timeout 1500 nc "$PEER" {port} < {payload}
-marker tx-rc $?
+marker {tag}tx-rc $?
 t1=$(guest_uptime)
-marker tx-secs "$(elapsed "$t0" "$t1")"
+marker {tag}tx-secs "$(elapsed "$t0" "$t1")"
 t0=$(guest_uptime)
 sha=$(timeout 1500 wget -q -O - "http://$PEER:{http}/payload" | sha256sum | cut -d' ' -f1)
 t1=$(guest_uptime)
-marker rx-sha "$sha"
-marker rx-secs "$(elapsed "$t0" "$t1")"
+marker {tag}rx-sha "$sha"
+marker {tag}rx-secs "$(elapsed "$t0" "$t1")"
 "#,
         payload = GUEST_PAYLOAD,
         http = HTTP_PORT,
@@ -164,8 +179,9 @@ marker done 1
 "#;
 
 /// shimvmm for one small guest (1 vCPU, [`GUEST_MEM_MIB`]: three of them
-/// share L1's two vCPUs) on `vf` with no MAC configured (the VF's is taken).
-fn command(image: &Path, metrics: &Path, vf: &str) -> Command {
+/// share L1's two vCPUs) with the NIC `net` (`vfio=<VF>` with no MAC
+/// configured: the VF's is taken; or the bench's `tap=...`).
+fn command(image: &Path, metrics: &Path, net: &str) -> Command {
     let art = shimvmm_tests::artifacts();
     let mut cmd = Command::new(shimvmm_tests::shimvmm_bin());
     cmd.arg("--kernel")
@@ -180,7 +196,7 @@ fn command(image: &Path, metrics: &Path, vf: &str) -> Command {
         .arg("--disk")
         .arg(format!("path={},root=on", image.display()))
         .arg("--net")
-        .arg(format!("vfio={vf},id={NET_ID}"));
+        .arg(format!("{net},id={NET_ID}"));
     cmd
 }
 
@@ -196,14 +212,20 @@ struct Vm {
 impl Vm {
     /// Boot `script` on `vf`; `files` go into the image first.
     fn spawn(name: &str, vf: &str, script: &str, files: &[(&[u8], &str)]) -> Vm {
+        Vm::spawn_net(name, vf, &format!("vfio={vf}"), script, files)
+    }
+
+    /// Boot `script` with the NIC `net` (a `--net` spec without its id);
+    /// `label` names the NIC in messages.
+    fn spawn_net(name: &str, label: &str, net: &str, script: &str, files: &[(&[u8], &str)]) -> Vm {
         let image = test_image(script, PowerAction::Reboot);
         for (data, dst) in files {
             put_file_in_image(image.path(), data, dst);
         }
         let metrics = image.path().with_extension("metrics.json");
-        let proc = GuestProcess::spawn(name, command(image.path(), &metrics, vf))
-            .unwrap_or_else(|e| panic!("spawn shimvmm on {vf}: {e}"));
-        Vm { name: name.to_string(), vf: vf.to_string(), proc, metrics, _image: image }
+        let proc = GuestProcess::spawn(name, command(image.path(), &metrics, net))
+            .unwrap_or_else(|e| panic!("spawn shimvmm on {label}: {e}"));
+        Vm { name: name.to_string(), vf: label.to_string(), proc, metrics, _image: image }
     }
 
     fn marker(&self, name: &str) -> String {
@@ -238,21 +260,27 @@ impl Vm {
     /// Checks the guest's two transfers (the sink's result `got`, the
     /// guest's hash of what it downloaded); returns (tx, rx) seconds.
     fn check_transfer(&self, got: std::io::Result<Received>, tx_sha: &str, rx_sha: &str) -> (f64, f64) {
+        self.check_transfer_tagged(got, tx_sha, rx_sha, "")
+    }
+
+    /// [`Vm::check_transfer`] of a [`transfer_tagged`] with `tag`.
+    fn check_transfer_tagged(
+        &self,
+        got: std::io::Result<Received>,
+        tx_sha: &str,
+        rx_sha: &str,
+        tag: &str,
+    ) -> (f64, f64) {
         let len = payload_len() as u64;
-        assert_eq!(self.marker("payload-sha"), tx_sha, "{}: /payload in the guest is not what was written", self.name);
-        assert_eq!(self.marker("tx-rc"), "0", "{}: guest nc failed\n{}", self.name, self.proc.tail(60));
+        let m = |name: &str| self.marker(&format!("{tag}{name}"));
+        assert_eq!(m("payload-sha"), tx_sha, "{}: /payload in the guest is not what was written", self.name);
+        assert_eq!(m("tx-rc"), "0", "{}: guest nc failed\n{}", self.name, self.proc.tail(60));
         let got = got.unwrap_or_else(|e| panic!("{}: sink: {e}\n{}", self.name, self.proc.tail(60)));
         assert_eq!(got.bytes, len, "{}: the peer received {} of {len} bytes", self.name, got.bytes);
         assert_eq!(got.sha256, tx_sha, "{}: guest->peer payload corrupted", self.name);
-        assert_eq!(
-            self.marker("rx-sha"),
-            rx_sha,
-            "{}: peer->guest payload corrupted\n{}",
-            self.name,
-            self.proc.tail(60)
-        );
-        let tx: f64 = self.marker("tx-secs").parse().expect("tx-secs");
-        let rx: f64 = self.marker("rx-secs").parse().expect("rx-secs");
+        assert_eq!(m("rx-sha"), rx_sha, "{}: peer->guest payload corrupted\n{}", self.name, self.proc.tail(60));
+        let tx: f64 = m("tx-secs").parse().expect("tx-secs");
+        let rx: f64 = m("rx-secs").parse().expect("rx-secs");
         eprintln!(
             "{}: guest->peer {} MiB in {tx:.1} s = {:.1} Mbit/s, peer->guest in {rx:.1} s = {:.1} Mbit/s",
             self.name,
@@ -527,11 +555,28 @@ ping -i 0.2 "$PEER" >/dev/null 2>&1
     for vm in &vms {
         vm.marker("payload-sha");
     }
+    let quiesces_before = vf_quiesces(&victim).len();
     server.open_gate("reset");
     assert_eq!(victim.marker("unbind-rc"), "0");
     assert_eq!(victim.marker("bind-rc"), "0");
     assert_eq!(victim.marker("reset-eth0-up"), "0", "vf2: eth0 did not come back after the reset");
     eprintln!("vf2 after its virtio reset: ping peer {}", victim.pinged("reset-peer"));
+    // The reset reached the VF path: the shim stopped the VF's queues before
+    // the guest's buffers were forgotten (metrics are flushed only at exit,
+    // and this VMM is killed, so its log says it), with no error. (The
+    // guest's virtio core also resets the device once at boot.)
+    let quiesces = vf_quiesces(&victim);
+    eprintln!(
+        "vf2's igbvf quiesces: {quiesces_before} before its virtio reset, then: {:#?}",
+        &quiesces[quiesces_before.min(quiesces.len())..]
+    );
+    assert!(
+        quiesces.len() > quiesces_before,
+        "vf2: its virtio reset did not stop the igbvf queues\n{}",
+        victim.proc.tail(60)
+    );
+    let errors = victim.proc.lines().into_iter().filter(|l| l.text.contains("Z ERROR]")).count();
+    assert_eq!(errors, 0, "vf2: shimvmm logged errors around the reset\n{}", victim.proc.tail(60));
     victim.marker("pinging");
     std::thread::sleep(Duration::from_secs(3));
     let moving: Vec<bool> = vms.iter().map(|vm| vm.proc.marker("rx-sha").is_none()).collect();
@@ -563,6 +608,15 @@ ping -i 0.2 "$PEER" >/dev/null 2>&1
         vm.check_zero_copy(len as u64);
     }
     fresh.check_zero_copy(0);
+}
+
+/// The line the shim logs when a virtio reset stops its igbvf's queues
+/// (src/pnic/src/shim/mod.rs, `quiesce`).
+const VF_QUIESCE_LOG: &str = "pNIC igbvf: queues stopped on device reset";
+
+/// The VMM's log lines that say a virtio reset stopped its igbvf's queues.
+fn vf_quiesces(vm: &Vm) -> Vec<String> {
+    vm.proc.lines().into_iter().filter(|l| l.text.contains(VF_QUIESCE_LOG)).map(|l| l.text).collect()
 }
 
 /// The VMM's log lines that say its igbvf recovered from a PF-initiated reset.
@@ -684,4 +738,184 @@ fn a_guest_reboot_and_a_pf_reset_leave_the_others_moving_traffic() {
         vm.check_zero_copy(len as u64);
     }
     fresh.check_zero_copy(0);
+}
+
+/// The bench's tap path: L1's end of the bridge the taps hang off (its
+/// own /25 inside the testbed's 192.0.2.0/24, as guestnet_peers' taps).
+const TAP_HOST_IP: &str = "192.0.2.129";
+const TAP_HOST_CIDR: &str = "192.0.2.129/25";
+const TAP_BRIDGE: &str = "brvfbench";
+
+/// Guest i's address on the tap path.
+fn tap_guest_cidr(i: usize) -> String {
+    format!("192.0.2.{}/25", 130 + i)
+}
+
+/// The bench's bridge and taps in L1, deleted on drop.
+struct TapNet(Vec<String>);
+
+impl TapNet {
+    fn create(n: usize) -> TapNet {
+        let mut made = TapNet(vec![TAP_BRIDGE.to_string()]);
+        run(&["ip", "link", "add", TAP_BRIDGE, "type", "bridge"]);
+        run(&["ip", "addr", "add", TAP_HOST_CIDR, "dev", TAP_BRIDGE]);
+        run(&["ip", "link", "set", TAP_BRIDGE, "up"]);
+        for i in 0..n {
+            let tap = format!("vfbt{i}");
+            run(&["ip", "tuntap", "add", "dev", &tap, "mode", "tap"]);
+            made.0.push(tap.clone());
+            run(&["ip", "link", "set", &tap, "master", TAP_BRIDGE]);
+            run(&["ip", "link", "set", &tap, "up"]);
+        }
+        made
+    }
+}
+
+impl Drop for TapNet {
+    fn drop(&mut self) {
+        for dev in self.0.iter().rev() {
+            let _ = Command::new("ip").args(["link", "del", dev]).status();
+        }
+    }
+}
+
+/// One path of the bench: the peer's HTTP server and where it is.
+struct BenchPath<'a> {
+    name: &'static str,
+    server: &'a HttpServer,
+    ns: Option<&'a str>,
+    peer_ip: &'a str,
+}
+
+/// One round of the bench on `path`: guest 0 boots and moves the payload to
+/// and from the peer alone; then guests 1 and 2 boot and all three move it
+/// at once. Prints a `VFBENCH {json}` line per guest and phase.
+fn bench_round(path: &BenchPath, vfs: &[String], run_no: usize, rx_sha: &str) {
+    let len = payload_len();
+    let gate = |what: &str| format!("r{run_no}-{}-{what}", path.name);
+    let port = |phase: usize, i: usize| SINK_BASE + 20 + (10 * phase + i) as u16;
+    let mut vms: Vec<Vm> = Vec::new();
+    let mut tx_shas = Vec::new();
+    for (i, vf) in vfs.iter().take(3).enumerate() {
+        let phase1 =
+            if i == 0 { format!("gate {}\n{}", gate("x1"), transfer_tagged(port(0, 0), "a-")) } else { String::new() };
+        let (cidr, net) = match path.name {
+            "vf" => (format!("{}/24", guest_ip(i)), format!("vfio={vf}")),
+            _ => (tap_guest_cidr(i), format!("tap=vfbt{i},mac=52:54:00:c0:04:{:02x}", i + 1)),
+        };
+        let script = format!(
+            "{}{phase1}gate {}\n{}gate {}\n{EPILOGUE}",
+            prelude_at(&cidr, path.peer_ip),
+            gate("x3"),
+            transfer_tagged(port(1, i), "b-"),
+            gate("finish")
+        );
+        let tx = payload(len, 500 + i as u64);
+        tx_shas.push(sha256_hex(&tx));
+        vms.push(Vm::spawn_net(&format!("{}{i}-r{run_no}", path.name), &net, &net, &script, &[(&tx, GUEST_PAYLOAD)]));
+        if i == 0 {
+            // The one-VM phase, before the others boot.
+            phase(path, &vms, &tx_shas, rx_sha, &gate("x1"), "a-", &|i| port(0, i), run_no);
+        }
+    }
+    phase(path, &vms, &tx_shas, rx_sha, &gate("x3"), "b-", &|i| port(1, i), run_no);
+    path.server.open_gate(&gate("finish"));
+    for vm in vms.iter_mut() {
+        vm.check_clean_exit();
+    }
+    if path.name == "vf" {
+        for vm in &vms {
+            vm.check_zero_copy(len as u64);
+        }
+    }
+}
+
+/// One timed phase: every guest in `vms` moves the payload to and from the
+/// peer at once (markers tagged `tag`), sha-checked; each VMM's CPU time is
+/// read from /proc/PID/stat around it.
+#[allow(clippy::too_many_arguments)]
+fn phase(
+    path: &BenchPath,
+    vms: &[Vm],
+    tx_shas: &[String],
+    rx_sha: &str,
+    gate: &str,
+    tag: &str,
+    port: &dyn Fn(usize) -> u16,
+    run_no: usize,
+) {
+    let len = payload_len();
+    let sinks: Vec<_> =
+        (0..vms.len()).map(|i| spawn_sink(listen(path.ns, path.peer_ip, port(i)), len, GUEST_TIMEOUT)).collect();
+    for vm in vms {
+        assert_eq!(vm.marker("eth0-up"), "0", "{}: eth0 did not come up\n{}", vm.name, vm.proc.tail(60));
+        vm.pinged("peer");
+    }
+    // Idle at the gate: RSS now (VFIO pins the VF guests' RAM, so RSS minus
+    // guest RAM is their overhead; a tap guest's RAM is resident only as touched).
+    let rss: Vec<i64> = vms.iter().map(|vm| rss_overhead_kib(vm.proc.pid())).collect();
+    let before: Vec<(f64, f64)> = vms.iter().map(|vm| cpu_times(vm.proc.pid())).collect();
+    let t = Instant::now();
+    path.server.open_gate(gate);
+    // Each VMM's CPU is read as soon as its guest's last marker shows.
+    let mut ends: Vec<Option<((f64, f64), f64)>> = vec![None; vms.len()];
+    while ends.iter().any(Option::is_none) {
+        for (vm, end) in vms.iter().zip(ends.iter_mut()).filter(|(_, e)| e.is_none()) {
+            if vm.proc.marker(&format!("{tag}rx-secs")).is_some() {
+                *end = Some((cpu_times(vm.proc.pid()), t.elapsed().as_secs_f64()));
+            }
+            assert!(t.elapsed() < GUEST_TIMEOUT, "{}: no {tag}rx-secs marker\n{}", vm.name, vm.proc.tail(60));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for (i, (vm, sink)) in vms.iter().zip(sinks).enumerate() {
+        let got = sink.join().expect("sink thread");
+        let (tx, rx) = vm.check_transfer_tagged(got, &tx_shas[i], rx_sha, tag);
+        let ((cpu1, guest1), wall) = ends[i].expect("read above");
+        let (cpu0, guest0) = before[i];
+        let gib = 2.0 * len as f64 / (1u64 << 30) as f64;
+        let rec = serde_json::json!({
+            "bench": "vfs", "run": run_no, "path": path.name, "vms": vms.len(), "vm": i,
+            "bytes_each_way": len, "tx_mbit_s": mbit_per_s(len as u64, tx), "rx_mbit_s": mbit_per_s(len as u64, rx),
+            "tx_secs": tx, "rx_secs": rx, "wall_secs": wall,
+            "cpu_secs": cpu1 - cpu0, "vmm_own_cpu_secs": (cpu1 - cpu0) - (guest1 - guest0),
+            "cpu_secs_per_gib": (cpu1 - cpu0) / gib,
+            "vmm_own_cpu_secs_per_gib": ((cpu1 - cpu0) - (guest1 - guest0)) / gib,
+            "rss_minus_guest_ram_kib": rss[i],
+        });
+        println!("VFBENCH {rec}");
+    }
+}
+
+/// `tools/bench vfs`: 1 and 3 VMs on VFs against 1 and 3 VMs on taps in one
+/// L1, side by side (`SHIMVMM_VF_BENCH_RUNS` rounds, 3 by default, the
+/// paths' order alternating). Each VF guest's peer is the testbed's second
+/// igb in netns `peer` (across QEMU's emulated wire); each tap guest's is
+/// L1 itself, on a bridge of the three taps. The guests are the net_vf
+/// guests (1 vCPU, 256 MiB); every transfer is sha256-checked on both ends.
+#[test]
+#[ignore = "a benchmark: tools/bench vfs runs it in the testbed"]
+fn bench_vfs_against_taps() {
+    if !require_guest_env("bench_vfs_against_taps") {
+        return;
+    }
+    let vfs = vfs();
+    assert!(vfs.len() >= 3, "three VFs needed, have {vfs:?}");
+    let (ns, peer_ip) = (env("SHIMVMM_PEER_NS"), env("SHIMVMM_PEER_IP"));
+    let runs: usize = std::env::var("SHIMVMM_VF_BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+    let _lock = one_vm_at_a_time();
+    let rx_payload = Arc::new(payload(payload_len(), 15));
+    let rx_sha = sha256_hex(&rx_payload);
+    let _taps = TapNet::create(3);
+    let vf_server = HttpServer::start(listen(Some(&ns), &peer_ip, HTTP_PORT), rx_payload.clone());
+    let tap_server = HttpServer::start(listen(None, TAP_HOST_IP, HTTP_PORT), rx_payload);
+    let vf = BenchPath { name: "vf", server: &vf_server, ns: Some(&ns), peer_ip: &peer_ip };
+    let tap = BenchPath { name: "tap", server: &tap_server, ns: None, peer_ip: TAP_HOST_IP };
+    for r in 0..runs {
+        let order = if r % 2 == 0 { [&vf, &tap] } else { [&tap, &vf] };
+        for path in order {
+            eprintln!("bench: run {} of {runs}, {}", r + 1, path.name);
+            bench_round(path, &vfs, r, &rx_sha);
+        }
+    }
 }

@@ -52,6 +52,20 @@ pub fn shimvmm_guest_command(image: &Path, metrics: &Path, net: &str) -> Command
     cmd
 }
 
+/// (utime + stime, guest_time) of PID in seconds, all threads, from
+/// /proc/PID/stat. Linux counts a vCPU thread's time in the guest as user
+/// time and also as guest_time (field 43), so the VMM's own CPU is the
+/// difference.
+pub fn cpu_times(pid: u32) -> (f64, f64) {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let f: Vec<&str> = text.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
+    // Field N of stat(5) is f[N - 3] (f starts at field 3, the state).
+    let field = |n: usize| f.get(n - 3).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // SAFETY: sysconf only reads a configuration value.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    ((field(14) + field(15)) / hz, field(43) / hz)
+}
+
 pub fn payload(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed | 1;
     let mut out = Vec::with_capacity(len + 8);

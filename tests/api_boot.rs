@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use shimvmm_tests::{
     alpine_test_cmdline, artifacts, one_vm_at_a_time, require_guest_env, scaled, shimvmm_bin, test_image, GuestProcess,
-    PowerAction,
+    PowerAction, Scratch,
 };
 
 /// Boot to the test script: 1-3 min in the nested testbed, over 10 min
@@ -95,28 +95,6 @@ impl Tap {
 impl Drop for Tap {
     fn drop(&mut self) {
         let _ = Command::new("ip").args(["link", "del", &self.name]).output();
-    }
-}
-
-/// A private scratch directory (socket, config file, metrics), removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(tag: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!("shimvmm-api-boot-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
-        Scratch(dir)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -349,7 +327,7 @@ fn api_configures_boots_and_ctrl_alt_del_ends_the_guest() {
     let (host_ip, guest_ip) = (host_addr(1), guest_addr(1));
     let (host_ip, guest_ip) = (host_ip.as_str(), guest_ip.as_str());
     let tap = Tap::create(&format!("apitap{}", std::process::id() % 100_000), host_ip);
-    let scratch = Scratch::new("api");
+    let scratch = Scratch::new("api-boot-api");
     let sock = scratch.path("api.sock");
     let metrics_path = scratch.path("metrics.json");
     let image = test_image(&guest_script(guest_ip, host_ip), PowerAction::None);
@@ -462,7 +440,7 @@ fn boot_from_config_file(tag: &str, subnet: u8, api_sock: bool) {
     let _one = one_vm_at_a_time();
     let (host_ip, guest_ip) = (host_addr(subnet), guest_addr(subnet));
     let tap = Tap::create(&format!("{tag}{}", std::process::id() % 100_000), &host_ip);
-    let scratch = Scratch::new(tag);
+    let scratch = Scratch::new(&format!("api-boot-{tag}"));
     let sock = scratch.path("api.sock");
     let metrics_path = scratch.path("metrics.json");
     let config_path = scratch.path("vm.json");

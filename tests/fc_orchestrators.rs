@@ -46,12 +46,12 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use net_util::put_file_in_image;
+use net_util::put_vsockcat_in_image;
 use serde_json::{json, Value};
 use shimvmm_tests::orchestrators::{self, Containerd, GoSdk, Guest, Kata, Request};
 use shimvmm_tests::{
-    alpine_test_cmdline, api_request, artifacts, one_vm_at_a_time, repo_root, require_guest_env, scaled, shimvmm_bin,
-    test_image, try_api_request, GuestProcess, PowerAction,
+    alpine_test_cmdline, api_request, artifacts, one_vm_at_a_time, require_guest_env, scaled, shimvmm_bin, test_image,
+    try_api_request, GuestProcess, PowerAction, Scratch,
 };
 
 /// Boot to the guest script and its steps under the nested testbed: minutes.
@@ -92,28 +92,6 @@ marker mount-rc $?
 marker content "$(cat /container/hello.txt)"
 umount /container
 "#;
-
-/// A private scratch directory, removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(tag: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!("shimvmm-orch-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
-        Scratch(dir)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A tap without an address (the sequences attach one; the guest does not
 /// use it), deleted on drop.
@@ -256,20 +234,6 @@ fn alpine(rootfs: &Path) -> Guest {
     }
 }
 
-/// resources/guest/vsockcat.c built static into the image as /root/vsockcat.
-fn add_vsockcat(image: &Path, dir: &Path) {
-    let out = dir.join("vsockcat");
-    let src = repo_root().join("resources/guest/vsockcat.c");
-    let status = Command::new("cc")
-        .args(["-static", "-O2", "-o"])
-        .arg(&out)
-        .arg(&src)
-        .status()
-        .expect("run cc (build-essential) for the guest's vsockcat");
-    assert!(status.success(), "cc -static {} failed", src.display());
-    put_file_in_image(image, &std::fs::read(&out).expect("read the built vsockcat"), "/root/vsockcat");
-}
-
 /// An 8 MiB ext4 image holding `CONTENT_FILE` with `content`: the container
 /// image the runtime swaps in.
 fn container_image(dir: &Path, content: &str) -> PathBuf {
@@ -344,7 +308,7 @@ fn go_sdk_boots_describes_pauses_and_shuts_down() {
         return;
     }
     let _one = one_vm_at_a_time();
-    let scratch = Scratch::new("gosdk");
+    let scratch = Scratch::new("orch-gosdk");
     let tap = Tap::create("gosdk");
     let image = test_image("marker nproc \"$(nproc)\"\nmarker booted 1\n", PowerAction::None);
     let log = Fifo::create(scratch.path("log.fifo"));
@@ -391,9 +355,9 @@ fn containerd_swaps_a_placeholder_drive_the_agent_mounts() {
         return;
     }
     let _one = one_vm_at_a_time();
-    let scratch = Scratch::new("containerd");
+    let scratch = Scratch::new("orch-containerd");
     let image = test_image(&agent_script(CONTAINERD_AGENT_PORT, 1), PowerAction::None);
-    add_vsockcat(image.path(), &scratch.0);
+    put_vsockcat_in_image(image.path(), scratch.dir());
     // Placeholders: one sector each, starting with their ID.
     let stubs: Vec<PathBuf> = (0..2)
         .map(|i| {
@@ -405,7 +369,7 @@ fn containerd_swaps_a_placeholder_drive_the_agent_mounts() {
         })
         .collect();
     let content = format!("container image {}", std::process::id());
-    let container = container_image(&scratch.0, &content);
+    let container = container_image(scratch.dir(), &content);
     let log = Fifo::create(scratch.path("log.fifo"));
     let metrics = Fifo::create(scratch.path("metrics.fifo"));
     let sock = scratch.path("api.sock");
@@ -465,10 +429,10 @@ fn kata_config_file_boot_swaps_a_pool_drive() {
     assert!(out.status.success() && version.is_some_and(|v| v >= (0, 21, 1)), "--version: {text:?} -> {version:?}");
 
     let _one = one_vm_at_a_time();
-    let scratch = Scratch::new("kata");
+    let scratch = Scratch::new("orch-kata");
     let tap = Tap::create("katatap");
     let image = test_image(&agent_script(KATA_AGENT_PORT, 0), PowerAction::None);
-    add_vsockcat(image.path(), &scratch.0);
+    put_vsockcat_in_image(image.path(), scratch.dir());
     // createDiskPool: empty files.
     let pool: Vec<PathBuf> = (0..orchestrators::KATA_DISK_POOL)
         .map(|i| {
@@ -478,7 +442,7 @@ fn kata_config_file_boot_swaps_a_pool_drive() {
         })
         .collect();
     let content = format!("kata container rootfs {}", std::process::id());
-    let container = container_image(&scratch.0, &content);
+    let container = container_image(scratch.dir(), &content);
     let log = Fifo::create(scratch.path("logs.fifo"));
     let metrics = Fifo::create(scratch.path("metrics.fifo"));
     let k = Kata {

@@ -25,10 +25,10 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use net_util::{mbit_per_s, payload, put_file_in_image, sha256_hex, u64_at, PAYLOAD_LEN};
+use net_util::{mbit_per_s, payload, put_file_in_image, put_vsockcat_in_image, sha256_hex, u64_at, PAYLOAD_LEN};
 use shimvmm_tests::{
-    alpine_test_cmdline, artifacts, one_vm_at_a_time, repo_root, require_guest_env, shimvmm_bin, test_image,
-    GuestProcess, PowerAction,
+    alpine_test_cmdline, artifacts, one_vm_at_a_time, require_guest_env, shimvmm_bin, test_image, GuestProcess,
+    PowerAction,
 };
 
 const GUEST_CID: u32 = 3;
@@ -73,20 +73,6 @@ impl Drop for Dir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
-}
-
-/// resources/guest/vsockcat.c, built static.
-fn build_vsockcat(dir: &Path) -> Vec<u8> {
-    let out = dir.join("vsockcat");
-    let src = repo_root().join("resources/guest/vsockcat.c");
-    let status = Command::new("cc")
-        .args(["-static", "-O2", "-o"])
-        .arg(&out)
-        .arg(&src)
-        .status()
-        .expect("run cc (build-essential) for the guest's vsockcat");
-    assert!(status.success(), "cc -static {} failed", src.display());
-    std::fs::read(&out).expect("read the built vsockcat")
 }
 
 /// Sends `data` then shuts down the write half, while reading to EOF;
@@ -180,7 +166,7 @@ fn guest_and_host_exchange_64mib_each_way_in_both_directions() {
     let dir = Dir(std::env::temp_dir().join(format!("shimvmm-vsock-{}", std::process::id())));
     std::fs::create_dir_all(&dir.0).unwrap();
     let image = test_image(GUEST_SCRIPT, PowerAction::Poweroff);
-    put_file_in_image(image.path(), &build_vsockcat(&dir.0), "/root/vsockcat");
+    put_vsockcat_in_image(image.path(), &dir.0);
     let guest_data = payload(PAYLOAD_LEN, 0x0007_50c4_0001);
     let guest_sha = sha256_hex(&guest_data);
     put_file_in_image(image.path(), &guest_data, "/root/g.bin");

@@ -23,6 +23,7 @@ pub mod orchestrators;
 mod peers;
 mod process;
 mod reference;
+mod scratch;
 
 pub use api::{api_request, try_api_request};
 pub use artifacts::{
@@ -45,3 +46,4 @@ pub use reference::{
     qemu_bin, qemu_microvm_command, qemu_reference_boot, scaled, Accel, BootTimings, QemuBootOptions,
     BOOT_PROBE_MARKER, BOOT_PROBE_SCRIPT, FIRST_INIT_MARKER, OPENRC_START_MARKER,
 };
+pub use scratch::Scratch;

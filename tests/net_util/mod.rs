@@ -93,6 +93,22 @@ pub fn mbit_per_s(bytes: u64, secs: f64) -> f64 {
     bytes as f64 * 8.0 / secs.max(1e-6) / 1e6
 }
 
+/// resources/guest/vsockcat.c (the guest's AF_VSOCK relay: the image has no
+/// vsock-capable tool) built static in `dir` and put into the image as
+/// /root/vsockcat.
+pub fn put_vsockcat_in_image(image: &Path, dir: &Path) {
+    let out = dir.join("vsockcat");
+    let src = shimvmm_tests::repo_root().join("resources/guest/vsockcat.c");
+    let status = Command::new("cc")
+        .args(["-static", "-O2", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .status()
+        .expect("run cc (build-essential) for the guest's vsockcat");
+    assert!(status.success(), "cc -static {} failed", src.display());
+    put_file_in_image(image, &std::fs::read(&out).expect("read the built vsockcat"), "/root/vsockcat");
+}
+
 /// Puts `data` into the ext4 image at `dst` (debugfs, no mount needed).
 pub fn put_file_in_image(image: &Path, data: &[u8], dst: &str) {
     let src = image.with_extension(format!("payload-{}", std::process::id()));

@@ -26,6 +26,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use shimvmm_tests::orchestrators::assert_subset;
 use shimvmm_tests::{
     alpine_test_cmdline, artifacts, one_vm_at_a_time, require_guest_env, scaled, shimvmm_bin, test_image, GuestProcess,
     PowerAction, Scratch,
@@ -276,25 +277,6 @@ fn read_metrics(path: &Path) -> Value {
         serde_json::from_str(last).unwrap_or_else(|e| panic!("{} is not JSON lines ({e}): {text}", path.display()));
     assert!(line["utc_timestamp_ms"].is_u64() && line["net"].is_object(), "not Firecracker's format: {last}");
     line["shimvmm"].clone()
-}
-
-/// Every field `want` gives has that value in `got` (GET /vm/config adds
-/// Firecracker's fields at their defaults beside the ones a client set).
-fn assert_subset(got: &Value, want: &Value, what: &str) {
-    match (got, want) {
-        (Value::Object(g), Value::Object(w)) => {
-            for (k, v) in w {
-                assert_subset(g.get(k).unwrap_or(&Value::Null), v, &format!("{what}.{k}"));
-            }
-        }
-        (Value::Array(g), Value::Array(w)) => {
-            assert_eq!(g.len(), w.len(), "{what}: {got} vs {want}");
-            for (i, (g, w)) in g.iter().zip(w).enumerate() {
-                assert_subset(g, w, &format!("{what}[{i}]"));
-            }
-        }
-        _ => assert_eq!(got, want, "{what}"),
-    }
 }
 
 /// Exit status code of shimvmm, which must exit by itself within `timeout`.

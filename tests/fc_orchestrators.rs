@@ -38,7 +38,6 @@ mod net_util;
 
 use std::io::{ErrorKind, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -46,7 +45,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use net_util::put_vsockcat_in_image;
+use net_util::{put_vsockcat_in_image, vsock_connect};
 use serde_json::{json, Value};
 use shimvmm_tests::orchestrators::{self, Containerd, GoSdk, Guest, Kata, Request};
 use shimvmm_tests::{
@@ -258,25 +257,13 @@ fn tell_agent(uds: &Path, port: u32, request: &str, vm: &GuestProcess) -> String
     let deadline = Instant::now() + scaled(GUEST_TIMEOUT);
     loop {
         assert!(Instant::now() < deadline, "the agent never answered CONNECT {port}\n{}", vm.tail(40));
-        if let Ok(mut s) = UnixStream::connect(uds) {
-            s.write_all(format!("CONNECT {port}\n").as_bytes()).expect("send CONNECT");
-            s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-            let mut line = Vec::new();
-            let mut b = [0u8; 1];
-            while line.last() != Some(&b'\n') && line.len() < 32 {
-                match s.read(&mut b) {
-                    Ok(1) => line.push(b[0]),
-                    _ => break,
-                }
-            }
-            if line.starts_with(b"OK ") && line.ends_with(b"\n") {
-                s.write_all(request.as_bytes()).expect("send the agent's request");
-                s.shutdown(std::net::Shutdown::Write).expect("shutdown(Write)");
-                s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
-                let mut answer = String::new();
-                s.read_to_string(&mut answer).expect("read the agent's answer");
-                return answer;
-            }
+        if let Some((mut s, _)) = vsock_connect(uds, port) {
+            s.write_all(request.as_bytes()).expect("send the agent's request");
+            s.shutdown(std::net::Shutdown::Write).expect("shutdown(Write)");
+            s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+            let mut answer = String::new();
+            s.read_to_string(&mut answer).expect("read the agent's answer");
+            return answer;
         }
         std::thread::sleep(Duration::from_millis(500));
     }

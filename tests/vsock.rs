@@ -25,7 +25,9 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use net_util::{mbit_per_s, payload, put_file_in_image, put_vsockcat_in_image, sha256_hex, u64_at, PAYLOAD_LEN};
+use net_util::{
+    mbit_per_s, payload, put_file_in_image, put_vsockcat_in_image, sha256_hex, u64_at, vsock_connect, PAYLOAD_LEN,
+};
 use shimvmm_tests::{
     alpine_test_cmdline, artifacts, one_vm_at_a_time, require_guest_env, shimvmm_bin, test_image, GuestProcess,
     PowerAction,
@@ -114,22 +116,9 @@ fn connect_to_guest(uds: &Path, port: u32, vm: &GuestProcess) -> (UnixStream, St
             panic!("the guest stopped listening (rc {rc}) before any CONNECT {port} was answered OK\n{}", vm.tail(40));
         }
         attempts += 1;
-        if let Ok(mut s) = UnixStream::connect(uds) {
-            s.write_all(format!("CONNECT {port}\n").as_bytes()).expect("send CONNECT");
-            s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-            let mut line = Vec::new();
-            let mut b = [0u8; 1];
-            while line.last() != Some(&b'\n') && line.len() < 32 {
-                match s.read(&mut b) {
-                    Ok(1) => line.push(b[0]),
-                    _ => break,
-                }
-            }
-            let line = String::from_utf8_lossy(&line).into_owned();
-            if line.starts_with("OK ") && line.ends_with('\n') {
-                s.set_read_timeout(None).unwrap();
-                return (s, line);
-            }
+        if let Some((s, line)) = vsock_connect(uds, port) {
+            s.set_read_timeout(None).unwrap();
+            return (s, line);
         }
         std::thread::sleep(Duration::from_millis(500));
     }

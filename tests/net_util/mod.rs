@@ -93,6 +93,25 @@ pub fn mbit_per_s(bytes: u64, secs: f64) -> f64 {
     bytes as f64 * 8.0 / secs.max(1e-6) / 1e6
 }
 
+/// One host-initiated vsock connection (Firecracker's model): connects to
+/// `uds`, sends `CONNECT <port>`, and returns the stream and its `OK <port>`
+/// line, or None if shimvmm closed it without one (nobody listening yet).
+pub fn vsock_connect(uds: &Path, port: u32) -> Option<(std::os::unix::net::UnixStream, String)> {
+    let mut s = std::os::unix::net::UnixStream::connect(uds).ok()?;
+    s.write_all(format!("CONNECT {port}\n").as_bytes()).expect("send CONNECT");
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    while line.last() != Some(&b'\n') && line.len() < 32 {
+        match s.read(&mut b) {
+            Ok(1) => line.push(b[0]),
+            _ => break,
+        }
+    }
+    let line = String::from_utf8_lossy(&line).into_owned();
+    (line.starts_with("OK ") && line.ends_with('\n')).then_some((s, line))
+}
+
 /// resources/guest/vsockcat.c (the guest's AF_VSOCK relay: the image has no
 /// vsock-capable tool) built static in `dir` and put into the image as
 /// /root/vsockcat.

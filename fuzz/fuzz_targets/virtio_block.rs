@@ -96,11 +96,24 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     let mut seen = 0u16;
+    // Whether the used ring in memory holds only what the device wrote as
+    // used elements: false after a pass whose chains could write into the
+    // rings, until a clean pass rewrites the used index (the elements and
+    // index such a pass left behind are data, not used elements).
+    let mut trusted = fixed;
     for _ in 0..16 {
         let clear = fixed && !may_write_rings(&mem, addrs.0, size, rings_end(size));
+        let before = used_idx(&mem, addrs.2);
         blk.process_queue();
-        if clear {
-            let idx = used_idx(&mem, addrs.2);
+        let idx = used_idx(&mem, addrs.2);
+        if !clear {
+            trusted = false;
+        } else if !trusted {
+            // A clean pass that completed something wrote the device's own
+            // used index: from here on the ring is the device's again.
+            trusted = idx != before;
+            seen = idx;
+        } else {
             if idx.wrapping_sub(seen) <= size {
                 for (id, len) in used_elems(&mem, addrs.2, size, seen, idx) {
                     assert!(id < u32::from(size), "used element names head {id} of a {size}-entry queue");

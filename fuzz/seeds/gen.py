@@ -154,6 +154,22 @@ def block_seeds():
     script = [4, 2] + u16(a + 4 + 2 * 5) + u16(0) + u16(a + 2) + u16(6)
     write("virtio_block", "two-passes", script_input(script, im.b))
     write("virtio_block", "read-only", script_input([4 | 0x20], im.b))
+    # Regression (CI, stop 26): the second of two INs reads into the used ring
+    # (legal: the guest's own memory), so the ring holds data, not used
+    # elements; the guest then moves that buffer away and posts once more. The
+    # target must not take the data for used elements on the clean pass.
+    (d, a, u), = ring_layout([8])
+    im = Image()
+    im.desc(d, 0, 0x1000, 16, N, 1)
+    im.desc(d, 1, 0x3000, 512, W | N, 2)
+    im.desc(d, 2, 0x2000, 1, W)
+    im.desc(d, 3, 0x1000, 16, N, 4)
+    im.desc(d, 4, u, 512, W | N, 5)
+    im.desc(d, 5, 0x2001, 1, W)
+    im.avail(a, [0, 3])
+    im.put(0x1000, struct.pack("<IIQ", 0, 0, 0))
+    script = [3, 2] + u16(d + 16 * 4) + u16(0x4000) + u16(a + 2) + u16(3)
+    write("virtio_block", "data-in-used-ring", script_input(script, im.b))
 
 
 def mmio_w(off, val):

@@ -766,6 +766,17 @@ def vfs_section(d, md, js):
             f"CPU/GiB **{ratios.get(f'cpu_secs_per_gib_{n}vm', float('nan')):.2f}**, "
             f"own CPU/GiB **{ratios.get(f'vmm_own_cpu_secs_per_gib_{n}vm', float('nan')):.2f}**"
             for n in (1, 3) if f"tx_mbit_s_{n}vm" in ratios) + ".\n")
+    lost = load(os.path.join(d, "vfs.lost"))
+    l1s = load(os.path.join(d, "vfs.l1"))
+    out["lost_rounds"], out["l1s"] = lost, l1s
+    if l1s:
+        died = [x for x in l1s if x["status"] == 125]
+        md.append(f"\nL1s: {len(l1s)} ({len(died)} died, each ending the round it was in). Rounds lost: "
+                  f"{len(lost)}" + ("." if not lost else ": " + "; ".join(
+                      f"round {x['run']} {x['path']}, " + (f"testbed fault ({x['testbed_fault']})"
+                                                         if x.get("testbed_fault") else
+                                                         f"NOT a testbed fault: {x['reason']}")
+                      for x in lost) + ".") + " Lost rounds' finished phases are counted; nothing else is.\n")
     rss = {n: out["rows"].get(f"vf-{n}", {}).get("rss_minus_guest_ram_kib") for n in (1, 3)}
     if rss[1] or rss[3]:
         md.append("RSS minus guest RAM of each VF guest's shimvmm (VFIO pins all guest RAM, so this is the VMM's "

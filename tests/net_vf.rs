@@ -793,7 +793,8 @@ struct BenchPath<'a> {
 fn bench_round(path: &BenchPath, vfs: &[String], run_no: usize, rx_sha: &str) {
     let len = payload_len();
     let gate = |what: &str| format!("r{run_no}-{}-{what}", path.name);
-    let port = |phase: usize, i: usize| SINK_BASE + 20 + (10 * phase + i) as u16;
+    // Ports of their own per round: a lost round's sinks may still listen.
+    let port = |phase: usize, i: usize| SINK_BASE + 20 + (20 * run_no + 10 * phase + i) as u16;
     let mut vms: Vec<Vm> = Vec::new();
     let mut tx_shas = Vec::new();
     for (i, vf) in vfs.iter().take(3).enumerate() {
@@ -903,6 +904,8 @@ fn bench_vfs_against_taps() {
     assert!(vfs.len() >= 3, "three VFs needed, have {vfs:?}");
     let (ns, peer_ip) = (env("SHIMVMM_PEER_NS"), env("SHIMVMM_PEER_IP"));
     let runs: usize = std::env::var("SHIMVMM_VF_BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+    // Round numbers go on from an earlier L1's (tools/bench starts another L1 after one dies).
+    let first: usize = std::env::var("SHIMVMM_VF_BENCH_FIRST").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
     let _lock = one_vm_at_a_time();
     let rx_payload = Arc::new(payload(payload_len(), 15));
     let rx_sha = sha256_hex(&rx_payload);
@@ -911,11 +914,40 @@ fn bench_vfs_against_taps() {
     let tap_server = HttpServer::start(listen(None, TAP_HOST_IP, HTTP_PORT), rx_payload);
     let vf = BenchPath { name: "vf", server: &vf_server, ns: Some(&ns), peer_ip: &peer_ip };
     let tap = BenchPath { name: "tap", server: &tap_server, ns: None, peer_ip: TAP_HOST_IP };
-    for r in 0..runs {
+    for r in first..first + runs {
         let order = if r % 2 == 0 { [&vf, &tap] } else { [&tap, &vf] };
         for path in order {
-            eprintln!("bench: run {} of {runs}, {}", r + 1, path.name);
-            bench_round(path, &vfs, r, &rx_sha);
+            eprintln!("bench: round {r}, {}", path.name);
+            // A lost round (a guest's triple fault, a stall, or a failed
+            // check) is recorded with its reason and the bench goes on: the
+            // report counts and names every loss, it never drops one.
+            let lost = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| bench_round(path, &vfs, r, &rx_sha)));
+            if let Err(e) = lost {
+                let why = e
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| e.downcast_ref::<&str>().copied())
+                    .unwrap_or("(no message)");
+                let fault = guest_fault_kind(why);
+                let rec = serde_json::json!({
+                    "bench": "vfs", "run": r, "path": path.name, "testbed_fault": fault,
+                    "reason": why.lines().next().unwrap_or(""),
+                });
+                println!("VFBENCH-LOST {rec}");
+            }
         }
+    }
+}
+
+/// The testbed fault a lost round's panic message shows, by the marks
+/// devtool's `testbed_fault` reads in a test's output: "triple fault" or
+/// "stall"; None when the round failed a check of ours.
+fn guest_fault_kind(msg: &str) -> Option<&'static str> {
+    if msg.contains("KVM_EXIT_SHUTDOWN: the guest triple-faulted") {
+        Some("triple fault")
+    } else if msg.contains("the guest stopped while we waited") || msg.contains("GuestStalled {") {
+        Some("stall")
+    } else {
+        None
     }
 }

@@ -45,7 +45,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use net_util::*;
-use shimvmm_tests::{one_vm_at_a_time, require_guest_env, test_image, GuestProcess, PowerAction, TempImage};
+use shimvmm_tests::{
+    one_vm_at_a_time, require_guest_env, test_image, GuestProcess, HarnessError, PowerAction, TempImage,
+};
 
 /// Boot of up to three guests at once under nested TCG, pings, transfers.
 const GUEST_TIMEOUT: Duration = Duration::from_secs(1500);
@@ -862,12 +864,15 @@ fn phase(
     let mut ends: Vec<Option<((f64, f64), f64)>> = vec![None; vms.len()];
     while ends.iter().any(Option::is_none) {
         for (vm, end) in vms.iter().zip(ends.iter_mut()).filter(|(_, e)| e.is_none()) {
-            if vm.proc.marker(&format!("{tag}rx-secs")).is_some() {
-                *end = Some((cpu_times(vm.proc.pid()), t.elapsed().as_secs_f64()));
+            // A short wait, not a peek: a guest that died or stalled ends the
+            // phase now, not after GUEST_TIMEOUT.
+            match vm.proc.wait_for_marker(&format!("{tag}rx-secs"), Duration::from_millis(50)) {
+                Ok(_) => *end = Some((cpu_times(vm.proc.pid()), t.elapsed().as_secs_f64())),
+                Err(HarnessError::Timeout { .. }) => {}
+                Err(e) => panic!("{}: no {tag}rx-secs marker: {e}", vm.name),
             }
             assert!(t.elapsed() < GUEST_TIMEOUT, "{}: no {tag}rx-secs marker\n{}", vm.name, vm.proc.tail(60));
         }
-        std::thread::sleep(Duration::from_millis(100));
     }
     for (i, (vm, sink)) in vms.iter().zip(sinks).enumerate() {
         let got = sink.join().expect("sink thread");

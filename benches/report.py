@@ -771,7 +771,10 @@ def vfs_section(d, md, js):
     out["lost_rounds"], out["l1s"] = lost, l1s
     if l1s:
         died = [x for x in l1s if x["status"] == 125]
-        md.append(f"\nL1s: {len(l1s)} ({len(died)} died, each ending the round it was in). Rounds lost: "
+        other = [x for x in l1s if x["status"] not in (0, 125)]
+        md.append(f"\nL1s: {len(l1s)} ({len(died)} died, each ending the round it was in"
+                  + "".join(f"; L1 {x['l1']} ended with status {x['status']}" + (f": {x['why']}" if x.get("why") else "")
+                            for x in other) + "). Rounds lost: "
                   f"{len(lost)}" + ("." if not lost else ": " + "; ".join(
                       f"round {x['run']} {x['path']}, " + (f"testbed fault ({x['testbed_fault']})"
                                                          if x.get("testbed_fault") else

@@ -74,6 +74,8 @@ struct State {
     last_output: Duration,
     /// A marker line or a login prompt arrived: the guest booted.
     booted: bool,
+    /// Only this marker (or the exit line) counts as booted ([`GuestProcess::set_booted_by`]).
+    booted_by: Option<String>,
     /// See [`BOOT_SILENCE`].
     boot_silence: Option<Duration>,
 }
@@ -157,6 +159,19 @@ impl GuestProcess {
     /// Changes how long a booting guest may stay silent ([`BOOT_SILENCE`]); None: forever.
     pub fn set_boot_silence(&self, limit: Option<Duration>) {
         self.shared.lock().boot_silence = limit;
+        self.shared.cond.notify_all();
+    }
+
+    /// Whose guest script prints marker `name` right after it starts, with
+    /// nothing to wait for in between: silence before that marker is a hang
+    /// too ([`BOOT_SILENCE`]), not only silence before the first marker or
+    /// prompt. A guest whose console stopped in the middle of openrc's
+    /// parallel output (a vCPU stuck holding the console lock while the other
+    /// idles) is then called hung, not left to the caller's timeout.
+    pub fn set_booted_by(&self, name: &str) {
+        let mut state = self.shared.lock();
+        state.booted_by = Some(name.to_string());
+        state.booted = state.lines.iter().any(|l| booting_ends(&state.booted_by, &l.text));
         self.shared.cond.notify_all();
     }
 
@@ -313,8 +328,12 @@ impl GuestProcess {
                 Some(limit) if !state.booted && state.open > 0 => {
                     let since = self.started + state.last_output;
                     if since.elapsed() >= limit {
+                        let awaited = match &state.booted_by {
+                            Some(name) => format!("no marker {name} yet"),
+                            None => "no marker or login prompt yet".to_string(),
+                        };
                         let why = format!(
-                            "the guest hung while booting: no console output for {} s, and no marker or login prompt yet",
+                            "the guest hung while booting: no console output for {} s, and {awaited}",
                             since.elapsed().as_secs()
                         );
                         drop(state);
@@ -426,6 +445,15 @@ fn watch_vm_exits(shared: &Shared, limit: Duration, every: Duration, exits_now: 
     }
 }
 
+/// Whether console line `text` ends the boot: any marker, the exit line or a
+/// login prompt, or only marker `by` and the exit line when given.
+fn booting_ends(by: &Option<String>, text: &str) -> bool {
+    match by {
+        None => parse_marker(text).is_some() || parse_exit(text).is_some() || text.contains("login:"),
+        Some(name) => parse_marker(text).is_some_and(|(n, _)| n == *name) || parse_exit(text).is_some(),
+    }
+}
+
 /// The kernel's reports of a stuck CPU, possibly after a timestamp: an RCU
 /// stall ("rcu: INFO: rcu_preempt detected stalls on CPUs/tasks", "...
 /// self-detected stall on CPU") or the soft-lockup watchdog ("watchdog: BUG:
@@ -469,12 +497,12 @@ fn read_lines(mut pipe: Box<dyn Read + Send>, stream: Stream, started: Instant, 
             if let Some(prefix) = &echo {
                 eprintln!("[{prefix} {:>8.3}] {text}", at.as_secs_f64());
             }
-            state.booted |= parse_marker(&text).is_some() || parse_exit(&text).is_some() || text.contains("login:");
+            state.booted |= booting_ends(&state.booted_by, &text);
             state.lines.push(Line { stream, at, text });
         }
         state.partial[idx] = clean(&pending);
         state.last_output = at;
-        state.booted |= state.partial[idx].contains("login:");
+        state.booted |= state.booted_by.is_none() && state.partial[idx].contains("login:");
         shared.cond.notify_all();
     }
     let mut state = shared.lock();
@@ -539,6 +567,27 @@ mod tests {
             let err = p.wait_for_line("never printed", Duration::from_secs(1)).unwrap_err();
             assert!(matches!(err, HarnessError::Timeout { .. }), "{script}: {err}");
         }
+    }
+
+    #[test]
+    fn silence_before_the_named_marker_is_a_hang() {
+        // The QEMU reference guest of the 8ccee5d CI: the script's first marker,
+        // then openrc's output stopped in the middle of a line.
+        let p = sh("printf 'SHIMVMM-MARKER script-start 18.99\\nsetup-d'; exec sleep 30");
+        p.set_boot_silence(Some(Duration::from_millis(300)));
+        p.set_booted_by("boot-probe");
+        let start = Instant::now();
+        let err = p.wait_for_marker("boot-probe", Duration::from_secs(20)).unwrap_err();
+        assert!(start.elapsed() < Duration::from_secs(10), "{:?}", start.elapsed());
+        assert!(matches!(err, HarnessError::GuestStalled { .. }), "{err}");
+        // Once the named marker came, silence is the script's business.
+        let p = sh("printf 'SHIMVMM-MARKER boot-probe 1\\n'; exec sleep 30");
+        p.set_boot_silence(Some(Duration::from_millis(300)));
+        p.wait_for_marker("boot-probe", Duration::from_secs(10)).unwrap();
+        p.set_booted_by("boot-probe");
+        std::thread::sleep(Duration::from_millis(500));
+        let err = p.wait_for_line("never printed", Duration::from_secs(1)).unwrap_err();
+        assert!(matches!(err, HarnessError::Timeout { .. }), "{err}");
     }
 
     #[test]

@@ -198,6 +198,8 @@ pub fn qemu_reference_boot(opts: &QemuBootOptions) -> Result<BootTimings> {
     let cmd = qemu_microvm_command(art, image.path(), opts);
     let kernel = opts.boot.as_ref().map_or(GuestKernel::Alpine, |b| b.flavour);
     let mut qemu = GuestProcess::spawn("qemu", cmd)?;
+    // The probe is the whole script: silence before it is QEMU's guest hanging.
+    qemu.set_booted_by(BOOT_PROBE_MARKER);
     let first_init = qemu
         .wait_for_line(opts.first_init_marker, opts.first_init_timeout)
         .map_err(|e| name_unannounced_reset(&mut qemu, e))?;

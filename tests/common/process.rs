@@ -171,7 +171,7 @@ impl GuestProcess {
     pub fn set_booted_by(&self, name: &str) {
         let mut state = self.shared.lock();
         state.booted_by = Some(name.to_string());
-        state.booted = state.lines.iter().any(|l| booting_ends(&state.booted_by, &l.text));
+        state.booted = state.lines.iter().any(|l| booting_ends(state.booted_by.as_deref(), &l.text));
         self.shared.cond.notify_all();
     }
 
@@ -447,10 +447,10 @@ fn watch_vm_exits(shared: &Shared, limit: Duration, every: Duration, exits_now: 
 
 /// Whether console line `text` ends the boot: any marker, the exit line or a
 /// login prompt, or only marker `by` and the exit line when given.
-fn booting_ends(by: &Option<String>, text: &str) -> bool {
+fn booting_ends(by: Option<&str>, text: &str) -> bool {
     match by {
         None => parse_marker(text).is_some() || parse_exit(text).is_some() || text.contains("login:"),
-        Some(name) => parse_marker(text).is_some_and(|(n, _)| n == *name) || parse_exit(text).is_some(),
+        Some(name) => parse_marker(text).is_some_and(|(n, _)| n == name) || parse_exit(text).is_some(),
     }
 }
 
@@ -497,7 +497,7 @@ fn read_lines(mut pipe: Box<dyn Read + Send>, stream: Stream, started: Instant, 
             if let Some(prefix) = &echo {
                 eprintln!("[{prefix} {:>8.3}] {text}", at.as_secs_f64());
             }
-            state.booted |= booting_ends(&state.booted_by, &text);
+            state.booted |= booting_ends(state.booted_by.as_deref(), &text);
             state.lines.push(Line { stream, at, text });
         }
         state.partial[idx] = clean(&pending);

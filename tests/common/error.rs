@@ -43,6 +43,16 @@ pub enum HarnessError {
         /// The last console lines.
         tail: String,
     },
+    /// The guest's heartbeat stopped while a vCPU thread of the VMM stayed
+    /// outside `KVM_RUN`: the VMM, not the guest, stopped running it.
+    VmmStuck {
+        /// What we waited for.
+        what: String,
+        /// The silence and the threads.
+        why: String,
+        /// The last console lines.
+        tail: String,
+    },
     /// QEMU (run with `-no-reboot`) exited cleanly although the guest kernel
     /// never announced a reboot, power-off or panic: the vCPU reset on its
     /// own, a triple fault, which QEMU does not report (shimvmm does).
@@ -73,6 +83,12 @@ impl fmt::Display for HarnessError {
                  exited 0 and the guest kernel announced no reboot, power-off or panic; \
                  last console lines:\n{tail}"
             ),
+            HarnessError::VmmStuck { what, why, tail } => {
+                write!(
+                    f,
+                    "the VMM stopped running its guest while we waited for {what} ({why}); last console lines:\n{tail}"
+                )
+            }
             HarnessError::GuestStalled { what, line, tail } => write!(
                 f,
                 "the guest stopped while we waited for {what} ({line}); \

@@ -17,6 +17,7 @@ mod api;
 mod artifacts;
 mod env;
 mod error;
+mod heartbeat;
 mod kernel;
 mod markers;
 pub mod orchestrators;
@@ -32,6 +33,7 @@ pub use artifacts::{
 };
 pub use env::{require_guest_env, shimvmm_bin, REQUIRE_GUEST_ENV, TESTBED_ENV};
 pub use error::{HarnessError, Result};
+pub use heartbeat::{HEARTBEAT_EVERY, HEARTBEAT_SILENCE, HEARTBEAT_TOKEN};
 pub use kernel::{
     alpine_boot, build_kernel_script, guest_boot, guest_kernel_from_env, microvm_boot, microvm_cmdline, GuestBoot,
     GuestKernel,

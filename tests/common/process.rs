@@ -12,6 +12,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::error::{HarnessError, Result};
+use crate::heartbeat::{split_heartbeat, vcpu_state, VcpuState, HEARTBEAT_SILENCE};
 use crate::markers::{parse_exit, parse_marker, Marker};
 
 /// How many console lines error messages carry.
@@ -78,6 +79,14 @@ struct State {
     booted_by: Option<String>,
     /// See [`BOOT_SILENCE`].
     boot_silence: Option<Duration>,
+    /// Arrival of the guest's last heartbeat (crate::heartbeat), if any came.
+    last_heartbeat: Option<Duration>,
+    /// See [`HEARTBEAT_SILENCE`].
+    heartbeat_silence: Option<Duration>,
+    /// The exit line came: the heartbeat stops with the script.
+    script_ended: bool,
+    /// Per stream, the start of a line a heartbeat interrupted.
+    carry: [String; 2],
 }
 
 struct Shared {
@@ -113,7 +122,12 @@ impl GuestProcess {
         let mut child =
             cmd.spawn().map_err(|e| HarnessError::Setup(format!("cannot spawn {:?}: {e}", cmd.get_program())))?;
         let shared = Arc::new(Shared {
-            state: Mutex::new(State { open: 2, boot_silence: Some(BOOT_SILENCE), ..State::default() }),
+            state: Mutex::new(State {
+                open: 2,
+                boot_silence: Some(BOOT_SILENCE),
+                heartbeat_silence: Some(HEARTBEAT_SILENCE),
+                ..State::default()
+            }),
             cond: Condvar::new(),
         });
         let echo = std::env::var("SHIMVMM_TEST_ECHO").map_or(true, |v| v != "0");
@@ -159,6 +173,13 @@ impl GuestProcess {
     /// Changes how long a booting guest may stay silent ([`BOOT_SILENCE`]); None: forever.
     pub fn set_boot_silence(&self, limit: Option<Duration>) {
         self.shared.lock().boot_silence = limit;
+        self.shared.cond.notify_all();
+    }
+
+    /// Changes how long the guest's heartbeat may be missing
+    /// ([`HEARTBEAT_SILENCE`]); None: forever (a test that pauses the VM).
+    pub fn set_heartbeat_silence(&self, limit: Option<Duration>) {
+        self.shared.lock().heartbeat_silence = limit;
         self.shared.cond.notify_all();
     }
 
@@ -285,6 +306,33 @@ impl GuestProcess {
         }
     }
 
+    /// The error for a guest whose heartbeat stopped `silent` seconds ago:
+    /// a stall if its vCPU threads are all in the guest, else the VMM's fault.
+    fn heartbeat_stopped(&self, what: &str, silent: u64) -> HarnessError {
+        let proc_root = std::path::Path::new("/proc");
+        match vcpu_state(proc_root, self.child.id(), 10, Duration::from_millis(200)) {
+            VcpuState::AllInGuest(n) => self.guest_stopped(
+                what,
+                format!("the guest kernel stopped: no heartbeat for {silent} s while all {n} vCPU threads were inside KVM_RUN"),
+            ),
+            VcpuState::Unknown(why) => {
+                self.guest_stopped(what, format!("the guest kernel stopped: no heartbeat for {silent} s ({why})"))
+            }
+            VcpuState::Outside(threads) => {
+                let threads: Vec<String> =
+                    threads.iter().map(|(name, syscall)| format!("'{name}' (/proc syscall: {syscall})")).collect();
+                HarnessError::VmmStuck {
+                    what: what.to_string(),
+                    why: format!(
+                        "no guest heartbeat for {silent} s, and vCPU thread {} stayed outside KVM_RUN for 2 s",
+                        threads.join(", ")
+                    ),
+                    tail: self.tail(TAIL_LINES),
+                }
+            }
+        }
+    }
+
     /// The error for a wait the guest can no longer satisfy (`why`: RCU stall, soft lockup or hang).
     fn guest_stopped(&self, what: &str, why: String) -> HarnessError {
         HarnessError::GuestStalled { what: what.to_string(), line: why, tail: self.tail(TAIL_LINES) }
@@ -295,7 +343,7 @@ impl GuestProcess {
     /// Markers are matched on complete lines only: a half-received line
     /// would yield a truncated value.
     fn wait_map<T>(&self, what: &str, timeout: Duration, partial: bool, f: impl Fn(&Line) -> Option<T>) -> Result<T> {
-        let deadline = Instant::now() + timeout;
+        let (deadline, cut) = job_capped(Instant::now() + timeout);
         let mut scanned = 0;
         let mut state = self.shared.lock();
         loop {
@@ -343,6 +391,18 @@ impl GuestProcess {
                 }
                 _ => None,
             };
+            let beat_until = match (state.last_heartbeat, state.heartbeat_silence) {
+                (Some(last), Some(limit)) if !state.script_ended && state.open > 0 => {
+                    let since = self.started + last;
+                    if since.elapsed() >= limit {
+                        let silent = since.elapsed().as_secs();
+                        drop(state);
+                        return Err(self.heartbeat_stopped(what, silent));
+                    }
+                    Some(since + limit)
+                }
+                _ => None,
+            };
             if state.open == 0 {
                 drop(state);
                 return Err(HarnessError::Exited {
@@ -354,13 +414,14 @@ impl GuestProcess {
             let now = Instant::now();
             if now >= deadline {
                 drop(state);
-                return Err(HarnessError::Timeout {
-                    what: what.to_string(),
-                    after: timeout,
-                    tail: self.tail(TAIL_LINES),
-                });
+                let what = if cut {
+                    format!("{what} (cut short: the guest-test job's time ran out)")
+                } else {
+                    what.to_string()
+                };
+                return Err(HarnessError::Timeout { what, after: timeout, tail: self.tail(TAIL_LINES) });
             }
-            let wake = silent_until.map_or(deadline, |t| t.min(deadline));
+            let wake = [silent_until, beat_until].into_iter().flatten().fold(deadline, Instant::min);
             state = self
                 .shared
                 .cond
@@ -493,7 +554,16 @@ fn read_lines(mut pipe: Box<dyn Read + Send>, stream: Stream, started: Instant, 
         let mut state = shared.lock();
         while let Some(pos) = pending.iter().position(|&b| b == b'\n') {
             let raw: Vec<u8> = pending.drain(..=pos).collect();
-            let text = clean(&raw[..raw.len() - 1]);
+            let mut text = clean(&raw[..raw.len() - 1]);
+            if let Some(before) = split_heartbeat(&text) {
+                state.last_heartbeat = Some(at);
+                state.carry[idx].push_str(before);
+                continue;
+            }
+            if !state.carry[idx].is_empty() {
+                text = std::mem::take(&mut state.carry[idx]) + &text;
+            }
+            state.script_ended |= parse_exit(&text).is_some();
             if let Some(prefix) = &echo {
                 eprintln!("[{prefix} {:>8.3}] {text}", at.as_secs_f64());
             }
@@ -518,6 +588,27 @@ fn read_lines(mut pipe: Box<dyn Read + Send>, stream: Stream, started: Instant, 
 /// Bytes to text: lossy UTF-8, without trailing `\r`.
 fn clean(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).trim_end_matches('\r').to_string()
+}
+
+/// `deadline`, or the guest-test job's own end if sooner (devtool sets
+/// SHIMVMM_JOB_DEADLINE, in Unix seconds, to leave the test time to report):
+/// and whether that cut it short.
+fn job_capped(deadline: Instant) -> (Instant, bool) {
+    let job_end = std::env::var("SHIMVMM_JOB_DEADLINE").ok().and_then(|v| v.trim().parse::<u64>().ok());
+    let now_unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
+    cap_at_job_end(deadline, job_end, now_unix)
+}
+
+fn cap_at_job_end(deadline: Instant, job_end: Option<u64>, now_unix: u64) -> (Instant, bool) {
+    let Some(job_end) = job_end else {
+        return (deadline, false);
+    };
+    let job_deadline = Instant::now() + Duration::from_secs(job_end.saturating_sub(now_unix));
+    if job_deadline < deadline {
+        (job_deadline, true)
+    } else {
+        (deadline, false)
+    }
 }
 
 #[cfg(test)]
@@ -588,6 +679,46 @@ mod tests {
         std::thread::sleep(Duration::from_millis(500));
         let err = p.wait_for_line("never printed", Duration::from_secs(1)).unwrap_err();
         assert!(matches!(err, HarnessError::Timeout { .. }), "{err}");
+    }
+
+    #[test]
+    fn heartbeats_are_not_lines_and_a_line_they_split_is_joined() {
+        let p = sh("printf '[ 1.0] SHIMVMM-HEARTBEAT\\nSHIMVMM-MARKER ping-sum[ 2.5] SHIMVMM-HEARTBEAT\\nmary 10 packets\\n'; \
+                    echo 'SHIMVMM-EXIT 0'; exec sleep 30");
+        assert_eq!(p.wait_for_marker("ping-summary", Duration::from_secs(10)).unwrap().value, "10 packets");
+        p.wait_for_guest_exit(Duration::from_secs(10)).unwrap();
+        assert!(p.lines().iter().all(|l| !l.text.contains("HEARTBEAT")), "{}", p.tail(10));
+        assert!(p.shared.lock().last_heartbeat.is_some());
+    }
+
+    #[test]
+    fn a_missing_heartbeat_is_a_stall_until_the_script_ends() {
+        let p = sh("echo 'SHIMVMM-MARKER script-start 1'; echo '[ 11.0] SHIMVMM-HEARTBEAT'; exec sleep 30");
+        p.set_heartbeat_silence(Some(Duration::from_millis(300)));
+        let start = Instant::now();
+        let err = p.wait_for_marker("never", Duration::from_secs(30)).unwrap_err();
+        assert!(start.elapsed() < Duration::from_secs(10), "{:?}", start.elapsed());
+        // /bin/sh has no vCPU threads: the harness cannot blame the VMM.
+        assert!(matches!(err, HarnessError::GuestStalled { .. }), "{err}");
+        assert!(err.to_string().contains("no heartbeat for"), "{err}");
+        // After the exit line the heartbeat has stopped on purpose.
+        let p = sh("echo '[ 11.0] SHIMVMM-HEARTBEAT'; echo 'SHIMVMM-EXIT 0'; exec sleep 30");
+        p.set_heartbeat_silence(Some(Duration::from_millis(300)));
+        p.wait_for_guest_exit(Duration::from_secs(10)).unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        let err = p.wait_for_line("never printed", Duration::from_secs(1)).unwrap_err();
+        assert!(matches!(err, HarnessError::Timeout { .. }), "{err}");
+    }
+
+    #[test]
+    fn waits_end_before_the_guest_test_job_does() {
+        let far = Instant::now() + Duration::from_secs(1000);
+        assert_eq!(cap_at_job_end(far, None, 5000), (far, false));
+        let (d, cut) = cap_at_job_end(far, Some(5100), 5000);
+        assert!(cut && d < far && d > Instant::now() + Duration::from_secs(90), "{d:?}");
+        assert_eq!(cap_at_job_end(far, Some(9000), 5000), (far, false));
+        let (d, cut) = cap_at_job_end(far, Some(4000), 5000);
+        assert!(cut && d <= Instant::now());
     }
 
     #[test]

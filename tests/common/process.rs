@@ -556,6 +556,12 @@ fn read_lines(mut pipe: Box<dyn Read + Send>, stream: Stream, started: Instant, 
             let raw: Vec<u8> = pending.drain(..=pos).collect();
             let mut text = clean(&raw[..raw.len() - 1]);
             if let Some(before) = split_heartbeat(&text) {
+                if let (Some(prefix), None) = (&echo, state.last_heartbeat) {
+                    eprintln!(
+                        "[{prefix} {:>8.3}] (the guest's heartbeat started; its lines are not shown)",
+                        at.as_secs_f64()
+                    );
+                }
                 state.last_heartbeat = Some(at);
                 state.carry[idx].push_str(before);
                 continue;

@@ -253,16 +253,31 @@ impl IgbHw {
     /// written back with DD, the last with EOP (and the status); without
     /// enough descriptors it is dropped whole, as QEMU's igb does.
     pub fn inject_rx_csum(&self, frame: &[u8], csum: L4Csum) -> HwRx {
-        self.inject(frame, csum, 0)
+        self.inject(frame, csum, 0, None)
+    }
+
+    /// [`IgbHw::inject_rx`] with a pause after the first `parts` descriptors
+    /// (written back with DD, no EOP, head advanced, interrupt raised):
+    /// `between` runs there, as a driver that polls while the NIC is still
+    /// writing the frame would (QEMU's igb writes a frame one descriptor at
+    /// a time while the VMM's threads run).
+    pub fn inject_rx_paused(&self, frame: &[u8], parts: usize, between: &mut dyn FnMut()) -> HwRx {
+        self.inject(frame, L4Csum::None, 0, Some((parts, between)))
     }
 
     /// A frame that arrives with a bad CRC: written like any other, its EOP
     /// write-back flagged CE (what the driver must drop).
     pub fn inject_rx_bad_crc(&self, frame: &[u8]) -> HwRx {
-        self.inject(frame, L4Csum::None, RXD_ERR_CE)
+        self.inject(frame, L4Csum::None, RXD_ERR_CE, None)
     }
 
-    fn inject(&self, frame: &[u8], csum: L4Csum, eop_errors: u32) -> HwRx {
+    fn inject(
+        &self,
+        frame: &[u8],
+        csum: L4Csum,
+        eop_errors: u32,
+        mut pause: Option<(usize, &mut dyn FnMut())>,
+    ) -> HwRx {
         let h = &self.0;
         if !h.bus_master.load(Ordering::Acquire) {
             lock(&h.stats).rx_no_buffer += 1;
@@ -337,6 +352,11 @@ impl IgbHw {
             }
             let _ = h.iommu.write(desc + RXD_STATUS_OFF, &status.to_le_bytes());
             slot = (slot + 1) % size;
+            if let Some((_, between)) = pause.take_if(|(parts, _)| *parts == k + 1 && !last) {
+                h.rdh.store(slot, Ordering::Release);
+                h.signal();
+                between();
+            }
         }
         h.rdh.store(slot, Ordering::Release);
         {

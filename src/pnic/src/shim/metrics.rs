@@ -30,6 +30,10 @@ pub struct ShimMetrics {
     /// 1 KiB) is moved up by the 12-byte virtio-net header (a copy, also in
     /// `vmm_copied_bytes`); its other buffers are not touched.
     pub rx_shifted_bytes: u64,
+    /// Reaping passes that ended in the middle of a frame: the NIC had not
+    /// yet written its last part, so the parts reaped so far wait for the
+    /// next pass (the NIC writes a frame one descriptor at a time).
+    pub rx_parts_carried: u64,
     /// RX frames whose TCP/UDP checksum the NIC validated, delivered with
     /// VIRTIO_NET_HDR_F_DATA_VALID (GUEST_CSUM negotiated).
     pub rx_csum_valid: u64,

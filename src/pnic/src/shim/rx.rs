@@ -133,9 +133,16 @@ pub(super) const LENT_COOKIE: u64 = 1 << 63;
 /// alignment there.
 #[inline(always)]
 pub(super) fn fits_zero_copy(d: &RxDesc, zc_min_len: u32, align_mask: u64) -> bool {
-    // GPA + 12 and GPA (jumbo frames' offset) are equally aligned for the
-    // NIC's 2-byte rule.
-    d.len() >= zc_min_len && d.gpa().wrapping_add(HDR) & align_mask == 0
+    d.len() >= zc_min_len && nic_can_address(d.gpa(), align_mask)
+}
+
+/// Whether the NIC can write a buffer at `gpa` directly: its alignment at
+/// GPA + 12 (GPA + 0, where jumbo frames go, is equally aligned for the NIC's
+/// 2-byte rule), and not GPA 0, which would be a null address at GPA + 0 (the
+/// NIC skips such a descriptor).
+#[inline(always)]
+fn nic_can_address(gpa: u64, align_mask: u64) -> bool {
+    gpa != 0 && gpa.wrapping_add(HDR) & align_mask == 0
 }
 
 /// The bytes the NIC may write into a zero-copy buffer of `len` (after the
@@ -220,7 +227,7 @@ impl<D: PnicDriver> ShimBackend<D> {
     /// segment inside one guest RAM region.
     #[inline(always)]
     pub(super) fn zero_copy_target(&self, gpa: GuestAddress, len: u32) -> Option<NonNull<u8>> {
-        if len < self.zc_min_len || gpa.0.wrapping_add(HDR) & (self.limits.rx_align - 1) != 0 {
+        if len < self.zc_min_len || !nic_can_address(gpa.0, self.limits.rx_align - 1) {
             return None;
         }
         // The segment is in RAM, so gpa + HDR (< gpa + len) cannot overflow.
@@ -721,6 +728,7 @@ impl<D: PnicDriver> ShimBackend<D> {
             }
         }
         parts.drain(..start);
+        self.metrics.rx_parts_carried += u64::from(!parts.is_empty());
         self.rx_parts = parts;
         self.flush_rx_posted();
         self.rx_returned.drain(..).for_each(|u| q.complete(u.head, u.len));
@@ -760,6 +768,10 @@ impl<D: PnicDriver> ShimBackend<D> {
             }
         }
         let last = parts[parts.len() - 1];
+        // The header written into the first buffer counts every part: each
+        // must be a buffer the guest lent, or the guest would take a buffer
+        // of the next frame as this one's (a bounce buffer is never lent).
+        let all_lent = heads.iter().all(|&(head, _)| q.lent(head).is_some());
         let good = heads.len() == parts.len() && !parts.iter().any(|p| p.error) && total != 0;
         // A table buffer is a zero-copy one (the device lent it too) or a
         // bounce buffer, which takes a frame of one part only.
@@ -777,6 +789,10 @@ impl<D: PnicDriver> ShimBackend<D> {
                 }
             }
         }
+        if good && bounce.is_none() && !all_lent {
+            self.metrics.nic_errors += 1;
+        }
+        let good = good && (bounce.is_some() || all_lent);
         if !good || bounce.is_some() {
             let reason = if good { DropReason::BufferTooSmall } else { DropReason::BackendError };
             if !good {

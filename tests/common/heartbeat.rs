@@ -52,51 +52,75 @@ fn is_vcpu_thread(comm: &str) -> bool {
 /// Where the vCPU threads of process `pid` and its descendants are.
 #[derive(Debug, PartialEq, Eq)]
 pub enum VcpuState {
-    /// Every vCPU thread was inside `KVM_RUN` in at least one sample.
+    /// Every vCPU thread was in the guest: inside `KVM_RUN` in a sample, or
+    /// running guest code (its `guest_time` grew).
     AllInGuest(usize),
-    /// These vCPU threads (name, last /proc syscall line) never were.
+    /// These vCPU threads (name, last /proc syscall line) were in the VMM the
+    /// whole time: blocked in another syscall in every sample, or running in
+    /// user space (`utime` grew, `guest_time` did not).
     Outside(Vec<(String, String)>),
-    /// No vCPU thread could be found or read.
+    /// Neither could be shown (no vCPU thread found or readable, or one
+    /// running in the host kernel outside the guest).
     Unknown(String),
 }
 
+/// One thread's look: its /proc syscall line, and its user and guest CPU
+/// ticks (/proc stat fields 14 and 43).
+fn look(dir: &Path) -> Option<(String, u64, u64)> {
+    let syscall = std::fs::read_to_string(dir.join("syscall")).ok()?.trim().to_string();
+    let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+    // Fields after the ")" that ends the name start at field 3.
+    let rest: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
+    let field = |n: usize| rest.get(n - 3).and_then(|v| v.parse::<u64>().ok());
+    Some((syscall, field(14)?, field(43)?))
+}
+
 /// Samples the vCPU threads under `proc_root` (normally /proc) `samples`
-/// times, `gap` apart.
+/// times, `gap` apart. A thread executing guest code shows as "running" in
+/// /proc, like one spinning in the VMM; their CPU time tells them apart.
 pub fn vcpu_state(proc_root: &Path, pid: u32, samples: u32, gap: Duration) -> VcpuState {
     let threads = vcpu_threads(proc_root, pid);
     if threads.is_empty() {
         return VcpuState::Unknown(format!("no vCPU thread under process {pid}"));
     }
-    let mut seen_in_guest = vec![false; threads.len()];
-    let mut last = vec![String::new(); threads.len()];
-    for n in 0..samples.max(1) {
+    let mut looks: Vec<Vec<(String, u64, u64)>> = vec![Vec::new(); threads.len()];
+    for n in 0..samples.max(2) {
         if n > 0 {
             std::thread::sleep(gap);
         }
         for (i, (_, dir)) in threads.iter().enumerate() {
-            let Ok(line) = std::fs::read_to_string(dir.join("syscall")) else {
-                continue;
-            };
-            let mut fields = line.split_whitespace();
-            if fields.next() == Some(SYS_IOCTL) && fields.nth(1) == Some(KVM_RUN) {
-                seen_in_guest[i] = true;
-            }
-            last[i] = line.trim().to_string();
+            looks[i].extend(look(dir));
         }
     }
-    if last.iter().all(String::is_empty) {
-        return VcpuState::Unknown(format!("the vCPU threads' syscalls could not be read under process {pid}"));
+    let mut outside = Vec::new();
+    let mut unsure = Vec::new();
+    for ((comm, _), l) in threads.iter().zip(&looks) {
+        let (Some(first), Some(last)) = (l.first(), l.last()) else {
+            unsure.push(format!("'{comm}' unreadable"));
+            continue;
+        };
+        let in_kvm_run = l.iter().any(|(sc, ..)| {
+            let mut f = sc.split_whitespace();
+            f.next() == Some(SYS_IOCTL) && f.nth(1) == Some(KVM_RUN)
+        });
+        let guest_ran = last.2 > first.2;
+        if in_kvm_run || guest_ran {
+            continue;
+        }
+        let blocked_elsewhere = l.iter().all(|(sc, ..)| sc != "running");
+        let user_spin = last.1 > first.1;
+        if blocked_elsewhere || user_spin {
+            outside.push((comm.clone(), last.0.clone()));
+        } else {
+            unsure.push(format!("'{comm}' running outside the guest and outside user space"));
+        }
     }
-    let outside: Vec<(String, String)> = threads
-        .iter()
-        .zip(seen_in_guest.iter().zip(last))
-        .filter(|(_, (in_guest, _))| !**in_guest)
-        .map(|((comm, _), (_, last))| (comm.clone(), last))
-        .collect();
-    if outside.is_empty() {
+    if !outside.is_empty() {
+        VcpuState::Outside(outside)
+    } else if unsure.is_empty() {
         VcpuState::AllInGuest(threads.len())
     } else {
-        VcpuState::Outside(outside)
+        VcpuState::Unknown(unsure.join(", "))
     }
 }
 
@@ -155,12 +179,48 @@ mod tests {
         assert!(HEARTBEAT_SILENCE >= 10 * HEARTBEAT_EVERY);
     }
 
+    #[test]
+    fn a_real_threads_syscall_and_ticks_are_read() {
+        let me = Path::new("/proc/self/task").join(std::process::id().to_string());
+        let (syscall, _, guest) = look(&me).expect("this process's main thread");
+        assert!(!syscall.is_empty());
+        assert_eq!(guest, 0, "a test process runs no guest");
+    }
+
     fn fake_task(root: &Path, pid: u32, tid: u32, comm: &str, syscall: &str, children: &str) {
         let d = root.join(pid.to_string()).join("task").join(tid.to_string());
         std::fs::create_dir_all(&d).unwrap();
         std::fs::write(d.join("comm"), format!("{comm}\n")).unwrap();
         std::fs::write(d.join("syscall"), format!("{syscall}\n")).unwrap();
         std::fs::write(d.join("children"), children).unwrap();
+        set_ticks(root, pid, tid, comm, 0, 0);
+    }
+
+    /// /proc's stat line with `utime` (field 14) and `guest_time` (field 43).
+    fn set_ticks(root: &Path, pid: u32, tid: u32, comm: &str, utime: u64, guest: u64) {
+        let mut f: Vec<String> = (3..=52).map(|_| "0".to_string()).collect();
+        f[14 - 3] = utime.to_string();
+        f[43 - 3] = guest.to_string();
+        let d = root.join(pid.to_string()).join("task").join(tid.to_string());
+        std::fs::write(d.join("stat"), format!("{tid} ({comm}) {}\n", f.join(" "))).unwrap();
+    }
+
+    /// Runs `vcpu_state` while a thread moves a vCPU's ticks between samples.
+    fn state_while(root: &Path, pid: u32, tick: impl Fn(u64) + Send + 'static) -> VcpuState {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s = stop.clone();
+        let t = std::thread::spawn(move || {
+            let mut n = 1;
+            while !s.load(std::sync::atomic::Ordering::Relaxed) {
+                tick(n);
+                n += 1;
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        });
+        let state = vcpu_state(root, pid, 5, Duration::from_millis(20));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        t.join().unwrap();
+        state
     }
 
     #[test]
@@ -183,6 +243,20 @@ mod tests {
             ),
             other => panic!("{other:?}"),
         }
+        // Both "running" (as /proc shows a thread in guest mode, or one on a
+        // CPU in user space): guest time tells the stuck guest's spin from
+        // the VMM's.
+        fake_task(&root, 11, 13, "fc_vcpu 1", "running", "");
+        let r = root.clone();
+        let spin_in_guest = state_while(&root, 10, move |n| set_ticks(&r, 11, 13, "fc_vcpu 1", 5, n));
+        assert_eq!(spin_in_guest, VcpuState::AllInGuest(2));
+        let r = root.clone();
+        match state_while(&root, 10, move |n| set_ticks(&r, 11, 13, "fc_vcpu 1", n, 7)) {
+            VcpuState::Outside(v) => assert_eq!(v, vec![("fc_vcpu 1".to_string(), "running".to_string())]),
+            other => panic!("{other:?}"),
+        }
+        // Running with neither time moving (in the host kernel): not proof.
+        assert!(matches!(vcpu_state(&root, 10, 2, gap), VcpuState::Unknown(_)));
         // QEMU's names; and a process with no vCPU thread.
         fake_task(&root, 20, 21, "CPU 0/KVM", "16 0x10 0xae80 0x0", "");
         assert_eq!(vcpu_state(&root, 20, 1, gap), VcpuState::AllInGuest(1));

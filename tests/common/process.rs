@@ -313,7 +313,7 @@ impl GuestProcess {
         match vcpu_state(proc_root, self.child.id(), 10, Duration::from_millis(200)) {
             VcpuState::AllInGuest(n) => self.guest_stopped(
                 what,
-                format!("the guest kernel stopped: no heartbeat for {silent} s while all {n} vCPU threads were inside KVM_RUN"),
+                format!("the guest kernel stopped: no heartbeat for {silent} s while all {n} vCPU threads were in the guest (KVM_RUN, or guest time growing)"),
             ),
             VcpuState::Unknown(why) => {
                 self.guest_stopped(what, format!("the guest kernel stopped: no heartbeat for {silent} s ({why})"))
@@ -324,7 +324,7 @@ impl GuestProcess {
                 HarnessError::VmmStuck {
                     what: what.to_string(),
                     why: format!(
-                        "no guest heartbeat for {silent} s, and vCPU thread {} stayed outside KVM_RUN for 2 s",
+                        "no guest heartbeat for {silent} s, and vCPU thread {} stayed in the VMM for 2 s (blocked outside KVM_RUN, or running in user space with no guest time)",
                         threads.join(", ")
                     ),
                     tail: self.tail(TAIL_LINES),

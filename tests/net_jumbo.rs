@@ -16,7 +16,6 @@
 
 mod net_util;
 
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,11 +42,10 @@ fn peer_mtu(ns: &str, dev: &str, mtu: u16) {
 /// The peer pings the guest `count` times with `size`-byte payloads, DF set
 /// (no fragmentation): the replies.
 fn peer_big_ping(ns: &str, ip: &str, size: u32, count: u32) -> (u32, String) {
-    let out = Command::new("ip")
-        .args(["netns", "exec", ns, "ping", "-M", "do", "-s", &size.to_string(), "-c", &count.to_string()])
-        .args(["-i", "0.3", "-W", "3", ip])
-        .output()
-        .expect("run ping");
+    let (size, count) = (size.to_string(), count.to_string());
+    let out = output_bounded(&[
+        "ip", "netns", "exec", ns, "ping", "-M", "do", "-s", &size, "-c", &count, "-i", "0.3", "-W", "3", ip,
+    ]);
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     (parse_ping(&text).map(|s| s.received).unwrap_or(0), text)
 }

@@ -409,8 +409,38 @@ pub fn host_ping(ns: Option<&str>, ip: &str, count: u32) -> (PingStats, String) 
 
 /// Runs a command, panicking with its stderr if it fails.
 pub fn run(args: &[&str]) {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"));
+    let out = output_bounded(args);
     assert!(out.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+}
+
+/// How long a command on the host's side of the wire (`ip`, `ping` in the
+/// peer's namespace) may take. In the testbed L1's own kernel runs them and
+/// drives the peer's NIC; one that outlasts this is stuck there, not in the
+/// VM under test.
+pub const PEER_COMMAND_SECS: u32 = 60;
+
+/// What a test prints when such a command hung (devtool counts it as a
+/// testbed fault).
+pub const PEER_HUNG: &str = "a command on the host's side of the wire hung";
+
+/// `args` run under `timeout`, its output; panics with [`PEER_HUNG`] if it
+/// did not finish in [`PEER_COMMAND_SECS`].
+pub fn output_bounded(args: &[&str]) -> std::process::Output {
+    output_within(args, PEER_COMMAND_SECS)
+}
+
+fn output_within(args: &[&str], secs: u32) -> std::process::Output {
+    let limit = secs.to_string();
+    let out = Command::new("timeout")
+        .args(["-k", "5", &limit])
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run timeout {args:?}: {e}"));
+    // timeout exits 124 when it stopped the command, 137 when it had to kill it.
+    if matches!(out.status.code(), Some(124) | Some(137)) {
+        panic!("{PEER_HUNG}: {args:?} did not finish in {limit} s");
+    }
+    out
 }
 
 /// Parameters of the guest script.
@@ -613,6 +643,15 @@ marker kernel-complaints "$(dmesg | grep -ciE 'call trace|timed out|virtio_net.*
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    #[should_panic(
+        expected = "a command on the host's side of the wire hung: [\"sleep\", \"5\"] did not finish in 1 s"
+    )]
+    fn a_stuck_host_side_command_is_named_as_such() {
+        assert!(output_within(&["true"], 1).status.success());
+        output_within(&["sleep", "5"], 1);
+    }
 
     #[test]
     fn names_the_acked_virtio_net_features_from_sysfs() {

@@ -311,14 +311,19 @@ fn udp_phase(
 fn one(vmm: &str, round: usize) {
     let (ns, peer_ip, guest_ip, guest_cidr) = endpoints(vmm);
     let ns = ns.as_deref();
-    let script = guest_script(&GuestNet { peer_ip: &peer_ip, guest_cidr, reset_step: false, udp: true });
+    // SHIMVMM_GUESTNET_UDP=0: bulk TCP and pings only (the one-wire rounds of
+    // docs/benchmarks.md 5c, where the UDP phase only costs time).
+    let udp = std::env::var("SHIMVMM_GUESTNET_UDP").map_or(true, |v| v != "0");
+    let script = guest_script(&GuestNet { peer_ip: &peer_ip, guest_cidr, reset_step: false, udp });
     let image = test_image(&script, PowerAction::Poweroff);
     let tx_payload = payload(PAYLOAD_LEN, 0x7a9_0101);
     let tx_sha = sha256_hex(&tx_payload);
     put_file_in_image(image.path(), &tx_payload, GUEST_PAYLOAD);
     drop(tx_payload);
-    let helper = build_udpblast(&image.path().with_extension("udpblast"));
-    put_file_in_image(image.path(), &helper, UDP_HELPER);
+    if udp {
+        let helper = build_udpblast(&image.path().with_extension("udpblast"));
+        put_file_in_image(image.path(), &helper, UDP_HELPER);
+    }
     let rx_payload = Arc::new(payload(PAYLOAD_LEN, 0x7a9_0102));
     let rx_sha = sha256_hex(&rx_payload);
 
@@ -350,7 +355,7 @@ fn one(vmm: &str, round: usize) {
     );
     let kvm = kvm_per_gib(&kvm0, &kvm1, gib);
     eprintln!("{vmm}: KVM counters per GiB moved over the same span: {kvm}");
-    let udp = udp_phase(&vm, vmm, pid, ns, &peer_ip, guest_ip, &server);
+    let udp = if udp { udp_phase(&vm, vmm, pid, ns, &peer_ip, guest_ip, &server) } else { serde_json::Value::Null };
     println!(
         "{}",
         serde_json::json!({"bench": "guestnet", "vmm": vmm, "round": round,
@@ -373,7 +378,7 @@ fn one(vmm: &str, round: usize) {
         let n = |p: &str| b.pointer(p).and_then(serde_json::Value::as_u64).unwrap_or(0);
         eprintln!(
             "{vmm}: backend metrics over the whole run: tx_packets {} tx_tso_frames {} tx_tso_segments {} \
-             tx_csum_offload {} tx_sw_csum {} rx_packets {} rx_csum_valid {} vmm_copied_bytes {}",
+             tx_csum_offload {} tx_sw_csum {} rx_packets {} rx_csum_valid {} irq_rate_changes {} vmm_copied_bytes {}",
             n("/tx_packets"),
             n("/tx_tso_frames"),
             n("/tx_tso_segments"),
@@ -381,6 +386,7 @@ fn one(vmm: &str, round: usize) {
             n("/tx_sw_csum"),
             n("/rx_packets"),
             n("/rx_csum_valid"),
+            n("/irq_rate_changes"),
             net_metrics(&metrics, "net0").pointer("/vmm_copied_bytes").and_then(serde_json::Value::as_u64).unwrap_or(0),
         );
     }

@@ -255,6 +255,12 @@ pub trait PnicDriver: Send {
     fn strict_dma(&self) -> Option<&crate::shim::strict::StrictDmaMetrics> {
         None
     }
+
+    /// How many times the driver changed its queue vector's interrupt rate
+    /// (`e1000_common::moderation`); `None` for a NIC it does not adapt.
+    fn irq_rate_changes(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// Conveniences over [`PnicDriver`] for tests and benchmarks: one buffer

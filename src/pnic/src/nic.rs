@@ -97,6 +97,9 @@ impl<R: RegisterAccess> PnicDriver for Pnic<R> {
     fn name(&self) -> &'static str {
         each!(self, d => d.name())
     }
+    fn irq_rate_changes(&self) -> Option<u64> {
+        each!(self, d => d.irq_rate_changes())
+    }
     fn limits(&self) -> DriverLimits {
         each!(self, d => d.limits())
     }

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
+use super::moderation::Moderation;
 use super::regs::*;
 use super::ring::{DescLayout, RxRing, TxRing};
 use super::{
@@ -53,6 +54,10 @@ pub trait Family: Sized + 'static {
     /// configuration then failed (the PF did not answer) left no DMA
     /// running: it is not latched, and the family's recovery tries again.
     const RESET_STOPS_DMA_FIRST: bool = false;
+    /// The throttling register of the queue vector in 82576 EITR format,
+    /// when the family has one: the driver adapts its rate to the traffic
+    /// (`moderation`). `configure` programs it at [`Rate::Latency`].
+    const QUEUE_EITR: Option<u32> = None;
     /// How the NIC receives for `mtu`: frame cap and buffer size. The
     /// default takes Ethernet's MTU and less only, one buffer per frame
     /// ([`Family::RX_MAX_FRAME`] in a 2 KiB buffer).
@@ -85,6 +90,11 @@ fn tx_max_frame<F: Family>(geo: &RxGeometry) -> u32 {
     F::TX_MAX_FRAME.max(geo.max_frame)
 }
 
+/// Bytes of a frame given as segments (a TSO frame whole).
+fn frame_len(segs: &[(u64, u32)]) -> u32 {
+    segs.iter().fold(0u32, |n, s| n.saturating_add(s.1))
+}
+
 /// An e1000-family NIC with one RX and one TX queue, over any register access.
 pub struct E1000<F: Family, R: RegisterAccess> {
     pub(crate) regs: R,
@@ -111,6 +121,8 @@ pub struct E1000<F: Family, R: RegisterAccess> {
     /// start, reset and quiesce returns. Bus mastering is never turned back
     /// on and the rings are left as they are (the NIC may still read them).
     latched: Option<DriverError>,
+    /// The queue vector's adaptive rate (families with `QUEUE_EITR`).
+    pub(crate) moderation: Moderation,
     family: PhantomData<fn() -> F>,
 }
 
@@ -169,6 +181,7 @@ impl<F: Family, R: RegisterAccess> E1000<F, R> {
             model_irqs: Vec::new(),
             model_pci: None,
             latched: None,
+            moderation: Moderation::default(),
             family: PhantomData,
         };
         d.init_hw()?;
@@ -199,6 +212,7 @@ impl<F: Family, R: RegisterAccess> E1000<F, R> {
         global_reset(&self.regs, &mut self.removed).map_err(|e| (e, false))?;
         F::mask_irqs(&self.regs);
         F::configure(self).map_err(|e| (e, true))?;
+        self.moderation.reset();
         self.reset_ring_state();
         self.started = false;
         Ok(())
@@ -210,6 +224,18 @@ impl<F: Family, R: RegisterAccess> E1000<F, R> {
     }
 
     /// Posting needs running queues and a NIC that is still there.
+    /// At an interrupt of the queue vector: the rate for what the last
+    /// interval carried, written only when it changes (one MMIO write).
+    fn moderate(&mut self) {
+        let Some(eitr) = F::QUEUE_EITR else { return };
+        if self.msix_vectors == 0 || !self.started || self.removed || self.latched.is_some() {
+            return;
+        }
+        if let Some(rate) = self.moderation.at_interrupt(std::time::Instant::now()) {
+            self.regs.write32(eitr, rate.eitr());
+        }
+    }
+
     fn check_postable(&self) -> Result<(), DriverError> {
         if !self.started {
             return Err(DriverError::Stopped);
@@ -347,8 +373,12 @@ impl<F: Family, R: RegisterAccess> PnicDriver for E1000<F, R> {
     }
 
     #[inline(always)]
-    fn reap_rx_with<G: FnMut(RxCompletion)>(&mut self, f: G) -> Result<(), DriverError> {
-        self.rx_ring.reap_each(f);
+    fn reap_rx_with<G: FnMut(RxCompletion)>(&mut self, mut f: G) -> Result<(), DriverError> {
+        let m = &mut self.moderation;
+        self.rx_ring.reap_each(|c| {
+            m.count(c.len);
+            f(c)
+        });
         Ok(())
     }
 
@@ -363,11 +393,17 @@ impl<F: Family, R: RegisterAccess> PnicDriver for E1000<F, R> {
     #[inline]
     fn queue_tx(&mut self, segs: &[(u64, u32)], cookie: u64) -> Result<(), DriverError> {
         self.check_postable()?;
-        self.tx_ring.post(segs, cookie)
+        self.tx_ring.post(segs, cookie)?;
+        self.moderation.count(frame_len(segs));
+        Ok(())
     }
 
     fn tx_offload_caps(&self) -> TxOffloadCaps {
         F::TX_OFFLOADS
+    }
+
+    fn irq_rate_changes(&self) -> Option<u64> {
+        F::QUEUE_EITR.map(|_| self.moderation.changes())
     }
 
     #[inline]
@@ -381,7 +417,9 @@ impl<F: Family, R: RegisterAccess> PnicDriver for E1000<F, R> {
         if !ok {
             return Err(DriverError::OffloadUnsupported(*off));
         }
-        self.tx_ring.post_offload(segs, off, cookie, max_frame, caps.max_segs)
+        self.tx_ring.post_offload(segs, off, cookie, max_frame, caps.max_segs)?;
+        self.moderation.count(frame_len(segs));
+        Ok(())
     }
 
     fn flush_tx(&mut self) -> Result<(), DriverError> {
@@ -468,7 +506,11 @@ impl<F: Family, R: RegisterAccess> PnicDriver for E1000<F, R> {
         } else if let Some(fd) = self.model_irqs.get(index) {
             let _ = fd.read();
         }
-        F::handle_irq(self, index)
+        F::handle_irq(self, index)?;
+        if index == 0 {
+            self.moderate();
+        }
+        Ok(())
     }
 
     fn alloc_dma(&mut self, len: usize) -> Result<DmaArea, DriverError> {

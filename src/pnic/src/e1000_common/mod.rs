@@ -6,6 +6,7 @@
 //! a [`driver::Family`]; it does not copy the ring or driver logic.
 
 pub mod driver;
+pub mod moderation;
 pub mod regs;
 pub mod ring;
 #[cfg(test)]

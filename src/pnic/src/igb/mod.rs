@@ -20,6 +20,7 @@ use vm_memory::GuestMemoryMmap;
 use crate::bdf::Bdf;
 use crate::driver::{DriverError, L4Proto, RegisterAccess, TxOffload, TxOffloadCaps};
 use crate::e1000_common::driver::{self as family, Family, E1000};
+use crate::e1000_common::moderation::Rate;
 use crate::e1000_common::ring::DescLayout;
 use crate::e1000_common::{
     self as common, poll_until, NicConfig, OpenError, RxGeometry, ETH_FCS_LEN, ETH_HLEN, ETH_MTU, VLAN_HLEN,
@@ -182,6 +183,7 @@ impl Family for Igb82576 {
     const TX_MAX_FRAME: u32 = TX_MAX_FRAME;
     const TX_MAX_SEGS: usize = TX_MAX_SEGS;
     const TX_OFFLOADS: TxOffloadCaps = TX_OFFLOADS;
+    const QUEUE_EITR: Option<u32> = Some(EITR0);
 
     fn rx_geometry(mtu: u16) -> Result<RxGeometry, DriverError> {
         if !(68..=MAX_MTU).contains(&mtu) {
@@ -240,9 +242,9 @@ impl Family for Igb82576 {
             // Interrupt moderation on the queue vector: without it the NIC
             // raises one MSI per frame and per TX write-back, and each costs
             // a host interrupt, a wakeup of this thread and often a guest
-            // interrupt; ~20 000/s at most, as Linux's igb, keeps bulk
-            // traffic's interrupts (and VM exits) to one per batch.
-            d.regs.write32(EITR0, EITR_INTERVAL_20K | EITR_CNT_IGNR);
+            // interrupt. It starts at the low-latency rate; the driver moves
+            // it with the traffic (e1000_common::moderation).
+            d.regs.write32(EITR0, Rate::Latency.eitr());
             d.regs.write32(EIMS, mask);
         }
         Ok(())

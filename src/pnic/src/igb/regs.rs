@@ -24,11 +24,8 @@ pub const IVAR_TX_SHIFT: u32 = 8;
 /// IVAR_MISC: "other cause" (link change) vector in bits 15:8.
 pub const IVAR_MISC_OTHER_SHIFT: u32 = 8;
 pub const EITR0: u32 = 0x1680;
-/// EITR interval (bits 14:2, the register value as Linux's igb writes it):
-/// 196 = at most ~20 000 interrupts/s per vector (Linux's `IGB_20K_ITR`).
-pub const EITR_INTERVAL_20K: u32 = 196;
-/// EITR.CNT_IGNR (82576): writing the interval does not reset its counter.
-pub const EITR_CNT_IGNR: u32 = 1 << 31;
+// EITR's values: e1000_common::moderation (the PF's and a VF's alike).
+pub use crate::e1000_common::moderation::{EITR_CNT_IGNR, EITR_INTERVAL_20K};
 
 // Receive queue extras.
 /// Maximum accepted frame length when RCTL.LPE is set.

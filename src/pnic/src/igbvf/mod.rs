@@ -48,8 +48,8 @@ use crate::driver::{
     TxOffloadCaps,
 };
 use crate::e1000_common::driver::{self as family, Family, E1000};
+use crate::e1000_common::moderation::Rate;
 use crate::e1000_common::{self as common, poll_until, NicConfig, OpenError};
-use crate::igb::regs::{EITR_CNT_IGNR, EITR_INTERVAL_20K};
 use crate::igb::{disable_queue, enable_queue, AdvancedDesc};
 use crate::vfio::MmioRegs;
 use mbx::MbxError;
@@ -146,6 +146,7 @@ impl Family for IgbVf82576 {
     /// A VF's queues take the same advanced context descriptors.
     const TX_OFFLOADS: TxOffloadCaps = crate::igb::TX_OFFLOADS;
     const MSIX_VECTORS: u32 = VF_MSIX_VECTORS;
+    const QUEUE_EITR: Option<u32> = Some(VTEITR0);
     /// As Linux's igbvf: no second FLR at open (vfio-pci already reset the
     /// function when the device was opened); the VF reset (VTCTRL.RST) and
     /// the PF handshake are the reset.
@@ -170,8 +171,9 @@ impl Family for IgbVf82576 {
                 mask = VF_EICR_ALL & ((1 << d.msix_vectors) - 1);
             }
             // Moderated as the PF's queue vector (igb::Igb): one MSI per
-            // batch, not per frame and per TX write-back.
-            d.regs.write32(VTEITR0, EITR_INTERVAL_20K | EITR_CNT_IGNR);
+            // batch, not per frame and per TX write-back; the rate follows
+            // the traffic (e1000_common::moderation).
+            d.regs.write32(VTEITR0, Rate::Latency.eitr());
             d.regs.write32(VTEIAC, mask);
             d.regs.write32(VTEIAM, 0);
             d.regs.write32(VTEIMS, mask);
@@ -622,6 +624,10 @@ impl<R: RegisterAccess> PnicDriver for Igbvf<R> {
 
     fn tx_offload_caps(&self) -> TxOffloadCaps {
         self.inner.tx_offload_caps()
+    }
+
+    fn irq_rate_changes(&self) -> Option<u64> {
+        self.inner.irq_rate_changes()
     }
 
     #[inline(always)]

@@ -56,7 +56,7 @@ fn bring_up_is_the_pf_handshake_and_takes_the_pf_assigned_mac() {
     assert_eq!(d.regs().read32(VTIVAR_MISC), VTIVAR_VALID | MAILBOX_VECTOR);
     assert_eq!(
         d.regs().read32(VTEITR0),
-        EITR_INTERVAL_20K | EITR_CNT_IGNR,
+        Rate::Latency.eitr(),
         "the queue vector is moderated (~20 000 interrupts/s at most)"
     );
 }

@@ -828,4 +828,50 @@ mod tests {
             "the queue vector is moderated (~20 000 interrupts/s at most)"
         );
     }
+    /// One interrupt interval: frames of `lens` bytes arrive in fresh
+    /// buffers, are reaped, and the queue vector's interrupt is handled.
+    /// Returns the queue vector's EITR afterwards.
+    fn interval(d: &mut Igb<IgbHwRegs>, hw: &IgbHw, next: &mut u64, lens: &[usize]) -> u32 {
+        for _ in lens {
+            d.post_rx(0x1000 + (*next % 256) * 0x800, 2048, *next).unwrap();
+            *next += 1;
+        }
+        d.flush_rx().unwrap();
+        for &len in lens {
+            assert!(matches!(hw.inject_rx(&frame(MAC, len)), HwRx::Delivered { .. }));
+        }
+        let mut out = Vec::new();
+        d.reap_rx(&mut out).unwrap();
+        assert_eq!(out.len(), lens.len());
+        d.handle_irq(0).unwrap();
+        d.regs.read32(EITR0)
+    }
+
+    #[test]
+    fn the_queue_vector_goes_to_the_bulk_rate_for_a_stream_of_full_frames_and_back_for_pings() {
+        use crate::e1000_common::moderation::{Rate, EITR_INTERVAL_4K};
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let (mut d, hw) = igb_on_model_msix(&mem, MAC, 2).unwrap();
+        d.start().unwrap();
+        let mut next = 0;
+        let latency = EITR_INTERVAL_20K | EITR_CNT_IGNR;
+        assert_eq!(interval(&mut d, &hw, &mut next, &[1514]), latency, "one frame is not a stream yet");
+        let (_, w0) = hw.register_accesses();
+        assert_eq!(interval(&mut d, &hw, &mut next, &[1514, 1514]), EITR_INTERVAL_4K | EITR_CNT_IGNR);
+        let (_, w1) = hw.register_accesses();
+        // post_rx's tail write, and the EITR write.
+        assert_eq!(w1 - w0, 2, "the new rate is one register write");
+        assert_eq!(interval(&mut d, &hw, &mut next, &[1514, 66]), Rate::Bulk.eitr(), "stays bulk");
+        let (_, w2) = hw.register_accesses();
+        assert_eq!(w2 - w1, 1, "no EITR write while the rate holds (the tail write only)");
+        assert_eq!(interval(&mut d, &hw, &mut next, &[98, 98]), latency, "pings bring the low-latency rate back");
+        assert_eq!(d.irq_rate_changes(), Some(2));
+        // A reset reprograms the NIC at the low-latency rate, and the driver
+        // starts over from there.
+        interval(&mut d, &hw, &mut next, &[1514]);
+        assert_eq!(interval(&mut d, &hw, &mut next, &[1514]), Rate::Bulk.eitr());
+        d.reset().unwrap();
+        assert_eq!(d.regs.read32(EITR0), latency);
+        assert_eq!(d.moderation.rate(), Rate::Latency);
+    }
 }

@@ -612,12 +612,16 @@ impl<D: PnicDriver> NetBackend for ShimBackend<D> {
             counters: &'a ShimMetrics,
             #[serde(skip_serializing_if = "Option::is_none")]
             strict_dma: Option<&'a StrictDmaMetrics>,
+            /// The pNIC driver's queue-vector rate changes (igb, igbvf).
+            #[serde(skip_serializing_if = "Option::is_none")]
+            irq_rate_changes: Option<u64>,
         }
         let doc = Doc {
             pnic: self.driver.name(),
             link_up: self.link_up(),
             counters: &self.metrics,
             strict_dma: self.driver.strict_dma(),
+            irq_rate_changes: self.driver.irq_rate_changes(),
         };
         // Integers and strings: cannot fail.
         serde_json::to_value(doc).unwrap_or(serde_json::Value::Null)

@@ -237,6 +237,9 @@ impl<D: PnicDriver> PnicDriver for StrictDma<D> {
     fn strict_dma(&self) -> Option<&StrictDmaMetrics> {
         Some(self.pages.metrics())
     }
+    fn irq_rate_changes(&self) -> Option<u64> {
+        self.inner.irq_rate_changes()
+    }
 
     fn rx_free(&self) -> usize {
         self.inner.rx_free()

@@ -376,7 +376,7 @@ impl<F: Family, R: RegisterAccess> PnicDriver for E1000<F, R> {
     fn reap_rx_with<G: FnMut(RxCompletion)>(&mut self, mut f: G) -> Result<(), DriverError> {
         let m = &mut self.moderation;
         self.rx_ring.reap_each(|c| {
-            m.count(c.len);
+            m.count_rx(c.len);
             f(c)
         });
         Ok(())
@@ -394,7 +394,7 @@ impl<F: Family, R: RegisterAccess> PnicDriver for E1000<F, R> {
     fn queue_tx(&mut self, segs: &[(u64, u32)], cookie: u64) -> Result<(), DriverError> {
         self.check_postable()?;
         self.tx_ring.post(segs, cookie)?;
-        self.moderation.count(frame_len(segs));
+        self.moderation.count_tx(frame_len(segs));
         Ok(())
     }
 
@@ -418,7 +418,7 @@ impl<F: Family, R: RegisterAccess> PnicDriver for E1000<F, R> {
             return Err(DriverError::OffloadUnsupported(*off));
         }
         self.tx_ring.post_offload(segs, off, cookie, max_frame, caps.max_segs)?;
-        self.moderation.count(frame_len(segs));
+        self.moderation.count_tx(frame_len(segs));
         Ok(())
     }
 

@@ -8,9 +8,9 @@
 //! interrupts about once per frame at moderate rates, so the guest's GRO
 //! has nothing to merge and every frame pays the whole path. Like Linux's
 //! igb in its default ("dynamic conservative") mode, the driver moves the
-//! vector between two rates by what the last interval carried: a stream of
-//! large frames goes to ~4 000/s (a batch per interrupt), small frames go
-//! back to ~20 000/s. A frame after a quiet spell is never delayed: the
+//! vector between two rates by what the last interval carried, RX and TX
+//! each on its own: a stream of large frames either way goes to ~4 000/s (a
+//! batch per interrupt), small frames both ways go back to ~20 000/s. A frame after a quiet spell is never delayed: the
 //! NIC's interval counts from the previous interrupt, which is long past.
 
 use std::time::{Duration, Instant};
@@ -53,20 +53,57 @@ impl Rate {
     }
 }
 
-/// What the queue vector carried since its last interrupt, and its rate.
+/// One direction's frames since the last interrupt, and what they were.
+#[derive(Debug, Clone)]
+struct Flow {
+    class: Rate,
+    frames: u64,
+    bytes: u64,
+}
+
+impl Flow {
+    const IDLE: Flow = Flow { class: Rate::Latency, frames: 0, bytes: 0 };
+
+    /// Classifies the interval that ended, then starts the next one.
+    /// `streaming`: the interrupt came within [`STREAM_GAP`] of the last.
+    fn close_interval(&mut self, streaming: bool) {
+        let (frames, bytes) = (self.frames, self.bytes);
+        self.frames = 0;
+        self.bytes = 0;
+        if frames == 0 {
+            // Nothing this way: a stream that paused goes on, one that
+            // stopped a quiet spell ago is over.
+            if !streaming {
+                self.class = Rate::Latency;
+            }
+            return;
+        }
+        let mean = bytes / frames;
+        if mean < SMALL_FRAME {
+            self.class = Rate::Latency;
+        } else if mean >= LARGE_FRAME && streaming {
+            self.class = Rate::Bulk;
+        }
+    }
+}
+
+/// What the queue vector carried since its last interrupt, each direction
+/// on its own (a bulk stream one way has small ACKs the other way), and its
+/// rate: the bulk rate while either direction streams, as Linux's igb takes
+/// the larger of its RX and TX intervals.
 #[derive(Debug, Clone)]
 pub struct Moderation {
     rate: Rate,
-    frames: u64,
-    bytes: u64,
+    rx: Flow,
+    tx: Flow,
     last_irq: Option<Instant>,
-    /// Rate changes so far (the driver's `moderation_changes`).
+    /// Rate changes so far (the driver's `irq_rate_changes`).
     changes: u64,
 }
 
 impl Default for Moderation {
     fn default() -> Self {
-        Moderation { rate: Rate::Latency, frames: 0, bytes: 0, last_irq: None, changes: 0 }
+        Moderation { rate: Rate::Latency, rx: Flow::IDLE, tx: Flow::IDLE, last_irq: None, changes: 0 }
     }
 }
 
@@ -81,12 +118,18 @@ impl Moderation {
         self.changes
     }
 
-    /// A frame received or sent (RX: each completed buffer; TX: each frame
-    /// queued, a TSO frame whole).
+    /// A received buffer's bytes (a jumbo frame's parts count one by one).
     #[inline(always)]
-    pub fn count(&mut self, bytes: u32) {
-        self.frames += 1;
-        self.bytes += u64::from(bytes);
+    pub fn count_rx(&mut self, bytes: u32) {
+        self.rx.frames += 1;
+        self.rx.bytes += u64::from(bytes);
+    }
+
+    /// A frame queued for sending (a TSO frame whole).
+    #[inline(always)]
+    pub fn count_tx(&mut self, bytes: u32) {
+        self.tx.frames += 1;
+        self.tx.bytes += u64::from(bytes);
     }
 
     /// Back to the initial rate (the NIC was reset and reprogrammed with it).
@@ -95,25 +138,13 @@ impl Moderation {
     }
 
     /// At an interrupt of the queue vector: the new rate, when the interval
-    /// since the last one calls for a change. An interval without frames
-    /// (a spurious or link interrupt) changes nothing.
+    /// since the last one calls for a change.
     pub fn at_interrupt(&mut self, now: Instant) -> Option<Rate> {
-        let gap = self.last_irq.map(|t| now.saturating_duration_since(t));
+        let streaming = self.last_irq.is_some_and(|t| now.saturating_duration_since(t) < STREAM_GAP);
         self.last_irq = Some(now);
-        let (frames, bytes) = (self.frames, self.bytes);
-        self.frames = 0;
-        self.bytes = 0;
-        if frames == 0 {
-            return None;
-        }
-        let mean = bytes / frames;
-        let next = if mean < SMALL_FRAME {
-            Rate::Latency
-        } else if mean >= LARGE_FRAME && gap.is_some_and(|g| g < STREAM_GAP) {
-            Rate::Bulk
-        } else {
-            self.rate
-        };
+        self.rx.close_interval(streaming);
+        self.tx.close_interval(streaming);
+        let next = if self.rx.class == Rate::Bulk || self.tx.class == Rate::Bulk { Rate::Bulk } else { Rate::Latency };
         if next == self.rate {
             return None;
         }
@@ -127,8 +158,10 @@ impl Moderation {
 mod tests {
     use super::*;
 
-    fn interval(m: &mut Moderation, at: Instant, frames: &[u32]) -> Option<Rate> {
-        frames.iter().for_each(|&b| m.count(b));
+    /// One interval: frames received and sent, then the interrupt at `at`.
+    fn interval(m: &mut Moderation, at: Instant, rx: &[u32], tx: &[u32]) -> Option<Rate> {
+        rx.iter().for_each(|&b| m.count_rx(b));
+        tx.iter().for_each(|&b| m.count_tx(b));
         m.at_interrupt(at)
     }
 
@@ -139,28 +172,41 @@ mod tests {
         let mut m = Moderation::default();
         assert_eq!(m.rate().eitr(), EITR_INTERVAL_20K | EITR_CNT_IGNR);
         // The first interrupt has no previous one: not yet a stream.
-        assert_eq!(interval(&mut m, us(0), &[1514]), None);
+        assert_eq!(interval(&mut m, us(0), &[1514], &[]), None);
         // One full-size frame every ~100 µs: a stream.
-        assert_eq!(interval(&mut m, us(100), &[1514]), Some(Rate::Bulk));
+        assert_eq!(interval(&mut m, us(100), &[1514], &[]), Some(Rate::Bulk));
         assert_eq!(m.rate().eitr(), EITR_INTERVAL_4K | EITR_CNT_IGNR);
-        assert_eq!(interval(&mut m, us(350), &[1514, 1514, 66]), None, "stays bulk");
-        // A TSO frame's write-back and an ACK: still large on average.
-        assert_eq!(interval(&mut m, us(600), &[30_000, 66]), None);
-        // Pings: small frames.
-        assert_eq!(interval(&mut m, us(900), &[98, 98]), Some(Rate::Latency));
+        // The guest's ACKs the other way, alone in an interval or beside
+        // data: the RX stream keeps the bulk rate.
+        assert_eq!(interval(&mut m, us(350), &[], &[66, 66]), None, "stays bulk");
+        assert_eq!(interval(&mut m, us(600), &[1514, 1514], &[66]), None);
+        // Pings both ways: small frames.
+        assert_eq!(interval(&mut m, us(900), &[98], &[98]), Some(Rate::Latency));
         assert_eq!(m.changes(), 2);
+    }
+
+    #[test]
+    fn a_tso_upload_goes_bulk_on_its_tx_side_despite_the_acks_it_receives() {
+        let t0 = Instant::now();
+        let us = |n| t0 + Duration::from_micros(n);
+        let mut m = Moderation::default();
+        interval(&mut m, us(0), &[66], &[30_000]);
+        assert_eq!(interval(&mut m, us(250), &[66, 66], &[30_000]), Some(Rate::Bulk));
+        assert_eq!(interval(&mut m, us(500), &[66], &[]), None, "a TX pause inside the stream");
+        // The upload is over: a quiet spell, then an ACK-sized exchange.
+        assert_eq!(interval(&mut m, us(5_000), &[66], &[]), Some(Rate::Latency));
     }
 
     #[test]
     fn large_frames_after_a_quiet_spell_are_not_yet_a_stream() {
         let t0 = Instant::now();
         let mut m = Moderation::default();
-        assert_eq!(interval(&mut m, t0, &[98]), None);
+        assert_eq!(interval(&mut m, t0, &[98], &[]), None);
         // 5 ms later, one large frame: a single transfer, latency kept.
-        assert_eq!(interval(&mut m, t0 + Duration::from_millis(5), &[1514]), None);
+        assert_eq!(interval(&mut m, t0 + Duration::from_millis(5), &[1514], &[]), None);
         assert_eq!(m.rate(), Rate::Latency);
         // Mid-size frames change nothing either way.
-        assert_eq!(interval(&mut m, t0 + Duration::from_micros(5100), &[700, 700]), None);
+        assert_eq!(interval(&mut m, t0 + Duration::from_micros(5100), &[700, 700], &[]), None);
         assert_eq!(m.rate(), Rate::Latency);
     }
 
@@ -168,8 +214,8 @@ mod tests {
     fn an_interval_without_frames_changes_nothing_and_reset_returns_to_latency() {
         let t0 = Instant::now();
         let mut m = Moderation::default();
-        interval(&mut m, t0, &[9000]);
-        assert_eq!(interval(&mut m, t0 + Duration::from_micros(200), &[9000]), Some(Rate::Bulk));
+        interval(&mut m, t0, &[9000], &[]);
+        assert_eq!(interval(&mut m, t0 + Duration::from_micros(200), &[9000], &[]), Some(Rate::Bulk));
         assert_eq!(m.at_interrupt(t0 + Duration::from_micros(400)), None);
         assert_eq!(m.rate(), Rate::Bulk);
         m.reset();

@@ -338,9 +338,9 @@ fn one(vmm: &str, round: usize) {
     let mut vm = GuestProcess::spawn(vmm, command(vmm, image.path(), &tap_name, &dir)).expect("spawn the VMM");
     let pid = vm.pid();
     vm.wait_for_marker("net-up", GUEST_TIMEOUT).unwrap_or_else(|e| panic!("{vmm}: {e}"));
-    let ((cpu0, guest0), kvm0) = (cpu_times(pid), kvm_counters(pid));
+    let ((cpu0, guest0), kvm0, host0) = (cpu_times(pid), kvm_counters(pid), host_busy_secs());
     let report = exercise(&vm, vmm, ns, guest_ip, &server, sink, &tx_sha, &rx_sha, GUEST_TIMEOUT);
-    let ((cpu1, guest1), kvm1) = (cpu_times(pid), kvm_counters(pid));
+    let ((cpu1, guest1), kvm1, host1) = (cpu_times(pid), kvm_counters(pid), host_busy_secs());
     let own = (cpu1 - cpu0) - (guest1 - guest0);
     let gib = 2.0 * PAYLOAD_LEN as f64 / f64::from(1u32 << 30);
     eprintln!(
@@ -353,8 +353,20 @@ fn one(vmm: &str, round: usize) {
         guest1 - guest0,
         own / gib
     );
+    eprintln!(
+        "{vmm}: the whole machine's busy CPU over the same span {:.2} s = {:.1} CPU s per GiB moved (the peer's side included)",
+        host1 - host0,
+        (host1 - host0) / gib
+    );
     let kvm = kvm_per_gib(&kvm0, &kvm1, gib);
     eprintln!("{vmm}: KVM counters per GiB moved over the same span: {kvm}");
+    // How much of the VMM's memory (guest RAM above all) transparent huge
+    // pages back: the NIC's IOMMU maps guest RAM in pages of that size.
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    let kib = |key: &str| {
+        rollup.lines().find(|l| l.starts_with(key)).unwrap_or("").split_whitespace().nth(1).unwrap_or("?").to_string()
+    };
+    eprintln!("{vmm}: VMM memory: Rss {} kB, AnonHugePages {} kB", kib("Rss:"), kib("AnonHugePages:"));
     let udp = if udp { udp_phase(&vm, vmm, pid, ns, &peer_ip, guest_ip, &server) } else { serde_json::Value::Null };
     println!(
         "{}",
@@ -364,6 +376,7 @@ fn one(vmm: &str, round: usize) {
             "host_ping_rtt_ms": report.host_ping.rtt, "guest_ping_rtt_ms": report.guest_ping.as_ref().and_then(|g| g.rtt),
             "vmm_cpu_s": cpu1 - cpu0, "vmm_cpu_s_per_gib": (cpu1 - cpu0) / gib, "udp": udp,
             "vmm_guest_cpu_s": guest1 - guest0, "vmm_own_cpu_s_per_gib": own / gib,
+            "host_busy_cpu_s_per_gib": (host1 - host0) / gib,
             "kvm_per_gib": kvm, "guest_features": report.guest_features,
             "guest_tx_mean_frame": report.guest_eth0.tx_mean_frame(),
             "guest_rx_mean_frame": report.guest_eth0.rx_mean_frame()})

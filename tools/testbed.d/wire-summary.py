@@ -21,7 +21,9 @@ FIGS = [
     ("host_to_guest_mbit_s", "peer->guest Mbit/s"),
     ("vmm_cpu_s_per_gib", "VMM CPU s/GiB"),
     ("vmm_own_cpu_s_per_gib", "own CPU s/GiB"),
+    ("host_busy_cpu_s_per_gib", "L1 busy CPU s/GiB"),
 ]
+NAN = float("nan")
 
 
 def load(dirs):
@@ -50,12 +52,12 @@ def main():
     print("|---|---|" + "---|" * len(FIGS))
     for r in runs:
         print(f"| {r['label']} | {os.path.basename(r['dir'])}:{r['wire_round']} | "
-              + " | ".join(f"{r[k]:.1f}" for k, _ in FIGS) + " |")
+              + " | ".join(f"{r.get(k, NAN):.1f}" for k, _ in FIGS) + " |")
     labels = list(dict.fromkeys(r["label"] for r in runs))
     med = {}
     for lb in labels:
         rs = [r for r in runs if r["label"] == lb]
-        med[lb] = {k: statistics.median(r[k] for r in rs) for k, _ in FIGS}
+        med[lb] = {k: statistics.median(r.get(k, NAN) for r in rs) for k, _ in FIGS}
         print(f"median {lb} ({len(rs)} runs): " + ", ".join(f"{n} {med[lb][k]:.1f}" for k, n in FIGS))
     if base not in med:
         return
@@ -69,7 +71,7 @@ def main():
             for (rnd, l2), s in by.items():
                 t = by.get((rnd, base))
                 if l2 == lb and t:
-                    pairs.append({k: s[k] / t[k] for k, _ in FIGS})
+                    pairs.append({k: s.get(k, NAN) / t.get(k, NAN) for k, _ in FIGS})
         if pairs:
             print(f"{lb} / {base}, median of {len(pairs)} same-round ratios: "
                   + ", ".join(f"{n} {statistics.median(p[k] for p in pairs):.2f}" for k, n in FIGS))

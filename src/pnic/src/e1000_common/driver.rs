@@ -56,7 +56,7 @@ pub trait Family: Sized + 'static {
     const RESET_STOPS_DMA_FIRST: bool = false;
     /// The throttling register of the queue vector in 82576 EITR format,
     /// when the family has one: the driver adapts its rate to the traffic
-    /// (`moderation`). `configure` programs it at [`Rate::Latency`].
+    /// (`moderation`). `configure` programs it at `moderation::Rate::Latency`.
     const QUEUE_EITR: Option<u32> = None;
     /// How the NIC receives for `mtu`: frame cap and buffer size. The
     /// default takes Ethernet's MTU and less only, one buffer per frame
@@ -223,7 +223,6 @@ impl<F: Family, R: RegisterAccess> E1000<F, R> {
         self.tx_ring.reset();
     }
 
-    /// Posting needs running queues and a NIC that is still there.
     /// At an interrupt of the queue vector: the rate for what the last
     /// interval carried, written only when it changes (one MMIO write).
     fn moderate(&mut self) {
@@ -236,6 +235,7 @@ impl<F: Family, R: RegisterAccess> E1000<F, R> {
         }
     }
 
+    /// Posting needs running queues and a NIC that is still there.
     fn check_postable(&self) -> Result<(), DriverError> {
         if !self.started {
             return Err(DriverError::Stopped);

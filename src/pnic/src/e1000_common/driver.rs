@@ -90,11 +90,6 @@ fn tx_max_frame<F: Family>(geo: &RxGeometry) -> u32 {
     F::TX_MAX_FRAME.max(geo.max_frame)
 }
 
-/// Bytes of a frame given as segments (a TSO frame whole).
-fn frame_len(segs: &[(u64, u32)]) -> u32 {
-    segs.iter().fold(0u32, |n, s| n.saturating_add(s.1))
-}
-
 /// An e1000-family NIC with one RX and one TX queue, over any register access.
 pub struct E1000<F: Family, R: RegisterAccess> {
     pub(crate) regs: R,
@@ -393,8 +388,8 @@ impl<F: Family, R: RegisterAccess> PnicDriver for E1000<F, R> {
     #[inline]
     fn queue_tx(&mut self, segs: &[(u64, u32)], cookie: u64) -> Result<(), DriverError> {
         self.check_postable()?;
-        self.tx_ring.post(segs, cookie)?;
-        self.moderation.count_tx(frame_len(segs));
+        let bytes = self.tx_ring.post(segs, cookie)?;
+        self.moderation.count_tx(bytes);
         Ok(())
     }
 
@@ -417,8 +412,8 @@ impl<F: Family, R: RegisterAccess> PnicDriver for E1000<F, R> {
         if !ok {
             return Err(DriverError::OffloadUnsupported(*off));
         }
-        self.tx_ring.post_offload(segs, off, cookie, max_frame, caps.max_segs)?;
-        self.moderation.count_tx(frame_len(segs));
+        let bytes = self.tx_ring.post_offload(segs, off, cookie, max_frame, caps.max_segs)?;
+        self.moderation.count_tx(bytes);
         Ok(())
     }
 

@@ -412,8 +412,9 @@ impl<L: DescLayout> TxRing<L> {
 
     /// Queue one frame of `segs` (IOVA, length); the NIC sees it after the
     /// driver writes TDT. Report-status is asked on the last segment only.
+    /// Returns the frame's bytes.
     #[inline]
-    pub fn post(&mut self, segs: &[(u64, u32)], cookie: u64) -> Result<(), DriverError> {
+    pub fn post(&mut self, segs: &[(u64, u32)], cookie: u64) -> Result<u32, DriverError> {
         let n = segs.len();
         if n == 0 || n > self.max_segs {
             return Err(DriverError::TooManySegments { got: n, max: self.max_segs });
@@ -442,13 +443,14 @@ impl<L: DescLayout> TxRing<L> {
         self.queued[first] = TxQueued { ndesc: n, cookie };
         self.tail = slot;
         self.used += n;
-        Ok(())
+        // At most max_frame (a u32): checked above.
+        Ok(total as u32)
     }
 
     /// Queue one frame of `segs` with the NIC doing `off` to it: a context
     /// descriptor, then one data descriptor per segment (at most
     /// `max_segs`, `max_frame` bytes in all). For TSO the first segment
-    /// holds the whole header.
+    /// holds the whole header. Returns the frame's bytes.
     pub fn post_offload(
         &mut self,
         segs: &[(u64, u32)],
@@ -456,7 +458,7 @@ impl<L: DescLayout> TxRing<L> {
         cookie: u64,
         max_frame: u32,
         max_segs: usize,
-    ) -> Result<(), DriverError> {
+    ) -> Result<u32, DriverError> {
         let Some(ctx) = L::tx_context(off) else {
             return Err(DriverError::OffloadUnsupported(*off));
         };
@@ -502,7 +504,8 @@ impl<L: DescLayout> TxRing<L> {
         self.queued[first] = TxQueued { ndesc: n + 1, cookie };
         self.tail = slot;
         self.used += n + 1;
-        Ok(())
+        // At most max_frame (a u32): checked above.
+        Ok(total as u32)
     }
 
     #[cold]

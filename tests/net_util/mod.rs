@@ -61,9 +61,14 @@ pub fn cpu_times(pid: u32) -> (f64, f64) {
     let f: Vec<&str> = text.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
     // Field N of stat(5) is f[N - 3] (f starts at field 3, the state).
     let field = |n: usize| f.get(n - 3).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // SAFETY: sysconf only reads a configuration value.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let hz = clock_ticks_per_sec();
     ((field(14) + field(15)) / hz, field(43) / hz)
+}
+
+/// The unit of /proc's CPU times.
+fn clock_ticks_per_sec() -> f64 {
+    // SAFETY: sysconf only reads a configuration value.
+    unsafe { libc::sysconf(libc::_SC_CLK_TCK) as f64 }
 }
 
 /// Busy CPU seconds of the whole machine (all CPUs) from /proc/stat: user,
@@ -77,8 +82,7 @@ pub fn host_busy_secs() -> f64 {
     let v: Vec<f64> = cpu.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
     // user nice system idle iowait irq softirq steal: idle and iowait are not busy.
     let busy: f64 = [0, 1, 2, 5, 6, 7].iter().filter_map(|&i| v.get(i)).sum();
-    // SAFETY: sysconf only reads a configuration value.
-    busy / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+    busy / clock_ticks_per_sec()
 }
 
 pub fn payload(len: usize, seed: u64) -> Vec<u8> {

@@ -10,8 +10,9 @@
 //! igb in its default ("dynamic conservative") mode, the driver moves the
 //! vector between two rates by what the last interval carried, RX and TX
 //! each on its own: a stream of large frames either way goes to ~4 000/s (a
-//! batch per interrupt), small frames both ways go back to ~20 000/s. A frame after a quiet spell is never delayed: the
-//! NIC's interval counts from the previous interrupt, which is long past.
+//! batch per interrupt), small frames both ways go back to ~20 000/s. A
+//! frame after a quiet spell is never delayed: the NIC's interval counts
+//! from the previous interrupt, which is long past.
 
 use std::time::{Duration, Instant};
 
@@ -63,6 +64,12 @@ struct Flow {
 
 impl Flow {
     const IDLE: Flow = Flow { class: Rate::Latency, frames: 0, bytes: 0 };
+
+    #[inline(always)]
+    fn count(&mut self, bytes: u32) {
+        self.frames += 1;
+        self.bytes += u64::from(bytes);
+    }
 
     /// Classifies the interval that ended, then starts the next one.
     /// `streaming`: the interrupt came within [`STREAM_GAP`] of the last.
@@ -121,15 +128,13 @@ impl Moderation {
     /// A received buffer's bytes (a jumbo frame's parts count one by one).
     #[inline(always)]
     pub fn count_rx(&mut self, bytes: u32) {
-        self.rx.frames += 1;
-        self.rx.bytes += u64::from(bytes);
+        self.rx.count(bytes);
     }
 
     /// A frame queued for sending (a TSO frame whole).
     #[inline(always)]
     pub fn count_tx(&mut self, bytes: u32) {
-        self.tx.frames += 1;
-        self.tx.bytes += u64::from(bytes);
+        self.tx.count(bytes);
     }
 
     /// Back to the initial rate (the NIC was reset and reprogrammed with it).

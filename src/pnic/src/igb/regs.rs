@@ -25,7 +25,6 @@ pub const IVAR_TX_SHIFT: u32 = 8;
 pub const IVAR_MISC_OTHER_SHIFT: u32 = 8;
 pub const EITR0: u32 = 0x1680;
 // EITR's values: e1000_common::moderation (the PF's and a VF's alike).
-pub use crate::e1000_common::moderation::{EITR_CNT_IGNR, EITR_INTERVAL_20K};
 
 // Receive queue extras.
 /// Maximum accepted frame length when RCTL.LPE is set.

@@ -693,6 +693,7 @@ mod tests {
     use super::*;
     use crate::driver::testing::DriverTestExt;
     use crate::driver::{PnicDriver, RxCompletion, TxCompletion};
+    use crate::e1000_common::moderation::{EITR_CNT_IGNR, EITR_INTERVAL_20K};
     use vm_memory::{Bytes, GuestAddress};
 
     const MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
@@ -828,6 +829,7 @@ mod tests {
             "the queue vector is moderated (~20 000 interrupts/s at most)"
         );
     }
+
     /// One interrupt interval: frames of `lens` bytes arrive in fresh
     /// buffers, are reaped, and the queue vector's interrupt is handled.
     /// Returns the queue vector's EITR afterwards.

@@ -106,7 +106,9 @@ fn run_cycle(s: &Setup) -> Outcome {
 
     assert_eq!(m(&vm, "eth0-up"), "0", "{label}: eth0 did not come up\n{}", vm.tail(40));
     assert_eq!(m(&vm, "ping-rc"), "0", "{label}: guest ping failed: {}", m(&vm, "ping-summary"));
-    assert!(server.wait_asked("pinged", GUEST_TIMEOUT), "{label}: guest never reached gate pinged");
+    if let Err(e) = server.wait_asked("pinged", GUEST_TIMEOUT, &vm) {
+        panic!("{label}: guest never reached gate pinged: {e}");
+    }
     let (hp, text) = host_ping(ns, s.guest_ip, 3);
     assert!(hp.received > 0, "{label}: host ping of the guest failed:\n{text}");
     server.open_gate("pinged");
@@ -116,7 +118,9 @@ fn run_cycle(s: &Setup) -> Outcome {
     assert_eq!(got.sha256, tx_sha, "{label}: guest->host payload corrupted");
     assert_eq!(m(&vm, "rx-sha"), rx_sha, "{label}: host->guest payload corrupted");
 
-    assert!(server.wait_asked("flood", GUEST_TIMEOUT), "{label}: guest never reached gate flood\n{}", vm.tail(40));
+    if let Err(e) = server.wait_asked("flood", GUEST_TIMEOUT, &vm) {
+        panic!("{label}: guest never reached gate flood: {e}");
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let sent = Arc::new(AtomicU64::new(0));
     let dst = format!("{}:9", s.guest_ip).parse().expect("flood address");

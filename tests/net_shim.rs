@@ -143,7 +143,9 @@ fn shim_guest_pings_moves_64mib_each_way_and_survives_reset_under_flood() {
     };
     let dev = m("virtio-dev");
     assert!(dev.starts_with("virtio"), "eth0's device is {dev:?}");
-    assert!(server.wait_asked("flood", GUEST_TIMEOUT), "guest never reached gate flood\n{}", vm.tail(40));
+    if let Err(e) = server.wait_asked("flood", GUEST_TIMEOUT, &vm) {
+        panic!("guest never reached gate flood: {e}");
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let sent = Arc::new(AtomicU64::new(0));
     let dst = format!("{GUEST_IP}:9").parse().unwrap();

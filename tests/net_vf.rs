@@ -413,7 +413,9 @@ fn three_guests_on_vfs_ping_each_other_move_data_zero_copy_and_cannot_spoof() {
             // The single-VM figure: vm0 up and idle at its first gate.
             vm.check_up(&ns, &guest_ip(0));
             assert_eq!(vm.marker("helper"), "0");
-            assert!(server.wait_asked("all-up", GUEST_TIMEOUT), "vf0 never reached gate all-up");
+            if let Err(e) = server.wait_asked("all-up", GUEST_TIMEOUT, &vm.proc) {
+                panic!("vf0 never reached gate all-up: {e}");
+            }
             rss_one = rss_overhead_kib(vm.proc.pid());
             eprintln!("rss: 1 VM: vf0 RSS - guest RAM = {rss_one} KiB");
         }

@@ -113,13 +113,17 @@ fn shim_wire_policy_keeps_spoofed_tagged_and_control_frames_off_the_wire() {
 
     let stop = Arc::new(AtomicBool::new(false));
     let seen = Arc::new(Mutex::new(BTreeMap::new()));
-    assert!(server.wait_asked("capture", GUEST_TIMEOUT), "guest never reached gate capture\n{}", vm.tail(40));
+    if let Err(e) = server.wait_asked("capture", GUEST_TIMEOUT, &vm) {
+        panic!("guest never reached gate capture: {e}");
+    }
     let capture = spawn_wire_capture(ns.clone(), peer_if, stop.clone(), seen.clone());
     server.open_gate("capture");
     for k in std::iter::once("ok").chain(BLOCKED.iter().map(|b| b.0)) {
         assert_eq!(m(&format!("send-{k}")), "0", "the guest could not send its {k} frames\n{}", vm.tail(40));
     }
-    assert!(server.wait_asked("sent", GUEST_TIMEOUT), "guest never reached gate sent\n{}", vm.tail(40));
+    if let Err(e) = server.wait_asked("sent", GUEST_TIMEOUT, &vm) {
+        panic!("guest never reached gate sent: {e}");
+    }
     // Let the last frames cross the wire.
     std::thread::sleep(Duration::from_secs(2));
     stop.store(true, Ordering::Relaxed);

@@ -225,6 +225,18 @@ impl GuestProcess {
         })
     }
 
+    /// `Ok` while the guest can still make progress; otherwise the error a
+    /// wait for `what` would have ended with (the VMM exited, or the guest
+    /// hung, stalled or stopped). For waits on something other than the
+    /// console (a guest's HTTP request), so that a guest lost to a triple
+    /// fault ends them at once instead of at their timeout.
+    pub fn check_running(&self, what: &str) -> Result<()> {
+        match self.wait_map(what, Duration::ZERO, false, |_| None::<()>) {
+            Ok(()) | Err(HarnessError::Timeout { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Waits for the guest runner's `SHIMVMM-EXIT <status>` line; returns the
     /// test script's exit status.
     pub fn wait_for_guest_exit(&self, timeout: Duration) -> Result<i32> {
@@ -738,6 +750,24 @@ mod tests {
         assert!(msg.contains("timed out"), "{msg}");
         assert!(msg.contains("line50") && msg.contains("line11") && !msg.contains("line10\n"), "{msg}");
         assert!(p.exit_status(Duration::from_secs(1)).is_ok(), "killed process must be reaped");
+    }
+
+    #[test]
+    fn check_running_holds_while_the_process_lives_and_fails_once_it_exits() {
+        let p = sh("echo up; exec sleep 30");
+        p.wait_for_line("up", Duration::from_secs(10)).unwrap();
+        p.check_running("a gate").expect("a live process is running");
+        let gone = sh("echo bye");
+        gone.wait_for_line("bye", Duration::from_secs(10)).unwrap();
+        let start = Instant::now();
+        let err = loop {
+            match gone.check_running("a gate") {
+                Ok(()) if start.elapsed() < Duration::from_secs(10) => std::thread::sleep(Duration::from_millis(20)),
+                r => break r.expect_err("an exited process still counts as running"),
+            }
+        };
+        assert!(matches!(err, HarnessError::Exited { .. }), "{err}");
+        assert!(err.to_string().contains("before a gate") && err.to_string().contains("bye"), "{err}");
     }
 
     #[test]

@@ -291,15 +291,19 @@ impl HttpServer {
     }
 
     /// Waits until the guest asked for gate `name` (it is waiting there).
-    pub fn wait_asked(&self, name: &str, timeout: Duration) -> bool {
+    /// Gives up as soon as `vm` can no longer ask (its VMM exited, the guest
+    /// hung or stopped), not only after `timeout`: the error says which.
+    pub fn wait_asked(&self, name: &str, timeout: Duration, vm: &shimvmm_tests::GuestProcess) -> Result<(), String> {
+        let what = format!("the guest to reach gate {name}");
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             if self.asked.lock().unwrap().contains(name) {
-                return true;
+                return Ok(());
             }
+            vm.check_running(&what).map_err(|e| e.to_string())?;
             std::thread::sleep(Duration::from_millis(50));
         }
-        false
+        Err(format!("timed out after {} s waiting for {what}; last console lines:\n{}", timeout.as_secs(), vm.tail(40)))
     }
 }
 
@@ -907,7 +911,9 @@ pub fn exercise(
     assert_eq!(m("ping-rc"), "0", "{label}: guest ping of the host failed: {}\n{}", m("ping-summary"), tail());
     let guest_ping = parse_ping(&format!("{}\n{}", m("ping-summary"), m("ping-rtt")));
     // The guest waits at gate "pinged" while the host pings it back.
-    assert!(server.wait_asked("pinged", timeout), "{label}: guest never reached gate pinged\n{}", tail());
+    if let Err(e) = server.wait_asked("pinged", timeout, vm) {
+        panic!("{label}: guest never reached gate pinged: {e}");
+    }
     let (host_ping, text) = host_ping(ns, guest_ip, 10);
     assert!(host_ping.received > 0, "{label}: host ping of the guest failed:\n{text}");
     eprintln!(

@@ -402,6 +402,20 @@ fn one(vmm: &str, round: usize) {
             n("/irq_rate_changes"),
             net_metrics(&metrics, "net0").pointer("/vmm_copied_bytes").and_then(serde_json::Value::as_u64).unwrap_or(0),
         );
+        // How often the guest was interrupted and how many frames each RX
+        // pass carried: what the interrupt rate buys the guest.
+        let d = net_metrics(&metrics, "net0");
+        let n = |p: &str| d.pointer(p).and_then(serde_json::Value::as_u64).unwrap_or(0);
+        eprintln!(
+            "{vmm}: device metrics over the whole run: used_irqs {} used_irqs_suppressed {} rx_passes {} \
+             rx_buffers_used {} rx_packets {} backend_events {}",
+            n("/used_irqs"),
+            n("/used_irqs_suppressed"),
+            n("/rx_passes"),
+            n("/rx_buffers_used"),
+            n("/rx_packets"),
+            n("/backend_events"),
+        );
     }
 }
 

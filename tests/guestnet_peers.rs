@@ -387,25 +387,23 @@ fn one(vmm: &str, round: usize) {
     // shimvmm's own counters at its exit (the whole run, UDP phase included).
     let metrics = dir.join("shimvmm-metrics.json");
     if vmm.starts_with("shimvmm") && metrics.exists() {
-        let b = &net_metrics(&metrics, "net0")["backend"];
-        let n = |p: &str| b.pointer(p).and_then(serde_json::Value::as_u64).unwrap_or(0);
+        let d = net_metrics(&metrics, "net0");
+        let n = |p: &str| d.pointer(p).and_then(serde_json::Value::as_u64).unwrap_or(0);
         eprintln!(
             "{vmm}: backend metrics over the whole run: tx_packets {} tx_tso_frames {} tx_tso_segments {} \
              tx_csum_offload {} tx_sw_csum {} rx_packets {} rx_csum_valid {} irq_rate_changes {} vmm_copied_bytes {}",
-            n("/tx_packets"),
-            n("/tx_tso_frames"),
-            n("/tx_tso_segments"),
-            n("/tx_csum_offload"),
-            n("/tx_sw_csum"),
-            n("/rx_packets"),
-            n("/rx_csum_valid"),
-            n("/irq_rate_changes"),
-            net_metrics(&metrics, "net0").pointer("/vmm_copied_bytes").and_then(serde_json::Value::as_u64).unwrap_or(0),
+            n("/backend/tx_packets"),
+            n("/backend/tx_tso_frames"),
+            n("/backend/tx_tso_segments"),
+            n("/backend/tx_csum_offload"),
+            n("/backend/tx_sw_csum"),
+            n("/backend/rx_packets"),
+            n("/backend/rx_csum_valid"),
+            n("/backend/irq_rate_changes"),
+            n("/vmm_copied_bytes"),
         );
         // How often the guest was interrupted and how many frames each RX
         // pass carried: what the interrupt rate buys the guest.
-        let d = net_metrics(&metrics, "net0");
-        let n = |p: &str| d.pointer(p).and_then(serde_json::Value::as_u64).unwrap_or(0);
         eprintln!(
             "{vmm}: device metrics over the whole run: used_irqs {} used_irqs_suppressed {} rx_passes {} \
              rx_buffers_used {} rx_packets {} backend_events {}",

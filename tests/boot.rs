@@ -8,8 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use shimvmm_tests::{
-    alpine_test_cmdline, artifacts, plain_image, qemu_reference_boot, require_guest_env, shimvmm_bin, test_image,
-    GuestProcess, PowerAction, QemuBootOptions, BOOT_PROBE_MARKER, BOOT_PROBE_SCRIPT, OPENRC_START_MARKER,
+    alpine_test_cmdline, artifacts, plain_image, require_guest_env, shimvmm_bin, test_image, GuestProcess, PowerAction,
 };
 
 // Generous: a nested-TCG guest on a loaded 2-core host takes minutes; a hang still fails.
@@ -157,37 +156,4 @@ fn elf_vmlinux_boots_and_init_poweroff_exits_zero() {
     assert!(!marker(&vm, "elf-booted").is_empty());
     assert_eq!(code, 0, "guest poweroff must end shimvmm with status 0");
     let _ = std::fs::remove_file(&vmlinux);
-}
-
-/// Boot time, shimvmm next to QEMU microvm: same kernel, initrd, command line
-/// and image, same testbed, one after the other. Printed, not asserted.
-#[test]
-fn boot_time_next_to_qemu_microvm() {
-    if !require_guest_env("boot_time_next_to_qemu_microvm") {
-        return;
-    }
-    // Both VMMs boot the same kernel, initrd and command line with `quiet`, like
-    // the other guest tests (the kernel's log is where the nested testbed's faults
-    // come most often, docs/testbed.md), so the first init marker is OpenRC's
-    // banner, the first line the root filesystem's init prints.
-    // (`tools/devtool bench boot` measures to the kernel's "Run /init" line.)
-    let image = test_image(BOOT_PROBE_SCRIPT, PowerAction::Poweroff);
-    let mut vm = boot("shimvmm-boottime", &artifacts().kernel, image.path(), &[]);
-    let first_init = vm.wait_for_line(OPENRC_START_MARKER, BOOT_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
-    let probe = vm.wait_for_marker(BOOT_PROBE_MARKER, BOOT_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(finish(&mut vm), 0);
-    let opts = QemuBootOptions { quiet: true, first_init_marker: OPENRC_START_MARKER, ..QemuBootOptions::default() };
-    let q = qemu_reference_boot(&opts).unwrap_or_else(|e| panic!("QEMU reference boot: {e}"));
-    println!(
-        "boot time to first init (OpenRC start): shimvmm {:.2} s, qemu microvm {:.2} s, ratio {:.2}",
-        first_init.as_secs_f64(),
-        q.first_init.as_secs_f64(),
-        first_init.as_secs_f64() / q.first_init.as_secs_f64()
-    );
-    println!(
-        "boot time to test script: shimvmm {:.2} s, qemu microvm {:.2} s, ratio {:.2}",
-        probe.at.as_secs_f64(),
-        q.test_script.as_secs_f64(),
-        probe.at.as_secs_f64() / q.test_script.as_secs_f64()
-    );
 }

@@ -2,7 +2,8 @@
 //! with SHIMVMM_REQUIRE_GUEST=1):
 //! - `block_flood_leaves_net_answering_and_sigterm_prompt`: a 2-vCPU Alpine
 //!   guest keeps dd loops on a second disk (two buffered writers with fsync,
-//!   whose writeback fills the queue, and four O_DIRECT readers); while they run the host pings the guest over a tap (at
+//!   whose writeback in 4 KiB unmerged requests fills the queue, and four
+//!   O_DIRECT readers); while they run the host pings the guest over a tap (at
 //!   least half of 20 pings must be answered), then sends SIGTERM: shimvmm
 //!   must exit 0 within SIGTERM_BOUND (10 s), and its metrics show the block
 //!   device yielded the event loop at its request budget (`budget_yields`).
@@ -36,7 +37,12 @@ n=30; while [ $n -gt 0 ] && [ ! -e /sys/class/net/eth0 ]; do sleep 1; n=$((n-1))
 ip addr add 192.0.2.130/25 dev eth0
 ip link set eth0 up
 # Buffered writes with fsync: writeback keeps many requests in flight (the
-# queue fills, so a pass meets the budget); direct reads beside them.
+# queue fills, so a pass meets the budget); direct reads beside them. The
+# requests are kept at 4 KiB and unmerged, so that a slow guest still has more
+# in flight than a pass serves (on a slow testbed host 1 MiB writebacks left
+# too few requests to ever reach the budget).
+echo 4 > /sys/block/vdb/queue/max_sectors_kb
+echo 2 > /sys/block/vdb/queue/nomerges
 for i in 1 2; do
     (while :; do dd if=/dev/zero of=/dev/vdb bs=1M count=32 conv=fsync 2>/dev/null; done) &
 done

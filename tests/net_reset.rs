@@ -49,19 +49,33 @@ fn script(peer_ip: &str, guest_cidr: &str) -> String {
     guest_script(&GuestNet { peer_ip, guest_cidr, reset_step: true, udp: false })
 }
 
-/// Lines of L1's kernel log that report an IOMMU fault (Intel VT-d's DMAR
-/// fault reports, and the generic IOMMU fault wording of other drivers).
-fn iommu_fault_lines() -> Vec<String> {
+/// Writes a unique line into L1's kernel log and returns it: the lines after
+/// it are the ones logged since. A count of earlier lines would be wrong once
+/// the log buffer wraps.
+fn kernel_log_mark(tag: &str) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let mark = format!("shimvmm-test-mark {tag} {} {nanos}", std::process::id());
+    std::fs::write("/dev/kmsg", format!("{mark}\n")).expect("write a mark to /dev/kmsg (L1's kernel log)");
+    mark
+}
+
+/// Lines of L1's kernel log after `mark` that report an IOMMU fault (Intel
+/// VT-d's DMAR fault reports, and the generic IOMMU fault wording of other
+/// drivers). A mark that has left the buffer means every line is newer.
+fn iommu_fault_lines_since(mark: &str) -> Vec<String> {
     let out = Command::new("dmesg").output().expect("run dmesg");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    let start = lines.iter().rposition(|l| l.contains(mark)).map_or(0, |i| i + 1);
+    lines[start..]
+        .iter()
         .filter(|l| {
             let l = l.to_ascii_lowercase();
             (l.contains("dmar") && (l.contains("fault") || l.contains("[dma ")))
                 || (l.contains("iommu") && l.contains("fault"))
                 || l.contains("io_page_fault")
         })
-        .map(str::to_string)
+        .map(|l| l.to_string())
         .collect()
 }
 
@@ -84,7 +98,7 @@ struct Outcome {
 }
 
 fn run_cycle(s: &Setup) -> Outcome {
-    let faults_before = iommu_fault_lines().len();
+    let faults_mark = kernel_log_mark(s.label);
     let image = test_image(&script(&s.peer_ip, s.guest_cidr), s.power);
     let tx_payload = payload(SMALL_PAYLOAD, 0x4e5_0001);
     let tx_sha = sha256_hex(&tx_payload);
@@ -141,7 +155,7 @@ fn run_cycle(s: &Setup) -> Outcome {
     assert_eq!(guest_exit.as_ref().ok(), Some(&0), "{label}: guest script did not finish: {guest_exit:?}\n{tail}");
     assert!(status.as_ref().is_ok_and(|st| st.success()), "{label}: shimvmm exit {status:?}\n{tail}");
 
-    let new_faults: Vec<String> = iommu_fault_lines().into_iter().skip(faults_before).collect();
+    let new_faults: Vec<String> = iommu_fault_lines_since(&faults_mark);
     eprintln!("net_reset: {label}: flood sent {}; iommu faults {}", sent.load(Ordering::Relaxed), new_faults.len());
     for l in &new_faults {
         eprintln!("net_reset: {label}: L1 dmesg: {l}");
@@ -271,17 +285,38 @@ fn strict_dma_probe_a_nic_write_to_an_unmapped_page_is_an_iommu_fault_l1_logs() 
     let (posted, r) = nic.post_rx_with(2048, || one.take());
     assert_eq!((posted, r), (1, Ok(())));
     nic.flush_rx().expect("RX tail write");
-    let before = iommu_fault_lines().len();
+    let mark = kernel_log_mark("probe");
     // ARP requests for an address nobody has: broadcast frames the NIC takes.
-    let _ = Command::new("ip").args(["netns", "exec", &ns, "ping", "-c", "3", "-W", "1", "192.0.2.77"]).output();
-    std::thread::sleep(Duration::from_secs(2));
+    // L1 reports the fault from an interrupt that a slow L1 may run seconds
+    // later, so the probe waits up to PROBE_WAIT and asks again each round.
+    const PROBE_WAIT: Duration = Duration::from_secs(30);
+    let started = std::time::Instant::now();
+    let (mut faults, mut rounds, mut ping) = (Vec::new(), 0, String::new());
+    while faults.is_empty() && started.elapsed() < PROBE_WAIT {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &ns, "ping", "-c", "2", "-W", "1", "192.0.2.77"])
+            .output()
+            .expect("run ping in the peer namespace");
+        rounds += 1;
+        ping =
+            format!("{}: {}{}", out.status, String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        std::thread::sleep(Duration::from_secs(1));
+        faults = iommu_fault_lines_since(&mark);
+    }
     let mut completions = Vec::new();
     let _ = nic.reap_rx_with(|c| completions.push(c));
-    let faults: Vec<String> = iommu_fault_lines().into_iter().skip(before).collect();
-    eprintln!("net_reset: probe: NIC completions {completions:?}; iommu faults {}", faults.len());
+    let waited = started.elapsed();
+    eprintln!(
+        "net_reset: probe: NIC completions {completions:?}; iommu faults {} after {waited:?} and {rounds} pings",
+        faults.len()
+    );
     for l in &faults {
         eprintln!("net_reset: probe: L1 dmesg: {l}");
     }
     drop(nic);
-    assert!(!faults.is_empty(), "the NIC wrote an unmapped IOVA and L1 logged no IOMMU fault: the check is blind");
+    assert!(
+        !faults.is_empty(),
+        "the NIC wrote an unmapped IOVA and L1 logged no IOMMU fault in {waited:?}: the check is blind \
+         (NIC completions {completions:?}; the last peer ping: {ping})"
+    );
 }
